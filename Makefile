@@ -1,0 +1,34 @@
+# The README's two commands: `make demo` and `make test`. Both install first.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+STAMP := .install.stamp
+
+.PHONY: install demo test lint format bench accuracy clean
+
+$(STAMP): pyproject.toml
+	$(PIP) install -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	losa-cache demo --out demo_out
+
+# One thread per test process: tiny models run faster without OpenMP contention.
+test: install
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q
+
+lint: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format:
+	$(PYTHON) -m ruff format .
+	$(PYTHON) -m ruff check --fix .
+
+bench: install
+	$(PYTHON) benchmarks/extract.py
+	$(PYTHON) benchmarks/train.py
+
+clean:
+	rm -rf demo_out $(STAMP) .pytest_cache .ruff_cache

@@ -1,0 +1,29 @@
+"""The `losa-cache` command line. Wiring only: every command calls the library."""
+
+from __future__ import annotations
+
+import typer
+
+from losa_cache.cli import store_cmds
+
+app = typer.Typer(
+    name="losa-cache",
+    help="Extract a frozen ViT once into a Zarr feature store, then train many LoSA side "
+    "networks from it.\n\nStart with: losa-cache demo",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command()(store_cmds.models)
+app.command()(store_cmds.plan)
+app.command()(store_cmds.extract)
+app.command()(store_cmds.info)
+app.add_typer(store_cmds.tasks_app, name="tasks")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Commands that use a trained adapter: predict (live images) and eval (cached features)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from losa_cache.cli.common import emit_json, table, user_errors
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+AdapterOpt = Annotated[Path, typer.Option(
+    help="Adapter directory (adapter.json + adapter.safetensors) written by `train --out`.")]
+
+
+def predict(
+    adapter: AdapterOpt,
+    images: Annotated[list[Path], typer.Argument(
+        help="Image files, or folders (every image inside, sorted).")],
+    model: Annotated[str | None, typer.Option(
+        help="Backbone alias or timm name (default: the adapter's backbone).")] = None,
+    checkpoint: Annotated[str | None, typer.Option(
+        help="Backbone weights: .npz, .pth/.bin, .safetensors.")] = None,
+    pretrained: Annotated[bool, typer.Option(help="timm weights from the local cache.")
+                          ] = False,
+    random_init: Annotated[bool, typer.Option(help="Random backbone weights (tests).")
+                           ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of --random-init.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    top_k: Annotated[int, typer.Option(help="Classes to report per image.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    json_out: JsonOpt = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV, one row per image.")
+                       ] = False,
+) -> None:
+    """Classify images with the live backbone + adapter; undecodable images are reported.
+
+    Refuses a backbone other than the one the adapter was trained on.
+
+    Example: losa-cache predict --adapter runs/cifar --model vit_b --pretrained photos/ --top-k 3
+    """
+    from losa_cache.adapter import load_adapter
+    from losa_cache.backbone import create_backbone
+    from losa_cache.extract import pick_device
+    from losa_cache.predict import find_images, predict_images
+
+    with user_errors():
+        if json_out and csv_out:
+            raise ValueError("choose one of --json and --csv")
+        files = find_images(images)
+        loaded = load_adapter(adapter)
+        backbone = create_backbone(model or loaded.fingerprint["model"], checkpoint=checkpoint,
+                                   pretrained=pretrained, random_init=random_init, seed=seed,
+                                   device=pick_device(device))
+        rows = predict_images(loaded, backbone, files, batch_size=batch_size, top_k=top_k)
+    if json_out:
+        emit_json(rows)
+    elif csv_out:
+        typer.echo(predictions_csv(rows, min(top_k, loaded.config.num_classes)), nl=False)
+    else:
+        typer.echo(_predictions_table(rows))
+    _report_failures(rows)
+
+
+def predictions_csv(rows: list[dict[str, Any]], k: int) -> str:
+    """One line per image: path, error, then label_i, class_i, prob_i for i = 1..k."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "error", *(f"{c}_{i}" for i in range(1, k + 1)
+                                        for c in ("label", "class", "prob"))])
+    for r in rows:
+        top = [v for trio in zip(r["labels"], r["classes"], r["probs"], strict=True)
+               for v in (trio[0], trio[1], f"{trio[2]:.6f}")]
+        writer.writerow([r["path"], r["error"] or "", *top, *[""] * (3 * k - len(top))])
+    return buf.getvalue()
+
+
+def _predictions_table(rows: list[dict[str, Any]]) -> str:
+    cells = []
+    for r in rows:
+        if r["error"]:
+            cells.append([r["path"], "-", "-", f"error: {r['error']}"])
+            continue
+        rest = ", ".join(f"{c} {p:.3f}" for c, p in zip(r["classes"][1:], r["probs"][1:],
+                                                         strict=True))
+        cells.append([r["path"], r["classes"][0], f"{r['probs'][0]:.3f}", rest])
+    return table(cells, ["image", "top-1", "prob", "next"])
+
+
+def _report_failures(rows: list[dict[str, Any]]) -> None:
+    failed = sum(1 for r in rows if r["error"])
+    if not failed:
+        return
+    typer.echo(f"{failed} of {len(rows)} images could not be read (see the error column)",
+               err=True)
+    if failed == len(rows):
+        raise typer.Exit(1)
+
+
+def evaluate(
+    adapter: AdapterOpt,
+    store: Annotated[str, typer.Option(help="Store path or URL with the adapter's layers.")],
+    split: Annotated[str, typer.Option(help="Split to score.")] = "test",
+    task: Annotated[str | None, typer.Option(
+        help="Labelling to score against (default: the adapter's task, else the store's).")
+                    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 256,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score an adapter on a store split's cached features: accuracy, loss, per class.
+
+    Example: losa-cache eval --adapter runs/cifar --store stores/cifar.zarr --split test
+    """
+    from losa_cache.adapter import load_adapter
+    from losa_cache.predict import evaluate_store
+    from losa_cache.store import open_store
+
+    with user_errors():
+        result = evaluate_store(load_adapter(adapter), open_store(store), split=split,
+                                task=task, batch_size=batch_size)
+    if json_out:
+        emit_json(result)
+        return
+    typer.echo(f"{result['store']} split {result['split']}, task {result['task']}: accuracy "
+               f"{result['accuracy']:.4f} ({result['correct']}/{result['count']}), "
+               f"mean class accuracy {result['mean_class_accuracy']:.4f}, "
+               f"loss {result['loss']:.4f}")
+    typer.echo(table([[name, v["count"], "-" if v["accuracy"] is None else f"{v['accuracy']:.4f}"]
+                      for name, v in result["per_class"].items()],
+                     ["class", "count", "accuracy"]))

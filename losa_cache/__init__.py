@@ -1,0 +1,15 @@
+"""losa-cache: run a frozen ViT once into a Zarr feature store, then train many LoSA
+side networks (Mercea et al., "Time-, Memory- and Parameter-Efficient Visual
+Adaptation", CVPR 2024) from it without running the backbone again.
+
+Data flow: :mod:`~losa_cache.data` -> :mod:`~losa_cache.backbone` ->
+:mod:`~losa_cache.extract` -> :mod:`~losa_cache.store` -> :mod:`~losa_cache.train`
+(reader, trainer) with :mod:`~losa_cache.side` networks -> adapter / predict.
+"""
+
+from __future__ import annotations
+
+from losa_cache.store import FeatureStore, StoreError, open_store
+
+__version__ = "0.1.0"
+__all__ = ["FeatureStore", "StoreError", "__version__", "open_store"]

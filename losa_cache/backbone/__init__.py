@@ -1,0 +1,147 @@
+"""Frozen ViT backbones: names, weights, preprocessing and block outputs.
+
+Block outputs come from timm's ``forward_intermediates`` (no hooks), with prefix
+(CLS/register) tokens kept and put first, i.e. in the model's own token order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+import torch
+from timm.data import create_transform, resolve_data_config
+from torch import nn
+
+from losa_cache.backbone.registry import ALIASES, create_architecture, describe, resolve_name
+from losa_cache.backbone.weights import (
+    WeightsError,
+    load_checkpoint,
+    load_weights,
+    weights_sha256,
+    weights_source,
+)
+
+__all__ = [
+    "ALIASES",
+    "Backbone",
+    "WeightsError",
+    "create_backbone",
+    "describe",
+    "load_checkpoint",
+    "resolve_name",
+]
+
+PREPROCESS_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+
+
+@dataclass
+class Backbone:
+    """A frozen ViT with its preprocessing and weight fingerprint."""
+
+    model: nn.Module
+    name: str
+    source: str
+    preprocess: dict[str, Any]
+    sha256: str = ""
+    _pruned_to: int | None = field(default=None, repr=False)
+
+    @property
+    def depth(self) -> int:
+        return len(self.model.blocks)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.embed_dim)
+
+    @property
+    def prefix_tokens(self) -> int:
+        return int(self.model.num_prefix_tokens)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(int(g) for g in self.model.patch_embed.grid_size)  # type: ignore[return-value]
+
+    @property
+    def tokens(self) -> int:
+        return self.prefix_tokens + self.grid[0] * self.grid[1]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for two feature sets to be interchangeable."""
+        return {
+            "model": self.name,
+            "weights_sha256": self.sha256,
+            "weights_source": self.source,
+            **{k: _jsonable(self.preprocess[k]) for k in PREPROCESS_KEYS},
+        }
+
+    def token_layout(self) -> dict[str, Any]:
+        return {"prefix_tokens": self.prefix_tokens, "grid": list(self.grid), "frames": 1,
+                "tokens": self.tokens, "order": "prefix_first"}
+
+    def transform(self) -> Any:
+        """timm's eval transform for this backbone's (possibly overridden) data config."""
+        return create_transform(**self.preprocess, is_training=False)
+
+    def prune(self, layers: list[int]) -> None:
+        """Drop blocks after the last needed one, and the final norm/head (never used)."""
+        self.model.prune_intermediate_layers(indices=list(layers), prune_norm=True, prune_head=True)
+        self._pruned_to = max(layers)
+
+    @torch.inference_mode()
+    def intermediates(self, x: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
+        """Block outputs (B, T, D) for the 0-based block indices ``layers``, prefix first."""
+        outs = self.model.forward_intermediates(
+            x, indices=list(layers), return_prefix_tokens=True, norm=False,
+            output_fmt="NLC", intermediates_only=True,
+        )
+        return [_with_prefix(o) for o in outs]
+
+
+def _with_prefix(out: Any) -> torch.Tensor:
+    if isinstance(out, tuple):
+        spatial, prefix = out
+        return spatial if prefix is None else torch.cat([prefix, spatial], dim=1)
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    return [float(x) if isinstance(x, float) else x for x in v] if isinstance(v, tuple) else v
+
+
+def create_backbone(
+    model: str,
+    checkpoint: str | None = None,
+    pretrained: bool = False,
+    random_init: bool = False,
+    seed: int = 0,
+    preprocess: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> Backbone:
+    """Build a frozen, eval-mode backbone with weights from exactly one source."""
+    name = resolve_name(model)
+    source = weights_source(name, checkpoint, pretrained, random_init)
+    torch.manual_seed(seed)  # random-init is deterministic, so resumed runs match
+    net = create_architecture(model)
+    load_weights(net, name, source, checkpoint)
+    sha = weights_sha256(net)
+    net.reset_classifier(0)
+    net.eval().requires_grad_(False).to(device)
+    cfg = resolve_data_config({}, model=net)
+    cfg.update({k: v for k, v in (preprocess or {}).items() if v is not None})
+    unknown = set(cfg) - set(PREPROCESS_KEYS)
+    for k in unknown:
+        cfg.pop(k)
+    return Backbone(model=net, name=name, source=_source_label(source, checkpoint, seed),
+                    preprocess=cfg, sha256=sha)
+
+
+def _source_label(source: str, checkpoint: str | None, seed: int) -> str:
+    if source == "checkpoint":
+        return f"checkpoint:{checkpoint}"
+    return f"random-init:seed={seed}" if source == "random-init" else source
+
+
+def timm_version() -> str:
+    return timm.__version__

@@ -1,0 +1,51 @@
+"""Data set adapters: a spec string -> an ordered, labelled, split list of images.
+
+    get_dataset("demo")                                  # built in, no files
+    get_dataset("imagefolder:/data/pets")                # PATH/<class>/... (+ split folders)
+    get_dataset("vtab1k:/data/vtab-1k/dtd")              # PEFT-community VTAB-1k task
+    get_dataset("inat2018", data_root="/data/inat2018")  # official COCO-style JSONs
+    get_dataset("list:/data/my_list.txt")                # '<path> <label> [<split>]'
+
+Every adapter decodes through :func:`open_rgb`; :class:`TorchImages` wraps chosen rows for
+a DataLoader without ever raising on a bad image.
+"""
+
+from __future__ import annotations
+
+from losa_cache.data.base import (
+    DatasetError,
+    DatasetNotFoundError,
+    ImageDataset,
+    ImageDecodeError,
+    Sample,
+)
+from losa_cache.data.decode import open_rgb
+from losa_cache.data.demo import DemoDataset
+from losa_cache.data.files import FileDataset
+from losa_cache.data.folder import ImageFolderDataset
+from losa_cache.data.inat import INatDataset
+from losa_cache.data.listfile import ListFileDataset
+from losa_cache.data.registry import get_dataset, valid_forms
+from losa_cache.data.sizes import KNOWN_SIZES, dataset_sizes
+from losa_cache.data.torch_dataset import TorchImages
+from losa_cache.data.vtab import Vtab1kDataset
+
+__all__ = [
+    "KNOWN_SIZES",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "DemoDataset",
+    "FileDataset",
+    "INatDataset",
+    "ImageDataset",
+    "ImageDecodeError",
+    "ImageFolderDataset",
+    "ListFileDataset",
+    "Sample",
+    "TorchImages",
+    "Vtab1kDataset",
+    "dataset_sizes",
+    "get_dataset",
+    "open_rgb",
+    "valid_forms",
+]

@@ -1,0 +1,113 @@
+"""Decode any image file (or bytes) into a fully loaded RGB PIL image, or fail loudly.
+
+Every adapter goes through :func:`open_rgb` so that one rule decides what a "good" image is:
+fully decoded (truncated files fail; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never touched),
+every mode mapped to RGB the same way, and every failure an :class:`ImageDecodeError` that
+names the file, so extraction can skip and report it instead of dying.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from losa_cache.data.base import ImageDecodeError
+
+_WHITE = (255, 255, 255)
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def open_rgb(source: str | Path | bytes, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode ``source`` completely and return it as a new RGB image.
+
+    Raises :class:`ImageDecodeError` (naming the file) for a missing, empty, truncated or
+    non-image file and for images over ``max_pixels`` (default: PIL's ``MAX_IMAGE_PIXELS``,
+    read at call time; PIL itself refuses anything over twice that value).
+    """
+    name, data = _read(source)
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            _check_pixels(name, im, limit)
+            im.load()
+            return to_rgb(im)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(
+            name,
+            f"decompression bomb refused by PIL ({err}); raise PIL.Image.MAX_IMAGE_PIXELS "
+            "if the file is trusted",
+        ) from err
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on bad input
+        raise ImageDecodeError(name, f"{type(err).__name__}: {err}") from err
+
+
+def _read(source: str | Path | bytes) -> tuple[str, bytes]:
+    """Read the raw bytes first so missing/empty files get their own clear message."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        name, data = "<bytes>", bytes(source)
+    else:
+        name = str(source)
+        try:
+            data = Path(source).read_bytes()
+        except FileNotFoundError as err:
+            raise ImageDecodeError(name, "file not found") from err
+        except OSError as err:
+            raise ImageDecodeError(name, f"cannot read file ({err})") from err
+    if not data:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    return name, data
+
+
+def _check_pixels(name: str, im: Image.Image, limit: int | None) -> None:
+    """Refuse huge images before decoding them (memory), with a message saying how to allow."""
+    width, height = im.size
+    if limit is not None and width * height > limit:
+        raise ImageDecodeError(
+            name,
+            f"decompression bomb guard: {width}x{height} = {width * height} pixels exceeds "
+            f"the limit of {limit}; pass max_pixels= to open_rgb if the file is trusted",
+        )
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Map any PIL mode to RGB: alpha is composited onto white, high-bit-depth data scaled."""
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in _ALPHA_MODES or (im.mode in {"L", "RGB"} and "transparency" in im.info):
+        return _composite_on_white(im.convert("RGBA"))
+    if im.mode in _SIXTEEN_BIT or im.mode in {"I", "F"}:
+        return Image.fromarray(_to_uint8(im)).convert("RGB")
+    return im.convert("RGB")  # RGB (a copy), L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _composite_on_white(rgba: Image.Image) -> Image.Image:
+    """Transparent pixels become white (what a viewer shows), not the black of a plain drop."""
+    background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _to_uint8(im: Image.Image) -> np.ndarray:
+    """Scale one-channel high-bit-depth data to 0..255 by its nominal range.
+
+    16-bit modes use the full 0..65535 range; 32-bit int and float data use 0..255, 0..65535
+    or 0..1 when they fit (the usual conventions), else their own min..max.
+    """
+    a = np.nan_to_num(np.asarray(im, dtype=np.float64))
+    if im.mode in _SIXTEEN_BIT:
+        return np.round(a / 257.0).astype(np.uint8)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        scaled = a * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        scaled = a
+    elif lo >= 0.0 and hi <= 65535.0:
+        scaled = a / 257.0
+    else:
+        scaled = (a - lo) * (255.0 / (hi - lo))
+    return np.round(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)

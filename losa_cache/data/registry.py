@@ -1,0 +1,102 @@
+"""Spec strings -> adapters: the single way in (``get_dataset``).
+
+A spec is ``NAME`` or ``NAME:ARG``. Path arguments that are relative are resolved against
+``data_root`` when one is given (so one data folder serves every spec), else the cwd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from losa_cache.data.base import DatasetError, DatasetNotFoundError, ImageDataset
+from losa_cache.data.demo import DemoDataset
+from losa_cache.data.folder import ImageFolderDataset
+from losa_cache.data.inat import INAT_FILES, INatDataset
+from losa_cache.data.listfile import ListFileDataset
+from losa_cache.data.vtab import Vtab1kDataset
+
+Builder = Callable[[str, str, Path | None], ImageDataset]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One spec name: how to build it and how to write it (for error messages)."""
+
+    build: Builder
+    usage: str
+    needs_arg: bool
+
+
+def _demo(spec: str, arg: str, data_root: Path | None) -> ImageDataset:
+    if not arg:
+        return DemoDataset.create()
+    try:
+        return DemoDataset.create(seed=int(arg))
+    except ValueError:
+        raise DatasetError(f"{spec!r}: the demo seed must be an integer, e.g. 'demo:1'") from None
+
+
+def _path(arg: str, data_root: Path | None) -> Path:
+    path = Path(arg).expanduser()
+    return path if path.is_absolute() or data_root is None else data_root / path
+
+
+def _inat(version: str) -> Builder:
+    def build(spec: str, arg: str, data_root: Path | None) -> ImageDataset:
+        if not arg and data_root is None:
+            raise DatasetNotFoundError(
+                f"{version} needs its data root: pass data_root= (the folder holding "
+                f"{' and '.join(INAT_FILES[version].values())}) or use '{version}:PATH'"
+            )
+        root = _path(arg, data_root) if arg else data_root
+        return INatDataset.from_root(version, root, spec=spec)
+
+    return build
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "demo": Adapter(_demo, "demo[:SEED]  (built-in procedural shapes, no files)", False),
+    "imagefolder": Adapter(
+        lambda spec, arg, root: ImageFolderDataset.from_path(_path(arg, root), spec=spec),
+        "imagefolder:PATH  (PATH/<class>/... or PATH/{train,val,test}/<class>/...)",
+        True,
+    ),
+    "vtab1k": Adapter(
+        lambda spec, arg, root: Vtab1kDataset.from_path(_path(arg, root), spec=spec),
+        "vtab1k:PATH/TASK  (train800.txt, val200.txt, train800val200.txt, test.txt)",
+        True,
+    ),
+    "inat2018": Adapter(
+        _inat("inat2018"), "inat2018[:PATH]  (train2018.json, val2018.json)", False
+    ),
+    "inat2021": Adapter(_inat("inat2021"), "inat2021[:PATH]  (train.json, val.json)", False),
+    "list": Adapter(
+        lambda spec, arg, root: ListFileDataset.from_file(_path(arg, root), spec=spec),
+        "list:FILE  (lines '<path> <label> [<split>]')",
+        True,
+    ),
+}
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``"NAME:ARG"`` -> (name, arg), checking the name and whether ARG is required."""
+    name, _, arg = spec.strip().partition(":")
+    adapter = ADAPTERS.get(name.lower())
+    if adapter is None:
+        raise DatasetError(f"unknown data set spec {spec!r}; valid forms:\n{valid_forms()}")
+    if adapter.needs_arg and not arg:
+        raise DatasetError(f"{spec!r} needs an argument: {adapter.usage}")
+    return name.lower(), arg
+
+
+def valid_forms() -> str:
+    return "\n".join(f"  {a.usage}" for a in ADAPTERS.values())
+
+
+def get_dataset(spec: str, data_root: str | Path | None = None) -> ImageDataset:
+    """Build the adapter a spec names (see :func:`valid_forms`)."""
+    name, arg = parse_spec(spec)
+    root = Path(data_root).expanduser() if data_root is not None else None
+    return ADAPTERS[name].build(spec, arg, root)

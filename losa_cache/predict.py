@@ -1,0 +1,233 @@
+"""Use an adapter: predict image files through a live backbone, or score cached features.
+
+Both paths end in the same side network on the same block outputs, so predictions from
+live images equal those from a float32 store extracted from the same images with the same
+backbone (tests/test_predict.py checks this). Both refuse features from a backbone other
+than the one the adapter was trained on (:func:`losa_cache.adapter.check_fingerprint`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from losa_cache.adapter import Adapter, check_fingerprint
+from losa_cache.backbone import Backbone
+from losa_cache.data.base import ImageDecodeError
+from losa_cache.data.decode import open_rgb
+from losa_cache.data.files import IMAGE_EXTENSIONS
+from losa_cache.store import FeatureStore, StoreError
+
+__all__ = [
+    "evaluate_store",
+    "find_images",
+    "image_logits",
+    "predict_images",
+    "prepare_backbone",
+    "score_logits",
+    "store_logits",
+]
+
+
+# ------------------------------------------------------------------------------ live images
+
+
+def predict_images(adapter: Adapter, backbone: Backbone, paths: Sequence[str | Path],
+                   batch_size: int = 64, top_k: int = 5) -> list[dict[str, Any]]:
+    """Top-k classes of each image, in input order.
+
+    Every row has ``path``, ``labels`` (class indices), ``classes`` (names), ``probs`` and
+    ``error``; an undecodable image gets empty lists and the reason in ``error`` and the
+    others are still predicted. Prunes ``backbone`` to the adapter's layers.
+    """
+    k = _top_k(top_k, adapter.config.num_classes)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    prepare_backbone(adapter, backbone)
+    transform = backbone.transform()
+    rows: list[dict[str, Any]] = [{} for _ in paths]
+    for start in range(0, len(paths), batch_size):
+        index, images = [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                images.append(load_image(paths[i], transform))
+                index.append(i)
+            except ImageDecodeError as e:
+                rows[i] = _error_row(paths[i], str(e))
+        if images:
+            logits = image_logits(adapter, backbone, torch.stack(images))
+            for i, top in zip(index, _top_rows(logits, k, adapter.classes), strict=True):
+                rows[i] = {"path": str(paths[i]), **top, "error": None}
+    return rows
+
+
+def find_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given (even missing ones: they become error rows); folders -> their images.
+
+    A folder contributes every non-hidden file under it with an image suffix, sorted.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(p)
+            continue
+        found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                       and f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise FileNotFoundError(f"no images in folder {p} (suffixes: "
+                                    f"{' '.join(sorted(IMAGE_EXTENSIONS))})")
+        out += found
+    if not out:
+        raise ValueError("no images given")
+    return out
+
+
+def prepare_backbone(adapter: Adapter, backbone: Backbone) -> None:
+    """Refuse a backbone the adapter was not trained on; drop the blocks it never reads."""
+    check_fingerprint(adapter.fingerprint, backbone.fingerprint(), what="backbone")
+    cfg = adapter.config
+    if (backbone.tokens, backbone.dim) != (cfg.tokens, cfg.dim):
+        raise ValueError(f"backbone gives (tokens, dim) = ({backbone.tokens}, {backbone.dim}); "
+                         f"the adapter expects ({cfg.tokens}, {cfg.dim})")
+    needed = max(adapter.layers)
+    if needed >= backbone.depth:
+        raise ValueError(f"the adapter reads block {needed} but this backbone has "
+                         f"{backbone.depth} blocks (was it pruned for fewer layers?)")
+    if backbone.depth > needed + 1:
+        backbone.prune(adapter.layers)
+
+
+def load_image(path: str | Path, transform: Any) -> Tensor:
+    """Decode + preprocess one file; any failure is an ImageDecodeError naming the file."""
+    image = open_rgb(path)
+    try:
+        return transform(image)  # (3, H, W)
+    except Exception as e:  # an odd image must not stop the batch
+        raise ImageDecodeError(str(path), f"preprocessing failed: {type(e).__name__}: {e}") from e
+
+
+def image_logits(adapter: Adapter, backbone: Backbone, x: Tensor) -> Tensor:
+    """Preprocessed images (B, 3, H, W) -> (B, C) float32 logits on the CPU."""
+    device = _device(backbone.model)
+    with torch.inference_mode():
+        outs = backbone.intermediates(x.to(device), adapter.layers)  # [(B, T, D)] per layer
+        model = adapter.model.to(device).eval()
+        logits = model(dict(zip(adapter.layers, outs, strict=True)))
+    return logits.float().cpu()
+
+
+def _top_k(top_k: int, num_classes: int) -> int:
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    return min(top_k, num_classes)
+
+
+def _top_rows(logits: Tensor, k: int, classes: list[str]) -> list[dict[str, Any]]:
+    probs, labels = logits.softmax(dim=-1).topk(k, dim=-1)  # (B, k) each
+    return [{"labels": lab, "classes": [classes[j] for j in lab], "probs": p}
+            for lab, p in zip(labels.tolist(), probs.tolist(), strict=True)]
+
+
+def _error_row(path: str | Path, error: str) -> dict[str, Any]:
+    return {"path": str(path), "labels": [], "classes": [], "probs": [], "error": error}
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# ------------------------------------------------------------------------------ cached features
+
+
+def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
+                   task: str | None = None, batch_size: int = 256) -> dict[str, Any]:
+    """Accuracy, loss and per-class accuracy of the adapter on a store split's features.
+
+    ``task`` defaults to the adapter's task if the store has it, else the store's default.
+    Rows that were skipped at extraction or have no label (-1) are not scored.
+    """
+    check_store(adapter, store)
+    task = _task(adapter, store, task)
+    labels = store.labels(task)
+    rows = store.split_rows(split)
+    rows = rows[labels[rows] >= 0]
+    if not len(rows):
+        raise StoreError(f"split {split!r} of {store.path} has no labelled rows for task "
+                         f"{task!r}")
+    logits = store_logits(adapter, store, rows, batch_size)
+    target = torch.from_numpy(labels[rows].astype(np.int64))
+    result = score_logits(logits, target, adapter.classes)
+    return {**result, "split": split, "task": task, "store": store.path}
+
+
+def check_store(adapter: Adapter, store: FeatureStore) -> None:
+    """Refuse a store from another backbone, or one without the adapter's layers."""
+    check_fingerprint(adapter.fingerprint, store.fingerprint, what="store's backbone")
+    missing = sorted(set(adapter.layers) - set(store.layers))
+    if missing:
+        raise StoreError(f"store {store.path} lacks blocks {missing} that this adapter reads "
+                         f"({adapter.layers}); it holds blocks {store.layers}. Re-extract with "
+                         f"--layers including them")
+    cfg, layout = adapter.config, store.layout
+    if (layout.tokens, layout.dim) != (cfg.tokens, cfg.dim):
+        raise StoreError(f"store features are (tokens, dim) = ({layout.tokens}, {layout.dim}); "
+                         f"the adapter expects ({cfg.tokens}, {cfg.dim})")
+
+
+def _task(adapter: Adapter, store: FeatureStore, task: str | None) -> str:
+    if task is None:
+        task = adapter.task if adapter.task in store.tasks else store.default_task
+    classes = store.classes(task)  # unknown task -> StoreError listing the tasks
+    placeholder = adapter.classes == [str(i) for i in range(len(adapter.classes))]
+    if len(classes) != len(adapter.classes) or (classes != adapter.classes and not placeholder):
+        raise StoreError(f"task {task!r} has classes {_short(classes)} but the adapter was "
+                         f"trained on {_short(adapter.classes)}; pick the matching --task "
+                         f"(store tasks: {store.tasks})")
+    return task
+
+
+def _short(items: list[str], n: int = 5) -> str:
+    more = f" ... ({len(items)} in all)" if len(items) > n else ""
+    return f"{items[:n]}{more}"
+
+
+def store_logits(adapter: Adapter, store: FeatureStore, rows: np.ndarray,
+                 batch_size: int = 256) -> Tensor:
+    """(N, C) float32 logits of the adapter on the store's cached features of ``rows``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = _device(adapter.model)
+    arrays = {layer: store.features(layer) for layer in adapter.layers}
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            sel = np.asarray(rows[start:start + batch_size])
+            feats = {layer: a.read_torch(sel).to(device) for layer, a in arrays.items()}
+            out.append(adapter.model.eval()(feats).float().cpu())  # (b, C)
+    return torch.cat(out) if out else torch.empty(0, adapter.config.num_classes)
+
+
+def score_logits(logits: Tensor, target: Tensor, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, mean cross-entropy and per-class accuracy (None for absent classes)."""
+    pred = logits.argmax(dim=-1)
+    hit = pred == target
+    per_class = {}
+    for c, name in enumerate(classes):
+        mask = target == c
+        n = int(mask.sum())
+        per_class[name] = {"count": n, "accuracy": float(hit[mask].float().mean()) if n else None}
+    present = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
+    return {
+        "accuracy": float(hit.float().mean()),
+        "correct": int(hit.sum()),
+        "count": len(target),
+        "loss": float(F.cross_entropy(logits, target)),
+        "mean_class_accuracy": sum(present) / len(present),
+        "per_class": per_class,
+    }

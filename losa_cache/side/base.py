@@ -1,0 +1,90 @@
+"""``SideNetwork``: the interface every registered side network implements.
+
+A side network reads cached block outputs ``features[i]`` (0-based block index ->
+(B, T, D) tensor of any float dtype), refines them into one (B, T, D) map
+(:meth:`forward_features`) and classifies it with a :class:`ClassifierHead`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from losa_cache.side.head import ClassifierHead
+
+if TYPE_CHECKING:
+    from losa_cache.side.config import SideConfig
+
+__all__ = ["SideNetwork"]
+
+
+class SideNetwork(nn.Module):
+    """Base class: a head plus method-specific side layers (everything not under ``head.``)."""
+
+    def __init__(self, config: SideConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.head = ClassifierHead.from_config(config)
+
+    # ------------------------------------------------------------ per-method hooks
+
+    @classmethod
+    def check_config(cls, config: SideConfig) -> None:
+        """Method-specific validation, called from ``SideConfig.__post_init__``."""
+
+    @classmethod
+    def count_learned_params(cls, config: SideConfig) -> int:
+        """Learned side parameters (head excluded), computed without instantiating."""
+        raise NotImplementedError
+
+    @property
+    def required_layers(self) -> tuple[int, ...]:
+        """Sorted 0-based block indices that :meth:`forward` reads."""
+        raise NotImplementedError
+
+    def forward_features(self, features: Mapping[int, Tensor]) -> Tensor:
+        """Block outputs -> refined (B, T, D) tokens for the head."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ shared
+
+    def forward(self, features: Mapping[int, Tensor]) -> Tensor:
+        """Block outputs {index: (B, T, D)} -> (B, num_classes) logits."""
+        return self.head(self.forward_features(features))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype: inputs are cast to it."""
+        return self.head.dtype
+
+    def block(self, features: Mapping[int, Tensor], index: int) -> Tensor:
+        """``features[index]`` checked against the config and cast to the module dtype."""
+        if index not in features:
+            raise KeyError(
+                f"block {index} missing from features (got {sorted(features)}); "
+                f"this side network reads blocks {self.required_layers}"
+            )
+        x = features[index]
+        expected = (self.config.tokens, self.config.dim)
+        if x.ndim != 3 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"block {index} has shape {tuple(x.shape)}; expected (B, {expected[0]}, "
+                f"{expected[1]}) = (B, tokens, dim) from the config"
+            )
+        return x.to(self.dtype)  # (B, T, D)
+
+    def side_parameters(self) -> Iterator[nn.Parameter]:
+        """Learned side-network parameters (the paper's count); excludes the head."""
+        for name, param in self.named_parameters():
+            if not name.startswith("head."):
+                yield param
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        return self.head.parameters()
+
+    def num_learned_params(self) -> int:
+        """Instantiated count of :meth:`side_parameters` (head excluded)."""
+        return sum(p.numel() for p in self.side_parameters())

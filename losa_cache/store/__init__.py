@@ -1,0 +1,17 @@
+"""The feature store: schema, reading and writing (see :mod:`losa_cache.store.schema`)."""
+
+from losa_cache.store.schema import CODECS, DTYPES, SCHEMA_VERSION, Layout, plan_layout
+from losa_cache.store.store import FeatureArray, FeatureStore, StoreError, add_task, open_store
+
+__all__ = [
+    "CODECS",
+    "DTYPES",
+    "SCHEMA_VERSION",
+    "FeatureArray",
+    "FeatureStore",
+    "Layout",
+    "StoreError",
+    "add_task",
+    "open_store",
+    "plan_layout",
+]

@@ -1,0 +1,192 @@
+"""The feature store's schema: every array name, dtype, chunking rule and attribute.
+
+Layout of a store (Zarr v3 group)::
+
+    zarr.json                       attrs["losa_cache"]: see ``Manifest`` below
+    features/block_007  (N, T, D)   one array per extracted block (0-based index),
+                                    float16 | float32 | bfloat16 stored as uint16 bits
+    index/source        (N,) str    where each row came from (path, URL, demo://...)
+    index/status        (N,) uint8  0 pending, 1 ok, 2 skipped (undecodable image)
+    index/error         (N,) str    why a row was skipped ("" otherwise)
+    splits/<name>       (n,) int64  rows of each split; splits may overlap
+    tasks/<name>        (N,) int32  one labelling of the rows (-1 = unlabelled);
+                                    attrs: classes, source
+    progress/done       (S,) uint8  one done marker per shard, written last
+    progress/checksums  (S, A) uint64  blake2b-64 of each per-shard array, at write time
+
+Rows are written a whole shard at a time (all per-shard arrays share ``shard_rows``),
+so a writer owns whole shards and no partial-shard read-modify-write ever happens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from zarr.codecs import BloscCodec, ZstdCodec
+
+SCHEMA_VERSION = 1
+ROOT_ATTR = "losa_cache"
+MiB = 1 << 20
+
+FEATURES = "features"
+SOURCE = "index/source"
+STATUS = "index/status"
+ERROR = "index/error"
+SPLITS = "splits"
+TASKS = "tasks"
+DONE = "progress/done"
+CHECKSUMS = "progress/checksums"
+
+PENDING, OK, SKIPPED = 0, 1, 2
+
+#: logical dtype -> (zarr storage dtype, bytes per value)
+DTYPES: dict[str, tuple[str, int]] = {
+    "float16": ("float16", 2),
+    "bfloat16": ("uint16", 2),  # zarr has no bf16: raw bits, viewed back as torch.bfloat16
+    "float32": ("float32", 4),
+}
+DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32",
+                 "float": "float32"}
+
+#: Codec names users choose from. Block activations are near-incompressible floats;
+#: byte-shuffle + a fast compressor wins what there is to win (benchmarks/codecs.py).
+CODECS: dict[str, Any] = {
+    "none": None,
+    "lz4": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+    "zstd": BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),
+    "zstd-plain": ZstdCodec(level=3),
+}
+DEFAULT_CODEC = "lz4"
+
+
+def feature_name(layer: int) -> str:
+    """Array path of block ``layer`` (0-based, as timm indexes blocks)."""
+    return f"{FEATURES}/block_{layer:03d}"
+
+
+def task_name(name: str) -> str:
+    return f"{TASKS}/{name}"
+
+
+def split_name(name: str) -> str:
+    return f"{SPLITS}/{name}"
+
+
+def parse_dtype(dtype: str) -> str:
+    """Normalise a user dtype name; error lists the choices."""
+    d = DTYPE_ALIASES.get(dtype.lower(), dtype.lower())
+    if d not in DTYPES:
+        raise ValueError(f"unknown store dtype {dtype!r}; choose one of {sorted(DTYPES)} "
+                         "(or fp16/bf16/fp32)")
+    return d
+
+
+def parse_codec(codec: str) -> str:
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
+    return codec
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shapes and chunking of one store; derived once, then read back from the attrs."""
+
+    num_images: int
+    tokens: int
+    dim: int
+    layers: tuple[int, ...]
+    dtype: str
+    chunk_rows: int
+    shard_rows: int
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one image for one layer."""
+        return self.tokens * self.dim * DTYPES[self.dtype][1]
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_images // self.shard_rows)
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        start = shard * self.shard_rows
+        return start, min(start + self.shard_rows, self.num_images)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "layers": list(self.layers)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Layout:
+        return cls(**{**d, "layers": tuple(d["layers"])})
+
+
+def plan_layout(
+    num_images: int,
+    tokens: int,
+    dim: int,
+    layers: tuple[int, ...],
+    dtype: str = "float16",
+    chunk_mb: float = 2.0,
+    shard_mb: float = 64.0,
+    buffer_mb: float = 2048.0,
+    chunk_rows: int | None = None,
+    shard_rows: int | None = None,
+) -> Layout:
+    """Choose chunk and shard rows.
+
+    Chunks of ~2 MB read well from disk and object stores; shards (the unit of writing,
+    a whole number of chunks) of ~64 MB per layer keep file counts low. The writer holds
+    two shards of every layer in memory, so shards shrink until that fits ``buffer_mb``.
+    """
+    if num_images < 1:
+        raise ValueError("a store needs at least one image")
+    row_bytes = tokens * dim * DTYPES[dtype][1]
+    chunk = chunk_rows or max(1, round(chunk_mb * MiB / row_bytes))
+    chunk = min(chunk, num_images)
+    if shard_rows is None:
+        per_chunk = max(1, int(shard_mb // max(chunk_mb, 1e-9)))
+        fit = int(buffer_mb * MiB // (2 * len(layers) * row_bytes * chunk))
+        per_chunk = max(1, min(per_chunk, fit, -(-num_images // chunk)))
+        shard_rows = chunk * per_chunk
+    if shard_rows % chunk:
+        raise ValueError(f"shard rows ({shard_rows}) must be a multiple of chunk rows ({chunk})")
+    return Layout(num_images, tokens, dim, tuple(layers), dtype, chunk, shard_rows)
+
+
+@dataclass
+class Manifest:
+    """Everything in the root attribute ``losa_cache``.
+
+    ``identity`` is what a resumed run must match exactly (backbone fingerprint without
+    the weights' file path, layers, dtype, token layout, preprocessing, rows); the rest
+    is description.
+    """
+
+    schema_version: int
+    layout: dict[str, Any]
+    identity: dict[str, Any]
+    fingerprint: dict[str, Any]
+    token_layout: dict[str, Any]
+    codec: str
+    extract_config: dict[str, Any]
+    versions: dict[str, str]
+    splits: list[str]
+    tasks: list[str]
+    default_task: str
+    created: str
+    depth: int
+    state: str = "created"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(
+                f"store schema version {version} is not supported by this losa-cache "
+                f"(schema {SCHEMA_VERSION}); re-extract, or use the losa-cache version that wrote it"
+            )
+        return cls(**d)

@@ -1,0 +1,237 @@
+"""Open, create and read feature stores (the Python API everything downstream uses)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from losa_cache.store import schema as S
+
+
+class StoreError(ValueError):
+    """A store is missing, incomplete, damaged or not what the caller asked for."""
+
+
+@dataclass
+class FeatureArray:
+    """One block's features, (N, T, D), numpy-sliceable in the store's logical dtype.
+
+    bf16 stores hold raw bits; ``__getitem__`` upcasts them exactly to float32 and
+    :meth:`read_torch` returns them as ``torch.bfloat16`` without copying.
+    """
+
+    array: zarr.Array
+    dtype: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, sel: Any) -> np.ndarray:
+        raw = self.array[sel]
+        if self.dtype == "bfloat16":
+            return torch.from_numpy(np.ascontiguousarray(raw)).view(torch.bfloat16).float().numpy()
+        return raw
+
+    def read_torch(self, sel: Any) -> torch.Tensor:
+        """Rows as a tensor in the storage dtype (bf16 bits viewed, not converted)."""
+        raw = torch.from_numpy(np.ascontiguousarray(self.array[sel]))
+        return raw.view(torch.bfloat16) if self.dtype == "bfloat16" else raw
+
+
+class FeatureStore:
+    """A read view of a store: layers, rows, splits, tasks, features, progress."""
+
+    def __init__(self, group: zarr.Group, path: str) -> None:
+        self.group = group
+        self.path = path
+        attrs = group.attrs.asdict()
+        if S.ROOT_ATTR not in attrs:
+            raise StoreError(f"{path} is a Zarr group but not a losa-cache store (no "
+                             f"'{S.ROOT_ATTR}' attribute)")
+        self.manifest = S.Manifest.from_dict(attrs[S.ROOT_ATTR])
+        self.layout = S.Layout.from_dict(self.manifest.layout)
+
+    # -- description ---------------------------------------------------------------
+    @property
+    def layers(self) -> list[int]:
+        return list(self.layout.layers)
+
+    @property
+    def num_images(self) -> int:
+        return self.layout.num_images
+
+    @property
+    def depth(self) -> int:
+        return self.manifest.depth
+
+    @property
+    def dtype(self) -> str:
+        return self.layout.dtype
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return dict(self.manifest.fingerprint)
+
+    @property
+    def token_layout(self) -> dict[str, Any]:
+        return dict(self.manifest.token_layout)
+
+    # -- rows ------------------------------------------------------------------------
+    @property
+    def splits(self) -> dict[str, np.ndarray]:
+        return {name: self.group[S.split_name(name)][:] for name in self.manifest.splits}
+
+    def split_rows(self, split: str, valid_only: bool = True) -> np.ndarray:
+        """Rows of ``split`` (sorted), by default without skipped/unwritten rows."""
+        if split not in self.manifest.splits:
+            raise StoreError(f"unknown split {split!r}; this store has {self.manifest.splits}")
+        rows = np.sort(self.group[S.split_name(split)][:])
+        return rows[self.valid[rows]] if valid_only else rows
+
+    @property
+    def status(self) -> np.ndarray:
+        return self.group[S.STATUS][:]
+
+    @property
+    def valid(self) -> np.ndarray:
+        """True for rows whose features were written from a decoded image."""
+        return self.status == S.OK
+
+    @property
+    def sources(self) -> np.ndarray:
+        return self.group[S.SOURCE][:]
+
+    def skipped(self) -> list[dict[str, Any]]:
+        """Rows whose image could not be decoded, with the reason."""
+        rows = np.flatnonzero(self.status == S.SKIPPED)
+        if not len(rows):
+            return []
+        src, err = self.group[S.SOURCE], self.group[S.ERROR]
+        return [{"row": int(r), "source": str(src[r]), "error": str(err[r])} for r in rows]
+
+    # -- labels ----------------------------------------------------------------------
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.manifest.tasks)
+
+    @property
+    def default_task(self) -> str:
+        return self.manifest.default_task
+
+    def _task(self, task: str | None) -> zarr.Array:
+        task = task or self.default_task
+        if task not in self.manifest.tasks:
+            raise StoreError(f"unknown task {task!r}; this store has {self.manifest.tasks} "
+                             "(add one with `losa-cache tasks add`)")
+        return self.group[S.task_name(task)]
+
+    def labels(self, task: str | None = None) -> np.ndarray:
+        """(N,) int labels of a task; -1 where a row has no label."""
+        return self._task(task)[:]
+
+    def classes(self, task: str | None = None) -> list[str]:
+        return list(self._task(task).attrs["classes"])
+
+    # -- features --------------------------------------------------------------------
+    def features(self, layer: int) -> FeatureArray:
+        """Block ``layer`` (0-based; negative counts from the end of the backbone)."""
+        block = layer + self.depth if layer < 0 else layer
+        if block not in self.layout.layers:
+            raise StoreError(
+                f"block {layer} is not in this store; it holds blocks {self.layers} of "
+                f"{self.depth} (re-extract with --layers to include it)"
+            )
+        return FeatureArray(self.group[S.feature_name(block)], self.dtype)
+
+    # -- progress and size -----------------------------------------------------------
+    def done_shards(self) -> np.ndarray:
+        return self.group[S.DONE][:].astype(bool)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done_shards().all())
+
+    def require_complete(self) -> None:
+        done = self.done_shards()
+        if not done.all():
+            raise StoreError(
+                f"store {self.path} is incomplete ({int(done.sum())}/{len(done)} shards "
+                "extracted): rerun the same `losa-cache extract` command to resume"
+            )
+
+    def nbytes(self) -> dict[str, int]:
+        """Logical vs stored bytes of the feature arrays."""
+        logical = stored = 0
+        for layer in self.layers:
+            arr = self.group[S.feature_name(layer)]
+            logical += arr.nbytes
+            stored += _stored_bytes(arr)
+        return {"logical": logical, "stored": stored}
+
+
+def _stored_bytes(arr: zarr.Array) -> int:
+    try:
+        return int(arr.nbytes_stored())
+    except Exception:  # some remote stores cannot list sizes
+        return -1
+
+
+def open_group(path: str | Path, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
+    """Open a Zarr group from a local path or an fsspec URL."""
+    kwargs = {"storage_options": storage_options} if storage_options else {}
+    return zarr.open_group(str(path), mode=mode, **kwargs)
+
+
+def open_store(path: str | Path, storage_options: dict | None = None) -> FeatureStore:
+    """Open an existing store for reading (local path or fsspec URL)."""
+    try:
+        group = open_group(path, mode="r", storage_options=storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
+        raise StoreError(f"no losa-cache store at {path}: create one with `losa-cache extract`"
+                         ) from e
+    return FeatureStore(group, str(path))
+
+
+def add_task(
+    path: str | Path,
+    name: str,
+    labels: Sequence[int] | np.ndarray,
+    classes: Sequence[str],
+    source: str = "",
+    overwrite: bool = False,
+) -> None:
+    """Attach a labelling (N,) to an existing store; features are not touched."""
+    group = open_group(path, mode="r+")
+    store = FeatureStore(group, str(path))
+    labels = np.asarray(labels, dtype=np.int32)
+    if labels.shape != (store.num_images,):
+        raise StoreError(f"task {name!r}: {labels.shape[0]} labels for a store of "
+                         f"{store.num_images} rows")
+    if labels.max(initial=-1) >= len(classes) or labels.min(initial=0) < -1:
+        raise StoreError(f"task {name!r}: labels must be -1 (none) or in [0, {len(classes)})")
+    if name in store.tasks and not overwrite:
+        raise StoreError(f"task {name!r} already exists; pass --overwrite to replace it")
+    write_task(group, name, labels, list(classes), source)
+    manifest = store.manifest
+    if name not in manifest.tasks:
+        manifest.tasks.append(name)
+    group.attrs[S.ROOT_ATTR] = manifest.to_dict()
+
+
+def write_task(group: zarr.Group, name: str, labels: np.ndarray, classes: list[str],
+               source: str) -> None:
+    """Write one task array (whole, by one writer: labels are small)."""
+    arr = group.create_array(S.task_name(name), shape=labels.shape, dtype="int32",
+                             chunks=(max(1, len(labels)),), fill_value=-1, overwrite=True)
+    arr[:] = labels
+    arr.attrs.update({"classes": classes, "source": source})

@@ -1,0 +1,87 @@
+"""Checkpoints (written atomically) and the metrics log of a training run.
+
+A checkpoint holds everything the next step depends on: side network, optimizer,
+scheduler, RNG states, the reader's stream position and the step, plus the configs and
+the evaluation history, so ``--resume`` continues bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CHECKPOINT", "METRICS", "METRICS_LOG", "MetricsLog", "load_checkpoint",
+           "peak_memory", "rng_state", "save_checkpoint", "set_rng_state"]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS_LOG = "metrics.jsonl"
+METRICS = "metrics.json"
+
+
+def save_checkpoint(out: Path, payload: dict[str, Any]) -> Path:
+    """Write ``out/checkpoint.pt`` via a temporary file, so a crash keeps the previous one."""
+    path = out / CHECKPOINT
+    tmp = out / f".{CHECKPOINT}.tmp-{os.getpid()}"
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(out: Path) -> dict[str, Any]:
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out}; run without --resume to "
+                                "start, or point --out at the run to continue")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """Peak memory of the run: CUDA allocator peak, or this process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
+                "peak_memory_kind": "cuda_max_allocated"}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return {"peak_memory_bytes": int(rss * scale), "peak_memory_kind": "process_max_rss"}
+
+
+class MetricsLog:
+    """Append-only JSONL of train/eval records; on resume, later steps are dropped first."""
+
+    def __init__(self, out: Path, resume_step: int | None) -> None:
+        self.path = out / METRICS_LOG
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

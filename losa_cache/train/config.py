@@ -1,0 +1,178 @@
+"""``TrainConfig``: one training run, JSON round-trippable, saved into checkpoints and adapters.
+
+Defaults are the LoSA paper's large-scale recipe (Table 12: SGD momentum 0.9, batch
+512, cosine with 500 linear warmup steps, base lr 0.05, r 64), scaled for small data:
+
+* batch size is capped at the training split's size;
+* SGD's lr is ``lr * batch / 512`` (linear scaling from the paper's batch);
+* warmup is ``min(500, 10% of the steps)``;
+* without ``steps``/``epochs`` a run is ``min(20000 steps, 100 epochs)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from losa_cache.side import list_sides
+from losa_cache.side.config import VERSION_KEY, library_version
+from losa_cache.train.cache import CACHE_MODES
+
+__all__ = ["OPTIMIZERS", "RUNTIME_FIELDS", "TrainConfig"]
+
+OPTIMIZERS = ("sgd", "adamw")
+AMP = ("auto", "bf16", "fp32")
+PAPER_BATCH, PAPER_STEPS, PAPER_WARMUP = 512, 20_000, 500
+DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
+DEFAULT_WD = {"sgd": 0.0, "adamw": 0.05}
+DEFAULT_EPOCHS = 100  # the usual VTAB-1k budget; caps the 20k paper steps on small data
+
+#: Fields that do not change the maths of a run: they may differ on --resume.
+RUNTIME_FIELDS = frozenset({"resume", "stop_at", "cache", "workers", "out", "eval_every",
+                            "log_every", "checkpoint_every", "device"})
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """A side-network training run on a feature store (or, with ``live``, on images)."""
+
+    store: str | None = _f(None, "Feature store path or URL (not needed with --live).")
+    out: str = _f("runs/train", "Output folder: checkpoint, metrics, adapter.")
+    task: str | None = _f(None, "Labelling of the store to train on (default: the store's).")
+    method: str = _f("losa", "Side network: losa | linear (the linear probe).")
+    rank: int = _f(64, "Low-rank bottleneck r of the LoSA adaptors.")
+    layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
+                              "all | last:N | evenly:N | 3,6,-1 (0-based).")
+    pool: str = _f("auto", "Head pooling: auto | cls | mean.")
+    steps: int | None = _f(None, "Optimizer steps (default: min(20000, 100 epochs)).")
+    epochs: float | None = _f(None, "Train for this many passes over the train split instead.")
+    batch_size: int = _f(PAPER_BATCH, "Batch size (capped at the train split's size).")
+    lr: float | None = _f(None, "Base lr (default 0.05 for SGD, scaled by batch/512; "
+                                "1e-3 for AdamW, not scaled).")
+    optimizer: str = _f("sgd", "sgd (momentum) | adamw.")
+    momentum: float = _f(0.9, "SGD momentum.")
+    weight_decay: float | None = _f(None, "Weight decay on weight matrices (default: 0 for "
+                                          "SGD, 0.05 for AdamW).")
+    label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy, in [0, 1).")
+    warmup_steps: int | None = _f(None, "Linear warmup steps (default: min(500, 10% of steps)).")
+    seed: int = _f(0, "Seed of initialisation and batch order.")
+    cache: str = _f("auto", "Hold needed features in memory: auto | gpu | ram | none.")
+    shuffle_buffer: int | None = _f(None, "Shuffle buffer in rows, rounded to whole chunks "
+                                          "(default: 4 batches within 1 GiB).")
+    workers: int = _f(4, "I/O threads of the store reader (live: image decoding processes).")
+    amp: str = _f("auto", "Compute precision: auto (bf16 autocast on CUDA) | bf16 | fp32.")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N.")
+    train_split: str = _f("auto", "Training split (auto: train or train800).")
+    val_split: str = _f("auto", "Validation split (auto: val, val200 or validation; none).")
+    test_split: str = _f("auto", "Split scored at the end (auto: test; none).")
+    eval_every: int | None = _f(None, "Validate every N steps (default: 10 times per run).")
+    log_every: int | None = _f(None, "Log train metrics every N steps (default: ~20 per run).")
+    checkpoint_every: int | None = _f(None, "Checkpoint every N steps (default: eval_every).")
+    resume: bool = _f(False, "Continue the run whose checkpoint is in --out.")
+    stop_at: int | None = _f(None, "Stop after this step with a checkpoint (resume later).")
+    live: bool = _f(False, "Run the frozen backbone on every batch instead of reading a store.")
+    model: str | None = _f(None, "Live: backbone alias or timm name.")
+    checkpoint: str | None = _f(None, "Live: backbone weights file.")
+    pretrained: bool = _f(False, "Live: timm weights from the local cache.")
+    random_init: bool = _f(False, "Live: random backbone weights, on purpose.")
+    init_seed: int = _f(0, "Live: seed of --random-init (extract's --seed).")
+    dataset: str | None = _f(None, "Live: data set spec (as for extract).")
+    data_root: str | None = _f(None, "Live: root folder of inat data sets.")
+    limit: int | None = _f(None, "Live: at most N images per split (extract's --limit).")
+    live_chunk_rows: int | None = _f(None, "Live: rows per virtual chunk of the batch order "
+                                           "(default: what extract would choose).")
+
+    def __post_init__(self) -> None:
+        self._check_positive()
+        self._check_choices()
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give --steps or --epochs, not both")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.live and not (self.model and self.dataset):
+            raise ValueError("--live needs --model and --dataset (the backbone runs on images)")
+        if not self.live and not self.store:
+            raise ValueError("give --store (a feature store), or --live with --model/--dataset")
+
+    def _check_positive(self) -> None:
+        for name in ("rank", "batch_size", "steps", "eval_every", "log_every",
+                     "checkpoint_every", "stop_at", "shuffle_buffer", "limit", "live_chunk_rows"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("epochs", "lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    def _check_choices(self) -> None:
+        choices = {"method": list_sides(), "optimizer": OPTIMIZERS, "cache": CACHE_MODES,
+                   "amp": AMP, "pool": ("auto", "cls", "mean")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of "
+                                 f"{list(valid)}")
+
+    # ------------------------------------------------------------------ derived
+
+    def base_lr(self, batch_size: int) -> float:
+        """The peak lr: SGD scales linearly from the paper's batch of 512."""
+        lr = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        return lr * batch_size / PAPER_BATCH if self.optimizer == "sgd" else lr
+
+    def resolved_weight_decay(self) -> float:
+        return self.weight_decay if self.weight_decay is not None else DEFAULT_WD[self.optimizer]
+
+    def plan(self, train_rows: int) -> dict[str, int | float]:
+        """Batch, steps, warmup and intervals for a train split of ``train_rows`` rows."""
+        batch = min(self.batch_size, train_rows)
+        per_epoch = train_rows / batch
+        if self.steps is not None:
+            steps = self.steps
+        elif self.epochs is not None:
+            steps = max(1, math.ceil(self.epochs * per_epoch))
+        else:
+            steps = min(PAPER_STEPS, math.ceil(DEFAULT_EPOCHS * per_epoch))
+        warmup = self.warmup_steps if self.warmup_steps is not None else min(
+            PAPER_WARMUP, steps // 10)
+        eval_every = self.eval_every or max(1, steps // 10)
+        return {"batch_size": batch, "steps": steps, "warmup_steps": min(warmup, steps),
+                "epochs": round(steps / per_epoch, 3), "lr": self.base_lr(batch),
+                "weight_decay": self.resolved_weight_decay(), "eval_every": eval_every,
+                "log_every": self.log_every or max(1, min(50, steps // 20)),
+                "checkpoint_every": self.checkpoint_every or eval_every}
+
+    def maths(self) -> dict[str, Any]:
+        """Fields that define the run's results (a resumed run must match them)."""
+        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(sorted({**asdict(self), VERSION_KEY: library_version()}.items()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = {k: v for k, v in data.items() if k != VERSION_KEY}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return cls.from_dict(json.loads(text))
