@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from losa_cache.cli import store_cmds
+from losa_cache.cli import predict_cmds, store_cmds
 
 app = typer.Typer(
     name="losa-cache",
@@ -19,6 +19,8 @@ app.command()(store_cmds.plan)
 app.command()(store_cmds.extract)
 app.command()(store_cmds.info)
 app.add_typer(store_cmds.tasks_app, name="tasks")
+app.command("predict")(predict_cmds.predict)
+app.command("eval")(predict_cmds.evaluate)
 
 
 def main() -> None:

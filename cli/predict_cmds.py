@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from losa_cache.cli.common import emit_json, table, user_errors
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]

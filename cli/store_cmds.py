@@ -24,28 +24,47 @@ def models(json_out: JsonOpt = False) -> None:
     if json_out:
         emit_json(rows)
         return
-    typer.echo(table(
-        [[r["model"], r["timm_name"], f"{r['params'] / 1e6:,.1f}M", r["depth"], r["dim"],
-          r["tokens"], human_bytes(r["bytes_per_image_layer_fp16"]), r["note"]] for r in rows],
-        ["alias", "timm name", "params", "depth", "dim", "tokens", "fp16/img/layer", "note"]))
+    typer.echo(
+        table(
+            [
+                [
+                    r["model"],
+                    r["timm_name"],
+                    f"{r['params'] / 1e6:,.1f}M",
+                    r["depth"],
+                    r["dim"],
+                    r["tokens"],
+                    human_bytes(r["bytes_per_image_layer_fp16"]),
+                    r["note"],
+                ]
+                for r in rows
+            ],
+            ["alias", "timm name", "params", "depth", "dim", "tokens", "fp16/img/layer", "note"],
+        )
+    )
     typer.echo("\nAny timm ViT name works too, e.g. --model vit_small_patch16_224.augreg_in21k")
 
 
 def plan(
     model: Annotated[str, typer.Option(help="Backbone alias or timm name.")] = "vit_b",
-    dataset: Annotated[str, typer.Option(help="Data set spec; known sizes used if absent.")
-                       ] = "demo",
-    layers: Annotated[str, typer.Option(help="Blocks to store: all | last:N | evenly:N | 3,6"
-                                        )] = "all",
+    dataset: Annotated[
+        str, typer.Option(help="Data set spec; known sizes used if absent.")
+    ] = "demo",
+    layers: Annotated[
+        str, typer.Option(help="Blocks to store: all | last:N | evenly:N | 3,6")
+    ] = "all",
     dtype: Annotated[str, typer.Option(help="Stored dtype: fp16 | bf16 | fp32.")] = "fp16",
     data_root: Annotated[str | None, typer.Option(help="Root of inat data sets.")] = None,
-    rank: Annotated[int | None, typer.Option(help="Also count a side network of this rank.")
-                    ] = None,
+    rank: Annotated[
+        int | None, typer.Option(help="Also count a side network of this rank.")
+    ] = None,
     method: Annotated[str, typer.Option(help="Side network for --rank.")] = "losa",
-    side_layers: Annotated[str | None, typer.Option(
-        help="Side network layers (default: --layers).")] = None,
-    no_measure: Annotated[bool, typer.Option(
-        "--no-measure", help="Skip the matmul probe (no time estimate).")] = False,
+    side_layers: Annotated[
+        str | None, typer.Option(help="Side network layers (default: --layers).")
+    ] = None,
+    no_measure: Annotated[
+        bool, typer.Option("--no-measure", help="Skip the matmul probe (no time estimate).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Store size, backbone FLOPs, extraction time and epoch reads before anything runs.
@@ -55,60 +74,83 @@ def plan(
     from losa_cache.plan import plan as make_plan
 
     with user_errors():
-        p = make_plan(model, dataset, layers, dtype, data_root, rank, method, side_layers,
-                      measure=not no_measure)
+        p = make_plan(
+            model,
+            dataset,
+            layers,
+            dtype,
+            data_root,
+            rank,
+            method,
+            side_layers,
+            measure=not no_measure,
+        )
     if json_out:
         emit_json(p)
         return
     typer.echo(f"{model} on {dataset}: {p['images']:,} images {p['splits']}")
     typer.echo(f"layers        {len(p['layers'])} of {p['depth']}: {p['layers']}")
-    typer.echo(f"per layer     {human_bytes(p['bytes_per_layer'])} "
-               f"({human_bytes(p['bytes_per_image_layer'])}/image, {p['dtype']})")
-    typer.echo(f"store total   {human_bytes(p['bytes_total'])}")
+    typer.echo(
+        f"per layer     {human_bytes(p['bytes_per_layer'])} "
+        f"({human_bytes(p['bytes_per_image_layer'])}/image, {p['dtype']})"
+    )
+    by_split = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_by_split"].items())
+    typer.echo(f"store total   {human_bytes(p['bytes_total'])} ({by_split})")
     typer.echo(f"backbone      {p['backbone_gflops_per_image']:.2f} GFLOPs/image")
     if "extract_seconds_estimate" in p:
-        typer.echo(f"extract time  ~{human_seconds(p['extract_seconds_estimate'])} on "
-                   f"{p['device']} ({p['measured_matmul_tflops']} TFLOP/s {p['matmul_dtype']} "
-                   f"matmul measured, x{p['assumed_efficiency']} assumed efficiency)")
+        typer.echo(
+            f"extract time  ~{human_seconds(p['extract_seconds_estimate'])} on "
+            f"{p['device']} ({p['measured_matmul_tflops']} TFLOP/s {p['matmul_dtype']} "
+            f"matmul measured, x{p['assumed_efficiency']} assumed efficiency)"
+        )
     typer.echo(f"epoch reads   {human_bytes(p['bytes_read_per_epoch'])} per training epoch")
     if "learned_params" in p:
-        typer.echo(f"side network  {method} r={rank}: {p['learned_params'] / 1e6:.3f}M "
-                   "learned params (head excluded)")
+        typer.echo(
+            f"side network  {method} r={rank}: {p['learned_params'] / 1e6:.3f}M "
+            "learned params (head excluded)"
+        )
 
 
 def extract(
     model: Annotated[str, typer.Option(help="Backbone alias or timm ViT name.")],
-    dataset: Annotated[str, typer.Option(
-        help="demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE")],
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
+        ),
+    ],
     store: Annotated[str, typer.Option(help="Store path or URL (created, or resumed).")],
-    checkpoint: Annotated[str | None, typer.Option(
-        help="Weights: .npz (big_vision/AugReg), .pth/.bin, .safetensors.")] = None,
-    pretrained: Annotated[bool, typer.Option(help="timm weights from the local cache.")
-                          ] = False,
-    random_init: Annotated[bool, typer.Option(help="Extract from random weights, on purpose."
-                                              )] = False,
-    data_root: Annotated[str | None, typer.Option(help="Root folder of inat data sets.")
-                         ] = None,
-    layers: Annotated[str, typer.Option(help="all | last:N | evenly:N | 3,6,9 (0-based).")
-                      ] = "all",
+    checkpoint: Annotated[
+        str | None, typer.Option(help="Weights: .npz (big_vision/AugReg), .pth/.bin, .safetensors.")
+    ] = None,
+    pretrained: Annotated[bool, typer.Option(help="timm weights from the local cache.")] = False,
+    random_init: Annotated[
+        bool, typer.Option(help="Extract from random weights, on purpose.")
+    ] = False,
+    data_root: Annotated[str | None, typer.Option(help="Root folder of inat data sets.")] = None,
+    layers: Annotated[str, typer.Option(help="all | last:N | evenly:N | 3,6,9 (0-based).")] = "all",
     dtype: Annotated[str, typer.Option(help="Stored dtype: fp16 | bf16 | fp32.")] = "fp16",
-    precision: Annotated[str, typer.Option(
-        help="Compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16.")] = "auto",
-    codec: Annotated[str, typer.Option(help="Feature compressor: lz4 | zstd | zstd-plain | none."
-                                       )] = "lz4",
+    precision: Annotated[
+        str,
+        typer.Option(help="Compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
+    ] = "auto",
+    codec: Annotated[
+        str, typer.Option(help="Feature compressor: lz4 | zstd | zstd-plain | none.")
+    ] = "lz4",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     workers: Annotated[int, typer.Option(help="Image decoding processes (-1: auto).")] = -1,
-    limit: Annotated[int | None, typer.Option(help="At most N images per split (smoke runs).")
-                     ] = None,
-    splits: Annotated[str | None, typer.Option(help="Only these splits, e.g. train,val.")
-                      ] = None,
-    strict: Annotated[bool, typer.Option(help="Fail on an undecodable image (default: skip)."
-                                         )] = False,
+    limit: Annotated[
+        int | None, typer.Option(help="At most N images per split (smoke runs).")
+    ] = None,
+    splits: Annotated[str | None, typer.Option(help="Only these splits, e.g. train,val.")] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Fail on an undecodable image (default: skip).")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    shard_rows: Annotated[int | None, typer.Option(help="Rows per shard (default: ~64 MB).")
-                          ] = None,
-    chunk_rows: Annotated[int | None, typer.Option(help="Rows per chunk (default: ~2 MB).")
-                          ] = None,
+    shard_rows: Annotated[
+        int | None, typer.Option(help="Rows per shard (default: ~64 MB).")
+    ] = None,
+    chunk_rows: Annotated[int | None, typer.Option(help="Rows per chunk (default: ~2 MB).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the frozen backbone once over a data set and write its block outputs.
@@ -122,21 +164,38 @@ def extract(
     from losa_cache.extract import extract as run
 
     cfg = ExtractConfig(
-        model=model, dataset=dataset, store=store, checkpoint=checkpoint, pretrained=pretrained,
-        random_init=random_init, data_root=data_root, layers=layers, dtype=dtype,
-        precision=precision, codec=codec, batch_size=batch_size, workers=workers, limit=limit,
-        splits=splits.split(",") if splits else None, strict=strict, device=device,
-        shard_rows=shard_rows, chunk_rows=chunk_rows)
+        model=model,
+        dataset=dataset,
+        store=store,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        random_init=random_init,
+        data_root=data_root,
+        layers=layers,
+        dtype=dtype,
+        precision=precision,
+        codec=codec,
+        batch_size=batch_size,
+        workers=workers,
+        limit=limit,
+        splits=splits.split(",") if splits else None,
+        strict=strict,
+        device=device,
+        shard_rows=shard_rows,
+        chunk_rows=chunk_rows,
+    )
     with user_errors():
         result = run(cfg, progress=not json_out)
     if json_out:
         emit_json(result.to_dict())
         return
     verb = "resumed" if result.resumed else "created"
-    typer.echo(f"{verb} {store}: wrote {result.written:,} images "
-               f"({result.shards_written} shards, {result.shards_total} in store) in "
-               f"{human_seconds(result.seconds)} ({result.images_per_s:,.1f} img/s), "
-               f"{human_bytes(result.bytes_written)} of features")
+    typer.echo(
+        f"{verb} {store}: wrote {result.written:,} images "
+        f"({result.shards_written} shards, {result.shards_total} in store) in "
+        f"{human_seconds(result.seconds)} ({result.images_per_s:,.1f} img/s), "
+        f"{human_bytes(result.bytes_written)} of features"
+    )
     for s in result.skipped:
         typer.echo(f"skipped row {s['row']}: {s['error']}")
     typer.echo(f"see: losa-cache info {store}")
@@ -157,30 +216,40 @@ def info(
     if json_out:
         emit_json(d)
         return
-    typer.echo(f"store        {store}  ({'complete' if d['complete'] else 'INCOMPLETE'}: "
-               f"{d['shards_done']}/{d['shards_total']} shards)")
+    typer.echo(
+        f"store        {store}  ({'complete' if d['complete'] else 'INCOMPLETE'}: "
+        f"{d['shards_done']}/{d['shards_total']} shards)"
+    )
     fp = d["fingerprint"]
-    typer.echo(f"backbone     {fp['model']}  weights sha256 {fp['weights_sha256'][:16]}...  "
-               f"({fp['weights_source']})")
-    typer.echo(f"preprocess   {fp['input_size']} {fp['interpolation']} crop {fp['crop_pct']} "
-               f"mean {fp['mean']} std {fp['std']}")
+    typer.echo(
+        f"backbone     {fp['model']}  weights sha256 {fp['weights_sha256'][:16]}...  "
+        f"({fp['weights_source']})"
+    )
+    typer.echo(
+        f"preprocess   {fp['input_size']} {fp['interpolation']} crop {fp['crop_pct']} "
+        f"mean {fp['mean']} std {fp['std']}"
+    )
     typer.echo(f"images       {d['num_images']:,}  splits {d['splits']}")
     typer.echo(f"tokens       {d['token_layout']}")
     typer.echo(f"layers       {len(d['layers'])} of {d['depth']}: {d['layers']}")
     typer.echo(f"tasks        {d['tasks']}  (default {d['default_task']})")
-    typer.echo(f"storage      {d['dtype']}, codec {d['codec']}, chunk {d['chunk_rows']} rows, "
-               f"shard {d['shard_rows']} rows")
+    typer.echo(
+        f"storage      {d['dtype']}, codec {d['codec']}, chunk {d['chunk_rows']} rows, "
+        f"shard {d['shard_rows']} rows"
+    )
     ratio = d["compression_ratio"]
-    typer.echo(f"bytes        {human_bytes(d['bytes_stored'])} on disk, "
-               f"{human_bytes(d['bytes_logical'])} raw"
-               + (f", compression {ratio:.3f}x" if ratio else ""))
+    typer.echo(
+        f"bytes        {human_bytes(d['bytes_stored'])} on disk, "
+        f"{human_bytes(d['bytes_logical'])} raw" + (f", compression {ratio:.3f}x" if ratio else "")
+    )
     typer.echo(f"skipped      {len(d['skipped'])}")
     for s in d["skipped"][:20]:
         typer.echo(f"  row {s['row']}: {s['error']}")
 
 
-tasks_app = typer.Typer(help="Labellings of one store: many tasks, one extraction.",
-                        no_args_is_help=True)
+tasks_app = typer.Typer(
+    help="Labellings of one store: many tasks, one extraction.", no_args_is_help=True
+)
 
 
 @tasks_app.command("add")
@@ -206,13 +275,16 @@ def tasks_add(
     if json_out:
         emit_json(summary)
     else:
-        typer.echo(f"task {name!r}: {summary['labelled']:,} of {summary['rows']:,} rows labelled, "
-                   f"{len(summary['classes'])} classes")
+        typer.echo(
+            f"task {name!r}: {summary['labelled']:,} of {summary['rows']:,} rows labelled, "
+            f"{len(summary['classes'])} classes"
+        )
 
 
 @tasks_app.command("list")
-def tasks_list(store: Annotated[str, typer.Argument(help="Store path or URL.")],
-               json_out: JsonOpt = False) -> None:
+def tasks_list(
+    store: Annotated[str, typer.Argument(help="Store path or URL.")], json_out: JsonOpt = False
+) -> None:
     """List the tasks of a store with class counts.
 
     Example: losa-cache tasks list stores/cifar.zarr
@@ -224,5 +296,9 @@ def tasks_list(store: Annotated[str, typer.Argument(help="Store path or URL.")],
     if json_out:
         emit_json(rows)
     else:
-        typer.echo(table([[r["name"], len(r["classes"]), r["labelled"]] for r in rows],
-                         ["task", "classes", "labelled rows"]))
+        typer.echo(
+            table(
+                [[r["name"], len(r["classes"]), r["labelled"]] for r in rows],
+                ["task", "classes", "labelled rows"],
+            )
+        )

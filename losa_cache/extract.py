@@ -33,8 +33,11 @@ class ExtractConfig:
     """Everything an extraction depends on; saved as JSON into the store."""
 
     model: str = field(metadata={"help": "alias (`losa-cache models`) or timm ViT name"})
-    dataset: str = field(metadata={"help": "demo | imagefolder:PATH | vtab1k:PATH/TASK | "
-                                           "inat2018 | inat2021 | list:FILE"})
+    dataset: str = field(
+        metadata={
+            "help": "demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
+        }
+    )
     store: str = field(metadata={"help": "store path or URL (created or resumed)"})
     checkpoint: str | None = field(default=None, metadata={"help": "weights file"})
     pretrained: bool = field(default=False, metadata={"help": "timm weights from local cache"})
@@ -43,8 +46,10 @@ class ExtractConfig:
     data_root: str | None = field(default=None, metadata={"help": "root of inat data sets"})
     layers: str = field(default="all", metadata={"help": "all | last:N | evenly:N | 3,6,9"})
     dtype: str = field(default="float16", metadata={"help": "stored dtype: fp16|bf16|fp32"})
-    precision: str = field(default="auto", metadata={
-        "help": "compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16"})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16"},
+    )
     codec: str = field(default=S.DEFAULT_CODEC, metadata={"help": "compressor of features"})
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
     workers: int = field(default=-1, metadata={"help": "decoding processes (-1: auto)"})
@@ -88,8 +93,14 @@ def pick_device(device: str) -> torch.device:
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    table = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if precision not in table:
@@ -97,8 +108,9 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
     return table[precision]
 
 
-def select_rows(dataset: ImageDataset, limit: int | None, splits: list[str] | None
-                ) -> tuple[list[int], dict[str, list[int]]]:
+def select_rows(
+    dataset: ImageDataset, limit: int | None, splits: list[str] | None
+) -> tuple[list[int], dict[str, list[int]]]:
     """Rows to extract (dataset order) and each split's rows renumbered into the store."""
     by_split = dataset.split_indices()
     if splits:
@@ -113,21 +125,31 @@ def select_rows(dataset: ImageDataset, limit: int | None, splits: list[str] | No
     return rows, {k: [new[r] for r in v] for k, v in by_split.items()}
 
 
-def build_identity(backbone: Backbone, layers: tuple[int, ...], dtype: str,
-                   sources: list[str], splits: dict[str, list[int]]) -> dict[str, Any]:
+def build_identity(
+    backbone: Backbone,
+    layers: tuple[int, ...],
+    dtype: str,
+    sources: list[str],
+    splits: dict[str, list[int]],
+) -> dict[str, Any]:
     """What must match for a run to resume into an existing store."""
     import hashlib
 
     fp = {k: v for k, v in backbone.fingerprint().items() if k != "weights_source"}
     rows = hashlib.sha256("\n".join(sources).encode()).hexdigest()
     split_hash = hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()
-    return {"backbone": fp, "layers": list(layers), "dtype": dtype,
-            "token_layout": backbone.token_layout(),
-            "rows": {"count": len(sources), "sources_sha256": rows, "splits_sha256": split_hash}}
+    return {
+        "backbone": fp,
+        "layers": list(layers),
+        "dtype": dtype,
+        "token_layout": backbone.token_layout(),
+        "rows": {"count": len(sources), "sources_sha256": rows, "splits_sha256": split_hash},
+    }
 
 
-def prepare(cfg: ExtractConfig, device: torch.device
-            ) -> tuple[Backbone, ImageDataset, list[int], dict[str, list[int]], tuple[int, ...]]:
+def prepare(
+    cfg: ExtractConfig, device: torch.device
+) -> tuple[Backbone, ImageDataset, list[int], dict[str, list[int]], tuple[int, ...]]:
     """Load data set and backbone, choose rows and layers (no store I/O yet)."""
     dataset = get_dataset(cfg.dataset, data_root=cfg.data_root)
     rows, splits = select_rows(dataset, cfg.limit, cfg.splits)
@@ -135,28 +157,55 @@ def prepare(cfg: ExtractConfig, device: torch.device
         raise ValueError(f"data set {cfg.dataset} has no rows to extract")
     size = (3, cfg.input_size, cfg.input_size) if cfg.input_size else None
     backbone = create_backbone(
-        cfg.model, checkpoint=cfg.checkpoint, pretrained=cfg.pretrained,
-        random_init=cfg.random_init, seed=cfg.seed, device=device,
-        preprocess={"input_size": size, "crop_pct": cfg.crop_pct,
-                    "interpolation": cfg.interpolation},
+        cfg.model,
+        checkpoint=cfg.checkpoint,
+        pretrained=cfg.pretrained,
+        random_init=cfg.random_init,
+        seed=cfg.seed,
+        device=device,
+        preprocess={
+            "input_size": size,
+            "crop_pct": cfg.crop_pct,
+            "interpolation": cfg.interpolation,
+        },
     )
     layers = parse_layers(cfg.layers, backbone.depth)
     return backbone, dataset, rows, splits, layers
 
 
-def new_manifest(cfg: ExtractConfig, backbone: Backbone, layout: S.Layout, identity: dict,
-                 splits: dict[str, list[int]], task: str) -> S.Manifest:
+def new_manifest(
+    cfg: ExtractConfig,
+    backbone: Backbone,
+    layout: S.Layout,
+    identity: dict,
+    splits: dict[str, list[int]],
+    task: str,
+) -> S.Manifest:
     return S.Manifest(
-        schema_version=S.SCHEMA_VERSION, layout=layout.to_dict(), identity=identity,
-        fingerprint=backbone.fingerprint(), token_layout=backbone.token_layout(),
-        codec=cfg.codec, extract_config=cfg.to_dict(), versions=versions(),
-        splits=list(splits), tasks=[task], default_task=task, created=now(),
+        schema_version=S.SCHEMA_VERSION,
+        layout=layout.to_dict(),
+        identity=identity,
+        fingerprint=backbone.fingerprint(),
+        token_layout=backbone.token_layout(),
+        codec=cfg.codec,
+        extract_config=cfg.to_dict(),
+        versions=versions(),
+        splits=list(splits),
+        tasks=[task],
+        default_task=task,
+        created=now(),
         depth=backbone.depth,
     )
 
 
-def open_or_create(cfg: ExtractConfig, backbone: Backbone, dataset: ImageDataset,
-                   rows: list[int], splits: dict[str, list[int]], layers: tuple[int, ...]):
+def open_or_create(
+    cfg: ExtractConfig,
+    backbone: Backbone,
+    dataset: ImageDataset,
+    rows: list[int],
+    splits: dict[str, list[int]],
+    layers: tuple[int, ...],
+):
     """Resume a matching store, or create a new one; returns (group, layout, resumed)."""
     dtype = S.parse_dtype(cfg.dtype)
     S.parse_codec(cfg.codec)
@@ -165,13 +214,21 @@ def open_or_create(cfg: ExtractConfig, backbone: Backbone, dataset: ImageDataset
     existing = open_for_resume(cfg.store, identity)
     if existing is not None:
         return existing.group, existing.layout, True
-    layout = S.plan_layout(len(rows), backbone.tokens, backbone.dim, layers, dtype,
-                           chunk_rows=cfg.chunk_rows, shard_rows=cfg.shard_rows)
+    layout = S.plan_layout(
+        len(rows),
+        backbone.tokens,
+        backbone.dim,
+        layers,
+        dtype,
+        chunk_rows=cfg.chunk_rows,
+        shard_rows=cfg.shard_rows,
+    )
     labels = np.array([dataset.samples[r].label for r in rows], dtype=np.int32)
     task = dataset.task or "default"
     manifest = new_manifest(cfg, backbone, layout, identity, splits, task)
-    group = create_store(cfg.store, layout, manifest, sources, splits,
-                         {task: (labels, list(dataset.classes))})
+    group = create_store(
+        cfg.store, layout, manifest, sources, splits, {task: (labels, list(dataset.classes))}
+    )
     return group, layout, False
 
 
@@ -184,18 +241,32 @@ def shard_batches(layout: S.Layout, shards: list[int], batch_size: int) -> list[
     return out
 
 
-def _loader(dataset: ImageDataset, backbone: Backbone, rows: list[int], batches: list[list[int]],
-            workers: int, device: torch.device) -> torch.utils.data.DataLoader:
+def _loader(
+    dataset: ImageDataset,
+    backbone: Backbone,
+    rows: list[int],
+    batches: list[list[int]],
+    workers: int,
+    device: torch.device,
+) -> torch.utils.data.DataLoader:
     images = TorchImages(dataset, backbone.transform(), rows)
     if workers < 0:
         workers = min(8, max(0, (torch.multiprocessing.cpu_count() or 1) - 1))
     kwargs: dict[str, Any] = {}
     if workers > 0:
         # zarr runs an event-loop thread in this process: never fork it into workers
-        kwargs = {"multiprocessing_context": "forkserver" if sys.platform == "linux" else "spawn",
-                  "prefetch_factor": 4, "persistent_workers": False}
-    return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers,
-                                       pin_memory=device.type == "cuda", **kwargs)
+        kwargs = {
+            "multiprocessing_context": "forkserver" if sys.platform == "linux" else "spawn",
+            "prefetch_factor": 4,
+            "persistent_workers": False,
+        }
+    return torch.utils.data.DataLoader(
+        images,
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        **kwargs,
+    )
 
 
 class ShardBuffer:
@@ -206,8 +277,9 @@ class ShardBuffer:
         self.start, stop = layout.shard_range(shard)
         n = stop - self.start
         storage = S.DTYPES[layout.dtype][0]
-        self.features = {lay: np.empty((n, layout.tokens, layout.dim), dtype=storage)
-                         for lay in layout.layers}
+        self.features = {
+            lay: np.empty((n, layout.tokens, layout.dim), dtype=storage) for lay in layout.layers
+        }
         self.status = np.full(n, S.PENDING, dtype=np.uint8)
         self.errors = np.full(n, "", dtype=object)
         self.filled = 0
@@ -224,9 +296,17 @@ def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
     return x.to(getattr(torch, dtype)).cpu().numpy()
 
 
-def run_batches(loader, batches: list[list[int]], backbone: Backbone, layout: S.Layout,
-                device: torch.device, amp: torch.dtype, strict: bool, sources: list[str], log
-                ) -> Iterator[tuple[ShardBuffer | None, int]]:
+def run_batches(
+    loader,
+    batches: list[list[int]],
+    backbone: Backbone,
+    layout: S.Layout,
+    device: torch.device,
+    amp: torch.dtype,
+    strict: bool,
+    sources: list[str],
+    log,
+) -> Iterator[tuple[ShardBuffer | None, int]]:
     """Forward every batch; yield (the shard buffer once full, else None, batch size).
 
     ``batches`` holds the store rows of each batch, in the loader's (preserved) order.
@@ -239,9 +319,11 @@ def run_batches(loader, batches: list[list[int]], backbone: Backbone, layout: S.
         ok = ok.bool()
         if strict and not ok.all():
             bad = int(torch.nonzero(~ok)[0])
-            raise ImageDecodeError(sources[store_rows[bad]],
-                                   f"{errors[bad]} (--strict: stopping; finished shards are kept, "
-                                   "fix or remove the file and rerun to resume)")
+            raise ImageDecodeError(
+                sources[store_rows[bad]],
+                f"{errors[bad]} (--strict: stopping; finished shards are kept, "
+                "fix or remove the file and rerun to resume)",
+            )
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
             outs = backbone.intermediates(x, list(layout.layers))
@@ -271,14 +353,21 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> ExtractResult:
         total = sum(len(b) for b in batches)
         writer = ShardWriter(group, layout)
         t0 = time.perf_counter()
-        bar = tqdm(total=total, unit="img", desc="extract", disable=not progress or total == 0,
-                   dynamic_ncols=True, smoothing=0.1)
+        bar = tqdm(
+            total=total,
+            unit="img",
+            desc="extract",
+            disable=not progress or total == 0,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
         try:
             loader = _loader(dataset, backbone, rows, batches, cfg.workers, device)
             sources = [dataset.samples[r].source for r in rows]
             log = bar.write if progress else lambda _m: None
-            for buf, n in run_batches(loader, batches, backbone, layout, device, amp,
-                                      cfg.strict, sources, log):
+            for buf, n in run_batches(
+                loader, batches, backbone, layout, device, amp, cfg.strict, sources, log
+            ):
                 bar.update(n)
                 if buf is not None:
                     writer.submit(buf.shard, buf.features, buf.status, buf.errors.astype(str))
@@ -291,8 +380,14 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> ExtractResult:
 
     store = open_store(cfg.store)
     return ExtractResult(
-        store=cfg.store, num_images=layout.num_images, written=total, skipped=store.skipped(),
-        shards_written=len(todo), shards_total=layout.num_shards, resumed=resumed,
-        seconds=round(seconds, 3), images_per_s=round(total / seconds, 2) if seconds else 0.0,
+        store=cfg.store,
+        num_images=layout.num_images,
+        written=total,
+        skipped=store.skipped(),
+        shards_written=len(todo),
+        shards_total=layout.num_shards,
+        resumed=resumed,
+        seconds=round(seconds, 3),
+        images_per_s=round(total / seconds, 2) if seconds else 0.0,
         bytes_written=writer.bytes_written,
     )

@@ -58,10 +58,18 @@ def measure_matmul_flops(device: torch.device, seconds: float = 0.3) -> tuple[fl
     return 2 * n**3 * reps / elapsed, str(dtype).removeprefix("torch.")
 
 
-def plan(model: str, dataset: str, layers: str = "all", dtype: str = "float16",
-         data_root: str | None = None, rank: int | None = None, method: str = "losa",
-         side_layers: str | None = None, device: str = "auto", measure: bool = True
-         ) -> dict[str, Any]:
+def plan(
+    model: str,
+    dataset: str,
+    layers: str = "all",
+    dtype: str = "float16",
+    data_root: str | None = None,
+    rank: int | None = None,
+    method: str = "losa",
+    side_layers: str | None = None,
+    device: str = "auto",
+    measure: bool = True,
+) -> dict[str, Any]:
     """Sizes, FLOPs, time and (with ``rank``) learned parameters, without loading weights."""
     net = create_architecture(model, device="meta")
     depth = len(net.blocks)
@@ -74,16 +82,28 @@ def plan(model: str, dataset: str, layers: str = "all", dtype: str = "float16",
     train = next((sizes[s] for s in ("train", "train800", "train800val200") if s in sizes), images)
     flops = vit_flops(net, max(chosen))
     out: dict[str, Any] = {
-        "model": model, "dataset": dataset, "splits": sizes, "images": images,
-        "depth": depth, "layers": list(chosen), "tokens": tokens, "dim": net.embed_dim,
-        "dtype": dtype, "bytes_per_image_layer": row_bytes,
-        "bytes_per_layer": row_bytes * images, "bytes_total": row_bytes * images * len(chosen),
+        "model": model,
+        "dataset": dataset,
+        "splits": sizes,
+        "images": images,
+        "depth": depth,
+        "layers": list(chosen),
+        "tokens": tokens,
+        "dim": net.embed_dim,
+        "dtype": dtype,
+        "bytes_per_image_layer": row_bytes,
+        "bytes_per_layer": row_bytes * images,
+        "bytes_total": row_bytes * images * len(chosen),
+        "bytes_by_split": {k: row_bytes * n * len(chosen) for k, n in sizes.items()},
         "backbone_gflops_per_image": flops / 1e9,
         "bytes_read_per_epoch": row_bytes * train * len(chosen),
     }
     if measure:
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device))
+        dev = torch.device(
+            "cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device)
+        )
         peak, mm_dtype = measure_matmul_flops(dev)
         out["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
         out["measured_matmul_tflops"] = round(peak / 1e12, 3)
@@ -91,16 +111,26 @@ def plan(model: str, dataset: str, layers: str = "all", dtype: str = "float16",
         out["assumed_efficiency"] = FORWARD_EFFICIENCY
         out["extract_seconds_estimate"] = images * flops / (peak * FORWARD_EFFICIENCY)
     if rank is not None:
-        out["learned_params"] = side_params(method, rank, side_layers or layers, depth,
-                                            net.embed_dim, tokens, net.num_prefix_tokens)
+        out["learned_params"] = side_params(
+            method, rank, side_layers or layers, depth, net.embed_dim, tokens, net.num_prefix_tokens
+        )
     return out
 
 
-def side_params(method: str, rank: int, layers: str, depth: int, dim: int, tokens: int,
-                prefix_tokens: int) -> int:
+def side_params(
+    method: str, rank: int, layers: str, depth: int, dim: int, tokens: int, prefix_tokens: int
+) -> int:
     """Learned parameters of a side network (head excluded, as the paper counts)."""
     from losa_cache.side import SideConfig, learned_params
 
-    cfg = SideConfig(num_layers=depth, dim=dim, tokens=tokens, num_classes=2, method=method,
-                     rank=rank, layers=layers, prefix_tokens=prefix_tokens)
+    cfg = SideConfig(
+        num_layers=depth,
+        dim=dim,
+        tokens=tokens,
+        num_classes=2,
+        method=method,
+        rank=rank,
+        layers=layers,
+        prefix_tokens=prefix_tokens,
+    )
     return learned_params(cfg)

@@ -31,7 +31,9 @@ def save_augreg_npz(model: nn.Module, path: Path) -> None:
         for j, n in enumerate(("query", "key", "value")):
             w[f"{mha}{n}/kernel"] = qkv_w[j].T.reshape(dim, heads, hd)
             w[f"{mha}{n}/bias"] = qkv_b[j]
-        w[f"{mha}out/kernel"] = sd[p + "attn.proj.weight"].reshape(dim, heads, hd).transpose(1, 2, 0)
+        w[f"{mha}out/kernel"] = (
+            sd[p + "attn.proj.weight"].reshape(dim, heads, hd).transpose(1, 2, 0)
+        )
         w[f"{mha}out/bias"] = sd[p + "attn.proj.bias"]
         for ln, name in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
             w[f"{b}{ln}/scale"] = sd[f"{p}{name}.weight"]
@@ -47,7 +49,11 @@ def save_all_formats(model: nn.Module, folder: Path) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    out = {"npz": folder / "w.npz", "pth": folder / "w.pth", "safetensors": folder / "w.safetensors"}
+    out = {
+        "npz": folder / "w.npz",
+        "pth": folder / "w.pth",
+        "safetensors": folder / "w.safetensors",
+    }
     save_augreg_npz(model, out["npz"])
     state = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, out["pth"])

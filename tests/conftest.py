@@ -19,7 +19,18 @@ def micro_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     from losa_cache.extract import ExtractConfig, extract
 
     path = str(tmp_path_factory.mktemp("stores") / "micro.zarr")
-    extract(ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=path,
-                          dtype="float32", limit=64, workers=0, chunk_rows=16, shard_rows=32),
-            progress=False)
+    extract(
+        ExtractConfig(
+            model="vit_micro",
+            random_init=True,
+            dataset="demo",
+            store=path,
+            dtype="float32",
+            limit=64,
+            workers=0,
+            chunk_rows=16,
+            shard_rows=32,
+        ),
+        progress=False,
+    )
     return path

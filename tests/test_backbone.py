@@ -24,7 +24,7 @@ def test_aliases_resolve_and_describe_without_weights() -> None:
 
 
 def test_unknown_model_names_choices() -> None:
-    with pytest.raises(ValueError, match="Aliases: .*vit_b"):
+    with pytest.raises(ValueError, match=r"Aliases: .*vit_b"):
         create_architecture("vit_nonexistent_thing")
 
 
@@ -35,8 +35,9 @@ def test_no_weights_refused_unless_random_init() -> None:
         create_backbone("vit_micro", checkpoint="x.pth", random_init=True)
 
 
-def test_pretrained_not_in_cache_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
-                                                  tmp_path: Path) -> None:
+def test_pretrained_not_in_cache_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError, match="local timm/Hugging Face cache"):
@@ -82,8 +83,9 @@ def test_intermediates_equal_forward_features_with_prefix_first() -> None:
     torch.testing.assert_close(b.model.norm(last), b.model.forward_features(x))
 
 
-def test_pretrained_loads_from_a_local_hf_cache(monkeypatch: pytest.MonkeyPatch,
-                                                tmp_path: Path) -> None:
+def test_pretrained_loads_from_a_local_hf_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """--pretrained resolves timm's hub weights from the local cache layout, offline."""
     import huggingface_hub.constants as hf
     from safetensors.torch import save_file
@@ -92,8 +94,9 @@ def test_pretrained_loads_from_a_local_hf_cache(monkeypatch: pytest.MonkeyPatch,
     src = create_architecture("test_vit")
     snap = tmp_path / "models--timm--test_vit.r160_in1k" / "snapshots" / ("a" * 40)
     snap.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in src.state_dict().items()},
-              str(snap / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in src.state_dict().items()}, str(snap / "model.safetensors")
+    )
     (tmp_path / "models--timm--test_vit.r160_in1k" / "refs").mkdir()
     (tmp_path / "models--timm--test_vit.r160_in1k" / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path))

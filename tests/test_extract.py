@@ -25,8 +25,9 @@ from losa_cache.store import schema as S
 MICRO = dict(model="vit_micro", random_init=True, workers=0)
 
 
-def live_features(rows: list[int], layers: list[int], batch: int, spec: str = "demo"
-                  ) -> list[np.ndarray]:
+def live_features(
+    rows: list[int], layers: list[int], batch: int, spec: str = "demo"
+) -> list[np.ndarray]:
     """Block outputs computed directly, in the same batches the extractor uses."""
     backbone = create_backbone("vit_micro", random_init=True)
     images = TorchImages(get_dataset(spec), backbone.transform(), rows)
@@ -41,8 +42,20 @@ def live_features(rows: list[int], layers: list[int], batch: int, spec: str = "d
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_store_equals_live_forward(dtype: str, tmp_path: Path) -> None:
     store_path = str(tmp_path / "s.zarr")
-    extract(ExtractConfig(dataset="demo", store=store_path, dtype=dtype, limit=24, layers="1,3",
-                          batch_size=8, shard_rows=24, chunk_rows=8, **MICRO), progress=False)
+    extract(
+        ExtractConfig(
+            dataset="demo",
+            store=store_path,
+            dtype=dtype,
+            limit=24,
+            layers="1,3",
+            batch_size=8,
+            shard_rows=24,
+            chunk_rows=8,
+            **MICRO,
+        ),
+        progress=False,
+    )
     store = open_store(store_path)
     ds = get_dataset("demo")
     wanted = {s: ds.split_indices()[s][:24] for s in ("train", "val", "test")}
@@ -51,8 +64,9 @@ def test_store_equals_live_forward(dtype: str, tmp_path: Path) -> None:
     live = live_features(data_rows, [1, 3], batch=8)
     for layer, ref in zip([1, 3], live, strict=True):
         got = store.features(layer).read_torch(slice(None))
-        cast = {"float32": torch.float32, "float16": torch.float16,
-                "bfloat16": torch.bfloat16}[dtype]
+        cast = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
+            dtype
+        ]
         assert got.dtype == cast
         assert torch.equal(got, ref.to(cast)), f"block {layer} differs from the live forward"
     assert store.complete and store.valid.all()
@@ -61,8 +75,9 @@ def test_store_equals_live_forward(dtype: str, tmp_path: Path) -> None:
 
 def test_numpy_view_of_bf16_is_exact_upcast(tmp_path: Path) -> None:
     path = str(tmp_path / "b.zarr")
-    extract(ExtractConfig(dataset="demo", store=path, dtype="bf16", limit=4, **MICRO),
-            progress=False)
+    extract(
+        ExtractConfig(dataset="demo", store=path, dtype="bf16", limit=4, **MICRO), progress=False
+    )
     feats = open_store(path).features(-1)
     np.testing.assert_array_equal(feats[:], feats.read_torch(slice(None)).float().numpy())
 
@@ -92,8 +107,9 @@ extract(ExtractConfig(model="vit_micro", random_init=True, workers=0, dataset="d
 
 def test_killed_run_resumes_to_identical_store(tmp_path: Path) -> None:
     killed, clean = str(tmp_path / "killed.zarr"), str(tmp_path / "clean.zarr")
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, killed],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, killed], env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     done_dir = Path(killed) / "progress" / "done" / "c"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -119,17 +135,28 @@ def test_killed_run_resumes_to_identical_store(tmp_path: Path) -> None:
 
 
 def test_rerun_of_complete_store_writes_nothing(micro_store: str) -> None:
-    cfg = ExtractConfig(dataset="demo", store=micro_store, dtype="float32", limit=64,
-                        chunk_rows=16, shard_rows=32, **MICRO)
+    cfg = ExtractConfig(
+        dataset="demo",
+        store=micro_store,
+        dtype="float32",
+        limit=64,
+        chunk_rows=16,
+        shard_rows=32,
+        **MICRO,
+    )
     result = extract(cfg, progress=False)
     assert result.resumed and result.written == 0
 
 
 @pytest.mark.parametrize(
     ("change", "named"),
-    [({"seed": 1}, "weights_sha256"), ({"layers": "last:2"}, "layers"),
-     ({"dtype": "float16"}, "dtype"), ({"limit": 32}, "rows.count"),
-     ({"crop_pct": 0.875}, "crop_pct")],
+    [
+        ({"seed": 1}, "weights_sha256"),
+        ({"layers": "last:2"}, "layers"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"limit": 32}, "rows.count"),
+        ({"crop_pct": 0.875}, "crop_pct"),
+    ],
 )
 def test_mismatched_rerun_is_refused(micro_store: str, change: dict, named: str) -> None:
     base = dict(dataset="demo", store=micro_store, dtype="float32", limit=64, **MICRO)
@@ -146,7 +173,8 @@ def _folder_with_bad_images(root: Path) -> Path:
         (root / cls).mkdir(parents=True)
         for i in range(5):
             Image.new("RGB", (40, 40), (i * 40, 10, 200 if cls == "a" else 0)).save(
-                root / cls / f"{i}.png")
+                root / cls / f"{i}.png"
+            )
     Image.new("CMYK", (40, 40), (10, 20, 30, 0)).save(root / "a" / "cmyk.jpg")
     Image.new("LA", (40, 40)).save(root / "b" / "grey_alpha.png")
     (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
@@ -158,14 +186,14 @@ def _folder_with_bad_images(root: Path) -> Path:
 def test_undecodable_images_are_skipped_and_named(tmp_path: Path) -> None:
     root = _folder_with_bad_images(tmp_path / "imgs")
     path = str(tmp_path / "s.zarr")
-    result = extract(ExtractConfig(dataset=f"imagefolder:{root}", store=path, **MICRO),
-                     progress=False)
+    result = extract(
+        ExtractConfig(dataset=f"imagefolder:{root}", store=path, **MICRO), progress=False
+    )
     store = open_store(path)
     skipped = {Path(s["source"]).name for s in store.skipped()}
     assert skipped == {"broken.jpg", "truncated.png"}
     assert {Path(s["source"]).name for s in result.skipped} == skipped
-    assert all("broken.jpg" in s["error"] or "truncated.png" in s["error"]
-               for s in store.skipped())
+    assert all("broken.jpg" in s["error"] or "truncated.png" in s["error"] for s in store.skipped())
     bad_rows = [s["row"] for s in store.skipped()]
     assert not store.valid[bad_rows].any() and store.valid.sum() == store.num_images - 2
     assert not set(bad_rows) & set(store.split_rows("train").tolist())  # never trained on
@@ -175,16 +203,26 @@ def test_undecodable_images_are_skipped_and_named(tmp_path: Path) -> None:
 def test_strict_mode_fails_and_keeps_finished_shards(tmp_path: Path) -> None:
     root = _folder_with_bad_images(tmp_path / "imgs")
     path = str(tmp_path / "s.zarr")
-    with pytest.raises(ImageDecodeError, match="broken.jpg"):
-        extract(ExtractConfig(dataset=f"imagefolder:{root}", store=path, strict=True,
-                              shard_rows=2, chunk_rows=1, batch_size=2, **MICRO),
-                progress=False)
+    with pytest.raises(ImageDecodeError, match=r"broken\.jpg"):
+        extract(
+            ExtractConfig(
+                dataset=f"imagefolder:{root}",
+                store=path,
+                strict=True,
+                shard_rows=2,
+                chunk_rows=1,
+                batch_size=2,
+                **MICRO,
+            ),
+            progress=False,
+        )
     store = open_store(path)
     assert not store.complete and store.done_shards().any()  # shards before the bad one kept
 
 
 def test_write_failure_leaves_store_incomplete_then_resume_completes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from losa_cache.store import writer as W
 
     calls = {"n": 0}
@@ -221,6 +259,8 @@ def test_not_a_store_is_never_overwritten(tmp_path: Path) -> None:
     g = zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
     g.create_array("mine", shape=(2,), dtype="int8")
     with pytest.raises(StoreError, match="not a losa-cache store"):
-        extract(ExtractConfig(dataset="demo", store=str(tmp_path / "other.zarr"), limit=4,
-                              **MICRO), progress=False)
+        extract(
+            ExtractConfig(dataset="demo", store=str(tmp_path / "other.zarr"), limit=4, **MICRO),
+            progress=False,
+        )
     assert "mine" in zarr.open_group(str(tmp_path / "other.zarr"), mode="r")

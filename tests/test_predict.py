@@ -16,11 +16,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import typer
-from losa_cache.cli.predict_cmds import evaluate, predict
 from typer.testing import CliRunner
 
 from losa_cache.adapter import Adapter, load_adapter, save_adapter
 from losa_cache.backbone import Backbone, create_backbone
+from losa_cache.cli.predict_cmds import evaluate, predict
 from losa_cache.data import get_dataset
 from losa_cache.extract import ExtractConfig, extract
 from losa_cache.predict import (

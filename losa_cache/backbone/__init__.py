@@ -77,8 +77,13 @@ class Backbone:
         }
 
     def token_layout(self) -> dict[str, Any]:
-        return {"prefix_tokens": self.prefix_tokens, "grid": list(self.grid), "frames": 1,
-                "tokens": self.tokens, "order": "prefix_first"}
+        return {
+            "prefix_tokens": self.prefix_tokens,
+            "grid": list(self.grid),
+            "frames": 1,
+            "tokens": self.tokens,
+            "order": "prefix_first",
+        }
 
     def transform(self) -> Any:
         """timm's eval transform for this backbone's (possibly overridden) data config."""
@@ -93,8 +98,12 @@ class Backbone:
     def intermediates(self, x: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
         """Block outputs (B, T, D) for the 0-based block indices ``layers``, prefix first."""
         outs = self.model.forward_intermediates(
-            x, indices=list(layers), return_prefix_tokens=True, norm=False,
-            output_fmt="NLC", intermediates_only=True,
+            x,
+            indices=list(layers),
+            return_prefix_tokens=True,
+            norm=False,
+            output_fmt="NLC",
+            intermediates_only=True,
         )
         return [_with_prefix(o) for o in outs]
 
@@ -133,8 +142,13 @@ def create_backbone(
     unknown = set(cfg) - set(PREPROCESS_KEYS)
     for k in unknown:
         cfg.pop(k)
-    return Backbone(model=net, name=name, source=_source_label(source, checkpoint, seed),
-                    preprocess=cfg, sha256=sha)
+    return Backbone(
+        model=net,
+        name=name,
+        source=_source_label(source, checkpoint, seed),
+        preprocess=cfg,
+        sha256=sha,
+    )
 
 
 def _source_label(source: str, checkpoint: str | None, seed: int) -> str:

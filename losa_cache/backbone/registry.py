@@ -13,7 +13,7 @@ import torch
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from losa_cache.backbone import demo as _demo  # noqa: F401  (registers losa_demo_vit)
+from losa_cache.backbone import demo as _demo
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,12 @@ ALIASES: dict[str, Alias] = {
         Alias("vit_h", "vit_huge_patch14_224.orig_in21k", "ViT-H/14, original IN-21k"),
         Alias("vit_g", "vit_giant_patch14_224", "ViT-g/14, ~1B (weights via --checkpoint)"),
         Alias("vit_G", "vit_gigantic_patch14_224", "ViT-G/14, ~1.8B (weights via --checkpoint)"),
-        Alias("vit_e", "losa_vit_enormous_patch14_224", "ViT-e/14, ~3.9B (weights via --checkpoint)"),
-        Alias("demo", "losa_demo_vit", "embedded demo ViT trained on CIFAR-10 (ships with losa-cache)"),
+        Alias(
+            "vit_e", "losa_vit_enormous_patch14_224", "ViT-e/14, ~3.9B (weights via --checkpoint)"
+        ),
+        Alias(
+            "demo", "losa_demo_vit", "embedded demo ViT trained on CIFAR-10 (ships with losa-cache)"
+        ),
         Alias("vit_micro", "losa_micro_vit", "tiny random-architecture ViT for tests (32 px)"),
         Alias("vit_test", "test_vit", "timm's tiny test ViT (160 px, width 64)"),
     ]
@@ -47,7 +51,9 @@ def losa_vit_enormous_patch14_224(pretrained: bool = False, **kwargs) -> VisionT
     """ViT-e/14 (Chen et al., PaLI): width 1792, depth 56, MLP 15360, 16 heads."""
     _refuse_hub(pretrained, "losa_vit_enormous_patch14_224")
     # 15360 / 1792 is not exact in binary floating point; nudge so int(dim * ratio) == 15360.
-    args = dict(patch_size=14, embed_dim=1792, depth=56, num_heads=16, mlp_ratio=15360 / 1792 + 1e-9)
+    args = dict(
+        patch_size=14, embed_dim=1792, depth=56, num_heads=16, mlp_ratio=15360 / 1792 + 1e-9
+    )
     model = VisionTransformer(**{**args, **_arch_kwargs(kwargs)})
     # big_vision's preprocessing: 224 px, inputs scaled to [-1, 1]
     model.pretrained_cfg = {

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from importlib import resources
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -25,10 +25,19 @@ class WeightsError(ValueError):
     """Weights could not be resolved or loaded; the message says what to pass instead."""
 
 
-def weights_source(model_name: str, checkpoint: str | None, pretrained: bool, random_init: bool) -> str:
+def weights_source(
+    model_name: str, checkpoint: str | None, pretrained: bool, random_init: bool
+) -> str:
     """Pick exactly one weight source, refusing ambiguous or missing choices."""
-    chosen = [s for s, on in [("checkpoint", checkpoint), ("pretrained", pretrained),
-                              ("random-init", random_init)] if on]
+    chosen = [
+        s
+        for s, on in [
+            ("checkpoint", checkpoint),
+            ("pretrained", pretrained),
+            ("random-init", random_init),
+        ]
+        if on
+    ]
     if len(chosen) > 1:
         raise WeightsError(f"choose one weight source, got {' and '.join(chosen)}")
     if chosen:
@@ -77,7 +86,8 @@ def load_checkpoint(net: nn.Module, path: str) -> None:
         state = _torch_state(file)
     else:
         raise WeightsError(
-            f"checkpoint {path!r}: unknown extension {suffix!r}; use .npz, .pth/.pt/.bin or .safetensors"
+            f"checkpoint {path!r}: unknown extension {suffix!r}; "
+            "use .npz, .pth/.pt/.bin or .safetensors"
         )
     _load_state(net, state, str(file))
 

@@ -51,6 +51,11 @@ def task_summaries(path: str) -> list[dict[str, Any]]:
     out = []
     for name in store.tasks:
         labels = store.labels(name)
-        out.append({"name": name, "classes": store.classes(name),
-                    "labelled": int(np.count_nonzero(labels >= 0))})
+        out.append(
+            {
+                "name": name,
+                "classes": store.classes(name),
+                "labelled": int(np.count_nonzero(labels >= 0)),
+            }
+        )
     return out

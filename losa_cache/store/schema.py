@@ -46,8 +46,13 @@ DTYPES: dict[str, tuple[str, int]] = {
     "bfloat16": ("uint16", 2),  # zarr has no bf16: raw bits, viewed back as torch.bfloat16
     "float32": ("float32", 4),
 }
-DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32",
-                 "float": "float32"}
+DTYPE_ALIASES = {
+    "fp16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "fp32": "float32",
+    "float": "float32",
+}
 
 #: Codec names users choose from. Block activations are near-incompressible floats;
 #: byte-shuffle + a fast compressor wins what there is to win (benchmarks/codecs.py).
@@ -77,8 +82,9 @@ def parse_dtype(dtype: str) -> str:
     """Normalise a user dtype name; error lists the choices."""
     d = DTYPE_ALIASES.get(dtype.lower(), dtype.lower())
     if d not in DTYPES:
-        raise ValueError(f"unknown store dtype {dtype!r}; choose one of {sorted(DTYPES)} "
-                         "(or fp16/bf16/fp32)")
+        raise ValueError(
+            f"unknown store dtype {dtype!r}; choose one of {sorted(DTYPES)} (or fp16/bf16/fp32)"
+        )
     return d
 
 
@@ -187,6 +193,7 @@ class Manifest:
         if version != SCHEMA_VERSION:
             raise ValueError(
                 f"store schema version {version} is not supported by this losa-cache "
-                f"(schema {SCHEMA_VERSION}); re-extract, or use the losa-cache version that wrote it"
+                f"(schema {SCHEMA_VERSION}); re-extract, or use the losa-cache version "
+                "that wrote it"
             )
         return cls(**d)

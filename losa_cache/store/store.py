@@ -56,8 +56,9 @@ class FeatureStore:
         self.path = path
         attrs = group.attrs.asdict()
         if S.ROOT_ATTR not in attrs:
-            raise StoreError(f"{path} is a Zarr group but not a losa-cache store (no "
-                             f"'{S.ROOT_ATTR}' attribute)")
+            raise StoreError(
+                f"{path} is a Zarr group but not a losa-cache store (no '{S.ROOT_ATTR}' attribute)"
+            )
         self.manifest = S.Manifest.from_dict(attrs[S.ROOT_ATTR])
         self.layout = S.Layout.from_dict(self.manifest.layout)
 
@@ -131,8 +132,10 @@ class FeatureStore:
     def _task(self, task: str | None) -> zarr.Array:
         task = task or self.default_task
         if task not in self.manifest.tasks:
-            raise StoreError(f"unknown task {task!r}; this store has {self.manifest.tasks} "
-                             "(add one with `losa-cache tasks add`)")
+            raise StoreError(
+                f"unknown task {task!r}; this store has {self.manifest.tasks} "
+                "(add one with `losa-cache tasks add`)"
+            )
         return self.group[S.task_name(task)]
 
     def labels(self, task: str | None = None) -> np.ndarray:
@@ -186,7 +189,9 @@ def _stored_bytes(arr: zarr.Array) -> int:
         return -1
 
 
-def open_group(path: str | Path, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
+def open_group(
+    path: str | Path, mode: str = "r", storage_options: dict | None = None
+) -> zarr.Group:
     """Open a Zarr group from a local path or an fsspec URL."""
     kwargs = {"storage_options": storage_options} if storage_options else {}
     return zarr.open_group(str(path), mode=mode, **kwargs)
@@ -196,9 +201,14 @@ def open_store(path: str | Path, storage_options: dict | None = None) -> Feature
     """Open an existing store for reading (local path or fsspec URL)."""
     try:
         group = open_group(path, mode="r", storage_options=storage_options)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
-        raise StoreError(f"no losa-cache store at {path}: create one with `losa-cache extract`"
-                         ) from e
+    except (
+        FileNotFoundError,
+        zarr.errors.GroupNotFoundError,
+        zarr.errors.NodeTypeValidationError,
+    ) as e:
+        raise StoreError(
+            f"no losa-cache store at {path}: create one with `losa-cache extract`"
+        ) from e
     return FeatureStore(group, str(path))
 
 
@@ -215,8 +225,9 @@ def add_task(
     store = FeatureStore(group, str(path))
     labels = np.asarray(labels, dtype=np.int32)
     if labels.shape != (store.num_images,):
-        raise StoreError(f"task {name!r}: {labels.shape[0]} labels for a store of "
-                         f"{store.num_images} rows")
+        raise StoreError(
+            f"task {name!r}: {labels.shape[0]} labels for a store of {store.num_images} rows"
+        )
     if labels.max(initial=-1) >= len(classes) or labels.min(initial=0) < -1:
         raise StoreError(f"task {name!r}: labels must be -1 (none) or in [0, {len(classes)})")
     if name in store.tasks and not overwrite:
@@ -228,10 +239,17 @@ def add_task(
     group.attrs[S.ROOT_ATTR] = manifest.to_dict()
 
 
-def write_task(group: zarr.Group, name: str, labels: np.ndarray, classes: list[str],
-               source: str) -> None:
+def write_task(
+    group: zarr.Group, name: str, labels: np.ndarray, classes: list[str], source: str
+) -> None:
     """Write one task array (whole, by one writer: labels are small)."""
-    arr = group.create_array(S.task_name(name), shape=labels.shape, dtype="int32",
-                             chunks=(max(1, len(labels)),), fill_value=-1, overwrite=True)
+    arr = group.create_array(
+        S.task_name(name),
+        shape=labels.shape,
+        dtype="int32",
+        chunks=(max(1, len(labels)),),
+        fill_value=-1,
+        overwrite=True,
+    )
     arr[:] = labels
     arr.attrs.update({"classes": classes, "source": source})

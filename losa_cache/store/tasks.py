@@ -40,8 +40,9 @@ def encode_labels(values: list[str]) -> tuple[np.ndarray, list[str]]:
     return np.array([index[v] for v in values], dtype=np.int32), classes
 
 
-def add_task_from_file(store_path: str, name: str, labels_file: Path,
-                       overwrite: bool = False) -> dict[str, Any]:
+def add_task_from_file(
+    store_path: str, name: str, labels_file: Path, overwrite: bool = False
+) -> dict[str, Any]:
     """Map sources in the file to store rows and write the task; unknown sources are an error."""
     store = open_store(store_path)
     pairs = read_label_file(labels_file)

@@ -24,7 +24,6 @@ from losa_cache.store import schema as S
 from losa_cache.store.store import FeatureStore, StoreError, open_group, write_task
 
 
-
 def per_shard_arrays(layout: S.Layout) -> list[str]:
     """Arrays written shard by shard, in checksum column order."""
     return [S.feature_name(layer) for layer in layout.layers] + [S.STATUS, S.ERROR]
@@ -53,10 +52,13 @@ def create_store(
     codec = S.CODECS[manifest.codec]
     for layer in layout.layers:
         group.create_array(
-            S.feature_name(layer), shape=(layout.num_images, layout.tokens, layout.dim),
-            dtype=S.DTYPES[layout.dtype][0], chunks=(layout.chunk_rows, layout.tokens, layout.dim),
+            S.feature_name(layer),
+            shape=(layout.num_images, layout.tokens, layout.dim),
+            dtype=S.DTYPES[layout.dtype][0],
+            chunks=(layout.chunk_rows, layout.tokens, layout.dim),
             shards=(layout.shard_rows, layout.tokens, layout.dim),
-            compressors=[codec] if codec is not None else None, fill_value=0,
+            compressors=[codec] if codec is not None else None,
+            fill_value=0,
         )
     n, rows = layout.num_images, layout.shard_rows
     group.create_array(S.STATUS, shape=(n,), dtype="uint8", chunks=(rows,), fill_value=S.PENDING)
@@ -64,8 +66,13 @@ def create_store(
     src = group.create_array(S.SOURCE, shape=(n,), dtype=str, chunks=(max(1, n),), fill_value="")
     src[:] = np.asarray(sources, dtype=str)
     for name, idx in splits.items():
-        arr = group.create_array(S.split_name(name), shape=(len(idx),), dtype="int64",
-                                 chunks=(max(1, len(idx)),), fill_value=-1)
+        arr = group.create_array(
+            S.split_name(name),
+            shape=(len(idx),),
+            dtype="int64",
+            chunks=(max(1, len(idx)),),
+            fill_value=-1,
+        )
         arr[:] = np.asarray(idx, dtype=np.int64)
     for name, (labels, classes) in tasks.items():
         write_task(group, name, labels, classes, source="dataset")
@@ -94,8 +101,9 @@ def _short(v: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def open_for_resume(path: str, identity: dict[str, Any],
-                    storage_options: dict | None = None) -> FeatureStore | None:
+def open_for_resume(
+    path: str, identity: dict[str, Any], storage_options: dict | None = None
+) -> FeatureStore | None:
     """The existing store if it matches ``identity``; None if there is none (or only
     the remains of an interrupted creation, which nothing was written into)."""
     try:
@@ -105,8 +113,10 @@ def open_for_resume(path: str, identity: dict[str, Any],
     meta = group.attrs.asdict().get(S.ROOT_ATTR)
     if meta is None:
         if list(group.keys()):
-            raise StoreError(f"{path} holds a Zarr group that is not a losa-cache store; "
-                             "refusing to overwrite it: choose another --store path")
+            raise StoreError(
+                f"{path} holds a Zarr group that is not a losa-cache store; "
+                "refusing to overwrite it: choose another --store path"
+            )
         return None
     if meta.get("state") != "ready":
         return None
@@ -127,8 +137,9 @@ class ShardWriter:
     ``max_pending`` bounds the shards held in memory; ``submit`` blocks beyond it.
     """
 
-    def __init__(self, group: zarr.Group, layout: S.Layout, threads: int = 2,
-                 max_pending: int = 2) -> None:
+    def __init__(
+        self, group: zarr.Group, layout: S.Layout, threads: int = 2, max_pending: int = 2
+    ) -> None:
         self.group = group
         self.layout = layout
         self.names = per_shard_arrays(layout)
@@ -137,13 +148,15 @@ class ShardWriter:
         self.max_pending = max_pending
         self.bytes_written = 0
 
-    def submit(self, shard: int, features: dict[int, np.ndarray], status: np.ndarray,
-               errors: np.ndarray) -> None:
+    def submit(
+        self, shard: int, features: dict[int, np.ndarray], status: np.ndarray, errors: np.ndarray
+    ) -> None:
         self._reap(block=len(self.pending) >= self.max_pending)
         self.pending.append(self.pool.submit(self.write, shard, features, status, errors))
 
-    def write(self, shard: int, features: dict[int, np.ndarray], status: np.ndarray,
-              errors: np.ndarray) -> None:
+    def write(
+        self, shard: int, features: dict[int, np.ndarray], status: np.ndarray, errors: np.ndarray
+    ) -> None:
         """Write one shard synchronously; idempotent (same inputs -> same bytes)."""
         start, stop = self.layout.shard_range(shard)
         values = [features[layer] for layer in self.layout.layers] + [status, errors]
@@ -181,8 +194,9 @@ def verify_shards(store: FeatureStore) -> list[dict[str, Any]]:
             except Exception as e:  # truncated or undecodable shard file
                 ok, reason = False, f"unreadable: {type(e).__name__}: {e}"
             if not ok:
-                bad.append({"shard": int(shard), "array": name, "rows": [start, stop],
-                            "reason": reason})
+                bad.append(
+                    {"shard": int(shard), "array": name, "rows": [start, stop], "reason": reason}
+                )
     return bad
 
 

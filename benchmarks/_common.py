@@ -1,0 +1,59 @@
+"""Shared benchmark plumbing: device description, result JSON, tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from losa_cache.versions import versions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_info() -> dict[str, Any]:
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        return {"kind": "cuda", "name": p.name, "memory_gb": round(p.total_memory / 2**30, 1)}
+    return {
+        "kind": "cpu",
+        "name": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def save(name: str, payload: dict[str, Any]) -> Path:
+    """Write results/<name>-<device>-<date>.json with device, versions and date."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    dev = device_info()
+    stamp = dt.datetime.now(dt.timezone.utc)
+    tag = dev["name"].replace(" ", "_").replace("/", "_")[:40] or dev["kind"]
+    out = RESULTS / f"{name}-{tag}-{stamp:%Y%m%d-%H%M%S}.json"
+    doc = {
+        "benchmark": name,
+        "date": stamp.isoformat(timespec="seconds"),
+        "device": dev,
+        "versions": versions(),
+        **payload,
+    }
+    out.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
+    return out
+
+
+def print_table(rows: list[dict[str, Any]], cols: list[str]) -> None:
+    cells = [cols] + [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
+    for j, r in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
+    return "" if v is None else str(v)
