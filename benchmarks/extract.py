@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--codec", default="lz4")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--shard-rows", type=int, default=None, help="default: ~64 MB per layer")
+    p.add_argument("--chunk-rows", type=int, default=None, help="default: ~2 MB")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bare = bare_forward(args, device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from losa_cache.cli import predict_cmds, store_cmds
+from losa_cache.cli import cluster_cmds, demo_cmds, predict_cmds, store_cmds, train_cmds
 
 app = typer.Typer(
     name="losa-cache",
@@ -14,11 +14,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command()(demo_cmds.demo)
 app.command()(store_cmds.models)
 app.command()(store_cmds.plan)
 app.command()(store_cmds.extract)
 app.command()(store_cmds.info)
+app.command()(cluster_cmds.verify)
+app.command()(cluster_cmds.export)
+app.command("import")(cluster_cmds.import_store)
 app.add_typer(store_cmds.tasks_app, name="tasks")
+app.command("train")(train_cmds.train)
 app.command("predict")(predict_cmds.predict)
 app.command("eval")(predict_cmds.evaluate)
 

@@ -10,6 +10,13 @@ import typer
 from losa_cache.cli.common import emit_json, human_bytes, human_seconds, table, user_errors
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help='fsspec options for store URLs as JSON, e.g. \'{"endpoint_url": "http://..."}\' '
+        "(default: $LOSA_CACHE_STORAGE_OPTIONS)."
+    ),
+]
 
 
 def models(json_out: JsonOpt = False) -> None:
@@ -151,14 +158,30 @@ def extract(
         int | None, typer.Option(help="Rows per shard (default: ~64 MB).")
     ] = None,
     chunk_rows: Annotated[int | None, typer.Option(help="Rows per chunk (default: ~2 MB).")] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Run on Dask: local:N (N worker processes) | cuda (one per GPU)."),
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Run on an existing Dask cluster: tcp://HOST:PORT.")
+    ] = None,
+    retries: Annotated[int, typer.Option(help="Dask: retries of a failing task.")] = 3,
+    shards_per_task: Annotated[
+        int | None, typer.Option(help="Dask: whole shards per task (default: auto, <= 8).")
+    ] = None,
+    storage_options: StorageOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the frozen backbone once over a data set and write its block outputs.
 
     Rerunning the same command resumes: finished shards are kept, the rest is written.
+    With --cluster/--scheduler each Dask task computes and writes whole shards.
 
     Example: losa-cache extract --model vit_b --pretrained --dataset vtab1k:data/vtab/cifar \
 --store stores/cifar.zarr --layers all
+
+    Example (Dask, 4 processes): losa-cache extract --model vit_b --pretrained --dataset \
+inat2018 --store s3://bucket/inat.zarr --cluster local:4
     """
     from losa_cache.extract import ExtractConfig
     from losa_cache.extract import extract as run
@@ -184,8 +207,23 @@ def extract(
         shard_rows=shard_rows,
         chunk_rows=chunk_rows,
     )
+    from losa_cache.distributed import extract_distributed, parse_cluster
+    from losa_cache.store.store import parse_storage_options
+
     with user_errors():
-        result = run(cfg, progress=not json_out)
+        options = parse_storage_options(storage_options)
+        if parse_cluster(cluster, scheduler) is None:
+            result = run(cfg, progress=not json_out, storage_options=options)
+        else:
+            result = extract_distributed(
+                cfg,
+                cluster=cluster,
+                scheduler=scheduler,
+                progress=not json_out,
+                storage_options=options,
+                retries=retries,
+                shards_per_task=shards_per_task,
+            )
     if json_out:
         emit_json(result.to_dict())
         return
@@ -203,6 +241,7 @@ def extract(
 
 def info(
     store: Annotated[str, typer.Argument(help="Store path or URL.")],
+    storage_options: StorageOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Images, splits, layers, tasks, fingerprint, progress, size and compression.
@@ -210,9 +249,10 @@ def info(
     Example: losa-cache info stores/cifar.zarr --json
     """
     from losa_cache.store.info import store_info
+    from losa_cache.store.store import parse_storage_options
 
     with user_errors():
-        d = store_info(store)
+        d = store_info(store, parse_storage_options(storage_options))
     if json_out:
         emit_json(d)
         return

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from losa_cache.backbone import Backbone, create_backbone
 from losa_cache.data import get_dataset
 from losa_cache.data.base import ImageDataset, ImageDecodeError
-from losa_cache.data.torch_dataset import TorchImages
+from losa_cache.data.torch_dataset import TorchImages, worker_context
 from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
 from losa_cache.store.writer import ShardWriter, create_store, now, open_for_resume, store_lock
@@ -205,13 +204,14 @@ def open_or_create(
     rows: list[int],
     splits: dict[str, list[int]],
     layers: tuple[int, ...],
+    storage_options: dict | None = None,
 ):
     """Resume a matching store, or create a new one; returns (group, layout, resumed)."""
     dtype = S.parse_dtype(cfg.dtype)
     S.parse_codec(cfg.codec)
     sources = [dataset.samples[r].source for r in rows]
     identity = build_identity(backbone, layers, dtype, sources, splits)
-    existing = open_for_resume(cfg.store, identity)
+    existing = open_for_resume(cfg.store, identity, storage_options)
     if existing is not None:
         return existing.group, existing.layout, True
     layout = S.plan_layout(
@@ -227,7 +227,13 @@ def open_or_create(
     task = dataset.task or "default"
     manifest = new_manifest(cfg, backbone, layout, identity, splits, task)
     group = create_store(
-        cfg.store, layout, manifest, sources, splits, {task: (labels, list(dataset.classes))}
+        cfg.store,
+        layout,
+        manifest,
+        sources,
+        splits,
+        {task: (labels, list(dataset.classes))},
+        storage_options=storage_options,
     )
     return group, layout, False
 
@@ -254,9 +260,8 @@ def _loader(
         workers = min(8, max(0, (torch.multiprocessing.cpu_count() or 1) - 1))
     kwargs: dict[str, Any] = {}
     if workers > 0:
-        # zarr runs an event-loop thread in this process: never fork it into workers
         kwargs = {
-            "multiprocessing_context": "forkserver" if sys.platform == "linux" else "spawn",
+            "multiprocessing_context": worker_context(),
             "prefetch_factor": 4,
             "persistent_workers": False,
         }
@@ -339,13 +344,21 @@ def run_batches(
         yield (buf if buf.full else None), len(store_rows)
 
 
-def extract(cfg: ExtractConfig, progress: bool = True) -> ExtractResult:
-    """Extract (or resume extracting) ``cfg.dataset`` into ``cfg.store``."""
+def extract(
+    cfg: ExtractConfig, progress: bool = True, storage_options: dict | None = None
+) -> ExtractResult:
+    """Extract (or resume extracting) ``cfg.dataset`` into ``cfg.store`` in this process.
+
+    ``storage_options`` (fsspec) are for store URLs; they are never saved into the store.
+    For a Dask cluster see :func:`losa_cache.distributed.extract_distributed`.
+    """
     device = pick_device(cfg.device)
     amp = compute_dtype(cfg.precision, device)
     backbone, dataset, rows, splits, layers = prepare(cfg, device)
-    with store_lock(cfg.store):
-        group, layout, resumed = open_or_create(cfg, backbone, dataset, rows, splits, layers)
+    with store_lock(cfg.store, storage_options) as lock:
+        group, layout, resumed = open_or_create(
+            cfg, backbone, dataset, rows, splits, layers, storage_options
+        )
         done = group[S.DONE][:].astype(bool)
         todo = [int(s) for s in np.flatnonzero(~done)]
         backbone.prune(list(layout.layers))
@@ -370,6 +383,7 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> ExtractResult:
             ):
                 bar.update(n)
                 if buf is not None:
+                    lock.check()
                     writer.submit(buf.shard, buf.features, buf.status, buf.errors.astype(str))
                     bar.set_postfix(shards=f"{int(done.sum()) + len(writer.pending)}")
         finally:
@@ -378,7 +392,7 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> ExtractResult:
         seconds = time.perf_counter() - t0
     from losa_cache.store import open_store
 
-    store = open_store(cfg.store)
+    store = open_store(cfg.store, storage_options)
     return ExtractResult(
         store=cfg.store,
         num_images=layout.num_images,

@@ -9,9 +9,9 @@ import numpy as np
 from losa_cache.store.store import open_store
 
 
-def store_info(path: str) -> dict[str, Any]:
+def store_info(path: str, storage_options: dict | None = None) -> dict[str, Any]:
     """Everything a user wants to know about a store before training from it."""
-    store = open_store(path)
+    store = open_store(path, storage_options)
     m = store.manifest
     done = store.done_shards()
     size = store.nbytes()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,12 +191,51 @@ def _stored_bytes(arr: zarr.Array) -> int:
         return -1
 
 
+#: JSON fsspec storage options used for store URLs when none are passed (e.g. an S3
+#: endpoint), so training, sweeps and every command reach the same store without flags.
+STORAGE_OPTIONS_ENV = "LOSA_CACHE_STORAGE_OPTIONS"
+
+
+def is_remote(path: str | Path) -> bool:
+    """True for fsspec URLs other than ``file://`` (those have no local lock or path)."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def local_path(path: str | Path) -> str:
+    """``file://`` URLs as plain paths: zarr's LocalStore writes atomically, fsspec's does not."""
+    return str(path).removeprefix("file://")
+
+
+def storage_options_for(path: str | Path, storage_options: dict | None = None) -> dict | None:
+    """The options to open ``path`` with: the given ones, else $LOSA_CACHE_STORAGE_OPTIONS."""
+    if not is_remote(path):
+        return None
+    if storage_options is not None:
+        return storage_options
+    return parse_storage_options(os.environ.get(STORAGE_OPTIONS_ENV), STORAGE_OPTIONS_ENV)
+
+
+def parse_storage_options(text: str | None, where: str = "--storage-options") -> dict | None:
+    """A JSON object of fsspec options (None for empty); the error names the bad input."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} is not valid JSON ({e}): {text[:80]!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f'{where} must be a JSON object, e.g. {{"endpoint_url": "http://..."}}')
+    return value
+
+
 def open_group(
     path: str | Path, mode: str = "r", storage_options: dict | None = None
 ) -> zarr.Group:
     """Open a Zarr group from a local path or an fsspec URL."""
-    kwargs = {"storage_options": storage_options} if storage_options else {}
-    return zarr.open_group(str(path), mode=mode, **kwargs)
+    options = storage_options_for(path, storage_options)
+    kwargs = {"storage_options": options} if options else {}
+    return zarr.open_group(local_path(path), mode=mode, **kwargs)
 
 
 def open_store(path: str | Path, storage_options: dict | None = None) -> FeatureStore:

@@ -21,7 +21,13 @@ import numpy as np
 import zarr
 
 from losa_cache.store import schema as S
-from losa_cache.store.store import FeatureStore, StoreError, open_group, write_task
+from losa_cache.store.store import (
+    FeatureStore,
+    StoreError,
+    is_remote,
+    open_group,
+    write_task,
+)
 
 
 def per_shard_arrays(layout: S.Layout) -> list[str]:
@@ -180,12 +186,15 @@ class ShardWriter:
             self.pool.shutdown(wait=True)
 
 
-def verify_shards(store: FeatureStore) -> list[dict[str, Any]]:
+def verify_shards(store: FeatureStore, progress: bool = False) -> list[dict[str, Any]]:
     """Re-read every done shard and compare with the checksums recorded at write time."""
+    from tqdm.auto import tqdm
+
     names = per_shard_arrays(store.layout)
     sums = store.group[S.CHECKSUMS][:]
     bad = []
-    for shard in np.flatnonzero(store.done_shards()):
+    done = np.flatnonzero(store.done_shards())
+    for shard in tqdm(done, desc="verify", unit="shard", disable=not progress):
         start, stop = store.layout.shard_range(int(shard))
         for col, name in enumerate(names):
             try:
@@ -200,18 +209,69 @@ def verify_shards(store: FeatureStore) -> list[dict[str, Any]]:
     return bad
 
 
+def verify_store(
+    path: str, repair: bool = False, storage_options: dict | None = None, progress: bool = False
+) -> dict[str, Any]:
+    """Check every done shard against its checksums; with ``repair``, clear the markers of
+    the damaged ones (under the store lock) so the next extract rewrites exactly those."""
+    from losa_cache.store.store import open_store
+
+    store = open_store(path, storage_options)
+    done = store.done_shards()
+    bad = verify_shards(store, progress=progress)
+    shards = sorted({b["shard"] for b in bad})
+    if repair and shards:
+        with store_lock(path, storage_options):
+            mark_for_repair(path, shards, storage_options)
+    return {
+        "store": path,
+        "shards_total": len(done),
+        "shards_checked": int(done.sum()),
+        "bad": bad,
+        "bad_shards": shards,
+        "repaired": bool(repair and shards),
+    }
+
+
 def mark_for_repair(path: str, shards: list[int], storage_options: dict | None = None) -> None:
-    """Clear the done markers of damaged shards so the next extract rewrites them."""
+    """Clear the done markers of damaged shards, then delete their objects, so the next
+    extract rewrites them from scratch (zarr reads an existing shard before writing it,
+    and a damaged one would fail that read)."""
+    from zarr.core.sync import sync
+
     group = open_group(path, mode="r+", storage_options=storage_options)
+    layout = S.Layout.from_dict(group.attrs[S.ROOT_ATTR]["layout"])
     for shard in shards:
         group[S.DONE][shard] = 0
+    for name in per_shard_arrays(layout):
+        arr = group[name]
+        for shard in shards:
+            sync((arr.store_path / shard_key(arr, layout.shard_range(shard)[0])).delete())
+
+
+def shard_key(arr: zarr.Array, row: int) -> str:
+    """Storage key of the object holding ``row`` of a per-shard array (a shard or chunk)."""
+    rows = arr.shards[0] if arr.shards is not None else arr.chunks[0]
+    return arr.metadata.encode_chunk_key((row // rows,) + (0,) * (arr.ndim - 1))
+
+
+class _Held:
+    """What ``store_lock`` yields for a local flock: held until the process dies."""
+
+    def check(self) -> None:
+        return None
 
 
 @contextlib.contextmanager
-def store_lock(path: str) -> Iterator[None]:
-    """One extraction per local store at a time (advisory flock; other URLs: no lock)."""
-    if "://" in path and not path.startswith("file://"):
-        yield
+def store_lock(path: str, storage_options: dict | None = None) -> Iterator[Any]:
+    """One extraction per store at a time: an advisory flock for local paths, a lease
+    object with a heartbeat for URLs (:mod:`losa_cache.store.lease`). The yielded handle's
+    ``check()`` raises once the lock was lost (leases only)."""
+    if is_remote(path):
+        from losa_cache.store.lease import StoreLease
+
+        with StoreLease(path, storage_options) as lease:
+            yield lease
         return
     import fcntl
 
@@ -230,7 +290,7 @@ def store_lock(path: str) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {now()}".encode(), 0)
-        yield
+        yield _Held()
     finally:
         os.close(fd)
 

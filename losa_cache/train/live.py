@@ -12,7 +12,6 @@ side network's parameters.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from losa_cache.backbone import Backbone, create_backbone
 from losa_cache.data import TorchImages, get_dataset
+from losa_cache.data.torch_dataset import worker_context
 from losa_cache.extract import select_rows
 from losa_cache.store import StoreError
 from losa_cache.store.schema import plan_layout
@@ -35,7 +35,7 @@ from losa_cache.train.order import (
     default_buffer_rows,
 )
 from losa_cache.train.reader import Batch
-from losa_cache.train.sources import SourceInfo
+from losa_cache.train.sources import SourceInfo, pick_device
 
 __all__ = ["LiveReader", "LiveSource", "frozen_features"]
 
@@ -56,8 +56,6 @@ class LiveSource:
     """A backbone and a data set standing in for a store."""
 
     def __init__(self, cfg: TrainConfig) -> None:
-        from losa_cache.train.trainer import pick_device
-
         self.cfg, self.device = cfg, pick_device(cfg.device)
         self.backbone = create_backbone(cfg.model, checkpoint=cfg.checkpoint,
                                         pretrained=cfg.pretrained, random_init=cfg.random_init,
@@ -132,6 +130,7 @@ class LiveReader(StreamPosition):
                                                 and self.device.type == "cuda")
         self.cache_choice = CacheChoice("none", 0, "live mode: the backbone runs on every batch")
         self.offset, self.bytes_read, self.images = 0, 0, 0
+        self._eval_loaders: dict[int, DataLoader] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -139,35 +138,43 @@ class LiveReader(StreamPosition):
     def batches(self, offset: int = 0) -> Iterator[Batch]:
         """Endless training batches from stream position ``offset`` (rows) on."""
         self.offset = int(offset)
-        for batch in self._run(self._plan(self.offset, True, True, self.batch_size)):
+        plan = self._plan(self.offset, True, True, self.batch_size)
+        for batch in self._run(self._loader(_Planned(plan), persistent=False)):
             self.offset += self.batch_size
             yield batch
 
     def eval_batches(self, batch_size: int | None = None) -> Iterator[Batch]:
-        yield from self._run(self._plan(0, False, False, batch_size or self.batch_size))
+        """One sequential pass; its decoding workers stay up for the next evaluation."""
+        size = batch_size or self.batch_size
+        if size not in self._eval_loaders:
+            plan = [b.tolist() for b in self._plan(0, False, False, size)]
+            self._eval_loaders[size] = self._loader(plan, persistent=True)
+        yield from self._run(self._eval_loaders[size])
 
     def _plan(self, offset: int, loop: bool, shuffle: bool, size: int) -> Iterator[np.ndarray]:
         pieces = ((None, w, skip) for w, skip in self.order.windows_from(offset, loop, shuffle))
         for segments in cut_batches(pieces, size):
             yield np.concatenate([w.ordered[a:b] for _, w, a, b in segments])
 
-    def _loader(self, plan: Iterator[np.ndarray]) -> DataLoader:
+    def _loader(self, batch_sampler: Any, persistent: bool) -> DataLoader:
         workers = max(0, self.source.cfg.workers)
         kwargs: dict[str, Any] = {}
         if workers > 0:  # zarr/timm threads in this process: never fork it
-            kwargs = {"multiprocessing_context": "forkserver" if sys.platform == "linux"
-                      else "spawn", "prefetch_factor": 4}
-        return DataLoader(self.source.images, batch_sampler=_Planned(plan), num_workers=workers,
+            kwargs = {"multiprocessing_context": worker_context(), "prefetch_factor": 4,
+                      "persistent_workers": persistent}
+        return DataLoader(self.source.images, batch_sampler=batch_sampler, num_workers=workers,
                           pin_memory=self.device.type == "cuda", **kwargs)
 
-    def _run(self, plan: Iterator[np.ndarray]) -> Iterator[Batch]:
+    def _run(self, loader: DataLoader) -> Iterator[Batch]:
         src = self.source
-        for x, dataset_rows, ok, _errors in self._loader(plan):
+        for x, dataset_rows, ok, _errors in loader:
             keep = ok.bool()
             rows = torch.from_numpy(np.searchsorted(src.dataset_rows, dataset_rows.numpy()))
-            x, rows = x[keep].to(self.device, non_blocking=True), rows[keep]
-            if not len(rows):  # every image of the batch was undecodable
-                continue
+            if not keep.all():  # undecodable images are left out (a store skips them too)
+                x, rows = x[keep], rows[keep]
+                if not len(rows):
+                    continue
+            x = x.to(self.device, non_blocking=True)  # from pinned memory on CUDA
             self.images += len(rows)
             feats = frozen_features(src.backbone, x, self.layers, self.amp)
             labels = torch.from_numpy(src.labels[rows.numpy()]).to(self.device)
@@ -179,4 +186,4 @@ class LiveReader(StreamPosition):
                 "chunk_rows": self.order.chunk_rows}
 
     def close(self) -> None:
-        pass
+        self._eval_loaders.clear()  # persistent decoding workers exit with their loaders

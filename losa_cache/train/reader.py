@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from typing import NamedTuple
 
 import numpy as np
@@ -81,23 +82,25 @@ class StoreReader(StreamPosition):
         self.dtype = TORCH_DTYPES[store.dtype]
         self._arrays = {layer: store.features(layer) for layer in self.layers}
         row_bytes = self.layout.row_bytes * len(self.layers)
-        buffer_rows = buffer_rows or default_buffer_rows(self.batch_size, len(self.rows), row_bytes)
-        num_chunks = len(np.unique(self.rows // self.layout.chunk_rows))
-        chunks = buffer_chunks_for(len(self.rows), num_chunks, buffer_rows)
-        self.order = RowOrder(self.rows, self.layout.chunk_rows, chunks, seed)
-        self.pin = self.device.type == "cuda"
-        self.prefetch = prefetch
+        self.order = self._row_order(seed, buffer_rows or default_buffer_rows(
+            self.batch_size, len(self.rows), row_bytes))
+        self.pin, self.prefetch = self.device.type == "cuda", prefetch
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
                                         thread_name_prefix="losa-cache-read")
         self._lock = threading.Lock()
-        self.bytes_read = 0
-        self.chunks_read = 0
+        self.bytes_read = self.chunks_read = 0
         self.offset = 0  # rows of the training stream handed out so far
         self.cache_choice: CacheChoice = choose_cache(cache, len(self.rows) * row_bytes,
                                                       self.device)
         self._cache: dict[int, torch.Tensor] | None = None
         if self.cache_choice.mode != "none":
             self._fill_cache()
+
+    def _row_order(self, seed: int, buffer_rows: int) -> RowOrder:
+        """Windows of whole chunks holding about ``buffer_rows`` of our rows."""
+        num_chunks = len(np.unique(self.rows // self.layout.chunk_rows))
+        chunks = buffer_chunks_for(len(self.rows), num_chunks, buffer_rows)
+        return RowOrder(self.rows, self.layout.chunk_rows, chunks, seed)
 
     # ------------------------------------------------------------------ public
 
@@ -107,9 +110,11 @@ class StoreReader(StreamPosition):
     def batches(self, offset: int = 0) -> Iterator[Batch]:
         """Endless training batches from stream position ``offset`` (rows) on."""
         self.offset = int(offset)
-        for batch in self._iterate(self.offset, loop=True, shuffle=True, size=self.batch_size):
-            self.offset += len(batch.rows)
-            yield batch
+        with closing(self._iterate(self.offset, loop=True, shuffle=True,
+                                   size=self.batch_size)) as stream:
+            for batch in stream:
+                self.offset += len(batch.rows)
+                yield batch
 
     def eval_batches(self, batch_size: int | None = None) -> Iterator[Batch]:
         """One sequential pass over all rows (no shuffle, last batch may be short)."""
@@ -135,9 +140,13 @@ class StoreReader(StreamPosition):
         if self._cache is not None and self.cache_choice.mode == "gpu":
             yield from self._host_batches(offset, loop, shuffle, size)  # gathered on the GPU
             return
-        for batch in Prefetcher(lambda: self._host_batches(offset, loop, shuffle, size),
-                                self.prefetch):
-            yield self._to_device(batch)
+        prefetcher = Prefetcher(lambda: self._host_batches(offset, loop, shuffle, size),
+                                self.prefetch)
+        try:
+            for batch in prefetcher:
+                yield self._to_device(batch)
+        finally:
+            prefetcher.close()  # also when the consumer stops early
 
     def _host_batches(self, offset: int, loop: bool, shuffle: bool, size: int) -> Iterator[Batch]:
         windows = self.order.windows_from(offset, loop, shuffle)

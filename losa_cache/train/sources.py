@@ -13,11 +13,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from losa_cache.side import SideConfig, create_side
 from losa_cache.store import FeatureStore, StoreError, open_store
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.reader import StoreReader, labelled_rows
 
-__all__ = ["DataSource", "SourceInfo", "StoreSource", "resolve_splits"]
+__all__ = ["DataSource", "SourceInfo", "StoreSource", "build_side_config", "open_source",
+           "pick_device", "resolve_splits"]
 
 SPLIT_DEFAULTS = {"train": ("train", "train800"), "val": ("val", "val200", "validation"),
                   "test": ("test",)}
@@ -72,8 +74,8 @@ def resolve_splits(cfg: TrainConfig, available: Sequence[str]) -> dict[str, str 
 class StoreSource:
     """Batches read from a complete feature store."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.store: FeatureStore = open_store(cfg.store)
+    def __init__(self, cfg: TrainConfig, storage_options: dict | None = None) -> None:
+        self.store: FeatureStore = open_store(cfg.store, storage_options)
         self.store.require_complete()
         task = cfg.task or self.store.default_task
         classes = self.store.classes(task)  # StoreError listing the tasks if unknown
@@ -95,3 +97,34 @@ class StoreSource:
 
     def close(self) -> None:
         pass
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def open_source(cfg: TrainConfig, storage_options: dict | None = None) -> DataSource:
+    """The store (fsspec options for URLs kept out of the saved config), or live mode."""
+    if cfg.live:
+        from losa_cache.train.live import LiveSource
+
+        return LiveSource(cfg)
+    return StoreSource(cfg, storage_options)
+
+
+def build_side_config(cfg: TrainConfig, info: SourceInfo) -> SideConfig:
+    """The side network for these features; its blocks must be available."""
+    spec = ",".join(map(str, info.layers)) if cfg.layers == "store" else cfg.layers
+    side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
+                      num_classes=len(info.classes), method=cfg.method, rank=cfg.rank,
+                      layers=spec, prefix_tokens=info.prefix_tokens, pool=cfg.pool)
+    need = create_side(side).required_layers
+    missing = sorted(set(need) - set(info.layers))
+    if missing:
+        raise StoreError(
+            f"{cfg.method} with --layers {cfg.layers} needs blocks {list(need)}, but the store "
+            f"has no blocks {missing}; it holds blocks {list(info.layers)} of {info.depth} "
+            "(choose --layers among those, or re-extract with the blocks you need)")
+    return side

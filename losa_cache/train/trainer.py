@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from losa_cache.side import SideConfig, create_side, head_params, learned_params
+from losa_cache.side import create_side, head_params, learned_params
 from losa_cache.store import StoreError
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.optim import build_optimizer, build_scheduler, lr_factor
-from losa_cache.train.sources import DataSource, SourceInfo, StoreSource, resolve_splits
+from losa_cache.train.sources import build_side_config, open_source, pick_device, resolve_splits
 
-__all__ = ["NonFiniteLossError", "build_side_config", "evaluate", "train"]
+__all__ = ["NonFiniteLossError", "evaluate", "train"]
 
 #: Settings that may change on --resume (the continuation is then no longer exact).
 TUNABLE_ON_RESUME = frozenset({"lr", "steps", "epochs", "warmup_steps", "weight_decay",
@@ -36,36 +36,6 @@ TUNABLE_ON_RESUME = frozenset({"lr", "steps", "epochs", "warmup_steps", "weight_
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def open_source(cfg: TrainConfig) -> DataSource:
-    if cfg.live:
-        from losa_cache.train.live import LiveSource
-
-        return LiveSource(cfg)
-    return StoreSource(cfg)
-
-
-def build_side_config(cfg: TrainConfig, info: SourceInfo) -> SideConfig:
-    """The side network for these features; its blocks must be available."""
-    spec = ",".join(map(str, info.layers)) if cfg.layers == "store" else cfg.layers
-    side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
-                      num_classes=len(info.classes), method=cfg.method, rank=cfg.rank,
-                      layers=spec, prefix_tokens=info.prefix_tokens, pool=cfg.pool)
-    need = create_side(side).required_layers
-    missing = sorted(set(need) - set(info.layers))
-    if missing:
-        raise StoreError(
-            f"{cfg.method} with --layers {cfg.layers} needs blocks {list(need)}, but the store "
-            f"has no blocks {missing}; it holds blocks {list(info.layers)} of {info.depth} "
-            "(choose --layers among those, or re-extract with the blocks you need)")
-    return side
 
 
 @torch.no_grad()
@@ -84,9 +54,14 @@ def evaluate(model: torch.nn.Module, reader: Any, amp: bool) -> dict[str, float]
     return {"acc": correct / max(1, n), "loss": loss / max(1, n), "n": int(n)}
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) training; returns the final metrics (also in ``out/metrics.json``)."""
-    run = _Run(cfg, progress)
+def train(cfg: TrainConfig, progress: bool = True,
+          storage_options: dict | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the final metrics (also in ``out/metrics.json``).
+
+    ``storage_options`` (fsspec, for store URLs) stay out of every saved file: they may
+    hold credentials.
+    """
+    run = _Run(cfg, progress, storage_options)
     try:
         return run.execute()
     finally:
@@ -98,43 +73,63 @@ class _Run:
 
     # ------------------------------------------------------------------ set-up
 
-    def __init__(self, cfg: TrainConfig, progress: bool) -> None:
+    def __init__(self, cfg: TrainConfig, progress: bool, storage_options: dict | None) -> None:
         self.cfg, self.progress, self.notes = cfg, progress, []
+        self.storage_options = storage_options
+        try:
+            self._setup()
+        except BaseException:
+            self.close()  # stop reader threads started before the error
+            raise
+
+    def _setup(self) -> None:
+        cfg = self.cfg
         self.device = pick_device(cfg.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.out = Path(cfg.out)
-        self.out.mkdir(parents=True, exist_ok=True)
         state = self._load_resume_state()
-        self.source = open_source(cfg)
-        info = self.source.info
-        self.splits = resolve_splits(cfg, info.splits)
-        self.side_config = build_side_config(cfg, info)
-        rows, labels = self.source.rows(self.splits["train"])
-        if len(rows) == 0:
-            raise StoreError(f"split {self.splits['train']!r} has no labelled, valid rows "
-                             f"for task {info.task!r}")
-        self.plan = cfg.plan(len(rows))
-        self.batch = int(self.plan["batch_size"])
-        if self.batch < cfg.batch_size:
-            self._say(f"batch size {cfg.batch_size} capped at the {len(rows)} training rows")
-        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
-        torch.manual_seed(cfg.seed)
-        self.model = create_side(self.side_config).to(self.device)
-        self.opt = build_optimizer(self.model, cfg.optimizer, float(self.plan["lr"]),
-                                   float(self.plan["weight_decay"]), cfg.momentum)
-        self.sched = build_scheduler(self.opt, int(self.plan["warmup_steps"]),
-                                     int(self.plan["steps"]))
-        layers = self.model.required_layers
-        self.train_reader = self.source.reader(rows, labels, layers, self.batch, cfg.seed,
-                                               self.device, cfg.cache, cfg.shuffle_buffer)
+        rows, labels = self._open_data()
+        self._build_model()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.train_reader = self.source.reader(rows, labels, self.model.required_layers,
+                                               self.batch, cfg.seed, self.device, cfg.cache,
+                                               cfg.shuffle_buffer)
         self.val_reader = self._eval_reader("val", cfg.cache)
-        self.step, self.evals, self.best = 0, [], None
+        self.step, self.evals, self.best, self.lr = 0, [], None, float(self.plan["lr"])
         self.train_images, self.train_seconds = 0, 0.0
+        self.steady: list | None = None  # [images, seconds] after this process's first interval
         if state is not None:
             self._restore(state)
         self.log = ckpt.MetricsLog(self.out, self.step if state is not None else None)
         for reader, what in ((self.train_reader, "train"), (self.val_reader, "val")):
-            if reader is not None and hasattr(reader, "cache_choice"):
+            if reader is not None:
                 self._say(f"{what} cache: {reader.cache_choice.reason}")
+
+    def _open_data(self) -> tuple[Any, Any]:
+        """Source, splits, side config, the training rows and the run's plan."""
+        self.source = open_source(self.cfg, self.storage_options)
+        info = self.source.info
+        self.splits = resolve_splits(self.cfg, info.splits)
+        self.side_config = build_side_config(self.cfg, info)
+        rows, labels = self.source.rows(self.splits["train"])
+        if len(rows) == 0:
+            raise StoreError(f"split {self.splits['train']!r} has no labelled, valid rows "
+                             f"for task {info.task!r}")
+        self.plan = self.cfg.plan(len(rows))
+        self.batch = int(self.plan["batch_size"])
+        if self.batch < self.cfg.batch_size:
+            self._say(f"batch size {self.cfg.batch_size} capped at the {len(rows)} training rows")
+        return rows, labels
+
+    def _build_model(self) -> None:
+        cfg, plan = self.cfg, self.plan
+        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
+        torch.manual_seed(cfg.seed)
+        self.model = create_side(self.side_config).to(self.device)
+        self.opt = build_optimizer(self.model, cfg.optimizer, float(plan["lr"]),
+                                   float(plan["weight_decay"]), cfg.momentum)
+        self.sched = build_scheduler(self.opt, int(plan["warmup_steps"]), int(plan["steps"]))
 
     def _eval_reader(self, role: str, cache: str) -> Any:
         split = self.splits[role]
@@ -222,8 +217,8 @@ class _Run:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self.model(feats)  # (B, C)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
-        if self.device.type == "cpu" and not math.isfinite(float(loss)):
-            self._nonfinite(float(loss))  # on GPU this is checked at each flush (no sync)
+        if self.device.type == "cpu" and not math.isfinite(value := float(loss.detach())):
+            self._nonfinite(value)  # on GPU this is checked at each flush (no sync per step)
         self.lr = self.opt.param_groups[0]["lr"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -250,6 +245,10 @@ class _Run:
                "acc": int(self.acc_correct) / n, "lr": self.lr, "img_s": self.acc_n / seconds,
                "epoch": self.step * self.batch / len(self.train_reader)}
         self.log.write(rec)
+        if self.steady is None:  # the first interval holds start-up (workers, caches): skip it
+            self.steady = [0, 0.0]
+        else:
+            self.steady = [self.steady[0] + self.acc_n, self.steady[1] + seconds]
         self.train_images += self.acc_n
         self.train_seconds += seconds
         self._reset_interval()
@@ -280,7 +279,7 @@ class _Run:
         if self.best is None or res["acc"] > self.best["acc"]:
             self.best = {"acc": res["acc"], "step": self.step}
         self._say(f"step {self.step}: {self.splits['val']} acc {res['acc']:.4f} "
-                  f"loss {res['loss']:.4f}")
+                  f"loss {res['loss']:.4f}", note=False)
         self.t0 = time.perf_counter()
 
     def _checkpoint(self) -> None:
@@ -316,7 +315,7 @@ class _Run:
             reader.close()
         self.log.write({"kind": "test", "split": self.splits["test"], "step": self.step,
                         "acc": res["acc"], "loss": res["loss"]})
-        self._say(f"{self.splits['test']} acc {res['acc']:.4f}")
+        self._say(f"{self.splits['test']} acc {res['acc']:.4f}", note=False)
         return res
 
     def _metrics(self, complete: bool, test: dict[str, Any] | None) -> dict[str, Any]:
@@ -335,6 +334,8 @@ class _Run:
             "train_rows": len(self.train_reader), "train_images": self.train_images,
             "train_seconds": round(self.train_seconds, 3),
             "images_per_s": self.train_images / self.train_seconds if self.train_seconds else 0,
+            "images_per_s_steady": self.steady[0] / self.steady[1]
+            if self.steady and self.steady[1] else None,
             **ckpt.peak_memory(self.device),
             "bytes_read": bytes_read + (test or {}).get("bytes_read", 0),
             "train_reader": self.train_reader.stats(), "device": str(self.device),
@@ -350,8 +351,10 @@ class _Run:
                 "train_config": self.cfg.to_dict(), "metrics": _jsonable(metrics)}
         return save_adapter(self.out, self.model.cpu(), self.side_config, meta)
 
-    def _say(self, msg: str) -> None:
-        self.notes.append(msg)
+    def _say(self, msg: str, note: bool = True) -> None:
+        """Tell the user (above the progress bar); notes also go into metrics.json."""
+        if note:
+            self.notes.append(msg)
         if self.progress:
             tqdm.write(msg)
 

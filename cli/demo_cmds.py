@@ -1,0 +1,51 @@
+"""`losa-cache demo`: the whole pipeline on the embedded data set and backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from losa_cache.cli.common import emit_json, human_seconds, table, user_errors
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the store, runs and samples.")] = Path(
+        "demo_out"),
+    tiny: Annotated[bool, typer.Option(help="A seconds-long smoke run (64 images/split).")
+                    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")
+                        ] = False,
+) -> None:
+    """Extract the embedded data set with the embedded ViT once, train the linear probe and
+    LoSA from the store, compare them, and predict a few images with the adapter.
+
+    Example: losa-cache demo --out demo_out
+    """
+    from losa_cache.pipelines.demo import run_demo
+
+    with user_errors():
+        r = run_demo(out, tiny=tiny, progress=not json_out)
+    if json_out:
+        emit_json(r)
+        return
+    ex = r["extract"]
+    verb = "reused" if ex["written"] == 0 else "extracted"
+    typer.echo(f"\nstore: {verb} {r['store']} ({ex['num_images']:,} images, "
+               f"{ex['images_per_s']:,.0f} img/s when extracting)")
+    rows = [[name, f"{m['learned_params']:,}", _pct(m["best_val_acc"]), _pct(m["test_acc"]),
+             f"{m['images_per_s']:,.0f}", human_seconds(m["train_seconds"])]
+            for name, m in r["runs"].items()]
+    typer.echo(table(rows, ["method", "learned params", "val acc", "test acc", "train img/s",
+                            "train time"]))
+    typer.echo("\npredictions of the LoSA adapter (live backbone + adapter):")
+    for p in r["predictions"]:
+        typer.echo(f"  {Path(p['image']).name}: " + (
+            f"error {p['error']}" if "error" in p else
+            f"{p['predicted']} ({p['prob']:.2f}), truth {p['truth']}"))
+    typer.echo(f"\nadapter: {r['runs']['losa']['adapter']}   next: losa-cache info {r['store']}")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"

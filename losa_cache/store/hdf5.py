@@ -1,0 +1,174 @@
+"""Export a store to one HDF5 file and import it back, bit-exact (h5py, one writer).
+
+For users whose tools read HDF5. Every Zarr array becomes a dataset at the same path
+(strings as UTF-8 variable-length strings, bf16 stores as their uint16 bits), every
+attribute also appears as an HDF5 attribute (JSON text for nested values), and the
+exact ``zarr.json`` document of every node is kept in ``/_zarr_metadata`` so that
+``import`` recreates the store with the same chunking, shards, codecs and attributes.
+
+An import writes the data first, the done markers next and the root attributes (the
+manifest) last: an interrupted import never looks like a finished store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from losa_cache.store import schema as S
+from losa_cache.store.store import FeatureStore, StoreError, open_group
+
+META_DATASET = "_zarr_metadata"
+FORMAT = "losa-cache zarr->hdf5 v1"
+BLOCK_BYTES = 64 << 20  # rows copied per step, unsharded arrays
+MAX_ATTR_BYTES = 60_000  # HDF5 compact attributes are limited to 64 KiB
+
+
+def _zarr_json(node: zarr.Array | zarr.Group) -> str:
+    return node.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes().decode()
+
+
+def _nodes(group: zarr.Group) -> list[tuple[str, zarr.Array | zarr.Group]]:
+    return sorted(group.members(max_depth=None))
+
+
+def _blocks(arr: zarr.Array) -> Iterator[slice]:
+    """Row ranges that are whole shards (or whole chunks): never a partial-shard write."""
+    n = arr.shape[0] if arr.shape else 0
+    if arr.shards is not None:
+        step = arr.shards[0]
+    else:
+        row = max(1, arr.nbytes // max(1, n))
+        step = max(arr.chunks[0], (BLOCK_BYTES // row) // arr.chunks[0] * arr.chunks[0])
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n))
+
+
+def _is_str(arr: zarr.Array) -> bool:
+    return np.dtype(arr.dtype).kind in "OTU"
+
+
+def _h5_attrs(target: h5py.HLObject, attrs: dict[str, Any]) -> None:
+    """Readable copies of the attributes (the exact ones live in /_zarr_metadata)."""
+    for key, value in attrs.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        if len(text.encode()) <= MAX_ATTR_BYTES:
+            target.attrs[key] = text
+
+
+def export_hdf5(
+    path: str,
+    out: str | Path,
+    storage_options: dict | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    compression: str | None = None,
+) -> dict[str, Any]:
+    """Write the whole store at ``path`` to the HDF5 file ``out``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise StoreError(f"{out} exists; pass --overwrite to replace it")
+    if compression not in (None, "gzip", "lzf"):
+        raise ValueError(f"unknown HDF5 compression {compression!r}; choose none, gzip or lzf")
+    group = open_group(path, mode="r", storage_options=storage_options)
+    FeatureStore(group, path)  # refuses a group that is not a losa-cache store
+    nodes = _nodes(group)
+    meta = {"": _zarr_json(group)} | {name: _zarr_json(node) for name, node in nodes}
+    arrays = [(n, a) for n, a in nodes if isinstance(a, zarr.Array)]
+    total = sum(a.nbytes for _, a in arrays)
+    tmp = out.with_name(out.name + ".partial")
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="export", disable=not progress)
+    with bar, h5py.File(tmp, "w") as h5:
+        h5.attrs["format"] = FORMAT
+        h5.create_dataset(META_DATASET, data=json.dumps(meta), dtype=h5py.string_dtype())
+        _h5_attrs(h5, group.attrs.asdict())
+        for name, node in nodes:
+            if isinstance(node, zarr.Group):
+                _h5_attrs(h5.require_group(name), node.attrs.asdict())
+        for name, arr in arrays:
+            _copy_to_h5(arr, h5, name, compression, bar)
+    tmp.replace(out)  # a killed export leaves only the .partial file
+    return {"store": path, "out": str(out), "arrays": len(arrays), "bytes": total}
+
+
+def _copy_to_h5(
+    arr: zarr.Array, h5: h5py.File, name: str, compression: str | None, bar: tqdm
+) -> None:
+    dtype = h5py.string_dtype() if _is_str(arr) else np.dtype(arr.dtype)
+    chunks = tuple(min(c, s) for c, s in zip(arr.chunks, arr.shape, strict=True))
+    ds = h5.create_dataset(
+        name,
+        shape=arr.shape,
+        dtype=dtype,
+        chunks=chunks if all(chunks) else None,
+        compression=compression if all(chunks) else None,
+    )
+    _h5_attrs(ds, arr.attrs.asdict())
+    for rows in _blocks(arr):
+        values = arr[rows]
+        ds[rows] = values.astype(object) if _is_str(arr) else values
+        bar.update(arr.nbytes * len(values) // arr.shape[0])
+
+
+def import_hdf5(
+    h5_path: str | Path,
+    path: str,
+    storage_options: dict | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Recreate the store exported to ``h5_path`` at ``path`` (local path or URL)."""
+    with h5py.File(h5_path, "r") as h5:
+        if h5.attrs.get("format") != FORMAT or META_DATASET not in h5:
+            raise StoreError(f"{h5_path} is not a losa-cache HDF5 export (no {META_DATASET})")
+        meta: dict[str, str] = json.loads(h5[META_DATASET].asstr()[()])
+        _refuse_existing(path, storage_options, overwrite)
+        group = open_group(path, mode="w", storage_options=storage_options)
+        root = meta.pop("")
+        _put(group, "zarr.json", json.dumps({**json.loads(root), "attributes": {}}))
+        for name in sorted(meta):
+            _put(group, f"{name}/zarr.json", meta[name])
+        group = open_group(path, mode="r+", storage_options=storage_options)
+        names = [n for n in sorted(meta) if json.loads(meta[n])["node_type"] == "array"]
+        late = [S.CHECKSUMS, S.DONE]  # done markers only after the data they vouch for
+        names = [n for n in names if n not in late] + [n for n in late if n in names]
+        total = sum(group[n].nbytes for n in names)
+        with tqdm(total=total, unit="B", unit_scale=True, desc="import", disable=not progress) as b:
+            for name in names:
+                _copy_from_h5(h5[name], group[name], b)
+        _put(group, "zarr.json", root)  # the manifest last: now the store is whole
+    return {"h5": str(h5_path), "store": path, "arrays": len(names), "bytes": total}
+
+
+def _refuse_existing(path: str, storage_options: dict | None, overwrite: bool) -> None:
+    try:
+        existing = open_group(path, mode="r", storage_options=storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return
+    if (list(existing.keys()) or existing.attrs.asdict()) and not overwrite:
+        raise StoreError(f"{path} already holds a Zarr group; pass --overwrite to replace it")
+
+
+def _put(group: zarr.Group, key: str, text: str) -> None:
+    """Write one metadata document verbatim through the group's store."""
+    buf = default_buffer_prototype().buffer.from_bytes(text.encode())
+    sync((group.store_path / key).set(buf))
+
+
+def _copy_from_h5(ds: h5py.Dataset, arr: zarr.Array, bar: tqdm) -> None:
+    if ds.shape != arr.shape:
+        raise StoreError(f"{ds.name}: HDF5 shape {ds.shape} != metadata shape {arr.shape}")
+    is_str = _is_str(arr)
+    for rows in _blocks(arr):
+        values = ds.asstr()[rows] if is_str else ds[rows]
+        arr[rows] = values
+        bar.update(arr.nbytes * len(values) // max(1, arr.shape[0]))

@@ -1,0 +1,41 @@
+"""Tiny stores and run configs for the training tests (vit_micro: 4 blocks, D 32, T 17)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from losa_cache.train import TrainConfig
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def fp16_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Blocks 1 and 3 only, fp16, 32 rows per split, chunks of 8 rows."""
+    from losa_cache.extract import ExtractConfig, extract
+
+    path = str(tmp_path_factory.mktemp("stores") / "partial.zarr")
+    extract(ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=path,
+                          layers="1,3", dtype="float16", limit=32, workers=0, chunk_rows=8,
+                          shard_rows=16), progress=False)
+    return path
+
+
+SMALL = {"rank": 4, "layers": "evenly:2", "batch_size": 16, "steps": 6, "eval_every": 3,
+         "log_every": 1, "workers": 1, "device": "cpu"}
+
+
+@pytest.fixture
+def make_cfg(micro_store: str, tmp_path: Path) -> Callable[..., TrainConfig]:
+    """A seconds-long run on the shared fp32 micro store; overrides win."""
+
+    def make(name: str = "run", **overrides: Any) -> TrainConfig:
+        return TrainConfig(**{"store": micro_store, "out": str(tmp_path / name), **SMALL,
+                              **overrides})
+
+    return make

@@ -1,0 +1,52 @@
+"""TrainConfig: JSON round trip, validation messages, the paper's recipe scaled for small data."""
+
+from __future__ import annotations
+
+import pytest
+
+from losa_cache.train import TrainConfig
+
+
+def test_json_round_trip() -> None:
+    cfg = TrainConfig(store="s.zarr", rank=8, epochs=2.5, optimizer="adamw", label_smoothing=0.1)
+    again = TrainConfig.from_json(cfg.to_json())
+    assert again == cfg
+    assert '"losa_cache_version"' in cfg.to_json()
+    with pytest.raises(ValueError, match="unknown TrainConfig keys"):
+        TrainConfig.from_dict({"store": "s", "bogus": 1})
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"rank": 0}, "rank must be an integer >= 1"),
+    ({"steps": 10, "epochs": 1.0}, "not both"),
+    ({"optimizer": "lamb"}, r"unknown optimizer 'lamb'; choose one of \['sgd', 'adamw'\]"),
+    ({"method": "lora"}, "unknown method"),
+    ({"cache": "disk"}, "unknown cache"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
+    ({"lr": -1.0}, "lr must be > 0"),
+])
+def test_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(store="s.zarr", **kwargs)
+
+
+def test_needs_a_store_or_live_inputs() -> None:
+    with pytest.raises(ValueError, match="--store"):
+        TrainConfig()
+    with pytest.raises(ValueError, match="--model and --dataset"):
+        TrainConfig(live=True, model="vit_micro")
+
+
+def test_plan_is_the_paper_recipe_at_scale() -> None:
+    p = TrainConfig(store="s").plan(train_rows=437_513)  # iNat2018
+    assert (p["batch_size"], p["steps"], p["warmup_steps"], p["lr"]) == (512, 20_000, 500, 0.05)
+
+
+def test_plan_scales_down_for_small_data() -> None:
+    p = TrainConfig(store="s").plan(train_rows=800)  # VTAB-1k train800
+    assert p["batch_size"] == 512 and p["steps"] == 157  # 100 epochs
+    assert p["warmup_steps"] == 15  # 10% of a short run
+    small = TrainConfig(store="s", steps=40).plan(train_rows=64)
+    assert small["batch_size"] == 64 and small["lr"] == pytest.approx(0.05 * 64 / 512)
+    assert TrainConfig(store="s", epochs=3).plan(100)["steps"] == 3
+    assert TrainConfig(store="s", optimizer="adamw").plan(64)["lr"] == 1e-3  # not scaled
