@@ -19,10 +19,10 @@ import numpy as np
 import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save  # noqa: E402
+from _common import print_table, save
 
-from losa_cache.store import open_store  # noqa: E402
-from losa_cache.store.schema import CODECS, DTYPES  # noqa: E402
+from losa_cache.store import open_store
+from losa_cache.store.schema import CODECS, DTYPES
 
 
 def measure(data: np.ndarray, codec: str, chunk_rows: int) -> dict[str, float]:
