@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from losa_cache.data import DemoDataset, get_dataset
-from losa_cache.data.demo import CLASSES, QUADRANTS, SIZES, _shape_mask, render
+from losa_cache.data.demo import CLASSES, GRID, SIZES, _shape_mask, render
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +19,10 @@ def demo() -> DemoDataset:
 
 def test_sizes_splits_and_sources(demo: DemoDataset) -> None:
     sizes = {split: len(rows) for split, rows in demo.split_indices().items()}
-    assert sizes == SIZES == {"train": 1600, "val": 320, "test": 480}
-    assert len(demo.classes) == 8 and demo.classes == CLASSES
+    assert sizes == SIZES == {"train": 1800, "val": 450, "test": 900}
+    assert len(demo.classes) == 9 and demo.classes == CLASSES and demo.task == "position"
     assert demo.samples[0].source == "demo://train/000000"
-    assert demo.samples[1600].source == "demo://val/000000"
+    assert demo.samples[1800].source == "demo://val/000000"
 
 
 def test_classes_exactly_balanced_in_every_split(demo: DemoDataset) -> None:
@@ -56,16 +56,15 @@ def test_pixels_differ_between_classes() -> None:
 
 
 @pytest.mark.parametrize("kind", ["circle", "square", "triangle", "plus"])
-def test_every_shape_stays_inside_its_quadrant(kind: str) -> None:
-    """The label's "where" is exact: no shape ever crosses into another quadrant."""
+def test_every_shape_stays_inside_its_cell(kind: str) -> None:
+    """The label's "where" is exact: no shape ever crosses into another grid cell."""
     rng = np.random.default_rng(0)
-    for quadrant in range(len(QUADRANTS)):
-        outside = np.ones((32, 32), dtype=bool)
-        top, left = 16 * (quadrant // 2), 16 * (quadrant % 2)
-        outside[top : top + 16, left : left + 16] = False
+    yy, xx = np.mgrid[0:32, 0:32]
+    cell_of = (yy * GRID // 32) * GRID + xx * GRID // 32  # the cell each pixel lies in
+    for cell in range(GRID * GRID):
         for _ in range(50):
-            mask = _shape_mask(rng, kind, quadrant)
-            assert mask.sum() >= 12 and not (mask & outside).any()
+            mask = _shape_mask(rng, kind, cell)
+            assert mask.sum() >= 10 and (cell_of[mask] == cell).all(), (kind, cell)
 
 
 def test_load_out_of_range(demo: DemoDataset) -> None:

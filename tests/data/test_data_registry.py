@@ -49,4 +49,4 @@ def test_dataset_sizes(vtab_task: Path, tmp_path: Path) -> None:
 
 def test_repr_is_short() -> None:
     text = repr(get_dataset("demo"))
-    assert text.startswith("DemoDataset(spec='demo', rows=2400, classes=8") and len(text) < 200
+    assert text.startswith("DemoDataset(spec='demo', rows=3150, classes=9") and len(text) < 200
