@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--layers", default="all")
     p.add_argument("--dtype", default="fp16")
-    p.add_argument("--codec", default="lz4")
+    p.add_argument("--codec", default="none")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=-1)
     p.add_argument("--shard-rows", type=int, default=None, help="default: ~64 MB per layer")

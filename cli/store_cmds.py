@@ -142,8 +142,10 @@ def extract(
         typer.Option(help="Compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
     ] = "auto",
     codec: Annotated[
-        str, typer.Option(help="Feature compressor: lz4 | zstd | zstd-plain | none.")
-    ] = "lz4",
+        str,
+        typer.Option(help="Feature compressor: none | lz4 | zstd | zstd-plain "
+                     "(activations barely compress: see benchmarks/codecs.py)."),
+    ] = "none",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     workers: Annotated[int, typer.Option(help="Image decoding processes (-1: auto).")] = -1,
     limit: Annotated[
