@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from losa_cache.cli import cluster_cmds, demo_cmds, predict_cmds, store_cmds, train_cmds
+from losa_cache.cli import (
+    cluster_cmds,
+    demo_cmds,
+    predict_cmds,
+    store_cmds,
+    sweep_cmds,
+    train_cmds,
+)
 
 app = typer.Typer(
     name="losa-cache",
@@ -24,6 +31,8 @@ app.command()(cluster_cmds.export)
 app.command("import")(cluster_cmds.import_store)
 app.add_typer(store_cmds.tasks_app, name="tasks")
 app.command("train")(train_cmds.train)
+app.command("sweep")(sweep_cmds.sweep)
+app.command("report")(sweep_cmds.report)
 app.command("predict")(predict_cmds.predict)
 app.command("eval")(predict_cmds.evaluate)
 

@@ -32,7 +32,7 @@ def test_run_writes_metrics_checkpoint_and_adapter(make_cfg, micro_store: str) -
     assert {"loss", "acc", "lr", "img_s", "epoch"} <= set(train_recs[0])
     # the adapter reproduces the trained model's logits on cached features
     adapter = load_adapter(out)
-    assert adapter.meta["task"] == "shape_quadrant" and adapter.layers == [1, 3]
+    assert adapter.meta["task"] == "position" and adapter.layers == [1, 3]
     store = open_store(micro_store)
     rows, labels = labelled_rows(store, "test", None)
     with StoreReader(store, rows, labels, (1, 3), 64, cache="none") as reader:
@@ -91,7 +91,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_cfg) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"task": "nope"}, StoreError, r"unknown task 'nope'; this store has \['shape_quadrant'\]"),
+    ({"task": "nope"}, StoreError, r"unknown task 'nope'; this store has \['position'\]"),
     ({"val_split": "dev"}, StoreError, r"unknown val split 'dev'; available splits: \['train'"),
     ({"layers": "0,7"}, ValueError, "out of range for a 4-block backbone"),
     ({"layers": "0,1"}, ValueError, "must include the last block"),

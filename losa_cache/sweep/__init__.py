@@ -1,0 +1,23 @@
+"""Sweeps: many side networks trained from one pass over a feature store.
+
+    from losa_cache.sweep import SweepConfig, run_sweep
+    out = run_sweep(SweepConfig(store="stores/demo.zarr", methods=["losa", "linear"],
+                                ranks=[4, 16], layers=["evenly:1", "all"], lrs=[0.01, 0.05],
+                                epochs=5, out="runs/sweep"))
+
+Modules: ``config`` (SweepConfig, grid expansion into TrainConfigs), ``data`` (one read
+feeds every run: feature cache, stream sources, consumers), ``members`` (a run's model,
+optimizer and schedule; loop or vmap stepping), ``grouping`` (memory profiles and
+groups), ``measure`` (the paper's efficiency metrics), ``passes`` (one group's pass),
+``runner`` (``run_sweep``), ``results`` (results.csv/json, best adapters), ``report``
+(Pareto plots and report.md).
+"""
+
+from __future__ import annotations
+
+from losa_cache.sweep.config import RunSpec, SweepConfig, expand_runs, load_entries
+from losa_cache.sweep.results import load_results
+from losa_cache.sweep.runner import run_sweep
+
+__all__ = ["RunSpec", "SweepConfig", "expand_runs", "load_entries", "load_results",
+           "run_sweep"]

@@ -1,0 +1,265 @@
+"""``SweepConfig`` and its expansion into runs: one ``TrainConfig`` per (config, task).
+
+A sweep is either a grid (``methods x ranks x layers x lrs`` for every task) or an
+explicit list of entries (``--config FILE.json``: a JSON list of objects whose values
+may themselves be lists, each entry expanding to its own cross product). Every run
+is a plain :class:`~losa_cache.train.TrainConfig`: ``train(run.train)`` trains the same
+run alone, which is what the sweep's equivalence test does.
+
+Duplicates are dropped: ``linear`` ignores ``rank`` and ``layers``, and layer specs
+that resolve to the same blocks (``evenly:4`` and ``all`` on a 4-block backbone) are
+one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from losa_cache.side import list_sides, parse_layers
+from losa_cache.side.config import VERSION_KEY, library_version
+from losa_cache.train import TrainConfig
+from losa_cache.train.cache import CACHE_MODES
+from losa_cache.train.config import DEFAULT_LR
+
+__all__ = [
+    "BATCHING",
+    "ENTRY_KEYS",
+    "RunSpec",
+    "SweepConfig",
+    "expand_runs",
+    "load_entries",
+    "parse_bytes",
+    "slug",
+]
+
+BATCHING = ("auto", "loop", "vmap")
+#: TrainConfig fields a config entry may set; everything else is sweep-wide.
+ENTRY_KEYS = ("task", "method", "rank", "layers", "lr", "optimizer", "momentum",
+              "weight_decay", "label_smoothing", "warmup_steps", "seed", "batch_size", "steps",
+              "epochs", "pool", "shuffle_buffer")
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class SweepConfig:
+    """Many side networks trained from one store, one pass over it per epoch."""
+
+    store: str = _f("", "Feature store path or URL.")
+    out: str = _f("runs/sweep", "Sweep folder: results, checkpoint, adapters.")
+    tasks: list[str] | None = field(
+        default=None, metadata={"help": "Labellings to train on (default: the store's)."})
+    methods: list[str] = field(default_factory=lambda: ["losa", "linear"],
+                               metadata={"help": "Side networks: losa | linear."})
+    ranks: list[int] = field(default_factory=lambda: [64],
+                             metadata={"help": "LoSA ranks (ignored by linear)."})
+    layers: list[str] = field(default_factory=lambda: ["store"],
+                              metadata={"help": "Layer specs (ignored by linear)."})
+    lrs: list[float | None] = field(default_factory=lambda: [None], metadata={
+        "help": "Base lrs (None: the optimizer's default)."})
+    configs: list[dict[str, Any]] | None = field(
+        default=None, metadata={"help": "Explicit entries instead of the grid."})
+    steps: int | None = _f(None, "Steps per run (default: TrainConfig's).")
+    epochs: float | None = _f(None, "Epochs per run instead of steps.")
+    batch_size: int = _f(512, "Batch size (capped at each task's train split).")
+    optimizer: str = _f("sgd", "sgd | adamw.")
+    weight_decay: float | None = _f(None, "Weight decay (default: the optimizer's).")
+    seed: int = _f(0, "Seed of initialisation and batch order.")
+    cache: str = _f("auto", "Features in memory: auto | gpu | ram | none (stream).")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N.")
+    amp: str = _f("auto", "auto (bf16 on CUDA) | bf16 | fp32.")
+    workers: int = _f(4, "Reader I/O threads.")
+    batching: str = _f("auto", "Same-shape models: auto (loop on CPU, the faster of both "
+                               "on CUDA, timed) | loop | vmap.")
+    memory_budget: int | None = _f(None, "Bytes the models of one group may use "
+                                         "(default: a share of free memory).")
+    checkpoint_every: int | None = _f(None, "Checkpoint every N ticks (default: 10 per group).")
+    speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).")
+    stop_after: int | None = _f(None, "Stop after N ticks with a checkpoint (resume later).")
+    resume: bool = _f(False, "Continue the sweep in --out.")
+    train_split: str = _f("auto", "Training split.")
+    val_split: str = _f("auto", "Validation split (selects the best config).")
+    test_split: str = _f("auto", "Test split.")
+
+    def __post_init__(self) -> None:
+        if not self.store:
+            raise ValueError("give --store (the feature store to sweep over)")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give --steps or --epochs, not both")
+        for name, valid in (("batching", BATCHING), ("cache", CACHE_MODES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of "
+                                 f"{list(valid)}")
+        bad = sorted(set(self.methods) - set(list_sides()))
+        if bad:
+            raise ValueError(f"unknown method {bad}; choose among {list_sides()}")
+        for name in ("methods", "ranks", "layers", "lrs"):
+            if not getattr(self, name):
+                raise ValueError(f"--{name.rstrip('s')} needs at least one value")
+        if self.speed_batches < 0:
+            raise ValueError(f"speed_batches must be >= 0, got {self.speed_batches}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(sorted({**asdict(self), VERSION_KEY: library_version()}.items()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the sweep: an id, its task, and the TrainConfig it would use alone."""
+
+    id: str
+    task: str
+    train: TrainConfig
+    layers_label: str  # the spec as the user wrote it ("-" for linear)
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "task": self.task, "layers_label": self.layers_label,
+                "train": self.train.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        return cls(data["id"], data["task"], TrainConfig.from_dict(data["train"]),
+                   data["layers_label"])
+
+
+def load_entries(path: str | Path) -> list[dict[str, Any]]:
+    """A JSON list of config entries (or ``{"configs": [...]}``), keys checked."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--config: no file {p}")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {p} is not valid JSON: {e}") from None
+    data = data.get("configs") if isinstance(data, dict) else data
+    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data) or not data:
+        raise ValueError(f"--config {p}: expected a non-empty JSON list of objects, e.g. "
+                         '[{"method": "losa", "rank": [8, 64], "lr": 0.05}]')
+    for entry in data:
+        unknown = sorted(set(entry) - set(ENTRY_KEYS))
+        if unknown:
+            raise ValueError(f"--config {p}: unknown keys {unknown}; an entry may set "
+                             f"{list(ENTRY_KEYS)} (store, cache, device... are sweep-wide)")
+    return data
+
+
+def parse_bytes(text: str | int | None) -> int | None:
+    """'4GB', '512MiB', '1e9' -> bytes."""
+    if text is None or isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)?\s*", str(text))
+    if not m:
+        raise ValueError(f"cannot read a size from {text!r}; write e.g. 4GB or 512MiB")
+    unit = (m.group(2) or "").upper().rstrip("B")
+    base = 1024 if unit.endswith("I") else 1000
+    power = " KMGT".index(unit[:1]) if unit else 0
+    return int(float(m.group(1)) * base**power)
+
+
+# ---------------------------------------------------------------------------- expansion
+
+
+def expand_runs(cfg: SweepConfig, depth: int, store_layers: list[int],
+                default_task: str) -> list[RunSpec]:
+    """Every (entry x task) as a RunSpec, duplicates dropped, ids unique."""
+    runs: dict[str, RunSpec] = {}
+    seen: set[str] = set()
+    for entry in _entries(cfg, default_task):
+        spec = _run(cfg, entry, depth, store_layers)
+        key = _dedupe_key(spec, depth, store_layers)
+        if key in seen:
+            continue
+        seen.add(key)
+        rid = spec.id
+        if f"{spec.task}/{rid}" in runs:
+            rid = f"{rid}-{hashlib.sha1(key.encode()).hexdigest()[:6]}"
+        spec = replace(spec, id=rid, train=replace(spec.train, out=_run_dir(cfg, spec.task, rid)))
+        runs[spec.key] = spec
+    return list(runs.values())
+
+
+def _entries(cfg: SweepConfig, default_task: str) -> list[dict[str, Any]]:
+    tasks = cfg.tasks or [default_task]
+    if cfg.configs is None:
+        grid = [{"method": m, "rank": r, "layers": la, "lr": lr}
+                for m, r, la, lr in itertools.product(cfg.methods, cfg.ranks, cfg.layers, cfg.lrs)]
+    else:
+        grid = [e for entry in cfg.configs for e in _product(entry)]
+    return [{"task": t, **e} if "task" not in e else e for t in tasks for e in grid]
+
+
+def _product(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """An entry whose values may be lists -> its cross product."""
+    keys = list(entry)
+    values = [v if isinstance(v, list) else [v] for v in entry.values()]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def _run(cfg: SweepConfig, entry: dict[str, Any], depth: int,
+         store_layers: list[int]) -> RunSpec:
+    base = {"store": cfg.store, "steps": cfg.steps, "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size, "optimizer": cfg.optimizer,
+            "weight_decay": cfg.weight_decay, "seed": cfg.seed, "cache": cfg.cache,
+            "device": cfg.device, "amp": cfg.amp, "workers": cfg.workers,
+            "train_split": cfg.train_split, "val_split": cfg.val_split,
+            "test_split": cfg.test_split}
+    if "steps" in entry or "epochs" in entry:
+        base.update(steps=None, epochs=None)
+    merged = {**base, **entry}
+    label = str(merged.get("layers", "store"))
+    if merged.get("method", "losa") == "linear":
+        merged.update(rank=TrainConfig.rank, layers="store")
+        label = "-"
+    train = TrainConfig(**merged)
+    return RunSpec(_run_id(train, label, cfg), train.task or "", train, label)
+
+
+def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
+    """Readable and, for grids, unique: method, rank, layers, lr, and what else differs."""
+    lr = "default" if t.lr is None else f"{t.lr:g}"
+    parts = [t.method] if t.method == "linear" else [t.method, f"r{t.rank}", slug(label)]
+    parts.append(f"lr{lr}")
+    if t.optimizer != "sgd":
+        parts.append(t.optimizer)
+    if t.seed != cfg.seed:
+        parts.append(f"s{t.seed}")
+    if t.batch_size != cfg.batch_size:
+        parts.append(f"b{t.batch_size}")
+    return "-".join(parts)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text.replace(":", "")).strip("_") or "x"
+
+
+def _dedupe_key(spec: RunSpec, depth: int, store_layers: list[int]) -> str:
+    maths = spec.train.maths()
+    if spec.train.method != "linear":
+        text = ",".join(map(str, store_layers)) if spec.train.layers == "store" else \
+            spec.train.layers
+        maths["layers"] = list(parse_layers(text, depth))
+    lr = maths.pop("lr")
+    maths["lr"] = lr if lr is not None else DEFAULT_LR[maths["optimizer"]]
+    maths.pop("store", None)
+    return json.dumps(maths, sort_keys=True, default=str)
+
+
+def _run_dir(cfg: SweepConfig, task: str, rid: str) -> str:
+    return str(Path(cfg.out) / "runs" / slug(task) / rid)

@@ -1,0 +1,154 @@
+"""The paper's efficiency metrics, measured per side network (LoSA paper, App. and Fig. 4).
+
+* training memory at batch size 1: the bytes one training step allocates on the device
+  (side network and head, gradients, optimizer state, one image's cached features,
+  activations). On CUDA ``max_memory_allocated``; on CPU every tensor storage the step
+  creates is tracked (a dispatch mode) and the peak of the live total taken. Features
+  come from the store, so no backbone is in memory: live training would add it.
+* training speed: images/s of forward + backward + optimizer step, averaged over 50
+  batches (after 2 warm-up batches), features already in memory (I/O excluded).
+* inference FLOPs per image: the backbone up to the deepest block the side network reads
+  (:func:`losa_cache.plan.vit_flops`) plus the side network and head, counted with
+  ``torch.utils.flop_counter.FlopCounterMode`` on one sample (matmuls, 2 x MACs, like
+  ``vit_flops``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+from losa_cache.side import SideConfig, create_side
+from losa_cache.train.optim import build_optimizer
+
+__all__ = ["PeakTracker", "backbone_flops", "memory_at", "side_flops", "train_speed"]
+
+
+class PeakTracker(TorchDispatchMode):
+    """Peak bytes of live tensor storages created (or registered) while active. CPU-safe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.current = self.peak = 0
+
+    def track(self, *tensors: Any) -> None:
+        for t in tensors:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key not in self.live:
+                self.live[key] = (StorageWeakRef(storage), storage.nbytes())
+                self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+
+    def _drop_dead(self) -> None:
+        for key, (ref, nbytes) in list(self.live.items()):
+            if ref.expired():
+                del self.live[key]
+                self.current -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self._drop_dead()
+        self.track(*tree_leaves(out))
+        return out
+
+
+def _inputs(side: SideConfig, layers: tuple[int, ...], batch: int, dtype: torch.dtype,
+            device: torch.device) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    feats = {i: torch.randn(batch, side.tokens, side.dim, device=device).to(dtype)
+             for i in layers}
+    labels = torch.randint(0, side.num_classes, (batch,), device=device)
+    return feats, labels
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, feats: dict, labels: torch.Tensor,
+          amp: bool) -> None:
+    with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(feats)
+    loss = F.cross_entropy(logits.float(), labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def memory_at(side: SideConfig, optimizer: str, batch: int, dtype: torch.dtype,
+              device: torch.device, amp: bool) -> tuple[int, str]:
+    """(bytes, how measured) of one training step at ``batch`` (model built inside)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        model = create_side(side).to(device)
+        opt = build_optimizer(model, optimizer, 1e-3, 0.0)
+        feats, labels = _inputs(side, model.required_layers, batch, dtype, device)
+        _step(model, opt, feats, labels, amp)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        del model, opt, feats, labels
+        return int(peak), "cuda_max_memory_allocated"
+    tracker = PeakTracker()
+    with tracker:
+        model = create_side(side).to(device)
+        opt = build_optimizer(model, optimizer, 1e-3, 0.0)
+        feats, labels = _inputs(side, model.required_layers, batch, dtype, device)
+        tracker.track(*model.parameters(), *feats.values(), labels)
+        _step(model, opt, feats, labels, amp)
+    return int(tracker.peak), "cpu_tracked_tensors"
+
+
+def side_flops(side: SideConfig) -> int:
+    """Counted forward FLOPs of the side network + head for one image."""
+    model = create_side(side).eval()
+    feats, _ = _inputs(side, model.required_layers, 1, torch.float32, torch.device("cpu"))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(feats)
+    return int(counter.get_total_flops())
+
+
+def backbone_flops(model_name: str, upto_block: int, tokens: int) -> int | None:
+    """Backbone forward FLOPs per image through ``upto_block``; None if unknown."""
+    from losa_cache.backbone.registry import create_architecture
+    from losa_cache.plan import vit_flops
+
+    try:
+        net = create_architecture(model_name, device="meta")
+    except (ValueError, RuntimeError):
+        return None
+    grid = net.patch_embed.grid_size
+    if net.num_prefix_tokens + grid[0] * grid[1] != tokens:  # extracted at another size
+        return None
+    return vit_flops(net, upto_block)
+
+
+def train_speed(side: SideConfig, optimizer: str, batch: int, batches: int, dtype: torch.dtype,
+                device: torch.device, amp: bool, warmup: int = 2) -> float | None:
+    """Training images/s over ``batches`` timed steps on in-memory features."""
+    if batches <= 0:
+        return None
+    model = create_side(side).to(device)
+    opt = build_optimizer(model, optimizer, 1e-3, 0.0)
+    feats, labels = _inputs(side, model.required_layers, batch, dtype, device)
+    for _ in range(warmup):
+        _step(model, opt, feats, labels, amp)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        _step(model, opt, feats, labels, amp)
+    _sync(device)
+    return batch * batches / (time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

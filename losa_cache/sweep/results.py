@@ -1,0 +1,111 @@
+"""Per-run results, ``results.csv`` / ``results.json``, and the best run per task.
+
+One row per (config, task). Accuracy is the final model's (the one saved as the
+adapter); the best config of a task is the one with the highest validation accuracy
+(ties: fewer learned parameters, then fewer inference FLOPs), exported as an adapter
+to ``DIR/best/<task>/``.
+
+``bytes_read`` of a run: what the reads that fed it took from the store (its group's
+stream and val/test reads, plus the shared feature cache): shared with every other run
+of the group, not a per-run cost. The sweep's total is in the summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from losa_cache.side import SideConfig, create_side, head_params, learned_params
+from losa_cache.sweep.config import RunSpec, slug
+from losa_cache.sweep.grouping import Profile
+
+__all__ = ["CSV_COLUMNS", "RESULT", "best_runs", "export_best", "load_results", "run_row",
+           "write_results"]
+
+RESULT = "result.json"
+CSV_COLUMNS = ["task", "run", "method", "rank", "layers", "blocks", "lr", "lr_effective",
+               "optimizer", "seed", "batch_size", "steps", "epochs", "status", "order", "group",
+               "val_acc", "test_acc", "val_loss", "test_loss", "train_loss", "learned_params",
+               "head_params", "train_img_s", "train_memory_b1", "memory_kind",
+               "train_memory_est", "side_gflops", "backbone_gflops", "inference_gflops",
+               "bytes_read", "best"]
+
+
+def run_row(spec: RunSpec, side: SideConfig, member: Any, group: int, order: str,
+            profile: Profile, evals: dict[str, dict | None], bytes_read: int) -> dict[str, Any]:
+    """Everything reported about one run (JSON-safe)."""
+    t, plan = spec.train, member.plan
+    val, test = evals.get("val") or {}, evals.get("test") or {}
+    backbone = profile.backbone_flops
+    return {
+        "task": spec.task, "run": spec.id, "method": t.method,
+        "rank": None if t.method == "linear" else t.rank, "layers": spec.layers_label,
+        "blocks": list(create_side(side).required_layers), "lr": t.lr,
+        "lr_effective": plan["lr"], "optimizer": t.optimizer, "seed": t.seed,
+        "batch_size": plan["batch_size"], "steps": plan["steps"], "epochs": plan["epochs"],
+        "status": member.status, "order": order, "group": group,
+        "val_acc": val.get("acc"), "test_acc": test.get("acc"), "val_loss": val.get("loss"),
+        "test_loss": test.get("loss"), "train_loss": member.train_loss,
+        "learned_params": learned_params(side), "head_params": head_params(side),
+        "train_img_s": None, "train_memory_b1": profile.memory_b1,
+        "memory_kind": profile.memory_kind,
+        "train_memory_est": profile.memory_at(int(plan["batch_size"])),
+        "side_gflops": profile.side_flops / 1e9,
+        "backbone_gflops": None if backbone is None else backbone / 1e9,
+        "inference_gflops": None if backbone is None else (backbone + profile.side_flops) / 1e9,
+        "bytes_read": bytes_read, "train_images": member.train_images,
+        "adapter": str(Path(t.out)) if member.status == "trained" else None,
+        "best": False,
+    }
+
+
+def best_runs(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """task -> the row with the best validation accuracy (trained runs only)."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["status"] != "trained" or r["val_acc"] is None:
+            continue
+        key = (r["val_acc"], -r["learned_params"], -(r["inference_gflops"] or 0))
+        cur = best.get(r["task"])
+        if cur is None or key > (cur["val_acc"], -cur["learned_params"],
+                                 -(cur["inference_gflops"] or 0)):
+            best[r["task"]] = r
+    return best
+
+
+def export_best(out: Path, best: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Save each task's best run as an adapter in ``out/best/<task>/``."""
+    from losa_cache.adapter import load_adapter, save_adapter
+
+    paths = {}
+    for task, row in best.items():
+        adapter = load_adapter(row["adapter"])
+        meta = {"fingerprint": adapter.fingerprint, "classes": adapter.classes, "task": task,
+                "train_config": adapter.meta.get("train_config"),
+                "metrics": {**adapter.meta.get("metrics", {}), "sweep_best_of": str(out)}}
+        paths[task] = str(save_adapter(out / "best" / slug(task), adapter.model,
+                                       adapter.config, meta))
+    return paths
+
+
+def write_results(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """``results.json`` (summary + rows) and ``results.csv`` (one line per run)."""
+    doc = {"summary": summary, "results": rows}
+    (out / "results.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str)
+                                      + "\n")
+    with (out / "results.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "blocks": ";".join(map(str, r["blocks"]))})
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """A sweep folder's ``results.json`` (clear error if the sweep has not finished)."""
+    file = Path(path) / "results.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} holds no results.json: not a finished sweep (run "
+                                "`losa-cache sweep --out DIR`, or --resume it)")
+    return json.loads(file.read_text())

@@ -1,0 +1,133 @@
+"""results.csv/json, the paper's efficiency metrics, best adapters, the report, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from losa_cache.adapter import load_adapter
+from losa_cache.cli.sweep_cmds import report, sweep
+from losa_cache.side import SideConfig, create_side, learned_params
+from losa_cache.sweep import run_sweep
+from losa_cache.sweep.measure import PeakTracker, memory_at, side_flops
+from losa_cache.sweep.report import make_report, pareto
+from losa_cache.sweep.results import CSV_COLUMNS
+from tests.sweep.conftest import num_classes
+
+
+@pytest.fixture(scope="module")
+def done(sweep_store: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from losa_cache.sweep import SweepConfig
+    from tests.sweep.conftest import SMALL
+
+    out = tmp_path_factory.mktemp("done") / "sweep"
+    return run_sweep(SweepConfig(store=sweep_store, out=str(out), **{
+        **SMALL, "tasks": ["full", "half"], "speed_batches": 2}), progress=False)
+
+
+def test_results_files_hold_every_config_and_task(done: dict) -> None:
+    out = Path(done["summary"]["out"])
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and list(rows[0]) == CSV_COLUMNS
+    assert {r["task"] for r in rows} == {"full", "half"}
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["summary"]["runs"] == 6 and len(doc["results"]) == 6
+    for r in doc["results"]:
+        assert r["status"] == "trained" and 0 <= r["val_acc"] <= 1 and 0 <= r["test_acc"] <= 1
+        assert r["train_img_s"] > 0 and r["train_memory_b1"] > 0 and r["bytes_read"] > 0
+        assert r["inference_gflops"] == pytest.approx(r["backbone_gflops"] + r["side_gflops"])
+        assert r["memory_kind"] == "cpu_tracked_tensors"
+    assert doc["summary"]["bytes_read"] > 0 and doc["summary"]["mode"] == "memory"
+
+
+def test_learned_params_exclude_the_head_and_flops_are_counted(done: dict) -> None:
+    r = next(r for r in done["results"] if r["run"] == "losa-r4-all-lr0.05")
+    classes = num_classes(done["summary"]["store"])
+    side = SideConfig(num_layers=4, dim=32, tokens=17, num_classes=classes, rank=4, layers="all")
+    assert r["learned_params"] == learned_params(side) == create_side(side).num_learned_params()
+    assert r["side_gflops"] * 1e9 == side_flops(side)
+    lin = next(r for r in done["results"] if r["method"] == "linear")
+    assert lin["learned_params"] == 0 and lin["side_gflops"] * 1e9 == 2 * 32 * classes  # head
+    # vit_micro, all 4 blocks: the backbone dominates, as in the paper
+    assert r["backbone_gflops"] > 10 * r["side_gflops"]
+
+
+def test_best_config_per_task_is_exported_as_an_adapter(done: dict) -> None:
+    for task, best in done["summary"]["best"].items():
+        rows = [r for r in done["results"] if r["task"] == task]
+        assert best["val_acc"] == max(r["val_acc"] for r in rows)
+        assert sum(r["best"] for r in rows) == 1
+        adapter = load_adapter(best["adapter"])
+        assert adapter.task == task and Path(best["adapter"]).name == task
+
+
+def test_memory_tracker_counts_weights_grads_and_momentum() -> None:
+    tracker = PeakTracker()
+    with tracker:
+        lin = torch.nn.Linear(500, 500)
+        opt = torch.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9)
+        x = torch.randn(1, 500)
+        tracker.track(*lin.parameters(), x)
+        lin(x).sum().backward()
+        opt.step()
+    weights = 501 * 500 * 4
+    assert 3 * weights <= tracker.peak <= 3 * weights + 50_000
+    side = SideConfig(num_layers=4, dim=32, tokens=17, num_classes=8, rank=4, layers="all")
+    one, _ = memory_at(side, "sgd", 1, torch.float16, torch.device("cpu"), False)
+    two, _ = memory_at(side, "sgd", 2, torch.float16, torch.device("cpu"), False)
+    assert 0 < one < two < 2 * one
+
+
+def test_pareto_frontier() -> None:
+    xs, accs = [0, 1, 2, 3, 1], [0.5, 0.6, 0.6, 0.9, 0.4]
+    assert pareto(xs, accs, lower_is_better=True) == [True, True, False, True, False]
+    assert pareto(xs, accs, lower_is_better=False) == [False, False, False, True, False]
+
+
+def test_report_plots_and_compares(done: dict, tmp_path: Path) -> None:
+    out = done["summary"]["out"]
+    res = make_report([out, out], tmp_path / "rep", labels=["cached", "again"])
+    names = {Path(p).name for p in res["pngs"]}
+    assert {"half_acc_vs_params.png", "full_acc_vs_memory.png",
+            "full_acc_vs_speed.png", "half_acc_vs_gflops.png",
+            "half_overview.png"} <= names
+    assert all(Path(p).stat().st_size > 10_000 for p in res["pngs"])
+    md = Path(res["markdown"]).read_text()
+    assert "| cached |" in md and "| again |" in md and "(best)" in md
+
+
+def cli() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(sweep)
+    app.command()(report)
+    return app
+
+
+def test_cli_sweep_json_report_and_errors(sweep_store: str, tmp_path: Path) -> None:
+    runner, out = CliRunner(), str(tmp_path / "cli")
+    args = ["sweep", "--store", sweep_store, "--out", out, "--method", "losa,linear", "--rank",
+            "4", "--layers", "evenly:1", "--lr", "0.05", "--steps", "3", "--batch-size", "8",
+            "--speed-batches", "1", "--workers", "1", "--device", "cpu"]
+    res = runner.invoke(cli(), [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["summary"]["runs"] == 2 and (Path(out) / "results.csv").is_file()
+    again = runner.invoke(cli(), args)
+    assert again.exit_code == 2 and "already holds a sweep" in again.output
+    assert len(again.output.strip().splitlines()) == 1
+    both = runner.invoke(cli(), [*args[:3], "--out", str(tmp_path / "x"), "--rank", "4",
+                                 "--config", "c.json"])
+    assert both.exit_code == 2 and "not both" in both.output
+    rep = runner.invoke(cli(), ["report", out, "--compare", out, "--out", str(tmp_path / "r")])
+    assert rep.exit_code == 0 and (tmp_path / "r" / "report.md").is_file()
+    missing = runner.invoke(cli(), ["report", str(tmp_path)])
+    assert missing.exit_code == 2 and "no results.json" in missing.output
+    for cmd in ("sweep", "report"):
+        assert "Example:" in runner.invoke(cli(), [cmd, "--help"]).output
