@@ -1,0 +1,744 @@
+"""Side-network training speed and memory: streamed store vs in-memory cache vs live backbone.
+
+    python benchmarks/train.py                 # CPU: demo (or vit_test) backbone, demo data
+    python benchmarks/train.py --model vit_b --random-init --dataset imagefolder:DIR  # on a GPU
+    python benchmarks/train.py --store S.zarr  # an existing store; live mode uses its settings
+
+One run, one store, one side network (default LoSA r=16 on all blocks), same batches:
+
+* training img/s, the mean over --batches steps after --warmup steps (the trainer's
+  steady-state rate), and peak training memory, at batch 1 and at --batch-size, for
+  ``stream`` (--cache none), ``ram`` (--cache ram), ``gpu`` (--cache gpu, CUDA only) and
+  ``live`` (the frozen backbone runs on every batch). Each measurement runs in a fresh
+  subprocess so its peak is its own. CUDA: torch.cuda.max_memory_allocated, reset when
+  training starts (side network, optimizer, activations, batches, cache, backbone). CPU:
+  peak RSS minus the RSS before training, i.e. VmHWM reset through /proc/self/clear_refs
+  once torch and losa_cache are imported (library code is not counted; ru_maxrss cannot
+  be used: after fork+exec it starts at the parent's peak). Live mode's decoding
+  processes are measured apart (summed PSS, sampled every 0.25 s) and shown both ways.
+* the raw read bandwidth of the feature shard files the reader needs (read(2) into a
+  preallocated buffer, 1 thread and --workers threads; the faster counts) and the
+  reader's rate serving shuffled training batches with no model (``reader alone``), under
+  the same page-cache state: ``cold`` (files evicted before each pass with
+  posix_fadvise(DONTNEED), falling back to /proc/sys/vm/drop_caches; one pass, one
+  epoch) when eviction works, and ``warm`` (files read once first; passes repeated for
+  --io-seconds). Residency is checked with mincore before every pass. Reader bytes are
+  what its read calls took from the files (/proc/self/io rchar: on-disk, compressed), so
+  efficiency = reader file bytes/s / raw bytes/s; logical bytes/s are shown too. ``with
+  model`` is the streaming run's read rate at --batch-size: set by how fast the model
+  consumes batches, not a reader limit.
+
+Targets (GPU, ViT-B and larger): cached img/s >= 10x live; peak memory at batch 1 cached
+<= 25% of live; reader >= 70% of raw bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import math
+import mmap
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import device_info, print_table, save
+
+MiB = 1 << 20
+MODES = ("stream", "ram", "gpu", "live")
+CACHE_OF = {"stream": "none", "ram": "ram", "gpu": "gpu"}
+
+
+# ---------------------------------------------------------------------- page cache
+
+
+def _rss_scale() -> int:
+    return 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+
+
+def resident_fraction(paths: list[Path]) -> float | None:
+    """Fraction of the files' pages in the page cache (mincore), None where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        page, total, resident = mmap.PAGESIZE, 0, 0
+        for path in paths:
+            size = path.stat().st_size
+            if size == 0:
+                continue
+            with path.open("rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mm:
+                pages = -(-size // page)
+                vec = (ctypes.c_ubyte * pages)()
+                buf = (ctypes.c_char * size).from_buffer(mm)
+                try:
+                    rc = libc.mincore(
+                        ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_size_t(size), vec
+                    )
+                finally:
+                    del buf  # release the export before the map closes
+                if rc != 0:
+                    return None
+                total += pages
+                resident += int((np.frombuffer(vec, np.uint8) & 1).sum())
+        return resident / total if total else None
+    except (OSError, AttributeError, ValueError, TypeError):
+        return None
+
+
+def drop_page_cache(paths: list[Path], force_global: bool) -> dict[str, Any]:
+    """Evict the files: per-file posix_fadvise(DONTNEED) (no root needed, only these
+    files), then, if pages remain or ``force_global``, the global drop_caches (root)."""
+    out: dict[str, Any] = {"fadvise": False, "drop_caches": "not tried"}
+    if hasattr(os, "posix_fadvise"):
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # dirty pages cannot be dropped
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        out["fadvise"] = True
+    res = resident_fraction(paths)
+    if force_global or res is None or res > 0.01:
+        try:
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            out["drop_caches"] = "worked"
+        except OSError as e:
+            out["drop_caches"] = f"failed: {e.strerror or e}"
+        res = resident_fraction(paths)
+    out["resident_after"] = res
+    out["evicted"] = res is not None and res <= 0.01
+    return out
+
+
+def read_rchar() -> int | None:
+    """Bytes this process's read calls returned so far (Linux /proc/self/io), all threads."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def raw_read(
+    paths: list[Path], threads: int, min_seconds: float = 0.0, block: int = 8 * MiB
+) -> dict[str, Any]:
+    """read(2) the files into a preallocated buffer per thread, whole passes until
+    ``min_seconds`` (0: one pass): bytes and seconds."""
+
+    def one(path: Path) -> int:
+        buf = memoryview(bytearray(block))
+        n = 0
+        with path.open("rb", buffering=0) as f:
+            while got := f.readinto(buf):
+                n += got
+        return n
+
+    resident = resident_fraction(paths)
+    nbytes, passes, t0 = 0, 0, time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        while passes == 0 or time.perf_counter() - t0 < min_seconds:
+            nbytes += sum(pool.map(one, paths))
+            passes += 1
+    seconds = time.perf_counter() - t0
+    return {
+        "threads": threads,
+        "passes": passes,
+        "bytes": nbytes,
+        "seconds": seconds,
+        "mb_s": nbytes / seconds / 1e6,
+        "resident_before": resident,
+    }
+
+
+# ---------------------------------------------------------------------- store side
+
+
+def build_store(args: argparse.Namespace, folder: Path) -> str:
+    from losa_cache.extract import ExtractConfig, extract
+
+    path = str(folder / "bench.zarr")
+    t0 = time.perf_counter()
+    res = extract(
+        ExtractConfig(
+            model=args.model,
+            random_init=args.random_init,
+            checkpoint=args.checkpoint,
+            dataset=args.dataset,
+            store=path,
+            layers=args.layers,
+            dtype=args.dtype,
+            limit=args.images,
+            workers=args.extract_workers,
+        ),
+        progress=False,
+    )
+    print(
+        f"store: {res.num_images} images extracted in {time.perf_counter() - t0:.1f} s "
+        f"({res.images_per_s:,.0f} img/s), {res.bytes_written / 1e6:,.1f} MB"
+    )
+    return path
+
+
+def base_config(args: argparse.Namespace, store: str) -> dict[str, Any]:
+    """TrainConfig fields shared by every mode: same side network, seed, data, no eval."""
+    steps = args.warmup + args.batches
+    return {
+        "store": store,
+        "method": args.method,
+        "rank": args.rank,
+        "layers": args.layers,
+        "seed": 0,
+        "steps": steps,
+        "log_every": args.warmup,
+        "eval_every": steps,
+        "checkpoint_every": steps,
+        "val_split": "none",
+        "test_split": "none",
+        "workers": args.workers,
+    }
+
+
+def needed_files(store: Any, rows: Any, layers: tuple[int, ...]) -> list[Path]:
+    """Shard files of the needed blocks that hold training rows (local stores only)."""
+    from losa_cache.store import schema as S
+
+    shards = np.unique(np.asarray(rows) // store.layout.shard_rows).tolist()
+    files = []
+    for layer in layers:
+        name = S.feature_name(layer)
+        meta = store.group[name].metadata
+        for s in shards:
+            files.append(Path(store.path) / name / meta.encode_chunk_key((s, 0, 0)))
+    return [f for f in files if f.is_file()]
+
+
+def reader_pass(
+    store: Any,
+    rows: Any,
+    labels: Any,
+    layers: tuple[int, ...],
+    args: argparse.Namespace,
+    device: torch.device,
+    files: list[Path],
+    min_seconds: float = 0.0,
+) -> dict[str, Any]:
+    """Shuffled training batches, no model, for one epoch (and at least ``min_seconds``):
+    logical and file bytes per second."""
+    from losa_cache.train.reader import StoreReader
+
+    resident = resident_fraction(files)
+    reader = StoreReader(
+        store,
+        rows,
+        labels,
+        layers,
+        args.batch_size,
+        seed=0,
+        device=device,
+        cache="none",
+        workers=args.workers,
+    )
+    epoch, n = math.ceil(len(rows) / reader.batch_size), 0
+    try:
+        rchar0, t0 = read_rchar(), time.perf_counter()
+        with closing(reader.batches()) as batches:
+            while n < epoch or time.perf_counter() - t0 < min_seconds:
+                next(batches)
+                n += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - t0
+            logical, rchar1 = reader.bytes_read, read_rchar()
+    finally:
+        reader.close()
+    file_bytes = rchar1 - rchar0 if rchar0 is not None and rchar1 is not None else None
+    return {
+        "batches": n,
+        "seconds": seconds,
+        "logical_bytes": logical,
+        "logical_mb_s": logical / seconds / 1e6,
+        "file_bytes": file_bytes,
+        "file_mb_s": file_bytes / seconds / 1e6 if file_bytes else None,
+        "resident_before": resident,
+    }
+
+
+def io_section(
+    store_path: str, args: argparse.Namespace, device: torch.device
+) -> tuple[dict[str, Any], list[Path]]:
+    """Raw bandwidth and reader rate under the same page-cache conditions (cold, warm);
+    also returns the files, to check their residency before each training run."""
+    from losa_cache.side import create_side
+    from losa_cache.store.store import is_remote
+    from losa_cache.train import TrainConfig
+    from losa_cache.train.sources import StoreSource, build_side_config, resolve_splits
+
+    cfg = TrainConfig(**base_config(args, store_path))
+    source = StoreSource(cfg)
+    layers = tuple(create_side(build_side_config(cfg, source.info)).required_layers)
+    rows, labels = source.rows(resolve_splits(cfg, source.info.splits)["train"])
+    store = source.store
+    if is_remote(store_path):
+        return {"skipped": "remote store: no local files to read raw"}, []
+    files = needed_files(store, rows, layers)
+    out: dict[str, Any] = {
+        "layers": list(layers),
+        "train_rows": len(rows),
+        "files": len(files),
+        "file_bytes": sum(f.stat().st_size for f in files),
+    }
+    threads = sorted({1, max(1, args.workers)})
+    evict = drop_page_cache(files, args.drop_caches)
+    out["eviction"] = evict
+    conditions = ["cold", "warm"] if evict["evicted"] else ["warm"]
+    for cond in conditions:
+        # cold: one pass each, evicted before; warm: files read once first, then passes
+        # repeated for --io-seconds so start-up costs do not dominate small stores
+        secs = 0.0 if cond == "cold" else args.io_seconds
+        raws = []
+        for t in threads:
+            if cond == "cold":
+                drop_page_cache(files, False)
+            else:
+                raw_read(files, t)
+            raws.append(raw_read(files, t, secs))
+        if cond == "cold":
+            drop_page_cache(files, False)
+        rd = reader_pass(store, rows, labels, layers, args, device, files, secs)
+        best = max(raws, key=lambda r: r["mb_s"])
+        rate = rd["file_mb_s"] or rd["logical_mb_s"] * _stored_ratio(store)
+        out[cond] = {
+            "raw": raws,
+            "raw_mb_s": best["mb_s"],
+            "reader": rd,
+            "reader_file_mb_s": rate,
+            "efficiency": rate / best["mb_s"],
+            "efficiency_logical": rd["logical_mb_s"] / best["mb_s"],
+        }
+    out["file_per_logical"] = (
+        out["warm"]["reader"]["file_bytes"] / out["warm"]["reader"]["logical_bytes"]
+        if out["warm"]["reader"]["file_bytes"]
+        else _stored_ratio(store)
+    )
+    return out, files
+
+
+def _stored_ratio(store: Any) -> float:
+    nb = store.nbytes()
+    return nb["stored"] / nb["logical"] if nb["stored"] > 0 else 1.0
+
+
+# ---------------------------------------------------------------------- training runs
+
+
+def live_settings(store_path: str) -> dict[str, Any]:
+    """Live-mode fields that reproduce the store's images (from its extract config)."""
+    from losa_cache.store import open_store
+
+    store = open_store(store_path)
+    ec = store.manifest.extract_config
+    for key in ("input_size", "crop_pct", "interpolation"):
+        if ec.get(key) is not None:
+            print(
+                f"warning: the store was extracted with {key}={ec[key]}, which live mode "
+                "cannot repeat: live preprocessing differs"
+            )
+    if ec.get("splits"):
+        print(
+            f"warning: the store holds only splits {ec['splits']}: live rows are numbered "
+            "over all splits, so batch order differs (same images)"
+        )
+    return {
+        "live": True,
+        "store": None,
+        "model": ec["model"],
+        "checkpoint": ec["checkpoint"],
+        "pretrained": ec["pretrained"],
+        "random_init": ec["random_init"],
+        "init_seed": ec["seed"],
+        "dataset": ec["dataset"],
+        "data_root": ec["data_root"],
+        "limit": ec["limit"],
+        "live_chunk_rows": store.layout.chunk_rows,
+    }
+
+
+def run_worker(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter (its own peak RSS / CUDA peak)."""
+    name = f"{spec['mode']}-bs{spec['config']['batch_size']}"
+    spec_path, out_path = folder / f"{name}.spec.json", folder / f"{name}.out.json"
+    spec["config"]["out"] = str(folder / name)
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(out_path)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(out_path.read_text())
+
+
+def _vm_status() -> dict[str, int] | None:
+    """VmRSS and VmHWM (peak RSS of this process's own memory map) in bytes (Linux)."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    out = {
+        k: int(v.split()[0]) * 1024
+        for k, _, v in (ln.partition(":") for ln in lines)
+        if k in ("VmRSS", "VmHWM")
+    }
+    return out if len(out) == 2 else None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: clear_refs 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class ChildMemory:
+    """Peak summed PSS (else RSS) of this process's child processes (live mode's decoding
+    workers and their forkserver), sampled every 0.25 s. PSS splits pages the children
+    share; ru_maxrss of children is no use: an exec'd child inherits its parent's peak."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            total = 0
+            for child in self.proc.children(recursive=True):
+                with contextlib.suppress(Exception):  # a child may exit meanwhile
+                    total += _pss(child.pid) or child.memory_info().rss
+            self.peak = max(self.peak, total)
+
+    def __enter__(self) -> ChildMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _pss(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    line = next((ln for ln in text.splitlines() if ln.startswith("Pss:")), None)
+    return int(line.split()[1]) * 1024 if line else None
+
+
+def worker(spec_path: str, out_path: str) -> None:
+    """Child side: import everything, reset the peak-RSS mark, train, report.
+
+    Peak RSS is VmHWM after resetting it (clear_refs) with torch and losa_cache imported,
+    minus the RSS then; ru_maxrss cannot be used: after fork+exec it starts at the
+    parent's peak. Without /proc it falls back to ru_maxrss (flagged).
+    """
+    import gc
+
+    import psutil
+
+    spec = json.loads(Path(spec_path).read_text())
+    if spec["threads"] > 0:
+        torch.set_num_threads(spec["threads"])
+    import losa_cache.train.live  # noqa: F401  (every mode's code loaded before the baseline)
+    from losa_cache.train import TrainConfig, train
+
+    cfg = TrainConfig.from_dict(spec["config"])
+    gc.collect()
+    hwm = _reset_peak_rss() and _vm_status() is not None
+    rss0 = psutil.Process().memory_info().rss
+    rchar0, t0 = read_rchar(), time.perf_counter()
+    with ChildMemory() as kids:
+        m = train(cfg, progress=False)
+    wall = time.perf_counter() - t0
+    rchar1 = read_rchar()
+    status = _vm_status()
+    if hwm and status is not None:
+        peak, method = status["VmHWM"], "VmHWM after clear_refs"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _rss_scale()
+        method = "ru_maxrss (includes the parent's peak: upper bound)"
+    res = {
+        "mode": spec["mode"],
+        "batch_size": m["plan"]["batch_size"],
+        "img_s": m["images_per_s_steady"],
+        "steps": m["step"],
+        "measured_images": m["train_images"],
+        "train_seconds": m["train_seconds"],
+        "setup_and_end_seconds": wall - m["train_seconds"],
+        "peak_rss_delta_bytes": peak - rss0,
+        "rss_before_bytes": rss0,
+        "peak_rss_bytes": peak,
+        "rss_method": method,
+        "children_peak_bytes": kids.peak,
+        "reader_bytes": m["train_reader"].get("bytes_read", 0),
+        "rchar_bytes": rchar1 - rchar0 if rchar0 is not None and rchar1 is not None else None,
+        "cache": m["train_reader"]["cache"]["reason"],
+        "amp": m["amp"],
+        "device": m["device"],
+    }
+    if m["device"].startswith("cuda"):
+        res["peak_cuda_bytes"] = m["peak_memory_bytes"]
+    res["peak_bytes"] = res.get("peak_cuda_bytes", res["peak_rss_delta_bytes"])
+    Path(out_path).write_text(json.dumps(res))
+
+
+# ---------------------------------------------------------------------- report
+
+
+def ratios(runs: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
+    """cached/live img/s and peak memory per cached mode, at batch 1 and the training batch."""
+    by = {(r["mode"], r["batch_size"]): r for r in runs}
+    out = []
+    for mode in (m for m in MODES if m != "live"):
+        row: dict[str, Any] = {"mode": f"{mode}/live"}
+        for bs in sorted({1, batch}):
+            c, lv = by.get((mode, bs)), by.get(("live", bs))
+            if c is None or lv is None:
+                continue
+            row[f"img_s_x_bs{bs}"] = c["img_s"] / lv["img_s"]
+            row[f"mem_pct_bs{bs}"] = 100 * c["peak_bytes"] / lv["peak_bytes"]
+            if "peak_cuda_bytes" not in c:  # CPU: also with live's decoding processes
+                total = lv["peak_bytes"] + lv["children_peak_bytes"]
+                row[f"mem_pct_bs{bs}_with_decoders"] = (
+                    100 * (c["peak_bytes"] + c["children_peak_bytes"]) / total
+                )
+        if len(row) > 1:
+            out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        worker(argv[1], argv[2])
+        return {}
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--store", default=None, help="existing store (default: extract one)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="default: demo if its weights ship, else vit_test --random-init",
+    )
+    p.add_argument("--random-init", action="store_true")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--dataset", default="demo")
+    p.add_argument("--images", type=int, default=None, help="at most N images per split")
+    p.add_argument("--dtype", default="float16")
+    p.add_argument("--extract-workers", type=int, default=-1)
+    p.add_argument("--method", default="losa")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--layers", default="all")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch (and batch 1)")
+    p.add_argument("--warmup", type=int, default=10, help="steps before timing starts")
+    p.add_argument("--batches", type=int, default=50, help="timed steps (the paper: >= 50)")
+    p.add_argument("--workers", type=int, default=4, help="reader I/O threads / live decoders")
+    p.add_argument("--modes", default="stream,ram,gpu,live", help="subset of " + ",".join(MODES))
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="also try the global /proc/sys/vm/drop_caches (root) when evicting",
+    )
+    p.add_argument(
+        "--io-seconds",
+        type=float,
+        default=1.0,
+        help="warm page cache: repeat raw and reader passes for at least this long",
+    )
+    args = p.parse_args(argv)
+    if args.warmup < 1 or args.batches < 1:
+        p.error("--warmup and --batches must be >= 1")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.model is None and args.store is None:
+        from importlib import resources
+
+        from losa_cache.backbone.demo import DEMO_WEIGHTS
+
+        shipped = resources.files("losa_cache.assets").joinpath(DEMO_WEIGHTS).is_file()
+        args.model = "demo" if shipped else "vit_test"
+        args.random_init = args.random_init or args.model == "vit_test"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        p.error(f"unknown modes {unknown}; choose from {list(MODES)}")
+    if device.type != "cuda" and "gpu" in modes:
+        modes.remove("gpu")
+    print(f"device: {device_info()}")
+
+    with tempfile.TemporaryDirectory(prefix="losa-bench-train-") as tmp:
+        folder = Path(tmp)
+        store = args.store or build_store(args, folder)
+        io, files = io_section(store, args, device)
+        live = live_settings(store)
+        runs = []
+        for mode in modes:
+            for bs in sorted({1, args.batch_size}):
+                config = {**base_config(args, store), "batch_size": bs}
+                config.update(live if mode == "live" else {"cache": CACHE_OF[mode]})
+                resident = resident_fraction(files) if files else None
+                r = run_worker({"mode": mode, "threads": args.threads, "config": config}, folder)
+                runs.append({**r, "store_resident_before": resident})
+                print(
+                    f"  {mode:6s} bs {r['batch_size']:4d}: {r['img_s']:,.1f} img/s, peak "
+                    f"{r['peak_bytes'] / MiB:,.1f} MiB",
+                    flush=True,
+                )
+    return report(args, device, modes, runs, io)
+
+
+def report(
+    args: argparse.Namespace,
+    device: torch.device,
+    modes: list[str],
+    runs: list[dict[str, Any]],
+    io: dict[str, Any],
+) -> dict[str, Any]:
+    """Print the tables and target lines, save the JSON; returns the payload."""
+    kind = (
+        "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM) - RSS at start"
+    )
+    for r in runs:
+        r["peak_mib"] = r["peak_bytes"] / MiB
+        r["decoders_mib"] = r["children_peak_bytes"] / MiB
+        r["setup_s"] = r["setup_and_end_seconds"]
+    print(
+        f"\ntraining ({args.method} r={args.rank}, layers {args.layers}; img/s over "
+        f"{args.batches} steps after {args.warmup}; peak memory: {kind}; decoders: live "
+        "mode's decoding processes, summed PSS)"
+    )
+    print_table(
+        runs, ["mode", "batch_size", "img_s", "peak_mib", "decoders_mib", "setup_s", "cache"]
+    )
+    rat = ratios(runs, args.batch_size)
+    if rat:
+        print("\ncached / live (img/s: x; memory: % of live)")
+        print_table(rat, list(rat[0]))
+    if "skipped" in io:
+        print(f"\nreader efficiency: {io['skipped']}")
+    else:
+        _io_report(io, runs)
+    payload = {
+        "args": vars(args),
+        "modes": modes,
+        "memory_kind": kind,
+        "runs": runs,
+        "ratios": rat,
+        "io": io,
+    }
+    _targets(rat, io, args.batch_size, device)
+    print(f"results: {save('train', payload)}")
+    return payload
+
+
+def _io_report(io: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    ev = io["eviction"]
+    print(
+        f"\nstore files the reader needs: {io['files']} files, "
+        f"{io['file_bytes'] / 1e6:,.1f} MB; page-cache eviction: fadvise "
+        f"{'yes' if ev['fadvise'] else 'no'}, drop_caches {ev['drop_caches']}, "
+        f"resident after {_pct(ev['resident_after'])}"
+    )
+    rows = []
+    for cond in ("cold", "warm"):
+        if cond in io:
+            c = io[cond]
+            rows.append(
+                {
+                    "pages": cond,
+                    "resident": _pct(c["reader"]["resident_before"]),
+                    "raw_mb_s": c["raw_mb_s"],
+                    "reader_mb_s": c["reader_file_mb_s"],
+                    "reader_logical_mb_s": c["reader"]["logical_mb_s"],
+                    "efficiency": _pct(c["efficiency"]),
+                }
+            )
+    top = max(r["batch_size"] for r in runs) if runs else 0
+    stream = next((r for r in runs if r["mode"] == "stream" and r["batch_size"] == top), None)
+    if stream is not None and stream["train_seconds"] > 0:
+        # the training runs come after the I/O passes: compare with the matching raw rate
+        res = stream["store_resident_before"]
+        cond = "cold" if "cold" in io and res is not None and res < 0.5 else "warm"
+        logical = stream["reader_bytes"] / stream["train_seconds"] / 1e6
+        mb_s = logical * io["file_per_logical"]
+        io["with_model"] = {
+            "batch_size": stream["batch_size"],
+            "reader_mb_s": mb_s,
+            "efficiency": mb_s / io[cond]["raw_mb_s"],
+            "vs": cond,
+            "resident_before": res,
+        }
+        rows.append(
+            {
+                "pages": f"with model, bs {top} ({cond})",
+                "resident": _pct(res),
+                "raw_mb_s": io[cond]["raw_mb_s"],
+                "reader_mb_s": mb_s,
+                "reader_logical_mb_s": logical,
+                "efficiency": _pct(io["with_model"]["efficiency"]),
+            }
+        )
+    print("reader (training batches, no model) vs raw read(2) of the same files")
+    print_table(
+        rows, ["pages", "resident", "raw_mb_s", "reader_mb_s", "reader_logical_mb_s", "efficiency"]
+    )
+
+
+def _targets(
+    rat: list[dict[str, Any]], io: dict[str, Any], batch: int, device: torch.device
+) -> None:
+    where = "" if device.type == "cuda" else " (targets are for GPU with ViT-B+; this is CPU)"
+    for r in rat:
+        parts = []
+        if f"img_s_x_bs{batch}" in r:
+            parts.append(f"img/s {r[f'img_s_x_bs{batch}']:.2f}x at batch {batch} (target >= 10x)")
+        if "mem_pct_bs1" in r:
+            parts.append(f"peak memory at batch 1 {r['mem_pct_bs1']:.0f}% (target <= 25%)")
+        print(f"{r['mode']}: " + "; ".join(parts) + where)
+    cond = "cold" if "cold" in io else "warm" if "warm" in io else None
+    if cond:
+        print(
+            f"reader efficiency ({cond} page cache): {io[cond]['efficiency']:.0%} of raw "
+            "(target >= 70%)"
+        )
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        main()
