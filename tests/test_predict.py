@@ -49,14 +49,19 @@ def store(micro_store: str) -> FeatureStore:
 @pytest.fixture(scope="module")
 def adapter_dir(store: FeatureStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A losa adapter on blocks 1 and 3 with perturbed weights (stand-in for a trained one)."""
-    config = SideConfig(num_layers=4, dim=32, tokens=17, num_classes=8, rank=4, layers=[1, 3])
+    config = SideConfig(
+        num_layers=4, dim=32, tokens=17, num_classes=len(store.classes()), rank=4, layers=[1, 3]
+    )
     model = create_side(config)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=gen))
-    meta = {"fingerprint": store.fingerprint, "classes": store.classes(),
-            "task": store.default_task}
+    meta = {
+        "fingerprint": store.fingerprint,
+        "classes": store.classes(),
+        "task": store.default_task,
+    }
     return save_adapter(tmp_path_factory.mktemp("adapter"), model, config, meta)
 
 
@@ -66,8 +71,9 @@ def adapter(adapter_dir: Path) -> Adapter:
 
 
 @pytest.fixture(scope="module")
-def images(store: FeatureStore, tmp_path_factory: pytest.TempPathFactory
-           ) -> tuple[list[Path], np.ndarray]:
+def images(
+    store: FeatureStore, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[list[Path], np.ndarray]:
     """PNG files of the first test-split images, and their store rows."""
     dataset = get_dataset("demo")
     index = {s.source: i for i, s in enumerate(dataset.samples)}
@@ -90,11 +96,12 @@ def test_live_predictions_equal_cached(adapter: Adapter, store: FeatureStore, im
     torch.testing.assert_close(live, cached, atol=1e-5, rtol=1e-4)
     assert torch.equal(live.argmax(-1), cached.argmax(-1))
     assert len(set(cached.argmax(-1).tolist())) > 1  # not a degenerate constant classifier
-    preds = predict_images(adapter, backbone, paths, batch_size=4, top_k=8)
+    preds = predict_images(adapter, backbone, paths, batch_size=4, top_k=len(store.classes()))
     probs, labels = cached.softmax(-1).sort(dim=-1, descending=True)
     assert [r["labels"][0] for r in preds] == labels[:, 0].tolist()
-    torch.testing.assert_close(torch.tensor([r["probs"] for r in preds]), probs,
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor([r["probs"] for r in preds]), probs, atol=1e-5, rtol=1e-4
+    )
     assert preds[0]["classes"][0] == store.classes()[labels[0, 0]]
 
 
@@ -139,8 +146,7 @@ def test_eval_accuracy_matches_hand_computed(adapter: Adapter, store: FeatureSto
     assert result["loss"] == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
     per = result["per_class"]
     assert sum(v["count"] for v in per.values()) == 64
-    assert sum(v["count"] * v["accuracy"] for v in per.values()) == pytest.approx(
-        result["correct"])
+    assert sum(v["count"] * v["accuracy"] for v in per.values()) == pytest.approx(result["correct"])
     assert result["task"] == store.default_task
 
 
@@ -150,12 +156,28 @@ def test_eval_refuses_wrong_store(adapter: Adapter, store: FeatureStore, tmp_pat
     with pytest.raises(StoreError, match="unknown task"):
         evaluate_store(adapter, store, task="nope")
     path = str(tmp_path / "last.zarr")
-    extract(ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=path,
-                          layers="last:1", limit=2, workers=0, dtype="float32"), progress=False)
+    extract(
+        ExtractConfig(
+            model="vit_micro",
+            random_init=True,
+            dataset="demo",
+            store=path,
+            layers="last:1",
+            limit=2,
+            workers=0,
+            dtype="float32",
+        ),
+        progress=False,
+    )
     with pytest.raises(StoreError, match=r"lacks blocks \[1\].*holds blocks \[3\]"):
         evaluate_store(adapter, open_store(path))
-    fake = Adapter(adapter.model, adapter.config, adapter.meta, adapter.classes,
-                   {**adapter.fingerprint, "mean": [0.5, 0.5, 0.5]})
+    fake = Adapter(
+        adapter.model,
+        adapter.config,
+        adapter.meta,
+        adapter.classes,
+        {**adapter.fingerprint, "mean": [0.5, 0.5, 0.5]},
+    )
     with pytest.raises(ValueError, match="mean: adapter"):
         evaluate_store(fake, store)
 
@@ -174,8 +196,16 @@ def cli() -> typer.Typer:
 def test_cli_predict_json_and_csv(cli, adapter_dir: Path, images, tmp_path) -> None:
     paths, _ = images
     (tmp_path / "bad.png").write_bytes(b"junk")
-    args = ["predict", "--adapter", str(adapter_dir), "--random-init", "--top-k", "3",
-            str(paths[0].parent), str(tmp_path / "bad.png")]
+    args = [
+        "predict",
+        "--adapter",
+        str(adapter_dir),
+        "--random-init",
+        "--top-k",
+        "3",
+        str(paths[0].parent),
+        str(tmp_path / "bad.png"),
+    ]
     out = CliRunner().invoke(cli, [*args, "--json"])
     assert out.exit_code == 0, out.output
     rows = json.loads(out.stdout)
@@ -193,15 +223,26 @@ def test_cli_predict_json_and_csv(cli, adapter_dir: Path, images, tmp_path) -> N
 
 
 def test_cli_predict_refuses_other_backbone(cli, adapter_dir: Path, images) -> None:
-    out = CliRunner().invoke(cli, ["predict", "--adapter", str(adapter_dir), "--random-init",
-                                   "--seed", "1", str(images[0][0])])
+    out = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            "--adapter",
+            str(adapter_dir),
+            "--random-init",
+            "--seed",
+            "1",
+            str(images[0][0]),
+        ],
+    )
     assert out.exit_code == 2
     assert "error:" in out.stderr and "weights_sha256" in out.stderr
 
 
 def test_cli_eval_json(cli, adapter_dir: Path, adapter: Adapter, micro_store: str) -> None:
-    out = CliRunner().invoke(cli, ["eval", "--adapter", str(adapter_dir), "--store", micro_store,
-                                   "--json"])
+    out = CliRunner().invoke(
+        cli, ["eval", "--adapter", str(adapter_dir), "--store", micro_store, "--json"]
+    )
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout)
     assert result["count"] == 64 and set(result["per_class"]) == set(adapter.classes)
