@@ -7,6 +7,7 @@ the evaluation history, so ``--resume`` continues bit for bit on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 __all__ = ["CHECKPOINT", "METRICS", "METRICS_LOG", "MetricsLog", "load_checkpoint",
-           "peak_memory", "rng_state", "save_checkpoint", "set_rng_state"]
+           "peak_memory", "reset_peak_memory", "rng_state", "save_checkpoint", "set_rng_state"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
@@ -57,14 +58,44 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def peak_memory(device: torch.device) -> dict[str, Any]:
-    """Peak memory of the run: CUDA allocator peak, or this process's peak RSS on CPU."""
+def reset_peak_memory(device: torch.device) -> int | None:
+    """Start measuring the run's peak memory; returns the CPU baseline RSS (Linux) or None.
+
+    On CPU the process's lifetime peak (ru_maxrss) includes imports and anything the caller
+    did before training, so on Linux the kernel's high-water mark is reset here instead
+    (``/proc/self/clear_refs``) and the run reports its growth over this baseline.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return None
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_status_kib("VmRSS") * 1024
+    except OSError:
+        return None
+
+
+def peak_memory(device: torch.device, baseline: int | None = None) -> dict[str, Any]:
+    """Peak memory of the run: CUDA allocator peak; on CPU the RSS high-water mark's growth
+    since :func:`reset_peak_memory`, else (no /proc) the process's lifetime peak RSS."""
     if device.type == "cuda":
         return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
                 "peak_memory_kind": "cuda_max_allocated"}
+    if baseline is not None:
+        with contextlib.suppress(OSError):
+            peak = _proc_status_kib("VmHWM") * 1024
+            return {"peak_memory_bytes": max(0, peak - baseline),
+                    "peak_memory_kind": "rss_high_water_growth"}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     return {"peak_memory_bytes": int(rss * scale), "peak_memory_kind": "process_max_rss"}
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
 
 
 class MetricsLog:

@@ -85,8 +85,7 @@ class _Run:
     def _setup(self) -> None:
         cfg = self.cfg
         self.device = pick_device(cfg.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self.memory_baseline = ckpt.reset_peak_memory(self.device)
         self.out = Path(cfg.out)
         state = self._load_resume_state()
         rows, labels = self._open_data()
@@ -336,7 +335,7 @@ class _Run:
             "images_per_s": self.train_images / self.train_seconds if self.train_seconds else 0,
             "images_per_s_steady": self.steady[0] / self.steady[1]
             if self.steady and self.steady[1] else None,
-            **ckpt.peak_memory(self.device),
+            **ckpt.peak_memory(self.device, self.memory_baseline),
             "bytes_read": bytes_read + (test or {}).get("bytes_read", 0),
             "train_reader": self.train_reader.stats(), "device": str(self.device),
             "amp": "bf16" if self.amp else "fp32", "live": self.cfg.live, "notes": self.notes,
