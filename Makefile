@@ -30,5 +30,10 @@ bench: install
 	$(PYTHON) benchmarks/extract.py
 	$(PYTHON) benchmarks/train.py
 
+# Table 1 at small scale: LoSA vs linear vs full/LoRA/BitFit on real data (~15 min on CPU).
+# One thread: on a shared 2-core box OpenMP oversubscription made training ~10x slower.
+accuracy: install
+	OMP_NUM_THREADS=1 $(PYTHON) -m losa_cache.pipelines.accuracy --out runs/accuracy
+
 clean:
 	rm -rf demo_out $(STAMP) .pytest_cache .ruff_cache

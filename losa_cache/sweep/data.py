@@ -227,7 +227,10 @@ def eval_batches(store: FeatureStore, tasks: Sequence[TaskData], role: str,
     From ``cache`` when it holds the rows, else one sequential read of the union of rows;
     ``counter[0]`` accumulates the bytes read.
     """
-    union = np.unique(np.concatenate([t.rows[role] for t in tasks]))
+    parts = [t.rows[role] for t in tasks if role in t.rows]
+    if not parts:  # no task has this split (e.g. test_split="none")
+        return
+    union = np.unique(np.concatenate(parts))
     if not len(union):
         return
     if cache is not None and np.isin(union, cache.rows).all() and \

@@ -131,3 +131,16 @@ def test_cli_sweep_json_report_and_errors(sweep_store: str, tmp_path: Path) -> N
     assert missing.exit_code == 2 and "no results.json" in missing.output
     for cmd in ("sweep", "report"):
         assert "Example:" in runner.invoke(cli(), [cmd, "--help"]).output
+
+
+def test_sweep_without_a_test_split(sweep_store: str, tmp_path: Path) -> None:
+    """test_split="none" (tuning runs that must never see test) trains and scores val only."""
+    from losa_cache.sweep import SweepConfig
+    from tests.sweep.conftest import SMALL
+
+    res = run_sweep(SweepConfig(store=sweep_store, out=str(tmp_path / "s"), test_split="none",
+                                **{**SMALL, "speed_batches": 2}), progress=False)
+    rows = json.loads((tmp_path / "s" / "results.json").read_text())
+    rows = rows if isinstance(rows, list) else rows.get("results", rows.get("rows", []))
+    assert res and rows and all(r.get("test_acc") is None for r in rows)
+    assert all(r.get("val_acc") is not None for r in rows)

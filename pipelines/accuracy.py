@@ -1,0 +1,556 @@
+"""Accuracy *and* cost on real data: LoSA vs linear probing vs live fine-tuning (Table 1, small).
+
+The LoSA paper's claim is a trade-off: near-LoRA / full fine-tuning accuracy at a fraction of
+their training time and memory. This harness rebuilds that experiment at small scale on the
+VTAB-1k-style tasks of ``pipelines/vtab_tasks.py`` (real MNIST / CIFAR-10 test images) with
+the project's pretrained demo ViT, and writes a Table-1-like markdown table, a JSON record and
+Pareto plots to ``benchmarks/results/``.
+
+Protocol (the PEFT VTAB-1k one, for every method):
+
+1. each lr of the method's grid trains on train800 and is scored on val200;
+2. the val-best lr is retrained from the same initialisation on train800val200 for the same
+   number of epochs and scored once on test.
+
+Cached methods (``linear``; ``losa`` r = 4, 8, 16 on all blocks; r = 16 on ``evenly:3``) read
+one feature store per task, extracted once with every block; step 1 is ONE sweep per task
+(all configs x lrs in one pass). Live baselines (``full``, ``lora``, ``bitfit``) come from
+``benchmarks/baselines.py`` with their own lr grids. Budget rule: every method trains for the
+same number of epochs at the same batch size (``--epochs``, default 5: what full fine-tuning
+can afford on 2 CPU cores); ``--cached-epochs E`` adds cached rows at a longer budget (marked
+``@E ep``), since those are cheap. Live baselines default to the structured tasks location and
+count (``--live-tasks``): ~2-4 min per method and task on CPU.
+
+Wall time of a cached method = its task's extraction (a method alone would need it) + its
+share of the sweep (sweep wall x its runs / all runs) + its final run. Memory at batch 1:
+cached methods count the side network's training tensors (the backbone is not loaded);
+baselines the CPU RSS growth (or CUDA peak) of a step through the whole backbone.
+
+    python -m losa_cache.pipelines.accuracy                       # default run (~20 min, 1 thread)
+    python -m losa_cache.pipelines.accuracy --quick --out /tmp/q  # smoke run (~3 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks/ is a folder of scripts
+
+TASKS = ("digits", "rotation", "location", "count")
+LIVE = ("full", "lora", "bitfit")
+#: Cached method name -> (side, rank, layers).
+CACHED = {
+    "linear": ("linear", None, "all"),
+    "losa r4": ("losa", 4, "all"),
+    "losa r8": ("losa", 8, "all"),
+    "losa r16": ("losa", 16, "all"),
+    "losa r16 evenly:3": ("losa", 16, "evenly:3"),
+}
+SPLITS = {"train": "train800", "val": "val200", "final": "train800val200", "test": "test"}
+
+
+@dataclass
+class Budget:
+    """What the run may spend; written into every output."""
+
+    epochs: float = 5.0  # every method, same batch size
+    cached_epochs: float | None = None  # extra cached rows at this budget (None: none)
+    batch_size: int = 64
+    cached_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+    cached_optimizer: str = "adamw"
+    live_lrs: dict[str, tuple[float, ...]] = field(
+        default_factory=lambda: {"full": (3e-4, 1e-3), "lora": (1e-3, 3e-3), "bitfit": (3e-3, 1e-2)}
+    )
+    live_tasks: tuple[str, ...] = ("location", "count")  # CPU: ~2 min per method-task
+    lora_rank: int = 8
+
+
+QUICK = Budget(
+    epochs=1.0,
+    cached_epochs=2.0,
+    batch_size=16,
+    cached_lrs=(1e-3, 1e-2),
+    live_lrs={"full": (1e-4,), "lora": (1e-3,), "bitfit": (1e-2,)},
+)
+QUICK_SIZES = {"train_size": 27, "val_size": 9, "test_size": 18}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_tasks(root: Path, tasks: Sequence[str], data: Path, quick: bool) -> Path:
+    """Generate the task folders unless ``root`` already holds them all."""
+    from losa_cache.pipelines.vtab_tasks import build_tasks
+
+    if all((root / t / "train800val200.txt").is_file() for t in tasks):
+        return root
+    build_tasks(root, data, tasks=list(tasks), **(QUICK_SIZES if quick else {}))
+    return root
+
+
+def extract_task(task_dir: Path, store: Path, spec: dict[str, Any]) -> float:
+    """One store per task, every block (the sweep picks layers); seconds (0 when reused)."""
+    from losa_cache.extract import ExtractConfig, extract
+    from losa_cache.store import open_store
+
+    if store.exists():
+        try:
+            open_store(str(store)).require_complete()
+            return float(
+                json.loads((store.parent / f"{store.stem}.extract.json").read_text())["seconds"]
+            )
+        except Exception:
+            shutil.rmtree(store)
+    t0 = time.perf_counter()
+    extract(
+        ExtractConfig(
+            model=spec["model"],
+            checkpoint=spec.get("checkpoint"),
+            random_init=spec.get("random_init", False),
+            dataset=f"vtab1k:{task_dir}",
+            store=str(store),
+            layers="all",
+            workers=0,
+        ),
+        progress=False,
+    )
+    seconds = time.perf_counter() - t0
+    (store.parent / f"{store.stem}.extract.json").write_text(json.dumps({"seconds": seconds}))
+    return seconds
+
+
+# --------------------------------------------------------------------------- cached methods
+
+
+def sweep_entries(
+    lrs: Sequence[float], methods: dict[str, tuple[str, int | None, str]] = CACHED
+) -> list[dict[str, Any]]:
+    """Every cached method x the lr grid, as sweep config entries."""
+    entries = []
+    for side, rank, layers in methods.values():
+        entry: dict[str, Any] = {"method": side, "lr": list(lrs)}
+        if rank is not None:
+            entry.update(rank=rank, layers=layers)
+        entries.append(entry)
+    return entries
+
+
+def method_name(side: str, rank: int | None, layers: str) -> str:
+    """'linear', 'losa r8' (all blocks) or 'losa r16 evenly:3'."""
+    if side == "linear":
+        return "linear"
+    return f"{side} r{rank}" + ("" if layers == "all" else f" {layers}")
+
+
+def method_of(row: dict[str, Any]) -> str:
+    """The method name of a sweep result row."""
+    return method_name(row["method"], row["rank"], row["layers"])
+
+
+def run_cached(
+    store: Path,
+    out: Path,
+    budget: Budget,
+    epochs: float,
+    extract_s: float,
+    methods: dict[str, tuple[str, int | None, str]] = CACHED,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """One sweep on train800 -> val200, then each method's val-best lr on train800val200."""
+    from losa_cache.sweep import SweepConfig, run_sweep
+    from losa_cache.train import TrainConfig, train
+
+    t0 = time.perf_counter()
+    shutil.rmtree(out, ignore_errors=True)  # a half-done sweep: start it again
+    rows = run_sweep(
+        SweepConfig(
+            store=str(store),
+            out=str(out / "sweep"),
+            configs=sweep_entries(budget.cached_lrs, methods),
+            epochs=epochs,
+            batch_size=budget.batch_size,
+            optimizer=budget.cached_optimizer,
+            workers=0,
+            train_split=SPLITS["train"],
+            val_split=SPLITS["val"],
+            test_split=SPLITS["test"],
+            speed_batches=20,
+        ),
+        progress=progress,
+    )["results"]
+    sweep_s = time.perf_counter() - t0
+    results = {}
+    for name in methods:
+        mine = [r for r in rows if method_of(r) == name]
+        best = max(mine, key=lambda r: r["val_acc"])  # first of equals: the smaller lr
+        cfg = TrainConfig(
+            store=str(store),
+            out=str(out / "final" / name.replace(" ", "_").replace(":", "")),
+            method=best["method"],
+            rank=best["rank"] or TrainConfig.rank,
+            layers=best["layers"] if best["method"] != "linear" else "store",
+            epochs=epochs,
+            batch_size=budget.batch_size,
+            optimizer=budget.cached_optimizer,
+            lr=best["lr"],
+            workers=0,
+            train_split=SPLITS["final"],
+            val_split="none",
+            test_split=SPLITS["test"],
+        )
+        t1 = time.perf_counter()
+        final = train(cfg, progress=progress)
+        results[name] = {
+            "lrs": {f"{r['lr']:g}": r["val_acc"] for r in mine},
+            "best_lr": best["lr"],
+            "val_acc_best": 100 * best["val_acc"],
+            "test_acc": 100 * final["test_acc"],
+            "learned_params": best["learned_params"],
+            "images_per_s": best["train_img_s"],
+            "memory_mb_bs1": best["train_memory_b1"] / 2**20,
+            "memory_kind": best["memory_kind"],
+            "wall_s": extract_s + sweep_s * len(mine) / len(rows) + time.perf_counter() - t1,
+            "inference_gflops": best["inference_gflops"],
+            "epochs": epochs,
+        }
+    return results
+
+
+# --------------------------------------------------------------------------- live baselines
+
+
+def run_live(
+    task_dir: Path, spec: dict[str, Any], budget: Budget, methods: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """full / lora / bitfit with their own lr grids, the same epochs and batch size."""
+    from baselines import run_baseline
+
+    out = {}
+    for method in methods:
+        r = run_baseline(
+            method,
+            task_dir,
+            spec,
+            budget.live_lrs[method],
+            None,
+            budget.epochs,
+            budget.batch_size,
+            0,
+            "cpu",
+            budget.lora_rank,
+        )
+        out[method if method != "lora" else f"lora r{budget.lora_rank}"] = {
+            k: r[k]
+            for k in (
+                "best_lr",
+                "val_acc_best",
+                "test_acc",
+                "learned_params",
+                "images_per_s",
+                "memory_mb_bs1",
+                "memory_kind",
+                "wall_s",
+            )
+        } | {"lrs": r["val_acc"], "epochs": budget.epochs}
+        print(
+            f"  {task_dir.name}/{method}: test {r['test_acc']:.1f}% ({r['wall_s']:.0f} s)",
+            flush=True,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- table
+
+
+def summarise(
+    per_task: dict[str, dict[str, dict[str, Any]]], tasks: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One row per method: test acc per task, average, efficiency (medians over tasks)."""
+    methods = list(dict.fromkeys(m for t in tasks for m in per_task.get(t, {})))
+    common = [t for t in tasks if all(m in per_task.get(t, {}) for m in methods)]
+    rows = []
+    for m in methods:
+        cells = {t: per_task[t][m] for t in tasks if m in per_task.get(t, {})}
+        accs = {t: c["test_acc"] for t, c in cells.items()}
+        first = next(iter(cells.values()))
+        rows.append(
+            {
+                "method": m,
+                "acc": accs,
+                "average": sum(accs.values()) / len(accs) if len(accs) == len(tasks) else None,
+                "common": _mean([accs[t] for t in common]),
+                "common_tasks": common,
+                "learned_params": first["learned_params"],
+                "images_per_s": _median([c["images_per_s"] for c in cells.values()]),
+                "memory_mb_bs1": _median([c["memory_mb_bs1"] for c in cells.values()]),
+                "wall_s": sum(c["wall_s"] for c in cells.values()),
+                "best_lr": {t: c["best_lr"] for t, c in cells.items()},
+                "live": m.split()[0] in LIVE,
+            }
+        )
+    return rows
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(x for x in xs if x is not None)
+    return xs[len(xs) // 2] if xs else float("nan")
+
+
+def markdown(
+    rows: list[dict[str, Any]], tasks: Sequence[str], budget: Budget, notes: Sequence[str]
+) -> str:
+    """The Table 1 layout: methods x tasks + average, then the efficiency columns."""
+    common = "+".join(rows[0]["common_tasks"]) if rows else ""
+    head = [
+        "method",
+        *tasks,
+        "average",
+        f"avg {common}",
+        "learned params",
+        "train img/s",
+        "train mem b1 (MB)",
+        "wall s (all tasks)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in rows:
+        cells = [
+            r["method"],
+            *[_pct(r["acc"].get(t)) for t in tasks],
+            _pct(r["average"]),
+            _pct(r["common"]),
+            f"{r['learned_params']:,}",
+            f"{r['images_per_s']:,.0f}",
+            f"{r['memory_mb_bs1']:.2f}",
+            f"{r['wall_s']:,.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(
+        [
+            "# Accuracy: LoSA vs linear probing vs live fine-tuning (small VTAB-1k-style)\n",
+            "Val-selected test accuracy (%), protocol: lr search train800 -> val200, the best lr "
+            "retrained on train800val200, scored on test (2,000 images per task).\n",
+            *lines,
+            "",
+            "## Budget",
+            "",
+            "```",
+            json.dumps(_budget_doc(budget), indent=1),
+            "```",
+            "",
+            "## Notes",
+            "",
+            *[f"- {n}" for n in notes],
+            "",
+        ]
+    )
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _budget_doc(budget: Budget) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(budget).items()}
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Average test accuracy vs learned params / training memory / training speed (Pareto)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from losa_cache.sweep.report import pareto
+
+    pts = [r for r in rows if r["common"] is not None]
+    acc = [r["common"] for r in pts]
+    metrics = [
+        ("learned_params", "learned parameters (head excluded)", True, "symlog"),
+        ("memory_mb_bs1", "training memory at batch 1 (MB)", True, "log"),
+        ("images_per_s", "training images/s (higher is better)", False, "log"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for ax, (key, label, lower, scale) in zip(axes, metrics, strict=True):
+        xs = [max(r[key], 1e-3) if key != "learned_params" else r[key] for r in pts]
+        front = pareto(xs, acc, lower)
+        for x, a, r, f in zip(xs, acc, pts, front, strict=True):
+            ax.scatter(
+                x,
+                a,
+                s=50,
+                marker="s" if r["live"] else "o",
+                color="C3" if r["live"] else "C0",
+                zorder=3,
+            )
+            if f:
+                ax.scatter(x, a, s=320, color="gold", alpha=0.4, edgecolors="orange", zorder=2)
+            ax.annotate(r["method"], (x, a), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.set_xscale(scale, **({"linthresh": 1e3} if scale == "symlog" else {}))
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"test accuracy (%), mean of {'+'.join(pts[0]['common_tasks'])}")
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        "Accuracy vs cost (blue: cached LoSA / linear; red: live baselines; "
+        "yellow: Pareto frontier)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/accuracy", help="work folder: tasks, stores, runs")
+    p.add_argument("--tasks-dir", default=None, help="existing task folders (default: OUT/tasks)")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--model", default="demo")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--random-init", action="store_true")
+    p.add_argument("--epochs", type=float, default=None, help="every method (default 5)")
+    p.add_argument(
+        "--cached-epochs",
+        type=float,
+        default=None,
+        help="extra cached rows at this budget (default: none)",
+    )
+    p.add_argument(
+        "--live-tasks", default=None, help="tasks for full/lora/bitfit (default location,count)"
+    )
+    p.add_argument("--live", default=",".join(LIVE), help="live baselines to run ('' for none)")
+    p.add_argument("--parts", default="cached,live", help="cached,live (results are reused)")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--no-save", action="store_true", help="no files under --results")
+    p.add_argument("--quick", action="store_true", help="tiny tasks and budgets (smoke test)")
+    return p.parse_args(argv)
+
+
+def make_budget(args: argparse.Namespace) -> Budget:
+    budget = Budget(**vars(QUICK)) if args.quick else Budget()
+    if args.epochs is not None:
+        budget.epochs = args.epochs
+    if args.cached_epochs is not None:
+        budget.cached_epochs = args.cached_epochs or None
+    if args.live_tasks is not None:
+        budget.live_tasks = tuple(t for t in args.live_tasks.split(",") if t)
+    return budget
+
+
+def memo(path: Path, compute: Any) -> dict[str, Any]:
+    """``compute()``'s result, saved to ``path`` and reused: the run resumes part by part."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Tasks -> stores -> cached methods -> live baselines -> rows (nothing written)."""
+    out, budget = Path(args.out), make_budget(args)
+    tasks = [t for t in args.tasks.split(",") if t]
+    spec = {
+        "model": args.model,
+        "checkpoint": args.checkpoint,
+        "random_init": args.random_init,
+        "seed": 0,
+    }
+    root = prepare_tasks(Path(args.tasks_dir or out / "tasks"), tasks, Path(args.data), args.quick)
+    per_task: dict[str, dict[str, dict[str, Any]]] = {}
+    live = [m for m in args.live.split(",") if m]
+    t0 = time.perf_counter()
+    parts = set(args.parts.split(","))
+    for task in tasks if "cached" in parts else ():
+        store = out / "stores" / f"{task}.zarr"
+        store.parent.mkdir(parents=True, exist_ok=True)
+        ext_s = extract_task(root / task, store, spec)
+        per_task[task] = {}
+        for epochs, tag in ((budget.epochs, ""), (budget.cached_epochs, " @{:g} ep")):
+            if epochs:
+                runs = out / "runs" / task / f"e{epochs:g}"
+                done = memo(
+                    out / "results" / task / f"cached-e{epochs:g}.json",
+                    lambda s=store, r=runs, e=epochs, x=ext_s: run_cached(s, r, budget, e, x),
+                )
+                per_task[task] |= {m + tag.format(epochs): v for m, v in done.items()}
+        print(f"{task}: cached done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    for task in tasks if "live" in parts else ():
+        for method in live if task in budget.live_tasks else ():
+            per_task.setdefault(task, {}).update(
+                memo(
+                    out / "results" / task / f"{method}-e{budget.epochs:g}.json",
+                    lambda m=method, t=task: run_live(root / t, spec, budget, [m]),
+                )
+            )
+    rows = summarise(per_task, tasks)
+    return {
+        "tasks": tasks,
+        "budget": _budget_doc(budget),
+        "per_task": per_task,
+        "rows": rows,
+        "backbone": spec,
+        "total_wall_s": time.perf_counter() - t0,
+    }
+
+
+def write_outputs(doc: dict[str, Any], results: Path, notes: Sequence[str]) -> dict[str, str]:
+    """benchmarks/results/accuracy-<date>.{md,png} + the JSON via _common.save."""
+    import _common
+
+    budget = Budget(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc["budget"].items()})
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    results.mkdir(parents=True, exist_ok=True)
+    png = plot(doc["rows"], results / f"accuracy-{stamp}.png")
+    md = results / f"accuracy-{stamp}.md"
+    md.write_text(
+        markdown(doc["rows"], doc["tasks"], budget, notes) + f"\n![accuracy vs cost]({png.name})\n"
+    )
+    default, _common.RESULTS = _common.RESULTS, results  # save() writes to RESULTS
+    try:
+        js = _common.save("accuracy", {**doc, "markdown": md.name, "png": png.name})
+    finally:
+        _common.RESULTS = default
+    return {"markdown": str(md), "png": str(png), "json": str(js)}
+
+
+DEFAULT_NOTES = (
+    "Cached wall time = the task's extraction + the method's share of one sweep + its final "
+    "run; summed over tasks. Live wall time = lr search + final run + memory probe.",
+    "img/s and memory: medians over tasks. Cached memory = side-network training tensors at "
+    "batch 1 (backbone not needed); live = CPU RSS growth of a batch-1 step "
+    "(frozen weights, activations, gradients, optimizer state).",
+)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    doc = run(args)
+    print(markdown(doc["rows"], doc["tasks"], make_budget(args), ()))
+    if not args.no_save:
+        paths = write_outputs(doc, Path(args.results), DEFAULT_NOTES)
+        print("\n".join(f"wrote {p}" for p in paths.values()))
+        doc["paths"] = paths
+    return doc
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,183 @@
+"""iNaturalist 2018, full size, one command: plan, extract, train with the paper recipe, eval.
+
+iNat2018 has 437,513 training images; a ViT-B/16 store of every block is ~1.8 TB at fp16,
+so the default stores 8 evenly spaced blocks and the plan (sizes, free disk) is printed
+before anything is written. Training is the LoSA paper's large-scale recipe (Table 12):
+SGD momentum 0.9, batch 512, cosine schedule with 500 warmup steps, lr 0.05, 20,000 steps,
+rank 64; accuracy is top-1 on the official val split.
+
+    python -m losa_cache.pipelines.inat --data-root /data/inat2018 --model vit_b_orig \\
+        --checkpoint ViT-B_16.npz --out runs/inat --dry-run      # the plan only
+    python -m losa_cache.pipelines.inat --data-root /data/inat2018 --model vit_b_orig \\
+        --checkpoint ViT-B_16.npz --out runs/inat                # everything
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: Table 12 of the paper (large-scale training).
+RECIPE = {
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "batch_size": 512,
+    "warmup_steps": 500,
+    "lr": 0.05,
+    "steps": 20_000,
+    "rank": 64,
+}
+
+
+def make_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """Store size, extraction estimate, free disk and the training run, before any work."""
+    from losa_cache.plan import plan
+
+    p = plan(
+        args.model,
+        "inat2018",
+        args.layers,
+        data_root=args.data_root,
+        rank=args.rank,
+        side_layers="all",
+        measure=not args.dry_run,
+    )
+    out = Path(args.out)
+    probe = next((d for d in (out, *out.parents) if d.exists()), Path("."))
+    p["free_bytes"] = shutil.disk_usage(probe).free
+    p["train"] = {
+        **RECIPE,
+        "rank": args.rank,
+        "steps": args.steps,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+    }
+    return p
+
+
+def plan_text(p: dict[str, Any]) -> str:
+    gb = p["bytes_total"] / 1e9
+    lines = [
+        f"iNat2018: {p['splits']} images; backbone {p['model']}, blocks {p['layers']} "
+        f"of {p['depth']} ({p['tokens']} tokens x {p['dim']}, {p['dtype']})",
+        f"store: {gb:,.2f} GB ({p['bytes_per_image_layer'] * len(p['layers']) / 1e6:.2f} MB "
+        f"per image); free disk {p['free_bytes'] / 1e9:,.1f} GB",
+        f"train: {json.dumps(p['train'], sort_keys=True)}; learned params "
+        f"{p.get('learned_params', 0):,}",
+    ]
+    if "extract_seconds_estimate" in p:
+        lines.append(
+            f"extraction estimate: {p['extract_seconds_estimate'] / 3600:.2f} h on {p['device']}"
+        )
+    if p["bytes_total"] > p["free_bytes"]:
+        lines.append(
+            "WARNING: the store does not fit on this disk; store fewer blocks "
+            "(--layers evenly:4), fp16, or another --out"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Extract (resumable) then train and evaluate on val."""
+    from losa_cache.extract import ExtractConfig, extract
+    from losa_cache.train import TrainConfig, train
+
+    out = Path(args.out)
+    store = out / "inat2018.zarr"
+    t0 = time.perf_counter()
+    ext = extract(
+        ExtractConfig(
+            model=args.model,
+            checkpoint=args.checkpoint,
+            pretrained=args.pretrained,
+            random_init=args.random_init,
+            dataset="inat2018",
+            data_root=args.data_root,
+            store=str(store),
+            layers=args.layers,
+            workers=args.workers,
+            device=args.device,
+        ),
+        progress=not args.quiet,
+    )
+    extract_s = time.perf_counter() - t0
+    cfg = TrainConfig(
+        store=str(store),
+        out=str(out / "train"),
+        method="losa",
+        rank=args.rank,
+        layers="store",
+        steps=args.steps,
+        batch_size=args.batch_size,
+        optimizer="sgd",
+        momentum=RECIPE["momentum"],
+        lr=args.lr,
+        warmup_steps=min(RECIPE["warmup_steps"], args.steps // 10),
+        train_split="train",
+        val_split="val",
+        test_split="none",
+        device=args.device,
+        resume=(out / "train").is_dir(),
+    )
+    metrics = train(cfg, progress=not args.quiet)
+    doc = {
+        "val_acc": metrics["best_val_acc"],
+        "final_val_acc": metrics["final_val_acc"],
+        "learned_params": metrics["learned_params"],
+        "images_per_s": metrics["images_per_s"],
+        "train_seconds": metrics["train_seconds"],
+        "extract_seconds": extract_s,
+        "store_bytes": ext.bytes_written,
+        "config": cfg.to_dict(),
+    }
+    (out / "inat_results.json").write_text(json.dumps(doc, indent=2, default=str))
+    return doc
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", required=True, help="folder with train2018.json, val2018.json")
+    p.add_argument("--out", default="runs/inat")
+    p.add_argument("--model", default="vit_b_orig")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", default=None, help="backbone weights file")
+    weights.add_argument("--pretrained", action="store_true", help="timm weights (local cache)")
+    weights.add_argument("--random-init", action="store_true", help="random backbone (tests)")
+    p.add_argument("--layers", default="evenly:8", help="blocks stored (and read by LoSA)")
+    p.add_argument("--rank", type=int, default=RECIPE["rank"])
+    p.add_argument("--steps", type=int, default=RECIPE["steps"])
+    p.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
+    p.add_argument("--lr", type=float, default=RECIPE["lr"], help="base lr (scaled by batch/512)")
+    p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="run even if the store may not fit")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    p = make_plan(args)
+    print(plan_text(p), flush=True)
+    if args.dry_run:
+        return {"plan": p}
+    if p["bytes_total"] > p["free_bytes"] and not args.force:
+        raise SystemExit("not enough disk for the store (see above); --force to try anyway")
+    doc = run(args)
+    print(
+        f"iNat2018 val top-1: {100 * doc['val_acc']:.2f}% (final {100 * doc['final_val_acc']:.2f}%)"
+        f", learned params {doc['learned_params']:,}, train {doc['images_per_s']:,.0f} img/s"
+    )
+    print(f"wrote {Path(args.out) / 'inat_results.json'}")
+    return {"plan": p, **doc}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

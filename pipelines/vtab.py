@@ -1,0 +1,233 @@
+"""VTAB-1k, full size, one command: extract every task, tune on 800/200, test, print Table 1.
+
+For users who have the 19 VTAB-1k tasks in the PEFT community layout
+(``ROOT/<task>/{train800,val200,train800val200,test}.txt``) and a backbone's weights. Per
+task: one feature store (``--layers``), one sweep over the lr grid (and methods) on
+train800 -> val200, the val-best config retrained on train800val200 and scored on test.
+The table is the paper's Table 1 layout: the tasks in their groups, the group means
+(Natural / Specialized / Structured) and the mean of the three group means.
+
+    python -m losa_cache.pipelines.vtab --root /data/vtab-1k --model vit_b_orig \\
+        --checkpoint ViT-B_16.npz --out runs/vtab
+    python -m losa_cache.pipelines.vtab --root /data/vtab-1k --model vit_b_orig \\
+        --pretrained --dry-run        # the plan: tasks found, store sizes, runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from losa_cache.pipelines.accuracy import Budget, method_name, run_cached
+
+#: The 19 VTAB-1k tasks, in the paper's Table 1 order, by group.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "Natural": (
+        "cifar",
+        "caltech101",
+        "dtd",
+        "oxford_flowers102",
+        "oxford_iiit_pet",
+        "svhn",
+        "sun397",
+    ),
+    "Specialized": ("patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"),
+    "Structured": (
+        "clevr_count",
+        "clevr_dist",
+        "dmlab",
+        "kitti",
+        "dsprites_loc",
+        "dsprites_ori",
+        "smallnorb_azi",
+        "smallnorb_ele",
+    ),
+}
+TASKS = tuple(t for group in GROUPS.values() for t in group)
+LIST_FILES = ("train800", "val200", "train800val200", "test")
+
+
+def find_tasks(root: Path, tasks: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(tasks present, task -> why missing) under ``root``."""
+    found, missing = [], {}
+    for task in tasks:
+        absent = [f for f in LIST_FILES if not (root / task / f"{f}.txt").is_file()]
+        if absent:
+            missing[task] = f"no {', '.join(a + '.txt' for a in absent)} in {root / task}"
+        else:
+            found.append(task)
+    return found, missing
+
+
+def group_means(acc: dict[str, float]) -> dict[str, float | None]:
+    """Mean per group over the tasks present, and the mean of the group means (Table 1)."""
+    means: dict[str, float | None] = {}
+    for group, tasks in GROUPS.items():
+        vals = [acc[t] for t in tasks if t in acc]
+        means[group] = sum(vals) / len(vals) if vals else None
+    present = [v for v in means.values() if v is not None]
+    means["Mean"] = sum(present) / len(present) if present else None
+    return means
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    """Markdown: one row per method, the 19 task columns, group means, mean."""
+    head = [*TASKS, *GROUPS, "Mean"]
+    lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for method, acc in results.items():
+        means = group_means(acc)
+        cells = [_pct(acc.get(t)) for t in TASKS] + [_pct(means[g]) for g in (*GROUPS, "Mean")]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def methods_of(args: argparse.Namespace) -> dict[str, tuple[str, int | None, str]]:
+    """Method name -> (side, rank, layers) from --methods/--ranks/--side-layers."""
+    out: dict[str, tuple[str, int | None, str]] = {}
+    for side in args.methods.split(","):
+        ranks = [None] if side == "linear" else [int(r) for r in args.ranks.split(",")]
+        for rank in ranks:
+            layers = "all" if side == "linear" else args.side_layers
+            out[method_name(side, rank, layers)] = (side, rank, layers)
+    return out
+
+
+def plan_text(args: argparse.Namespace, found: list[str], missing: dict[str, str]) -> str:
+    """What a run would do: tasks, store size per task, runs per task."""
+    from losa_cache.plan import plan
+
+    lines = [f"VTAB-1k under {args.root}: {len(found)} of {len(args.task_list)} tasks found"]
+    lines += [f"  missing {t}: {why}" for t, why in missing.items()]
+    total = 0
+    for task in found:
+        p = plan(args.model, f"vtab1k:{Path(args.root) / task}", args.layers, measure=False)
+        total += p["bytes_total"]
+        lines.append(
+            f"  {task}: {p['images']:,} images, store {p['bytes_total'] / 1e9:.2f} GB "
+            f"({len(p['layers'])} blocks x {p['tokens']} tokens x {p['dim']})"
+        )
+    n = len(methods_of(args)) * len(args.lr_list)
+    lines.append(
+        f"stores: {total / 1e9:.2f} GB in {args.out}/stores; per task {n} sweep runs "
+        f"({args.epochs:g} epochs, batch {args.batch_size}, {args.optimizer}, lrs "
+        f"{args.lr_list}) + {len(methods_of(args))} final run(s) on train800val200"
+    )
+    return "\n".join(lines)
+
+
+def run_task(task: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Extract (or reuse) the task's store, then sweep + final runs."""
+    from losa_cache.extract import ExtractConfig, extract
+    from losa_cache.store import open_store
+
+    store = Path(args.out) / "stores" / f"{task}.zarr"
+    t0 = time.perf_counter()
+    complete = False
+    if store.exists():
+        try:
+            open_store(str(store)).require_complete()
+            complete = True
+        except Exception:
+            complete = False
+    if not complete:
+        extract(
+            ExtractConfig(
+                model=args.model,
+                checkpoint=args.checkpoint,
+                pretrained=args.pretrained,
+                random_init=args.random_init,
+                dataset=f"vtab1k:{Path(args.root) / task}",
+                store=str(store),
+                layers=args.layers,
+                workers=args.workers,
+                device=args.device,
+            ),
+            progress=not args.quiet,
+        )
+    budget = Budget(
+        batch_size=args.batch_size, cached_lrs=tuple(args.lr_list), cached_optimizer=args.optimizer
+    )
+    return run_cached(
+        store,
+        Path(args.out) / "runs" / task,
+        budget,
+        args.epochs,
+        time.perf_counter() - t0,
+        methods_of(args),
+        progress=not args.quiet,
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", required=True, help="folder holding the 19 task folders")
+    p.add_argument("--out", default="runs/vtab")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma list (default: all 19)")
+    p.add_argument("--allow-missing", action="store_true", help="skip absent tasks")
+    p.add_argument("--model", default="vit_b_orig")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", default=None, help="backbone weights file")
+    weights.add_argument("--pretrained", action="store_true", help="timm weights (local cache)")
+    weights.add_argument("--random-init", action="store_true", help="random backbone (tests)")
+    p.add_argument("--layers", default="all", help="blocks stored (all | evenly:N | ...)")
+    p.add_argument("--methods", default="losa", help="comma list: losa,linear")
+    p.add_argument("--ranks", default="8", help="LoSA ranks (comma list)")
+    p.add_argument("--side-layers", default="all", help="blocks the side network reads")
+    p.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="lr grid tuned on val200")
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    p.add_argument("--epochs", type=float, default=100.0, help="per run (VTAB-1k: 100)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=-1, help="extraction decoding processes")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    args.task_list = [t for t in args.tasks.split(",") if t]
+    args.lr_list = [float(v) for v in args.lrs.split(",")]
+    unknown = sorted(set(args.task_list) - set(TASKS))
+    if unknown:
+        p.error(f"unknown task(s) {unknown}; the 19 VTAB-1k tasks are {', '.join(TASKS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    found, missing = find_tasks(Path(args.root), args.task_list)
+    print(plan_text(args, found, missing), flush=True)
+    if missing and not args.allow_missing:
+        raise SystemExit(
+            f"{len(missing)} task(s) missing (see above); fix --root, pass "
+            "--tasks, or --allow-missing"
+        )
+    if args.dry_run:
+        return {"plan": True, "found": found, "missing": missing}
+    per_task = {task: run_task(task, args) for task in found}
+    results = {m: {t: per_task[t][m]["test_acc"] for t in found} for m in methods_of(args)}
+    print(table(results))
+    doc = {
+        "root": args.root,
+        "model": args.model,
+        "tasks": found,
+        "missing": missing,
+        "results": results,
+        "means": {m: group_means(a) for m, a in results.items()},
+        "per_task": per_task,
+        "config": {k: v for k, v in vars(args).items()},
+    }
+    out = Path(args.out) / "vtab_results.json"
+    out.write_text(json.dumps(doc, indent=2, default=str))
+    print(f"wrote {out}")
+    return doc
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

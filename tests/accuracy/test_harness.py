@@ -1,0 +1,94 @@
+"""``pipelines/accuracy.py``: the Table 1 harness (helpers, and a quick end-to-end run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from losa_cache.pipelines import accuracy as acc
+
+
+def test_sweep_entries_cover_every_cached_method() -> None:
+    entries = acc.sweep_entries((1e-3, 1e-2))
+    assert len(entries) == len(acc.CACHED)
+    assert all(e["lr"] == [1e-3, 1e-2] for e in entries)
+    losa = [e for e in entries if e["method"] == "losa"]
+    assert sorted((e["rank"], e["layers"]) for e in losa) == [
+        (4, "all"),
+        (8, "all"),
+        (16, "all"),
+        (16, "evenly:3"),
+    ]
+    names = {
+        acc.method_of(
+            {"method": e["method"], "rank": e.get("rank"), "layers": e.get("layers", "-")}
+        )
+        for e in entries
+    }
+    assert names == set(acc.CACHED)
+
+
+def _cell(test_acc: float, params: int = 10) -> dict:
+    return {
+        "test_acc": test_acc,
+        "learned_params": params,
+        "images_per_s": 100.0,
+        "memory_mb_bs1": 1.0,
+        "wall_s": 2.0,
+        "best_lr": 1e-3,
+    }
+
+
+def test_summarise_average_only_over_complete_rows() -> None:
+    per_task = {"a": {"linear": _cell(50), "full": _cell(70)}, "b": {"linear": _cell(60)}}
+    rows = {r["method"]: r for r in acc.summarise(per_task, ["a", "b"])}
+    assert rows["linear"]["average"] == 55 and rows["full"]["average"] is None
+    assert rows["linear"]["common"] == 50 and rows["full"]["common"] == 70  # task a only
+    assert rows["linear"]["wall_s"] == 4.0 and rows["full"]["live"]
+    text = acc.markdown(list(rows.values()), ["a", "b"], acc.Budget(), ["a note"])
+    assert "| linear | 50.0 | 60.0 | 55.0 | 50.0 |" in text and "- a note" in text
+
+
+def test_quick_end_to_end(tiny_tasks: Path, tmp_path: Path) -> None:
+    """One tiny task, cached methods + one live baseline; every output written."""
+    results = tmp_path / "results"
+    doc = acc.main(
+        [
+            "--quick",
+            "--out",
+            str(tmp_path / "w"),
+            "--tasks-dir",
+            str(tiny_tasks),
+            "--tasks",
+            "digits",
+            "--live",
+            "bitfit",
+            "--live-tasks",
+            "digits",
+            "--cached-epochs",
+            "0",
+            "--results",
+            str(results),
+        ]
+    )
+    methods = [r["method"] for r in doc["rows"]]
+    assert methods == [*acc.CACHED, "bitfit"]
+    for r in doc["rows"]:
+        assert 0 <= r["acc"]["digits"] <= 100 and r["wall_s"] > 0
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert rows["linear"]["learned_params"] == 0
+    assert rows["losa r4"]["learned_params"] < rows["losa r16"]["learned_params"]
+    assert rows["bitfit"]["memory_mb_bs1"] > rows["losa r16"]["memory_mb_bs1"]
+    files = sorted(p.suffix for p in results.iterdir())
+    assert files == [".json", ".md", ".png"]
+    md = Path(doc["paths"]["markdown"]).read_text()
+    assert "| losa r16 evenly:3 |" in md and '"epochs": 1.0' in md
+    saved = json.loads(Path(doc["paths"]["json"]).read_text())
+    assert saved["benchmark"] == "accuracy" and saved["tasks"] == ["digits"]
+
+
+def test_bad_budget_args_fail_early(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        acc.main(["--epochs", "x"])

@@ -1,0 +1,186 @@
+"""The full-size recipes end to end on tiny fixtures in the real layouts (VTAB-1k, iNat2018)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from losa_cache.pipelines import inat, vtab
+
+#: Three of the 19 folders, one per Table 1 group.
+VTAB_FIXTURE = ("cifar", "eurosat", "clevr_count")
+SIZES = {"train800": 8, "val200": 4, "test": 6}
+MICRO = ["--model", "vit_micro", "--random-init", "--workers", "0", "--quiet"]
+
+
+def _image(path: Path, rng: np.random.Generator, label: int) -> None:
+    """A 40 px image whose mean colour depends on the label (so there is signal)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = rng.integers(0, 60, size=(40, 40, 3)) + 120 * label
+    Image.fromarray(base.clip(0, 255).astype(np.uint8)).save(path)
+
+
+def _vtab_task(folder: Path, rng: np.random.Generator) -> None:
+    lines: dict[str, list[str]] = {}
+    for split, n in SIZES.items():
+        lines[split] = []
+        for i in range(n):
+            rel = f"images/{split}/{i:03d}.jpg"
+            _image(folder / rel, rng, i % 2)
+            lines[split].append(f"{rel} {i % 2}")
+    lines["train800val200"] = lines["train800"] + lines["val200"]
+    for split, rows in lines.items():
+        (folder / f"{split}.txt").write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="module")
+def vtab_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("vtab-1k")
+    rng = np.random.default_rng(0)
+    for task in VTAB_FIXTURE:
+        _vtab_task(root / task, rng)
+    return root
+
+
+@pytest.fixture(scope="module")
+def inat_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train2018.json / val2018.json (COCO style) + train_val2018/<supercat>/<cat>/<id>.jpg."""
+    root = tmp_path_factory.mktemp("inat2018")
+    rng = np.random.default_rng(1)
+    cats = [{"id": c, "name": f"species_{c}", "supercategory": "Plantae"} for c in range(3)]
+    next_id = 0
+    for split, n in (("train", 12), ("val", 6)):
+        images, anns = [], []
+        for i in range(n):
+            cid = i % 3
+            name = f"train_val2018/Plantae/{cid}/{next_id:05d}.jpg"
+            _image(root / name, rng, cid)
+            images.append({"id": next_id, "file_name": name, "width": 40, "height": 40})
+            anns.append({"id": next_id, "image_id": next_id, "category_id": cid})
+            next_id += 1
+        doc = {"images": images, "annotations": anns, "categories": cats}
+        (root / f"{split}2018.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_vtab_end_to_end(
+    vtab_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    doc = vtab.main(
+        [
+            "--root",
+            str(vtab_root),
+            "--out",
+            str(out),
+            "--tasks",
+            ",".join(VTAB_FIXTURE),
+            "--methods",
+            "losa,linear",
+            "--ranks",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--lrs",
+            "1e-3,1e-2",
+            *MICRO,
+        ]
+    )
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.startswith("| method |"))
+    assert header.split(" | ")[1:4] == ["cifar", "caltech101", "dtd"]
+    assert header.rstrip(" |").endswith("Natural | Specialized | Structured | Mean")
+    rows = {
+        line.split(" | ")[0][2:]: line
+        for line in text.splitlines()
+        if line.startswith(("| losa r4 |", "| linear |"))
+    }
+    assert set(rows) == {"losa r4", "linear"}
+    saved = json.loads((out / "vtab_results.json").read_text())
+    assert saved["tasks"] == list(VTAB_FIXTURE)
+    for method, acc in saved["results"].items():
+        assert set(acc) == set(VTAB_FIXTURE) and all(0 <= a <= 100 for a in acc.values())
+        means = saved["means"][method]
+        assert means["Natural"] == pytest.approx(acc["cifar"])
+        assert means["Mean"] == pytest.approx(
+            (acc["cifar"] + acc["eurosat"] + acc["clevr_count"]) / 3
+        )
+        assert f"{acc['cifar']:.1f}" in rows[method]
+    assert doc["per_task"]["cifar"]["losa r4"]["best_lr"] in (1e-3, 1e-2)
+
+
+def test_vtab_dry_run_and_missing(
+    vtab_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--root", str(vtab_root), "--out", str(tmp_path / "x"), *MICRO]
+    with pytest.raises(SystemExit, match="16 task"):
+        vtab.main(args)
+    doc = vtab.main([*args, "--allow-missing", "--dry-run"])
+    text = capsys.readouterr().out
+    assert doc["found"] == list(VTAB_FIXTURE) and len(doc["missing"]) == 16
+    assert "3 of 19 tasks found" in text and "missing sun397" in text
+    assert not (tmp_path / "x").exists()  # a plan writes nothing
+
+
+def test_group_means_table_layout() -> None:
+    assert len(vtab.TASKS) == 19 and len(set(vtab.TASKS)) == 19
+    means = vtab.group_means({"cifar": 80.0, "dtd": 60.0, "kitti": 50.0})
+    assert means["Natural"] == 70.0 and means["Specialized"] is None
+    assert means["Mean"] == 60.0
+
+
+def test_inat_end_to_end(
+    inat_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "inat"
+    doc = inat.main(
+        [
+            "--data-root",
+            str(inat_root),
+            "--out",
+            str(out),
+            "--layers",
+            "all",
+            "--rank",
+            "4",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            *MICRO,
+        ]
+    )
+    text = capsys.readouterr().out
+    assert "store:" in text and "iNat2018 val top-1:" in text
+    assert doc["plan"]["splits"] == {"train": 12, "val": 6}
+    saved = json.loads((out / "inat_results.json").read_text())
+    assert 0 <= saved["val_acc"] <= 1
+    assert saved["config"]["optimizer"] == "sgd" and saved["config"]["momentum"] == 0.9
+    assert saved["config"]["steps"] == 3 and saved["config"]["rank"] == 4
+
+
+def test_inat_dry_run_defaults(
+    inat_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = inat.main(
+        [
+            "--data-root",
+            str(inat_root),
+            "--out",
+            str(tmp_path / "i"),
+            "--layers",
+            "evenly:2",
+            *MICRO,
+            "--dry-run",
+        ]
+    )
+    assert doc["plan"]["train"] == {**inat.RECIPE}
+    assert doc["plan"]["layers"] == [1, 3] or len(doc["plan"]["layers"]) == 2
+    assert "store:" in capsys.readouterr().out
+    assert not (tmp_path / "i").exists()
