@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,16 @@ import torch
 import zarr
 
 from losa_cache.store import schema as S
+from losa_cache.store.direct import DirectReader, direct_reader
 
 
 class StoreError(ValueError):
     """A store is missing, incomplete, damaged or not what the caller asked for."""
+
+
+#: logical dtype -> the torch dtype rows are returned in (bf16 bits viewed as bfloat16)
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16,
+                  "float32": torch.float32}
 
 
 @dataclass
@@ -30,6 +36,11 @@ class FeatureArray:
 
     array: zarr.Array
     dtype: str
+    #: raw shard-file reads when the chunks are uncompressed local bytes (store/direct.py)
+    direct: DirectReader | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.direct = direct_reader(self.array)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -48,6 +59,22 @@ class FeatureArray:
         """Rows as a tensor in the storage dtype (bf16 bits viewed, not converted)."""
         raw = torch.from_numpy(np.ascontiguousarray(self.array[sel]))
         return raw.view(torch.bfloat16) if self.dtype == "bfloat16" else raw
+
+    def read_into(self, lo: int, hi: int, out: torch.Tensor) -> int:
+        """Rows ``[lo, hi)`` into ``out`` (contiguous, storage dtype): straight from the
+        shard files when the array allows it, else through zarr. Returns the bytes read."""
+        if (self.direct is not None and out.is_contiguous() and out.device.type == "cpu"
+                and out.dtype == STORAGE_DTYPES[self.dtype]
+                and tuple(out.shape) == (hi - lo, *self.shape[1:])):
+            return self.direct.read_into(lo, hi, out)
+        raw = self.read_torch(slice(lo, hi))
+        out.copy_(raw)
+        return raw.numel() * raw.element_size()
+
+    def advise(self, lo: int, hi: int) -> None:
+        """Hint that rows ``[lo, hi)`` will be read soon (direct arrays; else nothing)."""
+        if self.direct is not None:
+            self.direct.advise(lo, hi)
 
 
 class FeatureStore:

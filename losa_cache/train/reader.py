@@ -7,14 +7,20 @@
 
 Row order comes from :mod:`losa_cache.train.order` (random chunk order + a shuffle
 buffer of whole chunks, reshuffled every epoch). Reads run on an I/O thread pool one
-window ahead; batches are assembled on a producer thread into pinned memory and copied
-with ``non_blocking`` on CUDA. With ``cache`` ``gpu``/``ram`` the needed rows of the
-needed layers are read once and batches are gathered from memory, in the same order.
+window ahead (uncompressed local stores: straight from the shard files into the window,
+store/direct.py) while the chunks of the windows after it are hinted to the kernel, so
+the disk always has work queued; batches are gathered on a producer thread into pinned
+memory and copied with ``non_blocking`` on CUDA. With ``cache`` ``gpu``/``ram`` the needed
+rows of the needed layers are read once and batches are gathered from memory, in the same
+order.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
@@ -39,6 +45,8 @@ __all__ = ["Batch", "StoreReader", "labelled_rows"]
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 MAX_RUN_CHUNKS = 8  # contiguous chunks fetched by one read call
+HINT_WINDOWS = 2  # windows after the one being read whose chunks are hinted to the kernel
+DIRECT_MIN_BYTES = 32 << 10  # direct reads of a sparse run: at least this much per syscall
 
 
 class Batch(NamedTuple):
@@ -87,6 +95,9 @@ class StoreReader(StreamPosition):
         self.pin, self.prefetch = self.device.type == "cuda", prefetch
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
                                         thread_name_prefix="losa-cache-read")
+        # page-cache hints on their own thread: a hint can block on a full device queue,
+        # and must not hold up the reads of the window the producer waits for
+        self._hints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="losa-cache-hint")
         self._lock = threading.Lock()
         self.bytes_read = self.chunks_read = 0
         self.offset = 0  # rows of the training stream handed out so far
@@ -127,6 +138,7 @@ class StoreReader(StreamPosition):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._hints.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> StoreReader:
         return self
@@ -160,18 +172,33 @@ class StoreReader(StreamPosition):
             yield _Payload(self._cache, np.searchsorted(self.rows, window.rows)), window, skip
 
     def _streamed(self, windows: Iterator[tuple[Window, int]]):
-        """Windows with their features, the next window always being read meanwhile."""
-        pending = None
-        nxt = next(windows, None)
-        if nxt is not None:
-            pending = (nxt, self._submit(nxt[0]))
+        """Windows with their features, the next window always being read meanwhile and
+        the ``HINT_WINDOWS`` after it hinted to the page cache (no memory held here)."""
+        ahead: deque = deque()
+
+        def advance():  # submit the next window's reads, top up and hint the lookahead
+            while len(ahead) < 1 + HINT_WINDOWS and (item := next(windows, None)) is not None:
+                ahead.append(item)
+                self._hints.submit(self._hint, item[0])
+            if not ahead:
+                return None
+            item = ahead.popleft()
+            return item, self._submit(item[0])
+
+        pending = advance()
         while pending is not None:
             (window, skip), (tensors, jobs) = pending
             for job in jobs:
                 job.result()
-            nxt = next(windows, None)
-            pending = (nxt, self._submit(nxt[0])) if nxt is not None else None
+            pending = advance()
             yield _Payload(tensors, None), window, skip
+
+    def _hint(self, window: Window) -> None:
+        """Page-cache read-ahead of a window's runs (best effort: errors surface on read)."""
+        with contextlib.suppress(Exception):
+            for lo, hi in self._runs(window.chunks):
+                for layer in self.layers:
+                    self._arrays[layer].advise(lo, hi)
 
     def _assemble(self, segments: list) -> Batch:
         """Gather the rows of a batch (segments of windows) into fresh (pinned) tensors."""
@@ -184,9 +211,15 @@ class StoreReader(StreamPosition):
         for payload, window, a, b in segments:
             perm = window.perm[a:b]
             src = perm if payload.positions is None else payload.positions[perm]
-            idx, end = torch.from_numpy(src).to(dev), pos + b - a
-            for layer in self.layers:
-                torch.index_select(payload.tensors[layer], 0, idx, out=feats[layer][pos:end])
+            end = pos + b - a
+            if dev.type == "cpu":  # numpy: one thread; an OpenMP team started from this
+                for layer in self.layers:  # thread would fight the I/O threads and the model
+                    np.take(_np(payload.tensors[layer]), src, axis=0,
+                            out=_np(feats[layer][pos:end]))
+            else:
+                idx = torch.from_numpy(src).to(dev)
+                for layer in self.layers:
+                    torch.index_select(payload.tensors[layer], 0, idx, out=feats[layer][pos:end])
             labels.append(self.labels[np.searchsorted(self.rows, window.rows[perm])])
             rows.append(torch.from_numpy(window.rows[perm]))
             pos += b - a
@@ -233,13 +266,23 @@ class StoreReader(StreamPosition):
 
     def _read_run(self, layer: int, lo: int, hi: int, local: np.ndarray,
                   dest: torch.Tensor) -> None:
-        raw = self._arrays[layer].read_torch(slice(lo, hi))  # (hi - lo, T, D), whole chunks
+        """Rows ``lo + local`` into ``dest``: straight into it when they are whole runs of
+        contiguous rows of a raw local array (no intermediate copy), else whole chunks
+        into a scratch tensor and a gather."""
+        arr = self._arrays[layer]
+        groups = _contiguous_groups(local)
         if len(local) == hi - lo:
-            dest.copy_(raw)
+            nbytes = arr.read_into(lo, hi, dest)
+        elif arr.direct is not None and (len(groups) <= 4 or len(groups) * DIRECT_MIN_BYTES
+                                          <= len(local) * self.layout.row_bytes):
+            nbytes = sum(arr.read_into(lo + int(local[a]), lo + int(local[b - 1]) + 1,
+                                       dest[a:b]) for a, b in groups)
         else:
-            torch.index_select(raw, 0, torch.from_numpy(local), out=dest)
+            raw = torch.empty((hi - lo, *dest.shape[1:]), dtype=dest.dtype)
+            nbytes = arr.read_into(lo, hi, raw)  # whole chunks
+            np.take(_np(raw), local, axis=0, out=_np(dest))
         with self._lock:
-            self.bytes_read += raw.numel() * raw.element_size()
+            self.bytes_read += nbytes
             self.chunks_read += -(-(hi - lo) // self.layout.chunk_rows)
 
     def _fill_cache(self) -> None:
@@ -265,3 +308,17 @@ class StoreReader(StreamPosition):
                     for layer in self.layers:
                         cache[layer][base:base + len(host[layer])].copy_(host[layer])
         self._cache = cache
+
+
+def _contiguous_groups(local: np.ndarray) -> list[tuple[int, int]]:
+    """``[a, b)`` position ranges of ``local`` (sorted) holding consecutive values."""
+    if not len(local):
+        return []
+    cuts = np.flatnonzero(np.diff(local) != 1) + 1
+    bounds = [0, *cuts.tolist(), len(local)]
+    return list(itertools.pairwise(bounds))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor (bf16 as its int16 bits)."""
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()

@@ -25,7 +25,8 @@ def test_run_writes_metrics_checkpoint_and_adapter(make_cfg, micro_store: str) -
     assert json.loads((out / "metrics.json").read_text())["test_acc"] == m["test_acc"]
     assert [e["step"] for e in m["evals"]] == [3, 6] and m["best_val_acc"] is not None
     assert m["learned_params"] > 0 and m["images_per_s"] > 0 and m["bytes_read"] > 0
-    assert m["peak_memory_bytes"] > 0 and m["train_reader"]["cache"]["mode"] == "ram"
+    assert m["peak_memory_bytes"] >= 0 and m["peak_memory_kind"]  # RSS growth may be 0
+    assert m["train_reader"]["cache"]["mode"] == "ram"
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train_recs = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train_recs] == list(range(1, 7))

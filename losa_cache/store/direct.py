@@ -1,0 +1,289 @@
+"""Direct reads of local, uncompressed, sharded feature arrays (no zarr decode).
+
+Block activations do not compress (benchmarks/codecs.py), so stores default to codec
+``none`` and a chunk on disk is just its rows, C order, little-endian. zarr still decodes
+every chunk into a fresh buffer and copies it into the result: two copies and a lot of
+Python per chunk, 3-4x below read(2) from a warm shard. Here the Zarr v3 shard index
+(``sharding_indexed``: per inner chunk an (offset, nbytes) uint64 little-endian pair, then
+a crc32c of the index; all-ones = empty chunk) is parsed once per shard file and the
+wanted rows' bytes are ``preadv``'d straight into the caller's buffer (the GIL is
+released in the syscall, so callers' threads read in parallel). Any other layout
+(compressed, remote, chunked along other axes, big-endian...) returns None from
+:func:`direct_reader` and callers stay on zarr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+from zarr.codecs.sharding import ShardingCodecIndexLocation
+from zarr.core.chunk_grids import RegularChunkGrid
+from zarr.storage import LocalStore
+
+__all__ = ["DirectReader", "ShardIndexError", "as_bytes", "direct_reader"]
+
+EMPTY = np.uint64(2**64 - 1)  # offset/nbytes of a chunk that was never written
+#: env switch: "0" keeps every read on zarr (A/B comparisons, debugging)
+DIRECT_ENV = "LOSA_CACHE_DIRECT"
+
+
+class ShardIndexError(ValueError):
+    """A shard file whose index or size does not match the array's metadata."""
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One contiguous byte range: ``nbytes`` from file offset ``offset`` (None: fill) to
+    byte ``dest`` of the output."""
+
+    path: str
+    offset: int | None
+    dest: int
+    nbytes: int
+
+
+@dataclass
+class DirectReader:
+    """Reads rows ``[lo, hi)`` of one array straight from its shard files."""
+
+    root: Path  # the array's folder
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunk_rows: int
+    shard_rows: int
+    row_bytes: int
+    index_at_end: bool
+    fill_row: bytes  # one row of the fill value
+    key: Any  # the array metadata: encode_chunk_key names shard files
+    _indexes: dict[int, tuple[tuple[int, int, int], np.ndarray]] = field(
+        default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def chunks_per_shard(self) -> int:
+        return self.shard_rows // self.chunk_rows
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.chunk_rows * self.row_bytes
+
+    def shard_path(self, shard: int) -> str:
+        key = self.key.encode_chunk_key((shard,) + (0,) * (len(self.shape) - 1))
+        return str(self.root / key)
+
+    # ------------------------------------------------------------------ index
+
+    def _index(self, shard: int, fd: int) -> np.ndarray:
+        """(chunks, 2) uint64 offsets and sizes of an open shard file, cached per file
+        identity (a rewritten shard is a new inode or size or mtime)."""
+        st = os.fstat(fd)
+        ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            hit = self._indexes.get(shard)
+        if hit is not None and hit[0] == ident:
+            return hit[1]
+        n = self.chunks_per_shard
+        size = 16 * n + 4
+        if st.st_size < size:
+            raise ShardIndexError(f"{self.shard_path(shard)}: {st.st_size} bytes, too short "
+                                  f"for a shard index of {n} chunks")
+        raw = os.pread(fd, size, st.st_size - size if self.index_at_end else 0)
+        if len(raw) != size:
+            raise ShardIndexError(f"{self.shard_path(shard)}: short read of the shard index")
+        crc = int.from_bytes(raw[-4:], "little")
+        if google_crc32c.value(raw[:-4]) != crc:
+            raise ShardIndexError(f"{self.shard_path(shard)}: shard index checksum mismatch "
+                                  "(damaged file)")
+        index = np.frombuffer(raw[:-4], dtype="<u8").reshape(n, 2)
+        empty = (index[:, 0] == EMPTY) & (index[:, 1] == EMPTY)
+        bad = ~empty & ((index[:, 1] != self.chunk_bytes)
+                        | (index[:, 0] + index[:, 1] > st.st_size))
+        if bad.any():
+            c = int(np.flatnonzero(bad)[0])
+            raise ShardIndexError(f"{self.shard_path(shard)}: chunk {c} is {int(index[c, 1])} "
+                                  f"bytes at {int(index[c, 0])}; an uncompressed chunk is "
+                                  f"{self.chunk_bytes} bytes inside a {st.st_size}-byte file")
+        with self._lock:
+            self._indexes[shard] = (ident, index)
+        return index
+
+    # ------------------------------------------------------------------ reading
+
+    def _shard_pieces(self, shard: int, a: int, b: int, dest: int, fd: int | None
+                      ) -> Iterator[_Piece]:
+        """Pieces of rows ``[a, b)`` (shard-local) of one shard; adjacent ranges merged."""
+        path = self.shard_path(shard)
+        if fd is None:
+            yield _Piece(path, None, dest, (b - a) * self.row_bytes)
+            return
+        index = self._index(shard, fd)
+        cur: _Piece | None = None
+        for c in range(a // self.chunk_rows, (b - 1) // self.chunk_rows + 1):
+            r0, r1 = max(a, c * self.chunk_rows), min(b, (c + 1) * self.chunk_rows)
+            off, nb = index[c]
+            start = None if off == EMPTY and nb == EMPTY else (
+                int(off) + (r0 - c * self.chunk_rows) * self.row_bytes)
+            piece = _Piece(path, start, dest + (r0 - a) * self.row_bytes,
+                           (r1 - r0) * self.row_bytes)
+            if (cur is not None and cur.offset is not None and start is not None
+                    and cur.offset + cur.nbytes == start):
+                cur = _Piece(path, cur.offset, cur.dest, cur.nbytes + piece.nbytes)
+                continue
+            if cur is not None:
+                yield cur
+            cur = piece
+        if cur is not None:
+            yield cur
+
+    def read_into(self, lo: int, hi: int, out: np.ndarray | torch.Tensor) -> int:
+        """Rows ``[lo, hi)`` into ``out`` (C-contiguous, ``(hi - lo) * row_bytes`` bytes):
+        returns the bytes read from files (fill-value rows read nothing)."""
+        if not 0 <= lo <= hi <= self.shape[0]:
+            raise IndexError(f"rows [{lo}, {hi}) out of range for {self.shape[0]} rows")
+        buf = as_bytes(out)
+        if len(buf) != (hi - lo) * self.row_bytes:
+            raise ValueError(f"output holds {len(buf)} bytes, rows [{lo}, {hi}) need "
+                             f"{(hi - lo) * self.row_bytes}")
+        got, row = 0, lo
+        while row < hi:
+            shard = row // self.shard_rows
+            end = min(hi, (shard + 1) * self.shard_rows)
+            got += self._read_shard(shard, row - shard * self.shard_rows,
+                                    end - shard * self.shard_rows, buf, (row - lo) * self.row_bytes)
+            row = end
+        return got
+
+    def _read_shard(self, shard: int, a: int, b: int, buf: np.ndarray, dest: int) -> int:
+        try:
+            fd = os.open(self.shard_path(shard), os.O_RDONLY)
+        except FileNotFoundError:  # never written: zarr reads the fill value too
+            fd = None
+        got = 0
+        try:
+            for p in self._shard_pieces(shard, a, b, dest, fd):
+                view = buf[p.dest:p.dest + p.nbytes]
+                if p.offset is None or fd is None:
+                    self._fill(view)
+                    continue
+                got += _pread_full(fd, view, p.offset, p.path)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return got
+
+    def advise(self, lo: int, hi: int) -> None:
+        """Ask the kernel to start reading rows ``[lo, hi)`` into the page cache
+        (POSIX_FADV_WILLNEED: asynchronous, no memory of ours): a read that follows
+        finds them there or in flight, so the disk has a deep queue of work."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        row = lo
+        while row < hi:
+            shard = row // self.shard_rows
+            end = min(hi, (shard + 1) * self.shard_rows)
+            try:
+                fd = os.open(self.shard_path(shard), os.O_RDONLY)
+            except FileNotFoundError:
+                row = end
+                continue
+            try:
+                a, b = row - shard * self.shard_rows, end - shard * self.shard_rows
+                for p in self._shard_pieces(shard, a, b, 0, fd):
+                    if p.offset is not None:
+                        os.posix_fadvise(fd, p.offset, p.nbytes, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+            row = end
+
+    def _fill(self, view: np.ndarray) -> None:
+        if not any(self.fill_row):
+            view[:] = 0
+        else:
+            view.reshape(-1, self.row_bytes)[:] = np.frombuffer(self.fill_row, np.uint8)
+
+
+def _pread_full(fd: int, view: np.ndarray, offset: int, path: str) -> int:
+    """preadv until ``view`` is full (a single call may return short)."""
+    done, n = 0, len(view)
+    while done < n:
+        k = os.preadv(fd, [view[done:]], offset + done)
+        if k == 0:
+            raise ShardIndexError(f"{path}: file ends at {offset + done} inside a chunk")
+        done += k
+    return n
+
+
+def as_bytes(out: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A flat writable uint8 view of a C-contiguous array or CPU tensor (bf16 included)."""
+    if isinstance(out, torch.Tensor):
+        if out.device.type != "cpu" or not out.is_contiguous():
+            raise ValueError("direct reads need a contiguous CPU tensor")
+        return out.reshape(-1).view(torch.uint8).numpy()
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("direct reads need a writable C-contiguous array")
+    return out.reshape(-1).view(np.uint8)
+
+
+def direct_reader(array: zarr.Array) -> DirectReader | None:
+    """A :class:`DirectReader` for ``array`` if its chunks are raw bytes in local shard
+    files, sharded and chunked along rows only; None otherwise (read through zarr)."""
+    if os.environ.get(DIRECT_ENV, "1") == "0":
+        return None
+    store = array.store_path.store
+    meta = array.metadata
+    if not isinstance(store, LocalStore) or getattr(meta, "zarr_format", None) != 3:
+        return None
+    if (meta.storage_transformers or len(meta.codecs) != 1
+            or not isinstance(meta.chunk_grid, RegularChunkGrid)):
+        return None
+    shard = meta.codecs[0]
+    if not isinstance(shard, ShardingCodec):
+        return None
+    dtype = np.dtype(array.dtype)
+    if not _raw_codecs(shard.codecs, dtype) or not _index_codecs(shard.index_codecs):
+        return None
+    shape = tuple(array.shape)
+    shard_shape = tuple(meta.chunk_grid.chunk_shape)
+    chunk_shape = tuple(shard.chunk_shape)
+    if len(shape) < 1 or shard_shape[1:] != shape[1:] or chunk_shape[1:] != shape[1:]:
+        return None  # chunked along more than the row axis
+    if shard_shape[0] % chunk_shape[0] or dtype.kind not in "biufc":
+        return None
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    fill = np.full(int(np.prod(shape[1:], dtype=np.int64)), array.fill_value, dtype=dtype)
+    return DirectReader(
+        root=Path(store.root) / array.store_path.path,
+        shape=shape,
+        dtype=dtype,
+        chunk_rows=chunk_shape[0],
+        shard_rows=shard_shape[0],
+        row_bytes=row_bytes,
+        index_at_end=shard.index_location == ShardingCodecIndexLocation.end,
+        fill_row=fill.tobytes(),
+        key=meta,
+    )
+
+
+def _raw_codecs(codecs: tuple, dtype: np.dtype) -> bool:
+    """Only a bytes codec in native order: chunk bytes are the array's memory."""
+    if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
+        return False
+    endian = codecs[0].endian
+    return dtype.itemsize == 1 or (endian is not None and endian.value == sys.byteorder)
+
+
+def _index_codecs(codecs: tuple) -> bool:
+    return (len(codecs) == 2 and isinstance(codecs[0], BytesCodec)
+            and codecs[0].endian is not None and codecs[0].endian.value == "little"
+            and isinstance(codecs[1], Crc32cCodec))
