@@ -25,9 +25,9 @@ from losa_cache.backbone import create_backbone
 from losa_cache.data import get_dataset
 from losa_cache.extract import (
     ExtractConfig,
-    _loader,
     compute_dtype,
     extract,
+    make_loader,
     select_rows,
 )
 from losa_cache.plan import measure_matmul_flops, vit_flops
@@ -53,7 +53,7 @@ def bare_forward(args: argparse.Namespace, device: torch.device) -> float:
         for i in range(0, len(rows), args.batch_size)
     ]
     amp = compute_dtype("auto", device)
-    loader = _loader(get_dataset(args.dataset), backbone, rows, batches, args.workers, device)
+    loader = make_loader(get_dataset(args.dataset), backbone, rows, batches, args.workers, device)
     t0, n = time.perf_counter(), 0
     for i, (x, *_rest) in enumerate(loader):
         if i == 1:  # skip the first batch: worker start-up and kernel warm-up

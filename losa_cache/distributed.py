@@ -32,17 +32,17 @@ from typing import Any
 import numpy as np
 import torch
 from distributed import Client, Future, WorkerPlugin, get_worker
-from tqdm.auto import tqdm
 
 from losa_cache.extract import (
     ExtractConfig,
     ExtractResult,
-    _loader,
     build_identity,
     compute_dtype,
+    make_loader,
     open_or_create,
     pick_device,
     prepare,
+    progress_bar,
     run_batches,
     shard_batches,
 )
@@ -190,7 +190,7 @@ def extract_task(shards: list[int], plugin: str) -> dict[str, Any]:
     todo = [s for s, d in zip(shards, done, strict=True) if not d]
     batches = shard_batches(st.layout, todo, st.cfg.batch_size)
     # workers=0: Dask worker processes are daemonic and may not start DataLoader workers
-    loader = _loader(st.dataset, st.backbone, st.rows, batches, 0, st.device)
+    loader = make_loader(st.dataset, st.backbone, st.rows, batches, 0, st.device)
     writer = ShardWriter(st.group, st.layout)
     attempt = uuid.uuid4().hex[:8]  # lets the client's bar restart a retried task at zero
     try:
@@ -246,14 +246,7 @@ class _Progress:
     """
 
     def __init__(self, total: int, enabled: bool) -> None:
-        self.bar = tqdm(
-            total=total,
-            unit="img",
-            desc="extract",
-            disable=not enabled or total == 0,
-            dynamic_ncols=True,
-            smoothing=0.1,
-        )
+        self.bar = progress_bar(total, enabled)
         self.partial: dict[int, tuple[str, int]] = {}  # task -> (attempt, images)
         self.finished = 0
         self.done_tasks: set[int] = set()

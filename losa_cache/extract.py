@@ -247,7 +247,7 @@ def shard_batches(layout: S.Layout, shards: list[int], batch_size: int) -> list[
     return out
 
 
-def _loader(
+def make_loader(
     dataset: ImageDataset,
     backbone: Backbone,
     rows: list[int],
@@ -292,6 +292,18 @@ class ShardBuffer:
     @property
     def full(self) -> bool:
         return self.filled == len(self.status)
+
+
+def progress_bar(total: int, enabled: bool) -> tqdm:
+    """The extraction bar (images, img/s, ETA), shared by in-process and Dask runs."""
+    return tqdm(
+        total=total,
+        unit="img",
+        desc="extract",
+        disable=not enabled or total == 0,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
 
 
 def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
@@ -366,16 +378,10 @@ def extract(
         total = sum(len(b) for b in batches)
         writer = ShardWriter(group, layout)
         t0 = time.perf_counter()
-        bar = tqdm(
-            total=total,
-            unit="img",
-            desc="extract",
-            disable=not progress or total == 0,
-            dynamic_ncols=True,
-            smoothing=0.1,
-        )
+        bar = progress_bar(total, progress)
+        submitted = 0
         try:
-            loader = _loader(dataset, backbone, rows, batches, cfg.workers, device)
+            loader = make_loader(dataset, backbone, rows, batches, cfg.workers, device)
             sources = [dataset.samples[r].source for r in rows]
             log = bar.write if progress else lambda _m: None
             for buf, n in run_batches(
@@ -385,7 +391,8 @@ def extract(
                 if buf is not None:
                     lock.check()
                     writer.submit(buf.shard, buf.features, buf.status, buf.errors.astype(str))
-                    bar.set_postfix(shards=f"{int(done.sum()) + len(writer.pending)}")
+                    submitted += 1
+                    bar.set_postfix(shards=f"{int(done.sum()) + submitted}/{layout.num_shards}")
         finally:
             bar.close()
             writer.close()

@@ -22,8 +22,7 @@ class StoreError(ValueError):
 
 
 #: logical dtype -> the torch dtype rows are returned in (bf16 bits viewed as bfloat16)
-STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16,
-                  "float32": torch.float32}
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
@@ -50,10 +49,9 @@ class FeatureArray:
         return self.shape[0]
 
     def __getitem__(self, sel: Any) -> np.ndarray:
-        raw = self.array[sel]
         if self.dtype == "bfloat16":
-            return torch.from_numpy(np.ascontiguousarray(raw)).view(torch.bfloat16).float().numpy()
-        return raw
+            return self.read_torch(sel).float().numpy()  # exact upcast of the stored bits
+        return self.array[sel]
 
     def read_torch(self, sel: Any) -> torch.Tensor:
         """Rows as a tensor in the storage dtype (bf16 bits viewed, not converted)."""
@@ -63,9 +61,13 @@ class FeatureArray:
     def read_into(self, lo: int, hi: int, out: torch.Tensor) -> int:
         """Rows ``[lo, hi)`` into ``out`` (contiguous, storage dtype): straight from the
         shard files when the array allows it, else through zarr. Returns the bytes read."""
-        if (self.direct is not None and out.is_contiguous() and out.device.type == "cpu"
-                and out.dtype == STORAGE_DTYPES[self.dtype]
-                and tuple(out.shape) == (hi - lo, *self.shape[1:])):
+        if (
+            self.direct is not None
+            and out.is_contiguous()
+            and out.device.type == "cpu"
+            and out.dtype == STORAGE_DTYPES[self.dtype]
+            and tuple(out.shape) == (hi - lo, *self.shape[1:])
+        ):
             return self.direct.read_into(lo, hi, out)
         raw = self.read_torch(slice(lo, hi))
         out.copy_(raw)
