@@ -26,7 +26,8 @@ def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_train_benchmark_runs_and_reports(bench, micro_store: str, tmp_path: Path) -> None:
     # batch 1 only and two modes keep it to two worker subprocesses (each imports torch)
     tiny = "--modes stream,live --batch-size 1 --warmup 1 --batches 2 --workers 0 --threads 1"
-    payload = bench.main(["--store", micro_store, *tiny.split(), "--io-seconds", "0"])
+    io_args = ["--io-seconds", "0", "--io-min-mb", "1"]  # tiles the micro store to >= 1 MB
+    payload = bench.main(["--store", micro_store, *tiny.split(), *io_args])
     runs = {(r["mode"], r["batch_size"]): r for r in payload["runs"]}
     assert set(runs) == {("stream", 1), ("live", 1)}
     for r in runs.values():
@@ -36,7 +37,28 @@ def test_train_benchmark_runs_and_reports(bench, micro_store: str, tmp_path: Pat
     assert ratio["mode"] == "stream/live" and ratio["img_s_x_bs1"] > 0
     io = payload["io"]
     assert io["files"] > 0 and io["warm"]["raw_mb_s"] > 0 and io["warm"]["efficiency"] > 0
+    assert io["file_bytes"] >= 1e6 and io["store"] != micro_store
+    assert 0 < io["warm"]["raw_ram_mb_s"] <= io["warm"]["raw_mb_s"]
     assert io["warm"]["reader"]["logical_bytes"] > 0
     (saved,) = tmp_path.glob("train-*.json")
     doc = json.loads(saved.read_text())
     assert doc["benchmark"] == "train" and doc["runs"] and "versions" in doc
+
+
+def test_tiled_store_repeats_the_rows_exactly(bench, micro_store: str, tmp_path: Path) -> None:
+    """The I/O timing store: the source's rows N times over, every row train, verifiable."""
+    import numpy as np
+
+    from losa_cache.store import open_store
+    from losa_cache.store.writer import verify_shards
+
+    src = open_store(micro_store)
+    tiled = open_store(bench.tile_store(micro_store, str(tmp_path / "t.zarr"), 3))
+    n = src.num_images
+    assert tiled.num_images == 3 * n and tiled.complete
+    assert tiled.split_rows("train").tolist() == list(range(3 * n))
+    for layer in src.layers:
+        expect = np.tile(src.features(layer)[:], (3, 1, 1))
+        np.testing.assert_array_equal(tiled.features(layer)[:], expect)
+    np.testing.assert_array_equal(tiled.labels(), np.tile(src.labels(), 3))
+    assert verify_shards(tiled) == []  # the writer's checksums hold

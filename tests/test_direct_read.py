@@ -186,3 +186,74 @@ def test_reader_batches_match_the_zarr_path(micro_store: str, split: str,
         assert torch.equal(a.rows, b.rows) and torch.equal(a.labels, b.labels)
         for layer in a.features:
             assert torch.equal(a.features[layer], b.features[layer])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "uint16", "float32"])
+def test_scatter_rows_puts_every_row_in_its_slot(tmp_path: Path, dtype: str) -> None:
+    """Any rows (any order, across shards, empty chunks, a missing shard) land in their
+    slots bit-exactly; slots not asked for are left alone; byte counts are the files'."""
+    arr = make_array(tmp_path / "a.zarr", dtype, fill=1.5 if dtype != "uint16" else 3)
+    data = values(dtype)
+    arr[:SHARD] = data[:SHARD]
+    arr[2 * SHARD:] = data[2 * SHARD:]  # shard 1 never written: the fill value
+    full = bits(arr[:])
+    reader = direct_reader(arr)
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 7, N):
+        rows = rng.permutation(N)[:n]
+        out = np.full((N + 5, T, D), 7, dtype=arr.dtype)
+        slots = rng.permutation(N + 5)[:n]
+        got = reader.scatter_rows(rows, out, slots)
+        np.testing.assert_array_equal(bits(out[slots]), full[rows])
+        untouched = np.setdiff1d(np.arange(N + 5), slots)
+        assert (bits(out[untouched]) == bits(np.array(7, dtype=arr.dtype))).all()
+        written = ((rows < SHARD) | (rows >= 2 * SHARD)).sum()
+        assert got == written * reader.row_bytes
+
+
+def test_scatter_rows_off_the_direct_path_gives_the_same(tmp_path: Path) -> None:
+    lz4 = make_array(tmp_path / "lz4.zarr", "float32", compressors=[BloscCodec(cname="lz4")])
+    raw = make_array(tmp_path / "raw.zarr", "float32")
+    lz4[:] = raw[:] = values("float32")
+    rows, slots = np.array([9, 3, 4, 5, 30, 2]), np.array([0, 5, 2, 3, 1, 4])
+    outs = []
+    for arr in (lz4, raw):
+        feats = FeatureArray(arr, "float32")
+        out = torch.zeros((6, T, D))
+        assert feats.scatter_rows(rows, out, slots) > 0
+        outs.append(out)
+    assert FeatureArray(lz4, "float32").direct is None
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[1][torch.from_numpy(slots)], torch.from_numpy(raw[:][rows]))
+
+
+def test_short_reads_are_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preadv may return fewer bytes than asked (signals, some file systems): the row it
+    stopped in is finished and the rest read on."""
+    arr = make_array(tmp_path / "a.zarr", "float32")
+    arr[:] = values("float32")
+    real = os.preadv
+
+    def short(fd: int, buffers: list, offset: int) -> int:
+        first = memoryview(buffers[0]).cast("B")
+        return real(fd, [first[:max(1, len(first) // 3)]], offset)
+
+    monkeypatch.setattr(os, "preadv", short)
+    reader = direct_reader(arr)
+    out = np.zeros((N, T, D), np.float32)
+    reader.scatter_rows(np.arange(N), out, np.arange(N)[::-1])
+    np.testing.assert_array_equal(out[::-1], arr[:])
+    np.testing.assert_array_equal(direct_read(arr, 3, 30), arr[3:30])
+
+
+def test_scatter_rows_refuses_bad_slots(tmp_path: Path) -> None:
+    arr = make_array(tmp_path / "a.zarr", "float32")
+    arr[:] = values("float32")
+    reader = direct_reader(arr)
+    out = np.zeros((4, T, D), np.float32)
+    with pytest.raises(IndexError, match="slots out of range"):
+        reader.scatter_rows(np.arange(4), out, np.array([0, 1, 2, 4]))
+    with pytest.raises(IndexError, match="rows out of range"):
+        reader.scatter_rows(np.array([0, 1, 2, N]), out, np.arange(4))
+    with pytest.raises(ValueError, match="3 slots for 4 rows"):
+        reader.scatter_rows(np.arange(4), out, np.arange(3))

@@ -7,13 +7,16 @@ Python per chunk, 3-4x below read(2) from a warm shard. Here the Zarr v3 shard i
 (``sharding_indexed``: per inner chunk an (offset, nbytes) uint64 little-endian pair, then
 a crc32c of the index; all-ones = empty chunk) is parsed once per shard file and the
 wanted rows' bytes are ``preadv``'d straight into the caller's buffer (the GIL is
-released in the syscall, so callers' threads read in parallel). Any other layout
+released in the syscall, so callers' threads read in parallel). :meth:`scatter_rows`
+gives each row its own destination: one ``preadv`` per contiguous file range, its
+buffers being the rows' slots, shuffles a window for free. Any other layout
 (compressed, remote, chunked along other axes, big-endian...) returns None from
 :func:`direct_reader` and callers stay on zarr.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -36,6 +39,7 @@ __all__ = ["DirectReader", "ShardIndexError", "as_bytes", "direct_reader"]
 EMPTY = np.uint64(2**64 - 1)  # offset/nbytes of a chunk that was never written
 #: env switch: "0" keeps every read on zarr (A/B comparisons, debugging)
 DIRECT_ENV = "LOSA_CACHE_DIRECT"
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per preadv
 
 
 class ShardIndexError(ValueError):
@@ -164,6 +168,62 @@ class DirectReader:
             row = end
         return got
 
+    def scatter_rows(self, rows: np.ndarray, out: np.ndarray | torch.Tensor,
+                     slots: np.ndarray) -> int:
+        """Row ``rows[i]`` into row ``slots[i]`` of ``out``. Rows that follow each other in
+        a file are one ``preadv`` whose buffers are their slots, so a shuffle costs no copy
+        of its own and whole chunks cost one call. Returns the bytes read from files."""
+        rows, slots = np.asarray(rows, np.int64), np.asarray(slots, np.int64)
+        rb, buf = self.row_bytes, as_bytes(out)
+        if len(slots) != len(rows):
+            raise ValueError(f"{len(slots)} slots for {len(rows)} rows")
+        if not len(rows):
+            return 0
+        if rows.min() < 0 or rows.max() >= self.shape[0]:
+            raise IndexError(f"rows out of range for {self.shape[0]} rows")
+        if slots.min() < 0 or (slots.max() + 1) * rb > len(buf):
+            raise IndexError(f"slots out of range for an output of {len(buf) // rb} rows")
+        order = np.argsort(rows, kind="stable")
+        rows, slots = rows[order], slots[order]
+        mv = memoryview(buf)
+        shards = rows // self.shard_rows
+        cuts = [0, *(np.flatnonzero(np.diff(shards)) + 1).tolist(), len(rows)]
+        got = 0
+        for a, b in itertools.pairwise(cuts):
+            shard = int(shards[a])
+            views = [mv[x * rb:(x + 1) * rb] for x in slots[a:b].tolist()]
+            got += self._scatter_shard(shard, rows[a:b] - shard * self.shard_rows, views)
+        return got
+
+    def _scatter_shard(self, shard: int, local: np.ndarray, views: list[memoryview]) -> int:
+        """Shard-local rows ``local`` (sorted) into the buffers ``views``."""
+        rb = self.row_bytes
+        try:
+            fd = os.open(self.shard_path(shard), os.O_RDONLY)
+        except FileNotFoundError:  # never written: zarr reads the fill value too
+            for view in views:
+                self._fill(np.frombuffer(view, np.uint8))
+            return 0
+        got = 0
+        try:
+            index = self._index(shard, fd)
+            chunk = local // self.chunk_rows
+            empty = (index[chunk, 0] == EMPTY) & (index[chunk, 1] == EMPTY)
+            offsets = np.where(empty, -1, index[chunk, 0].astype(np.int64)
+                               + (local - chunk * self.chunk_rows) * rb)
+            follow = (np.diff(offsets) == rb) & ~empty[1:] & ~empty[:-1]
+            cuts = [0, *(np.flatnonzero(~follow) + 1).tolist(), len(local)]
+            path = self.shard_path(shard)
+            for a, b in itertools.pairwise(cuts):
+                if empty[a]:
+                    for view in views[a:b]:
+                        self._fill(np.frombuffer(view, np.uint8))
+                else:
+                    got += _preadv_rows(fd, views[a:b], int(offsets[a]), path)
+        finally:
+            os.close(fd)
+        return got
+
     def _read_shard(self, shard: int, a: int, b: int, buf: np.ndarray, dest: int) -> int:
         try:
             fd = os.open(self.shard_path(shard), os.O_RDONLY)
@@ -222,6 +282,25 @@ def _pread_full(fd: int, view: np.ndarray, offset: int, path: str) -> int:
             raise ShardIndexError(f"{path}: file ends at {offset + done} inside a chunk")
         done += k
     return n
+
+
+def _preadv_rows(fd: int, views: list[memoryview], offset: int, path: str) -> int:
+    """Fill equal-sized ``views`` from consecutive bytes at ``offset``: one preadv per
+    ``IOV_MAX`` of them (a short read finishes the row it stopped in, then goes on)."""
+    size, done, i = len(views[0]) if views else 0, 0, 0
+    while i < len(views):
+        batch = views[i:i + IOV_MAX]
+        k = os.preadv(fd, batch, offset + done)
+        if k == 0:
+            raise ShardIndexError(f"{path}: file ends at {offset + done} inside a chunk")
+        full, part = divmod(k, size)
+        if part:  # a short read stopped inside a row: finish that row alone
+            view = np.frombuffer(batch[full], np.uint8)[part:]
+            _pread_full(fd, view, offset + done + k, path)
+            full += 1
+        done += full * size
+        i += full
+    return done
 
 
 def as_bytes(out: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -72,6 +73,33 @@ class FeatureArray:
         raw = self.read_torch(slice(lo, hi))
         out.copy_(raw)
         return raw.numel() * raw.element_size()
+
+    def scatter_rows(self, rows: np.ndarray, out: torch.Tensor, slots: np.ndarray) -> int:
+        """Row ``rows[i]`` into ``out[slots[i]]`` (``out`` contiguous, storage dtype): the
+        shard files' bytes land in their slots directly when the array allows it, else
+        the rows' span is read through zarr and copied there. Returns the bytes read."""
+        if (
+            self.direct is not None
+            and out.is_contiguous()
+            and out.device.type == "cpu"
+            and out.dtype == STORAGE_DTYPES[self.dtype]
+            and tuple(out.shape[1:]) == self.shape[1:]
+        ):
+            return self.direct.scatter_rows(rows, out, slots)
+        rows, slots = np.asarray(rows, np.int64), np.asarray(slots, np.int64)
+        order = np.argsort(rows, kind="stable")
+        rows, slots = rows[order], slots[order]
+        chunk_rows = self.array.chunks[0]
+        chunks = rows // chunk_rows
+        cuts = np.flatnonzero(np.diff(chunks) > 1) + 1  # runs of consecutive chunks
+        got = 0
+        for a, b in itertools.pairwise([0, *cuts.tolist(), len(rows)]):
+            lo = int(chunks[a]) * chunk_rows
+            raw = self.read_torch(slice(lo, int(rows[b - 1]) + 1))  # whole chunks, once
+            out.index_copy_(0, torch.from_numpy(slots[a:b]).to(out.device),
+                            raw[torch.from_numpy(rows[a:b] - lo)].to(out.device))
+            got += raw.numel() * raw.element_size()
+        return got
 
     def advise(self, lo: int, hi: int) -> None:
         """Hint that rows ``[lo, hi)`` will be read soon (direct arrays; else nothing)."""

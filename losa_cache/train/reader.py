@@ -6,13 +6,15 @@
     for features, labels, rows in reader.eval_batches(): # one sequential pass
 
 Row order comes from :mod:`losa_cache.train.order` (random chunk order + a shuffle
-buffer of whole chunks, reshuffled every epoch). Reads run on an I/O thread pool one
-window ahead (uncompressed local stores: straight from the shard files into the window,
-store/direct.py) while the chunks of the windows after it are hinted to the kernel, so
-the disk always has work queued; batches are gathered on a producer thread into pinned
-memory and copied with ``non_blocking`` on CUDA. With ``cache`` ``gpu``/``ram`` the needed
-rows of the needed layers are read once and batches are gathered from memory, in the same
-order.
+buffer of whole chunks, reshuffled every epoch). An I/O thread pool reads each window
+one window ahead, in visiting order: uncompressed local stores go straight from the
+shard files, each contiguous file range one ``preadv`` whose buffers are its rows'
+shuffled slots (store/direct.py), so the shuffle costs no copy and a batch is a slice of
+its window; only a batch that straddles two windows is copied. The chunks of the
+windows after the one being read are hinted to the kernel, so the disk always has work
+queued. On CUDA the windows are pinned and batches are copied with ``non_blocking``.
+With ``cache`` ``gpu``/``ram`` the needed rows of the needed layers are read once and
+batches are gathered from memory, in the same order.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ __all__ = ["Batch", "StoreReader", "labelled_rows"]
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 MAX_RUN_CHUNKS = 8  # contiguous chunks fetched by one read call
+READ_AHEAD_BYTES = 256 << 20  # windows up to this size are read 2 ahead, bigger ones 1
 HINT_WINDOWS = 2  # windows after the one being read whose chunks are hinted to the kernel
-DIRECT_MIN_BYTES = 32 << 10  # direct reads of a sparse run: at least this much per syscall
 
 
 class Batch(NamedTuple):
@@ -65,10 +67,13 @@ def labelled_rows(store: FeatureStore, split: str, task: str | None
 
 
 class _Payload(NamedTuple):
-    """Features of some rows and where a window's rows sit in them (None: window order)."""
+    """A window's features: tensors, where its rows sit in them (None: in visiting order,
+    so a batch is a slice), and its rows and labels in visiting order."""
 
     tensors: dict[int, torch.Tensor]
     positions: np.ndarray | None
+    rows: torch.Tensor
+    labels: torch.Tensor
 
 
 class StoreReader(StreamPosition):
@@ -92,8 +97,13 @@ class StoreReader(StreamPosition):
         row_bytes = self.layout.row_bytes * len(self.layers)
         self.order = self._row_order(seed, buffer_rows or default_buffer_rows(
             self.batch_size, len(self.rows), row_bytes))
+        window_bytes = self.order.buffer_chunks * self.layout.chunk_rows * row_bytes
+        #: windows read ahead of the one being served: 2 keeps the I/O threads busy at
+        #: window boundaries; 1 when windows are big (each is host memory)
+        self.read_ahead = 2 if window_bytes <= READ_AHEAD_BYTES else 1
         self.pin, self.prefetch = self.device.type == "cuda", prefetch
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
+        self.workers = max(1, int(workers))
+        self._pool = ThreadPoolExecutor(max_workers=self.workers,
                                         thread_name_prefix="losa-cache-read")
         # page-cache hints on their own thread: a hint can block on a full device queue,
         # and must not hold up the reads of the window the producer waits for
@@ -169,29 +179,46 @@ class StoreReader(StreamPosition):
     def _cached(self, windows: Iterator[tuple[Window, int]]):
         assert self._cache is not None
         for window, skip in windows:
-            yield _Payload(self._cache, np.searchsorted(self.rows, window.rows)), window, skip
+            positions = np.searchsorted(self.rows, window.rows)
+            yield self._payload(self._cache, positions, window), window, skip
+
+    def _payload(self, tensors: dict[int, torch.Tensor], positions: np.ndarray | None,
+                 window: Window) -> _Payload:
+        rows = window.ordered
+        labels = self.labels[np.searchsorted(self.rows, rows)]
+        return _Payload(tensors, positions, torch.from_numpy(rows),
+                        labels.pin_memory() if self.pin else labels)
 
     def _streamed(self, windows: Iterator[tuple[Window, int]]):
-        """Windows with their features, the next window always being read meanwhile and
-        the ``HINT_WINDOWS`` after it hinted to the page cache (no memory held here)."""
-        ahead: deque = deque()
+        """Windows read in visiting order (a batch is a slice), ``read_ahead`` windows
+        always being read meanwhile (so the I/O threads never wait for the next window)
+        and the ``HINT_WINDOWS`` after them hinted to the page cache (no memory held
+        here: the kernel queues the reads)."""
+        hinted: deque = deque()
+        reading: deque = deque()
 
-        def advance():  # submit the next window's reads, top up and hint the lookahead
-            while len(ahead) < 1 + HINT_WINDOWS and (item := next(windows, None)) is not None:
-                ahead.append(item)
-                self._hints.submit(self._hint, item[0])
-            if not ahead:
-                return None
-            item = ahead.popleft()
-            return item, self._submit(item[0])
+        def top_up() -> None:  # keep read_ahead + 1 windows submitted, the next ones hinted
+            while len(reading) <= self.read_ahead:
+                while len(hinted) < 1 + HINT_WINDOWS and (item := next(windows, None)):
+                    hinted.append(item)
+                    self._hints.submit(self._hint, item[0])
+                if not hinted:
+                    return
+                window, skip = hinted.popleft()
+                rows = window.ordered
+                shape = (len(rows), self.layout.tokens, self.layout.dim)
+                out = {layer: torch.empty(shape, dtype=self.dtype, pin_memory=self.pin)
+                       for layer in self.layers}
+                reading.append(((window, skip), out, self._submit(rows, np.arange(len(rows)),
+                                                                  out)))
 
-        pending = advance()
-        while pending is not None:
-            (window, skip), (tensors, jobs) = pending
+        top_up()
+        while reading:
+            (window, skip), tensors, jobs = reading.popleft()
             for job in jobs:
                 job.result()
-            pending = advance()
-            yield _Payload(tensors, None), window, skip
+            top_up()
+            yield self._payload(tensors, None, window), window, skip
 
     def _hint(self, window: Window) -> None:
         """Page-cache read-ahead of a window's runs (best effort: errors surface on read)."""
@@ -201,32 +228,38 @@ class StoreReader(StreamPosition):
                     self._arrays[layer].advise(lo, hi)
 
     def _assemble(self, segments: list) -> Batch:
-        """Gather the rows of a batch (segments of windows) into fresh (pinned) tensors."""
-        n = sum(b - a for _, _, a, b in segments)
+        """A batch from segments of windows: a slice of a window read in visiting order
+        (no copy), else its rows gathered into fresh (pinned) tensors."""
         dev = self.device if self.cache_choice.mode == "gpu" else torch.device("cpu")
-        shape = (n, self.layout.tokens, self.layout.dim)
-        feats = {layer: torch.empty(shape, dtype=self.dtype, device=dev, pin_memory=self.pin
-                                    and dev.type == "cpu") for layer in self.layers}
-        labels, rows, pos = [], [], 0
-        for payload, window, a, b in segments:
-            perm = window.perm[a:b]
-            src = perm if payload.positions is None else payload.positions[perm]
-            end = pos + b - a
-            if dev.type == "cpu":  # numpy: one thread; an OpenMP team started from this
-                for layer in self.layers:  # thread would fight the I/O threads and the model
-                    np.take(_np(payload.tensors[layer]), src, axis=0,
-                            out=_np(feats[layer][pos:end]))
-            else:
-                idx = torch.from_numpy(src).to(dev)
-                for layer in self.layers:
-                    torch.index_select(payload.tensors[layer], 0, idx, out=feats[layer][pos:end])
-            labels.append(self.labels[np.searchsorted(self.rows, window.rows[perm])])
-            rows.append(torch.from_numpy(window.rows[perm]))
-            pos += b - a
-        lab, row = torch.cat(labels), torch.cat(rows)
+        payload, window, a, b = segments[0]
+        if len(segments) == 1 and payload.positions is None:
+            feats = {layer: payload.tensors[layer][a:b] for layer in self.layers}
+        else:
+            shape = (sum(b - a for *_, a, b in segments), self.layout.tokens, self.layout.dim)
+            feats = {layer: torch.empty(shape, dtype=self.dtype, device=dev, pin_memory=self.pin
+                                        and dev.type == "cpu") for layer in self.layers}
+            pos = 0
+            for payload, window, a, b in segments:
+                end = pos + b - a
+                if payload.positions is None:  # a window's tail + the next one's head
+                    for layer in self.layers:
+                        feats[layer][pos:end].copy_(payload.tensors[layer][a:b])
+                else:  # from the cache; torch's row gather is ~2x np.take's speed
+                    idx = torch.from_numpy(payload.positions[window.perm[a:b]]).to(dev)
+                    for layer in self.layers:
+                        torch.index_select(payload.tensors[layer], 0, idx,
+                                           out=feats[layer][pos:end])
+                pos = end
+        if len(segments) == 1:
+            payload, _, a, b = segments[0]
+            labels, rows = payload.labels[a:b], payload.rows[a:b]
+        else:
+            labels = torch.cat([p.labels[a:b] for p, _, a, b in segments])
+            rows = torch.cat([p.rows[a:b] for p, _, a, b in segments])
+            labels = labels.pin_memory() if self.pin and dev.type == "cpu" else labels
         if dev.type == "cuda":
-            return Batch(feats, lab.to(dev, non_blocking=True), row)
-        return Batch(feats, lab.pin_memory() if self.pin else lab, row)
+            return Batch(feats, labels.to(dev, non_blocking=True), rows)
+        return Batch(feats, labels, rows)
 
     def _to_device(self, batch: Batch) -> Batch:
         if self.device.type == "cpu":
@@ -236,22 +269,20 @@ class StoreReader(StreamPosition):
 
     # ------------------------------------------------------------------ reading
 
-    def _submit(self, window: Window, out: dict[int, torch.Tensor] | None = None, base: int = 0
-                ) -> tuple[dict[int, torch.Tensor], list[Future]]:
-        """Read a window's chunks (runs of contiguous chunks, every layer) into ``out``."""
-        shape = (len(window.rows), self.layout.tokens, self.layout.dim)
-        if out is None:
-            out = {layer: torch.empty(shape, dtype=self.dtype) for layer in self.layers}
-        jobs = []
-        for lo, hi in self._runs(window.chunks):
-            p0, p1 = np.searchsorted(window.rows, [lo, hi])
-            if p1 == p0:
-                continue
-            local = window.rows[p0:p1] - lo
-            for layer in self.layers:
-                dest = out[layer][base + p0:base + p1]
-                jobs.append(self._pool.submit(self._read_run, layer, lo, hi, local, dest))
-        return out, jobs
+    def _submit(self, rows: np.ndarray, slots: np.ndarray, out: dict[int, torch.Tensor]
+                ) -> list[Future]:
+        """Read ``rows`` into rows ``slots`` of ``out`` (every layer): the shuffle happens
+        in the read itself. One job per layer, cut at chunk boundaries into enough jobs
+        for every I/O thread (few, large jobs: little Python per byte)."""
+        order = np.argsort(rows, kind="stable")
+        rows, slots = rows[order], slots[order]
+        parts = max(1, -(-self.workers // len(self.layers)))
+        cuts = np.linspace(0, len(rows), parts + 1).astype(np.int64)[1:-1]
+        chunk_start = rows[np.minimum(cuts, len(rows) - 1)] // self.layout.chunk_rows
+        cuts = np.searchsorted(rows, chunk_start * self.layout.chunk_rows)  # whole chunks
+        bounds = np.unique(np.concatenate([[0], cuts, [len(rows)]])).tolist()
+        return [self._pool.submit(self._read_rows, layer, rows[a:b], slots[a:b], out[layer])
+                for layer in self.layers for a, b in itertools.pairwise(bounds) if b > a]
 
     def _runs(self, chunks: np.ndarray) -> list[tuple[int, int]]:
         """Row ranges of runs of contiguous chunk ids (at most MAX_RUN_CHUNKS each)."""
@@ -264,26 +295,14 @@ class StoreReader(StreamPosition):
                 start = i
         return runs
 
-    def _read_run(self, layer: int, lo: int, hi: int, local: np.ndarray,
-                  dest: torch.Tensor) -> None:
-        """Rows ``lo + local`` into ``dest``: straight into it when they are whole runs of
-        contiguous rows of a raw local array (no intermediate copy), else whole chunks
-        into a scratch tensor and a gather."""
-        arr = self._arrays[layer]
-        groups = _contiguous_groups(local)
-        if len(local) == hi - lo:
-            nbytes = arr.read_into(lo, hi, dest)
-        elif arr.direct is not None and (len(groups) <= 4 or len(groups) * DIRECT_MIN_BYTES
-                                          <= len(local) * self.layout.row_bytes):
-            nbytes = sum(arr.read_into(lo + int(local[a]), lo + int(local[b - 1]) + 1,
-                                       dest[a:b]) for a, b in groups)
-        else:
-            raw = torch.empty((hi - lo, *dest.shape[1:]), dtype=dest.dtype)
-            nbytes = arr.read_into(lo, hi, raw)  # whole chunks
-            np.take(_np(raw), local, axis=0, out=_np(dest))
+    def _read_rows(self, layer: int, rows: np.ndarray, slots: np.ndarray,
+                   out: torch.Tensor) -> None:
+        """Rows ``rows`` (sorted) into rows ``slots`` of ``out`` (store/direct.py: straight
+        from the files, else whole chunks via zarr)."""
+        nbytes = self._arrays[layer].scatter_rows(rows, out, slots)
         with self._lock:
             self.bytes_read += nbytes
-            self.chunks_read += -(-(hi - lo) // self.layout.chunk_rows)
+            self.chunks_read += len(np.unique(rows // self.layout.chunk_rows))
 
     def _fill_cache(self) -> None:
         """Read every needed row of every needed layer once, sequentially, one window ahead."""
@@ -294,7 +313,11 @@ class StoreReader(StreamPosition):
 
         def submit(window: Window) -> tuple[int, dict[int, torch.Tensor], list[Future]]:
             base = int(np.searchsorted(self.rows, window.rows[0]))
-            return (base, *self._submit(window, None if gpu else cache, 0 if gpu else base))
+            n = len(window.rows)
+            out = cache if not gpu else {layer: torch.empty(
+                (n, *shape[1:]), dtype=self.dtype, pin_memory=self.pin) for layer in self.layers}
+            slots = np.arange(n) + (0 if gpu else base)
+            return base, out, self._submit(window.rows, slots, out)
 
         pending: list = []
         for window in [*self.order.windows(0, shuffle=False), None]:
@@ -309,16 +332,3 @@ class StoreReader(StreamPosition):
                         cache[layer][base:base + len(host[layer])].copy_(host[layer])
         self._cache = cache
 
-
-def _contiguous_groups(local: np.ndarray) -> list[tuple[int, int]]:
-    """``[a, b)`` position ranges of ``local`` (sorted) holding consecutive values."""
-    if not len(local):
-        return []
-    cuts = np.flatnonzero(np.diff(local) != 1) + 1
-    bounds = [0, *cuts.tolist(), len(local)]
-    return list(itertools.pairwise(bounds))
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a CPU tensor (bf16 as its int16 bits)."""
-    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
