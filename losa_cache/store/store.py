@@ -96,8 +96,11 @@ class FeatureArray:
         for a, b in itertools.pairwise([0, *cuts.tolist(), len(rows)]):
             lo = int(chunks[a]) * chunk_rows
             raw = self.read_torch(slice(lo, int(rows[b - 1]) + 1))  # whole chunks, once
-            out.index_copy_(0, torch.from_numpy(slots[a:b]).to(out.device),
-                            raw[torch.from_numpy(rows[a:b] - lo)].to(out.device))
+            if out.device.type == "cpu" and out.is_contiguous():  # numpy: no OpenMP team
+                _bits(out)[slots[a:b]] = _bits(raw)[rows[a:b] - lo]
+            else:
+                out.index_copy_(0, torch.from_numpy(slots[a:b]).to(out.device),
+                                raw[torch.from_numpy(rows[a:b] - lo)].to(out.device))
             got += raw.numel() * raw.element_size()
         return got
 
@@ -239,6 +242,11 @@ class FeatureStore:
             logical += arr.nbytes
             stored += _stored_bytes(arr)
         return {"logical": logical, "stored": stored}
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor (bf16 as its int16 bits)."""
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def _stored_bytes(arr: zarr.Array) -> int:

@@ -241,14 +241,9 @@ class StoreReader(StreamPosition):
             pos = 0
             for payload, window, a, b in segments:
                 end = pos + b - a
-                if payload.positions is None:  # a window's tail + the next one's head
-                    for layer in self.layers:
-                        feats[layer][pos:end].copy_(payload.tensors[layer][a:b])
-                else:  # from the cache; torch's row gather is ~2x np.take's speed
-                    idx = torch.from_numpy(payload.positions[window.perm[a:b]]).to(dev)
-                    for layer in self.layers:
-                        torch.index_select(payload.tensors[layer], 0, idx,
-                                           out=feats[layer][pos:end])
+                src = None if payload.positions is None else payload.positions[window.perm[a:b]]
+                for layer in self.layers:
+                    _gather(payload.tensors[layer], a, b, src, feats[layer][pos:end])
                 pos = end
         if len(segments) == 1:
             payload, _, a, b = segments[0]
@@ -332,3 +327,23 @@ class StoreReader(StreamPosition):
                         cache[layer][base:base + len(host[layer])].copy_(host[layer])
         self._cache = cache
 
+
+def _gather(source: torch.Tensor, a: int, b: int, index: np.ndarray | None,
+            out: torch.Tensor) -> None:
+    """``out[:] = source[a:b]`` (index None) or ``source[index]``. On CPU through numpy:
+    one thread, GIL released, where a torch op on this thread would start an OpenMP
+    team of its own and fight the I/O threads and the model for the cores."""
+    if out.device.type == "cuda":
+        if index is None:
+            out.copy_(source[a:b])
+        else:
+            torch.index_select(source, 0, torch.from_numpy(index).to(out.device), out=out)
+    elif index is None:
+        np.copyto(_np(out), _np(source[a:b]))
+    else:
+        np.take(_np(source), index, axis=0, out=_np(out))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor (bf16 as its int16 bits)."""
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
