@@ -97,7 +97,7 @@ class FeatureArray:
             lo = int(chunks[a]) * chunk_rows
             raw = self.read_torch(slice(lo, int(rows[b - 1]) + 1))  # whole chunks, once
             if out.device.type == "cpu" and out.is_contiguous():  # numpy: no OpenMP team
-                _bits(out)[slots[a:b]] = _bits(raw)[rows[a:b] - lo]
+                numpy_view(out)[slots[a:b]] = numpy_view(raw)[rows[a:b] - lo]
             else:
                 out.index_copy_(0, torch.from_numpy(slots[a:b]).to(out.device),
                                 raw[torch.from_numpy(rows[a:b] - lo)].to(out.device))
@@ -244,8 +244,9 @@ class FeatureStore:
         return {"logical": logical, "stored": stored}
 
 
-def _bits(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a CPU tensor (bf16 as its int16 bits)."""
+def numpy_view(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor (bf16 as its int16 bits): numpy copies run on the
+    calling thread with the GIL released, where torch ops would start an OpenMP team."""
     return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
 
 

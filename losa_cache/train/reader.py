@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from losa_cache.store import FeatureStore, StoreError
+from losa_cache.store.store import numpy_view
 from losa_cache.train.cache import CacheChoice, choose_cache
 from losa_cache.train.order import (
     RowOrder,
@@ -339,11 +340,7 @@ def _gather(source: torch.Tensor, a: int, b: int, index: np.ndarray | None,
         else:
             torch.index_select(source, 0, torch.from_numpy(index).to(out.device), out=out)
     elif index is None:
-        np.copyto(_np(out), _np(source[a:b]))
+        np.copyto(numpy_view(out), numpy_view(source[a:b]))
     else:
-        np.take(_np(source), index, axis=0, out=_np(out))
+        np.take(numpy_view(source), index, axis=0, out=numpy_view(out))
 
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a CPU tensor (bf16 as its int16 bits)."""
-    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
