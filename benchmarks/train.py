@@ -665,7 +665,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--io-seconds",
         type=float,
-        default=1.0,
+        default=3.0,
         help="warm page cache: repeat raw and reader passes for at least this long",
     )
     args = p.parse_args(argv)
