@@ -3,6 +3,7 @@ lease that keeps two runs apart, and resume after a killed run."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from _dist_helpers import CFG, assert_same_store, cli_args, done_count, kill_when, start_run
 from typer.testing import CliRunner
 
@@ -20,6 +22,7 @@ from losa_cache.extract import ExtractConfig, extract
 from losa_cache.store import StoreError, open_store
 from losa_cache.store.lease import LeaseRecord, StoreLease
 from losa_cache.store.store import STORAGE_OPTIONS_ENV
+from losa_cache.train import StoreReader, labelled_rows
 
 runner = CliRunner()
 
@@ -41,6 +44,22 @@ def test_cluster_extract_to_s3_then_info_and_open_store(
     assert open_store(url).complete
     assert runner.invoke(app, ["info", url]).exit_code == 0
     assert "storage_options" not in json.dumps(open_store(url).manifest.extract_config)
+    # shuffled training batches read from S3 (through zarr) equal the local store's
+    # (straight from its shard files)
+    remote, local = open_store(url), open_store(reference_store)
+    assert remote.features(remote.layers[0]).direct is None
+    assert local.features(local.layers[0]).direct is not None
+    batches = []
+    for store in (remote, local):
+        rows, labels = labelled_rows(store, "train", None)
+        with StoreReader(store, rows, labels, store.layers, 7, seed=1, cache="none",
+                         buffer_rows=12, workers=2) as reader:
+            stream = reader.batches()
+            batches.append(list(itertools.islice(stream, 6)))
+            stream.close()
+    for a, b in zip(*batches, strict=True):
+        assert torch.equal(a.rows, b.rows) and torch.equal(a.labels, b.labels)
+        assert all(torch.equal(a.features[k], b.features[k]) for k in a.features)
 
 
 def test_s3_run_killed_second_run_refused_then_resumed(
