@@ -282,14 +282,14 @@ def fingerprint_differences(expected: dict[str, Any], actual: dict[str, Any]) ->
 
 
 def check_fingerprint(adapter_fp: dict[str, Any], backbone_fp: dict[str, Any],
-                      what: str = "backbone") -> None:
+                      what: str = "the backbone given") -> None:
     """Refuse features from a backbone other than the one the adapter was trained on."""
     diffs = fingerprint_differences(adapter_fp, backbone_fp)
     if not diffs:
         return
     source = adapter_fp.get("weights_source", "unknown")
     raise ValueError(
-        f"this adapter was trained on a different backbone than the {what} given; "
+        f"this adapter was trained on a different backbone than {what}; "
         f"differences: {'; '.join(diffs)}. Use the backbone the adapter was trained on: "
         f"model {adapter_fp.get('model')!r} with the weights it recorded (source: {source}, "
         f"sha256 {str(adapter_fp.get('weights_sha256'))[:12]}...) and its preprocessing"

@@ -90,7 +90,7 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
 
 def prepare_backbone(adapter: Adapter, backbone: Backbone) -> None:
     """Refuse a backbone the adapter was not trained on; drop the blocks it never reads."""
-    check_fingerprint(adapter.fingerprint, backbone.fingerprint(), what="backbone")
+    check_fingerprint(adapter.fingerprint, backbone.fingerprint())
     cfg = adapter.config
     if (backbone.tokens, backbone.dim) != (cfg.tokens, cfg.dim):
         raise ValueError(f"backbone gives (tokens, dim) = ({backbone.tokens}, {backbone.dim}); "
@@ -168,7 +168,8 @@ def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
 
 def check_store(adapter: Adapter, store: FeatureStore) -> None:
     """Refuse a store from another backbone, or one without the adapter's layers."""
-    check_fingerprint(adapter.fingerprint, store.fingerprint, what="store's backbone")
+    check_fingerprint(adapter.fingerprint, store.fingerprint,
+                      what="the one that wrote this store")
     missing = sorted(set(adapter.layers) - set(store.layers))
     if missing:
         raise StoreError(f"store {store.path} lacks blocks {missing} that this adapter reads "
