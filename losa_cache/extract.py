@@ -223,7 +223,7 @@ def open_or_create(
         chunk_rows=cfg.chunk_rows,
         shard_rows=cfg.shard_rows,
     )
-    labels = np.array([dataset.samples[r].label for r in rows], dtype=np.int32)
+    labels = dataset.table.labels[np.asarray(rows, dtype=np.int64)].astype(np.int32)
     task = dataset.task or "default"
     manifest = new_manifest(cfg, backbone, layout, identity, splits, task)
     group = create_store(

@@ -8,8 +8,11 @@ must never depend on file-system listing order, time or randomness.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
+import numpy as np
 from PIL import Image
 
 
@@ -39,6 +42,68 @@ class Sample:
     split: str
 
 
+class SampleTable(Sequence[Sample]):
+    """An immutable list of :class:`Sample` held in a few numpy arrays.
+
+    iNat2021 has 2.7M rows: as a list of dataclasses that is ~0.5 GB pickled into every
+    decoding worker and seconds to (un)pickle; here it is the bytes of its paths plus
+    9 bytes a row, pickled as numpy arrays.
+    """
+
+    def __init__(self, samples: Iterable[Sample]) -> None:
+        samples = list(samples)
+        encoded = [s.source.encode("utf-8", "surrogateescape") for s in samples]
+        total = sum(len(e) for e in encoded)
+        self._offsets = np.zeros(len(samples) + 1, np.uint32 if total < 2**32 else np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._chars = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+        self._labels = np.array([s.label for s in samples], dtype=np.int32)
+        names = list(dict.fromkeys(s.split for s in samples))
+        code = {name: i for i, name in enumerate(names)}
+        self._splits = np.array([code[s.split] for s in samples],
+                                dtype=np.uint8 if len(names) < 256 else np.int32)
+        self._names = names
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Sample]: ...
+
+    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = range(len(self))[index]  # IndexError and negative indices as a list does
+        raw = self._chars[int(self._offsets[i]):int(self._offsets[i + 1])].tobytes()
+        return Sample(raw.decode("utf-8", "surrogateescape"), int(self._labels[i]),
+                      self._names[self._splits[i]])
+
+    def split_rows(self) -> dict[str, list[int]]:
+        """Rows of each split, splits in first-appearance order."""
+        return {name: np.flatnonzero(self._splits == code).tolist()
+                for code, name in enumerate(self._names)}
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Every row's label (-1 = none), int32, read-only."""
+        view = self._labels.view()
+        view.flags.writeable = False
+        return view
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SampleTable({len(self)} rows, splits={self._names})"
+
+
 @dataclass(repr=False)
 class ImageDataset(ABC):
     """An ordered, labelled image collection split into named splits.
@@ -47,10 +112,14 @@ class ImageDataset(ABC):
     generated one would print every row)."""
 
     spec: str
-    samples: list[Sample]
+    samples: Sequence[Sample]  # stored as a SampleTable
     classes: list[str]
     task: str = "default"
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.samples, SampleTable):
+            self.samples = SampleTable(self.samples)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -71,10 +140,14 @@ class ImageDataset(ABC):
         """Rows of each split. Splits may overlap (VTAB's ``train800val200``): a row is
         stored once and named by every split that holds it. Adapters with derived splits
         override this and extend the base mapping."""
-        out: dict[str, list[int]] = {}
-        for i, s in enumerate(self.samples):
-            out.setdefault(s.split, []).append(i)
-        return out
+        return self.table.split_rows()
+
+    @property
+    def table(self) -> SampleTable:
+        """The rows as a :class:`SampleTable` (labels as one array)."""
+        if not isinstance(self.samples, SampleTable):  # assigned after construction
+            self.samples = SampleTable(self.samples)
+        return self.samples
 
     @abstractmethod
     def load(self, index: int) -> Image.Image:

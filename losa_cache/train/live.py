@@ -67,7 +67,7 @@ class LiveSource:
         rows, splits = select_rows(dataset, cfg.limit, None)  # store rows -> data set rows
         self.dataset_rows = np.asarray(rows, dtype=np.int64)
         self.splits = {k: np.asarray(sorted(v), dtype=np.int64) for k, v in splits.items()}
-        self.labels = np.array([dataset.samples[r].label for r in rows], dtype=np.int64)
+        self.labels = dataset.table.labels[np.asarray(rows, dtype=np.int64)].astype(np.int64)
         b = self.backbone
         self.info = SourceInfo(depth=b.depth, dim=b.dim, tokens=b.tokens,
                                prefix_tokens=b.prefix_tokens, layers=tuple(range(b.depth)),

@@ -50,3 +50,27 @@ def test_dataset_sizes(vtab_task: Path, tmp_path: Path) -> None:
 def test_repr_is_short() -> None:
     text = repr(get_dataset("demo"))
     assert text.startswith("DemoDataset(spec='demo', rows=3150, classes=9") and len(text) < 200
+
+
+def test_sample_table_is_a_compact_list_of_samples() -> None:
+    """Rows pickle into every decoding worker: as a few numpy arrays, not 1 object each."""
+    import pickle
+
+    from losa_cache.data.base import Sample, SampleTable
+
+    rows = [Sample(f"train/{i % 7}/img_{i:07d}.jpg", i % 5 - 1, ("train", "val")[i % 3 == 0])
+            for i in range(20_000)]
+    rows[3] = Sample("ünïcode/ photo\udcff.jpg", 2, "test")  # non-UTF-8 bytes survive
+    table = SampleTable(rows)
+    assert len(table) == len(rows) and list(table) == rows and table == rows
+    assert table[-1] == rows[-1] and table[5:9] == rows[5:9]
+    with pytest.raises(IndexError):
+        table[len(rows)]
+    assert table.labels.tolist() == [s.label for s in rows]
+    splits = ("val", "train", "test")  # first-appearance order
+    expect = {n: [i for i, s in enumerate(rows) if s.split == n] for n in splits}
+    assert table.split_rows() == expect
+    blob = pickle.dumps(table)
+    assert pickle.loads(blob) == table
+    paths = sum(len(s.source.encode("utf-8", "surrogateescape")) for s in rows)
+    assert len(blob) < paths + 10 * len(rows) < len(pickle.dumps(rows))
