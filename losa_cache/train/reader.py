@@ -98,10 +98,12 @@ class StoreReader(StreamPosition):
         row_bytes = self.layout.row_bytes * len(self.layers)
         self.order = self._row_order(seed, buffer_rows or default_buffer_rows(
             self.batch_size, len(self.rows), row_bytes))
-        window_bytes = self.order.buffer_chunks * self.layout.chunk_rows * row_bytes
+        window_rows = self.order.buffer_chunks * self.layout.chunk_rows
         #: windows read ahead of the one being served: 2 keeps the I/O threads busy at
-        #: window boundaries; 1 when windows are big (each is host memory)
-        self.read_ahead = 2 if window_bytes <= READ_AHEAD_BYTES else 1
+        #: window boundaries when a window is served fast (a few batches); 1 when it is
+        #: big (each is host memory) or lasts many steps anyway (small batches)
+        self.read_ahead = 2 if (window_rows * row_bytes <= READ_AHEAD_BYTES
+                                and window_rows <= 8 * self.batch_size) else 1
         self.pin, self.prefetch = self.device.type == "cuda", prefetch
         self.workers = max(1, int(workers))
         self._pool = ThreadPoolExecutor(max_workers=self.workers,
