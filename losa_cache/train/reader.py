@@ -47,7 +47,7 @@ from losa_cache.train.prefetch import Prefetcher
 __all__ = ["Batch", "StoreReader", "labelled_rows"]
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-MAX_RUN_CHUNKS = 8  # contiguous chunks fetched by one read call
+MAX_RUN_CHUNKS = 8  # contiguous chunks per hint or zarr read job
 READ_AHEAD_BYTES = 256 << 20  # windows up to this size are read 2 ahead, bigger ones 1
 HINT_WINDOWS = 2  # windows after the one being read whose chunks are hinted to the kernel
 
@@ -117,6 +117,8 @@ class StoreReader(StreamPosition):
         self.cache_choice: CacheChoice = choose_cache(cache, len(self.rows) * row_bytes,
                                                       self.device)
         self._cache: dict[int, torch.Tensor] | None = None
+        #: every layer read straight from its shard files (store/direct.py)
+        self.direct = all(a.direct is not None for a in self._arrays.values())
         if self.cache_choice.mode != "none":
             self._fill_cache()
 
@@ -272,12 +274,17 @@ class StoreReader(StreamPosition):
         """Read ``rows`` into rows ``slots`` of ``out`` (every layer): the shuffle happens
         in the read itself. One job per layer, cut at chunk boundaries into enough jobs
         for every I/O thread (few, large jobs: little Python per byte)."""
+        if not len(rows):
+            return []
         order = np.argsort(rows, kind="stable")
         rows, slots = rows[order], slots[order]
-        parts = max(1, -(-self.workers // len(self.layers)))
-        cuts = np.linspace(0, len(rows), parts + 1).astype(np.int64)[1:-1]
-        chunk_start = rows[np.minimum(cuts, len(rows) - 1)] // self.layout.chunk_rows
-        cuts = np.searchsorted(rows, chunk_start * self.layout.chunk_rows)  # whole chunks
+        cr = self.layout.chunk_rows
+        if self.direct:
+            parts = max(1, -(-self.workers // len(self.layers)))
+            cuts = np.linspace(0, len(rows), parts + 1).astype(np.int64)[1:-1]
+            cuts = np.searchsorted(rows, rows[cuts] // cr * cr)  # at whole chunks
+        else:  # zarr (remote, compressed): a job per run of chunks, fetched concurrently
+            cuts = np.searchsorted(rows, [lo for lo, _ in self._runs(np.unique(rows // cr))])
         bounds = np.unique(np.concatenate([[0], cuts, [len(rows)]])).tolist()
         return [self._pool.submit(self._read_rows, layer, rows[a:b], slots[a:b], out[layer])
                 for layer in self.layers for a, b in itertools.pairwise(bounds) if b > a]
