@@ -159,14 +159,7 @@ class DirectReader:
         if len(buf) != (hi - lo) * self.row_bytes:
             raise ValueError(f"output holds {len(buf)} bytes, rows [{lo}, {hi}) need "
                              f"{(hi - lo) * self.row_bytes}")
-        got, row = 0, lo
-        while row < hi:
-            shard = row // self.shard_rows
-            end = min(hi, (shard + 1) * self.shard_rows)
-            got += self._read_shard(shard, row - shard * self.shard_rows,
-                                    end - shard * self.shard_rows, buf, (row - lo) * self.row_bytes)
-            row = end
-        return got
+        return self.scatter_rows(np.arange(lo, hi), buf, np.arange(hi - lo))
 
     def scatter_rows(self, rows: np.ndarray, out: np.ndarray | torch.Tensor,
                      slots: np.ndarray) -> int:
@@ -191,18 +184,18 @@ class DirectReader:
         got = 0
         for a, b in itertools.pairwise(cuts):
             shard = int(shards[a])
-            views = [mv[x * rb:(x + 1) * rb] for x in slots[a:b].tolist()]
-            got += self._scatter_shard(shard, rows[a:b] - shard * self.shard_rows, views)
+            got += self._scatter_shard(shard, rows[a:b] - shard * self.shard_rows, slots[a:b], mv)
         return got
 
-    def _scatter_shard(self, shard: int, local: np.ndarray, views: list[memoryview]) -> int:
-        """Shard-local rows ``local`` (sorted) into the buffers ``views``."""
+    def _scatter_shard(self, shard: int, local: np.ndarray, slots: np.ndarray,
+                       out: memoryview) -> int:
+        """Shard-local rows ``local`` (sorted) into rows ``slots`` of ``out``."""
         rb = self.row_bytes
         try:
             fd = os.open(self.shard_path(shard), os.O_RDONLY)
         except FileNotFoundError:  # never written: zarr reads the fill value too
-            for view in views:
-                self._fill(np.frombuffer(view, np.uint8))
+            for s in slots.tolist():
+                self._fill(np.frombuffer(out[s * rb:(s + 1) * rb], np.uint8))
             return 0
         got = 0
         try:
@@ -215,31 +208,18 @@ class DirectReader:
             cuts = [0, *(np.flatnonzero(~follow) + 1).tolist(), len(local)]
             path = self.shard_path(shard)
             for a, b in itertools.pairwise(cuts):
+                run = slots[a:b]
+                if len(run) > 1 and (np.diff(run) == 1).all():  # in order: one buffer
+                    views = [out[int(run[0]) * rb:(int(run[-1]) + 1) * rb]]
+                else:  # shuffled: a buffer per row
+                    views = [out[s * rb:(s + 1) * rb] for s in run.tolist()]
                 if empty[a]:
-                    for view in views[a:b]:
+                    for view in views:
                         self._fill(np.frombuffer(view, np.uint8))
                 else:
-                    got += _preadv_rows(fd, views[a:b], int(offsets[a]), path)
+                    got += _preadv_rows(fd, views, int(offsets[a]), path)
         finally:
             os.close(fd)
-        return got
-
-    def _read_shard(self, shard: int, a: int, b: int, buf: np.ndarray, dest: int) -> int:
-        try:
-            fd = os.open(self.shard_path(shard), os.O_RDONLY)
-        except FileNotFoundError:  # never written: zarr reads the fill value too
-            fd = None
-        got = 0
-        try:
-            for p in self._shard_pieces(shard, a, b, dest, fd):
-                view = buf[p.dest:p.dest + p.nbytes]
-                if p.offset is None or fd is None:
-                    self._fill(view)
-                    continue
-                got += _pread_full(fd, view, p.offset, p.path)
-        finally:
-            if fd is not None:
-                os.close(fd)
         return got
 
     def advise(self, lo: int, hi: int) -> None:
@@ -286,7 +266,7 @@ def _pread_full(fd: int, view: np.ndarray, offset: int, path: str) -> int:
 
 def _preadv_rows(fd: int, views: list[memoryview], offset: int, path: str) -> int:
     """Fill equal-sized ``views`` from consecutive bytes at ``offset``: one preadv per
-    ``IOV_MAX`` of them (a short read finishes the row it stopped in, then goes on)."""
+    ``IOV_MAX`` of them (a short read finishes the buffer it stopped in, then goes on)."""
     size, done, i = len(views[0]) if views else 0, 0, 0
     while i < len(views):
         batch = views[i:i + IOV_MAX]
