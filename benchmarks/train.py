@@ -252,20 +252,18 @@ def tile_store(src_path: str, dst: str, copies: int) -> str:
 def io_store(store_path: str, args: argparse.Namespace, folder: Path) -> str:
     """The benchmark's store, or a tiled copy of it when the files the reader needs are
     under --io-min-mb: cold timings of a pass shorter than ~1 s are start-up, not reads."""
-    from losa_cache.store import open_store
     from losa_cache.store.store import is_remote
 
     if is_remote(store_path) or args.io_min_mb <= 0:
         return store_path
-    store = open_store(store_path)
-    rows = store.split_rows("train", valid_only=True)
-    need = sum(f.stat().st_size for f in needed_files(store, rows, tuple(store.layers)))
-    if need >= args.io_min_mb * 1e6:
+    store, _, _, layers, files = training_reads(store_path, args)
+    if sum(f.stat().st_size for f in files) >= args.io_min_mb * 1e6:
         return store_path
-    copies = math.ceil(args.io_min_mb * 1e6 / max(1, store.nbytes()["stored"]))
+    per_copy = store.layout.num_images * store.layout.row_bytes * len(layers)  # all rows train
+    copies = max(2, math.ceil(args.io_min_mb * 1e6 / per_copy))
     t0 = time.perf_counter()
-    path = tile_store(store_path, str(folder / "io.zarr"), max(2, copies))
-    print(f"I/O store: the store tiled {max(2, copies)}x ({time.perf_counter() - t0:.1f} s)")
+    path = tile_store(store_path, str(folder / "io.zarr"), copies)
+    print(f"I/O store: the store tiled {copies}x ({time.perf_counter() - t0:.1f} s)")
     return path
 
 
