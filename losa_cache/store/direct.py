@@ -20,7 +20,6 @@ import itertools
 import os
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,17 +43,6 @@ IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffer
 
 class ShardIndexError(ValueError):
     """A shard file whose index or size does not match the array's metadata."""
-
-
-@dataclass(frozen=True)
-class _Piece:
-    """One contiguous byte range: ``nbytes`` from file offset ``offset`` (None: fill) to
-    byte ``dest`` of the output."""
-
-    path: str
-    offset: int | None
-    dest: int
-    nbytes: int
 
 
 @dataclass
@@ -124,32 +112,6 @@ class DirectReader:
 
     # ------------------------------------------------------------------ reading
 
-    def _shard_pieces(self, shard: int, a: int, b: int, dest: int, fd: int | None
-                      ) -> Iterator[_Piece]:
-        """Pieces of rows ``[a, b)`` (shard-local) of one shard; adjacent ranges merged."""
-        path = self.shard_path(shard)
-        if fd is None:
-            yield _Piece(path, None, dest, (b - a) * self.row_bytes)
-            return
-        index = self._index(shard, fd)
-        cur: _Piece | None = None
-        for c in range(a // self.chunk_rows, (b - 1) // self.chunk_rows + 1):
-            r0, r1 = max(a, c * self.chunk_rows), min(b, (c + 1) * self.chunk_rows)
-            off, nb = index[c]
-            start = None if off == EMPTY and nb == EMPTY else (
-                int(off) + (r0 - c * self.chunk_rows) * self.row_bytes)
-            piece = _Piece(path, start, dest + (r0 - a) * self.row_bytes,
-                           (r1 - r0) * self.row_bytes)
-            if (cur is not None and cur.offset is not None and start is not None
-                    and cur.offset + cur.nbytes == start):
-                cur = _Piece(path, cur.offset, cur.dest, cur.nbytes + piece.nbytes)
-                continue
-            if cur is not None:
-                yield cur
-            cur = piece
-        if cur is not None:
-            yield cur
-
     def read_into(self, lo: int, hi: int, out: np.ndarray | torch.Tensor) -> int:
         """Rows ``[lo, hi)`` into ``out`` (C-contiguous, ``(hi - lo) * row_bytes`` bytes):
         returns the bytes read from files (fill-value rows read nothing)."""
@@ -199,15 +161,9 @@ class DirectReader:
             return 0
         got = 0
         try:
-            index = self._index(shard, fd)
-            chunk = local // self.chunk_rows
-            empty = (index[chunk, 0] == EMPTY) & (index[chunk, 1] == EMPTY)
-            offsets = np.where(empty, -1, index[chunk, 0].astype(np.int64)
-                               + (local - chunk * self.chunk_rows) * rb)
-            follow = (np.diff(offsets) == rb) & ~empty[1:] & ~empty[:-1]
-            cuts = [0, *(np.flatnonzero(~follow) + 1).tolist(), len(local)]
+            offsets, empty, runs = self._file_runs(shard, fd, local)
             path = self.shard_path(shard)
-            for a, b in itertools.pairwise(cuts):
+            for a, b in runs:
                 run = slots[a:b]
                 if len(run) > 1 and (np.diff(run) == 1).all():  # in order: one buffer
                     views = [out[int(run[0]) * rb:(int(run[-1]) + 1) * rb]]
@@ -221,6 +177,20 @@ class DirectReader:
         finally:
             os.close(fd)
         return got
+
+    def _file_runs(self, shard: int, fd: int, local: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """Byte offset of each shard-local row (sorted) in the open shard file, whether its
+        chunk is empty (never written: the fill value), and ``[a, b)`` runs of rows that
+        follow each other in the file (one read or hint each)."""
+        index = self._index(shard, fd)
+        chunk = local // self.chunk_rows
+        empty = (index[chunk, 0] == EMPTY) & (index[chunk, 1] == EMPTY)
+        offsets = np.where(empty, -1, index[chunk, 0].astype(np.int64)
+                           + (local - chunk * self.chunk_rows) * self.row_bytes)
+        follow = (np.diff(offsets) == self.row_bytes) & ~empty[1:] & ~empty[:-1]
+        cuts = [0, *(np.flatnonzero(~follow) + 1).tolist(), len(local)]
+        return offsets, empty, list(itertools.pairwise(cuts))
 
     def advise(self, lo: int, hi: int) -> None:
         """Ask the kernel to start reading rows ``[lo, hi)`` into the page cache
@@ -238,10 +208,12 @@ class DirectReader:
                 row = end
                 continue
             try:
-                a, b = row - shard * self.shard_rows, end - shard * self.shard_rows
-                for p in self._shard_pieces(shard, a, b, 0, fd):
-                    if p.offset is not None:
-                        os.posix_fadvise(fd, p.offset, p.nbytes, os.POSIX_FADV_WILLNEED)
+                local = np.arange(row, end) - shard * self.shard_rows
+                offsets, empty, runs = self._file_runs(shard, fd, local)
+                for a, b in runs:
+                    if not empty[a]:
+                        os.posix_fadvise(fd, int(offsets[a]), (b - a) * self.row_bytes,
+                                         os.POSIX_FADV_WILLNEED)
             finally:
                 os.close(fd)
             row = end
