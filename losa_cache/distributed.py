@@ -34,6 +34,7 @@ import torch
 from distributed import Client, Future, WorkerPlugin, get_worker
 
 from losa_cache.extract import (
+    RESUME,
     ExtractConfig,
     ExtractResult,
     build_identity,
@@ -47,8 +48,14 @@ from losa_cache.extract import (
     shard_batches,
 )
 from losa_cache.store import schema as S
-from losa_cache.store.store import StoreError, open_group, open_store, storage_options_for
-from losa_cache.store.writer import ShardWriter, identity_diff, store_lock
+from losa_cache.store.store import (
+    StoreError,
+    open_group,
+    open_store,
+    storage_errors,
+    storage_options_for,
+)
+from losa_cache.store.writer import ShardWriter, identity_diff, inspect_target, store_lock
 
 CLUSTER_CHOICES = "local | local:N | cuda"
 
@@ -316,9 +323,11 @@ def _run(
     shards_per_task: int | None,
 ) -> ExtractResult:
     options = storage_options_for(cfg.store, storage_options)
+    with storage_errors(cfg.store, RESUME):
+        inspect_target(cfg.store, options)  # refuse a bad path before loading
     # the client only needs the backbone's fingerprint: keep it off the workers' GPUs
     backbone, dataset, rows, splits, layers = prepare(cfg, torch.device("cpu"))
-    with store_lock(cfg.store, options) as lock:
+    with storage_errors(cfg.store, RESUME), store_lock(cfg.store, options) as lock:
         group, layout, resumed = open_or_create(
             cfg, backbone, dataset, rows, splits, layers, options
         )

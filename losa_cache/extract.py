@@ -23,8 +23,19 @@ from losa_cache.data.base import ImageDataset, ImageDecodeError
 from losa_cache.data.torch_dataset import TorchImages, worker_context
 from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
-from losa_cache.store.writer import ShardWriter, create_store, now, open_for_resume, store_lock
+from losa_cache.store.store import storage_errors
+from losa_cache.store.writer import (
+    ShardWriter,
+    create_store,
+    inspect_target,
+    now,
+    open_for_resume,
+    store_lock,
+)
 from losa_cache.versions import versions
+
+#: how to go on after a store write failed (disk full): nothing finished is lost
+RESUME = "rerun the same command to resume: finished shards are kept"
 
 
 @dataclass
@@ -366,8 +377,10 @@ def extract(
     """
     device = pick_device(cfg.device)
     amp = compute_dtype(cfg.precision, device)
+    with storage_errors(cfg.store, RESUME):
+        inspect_target(cfg.store, storage_options)  # refuse a bad path before loading
     backbone, dataset, rows, splits, layers = prepare(cfg, device)
-    with store_lock(cfg.store, storage_options) as lock:
+    with storage_errors(cfg.store, RESUME), store_lock(cfg.store, storage_options) as lock:
         group, layout, resumed = open_or_create(
             cfg, backbone, dataset, rows, splits, layers, storage_options
         )

@@ -25,7 +25,8 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from losa_cache.store import schema as S
-from losa_cache.store.store import FeatureStore, StoreError, open_group
+from losa_cache.store.store import FeatureStore, StoreError, open_group, storage_errors
+from losa_cache.store.writer import create_root, inspect_target
 
 META_DATASET = "_zarr_metadata"
 FORMAT = "losa-cache zarr->hdf5 v1"
@@ -126,36 +127,58 @@ def import_hdf5(
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Recreate the store exported to ``h5_path`` at ``path`` (local path or URL)."""
-    with h5py.File(h5_path, "r") as h5:
+    """Recreate the store exported to ``h5_path`` at ``path`` (local path or URL).
+
+    ``path`` must be new (missing or an empty folder), the remains of an interrupted
+    import, or with ``overwrite`` a losa-cache store: a folder of anything else is refused.
+    """
+    with _open_h5(h5_path) as h5:
         if h5.attrs.get("format") != FORMAT or META_DATASET not in h5:
             raise StoreError(f"{h5_path} is not a losa-cache HDF5 export (no {META_DATASET})")
         meta: dict[str, str] = json.loads(h5[META_DATASET].asstr()[()])
-        _refuse_existing(path, storage_options, overwrite)
-        group = open_group(path, mode="w", storage_options=storage_options)
-        root = meta.pop("")
-        _put(group, "zarr.json", json.dumps({**json.loads(root), "attributes": {}}))
-        for name in sorted(meta):
-            _put(group, f"{name}/zarr.json", meta[name])
-        group = open_group(path, mode="r+", storage_options=storage_options)
-        names = [n for n in sorted(meta) if json.loads(meta[n])["node_type"] == "array"]
-        late = [S.CHECKSUMS, S.DONE]  # done markers only after the data they vouch for
-        names = [n for n in names if n not in late] + [n for n in late if n in names]
-        total = sum(group[n].nbytes for n in names)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="import", disable=not progress) as b:
-            for name in names:
-                _copy_from_h5(h5[name], group[name], b)
-        _put(group, "zarr.json", root)  # the manifest last: now the store is whole
-    return {"h5": str(h5_path), "store": path, "arrays": len(names), "bytes": total}
+        with storage_errors(path, "rerun the same command: it redoes the partial import"):
+            total = _import(h5, meta, path, storage_options, progress, overwrite)
+    return {"h5": str(h5_path), "store": path, "arrays": total[0], "bytes": total[1]}
 
 
-def _refuse_existing(path: str, storage_options: dict | None, overwrite: bool) -> None:
+def _open_h5(h5_path: str | Path) -> h5py.File:
     try:
-        existing = open_group(path, mode="r", storage_options=storage_options)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-        return
-    if (list(existing.keys()) or existing.attrs.asdict()) and not overwrite:
-        raise StoreError(f"{path} already holds a Zarr group; pass --overwrite to replace it")
+        return h5py.File(h5_path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # h5py's word for "not HDF5" (no file signature) or truncated
+        raise StoreError(
+            f"{h5_path} is not a readable HDF5 file ({e}); give a file written by "
+            "`losa-cache export`"
+        ) from None
+
+
+def _import(
+    h5: h5py.File,
+    meta: dict[str, str],
+    path: str,
+    storage_options: dict | None,
+    progress: bool,
+    overwrite: bool,
+) -> tuple[int, int]:
+    """Metadata of every node, the data, the done markers, the manifest last; returns
+    (arrays, bytes). Until the manifest lands the root is marked as an import under way."""
+    if inspect_target(path, storage_options) == "store" and not overwrite:
+        raise StoreError(f"{path} already holds a losa-cache store; pass --overwrite to replace it")
+    group = create_root(path, "import", storage_options, replace=overwrite)
+    root = meta.pop("")
+    for name in sorted(meta):
+        _put(group, f"{name}/zarr.json", meta[name])
+    group = open_group(path, mode="r+", storage_options=storage_options)
+    names = [n for n in sorted(meta) if json.loads(meta[n])["node_type"] == "array"]
+    late = [S.CHECKSUMS, S.DONE]  # done markers only after the data they vouch for
+    names = [n for n in names if n not in late] + [n for n in late if n in names]
+    total = sum(group[n].nbytes for n in names)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="import", disable=not progress) as b:
+        for name in names:
+            _copy_from_h5(h5[name], group[name], b)
+    _put(group, "zarr.json", root)  # the manifest last: now the store is whole
+    return len(names), total
 
 
 def _put(group: zarr.Group, key: str, text: str) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,12 +298,62 @@ def parse_storage_options(text: str | None, where: str = "--storage-options") ->
 
 
 def open_group(
-    path: str | Path, mode: str = "r", storage_options: dict | None = None
+    path: str | Path, mode: str = "r", storage_options: dict | None = None, **kwargs: Any
 ) -> zarr.Group:
-    """Open a Zarr group from a local path or an fsspec URL."""
+    """Open a Zarr group from a local path or an fsspec URL (``kwargs`` go to zarr)."""
     options = storage_options_for(path, storage_options)
-    kwargs = {"storage_options": options} if options else {}
-    return zarr.open_group(local_path(path), mode=mode, **kwargs)
+    if options:
+        kwargs["storage_options"] = options
+    with storage_errors(path):
+        return zarr.open_group(local_path(path), mode=mode, **kwargs)
+
+
+#: errno -> what it means for a store and what to do about it
+_OS_ERRORS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+@contextlib.contextmanager
+def storage_errors(path: str | Path, retry: str = "rerun the same command") -> Iterator[None]:
+    """Store I/O failures (full or read-only disk, no permission, no cloud credentials) as
+    one :class:`StoreError` that names the store and the fix; ``retry`` says how to go on
+    once the cause is fixed. Other errors pass through unchanged."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except OSError as e:
+        what = _OS_ERRORS.get(e.errno) if e.errno is not None else None
+        if what is None:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = f"free space, then {retry}"
+        elif e.errno == errno.EROFS:
+            fix = "choose a store path on a writable disk"
+        else:
+            fix = "choose a folder you may write to, or fix its permissions"
+        raise StoreError(f"cannot write store {path}{where}: {what}; {fix}") from e
+    except Exception as e:
+        if not _missing_credentials(e):
+            raise
+        raise StoreError(
+            f"no credentials for {path} ({e}): set them as the cloud SDK expects (e.g. "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), or pass them in "
+            f'--storage-options / ${STORAGE_OPTIONS_ENV}, e.g. \'{{"key": ..., "secret": ...}}\''
+        ) from e
+
+
+def _missing_credentials(e: BaseException) -> bool:
+    """botocore's and google-auth's "no credentials" errors (matched by name: both
+    packages are optional)."""
+    names = {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"}
+    return type(e).__name__ in names
 
 
 def open_store(path: str | Path, storage_options: dict | None = None) -> FeatureStore:

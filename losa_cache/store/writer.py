@@ -1,9 +1,12 @@
 """Creating stores and writing whole shards: idempotent, checksummed, resumable.
 
-A shard is written as: every feature array's rows, then status/error, then its
-checksums, and only then its done marker. A killed run or a full disk therefore
-never leaves a shard that reads as done; rerunning rewrites exactly the shards
-without a marker.
+A shard is written as: its done marker cleared and its old objects deleted, every
+feature array's rows, then status/error, then its checksums, and only then its done
+marker. A killed run or a full disk therefore never leaves a shard that reads as done,
+and rerunning rewrites exactly the shards without a marker, whatever is left of them.
+
+A store is only ever created where nothing of the user's can be lost: a missing path,
+an empty folder, or the remains of our own interrupted creation (:func:`inspect_target`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -25,7 +28,9 @@ from losa_cache.store.store import (
     FeatureStore,
     StoreError,
     is_remote,
+    local_path,
     open_group,
+    storage_options_for,
     write_task,
 )
 
@@ -53,8 +58,12 @@ def create_store(
     tasks: dict[str, tuple[np.ndarray, list[str]]],
     storage_options: dict | None = None,
 ) -> zarr.Group:
-    """Create every array and the manifest. Only the coordinating process calls this."""
-    group = open_group(path, mode="w", storage_options=storage_options)
+    """Create every array and the manifest. Only the coordinating process calls this.
+
+    ``path`` must be missing, an empty folder, or the remains of an interrupted creation
+    or import (cleared first); anything else is refused (:func:`inspect_target`).
+    """
+    group = create_root(path, "extract", storage_options)
     codec = S.CODECS[manifest.codec]
     for layer in layout.layers:
         group.create_array(
@@ -85,9 +94,87 @@ def create_store(
     s, a = layout.num_shards, len(per_shard_arrays(layout))
     group.create_array(S.DONE, shape=(s,), dtype="uint8", chunks=(1,), fill_value=0)
     group.create_array(S.CHECKSUMS, shape=(s, a), dtype="uint64", chunks=(1, a), fill_value=0)
-    manifest.state = "ready"  # written last: a store without it was cut off mid-creation
-    group.attrs[S.ROOT_ATTR] = manifest.to_dict()
+    manifest.state = "ready"
+    group.attrs.put({S.ROOT_ATTR: manifest.to_dict()})  # last, and drops PARTIAL_ATTR
     return group
+
+
+#: root attribute of a store while it is created or imported: a folder holding it is
+#: ours to clear and redo, and not yet a store (no ``losa_cache`` manifest)
+PARTIAL_ATTR = "losa_cache_partial"
+
+
+def create_root(
+    path: str, by: str, storage_options: dict | None = None, replace: bool = False
+) -> zarr.Group:
+    """The root group of a new store, marked as ours (:data:`PARTIAL_ATTR`) in the same
+    write that creates it. Clears only our own: the remains of an interrupted creation
+    or import, or with ``replace`` a losa-cache store."""
+    kind = inspect_target(path, storage_options)
+    if kind == "store" and not replace:
+        raise StoreError(
+            f"{path} already holds a losa-cache store; rerun the command that made it to "
+            "resume, or choose another path"
+        )
+    mode = "w-" if kind == "new" else "w"  # "w" deletes everything under path
+    attrs = {PARTIAL_ATTR: {"by": by, "since": now()}}
+    return open_group(path, mode=mode, storage_options=storage_options, attributes=attrs)
+
+
+def inspect_target(path: str, storage_options: dict | None = None) -> str:
+    """What is at ``path``: "new" (nothing, or an empty folder), "store" (a losa-cache
+    store) or "partial" (our interrupted creation or import). Refuses an empty path, a
+    file, and a non-empty folder that is not ours: we never write into the user's files."""
+    if not str(path).strip():
+        raise StoreError("the store path is empty: give a folder for the store, e.g. run.zarr")
+    entries = _entries(path, storage_options)
+    if not entries:
+        return "new"
+    attrs = _root_attrs(path, storage_options)
+    if S.ROOT_ATTR in attrs:
+        return "store"
+    if PARTIAL_ATTR in attrs:
+        return "partial"
+    shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+    raise StoreError(
+        f"{path} is not empty and not a losa-cache store (it holds {shown}); refusing to "
+        "write into it: choose a new or empty folder for the store"
+    )
+
+
+def _entries(path: str, storage_options: dict | None) -> list[str]:
+    """Names directly under ``path`` (none if it does not exist); refuses a file."""
+    if is_remote(path):
+        import fsspec
+
+        fs, root = fsspec.url_to_fs(path, **(storage_options_for(path, storage_options) or {}))
+        fs.invalidate_cache(root)
+        if fs.isfile(root):
+            raise StoreError(f"{path} is a file, not a folder: give a folder path for the store")
+        try:
+            return sorted(PurePosixPath(p).name for p in fs.ls(root, detail=False))
+        except FileNotFoundError:
+            return []
+    folder = Path(local_path(path))
+    if folder.exists() and not folder.is_dir():
+        raise StoreError(
+            f"{path} is a file, not a folder: give a folder path for the store "
+            f"(e.g. {folder.with_suffix('.zarr')})"
+        )
+    return sorted(os.listdir(folder)) if folder.is_dir() else []
+
+
+def _root_attrs(path: str, storage_options: dict | None) -> dict[str, Any]:
+    """The root group's attributes; empty where ``path`` holds no readable Zarr group."""
+    try:
+        return open_group(path, mode="r", storage_options=storage_options).attrs.asdict()
+    except (
+        FileNotFoundError,
+        ValueError,  # unparsable zarr.json
+        zarr.errors.GroupNotFoundError,
+        zarr.errors.NodeTypeValidationError,
+    ):
+        return {}
 
 
 def identity_diff(stored: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
@@ -110,23 +197,11 @@ def _short(v: Any) -> str:
 def open_for_resume(
     path: str, identity: dict[str, Any], storage_options: dict | None = None
 ) -> FeatureStore | None:
-    """The existing store if it matches ``identity``; None if there is none (or only
-    the remains of an interrupted creation, which nothing was written into)."""
-    try:
-        group = open_group(path, mode="r+", storage_options=storage_options)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+    """The existing store if it matches ``identity``; None where a new one may be created
+    (nothing there, an empty folder, or the remains of our interrupted creation)."""
+    if inspect_target(path, storage_options) != "store":
         return None
-    meta = group.attrs.asdict().get(S.ROOT_ATTR)
-    if meta is None:
-        if list(group.keys()):
-            raise StoreError(
-                f"{path} holds a Zarr group that is not a losa-cache store; "
-                "refusing to overwrite it: choose another --store path"
-            )
-        return None
-    if meta.get("state") != "ready":
-        return None
-    store = FeatureStore(group, path)
+    store = FeatureStore(open_group(path, mode="r+", storage_options=storage_options), path)
     diffs = identity_diff(store.manifest.identity, identity)
     if diffs:
         raise StoreError(
@@ -163,9 +238,16 @@ class ShardWriter:
     def write(
         self, shard: int, features: dict[int, np.ndarray], status: np.ndarray, errors: np.ndarray
     ) -> None:
-        """Write one shard synchronously; idempotent (same inputs -> same bytes)."""
+        """Write one shard synchronously; idempotent (same inputs -> same bytes).
+
+        The shard is overwritten wholesale, never read: its done marker is cleared and its
+        old objects deleted first (zarr reads an existing shard before overwriting it, so a
+        truncated or damaged leftover of a killed run or repair would fail the rewrite).
+        """
         start, stop = self.layout.shard_range(shard)
         values = [features[layer] for layer in self.layout.layers] + [status, errors]
+        self.group[S.DONE][shard] = 0
+        delete_shard(self.group, self.layout, shard)
         for name, value in zip(self.names, values, strict=True):
             self.group[name][start:stop] = value
         self.group[S.CHECKSUMS][shard] = np.array([checksum(v) for v in values], dtype=np.uint64)
@@ -209,20 +291,49 @@ def verify_shards(store: FeatureStore, progress: bool = False) -> list[dict[str,
     return bad
 
 
+def partial_shards(store: FeatureStore) -> list[int]:
+    """Shards without a done marker that still hold objects (an interrupted write or
+    repair): not errors, since resuming rewrites them whole without reading them."""
+    pending = set(np.flatnonzero(~store.done_shards()).tolist())
+    found: set[int] = set()
+    for name in per_shard_arrays(store.layout) if pending else []:
+        arr = store.group[name]
+        rows = arr.shards[0] if arr.shards is not None else arr.chunks[0]
+        prefix = f"{arr.store_path.path}/c/"
+        for key in _list_keys(arr.store_path.store, prefix):
+            first = key[len(prefix) :].split("/")[0]
+            if first.isdigit() and int(first) * rows // store.layout.shard_rows in pending:
+                found.add(int(first) * rows // store.layout.shard_rows)
+    return sorted(found)
+
+
+def _list_keys(store: Any, prefix: str) -> list[str]:
+    from zarr.core.sync import sync
+
+    async def collect() -> list[str]:
+        return [key async for key in store.list_prefix(prefix)]
+
+    return sync(collect())
+
+
 def verify_store(
     path: str, repair: bool = False, storage_options: dict | None = None, progress: bool = False
 ) -> dict[str, Any]:
-    """Check every done shard against its checksums; with ``repair``, clear the markers of
-    the damaged ones (under the store lock) so the next extract rewrites exactly those."""
-    from losa_cache.store.store import open_store
+    """Check every shard: done ones against their checksums, the others reported as not
+    extracted (``partial`` where an interrupted write or repair left objects behind). With
+    ``repair``, damaged shards are reset under the store lock (:func:`mark_for_repair`)
+    so the next extract rewrites exactly those."""
+    from losa_cache.store.store import open_store, storage_errors
 
     store = open_store(path, storage_options)
     done = store.done_shards()
     bad = verify_shards(store, progress=progress)
     shards = sorted({b["shard"] for b in bad})
     if repair and shards:
-        with store_lock(path, storage_options):
+        retry = "rerun `losa-cache verify --repair`"
+        with storage_errors(path, retry), store_lock(path, storage_options):
             mark_for_repair(path, shards, storage_options)
+        store = open_store(path, storage_options)
     return {
         "store": path,
         "shards_total": len(done),
@@ -230,23 +341,32 @@ def verify_store(
         "bad": bad,
         "bad_shards": shards,
         "repaired": bool(repair and shards),
+        "pending_shards": np.flatnonzero(~store.done_shards()).tolist(),
+        "partial_shards": partial_shards(store),
     }
 
 
 def mark_for_repair(path: str, shards: list[int], storage_options: dict | None = None) -> None:
-    """Clear the done markers of damaged shards, then delete their objects, so the next
-    extract rewrites them from scratch (zarr reads an existing shard before writing it,
-    and a damaged one would fail that read)."""
-    from zarr.core.sync import sync
-
+    """Reset damaged shards so the next extract rewrites them: first every done marker is
+    cleared, then the shards' objects are deleted. Safe to interrupt anywhere and to rerun:
+    a shard is either still marked done and damaged (verify names it again) or has no
+    marker, which extract rewrites wholesale without reading what is left of it."""
     group = open_group(path, mode="r+", storage_options=storage_options)
     layout = S.Layout.from_dict(group.attrs[S.ROOT_ATTR]["layout"])
     for shard in shards:
         group[S.DONE][shard] = 0
+    for shard in shards:
+        delete_shard(group, layout, shard)
+
+
+def delete_shard(group: zarr.Group, layout: S.Layout, shard: int) -> None:
+    """Delete the objects holding ``shard`` in every per-shard array (missing ones too)."""
+    from zarr.core.sync import sync
+
+    row = layout.shard_range(shard)[0]
     for name in per_shard_arrays(layout):
         arr = group[name]
-        for shard in shards:
-            sync((arr.store_path / shard_key(arr, layout.shard_range(shard)[0])).delete())
+        sync((arr.store_path / shard_key(arr, row)).delete())
 
 
 def shard_key(arr: zarr.Array, row: int) -> str:
