@@ -27,7 +27,9 @@ def verify(
     """Re-read every finished shard and compare it with the checksums recorded at write time.
 
     Names damaged or truncated shards; exit code 1 if any are found and not repaired.
-    With --repair, rerunning the same `losa-cache extract` command rewrites exactly those.
+    Shards not extracted yet (or left by an interrupted run or repair) are listed too.
+    With --repair, rerunning the same `losa-cache extract` command rewrites exactly those;
+    a repair that is interrupted can simply be run again.
 
     Example: losa-cache verify stores/cifar.zarr --repair
     """
@@ -49,10 +51,10 @@ def _print_verify(report: dict) -> None:
     n, total = report["shards_checked"], report["shards_total"]
     if not report["bad_shards"]:
         typer.echo(f"{report['store']}: {n} of {total} shards checked, all match their checksums")
-        if n < total:
-            typer.echo(f"{total - n} shards not extracted yet: rerun the extract command")
-        return
-    typer.echo(f"{report['store']}: {len(report['bad_shards'])} damaged shard(s) of {n} checked")
+    else:
+        typer.echo(
+            f"{report['store']}: {len(report['bad_shards'])} damaged shard(s) of {n} checked"
+        )
     for bad in report["bad"]:
         typer.echo(
             f"  shard {bad['shard']} rows {bad['rows'][0]}-{bad['rows'][1] - 1} "
@@ -60,8 +62,27 @@ def _print_verify(report: dict) -> None:
         )
     if report["repaired"]:
         typer.echo("marked for repair: rerun the same `losa-cache extract` command")
-    else:
+    elif report["bad_shards"]:
         typer.echo("repair: losa-cache verify --repair STORE, then rerun the extract command")
+    pending, partial = report["pending_shards"], report["partial_shards"]
+    if pending:
+        left = f", {len(partial)} with leftovers of an interrupted run" if partial else ""
+        typer.echo(
+            f"{len(pending)} shard(s) not extracted yet ({_ranges(pending)}){left}: rerunning "
+            "the extract command rewrites them whole"
+        )
+
+
+def _ranges(shards: list[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``"shards 1-3, 7"`` (the first ten runs)."""
+    runs: list[list[int]] = []
+    for s in shards:
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    text = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs[:10])
+    return "shards " + text + (", ..." if len(runs) > 10 else "")
 
 
 def export(
