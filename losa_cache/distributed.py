@@ -55,7 +55,8 @@ from losa_cache.store.store import (
     storage_errors,
     storage_options_for,
 )
-from losa_cache.store.writer import ShardWriter, identity_diff, inspect_target, store_lock
+from losa_cache.store.target import inspect_target
+from losa_cache.store.writer import ShardWriter, identity_diff, store_lock
 
 CLUSTER_CHOICES = "local | local:N | cuda"
 

@@ -24,14 +24,8 @@ from losa_cache.data.torch_dataset import TorchImages, worker_context
 from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
 from losa_cache.store.store import storage_errors
-from losa_cache.store.writer import (
-    ShardWriter,
-    create_store,
-    inspect_target,
-    now,
-    open_for_resume,
-    store_lock,
-)
+from losa_cache.store.target import inspect_target
+from losa_cache.store.writer import ShardWriter, create_store, now, open_for_resume, store_lock
 from losa_cache.versions import versions
 
 #: how to go on after a store write failed (disk full): nothing finished is lost

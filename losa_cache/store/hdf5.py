@@ -26,7 +26,7 @@ from zarr.core.sync import sync
 
 from losa_cache.store import schema as S
 from losa_cache.store.store import FeatureStore, StoreError, open_group, storage_errors
-from losa_cache.store.writer import create_root, inspect_target
+from losa_cache.store.target import create_root, inspect_target
 
 META_DATASET = "_zarr_metadata"
 FORMAT = "losa-cache zarr->hdf5 v1"

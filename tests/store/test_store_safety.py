@@ -20,6 +20,7 @@ from losa_cache.extract import ExtractConfig, extract
 from losa_cache.store import StoreError, open_store
 from losa_cache.store import writer as W
 from losa_cache.store.hdf5 import export_hdf5, import_hdf5
+from losa_cache.store.target import inspect_target
 
 runner = CliRunner()
 MICRO = dict(model="vit_micro", random_init=True, workers=0, limit=4)
@@ -95,7 +96,7 @@ def test_many_entries_are_summarised(tmp_path: Path) -> None:
     for i in range(12):
         (folder / f"f{i:02d}.txt").write_text("x")
     with pytest.raises(StoreError, match=r"f00.txt, f01.txt, .*\.\.\. \(12 entries\)"):
-        W.inspect_target(str(folder))
+        inspect_target(str(folder))
 
 
 def test_empty_folder_and_missing_path_are_created_and_a_store_resumes(tmp_path: Path) -> None:
@@ -122,7 +123,7 @@ def test_interrupted_creation_is_ours_and_is_redone(
     monkeypatch.setattr(W, "write_task", dies)
     with pytest.raises(KeyboardInterrupt):
         extract(ExtractConfig(dataset="demo", store=str(path), **MICRO), progress=False)
-    assert (path / "features").is_dir() and W.inspect_target(str(path)) == "partial"
+    assert (path / "features").is_dir() and inspect_target(str(path)) == "partial"
     with pytest.raises(StoreError, match="not a losa-cache store"):
         open_store(str(path))  # not a store yet
     monkeypatch.undo()
