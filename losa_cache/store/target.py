@@ -28,6 +28,8 @@ from losa_cache.store.store import (
 #: root attribute of a store while it is created or imported: a folder holding it is
 #: ours to clear and redo, and not yet a store (no ``losa_cache`` manifest)
 PARTIAL_ATTR = "losa_cache_partial"
+#: the writer lease of a store at a bucket root lives inside it (store/lease.py)
+BUCKET_ROOT_LEASE = ".losa-cache.lock"
 
 
 def create_root(
@@ -42,7 +44,8 @@ def create_root(
             f"{path} already holds a losa-cache store; rerun the command that made it to "
             "resume, or choose another path"
         )
-    mode = "w-" if kind == "new" else "w"  # "w" deletes everything under path
+    # "w" deletes everything under path; "a" creates (in an empty folder, kept as it is)
+    mode = "a" if kind == "new" else "w"
     since = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     attrs = {PARTIAL_ATTR: {"by": by, "since": since}}
     return open_group(path, mode=mode, storage_options=storage_options, attributes=attrs)
@@ -79,9 +82,10 @@ def _entries(path: str, storage_options: dict | None) -> list[str]:
         if fs.isfile(root):
             raise StoreError(f"{path} is a file, not a folder: give a folder path for the store")
         try:
-            return sorted(PurePosixPath(p).name for p in fs.ls(root, detail=False))
+            names = {PurePosixPath(p).name for p in fs.ls(root, detail=False)}
         except FileNotFoundError:
             return []
+        return sorted(names - {BUCKET_ROOT_LEASE})
     folder = Path(local_path(path))
     if folder.exists() and not folder.is_dir():
         raise StoreError(
