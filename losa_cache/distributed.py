@@ -306,6 +306,8 @@ def extract_distributed(
             "memory:// stores live inside one process and Dask workers cannot see them; "
             "use a path or an object-store URL (s3://...), or extract without --cluster"
         )
+    with storage_errors(cfg.store, RESUME):  # refuse a bad path before any cluster starts
+        inspect_target(cfg.store, storage_options_for(cfg.store, storage_options))
     if client is not None:
         return _run(cfg, client, progress, storage_options, retries, shards_per_task)
     spec = parse_cluster(cluster, scheduler)
@@ -324,8 +326,6 @@ def _run(
     shards_per_task: int | None,
 ) -> ExtractResult:
     options = storage_options_for(cfg.store, storage_options)
-    with storage_errors(cfg.store, RESUME):
-        inspect_target(cfg.store, options)  # refuse a bad path before loading
     # the client only needs the backbone's fingerprint: keep it off the workers' GPUs
     backbone, dataset, rows, splits, layers = prepare(cfg, torch.device("cpu"))
     with storage_errors(cfg.store, RESUME), store_lock(cfg.store, options) as lock:

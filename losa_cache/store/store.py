@@ -337,8 +337,8 @@ def storage_errors(path: str | Path, retry: str = "rerun the same command") -> I
         elif e.errno == errno.EROFS:
             fix = "choose a store path on a writable disk"
         else:
-            fix = "choose a folder you may write to, or fix its permissions"
-        raise StoreError(f"cannot write store {path}{where}: {what}; {fix}") from e
+            fix = "fix the folder's permissions, or choose a store path you may write to"
+        raise StoreError(f"store {path}{where}: {what}; {fix}") from e
     except Exception as e:
         if not _missing_credentials(e):
             raise

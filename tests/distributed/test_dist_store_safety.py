@@ -3,6 +3,7 @@ written into, a bucket root works (its lease lives inside it), a store there res
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -44,3 +45,21 @@ def test_store_at_a_bucket_root_is_created_and_resumed(s3: dict[str, Any]) -> No
     assert not first.resumed and open_store(url, options).complete
     again = extract(ExtractConfig(store=url, **MICRO), progress=False, storage_options=options)
     assert again.resumed and again.shards_written == 0
+
+
+def test_cluster_run_into_a_folder_of_notes_is_refused_before_any_cluster_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from losa_cache import distributed as D
+
+    def no_cluster(*_a: object) -> None:
+        raise AssertionError("a cluster was started for a refused store")
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "todo.txt").write_text("keep me\n")
+    monkeypatch.setattr(D, "connect", no_cluster)
+    with pytest.raises(StoreError, match=r"notes is not empty .*todo\.txt"):
+        D.extract_distributed(ExtractConfig(store=str(folder), **MICRO), cluster="local:1")
+    assert [p.name for p in folder.iterdir()] == ["todo.txt"]
+    assert (folder / "todo.txt").read_text() == "keep me\n"

@@ -200,7 +200,7 @@ def test_import_of_a_file_that_is_not_hdf5_is_one_line(tmp_path: Path) -> None:
     "err, words",
     [
         (errno.EROFS, "read-only file system; choose a store path on a writable disk"),
-        (errno.EACCES, "permission denied; choose a folder you may write to"),
+        (errno.EACCES, "permission denied; fix the folder's permissions, or choose"),
     ],
 )
 def test_unwritable_store_folder_is_one_line(
