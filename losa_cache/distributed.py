@@ -56,7 +56,7 @@ from losa_cache.store.store import (
     storage_options_for,
 )
 from losa_cache.store.target import inspect_target
-from losa_cache.store.writer import ShardWriter, identity_diff, store_lock
+from losa_cache.store.writer import ShardWriter, done_shards, identity_diff, store_lock
 
 CLUSTER_CHOICES = "local | local:N | cuda"
 
@@ -194,7 +194,7 @@ def extract_task(shards: list[int], plugin: str) -> dict[str, Any]:
     worker = get_worker()
     ext: ExtractorPlugin = worker.plugins[plugin]
     st = ext.state()
-    done = st.group[S.DONE].get_coordinate_selection(np.asarray(shards))
+    done = done_shards(st.group, shards)
     todo = [s for s, d in zip(shards, done, strict=True) if not d]
     batches = shard_batches(st.layout, todo, st.cfg.batch_size)
     # workers=0: Dask worker processes are daemonic and may not start DataLoader workers
@@ -334,13 +334,13 @@ def _run(
         )
         del backbone
         identity = group.attrs[S.ROOT_ATTR]["identity"]
-        todo = [int(s) for s in np.flatnonzero(~group[S.DONE][:].astype(bool))]
+        todo = [int(s) for s in np.flatnonzero(~done_shards(group))]
         t0 = time.perf_counter()
         results = _submit_and_wait(
             client, cfg, identity, options, layout, todo, progress, retries, shards_per_task, lock
         )
         seconds = time.perf_counter() - t0
-        missing = np.flatnonzero(~group[S.DONE][:].astype(bool))
+        missing = np.flatnonzero(~done_shards(group))
         if len(missing):
             raise RuntimeError(
                 f"{len(missing)} shards still unmarked after every task finished "

@@ -25,7 +25,14 @@ from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
 from losa_cache.store.store import storage_errors
 from losa_cache.store.target import inspect_target
-from losa_cache.store.writer import ShardWriter, create_store, now, open_for_resume, store_lock
+from losa_cache.store.writer import (
+    ShardWriter,
+    create_store,
+    done_shards,
+    now,
+    open_for_resume,
+    store_lock,
+)
 from losa_cache.versions import versions
 
 #: how to go on after a store write failed (disk full): nothing finished is lost
@@ -378,7 +385,7 @@ def extract(
         group, layout, resumed = open_or_create(
             cfg, backbone, dataset, rows, splits, layers, storage_options
         )
-        done = group[S.DONE][:].astype(bool)
+        done = done_shards(group)
         todo = [int(s) for s in np.flatnonzero(~done)]
         backbone.prune(list(layout.layers))
         batches = shard_batches(layout, todo, cfg.batch_size)

@@ -189,15 +189,20 @@ class ShardWriter:
 
 
 def verify_shards(store: FeatureStore, progress: bool = False) -> list[dict[str, Any]]:
-    """Re-read every done shard and compare with the checksums recorded at write time."""
+    """Re-read every done shard and compare with the checksums recorded at write time; an
+    unreadable done marker or checksum row is damage of its shard too."""
     from tqdm.auto import tqdm
 
-    names = per_shard_arrays(store.layout)
-    sums = store.group[S.CHECKSUMS][:]
-    bad = []
-    done = np.flatnonzero(store.done_shards())
-    for shard in tqdm(done, desc="verify", unit="shard", disable=not progress):
-        start, stop = store.layout.shard_range(int(shard))
+    names, layout = per_shard_arrays(store.layout), store.layout
+    done, bad_markers = readable_rows(store.group[S.DONE])
+    sums, bad_sums = readable_rows(store.group[S.CHECKSUMS])
+    bad = [_bad(layout, s, S.DONE, why) for s, why in bad_markers.items()]
+    for shard in tqdm(np.flatnonzero(done), desc="verify", unit="shard", disable=not progress):
+        shard = int(shard)
+        if shard in bad_sums:
+            bad.append(_bad(layout, shard, S.CHECKSUMS, bad_sums[shard]))
+            continue
+        start, stop = layout.shard_range(shard)
         for col, name in enumerate(names):
             try:
                 ok = checksum(store.group[name][start:stop]) == int(sums[shard, col])
@@ -205,16 +210,55 @@ def verify_shards(store: FeatureStore, progress: bool = False) -> list[dict[str,
             except Exception as e:  # truncated or undecodable shard file
                 ok, reason = False, f"unreadable: {type(e).__name__}: {e}"
             if not ok:
-                bad.append(
-                    {"shard": int(shard), "array": name, "rows": [start, stop], "reason": reason}
-                )
-    return bad
+                bad.append(_bad(layout, shard, name, reason))
+    return sorted(bad, key=lambda b: b["shard"])
+
+
+def _bad(layout: S.Layout, shard: int, array: str, reason: str) -> dict[str, Any]:
+    rows = list(layout.shard_range(shard))
+    return {"shard": shard, "array": array, "rows": rows, "reason": reason}
+
+
+def readable_rows(arr: zarr.Array) -> tuple[np.ndarray, dict[int, str]]:
+    """``arr[:]``, or where that fails row by row: (values, {unreadable row: why}); rows
+    that cannot be read are left 0 (done markers: not done)."""
+    try:
+        return arr[:], {}
+    except Exception:  # a damaged chunk: find which
+        pass
+    values, bad = np.zeros(arr.shape, dtype=arr.dtype), {}
+    for row in range(arr.shape[0]):
+        try:
+            values[row] = arr[row]
+        except Exception as e:
+            bad[row] = f"unreadable: {type(e).__name__}: {e}"
+    return values, bad
+
+
+def done_shards(group: zarr.Group, shards: list[int] | None = None) -> np.ndarray:
+    """Done markers as bools (of ``shards``, else all); an unreadable marker reads as not
+    done, so extraction rewrites its shard (and the marker) instead of failing on it."""
+    arr = group[S.DONE]
+    if shards is None:
+        return readable_rows(arr)[0].astype(bool)
+    try:
+        return arr.get_coordinate_selection(np.asarray(shards)).astype(bool)
+    except Exception:  # a damaged marker among them: read one by one
+        return np.array([_marker(arr, s) for s in shards], dtype=bool)
+
+
+def _marker(arr: zarr.Array, shard: int) -> bool:
+    try:
+        return bool(arr[shard])
+    except Exception:
+        return False
 
 
 def partial_shards(store: FeatureStore) -> list[int]:
     """Shards without a done marker that still hold objects (an interrupted write or
     repair): not errors, since resuming rewrites them whole without reading them."""
-    pending = set(np.flatnonzero(~store.done_shards()).tolist())
+    done, unreadable = readable_rows(store.group[S.DONE])
+    pending = set(np.flatnonzero(~done.astype(bool)).tolist()) - set(unreadable)
     found: set[int] = set()
     for name in per_shard_arrays(store.layout) if pending else []:
         arr = store.group[name]
@@ -246,7 +290,7 @@ def verify_store(
     from losa_cache.store.store import open_store, storage_errors
 
     store = open_store(path, storage_options)
-    done = store.done_shards()
+    done, unreadable = readable_rows(store.group[S.DONE])
     bad = verify_shards(store, progress=progress)
     shards = sorted({b["shard"] for b in bad})
     if repair and shards:
@@ -254,14 +298,16 @@ def verify_store(
         with storage_errors(path, retry), store_lock(path, storage_options):
             mark_for_repair(path, shards, storage_options)
         store = open_store(path, storage_options)
+    after, unreadable_after = readable_rows(store.group[S.DONE])
+    pending = set(np.flatnonzero(~after.astype(bool)).tolist()) - set(unreadable_after)
     return {
         "store": path,
         "shards_total": len(done),
-        "shards_checked": int(done.sum()),
+        "shards_checked": int(done.astype(bool).sum()) + len(unreadable),
         "bad": bad,
         "bad_shards": shards,
         "repaired": bool(repair and shards),
-        "pending_shards": np.flatnonzero(~store.done_shards()).tolist(),
+        "pending_shards": sorted(pending),
         "partial_shards": partial_shards(store),
     }
 

@@ -177,3 +177,25 @@ def test_damaged_not_done_shards_never_block_resume(reference: str, tmp_path: Pa
     assert code == 0 and report["bad_shards"] == [] and report["shards_checked"] == 6
     assert report["pending_shards"] == [2, 7] and report["partial_shards"] == [2, 7]
     resume_and_compare(path, reference, [2, 7])
+
+
+def test_unreadable_markers_and_checksum_rows_are_damage_that_repair_fixes(
+    reference: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "markers.zarr"
+    shutil.copytree(reference, path)
+    (path / "progress/done/c/2").write_bytes(b"\xff" * 7)
+    (path / "progress/checksums/c/4/0").write_bytes(b"\xff" * 3)
+    code, report = verify(path)
+    assert code == 1 and report["bad_shards"] == [2, 4]
+    assert {(b["shard"], b["array"]) for b in report["bad"]} == {(2, S.DONE), (4, S.CHECKSUMS)}
+    code, report = verify(path, "--repair")
+    assert code == 0 and report["pending_shards"] == [2, 4]
+    resume_and_compare(path, reference, [2, 4])
+
+
+def test_extract_rewrites_a_shard_with_an_unreadable_marker(reference: str, tmp_path: Path) -> None:
+    path = tmp_path / "marker.zarr"
+    shutil.copytree(reference, path)
+    (path / "progress/done/c/5").write_bytes(b"\xff" * 7)
+    resume_and_compare(path, reference, [5])
