@@ -60,7 +60,7 @@ def inspect_target(path: str, storage_options: dict | None = None) -> str:
     entries = _entries(path, storage_options)
     if not entries:
         return "new"
-    attrs = _root_attrs(path, storage_options)
+    attrs = root_attrs(path, storage_options)
     if S.ROOT_ATTR in attrs:
         return "store"
     if PARTIAL_ATTR in attrs:
@@ -92,10 +92,15 @@ def _entries(path: str, storage_options: dict | None) -> list[str]:
             f"{path} is a file, not a folder: give a folder path for the store "
             f"(e.g. {folder.with_suffix('.zarr')})"
         )
-    return sorted(os.listdir(folder)) if folder.is_dir() else []
+    if folder.is_dir():
+        return sorted(os.listdir(folder))
+    above = next((p for p in folder.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise StoreError(f"{path}: {above} is a file, not a folder; choose another store path")
+    return []
 
 
-def _root_attrs(path: str, storage_options: dict | None) -> dict[str, Any]:
+def root_attrs(path: str, storage_options: dict | None) -> dict[str, Any]:
     """The root group's attributes; empty where ``path`` holds no readable Zarr group."""
     try:
         return open_group(path, mode="r", storage_options=storage_options).attrs.asdict()

@@ -30,7 +30,7 @@ from losa_cache.store.store import (
     open_group,
     write_task,
 )
-from losa_cache.store.target import create_root, inspect_target
+from losa_cache.store.target import PARTIAL_ATTR, create_root, inspect_target, root_attrs
 
 
 def per_shard_arrays(layout: S.Layout) -> list[str]:
@@ -289,7 +289,15 @@ def verify_store(
     so the next extract rewrites exactly those."""
     from losa_cache.store.store import open_store, storage_errors
 
-    store = open_store(path, storage_options)
+    try:
+        store = open_store(path, storage_options)
+    except StoreError:
+        if PARTIAL_ATTR not in root_attrs(path, storage_options):
+            raise
+        raise StoreError(
+            f"{path} is a store whose creation was cut off (nothing extracted yet): rerun "
+            "the extract or import command that made it"
+        ) from None
     done, unreadable = readable_rows(store.group[S.DONE])
     bad = verify_shards(store, progress=progress)
     shards = sorted({b["shard"] for b in bad})

@@ -126,6 +126,7 @@ def test_interrupted_creation_is_ours_and_is_redone(
     assert (path / "features").is_dir() and inspect_target(str(path)) == "partial"
     with pytest.raises(StoreError, match="not a losa-cache store"):
         open_store(str(path))  # not a store yet
+    assert "creation was cut off" in run("verify", str(path), code=2)
     monkeypatch.undo()
     done = extract(ExtractConfig(dataset="demo", store=str(path), **MICRO), progress=False)
     assert not done.resumed and open_store(str(path)).complete
@@ -143,8 +144,9 @@ def test_a_foreign_zarr_group_is_refused(tmp_path: Path) -> None:
 def test_a_regular_file_as_store_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "features.bin"
     path.write_bytes(b"precious")
-    out = run(*CLI, "--dataset", "demo", "--store", str(path), code=2)
-    assert "is a file, not a folder" in out
+    for store in (path, path / "inside.zarr"):
+        out = run(*CLI, "--dataset", "demo", "--store", str(store), code=2)
+        assert f"{path} is a file, not a folder" in out
     assert path.read_bytes() == b"precious"
 
 
