@@ -30,6 +30,9 @@ from losa_cache.store.store import (
 PARTIAL_ATTR = "losa_cache_partial"
 #: the writer lease of a store at a bucket root lives inside it (store/lease.py)
 BUCKET_ROOT_LEASE = ".losa-cache.lock"
+#: what a store's folder holds at its top: anything else is the user's
+_TOP = (S.FEATURES, S.SOURCE, S.STATUS, S.ERROR, S.SPLITS, S.TASKS, S.DONE, S.CHECKSUMS)
+OURS = frozenset({"zarr.json"} | {name.split("/")[0] for name in _TOP})
 
 
 def create_root(
@@ -63,13 +66,23 @@ def inspect_target(path: str, storage_options: dict | None = None) -> str:
     attrs = root_attrs(path, storage_options)
     if S.ROOT_ATTR in attrs:
         return "store"
-    if PARTIAL_ATTR in attrs:
+    foreign = [e for e in entries if e not in OURS]
+    if PARTIAL_ATTR in attrs and not foreign:
         return "partial"
-    shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+    if PARTIAL_ATTR in attrs:  # redoing it clears the folder: never with files of yours
+        raise StoreError(
+            f"{path} holds an interrupted store creation and also {_listing(foreign)}; "
+            "move those out (or choose another path), then rerun"
+        )
     raise StoreError(
-        f"{path} is not empty and not a losa-cache store (it holds {shown}); refusing to "
-        "write into it: choose a new or empty folder for the store"
+        f"{path} is not empty and not a losa-cache store (it holds {_listing(entries)}); "
+        "refusing to write into it: choose a new or empty folder for the store"
     )
+
+
+def _listing(names: list[str]) -> str:
+    more = f", ... ({len(names)} entries)" if len(names) > 5 else ""
+    return ", ".join(names[:5]) + more
 
 
 def _entries(path: str, storage_options: dict | None) -> list[str]:

@@ -127,6 +127,10 @@ def test_interrupted_creation_is_ours_and_is_redone(
     with pytest.raises(StoreError, match="not a losa-cache store"):
         open_store(str(path))  # not a store yet
     assert "creation was cut off" in run("verify", str(path), code=2)
+    (path / "later.txt").write_text("mine")  # a file of the user's: redoing would delete it
+    with pytest.raises(StoreError, match=r"interrupted store creation and also later\.txt"):
+        inspect_target(str(path))
+    (path / "later.txt").unlink()
     monkeypatch.undo()
     done = extract(ExtractConfig(dataset="demo", store=str(path), **MICRO), progress=False)
     assert not done.resumed and open_store(str(path)).complete
