@@ -6,8 +6,14 @@ the kind they care about (an incomplete store can be finished, a damaged one rep
 
 from __future__ import annotations
 
-__all__ = ["StoreError", "StoreIncompleteError", "StoreIntegrityError", "damage_message",
-           "damaged", "repair_hint"]
+__all__ = [
+    "StoreError",
+    "StoreIncompleteError",
+    "StoreIntegrityError",
+    "damage_message",
+    "damaged",
+    "repair_hint",
+]
 
 
 class StoreError(ValueError):
@@ -24,14 +30,18 @@ class StoreIntegrityError(StoreError):
 
 def repair_hint(store: str) -> str:
     """The fix for damage: mark the shards for rewriting, then let extraction rewrite them."""
-    return (f"run `losa-cache verify {store} --repair`, then rerun the `losa-cache extract` "
-            "command that wrote the store to rewrite the damaged shards")
+    return (
+        f"run `losa-cache verify {store} --repair`, then rerun the `losa-cache extract` "
+        "command that wrote the store to rewrite the damaged shards"
+    )
 
 
 def damage_message(store: str, array: str, shard: int, file: str, reason: str) -> str:
     """What to say about a shard whose bytes fail their check: shard, file and fix."""
-    return (f"store {store} is damaged: shard {shard} of {array} ({file}): {reason}; "
-            f"{repair_hint(store)}")
+    return (
+        f"store {store} is damaged: shard {shard} of {array} ({file}): {reason}; "
+        f"{repair_hint(store)}"
+    )
 
 
 def damaged(store: str, array: str, shard: int, file: str, reason: str) -> StoreIntegrityError:

@@ -103,8 +103,10 @@ def feature_attrs(layer: int, dtype: str) -> dict[str, Any]:
     """Array attributes that tell an outside reader what the stored numbers are."""
     attrs: dict[str, Any] = {"block": layer, "dtype": dtype}
     if dtype == "bfloat16":
-        attrs["stored_as"] = ("uint16 bit patterns of bfloat16: view the bits as bfloat16 "
-                              "(do not convert the integers); 0x7FC0 = NaN = not yet written")
+        attrs["stored_as"] = (
+            "uint16 bit patterns of bfloat16: view the bits as bfloat16 "
+            "(do not convert the integers); 0x7FC0 = NaN = not yet written"
+        )
     return attrs
 
 
@@ -112,8 +114,9 @@ def encode_text(values: Any, width: int) -> np.ndarray:
     """Strings as an (n, width) uint8 matrix of NUL-padded UTF-8 (longer ones are cut
     at a character boundary): a numeric array every Zarr client reads."""
     encoded = [str(v).encode() for v in values]
-    encoded = [b if len(b) <= width else b[:width].decode(errors="ignore").encode()
-               for b in encoded]
+    encoded = [
+        b if len(b) <= width else b[:width].decode(errors="ignore").encode() for b in encoded
+    ]
     fixed = np.array(encoded, dtype=f"S{width}") if encoded else np.zeros(0, f"S{width}")
     return fixed.view(np.uint8).reshape(len(encoded), width)
 
@@ -121,7 +124,7 @@ def encode_text(values: Any, width: int) -> np.ndarray:
 def decode_text(values: np.ndarray) -> np.ndarray:
     """Inverse of :func:`encode_text` (str arrays of schema-1 stores pass through)."""
     if values.dtype.kind in "OTU":
-        return values.astype(str)
+        return values
     width = values.shape[-1]
     fixed = np.ascontiguousarray(values, dtype=np.uint8).view(f"S{width}")[..., 0]
     return np.char.decode(fixed, "utf-8")

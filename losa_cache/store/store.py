@@ -6,8 +6,7 @@ import itertools
 import json
 import os
 import warnings
-from collections.abc import Sequence
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -466,12 +465,14 @@ class FeatureStore:
     def complete(self) -> bool:
         return bool(self.done_shards().all())
 
-    def require_complete(self) -> None:
+    def require_complete(self, hint: str = "") -> None:
+        """Raise StoreIncompleteError unless every shard is done (``hint``: another way out)."""
         done = self.done_shards()
         if not done.all():
-            raise StoreError(
+            raise StoreIncompleteError(
                 f"store {self.path} is incomplete ({int(done.sum())}/{len(done)} shards "
                 "extracted): rerun the same `losa-cache extract` command to resume"
+                + (f", {hint}" if hint else "")
             )
 
     def nbytes(self) -> dict[str, int]:

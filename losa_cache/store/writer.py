@@ -87,15 +87,34 @@ def create_arrays(
         arr.attrs.update(S.feature_attrs(layer, layout.dtype))
     small = {"compressors": S.checked("none")}
     text = {"compressors": S.checked("zstd-plain")}  # NUL padding compresses away
-    group.create_array(S.STATUS, shape=(n,), dtype="uint8", chunks=(rows,), fill_value=S.PENDING,
-                       dimension_names=("image",), **small)
-    group.create_array(S.ERROR, shape=(n, S.ERROR_BYTES), dtype="uint8",
-                       chunks=(rows, S.ERROR_BYTES), fill_value=0,
-                       dimension_names=("image", "error_byte"), **text)
+    group.create_array(
+        S.STATUS,
+        shape=(n,),
+        dtype="uint8",
+        chunks=(rows,),
+        fill_value=S.PENDING,
+        dimension_names=("image",),
+        **small,
+    )
+    group.create_array(
+        S.ERROR,
+        shape=(n, S.ERROR_BYTES),
+        dtype="uint8",
+        chunks=(rows, S.ERROR_BYTES),
+        fill_value=0,
+        dimension_names=("image", "error_byte"),
+        **text,
+    )
     width = S.text_width(sources)
-    src = group.create_array(S.SOURCE, shape=(n, width), dtype="uint8",
-                             chunks=(min(max(1, n), 1 << 16), width), fill_value=0,
-                             dimension_names=("image", "source_byte"), **text)
+    src = group.create_array(
+        S.SOURCE,
+        shape=(n, width),
+        dtype="uint8",
+        chunks=(min(max(1, n), 1 << 16), width),
+        fill_value=0,
+        dimension_names=("image", "source_byte"),
+        **text,
+    )
     src[:] = S.encode_text(sources, width)
     for attrs_of in (src, group[S.ERROR]):
         attrs_of.attrs["encoding"] = "utf-8, NUL-padded: one string per row"
@@ -111,10 +130,24 @@ def create_arrays(
         )
         arr[:] = np.asarray(idx, dtype=np.int64)
     s, a = layout.num_shards, len(per_shard_arrays(layout))
-    group.create_array(S.DONE, shape=(s,), dtype="uint8", chunks=(1,), fill_value=0,
-                       dimension_names=("shard",), **small)
-    sums = group.create_array(S.CHECKSUMS, shape=(s, a), dtype="uint64", chunks=(1, a),
-                              fill_value=0, dimension_names=("shard", "array"), **small)
+    group.create_array(
+        S.DONE,
+        shape=(s,),
+        dtype="uint8",
+        chunks=(1,),
+        fill_value=0,
+        dimension_names=("shard",),
+        **small,
+    )
+    sums = group.create_array(
+        S.CHECKSUMS,
+        shape=(s, a),
+        dtype="uint64",
+        chunks=(1, a),
+        fill_value=0,
+        dimension_names=("shard", "array"),
+        **small,
+    )
     sums.attrs["arrays"] = per_shard_arrays(layout)
 
 
