@@ -8,9 +8,6 @@ from pathlib import Path
 
 import pytest
 
-#: (dtype, codec) of the stores every client must read
-KINDS = [("float16", "none"), ("bfloat16", "none"), ("float32", "none"), ("float16", "zstd")]
-
 
 @pytest.fixture(scope="session")
 def kind_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], str]:
