@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ class FeatureArray:
     #: raw shard-file reads when the chunks are uncompressed local bytes (store/direct.py)
     direct: DirectReader | None = field(default=None, init=False, repr=False)
     _present: set[int] = field(default_factory=set, init=False, repr=False)
+    _recheck: float = field(default=0.0, init=False, repr=False)  # next refresh, monotonic
 
     def __post_init__(self) -> None:
         self.direct = direct_reader(self.array, self.store)
@@ -221,7 +223,8 @@ class FeatureArray:
             return np.zeros(len(rows), dtype=bool)
         shards = rows // self.shard_rows
         pending = ~self.done[shards]
-        if pending.any() and self.refresh is not None:
+        if pending.any() and self.refresh is not None and time.monotonic() > self._recheck:
+            self._recheck = time.monotonic() + 1.0  # at most once a second
             self.done = self.refresh()  # finished meanwhile?
             if self.direct is not None:
                 self.direct.done = self.done

@@ -130,3 +130,16 @@ def test_unfinished_rows_read_as_nan_in_other_clients(kind_store, copy_store, dt
         if dtype == "bfloat16":
             got = got.view(ml_dtypes.bfloat16).astype(np.float32)
         assert np.isnan(got[sr : 2 * sr]).all() and not np.isnan(got[:sr]).any()
+
+
+def test_text_keeps_long_paths_and_cuts_long_errors_at_a_character() -> None:
+    """Sources are as wide as the longest (nothing is cut); skip reasons are cut at
+    ERROR_BYTES without splitting a UTF-8 character."""
+    sources = ["a", "/données/" + "é" * 3000 + ".jpg", ""]
+    width = S.text_width(sources)
+    assert width == len(sources[1].encode())
+    assert list(S.decode_text(S.encode_text(sources, width))) == sources
+    long_error = "x" + "€" * 1000  # 3001 bytes; a cut at 1024 would split a euro sign
+    (cut,) = S.decode_text(S.encode_text([long_error], S.ERROR_BYTES))
+    assert long_error.startswith(cut) and len(cut.encode()) <= S.ERROR_BYTES
+    assert len(cut.encode()) > S.ERROR_BYTES - 3
