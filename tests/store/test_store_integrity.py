@@ -166,6 +166,38 @@ def test_damage_stops_the_training_reader(damaged_store: Path) -> None:
                 pass
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_train_and_sweep_stop_at_damage_with_one_line(
+    kind_store, copy_store, tmp_path: Path, command: str
+) -> None:
+    from losa_cache.cli.main import app
+
+    path = copy_store(kind_store("float16", "none"))
+    flip(shard_file(path, 0))
+    args = [
+        command,
+        "--store",
+        str(path),
+        "--method",
+        "losa",
+        "--rank",
+        "2",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path / "out"),
+        "--val-split",
+        "none",
+        "--test-split",
+        "none",
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "is damaged: shard 0 of features/block_003" in res.output
+    assert f"losa-cache verify {path} --repair" in res.output and "Traceback" not in res.output
+
+
 @pytest.mark.parametrize("path", ["direct", "zarr"])
 @pytest.mark.parametrize("how", ["deleted", "emptied", "truncated"])
 def test_missing_or_cut_shard_files_of_done_shards_raise(
