@@ -31,7 +31,9 @@ One run, one store, one side network (default LoSA r=16 on all blocks), same bat
   what its read calls took from the files (/proc/self/io rchar: on-disk, compressed), so
   efficiency = reader file bytes/s / raw bytes/s; logical bytes/s are shown too. ``with
   model`` is the streaming run's read rate at --batch-size: set by how fast the model
-  consumes batches, not a reader limit.
+  consumes batches, not a reader limit. ``verified`` vs ``unverified`` (warm): the reader
+  as it runs, checking every chunk's crc32c (whole chunks read), against the same pass
+  reading just the rows, unchecked (LOSA_CACHE_VERIFY=0): what integrity costs.
 
 Targets (GPU, ViT-B and larger): cached img/s >= 10x live; peak memory at batch 1 cached
 <= 25% of live; reader >= 70% of raw bandwidth.
@@ -52,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -309,23 +312,29 @@ def reader_pass(
     device: torch.device,
     files: list[Path],
     min_seconds: float = 0.0,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Shuffled training batches, no model, for one epoch (and at least ``min_seconds``):
-    logical and file bytes per second."""
+    logical and file bytes per second. ``verify=False``: direct reads skip the crc32c
+    check of whole chunks and read just the rows (what checking every read costs)."""
+    from losa_cache.store.direct import VERIFY_ENV
     from losa_cache.train.reader import StoreReader
 
     resident = resident_fraction(files)
-    reader = StoreReader(
-        store,
-        rows,
-        labels,
-        layers,
-        args.batch_size,
-        seed=0,
-        device=device,
-        cache="none",
-        workers=args.workers,
-    )
+    with _env(VERIFY_ENV, "1" if verify else "0"):  # read when the arrays are opened
+        reader = StoreReader(
+            store,
+            rows,
+            labels,
+            layers,
+            args.batch_size,
+            seed=0,
+            device=device,
+            cache="none",
+            workers=args.workers,
+        )
+        direct = [store.features(layer).direct for layer in layers]
+    checked = [d.crc and d.verify for d in direct if d is not None]
     epoch, n = math.ceil(len(rows) / reader.batch_size), 0
     try:
         rchar0, t0 = read_rchar(), time.perf_counter()
@@ -348,7 +357,21 @@ def reader_pass(
         "file_bytes": file_bytes,
         "file_mb_s": file_bytes / seconds / 1e6 if file_bytes else None,
         "resident_before": resident,
+        "verified": bool(checked) and all(checked),
     }
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
 
 
 def training_reads(store_path: str, args: argparse.Namespace) -> tuple[Any, ...]:
@@ -416,6 +439,11 @@ def io_section(
             "efficiency_vs_ram": rate / ram["mb_s"],
             "efficiency_logical": rd["logical_mb_s"] / best["mb_s"],
         }
+        if cond == "warm":  # what checking every chunk's crc32c costs the reader
+            plain = reader_pass(store, rows, labels, layers, args, device, files, secs,
+                                verify=False)
+            out[cond]["reader_unverified"] = plain
+            out[cond]["verify_cost"] = 1 - rd["logical_mb_s"] / plain["logical_mb_s"]
     out["file_per_logical"] = (
         out["warm"]["reader"]["file_bytes"] / out["warm"]["reader"]["logical_bytes"]
         if out["warm"]["reader"]["file_bytes"]
@@ -812,6 +840,18 @@ def _io_report(io: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     )
     cols = ["pages", "resident", "raw_mb_s", "raw_ram_mb_s", "reader_mb_s"]
     print_table(rows, [*cols, "reader_logical_mb_s", "efficiency", "vs_ram"])
+    if "reader_unverified" in io.get("warm", {}):
+        w = io["warm"]
+        print_table(
+            [
+                {"reads": "verified (crc32c per chunk)" if w["reader"]["verified"]
+                 else "unverified store", "reader_logical_mb_s": w["reader"]["logical_mb_s"]},
+                {"reads": "unverified (rows only)",
+                 "reader_logical_mb_s": w["reader_unverified"]["logical_mb_s"]},
+            ],
+            ["reads", "reader_logical_mb_s"],
+        )
+        print(f"checking every read costs {w['verify_cost']:.0%} of the warm reader rate")
 
 
 def _targets(

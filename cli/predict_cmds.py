@@ -108,9 +108,15 @@ def evaluate(
         help="Labelling to score against (default: the adapter's task, else the store's).")
                     ] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 256,
+    allow_incomplete: Annotated[bool, typer.Option(
+        help="Score an incomplete store's finished shards (says what fraction that is).")
+                                ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Score an adapter on a store split's cached features: accuracy, loss, per class.
+
+    Refuses an incomplete store unless --allow-incomplete; stops at the first damaged
+    chunk (every read is checked against the crc32c written with it).
 
     Example: losa-cache eval --adapter runs/cifar --store stores/cifar.zarr --split test
     """
@@ -119,8 +125,15 @@ def evaluate(
     from losa_cache.store import open_store
 
     with user_errors():
-        result = evaluate_store(load_adapter(adapter), open_store(store), split=split,
-                                task=task, batch_size=batch_size)
+        result = evaluate_store(load_adapter(adapter),
+                                open_store(store, allow_incomplete=allow_incomplete),
+                                split=split, task=task, batch_size=batch_size,
+                                allow_incomplete=allow_incomplete)
+    if not result["complete"]:
+        typer.echo(f"warning: the store is incomplete; scored {result['count']} of "
+                   f"{result['scorable_rows']} rows of split {result['split']} "
+                   f"({result['scored_fraction']:.1%}): rerun `losa-cache extract` to finish",
+                   err=True)
     if json_out:
         emit_json(result)
         return

@@ -279,11 +279,11 @@ def info(
         f"storage      {d['dtype']}, codec {d['codec']}, chunk {d['chunk_rows']} rows, "
         f"shard {d['shard_rows']} rows"
     )
-    ratio = d["compression_ratio"]
     typer.echo(
         f"bytes        {human_bytes(d['bytes_stored'])} on disk, "
-        f"{human_bytes(d['bytes_logical'])} raw" + (f", compression {ratio:.3f}x" if ratio else "")
+        f"{human_bytes(d['bytes_logical'])} of features: {d['size_note']}"
     )
+    typer.echo(f"integrity    {d['integrity']}")
     typer.echo(f"skipped      {len(d['skipped'])}")
     for s in d["skipped"][:20]:
         typer.echo(f"  row {s['row']}: {s['error']}")

@@ -23,6 +23,7 @@ from losa_cache.data.base import ImageDecodeError
 from losa_cache.data.decode import open_rgb
 from losa_cache.data.files import IMAGE_EXTENSIONS
 from losa_cache.store import FeatureStore, StoreError
+from losa_cache.store import schema as S
 
 __all__ = [
     "evaluate_store",
@@ -146,24 +147,33 @@ def _device(module: torch.nn.Module) -> torch.device:
 
 
 def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
-                   task: str | None = None, batch_size: int = 256) -> dict[str, Any]:
+                   task: str | None = None, batch_size: int = 256,
+                   allow_incomplete: bool = False) -> dict[str, Any]:
     """Accuracy, loss and per-class accuracy of the adapter on a store split's features.
 
     ``task`` defaults to the adapter's task if the store has it, else the store's default.
-    Rows that were skipped at extraction or have no label (-1) are not scored.
+    Rows that were skipped at extraction or have no label (-1) are not scored. An
+    incomplete store is refused unless ``allow_incomplete``: then the rows of finished
+    shards are scored and ``scored_fraction`` says how much of the split that was.
     """
     check_store(adapter, store)
+    if not allow_incomplete:
+        store.require_complete(hint="or pass --allow-incomplete to score the finished part")
     task = _task(adapter, store, task)
     labels = store.labels(task)
-    rows = store.split_rows(split)
-    rows = rows[labels[rows] >= 0]
+    rows = store.split_rows(split, valid_only=False)
+    rows = rows[(labels[rows] >= 0) & (store.status[rows] != S.SKIPPED)]  # scorable
+    done = store.done_shards()[rows // store.layout.shard_rows]
+    wanted, rows = len(rows), rows[done]
     if not len(rows):
         raise StoreError(f"split {split!r} of {store.path} has no labelled rows for task "
-                         f"{task!r}")
+                         f"{task!r}" + ("" if done.all() else " in its finished shards"))
     logits = store_logits(adapter, store, rows, batch_size)
     target = torch.from_numpy(labels[rows].astype(np.int64))
     result = score_logits(logits, target, adapter.classes)
-    return {**result, "split": split, "task": task, "store": store.path}
+    return {**result, "split": split, "task": task, "store": store.path,
+            "complete": bool(done.all()), "scorable_rows": wanted,
+            "scored_fraction": len(rows) / wanted}
 
 
 def check_store(adapter: Adapter, store: FeatureStore) -> None:

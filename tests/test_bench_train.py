@@ -40,6 +40,8 @@ def test_train_benchmark_runs_and_reports(bench, micro_store: str, tmp_path: Pat
     assert io["file_bytes"] >= 1e6 and io["store"] != micro_store
     assert 0 < io["warm"]["raw_ram_mb_s"] <= io["warm"]["raw_mb_s"]
     assert io["warm"]["reader"]["logical_bytes"] > 0
+    assert io["warm"]["reader"]["verified"] and not io["warm"]["reader_unverified"]["verified"]
+    assert io["warm"]["reader_unverified"]["logical_bytes"] > 0 and "verify_cost" in io["warm"]
     (saved,) = tmp_path.glob("train-*.json")
     doc = json.loads(saved.read_text())
     assert doc["benchmark"] == "train" and doc["runs"] and "versions" in doc

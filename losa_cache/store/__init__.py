@@ -1,7 +1,15 @@
 """The feature store: schema, reading and writing (see :mod:`losa_cache.store.schema`)."""
 
 from losa_cache.store.schema import CODECS, DTYPES, SCHEMA_VERSION, Layout, plan_layout
-from losa_cache.store.store import FeatureArray, FeatureStore, StoreError, add_task, open_store
+from losa_cache.store.store import (
+    FeatureArray,
+    FeatureStore,
+    StoreError,
+    StoreIncompleteError,
+    StoreIntegrityError,
+    add_task,
+    open_store,
+)
 
 __all__ = [
     "CODECS",
@@ -11,6 +19,8 @@ __all__ = [
     "FeatureStore",
     "Layout",
     "StoreError",
+    "StoreIncompleteError",
+    "StoreIntegrityError",
     "add_task",
     "open_store",
     "plan_layout",

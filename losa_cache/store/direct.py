@@ -12,6 +12,12 @@ gives each row its own destination: one ``preadv`` per contiguous file range, it
 buffers being the rows' slots, shuffles a window for free. Any other layout
 (compressed, remote, chunked along other axes, big-endian...) returns None from
 :func:`direct_reader` and callers stay on zarr.
+
+Chunks written with a ``crc32c`` codec (schema 2 stores) end in the crc32c of their
+bytes. Those are read whole: the rows asked for into their slots, the rest of the chunk
+and its 4 checksum bytes into scratch, all in the same ``preadv``; the crc32c is then
+computed over the pieces in file order (hardware crc32c, GIL released) and a mismatch
+raises :class:`ShardIndexError` (a StoreIntegrityError) naming the shard and file.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
+import crc32c
 import numpy as np
 import torch
 import zarr
@@ -33,16 +39,21 @@ from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.storage import LocalStore
 
+from losa_cache.store.errors import StoreIntegrityError, damage_message
+
 __all__ = ["DirectReader", "ShardIndexError", "as_bytes", "direct_reader"]
 
 EMPTY = np.uint64(2**64 - 1)  # offset/nbytes of a chunk that was never written
 #: env switch: "0" keeps every read on zarr (A/B comparisons, debugging)
 DIRECT_ENV = "LOSA_CACHE_DIRECT"
+#: env switch: "0" reads only the rows asked for, unchecked, from checksummed chunks
+#: (the reader benchmark's verified-vs-unverified row; zarr's own reads always check)
+VERIFY_ENV = "LOSA_CACHE_VERIFY"
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per preadv
 
 
-class ShardIndexError(ValueError):
-    """A shard file whose index or size does not match the array's metadata."""
+class ShardIndexError(StoreIntegrityError):
+    """A shard file whose index, size or chunk checksums do not match what was written."""
 
 
 @dataclass
@@ -56,8 +67,16 @@ class DirectReader:
     shard_rows: int
     row_bytes: int
     index_at_end: bool
-    fill_row: bytes  # one row of the fill value
-    key: Any  # the array metadata: encode_chunk_key names shard files
+    fill_row: bytes = field(repr=False)  # one row of the fill value
+    key: Any = field(repr=False)  # the array metadata: encode_chunk_key names shard files
+    store: str = ""  # the store's path and the array's name in it, for messages
+    name: str = ""
+    #: chunks end in a crc32c (4 bytes after their rows)
+    crc: bool = False
+    #: read whole checksummed chunks and check them (else just the rows asked for)
+    verify: bool = True
+    #: done marker per shard (a store's arrays): a done shard without a file is damage
+    done: np.ndarray | None = None
     _indexes: dict[int, tuple[tuple[int, int, int], np.ndarray]] = field(
         default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -68,11 +87,16 @@ class DirectReader:
 
     @property
     def chunk_bytes(self) -> int:
-        return self.chunk_rows * self.row_bytes
+        """Bytes of one chunk on disk (its crc32c included)."""
+        return self.chunk_rows * self.row_bytes + 4 * self.crc
 
     def shard_path(self, shard: int) -> str:
         key = self.key.encode_chunk_key((shard,) + (0,) * (len(self.shape) - 1))
         return str(self.root / key)
+
+    def _damaged(self, shard: int, reason: str) -> ShardIndexError:
+        return ShardIndexError(damage_message(self.store, self.name, shard,
+                                              self.shard_path(shard), reason))
 
     # ------------------------------------------------------------------ index
 
@@ -88,24 +112,23 @@ class DirectReader:
         n = self.chunks_per_shard
         size = 16 * n + 4
         if st.st_size < size:
-            raise ShardIndexError(f"{self.shard_path(shard)}: {st.st_size} bytes, too short "
-                                  f"for a shard index of {n} chunks")
+            raise self._damaged(shard, f"{st.st_size} bytes, too short for a shard index of "
+                                       f"{n} chunks (truncated file)")
         raw = os.pread(fd, size, st.st_size - size if self.index_at_end else 0)
         if len(raw) != size:
-            raise ShardIndexError(f"{self.shard_path(shard)}: short read of the shard index")
+            raise self._damaged(shard, "short read of the shard index")
         crc = int.from_bytes(raw[-4:], "little")
-        if google_crc32c.value(raw[:-4]) != crc:
-            raise ShardIndexError(f"{self.shard_path(shard)}: shard index checksum mismatch "
-                                  "(damaged file)")
+        if crc32c.crc32c(raw[:-4]) != crc:
+            raise self._damaged(shard, "shard index checksum mismatch")
         index = np.frombuffer(raw[:-4], dtype="<u8").reshape(n, 2)
         empty = (index[:, 0] == EMPTY) & (index[:, 1] == EMPTY)
         bad = ~empty & ((index[:, 1] != self.chunk_bytes)
                         | (index[:, 0] + index[:, 1] > st.st_size))
         if bad.any():
             c = int(np.flatnonzero(bad)[0])
-            raise ShardIndexError(f"{self.shard_path(shard)}: chunk {c} is {int(index[c, 1])} "
-                                  f"bytes at {int(index[c, 0])}; an uncompressed chunk is "
-                                  f"{self.chunk_bytes} bytes inside a {st.st_size}-byte file")
+            raise self._damaged(shard, f"chunk {c} is {int(index[c, 1])} bytes at "
+                                       f"{int(index[c, 0])}; an uncompressed chunk is "
+                                       f"{self.chunk_bytes} bytes inside a {st.st_size}-byte file")
         with self._lock:
             self._indexes[shard] = (ident, index)
         return index
@@ -156,27 +179,108 @@ class DirectReader:
         try:
             fd = os.open(self.shard_path(shard), os.O_RDONLY)
         except FileNotFoundError:  # never written: zarr reads the fill value too
+            if self.done is not None and self.done[shard]:
+                raise self._damaged(shard, "its file is missing but the shard is marked "
+                                           "done") from None
             for s in slots.tolist():
                 self._fill(np.frombuffer(out[s * rb:(s + 1) * rb], np.uint8))
             return 0
-        got = 0
         try:
-            offsets, empty, runs = self._file_runs(shard, fd, local)
-            path = self.shard_path(shard)
-            for a, b in runs:
-                run = slots[a:b]
-                if len(run) > 1 and (np.diff(run) == 1).all():  # in order: one buffer
-                    views = [out[int(run[0]) * rb:(int(run[-1]) + 1) * rb]]
-                else:  # shuffled: a buffer per row
-                    views = [out[s * rb:(s + 1) * rb] for s in run.tolist()]
-                if empty[a]:
-                    for view in views:
-                        self._fill(np.frombuffer(view, np.uint8))
-                else:
-                    got += _preadv_rows(fd, views, int(offsets[a]), path)
+            if self.crc and self.verify:
+                return self._scatter_checked(shard, fd, local, slots, out)
+            return self._scatter_unchecked(shard, fd, local, slots, out)
+        except EOFError as e:
+            raise self._damaged(shard, str(e)) from None
         finally:
             os.close(fd)
+
+    def _scatter_unchecked(self, shard: int, fd: int, local: np.ndarray, slots: np.ndarray,
+                           out: memoryview) -> int:
+        """Rows without checksums: exactly the rows' bytes, one preadv per file range."""
+        rb, got = self.row_bytes, 0
+        offsets, empty, runs = self._file_runs(shard, fd, local)
+        for a, b in runs:
+            run = slots[a:b]
+            if len(run) > 1 and (np.diff(run) == 1).all():  # in order: one buffer
+                views = [out[int(run[0]) * rb:(int(run[-1]) + 1) * rb]]
+            else:  # shuffled: a buffer per row
+                views = [out[s * rb:(s + 1) * rb] for s in run.tolist()]
+            if empty[a]:
+                for view in views:
+                    self._fill(np.frombuffer(view, np.uint8))
+            else:
+                got += _preadv_all(fd, views, int(offsets[a]))
         return got
+
+    def _scatter_checked(self, shard: int, fd: int, local: np.ndarray, slots: np.ndarray,
+                         out: memoryview) -> int:
+        """Rows of checksummed chunks: every chunk holding one is read whole (its other
+        rows and crc32c into scratch) and checked; chunks that follow each other in the
+        file are one preadv. A row asked for twice is read once, then copied."""
+        index = self._index(shard, fd)
+        cr, rb = self.chunk_rows, self.row_bytes
+        first = np.r_[True, np.diff(local) != 0]
+        chunk_of = local // cr
+        bounds = [0, *(np.flatnonzero(np.diff(chunk_of)) + 1).tolist(), len(local)]
+        pieces = []  # (chunk, a, b): local[a:b] lie in chunk
+        for a, b in itertools.pairwise(bounds):
+            c = int(chunk_of[a])
+            if index[c, 0] == EMPTY and index[c, 1] == EMPTY:  # never written: fill value
+                for s in slots[a:b].tolist():
+                    self._fill(np.frombuffer(out[s * rb:(s + 1) * rb], np.uint8))
+            else:
+                pieces.append((c, a, b))
+        got, i = 0, 0
+        while i < len(pieces):
+            j = i + 1
+            while (j < len(pieces) and int(index[pieces[j][0], 0])
+                   == int(index[pieces[j - 1][0], 0]) + self.chunk_bytes):
+                j += 1
+            got += self._read_chunks(shard, fd, index, pieces[i:j], local[first],
+                                     slots[first], np.cumsum(first) - 1, out)
+            i = j
+        for k in np.flatnonzero(~first).tolist():  # repeats, in order: copy the one before
+            a, b = int(slots[k - 1]) * rb, int(slots[k]) * rb
+            out[b:b + rb] = out[a:a + rb]
+        return got
+
+    def _read_chunks(self, shard: int, fd: int, index: np.ndarray,
+                     pieces: list[tuple[int, int, int]], rows: np.ndarray, slots: np.ndarray,
+                     at: np.ndarray, out: memoryview) -> int:
+        """Chunks adjacent in the file, in one preadv, then their checksums. ``rows`` and
+        ``slots`` are the unique rows; ``at`` maps a position in ``local`` to them."""
+        cr, rb = self.chunk_rows, self.row_bytes
+        wanted = [(c, rows[at[a]:at[b - 1] + 1].tolist(), slots[at[a]:at[b - 1] + 1].tolist())
+                  for c, a, b in pieces]
+        spare = sum(cr - len(r) for _, r, _ in wanted)
+        scratch = memoryview(np.empty(spare * rb + 4 * len(pieces), np.uint8))
+        views: list[memoryview] = []
+        checks, pos = [], 0
+        for c, want, where in wanted:
+            start, r, k = len(views), c * cr, 0
+            while r < (c + 1) * cr:
+                if k < len(want) and want[k] == r:  # rows asked for: a run of slots
+                    k2 = k + 1
+                    while k2 < len(want) and want[k2] == want[k2 - 1] + 1 \
+                            and where[k2] == where[k2 - 1] + 1:
+                        k2 += 1
+                    views.append(out[where[k] * rb:(where[k2 - 1] + 1) * rb])
+                    r, k = want[k2 - 1] + 1, k2
+                else:  # rows not asked for: scratch
+                    n = (want[k] if k < len(want) else (c + 1) * cr) - r
+                    views.append(scratch[pos:pos + n * rb])
+                    r, pos = r + n, pos + n * rb
+            views.append(scratch[pos:pos + 4])  # the chunk's crc32c
+            pos += 4
+            checks.append((c, start, len(views)))
+        got = _preadv_all(fd, views, int(index[pieces[0][0], 0]))
+        for c, a, b in checks:
+            crc = 0
+            for view in views[a:b - 1]:
+                crc = crc32c.crc32c(view, crc)
+            if crc != int.from_bytes(views[b - 1], "little"):
+                raise self._damaged(shard, f"chunk {c} fails its crc32c checksum")
+        return got - 4 * len(pieces)  # the chunks' rows, as zarr's whole-chunk reads count
 
     def _file_runs(self, shard: int, fd: int, local: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
@@ -225,33 +329,22 @@ class DirectReader:
             view.reshape(-1, self.row_bytes)[:] = np.frombuffer(self.fill_row, np.uint8)
 
 
-def _pread_full(fd: int, view: np.ndarray, offset: int, path: str) -> int:
-    """preadv until ``view`` is full (a single call may return short)."""
-    done, n = 0, len(view)
-    while done < n:
-        k = os.preadv(fd, [view[done:]], offset + done)
-        if k == 0:
-            raise ShardIndexError(f"{path}: file ends at {offset + done} inside a chunk")
-        done += k
-    return n
-
-
-def _preadv_rows(fd: int, views: list[memoryview], offset: int, path: str) -> int:
-    """Fill equal-sized ``views`` from consecutive bytes at ``offset``: one preadv per
-    ``IOV_MAX`` of them (a short read finishes the buffer it stopped in, then goes on)."""
-    size, done, i = len(views[0]) if views else 0, 0, 0
+def _preadv_all(fd: int, views: list[memoryview], offset: int) -> int:
+    """Fill ``views`` from consecutive bytes at ``offset``: one preadv per ``IOV_MAX`` of
+    them; a short read (signals, some file systems) goes on where it stopped."""
+    views, done, i = list(views), 0, 0
     while i < len(views):
-        batch = views[i:i + IOV_MAX]
-        k = os.preadv(fd, batch, offset + done)
+        k = os.preadv(fd, views[i:i + IOV_MAX], offset + done)
         if k == 0:
-            raise ShardIndexError(f"{path}: file ends at {offset + done} inside a chunk")
-        full, part = divmod(k, size)
-        if part:  # a short read stopped inside a row: finish that row alone
-            view = np.frombuffer(batch[full], np.uint8)[part:]
-            _pread_full(fd, view, offset + done + k, path)
-            full += 1
-        done += full * size
-        i += full
+            raise EOFError(f"the file ends at byte {offset + done}, inside a chunk "
+                           "(truncated file)")
+        done += k
+        while k:
+            n = len(views[i])
+            if k >= n:
+                k, i = k - n, i + 1
+            else:
+                views[i], k = views[i][k:], 0
     return done
 
 
@@ -266,9 +359,10 @@ def as_bytes(out: np.ndarray | torch.Tensor) -> np.ndarray:
     return out.reshape(-1).view(np.uint8)
 
 
-def direct_reader(array: zarr.Array) -> DirectReader | None:
-    """A :class:`DirectReader` for ``array`` if its chunks are raw bytes in local shard
-    files, sharded and chunked along rows only; None otherwise (read through zarr)."""
+def direct_reader(array: zarr.Array, store_path: str = "") -> DirectReader | None:
+    """A :class:`DirectReader` for ``array`` if its chunks are raw bytes (with or without
+    a trailing crc32c) in local shard files, sharded and chunked along rows only; None
+    otherwise (read through zarr). ``store_path`` names the store in messages."""
     if os.environ.get(DIRECT_ENV, "1") == "0":
         return None
     store = array.store_path.store
@@ -282,7 +376,11 @@ def direct_reader(array: zarr.Array) -> DirectReader | None:
     if not isinstance(shard, ShardingCodec):
         return None
     dtype = np.dtype(array.dtype)
-    if not _raw_codecs(shard.codecs, dtype) or not _index_codecs(shard.index_codecs):
+    codecs = shard.codecs
+    crc = len(codecs) == 2 and isinstance(codecs[1], Crc32cCodec)
+    if not _raw_codecs(codecs[:1] if crc else codecs, dtype):
+        return None
+    if not _index_codecs(shard.index_codecs):
         return None
     shape = tuple(array.shape)
     shard_shape = tuple(meta.chunk_grid.chunk_shape)
@@ -303,6 +401,10 @@ def direct_reader(array: zarr.Array) -> DirectReader | None:
         index_at_end=shard.index_location == ShardingCodecIndexLocation.end,
         fill_row=fill.tobytes(),
         key=meta,
+        store=store_path or str(store.root),
+        name=array.path,
+        crc=crc,
+        verify=os.environ.get(VERIFY_ENV, "1") != "0",
     )
 
 

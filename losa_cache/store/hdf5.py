@@ -55,7 +55,12 @@ def _blocks(arr: zarr.Array) -> Iterator[slice]:
 
 
 def _is_str(arr: zarr.Array) -> bool:
-    return np.dtype(arr.dtype).kind in "OTU"
+    return np.dtype(arr.dtype).kind in "OTU" or _is_text(arr)
+
+
+def _is_text(arr: zarr.Array) -> bool:
+    """A schema-2 text array: UTF-8 bytes per row (HDF5 gets them as strings)."""
+    return arr.ndim == 2 and str(arr.attrs.get("encoding", "")).startswith("utf-8")
 
 
 def _h5_attrs(target: h5py.HLObject, attrs: dict[str, Any]) -> None:
@@ -105,17 +110,18 @@ def _copy_to_h5(
     arr: zarr.Array, h5: h5py.File, name: str, compression: str | None, bar: tqdm
 ) -> None:
     dtype = h5py.string_dtype() if _is_str(arr) else np.dtype(arr.dtype)
-    chunks = tuple(min(c, s) for c, s in zip(arr.chunks, arr.shape, strict=True))
+    shape = arr.shape[:1] if _is_text(arr) else arr.shape
+    chunks = tuple(min(c, s) for c, s in zip(arr.chunks, shape, strict=False))
     ds = h5.create_dataset(
         name,
-        shape=arr.shape,
+        shape=shape,
         dtype=dtype,
         chunks=chunks if all(chunks) else None,
         compression=compression if all(chunks) else None,
     )
     _h5_attrs(ds, arr.attrs.asdict())
     for rows in _blocks(arr):
-        values = arr[rows]
+        values = S.decode_text(arr[rows]) if _is_text(arr) else arr[rows]
         ds[rows] = values.astype(object) if _is_str(arr) else values
         bar.update(arr.nbytes * len(values) // arr.shape[0])
 
@@ -188,10 +194,10 @@ def _put(group: zarr.Group, key: str, text: str) -> None:
 
 
 def _copy_from_h5(ds: h5py.Dataset, arr: zarr.Array, bar: tqdm) -> None:
-    if ds.shape != arr.shape:
+    if ds.shape != (arr.shape[:1] if _is_text(arr) else arr.shape):
         raise StoreError(f"{ds.name}: HDF5 shape {ds.shape} != metadata shape {arr.shape}")
     is_str = _is_str(arr)
     for rows in _blocks(arr):
         values = ds.asstr()[rows] if is_str else ds[rows]
-        arr[rows] = values
+        arr[rows] = S.text_for(arr, values) if is_str else values
         bar.update(arr.nbytes * len(values) // max(1, arr.shape[0]))

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import zarr
 
-from losa_cache.store.store import open_store
+from losa_cache.store import schema as S
+from losa_cache.store.store import FeatureStore, has_crc32c, open_store
 
 
 def store_info(path: str, storage_options: dict | None = None) -> dict[str, Any]:
@@ -14,10 +16,7 @@ def store_info(path: str, storage_options: dict | None = None) -> dict[str, Any]
     store = open_store(path, storage_options)
     m = store.manifest
     done = store.done_shards()
-    size = store.nbytes()
-    # Only written shards count towards the ratio: unwritten chunks are not on disk.
-    written = size["logical"] * float(done.mean()) if len(done) else 0
-    ratio = written / size["stored"] if size["stored"] > 0 and written else None
+    size = feature_bytes(store, done)
     return {
         "path": path,
         "schema_version": m.schema_version,
@@ -36,14 +35,71 @@ def store_info(path: str, storage_options: dict | None = None) -> dict[str, Any]
         "codec": m.codec,
         "chunk_rows": store.layout.chunk_rows,
         "shard_rows": store.layout.shard_rows,
-        "bytes_logical": size["logical"],
-        "bytes_stored": size["stored"],
-        "compression_ratio": ratio,
+        **size,
+        "verified_reads": store.verified_reads,
+        "integrity": (
+            "every chunk carries a crc32c that every read checks"
+            if store.verified_reads
+            else store.unverified_note
+        ),
         "skipped": store.skipped(),
         "extract_config": m.extract_config,
         "versions": m.versions,
         "created": m.created,
     }
+
+
+def feature_bytes(store: FeatureStore, done: np.ndarray) -> dict[str, Any]:
+    """Logical bytes of the finished rows' features, bytes on disk, and why they differ:
+    edge chunks are stored whole (padding), every chunk has a 4-byte crc32c and every
+    shard an index, every array a zarr.json; what remains is the codec's doing."""
+    lay = store.layout
+    rows = sum(hi - lo for lo, hi in map(lay.shard_range, np.flatnonzero(done).tolist()))
+    chunks = sum(
+        -(-(hi - lo) // lay.chunk_rows)
+        for lo, hi in map(lay.shard_range, np.flatnonzero(done).tolist())
+    )
+    n_layers, shards = len(lay.layers), int(done.sum())
+    arrays = [store.group[S.feature_name(layer)] for layer in lay.layers]
+    logical = rows * lay.row_bytes * n_layers
+    padding = (chunks * lay.chunk_rows - rows) * lay.row_bytes * n_layers
+    crc = 4 if arrays and has_crc32c(arrays[0]) else 0
+    per_shard = lay.shard_rows // lay.chunk_rows
+    overhead = (chunks * crc + shards * (16 * per_shard + 4)) * n_layers
+    stored = store.nbytes()["stored"]
+    meta = sum(_metadata_bytes(a) for a in arrays)
+    payload = stored - overhead - meta  # what the codec made of logical + padding
+    ratio = (
+        (logical + padding) / payload
+        if store.manifest.codec != "none" and payload > 0 and stored >= 0
+        else None
+    )
+    note = (
+        f"on disk = features + {padding:,} B padding (edge chunks are stored whole) + "
+        f"{overhead:,} B shard indexes and chunk checksums + {meta:,} B metadata"
+    )
+    if ratio is not None:
+        note += f"; codec {store.manifest.codec} stores the features at {ratio:.3f}x"
+    if not done.all():
+        note += "; unfinished shards count in neither (files they left are on disk)"
+    return {
+        "bytes_logical": logical,
+        "bytes_stored": stored,
+        "bytes_padding": padding,
+        "bytes_index_and_checksums": overhead,
+        "bytes_metadata": meta,
+        "compression_ratio": ratio,
+        "size_note": note if stored >= 0 else "this store cannot list its sizes",
+    }
+
+
+def _metadata_bytes(arr: zarr.Array) -> int:
+    from zarr.core.sync import sync
+
+    try:
+        return int(sync(arr.store_path.store.getsize(f"{arr.path}/zarr.json")))
+    except Exception:
+        return 0
 
 
 def task_summaries(path: str) -> list[dict[str, Any]]:

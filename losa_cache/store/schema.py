@@ -5,9 +5,11 @@ Layout of a store (Zarr v3 group)::
     zarr.json                       attrs["losa_cache"]: see ``Manifest`` below
     features/block_007  (N, T, D)   one array per extracted block (0-based index),
                                     float16 | float32 | bfloat16 stored as uint16 bits
-    index/source        (N,) str    where each row came from (path, URL, demo://...)
+                                    (attrs["dtype"] says which); unfinished rows NaN
+    index/source        (N, W) uint8  where each row came from (path, URL, demo://...),
+                                    UTF-8, NUL-padded to the longest
     index/status        (N,) uint8  0 pending, 1 ok, 2 skipped (undecodable image)
-    index/error         (N,) str    why a row was skipped ("" otherwise)
+    index/error         (N, 1024) uint8  why a row was skipped (UTF-8, NUL-padded)
     splits/<name>       (n,) int64  rows of each split; splits may overlap
     tasks/<name>        (N,) int32  one labelling of the rows (-1 = unlabelled);
                                     attrs: classes, source
@@ -16,6 +18,16 @@ Layout of a store (Zarr v3 group)::
 
 Rows are written a whole shard at a time (all per-shard arrays share ``shard_rows``),
 so a writer owns whole shards and no partial-shard read-modify-write ever happens.
+
+Every chunk ends in a crc32c (the Zarr ``crc32c`` codec, last in the chain), so every
+read is checked against what was written: zarr checks its own reads and
+:mod:`losa_cache.store.direct` checks the bytes it reads itself. Every array has
+``dimension_names`` and only numeric dtypes, so any Zarr v3 client (tensorstore, xarray,
+dask, zarr-python) reads every array.
+
+Schema history: 1 had variable-length ``string`` arrays for source and error, zeros as
+the fill value and no per-chunk checksums; such stores still open for reading (their
+reads are unverified, ``verify`` still checks them) and resume.
 """
 
 from __future__ import annotations
@@ -23,9 +35,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from zarr.codecs import BloscCodec, ZstdCodec
+import numpy as np
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: versions this code reads (1: unverified reads, string index arrays)
+READABLE_VERSIONS = (1, 2)
 ROOT_ATTR = "losa_cache"
 MiB = 1 << 20
 
@@ -46,6 +61,8 @@ DTYPES: dict[str, tuple[str, int]] = {
     "bfloat16": ("uint16", 2),  # zarr has no bf16: raw bits, viewed back as torch.bfloat16
     "float32": ("float32", 4),
 }
+#: bfloat16 quiet NaN: the fill value of bf16 arrays (uint16 bits), NaN once viewed
+BF16_NAN_BITS = 0x7FC0
 DTYPE_ALIASES = {
     "fp16": "float16",
     "half": "float16",
@@ -66,6 +83,63 @@ CODECS: dict[str, Any] = {
     "zstd-plain": ZstdCodec(level=3),
 }
 DEFAULT_CODEC = "none"
+
+FEATURE_DIMS = ("image", "token", "channel")
+ERROR_BYTES = 1024  # longer skip reasons are cut (at a character boundary)
+
+
+def checked(codec: str) -> list[Any]:
+    """The bytes-to-bytes codecs of a chunk: the chosen compressor, then its crc32c."""
+    compressor = CODECS[codec]
+    return [*([compressor] if compressor is not None else []), Crc32cCodec()]
+
+
+def feature_fill(dtype: str) -> float | int:
+    """Fill value of feature arrays: NaN (bf16: its bits), which cannot pass for data."""
+    return BF16_NAN_BITS if dtype == "bfloat16" else float("nan")
+
+
+def feature_attrs(layer: int, dtype: str) -> dict[str, Any]:
+    """Array attributes that tell an outside reader what the stored numbers are."""
+    attrs: dict[str, Any] = {"block": layer, "dtype": dtype}
+    if dtype == "bfloat16":
+        attrs["stored_as"] = (
+            "uint16 bit patterns of bfloat16: view the bits as bfloat16 "
+            "(do not convert the integers); 0x7FC0 = NaN = not yet written"
+        )
+    return attrs
+
+
+def encode_text(values: Any, width: int) -> np.ndarray:
+    """Strings as an (n, width) uint8 matrix of NUL-padded UTF-8 (longer ones are cut
+    at a character boundary): a numeric array every Zarr client reads."""
+    encoded = [str(v).encode() for v in values]
+    encoded = [
+        b if len(b) <= width else b[:width].decode(errors="ignore").encode() for b in encoded
+    ]
+    fixed = np.array(encoded, dtype=f"S{width}") if encoded else np.zeros(0, f"S{width}")
+    return fixed.view(np.uint8).reshape(len(encoded), width)
+
+
+def decode_text(values: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_text` (str arrays of schema-1 stores pass through)."""
+    if values.dtype.kind in "OTU":
+        return values
+    width = values.shape[-1]
+    fixed = np.ascontiguousarray(values, dtype=np.uint8).view(f"S{width}")[..., 0]
+    return np.char.decode(fixed, "utf-8")
+
+
+def text_for(array: Any, values: Any) -> np.ndarray:
+    """``values`` in the form ``array`` stores text: a UTF-8 matrix, or str (schema 1)."""
+    if np.dtype(array.dtype).kind in "OTU":
+        return np.asarray(values, dtype=str)
+    return encode_text(values, array.shape[-1])
+
+
+def text_width(values: Any) -> int:
+    """Bytes of the longest string in UTF-8 (at least 1)."""
+    return max([1, *(len(str(v).encode()) for v in values)])
 
 
 def feature_name(layer: int) -> str:
@@ -193,10 +267,10 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
                 f"store schema version {version} is not supported by this losa-cache "
-                f"(schema {SCHEMA_VERSION}); re-extract, or use the losa-cache version "
-                "that wrote it"
+                f"(it reads schemas {list(READABLE_VERSIONS)}); re-extract, or use the "
+                "losa-cache version that wrote it"
             )
         return cls(**d)

@@ -7,7 +7,9 @@ import errno
 import itertools
 import json
 import os
-from collections.abc import Iterator, Sequence
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,30 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
+from zarr.codecs import Crc32cCodec, ShardingCodec
 
 from losa_cache.store import schema as S
 from losa_cache.store.direct import DirectReader, direct_reader
+from losa_cache.store.errors import (
+    StoreError,
+    StoreIncompleteError,
+    StoreIntegrityError,
+    damaged,
+)
+
+__all__ = [
+    "FeatureArray",
+    "FeatureStore",
+    "StoreError",
+    "StoreIncompleteError",
+    "StoreIntegrityError",
+    "add_task",
+    "open_store",
+]
 
 
-class StoreError(ValueError):
-    """A store is missing, incomplete, damaged or not what the caller asked for."""
+class UnverifiedStoreWarning(UserWarning):
+    """Features are read from a store whose chunks carry no checksums (schema 1)."""
 
 
 #: logical dtype -> the torch dtype rows are returned in (bf16 bits viewed as bfloat16)
@@ -34,52 +53,88 @@ class FeatureArray:
 
     bf16 stores hold raw bits; ``__getitem__`` upcasts them exactly to float32 and
     :meth:`read_torch` returns them as ``torch.bfloat16`` without copying.
+
+    Every read is checked (arrays of a store, i.e. with ``done`` markers): rows of shards
+    extraction has not finished raise :class:`StoreIncompleteError` unless
+    ``allow_incomplete`` (then they read as the fill value, NaN, without touching their
+    files); bytes that fail their crc32c, and missing shard files, raise
+    :class:`StoreIntegrityError` naming the shard, the file and the fix.
     """
 
     array: zarr.Array
     dtype: str
+    store: str = ""  # the store's path, for messages
+    #: done marker of each shard when the array was opened (None: a bare array, no checks)
+    done: np.ndarray | None = None
+    allow_incomplete: bool = False
+    #: re-reads the done markers (a store being extracted finishes shards meanwhile)
+    refresh: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     #: raw shard-file reads when the chunks are uncompressed local bytes (store/direct.py)
     direct: DirectReader | None = field(default=None, init=False, repr=False)
+    _present: set[int] = field(default_factory=set, init=False, repr=False)
+    _recheck: float = field(default=0.0, init=False, repr=False)  # next refresh, monotonic
 
     def __post_init__(self) -> None:
-        self.direct = direct_reader(self.array)
+        self.direct = direct_reader(self.array, self.store)
+        if self.direct is not None:
+            self.direct.done = self.done
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.array.shape)
 
+    @property
+    def verified(self) -> bool:
+        """Whether every chunk carries a crc32c that reads check (schema >= 2)."""
+        return has_crc32c(self.array)
+
+    @property
+    def shard_rows(self) -> int:
+        return (self.array.shards or self.array.chunks)[0]
+
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, sel: Any) -> np.ndarray:
+        raw = self.read_torch(sel)
         if self.dtype == "bfloat16":
-            return self.read_torch(sel).float().numpy()  # exact upcast of the stored bits
-        return self.array[sel]
+            return raw.float().numpy()  # exact upcast of the stored bits
+        return raw.numpy()
 
     def read_torch(self, sel: Any) -> torch.Tensor:
         """Rows as a tensor in the storage dtype (bf16 bits viewed, not converted)."""
-        raw = torch.from_numpy(np.ascontiguousarray(self.array[sel]))
-        return raw.view(torch.bfloat16) if self.dtype == "bfloat16" else raw
+        rows, rest, single = row_selection(sel, len(self))
+        out = torch.empty((len(rows), *self.shape[1:]), dtype=STORAGE_DTYPES[self.dtype])
+        self.scatter_rows(rows, out, np.arange(len(rows)))
+        if not rest and not single:
+            return out
+        picked = numpy_view(out)[0 if single else slice(None)][rest]
+        picked = torch.from_numpy(np.ascontiguousarray(picked))
+        return picked.view(torch.bfloat16) if self.dtype == "bfloat16" else picked
 
     def read_into(self, lo: int, hi: int, out: torch.Tensor) -> int:
-        """Rows ``[lo, hi)`` into ``out`` (contiguous, storage dtype): straight from the
-        shard files when the array allows it, else through zarr. Returns the bytes read."""
-        if (
-            self.direct is not None
-            and out.is_contiguous()
-            and out.device.type == "cpu"
-            and out.dtype == STORAGE_DTYPES[self.dtype]
-            and tuple(out.shape) == (hi - lo, *self.shape[1:])
-        ):
-            return self.direct.read_into(lo, hi, out)
-        raw = self.read_torch(slice(lo, hi))
-        out.copy_(raw)
-        return raw.numel() * raw.element_size()
+        """Rows ``[lo, hi)`` into ``out`` (storage dtype, shape ``(hi - lo, T, D)``):
+        straight from the shard files when the array allows it, else through zarr.
+        Returns the bytes read."""
+        if tuple(out.shape) != (hi - lo, *self.shape[1:]):
+            raise ValueError(f"output of shape {tuple(out.shape)} for rows [{lo}, {hi})")
+        return self.scatter_rows(np.arange(lo, hi), out, np.arange(hi - lo))
 
     def scatter_rows(self, rows: np.ndarray, out: torch.Tensor, slots: np.ndarray) -> int:
-        """Row ``rows[i]`` into ``out[slots[i]]`` (``out`` contiguous, storage dtype): the
+        """Row ``rows[i]`` into ``out[slots[i]]`` (``out`` in the storage dtype): the
         shard files' bytes land in their slots directly when the array allows it, else
         the rows' span is read through zarr and copied there. Returns the bytes read."""
+        rows, slots = np.asarray(rows, np.int64), np.asarray(slots, np.int64)
+        if not len(rows):
+            return 0
+        if rows.min() < 0 or rows.max() >= len(self):
+            raise IndexError(f"rows out of range for {len(self)} rows")
+        pending = self._pending(rows)
+        if pending.any():  # allow_incomplete: the fill value, files untouched
+            self._fill(out, slots[pending])
+            rows, slots = rows[~pending], slots[~pending]
+            if not len(rows):
+                return 0
         if (
             self.direct is not None
             and out.is_contiguous()
@@ -88,7 +143,11 @@ class FeatureArray:
             and tuple(out.shape[1:]) == self.shape[1:]
         ):
             return self.direct.scatter_rows(rows, out, slots)
-        rows, slots = np.asarray(rows, np.int64), np.asarray(slots, np.int64)
+        return self._zarr_scatter(rows, out, slots)
+
+    def _zarr_scatter(self, rows: np.ndarray, out: torch.Tensor, slots: np.ndarray) -> int:
+        """Whole chunks through zarr (which checks their crc32c), one read per run."""
+        self._check_present(rows)
         order = np.argsort(rows, kind="stable")
         rows, slots = rows[order], slots[order]
         chunk_rows = self.array.chunks[0]
@@ -97,14 +156,100 @@ class FeatureArray:
         got = 0
         for a, b in itertools.pairwise([0, *cuts.tolist(), len(rows)]):
             lo = int(chunks[a]) * chunk_rows
-            raw = self.read_torch(slice(lo, int(rows[b - 1]) + 1))  # whole chunks, once
+            raw = self._zarr_read(lo, int(rows[b - 1]) + 1)  # whole chunks, once
             if out.device.type == "cpu" and out.is_contiguous():  # numpy: no OpenMP team
-                numpy_view(out)[slots[a:b]] = numpy_view(raw)[rows[a:b] - lo]
+                numpy_view(out)[slots[a:b]] = raw[rows[a:b] - lo]
             else:
+                src = torch.from_numpy(np.ascontiguousarray(raw[rows[a:b] - lo]))
+                src = src.view(torch.bfloat16) if self.dtype == "bfloat16" else src
                 out.index_copy_(0, torch.from_numpy(slots[a:b]).to(out.device),
-                                raw[torch.from_numpy(rows[a:b] - lo)].to(out.device))
-            got += raw.numel() * raw.element_size()
+                                src.to(out.device))
+            got += raw.nbytes
         return got
+
+    def _zarr_read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``[lo, hi)`` through zarr, in numpy_view's dtype; a chunk that fails its
+        check becomes a StoreIntegrityError naming its shard and file."""
+        try:
+            raw = self.array[lo:hi]
+        except (ValueError, RuntimeError) as e:
+            settle_zarr_reads()
+            raise self._locate(lo, hi, e) from None
+        return raw.view(np.int16) if self.dtype == "bfloat16" else raw
+
+    def _locate(self, lo: int, hi: int, error: Exception) -> Exception:
+        """The first shard in ``[lo, hi)`` that fails a read on its own, as an integrity
+        error; the original error if none does (it was not damage)."""
+        sr = self.shard_rows
+        for shard in range(lo // sr, (hi - 1) // sr + 1):
+            try:
+                self.array[max(lo, shard * sr):min(hi, (shard + 1) * sr)]
+            except (ValueError, RuntimeError) as e:
+                settle_zarr_reads()
+                reason = "checksum mismatch" if "checksum" in str(e) else f"{e}"
+                return damaged(self.store, self.array.path, shard,
+                               self._file(shard), f"unreadable ({reason})")
+        return error
+
+    def _key(self, shard: int) -> str:
+        """Storage key of a shard's object, from the store's root."""
+        key = self.array.metadata.encode_chunk_key((shard,) + (0,) * (self.array.ndim - 1))
+        return f"{self.array.path}/{key}"
+
+    def _file(self, shard: int) -> str:
+        return f"{self.store.rstrip('/')}/{self._key(shard)}"
+
+    def _check_present(self, rows: np.ndarray) -> None:
+        """Done shards whose file is gone or empty read as the fill value through zarr
+        without an error: look once per shard (one stat or HEAD)."""
+        if self.done is None:
+            return
+        from zarr.core.sync import sync
+
+        store = self.array.store_path.store
+        for shard in np.unique(rows // self.shard_rows).tolist():
+            if shard in self._present or not self.done[shard]:
+                continue
+            try:
+                size = sync(store.getsize(self._key(shard)))
+            except FileNotFoundError:
+                size = -1
+            if size <= 0:
+                raise damaged(self.store, self.array.path, shard, self._file(shard),
+                              "its file is missing or empty but the shard is marked done")
+            self._present.add(shard)
+
+    def _pending(self, rows: np.ndarray) -> np.ndarray:
+        """Which ``rows`` lie in shards not yet done; raises unless allow_incomplete."""
+        if self.done is None:
+            return np.zeros(len(rows), dtype=bool)
+        shards = rows // self.shard_rows
+        pending = ~self.done[shards]
+        if pending.any() and self.refresh is not None and time.monotonic() > self._recheck:
+            self._recheck = time.monotonic() + 1.0  # at most once a second
+            self.done = self.refresh()  # finished meanwhile?
+            if self.direct is not None:
+                self.direct.done = self.done
+            pending = ~self.done[shards]
+        if pending.any() and not self.allow_incomplete:
+            raise StoreIncompleteError(
+                f"{int(pending.sum())} of the {len(rows)} rows asked for (e.g. row "
+                f"{int(rows[pending][0])}) are in shards extraction has not finished "
+                f"({int(self.done.sum())}/{len(self.done)} shards done) in store {self.store}:"
+                " rerun the `losa-cache extract` command that wrote it to finish it, or pass"
+                " allow_incomplete=True (CLI: --allow-incomplete) to read them as "
+                f"{fill_name(self.array)}")
+        return pending
+
+    def _fill(self, out: torch.Tensor, slots: np.ndarray) -> None:
+        fill = np.array(self.array.fill_value, dtype=np.dtype(self.array.dtype))
+        if self.dtype == "bfloat16":
+            fill = fill.view(np.int16)
+        if out.device.type == "cpu" and out.is_contiguous():
+            numpy_view(out)[slots] = fill
+        else:
+            value = torch.from_numpy(np.atleast_1d(fill)).view(out.dtype)
+            out[torch.from_numpy(slots).to(out.device)] = value.to(out.device)
 
     def advise(self, lo: int, hi: int) -> None:
         """Hint that rows ``[lo, hi)`` will be read soon (direct arrays; else nothing)."""
@@ -112,12 +257,81 @@ class FeatureArray:
             self.direct.advise(lo, hi)
 
 
+def row_selection(sel: Any, n: int) -> tuple[np.ndarray, tuple, bool]:
+    """A numpy-style selection as (rows along axis 0, the selection of the other axes,
+    whether the row axis is dropped: an integer)."""
+    rest: tuple = ()
+    if isinstance(sel, tuple):
+        sel, rest = (sel[0], sel[1:]) if sel else (slice(None), ())
+    if sel is Ellipsis:
+        sel, rest = slice(None), (Ellipsis, *rest) if rest else ()
+    if isinstance(sel, slice):
+        return np.arange(n)[sel], rest, False
+    if isinstance(sel, (int, np.integer)):
+        i = int(sel) + (n if int(sel) < 0 else 0)
+        if not 0 <= i < n:
+            raise IndexError(f"row {int(sel)} out of range for {n} rows")
+        return np.array([i]), rest, True
+    rows = np.asarray(sel)
+    if rows.dtype == bool:
+        if rows.shape != (n,):
+            raise IndexError(f"boolean row mask of shape {rows.shape} for {n} rows")
+        return np.flatnonzero(rows), rest, False
+    if rows.ndim != 1 or rows.dtype.kind not in "iu":
+        raise IndexError(f"rows must be an int, a slice, or a 1-D int/bool array; got {sel!r}")
+    rows = rows.astype(np.int64)
+    rows = np.where(rows < 0, rows + n, rows)
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        raise IndexError(f"rows out of range for {n} rows")
+    return rows, rest, False
+
+
+def has_crc32c(array: zarr.Array) -> bool:
+    """Whether the array's chunks end in a crc32c (inside its shards, if sharded)."""
+    codecs = array.metadata.codecs
+    if codecs and isinstance(codecs[0], ShardingCodec):
+        codecs = codecs[0].codecs
+    return any(isinstance(c, Crc32cCodec) for c in codecs)
+
+
+def fill_name(array: zarr.Array) -> str:
+    """How unwritten values read: NaN, or the fill value itself."""
+    fill = np.array(array.fill_value, dtype=np.dtype(array.dtype))
+    if fill.dtype == np.uint16 and int(fill) == S.BF16_NAN_BITS:
+        return "NaN"
+    return "NaN" if fill.dtype.kind == "f" and np.isnan(fill) else f"{fill.item()!r}"
+
+
+def settle_zarr_reads() -> None:
+    """Wait for the reads zarr still runs after one of them failed (a failed gather leaves
+    its siblings pending: at exit, asyncio prints "Task was destroyed but it is pending")
+    and collect their errors, so a damaged store ends in one clean message."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def settle() -> None:
+        me = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not me]
+        if others:
+            done, _ = await asyncio.wait(others, timeout=60)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()
+
+    sync(settle())
+
+
 class FeatureStore:
     """A read view of a store: layers, rows, splits, tasks, features, progress."""
 
-    def __init__(self, group: zarr.Group, path: str) -> None:
+    def __init__(self, group: zarr.Group, path: str, allow_incomplete: bool = False) -> None:
         self.group = group
         self.path = path
+        #: read rows of unfinished shards (as NaN) instead of raising StoreIncompleteError
+        self.allow_incomplete = allow_incomplete
+        self._done: np.ndarray | None = None  # done markers as features() last saw them
+        self._warned = False
         attrs = group.attrs.asdict()
         if S.ROOT_ATTR not in attrs:
             raise StoreError(
@@ -174,15 +388,18 @@ class FeatureStore:
 
     @property
     def sources(self) -> np.ndarray:
-        return self.group[S.SOURCE][:]
+        """(N,) str: where each row came from."""
+        return S.decode_text(self.group[S.SOURCE][:])
 
     def skipped(self) -> list[dict[str, Any]]:
         """Rows whose image could not be decoded, with the reason."""
         rows = np.flatnonzero(self.status == S.SKIPPED)
         if not len(rows):
             return []
-        src, err = self.group[S.SOURCE], self.group[S.ERROR]
-        return [{"row": int(r), "source": str(src[r]), "error": str(err[r])} for r in rows]
+        src = S.decode_text(self.group[S.SOURCE].oindex[rows])
+        err = S.decode_text(self.group[S.ERROR].oindex[rows])
+        return [{"row": int(r), "source": str(s), "error": str(e)}
+                for r, s, e in zip(rows, src, err, strict=True)]
 
     # -- labels ----------------------------------------------------------------------
     @property
@@ -218,7 +435,32 @@ class FeatureStore:
                 f"block {layer} is not in this store; it holds blocks {self.layers} of "
                 f"{self.depth} (re-extract with --layers to include it)"
             )
-        return FeatureArray(self.group[S.feature_name(block)], self.dtype)
+        array = FeatureArray(self.group[S.feature_name(block)], self.dtype, self.path,
+                             self._done_markers(), self.allow_incomplete, self._refresh_done)
+        if not array.verified and not self._warned:
+            self._warned = True
+            warnings.warn(self.unverified_note, UnverifiedStoreWarning, stacklevel=2)
+        return array
+
+    @property
+    def verified_reads(self) -> bool:
+        """Whether reads check every chunk against a crc32c written with it (schema >= 2)."""
+        return all(has_crc32c(self.group[S.feature_name(b)]) for b in self.layout.layers)
+
+    @property
+    def unverified_note(self) -> str:
+        return (f"store {self.path} was written without per-chunk checksums (schema "
+                f"{self.manifest.schema_version}): damaged chunks are not detected on read; "
+                f"`losa-cache verify {self.path}` checks it, or re-extract to a new path")
+
+    def _done_markers(self) -> np.ndarray:
+        if self._done is None:
+            self._done = self.done_shards()
+        return self._done
+
+    def _refresh_done(self) -> np.ndarray:
+        self._done = self.done_shards()
+        return self._done
 
     # -- progress and size -----------------------------------------------------------
     def done_shards(self) -> np.ndarray:
@@ -228,12 +470,14 @@ class FeatureStore:
     def complete(self) -> bool:
         return bool(self.done_shards().all())
 
-    def require_complete(self) -> None:
+    def require_complete(self, hint: str = "") -> None:
+        """Raise StoreIncompleteError unless every shard is done (``hint``: another way out)."""
         done = self.done_shards()
         if not done.all():
-            raise StoreError(
+            raise StoreIncompleteError(
                 f"store {self.path} is incomplete ({int(done.sum())}/{len(done)} shards "
                 "extracted): rerun the same `losa-cache extract` command to resume"
+                + (f", {hint}" if hint else "")
             )
 
     def nbytes(self) -> dict[str, int]:
@@ -356,8 +600,14 @@ def _missing_credentials(e: BaseException) -> bool:
     return type(e).__name__ in names
 
 
-def open_store(path: str | Path, storage_options: dict | None = None) -> FeatureStore:
-    """Open an existing store for reading (local path or fsspec URL)."""
+def open_store(
+    path: str | Path, storage_options: dict | None = None, allow_incomplete: bool = False
+) -> FeatureStore:
+    """Open an existing store for reading (local path or fsspec URL).
+
+    Reading rows of shards that extraction has not finished raises
+    :class:`StoreIncompleteError` unless ``allow_incomplete`` (they then read as NaN).
+    """
     try:
         group = open_group(path, mode="r", storage_options=storage_options)
     except (
@@ -368,7 +618,7 @@ def open_store(path: str | Path, storage_options: dict | None = None) -> Feature
         raise StoreError(
             f"no losa-cache store at {path}: create one with `losa-cache extract`"
         ) from e
-    return FeatureStore(group, str(path))
+    return FeatureStore(group, str(path), allow_incomplete)
 
 
 def add_task(
@@ -409,6 +659,8 @@ def write_task(
         chunks=(max(1, len(labels)),),
         fill_value=-1,
         overwrite=True,
+        compressors=S.checked("none"),
+        dimension_names=("image",),
     )
     arr[:] = labels
     arr.attrs.update({"classes": classes, "source": source})

@@ -62,22 +62,69 @@ def create_store(
     or import (cleared first); anything else is refused (:func:`create_root`).
     """
     group = create_root(path, "extract", storage_options)
-    codec = S.CODECS[manifest.codec]
+    create_arrays(group, layout, manifest.codec, sources, splits)
+    for name, (labels, classes) in tasks.items():
+        write_task(group, name, labels, classes, source="dataset")
+    manifest.state = "ready"
+    group.attrs.put({S.ROOT_ATTR: manifest.to_dict()})  # last, and drops PARTIAL_ATTR
+    return group
+
+
+def create_arrays(
+    group: zarr.Group,
+    layout: S.Layout,
+    codec: str,
+    sources: list[str],
+    splits: dict[str, list[int]],
+) -> None:
+    """Every array but the tasks, with the sources and splits written (schema.py says
+    what each holds): numeric dtypes, dimension names and a crc32c on every chunk."""
+    n, rows = layout.num_images, layout.shard_rows
     for layer in layout.layers:
-        group.create_array(
+        arr = group.create_array(
             S.feature_name(layer),
-            shape=(layout.num_images, layout.tokens, layout.dim),
+            shape=(n, layout.tokens, layout.dim),
             dtype=S.DTYPES[layout.dtype][0],
             chunks=(layout.chunk_rows, layout.tokens, layout.dim),
             shards=(layout.shard_rows, layout.tokens, layout.dim),
-            compressors=[codec] if codec is not None else None,
-            fill_value=0,
+            compressors=S.checked(codec),
+            fill_value=S.feature_fill(layout.dtype),
+            dimension_names=S.FEATURE_DIMS,
         )
-    n, rows = layout.num_images, layout.shard_rows
-    group.create_array(S.STATUS, shape=(n,), dtype="uint8", chunks=(rows,), fill_value=S.PENDING)
-    group.create_array(S.ERROR, shape=(n,), dtype=str, chunks=(rows,), fill_value="")
-    src = group.create_array(S.SOURCE, shape=(n,), dtype=str, chunks=(max(1, n),), fill_value="")
-    src[:] = np.asarray(sources, dtype=str)
+        arr.attrs.update(S.feature_attrs(layer, layout.dtype))
+    small = {"compressors": S.checked("none")}
+    text = {"compressors": S.checked("zstd-plain")}  # NUL padding compresses away
+    group.create_array(
+        S.STATUS,
+        shape=(n,),
+        dtype="uint8",
+        chunks=(rows,),
+        fill_value=S.PENDING,
+        dimension_names=("image",),
+        **small,
+    )
+    group.create_array(
+        S.ERROR,
+        shape=(n, S.ERROR_BYTES),
+        dtype="uint8",
+        chunks=(rows, S.ERROR_BYTES),
+        fill_value=0,
+        dimension_names=("image", "error_byte"),
+        **text,
+    )
+    width = S.text_width(sources)
+    src = group.create_array(
+        S.SOURCE,
+        shape=(n, width),
+        dtype="uint8",
+        chunks=(min(max(1, n), 1 << 16), width),
+        fill_value=0,
+        dimension_names=("image", "source_byte"),
+        **text,
+    )
+    src[:] = S.encode_text(sources, width)
+    for attrs_of in (src, group[S.ERROR]):
+        attrs_of.attrs["encoding"] = "utf-8, NUL-padded: one string per row"
     for name, idx in splits.items():
         arr = group.create_array(
             S.split_name(name),
@@ -85,16 +132,30 @@ def create_store(
             dtype="int64",
             chunks=(max(1, len(idx)),),
             fill_value=-1,
+            dimension_names=(f"{name}_row",),
+            **small,
         )
         arr[:] = np.asarray(idx, dtype=np.int64)
-    for name, (labels, classes) in tasks.items():
-        write_task(group, name, labels, classes, source="dataset")
     s, a = layout.num_shards, len(per_shard_arrays(layout))
-    group.create_array(S.DONE, shape=(s,), dtype="uint8", chunks=(1,), fill_value=0)
-    group.create_array(S.CHECKSUMS, shape=(s, a), dtype="uint64", chunks=(1, a), fill_value=0)
-    manifest.state = "ready"
-    group.attrs.put({S.ROOT_ATTR: manifest.to_dict()})  # last, and drops PARTIAL_ATTR
-    return group
+    group.create_array(
+        S.DONE,
+        shape=(s,),
+        dtype="uint8",
+        chunks=(1,),
+        fill_value=0,
+        dimension_names=("shard",),
+        **small,
+    )
+    sums = group.create_array(
+        S.CHECKSUMS,
+        shape=(s, a),
+        dtype="uint64",
+        chunks=(1, a),
+        fill_value=0,
+        dimension_names=("shard", "array"),
+        **small,
+    )
+    sums.attrs["arrays"] = per_shard_arrays(layout)
 
 
 def identity_diff(stored: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
@@ -165,6 +226,7 @@ class ShardWriter:
         truncated or damaged leftover of a killed run or repair would fail the rewrite).
         """
         start, stop = self.layout.shard_range(shard)
+        errors = S.text_for(self.group[S.ERROR], errors)  # as stored: checksums match reads
         values = [features[layer] for layer in self.layout.layers] + [status, errors]
         self.group[S.DONE][shard] = 0
         delete_shard(self.group, self.layout, shard)

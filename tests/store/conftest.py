@@ -1,0 +1,54 @@
+"""Small stores of every dtype and codec (vit_micro, demo data), extracted once per session."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def kind_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], str]:
+    """``kind_store(dtype, codec)``: the path of a complete store of 3 x 10 demo rows, 2-row
+    chunks and 6-row shards (5 shards, the last one partial: padded edge chunks)."""
+    from losa_cache.extract import ExtractConfig, extract
+
+    made: dict[tuple[str, str], str] = {}
+
+    def get(dtype: str, codec: str) -> str:
+        if (dtype, codec) not in made:
+            path = str(tmp_path_factory.mktemp("stores") / f"{dtype}-{codec}.zarr")
+            extract(
+                ExtractConfig(
+                    model="vit_micro",
+                    random_init=True,
+                    dataset="demo",
+                    store=path,
+                    dtype=dtype,
+                    codec=codec,
+                    limit=9,
+                    workers=0,
+                    layers="1,3",
+                    chunk_rows=2,
+                    shard_rows=6,
+                ),
+                progress=False,
+            )
+            made[dtype, codec] = path
+        return made[dtype, codec]
+
+    return get
+
+
+@pytest.fixture
+def copy_store(tmp_path: Path) -> Callable[[str], Path]:
+    """A private copy of a store, free to damage."""
+
+    def copy(path: str) -> Path:
+        dst = tmp_path / Path(path).name
+        shutil.copytree(path, dst)
+        return dst
+
+    return copy
