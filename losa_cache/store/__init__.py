@@ -1,7 +1,8 @@
 """The feature store: schema, reading and writing (see :mod:`losa_cache.store.schema`)."""
 
 from losa_cache.store.schema import CODECS, DTYPES, SCHEMA_VERSION, Layout, plan_layout
-from losa_cache.store.store import FeatureArray, FeatureStore, StoreError, add_task, open_store
+from losa_cache.store.store import FeatureArray, FeatureStore, StoreError, open_store
+from losa_cache.store.tasks import add_task
 
 __all__ = [
     "CODECS",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,7 +197,7 @@ class FeatureStore:
                 f"unknown task {task!r}; this store has {self.manifest.tasks} "
                 "(add one with `losa-cache tasks add`)"
             )
-        return self.group[S.task_name(task)]
+        return self.group[self.manifest.task_path(task)]
 
     def labels(self, task: str | None = None) -> np.ndarray:
         """(N,) int labels of a task; -1 where a row has no label."""
@@ -317,46 +316,3 @@ def open_store(path: str | Path, storage_options: dict | None = None) -> Feature
             f"no losa-cache store at {path}: create one with `losa-cache extract`"
         ) from e
     return FeatureStore(group, str(path))
-
-
-def add_task(
-    path: str | Path,
-    name: str,
-    labels: Sequence[int] | np.ndarray,
-    classes: Sequence[str],
-    source: str = "",
-    overwrite: bool = False,
-) -> None:
-    """Attach a labelling (N,) to an existing store; features are not touched."""
-    group = open_group(path, mode="r+")
-    store = FeatureStore(group, str(path))
-    labels = np.asarray(labels, dtype=np.int32)
-    if labels.shape != (store.num_images,):
-        raise StoreError(
-            f"task {name!r}: {labels.shape[0]} labels for a store of {store.num_images} rows"
-        )
-    if labels.max(initial=-1) >= len(classes) or labels.min(initial=0) < -1:
-        raise StoreError(f"task {name!r}: labels must be -1 (none) or in [0, {len(classes)})")
-    if name in store.tasks and not overwrite:
-        raise StoreError(f"task {name!r} already exists; pass --overwrite to replace it")
-    write_task(group, name, labels, list(classes), source)
-    manifest = store.manifest
-    if name not in manifest.tasks:
-        manifest.tasks.append(name)
-    group.attrs[S.ROOT_ATTR] = manifest.to_dict()
-
-
-def write_task(
-    group: zarr.Group, name: str, labels: np.ndarray, classes: list[str], source: str
-) -> None:
-    """Write one task array (whole, by one writer: labels are small)."""
-    arr = group.create_array(
-        S.task_name(name),
-        shape=labels.shape,
-        dtype="int32",
-        chunks=(max(1, len(labels)),),
-        fill_value=-1,
-        overwrite=True,
-    )
-    arr[:] = labels
-    arr.attrs.update({"classes": classes, "source": source})
