@@ -19,22 +19,20 @@ from typing import Any
 import numpy as np
 import zarr
 
+from losa_cache.outdir import SEGMENT_RULE, is_safe_segment
 from losa_cache.store import schema as S
 from losa_cache.store.lease import LABELLING, store_lock
 from losa_cache.store.store import FeatureStore, StoreError, open_group, open_store
 
 #: The rule for task names, quoted by README, ``tasks add --help`` and every refusal.
-TASK_NAME_RULE = (
-    "1-64 characters from letters, digits, '_', '-' and '.', starting with a letter or digit"
-)
-_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+TASK_NAME_RULE = SEGMENT_RULE
 #: an array under tasks/ that a labelling change wrote: ``<name>`` or ``<name>~<k>``
 _TASK_ARRAY = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})(~[0-9]+)?")
 
 
 def check_task_name(name: str) -> str:
     """Return ``name`` if it is one safe path segment, else refuse with the rule."""
-    if isinstance(name, str) and _TASK_NAME.fullmatch(name):
+    if is_safe_segment(name):
         return name
     hint = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_.-")[:64] or "task1"
     raise StoreError(f"task name {name!r} is not allowed: use {TASK_NAME_RULE} (e.g. {hint!r})")
