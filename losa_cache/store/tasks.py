@@ -176,24 +176,25 @@ def _check_new_name(store: FeatureStore, name: str, overwrite: bool) -> None:
 
 def _free_array(group: zarr.Group, name: str) -> str:
     """Where the new labels go: tasks/<name> if nothing is there, else tasks/<name>~<k>."""
-    taken = set(_task_arrays(group))
+    taken = set(_task_nodes(group, arrays_only=False))
     candidates = (S.task_name(name), *(f"{S.task_name(name)}~{k}" for k in range(1, 10**6)))
     return next(a for a in candidates if a not in taken)
 
 
 def _remove_unused(group: zarr.Group, manifest: S.Manifest) -> None:
     """Drop task arrays no task points to: a replaced labelling, or what a killed change
-    wrote before its switch. Only names a labelling change writes are touched."""
+    wrote before its switch. Only arrays named as a labelling change names them go
+    (never a group: a store from before the name rule may hold ``tasks/a/b``)."""
     used = {manifest.task_path(t) for t in manifest.tasks}
-    for array in _task_arrays(group):
-        if array not in used:
+    for array in _task_nodes(group, arrays_only=True):
+        if array not in used and _TASK_ARRAY.fullmatch(array.split("/", 1)[1]):
             del group[array]
 
 
-def _task_arrays(group: zarr.Group) -> list[str]:
-    try:
-        tasks = group[S.TASKS]
-    except KeyError:
+def _task_nodes(group: zarr.Group, arrays_only: bool) -> list[str]:
+    """Paths of the nodes directly under tasks/ (arrays only, or arrays and groups)."""
+    tasks = group.get(S.TASKS)
+    if not isinstance(tasks, zarr.Group):
         return []
-    names = [k for k, _ in tasks.members()]
-    return [f"{S.TASKS}/{k}" for k in names if _TASK_ARRAY.fullmatch(k)]
+    names = tasks.array_keys() if arrays_only else (k for k, _ in tasks.members())
+    return [f"{S.TASKS}/{k}" for k in names]

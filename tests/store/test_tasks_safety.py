@@ -108,6 +108,24 @@ def test_overwrite_replaces_and_leaves_no_old_array(store: str) -> None:
     assert open_store(store).tasks == [default, "t"]
 
 
+def test_a_legacy_nested_task_survives_new_tasks(store: str) -> None:
+    """A store written before the name rule may hold ``tasks/a/b``; adding ``a`` keeps it."""
+    from losa_cache.store import schema as S
+    from losa_cache.store.store import open_group
+    from losa_cache.store.tasks import write_task
+
+    n = open_store(store).num_images
+    group = open_group(store, mode="r+")
+    write_task(group, "a/b", np.ones(n, np.int32), ["x", "y"], "", array="tasks/a/b")
+    manifest = open_store(store).manifest
+    manifest.tasks.append("a/b")
+    group.attrs[S.ROOT_ATTR] = manifest.to_dict()
+    add_task(store, "a", np.zeros(n, np.int32), ["x"])
+    add_task(store, "a", np.zeros(n, np.int32), ["z"], overwrite=True)
+    s = open_store(store)
+    assert np.array_equal(s.labels("a/b"), np.ones(n)) and s.classes("a") == ["z"]
+
+
 KILL_AT = r"""
 import os, signal, sys
 import zarr
