@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,23 +56,19 @@ def store_lock(
 ) -> Iterator[Any]:
     """Hold the store's writer lock for ``purpose``; the handle's ``check()`` raises once
     the lock was lost (leases only: a local flock is held until the process dies)."""
+    lock: StoreLease | _LocalLock
     if is_remote(path):
-        lease = StoreLease(path, storage_options, purpose=purpose)
-        _wait_for(lease.try_acquire, path)
-        try:
-            yield lease
-        finally:
-            lease.release()
-        return
-    held = _LocalLock(path, purpose)
-    _wait_for(held.try_acquire, path)
+        lock = StoreLease(path, storage_options, purpose=purpose)
+    else:
+        lock = _LocalLock(path, purpose)
+    _wait_for(lock.try_acquire, path)
     try:
-        yield held
+        yield lock
     finally:
-        held.release()
+        lock.release()
 
 
-def _wait_for(try_acquire: Any, path: str) -> None:
+def _wait_for(try_acquire: Callable[[], dict[str, Any] | None], path: str) -> None:
     """Call ``try_acquire()`` (None on success, else the holder) until it succeeds; wait
     only while the holder is short-lived, up to :data:`SHORT_WAIT_S`."""
     deadline = time.monotonic() + SHORT_WAIT_S
@@ -132,6 +128,7 @@ class _LocalLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # a later holder's waiters never read this one's name
             os.close(self.fd)  # closing drops the flock
             self.fd = None
 
@@ -140,12 +137,16 @@ class _LocalLock:
 
 
 def _parse_holder(raw: bytes) -> dict[str, Any]:
-    """The holder a lock file names; a holder still writing it reads as a short one."""
+    """The holder a lock file names. Empty, or naming a dead process of this host (killed:
+    the new holder has not written its name yet), it reads as a short holder: wait."""
     text = raw.decode(errors="replace").strip()
+    starting = {"purpose": SHORT_PURPOSES[0], "describe": "a process starting up"}
     if not text:
-        return {"purpose": SHORT_PURPOSES[0], "describe": "a process starting up"}
+        return starting
     try:
         rec = json.loads(text)
+        if rec["host"] == socket.gethostname() and not psutil.pid_exists(rec["pid"]):
+            return starting
         return {
             "purpose": rec["purpose"],
             "describe": f"pid {rec['pid']} on {rec['host']} since {rec['since']}",
