@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,3 +317,25 @@ def open_store(path: str | Path, storage_options: dict | None = None) -> Feature
             f"no losa-cache store at {path}: create one with `losa-cache extract`"
         ) from e
     return FeatureStore(group, str(path))
+
+
+def write_task(
+    group: zarr.Group,
+    name: str,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    source: str,
+    array: str | None = None,
+) -> None:
+    """Write one task array (whole, by one writer: labels are small) at ``array``
+    (default ``tasks/<name>``; store/tasks.py writes replacements aside)."""
+    arr = group.create_array(
+        array or S.task_name(name),
+        shape=labels.shape,
+        dtype="int32",
+        chunks=(max(1, len(labels)),),
+        fill_value=-1,
+        overwrite=True,
+    )
+    arr[:] = labels
+    arr.attrs.update({"classes": list(classes), "source": source})

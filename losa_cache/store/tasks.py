@@ -22,7 +22,7 @@ import zarr
 from losa_cache.outdir import SEGMENT_RULE, is_safe_segment
 from losa_cache.store import schema as S
 from losa_cache.store.lease import LABELLING, store_lock
-from losa_cache.store.store import FeatureStore, StoreError, open_group, open_store
+from losa_cache.store.store import FeatureStore, StoreError, open_group, open_store, write_task
 
 #: The rule for task names, quoted by README, ``tasks add --help`` and every refusal.
 TASK_NAME_RULE = SEGMENT_RULE
@@ -120,7 +120,7 @@ def add_task(
         _check_new_name(store, name, overwrite)
         manifest = store.manifest
         array = _free_array(group, name)
-        write_task(group, name, labels, list(classes), source, array)
+        write_task(group, name, labels, classes, source, array)
         if name not in manifest.tasks:
             manifest.tasks.append(name)
         manifest.task_arrays.pop(name, None)
@@ -128,27 +128,6 @@ def add_task(
             manifest.task_arrays[name] = array
         group.attrs[S.ROOT_ATTR] = manifest.to_dict()  # the switch: one atomic write
         _remove_unused(group, manifest)
-
-
-def write_task(
-    group: zarr.Group,
-    name: str,
-    labels: np.ndarray,
-    classes: list[str],
-    source: str,
-    array: str | None = None,
-) -> None:
-    """Write one task array whole (labels are small) at ``array`` (default tasks/<name>)."""
-    arr = group.create_array(
-        array or S.task_name(check_task_name(name)),
-        shape=labels.shape,
-        dtype="int32",
-        chunks=(max(1, len(labels)),),
-        fill_value=-1,
-        overwrite=True,
-    )
-    arr[:] = labels
-    arr.attrs.update({"classes": classes, "source": source})
 
 
 def _check_labels(store: FeatureStore, name: str, labels: np.ndarray, num_classes: int) -> None:

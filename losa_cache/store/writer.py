@@ -18,8 +18,12 @@ import zarr
 
 from losa_cache.store import schema as S
 from losa_cache.store.lease import store_lock
-from losa_cache.store.store import FeatureStore, StoreError, open_group
-from losa_cache.store.tasks import write_task
+from losa_cache.store.store import (
+    FeatureStore,
+    StoreError,
+    open_group,
+    write_task,
+)
 
 
 def per_shard_arrays(layout: S.Layout) -> list[str]:
