@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from losa_cache.outdir import OutdirLock
+from losa_cache.outdir import locked_outdir
 from losa_cache.side import create_side, head_params, learned_params
 from losa_cache.store import StoreError
 from losa_cache.train import checkpoint as ckpt
@@ -62,11 +62,12 @@ def train(cfg: TrainConfig, progress: bool = True,
     ``storage_options`` (fsspec, for store URLs) stay out of every saved file: they may
     hold credentials.
     """
-    run = _Run(cfg, progress, storage_options)
-    try:
-        return run.execute()
-    finally:
-        run.close()
+    with locked_outdir(cfg.out, "train"):  # one run per --out at a time
+        run = _Run(cfg, progress, storage_options)
+        try:
+            return run.execute()
+        finally:
+            run.close()
 
 
 class _Run:
@@ -88,7 +89,6 @@ class _Run:
         self.device = pick_device(cfg.device)
         self.memory_baseline = ckpt.reset_peak_memory(self.device)
         self.out = Path(cfg.out)
-        self.out_lock = OutdirLock(self.out, "train").acquire()  # one run per --out at a time
         state = self._load_resume_state()
         rows, labels = self._open_data()
         self._build_model()
@@ -366,8 +366,6 @@ class _Run:
                 reader.close()
         if hasattr(self, "source"):
             self.source.close()
-        if hasattr(self, "out_lock"):
-            self.out_lock.release()
 
 
 def _jsonable(obj: Any) -> Any:
