@@ -297,9 +297,16 @@ tasks_app = typer.Typer(
 @tasks_app.command("add")
 def tasks_add(
     store: Annotated[str, typer.Argument(help="Store path or URL.")],
-    name: Annotated[str, typer.Option(help="Task name.")],
+    name: Annotated[
+        str,
+        typer.Option(
+            help="Task name: 1-64 characters from letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit."
+        ),
+    ],
     labels: Annotated[Path, typer.Option(help="File of `<source> <label>` lines.")],
     overwrite: Annotated[bool, typer.Option(help="Replace a task of the same name.")] = False,
+    storage_options: StorageOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Attach a new labelling to existing features (no re-extraction).
@@ -307,13 +314,17 @@ def tasks_add(
     The file has one `<source> <label>` line per image; sources are those of
     `losa-cache info --json` (index/source); labels are integers or class names.
     Rows not listed get no label (-1) and are left out of training for this task.
+    Changes are atomic (--overwrite keeps the old labelling until the new one is
+    complete) and serialised: concurrent `tasks add` runs wait for each other.
 
     Example: losa-cache tasks add stores/cifar.zarr --name animal --labels animal.txt
     """
+    from losa_cache.store.store import parse_storage_options
     from losa_cache.store.tasks import add_task_from_file
 
     with user_errors():
-        summary = add_task_from_file(store, name, labels, overwrite=overwrite)
+        options = parse_storage_options(storage_options)
+        summary = add_task_from_file(store, name, labels, overwrite, options)
     if json_out:
         emit_json(summary)
     else:

@@ -10,6 +10,10 @@ An adapter directory holds two files::
 Both are written to temporary files first and moved into place with ``os.replace``;
 an old ``adapter.json`` is removed before the new weights land, so a crash at any point
 never leaves an ``adapter.json`` that points to missing or different weights.
+
+Loading reads only files of the adapter's own folder (a weights name with a path, ``..``
+or a symlink out of the folder is refused) and requires the recorded sha256: without
+it a damaged or swapped file would load unchecked. Weights holding NaN/inf are refused.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,17 +195,13 @@ def _jsonable(obj: Any) -> Any:
 
 
 def load_adapter(path: str | Path, device: str | torch.device = "cpu") -> Adapter:
-    """Read an adapter directory written by :func:`save_adapter`; the model is in eval mode."""
+    """Read an adapter directory written by :func:`save_adapter`; the model is in eval mode.
+
+    Only the folder's own files are read (a weights name that leaves it is refused), and
+    the weights must match the sha256 that ``adapter.json`` records."""
     root = Path(path)
     record = _read_record(root)
-    weights = root / record.get("weights", {}).get("file", ADAPTER_WEIGHTS)
-    if not weights.is_file():
-        raise FileNotFoundError(f"adapter {root}: {weights.name} is missing; the adapter is "
-                                "incomplete (re-run the training that wrote it)")
-    expected = record.get("weights", {}).get("sha256")
-    if expected and _sha256_file(weights) != expected:
-        raise AdapterError(f"adapter {root}: {weights.name} does not match the sha256 recorded "
-                           f"in {ADAPTER_JSON}; the files come from different saves")
+    weights = _weights_file(root, record)
     config = _config(record, root)
     model = _build_model(config, weights, root)
     _check_layers(model, record, root)
@@ -209,11 +210,45 @@ def load_adapter(path: str | Path, device: str | torch.device = "cpu") -> Adapte
                    path=root)
 
 
+def _weights_file(root: Path, record: dict[str, Any]) -> Path:
+    """The weights file ``adapter.json`` names, in ``root``, checked against its sha256."""
+    entry = record.get("weights") if isinstance(record.get("weights"), dict) else {}
+    weights = _own_file(root, entry.get("file", ADAPTER_WEIGHTS))
+    if not weights.is_file():
+        raise FileNotFoundError(f"adapter {root}: {weights.name} is missing; the adapter is "
+                                "incomplete (re-run the training that wrote it)")
+    expected, actual = entry.get("sha256"), _sha256_file(weights)
+    if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise AdapterError(
+            f"adapter {root}: {ADAPTER_JSON} records no valid sha256 of {weights.name} "
+            f"(got {expected!r}), so its weights cannot be checked; re-save the adapter by "
+            "re-running the training that wrote it, or, if you trust this file, add "
+            f'"sha256": "{actual}" to the "weights" object of {ADAPTER_JSON}')
+    if actual != expected:
+        raise AdapterError(f"adapter {root}: {weights.name} does not match the sha256 recorded "
+                           f"in {ADAPTER_JSON}; the files come from different saves")
+    return weights
+
+
+def _own_file(root: Path, name: Any) -> Path:
+    """``root/name`` if ``name`` is a plain file name whose real path (symlinks followed)
+    is in ``root``: an adapter never reads files outside its own folder."""
+    plain = isinstance(name, str) and name not in ("", ".", "..") and not re.search(r"[/\\]", name)
+    path = root / name if plain else None
+    if path is None or path.resolve().parent != root.resolve():
+        raise AdapterError(
+            f"adapter {root}: {ADAPTER_JSON} names the file {name!r}, which is not in the "
+            f"adapter's folder; an adapter reads only its own files (e.g. {ADAPTER_WEIGHTS!r}): "
+            "put the file there and name it without a path"
+        )
+    return path
+
+
 def _read_record(root: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise FileNotFoundError(f"no adapter directory at {root} (train one with "
                                 "`losa-cache train --out DIR`)")
-    file = root / ADAPTER_JSON
+    file = _own_file(root, ADAPTER_JSON)
     if not file.is_file():
         raise FileNotFoundError(f"{root} holds no {ADAPTER_JSON}: not an adapter, or its save "
                                 "did not finish")
@@ -252,6 +287,11 @@ def _build_model(config: SideConfig, weights: Path, root: Path) -> SideNetwork:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise AdapterError(f"adapter {root}: cannot read {weights.name}: {e}") from e
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise AdapterError(f"adapter {root}: {weights.name} holds NaN or inf values (in "
+                           f"{bad[:3]}); the adapter is damaged or its training diverged: "
+                           "retrain it")
     model = create_side(config)
     try:
         model.load_state_dict(state, strict=True)

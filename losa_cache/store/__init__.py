@@ -7,9 +7,9 @@ from losa_cache.store.store import (
     StoreError,
     StoreIncompleteError,
     StoreIntegrityError,
-    add_task,
     open_store,
 )
+from losa_cache.store.tasks import add_task
 
 __all__ = [
     "CODECS",

@@ -12,7 +12,9 @@ Layout of a store (Zarr v3 group)::
     index/error         (N, 1024) uint8  why a row was skipped (UTF-8, NUL-padded)
     splits/<name>       (n,) int64  rows of each split; splits may overlap
     tasks/<name>        (N,) int32  one labelling of the rows (-1 = unlabelled);
-                                    attrs: classes, source
+                                    attrs: classes, source. A replaced labelling is
+                                    written aside as tasks/<name>~<k> and the manifest
+                                    switched to it (``Manifest.task_arrays``)
     progress/done       (S,) uint8  one done marker per shard, written last
     progress/checksums  (S, A) uint64  blake2b-64 of each per-shard array, at write time
 
@@ -32,7 +34,7 @@ reads are unverified, ``verify`` still checks them) and resume.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -260,6 +262,12 @@ class Manifest:
     created: str
     depth: int
     state: str = "created"
+    #: task -> its array when not ``tasks/<name>`` (replaced labellings, store/tasks.py)
+    task_arrays: dict[str, str] = field(default_factory=dict)
+
+    def task_path(self, name: str) -> str:
+        """The array holding task ``name``'s labels."""
+        return self.task_arrays.get(name, task_name(name))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -417,7 +417,7 @@ class FeatureStore:
                 f"unknown task {task!r}; this store has {self.manifest.tasks} "
                 "(add one with `losa-cache tasks add`)"
             )
-        return self.group[S.task_name(task)]
+        return self.group[self.manifest.task_path(task)]
 
     def labels(self, task: str | None = None) -> np.ndarray:
         """(N,) int labels of a task; -1 where a row has no label."""
@@ -621,39 +621,18 @@ def open_store(
     return FeatureStore(group, str(path), allow_incomplete)
 
 
-def add_task(
-    path: str | Path,
-    name: str,
-    labels: Sequence[int] | np.ndarray,
-    classes: Sequence[str],
-    source: str = "",
-    overwrite: bool = False,
-) -> None:
-    """Attach a labelling (N,) to an existing store; features are not touched."""
-    group = open_group(path, mode="r+")
-    store = FeatureStore(group, str(path))
-    labels = np.asarray(labels, dtype=np.int32)
-    if labels.shape != (store.num_images,):
-        raise StoreError(
-            f"task {name!r}: {labels.shape[0]} labels for a store of {store.num_images} rows"
-        )
-    if labels.max(initial=-1) >= len(classes) or labels.min(initial=0) < -1:
-        raise StoreError(f"task {name!r}: labels must be -1 (none) or in [0, {len(classes)})")
-    if name in store.tasks and not overwrite:
-        raise StoreError(f"task {name!r} already exists; pass --overwrite to replace it")
-    write_task(group, name, labels, list(classes), source)
-    manifest = store.manifest
-    if name not in manifest.tasks:
-        manifest.tasks.append(name)
-    group.attrs[S.ROOT_ATTR] = manifest.to_dict()
-
-
 def write_task(
-    group: zarr.Group, name: str, labels: np.ndarray, classes: list[str], source: str
+    group: zarr.Group,
+    name: str,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    source: str,
+    array: str | None = None,
 ) -> None:
-    """Write one task array (whole, by one writer: labels are small)."""
+    """Write one task array (whole, by one writer: labels are small) at ``array``
+    (default ``tasks/<name>``; store/tasks.py writes replacements aside)."""
     arr = group.create_array(
-        S.task_name(name),
+        array or S.task_name(name),
         shape=labels.shape,
         dtype="int32",
         chunks=(max(1, len(labels)),),
@@ -663,4 +642,4 @@ def write_task(
         dimension_names=("image",),
     )
     arr[:] = labels
-    arr.attrs.update({"classes": classes, "source": source})
+    arr.attrs.update({"classes": list(classes), "source": source})

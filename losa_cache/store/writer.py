@@ -10,23 +10,19 @@ A store is only ever created where nothing of the user's can be lost (store/targ
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
-import os
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
 from losa_cache.store import schema as S
+from losa_cache.store.lease import store_lock
 from losa_cache.store.store import (
     FeatureStore,
     StoreError,
-    is_remote,
     open_group,
     write_task,
 )
@@ -409,46 +405,6 @@ def shard_key(arr: zarr.Array, row: int) -> str:
     """Storage key of the object holding ``row`` of a per-shard array (a shard or chunk)."""
     rows = arr.shards[0] if arr.shards is not None else arr.chunks[0]
     return arr.metadata.encode_chunk_key((row // rows,) + (0,) * (arr.ndim - 1))
-
-
-class _Held:
-    """What ``store_lock`` yields for a local flock: held until the process dies."""
-
-    def check(self) -> None:
-        return None
-
-
-@contextlib.contextmanager
-def store_lock(path: str, storage_options: dict | None = None) -> Iterator[Any]:
-    """One extraction per store at a time: an advisory flock for local paths, a lease
-    object with a heartbeat for URLs (:mod:`losa_cache.store.lease`). The yielded handle's
-    ``check()`` raises once the lock was lost (leases only)."""
-    if is_remote(path):
-        from losa_cache.store.lease import StoreLease
-
-        with StoreLease(path, storage_options) as lease:
-            yield lease
-        return
-    import fcntl
-
-    root = Path(path.removeprefix("file://")).resolve()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # beside the store, not inside it: zarr warns about foreign files in a hierarchy
-    fd = os.open(root.parent / f".{root.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-            raise StoreError(
-                f"another extraction is writing {path} ({holder or 'unknown process'}); "
-                "wait for it to finish, or stop it, then rerun to resume"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {now()}".encode(), 0)
-        yield _Held()
-    finally:
-        os.close(fd)
 
 
 def now() -> str:

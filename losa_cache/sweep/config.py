@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from losa_cache.outdir import folder_name, folder_names
 from losa_cache.side import list_sides, parse_layers
 from losa_cache.side.config import VERSION_KEY, library_version
 from losa_cache.train import TrainConfig
@@ -192,6 +193,7 @@ def expand_runs(cfg: SweepConfig, depth: int, store_layers: list[int],
             rid = f"{rid}-{hashlib.sha1(key.encode()).hexdigest()[:6]}"
         spec = replace(spec, id=rid, train=replace(spec.train, out=_run_dir(cfg, spec.task, rid)))
         runs[spec.key] = spec
+    folder_names(r.task for r in runs.values())  # refuse tasks that would share runs/<task>
     return list(runs.values())
 
 
@@ -262,4 +264,4 @@ def _dedupe_key(spec: RunSpec, depth: int, store_layers: list[int]) -> str:
 
 
 def _run_dir(cfg: SweepConfig, task: str, rid: str) -> str:
-    return str(Path(cfg.out) / "runs" / slug(task) / rid)
+    return str(Path(cfg.out) / "runs" / folder_name(task) / rid)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from losa_cache.sweep.config import slug
+from losa_cache.outdir import folder_name
 from losa_cache.sweep.results import load_results
 
 __all__ = ["METRICS", "Metric", "base_lr", "make_report", "pareto"]
@@ -150,12 +150,12 @@ def make_report(dirs: Sequence[str | Path], out: str | Path | None = None,
             flags[metric.name] = _plot(one, rows, metric, acc_label)
             one.set_title(f"{task}: {acc_label} vs {metric.name}")
             one.legend(fontsize=7, loc="best")
-            pngs.append(_save(fig, dest / f"{slug(task)}_acc_vs_{metric.name}.png", plt))
+            pngs.append(_save(fig, dest / f"{folder_name(task)}_acc_vs_{metric.name}.png", plt))
             _plot(ax, rows, metric, acc_label)
         axes.flat[0].legend(fontsize=7, loc="best")
         overview.suptitle(f"{task}: accuracy vs efficiency (Pareto frontier in yellow)")
         overview.tight_layout()
-        pngs.append(_save(overview, dest / f"{slug(task)}_overview.png", plt))
+        pngs.append(_save(overview, dest / f"{folder_name(task)}_overview.png", plt))
         tables.append(_table(task, rows, flags))
     md = dest / "report.md"
     md.write_text(_markdown(docs, tables, pngs, dest))

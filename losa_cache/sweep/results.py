@@ -17,8 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from losa_cache.outdir import folder_name
 from losa_cache.side import SideConfig, create_side, head_params, learned_params
-from losa_cache.sweep.config import RunSpec, slug
+from losa_cache.sweep.config import RunSpec
 from losa_cache.sweep.grouping import Profile
 
 __all__ = ["CSV_COLUMNS", "RESULT", "best_runs", "export_best", "load_results", "run_row",
@@ -85,7 +86,7 @@ def export_best(out: Path, best: dict[str, dict[str, Any]]) -> dict[str, str]:
         meta = {"fingerprint": adapter.fingerprint, "classes": adapter.classes, "task": task,
                 "train_config": adapter.meta.get("train_config"),
                 "metrics": {**adapter.meta.get("metrics", {}), "sweep_best_of": str(out)}}
-        paths[task] = str(save_adapter(out / "best" / slug(task), adapter.model,
+        paths[task] = str(save_adapter(out / "best" / folder_name(task), adapter.model,
                                        adapter.config, meta))
     return paths
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from losa_cache.outdir import locked_outdir
 from losa_cache.store import open_store
 from losa_cache.sweep.config import RunSpec, SweepConfig, expand_runs
 from losa_cache.sweep.data import FeatureCache, TaskData
@@ -59,6 +60,11 @@ SWEEP_JSON = "sweep.json"
 def run_sweep(cfg: SweepConfig, progress: bool = True,
               storage_options: dict | None = None) -> dict[str, Any]:
     """Train every run of ``cfg`` (resuming if asked); returns the summary (also on disk)."""
+    with locked_outdir(cfg.out, "sweep"):  # one sweep per --out at a time
+        return _run_sweep(cfg, progress, storage_options)
+
+
+def _run_sweep(cfg: SweepConfig, progress: bool, storage_options: dict | None) -> dict[str, Any]:
     out = Path(cfg.out)
     store = open_store(cfg.store, storage_options)
     store.require_complete()

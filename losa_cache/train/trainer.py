@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from losa_cache.outdir import locked_outdir
 from losa_cache.side import create_side, head_params, learned_params
 from losa_cache.store import StoreError
 from losa_cache.train import checkpoint as ckpt
@@ -61,11 +62,12 @@ def train(cfg: TrainConfig, progress: bool = True,
     ``storage_options`` (fsspec, for store URLs) stay out of every saved file: they may
     hold credentials.
     """
-    run = _Run(cfg, progress, storage_options)
-    try:
-        return run.execute()
-    finally:
-        run.close()
+    with locked_outdir(cfg.out, "train"):  # one run per --out at a time
+        run = _Run(cfg, progress, storage_options)
+        try:
+            return run.execute()
+        finally:
+            run.close()
 
 
 class _Run:
