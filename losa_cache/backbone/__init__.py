@@ -129,6 +129,8 @@ def create_backbone(
     device: str | torch.device = "cpu",
 ) -> Backbone:
     """Build a frozen, eval-mode backbone with weights from exactly one source."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed (--seed) must be an integer >= 0, got {seed!r}")
     name = resolve_name(model)
     source = weights_source(name, checkpoint, pretrained, random_init)
     torch.manual_seed(seed)  # random-init is deterministic, so resumed runs match
