@@ -134,6 +134,7 @@ def extract(
     random_init: Annotated[
         bool, typer.Option(help="Extract from random weights, on purpose.")
     ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of --random-init.")] = 0,
     data_root: Annotated[str | None, typer.Option(help="Root folder of inat data sets.")] = None,
     layers: Annotated[str, typer.Option(help="all | last:N | evenly:N | 3,6,9 (0-based).")] = "all",
     dtype: Annotated[str, typer.Option(help="Stored dtype: fp16 | bf16 | fp32.")] = "fp16",
@@ -160,6 +161,15 @@ def extract(
         int | None, typer.Option(help="Rows per shard (default: ~64 MB).")
     ] = None,
     chunk_rows: Annotated[int | None, typer.Option(help="Rows per chunk (default: ~2 MB).")] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="Override the backbone's input size (pixels).")
+    ] = None,
+    crop_pct: Annotated[
+        float | None, typer.Option(help="Override the backbone's crop fraction.")
+    ] = None,
+    interpolation: Annotated[
+        str | None, typer.Option(help="Override the resize mode (bicubic, bilinear, ...).")
+    ] = None,
     max_pixels: Annotated[
         int | None,
         typer.Option(
@@ -206,6 +216,7 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
             checkpoint=checkpoint,
             pretrained=pretrained,
             random_init=random_init,
+            seed=seed,
             data_root=data_root,
             layers=layers,
             dtype=dtype,
@@ -219,6 +230,9 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
             device=device,
             shard_rows=shard_rows,
             chunk_rows=chunk_rows,
+            input_size=input_size,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
         )
         options = parse_storage_options(storage_options)

@@ -65,3 +65,13 @@ def test_missing_gpu_index_and_unknown_devices(monkeypatch: pytest.MonkeyPatch) 
 def test_negative_seed_is_refused() -> None:
     with pytest.raises(ValueError, match=r"seed \(--seed\) must be an integer >= 0, got -1"):
         create_backbone("vit_micro", random_init=True, seed=-1)
+
+
+def test_input_size_override_resizes_the_patch_grid() -> None:
+    """--input-size used to pass preprocessing only, and the ViT then refused the images."""
+    bb = create_backbone("vit_micro", random_init=True, preprocess={"input_size": (3, 64, 64)})
+    assert (bb.grid, bb.tokens, bb.preprocess["input_size"]) == ((8, 8), 65, (3, 64, 64))
+    (out,) = bb.intermediates(torch.zeros(2, 3, 64, 64), [3])
+    assert out.shape == (2, 65, 32)
+    with pytest.raises(ValueError, match=r"60x60 is not a multiple of .*8x8 patches"):
+        create_backbone("vit_micro", random_init=True, preprocess={"input_size": (3, 60, 60)})

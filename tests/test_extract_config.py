@@ -55,6 +55,9 @@ def test_good_values_pass() -> None:
         (["--chunk-rows", "0"], "chunk_rows (--chunk-rows) must be >= 1, got 0"),
         (["--workers", "-7"], "workers (--workers) must be >= -1, got -7"),
         (["--max-pixels", "0"], "max_pixels (--max-pixels) must be >= 1, got 0"),
+        (["--seed", "-1"], "seed (--seed) must be >= 0, got -1"),
+        (["--input-size", "0"], "input_size (--input-size) must be >= 1, got 0"),
+        (["--crop-pct", "-0.5"], "crop_pct (--crop-pct) must be > 0, got -0.5"),
     ],
 )
 def test_cli_prints_one_line_and_writes_nothing(
