@@ -1,6 +1,6 @@
-"""Range checks for numeric config fields, in the configs' ``__post_init__``.
+"""Range checks for numeric options, in the configs' ``__post_init__`` (and plain arguments).
 
-One place words the refusal, so every config names the field, its command-line option and
+One place words the refusal, so every check names the field, its command-line option and
 the bound the same way, and Python callers get the same checks as the CLI.
 """
 
@@ -15,25 +15,30 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def require_at_least(name: str, value: float | None, low: float) -> None:
+    """Refuse ``value`` below ``low`` or not a finite number; None means "not set"."""
+    if value is None:
+        return
+    _require_number(name, value)
+    if not math.isfinite(value) or value < low:
+        raise ValueError(f"{name} ({flag(name)}) must be >= {low}, got {value!r}")
+
+
+def require_positive(name: str, value: float | None) -> None:
+    """Refuse ``value`` that is not a finite number > 0 (fractions like a crop percentage)."""
+    if value is None:
+        return
+    _require_number(name, value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} ({flag(name)}) must be > 0, got {value!r}")
+
+
 def check_at_least(config: object, bounds: Mapping[str, float]) -> None:
-    """Refuse a field below its lower bound, or not a finite number; None means "not set"."""
+    """:func:`require_at_least` for each named field of ``config``."""
     for name, low in bounds.items():
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{name} ({flag(name)}) must be a number, got {value!r}")
-        if not math.isfinite(value) or value < low:
-            raise ValueError(f"{name} ({flag(name)}) must be >= {low}, got {value!r}")
+        require_at_least(name, getattr(config, name), low)
 
 
-def check_positive(config: object, names: tuple[str, ...]) -> None:
-    """Refuse a field that is not a finite number > 0 (fractions like a crop percentage)."""
-    for name in names:
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{name} ({flag(name)}) must be a number, got {value!r}")
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name} ({flag(name)}) must be > 0, got {value!r}")
+def _require_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} ({flag(name)}) must be a number, got {value!r}")

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from losa_cache.backbone import Backbone, create_backbone
 from losa_cache.backbone.device import parse_device, pick_device
-from losa_cache.checks import check_at_least, check_positive
+from losa_cache.checks import check_at_least, require_positive
 from losa_cache.data import get_dataset
 from losa_cache.data.base import ImageDataset, ImageDecodeError
 from losa_cache.data.decode import DEFAULT_MAX_PIXELS
@@ -77,7 +77,7 @@ class ExtractConfig:
             {"batch_size": 1, "workers": -1, "limit": 1, "seed": 0, "chunk_rows": 1,
              "shard_rows": 1, "input_size": 1, "max_pixels": 1},
         )  # fmt: skip
-        check_positive(self, ("crop_pct",))
+        require_positive("crop_pct", self.crop_pct)
         S.parse_dtype(self.dtype)
         S.parse_codec(self.codec)
         if self.precision != "auto" and self.precision not in PRECISIONS:

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from losa_cache.cli.main import app
 from losa_cache.data.decode import DEFAULT_MAX_PIXELS
 from losa_cache.extract import ExtractConfig
+from losa_cache.store import open_store
 
 BASE = {"model": "vit_micro", "dataset": "demo", "store": "s.zarr", "random_init": True}
 BAD = [
@@ -85,3 +87,37 @@ def test_cli_cuda_without_gpu_says_use_cpu(monkeypatch: pytest.MonkeyPatch, tmp_
 def test_max_pixels_help_states_the_real_default() -> None:
     out = CliRunner().invoke(app, ["extract", "--help"], terminal_width=200).output
     assert f"{DEFAULT_MAX_PIXELS}" in out.replace("\n", "").replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--retries", "-1"], "retries (--retries) must be >= 0, got -1"),
+        (["--shards-per-task", "0"], "shards_per_task (--shards-per-task) must be >= 1, got 0"),
+    ],
+)
+def test_cluster_options_are_checked_before_a_cluster_starts(
+    args: list[str], match: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "s.zarr"
+    cmd = ["extract", "--model", "vit_micro", "--random-init", "--dataset", "demo"]
+    result = CliRunner().invoke(app, [*cmd, "--store", str(store), "--cluster", "local:1", *args])
+    assert (result.exit_code, result.output.strip()) == (2, f"error: {match}")
+    assert not store.exists()
+
+
+def test_big_image_is_skipped_naming_max_pixels_and_one_class_warns(tmp_path: Path) -> None:
+    for name, size in [("big.png", (40, 30)), ("small.png", (20, 20))]:
+        (tmp_path / "pets" / "cat").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size).save(tmp_path / "pets" / "cat" / name)
+    store = tmp_path / "s.zarr"
+    cmd = ["extract", "--model", "vit_micro", "--random-init", "--workers", "0"]
+    dataset = f"imagefolder:{tmp_path / 'pets'}"
+    args = [*cmd, "--dataset", dataset, "--store", str(store), "--max-pixels", "1000"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "warning: imagefolder:" in result.output and "has class 'cat'" in result.output
+    assert "UserWarning" not in result.output
+    (skipped,) = open_store(str(store)).skipped()
+    assert "cat/big.png" in skipped["error"] and "--max-pixels" in skipped["error"]
+    assert "1,200 pixels is over the limit of 1,000" in skipped["error"]
