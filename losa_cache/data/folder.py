@@ -61,9 +61,12 @@ class ImageFolderDataset(FileDataset):
 
 def _subdirs(path: Path) -> list[Path]:
     """Visible sub-folders, sorted by name."""
+    try:
+        entries = list(path.iterdir())
+    except OSError as err:  # no permission, not a folder any more, ...
+        raise DatasetError(f"cannot list the folder {path}: {err.strerror or err}") from err
     return sorted(
-        (p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=lambda p: p.name,
+        (p for p in entries if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
     )
 
 

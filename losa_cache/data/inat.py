@@ -64,7 +64,7 @@ def _load_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetNotFoundError(f"missing {path}; put the official annotation JSON there")
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # a BOM, if an editor wrote one, dropped
             doc = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DatasetError(f"cannot parse {path}: {err}; re-download the annotation file") from err

@@ -141,3 +141,22 @@ def test_task_label_files_get_the_same_rules(tmp_path: Path) -> None:
     assert pairs == [("a.png", "cat"), ("b.png", "dog")]
     with pytest.warns(UserWarning, match="every labelled image has class 'cat'"):
         read_label_file(_list(tmp_path, ["a.png cat", "b.png cat"]))
+
+
+def test_inat_json_with_a_bom_parses(inat_root: Path) -> None:
+    path = inat_root / "train2018.json"
+    path.write_bytes(path.read_text(encoding="utf-8").encode("utf-8-sig"))
+    assert len(get_dataset(f"inat2018:{inat_root}")) == 4
+
+
+def test_unreadable_folder_is_a_clear_error(
+    tmp_path: Path, write_image: WriteImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_image(tmp_path / "pets" / "cat" / "1.png")
+
+    def refuse(self: Path):  # what a folder without read permission does (root ignores chmod)
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(DatasetError, match=r"cannot list the folder .*pets: Permission denied"):
+        get_dataset(f"imagefolder:{tmp_path / 'pets'}")
