@@ -75,3 +75,18 @@ def test_input_size_override_resizes_the_patch_grid() -> None:
     assert out.shape == (2, 65, 32)
     with pytest.raises(ValueError, match=r"60x60 is not a multiple of .*8x8 patches"):
         create_backbone("vit_micro", random_init=True, preprocess={"input_size": (3, 60, 60)})
+
+
+def test_unknown_tag_lists_the_tags() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"unknown tag 'bogus' for vit_tiny_patch16_224; its "
+        r"tags: .*augreg_in21k",
+    ):
+        create_backbone("vit_tiny_patch16_224.bogus", random_init=True)
+
+
+def test_checkpoint_folder_is_named_as_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "weights.pth").mkdir()
+    with pytest.raises(WeightsError, match="is a folder: pass the weights file inside it"):
+        create_backbone("vit_micro", checkpoint=str(tmp_path / "weights.pth"))

@@ -105,6 +105,13 @@ def resolve_name(model: str) -> str:
             f"Aliases: {', '.join(sorted(ALIASES))}; closest names: {', '.join(close) or 'none'}."
             " `losa-cache models` lists the aliases."
         )
+    tag = model.partition(".")[2]
+    tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
+    if tag and tag not in tags:
+        raise ValueError(
+            f"unknown tag {tag!r} for {arch}; its tags: {', '.join(tags) or 'none'} "
+            f"(or give {arch} alone with --checkpoint FILE or --random-init)"
+        )
     return model
 
 

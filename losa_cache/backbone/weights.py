@@ -73,6 +73,8 @@ def load_weights(net: nn.Module, model_name: str, source: str, checkpoint: str |
 def load_checkpoint(net: nn.Module, path: str) -> None:
     """Load a checkpoint file by extension; missing backbone keys are an error."""
     file = Path(path)
+    if file.is_dir():
+        raise WeightsError(f"checkpoint {path!r} is a folder: pass the weights file inside it")
     if not file.is_file():
         raise WeightsError(f"checkpoint {path!r} does not exist")
     suffix = file.suffix.lower()
