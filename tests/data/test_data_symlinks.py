@@ -47,7 +47,7 @@ def test_two_loops_end_quickly(tmp_path: Path, write_image: WriteImage) -> None:
         f"print(sorted(s.source for s in get_dataset('imagefolder:{root}').samples))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == str(["cat/a/1.png", "cat/b/2.png", "dog/3.png"])
 
