@@ -20,9 +20,8 @@ from tqdm.auto import tqdm
 from losa_cache.backbone import Backbone, create_backbone
 from losa_cache.backbone.device import parse_device, pick_device
 from losa_cache.checks import check_at_least, require_positive
-from losa_cache.data import get_dataset
+from losa_cache.data import DEFAULT_MAX_PIXELS, get_dataset
 from losa_cache.data.base import ImageDataset, ImageDecodeError
-from losa_cache.data.decode import DEFAULT_MAX_PIXELS
 from losa_cache.data.torch_dataset import TorchImages, worker_context
 from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
@@ -64,7 +63,6 @@ class ExtractConfig:
     input_size: int | None = field(default=None, metadata={"help": "override input size"})
     crop_pct: float | None = field(default=None, metadata={"help": "override crop fraction"})
     interpolation: str | None = field(default=None, metadata={"help": "override resize mode"})
-
     max_pixels: int = field(
         default=DEFAULT_MAX_PIXELS,
         metadata={"help": "largest image decoded (width x height); larger ones are skipped"},
@@ -80,10 +78,7 @@ class ExtractConfig:
         require_positive("crop_pct", self.crop_pct)
         S.parse_dtype(self.dtype)
         S.parse_codec(self.codec)
-        if self.precision != "auto" and self.precision not in PRECISIONS:
-            raise ValueError(
-                f"unknown precision {self.precision!r}; choose auto, fp32, bf16 or fp16"
-            )
+        parse_precision(self.precision)
         parse_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,11 +115,15 @@ PRECISIONS: dict[str, torch.dtype] = {
 }
 
 
-def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if precision not in PRECISIONS:
+def parse_precision(precision: str) -> str:
+    if precision != "auto" and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+    return precision
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if parse_precision(precision) == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
     return PRECISIONS[precision]
 
 
