@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,15 +17,22 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, R
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn library errors into one clear line on stderr and exit code 2 (no traceback)."""
+    """Turn library errors into one clear line on stderr and exit code 2 (no traceback);
+    library warnings become ``warning: ...`` lines (not Python's file:line + source dump)."""
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            yield
     except KeyboardInterrupt:
         typer.echo("interrupted: finished shards/checkpoints are kept; rerun to resume", err=True)
         raise typer.Exit(130) from None
     except USER_ERRORS as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_args: Any, **_kw: Any) -> None:
+    typer.echo(f"warning: {message}", err=True)
 
 
 def emit_json(obj: Any) -> None:

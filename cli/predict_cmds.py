@@ -32,6 +32,9 @@ def predict(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     top_k: Annotated[int, typer.Option(help="Classes to report per image.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    max_pixels: Annotated[int | None, typer.Option(
+        help="Largest image decoded, width x height (default: 89478485, PIL's guard); "
+        "larger ones are reported, not predicted.")] = None,
     json_out: JsonOpt = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV, one row per image.")
                        ] = False,
@@ -55,7 +58,8 @@ def predict(
         backbone = create_backbone(model or loaded.fingerprint["model"], checkpoint=checkpoint,
                                    pretrained=pretrained, random_init=random_init, seed=seed,
                                    device=pick_device(device))
-        rows = predict_images(loaded, backbone, files, batch_size=batch_size, top_k=top_k)
+        rows = predict_images(loaded, backbone, files, batch_size=batch_size, top_k=top_k,
+                              max_pixels=max_pixels)
     if json_out:
         emit_json(rows)
     elif csv_out:

@@ -134,6 +134,7 @@ def extract(
     random_init: Annotated[
         bool, typer.Option(help="Extract from random weights, on purpose.")
     ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of --random-init.")] = 0,
     data_root: Annotated[str | None, typer.Option(help="Root folder of inat data sets.")] = None,
     layers: Annotated[str, typer.Option(help="all | last:N | evenly:N | 3,6,9 (0-based).")] = "all",
     dtype: Annotated[str, typer.Option(help="Stored dtype: fp16 | bf16 | fp32.")] = "fp16",
@@ -160,6 +161,22 @@ def extract(
         int | None, typer.Option(help="Rows per shard (default: ~64 MB).")
     ] = None,
     chunk_rows: Annotated[int | None, typer.Option(help="Rows per chunk (default: ~2 MB).")] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="Override the backbone's input size (pixels).")
+    ] = None,
+    crop_pct: Annotated[
+        float | None, typer.Option(help="Override the backbone's crop fraction.")
+    ] = None,
+    interpolation: Annotated[
+        str | None, typer.Option(help="Override the resize mode (bicubic, bilinear, ...).")
+    ] = None,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            help="Largest image decoded, width x height (default: 89478485, PIL's guard); "
+            "larger ones are skipped, or stop --strict runs."
+        ),
+    ] = None,
     cluster: Annotated[
         str | None,
         typer.Option(help="Run on Dask: local:N (N worker processes) | cuda (one per GPU)."),
@@ -185,34 +202,39 @@ def extract(
     Example (Dask, 4 processes): losa-cache extract --model vit_b --pretrained --dataset \
 inat2018 --store s3://bucket/inat.zarr --cluster local:4
     """
+    from losa_cache.data.decode import DEFAULT_MAX_PIXELS
+    from losa_cache.distributed import extract_distributed, parse_cluster
     from losa_cache.extract import ExtractConfig
     from losa_cache.extract import extract as run
-
-    cfg = ExtractConfig(
-        model=model,
-        dataset=dataset,
-        store=store,
-        checkpoint=checkpoint,
-        pretrained=pretrained,
-        random_init=random_init,
-        data_root=data_root,
-        layers=layers,
-        dtype=dtype,
-        precision=precision,
-        codec=codec,
-        batch_size=batch_size,
-        workers=workers,
-        limit=limit,
-        splits=splits.split(",") if splits else None,
-        strict=strict,
-        device=device,
-        shard_rows=shard_rows,
-        chunk_rows=chunk_rows,
-    )
-    from losa_cache.distributed import extract_distributed, parse_cluster
     from losa_cache.store.store import parse_storage_options
 
     with user_errors():
+        cfg = ExtractConfig(
+            model=model,
+            dataset=dataset,
+            store=store,
+            checkpoint=checkpoint,
+            pretrained=pretrained,
+            random_init=random_init,
+            seed=seed,
+            data_root=data_root,
+            layers=layers,
+            dtype=dtype,
+            precision=precision,
+            codec=codec,
+            batch_size=batch_size,
+            workers=workers,
+            limit=limit,
+            splits=splits.split(",") if splits else None,
+            strict=strict,
+            device=device,
+            shard_rows=shard_rows,
+            chunk_rows=chunk_rows,
+            input_size=input_size,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
+            max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+        )
         options = parse_storage_options(storage_options)
         if parse_cluster(cluster, scheduler) is None:
             result = run(cfg, progress=not json_out, storage_options=options)

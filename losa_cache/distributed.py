@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from distributed import Client, Future, WorkerPlugin, get_worker
 
+from losa_cache.checks import require_at_least
 from losa_cache.extract import (
     RESUME,
     ExtractConfig,
@@ -301,6 +302,8 @@ def extract_distributed(
     connected ``client``. ``retries`` re-runs a task whose code raised; a task whose
     worker died is rescheduled by Dask itself. ``shards_per_task``: see :func:`group_shards`.
     """
+    require_at_least("retries", retries, 0)
+    require_at_least("shards_per_task", shards_per_task, 1)
     if cfg.store.startswith("memory://"):
         raise ValueError(
             "memory:// stores live inside one process and Dask workers cannot see them; "

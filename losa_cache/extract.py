@@ -18,7 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from losa_cache.backbone import Backbone, create_backbone
-from losa_cache.data import get_dataset
+from losa_cache.backbone.device import parse_device, pick_device
+from losa_cache.checks import check_at_least, require_positive
+from losa_cache.data import DEFAULT_MAX_PIXELS, get_dataset
 from losa_cache.data.base import ImageDataset, ImageDecodeError
 from losa_cache.data.torch_dataset import TorchImages, worker_context
 from losa_cache.side.layers import parse_layers
@@ -73,6 +75,23 @@ class ExtractConfig:
     input_size: int | None = field(default=None, metadata={"help": "override input size"})
     crop_pct: float | None = field(default=None, metadata={"help": "override crop fraction"})
     interpolation: str | None = field(default=None, metadata={"help": "override resize mode"})
+    max_pixels: int = field(
+        default=DEFAULT_MAX_PIXELS,
+        metadata={"help": "largest image decoded (width x height); larger ones are skipped"},
+    )
+
+    def __post_init__(self) -> None:
+        """Refuse bad values before any model or data set is loaded (the CLI prints one line)."""
+        check_at_least(
+            self,
+            {"batch_size": 1, "workers": -1, "limit": 1, "seed": 0, "chunk_rows": 1,
+             "shard_rows": 1, "input_size": 1, "max_pixels": 1},
+        )  # fmt: skip
+        require_positive("crop_pct", self.crop_pct)
+        S.parse_dtype(self.dtype)
+        S.parse_codec(self.codec)
+        parse_precision(self.precision)
+        parse_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,26 +116,27 @@ class ExtractResult:
         return dataclasses.asdict(self)
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+#: ``--precision`` names -> compute dtypes ("auto": bf16 on CUDA, fp32 on CPU).
+PRECISIONS: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+def parse_precision(precision: str) -> str:
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+    return precision
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
-    table = {
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-    }
-    if precision == "auto":
+    if parse_precision(precision) == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if precision not in table:
-        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
-    return table[precision]
+    return PRECISIONS[precision]
 
 
 def select_rows(
@@ -162,7 +182,7 @@ def prepare(
     cfg: ExtractConfig, device: torch.device
 ) -> tuple[Backbone, ImageDataset, list[int], dict[str, list[int]], tuple[int, ...]]:
     """Load data set and backbone, choose rows and layers (no store I/O yet)."""
-    dataset = get_dataset(cfg.dataset, data_root=cfg.data_root)
+    dataset = get_dataset(cfg.dataset, data_root=cfg.data_root, max_pixels=cfg.max_pixels)
     rows, splits = select_rows(dataset, cfg.limit, cfg.splits)
     if not rows:
         raise ValueError(f"data set {cfg.dataset} has no rows to extract")

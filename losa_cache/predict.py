@@ -40,16 +40,21 @@ __all__ = [
 
 
 def predict_images(adapter: Adapter, backbone: Backbone, paths: Sequence[str | Path],
-                   batch_size: int = 64, top_k: int = 5) -> list[dict[str, Any]]:
+                   batch_size: int = 64, top_k: int = 5,
+                   max_pixels: int | None = None) -> list[dict[str, Any]]:
     """Top-k classes of each image, in input order.
 
     Every row has ``path``, ``labels`` (class indices), ``classes`` (names), ``probs`` and
     ``error``; an undecodable image gets empty lists and the reason in ``error`` and the
-    others are still predicted. Prunes ``backbone`` to the adapter's layers.
+    others are still predicted (also one over ``max_pixels``, default
+    :data:`~losa_cache.data.decode.DEFAULT_MAX_PIXELS`). Prunes ``backbone`` to the adapter's
+    layers.
     """
     k = _top_k(top_k, adapter.config.num_classes)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels (--max-pixels) must be >= 1, got {max_pixels}")
     prepare_backbone(adapter, backbone)
     transform = backbone.transform()
     rows: list[dict[str, Any]] = [{} for _ in paths]
@@ -57,7 +62,7 @@ def predict_images(adapter: Adapter, backbone: Backbone, paths: Sequence[str | P
         index, images = [], []
         for i in range(start, min(start + batch_size, len(paths))):
             try:
-                images.append(load_image(paths[i], transform))
+                images.append(load_image(paths[i], transform, max_pixels))
                 index.append(i)
             except ImageDecodeError as e:
                 rows[i] = _error_row(paths[i], str(e))
@@ -104,9 +109,9 @@ def prepare_backbone(adapter: Adapter, backbone: Backbone) -> None:
         backbone.prune(adapter.layers)
 
 
-def load_image(path: str | Path, transform: Any) -> Tensor:
+def load_image(path: str | Path, transform: Any, max_pixels: int | None = None) -> Tensor:
     """Decode + preprocess one file; any failure is an ImageDecodeError naming the file."""
-    image = open_rgb(path)
+    image = open_rgb(path, max_pixels=max_pixels)
     try:
         return transform(image)  # (3, H, W)
     except Exception as e:  # an odd image must not stop the batch

@@ -129,6 +129,8 @@ def create_backbone(
     device: str | torch.device = "cpu",
 ) -> Backbone:
     """Build a frozen, eval-mode backbone with weights from exactly one source."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed (--seed) must be an integer >= 0, got {seed!r}")
     name = resolve_name(model)
     source = weights_source(name, checkpoint, pretrained, random_init)
     torch.manual_seed(seed)  # random-init is deterministic, so resumed runs match
@@ -142,6 +144,7 @@ def create_backbone(
     unknown = set(cfg) - set(PREPROCESS_KEYS)
     for k in unknown:
         cfg.pop(k)
+    _fit_input_size(net, name, tuple(cfg["input_size"]))
     return Backbone(
         model=net,
         name=name,
@@ -149,6 +152,23 @@ def create_backbone(
         preprocess=cfg,
         sha256=sha,
     )
+
+
+def _fit_input_size(net: nn.Module, name: str, input_size: tuple[int, ...]) -> None:
+    """Resize the patch grid (position embeddings resampled) when the input size is changed.
+
+    timm ViTs refuse any other image size by default; ``set_input_size`` is timm's own way.
+    """
+    size = tuple(int(v) for v in input_size[-2:])
+    if size == tuple(net.patch_embed.img_size):
+        return
+    patch = tuple(net.patch_embed.patch_size)
+    if size[0] % patch[0] or size[1] % patch[1]:
+        raise ValueError(
+            f"input size {size[0]}x{size[1]} is not a multiple of {name}'s "
+            f"{patch[0]}x{patch[1]} patches; pick --input-size as a multiple of {patch[0]}"
+        )
+    net.set_input_size(img_size=size)
 
 
 def _source_label(source: str, checkpoint: str | None, seed: int) -> str:

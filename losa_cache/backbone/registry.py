@@ -6,6 +6,7 @@ Architectures only; weights are resolved in :mod:`losa_cache.backbone.weights`.
 from __future__ import annotations
 
 import difflib
+import inspect
 from dataclasses import dataclass
 
 import timm
@@ -104,6 +105,13 @@ def resolve_name(model: str) -> str:
             f"Aliases: {', '.join(sorted(ALIASES))}; closest names: {', '.join(close) or 'none'}."
             " `losa-cache models` lists the aliases."
         )
+    tag = model.partition(".")[2]
+    tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
+    if tag and tag not in tags:
+        raise ValueError(
+            f"unknown tag {tag!r} for {arch}; its tags: {', '.join(tags) or 'none'} "
+            f"(or give {arch} alone with --checkpoint FILE or --random-init)"
+        )
     return model
 
 
@@ -115,12 +123,35 @@ def create_architecture(model: str, device: str | torch.device = "cpu") -> torch
     name = resolve_name(model)
     with torch.device(device):
         net = timm.create_model(name.split(".")[0], pretrained=False)
-    if not isinstance(net, VisionTransformer) and not hasattr(net, "forward_intermediates"):
-        raise ValueError(f"{name} is not a ViT with forward_intermediates; losa-cache needs one")
+    check_vit(name, net)
     if "." in name and getattr(net, "pretrained_cfg", None) is not None:
         # keep the tag's preprocessing (mean/std differ between tags of one architecture)
         net.pretrained_cfg = dict(timm.models.get_pretrained_cfg(name).to_dict(), tag=name)
     return net
+
+
+#: What losa-cache reads from a model (see :class:`~losa_cache.backbone.Backbone`).
+_NEEDS = ("blocks", "embed_dim", "num_prefix_tokens", "patch_embed", "prune_intermediate_layers")
+SUPPORTED = (
+    "timm ViTs with patch and prefix (CLS) tokens: VisionTransformer (vit_*, deit_*, "
+    "flexivit_*, ...), Eva (eva02_*, ...) and Beit (beit_*) models"
+)
+
+
+def check_vit(name: str, net: torch.nn.Module) -> None:
+    """Refuse a model the backbone code cannot read (a CNN, a hierarchical ViT, ...)."""
+    missing = [a for a in _NEEDS if not hasattr(net, a)]
+    if not hasattr(getattr(net, "patch_embed", None), "grid_size"):
+        missing.append("patch_embed.grid_size")
+    forward = getattr(net, "forward_intermediates", None)
+    if forward is None or "return_prefix_tokens" not in inspect.signature(forward).parameters:
+        missing.append("forward_intermediates(return_prefix_tokens=...)")
+    if missing:
+        raise ValueError(
+            f"{name} is a {type(net).__name__}, not a ViT losa-cache can read (it lacks "
+            f"{', '.join(dict.fromkeys(missing))}); supported: {SUPPORTED}, or an alias "
+            f"({', '.join(sorted(ALIASES))}, see `losa-cache models`)"
+        )
 
 
 def describe(model: str) -> dict:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,6 +73,8 @@ def load_weights(net: nn.Module, model_name: str, source: str, checkpoint: str |
 def load_checkpoint(net: nn.Module, path: str) -> None:
     """Load a checkpoint file by extension; missing backbone keys are an error."""
     file = Path(path)
+    if file.is_dir():
+        raise WeightsError(f"checkpoint {path!r} is a folder: pass the weights file inside it")
     if not file.is_file():
         raise WeightsError(f"checkpoint {path!r} does not exist")
     suffix = file.suffix.lower()
@@ -79,9 +82,7 @@ def load_checkpoint(net: nn.Module, path: str) -> None:
         _load_npz(net, file)
         return
     if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(file))
+        state = _safetensors_state(file)
     elif suffix in {".pth", ".pt", ".bin", ".ckpt"}:
         state = _torch_state(file)
     else:
@@ -92,11 +93,29 @@ def load_checkpoint(net: nn.Module, path: str) -> None:
     _load_state(net, state, str(file))
 
 
+def _unreadable(file: Path, kind: str, err: Exception) -> WeightsError:
+    """The one wording for a checkpoint file that is damaged, cut short or not that format."""
+    return WeightsError(
+        f"checkpoint {str(file)!r} ({file.stat().st_size:,} bytes) is not a readable {kind} "
+        f"file ({type(err).__name__}: {err}); it is damaged, incomplete or another format: "
+        "download or save it again"
+    )
+
+
+def _safetensors_state(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except Exception as e:  # SafetensorError (bad header, short file), OSError, ...
+        raise _unreadable(file, ".safetensors", e) from e
+
+
 def _torch_state(file: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated zip, ...
-        raise WeightsError(f"checkpoint {str(file)!r} could not be read by torch.load: {e}") from e
+        raise _unreadable(file, "torch.load", e) from e
     for key in ("state_dict", "model", "module", "model_ema"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -136,6 +155,12 @@ def _same_shape(net: nn.Module, key: str, value: torch.Tensor) -> bool:
 def _load_npz(net: nn.Module, file: Path) -> None:
     from timm.models.vision_transformer import _load_weights
 
+    try:  # read every array once: a cut-short archive fails here, not as an "architecture"
+        with np.load(file) as npz:
+            for name in npz.files:
+                npz[name]
+    except Exception as e:
+        raise _unreadable(file, ".npz", e) from e
     try:
         _load_weights(net, str(file))
     except Exception as e:

@@ -19,7 +19,7 @@ from losa_cache.data.base import (
     ImageDecodeError,
     Sample,
 )
-from losa_cache.data.decode import open_rgb
+from losa_cache.data.decode import DEFAULT_MAX_PIXELS, open_rgb
 from losa_cache.data.demo import DemoDataset
 from losa_cache.data.files import FileDataset
 from losa_cache.data.folder import ImageFolderDataset
@@ -31,6 +31,7 @@ from losa_cache.data.torch_dataset import TorchImages
 from losa_cache.data.vtab import Vtab1kDataset
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "KNOWN_SIZES",
     "DatasetError",
     "DatasetNotFoundError",

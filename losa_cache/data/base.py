@@ -7,8 +7,9 @@ must never depend on file-system listing order, time or randomness.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import overload
 
@@ -60,8 +61,9 @@ class SampleTable(Sequence[Sample]):
         self._labels = np.array([s.label for s in samples], dtype=np.int32)
         names = list(dict.fromkeys(s.split for s in samples))
         code = {name: i for i, name in enumerate(names)}
-        self._splits = np.array([code[s.split] for s in samples],
-                                dtype=np.uint8 if len(names) < 256 else np.int32)
+        self._splits = np.array(
+            [code[s.split] for s in samples], dtype=np.uint8 if len(names) < 256 else np.int32
+        )
         self._names = names
 
     def __len__(self) -> int:
@@ -77,14 +79,19 @@ class SampleTable(Sequence[Sample]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         i = range(len(self))[index]  # IndexError and negative indices as a list does
-        raw = self._chars[int(self._offsets[i]):int(self._offsets[i + 1])].tobytes()
-        return Sample(raw.decode("utf-8", "surrogateescape"), int(self._labels[i]),
-                      self._names[self._splits[i]])
+        raw = self._chars[int(self._offsets[i]) : int(self._offsets[i + 1])].tobytes()
+        return Sample(
+            raw.decode("utf-8", "surrogateescape"),
+            int(self._labels[i]),
+            self._names[self._splits[i]],
+        )
 
     def split_rows(self) -> dict[str, list[int]]:
         """Rows of each split, splits in first-appearance order."""
-        return {name: np.flatnonzero(self._splits == code).tolist()
-                for code, name in enumerate(self._names)}
+        return {
+            name: np.flatnonzero(self._splits == code).tolist()
+            for code, name in enumerate(self._names)
+        }
 
     @property
     def labels(self) -> np.ndarray:
@@ -152,3 +159,18 @@ class ImageDataset(ABC):
     @abstractmethod
     def load(self, index: int) -> Image.Image:
         """Decode row ``index`` as an RGB image; raise :class:`ImageDecodeError` if impossible."""
+
+
+def warn_if_one_class(used: Collection[str], where: str) -> None:
+    """Warn when every labelled row has the same class (``used``: the classes that occur).
+
+    A classifier learns nothing from one class; rows without a label do not count, so a
+    set of images to predict on stays silent.
+    """
+    if len(used) == 1:
+        warnings.warn(
+            f"{where}: every labelled image has class {next(iter(used))!r}, so training on it "
+            "cannot learn anything; check that the labels (or class folders) are all there",
+            UserWarning,
+            stacklevel=3,
+        )

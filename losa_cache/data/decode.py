@@ -2,49 +2,75 @@
 
 Every adapter goes through :func:`open_rgb` so that one rule decides what a "good" image is:
 fully decoded (truncated files fail; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never touched),
-every mode mapped to RGB the same way, and every failure an :class:`ImageDecodeError` that
-names the file, so extraction can skip and report it instead of dying.
+EXIF orientation applied (as viewers and ``PIL.ImageOps.exif_transpose`` do: a phone photo
+is stored sideways with a tag saying so), every mode mapped to RGB the same way, and every
+failure an :class:`ImageDecodeError` that names the file, so extraction can skip and report
+it instead of dying.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from losa_cache.data.base import ImageDecodeError
 
+#: Largest image decoded (width x height): PIL's own bomb guard, ~9459 x 9459 px, 268 MB as RGB.
+DEFAULT_MAX_PIXELS = 89_478_485
+_RAISE_LIMIT = "pass a larger --max-pixels (Python: max_pixels=) if the file is trusted"
+_PIL_LIMIT_LOCK = threading.Lock()
 _WHITE = (255, 255, 255)
+# PIL's bomb warning only fires for images over our own limit, which are refused anyway.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
 def open_rgb(source: str | Path | bytes, *, max_pixels: int | None = None) -> Image.Image:
-    """Decode ``source`` completely and return it as a new RGB image.
+    """Decode ``source`` completely, turned upright by its EXIF orientation, as a new RGB image.
 
     Raises :class:`ImageDecodeError` (naming the file) for a missing, empty, truncated or
-    non-image file and for images over ``max_pixels`` (default: PIL's ``MAX_IMAGE_PIXELS``,
-    read at call time; PIL itself refuses anything over twice that value).
+    non-image file and for images over ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`;
+    the ``--max-pixels`` option of ``extract`` and ``predict``).
     """
     name, data = _read(source)
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _pil_guard(limit), Image.open(io.BytesIO(data)) as im:
             _check_pixels(name, im, limit)
             im.load()
-            return to_rgb(im)
+            return to_rgb(ImageOps.exif_transpose(im))
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageDecodeError(
-            name,
-            f"decompression bomb refused by PIL ({err}); raise PIL.Image.MAX_IMAGE_PIXELS "
-            "if the file is trusted",
-        ) from err
+        raise ImageDecodeError(name, f"{err}; {_RAISE_LIMIT}") from err
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on bad input
         raise ImageDecodeError(name, f"{type(err).__name__}: {err}") from err
+
+
+@contextlib.contextmanager
+def _pil_guard(limit: int) -> Iterator[None]:
+    """Let :func:`_check_pixels` be the one size guard.
+
+    PIL refuses twice ``Image.MAX_IMAGE_PIXELS`` at open time, before our check could name
+    the option; a limit above PIL's is lifted for this open only.
+    """
+    if Image.MAX_IMAGE_PIXELS is None or limit <= Image.MAX_IMAGE_PIXELS:
+        yield
+        return
+    with _PIL_LIMIT_LOCK:
+        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
 
 
 def _read(source: str | Path | bytes) -> tuple[str, bytes]:
@@ -64,14 +90,14 @@ def _read(source: str | Path | bytes) -> tuple[str, bytes]:
     return name, data
 
 
-def _check_pixels(name: str, im: Image.Image, limit: int | None) -> None:
+def _check_pixels(name: str, im: Image.Image, limit: int) -> None:
     """Refuse huge images before decoding them (memory), with a message saying how to allow."""
     width, height = im.size
-    if limit is not None and width * height > limit:
+    if width * height > limit:
         raise ImageDecodeError(
             name,
-            f"decompression bomb guard: {width}x{height} = {width * height} pixels exceeds "
-            f"the limit of {limit}; pass max_pixels= to open_rgb if the file is trusted",
+            f"{width}x{height} = {width * height:,} pixels is over the limit of {limit:,}; "
+            f"{_RAISE_LIMIT}",
         )
 
 

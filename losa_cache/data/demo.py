@@ -31,8 +31,9 @@ IMAGE_SIZE = 32
 DEFAULT_SEED = 0
 SHAPES = ("circle", "square", "triangle", "plus")
 GRID = 3
-CLASSES = [f"{row}_{col}" for row in ("top", "middle", "bottom")
-           for col in ("left", "centre", "right")]
+CLASSES = [
+    f"{row}_{col}" for row in ("top", "middle", "bottom") for col in ("left", "centre", "right")
+]
 
 _CELL = IMAGE_SIZE / GRID
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)

@@ -9,6 +9,8 @@ the "a row is stored once, however many splits name it" rule lives.
 from __future__ import annotations
 
 import posixpath
+import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,13 +33,15 @@ class FileDataset(ImageDataset):
     root: str = ""
     #: Explicit split -> rows mapping, for adapters whose splits overlap; None = from samples.
     split_rows: dict[str, list[int]] | None = field(default=None)
+    #: Largest image decoded (width x height); None = :data:`DEFAULT_MAX_PIXELS`.
+    max_pixels: int | None = None
 
     def path(self, index: int) -> Path:
         """Where row ``index`` lives on disk."""
         return Path(self.root) / self.samples[index].source
 
     def load(self, index: int) -> Image.Image:
-        return open_rgb(self.path(index))
+        return open_rgb(self.path(index), max_pixels=self.max_pixels)
 
     def split_indices(self) -> dict[str, list[int]]:
         if self.split_rows is None:
@@ -65,34 +69,71 @@ def rows_from_entries(entries: Iterable[Entry]) -> tuple[list[Sample], dict[str,
     """Turn list entries into unique rows (first-seen order) plus each split's rows.
 
     An image named by several splits becomes one row (its ``split`` = the first split that
-    named it) listed under every such split. The same image twice in one split, or with
-    two different labels, is an error.
+    named it) listed under every such split. An image with two different labels is an
+    error naming both lines; the same line twice in one split is kept once, with a warning.
     """
     samples: list[Sample] = []
     row_of: dict[str, int] = {}
     first_seen: dict[str, Entry] = {}
     split_rows: dict[str, list[int]] = {}
     seen_in_split: dict[tuple[str, str], str] = {}
+    repeated: list[tuple[Entry, str]] = []
     for e in entries:
-        key = (e.split, e.source)
-        if key in seen_in_split:
-            raise DatasetError(
-                f"{e.where}: {e.source!r} is listed twice in split {e.split!r} (first at "
-                f"{seen_in_split[key]}); remove the duplicate line"
-            )
-        seen_in_split[key] = e.where
-        if e.source not in row_of:
-            row_of[e.source] = len(samples)
-            first_seen[e.source] = e
-            samples.append(Sample(e.source, e.label, e.split))
-        elif first_seen[e.source].label != e.label:
-            first = first_seen[e.source]
+        first = first_seen.setdefault(e.source, e)
+        if first.label != e.label:
             raise DatasetError(
                 f"{e.where}: {e.source!r} has label {e.label} but label {first.label} at "
                 f"{first.where}; an image must have one label, fix one of the lines"
             )
+        key = (e.split, e.source)
+        if key in seen_in_split:
+            repeated.append((e, seen_in_split[key]))
+            continue
+        seen_in_split[key] = e.where
+        if e.source not in row_of:
+            row_of[e.source] = len(samples)
+            samples.append(Sample(e.source, e.label, e.split))
         split_rows.setdefault(e.split, []).append(row_of[e.source])
+    if repeated:
+        warn_repeated([(e.where, first) for e, first in repeated])
     return samples, split_rows
+
+
+def warn_repeated(repeats: Sequence[tuple[str, str]]) -> None:
+    """One warning for lines that repeat an earlier one exactly: (where, first where)."""
+    where, first = repeats[0]
+    more = f" (and {len(repeats) - 1} more repeated lines)" if len(repeats) > 1 else ""
+    warnings.warn(
+        f"{where} repeats {first}; the image is kept once{more}", UserWarning, stacklevel=3
+    )
+
+
+@dataclass(frozen=True)
+class LabelLine:
+    """One ``<source> <label>`` line whose label may be a class name, with "file:line"."""
+
+    source: str
+    label: str
+    where: str
+
+
+def unique_label_lines(lines: Iterable[LabelLine]) -> list[LabelLine]:
+    """Lines in order with exact repeats dropped (warned); two labels for one source refused."""
+    first: dict[str, LabelLine] = {}
+    repeats: list[tuple[str, str]] = []
+    for line in lines:
+        seen = first.setdefault(line.source, line)
+        if seen is line:
+            continue
+        if seen.label != line.label:
+            raise DatasetError(
+                f"{line.where}: {line.source!r} has label {line.label!r} but {seen.label!r} at "
+                f"{seen.where}; an image must have one label, fix one of the lines"
+            )
+        repeats.append((line.where, seen.where))
+    if repeats:
+        warn_repeated(repeats)
+    return list(first.values())
 
 
 def index_labels(
@@ -120,23 +161,48 @@ def index_labels(
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, stripped text) of the meaningful lines: blanks and ``#`` comments dropped."""
+    """(line number, stripped text) of the meaningful lines: blanks and ``#`` comments dropped.
+
+    UTF-8, with or without a byte-order mark (Windows editors write one; left in, it would
+    become part of the first path or label).
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError as err:
         raise DatasetNotFoundError(f"list file not found: {path}") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"cannot read list file {path}: {err}; it must be UTF-8 text") from err
+    except OSError as err:
+        raise DatasetError(f"cannot read list file {path}: {err}") from err
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DatasetError(
+            f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x}); save the file as "
+            "UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
     lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
     return [(n, line) for n, line in lines if line and not line.startswith("#")]
 
 
+_INT = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)([eE][+-]?[0-9]+)?")
+
+
+def is_int(token: str) -> bool:
+    """Plain decimal digits with an optional sign: not ``1_000`` or ``١`` (``int`` takes both)."""
+    return _INT.fullmatch(token) is not None
+
+
+def looks_numeric(token: str) -> bool:
+    """A number of any spelling (``1.5``, ``1e3``, ``.5``, ``1_0``): never a class name."""
+    return _NUMBER.fullmatch(token) is not None
+
+
 def parse_int(token: str, where: str, what: str) -> int:
     """An integer field, or a DatasetError pointing at the line."""
-    try:
-        return int(token)
-    except ValueError:
-        raise DatasetError(f"{where}: {what} must be an integer, got {token!r}") from None
+    if not is_int(token):
+        raise DatasetError(f"{where}: {what} must be an integer, got {token!r}")
+    return int(token)
 
 
 def require_dir(path: Path, what: str, hint: str) -> None:

@@ -14,6 +14,7 @@ file-system order.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,9 +61,12 @@ class ImageFolderDataset(FileDataset):
 
 def _subdirs(path: Path) -> list[Path]:
     """Visible sub-folders, sorted by name."""
+    try:
+        entries = list(path.iterdir())
+    except OSError as err:  # no permission, not a folder any more, ...
+        raise DatasetError(f"cannot list the folder {path}: {err.strerror or err}") from err
     return sorted(
-        (p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=lambda p: p.name,
+        (p for p in entries if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
     )
 
 
@@ -97,15 +101,101 @@ def _class_dirs(split_dir: Path) -> dict[str, Path]:
     return {p.name: p for p in _subdirs(split_dir)}
 
 
-def _images_under(folder: Path) -> list[str]:
-    """Image paths under ``folder`` (recursive, following links), relative and sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath, name).relative_to(folder).as_posix())
-    return sorted(found)
+class _Walk:
+    """Finds the images under every class folder, entering each real directory once.
+
+    ``seen`` maps the (device, inode) of every folder already walked to the path it was
+    walked as, so a symlink loop (``cat/loop -> ..``) or a second link to a folder already
+    read adds nothing instead of repeating its images or never ending (what
+    ``os.walk(followlinks=True)`` does). The real tree of every class is walked before any
+    link is followed, so a folder keeps its own path and class even when a link elsewhere
+    leads to it; the root and split folders are never entered through a link.
+    """
+
+    def __init__(self, reserved: list[Path]) -> None:
+        self.seen: dict[tuple[int, int], Path] = {}
+        for folder in reserved:
+            key = _dir_key(folder)
+            if key is not None:
+                self.seen.setdefault(key, folder)
+        self.skipped: list[tuple[Path, Path]] = []  # (link path, folder it repeats)
+
+    def images(self, folders: list[Path]) -> dict[Path, list[str]]:
+        """Image paths under each class folder (recursive, following links), relative, sorted."""
+        found: dict[Path, list[str]] = {f: [] for f in folders}
+        links: dict[Path, list[Path]] = {}
+        for folder in folders:  # pass 1: the real trees, links set aside
+            links[folder] = self._walk(folder, [folder], found[folder], follow=False)
+        for folder in folders:  # pass 2: what the links add
+            self._walk(folder, links[folder], found[folder], follow=True)
+        return {f: sorted(paths) for f, paths in found.items()}
+
+    def _walk(self, top: Path, start: list[Path], found: list[str], follow: bool) -> list[Path]:
+        """Depth first in name order from ``start``; returns the links not followed."""
+        pending, links = list(reversed(start)), []
+        while pending:
+            current = pending.pop()
+            if not self._enter(current, is_top=current == top):
+                continue
+            subdirs = []
+            for entry in _entries(current):
+                path = Path(entry.path)
+                if not _is_dir(entry):
+                    if path.suffix.lower() in IMAGE_EXTENSIONS:
+                        found.append(path.relative_to(top).as_posix())
+                elif follow or not entry.is_symlink():
+                    subdirs.append(path)
+                else:
+                    links.append(path)
+            pending += reversed(subdirs)
+        return links
+
+    def _enter(self, path: Path, is_top: bool) -> bool:
+        key = _dir_key(path)
+        if key is None:
+            return False
+        first = self.seen.get(key)
+        if first is not None and not (is_top and first == path):
+            self.skipped.append((path, first))
+            return False
+        self.seen[key] = path
+        return True
+
+    def warn_skipped(self) -> None:
+        if not self.skipped:
+            return
+        link, first = self.skipped[0]
+        more = f" (and {len(self.skipped) - 1} more)" if len(self.skipped) > 1 else ""
+        warnings.warn(
+            f"imagefolder: {link} leads to {first}, which is already read; its images are "
+            f"counted once{more} (symlink loop or a second link to one folder)",
+            stacklevel=3,
+        )
+
+
+def _dir_key(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the real folder ``path`` leads to; None if it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:  # a dangling or looping link, or no permission
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    """Visible entries of ``folder`` sorted by name (never file-system order)."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:
+        return False
 
 
 def _collect(
@@ -113,10 +203,13 @@ def _collect(
 ) -> list[Sample]:
     """Rows in (split, class, path) order; sources relative to ``root``."""
     index = {name: i for i, name in enumerate(classes)}
+    folders = [f for dirs in class_dirs.values() for f in dirs.values()]
+    walk = _Walk([root, *{f.parent for f in folders}, *folders])
+    found = walk.images(folders)
     samples: list[Sample] = []
     for split, dirs in class_dirs.items():
         for name, folder in dirs.items():
             prefix = folder.relative_to(root).as_posix()
-            for rel in _images_under(folder):
-                samples.append(Sample(f"{prefix}/{rel}", index[name], split))
+            samples += [Sample(f"{prefix}/{rel}", index[name], split) for rel in found[folder]]
+    walk.warn_skipped()
     return samples

@@ -64,7 +64,7 @@ def _load_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetNotFoundError(f"missing {path}; put the official annotation JSON there")
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # a BOM, if an editor wrote one, dropped
             doc = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DatasetError(f"cannot parse {path}: {err}; re-download the annotation file") from err
@@ -97,11 +97,19 @@ def _split_samples(
 ) -> list[Sample]:
     """Rows of one split, in the JSON's image order; unannotated images get label -1."""
     label_of: dict[Any, int] = {}
+    first: dict[Any, Any] = {}  # image id -> the annotation that labelled it
     for ann in doc["annotations"]:
         cid = int(_field(ann, "category_id", where))
         if cid not in position:
             raise DatasetError(f"{where}: annotation uses unknown category_id {cid}")
-        label_of.setdefault(_field(ann, "image_id", where), position[cid])
+        image = _field(ann, "image_id", where)
+        if label_of.setdefault(image, position[cid]) != position[cid]:
+            raise DatasetError(
+                f"{where}: image {image} is annotated as category "
+                f"{first[image].get('category_id')} (annotation {first[image].get('id')}) and "
+                f"as category {cid} (annotation {ann.get('id')}); an image must have one label"
+            )
+        first.setdefault(image, ann)
     return [
         Sample(
             normalise_source(str(_field(img, "file_name", where))),

@@ -16,6 +16,8 @@ from losa_cache.data.files import (
     Entry,
     FileDataset,
     index_labels,
+    is_int,
+    looks_numeric,
     normalise_source,
     read_lines,
     rows_from_entries,
@@ -49,23 +51,22 @@ class ListFileDataset(FileDataset):
 
 
 def _parse_line(text: str, where: str) -> Entry:
-    """Label = last integer-looking token of the last two; paths may contain spaces."""
+    """Label = last integer-looking token of the last two; paths may contain spaces.
+
+    A number that is not an integer where the label goes (``1.5``, ``1e3``) is refused:
+    read as a path or split name it would silently shift the columns.
+    """
     parts = text.split()
-    if len(parts) >= 2 and _is_int(parts[-1]):
+    if len(parts) >= 2 and is_int(parts[-1]):
         path, label, split = text.rsplit(None, 1)[0], parts[-1], DEFAULT_SPLIT
-    elif len(parts) >= 3 and _is_int(parts[-2]):
+    elif len(parts) >= 3 and is_int(parts[-2]) and not looks_numeric(parts[-1]):
         path, label, split = text.rsplit(None, 2)[0], parts[-2], parts[-1]
     else:
+        bad = next((t for t in reversed(parts[1:][-2:]) if looks_numeric(t)), None)
+        if bad is not None:
+            raise DatasetError(f"{where}: label must be an integer, got {bad!r} in {text!r}")
         raise DatasetError(f"{where}: expected {_FORMS}, got {text!r}")
     value = int(label)
     if value < -1:
         raise DatasetError(f"{where}: label must be >= 0 (or -1 = unlabelled), got {value}")
     return Entry(normalise_source(path), value, split, where)
-
-
-def _is_int(token: str) -> bool:
-    try:
-        int(token)
-    except ValueError:
-        return False
-    return True

@@ -10,8 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from losa_cache.data.base import DatasetError, DatasetNotFoundError, ImageDataset
+import numpy as np
+
+from losa_cache.data.base import (
+    DatasetError,
+    DatasetNotFoundError,
+    ImageDataset,
+    warn_if_one_class,
+)
 from losa_cache.data.demo import DemoDataset
+from losa_cache.data.files import FileDataset
 from losa_cache.data.folder import ImageFolderDataset
 from losa_cache.data.inat import INAT_FILES, INatDataset
 from losa_cache.data.listfile import ListFileDataset
@@ -47,8 +55,9 @@ def _inat(version: str) -> Builder:
     def build(spec: str, arg: str, data_root: Path | None) -> ImageDataset:
         if not arg and data_root is None:
             raise DatasetNotFoundError(
-                f"{version} needs its data root: pass data_root= (the folder holding "
-                f"{' and '.join(INAT_FILES[version].values())}) or use '{version}:PATH'"
+                f"{version} needs its data root: pass --data-root DIR (Python: data_root=), "
+                f"the folder holding {' and '.join(INAT_FILES[version].values())}, or use "
+                f"'{version}:PATH'"
             )
         root = _path(arg, data_root) if arg else data_root
         return INatDataset.from_root(version, root, spec=spec)
@@ -95,8 +104,21 @@ def valid_forms() -> str:
     return "\n".join(f"  {a.usage}" for a in ADAPTERS.values())
 
 
-def get_dataset(spec: str, data_root: str | Path | None = None) -> ImageDataset:
-    """Build the adapter a spec names (see :func:`valid_forms`)."""
+def get_dataset(
+    spec: str, data_root: str | Path | None = None, max_pixels: int | None = None
+) -> ImageDataset:
+    """Build the adapter a spec names (see :func:`valid_forms`).
+
+    ``max_pixels`` caps the images decoded (default :data:`DEFAULT_MAX_PIXELS`). Warns when
+    every labelled row has one class: training on it cannot learn anything.
+    """
+    if max_pixels is not None and max_pixels < 1:
+        raise DatasetError(f"max_pixels must be >= 1, got {max_pixels}")
     name, arg = parse_spec(spec)
     root = Path(data_root).expanduser() if data_root is not None else None
-    return ADAPTERS[name].build(spec, arg, root)
+    dataset = ADAPTERS[name].build(spec, arg, root)
+    if isinstance(dataset, FileDataset):
+        dataset.max_pixels = max_pixels
+    labels = dataset.table.labels
+    warn_if_one_class({dataset.classes[i] for i in np.unique(labels[labels >= 0])}, spec)
+    return dataset

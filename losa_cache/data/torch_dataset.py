@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import multiprocessing.context
+import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -24,6 +30,8 @@ Transform = Callable[[Image.Image], torch.Tensor]
 #: Blank image (width, height) used to learn the output shape when the adapter's
 #: ``meta["image_size"]`` does not state one (any size works for resizing transforms).
 DEFAULT_BLANK_SIZE = (224, 224)
+#: How often a decoding worker checks that the process that started it still lives.
+PARENT_POLL_S = 0.25
 
 
 class TorchImages(Dataset):
@@ -72,14 +80,69 @@ class TorchImages(Dataset):
 
 @functools.cache
 def worker_context() -> multiprocessing.context.BaseContext:
-    """Start method for decoding workers.
+    """Start method for decoding workers; every worker exits soon after its parent dies.
 
     Never fork: zarr runs an event-loop thread in the parent, and a forked copy of it can
     deadlock. forkserver with torch and the decoders preloaded starts workers in ~0.1 s
     instead of re-importing torch in each (seconds per loader); spawn off Linux.
     """
     if sys.platform != "linux":
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
+        return _WatchedSpawnContext()
+    ctx = _WatchedForkServerContext()
     ctx.set_forkserver_preload(["torch", "losa_cache.data", "losa_cache.backbone"])
     return ctx
+
+
+def exit_with(pid: int, interval: float = PARENT_POLL_S) -> None:
+    """Exit this process (``os._exit``) within ``interval`` seconds of process ``pid`` dying.
+
+    A DataLoader worker only checks that *its* parent lives, and a forkserver worker's
+    parent is the forkserver, which lives as long as any of its workers do: after a SIGKILL
+    of the main process both stayed for minutes. So each worker watches the main process
+    itself (psutil: a zombie or a reused pid counts as gone).
+    """
+    try:
+        main = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                alive = main.is_running() and main.status() != psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                alive = False
+            if not alive:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="losa-exit-with-parent", daemon=True).start()
+
+
+class _ExitWithParent:
+    """Mixin for a Process class: records the creating process, watches it in the child."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watched_pid = os.getpid()
+
+    def run(self) -> None:
+        exit_with(self._watched_pid)
+        super().run()
+
+
+class _WatchedSpawnProcess(_ExitWithParent, multiprocessing.context.SpawnProcess):
+    pass
+
+
+class _WatchedSpawnContext(multiprocessing.context.SpawnContext):
+    Process = _WatchedSpawnProcess
+
+
+if sys.platform != "win32":
+
+    class _WatchedForkServerProcess(_ExitWithParent, multiprocessing.context.ForkServerProcess):
+        pass
+
+    class _WatchedForkServerContext(multiprocessing.context.ForkServerContext):
+        Process = _WatchedForkServerProcess

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from losa_cache.data.base import warn_if_one_class
+from losa_cache.data.files import LabelLine, is_int, looks_numeric, read_lines, unique_label_lines
 from losa_cache.outdir import SEGMENT_RULE, is_safe_segment
 from losa_cache.store import schema as S
 from losa_cache.store.lease import LABELLING, store_lock
@@ -42,20 +44,27 @@ def check_task_name(name: str) -> str:
 
 
 def read_label_file(path: Path) -> list[tuple[str, str]]:
-    """Lines `<source> <label>` (the source may contain spaces; the label is the last field)."""
+    """Lines `<source> <label>` (the source may contain spaces; the label is the last field).
+
+    UTF-8 (a BOM is dropped); exact repeats are kept once, two labels for one source and
+    numbers that are not integers (``1.5``) are refused naming the line (see data.files).
+    """
     if not Path(path).is_file():
         raise StoreError(f"labels file {path} does not exist")
-    pairs = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    lines = []
+    for n, line in read_lines(Path(path)):
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2:
             raise StoreError(f"{path}:{n}: expected `<source> <label>`, got {line!r}")
-        pairs.append((parts[0], parts[1]))
-    if not pairs:
+        if looks_numeric(parts[1]) and not is_int(parts[1]):
+            raise StoreError(
+                f"{path}:{n}: label must be an integer or a class name, got {parts[1]!r}"
+            )
+        lines.append(LabelLine(parts[0], parts[1], f"{path}:{n}"))
+    if not lines:
         raise StoreError(f"labels file {path} has no `<source> <label>` lines")
+    pairs = [(x.source, x.label) for x in unique_label_lines(lines)]
+    warn_if_one_class({v for _, v in pairs}, str(path))
     return pairs
 
 

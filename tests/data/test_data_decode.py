@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from losa_cache.data import ImageDecodeError, open_rgb
 from losa_cache.data.decode import to_rgb
@@ -121,16 +121,38 @@ def test_bad_files_raise_naming_the_file(
     assert "bad.jpg" in str(info.value)
 
 
-def test_decompression_bomb_guard(tmp_path: Path) -> None:
+def test_size_guard_names_the_option_that_raises_it(tmp_path: Path) -> None:
     Image.new("RGB", (100, 100)).save(tmp_path / "big.png")
-    with pytest.raises(ImageDecodeError, match=r"decompression bomb.*max_pixels") as info:
+    with pytest.raises(
+        ImageDecodeError, match=r"10,000 pixels is over the limit of 5,000.*--max-pixels"
+    ) as info:
         open_rgb(tmp_path / "big.png", max_pixels=5_000)
     assert "big.png" in str(info.value)
     assert open_rgb(tmp_path / "big.png", max_pixels=10_000).size == (100, 100)
 
 
-def test_pil_bomb_limit_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_limit_above_pils_own_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PIL refuses 2x its MAX_IMAGE_PIXELS at open; a larger --max-pixels must still decode."""
     Image.new("RGB", (100, 100)).save(tmp_path / "big.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # PIL refuses > 2x at open
-    with pytest.raises(ImageDecodeError, match=r"refused by PIL.*MAX_IMAGE_PIXELS"):
-        open_rgb(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    assert open_rgb(tmp_path / "big.png", max_pixels=20_000).size == (100, 100)
+    assert Image.MAX_IMAGE_PIXELS == 1_000  # lifted for that open only
+    with pytest.raises(ImageDecodeError, match="over the limit of 9,999"):
+        open_rgb(tmp_path / "big.png", max_pixels=9_999)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied(tmp_path: Path, orientation: int) -> None:
+    """A phone photo stored sideways with an EXIF tag decodes upright, as viewers show it."""
+    pixels = np.zeros((6, 8, 3), np.uint8)
+    pixels[:3, :4] = 255  # a white top-left quarter, to see where it lands
+    stored = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.png"
+    stored.save(path, exif=exif)
+    im = open_rgb(path)
+    expected = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    assert im.size == ((8, 6) if orientation == 3 else (6, 8))
+    assert np.array_equal(np.asarray(im), np.asarray(expected))
+    assert not np.array_equal(np.asarray(im)[:3, :4], np.asarray(stored)[:3, :4])

@@ -58,8 +58,10 @@ def test_sample_table_is_a_compact_list_of_samples() -> None:
 
     from losa_cache.data.base import Sample, SampleTable
 
-    rows = [Sample(f"train/{i % 7}/img_{i:07d}.jpg", i % 5 - 1, ("train", "val")[i % 3 == 0])
-            for i in range(20_000)]
+    rows = [
+        Sample(f"train/{i % 7}/img_{i:07d}.jpg", i % 5 - 1, ("train", "val")[i % 3 == 0])
+        for i in range(20_000)
+    ]
     rows[3] = Sample("ünïcode/ photo\udcff.jpg", 2, "test")  # non-UTF-8 bytes survive
     table = SampleTable(rows)
     assert len(table) == len(rows) and list(table) == rows and table == rows

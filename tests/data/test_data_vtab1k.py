@@ -88,6 +88,8 @@ def test_paths_with_spaces(vtab_task: Path, write_image: WriteImage) -> None:
         ("images/v9.jpg", "expected '<relative image path> <label>'"),
         ("images/v9.jpg one", "label must be an integer"),
         ("images/v9.jpg -2", "label must be >= 0"),
+        ("images/v9.jpg 1.5", "label must be an integer, got '1.5'"),
+        ("images/v9.jpg 1_0", "label must be an integer, got '1_0'"),
     ],
 )
 def test_malformed_line_names_file_and_line(vtab_task: Path, line: str, match: str) -> None:
@@ -97,9 +99,16 @@ def test_malformed_line_names_file_and_line(vtab_task: Path, line: str, match: s
     assert f"{vtab_task / 'val200.txt'}:2" in str(info.value)
 
 
-def test_duplicate_within_a_split(vtab_task: Path) -> None:
+def test_repeated_line_within_a_split_is_kept_once(vtab_task: Path) -> None:
     write_lines(vtab_task / "test.txt", ["images/s0.jpg 2", "images/s0.jpg 2"])
-    with pytest.raises(DatasetError, match=r"test.txt:2.*listed twice.*test.txt:1"):
+    with pytest.warns(UserWarning, match=r"test.txt:2 repeats .*test.txt:1; the image is kept"):
+        ds = Vtab1kDataset.from_path(vtab_task)
+    assert [ds.samples[r].source for r in ds.split_indices()["test"]] == ["images/s0.jpg"]
+
+
+def test_conflicting_labels_within_a_split(vtab_task: Path) -> None:
+    write_lines(vtab_task / "test.txt", ["images/s0.jpg 2", "images/s0.jpg 1"])
+    with pytest.raises(DatasetError, match=r"test.txt:2.*label 1 but label 2 at .*test.txt:1"):
         Vtab1kDataset.from_path(vtab_task)
 
 

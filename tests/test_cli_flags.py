@@ -1,0 +1,59 @@
+"""Every `--flag` a message or help text names is a real option, and ExtractConfig is whole.
+
+Messages tell users what to type; a flag that does not exist (``--max-pixels`` before it
+was added, ``data_root=`` for a CLI user) sends them nowhere.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+from pathlib import Path
+
+import typer.main
+
+from losa_cache.checks import flag
+from losa_cache.cli.main import app
+from losa_cache.extract import ExtractConfig
+
+REPO = Path(__file__).resolve().parents[1]
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def _options() -> dict[str, set[str]]:
+    """Command path -> its long options, over the whole command tree."""
+    out: dict[str, set[str]] = {}
+
+    def walk(cmd, path: str) -> None:
+        out[path] = {o for p in cmd.params for o in [*p.opts, *p.secondary_opts]}
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, f"{path} {name}".strip())
+
+    walk(typer.main.get_command(app), "")
+    return out
+
+
+def _named_flags() -> dict[str, set[str]]:
+    """Flag -> the source files whose string literals (messages, help) name it."""
+    named: dict[str, set[str]] = {}
+    files = [*(REPO / "losa_cache").rglob("*.py"), *(REPO / "cli").glob("*.py")]
+    for file in files:
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for name in FLAG.findall(node.value):
+                    named.setdefault(name, set()).add(str(file.relative_to(REPO)))
+    return named
+
+
+def test_every_flag_named_in_a_message_exists() -> None:
+    real = set().union(*_options().values()) | {"--help"}
+    missing = {f: sorted(files) for f, files in _named_flags().items() if f not in real}
+    assert not missing, f"messages name options no command has: {missing}"
+
+
+def test_every_extract_config_field_is_an_extract_option() -> None:
+    """Its range checks name ``--<field>``: that must be an option of `extract`."""
+    extract = _options()["extract"]
+    fields = {flag(f.name) for f in dataclasses.fields(ExtractConfig)}
+    assert fields - extract == set()
