@@ -119,10 +119,13 @@ def plan(
         typer.echo(_budget_text(b))
         return
     typer.echo(f"{model} on {dataset}: {p['images']:,} images {p['splits']}")
-    typer.echo(f"layers        {len(p['layers'])} of {p['depth']} (0-based): {p['layers']}")
+    if p["sizes_note"]:
+        typer.echo(f"note          {p['sizes_note']}")
+    if {"blocks", "attn", "mlp"} & set(p["taps"]):
+        typer.echo(f"layers        {len(p['layers'])} of {p['depth']} (0-based): {p['layers']}")
     typer.echo(
-        f"taps          {', '.join(p['taps'])}: {p['arrays']} arrays of "
-        f"{p['tokens']} tokens x {p['dim']}, {p['dtype']}"
+        f"taps          {', '.join(p['taps'])}: {p['arrays']} x ({p['tokens']} tokens x "
+        f"{p['dim']}) per image, {p['dtype']}"
     )
     per_tap = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_per_image_by_tap"].items())
     typer.echo(
@@ -181,7 +184,8 @@ def _budget_text(b: dict) -> str:
         "feeds",
     ]
     body = table(rows, cols) if rows else "(nothing fits)"
-    return f"{head}\n{body}\n{b['advice']}\n(bf16 stores price as fp16; fp32 as 2x fp16)"
+    note = f"\nnote: {b['sizes_note']}" if b["sizes_note"] else ""
+    return f"{head}\n{body}\n{b['advice']}\n(bf16 stores price as fp16; fp32 as 2x fp16){note}"
 
 
 def extract(

@@ -166,6 +166,13 @@ def split_sizes(dataset: str, data_root: str | None = None) -> dict[str, int]:
     return dataset_sizes(dataset, data_root=data_root)
 
 
+def sizes_note(dataset: str, sizes: dict[str, int]) -> str | None:
+    """Say which rows a plan leaves out, when the known sizes lack a split."""
+    if dataset.strip().lower().startswith("vtab1k") and "test" not in sizes:
+        return "the VTAB-1k test split varies by task and is not counted: pass vtab1k:PATH/TASK"
+    return None
+
+
 def train_split(sizes: dict[str, int]) -> str | None:
     return next((s for s in ("train", "train800", "train800val200") if s in sizes), None)
 
@@ -241,6 +248,7 @@ def plan(
         "dataset": dataset,
         "splits": sizes,
         "images": store_rows(sizes),
+        "sizes_note": sizes_note(dataset, sizes),
         "depth": bb.depth,
         "tokens": bb.tokens,
         "dim": bb.dim,
@@ -353,6 +361,7 @@ def plan_budget(
         "dataset": dataset,
         "splits": sizes,
         "images": store_rows(sizes),
+        "sizes_note": sizes_note(dataset, sizes),
         "budget_bytes": limit,
         "losa_default_rank": _default_rank(),
         "fits": fits,
