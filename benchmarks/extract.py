@@ -23,6 +23,7 @@ from _common import device_info, print_table, save
 
 from losa_cache.backbone import create_backbone
 from losa_cache.backbone.registry import create_architecture
+from losa_cache.compute import measure_matmul_flops, vit_macs
 from losa_cache.data import get_dataset
 from losa_cache.extract import (
     ExtractConfig,
@@ -31,7 +32,6 @@ from losa_cache.extract import (
     make_loader,
     select_rows,
 )
-from losa_cache.plan import measure_matmul_flops, vit_macs
 from losa_cache.side.layers import parse_layers
 
 

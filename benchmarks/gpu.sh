@@ -11,13 +11,13 @@
 # (benchmarks/gpu_image.txt); the rest (zarr, dask, ... ~15 MB) travels as wheels pinned to
 # the versions installed here, installed there into a scratch folder on PYTHONPATH, the
 # repository itself first on PYTHONPATH (nothing is installed into the image).
-# Each step has its own timeout and all of them share one deadline (--budget, 480 s by
+# Each step has its own timeout and all of them share one deadline (--budget, 460 s by
 # default): a step that would pass it gets the time left, later steps are skipped and say so.
 # Results JSON land in benchmarks/results/ (or $LOSA_BENCH_RESULTS) with a gpu-*.json
 # summary of every step (rc, seconds, timed out, the files it wrote); with $OUT set
 # (device tool) the summary and a tarball of the results and logs are copied there.
 #
-# Options: --models "vit_b vit_g" (default; dry run: demo), --budget SECONDS (default 480;
+# Options: --models "vit_b vit_g" (default; dry run: demo), --budget SECONDS (default 460;
 # dry run 900), --keep (keep the scratch folder with the step logs).
 set -uo pipefail
 
@@ -71,7 +71,7 @@ if ((PREPARE)); then
 fi
 
 # ------------------------------------------------------------------ settings
-# GPU: sized for an H100/H200 within the 480 s budget. Dry run: tiny, for the CPU test.
+# GPU: sized for an H100/H200 within the 460 s budget. Dry run: tiny, for the CPU test.
 if ((DRY)); then
     MODELS=${MODELS:-demo}
     RANDOM_INIT=() STEP_S=${GPU_SH_STEP_S:-240} INSTALL_S=0 BUDGET=${BUDGET:-900}
@@ -82,7 +82,7 @@ if ((DRY)); then
     SWEEP_ARGS=(--modes memory --repeats 1 --epochs 0.5 --threads 1 --device cpu --batch-size 16)
 else
     MODELS=${MODELS:-vit_b vit_g}
-    RANDOM_INIT=(--random-init) STEP_S=0 INSTALL_S=60 BUDGET=${BUDGET:-480}
+    RANDOM_INIT=(--random-init) STEP_S=0 INSTALL_S=60 BUDGET=${BUDGET:-460}
     extract_args() {
         case $1 in
             vit_g) echo --images 1024 --batch-size 128 --workers 8 --layers evenly:4 ;;

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from losa_cache.backbone.registry import create_architecture
 from losa_cache.cli.main import app
+from losa_cache.compute import vit_macs
 from losa_cache.plan import (
     BUDGET_DTYPES,
     Backbone,
@@ -20,7 +21,6 @@ from losa_cache.plan import (
     plan_budget,
     side_params,
     split_sizes,
-    vit_macs,
 )
 
 runner = CliRunner()
