@@ -23,6 +23,7 @@ from losa_cache.backbone.registry import create_architecture
 from losa_cache.compute import backbone_cost, measure_matmul_flops
 from losa_cache.data import KNOWN_SIZES, dataset_sizes
 from losa_cache.data.registry import ADAPTERS
+from losa_cache.data.vtab import DERIVED_SPLIT, PRIMARY_SPLITS
 from losa_cache.side.layers import parse_layers
 from losa_cache.store.taps import (
     deepest_block,
@@ -36,8 +37,8 @@ from losa_cache.store.taps import (
 #: GELU and data movement cost the rest); a deliberate, stated assumption.
 FORWARD_EFFICIENCY = 0.5
 
-#: Splits that are the union of others (VTAB-1k's protocol): counted once in a store.
-UNION_SPLITS: dict[str, tuple[str, ...]] = {"train800val200": ("train800", "val200")}
+#: Splits that are the union of others (VTAB-1k's train800val200): counted once in a store.
+UNION_SPLITS: dict[str, tuple[str, ...]] = {DERIVED_SPLIT: PRIMARY_SPLITS[:2]}
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
@@ -135,3 +137,19 @@ def test_budget_json_round_trips_through_the_cli() -> None:
 def test_bad_budget_is_one_line_with_the_fix() -> None:
     result = runner.invoke(app, ["plan", "--model", "vit_b", "--budget", "lots"])
     assert result.exit_code == 2 and "e.g. 500GB" in result.output
+
+
+def test_a_vtab1k_task_folder_counts_each_image_once(tmp_path: Path) -> None:
+    lists = {
+        "train800": ["a.png 0", "b.png 1", "c.png 0"],
+        "val200": ["d.png 1", "e.png 0"],
+        "test": ["f.png 0", "g.png 1"],
+    }
+    lists["train800val200"] = lists["train800"] + lists["val200"]
+    for split, lines in lists.items():
+        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    for name in "abcdefg":
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.png")
+    p = plan("vit_micro", f"vtab1k:{tmp_path}", measure=False)
+    assert p["splits"]["train800val200"] == 5 and p["images"] == 7 and p["sizes_note"] is None
+    assert p["bytes_total"] == 7 * p["bytes_per_image"]
