@@ -1,6 +1,7 @@
 """Helpers of benchmarks/gpu.sh: the wheels a lent GPU machine lacks, and the shared store.
 
     python benchmarks/_gpu.py carry [--image benchmarks/gpu_image.txt]   # NAME==VERSION lines
+    python benchmarks/_gpu.py stale .wheels                               # wheels not pinned
     python benchmarks/_gpu.py store --model vit_b --random-init --store S.zarr --limit 512
 
 ``carry`` walks losa-cache's runtime requirements (extras and markers evaluated for the GPU
@@ -19,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 HERE = Path(__file__).resolve().parent
 #: Marker environment of the GPU machine (device README: Python 3.12.3, x86-64 Linux).
@@ -80,6 +81,18 @@ def carry(image: Path) -> list[str]:
     return sorted(f"{n}=={v}" for n, v in closure(stop=frozenset(have)).items() if n not in have)
 
 
+def stale_wheels(folder: Path) -> list[str]:
+    """Wheels in ``folder`` that its carry.txt does not pin (an earlier prepare's)."""
+    lines = (folder / "carry.txt").read_text().split()
+    pins = {(canonicalize_name(n), v) for n, _, v in (line.partition("==") for line in lines)}
+    out = []
+    for wheel in sorted(folder.glob("*.whl")):
+        name, version, *_ = parse_wheel_filename(wheel.name)
+        if (canonicalize_name(name), str(version)) not in pins:
+            out.append(wheel.name)
+    return out
+
+
 def build_store(args: argparse.Namespace) -> None:
     """One store per model for train.py and sweep.py (extract.py keeps its own, temporary)."""
     from losa_cache.extract import ExtractConfig, extract
@@ -110,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("carry", help="print the pinned requirements the GPU image lacks")
     c.add_argument("--image", type=Path, default=HERE / "gpu_image.txt")
+    w = sub.add_parser("stale", help="print the wheels of a folder its carry.txt does not pin")
+    w.add_argument("folder", type=Path)
     s = sub.add_parser("store", help="extract the store train.py and sweep.py share")
     s.add_argument("--model", required=True)
     s.add_argument("--random-init", action="store_true")
@@ -122,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.cmd == "carry":
         sys.stdout.write("".join(f"{line}\n" for line in carry(args.image)))
+    elif args.cmd == "stale":
+        sys.stdout.write("".join(f"{name}\n" for name in stale_wheels(args.folder)))
     else:
         build_store(args)
 

@@ -62,6 +62,9 @@ prepare() {
     mkdir -p "$WHEELS"
     echo "$carry" >"$WHEELS/carry.txt"
     "${cmd[@]}" || { echo "gpu.sh: pip download failed; a wheel may need another --platform tag (see the device README)" >&2; exit 1; }
+    local stale
+    stale=$("$PYTHON" benchmarks/_gpu.py stale "$WHEELS")
+    [[ -n $stale ]] && echo "not in carry.txt (left alone; delete them to carry less):" && echo "$stale" | sed 's/^/  /'
     echo "prepared $(du -sh "$WHEELS" | cut -f1) in $WHEELS; run gpu.sh there with carry [\".wheels\"]"
 }
 
@@ -77,9 +80,11 @@ if ((DRY)); then
     RANDOM_INIT=() STEP_S=${GPU_SH_STEP_S:-240} INSTALL_S=0 BUDGET=${BUDGET:-900}
     extract_args() { echo --images 32 --batch-size 16 --workers 0 --layers all; }
     store_args() { echo --limit 24 --batch-size 16 --workers 0; }
-    TRAIN_ARGS=(--modes stream,live --batch-size 1 --warmup 1 --batches 2 --workers 1
-        --rank 4 --io-min-mb 0 --io-seconds 0.1)
-    SWEEP_ARGS=(--modes memory --repeats 1 --epochs 0.5 --threads 1 --device cpu --batch-size 16)
+    train_args() {
+        echo --modes stream,live --batch-size 1 --warmup 1 --batches 2 --workers 1 --rank 4 \
+            --io-min-mb 0 --io-seconds 0.1
+    }
+    sweep_args() { echo --modes memory --repeats 1 --epochs 0.5 --threads 1 --device cpu --batch-size 16; }
 else
     MODELS=${MODELS:-vit_b vit_g}
     RANDOM_INIT=(--random-init) STEP_S=0 INSTALL_S=60 BUDGET=${BUDGET:-460}
@@ -95,9 +100,18 @@ else
             *) echo --limit 512 --batch-size 128 --workers 8 ;;
         esac
     }
-    TRAIN_ARGS=(--modes stream,ram,gpu,live --batch-size 64 --warmup 5 --batches 20 --workers 8
-        --rank 16 --io-min-mb 1000 --io-seconds 1)
-    SWEEP_ARGS=(--modes disk,memory --repeats 1 --epochs 1 --threads 8 --device cuda --batch-size 128)
+    # ViT-g: no ram-cache mode and a disk-only sweep, to stay inside the budget
+    train_args() {
+        local modes=stream,ram,gpu,live
+        [[ $1 == vit_g ]] && modes=stream,gpu,live
+        echo --modes $modes --batch-size 64 --warmup 5 --batches 20 --workers 8 --rank 16 \
+            --io-min-mb 1000 --io-seconds 1
+    }
+    sweep_args() {
+        local modes=disk,memory
+        [[ $1 == vit_g ]] && modes=disk
+        echo --modes $modes --repeats 1 --epochs 1 --threads 8 --device cuda --batch-size 128
+    }
 fi
 # per-step timeouts in seconds (GPU); the dry run gives every step STEP_S
 limit_of() {
@@ -177,10 +191,12 @@ for model in $MODELS; do
     # shellcheck disable=SC2046
     if step "store-$model" "$(limit_of "store-$model")" "$PYTHON" benchmarks/_gpu.py store \
         --model "$model" "${RANDOM_INIT[@]}" --store "$store" --layers evenly:3 $(store_args "$model"); then
+        # shellcheck disable=SC2046
         step "train-$model" "$(limit_of "train-$model")" "$PYTHON" benchmarks/train.py \
-            --store "$store" --layers evenly:3 "${TRAIN_ARGS[@]}"
+            --store "$store" --layers evenly:3 $(train_args "$model")
+        # shellcheck disable=SC2046
         step "sweep-$model" "$(limit_of "sweep-$model")" "$PYTHON" benchmarks/sweep.py \
-            --store "$store" "${SWEEP_ARGS[@]}"
+            --store "$store" $(sweep_args "$model")
     else
         for s in train sweep; do
             echo "== $s-$model: skipped, its store was not built"

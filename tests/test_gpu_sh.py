@@ -90,3 +90,16 @@ def test_dry_run_runs_every_benchmark_and_writes_their_json(tmp_path: Path) -> N
     assert set(written) <= members and "logs/train-demo.log" in members
     assert len(list(out.glob("gpu-2*.json"))) == 1
     assert not list(tmp_path.glob("losa-gpu.*"))  # the scratch folder is removed
+
+
+def test_stale_wheels_are_the_ones_carry_txt_does_not_pin(tmp_path: Path) -> None:
+    (tmp_path / "carry.txt").write_text("zarr==3.1.6\ngoogle-crc32c==1.9.0\n")
+    for name in [
+        "zarr-3.1.6-py3-none-any.whl",
+        "zarr-3.0.0-py3-none-any.whl",
+        "google_crc32c-1.9.0-cp312-cp312-manylinux2014_x86_64.whl",
+        "dask-2026.8.0-py3-none-any.whl",
+    ]:
+        (tmp_path / name).touch()
+    stale = ["dask-2026.8.0-py3-none-any.whl", "zarr-3.0.0-py3-none-any.whl"]
+    assert _gpu.stale_wheels(tmp_path) == stale
