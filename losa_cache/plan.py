@@ -297,7 +297,10 @@ def budget_row(
     """One priced configuration with the learned params of the default LoSA it feeds."""
     cost = price(bb, sizes, layers, taps, dtype)
     has_blocks = "blocks" in cost["taps"]
-    feeds = BLOCK_TAPS.get(taps, "MIST edge network (summed maps; no LoSA)")
+    maps = cost["arrays"]
+    feeds = BLOCK_TAPS.get(
+        taps, f"MIST edge network ({maps} summed map{'s' * (maps > 1)}, any k alike; no LoSA)"
+    )
     params = (
         side_params(
             "losa", None, tuple(cost["layers"]), bb.depth, bb.dim, bb.tokens, bb.prefix_tokens
