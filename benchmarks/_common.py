@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ import torch
 
 from losa_cache.versions import versions
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Where results JSON go; LOSA_BENCH_RESULTS redirects them (benchmarks/gpu.sh --dry-run tests).
+RESULTS = Path(os.environ.get("LOSA_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def device_info() -> dict[str, Any]:

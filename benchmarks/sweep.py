@@ -193,6 +193,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (2 shared cores)")
     ap.add_argument("--modes", default="disk,memory,s3", help="disk | memory | s3, commas")
     ap.add_argument("--repeats", type=int, default=3, help="best-of-N wall time per way")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (every run, both ways)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from losa_cache.store import open_store
@@ -232,8 +233,8 @@ def compare(mode: str, store: str, options: dict | None, folder: Path,
     for rep in range(args.repeats):  # alternate who goes first: the 2 cores are shared
         cfg = SweepConfig(store=store, out=str(folder / f"sweep-{mode}-{rep}"),
                           epochs=args.epochs, batch_size=args.batch_size,
-                          cache="ram" if mode == "memory" else "none", device="cpu", workers=4,
-                          speed_batches=0, **GRID)
+                          cache="ram" if mode == "memory" else "none", device=args.device,
+                          workers=4, speed_batches=0, **GRID)
         for way in ("seq", "sweep") if rep % 2 == 0 else ("sweep", "seq"):
             if way == "seq":
                 seqs.append(sequential(cfg, disk, folder / f"seq-{mode}-{rep}", options))

@@ -58,9 +58,23 @@ def plan(
         str, typer.Option(help="Data set spec; known sizes used if absent.")
     ] = "demo",
     layers: Annotated[
-        str, typer.Option(help="Blocks to store: all | last:N | evenly:N | 3,6")
+        str, typer.Option(help="Blocks to store: all | last:N | evenly:N | 3,6 (0-based).")
     ] = "all",
-    dtype: Annotated[str, typer.Option(help="Stored dtype: fp16 | bf16 | fp32.")] = "fp16",
+    taps: Annotated[
+        str,
+        typer.Option(
+            help="What to store: blocks,embed,attn,mlp,sum:K1,K2 (k 1-based: G_k = z0 + "
+            "b_1..b_k), sum:all, sum:evenly:N."
+        ),
+    ] = "blocks",
+    dtype: Annotated[str, typer.Option(help="Stored dtype: fp16 | bf16 | fp32 | int8.")] = "fp16",
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            help="List the configurations (layers x taps x dtype) whose store fits this size, "
+            "e.g. 500GB, 1.5TB, 800MiB; --layers/--taps/--dtype are then not used."
+        ),
+    ] = None,
     data_root: Annotated[str | None, typer.Option(help="Root of inat data sets.")] = None,
     rank: Annotated[
         int | None, typer.Option(help="Also count a side network of this rank.")
@@ -74,36 +88,58 @@ def plan(
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Store size, backbone FLOPs, extraction time and epoch reads before anything runs.
+    """Store size per tap, backbone GMACs, extraction time and epoch reads before anything runs.
 
     Example: losa-cache plan --model vit_g --dataset inat2018 --layers all --dtype fp16
+    Example: losa-cache plan --model vit_g --dataset inat2018 --budget 500GB
     """
     from losa_cache.plan import plan as make_plan
+    from losa_cache.plan import plan_budget
 
     with user_errors():
-        p = make_plan(
-            model,
-            dataset,
-            layers,
-            dtype,
-            data_root,
-            rank,
-            method,
-            side_layers,
-            measure=not no_measure,
-        )
+        if budget is not None:
+            b = plan_budget(model, dataset, budget, data_root)
+        else:
+            p = make_plan(
+                model,
+                dataset,
+                layers,
+                dtype,
+                data_root,
+                rank,
+                method,
+                side_layers,
+                measure=not no_measure,
+                taps=taps,
+            )
     if json_out:
-        emit_json(p)
+        emit_json(b if budget is not None else p)
+        return
+    if budget is not None:
+        typer.echo(_budget_text(b))
         return
     typer.echo(f"{model} on {dataset}: {p['images']:,} images {p['splits']}")
-    typer.echo(f"layers        {len(p['layers'])} of {p['depth']}: {p['layers']}")
+    if p["sizes_note"]:
+        typer.echo(f"note          {p['sizes_note']}")
+    if {"blocks", "attn", "mlp"} & set(p["taps"]):
+        typer.echo(f"layers        {len(p['layers'])} of {p['depth']} (0-based): {p['layers']}")
     typer.echo(
-        f"per layer     {human_bytes(p['bytes_per_layer'])} "
-        f"({human_bytes(p['bytes_per_image_layer'])}/image, {p['dtype']})"
+        f"taps          {', '.join(p['taps'])}: {p['arrays']} x ({p['tokens']} tokens x "
+        f"{p['dim']}) per image, {p['dtype']}"
+    )
+    per_tap = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_per_image_by_tap"].items())
+    typer.echo(
+        f"per image     {human_bytes(p['bytes_per_image'])} ({per_tap}); transfer "
+        f"{p['transfer_mb_per_image']:.3f} MB = {p['transfer_mib_per_image']:.3f} MiB"
     )
     by_split = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_by_split"].items())
     typer.echo(f"store total   {human_bytes(p['bytes_total'])} ({by_split})")
-    typer.echo(f"backbone      {p['backbone_gflops_per_image']:.2f} GFLOPs/image")
+    bb = p["backbone"]
+    typer.echo(
+        f"backbone      {bb['gmacs_per_image']:.1f} GMACs/image (multiply-accumulates, the "
+        f"LoSA paper's 'GFLOPs') = {bb['gflops_per_image']:.1f} GFLOPs; {bb['blocks_run']} "
+        f"of {p['depth']} blocks run"
+    )
     if "extract_seconds_estimate" in p:
         typer.echo(
             f"extract time  ~{human_seconds(p['extract_seconds_estimate'])} on "
@@ -116,6 +152,40 @@ def plan(
             f"side network  {method} r={rank}: {p['learned_params'] / 1e6:.3f}M "
             "learned params (head excluded)"
         )
+
+
+def _budget_text(b: dict) -> str:
+    """The fitting configurations as a table, then the advice line."""
+    head = (
+        f"{b['model']} on {b['dataset']}: {b['images']:,} images {b['splits']}; budget "
+        f"{human_bytes(b['budget_bytes'])}; {len(b['fits'])} configurations fit, biggest first"
+    )
+    rows = [
+        [
+            r["layers"] or "-",
+            r["taps"],
+            r["dtype"],
+            human_bytes(r["bytes_total"]),
+            human_bytes(r["bytes_train"]) if r["bytes_train"] is not None else "-",
+            human_bytes(r["bytes_per_image"]),
+            f"{r['losa_params'] / 1e6:.3f}M" if r["losa_params"] is not None else "-",
+            r["feeds"],
+        ]
+        for r in b["fits"]
+    ]
+    cols = [
+        "layers",
+        "taps",
+        "dtype",
+        "store",
+        "train split",
+        "per image",
+        f"LoSA r={b['losa_default_rank']} params",
+        "feeds",
+    ]
+    body = table(rows, cols) if rows else "(nothing fits)"
+    note = f"\nnote: {b['sizes_note']}" if b["sizes_note"] else ""
+    return f"{head}\n{body}\n{b['advice']}\n(bf16 stores price as fp16; fp32 as 2x fp16){note}"
 
 
 def extract(
@@ -144,8 +214,10 @@ def extract(
     ] = "auto",
     codec: Annotated[
         str,
-        typer.Option(help="Feature compressor: none | lz4 | zstd | zstd-plain "
-                     "(activations barely compress: see benchmarks/codecs.py)."),
+        typer.Option(
+            help="Feature compressor: none | lz4 | zstd | zstd-plain "
+            "(activations barely compress: see benchmarks/codecs.py)."
+        ),
     ] = "none",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     workers: Annotated[int, typer.Option(help="Image decoding processes (-1: auto).")] = -1,

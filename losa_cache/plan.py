@@ -1,61 +1,147 @@
 """Say what an extraction and its training will cost before anything runs.
 
-Store bytes follow from the token layout alone; backbone FLOPs are counted from the
-architecture (matmuls of every block up to the deepest stored one); the time estimate
-divides them by a matmul throughput measured on the detected device, times an
-efficiency factor, and says so.
+Store bytes follow from the token layout and the taps alone (``losa_cache.store.taps``);
+backbone compute is counted from the architecture (``losa_cache.compute``); the time estimate
+divides it by a matmul throughput measured on the detected device, times an efficiency
+factor, and says so. :func:`plan_budget` lists what fits on a disk.
+
+Compute is reported as **GMACs** (multiply-accumulates, what the LoSA paper's tables call
+"GFLOPs": ViT-g/14 at 224 px 267.4, ViT-B/16 17.6) and as **GFLOPs = 2 x GMACs**; every
+key and label names which one it is.
 """
 
 from __future__ import annotations
 
-import time
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from losa_cache.backbone import create_backbone  # noqa: F401  (registers our architectures)
 from losa_cache.backbone.registry import create_architecture
-from losa_cache.data import dataset_sizes
+from losa_cache.compute import backbone_cost, measure_matmul_flops
+from losa_cache.data import KNOWN_SIZES, dataset_sizes
+from losa_cache.data.registry import ADAPTERS
+from losa_cache.data.vtab import DERIVED_SPLIT, PRIMARY_SPLITS
 from losa_cache.side.layers import parse_layers
-from losa_cache.store.schema import DTYPES, parse_dtype
+from losa_cache.store.taps import (
+    deepest_block,
+    parse_price_dtype,
+    parse_taps,
+    price_arrays,
+    tap_names,
+)
 
 #: Fraction of measured matmul throughput a ViT forward reaches (attention, norms,
 #: GELU and data movement cost the rest); a deliberate, stated assumption.
 FORWARD_EFFICIENCY = 0.5
 
+#: Splits that are the union of others (VTAB-1k's train800val200): counted once in a store.
+UNION_SPLITS: dict[str, tuple[str, ...]] = {DERIVED_SPLIT: PRIMARY_SPLITS[:2]}
 
-def vit_flops(net: torch.nn.Module, upto_block: int | None = None) -> int:
-    """Forward FLOPs (2 x MACs) of one image through patch embed and blocks 0..upto_block."""
-    dim = net.embed_dim
-    grid = net.patch_embed.grid_size
-    patches = grid[0] * grid[1]
-    tokens = patches + net.num_prefix_tokens
-    in_ch = net.patch_embed.proj.in_channels
-    k = net.patch_embed.proj.kernel_size
-    flops = 2 * patches * in_ch * k[0] * k[1] * dim
-    last = len(net.blocks) - 1 if upto_block is None else upto_block
-    for block in list(net.blocks)[: last + 1]:
-        hidden = block.mlp.fc1.out_features
-        flops += 2 * tokens * (4 * dim * dim + 2 * dim * hidden)  # qkv, proj, MLP
-        flops += 4 * tokens * tokens * dim  # QK^T and attention x V
-    return flops
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
 
 
-def measure_matmul_flops(device: torch.device, seconds: float = 0.3) -> tuple[float, str]:
-    """Achieved matmul FLOP/s on ``device`` in the dtype extraction would use there."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    n = 8192 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - t0
-    return 2 * n**3 * reps / elapsed, str(dtype).removeprefix("torch.")
+def parse_size(text: str) -> int:
+    """Bytes of a size like ``500GB``, ``1.5TB``, ``800 MiB`` or ``1024`` (plain bytes).
+
+    KB/MB/GB/TB/PB (and K/M/G/T/P) are powers of 1000, as disks are sold;
+    KiB/MiB/GiB/TiB/PiB are powers of 1024. Case does not matter.
+    """
+    m = _SIZE.match(str(text))
+    if not m or (m.group(3) and not m.group(2)):
+        raise ValueError(
+            f"cannot read the size {text!r}: write a number and a unit, e.g. 500GB, 1.5TB, "
+            "800MiB (KB/MB/GB/TB = powers of 1000, KiB/MiB/GiB/TiB = powers of 1024)"
+        )
+    number, prefix, binary = float(m.group(1)), m.group(2).lower(), m.group(3)
+    scale = 1024 ** "kmgtp".index(prefix) * 1024 if binary else _UNITS[prefix]
+    size = int(number * scale)
+    if size <= 0:
+        raise ValueError(f"the size {text!r} is not positive; give a budget such as 500GB")
+    return size
+
+
+def store_rows(sizes: dict[str, int], splits: list[str] | None = None) -> int:
+    """Distinct rows a store of ``splits`` (default all) holds: union splits count once."""
+    chosen = list(sizes) if splits is None else splits
+    unknown = sorted(set(chosen) - set(sizes))
+    if unknown:
+        raise ValueError(f"no split(s) {unknown} in this data set; its splits are {list(sizes)}")
+    rows = sum(sizes[s] for s in chosen)
+    for union, parts in UNION_SPLITS.items():
+        if union in chosen:  # its parts are inside it: don't count their rows twice
+            rows -= sum(sizes[p] for p in parts if p in chosen)
+    return rows
+
+
+def split_sizes(dataset: str, data_root: str | None = None) -> dict[str, int]:
+    """Rows per split; a bare ``vtab1k`` (no task folder) plans with the shared known sizes."""
+    name, _, arg = dataset.strip().partition(":")
+    adapter = ADAPTERS.get(name.lower())
+    if not arg and adapter is not None and adapter.needs_arg and name.lower() in KNOWN_SIZES:
+        return dict(KNOWN_SIZES[name.lower()])
+    return dataset_sizes(dataset, data_root=data_root)
+
+
+def sizes_note(dataset: str, sizes: dict[str, int]) -> str | None:
+    """Say which rows a plan leaves out, when the known sizes lack a split."""
+    if dataset.strip().lower().startswith("vtab1k") and "test" not in sizes:
+        return "the VTAB-1k test split varies by task and is not counted: pass vtab1k:PATH/TASK"
+    return None
+
+
+def train_split(sizes: dict[str, int]) -> str | None:
+    return next((s for s in ("train", "train800", "train800val200") if s in sizes), None)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """The dims pricing needs, read off an architecture built on the meta device."""
+
+    model: str
+    net: torch.nn.Module
+    depth: int
+    tokens: int
+    dim: int
+    prefix_tokens: int
+
+    @classmethod
+    def load(cls, model: str) -> Backbone:
+        net = create_architecture(model, device="meta")
+        tokens = net.num_prefix_tokens + net.patch_embed.num_patches
+        return cls(model, net, len(net.blocks), tokens, net.embed_dim, net.num_prefix_tokens)
+
+
+def price(
+    bb: Backbone, sizes: dict[str, int], layers: str, taps: str, dtype: str
+) -> dict[str, Any]:
+    """Bytes of every array, per image, per split and in total, for one configuration."""
+    chosen = parse_layers(layers, bb.depth)
+    tap_list = parse_taps(taps, bb.depth)
+    dtype = parse_price_dtype(dtype)
+    arrays = price_arrays(tap_list, chosen, bb.tokens, bb.dim, dtype)
+    per_image = sum(int(a["bytes_per_image"]) for a in arrays)
+    by_tap: dict[str, int] = {}
+    for a in arrays:
+        by_tap[str(a["tap"])] = by_tap.get(str(a["tap"]), 0) + int(a["bytes_per_image"])
+    rows = store_rows(sizes)
+    return {
+        "layers": list(chosen),
+        "taps": tap_names(tap_list),
+        "dtype": dtype,
+        "arrays": len(arrays),
+        "array_list": arrays,
+        "bytes_per_image_by_tap": by_tap,
+        "bytes_per_image": per_image,
+        "transfer_mb_per_image": per_image / 1e6,
+        "transfer_mib_per_image": per_image / 2**20,
+        "bytes_by_split": {k: per_image * n for k, n in sizes.items()},
+        "bytes_total": per_image * rows,
+        "deepest_block": deepest_block(tap_list, chosen),
+    }
 
 
 def plan(
@@ -69,68 +155,204 @@ def plan(
     side_layers: str | None = None,
     device: str = "auto",
     measure: bool = True,
+    taps: str = "blocks",
 ) -> dict[str, Any]:
-    """Sizes, FLOPs, time and (with ``rank``) learned parameters, without loading weights."""
-    net = create_architecture(model, device="meta")
-    depth = len(net.blocks)
-    chosen = parse_layers(layers, depth)
-    tokens = net.num_prefix_tokens + net.patch_embed.num_patches
-    dtype = parse_dtype(dtype)
-    row_bytes = tokens * net.embed_dim * DTYPES[dtype][1]
-    sizes = dataset_sizes(dataset, data_root=data_root)
-    images = sum(sizes.values())
-    train = next((sizes[s] for s in ("train", "train800", "train800val200") if s in sizes), images)
-    flops = vit_flops(net, max(chosen))
+    """Sizes, compute, time and (with ``rank``) learned parameters, without loading weights."""
+    bb = Backbone.load(model)
+    sizes = split_sizes(dataset, data_root)
+    cost = price(bb, sizes, layers, taps, dtype)
+    backbone = backbone_cost(bb.net, cost["deepest_block"])
+    train = train_split(sizes)
     out: dict[str, Any] = {
         "model": model,
         "dataset": dataset,
         "splits": sizes,
-        "images": images,
-        "depth": depth,
-        "layers": list(chosen),
-        "tokens": tokens,
-        "dim": net.embed_dim,
-        "dtype": dtype,
-        "bytes_per_image_layer": row_bytes,
-        "bytes_per_layer": row_bytes * images,
-        "bytes_total": row_bytes * images * len(chosen),
-        "bytes_by_split": {k: row_bytes * n * len(chosen) for k, n in sizes.items()},
-        "backbone_gflops_per_image": flops / 1e9,
-        "bytes_read_per_epoch": row_bytes * train * len(chosen),
+        "images": store_rows(sizes),
+        "sizes_note": sizes_note(dataset, sizes),
+        "depth": bb.depth,
+        "tokens": bb.tokens,
+        "dim": bb.dim,
+        **cost,
+        "bytes_per_image_layer": cost["bytes_per_image"] // max(cost["arrays"], 1),
+        "bytes_per_layer": cost["bytes_total"] // max(cost["arrays"], 1),
+        "backbone": backbone,
+        "backbone_gmacs_per_image": backbone["gmacs_per_image"],
+        "backbone_gflops_per_image": backbone["gflops_per_image"],
+        "bytes_read_per_epoch": cost["bytes_by_split"][train] if train else cost["bytes_total"],
     }
     if measure:
-        dev = torch.device(
-            "cuda"
-            if device == "auto" and torch.cuda.is_available()
-            else ("cpu" if device == "auto" else device)
-        )
-        peak, mm_dtype = measure_matmul_flops(dev)
-        out["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-        out["measured_matmul_tflops"] = round(peak / 1e12, 3)
-        out["matmul_dtype"] = mm_dtype
-        out["assumed_efficiency"] = FORWARD_EFFICIENCY
-        out["extract_seconds_estimate"] = images * flops / (peak * FORWARD_EFFICIENCY)
+        out |= time_estimate(device, out["images"], 2 * backbone["gmacs_per_image"] * 1e9)
     if rank is not None:
         out["learned_params"] = side_params(
-            method, rank, side_layers or layers, depth, net.embed_dim, tokens, net.num_prefix_tokens
+            method, rank, side_layers or layers, bb.depth, bb.dim, bb.tokens, bb.prefix_tokens
         )
     return out
 
 
+def time_estimate(device: str, images: int, flops_per_image: float) -> dict[str, Any]:
+    """Extraction seconds from a matmul probe on the device, with the assumption stated."""
+    dev = torch.device(
+        "cuda"
+        if device == "auto" and torch.cuda.is_available()
+        else ("cpu" if device == "auto" else device)
+    )
+    peak, mm_dtype = measure_matmul_flops(dev)
+    return {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "measured_matmul_tflops": round(peak / 1e12, 3),
+        "matmul_dtype": mm_dtype,
+        "assumed_efficiency": FORWARD_EFFICIENCY,
+        "extract_seconds_estimate": images * flops_per_image / (peak * FORWARD_EFFICIENCY),
+    }
+
+
 def side_params(
-    method: str, rank: int, layers: str, depth: int, dim: int, tokens: int, prefix_tokens: int
+    method: str,
+    rank: int | None,
+    layers: str | tuple[int, ...],
+    depth: int,
+    dim: int,
+    tokens: int,
+    prefix_tokens: int,
 ) -> int:
-    """Learned parameters of a side network (head excluded, as the paper counts)."""
+    """Learned parameters of a side network (head excluded, as the paper counts).
+
+    ``rank=None`` keeps the side config's default rank.
+    """
     from losa_cache.side import SideConfig, learned_params
 
+    extra = {} if rank is None else {"rank": rank}
     cfg = SideConfig(
         num_layers=depth,
         dim=dim,
         tokens=tokens,
         num_classes=2,
         method=method,
-        rank=rank,
         layers=layers,
         prefix_tokens=prefix_tokens,
+        **extra,
     )
     return learned_params(cfg)
+
+
+# ---------------------------------------------------------------- what fits a budget
+
+#: Tap sets the budget listing tries with block subsets, and what each feeds.
+BLOCK_TAPS = {
+    "blocks": "LoSA",
+    "blocks,embed": "LoSA + start from z0 (Table 6)",
+    "blocks,attn,mlp": "LoSA + attn/MLP branch taps (Table 4)",
+}
+BUDGET_DTYPES = ("float16", "int8")  # bf16 prices as fp16; fp32 doubles fp16
+
+
+def budget_configs(depth: int) -> list[tuple[str, str]]:
+    """(layers, taps) pairs to price: block subsets x tap sets, then MIST's summed maps."""
+    counts = [n for n in (1, 2, 4, 8, 16, 32) if n < depth]
+    subsets = ["all", *(f"evenly:{n}" for n in reversed(counts))]
+    pairs = [(layers, taps) for layers in subsets for taps in BLOCK_TAPS]
+    return [*pairs, ("all", "sum:evenly:3" if depth >= 3 else "sum:all"), ("all", f"sum:{depth}")]
+
+
+def plan_budget(
+    model: str,
+    dataset: str,
+    budget: str | int,
+    data_root: str | None = None,
+) -> dict[str, Any]:
+    """Configurations whose whole store fits ``budget`` bytes, biggest first."""
+    limit = budget if isinstance(budget, int) else parse_size(budget)
+    bb = Backbone.load(model)
+    sizes = split_sizes(dataset, data_root)
+    fits, smallest_losa = [], None
+    for layers, taps in budget_configs(bb.depth):
+        for dtype in BUDGET_DTYPES:
+            row = budget_row(bb, sizes, layers, taps, dtype)
+            if row["losa_params"] is not None and (
+                smallest_losa is None or row["bytes_total"] < smallest_losa["bytes_total"]
+            ):
+                smallest_losa = row
+            if row["bytes_total"] <= limit:
+                fits.append(row)
+    fits.sort(key=lambda r: (-r["bytes_total"], r["dtype"], r["taps"]))
+    live_only = not any(r["losa_params"] is not None for r in fits)
+    return {
+        "model": model,
+        "dataset": dataset,
+        "splits": sizes,
+        "images": store_rows(sizes),
+        "sizes_note": sizes_note(dataset, sizes),
+        "budget_bytes": limit,
+        "losa_default_rank": _default_rank(),
+        "fits": fits,
+        "live_only": live_only,
+        "advice": _advice(fits, live_only, smallest_losa, limit),
+        "backbone": backbone_cost(bb.net),
+    }
+
+
+def budget_row(
+    bb: Backbone, sizes: dict[str, int], layers: str, taps: str, dtype: str
+) -> dict[str, Any]:
+    """One priced configuration with the learned params of the default LoSA it feeds."""
+    cost = price(bb, sizes, layers, taps, dtype)
+    has_blocks = "blocks" in cost["taps"]
+    maps = cost["arrays"]
+    feeds = BLOCK_TAPS.get(
+        taps, f"MIST edge network ({maps} summed map{'s' * (maps > 1)}, any k alike; no LoSA)"
+    )
+    params = (
+        side_params(
+            "losa", None, tuple(cost["layers"]), bb.depth, bb.dim, bb.tokens, bb.prefix_tokens
+        )
+        if has_blocks
+        else None
+    )
+    train = train_split(sizes)
+    return {
+        "layers": layers if has_blocks else None,
+        "taps": taps,
+        "dtype": cost["dtype"],
+        "arrays": cost["arrays"],
+        "bytes_per_image": cost["bytes_per_image"],
+        "bytes_total": cost["bytes_total"],
+        "bytes_train": cost["bytes_by_split"][train] if train else None,
+        "feeds": feeds,
+        "losa_params": params,
+    }
+
+
+def _default_rank() -> int:
+    from losa_cache.side import SideConfig
+
+    return int(SideConfig.__dataclass_fields__["rank"].default)
+
+
+def _advice(
+    fits: list[dict[str, Any]], live_only: bool, smallest: dict[str, Any] | None, limit: int
+) -> str:
+    if not live_only:
+        best = [
+            max(
+                (r for r in fits if r["taps"] == "blocks" and r["dtype"] == d),
+                key=lambda r: r["arrays"],
+                default=None,
+            )
+            for d in BUDGET_DTYPES
+        ]
+        picks = " or ".join(
+            f"--layers {r['layers']} --dtype {r['dtype']} ({r['bytes_total'] / 1e9:,.1f} GB)"
+            for r in best
+            if r is not None
+        )
+        return f"most blocks for LoSA within the budget: {picks}"
+    need = (
+        f"; the smallest LoSA store needs {smallest['bytes_total'] / 1e9:,.1f} GB"
+        if smallest
+        else ""
+    )
+    return (
+        f"no store LoSA can train from fits in {limit / 1e9:,.1f} GB{need}: train live "
+        "(losa-cache train --live ..., the backbone runs every step, the paper's setting) "
+        "or give a bigger budget"
+    )

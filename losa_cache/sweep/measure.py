@@ -8,7 +8,7 @@
 * training speed: images/s of forward + backward + optimizer step, averaged over 50
   batches (after 2 warm-up batches), features already in memory (I/O excluded).
 * inference FLOPs per image: the backbone up to the deepest block the side network reads
-  (:func:`losa_cache.plan.vit_flops`) plus the side network and head, counted with
+  (:func:`losa_cache.compute.vit_flops`) plus the side network and head, counted with
   ``torch.utils.flop_counter.FlopCounterMode`` on one sample (matmuls, 2 x MACs, like
   ``vit_flops``).
 """
@@ -119,7 +119,7 @@ def side_flops(side: SideConfig) -> int:
 def backbone_flops(model_name: str, upto_block: int, tokens: int) -> int | None:
     """Backbone forward FLOPs per image through ``upto_block``; None if unknown."""
     from losa_cache.backbone.registry import create_architecture
-    from losa_cache.plan import vit_flops
+    from losa_cache.compute import vit_flops
 
     try:
         net = create_architecture(model_name, device="meta")
