@@ -34,7 +34,6 @@ __all__ = [
     "StoreError",
     "StoreIncompleteError",
     "StoreIntegrityError",
-    "add_task",
     "open_store",
 ]
 
