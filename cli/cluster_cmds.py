@@ -116,8 +116,12 @@ def export(
 
 def import_store(
     h5: Annotated[Path, typer.Argument(help="HDF5 file written by `losa-cache export`.")],
-    store: Annotated[str, typer.Argument(help="Store path or URL to create.")],
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    store: Annotated[
+        str, typer.Argument(help="Store path or URL to create (a new or empty folder).")
+    ],
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing losa-cache store (never other files).")
+    ] = False,
     storage_options: StorageOpt = None,
     json_out: JsonOpt = False,
 ) -> None:

@@ -196,7 +196,10 @@ def extract(
             help="demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
         ),
     ],
-    store: Annotated[str, typer.Option(help="Store path or URL (created, or resumed).")],
+    store: Annotated[
+        str,
+        typer.Option(help="Store path or URL: a new or empty folder, or a store to resume."),
+    ],
     checkpoint: Annotated[
         str | None, typer.Option(help="Weights: .npz (big_vision/AugReg), .pth/.bin, .safetensors.")
     ] = None,
