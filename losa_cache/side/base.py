@@ -24,6 +24,10 @@ __all__ = ["SideNetwork"]
 class SideNetwork(nn.Module):
     """Base class: a head plus method-specific side layers (everything not under ``head.``)."""
 
+    #: the SideConfig fields beyond the backbone's and the head's this method reads (a sweep
+    #: makes one run of configs that differ only in fields their method ignores)
+    uses: tuple[str, ...] = ()
+
     def __init__(self, config: SideConfig) -> None:
         super().__init__()
         self.config = config
@@ -40,10 +44,15 @@ class SideNetwork(nn.Module):
         """Learned side parameters (head excluded), computed without instantiating."""
         raise NotImplementedError
 
+    @classmethod
+    def blocks(cls, config: SideConfig) -> tuple[int, ...]:
+        """Sorted 0-based block indices a network of ``config`` reads (none built)."""
+        raise NotImplementedError
+
     @property
     def required_layers(self) -> tuple[int, ...]:
         """Sorted 0-based block indices that :meth:`forward` reads."""
-        raise NotImplementedError
+        return type(self).blocks(self.config)
 
     def forward_features(self, features: Mapping[int, Tensor]) -> Tensor:
         """Block outputs -> refined (B, T, D) tokens for the head."""

@@ -155,6 +155,11 @@ class SideConfig:
         return self.num_layers - 1
 
     @property
+    def required_layers(self) -> tuple[int, ...]:
+        """Blocks the side network reads: a function of the config, no network built."""
+        return get_side_class(self.method).blocks(self)
+
+    @property
     def spatial_tokens(self) -> int:
         """Non-prefix tokens per frame (all non-prefix tokens for images)."""
         return (self.tokens - self.prefix_tokens) // self.frames

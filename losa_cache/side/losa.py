@@ -79,6 +79,8 @@ def _mixer_params(kind: str, config: SideConfig) -> int:
 class LosaSide(SideNetwork):
     """The LoSA side network over ``config.layers`` (which must include the last block)."""
 
+    uses = ("rank", "layers")
+
     def __init__(self, config: SideConfig) -> None:
         super().__init__(config)
         kinds = mixing_kinds(len(config.layers))
@@ -103,9 +105,9 @@ class LosaSide(SideNetwork):
         """'channel' / 'token' for each side layer, in order."""
         return tuple(m.kind for m in self.mixers)
 
-    @property
-    def required_layers(self) -> tuple[int, ...]:
-        return tuple(sorted({*self.config.layers, self.config.last_layer}))
+    @classmethod
+    def blocks(cls, config: SideConfig) -> tuple[int, ...]:
+        return tuple(sorted({*config.layers, config.last_layer}))
 
     def forward_features(self, features: Mapping[int, Tensor]) -> Tensor:
         y = self.block(features, self.config.last_layer)  # (B, T, D), y_0 = b_L
