@@ -89,6 +89,10 @@ def train(cfg: TrainConfig, progress: bool = True,
     ``storage_options`` (fsspec, for store URLs) stay out of every saved file: they may
     hold credentials.
     """
+    return _train(cfg, progress, storage_options)
+
+
+def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> dict[str, Any]:
     device = pick_device(cfg.device)
     baseline = ckpt.reset_peak_memory(device)
     source = open_source(cfg, device, storage_options)
