@@ -167,6 +167,9 @@ class Engine:
         total = sum(r.steps for r in self.runs)
         bar = tqdm(total=total, initial=sum(r.step for r in self.runs), unit="step",
                    desc=self.label, disable=not self.progress, dynamic_ncols=True)
+        ended = [r for r in self.runs if r.active and r.step >= r.steps]
+        if ended:  # resumed from a checkpoint of the last step: only the end is left
+            self._after_step(ended)
         streams = {k: self._stream(order, lanes) for k, (order, lanes) in self.feeds.items()}
         try:
             with _sigint_flag() as interrupted:
