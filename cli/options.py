@@ -5,7 +5,7 @@
 
 Types come from the field annotations, defaults from the field defaults, help texts and
 choices (as enums: ``--help`` lists them) from the field metadata
-(:mod:`losa_cache.train.fields`), so a new field is a new flag and no help can drift.
+(:mod:`losa_cache.fields`), so a new field is a new flag and no help can drift.
 List fields become comma-separated strings (the command parses them).
 """
 
@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from losa_cache.train.fields import choices_of
+from losa_cache.fields import choices_of
 
 __all__ = ["command", "config_params", "param", "plain"]
 

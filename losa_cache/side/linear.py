@@ -24,8 +24,6 @@ __all__ = ["LinearProbe"]
 class LinearProbe(SideNetwork):
     """Head on b_L; zero learned side parameters."""
 
-    uses = ()
-
     @classmethod
     def count_learned_params(cls, config: SideConfig) -> int:
         return 0

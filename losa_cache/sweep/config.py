@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from losa_cache.fields import check_fields, inherit, metadata, option
 from losa_cache.side import get_side_class, list_sides, parse_layers
 from losa_cache.side.config import VERSION_KEY, library_version
 from losa_cache.train import TrainConfig
 from losa_cache.train.batching import BATCHING
 from losa_cache.train.config import DEFAULT_LR
-from losa_cache.train.fields import check_fields, inherit, metadata, option
 
 __all__ = [
     "BATCHING",
@@ -53,7 +53,7 @@ ENTRY_KEYS = ("task", "method", "rank", "layers", "lr", "optimizer", "momentum",
               "epochs", "pool", "shuffle_buffer")
 
 
-_f = option  # a field with help, range and choices (losa_cache.train.fields)
+_f = option  # a field with help, range and choices (losa_cache.fields)
 
 
 def _t(name: str, help: str | None = None) -> Any:

@@ -16,10 +16,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from losa_cache.fields import check_fields, option
 from losa_cache.side import list_sides
 from losa_cache.side.config import POOLS, VERSION_KEY, library_version
 from losa_cache.train.cache import CACHE_MODES
-from losa_cache.train.fields import check_fields, option
 
 __all__ = ["OPTIMIZERS", "RUNTIME_FIELDS", "TrainConfig"]
 

@@ -62,8 +62,8 @@ def test_every_config_field_is_a_flag_with_its_help() -> None:
     """Flags are generated from TrainConfig: none missing, help and choices from metadata."""
     from dataclasses import fields
 
+    from losa_cache.fields import choices_of
     from losa_cache.train import TrainConfig
-    from losa_cache.train.fields import choices_of
 
     params = _click_params()
     text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "400"}).stdout
