@@ -129,3 +129,19 @@ def test_cached_fp32_store_equals_live_through_the_cli(micro_store: str, tmp_pat
     for key in wa:
         scale = max(1e-6, float(wa[key].abs().max()))
         assert float((wa[key] - wb[key]).abs().max()) <= 1e-4 * scale + 1e-6, key
+
+
+def test_a_store_error_while_reading_is_one_line(micro_store: str, tmp_path: Path,
+                                                 monkeypatch) -> None:
+    """A damaged store found mid-read (e.g. a checksum mismatch) stops with one line."""
+    from losa_cache.store import StoreError
+    from losa_cache.store.store import FeatureArray
+
+    def damaged(self: object, *a: object, **k: object) -> int:
+        raise StoreError("shard 0 of block 3 fails its checksum; run losa-cache verify --repair")
+
+    monkeypatch.setattr(FeatureArray, "scatter_rows", damaged)
+    res = runner.invoke(app, [*ARGS, "--store", micro_store, "--out", str(tmp_path / "d"),
+                              "--cache", "none", "--json"])
+    assert res.exit_code == 2 and "fails its checksum" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
