@@ -27,6 +27,7 @@ def run_errors() -> Iterator[None]:
     from losa_cache.store import StoreError
     from losa_cache.train import NonFiniteLossError
 
+    user = (ValueError, FileNotFoundError, StoreError, NonFiniteLossError, *_lock_errors())
     try:
         yield
     except KeyboardInterrupt:
@@ -36,6 +37,15 @@ def run_errors() -> Iterator[None]:
     except torch.cuda.OutOfMemoryError:
         typer.echo(f"error: {OOM_FIX}", err=True)
         raise typer.Exit(2) from None
-    except (ValueError, FileNotFoundError, StoreError, NonFiniteLossError) as e:
+    except user as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+def _lock_errors() -> tuple[type[BaseException], ...]:
+    """An output folder in use by another run (losa_cache.outdir, where it exists)."""
+    try:
+        from losa_cache.outdir import OutdirInUse  # type: ignore[import-not-found]
+    except ImportError:
+        return ()
+    return (OutdirInUse,)

@@ -223,10 +223,11 @@ class Engine:
         """Each run's own cadence after the step it just took."""
         for r in runs:
             end = r.step >= r.steps or r.step == r.cfg.stop_at
-            if r.active and (r.due("log_every") or r.due("eval_every")
-                             or r.due("checkpoint_every") or end):
+            if r.active and r.acc_n and (r.due("log_every") or r.due("eval_every")
+                                         or r.due("checkpoint_every") or end):
                 r.flush()
-        due = [r for r in runs if r.active and (r.due("eval_every") or r.step >= r.steps)]
+        due = [r for r in runs if r.active and (r.due("eval_every") or r.step >= r.steps)
+               and not (r.evals and r.evals[-1]["step"] == r.step)]  # once per step
         for r, res in zip(due, self._evaluate(due, "val"), strict=True):
             if res is not None:
                 r.record_eval("val", res)
@@ -253,7 +254,8 @@ class Engine:
     def _stop_all(self, why: str) -> None:
         for r in self.runs:
             if r.active:
-                r.flush()
+                if r.acc_n:
+                    r.flush()
                 if r.active:
                     r.checkpoint()
                     r.status = "stopped"

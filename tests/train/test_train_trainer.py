@@ -107,3 +107,14 @@ def test_store_missing_layers_lists_the_available_ones(make_cfg, fp16_store: str
         train(make_cfg(store=fp16_store, layers="all"), progress=False)
     m = train(make_cfg("fp16", store=fp16_store, layers="store", steps=2), progress=False)
     assert m["layers"] == [1, 3] and m["complete"]  # --layers store: what the store holds
+
+
+def test_resuming_a_finished_checkpoint_only_finishes(make_cfg) -> None:
+    """A crash after the last checkpoint, before metrics.json: --resume ends the run."""
+    first = train(make_cfg("end", steps=4, eval_every=2), progress=False)
+    again = train(make_cfg("end", steps=4, eval_every=2, resume=True), progress=False)
+    assert again["complete"] and again["step"] == 4
+    assert again["test_acc"] == first["test_acc"] and again["evals"] == first["evals"]
+    records = (Path(make_cfg("end").out) / "metrics.jsonl").read_text().splitlines()
+    evals = [r for r in map(json.loads, records) if r["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [2, 4]
