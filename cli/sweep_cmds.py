@@ -129,6 +129,9 @@ def summary(res: dict[str, Any]) -> str:
                      f"{human_bytes(g['estimate_bytes'])}, {human_bytes(g['bytes_read'])} read")
     for t, b in s["best"].items():
         lines.append(f"best {t}: {b['run']} (val {pct(b['val_acc'])}%) -> {b['adapter']}")
+    for d in s.get("diverged", []):
+        kept = d["last_checkpoint"] or "no checkpoint yet"
+        lines.append(f"diverged {d['run']}: stopped alone; last good checkpoint: {kept}")
     return "\n".join(lines)
 
 

@@ -83,6 +83,10 @@ def test_a_diverged_run_stops_alone_with_its_last_good_checkpoint(make_sweep) ->
     for run in ("linear-lr0.05", "losa-r4-all-lr0.05"):
         assert rows[run]["status"] == "trained" and rows[run]["test_acc"] is not None
         assert rows[run]["step"] == 20
+    from losa_cache.cli.sweep_cmds import summary
+
+    assert f"diverged full/linear-lr1e+06: stopped alone; last good checkpoint: " \
+        f"{named['last_checkpoint']}" in summary(res)
 
 
 def test_vmap_mode_matches_up_to_float_rounding(make_sweep, tmp_path) -> None:
