@@ -45,7 +45,6 @@ from typing import Any
 
 import psutil
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -56,6 +55,7 @@ from losa_cache.backbone import Backbone, create_backbone
 from losa_cache.data import TorchImages, get_dataset
 from losa_cache.side.head import ClassifierHead
 from losa_cache.train.optim import build_optimizer, build_scheduler
+from losa_cache.train.run import forward_loss
 
 try:  # a dev extra (only the lora baseline needs it); imported here, outside memory windows
     from peft import LoraConfig, inject_adapter_in_model
@@ -211,7 +211,7 @@ def train(
         if step == 1:  # the first step pays for allocation and kernel warm-up
             _sync(device)
             t_start = time.perf_counter()
-        loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
+        loss, _ = forward_loss(model, x[idx].to(device), y[idx].to(device), amp=False)
         _call(probe)
         opt.zero_grad(set_to_none=True)
         loss.backward()

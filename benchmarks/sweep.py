@@ -126,7 +126,7 @@ def sequential(cfg: Any, disk: bool, folder: Path, options: dict | None = None
     wall, nbytes, images, out, evictions = 0.0, 0, 0, {}, []
     for r in runs:
         t = dataclasses.replace(r.train, out=str(folder / r.id), cache=cfg.cache)
-        t = dataclasses.replace(t, eval_every=10**9)  # validate once, at the end (as the sweep)
+        t = dataclasses.replace(t, eval_every=10**9)  # validate once, at the end
         if disk:
             evictions.append(evict(cfg.store)["evicted"])
         t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def read_pass(store_path: str, layers: list[int]) -> dict[str, Any]:
     rows, labels = labelled_rows(store, "train", None)
     evict(store_path)
     t0 = time.perf_counter()
-    with StoreReader(store, rows, labels, layers, 128, cache="none") as reader:
+    with StoreReader(store, rows, labels, layers, 128) as reader:
         for _ in reader.eval_batches():
             pass
         nbytes = reader.bytes_read
@@ -234,7 +234,7 @@ def compare(mode: str, store: str, options: dict | None, folder: Path,
         cfg = SweepConfig(store=store, out=str(folder / f"sweep-{mode}-{rep}"),
                           epochs=args.epochs, batch_size=args.batch_size,
                           cache="ram" if mode == "memory" else "none", device=args.device,
-                          workers=4, speed_batches=0, **GRID)
+                          workers=4, speed_batches=0, eval_every=10**9, **GRID)
         for way in ("seq", "sweep") if rep % 2 == 0 else ("sweep", "seq"):
             if way == "seq":
                 seqs.append(sequential(cfg, disk, folder / f"seq-{mode}-{rep}", options))

@@ -330,7 +330,6 @@ def reader_pass(
             args.batch_size,
             seed=0,
             device=device,
-            cache="none",
             workers=args.workers,
         )
         direct = [store.features(layer).direct for layer in layers]
@@ -377,15 +376,16 @@ def _env(name: str, value: str) -> Iterator[None]:
 def training_reads(store_path: str, args: argparse.Namespace) -> tuple[Any, ...]:
     """What the training runs read: store, train rows and labels, the side network's
     blocks, and the shard files holding them (local stores)."""
-    from losa_cache.side import create_side
     from losa_cache.store.store import is_remote
-    from losa_cache.train import TrainConfig
+    from losa_cache.train import TrainConfig, labelled_rows
     from losa_cache.train.sources import StoreSource, build_side_config, resolve_splits
 
     cfg = TrainConfig(**base_config(args, store_path))
-    source = StoreSource(cfg)
-    layers = tuple(create_side(build_side_config(cfg, source.info)).required_layers)
-    rows, labels = source.rows(resolve_splits(cfg, source.info.splits)["train"])
+    source = StoreSource(store_path)
+    task = source.task(cfg.task)
+    layers = build_side_config(cfg, source.info, len(task.classes)).required_layers
+    split = resolve_splits(cfg, source.info.splits)["train"]
+    rows, labels = labelled_rows(source.store, str(split), task.task)
     files = [] if is_remote(store_path) else needed_files(source.store, rows, layers)
     return source.store, rows, labels, layers, files
 
@@ -488,7 +488,6 @@ def live_settings(store_path: str) -> dict[str, Any]:
         "dataset": ec["dataset"],
         "data_root": ec["data_root"],
         "limit": ec["limit"],
-        "live_chunk_rows": store.layout.chunk_rows,
     }
 
 
@@ -613,9 +612,9 @@ def worker(spec_path: str, out_path: str) -> None:
         "peak_rss_bytes": peak,
         "rss_method": method,
         "children_peak_bytes": kids.peak,
-        "reader_bytes": m["train_reader"].get("bytes_read", 0),
+        "reader_bytes": m["feed"]["bytes_read"],
         "rchar_bytes": rchar1 - rchar0 if rchar0 is not None and rchar1 is not None else None,
-        "cache": m["train_reader"]["cache"]["reason"],
+        "cache": m["feed"]["cache"]["reason"],
         "amp": m["amp"],
         "device": m["device"],
     }

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Any
 
 import typer
 
 from losa_cache.cli.common import emit_json, human_bytes, table, user_errors
+from losa_cache.cli.errors import run_errors
+from losa_cache.cli.options import command, config_params, param
 
 __all__ = ["parse_layer_specs", "report", "sweep"]
 
@@ -41,81 +44,46 @@ def _numbers(text: str | None, kind: type, name: str) -> list[Any] | None:
         raise ValueError(f"--{name} takes comma-separated numbers, got {text!r}") from None
 
 
-def sweep(
-    store: Annotated[str, _opt("Feature store path or URL.")],
-    out: Annotated[str, _opt("Sweep folder: results, checkpoint, adapters.")] = "runs/sweep",
-    task: Annotated[str | None, _opt("Tasks (labellings), comma-separated (default: the "
-                                     "store's).")] = None,
-    method: Annotated[str | None, _opt("Methods, comma-separated: losa,linear.")] = None,
-    rank: Annotated[str | None, _opt("LoSA ranks, e.g. 4,8,16,64 (linear ignores it).")
-                    ] = None,
-    layers: Annotated[str | None, _opt("Layer specs, e.g. evenly:1,evenly:4,all (an explicit "
-                                       "list like 3,6,-1 is one spec; ';' separates lists).")
-                      ] = None,
-    lr: Annotated[str | None, _opt("Base lrs, e.g. 0.01,0.05 (default: the optimizer's).")
-                  ] = None,
-    config: Annotated[str | None, _opt("JSON list of config objects instead of the grid; "
-                                       "values may be lists (expanded).")] = None,
-    epochs: Annotated[float | None, _opt("Epochs per run.")] = None,
-    steps: Annotated[int | None, _opt("Steps per run (instead of --epochs).")] = None,
-    batch_size: Annotated[int, _opt("Batch size (capped at each task's train split).")] = 512,
-    optimizer: Annotated[str, _opt("sgd | adamw.")] = "sgd",
-    weight_decay: Annotated[float | None, _opt("Weight decay (default: the optimizer's).")
-                            ] = None,
-    seed: Annotated[int, _opt("Seed of initialisation and batch order.")] = 0,
-    cache: Annotated[str, _opt("Features in memory: auto | gpu | ram | none (stream).")
-                     ] = "auto",
-    batching: Annotated[str, _opt("Same-shape models: auto (CPU: loop; CUDA: the faster of "
-                                  "loop and vmap, timed) | loop | vmap.")] = "auto",
-    memory_budget: Annotated[str | None, _opt("Memory the models of one group may use, e.g. "
-                                              "4GB (default: a share of free memory).")] = None,
-    checkpoint_every: Annotated[int | None, _opt("Checkpoint every N ticks (default: 10 per "
-                                                 "group).")] = None,
-    speed_batches: Annotated[int, _opt("Batches timed per config for img/s (0 skips).")] = 50,
-    stop_after: Annotated[int | None, _opt("Stop after N ticks with a checkpoint "
-                                           "(--resume later).")] = None,
-    device: Annotated[str, _opt("auto | cpu | cuda | cuda:N.")] = "auto",
-    amp: Annotated[str, _opt("auto (bf16 on CUDA) | bf16 | fp32.")] = "auto",
-    workers: Annotated[int, _opt("Reader I/O threads.")] = 4,
-    train_split: Annotated[str, _opt("Train split (auto: train | train800).")] = "auto",
-    val_split: Annotated[str, _opt("Validation split, picks the best (auto; none).")] = "auto",
-    test_split: Annotated[str, _opt("Test split (auto: test; none).")] = "auto",
-    resume: Annotated[bool, _opt("Continue the sweep in --out.")] = False,
-    storage_options: Annotated[str | None, _opt(
-        "fsspec options for a store URL as JSON (default: $LOSA_CACHE_STORAGE_OPTIONS).")
-    ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print results.json.")] = False,
-) -> None:
-    """Train the cross product of configs (or a --config list) in one pass over the store.
+SWEEP_DOC = """Train the cross product of configs (or a --config list) in one pass over the data.
 
-    Every batch is read once and fed to every config; same-shape configs may step together
-    (vmap); configs that do not fit in memory together run in groups (one pass each). Each
-    config trains exactly as `losa-cache train` would alone (same init, batches, schedule).
-    Writes results.csv/json, an adapter per config and the best per task (on val) in
-    DIR/best/<task>/. Ctrl-C checkpoints; --resume continues.
+Every batch is read once (or, with --live, the backbone runs once) and fed to every
+config; same-shape configs may step together (vmap); configs that do not fit in memory
+together run in groups (one pass each). Each config trains exactly as `losa-cache train`
+would alone (same init, batches, schedule, metrics files) in DIR/runs/<task>/<run>/; a
+config whose loss diverges stops alone. Writes results.csv/json and the best adapter per
+task (on val) in DIR/best/<task>/. Ctrl-C checkpoints; --resume continues.
 
-    Example: losa-cache sweep --store stores/demo.zarr --method losa,linear --rank 4,16,64 \
+Example: losa-cache sweep --store stores/demo.zarr --method losa,linear --rank 4,16,64 \
 --layers evenly:1,all --lr 0.01,0.05 --epochs 5 --out runs/sweep
-    """
+"""
+
+#: list fields of SweepConfig, as the CLI spells them: comma-separated values
+LISTS: dict[str, tuple[str, Any]] = {
+    "task": ("tasks", lambda t: _split(t)),
+    "method": ("methods", lambda t: _split(t)),
+    "rank": ("ranks", lambda t: _numbers(t, int, "rank")),
+    "layers": ("layers", parse_layer_specs),
+    "lr": ("lrs", lambda t: _numbers(t, float, "lr")),
+}
+
+
+def _sweep(json_out: bool, storage_options: str | None, config: str | None,
+           memory_budget: str | None, store: str | None, **settings: Any) -> None:
     from losa_cache.store.store import parse_storage_options
     from losa_cache.sweep import SweepConfig, load_entries, run_sweep
     from losa_cache.sweep.config import parse_bytes
 
-    with user_errors():
-        grid = {"methods": _split(method), "ranks": _numbers(rank, int, "rank"),
-                "layers": None if layers is None else parse_layer_specs(layers),
-                "lrs": _numbers(lr, float, "lr")}
-        if config is not None and any(v is not None for v in grid.values()):
+    with run_errors():
+        grid = {field: parse(settings.pop(name)) for name, (field, parse) in LISTS.items()
+                if settings.get(name) is not None}
+        for name in LISTS:
+            settings.pop(name, None)
+        if config is not None and grid.keys() - {"tasks"}:
             raise ValueError("give --config or the grid options (--method/--rank/--layers/"
                              "--lr), not both")
-        cfg = SweepConfig(
-            store=store, out=out, tasks=_split(task), **{k: v for k, v in grid.items() if v},
-            configs=load_entries(config) if config else None, steps=steps, epochs=epochs,
-            batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay, seed=seed,
-            cache=cache, device=device, amp=amp, workers=workers, batching=batching,
-            memory_budget=parse_bytes(memory_budget), checkpoint_every=checkpoint_every,
-            speed_batches=speed_batches, stop_after=stop_after, resume=resume,
-            train_split=train_split, val_split=val_split, test_split=test_split)
+        cfg = SweepConfig(store=store or "", **grid, **settings,
+                          configs=load_entries(config) if config else None,
+                          memory_budget=parse_bytes(memory_budget))
         res = run_sweep(cfg, progress=not json_out,
                         storage_options=parse_storage_options(storage_options))
     if json_out:
@@ -124,6 +92,22 @@ def sweep(
         typer.echo(f"stopped in group {res['group'] + 1}: rerun with --resume to continue")
     else:
         typer.echo(summary(res))
+
+
+def _make() -> Any:
+    from losa_cache.sweep import SweepConfig
+
+    extra = [param("storage_options", str | None, None, "fsspec options for a store URL as "
+                   "JSON (default: $LOSA_CACHE_STORAGE_OPTIONS)."),
+             inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False,
+                               annotation=Annotated[bool, typer.Option(
+                                   "--json", help="Print results.json.")])]
+    params = config_params(SweepConfig, override={"memory_budget": (str | None, None),
+                                                  "store": (str | None, None)})
+    return command(_sweep, [*params, *extra], SWEEP_DOC)
+
+
+sweep = _make()
 
 
 def summary(res: dict[str, Any]) -> str:
@@ -145,6 +129,9 @@ def summary(res: dict[str, Any]) -> str:
                      f"{human_bytes(g['estimate_bytes'])}, {human_bytes(g['bytes_read'])} read")
     for t, b in s["best"].items():
         lines.append(f"best {t}: {b['run']} (val {pct(b['val_acc'])}%) -> {b['adapter']}")
+    for d in s.get("diverged", []):
+        kept = d["last_checkpoint"] or "no checkpoint yet"
+        lines.append(f"diverged {d['run']}: stopped alone; last good checkpoint: {kept}")
     return "\n".join(lines)
 
 

@@ -146,9 +146,11 @@ def sweep_entries(
 
 
 def method_name(side: str, rank: int | None, layers: str) -> str:
-    """'linear', 'losa r8' (all blocks) or 'losa r16 evenly:3'."""
-    if side == "linear":
-        return "linear"
+    """'linear', 'losa r8' (all blocks) or 'losa r16 evenly:3': the fields the method uses."""
+    from losa_cache.side import get_side_class
+
+    if "rank" not in get_side_class(side).uses:
+        return side
     return f"{side} r{rank}" + ("" if layers == "all" else f" {layers}")
 
 
@@ -198,7 +200,7 @@ def run_cached(
             out=str(out / "final" / name.replace(" ", "_").replace(":", "")),
             method=best["method"],
             rank=best["rank"] or TrainConfig.rank,
-            layers=best["layers"] if best["method"] != "linear" else "store",
+            layers=best["layers"] if best["layers"] != "-" else "store",  # "-": not used
             epochs=epochs,
             batch_size=budget.batch_size,
             optimizer=budget.cached_optimizer,

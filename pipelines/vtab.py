@@ -93,10 +93,13 @@ def _pct(v: float | None) -> str:
 def methods_of(args: argparse.Namespace) -> dict[str, tuple[str, int | None, str]]:
     """Method name -> (side, rank, layers) from --methods/--ranks/--side-layers."""
     out: dict[str, tuple[str, int | None, str]] = {}
+    from losa_cache.side import get_side_class
+
     for side in args.methods.split(","):
-        ranks = [None] if side == "linear" else [int(r) for r in args.ranks.split(",")]
+        uses = get_side_class(side).uses
+        ranks = [int(r) for r in args.ranks.split(",")] if "rank" in uses else [None]
         for rank in ranks:
-            layers = "all" if side == "linear" else args.side_layers
+            layers = args.side_layers if "layers" in uses else "all"
             out[method_name(side, rank, layers)] = (side, rank, layers)
     return out
 

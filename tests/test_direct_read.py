@@ -171,7 +171,7 @@ def test_reader_batches_match_the_zarr_path(micro_store: str, split: str,
         rows, labels = rows[keep], labels[keep]
 
     def take() -> list:
-        with StoreReader(store, rows, labels, store.layers[:2], 10, seed=3, cache="none",
+        with StoreReader(store, rows, labels, store.layers[:2], 10, seed=3,
                          buffer_rows=20, workers=2) as reader:
             stream = reader.batches()
             out = list(itertools.islice(stream, 9))

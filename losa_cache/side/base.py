@@ -8,7 +8,8 @@ A side network reads cached block outputs ``features[i]`` (0-based block index -
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,17 @@ __all__ = ["SideNetwork"]
 class SideNetwork(nn.Module):
     """Base class: a head plus method-specific side layers (everything not under ``head.``)."""
 
+    #: the method's own settings: a dataclass whose fields (help, range) are the SideConfig
+    #: fields it reads beyond the backbone's and the head's, validated in its __post_init__
+    options: ClassVar[type | None] = None
+    #: those fields' names (a sweep makes one run of configs that differ only in fields
+    #: their method ignores)
+    uses: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.uses = tuple(f.name for f in fields(cls.options)) if cls.options else ()
+
     def __init__(self, config: SideConfig) -> None:
         super().__init__()
         self.config = config
@@ -33,17 +45,25 @@ class SideNetwork(nn.Module):
 
     @classmethod
     def check_config(cls, config: SideConfig) -> None:
-        """Method-specific validation, called from ``SideConfig.__post_init__``."""
+        """Method-specific validation, called from ``SideConfig.__post_init__``: the
+        method's options (their ranges), then what needs the backbone (override)."""
+        if cls.options is not None:
+            cls.options(**{name: getattr(config, name) for name in cls.uses})
 
     @classmethod
     def count_learned_params(cls, config: SideConfig) -> int:
         """Learned side parameters (head excluded), computed without instantiating."""
         raise NotImplementedError
 
+    @classmethod
+    def blocks(cls, config: SideConfig) -> tuple[int, ...]:
+        """Sorted 0-based block indices a network of ``config`` reads (none built)."""
+        raise NotImplementedError
+
     @property
     def required_layers(self) -> tuple[int, ...]:
         """Sorted 0-based block indices that :meth:`forward` reads."""
-        raise NotImplementedError
+        return type(self).blocks(self.config)
 
     def forward_features(self, features: Mapping[int, Tensor]) -> Tensor:
         """Block outputs -> refined (B, T, D) tokens for the head."""

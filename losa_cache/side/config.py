@@ -8,7 +8,6 @@ The config describes both the backbone's cached features (``num_layers``, ``dim`
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
@@ -110,7 +109,7 @@ class SideConfig:
         return value
 
     def _check_sizes(self) -> None:
-        for name in ("num_layers", "dim", "tokens", "num_classes", "rank", "frames"):
+        for name in ("num_layers", "dim", "tokens", "num_classes", "frames"):
             self._positive(name)
         if not isinstance(self.prefix_tokens, int) or not 0 <= self.prefix_tokens < self.tokens:
             raise ValueError(
@@ -142,8 +141,6 @@ class SideConfig:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
         if self.pool == "cls" and self.prefix_tokens == 0:
             raise ValueError("pool='cls' needs prefix_tokens >= 1; use 'mean' or 'auto'")
-        if not isinstance(self.alpha_init, (int, float)) or not math.isfinite(self.alpha_init):
-            raise ValueError(f"alpha_init must be a finite float, got {self.alpha_init!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -153,6 +150,11 @@ class SideConfig:
     def last_layer(self) -> int:
         """0-based index of the backbone's last block, b_L."""
         return self.num_layers - 1
+
+    @property
+    def required_layers(self) -> tuple[int, ...]:
+        """Blocks the side network reads: a function of the config, no network built."""
+        return get_side_class(self.method).blocks(self)
 
     @property
     def spatial_tokens(self) -> int:

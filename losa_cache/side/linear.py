@@ -28,9 +28,9 @@ class LinearProbe(SideNetwork):
     def count_learned_params(cls, config: SideConfig) -> int:
         return 0
 
-    @property
-    def required_layers(self) -> tuple[int, ...]:
-        return (self.config.last_layer,)
+    @classmethod
+    def blocks(cls, config: SideConfig) -> tuple[int, ...]:
+        return (config.last_layer,)
 
     def forward_features(self, features: Mapping[int, Tensor]) -> Tensor:
         return self.block(features, self.config.last_layer)  # (B, T, D)

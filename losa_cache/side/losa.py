@@ -37,11 +37,14 @@ Parameter counts (head excluded, biases included) against the paper:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from losa_cache.fields import check_fields, metadata
 from losa_cache.side.base import SideNetwork
 from losa_cache.side.mixer import ChannelMixer, TokenMixer, VideoTokenMixer, adaptor_params
 from losa_cache.side.registry import register_side
@@ -49,7 +52,23 @@ from losa_cache.side.registry import register_side
 if TYPE_CHECKING:
     from losa_cache.side.config import SideConfig
 
-__all__ = ["LosaSide", "mixing_kinds"]
+__all__ = ["LosaOptions", "LosaSide", "mixing_kinds"]
+
+
+@dataclass(frozen=True)
+class LosaOptions:
+    """The :class:`SideConfig` fields LoSA reads, with their help and range."""
+
+    rank: int = field(default=64, metadata=metadata("Low-rank bottleneck r of Eq. 4.", min=1))
+    layers: tuple[int, ...] = field(default=(), metadata=metadata(
+        "0-based blocks b_i the side layers read, increasing; the last block must be one."))
+    alpha_init: float = field(default=1.0, metadata=metadata(
+        "Initial value of each side layer's scale alpha (Eq. 4)."))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not math.isfinite(self.alpha_init):
+            raise ValueError(f"alpha_init must be a finite float, got {self.alpha_init!r}")
 
 
 def mixing_kinds(n: int) -> tuple[str, ...]:
@@ -79,6 +98,8 @@ def _mixer_params(kind: str, config: SideConfig) -> int:
 class LosaSide(SideNetwork):
     """The LoSA side network over ``config.layers`` (which must include the last block)."""
 
+    options = LosaOptions
+
     def __init__(self, config: SideConfig) -> None:
         super().__init__(config)
         kinds = mixing_kinds(len(config.layers))
@@ -86,6 +107,7 @@ class LosaSide(SideNetwork):
 
     @classmethod
     def check_config(cls, config: SideConfig) -> None:
+        super().check_config(config)
         if not config.layers:
             raise ValueError("losa needs at least one layer; use method='linear' for none")
         if config.layers[-1] != config.last_layer:
@@ -103,9 +125,9 @@ class LosaSide(SideNetwork):
         """'channel' / 'token' for each side layer, in order."""
         return tuple(m.kind for m in self.mixers)
 
-    @property
-    def required_layers(self) -> tuple[int, ...]:
-        return tuple(sorted({*self.config.layers, self.config.last_layer}))
+    @classmethod
+    def blocks(cls, config: SideConfig) -> tuple[int, ...]:
+        return tuple(sorted({*config.layers, config.last_layer}))
 
     def forward_features(self, features: Mapping[int, Tensor]) -> Tensor:
         y = self.block(features, self.config.last_layer)  # (B, T, D), y_0 = b_L

@@ -5,12 +5,10 @@
                                 ranks=[4, 16], layers=["evenly:1", "all"], lrs=[0.01, 0.05],
                                 epochs=5, out="runs/sweep"))
 
-Modules: ``config`` (SweepConfig, grid expansion into TrainConfigs), ``data`` (one read
-feeds every run: feature cache, stream sources, consumers), ``members`` (a run's model,
-optimizer and schedule; loop or vmap stepping), ``grouping`` (memory profiles and
-groups), ``measure`` (the paper's efficiency metrics), ``passes`` (one group's pass),
-``runner`` (``run_sweep``), ``results`` (results.csv/json, best adapters), ``report``
-(Pareto plots and report.md).
+Modules: ``config`` (SweepConfig, grid expansion into TrainConfigs), ``grouping`` (memory
+profiles and groups), ``measure`` (the paper's efficiency metrics), ``runner``
+(``run_sweep``: the training engine of :mod:`losa_cache.train` over each group),
+``results`` (results.csv/json, best adapters), ``report`` (Pareto plots and report.md).
 """
 
 from __future__ import annotations

@@ -21,11 +21,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from losa_cache.fields import check_fields, inherit, metadata, option
 from losa_cache.outdir import folder_name, folder_names
-from losa_cache.side import list_sides, parse_layers
+from losa_cache.side import get_side_class, list_sides, parse_layers
 from losa_cache.side.config import VERSION_KEY, library_version
 from losa_cache.train import TrainConfig
-from losa_cache.train.cache import CACHE_MODES
+from losa_cache.train.batching import BATCHING
 from losa_cache.train.config import DEFAULT_LR
 
 __all__ = [
@@ -39,74 +40,99 @@ __all__ = [
     "slug",
 ]
 
-BATCHING = ("auto", "loop", "vmap")
+#: TrainConfig fields that only some methods use (``SideNetwork.uses``).
+METHOD_FIELDS = ("rank", "layers")
+#: SweepConfig fields every run's TrainConfig copies.
+SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_decay", "seed",
+               "cache", "device", "amp", "workers", "train_split", "val_split", "test_split",
+               "eval_every", "log_every", "checkpoint_every", "shuffle_buffer", "live", "model",
+               "checkpoint", "pretrained", "random_init", "init_seed", "dataset", "data_root",
+               "limit")
 #: TrainConfig fields a config entry may set; everything else is sweep-wide.
 ENTRY_KEYS = ("task", "method", "rank", "layers", "lr", "optimizer", "momentum",
               "weight_decay", "label_smoothing", "warmup_steps", "seed", "batch_size", "steps",
               "epochs", "pool", "shuffle_buffer")
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+_f = option  # a field with help, range and choices (losa_cache.fields)
+
+
+def _t(name: str, help: str | None = None) -> Any:
+    return inherit(TrainConfig, name, help)
 
 
 @dataclass
 class SweepConfig:
-    """Many side networks trained from one store, one pass over it per epoch."""
+    """Many side networks trained from one store (or one live backbone), one pass per epoch."""
 
-    store: str = _f("", "Feature store path or URL.")
-    out: str = _f("runs/sweep", "Sweep folder: results, checkpoint, adapters.")
-    tasks: list[str] | None = field(
-        default=None, metadata={"help": "Labellings to train on (default: the store's)."})
-    methods: list[str] = field(default_factory=lambda: ["losa", "linear"],
-                               metadata={"help": "Side networks: losa | linear."})
-    ranks: list[int] = field(default_factory=lambda: [64],
-                             metadata={"help": "LoSA ranks (ignored by linear)."})
-    layers: list[str] = field(default_factory=lambda: ["store"],
-                              metadata={"help": "Layer specs (ignored by linear)."})
-    lrs: list[float | None] = field(default_factory=lambda: [None], metadata={
-        "help": "Base lrs (None: the optimizer's default)."})
-    configs: list[dict[str, Any]] | None = field(
-        default=None, metadata={"help": "Explicit entries instead of the grid."})
-    steps: int | None = _f(None, "Steps per run (default: TrainConfig's).")
-    epochs: float | None = _f(None, "Epochs per run instead of steps.")
-    batch_size: int = _f(512, "Batch size (capped at each task's train split).")
-    optimizer: str = _f("sgd", "sgd | adamw.")
-    weight_decay: float | None = _f(None, "Weight decay (default: the optimizer's).")
-    seed: int = _f(0, "Seed of initialisation and batch order.")
-    cache: str = _f("auto", "Features in memory: auto | gpu | ram | none (stream).")
-    device: str = _f("auto", "auto | cpu | cuda | cuda:N.")
-    amp: str = _f("auto", "auto (bf16 on CUDA) | bf16 | fp32.")
-    workers: int = _f(4, "Reader I/O threads.")
+    store: str = _f("", "Feature store path or URL (not needed with --live).")
+    out: str = _f("runs/sweep", "Sweep folder: results, adapters, every run's folder.")
+    tasks: list[str] | None = field(default=None, metadata=metadata(
+        "Labellings to train on, comma-separated (default: the store's).", cli="task"))
+    methods: list[str] = field(default_factory=lambda: ["losa", "linear"], metadata=metadata(
+        "Side networks, comma-separated.", choices=list_sides, cli="method"))
+    ranks: list[int] = field(default_factory=lambda: [64], metadata=metadata(
+        "Ranks, comma-separated, e.g. 4,8,16,64 (a method without a rank ignores it).", min=1,
+        cli="rank"))
+    layers: list[str] = field(default_factory=lambda: ["store"], metadata=metadata(
+        "Layer specs, e.g. evenly:1,evenly:4,all (an explicit list like 3,6,-1 is one spec; "
+        "';' separates lists; a method without layers ignores them)."))
+    lrs: list[float | None] = field(default_factory=lambda: [None], metadata=metadata(
+        "Base lrs, comma-separated, e.g. 0.01,0.05 (default: the optimizer's).", above=0,
+        cli="lr"))
+    configs: list[dict[str, Any]] | None = field(default=None, metadata=metadata(
+        "A JSON file: a list of config objects instead of the grid; values may be lists "
+        "(expanded).", cli="config"))
+    steps: int | None = _t("steps")
+    epochs: float | None = _t("epochs")
+    batch_size: int = _t("batch_size", "Batch size (capped at each task's train split).")
+    optimizer: str = _t("optimizer")
+    weight_decay: float | None = _t("weight_decay")
+    seed: int = _t("seed")
+    cache: str = _t("cache")
+    device: str = _t("device")
+    amp: str = _t("amp")
+    workers: int = _t("workers")
     batching: str = _f("auto", "Same-shape models: auto (loop on CPU, the faster of both "
-                               "on CUDA, timed) | loop | vmap.")
-    memory_budget: int | None = _f(None, "Bytes the models of one group may use "
-                                         "(default: a share of free memory).")
-    checkpoint_every: int | None = _f(None, "Checkpoint every N ticks (default: 10 per group).")
-    speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).")
-    stop_after: int | None = _f(None, "Stop after N ticks with a checkpoint (resume later).")
+                                   "on CUDA, timed) | loop | vmap.", choices=BATCHING)
+    memory_budget: int | None = _f(None, "Memory the models of one group may use, e.g. "
+                                             "4GB (default: a share of free memory).", min=0)
+    eval_every: int | None = _t("eval_every")
+    log_every: int | None = _t("log_every")
+    checkpoint_every: int | None = _t("checkpoint_every")
+    shuffle_buffer: int | None = _t("shuffle_buffer")
+    speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).",
+                                min=0)
+    stop_after: int | None = _f(None, "Stop after N ticks (a piece of the data fed to "
+                                          "every run) with checkpoints (--resume later).", min=1)
     resume: bool = _f(False, "Continue the sweep in --out.")
-    train_split: str = _f("auto", "Training split.")
-    val_split: str = _f("auto", "Validation split (selects the best config).")
-    test_split: str = _f("auto", "Test split.")
+    train_split: str = _t("train_split")
+    val_split: str = _t("val_split", "Validation split: selects the best config (auto: val, "
+                                     "val200 or validation; none).")
+    test_split: str = _t("test_split")
+    live: bool = _f(False, "Run the frozen backbone once per batch for every config "
+                               "instead of reading a store.")
+    model: str | None = _t("model")
+    checkpoint: str | None = _t("checkpoint")
+    pretrained: bool = _t("pretrained")
+    random_init: bool = _t("random_init")
+    init_seed: int = _t("init_seed")
+    dataset: str | None = _t("dataset")
+    data_root: str | None = _t("data_root")
+    limit: int | None = _t("limit")
 
     def __post_init__(self) -> None:
-        if not self.store:
-            raise ValueError("give --store (the feature store to sweep over)")
+        if not self.store and not self.live:
+            raise ValueError("give --store (the feature store to sweep over), or --live with "
+                             "--model and --dataset")
+        if self.live and not (self.model and self.dataset):
+            raise ValueError("--live needs --model and --dataset (the backbone runs on images)")
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give --steps or --epochs, not both")
-        for name, valid in (("batching", BATCHING), ("cache", CACHE_MODES)):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of "
-                                 f"{list(valid)}")
-        bad = sorted(set(self.methods) - set(list_sides()))
-        if bad:
-            raise ValueError(f"unknown method {bad}; choose among {list_sides()}")
         for name in ("methods", "ranks", "layers", "lrs"):
             if not getattr(self, name):
                 raise ValueError(f"--{name.rstrip('s')} needs at least one value")
-        if self.speed_batches < 0:
-            raise ValueError(f"speed_batches must be >= 0, got {self.speed_batches}")
+        check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(sorted({**asdict(self), VERSION_KEY: library_version()}.items()))
@@ -216,18 +242,16 @@ def _product(entry: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _run(cfg: SweepConfig, entry: dict[str, Any], depth: int,
          store_layers: list[int]) -> RunSpec:
-    base = {"store": cfg.store, "steps": cfg.steps, "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size, "optimizer": cfg.optimizer,
-            "weight_decay": cfg.weight_decay, "seed": cfg.seed, "cache": cfg.cache,
-            "device": cfg.device, "amp": cfg.amp, "workers": cfg.workers,
-            "train_split": cfg.train_split, "val_split": cfg.val_split,
-            "test_split": cfg.test_split}
+    base = {k: getattr(cfg, k) for k in SHARED_KEYS}
+    base["store"] = cfg.store or None
     if "steps" in entry or "epochs" in entry:
         base.update(steps=None, epochs=None)
     merged = {**base, **entry}
     label = str(merged.get("layers", "store"))
-    if merged.get("method", "losa") == "linear":
-        merged.update(rank=TrainConfig.rank, layers="store")
+    uses = get_side_class(merged.get("method", TrainConfig.method)).uses
+    for name in set(METHOD_FIELDS) - set(uses):  # a field the method ignores: one run
+        merged[name] = getattr(TrainConfig, name)
+    if "layers" not in uses:
         label = "-"
     train = TrainConfig(**merged)
     return RunSpec(_run_id(train, label, cfg), train.task or "", train, label)
@@ -236,7 +260,9 @@ def _run(cfg: SweepConfig, entry: dict[str, Any], depth: int,
 def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
     """Readable and, for grids, unique: method, rank, layers, lr, and what else differs."""
     lr = "default" if t.lr is None else f"{t.lr:g}"
-    parts = [t.method] if t.method == "linear" else [t.method, f"r{t.rank}", slug(label)]
+    uses = get_side_class(t.method).uses
+    parts = [t.method] + ([f"r{t.rank}"] if "rank" in uses else []) + (
+        [slug(label)] if "layers" in uses else [])
     parts.append(f"lr{lr}")
     if t.optimizer != "sgd":
         parts.append(t.optimizer)
@@ -253,7 +279,7 @@ def slug(text: str) -> str:
 
 def _dedupe_key(spec: RunSpec, depth: int, store_layers: list[int]) -> str:
     maths = spec.train.maths()
-    if spec.train.method != "linear":
+    if "layers" in get_side_class(spec.train.method).uses:
         text = ",".join(map(str, store_layers)) if spec.train.layers == "store" else \
             spec.train.layers
         maths["layers"] = list(parse_layers(text, depth))

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from losa_cache.side import SideConfig, create_side
+from losa_cache.side import SideConfig
 from losa_cache.sweep.measure import backbone_flops, memory_at, side_flops
 from losa_cache.train.cache import GiB, free_memory
 
@@ -72,7 +72,7 @@ def profiles(keys: dict[str, tuple[SideConfig, str, bool]], dtype: torch.dtype,
     for key, (side, optimizer, amp) in keys.items():
         m1, kind = memory_at(side, optimizer, 1, dtype, device, amp)
         m2, _ = memory_at(side, optimizer, 2, dtype, device, amp)
-        upto = max(create_side(side).required_layers)
+        upto = max(side.required_layers)
         out[key] = Profile(m1, m2, kind, side_flops(side),
                            backbone_flops(model_name, upto, side.tokens))
     return out

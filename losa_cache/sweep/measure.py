@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -27,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from losa_cache.side import SideConfig, create_side
 from losa_cache.train.optim import build_optimizer
+from losa_cache.train.run import forward_loss
 
 __all__ = ["PeakTracker", "backbone_flops", "memory_at", "side_flops", "train_speed"]
 
@@ -73,9 +73,8 @@ def _inputs(side: SideConfig, layers: tuple[int, ...], batch: int, dtype: torch.
 
 def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, feats: dict, labels: torch.Tensor,
           amp: bool) -> None:
-    with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(feats)
-    loss = F.cross_entropy(logits.float(), labels)
+    """A training step as a run takes it (the same forward and loss)."""
+    loss, _ = forward_loss(model, feats, labels, amp)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -90,7 +89,7 @@ def memory_at(side: SideConfig, optimizer: str, batch: int, dtype: torch.dtype,
         torch.cuda.reset_peak_memory_stats(device)
         model = create_side(side).to(device)
         opt = build_optimizer(model, optimizer, 1e-3, 0.0)
-        feats, labels = _inputs(side, model.required_layers, batch, dtype, device)
+        feats, labels = _inputs(side, side.required_layers, batch, dtype, device)
         _step(model, opt, feats, labels, amp)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
@@ -100,7 +99,7 @@ def memory_at(side: SideConfig, optimizer: str, batch: int, dtype: torch.dtype,
     with tracker:
         model = create_side(side).to(device)
         opt = build_optimizer(model, optimizer, 1e-3, 0.0)
-        feats, labels = _inputs(side, model.required_layers, batch, dtype, device)
+        feats, labels = _inputs(side, side.required_layers, batch, dtype, device)
         tracker.track(*model.parameters(), *feats.values(), labels)
         _step(model, opt, feats, labels, amp)
     return int(tracker.peak), "cpu_tracked_tensors"
@@ -109,7 +108,7 @@ def memory_at(side: SideConfig, optimizer: str, batch: int, dtype: torch.dtype,
 def side_flops(side: SideConfig) -> int:
     """Counted forward FLOPs of the side network + head for one image."""
     model = create_side(side).eval()
-    feats, _ = _inputs(side, model.required_layers, 1, torch.float32, torch.device("cpu"))
+    feats, _ = _inputs(side, side.required_layers, 1, torch.float32, torch.device("cpu"))
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(feats)
@@ -138,7 +137,7 @@ def train_speed(side: SideConfig, optimizer: str, batch: int, batches: int, dtyp
         return None
     model = create_side(side).to(device)
     opt = build_optimizer(model, optimizer, 1e-3, 0.0)
-    feats, labels = _inputs(side, model.required_layers, batch, dtype, device)
+    feats, labels = _inputs(side, side.required_layers, batch, dtype, device)
     for _ in range(warmup):
         _step(model, opt, feats, labels, amp)
     _sync(device)

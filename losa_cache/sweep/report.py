@@ -66,9 +66,11 @@ def base_lr(r: dict[str, Any]) -> str:
 
 
 def _short(r: dict[str, Any]) -> str:
-    if r["method"] == "linear":
-        return f"linear lr{base_lr(r)}"
-    return f"r{r['rank']} {r['layers']} lr{base_lr(r)}"
+    """What sets this point apart: the fields its method uses (rank, layers) and the lr."""
+    parts = [f"r{r['rank']}" if r["rank"] is not None else r["method"]]
+    if r["layers"] != "-":
+        parts.append(str(r["layers"]))
+    return " ".join([*parts, f"lr{base_lr(r)}"])
 
 
 def _styles(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -1,9 +1,10 @@
 """Per-run results, ``results.csv`` / ``results.json``, and the best run per task.
 
-One row per (config, task). Accuracy is the final model's (the one saved as the
-adapter); the best config of a task is the one with the highest validation accuracy
-(ties: fewer learned parameters, then fewer inference FLOPs), exported as an adapter
-to ``DIR/best/<task>/``.
+One row per (config, task), from the run's own ``metrics.json`` (the same file ``train``
+writes). Accuracy is the final model's (the one saved as the adapter; ``best_val_acc`` is
+the best validation along the run's learning curve); the best config of a task is the one
+with the highest validation accuracy (ties: fewer learned parameters, then fewer
+inference FLOPs), exported as an adapter to ``DIR/best/<task>/``.
 
 ``bytes_read`` of a run: what the reads that fed it took from the store (its group's
 stream and val/test reads, plus the shared feature cache): shared with every other run
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from losa_cache.outdir import folder_name
-from losa_cache.side import SideConfig, create_side, head_params, learned_params
+from losa_cache.side import SideConfig, get_side_class, head_params, learned_params
 from losa_cache.sweep.config import RunSpec
 from losa_cache.sweep.grouping import Profile
 
@@ -27,28 +28,28 @@ __all__ = ["CSV_COLUMNS", "RESULT", "best_runs", "export_best", "load_results", 
 
 RESULT = "result.json"
 CSV_COLUMNS = ["task", "run", "method", "rank", "layers", "blocks", "lr", "lr_effective",
-               "optimizer", "seed", "batch_size", "steps", "epochs", "status", "order", "group",
-               "val_acc", "test_acc", "val_loss", "test_loss", "train_loss", "learned_params",
-               "head_params", "train_img_s", "train_memory_b1", "memory_kind",
-               "train_memory_est", "side_gflops", "backbone_gflops", "inference_gflops",
-               "bytes_read", "best"]
+               "optimizer", "seed", "batch_size", "steps", "epochs", "status", "group",
+               "val_acc", "test_acc", "val_loss", "test_loss", "best_val_acc", "train_loss",
+               "learned_params", "head_params", "train_img_s", "train_memory_b1",
+               "memory_kind", "train_memory_est", "side_gflops", "backbone_gflops",
+               "inference_gflops", "bytes_read", "best"]
 
 
-def run_row(spec: RunSpec, side: SideConfig, member: Any, group: int, order: str,
-            profile: Profile, evals: dict[str, dict | None], bytes_read: int) -> dict[str, Any]:
-    """Everything reported about one run (JSON-safe)."""
-    t, plan = spec.train, member.plan
-    val, test = evals.get("val") or {}, evals.get("test") or {}
+def run_row(spec: RunSpec, side: SideConfig, metrics: dict[str, Any], group: int,
+            profile: Profile) -> dict[str, Any]:
+    """Everything reported about one run (JSON-safe), from its ``metrics.json``."""
+    t, plan = spec.train, metrics["plan"]
     backbone = profile.backbone_flops
     return {
         "task": spec.task, "run": spec.id, "method": t.method,
-        "rank": None if t.method == "linear" else t.rank, "layers": spec.layers_label,
-        "blocks": list(create_side(side).required_layers), "lr": t.lr,
+        "rank": t.rank if "rank" in get_side_class(t.method).uses else None,
+        "layers": spec.layers_label, "blocks": list(side.required_layers), "lr": t.lr,
         "lr_effective": plan["lr"], "optimizer": t.optimizer, "seed": t.seed,
         "batch_size": plan["batch_size"], "steps": plan["steps"], "epochs": plan["epochs"],
-        "status": member.status, "order": order, "group": group,
-        "val_acc": val.get("acc"), "test_acc": test.get("acc"), "val_loss": val.get("loss"),
-        "test_loss": test.get("loss"), "train_loss": member.train_loss,
+        "status": metrics["status"], "group": group, "step": metrics["step"],
+        "val_acc": metrics["final_val_acc"], "test_acc": metrics["test_acc"],
+        "val_loss": metrics["final_val_loss"], "test_loss": metrics["test_loss"],
+        "best_val_acc": metrics["best_val_acc"], "train_loss": metrics["train_loss"],
         "learned_params": learned_params(side), "head_params": head_params(side),
         "train_img_s": None, "train_memory_b1": profile.memory_b1,
         "memory_kind": profile.memory_kind,
@@ -56,9 +57,9 @@ def run_row(spec: RunSpec, side: SideConfig, member: Any, group: int, order: str
         "side_gflops": profile.side_flops / 1e9,
         "backbone_gflops": None if backbone is None else backbone / 1e9,
         "inference_gflops": None if backbone is None else (backbone + profile.side_flops) / 1e9,
-        "bytes_read": bytes_read, "train_images": member.train_images,
-        "adapter": str(Path(t.out)) if member.status == "trained" else None,
-        "best": False,
+        "bytes_read": metrics["bytes_read"], "train_images": metrics["train_images"],
+        "adapter": metrics.get("adapter") and str(Path(t.out)), "error": metrics["error"],
+        "last_checkpoint": metrics.get("last_checkpoint"), "best": False,
     }
 
 

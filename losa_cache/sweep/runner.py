@@ -1,29 +1,31 @@
-"""``run_sweep``: expand, profile, group, train every group in one pass, score, report.
+"""``run_sweep``: expand -> profile -> group -> the training engine over each group.
 
     summary = run_sweep(SweepConfig(store="stores/demo.zarr", ranks=[4, 16, 64],
                                     layers=["evenly:1", "all"], lrs=[0.01, 0.05],
                                     epochs=10, out="runs/sweep"))
 
-The sweep folder::
+Every run is built and trained by the same code as ``train`` (:func:`make_run`, the
+:class:`~losa_cache.train.engine.Engine`), so each writes what ``train`` writes into its
+own folder, and equals that config trained alone. The sweep folder::
 
     sweep.json              config, runs (each a TrainConfig), profiles, groups
-    checkpoint.pt           the group in progress (every run's state + stream positions)
     groups/<g>.json         a finished group: bytes read, seconds, batching chosen
-    runs/<task>/<run>/      result.json + adapter of every trained run
+    runs/<task>/<run>/      each run's metrics.jsonl, metrics.json, checkpoint, adapter,
+                            result.json (its row of the results)
     results.csv / .json     one row per (config, task) + the summary
     best/<task>/            the best run of each task on val, as an adapter
 
-Ctrl-C checkpoints at the end of the current tick; ``resume`` continues the sweep
-exactly (finished groups are kept, the group in progress continues from its checkpoint).
+A run that diverges stops alone (its last good checkpoint kept, named in the summary);
+the others go on. Ctrl-C checkpoints every run of the group at the end of the tick;
+``resume`` continues the sweep exactly: finished runs are kept, the others continue
+from their own checkpoints.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-import signal
-import threading
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from losa_cache.outdir import locked_outdir
-from losa_cache.store import open_store
+from losa_cache.side import SideConfig
 from losa_cache.sweep.config import RunSpec, SweepConfig, expand_runs
-from losa_cache.sweep.data import FeatureCache, TaskData
 from losa_cache.sweep.grouping import (
     Group,
     Profile,
@@ -44,13 +45,18 @@ from losa_cache.sweep.grouping import (
     profiles,
 )
 from losa_cache.sweep.measure import train_speed
-from losa_cache.sweep.members import use_amp
-from losa_cache.sweep.passes import GroupPass, SweepContext
 from losa_cache.sweep.results import RESULT, best_runs, export_best, run_row, write_results
 from losa_cache.train import checkpoint as ckpt
-from losa_cache.train.cache import choose_cache
-from losa_cache.train.reader import TORCH_DTYPES
-from losa_cache.train.sources import StoreSource, build_side_config, pick_device, resolve_splits
+from losa_cache.train.engine import Engine, Inputs
+from losa_cache.train.run import use_amp
+from losa_cache.train.sources import (
+    DataSource,
+    TaskData,
+    build_side_config,
+    pick_device,
+    resolve_splits,
+)
+from losa_cache.train.trainer import choose_inputs, make_run, open_source
 
 __all__ = ["SWEEP_JSON", "run_sweep"]
 
@@ -66,38 +72,51 @@ def run_sweep(cfg: SweepConfig, progress: bool = True,
 
 def _run_sweep(cfg: SweepConfig, progress: bool, storage_options: dict | None) -> dict[str, Any]:
     out = Path(cfg.out)
-    store = open_store(cfg.store, storage_options)
-    store.require_complete()
-    runs = expand_runs(cfg, store.depth, store.layers, store.default_task)
-    saved = _resume_doc(cfg, out, runs)
     device = pick_device(cfg.device)
-    tasks, infos = _tasks(store, runs, storage_options)
-    sides = {r.key: build_side_config(r.train, infos[r.task]) for r in runs}
-    dtype = TORCH_DTYPES[store.dtype]
-    profs = _profiles(saved, runs, sides, dtype, device, store.fingerprint.get("model", ""))
-    choice, cache_rows, layers = _cache_choice(cfg, store, runs, sides, tasks, device)
-    groups = _groups(cfg, saved, runs, sides, tasks, profs, device, choice)
+    source = open_source(cfg, device, storage_options)
+    try:
+        return _sweep(cfg, out, device, source, progress)
+    finally:
+        source.close()
+
+
+def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource,
+           progress: bool) -> dict[str, Any]:
+    info = source.info
+    runs = expand_runs(cfg, info.depth, list(info.layers), info.default_task)
+    saved = _resume_doc(cfg, out, runs)
+    tasks = {r.task: source.task(r.task) for r in runs}  # StoreError listing the tasks
+    rows = _task_rows(cfg, source, tasks)
+    sides = {r.key: build_side_config(r.train, info, len(tasks[r.task].classes)) for r in runs}
+    profs = _profiles(saved, runs, sides, info.dtype, device,
+                      str(info.fingerprint.get("model", "")))
+    todo = [r for r in runs if not _finished(r)]
+    inputs = choose_inputs(cfg.cache, source, device,
+                           [rows[t][role] for t in tasks for role in ("train", "val")],
+                           {i for r in todo for i in sides[r.key].required_layers} or {0},
+                           cfg.workers, progress) if todo else None
+    choice = inputs.choice if inputs is not None else None
+    groups = _groups(cfg, saved, runs, sides, rows, profs, device, choice)
     out.mkdir(parents=True, exist_ok=True)
     if saved is None:
         _write_doc(out, cfg, runs, profs, groups)
-    notes = [f"cache: {choice.reason}", f"{len(runs)} runs in {len(groups)} group(s)"]
+    notes = [f"cache: {choice.reason if choice else 'no run left to train'}",
+             f"{len(runs)} runs in {len(groups)} group(s)"]
     _say(progress, notes)
-    cache = None
-    todo = [g for g in range(len(groups)) if not _group_file(out, g).is_file()]
-    if choice.mode != "none" and todo:
-        cache = FeatureCache(store, cache_rows, layers, device if choice.mode == "gpu"
-                             else torch.device("cpu"), cfg.workers, progress)
-    with _sigint_flag() as interrupted:
-        ctx = SweepContext(cfg, store, tasks, sides, device, cache, out, progress, interrupted,
-                           notes=notes)
-        by_key = {r.key: r for r in runs}
-        for gid, group in enumerate(groups):
-            if not _train_group(ctx, gid, len(groups), [by_key[k] for k in group.runs], profs):
-                if interrupted():
-                    raise KeyboardInterrupt
-                return {"complete": False, "out": str(out), "group": gid, "notes": notes}
-    rows = _with_speed(cfg, runs, sides, profs, dtype, device, progress)
-    return _finish(cfg, out, rows, groups, choice, cache, notes)
+    by_key = {r.key: r for r in runs}
+    ticks_left = cfg.stop_after
+    for gid, group in enumerate(groups):
+        if _group_file(out, gid).is_file():
+            continue
+        assert inputs is not None
+        done, ticks = _train_group(cfg, source, inputs, device, gid, len(groups),
+                                   [by_key[k] for k in group.runs], sides, profs, progress,
+                                   ticks_left)
+        if not done:
+            return {"complete": False, "out": str(out), "group": gid, "notes": notes}
+        ticks_left = None if ticks_left is None else ticks_left - ticks
+    rows_out = _with_speed(cfg, runs, sides, info.dtype, device, progress)
+    return _finish(cfg, out, rows_out, groups, choice, inputs, notes)
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -132,18 +151,16 @@ def _maths(run: dict[str, Any]) -> dict[str, Any]:
             **TrainConfig.from_dict(run["train"]).maths()}
 
 
-def _tasks(store: Any, runs: list[RunSpec], storage_options: dict | None
-           ) -> tuple[dict[str, TaskData], dict[str, Any]]:
-    tasks, infos = {}, {}
-    for r in runs:
-        if r.task not in tasks:
-            source = StoreSource(r.train, storage_options)  # StoreError listing the tasks
-            infos[r.task] = source.info
-            splits = resolve_splits(r.train, source.info.splits)
-            tasks[r.task] = TaskData.load(store, r.task, splits)
-            if not len(tasks[r.task].rows["train"]):
-                raise ValueError(f"task {r.task!r} labels no rows of split {splits['train']!r}")
-    return tasks, infos
+def _task_rows(cfg: SweepConfig, source: DataSource, tasks: dict[str, TaskData]
+               ) -> dict[str, dict[str, np.ndarray]]:
+    splits = resolve_splits(cfg, source.info.splits)
+    out = {}
+    for name, task in tasks.items():
+        out[name] = {role: task.labelled(source.split_rows(s)) if s else np.zeros(0, np.int64)
+                     for role, s in splits.items()}
+        if not len(out[name]["train"]):
+            raise ValueError(f"task {name!r} labels no rows of split {splits['train']!r}")
+    return out
 
 
 def _profiles(saved: dict | None, runs: list[RunSpec], sides: dict, dtype: torch.dtype,
@@ -163,28 +180,17 @@ def _profile_of(r: RunSpec, sides: dict, profs: dict[str, Profile],
     return profs[profile_key(sides[r.key], r.train.optimizer, use_amp(r.train.amp, device))]
 
 
-def _cache_choice(cfg: SweepConfig, store: Any, runs: list[RunSpec], sides: dict,
-                  tasks: dict[str, TaskData], device: torch.device) -> tuple[Any, Any, list]:
-    """Hold the union of train + val rows of the union of blocks in memory, if it fits."""
-    from losa_cache.side import create_side
-
-    layers = sorted({i for r in runs for i in create_side(sides[r.key]).required_layers})
-    rows = np.unique(np.concatenate([t.rows[role] for t in tasks.values()
-                                     for role in ("train", "val")]))
-    need = len(rows) * store.layout.row_bytes * len(layers)
-    return choose_cache(cfg.cache, need, device), rows, layers
-
-
 def _groups(cfg: SweepConfig, saved: dict | None, runs: list[RunSpec], sides: dict,
-            tasks: dict[str, TaskData], profs: dict[str, Profile], device: torch.device,
+            rows: dict, profs: dict[str, Profile], device: torch.device,
             choice: Any) -> list[Group]:
     if saved is not None:
         return [Group.from_dict(g) for g in saved["groups"]]
     estimates = {}
     for r in runs:
-        batch = int(r.train.plan(len(tasks[r.task].rows["train"]))["batch_size"])
+        batch = int(r.train.plan(len(rows[r.task]["train"]))["batch_size"])
         estimates[r.key] = _profile_of(r, sides, profs, device).memory_at(batch)
-    here = choice.bytes if (choice.mode == "gpu") == (device.type == "cuda") else 0
+    here = choice.bytes if choice is not None and (choice.mode == "gpu") == (
+        device.type == "cuda") else 0
     budget = cfg.memory_budget if cfg.memory_budget is not None else default_budget(device,
                                                                                    here)
     return make_groups(estimates, budget)
@@ -205,57 +211,49 @@ def _group_file(out: Path, gid: int) -> Path:
     return out / "groups" / f"{gid}.json"
 
 
-def _train_group(ctx: SweepContext, gid: int, n: int, runs: list[RunSpec],
-                 profs: dict[str, Profile]) -> bool:
-    """Train, score and save one group; False if stopped before the end."""
-    if _group_file(ctx.out, gid).is_file():
-        return True
-    state = None
-    if (ctx.out / ckpt.CHECKPOINT).is_file():
-        state = ckpt.load_checkpoint(ctx.out)
-        state = state if state.get("group") == gid else None
-    gp = GroupPass(ctx, gid, runs, state)
-    try:
-        if not gp.train(f"group {gid + 1}/{n}"):
-            return False
-        evals = {"val": gp.evaluate("val"), "test": gp.evaluate("test")}
-        cache_bytes = ctx.cache.bytes_read if ctx.cache is not None else 0
-        for m in gp.members:
-            row = run_row(m.spec, m.side, m, gid, gp.order_kind[m.spec.key],
-                          _profile_of(m.spec, ctx.sides, profs, ctx.device),
-                          {role: evals[role].get(m.spec.key) for role in evals},
-                          gp.bytes_read + cache_bytes)
-            _save_run(ctx, m, row)
-        stats = {"group": gid, "num_runs": len(runs), "bytes_read": gp.bytes_read,
-                 "seconds": gp.seconds, "ticks": gp.tick,
-                 "batching": [{"runs": [m.spec.key for m in g.members], "mode": g.mode,
-                               "timing_s": g.timing} for _, _, gs in gp.consumers for g in gs],
-                 "order": gp.order_kind}
-        _group_file(ctx.out, gid).parent.mkdir(exist_ok=True)
-        _group_file(ctx.out, gid).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-        (ctx.out / ckpt.CHECKPOINT).unlink(missing_ok=True)
-        return True
-    finally:
-        gp.close()
+def _finished(spec: RunSpec) -> bool:
+    """A run whose metrics.json says it ended (trained or diverged): kept on resume."""
+    path = Path(spec.train.out) / ckpt.METRICS
+    return path.is_file() and json.loads(path.read_text())["status"] in ("trained", "diverged")
 
 
-def _save_run(ctx: SweepContext, m: Any, row: dict[str, Any]) -> None:
-    from losa_cache.adapter import save_adapter
-
-    run_dir = Path(m.spec.train.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if m.status == "trained":
-        task = ctx.tasks[m.spec.task]
-        meta = {"fingerprint": ctx.store.fingerprint, "classes": task.classes,
-                "task": task.task, "train_config": m.spec.train.to_dict(), "metrics": row}
-        save_adapter(run_dir, m.model.cpu(), m.side, meta)
-    (run_dir / RESULT).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: torch.device,
+                 gid: int, n: int, specs: list[RunSpec], sides: dict[str, SideConfig],
+                 profs: dict[str, Profile], progress: bool, ticks_left: int | None
+                 ) -> tuple[bool, int]:
+    """Train one group's runs to their ends; (all done, ticks taken)."""
+    t0, bytes0 = time.perf_counter(), inputs.bytes_read
+    todo = [s for s in specs if not _finished(s)]
+    runs = []
+    for s in todo:
+        resume = (Path(s.train.out) / ckpt.CHECKPOINT).is_file()
+        run = make_run(dataclasses.replace(s.train, resume=resume), source, device, s.key)
+        run.start()
+        runs.append(run)
+    engine = Engine(runs, inputs, progress, cfg.batching, ticks_left,
+                    label=f"group {gid + 1}/{n}")
+    done = engine.train() if runs else True
+    extra = {"bytes_read": inputs.bytes_read}
+    for s, run in zip(todo, runs, strict=True):
+        metrics = run.finish(extra)
+        row = run_row(s, sides[s.key], metrics, gid, _profile_of(s, sides, profs, device))
+        (Path(s.train.out) / RESULT).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+    if not done:
+        return False, engine.ticks
+    stats = {"group": gid, "num_runs": len(specs), "bytes_read": inputs.bytes_read - bytes0,
+             "seconds": time.perf_counter() - t0, "ticks": engine.ticks,
+             "batching": [{"runs": [m.name for m in g.members], "mode": g.mode,
+                           "timing_s": g.timing} for _, lanes in engine.feeds.values()
+                          for lane in lanes for g in lane.groups]}
+    _group_file(out := Path(cfg.out), gid).parent.mkdir(exist_ok=True)
+    _group_file(out, gid).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    return True, engine.ticks
 
 
 # ---------------------------------------------------------------------------- the end
 
 
-def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, profs: dict, dtype: Any,
+def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, dtype: Any,
                 device: torch.device, progress: bool) -> list[dict[str, Any]]:
     """Every run's row, training img/s measured once per (network, optimizer, batch)."""
     rows = [json.loads((Path(r.train.out) / RESULT).read_text()) for r in runs]
@@ -274,7 +272,7 @@ def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, profs: dict,
 
 
 def _finish(cfg: SweepConfig, out: Path, rows: list[dict[str, Any]], groups: list[Group],
-            choice: Any, cache: FeatureCache | None, notes: list[str]) -> dict[str, Any]:
+            choice: Any, inputs: Inputs | None, notes: list[str]) -> dict[str, Any]:
     best = best_runs(rows)
     for r in rows:
         r["best"] = best.get(r["task"]) is r
@@ -282,41 +280,26 @@ def _finish(cfg: SweepConfig, out: Path, rows: list[dict[str, Any]], groups: lis
     stats = [json.loads(_group_file(out, g).read_text()) for g in range(len(groups))]
     seconds = sum(s["seconds"] for s in stats)
     images = sum(r["train_images"] for r in rows)
+    diverged = [{"run": f"{r['task']}/{r['run']}", "error": r["error"],
+                 "last_checkpoint": r["last_checkpoint"]}
+                for r in rows if r["status"] == "diverged"]
     summary = {
-        "complete": True, "out": str(out), "store": cfg.store, "runs": len(rows),
-        "tasks": sorted({r["task"] for r in rows}), "cache": choice.to_dict(),
-        "mode": "memory" if cache is not None else "streaming",
+        "complete": True, "out": str(out), "store": cfg.store, "live": cfg.live,
+        "runs": len(rows), "tasks": sorted({r["task"] for r in rows}),
+        "cache": choice.to_dict() if choice else None,
+        "mode": "live" if cfg.live else "memory" if choice and choice.mode != "none"
+        else "streaming",
         "groups": [{**g.to_dict(), **s} for g, s in zip(groups, stats, strict=True)],
-        "bytes_read": sum(s["bytes_read"] for s in stats) + (cache.bytes_read if cache else 0),
+        "bytes_read": sum(s["bytes_read"] for s in stats) + (
+            inputs.cache.bytes_read if inputs is not None and inputs.cache else 0),
         "train_seconds": seconds, "config_images": images,
         "config_images_per_s": images / seconds if seconds else None,
         "best": {t: {"run": r["run"], "val_acc": r["val_acc"], "test_acc": r["test_acc"],
                      "adapter": paths[t]} for t, r in best.items()},
-        "notes": notes,
+        "diverged": diverged, "notes": notes,
     }
     write_results(out, rows, summary)
     return {"summary": summary, "results": rows}
-
-
-@contextlib.contextmanager
-def _sigint_flag() -> Iterator[Any]:
-    """First Ctrl-C: stop (with a checkpoint) at the end of the tick; second: at once."""
-    flag = [False]
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: flag[0]
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if flag[0]:
-            raise KeyboardInterrupt
-        flag[0] = True
-        tqdm.write("interrupt: checkpointing after this tick (Ctrl-C again to abort now)")
-
-    old = signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: flag[0]
-    finally:
-        signal.signal(signal.SIGINT, old)
 
 
 def _say(progress: bool, lines: list[str]) -> None:

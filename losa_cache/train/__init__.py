@@ -1,12 +1,14 @@
-"""Training side networks from a feature store (or live): reader, trainer, live mode.
+"""Training side networks from a feature store (or live): one engine for train and sweep.
 
     from losa_cache.train import TrainConfig, train
     metrics = train(TrainConfig(store="stores/demo.zarr", method="losa", rank=16, steps=300,
                                 out="runs/demo-losa"))
 
-Modules: ``order`` (batch order), ``reader`` (store streaming + caches), ``cache``
-(``--cache`` policy), ``config`` (``TrainConfig``), ``trainer`` (the loop), ``live``
-(backbone on every batch), ``checkpoint`` (checkpoints and metrics files).
+Modules, in data-flow order: ``order`` (batch order), ``feed`` (pieces, consumers, the
+memory cache), ``reader`` (store streaming), ``live`` (backbone on every piece),
+``sources`` (store or live), ``run`` (one config: model, optimizer, step, state),
+``batching`` (loop or vmap), ``engine`` (the tick loop, cadence, evaluation),
+``trainer`` (``train`` = the engine over one run), ``config``, ``cache``, ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from losa_cache.train.cache import CacheChoice, choose_cache
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.order import RowOrder
 from losa_cache.train.reader import Batch, StoreReader, labelled_rows
-from losa_cache.train.trainer import NonFiniteLossError, evaluate, train
+from losa_cache.train.run import NonFiniteLossError
+from losa_cache.train.trainer import train
 
 __all__ = [
     "Batch",
@@ -25,7 +28,6 @@ __all__ = [
     "StoreReader",
     "TrainConfig",
     "choose_cache",
-    "evaluate",
     "labelled_rows",
     "train",
 ]

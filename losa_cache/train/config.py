@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from losa_cache.fields import check_fields, option
 from losa_cache.side import list_sides
-from losa_cache.side.config import VERSION_KEY, library_version
+from losa_cache.side.config import POOLS, VERSION_KEY, library_version
 from losa_cache.train.cache import CACHE_MODES
 
 __all__ = ["OPTIMIZERS", "RUNTIME_FIELDS", "TrainConfig"]
@@ -34,8 +35,7 @@ RUNTIME_FIELDS = frozenset({"resume", "stop_at", "cache", "workers", "out", "eva
                             "log_every", "checkpoint_every", "device"})
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+_f = option
 
 
 @dataclass
@@ -45,83 +45,67 @@ class TrainConfig:
     store: str | None = _f(None, "Feature store path or URL (not needed with --live).")
     out: str = _f("runs/train", "Output folder: checkpoint, metrics, adapter.")
     task: str | None = _f(None, "Labelling of the store to train on (default: the store's).")
-    method: str = _f("losa", "Side network: losa | linear (the linear probe).")
-    rank: int = _f(64, "Low-rank bottleneck r of the LoSA adaptors.")
+    method: str = _f("losa", "Side network (the linear probe: linear).", choices=list_sides)
+    rank: int = _f(64, "Low-rank bottleneck r of the LoSA adaptors.", min=1)
     layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
                               "all | last:N | evenly:N | 3,6,-1 (0-based).")
-    pool: str = _f("auto", "Head pooling: auto | cls | mean.")
-    steps: int | None = _f(None, "Optimizer steps (default: min(20000, 100 epochs)).")
-    epochs: float | None = _f(None, "Train for this many passes over the train split instead.")
-    batch_size: int = _f(PAPER_BATCH, "Batch size (capped at the train split's size).")
+    pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "
+                           "mean.", choices=POOLS)
+    steps: int | None = _f(None, "Optimizer steps (default: min(20000, 100 epochs)).", min=1)
+    epochs: float | None = _f(None, "Train for this many passes over the train split instead.",
+                              above=0)
+    batch_size: int = _f(PAPER_BATCH, "Batch size (capped at the train split's size).", min=1)
     lr: float | None = _f(None, "Base lr (default 0.05 for SGD, scaled by batch/512; "
-                                "1e-3 for AdamW, not scaled).")
-    optimizer: str = _f("sgd", "sgd (momentum) | adamw.")
-    momentum: float = _f(0.9, "SGD momentum.")
+                                "1e-3 for AdamW, not scaled).", above=0)
+    optimizer: str = _f("sgd", "sgd (momentum) | adamw.", choices=OPTIMIZERS)
+    momentum: float = _f(0.9, "SGD momentum, in [0, 1).", min=0, below=1)
     weight_decay: float | None = _f(None, "Weight decay on weight matrices (default: 0 for "
-                                          "SGD, 0.05 for AdamW).")
-    label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy, in [0, 1).")
-    warmup_steps: int | None = _f(None, "Linear warmup steps (default: min(500, 10% of steps)).")
-    seed: int = _f(0, "Seed of initialisation and batch order.")
-    cache: str = _f("auto", "Hold needed features in memory: auto | gpu | ram | none.")
-    shuffle_buffer: int | None = _f(None, "Shuffle buffer in rows, rounded to whole chunks "
-                                          "(default: 4 batches within 1 GiB).")
-    workers: int = _f(4, "I/O threads of the store reader (live: image decoding processes).")
-    amp: str = _f("auto", "Compute precision: auto (bf16 autocast on CUDA) | bf16 | fp32.")
+                                          "SGD, 0.05 for AdamW).", min=0)
+    label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy, in [0, 1).", min=0,
+                                below=1)
+    warmup_steps: int | None = _f(None, "Linear warmup steps (default: min(500, 10% of "
+                                        "steps)).", min=0)
+    seed: int = _f(0, "Seed of initialisation and batch order.", min=0)
+    cache: str = _f("auto", "Hold needed features in memory: auto (the fastest that fits) | "
+                            "gpu | ram | none (stream from the store).", choices=CACHE_MODES)
+    shuffle_buffer: int | None = _f(None, "Shuffle buffer in rows: the batch order shuffles "
+                                          "windows of this many consecutive rows (default: 4 "
+                                          "batches within 1 GiB of fp16 features).", min=1)
+    workers: int = _f(4, "I/O threads of the store reader (live: image decoding processes).",
+                      min=0)
+    amp: str = _f("auto", "Compute precision: auto (bf16 autocast on CUDA) | bf16 | fp32.",
+                  choices=AMP)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N.")
     train_split: str = _f("auto", "Training split (auto: train or train800).")
     val_split: str = _f("auto", "Validation split (auto: val, val200 or validation; none).")
     test_split: str = _f("auto", "Split scored at the end (auto: test; none).")
-    eval_every: int | None = _f(None, "Validate every N steps (default: 10 times per run).")
-    log_every: int | None = _f(None, "Log train metrics every N steps (default: ~20 per run).")
-    checkpoint_every: int | None = _f(None, "Checkpoint every N steps (default: eval_every).")
+    eval_every: int | None = _f(None, "Validate every N steps (default: 10 times per run).",
+                                min=1)
+    log_every: int | None = _f(None, "Log train metrics every N steps (default: ~20 per run).",
+                               min=1)
+    checkpoint_every: int | None = _f(None, "Checkpoint every N steps (default: eval_every).",
+                                      min=1)
     resume: bool = _f(False, "Continue the run whose checkpoint is in --out.")
-    stop_at: int | None = _f(None, "Stop after this step with a checkpoint (resume later).")
+    stop_at: int | None = _f(None, "Stop after this step with a checkpoint (resume later).",
+                             min=1)
     live: bool = _f(False, "Run the frozen backbone on every batch instead of reading a store.")
     model: str | None = _f(None, "Live: backbone alias or timm name.")
     checkpoint: str | None = _f(None, "Live: backbone weights file.")
     pretrained: bool = _f(False, "Live: timm weights from the local cache.")
     random_init: bool = _f(False, "Live: random backbone weights, on purpose.")
-    init_seed: int = _f(0, "Live: seed of --random-init (extract's --seed).")
+    init_seed: int = _f(0, "Live: seed of --random-init (extract's --seed).", min=0)
     dataset: str | None = _f(None, "Live: data set spec (as for extract).")
     data_root: str | None = _f(None, "Live: root folder of inat data sets.")
-    limit: int | None = _f(None, "Live: at most N images per split (extract's --limit).")
-    live_chunk_rows: int | None = _f(None, "Live: rows per virtual chunk of the batch order "
-                                           "(default: what extract would choose).")
+    limit: int | None = _f(None, "Live: at most N images per split (extract's --limit).", min=1)
 
     def __post_init__(self) -> None:
-        self._check_positive()
-        self._check_choices()
+        check_fields(self)
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give --steps or --epochs, not both")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.live and not (self.model and self.dataset):
             raise ValueError("--live needs --model and --dataset (the backbone runs on images)")
         if not self.live and not self.store:
             raise ValueError("give --store (a feature store), or --live with --model/--dataset")
-
-    def _check_positive(self) -> None:
-        for name in ("rank", "batch_size", "steps", "eval_every", "log_every",
-                     "checkpoint_every", "stop_at", "shuffle_buffer", "limit", "live_chunk_rows"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("epochs", "lr"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be > 0, got {value!r}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-
-    def _check_choices(self) -> None:
-        choices = {"method": list_sides(), "optimizer": OPTIMIZERS, "cache": CACHE_MODES,
-                   "amp": AMP, "pool": ("auto", "cls", "mean")}
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of "
-                                 f"{list(valid)}")
 
     # ------------------------------------------------------------------ derived
 

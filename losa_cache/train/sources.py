@@ -1,7 +1,8 @@
-"""Where training batches come from: a feature store, or (live.py) a backbone on images.
+"""Where features come from: a feature store here, or (live.py) a backbone on images.
 
 Both give the same description (:class:`SourceInfo`), the same row numbering (store
-rows), labelled rows per split, and readers with the same ``batches``/``eval_batches``.
+rows), each split's rows (the domain of the batch order), each task's labels, and feeds
+(:mod:`losa_cache.train.feed`) with the same pieces.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from losa_cache.side import SideConfig, create_side
+from losa_cache.side import SideConfig
 from losa_cache.store import FeatureStore, StoreError, open_store
 from losa_cache.train.config import TrainConfig
-from losa_cache.train.reader import StoreReader, labelled_rows
+from losa_cache.train.feed import Feed
+from losa_cache.train.order import RowOrder
+from losa_cache.train.reader import TORCH_DTYPES, StoreReader
 
-__all__ = ["DataSource", "SourceInfo", "StoreSource", "build_side_config", "open_source",
+__all__ = ["DataSource", "SourceInfo", "StoreSource", "TaskData", "build_side_config",
            "pick_device", "resolve_splits"]
 
 SPLIT_DEFAULTS = {"train": ("train", "train800"), "val": ("val", "val200", "validation"),
@@ -27,32 +30,46 @@ SPLIT_DEFAULTS = {"train": ("train", "train800"), "val": ("val", "val200", "vali
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """The backbone behind the features and the labelling trained on."""
+    """The backbone behind the features."""
 
     depth: int
     dim: int
     tokens: int
     prefix_tokens: int
     layers: tuple[int, ...]  # blocks available
-    task: str
-    classes: list[str]
     fingerprint: dict[str, Any]
     splits: list[str]
+    default_task: str
+    dtype: torch.dtype  # of the features a feed yields
+    row_bytes: int  # of one block of one row, as the feed yields it
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """One labelling: the label of every row (-1: none) and the class names."""
+
+    task: str
+    labels: np.ndarray  # (N,) int64
+    classes: list[str]
+
+    def labelled(self, rows: np.ndarray) -> np.ndarray:
+        return rows[self.labels[rows] >= 0]
 
 
 class DataSource(Protocol):
     info: SourceInfo
 
-    def rows(self, split: str) -> tuple[np.ndarray, np.ndarray]: ...
+    def task(self, name: str | None) -> TaskData: ...
 
-    def reader(self, rows: np.ndarray, labels: np.ndarray, layers: Sequence[int],
-               batch_size: int, seed: int, device: torch.device, cache: str,
-               buffer_rows: int | None) -> Any: ...
+    def split_rows(self, split: str) -> np.ndarray: ...
+
+    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[int],
+             piece_rows: int, device: torch.device, workers: int) -> Feed: ...
 
     def close(self) -> None: ...
 
 
-def resolve_splits(cfg: TrainConfig, available: Sequence[str]) -> dict[str, str | None]:
+def resolve_splits(cfg: Any, available: Sequence[str]) -> dict[str, str | None]:
     """train/val/test split names: explicit ones must exist; auto picks the usual names."""
     out: dict[str, str | None] = {}
     for role, given in (("train", cfg.train_split), ("val", cfg.val_split),
@@ -72,28 +89,32 @@ def resolve_splits(cfg: TrainConfig, available: Sequence[str]) -> dict[str, str 
 
 
 class StoreSource:
-    """Batches read from a complete feature store."""
+    """Features read from a complete feature store."""
 
-    def __init__(self, cfg: TrainConfig, storage_options: dict | None = None) -> None:
-        self.store: FeatureStore = open_store(cfg.store, storage_options)
+    def __init__(self, path: str, storage_options: dict | None = None) -> None:
+        self.store: FeatureStore = open_store(path, storage_options)
         self.store.require_complete()
-        task = cfg.task or self.store.default_task
-        classes = self.store.classes(task)  # StoreError listing the tasks if unknown
         s = self.store
-        self.task, self.workers = task, cfg.workers
         self.info = SourceInfo(
             depth=s.depth, dim=s.layout.dim, tokens=s.layout.tokens,
             prefix_tokens=int(s.token_layout.get("prefix_tokens", 1)), layers=tuple(s.layers),
-            task=task, classes=classes, fingerprint=s.fingerprint, splits=list(s.manifest.splits))
+            fingerprint=s.fingerprint, splits=list(s.manifest.splits),
+            default_task=s.default_task, dtype=TORCH_DTYPES[s.dtype],
+            row_bytes=s.layout.row_bytes)
 
-    def rows(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        return labelled_rows(self.store, split, self.task)
+    def task(self, name: str | None) -> TaskData:
+        task = name or self.store.default_task
+        classes = self.store.classes(task)  # StoreError listing the tasks if unknown
+        return TaskData(task, self.store.labels(task).astype(np.int64), classes)
 
-    def reader(self, rows: np.ndarray, labels: np.ndarray, layers: Sequence[int],
-               batch_size: int, seed: int, device: torch.device, cache: str,
-               buffer_rows: int | None) -> StoreReader:
-        return StoreReader(self.store, rows, labels, layers, batch_size, seed=seed, device=device,
-                           cache=cache, buffer_rows=buffer_rows, workers=self.workers)
+    def split_rows(self, split: str) -> np.ndarray:
+        return self.store.split_rows(split, valid_only=True)
+
+    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[int],
+             piece_rows: int, device: torch.device, workers: int) -> StoreReader:
+        return StoreReader(self.store, rows, np.zeros(len(rows), np.int64), layers, piece_rows,
+                           seed=order.seed, device=device, buffer_rows=order.buffer_rows,
+                           workers=workers, order_rows=order.rows)
 
     def close(self) -> None:
         pass
@@ -105,22 +126,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def open_source(cfg: TrainConfig, storage_options: dict | None = None) -> DataSource:
-    """The store (fsspec options for URLs kept out of the saved config), or live mode."""
-    if cfg.live:
-        from losa_cache.train.live import LiveSource
-
-        return LiveSource(cfg)
-    return StoreSource(cfg, storage_options)
-
-
-def build_side_config(cfg: TrainConfig, info: SourceInfo) -> SideConfig:
+def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> SideConfig:
     """The side network for these features; its blocks must be available."""
     spec = ",".join(map(str, info.layers)) if cfg.layers == "store" else cfg.layers
     side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
-                      num_classes=len(info.classes), method=cfg.method, rank=cfg.rank,
+                      num_classes=num_classes, method=cfg.method, rank=cfg.rank,
                       layers=spec, prefix_tokens=info.prefix_tokens, pool=cfg.pool)
-    need = create_side(side).required_layers
+    need = side.required_layers
     missing = sorted(set(need) - set(info.layers))
     if missing:
         raise StoreError(

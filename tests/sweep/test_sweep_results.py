@@ -144,3 +144,37 @@ def test_sweep_without_a_test_split(sweep_store: str, tmp_path: Path) -> None:
     rows = rows if isinstance(rows, list) else rows.get("results", rows.get("rows", []))
     assert res and rows and all(r.get("test_acc") is None for r in rows)
     assert all(r.get("val_acc") is not None for r in rows)
+
+
+def test_every_sweep_field_is_a_flag_with_its_help() -> None:
+    """Flags come from SweepConfig (list fields as comma-separated options); the fields a
+    sweep shares with every run carry TrainConfig's own help (no copy to drift)."""
+    from dataclasses import fields
+    from typing import Any
+
+    from losa_cache.sweep import SweepConfig
+    from losa_cache.train import TrainConfig
+
+    cmd: Any = typer.main.get_command(cli())
+    params = {p.name: p for p in cmd.commands["sweep"].params}
+    train_help = {f.name: f.metadata["help"] for f in fields(TrainConfig)}
+    for f in fields(SweepConfig):
+        name = f.metadata.get("cli") or f.name
+        assert name in params, name
+        assert params[name].help == f.metadata["help"], name
+    for shared in ("batch_size", "seed", "eval_every", "shuffle_buffer", "model", "cache"):
+        if shared != "batch_size":
+            assert params[shared].help == train_help[shared], shared
+
+
+def test_bad_sweep_numbers_are_one_line_errors(sweep_store: str, tmp_path: Path) -> None:
+    base = ["sweep", "--store", sweep_store, "--out", str(tmp_path / "x"), "--device", "cpu"]
+    for args, says in ((["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+                       (["--seed", "-1"], "--seed must be an integer >= 0"),
+                       (["--rank", "4,0"], "--rank must be an integer >= 1, got 0"),
+                       (["--lr", "0.1,-1"], "--lr must be a number > 0, got -1.0"),
+                       (["--steps", "0"], "--steps must be an integer >= 1"),
+                       (["--speed-batches", "-1"], "--speed-batches must be an integer >= 0")):
+        res = CliRunner().invoke(cli(), [*base, *args])
+        assert res.exit_code == 2 and says in res.output, (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1

@@ -47,21 +47,20 @@ def test_memory_budget_splits_into_groups_with_the_same_results(make_sweep, stra
 def test_stop_and_resume_gives_the_uninterrupted_results(make_sweep, straight, cache) -> None:
     biggest = max(r["train_memory_est"] for r in straight["results"])
     kw = {**GRID, "cache": cache, "memory_budget": biggest * 6, "checkpoint_every": 2}
-    first = run_sweep(make_sweep("cut", stop_after=3, **kw), progress=False)
+    first = run_sweep(make_sweep("cut", stop_after=1, **kw), progress=False)
     assert first["complete"] is False and first["group"] == 0
     out = Path(make_sweep("cut").out)
-    assert (out / "checkpoint.pt").is_file() and not (out / "results.json").exists()
-    # stop again (memory: inside the second group; streaming, where the subset task
-    # needs two pieces per batch: later in the first), then finish
-    second = run_sweep(make_sweep("cut", stop_after=9, resume=True, **kw), progress=False)
-    assert second["complete"] is False and (second["group"] >= 1 or cache == "none")
+    assert list(out.glob("runs/*/*/checkpoint.pt")) and not (out / "results.json").exists()
+    # stop again (a tick is a window of 32 rows: later in the first group or in the
+    # second), then finish
+    second = run_sweep(make_sweep("cut", stop_after=3, resume=True, **kw), progress=False)
+    assert second.get("complete") is False and second["group"] >= first["group"]
     res = run_sweep(make_sweep("cut", resume=True, **kw), progress=False)
-    assert res["summary"]["complete"] and not (out / "checkpoint.pt").exists()
-    # streaming: a shared order depends on the group's runs, so compare the same groups
-    whole = run_sweep(make_sweep("whole", **kw), progress=False) if cache == "none" else straight
-    got, ref = weights(res), weights(whole)
+    assert res["summary"]["complete"] and (out / "results.json").is_file()
+    # every run has its own order, streamed or cached, in any group: == the one-group sweep
+    got, ref = weights(res), weights(straight)
     assert got.keys() == ref.keys() and all(same(got[k], ref[k]) for k in ref)
-    assert accs(res) == accs(whole)
+    assert accs(res) == accs(straight)
 
 
 def test_resume_refuses_other_runs_and_fresh_start_refuses_a_sweep(make_sweep) -> None:
@@ -103,7 +102,8 @@ def test_ctrl_c_checkpoints_then_resume_matches(make_sweep, sweep_store, tmp_pat
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
-        while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        run_ckpt = out / "runs" / "full" / "losa-r4-all-lr0.05" / "checkpoint.pt"
+        while not run_ckpt.exists() and time.time() < deadline:
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
@@ -111,8 +111,8 @@ def test_ctrl_c_checkpoints_then_resume_matches(make_sweep, sweep_store, tmp_pat
         proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert 0 < state["members"]["full/losa-r4-all-lr0.05"]["step"] < 150
+    state = torch.load(run_ckpt, weights_only=True)
+    assert 0 < state["step"] < 150
     res = run_sweep(make_sweep("int", resume=True, **kw), progress=False)
     whole = run_sweep(make_sweep("whole", **kw), progress=False)
     assert same(weights(res)["full/losa-r4-all-lr0.05"],

@@ -19,11 +19,22 @@ def test_json_round_trip() -> None:
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"rank": 0}, "rank must be an integer >= 1"),
     ({"steps": 10, "epochs": 1.0}, "not both"),
-    ({"optimizer": "lamb"}, r"unknown optimizer 'lamb'; choose one of \['sgd', 'adamw'\]"),
+    ({"optimizer": "lamb"}, r"unknown optimizer 'lamb' \(--optimizer\); choose one of \['sgd', "
+                            r"'adamw'\]"),
     ({"method": "lora"}, "unknown method"),
     ({"cache": "disk"}, "unknown cache"),
-    ({"label_smoothing": 1.0}, "label_smoothing"),
-    ({"lr": -1.0}, "lr must be > 0"),
+    ({"label_smoothing": 1.0}, "--label-smoothing must be a number >= 0 and < 1"),
+    ({"lr": -1.0}, "--lr must be a number > 0, got -1.0"),
+    ({"batch_size": -5}, "--batch-size must be an integer >= 1, got -5"),
+    ({"batch_size": 0}, "--batch-size must be an integer >= 1, got 0"),
+    ({"seed": -1}, "--seed must be an integer >= 0, got -1"),
+    ({"steps": 0}, "--steps must be an integer >= 1, got 0"),
+    ({"epochs": 0.0}, "--epochs must be a number > 0"),
+    ({"momentum": 1.5}, "--momentum must be a number >= 0 and < 1"),
+    ({"workers": -1}, "--workers must be an integer >= 0"),
+    ({"warmup_steps": -2}, "--warmup-steps must be an integer >= 0"),
+    ({"weight_decay": float("nan")}, "--weight-decay must be a number >= 0"),
+    ({"shuffle_buffer": 0}, "--shuffle-buffer must be an integer >= 1"),
 ])
 def test_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

@@ -9,9 +9,10 @@ import torch
 
 from losa_cache.train import train
 from losa_cache.train.live import LiveSource
+from losa_cache.train.order import RowOrder
 
 LIVE = {"live": True, "store": None, "model": "vit_micro", "random_init": True, "init_seed": 0,
-        "dataset": "demo", "limit": 64, "live_chunk_rows": 16, "workers": 0}
+        "dataset": "demo", "limit": 64, "workers": 0}
 
 
 def losses(out: str) -> list[float]:
@@ -24,8 +25,7 @@ def test_cached_and_live_training_agree(make_cfg) -> None:
     cached = make_cfg("cached", **common)
     live = make_cfg("live", **common, **LIVE)
     mc, ml = train(cached, progress=False), train(live, progress=False)
-    assert ml["live"] and ml["train_reader"]["images_decoded"] == 6 * 16
-    assert ml["train_reader"]["buffer_chunks"] == mc["train_reader"]["buffer_chunks"] == 2
+    assert ml["live"] and ml["buffer_rows"] == mc["buffer_rows"] == 32
     torch.testing.assert_close(torch.tensor(losses(live.out)), torch.tensor(losses(cached.out)),
                                rtol=1e-5, atol=1e-6)
     wc = torch.load(Path(cached.out) / "checkpoint.pt", weights_only=True)["model"]
@@ -40,14 +40,15 @@ def test_cached_and_live_training_agree(make_cfg) -> None:
 
 def test_backbone_gets_no_gradient_and_does_not_change(make_cfg) -> None:
     cfg = make_cfg("frozen", steps=2, **LIVE)
-    source = LiveSource(cfg)
+    source = LiveSource(cfg, torch.device("cpu"))
     before = {k: v.clone() for k, v in source.backbone.model.state_dict().items()}
     assert not any(p.requires_grad for p in source.backbone.model.parameters())
-    reader = source.reader(*source.rows("train"), layers=(1, 3), batch_size=16, seed=0,
-                           device=torch.device("cpu"), cache="auto", buffer_rows=None)
-    feats, labels, _rows = next(reader.batches())
+    rows = source.split_rows("train")
+    feed = source.feed(RowOrder(rows, 32, 0), rows, (1, 3), 16, torch.device("cpu"), 0)
+    piece = next(feed.pieces(0, loop=True, shuffle=True))
+    feats, labels = piece.feats, torch.from_numpy(source.task(None).labels[piece.rows])
     assert not any(f.requires_grad or f.is_inference() for f in feats.values())
-    side = torch.nn.Linear(32, 8)
+    side = torch.nn.Linear(32, len(source.task(None).classes))
     loss = torch.nn.functional.cross_entropy(side(feats[3][:, 0]), labels)
     loss.backward()
     assert all(p.grad is None for p in source.backbone.model.parameters())

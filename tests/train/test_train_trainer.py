@@ -26,7 +26,7 @@ def test_run_writes_metrics_checkpoint_and_adapter(make_cfg, micro_store: str) -
     assert [e["step"] for e in m["evals"]] == [3, 6] and m["best_val_acc"] is not None
     assert m["learned_params"] > 0 and m["images_per_s"] > 0 and m["bytes_read"] > 0
     assert m["peak_memory_bytes"] >= 0 and m["peak_memory_kind"]  # RSS growth may be 0
-    assert m["train_reader"]["cache"]["mode"] == "ram"
+    assert m["feed"]["cache"]["mode"] == "ram"
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train_recs = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train_recs] == list(range(1, 7))
@@ -36,7 +36,7 @@ def test_run_writes_metrics_checkpoint_and_adapter(make_cfg, micro_store: str) -
     assert adapter.meta["task"] == "position" and adapter.layers == [1, 3]
     store = open_store(micro_store)
     rows, labels = labelled_rows(store, "test", None)
-    with StoreReader(store, rows, labels, (1, 3), 64, cache="none") as reader:
+    with StoreReader(store, rows, labels, (1, 3), 64) as reader:
         feats, _, _ = next(iter(reader.eval_batches()))
     model = adapter.model
     model.load_state_dict(state(cfg.out)["model"])
@@ -107,3 +107,14 @@ def test_store_missing_layers_lists_the_available_ones(make_cfg, fp16_store: str
         train(make_cfg(store=fp16_store, layers="all"), progress=False)
     m = train(make_cfg("fp16", store=fp16_store, layers="store", steps=2), progress=False)
     assert m["layers"] == [1, 3] and m["complete"]  # --layers store: what the store holds
+
+
+def test_resuming_a_finished_checkpoint_only_finishes(make_cfg) -> None:
+    """A crash after the last checkpoint, before metrics.json: --resume ends the run."""
+    first = train(make_cfg("end", steps=4, eval_every=2), progress=False)
+    again = train(make_cfg("end", steps=4, eval_every=2, resume=True), progress=False)
+    assert again["complete"] and again["step"] == 4
+    assert again["test_acc"] == first["test_acc"] and again["evals"] == first["evals"]
+    records = (Path(make_cfg("end").out) / "metrics.jsonl").read_text().splitlines()
+    evals = [r for r in map(json.loads, records) if r["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [2, 4]

@@ -1,0 +1,99 @@
+"""Config fields that carry their own help, range and choices (peft/HF style).
+
+    steps: int | None = option(None, "Optimizer steps.", min=1)
+
+The metadata is the single source: ``check_fields`` validates a config from it in
+``__post_init__`` (one-line errors that name the flag and the valid range or choices),
+and the CLI generates its ``train``/``sweep`` flags from it, so no flag can be missing
+and no help text can drift.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, Field, field, fields
+from typing import Any
+
+__all__ = ["check_fields", "choices_of", "flag", "inherit", "metadata", "option"]
+
+
+def option(default: Any = MISSING, help: str = "", *, min: float | None = None,
+           above: float | None = None, below: float | None = None,
+           choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+           factory: Callable[[], Any] | None = None, cli: str | None = None) -> Any:
+    """A dataclass field with help text, an allowed range (``v >= min``, ``v > above``,
+    ``v < below``), allowed ``choices`` (or a function giving them) and, for the CLI, the
+    flag's name when it differs from the field's (``cli``)."""
+    meta = metadata(help, min=min, above=above, below=below, choices=choices, cli=cli)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def metadata(help: str, **rules: Any) -> dict[str, Any]:
+    """The metadata :func:`option` stores (for ``field(default_factory=...)`` fields)."""
+    keys = ("min", "above", "below", "choices", "cli")
+    return {"help": help, **{k: rules.get(k) for k in keys}}
+
+
+def inherit(cls: type, name: str, help: str | None = None) -> Any:
+    """A field like ``cls``'s field ``name`` (default, range, choices; help unless given):
+    a sweep's fields that every run shares say what the run's do."""
+    (f,) = (f for f in fields(cls) if f.name == name)
+    meta = {**f.metadata, **({"help": help} if help else {})}
+    return field(default=f.default, metadata=meta)
+
+
+def flag(f: Field) -> str:
+    """The command-line flag of a field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + (f.metadata.get("cli") or f.name).replace("_", "-")
+
+
+def choices_of(f: Field) -> list[str] | None:
+    c = f.metadata.get("choices")
+    return None if c is None else list(c() if callable(c) else c)
+
+
+def check_fields(obj: Any) -> None:
+    """Every field's range and choices, as its metadata states them."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        valid = choices_of(f)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v is None:  # in a list: "the default"
+                continue
+            if valid is not None and v not in valid:
+                name = (f.metadata.get("cli") or f.name).replace("_", " ")
+                raise ValueError(f"unknown {name} {v!r} ({flag(f)}); choose one of {valid}")
+            _check_number(f, v, hints[f.name])
+
+
+def _check_number(f: Field, v: Any, hint: Any) -> None:
+    lo, above, below = (f.metadata.get(k) for k in ("min", "above", "below"))
+    if lo is None and above is None and below is None:
+        return
+    integer = _is_int(hint)
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(v, int) and not isinstance(v, bool) if integer else (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+    bounds = " and ".join(b for b in (f">= {lo:g}" if lo is not None else "",
+                                      f"> {above:g}" if above is not None else "",
+                                      f"< {below:g}" if below is not None else "") if b)
+    if ok:
+        ok = ((lo is None or v >= lo) and (above is None or v > above)
+              and (below is None or v < below))
+    if not ok:
+        raise ValueError(f"{flag(f)} must be {kind} {bounds}, got {v!r}")
+
+
+def _is_int(hint: Any) -> bool:
+    """``int``, ``int | None``, ``list[int]``: integer values."""
+    if hint is int:
+        return True
+    return any(_is_int(a) for a in typing.get_args(hint) if a is not type(None))

@@ -1,0 +1,284 @@
+"""The engine: runs fed by shared feeds, tick by tick, each with its own cadence.
+
+    inputs = Inputs(source, device, cache_choice, rows, layers, workers)
+    Engine(runs, inputs).train()      # every run to its end (or a stop)
+
+A *tick* takes one piece from every feed that still has runs to feed and hands it to
+their consumers; every batch a consumer completes steps its runs (a loop, or vmap for
+same-shape runs, :mod:`losa_cache.train.batching`). After a run's step its own cadence
+applies: log every ``log_every``, validate every ``eval_every`` (runs due at the same
+batch share one read of the val rows), checkpoint every ``checkpoint_every``, stop at
+``stop_at``, test and save at the end. A run whose loss diverges stops alone. Ctrl-C
+checkpoints every run at the end of the tick (twice: at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from losa_cache.train.batching import ShapeGroup
+from losa_cache.train.cache import CacheChoice
+from losa_cache.train.feed import CacheFeed, Consumer, FeatureCache, Feed, keep_mask
+from losa_cache.train.order import RowOrder
+from losa_cache.train.run import Run
+from losa_cache.train.sources import DataSource
+
+__all__ = ["Engine", "Inputs", "evaluate_runs"]
+
+EVAL_WINDOW = 4096  # rows per piece of a sequential evaluation read
+
+
+class Inputs:
+    """What a set of runs reads: one source and, with ``--cache ram|gpu``, the union of
+    their train and val rows of the union of their blocks, read once."""
+
+    def __init__(self, source: DataSource, device: torch.device, choice: CacheChoice,
+                 rows: np.ndarray, layers: Sequence[int], workers: int,
+                 progress: bool = False) -> None:
+        self.source, self.device, self.choice, self.workers = source, device, choice, workers
+        self.cache: FeatureCache | None = None
+        self.bytes_read = 0
+        if choice.mode != "none":
+            where = device if choice.mode == "gpu" else torch.device("cpu")
+            reader = source.feed(RowOrder(rows, EVAL_WINDOW, 0), rows, layers, EVAL_WINDOW,
+                                 torch.device("cpu"), workers)
+            try:
+                info = source.info
+                self.cache = FeatureCache(reader, rows, layers, info.tokens, info.dim,
+                                          info.dtype, where, progress)
+            finally:
+                reader.close()
+            self.bytes_read = self.cache.bytes_read
+
+    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[int],
+             piece_rows: int) -> Feed:
+        if self.cache is not None and self.cache.holds(rows, layers):
+            keep = None if np.array_equal(rows, order.rows) else keep_mask(rows)
+            return CacheFeed(self.cache, order, keep, layers)
+        return self.source.feed(order, rows, layers, piece_rows, self.device, self.workers)
+
+    def close_feed(self, feed: Feed) -> None:
+        self.bytes_read += int(getattr(feed, "bytes_read", 0))
+        feed.close()
+
+
+@torch.no_grad()
+def evaluate_runs(runs: Sequence[Run], role: str, inputs: Inputs) -> dict[int, dict[str, Any]]:
+    """Accuracy and mean cross-entropy of every run on its ``role`` rows: one sequential
+    read of the union of their rows; each run sees its own rows in batches of its size
+    (the same batches alone and in a sweep). Keyed by ``id(run)``."""
+    runs = [r for r in runs if len(r.eval_rows(role))]
+    if not runs:
+        return {}
+    union = np.unique(np.concatenate([r.eval_rows(role) for r in runs]))
+    layers = sorted({i for r in runs for i in r.layers})
+    groups: dict[tuple, tuple[Consumer, list[Run]]] = {}
+    for r in runs:
+        rows = r.eval_rows(role)
+        key = (r.task.task, r.batch)
+        if key not in groups:
+            keep = None if len(rows) == len(union) else keep_mask(rows)
+            groups[key] = (Consumer(r.batch, keep), [])
+        groups[key][1].append(r)
+    sums = {id(r): [0.0, 0, 0] for r in runs}
+    feed = inputs.feed(RowOrder(union, EVAL_WINDOW, 0), union, layers, runs[0].batch)
+    was = {id(r): r.model.training for r in runs}
+    for r in runs:
+        r.model.eval()
+    try:
+        for piece in [*_finite(feed), None]:
+            for consumer, members in groups.values():
+                done = consumer.flush() if piece is None else consumer.feed(piece)
+                for feats, rows in done:
+                    feats = _to(feats, inputs.device)
+                    for r in members:
+                        labels = r.labels_of(rows)
+                        with torch.autocast(labels.device.type, dtype=torch.bfloat16,
+                                            enabled=r.amp):
+                            logits = r.model(feats).float()
+                        s = sums[id(r)]
+                        s[0] += float(F.cross_entropy(logits, labels, reduction="sum"))
+                        s[1] += int((logits.argmax(1) == labels).sum())
+                        s[2] += len(labels)
+    finally:
+        inputs.close_feed(feed)
+        for r in runs:
+            r.model.train(was[id(r)])
+    return {k: {"acc": c / max(1, n), "loss": loss / max(1, n), "n": n}
+            for k, (loss, c, n) in sums.items()}
+
+
+def _finite(feed: Feed) -> Iterator[Any]:
+    yield from feed.pieces(0, loop=False, shuffle=False)
+
+
+def _to(feats: dict[int, torch.Tensor], device: torch.device) -> dict[int, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in feats.items()}
+
+
+class _Lane:
+    """Runs fed by one consumer: same order, task rows, batch size and position."""
+
+    def __init__(self, runs: list[Run], batching: str) -> None:
+        r = runs[0]
+        self.runs, self.consumer = runs, Consumer(r.batch, r.keep, r.position)
+        shapes: dict[str, list[Run]] = {}
+        for run in runs:
+            shapes.setdefault(run.side.to_json(), []).append(run)
+        self.groups = [ShapeGroup(ms, batching) for ms in shapes.values()]
+
+    @property
+    def active(self) -> bool:
+        return any(r.active for r in self.runs)
+
+
+class Engine:
+    """Train ``runs`` from ``inputs`` until each is done, diverged, stopped or interrupted."""
+
+    def __init__(self, runs: Sequence[Run], inputs: Inputs, progress: bool = False,
+                 batching: str = "loop", stop_after: int | None = None,
+                 label: str = "train") -> None:
+        self.runs, self.inputs, self.progress = list(runs), inputs, progress
+        self.batching, self.stop_after, self.label = batching, stop_after, label
+        self.ticks = 0
+        self.feeds: dict[tuple, tuple[RowOrder, list[_Lane]]] = {}
+        lanes: dict[tuple, list[Run]] = {}
+        for r in self.runs:
+            if r.active:
+                key = (r.order.key(), r.task.task, r.batch, r.position)
+                lanes.setdefault(key, []).append(r)
+        for key, members in lanes.items():
+            order = members[0].order
+            self.feeds.setdefault(key[0], (order, []))[1].append(_Lane(members, batching))
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self) -> bool:
+        """Tick until every run is done (True), or stop early with checkpoints (False)."""
+        total = sum(r.steps for r in self.runs)
+        bar = tqdm(total=total, initial=sum(r.step for r in self.runs), unit="step",
+                   desc=self.label, disable=not self.progress, dynamic_ncols=True)
+        ended = [r for r in self.runs if r.active and r.step >= r.steps]
+        if ended:  # resumed from a checkpoint of the last step: only the end is left
+            self._after_step(ended)
+        streams = {k: self._stream(order, lanes) for k, (order, lanes) in self.feeds.items()}
+        try:
+            with _sigint_flag() as interrupted:
+                while any(r.active for r in self.runs):
+                    before = sum(r.step for r in self.runs)
+                    for key, (_, lanes) in self.feeds.items():
+                        if any(lane.active for lane in lanes):
+                            self._feed(lanes, next(streams[key]))
+                    self.ticks += 1
+                    bar.update(sum(r.step for r in self.runs) - before)
+                    if interrupted() or self.ticks == self.stop_after:
+                        self._stop_all("interrupted" if interrupted() else "--stop-after")
+                        if interrupted():
+                            raise KeyboardInterrupt
+                        return False
+        finally:
+            for stream in streams.values():
+                stream.close()
+            bar.close()
+        return all(r.status in ("trained", "diverged") for r in self.runs)
+
+    def _stream(self, order: RowOrder, lanes: list[_Lane]) -> Iterator[Any]:
+        runs = [r for lane in lanes for r in lane.runs]
+        rows = np.unique(np.concatenate([r.train_rows for r in runs]))
+        layers = sorted({i for r in runs for i in r.layers})
+        piece = max(set(r.batch for r in runs), key=[r.batch for r in runs].count)
+        feed = self.inputs.feed(order, rows, layers, piece)
+        try:
+            yield from feed.pieces(min(lane.consumer.position for lane in lanes), True, True)
+        finally:
+            self.inputs.close_feed(feed)
+
+    def _feed(self, lanes: list[_Lane], piece: Any) -> None:
+        for lane in lanes:
+            if not lane.active:
+                continue
+            for feats, rows in lane.consumer.feed(piece):
+                feats = _to(feats, self.inputs.device)
+                stepped = [r for r in lane.runs if r.active]
+                for group in lane.groups:
+                    group.step(feats, rows)
+                for r in stepped:
+                    r.position = lane.consumer.position
+                self._after_step(stepped)
+                if not lane.active:
+                    break
+
+    # ------------------------------------------------------------------ cadence
+
+    def _after_step(self, runs: list[Run]) -> None:
+        """Each run's own cadence after the step it just took."""
+        for r in runs:
+            end = r.step >= r.steps or r.step == r.cfg.stop_at
+            if r.active and r.acc_n and (r.due("log_every") or r.due("eval_every")
+                                         or r.due("checkpoint_every") or end):
+                r.flush()
+        due = [r for r in runs if r.active and (r.due("eval_every") or r.step >= r.steps)
+               and not (r.evals and r.evals[-1]["step"] == r.step)]  # once per step
+        for r, res in zip(due, self._evaluate(due, "val"), strict=True):
+            if res is not None:
+                r.record_eval("val", res)
+        for r in runs:
+            if r.active and (r.due("checkpoint_every") or r.step >= r.steps
+                             or r.step == r.cfg.stop_at):
+                r.checkpoint()
+        done = [r for r in runs if r.active and r.step >= r.steps]
+        for r, res in zip(done, self._evaluate(done, "test"), strict=True):
+            if res is not None:
+                r.record_eval("test", res)
+            r.status = "trained"
+        for r in runs:
+            if r.active and r.step == r.cfg.stop_at:
+                r.status = "stopped"
+                r.notes.append(f"stopped at step {r.step} (--stop-at); --resume continues")
+
+    def _evaluate(self, runs: list[Run], role: str) -> list[dict[str, Any] | None]:
+        if not runs:
+            return []
+        res = evaluate_runs(runs, role, self.inputs)
+        return [res.get(id(r)) for r in runs]
+
+    def _stop_all(self, why: str) -> None:
+        for r in self.runs:
+            if r.active:
+                if r.acc_n:
+                    r.flush()
+                if r.active:
+                    r.checkpoint()
+                    r.status = "stopped"
+                    r.notes.append(f"stopped at step {r.step} ({why}); --resume continues")
+
+
+@contextlib.contextmanager
+def _sigint_flag() -> Iterator[Any]:
+    """First Ctrl-C: stop (with checkpoints) at the end of the tick; second: at once."""
+    flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: flag[0]
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag[0]:
+            raise KeyboardInterrupt
+        flag[0] = True
+        tqdm.write("interrupt: checkpointing after this tick (Ctrl-C again to abort now)")
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: flag[0]
+    finally:
+        signal.signal(signal.SIGINT, old)
+

@@ -1,0 +1,319 @@
+"""A run: one config's model, optimizer, schedule, amp rule, loss, step, state and NaN policy.
+
+``train`` is the engine over one run, ``sweep`` the engine over many: both build runs
+here, so a run is set up, stepped, checkpointed, resumed and finished the same way
+alone and inside a sweep, and writes the same files into its folder::
+
+    metrics.jsonl   train / eval / test records (learning curves)
+    checkpoint.pt   model, optimizer, schedule, RNG, stream position, evaluations
+    metrics.json    the final metrics
+    adapter.*       the trained side network (complete runs)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from losa_cache.side import SideConfig, create_side, head_params, learned_params
+from losa_cache.train import checkpoint as ckpt
+from losa_cache.train.config import TrainConfig
+from losa_cache.train.feed import keep_mask
+from losa_cache.train.optim import build_optimizer, build_scheduler, lr_factor
+from losa_cache.train.order import RowOrder, default_buffer_rows
+from losa_cache.train.sources import SourceInfo, TaskData
+
+__all__ = ["NonFiniteLossError", "Run", "forward_loss", "use_amp"]
+
+#: Settings that may change on --resume (the continuation is then no longer exact).
+TUNABLE_ON_RESUME = frozenset({"lr", "steps", "epochs", "warmup_steps", "weight_decay",
+                               "label_smoothing", "momentum"})
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def use_amp(amp: str, device: torch.device) -> bool:
+    """bf16 autocast on CUDA unless told otherwise."""
+    return amp == "bf16" or (amp == "auto" and device.type == "cuda")
+
+
+def forward_loss(model: torch.nn.Module, feats: Any, labels: torch.Tensor, amp: bool,
+                 smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits) of one batch (``feats``: block outputs, or images for a live
+    baseline): the forward every training step takes."""
+    with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(feats)  # (B, C)
+    return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing), logits
+
+
+class Run:
+    """One config being trained, with its own batch order, cadence and output folder."""
+
+    def __init__(self, cfg: TrainConfig, side: SideConfig, info: SourceInfo, task: TaskData,
+                 splits: dict[str, str | None], split_rows: np.ndarray,
+                 rows: dict[str, np.ndarray], device: torch.device, name: str = "") -> None:
+        """``split_rows``: the train split's rows (the order's domain); ``rows``: the
+        labelled rows of each role (train, val, test)."""
+        self.cfg, self.side, self.info, self.task, self.splits = cfg, side, info, task, splits
+        self.device, self.name, self.out = device, name or cfg.out, Path(cfg.out)
+        self.plan = cfg.plan(len(rows["train"]))
+        self.batch, self.steps = int(self.plan["batch_size"]), int(self.plan["steps"])
+        self.amp = use_amp(cfg.amp, device)
+        torch.manual_seed(cfg.seed)
+        self.model = create_side(side).to(device)
+        self.opt = build_optimizer(self.model, cfg.optimizer, float(self.plan["lr"]),
+                                   float(self.plan["weight_decay"]), cfg.momentum)
+        self.sched = build_scheduler(self.opt, int(self.plan["warmup_steps"]), self.steps)
+        self.rng = ckpt.rng_state()  # this run's own RNG (dropout), swapped in per step
+        self.layers = side.required_layers
+        fp16_row = 2 * info.tokens * info.dim * len(self.layers)
+        self.order = RowOrder(split_rows, cfg.shuffle_buffer or default_buffer_rows(
+            self.batch, len(split_rows), fp16_row), cfg.seed)
+        self.rows = rows
+        self.train_rows = train_rows = rows["train"]
+        self.keep = None if np.array_equal(train_rows, split_rows) else keep_mask(train_rows)
+        self.position, self.step, self.status = 0, 0, "training"
+        self.evals: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.test: dict[str, Any] | None = None
+        self.train_images, self.train_seconds, self.lr = 0, 0.0, float(self.plan["lr"])
+        self.steady: list | None = None  # [images, seconds] after this process's first interval
+        self.error: str | None = None
+        self.last_loss: float | None = None
+        self.notes: list[str] = []
+        self._reset_interval()
+
+    # ------------------------------------------------------------------ start
+
+    def start(self) -> None:
+        """Open the output folder: resume from its checkpoint, or refuse to overwrite one."""
+        state = self._load_resume_state()
+        self.out.mkdir(parents=True, exist_ok=True)
+        if state is not None:
+            self._restore(state)
+        self.log = ckpt.MetricsLog(self.out, self.step if state is not None else None)
+
+    def _load_resume_state(self) -> dict[str, Any] | None:
+        if not self.cfg.resume:
+            if (self.out / ckpt.CHECKPOINT).exists():
+                raise ValueError(f"{self.out} already holds a run ({ckpt.CHECKPOINT}); pass "
+                                 "--resume to continue it, or choose another --out")
+            return None
+        state = ckpt.load_checkpoint(self.out)
+        saved = TrainConfig.from_dict(state["train_config"]).maths()
+        mine = self.cfg.maths()
+        fixed = sorted(k for k in mine if mine[k] != saved[k] and k not in TUNABLE_ON_RESUME)
+        if fixed:
+            raise ValueError(f"--resume: the run in {self.out} was started with different "
+                             f"{fixed} ({[saved[k] for k in fixed]}); use the same values")
+        tuned = sorted(k for k in mine if mine[k] != saved[k])
+        if tuned:
+            self.notes.append(f"resuming with changed {tuned}: not an exact continuation")
+        return state
+
+    def _order_state(self) -> dict[str, int]:
+        return {"num_rows": len(self.order), "seed": self.order.seed,
+                "buffer_rows": self.order.buffer_rows, "batch_size": self.batch}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the checkpoint left off."""
+        if state["order"] != self._order_state():
+            raise ValueError(f"cannot resume {self.out}: the batch order differs from the "
+                             f"checkpoint's ({state['order']} there, {self._order_state()} now)")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.step, self.position, self.rng = state["step"], state["position"], state["rng"]
+        self.evals, self.best = state["evals"], state["best"]
+        self.train_images, self.train_seconds = state["train_images"], state["train_seconds"]
+        # settings tunable on resume win over the checkpoint's (no-ops when unchanged)
+        lr, wd = float(self.plan["lr"]), float(self.plan["weight_decay"])
+        self.sched.base_lrs = [lr] * len(self.opt.param_groups)
+        factor = lr_factor(self.step, int(self.plan["warmup_steps"]), self.steps)
+        for i, group in enumerate(self.opt.param_groups):
+            group.update(initial_lr=lr, lr=lr * factor)
+            group["weight_decay"] = wd if i == 0 else 0.0
+            if "momentum" in group:
+                group["momentum"] = self.cfg.momentum
+        self.notes.append(f"resumed from step {self.step}")
+
+    # ------------------------------------------------------------------ stepping
+
+    def eval_rows(self, role: str) -> np.ndarray:
+        return self.rows.get(role, np.zeros(0, np.int64))
+
+    @property
+    def active(self) -> bool:
+        return self.status == "training"
+
+    def labels_of(self, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.task.labels[rows]).to(self.device, non_blocking=True)
+
+    def train_step(self, feats: dict[int, torch.Tensor], rows: np.ndarray) -> None:
+        """One optimizer step on a batch (the loop: bit-identical alone and in a sweep)."""
+        labels = self.labels_of(rows)
+        with self.own_rng():
+            loss, logits = forward_loss(self.model, feats, labels, self.amp,
+                                        self.cfg.label_smoothing)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+        self.after_step(loss, logits, labels)
+
+    @contextlib.contextmanager
+    def own_rng(self) -> Iterator[None]:
+        """This run's RNG state in, and back out, around its step (only dropout draws)."""
+        if self.side.dropout:
+            ckpt.set_rng_state(self.rng)
+        yield
+        if self.side.dropout:
+            self.rng = ckpt.rng_state()
+
+    def after_step(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """The optimizer step and the interval's metrics (gradients are in place)."""
+        self.lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        n = len(labels)
+        self.acc_loss += loss.detach() * n
+        self.acc_correct += (logits.detach().argmax(1) == labels).sum()
+        self.acc_n += n
+        if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):
+            self.diverge(float(loss.detach()))  # on GPU checked at each flush (no sync)
+
+    def due(self, key: str) -> bool:
+        return self.step % int(self.plan[key]) == 0
+
+    def _reset_interval(self) -> None:
+        self.acc_loss = torch.zeros((), device=self.device)
+        self.acc_correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.acc_n, self.t0 = 0, time.perf_counter()
+
+    def flush(self) -> dict[str, str]:
+        """Log the interval's train metrics, stop on a non-finite loss; the bar's postfix."""
+        loss_sum = float(self.acc_loss)  # syncs the GPU
+        seconds = time.perf_counter() - self.t0
+        n = max(1, self.acc_n)
+        rec = {"kind": "train", "step": self.step, "loss": loss_sum / n,
+               "acc": int(self.acc_correct) / n, "lr": self.lr,
+               "img_s": self.acc_n / max(seconds, 1e-9),
+               "epoch": self.step * self.batch / len(self.train_rows)}
+        self.log.write(rec)
+        self.last_loss = rec["loss"]
+        if self.steady is None:  # the first interval holds start-up (workers, caches): skip it
+            self.steady = [0, 0.0]
+        else:
+            self.steady = [self.steady[0] + self.acc_n, self.steady[1] + seconds]
+        self.train_images += self.acc_n
+        self.train_seconds += seconds
+        self._reset_interval()
+        if not math.isfinite(loss_sum):
+            self.diverge(loss_sum)
+        return {"loss": f"{rec['loss']:.4f}", "acc": f"{rec['acc']:.3f}",
+                "img/s": f"{rec['img_s']:,.0f}"}
+
+    def diverge(self, value: float) -> None:
+        """NaN policy: this run stops; its last good checkpoint stays (others go on)."""
+        if self.status == "diverged":
+            return
+        self.status = "diverged"
+        last = self.last_checkpoint_step()
+        kept = (f"the last good checkpoint (step {last}) is kept in {self.out / ckpt.CHECKPOINT}"
+                f"; lower --lr and rerun with --resume to continue from it" if last is not None
+                else "no checkpoint had been written yet; lower --lr and start again")
+        self.log.write({"kind": "error", "step": self.step, "error": f"loss {value}"})
+        self.error = (f"loss became {value} by step {self.step} (lr {self.lr:.3g}): "
+                      f"training stopped; {kept}")
+
+    def last_checkpoint_step(self) -> int | None:
+        path = self.out / ckpt.CHECKPOINT
+        return int(ckpt.load_checkpoint(self.out)["step"]) if path.exists() else None
+
+    # ------------------------------------------------------------------ evaluation
+
+    def record_eval(self, role: str, res: dict[str, Any]) -> None:
+        rec = {"kind": "eval" if role == "val" else role, "split": self.splits[role],
+               "step": self.step, "acc": res["acc"], "loss": res["loss"]}
+        self.log.write(rec)
+        if role == "test":
+            self.test = res
+            return
+        self.evals.append(rec)
+        if self.best is None or res["acc"] > self.best["acc"]:
+            self.best = {"acc": res["acc"], "step": self.step}
+        self.t0 = time.perf_counter()
+
+    def checkpoint(self) -> None:
+        ckpt.save_checkpoint(self.out, {
+            "step": self.step, "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "rng": self.rng, "position": self.position, "order": self._order_state(),
+            "train_config": self.cfg.to_dict(), "side_config": self.side.to_dict(),
+            "evals": self.evals, "best": self.best, "train_images": self.train_images,
+            "train_seconds": self.train_seconds,
+        })
+        self.t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------ end
+
+    def finish(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """metrics.json (and the adapter, when complete); returns the metrics."""
+        complete = self.step >= self.steps and self.status != "diverged"
+        test = self.test
+        metrics = {
+            "complete": complete, "status": "trained" if complete else self.status,
+            "step": self.step, "plan": self.plan, "method": self.cfg.method,
+            "rank": self.cfg.rank, "layers": list(self.layers), "task": self.task.task,
+            "splits": self.splits, "evals": self.evals,
+            "best_val_acc": self.best and self.best["acc"],
+            "best_val_step": self.best and self.best["step"],
+            "final_val_acc": self.evals[-1]["acc"] if self.evals else None,
+            "final_val_loss": self.evals[-1]["loss"] if self.evals else None,
+            "test_acc": test and test["acc"], "test_loss": test and test["loss"],
+            "learned_params": learned_params(self.side), "head_params": head_params(self.side),
+            "train_loss": self.last_loss,
+            "train_rows": len(self.train_rows), "train_images": self.train_images,
+            "train_seconds": round(self.train_seconds, 3),
+            "images_per_s": self.train_images / self.train_seconds if self.train_seconds else 0,
+            "images_per_s_steady": self.steady[0] / self.steady[1]
+            if self.steady and self.steady[1] else None,
+            "buffer_rows": self.order.buffer_rows, "device": str(self.device),
+            "amp": "bf16" if self.amp else "fp32", "live": self.cfg.live, "error": self.error,
+            "last_checkpoint": str(self.out / ckpt.CHECKPOINT) if self.status == "diverged"
+            and self.last_checkpoint_step() is not None else None,
+            "out": str(self.out), **extra, "notes": self.notes + extra.get("notes", []),
+        }
+        if complete:
+            metrics["adapter"] = str(self._save_adapter(metrics))
+        (self.out / ckpt.METRICS).write_text(_dumps(metrics))
+        return metrics
+
+    def _save_adapter(self, metrics: dict[str, Any]) -> Path:
+        from losa_cache.adapter import save_adapter
+
+        meta = {"fingerprint": self.info.fingerprint, "classes": self.task.classes,
+                "task": self.task.task, "train_config": self.cfg.to_dict(),
+                "metrics": _jsonable(metrics)}
+        return save_adapter(self.out, self.model.cpu(), self.side, meta)
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _dumps(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
