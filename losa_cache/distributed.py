@@ -116,12 +116,12 @@ def _start_cluster(spec: ClusterSpec) -> Any:
             raise RuntimeError(
                 "--cluster cuda needs dask-cuda: `pip install dask-cuda` (or use --cluster local:N)"
             ) from None
-        return LocalCUDACluster(threads_per_worker=1, dashboard_address=None)
+        return LocalCUDACluster(threads_per_worker=1, dashboard_address=":0")
     from distributed import LocalCluster
 
     # one thread per worker: each process owns a model and OpenMP threads would contend
     n = spec.workers or max(1, (torch.multiprocessing.cpu_count() or 1))
-    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
 
 
 # -- on the workers ---------------------------------------------------------------------

@@ -237,7 +237,8 @@ def test_write_failure_leaves_store_incomplete_then_resume_completes(
     path = str(tmp_path / "s.zarr")
     cfg = dict(dataset="demo", store=path, limit=40, shard_rows=16, chunk_rows=8, **MICRO)
     monkeypatch.setattr(W.ShardWriter, "write", failing)
-    with pytest.raises(StoreError, match="disk full; free space, then rerun .* finished shards are kept"):
+    expected = r"disk full; free space, then rerun .* finished shards are kept"
+    with pytest.raises(StoreError, match=expected):
         extract(ExtractConfig(**cfg), progress=False)
     partial = open_store(path)
     assert not partial.complete and partial.done_shards().sum() == 2, "finished shards kept"
