@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from typer.testing import CliRunner
 from zarr.codecs import Crc32cCodec
@@ -28,6 +29,7 @@ from losa_cache.store.direct import DIRECT_ENV, direct_reader
 from losa_cache.store.store import UnverifiedStoreWarning
 from losa_cache.store.writer import checksum
 from losa_cache.train import StoreReader
+from losa_cache.train.feed import FeatureCache
 
 N, T, D, CHUNK, SHARD = 45, 3, 5, 4, 12  # 4 shards, the last partial; a partial last chunk
 LAYER = 3
@@ -157,13 +159,20 @@ def test_damage_stops_the_training_reader(damaged_store: Path) -> None:
     store = open_store(damaged_store)
     rows = np.arange(store.num_images)
     labels = np.zeros(len(rows), dtype=np.int64)
-    for cache in ("none", "ram"):
-        with (
-            pytest.raises(StoreIntegrityError, match="shard 1 of features/block_003"),
-            StoreReader(store, rows, labels, [1, LAYER], 4, cache=cache, workers=2) as reader,
-        ):
-            for _ in itertools.islice(reader.batches(), 20):
-                pass
+    match = "shard 1 of features/block_003"
+    with (
+        pytest.raises(StoreIntegrityError, match=match),
+        StoreReader(store, rows, labels, [1, LAYER], 4, workers=2) as reader,
+    ):
+        for _ in itertools.islice(reader.batches(), 20):
+            pass
+    layout = store.layout  # the memory cache is filled through the same reader
+    with (
+        pytest.raises(StoreIntegrityError, match=match),
+        StoreReader(store, rows, labels, [1, LAYER], 4, workers=2) as reader,
+    ):
+        FeatureCache(reader, rows, [1, LAYER], layout.tokens, layout.dim, torch.float32,
+                     torch.device("cpu"))
 
 
 @pytest.mark.slow
