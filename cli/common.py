@@ -18,10 +18,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, R
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn library errors into one clear line on stderr and exit code 2 (no traceback);
-    library warnings become ``warning: ...`` lines (not Python's file:line + source dump)."""
+    warnings print as one ``warning: ...`` line (not Python's file:line + source dump)."""
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+        with _one_line_warnings():
             yield
     except KeyboardInterrupt:
         typer.echo("interrupted: finished shards/checkpoints are kept; rerun to resume", err=True)
@@ -31,8 +30,19 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _show_warning(message: Warning | str, category: type[Warning], *_args: Any, **_kw: Any) -> None:
-    typer.echo(f"warning: {message}", err=True)
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Only the format changes: where warnings go (stderr, or a test's recorder) stays."""
+    old = warnings.formatwarning
+    warnings.formatwarning = _format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = old
+
+
+def _format_warning(message: Warning | str, *_args: Any, **_kwargs: Any) -> str:
+    return f"warning: {message}\n"
 
 
 def emit_json(obj: Any) -> None:

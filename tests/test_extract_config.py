@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from losa_cache.cli.common import user_errors
 from losa_cache.cli.main import app
 from losa_cache.data.decode import DEFAULT_MAX_PIXELS
 from losa_cache.extract import ExtractConfig
@@ -114,10 +116,16 @@ def test_big_image_is_skipped_naming_max_pixels_and_one_class_warns(tmp_path: Pa
     cmd = ["extract", "--model", "vit_micro", "--random-init", "--workers", "0"]
     dataset = f"imagefolder:{tmp_path / 'pets'}"
     args = [*cmd, "--dataset", dataset, "--store", str(store), "--max-pixels", "1000"]
-    result = CliRunner().invoke(app, args)
+    with pytest.warns(UserWarning, match=r"imagefolder:.*every labelled image has class 'cat'"):
+        result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "warning: imagefolder:" in result.output and "has class 'cat'" in result.output
-    assert "UserWarning" not in result.output
     (skipped,) = open_store(str(store)).skipped()
     assert "cat/big.png" in skipped["error"] and "--max-pixels" in skipped["error"]
     assert "1,200 pixels is over the limit of 1,000" in skipped["error"]
+
+
+def test_cli_warnings_are_one_line() -> None:
+    with user_errors():
+        text = warnings.formatwarning(UserWarning("a: b"), UserWarning, "/x/y.py", 3, "src")
+    assert text == "warning: a: b\n"
+    assert warnings.formatwarning(UserWarning("a"), UserWarning, "/x/y.py", 3) != text
