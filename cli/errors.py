@@ -24,10 +24,11 @@ def run_errors() -> Iterator[None]:
     """One clear line on stderr and exit code 2 for user errors; Ctrl-C exits 130."""
     import torch
 
+    from losa_cache.outdir import OutdirInUse
     from losa_cache.store import StoreError
     from losa_cache.train import NonFiniteLossError
 
-    user = (ValueError, FileNotFoundError, StoreError, NonFiniteLossError, *_lock_errors())
+    user = (ValueError, FileNotFoundError, StoreError, NonFiniteLossError, OutdirInUse)
     try:
         yield
     except KeyboardInterrupt:
@@ -41,11 +42,3 @@ def run_errors() -> Iterator[None]:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 
-
-def _lock_errors() -> tuple[type[BaseException], ...]:
-    """An output folder in use by another run (losa_cache.outdir, where it exists)."""
-    try:
-        from losa_cache.outdir import OutdirInUse  # type: ignore[import-not-found]
-    except ImportError:
-        return ()
-    return (OutdirInUse,)

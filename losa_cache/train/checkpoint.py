@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT", "METRICS", "METRICS_LOG", "MetricsLog", "load_checkpoint",
+__all__ = ["CHECKPOINT", "METRICS", "METRICS_LOG", "CheckpointError", "MetricsLog",
+           "load_checkpoint",
            "peak_memory", "reset_peak_memory", "rng_state", "save_checkpoint", "set_rng_state"]
 
 CHECKPOINT = "checkpoint.pt"
@@ -37,12 +38,27 @@ def save_checkpoint(out: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: cut short or damaged on disk (writes are atomic,
+    so a crash never leaves one half-written)."""
+
+
 def load_checkpoint(out: Path) -> dict[str, Any]:
     path = out / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out}; run without --resume to "
                                 "start, or point --out at the run to continue")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, flipped bytes, not a torch file
+        raise CheckpointError(
+            f"--resume: {path} is damaged or incomplete ({type(e).__name__}); restore it from "
+            "a copy, or train again without --resume into a new --out (nothing in "
+            f"{out} was changed)") from e
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"--resume: {path} is not a losa-cache training checkpoint; "
+                              "point --out at the run to continue")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

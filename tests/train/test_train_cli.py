@@ -145,3 +145,18 @@ def test_a_store_error_while_reading_is_one_line(micro_store: str, tmp_path: Pat
                               "--cache", "none", "--json"])
     assert res.exit_code == 2 and "fails its checksum" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_truncated_checkpoint_on_resume_is_one_line(micro_store: str, tmp_path: Path) -> None:
+    """A checkpoint cut short on disk: one line naming the file and the fix, nothing changed."""
+    out = tmp_path / "run"
+    res = runner.invoke(app, [*ARGS, "--store", micro_store, "--out", str(out), "--stop-at", "2"])
+    assert res.exit_code == 0, res.output
+    ckpt = out / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    res = runner.invoke(app, [*ARGS, "--store", micro_store, "--out", str(out), "--resume"])
+    assert res.exit_code == 2, res.output
+    assert str(ckpt) in res.stderr and "damaged or incomplete" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
