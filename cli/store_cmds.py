@@ -194,6 +194,7 @@ def extract(
         str,
         typer.Option(
             help="demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
+            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH (video: a vivit_* model)"
         ),
     ],
     store: Annotated[str, typer.Option(help="Store path or URL (created, or resumed).")],
@@ -249,6 +250,17 @@ def extract(
             "larger ones are skipped, or stop --strict runs."
         ),
     ] = None,
+    frames: Annotated[
+        int | None, typer.Option(help="Video: frames per clip (default: the model's, e.g. 32).")
+    ] = None,
+    stride: Annotated[int, typer.Option(help="Video: take every N-th frame.")] = 2,
+    clip: Annotated[
+        str, typer.Option(help="Video: where the clip sits in the video: centre | start.")
+    ] = "centre",
+    inflation: Annotated[
+        str,
+        typer.Option(help="Video: tubelet init from the 2D patch kernel: central | average."),
+    ] = "central",
     cluster: Annotated[
         str | None,
         typer.Option(help="Run on Dask: local:N (N worker processes) | cuda (one per GPU)."),
@@ -306,6 +318,10 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
             crop_pct=crop_pct,
             interpolation=interpolation,
             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+            frames=frames,
+            stride=stride,
+            clip=clip,
+            inflation=inflation,
         )
         options = parse_storage_options(storage_options)
         if parse_cluster(cluster, scheduler) is None:
