@@ -31,6 +31,7 @@ from losa_cache.data.video import (
     VideoListDataset,
     VideoRows,
     is_video_list,
+    require_av,
 )
 from losa_cache.data.vtab import Vtab1kDataset
 
@@ -150,6 +151,8 @@ def get_dataset(
     if isinstance(dataset, FileDataset):
         dataset.max_pixels = max_pixels
     if isinstance(dataset, VideoRows):
+        if not isinstance(dataset, FrameFolderDataset):
+            require_av()
         dataset.sampling = sampling or ClipSampling()
     elif sampling is not None:
         raise DatasetError(

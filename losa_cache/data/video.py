@@ -89,6 +89,17 @@ class ClipSampling:
 # ---------------------------------------------------------------- decoding
 
 
+def require_av() -> None:
+    """Refuse a video-file data set up front when PyAV is missing (not one skip per row)."""
+    try:
+        import av  # noqa: F401
+    except ImportError as err:
+        raise DatasetError(
+            "video files need PyAV: pip install 'losa-cache[video]' (or pip install av); "
+            "framefolder: (frames as images) works without it"
+        ) from err
+
+
 class FrameSource:
     """The frames of one video, decoded once; ``get(i)`` gives frame ``i`` as RGB."""
 
@@ -111,6 +122,12 @@ def open_video(path: str | Path, max_pixels: int | None = None) -> FrameSource:
                     name, "no video stream (audio only, or cut short before its index)"
                 )
             stream = container.streams.video[0]
+            if stream.codec_context is None:
+                raise VideoDecodeError(
+                    name,
+                    "no decoder for its video codec in this FFmpeg build; re-encode it, e.g. "
+                    "`ffmpeg -i IN -c:v libx264 OUT.mp4`",
+                )
             _check_size(name, stream.codec_context.width, stream.codec_context.height, limit)
             frames = list(container.decode(stream))
     except VideoDecodeError:

@@ -131,8 +131,14 @@ def bad_videos(folder: Path) -> dict[str, str]:
     (folder / "corrupt.mp4").write_bytes(b"\x00\x01not a video" * 20)
     (folder / "empty.mp4").write_bytes(b"")
     write_audio_only(folder / "audio.mp4")
+    mkv = write_video(folder / "tmp.mkv", frames=6)  # an unknown codec id, same length
+    (folder / "codec.mkv").write_bytes(
+        mkv.read_bytes().replace(b"V_MPEG4/ISO/ASP", b"V_LOSA/UNKNOWN!")
+    )
+    mkv.unlink()
     return {"truncated.mp4": "cut short", "corrupt.mp4": "InvalidData",
-            "empty.mp4": "0 bytes", "audio.mp4": "no video stream"}  # fmt: skip
+            "empty.mp4": "0 bytes", "audio.mp4": "no video stream",
+            "codec.mkv": "no decoder"}  # fmt: skip
 
 
 def test_bad_videos_are_named_items_not_crashes(tmp_path: Path) -> None:
@@ -148,6 +154,13 @@ def test_bad_videos_are_named_items_not_crashes(tmp_path: Path) -> None:
         else:
             assert not ok and name in error and expected[name] in error, error
             assert not x.any()
+
+
+def test_frames_over_max_pixels_are_refused(tmp_path: Path) -> None:
+    write_video(tmp_path / "v" / "c" / "a.mp4", frames=3)
+    ds = get_dataset(f"videofolder:{tmp_path / 'v'}", max_pixels=1000)
+    with pytest.raises(VideoDecodeError, match=r"over the limit of 1,000.*--max-pixels"):
+        ds.load(0)
 
 
 def _to_tensor(im: Image.Image) -> torch.Tensor:
@@ -168,3 +181,9 @@ def test_clip_views_cover_time_and_space(tmp_path: Path) -> None:
     starts = [round(float(views[3 * t, 0, 0].mean()) / 20) for t in range(3)]
     assert starts == [0, 4, 8]  # room 11 - 3 = 8, spread over 3 views
     assert [int(views[k, 1, 0, 0, 0]) for k in range(3)] == [0, 8, 16]  # left, centre, right
+
+
+def test_missing_pyav_is_one_clear_error(video_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "av", None)  # `import av` fails
+    with pytest.raises(DatasetError, match=r"losa-cache\[video\]"):
+        get_dataset(f"videofolder:{video_tree}")

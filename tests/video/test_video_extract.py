@@ -69,7 +69,7 @@ def test_bad_videos_skipped_and_named_or_fatal_with_strict(tmp_path: Path) -> No
     path = str(tmp_path / "s.zarr")
     extract(ExtractConfig(store=path, **common), progress=False)
     skipped = {Path(s["source"]).name: s["error"] for s in open_store(path).skipped()}
-    assert set(skipped) == {"audio.mp4", "corrupt.mp4", "empty.mp4", "truncated.mp4"}
+    assert set(skipped) == {"audio.mp4", "codec.mkv", "corrupt.mp4", "empty.mp4", "truncated.mp4"}
     assert all(name in err for name, err in skipped.items())
     with pytest.raises(ImageDecodeError, match=r"audio\.mp4"):
         extract(ExtractConfig(store=str(tmp_path / "t.zarr"), strict=True, **common))
