@@ -15,7 +15,7 @@ from losa_cache.data import TorchImages, get_dataset
 from losa_cache.data.base import ImageDecodeError
 from losa_cache.data.video import ClipSampling
 from losa_cache.extract import ExtractConfig, extract
-from losa_cache.store import open_store
+from losa_cache.store import StoreError, open_store
 from tests.video.test_video_data import bad_videos
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*every labelled image has class:UserWarning")
@@ -85,3 +85,15 @@ def test_image_and_video_mismatches_are_refused(video_tree: Path, tmp_path: Path
     with pytest.raises(ValueError, match="--frames is for video"):
         ExtractConfig(model="vit_micro", dataset="demo", store=store, frames=8)
     assert not Path(store).exists()
+
+
+def test_resume_with_other_clip_sampling_is_refused(video_tree: Path, tmp_path: Path) -> None:
+    path = str(tmp_path / "s.zarr")
+    cfg = dict(model="vivit_test", random_init=True, dataset=f"videofolder:{video_tree}",
+               store=path, workers=0, device="cpu")  # fmt: skip
+    extract(ExtractConfig(**cfg), progress=False)
+    assert extract(ExtractConfig(**cfg), progress=False).written == 0  # same settings: resumed
+    for change, named in (({"stride": 1}, "stride"), ({"inflation": "average"}, "inflation"),
+                          ({"clip": "start"}, "clip"), ({"frames": 6}, "frames")):  # fmt: skip
+        with pytest.raises(StoreError, match=named):
+            extract(ExtractConfig(**cfg | change), progress=False)
