@@ -57,6 +57,9 @@ class Backbone:
     source: str
     preprocess: dict[str, Any]
     sha256: str = ""
+    #: how clips were sampled (video: stride, clip protocol), set by extraction; features
+    #: depend on it as on the preprocessing, so it is part of the fingerprint
+    sampling: dict[str, Any] = field(default_factory=dict)
     _pruned_to: int | None = field(default=None, repr=False)
 
     @property
@@ -100,6 +103,7 @@ class Backbone:
         if isinstance(self.model, ViViT):
             m = self.model
             video = {"frames": m.frames, "tubelet": m.tubelet, "inflation": m.inflation}
+            video |= self.sampling
         return {
             "model": self.name,
             "weights_sha256": self.sha256,

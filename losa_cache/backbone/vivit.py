@@ -114,6 +114,11 @@ class TubeletEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, frames, H, W = x.shape  # (B, C, F, H, W)
+        if self.img_size != (H, W):
+            raise ValueError(
+                f"frames of {H}x{W} px, but this ViViT takes {self.img_size[0]}x"
+                f"{self.img_size[1]}: resize them, or build it with that --input-size"
+            )
         t = self.tubelet
         x = x.reshape(B, C, frames // t, t, H, W).transpose(1, 2)  # (B, F/t, C, t, H, W)
         x = x.reshape(B * (frames // t), C * t, H, W)

@@ -114,6 +114,13 @@ def test_bad_clip_options_are_refused() -> None:
         create_backbone("vivit_test", random_init=True, inflation="middle")
     with pytest.raises(WeightsError, match="--random-init"):
         create_backbone("vivit_test")
+    video = create_backbone("vivit_test", random_init=True)
+    with pytest.raises(ValueError, match=r"clips \(B, C, 4, H, W\)"):
+        video.intermediates(torch.zeros(1, 3, 32, 32), [0])
+    with pytest.raises(ValueError, match="48x48 px"):
+        video.intermediates(torch.zeros(1, 3, 4, 48, 48), [0])
+    bigger = create_backbone("vivit_test", random_init=True, preprocess={"input_size": (3, 48, 48)})
+    assert bigger.intermediates(torch.zeros(1, 3, 4, 48, 48), [0])[0].shape == (1, 1 + 2 * 36, 32)
 
 
 def test_describe_prices_a_vivit_e_clip_layer() -> None:
