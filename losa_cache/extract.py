@@ -110,8 +110,7 @@ class ExtractConfig:
                 f"{self.model} is an image model"
             )
         if va is not None:
-            ClipSampling(self.frames or va.frames, self.stride, self.clip)
-            check_clip(self.frames or va.frames, va.tubelet, self.inflation)
+            check_clip(self.sampling().frames, va.tubelet, self.inflation)
 
     def sampling(self) -> ClipSampling | None:
         """The clip sampling of a video model (None for an image model)."""

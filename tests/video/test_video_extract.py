@@ -97,3 +97,17 @@ def test_resume_with_other_clip_sampling_is_refused(video_tree: Path, tmp_path: 
                           ({"clip": "start"}, "clip"), ({"frames": 6}, "frames")):  # fmt: skip
         with pytest.raises(StoreError, match=named):
             extract(ExtractConfig(**cfg | change), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"stride": 0}, "--stride must be"),
+        ({"clip": "middle"}, "clip protocol"),
+        ({"frames": 3}, "multiple of the tubelet depth 2"),
+        ({"inflation": "mean"}, "central or average"),
+    ],
+)
+def test_bad_clip_options_fail_before_anything_loads(change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ExtractConfig(model="vivit_test", dataset="demo", store="unused.zarr", **change)
