@@ -86,9 +86,14 @@ def plan(
     no_measure: Annotated[
         bool, typer.Option("--no-measure", help="Skip the matmul probe (no time estimate).")
     ] = False,
+    frames: Annotated[
+        int | None, typer.Option(help="Video backbones: frames per clip (default: the model's).")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Store size per tap, backbone GMACs, extraction time and epoch reads before anything runs.
+
+    Example: losa-cache plan --model vivit_e --dataset kinetics400 --frames 32
 
     Example: losa-cache plan --model vit_g --dataset inat2018 --layers all --dtype fp16
     Example: losa-cache plan --model vit_g --dataset inat2018 --budget 500GB
@@ -98,7 +103,7 @@ def plan(
 
     with user_errors():
         if budget is not None:
-            b = plan_budget(model, dataset, budget, data_root)
+            b = plan_budget(model, dataset, budget, data_root, frames)
         else:
             p = make_plan(
                 model,
@@ -111,6 +116,7 @@ def plan(
                 side_layers,
                 measure=not no_measure,
                 taps=taps,
+                frames=frames,
             )
     if json_out:
         emit_json(b if budget is not None else p)
@@ -118,25 +124,27 @@ def plan(
     if budget is not None:
         typer.echo(_budget_text(b))
         return
-    typer.echo(f"{model} on {dataset}: {p['images']:,} images {p['splits']}")
+    unit = "clips" if p["time_steps"] > 1 else "images"
+    clip = f", {p['frames']}-frame clips" if p["time_steps"] > 1 else ""
+    typer.echo(f"{model} on {dataset}{clip}: {p['images']:,} {unit} {p['splits']}")
     if p["sizes_note"]:
         typer.echo(f"note          {p['sizes_note']}")
     if {"blocks", "attn", "mlp"} & set(p["taps"]):
         typer.echo(f"layers        {len(p['layers'])} of {p['depth']} (0-based): {p['layers']}")
     typer.echo(
         f"taps          {', '.join(p['taps'])}: {p['arrays']} x ({p['tokens']} tokens x "
-        f"{p['dim']}) per image, {p['dtype']}"
+        f"{p['dim']}) per {unit[:-1]}, {p['dtype']}"
     )
     per_tap = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_per_image_by_tap"].items())
     typer.echo(
-        f"per image     {human_bytes(p['bytes_per_image'])} ({per_tap}); transfer "
+        f"per {unit[:-1]:<10}{human_bytes(p['bytes_per_image'])} ({per_tap}); transfer "
         f"{p['transfer_mb_per_image']:.3f} MB = {p['transfer_mib_per_image']:.3f} MiB"
     )
     by_split = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_by_split"].items())
     typer.echo(f"store total   {human_bytes(p['bytes_total'])} ({by_split})")
     bb = p["backbone"]
     typer.echo(
-        f"backbone      {bb['gmacs_per_image']:.1f} GMACs/image (multiply-accumulates, the "
+        f"backbone      {bb['gmacs_per_image']:.1f} GMACs/{unit[:-1]} (multiply-accumulates, the "
         f"LoSA paper's 'GFLOPs') = {bb['gflops_per_image']:.1f} GFLOPs; {bb['blocks_run']} "
         f"of {p['depth']} blocks run"
     )
@@ -152,6 +160,8 @@ def plan(
             f"side network  {method} r={rank}: {p['learned_params'] / 1e6:.3f}M "
             "learned params (head excluded)"
         )
+    if "video" in p:
+        typer.echo(f"video         {p['video']['advice']}")
 
 
 def _budget_text(b: dict) -> str:
@@ -194,6 +204,7 @@ def extract(
         str,
         typer.Option(
             help="demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
+            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH (video: a vivit_* model)"
         ),
     ],
     store: Annotated[
@@ -252,6 +263,17 @@ def extract(
             "larger ones are skipped, or stop --strict runs."
         ),
     ] = None,
+    frames: Annotated[
+        int | None, typer.Option(help="Video: frames per clip (default: the model's, e.g. 32).")
+    ] = None,
+    stride: Annotated[int, typer.Option(help="Video: take every N-th frame.")] = 2,
+    clip: Annotated[
+        str, typer.Option(help="Video: where the clip sits in the video: centre | start.")
+    ] = "centre",
+    inflation: Annotated[
+        str,
+        typer.Option(help="Video: tubelet init from the 2D patch kernel: central | average."),
+    ] = "central",
     cluster: Annotated[
         str | None,
         typer.Option(help="Run on Dask: local:N (N worker processes) | cuda (one per GPU)."),
@@ -309,6 +331,10 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
             crop_pct=crop_pct,
             interpolation=interpolation,
             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+            frames=frames,
+            stride=stride,
+            clip=clip,
+            inflation=inflation,
         )
         options = parse_storage_options(storage_options)
         if parse_cluster(cluster, scheduler) is None:

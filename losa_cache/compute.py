@@ -7,6 +7,7 @@ device); FLOPs = 2 x MACs, as torch's FlopCounterMode counts a matmul.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,15 +39,16 @@ class MacCount:
 
 
 def vit_macs(net: torch.nn.Module, upto_block: int | None = None) -> MacCount:
-    """MACs of one image through patch embed and blocks 0..upto_block (default: all).
+    """MACs of one image (or clip) through patch embed and blocks 0..upto_block (default: all).
 
-    ``upto_block=-1`` counts the patch embedding alone (what the ``embed`` tap needs).
+    ``upto_block=-1`` counts the patch embedding alone (what the ``embed`` tap needs). A
+    ViViT counts every token frame (clip frames / tubelet depth) and its t x p x p kernel.
     """
     grid = net.patch_embed.grid_size
-    patches = grid[0] * grid[1]
+    patches = grid[0] * grid[1] * getattr(net, "time_steps", 1)
     tokens = patches + net.num_prefix_tokens
     proj = net.patch_embed.proj
-    embed = patches * proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1] * net.embed_dim
+    embed = patches * proj.in_channels * math.prod(proj.kernel_size) * net.embed_dim
     last = len(net.blocks) - 1 if upto_block is None else upto_block
     blocks = list(net.blocks)[: last + 1]
     qkv = attention = out = mlp = 0

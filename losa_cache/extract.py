@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from losa_cache.backbone import Backbone, create_backbone
+from losa_cache.backbone import VIDEO_ALIASES, Backbone, create_backbone
 from losa_cache.backbone.device import parse_device, pick_device
+from losa_cache.backbone.vivit import check_clip, video_alias
 from losa_cache.checks import check_at_least, require_positive
 from losa_cache.data import DEFAULT_MAX_PIXELS, get_dataset
 from losa_cache.data.base import ImageDataset, ImageDecodeError
 from losa_cache.data.torch_dataset import TorchImages, worker_context
+from losa_cache.data.video import ClipSampling, VideoRows
 from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
 from losa_cache.store.store import storage_errors
@@ -49,6 +51,7 @@ class ExtractConfig:
     dataset: str = field(
         metadata={
             "help": "demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
+            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH"
         }
     )
     store: str = field(metadata={"help": "store path or URL (created or resumed)"})
@@ -79,6 +82,14 @@ class ExtractConfig:
         default=DEFAULT_MAX_PIXELS,
         metadata={"help": "largest image decoded (width x height); larger ones are skipped"},
     )
+    frames: int | None = field(
+        default=None, metadata={"help": "video: frames per clip (default: the model's)"}
+    )
+    stride: int = field(default=2, metadata={"help": "video: take every N-th frame"})
+    clip: str = field(default="centre", metadata={"help": "video: clip placement, centre|start"})
+    inflation: str = field(
+        default="central", metadata={"help": "video: tubelet init from 2D, central|average"}
+    )
 
     def __post_init__(self) -> None:
         """Refuse bad values before any model or data set is loaded (the CLI prints one line)."""
@@ -92,6 +103,19 @@ class ExtractConfig:
         S.parse_codec(self.codec)
         parse_precision(self.precision)
         parse_device(self.device)
+        va = video_alias(self.model)
+        if va is None and self.frames is not None:
+            raise ValueError(
+                f"--frames is for video backbones ({', '.join(VIDEO_ALIASES)}); "
+                f"{self.model} is an image model"
+            )
+        if va is not None:
+            check_clip(self.sampling().frames, va.tubelet, self.inflation)
+
+    def sampling(self) -> ClipSampling | None:
+        """The clip sampling of a video model (None for an image model)."""
+        va = video_alias(self.model)
+        return ClipSampling(self.frames or va.frames, self.stride, self.clip) if va else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -182,7 +206,14 @@ def prepare(
     cfg: ExtractConfig, device: torch.device
 ) -> tuple[Backbone, ImageDataset, list[int], dict[str, list[int]], tuple[int, ...]]:
     """Load data set and backbone, choose rows and layers (no store I/O yet)."""
-    dataset = get_dataset(cfg.dataset, data_root=cfg.data_root, max_pixels=cfg.max_pixels)
+    dataset = get_dataset(
+        cfg.dataset, data_root=cfg.data_root, max_pixels=cfg.max_pixels, sampling=cfg.sampling()
+    )
+    if isinstance(dataset, VideoRows) and video_alias(cfg.model) is None:
+        raise ValueError(
+            f"{cfg.dataset} holds videos but {cfg.model} is an image model: pick a video "
+            f"backbone ({', '.join(VIDEO_ALIASES)})"
+        )
     rows, splits = select_rows(dataset, cfg.limit, cfg.splits)
     if not rows:
         raise ValueError(f"data set {cfg.dataset} has no rows to extract")
@@ -199,7 +230,11 @@ def prepare(
             "crop_pct": cfg.crop_pct,
             "interpolation": cfg.interpolation,
         },
+        frames=cfg.frames,
+        inflation=cfg.inflation,
     )
+    if backbone.video:
+        backbone.sampling = {"stride": cfg.stride, "clip": cfg.clip}
     layers = parse_layers(cfg.layers, backbone.depth)
     return backbone, dataset, rows, splits, layers
 

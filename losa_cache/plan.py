@@ -20,6 +20,7 @@ import torch
 
 from losa_cache.backbone import create_backbone  # noqa: F401  (registers our architectures)
 from losa_cache.backbone.registry import create_architecture
+from losa_cache.backbone.vivit import VIDEO_ALIASES, check_clip, video_alias
 from losa_cache.compute import backbone_cost, measure_matmul_flops
 from losa_cache.data import KNOWN_SIZES, dataset_sizes
 from losa_cache.data.registry import ADAPTERS
@@ -107,12 +108,22 @@ class Backbone:
     tokens: int
     dim: int
     prefix_tokens: int
+    #: token frames (clip frames / tubelet depth); 1 for images
+    time_steps: int = 1
 
     @classmethod
-    def load(cls, model: str) -> Backbone:
-        net = create_architecture(model, device="meta")
-        tokens = net.num_prefix_tokens + net.patch_embed.num_patches
-        return cls(model, net, len(net.blocks), tokens, net.embed_dim, net.num_prefix_tokens)
+    def load(cls, model: str, frames: int | None = None) -> Backbone:
+        if frames is not None and video_alias(model) is None:
+            raise ValueError(
+                f"--frames is for video backbones ({', '.join(VIDEO_ALIASES)}); "
+                f"{model} is an image model"
+            )
+        if frames is not None:
+            check_clip(frames, video_alias(model).tubelet, "central")
+        net = create_architecture(model, device="meta", frames=frames)
+        steps = getattr(net, "time_steps", 1)
+        tokens = net.num_prefix_tokens + steps * net.patch_embed.num_patches
+        return cls(model, net, len(net.blocks), tokens, net.embed_dim, net.num_prefix_tokens, steps)
 
 
 def price(
@@ -156,9 +167,14 @@ def plan(
     device: str = "auto",
     measure: bool = True,
     taps: str = "blocks",
+    frames: int | None = None,
 ) -> dict[str, Any]:
-    """Sizes, compute, time and (with ``rank``) learned parameters, without loading weights."""
-    bb = Backbone.load(model)
+    """Sizes, compute, time and (with ``rank``) learned parameters, without loading weights.
+
+    A ViViT (``vivit_*``, ``frames`` per clip) also gets ``video``: what caching costs
+    against training live, with numbers.
+    """
+    bb = Backbone.load(model, frames)
     sizes = split_sizes(dataset, data_root)
     cost = price(bb, sizes, layers, taps, dtype)
     backbone = backbone_cost(bb.net, cost["deepest_block"])
@@ -172,6 +188,8 @@ def plan(
         "depth": bb.depth,
         "tokens": bb.tokens,
         "dim": bb.dim,
+        "frames": getattr(bb.net, "frames", 1),
+        "time_steps": bb.time_steps,
         **cost,
         "bytes_per_image_layer": cost["bytes_per_image"] // max(cost["arrays"], 1),
         "bytes_per_layer": cost["bytes_total"] // max(cost["arrays"], 1),
@@ -184,9 +202,65 @@ def plan(
         out |= time_estimate(device, out["images"], 2 * backbone["gmacs_per_image"] * 1e9)
     if rank is not None:
         out["learned_params"] = side_params(
-            method, rank, side_layers or layers, bb.depth, bb.dim, bb.tokens, bb.prefix_tokens
+            method,
+            rank,
+            side_layers or layers,
+            bb.depth,
+            bb.dim,
+            bb.tokens,
+            bb.prefix_tokens,
+            bb.time_steps,
         )
+    if bb.time_steps > 1:
+        out["video"] = video_advice(bb, sizes, dtype)
     return out
+
+
+#: A store is "out of reach" past this size (a large local NVMe array).
+REACHABLE_STORE_BYTES = 20 * 10**12
+
+
+def video_advice(bb: Backbone, sizes: dict[str, int], dtype: str) -> dict[str, Any]:
+    """What caching a video backbone costs per clip-layer and in all, against live training.
+
+    Every clip-layer is (prefix + frames x grid) x D values, 16x an image's at 32 frames with
+    2-frame tubelets; on Kinetics-scale data storing every block is hundreds of terabytes,
+    so live training (the backbone runs each step, nothing backpropagates through it) is
+    the default, and a store only pays for a few blocks or MIST's summed ``sum:`` taps.
+    """
+    all_blocks = price(bb, sizes, "all", "blocks", dtype)
+    few = min(4, bb.depth)
+    options = {
+        "all_blocks": all_blocks["bytes_total"],
+        f"evenly:{few}": price(bb, sizes, f"evenly:{few}", "blocks", dtype)["bytes_total"],
+        "sum:evenly:3": price(
+            bb, sizes, "all", "sum:evenly:3" if bb.depth >= 3 else "sum:all", dtype
+        )["bytes_total"],
+    }
+    per_clip_layer = all_blocks["bytes_per_image"] // max(all_blocks["arrays"], 1)
+    reachable = all_blocks["bytes_total"] <= REACHABLE_STORE_BYTES
+    tb = {k: v / 1e12 for k, v in options.items()}
+    text = (
+        f"one clip-layer is {per_clip_layer / 1e6:,.1f} MB ({bb.tokens} tokens x {bb.dim}, "
+        f"{all_blocks['dtype']}); all {bb.depth} blocks for {store_rows(sizes):,} clips = "
+        f"{tb['all_blocks']:,.1f} TB"
+    )
+    if reachable:
+        text += ": a store of every block fits a large disk, and cached training is fastest"
+    else:
+        text += (
+            f", out of reach: train live (losa-cache train --live: the backbone runs every "
+            f"step, nothing is stored, the paper's setting), or store few layers "
+            f"(--layers evenly:{few}: {tb[f'evenly:{few}']:,.1f} TB) or summed maps "
+            f"(--taps sum:evenly:3: {tb['sum:evenly:3']:,.2f} TB)"
+        )
+    return {
+        "bytes_per_clip_layer": per_clip_layer,
+        "store_bytes": options,
+        "cache_all_reachable": reachable,
+        "recommend": "cached" if reachable else "live",
+        "advice": text,
+    }
 
 
 def time_estimate(device: str, images: int, flops_per_image: float) -> dict[str, Any]:
@@ -214,10 +288,11 @@ def side_params(
     dim: int,
     tokens: int,
     prefix_tokens: int,
+    frames: int = 1,
 ) -> int:
     """Learned parameters of a side network (head excluded, as the paper counts).
 
-    ``rank=None`` keeps the side config's default rank.
+    ``rank=None`` keeps the side config's default rank; ``frames``: token frames of video.
     """
     from losa_cache.side import SideConfig, learned_params
 
@@ -230,6 +305,7 @@ def side_params(
         method=method,
         layers=layers,
         prefix_tokens=prefix_tokens,
+        frames=frames,
         **extra,
     )
     return learned_params(cfg)
@@ -259,10 +335,11 @@ def plan_budget(
     dataset: str,
     budget: str | int,
     data_root: str | None = None,
+    frames: int | None = None,
 ) -> dict[str, Any]:
     """Configurations whose whole store fits ``budget`` bytes, biggest first."""
     limit = budget if isinstance(budget, int) else parse_size(budget)
-    bb = Backbone.load(model)
+    bb = Backbone.load(model, frames)
     sizes = split_sizes(dataset, data_root)
     fits, smallest_losa = [], None
     for layers, taps in budget_configs(bb.depth):
@@ -303,7 +380,14 @@ def budget_row(
     )
     params = (
         side_params(
-            "losa", None, tuple(cost["layers"]), bb.depth, bb.dim, bb.tokens, bb.prefix_tokens
+            "losa",
+            None,
+            tuple(cost["layers"]),
+            bb.depth,
+            bb.dim,
+            bb.tokens,
+            bb.prefix_tokens,
+            bb.time_steps,
         )
         if has_blocks
         else None

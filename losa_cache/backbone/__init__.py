@@ -15,16 +15,28 @@ from timm.data import create_transform, resolve_data_config
 from torch import nn
 
 from losa_cache.backbone.registry import ALIASES, create_architecture, describe, resolve_name
+from losa_cache.backbone.vivit import (
+    VIDEO_ALIASES,
+    ViViT,
+    check_clip,
+    is_video_state,
+    load_video_state,
+    video_alias,
+)
 from losa_cache.backbone.weights import (
     WeightsError,
     load_checkpoint,
+    load_state,
     load_weights,
+    read_state,
     weights_sha256,
     weights_source,
 )
+from losa_cache.store.schema import token_layout
 
 __all__ = [
     "ALIASES",
+    "VIDEO_ALIASES",
     "Backbone",
     "WeightsError",
     "create_backbone",
@@ -45,6 +57,9 @@ class Backbone:
     source: str
     preprocess: dict[str, Any]
     sha256: str = ""
+    #: how clips were sampled (video: stride, clip protocol), set by extraction; features
+    #: depend on it as on the preprocessing, so it is part of the fingerprint
+    sampling: dict[str, Any] = field(default_factory=dict)
     _pruned_to: int | None = field(default=None, repr=False)
 
     @property
@@ -64,26 +79,42 @@ class Backbone:
         return tuple(int(g) for g in self.model.patch_embed.grid_size)  # type: ignore[return-value]
 
     @property
+    def video(self) -> bool:
+        """Whether inputs are clips (B, C, F, H, W) rather than images."""
+        return isinstance(self.model, ViViT)
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames per input clip (1 for images)."""
+        return self.model.frames if isinstance(self.model, ViViT) else 1
+
+    @property
+    def time_steps(self) -> int:
+        """Token frames: clip frames / tubelet depth (1 for images)."""
+        return self.model.time_steps if isinstance(self.model, ViViT) else 1
+
+    @property
     def tokens(self) -> int:
-        return self.prefix_tokens + self.grid[0] * self.grid[1]
+        return self.prefix_tokens + self.time_steps * self.grid[0] * self.grid[1]
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for two feature sets to be interchangeable."""
+        video = {}
+        if isinstance(self.model, ViViT):
+            m = self.model
+            video = {"frames": m.frames, "tubelet": m.tubelet, "inflation": m.inflation}
+            video |= self.sampling
         return {
             "model": self.name,
             "weights_sha256": self.sha256,
             "weights_source": self.source,
             **{k: _jsonable(self.preprocess[k]) for k in PREPROCESS_KEYS},
+            **video,
         }
 
     def token_layout(self) -> dict[str, Any]:
-        return {
-            "prefix_tokens": self.prefix_tokens,
-            "grid": list(self.grid),
-            "frames": 1,
-            "tokens": self.tokens,
-            "order": "prefix_first",
-        }
+        tubelet = self.model.tubelet if isinstance(self.model, ViViT) else 1
+        return token_layout(self.prefix_tokens, self.grid, self.time_steps, tubelet)
 
     def transform(self) -> Any:
         """timm's eval transform for this backbone's (possibly overridden) data config."""
@@ -127,31 +158,66 @@ def create_backbone(
     seed: int = 0,
     preprocess: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
+    frames: int | None = None,
+    inflation: str = "central",
 ) -> Backbone:
-    """Build a frozen, eval-mode backbone with weights from exactly one source."""
+    """Build a frozen, eval-mode backbone with weights from exactly one source.
+
+    A ViViT alias (``vivit_*``) takes ``frames`` (default: the alias's clip length) and
+    ``inflation`` (``central`` | ``average``); image models refuse ``frames``.
+    """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed (--seed) must be an integer >= 0, got {seed!r}")
-    name = resolve_name(model)
+    va = video_alias(model)
+    if va is None and frames is not None:
+        raise ValueError(
+            f"--frames is for video backbones; {model} is an image model "
+            f"(video: {', '.join(VIDEO_ALIASES)})"
+        )
+    name = resolve_name(va.image if va else model)
     source = weights_source(name, checkpoint, pretrained, random_init)
     torch.manual_seed(seed)  # random-init is deterministic, so resumed runs match
-    net = create_architecture(model)
-    load_weights(net, name, source, checkpoint)
+    net = create_architecture(va.image if va else model)
+    state = _read_checkpoint(checkpoint) if va and source == "checkpoint" else None
+    video_state = state if state is not None and is_video_state(state) else None
+    if state is not None and video_state is None:
+        load_state(net, state, str(checkpoint))  # an image checkpoint, read once
+    elif state is None:
+        load_weights(net, name, source, checkpoint)
     sha = weights_sha256(net)
     net.reset_classifier(0)
-    net.eval().requires_grad_(False).to(device)
     cfg = resolve_data_config({}, model=net)
     cfg.update({k: v for k, v in (preprocess or {}).items() if v is not None})
     unknown = set(cfg) - set(PREPROCESS_KEYS)
     for k in unknown:
         cfg.pop(k)
     _fit_input_size(net, name, tuple(cfg["input_size"]))
+    if va is not None:
+        check_clip(frames or va.frames, va.tubelet, inflation)
+        net = ViViT(net, frames=frames or va.frames, tubelet=va.tubelet, inflation=inflation)
+        if video_state is not None:
+            load_video_state(net, video_state, str(checkpoint))
+        sha = weights_sha256(net)  # tubelet kernel and temporal embeddings included
+    net.eval().requires_grad_(False).to(device)
     return Backbone(
         model=net,
-        name=name,
+        name=va.name if va else name,
         source=_source_label(source, checkpoint, seed),
         preprocess=cfg,
         sha256=sha,
     )
+
+
+def _read_checkpoint(checkpoint: str | None) -> dict[str, torch.Tensor] | None:
+    """The tensors of a state-dict checkpoint; None for .npz or a missing file.
+
+    (load_weights reads those itself, and names a missing file.)
+    """
+    if checkpoint is None or checkpoint.lower().endswith(".npz"):
+        return None
+    from pathlib import Path
+
+    return read_state(checkpoint) if Path(checkpoint).is_file() else None
 
 
 def _fit_input_size(net: nn.Module, name: str, input_size: tuple[int, ...]) -> None:

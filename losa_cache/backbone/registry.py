@@ -15,6 +15,7 @@ from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 
 from losa_cache.backbone import demo as _demo
+from losa_cache.backbone.vivit import VIDEO_ALIASES, ViViT
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ ALIASES: dict[str, Alias] = {
         Alias("vit_micro", "losa_micro_vit", "tiny random-architecture ViT for tests (32 px)"),
         Alias("vit_test", "test_vit", "timm's tiny test ViT (160 px, width 64)"),
     ]
+}
+# ViViT aliases stand for the image ViT they inflate (backbone/vivit.py)
+ALIASES |= {
+    v.name: Alias(v.name, ALIASES[v.image].timm_name, v.note) for v in VIDEO_ALIASES.values()
 }
 
 
@@ -115,11 +120,18 @@ def resolve_name(model: str) -> str:
     return model
 
 
-def create_architecture(model: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+def create_architecture(
+    model: str, device: str | torch.device = "cpu", frames: int | None = None
+) -> torch.nn.Module:
     """Instantiate an architecture (random weights, classifier kept for checkpoint loading).
 
     ``device='meta'`` builds it without allocating memory (parameter counts of 4B models).
+    A ViViT alias gives the inflated model for ``frames``-frame clips (default: the alias's).
     """
+    video = VIDEO_ALIASES.get(model)
+    if video is not None:
+        image = create_architecture(video.image, device)
+        return ViViT(image, frames or video.frames, video.tubelet)
     name = resolve_name(model)
     with torch.device(device):
         net = timm.create_model(name.split(".")[0], pretrained=False)
@@ -154,11 +166,12 @@ def check_vit(name: str, net: torch.nn.Module) -> None:
         )
 
 
-def describe(model: str) -> dict:
-    """Parameter count and per-image-layer storage of a backbone, without loading weights."""
-    net = create_architecture(model, device="meta")
+def describe(model: str, frames: int | None = None) -> dict:
+    """Parameter count and per-image(-or-clip)-layer storage, without loading weights."""
+    net = create_architecture(model, device="meta", frames=frames)
     grid = tuple(net.patch_embed.grid_size)
-    tokens = net.num_prefix_tokens + grid[0] * grid[1]
+    steps = getattr(net, "time_steps", 1)
+    tokens = net.num_prefix_tokens + steps * grid[0] * grid[1]
     dim = net.embed_dim
     return {
         "model": model,
@@ -169,6 +182,8 @@ def describe(model: str) -> dict:
         "tokens": tokens,
         "prefix_tokens": net.num_prefix_tokens,
         "grid": list(grid),
+        "frames": getattr(net, "frames", 1),
+        "time_steps": steps,
         "input_size": list(net.pretrained_cfg.get("input_size", (3, *net.patch_embed.img_size))),
         "bytes_per_image_layer_fp16": tokens * dim * 2,
     }

@@ -77,20 +77,24 @@ def load_checkpoint(net: nn.Module, path: str) -> None:
         raise WeightsError(f"checkpoint {path!r} is a folder: pass the weights file inside it")
     if not file.is_file():
         raise WeightsError(f"checkpoint {path!r} does not exist")
-    suffix = file.suffix.lower()
-    if suffix == ".npz":
+    if file.suffix.lower() == ".npz":
         _load_npz(net, file)
         return
+    load_state(net, read_state(path), str(file))
+
+
+def read_state(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a .pth/.pt/.bin/.ckpt or .safetensors checkpoint (not .npz)."""
+    file = Path(path)
+    suffix = file.suffix.lower()
     if suffix == ".safetensors":
-        state = _safetensors_state(file)
-    elif suffix in {".pth", ".pt", ".bin", ".ckpt"}:
-        state = _torch_state(file)
-    else:
-        raise WeightsError(
-            f"checkpoint {path!r}: unknown extension {suffix!r}; "
-            "use .npz, .pth/.pt/.bin or .safetensors"
-        )
-    _load_state(net, state, str(file))
+        return _safetensors_state(file)
+    if suffix in {".pth", ".pt", ".bin", ".ckpt"}:
+        return _torch_state(file)
+    raise WeightsError(
+        f"checkpoint {path!r}: unknown extension {suffix!r}; "
+        "use .npz, .pth/.pt/.bin or .safetensors"
+    )
 
 
 def _unreadable(file: Path, kind: str, err: Exception) -> WeightsError:
@@ -125,7 +129,7 @@ def _torch_state(file: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def _load_state(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+def load_state(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     try:
@@ -187,7 +191,7 @@ def _load_pretrained(net: nn.Module, model_name: str) -> None:
             f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and nothing is downloaded at "
             f"run time: copy them there, or pass --checkpoint FILE ({type(e).__name__}: {e})"
         ) from e
-    _load_state(net, src.state_dict(), f"pretrained:{model_name}")
+    load_state(net, src.state_dict(), f"pretrained:{model_name}")
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from losa_cache.data.base import DatasetError, Sample
 from losa_cache.data.files import IMAGE_EXTENSIONS, FileDataset, require_dir
@@ -31,26 +32,32 @@ _HINT = "expected PATH/<class>/<images> or PATH/{train,val,test}/<class>/<images
 class ImageFolderDataset(FileDataset):
     """Images sorted into one folder per class."""
 
+    #: Spec name and the files taken as rows (``videofolder:`` shares this layout).
+    KIND: ClassVar[str] = "imagefolder"
+    EXTENSIONS: ClassVar[frozenset[str]] = IMAGE_EXTENSIONS
+    ITEMS: ClassVar[str] = "images"
+
     @classmethod
     def from_path(cls, path: str | Path, spec: str | None = None) -> ImageFolderDataset:
         root = Path(path).expanduser().resolve()
-        require_dir(root, "imagefolder root", _HINT)
-        split_dirs = _split_dirs(root)
-        class_dirs = {split: _class_dirs(d) for split, d in split_dirs.items()}
-        classes = sorted({name for dirs in class_dirs.values() for name in dirs})
+        hint = _HINT.replace("images", cls.ITEMS)
+        require_dir(root, f"{cls.KIND} root", hint)
+        splits = split_dirs(root)
+        by_split = {split: class_dirs(d) for split, d in splits.items()}
+        classes = sorted({name for dirs in by_split.values() for name in dirs})
         if not classes:
-            raise DatasetError(f"no class folders in {root}; {_HINT}")
-        samples = _collect(root, class_dirs, classes)
+            raise DatasetError(f"no class folders in {root}; {hint}")
+        samples = _collect(root, by_split, classes, cls.EXTENSIONS)
         if not samples:
-            exts = " ".join(sorted(IMAGE_EXTENSIONS))
-            raise DatasetError(f"no images under {root} (looked for {exts}); {_HINT}")
+            exts = " ".join(sorted(cls.EXTENSIONS))
+            raise DatasetError(f"no {cls.ITEMS} under {root} (looked for {exts}); {hint}")
         used = {s.label for s in samples}
         meta = {
-            "layout": "flat" if split_dirs == {"train": root} else "splits",
+            "layout": "flat" if splits == {"train": root} else "splits",
             "empty_classes": [c for i, c in enumerate(classes) if i not in used],
         }
         return cls(
-            spec=spec or f"imagefolder:{path}",
+            spec=spec or f"{cls.KIND}:{path}",
             samples=samples,
             classes=classes,
             task=root.name,
@@ -59,7 +66,7 @@ class ImageFolderDataset(FileDataset):
         )
 
 
-def _subdirs(path: Path) -> list[Path]:
+def subdirs(path: Path) -> list[Path]:
     """Visible sub-folders, sorted by name."""
     try:
         entries = list(path.iterdir())
@@ -71,14 +78,14 @@ def _subdirs(path: Path) -> list[Path]:
 
 
 def _has_split_folders(root: Path) -> bool:
-    return any(p.name in SPLIT_FOLDERS and _subdirs(p) for p in _subdirs(root))
+    return any(p.name in SPLIT_FOLDERS and subdirs(p) for p in subdirs(root))
 
 
-def _split_dirs(root: Path) -> dict[str, Path]:
+def split_dirs(root: Path) -> dict[str, Path]:
     """Split name -> folder; the root itself is the single "train" split in the flat layout."""
     if not _has_split_folders(root):
         return {"train": root}
-    dirs = _subdirs(root)
+    dirs = subdirs(root)
     others = [p.name for p in dirs if p.name not in SPLIT_FOLDERS]
     if others:
         raise DatasetError(
@@ -97,8 +104,8 @@ def _split_dirs(root: Path) -> dict[str, Path]:
     return {split: found[split] for split in _SPLIT_ORDER if split in found}
 
 
-def _class_dirs(split_dir: Path) -> dict[str, Path]:
-    return {p.name: p for p in _subdirs(split_dir)}
+def class_dirs(split_dir: Path) -> dict[str, Path]:
+    return {p.name: p for p in subdirs(split_dir)}
 
 
 class _Walk:
@@ -112,7 +119,8 @@ class _Walk:
     leads to it; the root and split folders are never entered through a link.
     """
 
-    def __init__(self, reserved: list[Path]) -> None:
+    def __init__(self, reserved: list[Path], extensions: frozenset[str]) -> None:
+        self.extensions = extensions
         self.seen: dict[tuple[int, int], Path] = {}
         for folder in reserved:
             key = _dir_key(folder)
@@ -141,7 +149,7 @@ class _Walk:
             for entry in _entries(current):
                 path = Path(entry.path)
                 if not _is_dir(entry):
-                    if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    if path.suffix.lower() in self.extensions:
                         found.append(path.relative_to(top).as_posix())
                 elif follow or not entry.is_symlink():
                     subdirs.append(path)
@@ -199,12 +207,15 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 
 def _collect(
-    root: Path, class_dirs: dict[str, dict[str, Path]], classes: list[str]
+    root: Path,
+    class_dirs: dict[str, dict[str, Path]],
+    classes: list[str],
+    extensions: frozenset[str] = IMAGE_EXTENSIONS,
 ) -> list[Sample]:
     """Rows in (split, class, path) order; sources relative to ``root``."""
     index = {name: i for i, name in enumerate(classes)}
     folders = [f for dirs in class_dirs.values() for f in dirs.values()]
-    walk = _Walk([root, *{f.parent for f in folders}, *folders])
+    walk = _Walk([root, *{f.parent for f in folders}, *folders], extensions)
     found = walk.images(folders)
     samples: list[Sample] = []
     for split, dirs in class_dirs.items():

@@ -22,7 +22,17 @@ from losa_cache.data.demo import DemoDataset
 from losa_cache.data.files import FileDataset
 from losa_cache.data.folder import ImageFolderDataset
 from losa_cache.data.inat import INAT_FILES, INatDataset
+from losa_cache.data.kinetics import KineticsDataset
 from losa_cache.data.listfile import ListFileDataset
+from losa_cache.data.video import (
+    ClipSampling,
+    FrameFolderDataset,
+    VideoFolderDataset,
+    VideoListDataset,
+    VideoRows,
+    is_video_list,
+    require_av,
+)
 from losa_cache.data.vtab import Vtab1kDataset
 
 Builder = Callable[[str, str, Path | None], ImageDataset]
@@ -65,6 +75,11 @@ def _inat(version: str) -> Builder:
     return build
 
 
+def _list(spec: str, arg: str, data_root: Path | None) -> ImageDataset:
+    dataset = ListFileDataset.from_file(_path(arg, data_root), spec=spec)
+    return VideoListDataset.of(dataset) if is_video_list(dataset) else dataset
+
+
 ADAPTERS: dict[str, Adapter] = {
     "demo": Adapter(_demo, "demo[:SEED]  (built-in procedural shapes, no files)", False),
     "imagefolder": Adapter(
@@ -81,9 +96,20 @@ ADAPTERS: dict[str, Adapter] = {
         _inat("inat2018"), "inat2018[:PATH]  (train2018.json, val2018.json)", False
     ),
     "inat2021": Adapter(_inat("inat2021"), "inat2021[:PATH]  (train.json, val.json)", False),
-    "list": Adapter(
-        lambda spec, arg, root: ListFileDataset.from_file(_path(arg, root), spec=spec),
-        "list:FILE  (lines '<path> <label> [<split>]')",
+    "list": Adapter(_list, "list:FILE  (lines '<path> <label> [<split>]'; images or videos)", True),
+    "kinetics": Adapter(
+        lambda spec, arg, root: KineticsDataset.from_root(_path(arg, root), spec=spec),
+        "kinetics:ROOT  ({train,validate,test}.csv + ROOT/<split>/<id>_<start>_<end>.mp4)",
+        True,
+    ),
+    "videofolder": Adapter(
+        lambda spec, arg, root: VideoFolderDataset.from_path(_path(arg, root), spec=spec),
+        "videofolder:PATH  (PATH/<class>/<video> or PATH/{train,val,test}/<class>/<video>)",
+        True,
+    ),
+    "framefolder": Adapter(
+        lambda spec, arg, root: FrameFolderDataset.from_path(_path(arg, root), spec=spec),
+        "framefolder:PATH  (PATH/<class>/<clip folder>/<frame images>, split folders optional)",
         True,
     ),
 }
@@ -105,12 +131,17 @@ def valid_forms() -> str:
 
 
 def get_dataset(
-    spec: str, data_root: str | Path | None = None, max_pixels: int | None = None
+    spec: str,
+    data_root: str | Path | None = None,
+    max_pixels: int | None = None,
+    sampling: ClipSampling | None = None,
 ) -> ImageDataset:
     """Build the adapter a spec names (see :func:`valid_forms`).
 
-    ``max_pixels`` caps the images decoded (default :data:`DEFAULT_MAX_PIXELS`). Warns when
-    every labelled row has one class: training on it cannot learn anything.
+    ``max_pixels`` caps the images decoded (default :data:`DEFAULT_MAX_PIXELS`);
+    ``sampling`` picks the frames of video rows (default: 32 frames, stride 2, centre
+    clip) and is refused for image data sets. Warns when every labelled row has one
+    class: training on it cannot learn anything.
     """
     if max_pixels is not None and max_pixels < 1:
         raise DatasetError(f"max_pixels must be >= 1, got {max_pixels}")
@@ -119,6 +150,16 @@ def get_dataset(
     dataset = ADAPTERS[name].build(spec, arg, root)
     if isinstance(dataset, FileDataset):
         dataset.max_pixels = max_pixels
+    if isinstance(dataset, VideoRows):
+        if not isinstance(dataset, FrameFolderDataset):
+            require_av()
+        dataset.sampling = sampling or ClipSampling()
+    elif sampling is not None:
+        raise DatasetError(
+            f"{spec!r} is an image data set, but clips were asked for (a vivit_* model or "
+            "--frames/--stride/--clip): use a video data set (kinetics:, videofolder:, "
+            "framefolder:, list: of videos) or an image model"
+        )
     labels = dataset.table.labels
     warn_if_one_class({dataset.classes[i] for i in np.unique(labels[labels >= 0])}, spec)
     return dataset

@@ -38,7 +38,8 @@ class TorchImages(Dataset):
     """Item ``k`` = ``(tensor, row, ok, error)`` for ``row = rows[k]``.
 
     ``ok`` is False (and ``tensor`` zeros of the usual shape) when the image cannot be
-    decoded or the transform fails on it; ``error`` says why ("" when ok).
+    decoded or the transform fails on it; ``error`` says why ("" when ok). A video row
+    (``load`` gives a list of frames) is transformed per frame into (C, F, H, W).
     """
 
     def __init__(
@@ -52,7 +53,10 @@ class TorchImages(Dataset):
         self.transform = transform
         self.rows = np.asarray(rows, dtype=np.int64)  # compact to pickle, whatever was given
         size = blank_size or tuple(dataset.meta.get("image_size", DEFAULT_BLANK_SIZE))
-        blank = transform(Image.new("RGB", size))  # computed once: the shape of a failed item
+        blank = self._apply(Image.new("RGB", size))  # once: the shape of a failed item
+        frames = getattr(dataset, "clip_frames", None)
+        if frames is not None:
+            blank = torch.stack([blank] * frames, dim=1)
         self._blank_shape = tuple(blank.shape)
         self._blank_dtype = blank.dtype
 
@@ -66,10 +70,15 @@ class TorchImages(Dataset):
         except ImageDecodeError as err:
             return self._failed(row, str(err))
         try:
-            return self.transform(image), row, True, ""
+            return self._apply(image), row, True, ""
         except Exception as err:  # one odd image must not kill a worker; the text says why
             source = self.dataset.samples[row].source
             return self._failed(row, f"transform failed on {source!r}: {type(err).__name__}: {err}")
+
+    def _apply(self, image: Image.Image | list[Image.Image]) -> torch.Tensor:
+        if isinstance(image, list):
+            return torch.stack([self.transform(frame) for frame in image], dim=1)  # (C, F, H, W)
+        return self.transform(image)
 
     def _failed(self, row: int, error: str) -> tuple[torch.Tensor, int, bool, str]:
         return torch.zeros(self._blank_shape, dtype=self._blank_dtype), row, False, error

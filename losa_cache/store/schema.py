@@ -8,7 +8,7 @@ Layout of a store (Zarr v3 group)::
                                     (attrs["dtype"] says which); unfinished rows NaN
     index/source        (N, W) uint8  where each row came from (path, URL, demo://...),
                                     UTF-8, NUL-padded to the longest
-    index/status        (N,) uint8  0 pending, 1 ok, 2 skipped (undecodable image)
+    index/status        (N,) uint8  0 pending, 1 ok, 2 skipped (undecodable image/clip)
     index/error         (N, 1024) uint8  why a row was skipped (UTF-8, NUL-padded)
     splits/<name>       (n,) int64  rows of each split; splits may overlap
     tasks/<name>        (N,) int32  one labelling of the rows (-1 = unlabelled);
@@ -142,6 +142,27 @@ def text_for(array: Any, values: Any) -> np.ndarray:
 def text_width(values: Any) -> int:
     """Bytes of the longest string in UTF-8 (at least 1)."""
     return max([1, *(len(str(v).encode()) for v in values)])
+
+
+def token_layout(
+    prefix_tokens: int, grid: tuple[int, int], frames: int = 1, tubelet: int = 1
+) -> dict[str, Any]:
+    """The manifest's ``token_layout``: T = prefix + frames x grid tokens, prefix first.
+
+    Video tokens are frame-major (all grid positions of token frame 0, then frame 1, ...);
+    ``frames`` counts token frames (clip frames / ``tubelet``). An image layout
+    (``frames=1``) has no ``tubelet``/``clip_frames`` keys, as stores before video had.
+    """
+    layout: dict[str, Any] = {
+        "prefix_tokens": prefix_tokens,
+        "grid": list(grid),
+        "frames": frames,
+        "tokens": prefix_tokens + frames * grid[0] * grid[1],
+        "order": "prefix_first",
+    }
+    if frames > 1 or tubelet > 1:
+        layout |= {"tubelet": tubelet, "clip_frames": frames * tubelet}
+    return layout
 
 
 def feature_name(layer: int) -> str:
