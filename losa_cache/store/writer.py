@@ -312,11 +312,16 @@ def _marker(arr: zarr.Array, shard: int) -> bool:
         return False
 
 
+def pending_shards(group: zarr.Group) -> list[int]:
+    """Shards whose done marker reads as not done (unreadable markers are damage)."""
+    done, unreadable = readable_rows(group[S.DONE])
+    return sorted(set(np.flatnonzero(~done.astype(bool)).tolist()) - set(unreadable))
+
+
 def partial_shards(store: FeatureStore) -> list[int]:
     """Shards without a done marker that still hold objects (an interrupted write or
     repair): not errors, since resuming rewrites them whole without reading them."""
-    done, unreadable = readable_rows(store.group[S.DONE])
-    pending = set(np.flatnonzero(~done.astype(bool)).tolist()) - set(unreadable)
+    pending = set(pending_shards(store.group))
     found: set[int] = set()
     for name in per_shard_arrays(store.layout) if pending else []:
         arr = store.group[name]
@@ -364,8 +369,6 @@ def verify_store(
         with storage_errors(path, retry), store_lock(path, storage_options):
             mark_for_repair(path, shards, storage_options)
         store = open_store(path, storage_options)
-    after, unreadable_after = readable_rows(store.group[S.DONE])
-    pending = set(np.flatnonzero(~after.astype(bool)).tolist()) - set(unreadable_after)
     return {
         "store": path,
         "shards_total": len(done),
@@ -373,7 +376,7 @@ def verify_store(
         "bad": bad,
         "bad_shards": shards,
         "repaired": bool(repair and shards),
-        "pending_shards": sorted(pending),
+        "pending_shards": pending_shards(store.group),
         "partial_shards": partial_shards(store),
     }
 
