@@ -108,6 +108,23 @@ def test_overwrite_replaces_and_leaves_no_old_array(store: str) -> None:
     assert open_store(store).tasks == [default, "t"]
 
 
+def test_overwrite_on_an_object_store_under_its_lease(micro_store: str) -> None:
+    """The same switch on an fsspec store (memory://), serialised by the lease object."""
+    import fsspec
+
+    from losa_cache.store.lease import StoreLease
+
+    url = "memory://tasks-safety/s.zarr"
+    fsspec.filesystem("memory").put(micro_store, "/tasks-safety/s.zarr", recursive=True)
+    n = open_store(url).num_images
+    add_task(url, "t", np.zeros(n, np.int32), ["a"])
+    add_task(url, "t", np.ones(n, np.int32), ["a", "b"], overwrite=True)
+    s = open_store(url)
+    assert np.array_equal(s.labels("t"), np.ones(n)) and s.classes("t") == ["a", "b"]
+    assert len(list(s.group["tasks"].array_keys())) == 2
+    assert StoreLease(url).read() is None, "the lease is given back"
+
+
 def test_a_legacy_nested_task_survives_new_tasks(store: str) -> None:
     """A store written before the name rule may hold ``tasks/a/b``; adding ``a`` keeps it."""
     from losa_cache.store import schema as S
