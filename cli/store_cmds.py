@@ -207,7 +207,25 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seed of --random-init.")] = 0,
     data_root: Annotated[str | None, typer.Option(help="Root folder of inat data sets.")] = None,
     layers: Annotated[str, typer.Option(help="all | last:N | evenly:N | 3,6,9 (0-based).")] = "all",
-    dtype: Annotated[str, typer.Option(help="Stored dtype: fp16 | bf16 | fp32.")] = "fp16",
+    dtype: Annotated[
+        str,
+        typer.Option(help="Stored dtype: fp16 | bf16 | fp32 | int8 (one fp16 scale per token)."),
+    ] = "fp16",
+    taps: Annotated[
+        str,
+        typer.Option(
+            help="What to store: blocks, embed (z0), attn, mlp (branches of the --layers "
+            "blocks), sum:K1,K2 (MIST G_k = z0 + first k blocks, k 1-based), sum:all, "
+            "sum:evenly:N; comma-separated."
+        ),
+    ] = "blocks",
+    extend: Annotated[
+        bool,
+        typer.Option(
+            help="Add the --taps a finished store lacks (reruns the backbone, writes only "
+            "the new arrays; every other setting must match)."
+        ),
+    ] = False,
     precision: Annotated[
         str,
         typer.Option(help="Compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
@@ -292,6 +310,8 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
             data_root=data_root,
             layers=layers,
             dtype=dtype,
+            taps=taps,
+            extend=extend,
             precision=precision,
             codec=codec,
             batch_size=batch_size,
@@ -368,6 +388,7 @@ def info(
     typer.echo(f"images       {d['num_images']:,}  splits {d['splits']}")
     typer.echo(f"tokens       {d['token_layout']}")
     typer.echo(f"layers       {len(d['layers'])} of {d['depth']}: {d['layers']}")
+    typer.echo(f"taps         {', '.join(d['taps'])} ({d['arrays']} arrays of (N, T, D))")
     typer.echo(f"tasks        {d['tasks']}  (default {d['default_task']})")
     typer.echo(
         f"storage      {d['dtype']}, codec {d['codec']}, chunk {d['chunk_rows']} rows, "

@@ -309,6 +309,11 @@ def extract_distributed(
             "memory:// stores live inside one process and Dask workers cannot see them; "
             "use a path or an object-store URL (s3://...), or extract without --cluster"
         )
+    if cfg.extend or cfg.taps.replace(" ", "").lower() != "blocks":
+        raise ValueError(
+            "Dask extraction writes --taps blocks only; for other taps or "
+            "--extend, extract without --cluster/--scheduler"
+        )
     with storage_errors(cfg.store, RESUME):  # refuse a bad path before any cluster starts
         inspect_target(cfg.store, storage_options_for(cfg.store, storage_options))
     if client is not None:

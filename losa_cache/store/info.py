@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-from losa_cache.store import schema as S
 from losa_cache.store.store import FeatureStore, has_crc32c, open_store
 
 
@@ -25,7 +24,9 @@ def store_info(path: str, storage_options: dict | None = None) -> dict[str, Any]
         "shards_total": len(done),
         "num_images": store.num_images,
         "splits": {k: len(v) for k, v in store.splits.items()},
+        "taps": store.taps,
         "layers": store.layers,
+        "arrays": len(store.layout.tap_arrays()),
         "depth": store.depth,
         "token_layout": store.token_layout,
         "tasks": store.tasks,
@@ -54,18 +55,19 @@ def feature_bytes(store: FeatureStore, done: np.ndarray) -> dict[str, Any]:
     edge chunks are stored whole (padding), every chunk has a 4-byte crc32c and every
     shard an index, every array a zarr.json; what remains is the codec's doing."""
     lay = store.layout
-    rows = sum(hi - lo for lo, hi in map(lay.shard_range, np.flatnonzero(done).tolist()))
-    chunks = sum(
-        -(-(hi - lo) // lay.chunk_rows)
-        for lo, hi in map(lay.shard_range, np.flatnonzero(done).tolist())
-    )
-    n_layers, shards = len(lay.layers), int(done.sum())
-    arrays = [store.group[S.feature_name(layer)] for layer in lay.layers]
-    logical = rows * lay.row_bytes * n_layers
-    padding = (chunks * lay.chunk_rows - rows) * lay.row_bytes * n_layers
-    crc = 4 if arrays and has_crc32c(arrays[0]) else 0
+    logical = padding = overhead = 0
     per_shard = lay.shard_rows // lay.chunk_rows
-    overhead = (chunks * crc + shards * (16 * per_shard + 4)) * n_layers
+    arrays = [store.group[name] for name in store.feature_arrays()]
+    for arr in arrays:
+        marks = store.done_shards(store._group_of(arr.path).done)
+        ranges = [lay.shard_range(s) for s in np.flatnonzero(marks).tolist()]
+        rows = sum(hi - lo for lo, hi in ranges)
+        chunks = sum(-(-(hi - lo) // lay.chunk_rows) for lo, hi in ranges)
+        row_bytes = arr.nbytes // max(1, arr.shape[0])
+        logical += rows * row_bytes
+        padding += (chunks * lay.chunk_rows - rows) * row_bytes
+        crc = 4 if has_crc32c(arr) else 0
+        overhead += chunks * crc + len(ranges) * (16 * per_shard + 4)
     stored = store.nbytes()["stored"]
     meta = sum(_metadata_bytes(a) for a in arrays)
     payload = stored - overhead - meta  # what the codec made of logical + padding

@@ -1,0 +1,78 @@
+"""``extract --extend``: taps added to a finished store end as if extracted at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from losa_cache.extract import ExtractConfig, extract
+from losa_cache.store import open_store
+from losa_cache.store.store import StoreError
+from losa_cache.store.writer import ShardWriter, verify_store
+
+ALL = "blocks,embed,attn,sum:2,4"
+
+
+def _extract(path: Path, **kw) -> str:
+    cfg = dict(model="vit_micro", random_init=True, dataset="demo", store=str(path), limit=3,
+               workers=0, chunk_rows=2, shard_rows=4, batch_size=4, layers="1,3")
+    extract(ExtractConfig(**{**cfg, **kw}), progress=False)
+    return str(path)
+
+
+def assert_same_store(a: str, b: str) -> None:
+    sa, sb = open_store(a), open_store(b)
+    assert sa.taps == sb.taps and sa.layers == sb.layers
+    assert sa.manifest.identity == sb.manifest.identity
+    for tap in sa.taps:
+        blocks = sa.layers if tap in ("blocks", "attn", "mlp") else [None]
+        for block in blocks:
+            np.testing.assert_array_equal(sa.tap_features(tap, block)[:],
+                                          sb.tap_features(tap, block)[:])
+    assert verify_store(a)["bad"] == [] and verify_store(b)["bad"] == []
+
+
+def test_extend_ends_identical_to_all_at_once(tmp_path: Path) -> None:
+    once = _extract(tmp_path / "once.zarr", taps=ALL)
+    path = _extract(tmp_path / "ext.zarr", taps="blocks")
+    before = open_store(path).features(1)[:]
+    _extract(tmp_path / "ext.zarr", taps="embed,attn,sum:2,4", extend=True)
+    assert_same_store(path, once)
+    np.testing.assert_array_equal(open_store(path).features(1)[:], before)
+    _extract(tmp_path / "ext.zarr", taps=ALL)  # the whole set now resumes as a no-op
+
+
+def test_killed_extend_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    once = _extract(tmp_path / "once.zarr", taps="blocks,mlp,sum:4")
+    path = _extract(tmp_path / "ext.zarr", taps="blocks")
+    real, calls = ShardWriter.write, []
+
+    def dies_on_second(self, shard, *args, **kwargs):
+        calls.append(shard)
+        if len(calls) == 2:
+            raise OSError("killed")
+        return real(self, shard, *args, **kwargs)
+
+    monkeypatch.setattr(ShardWriter, "write", dies_on_second)
+    with pytest.raises(OSError, match="killed"):
+        _extract(tmp_path / "ext.zarr", taps="mlp,sum:4", extend=True)
+    monkeypatch.setattr(ShardWriter, "write", real)
+    s = open_store(path)
+    assert s.taps == ["blocks", "mlp", "sum:4"]
+    with pytest.raises(StoreError, match="not finished"):
+        s.tap_features("sum:4")[:]
+    _extract(tmp_path / "ext.zarr", taps="mlp,sum:4", extend=True)  # resumes
+    assert_same_store(path, once)
+
+
+def test_extend_refuses_other_settings_and_unfinished_stores(tmp_path: Path) -> None:
+    path = _extract(tmp_path / "s.zarr", taps="blocks")
+    with pytest.raises(StoreError, match=r"(?s)only adds taps.*dtype: store has 'float16'"):
+        _extract(tmp_path / "s.zarr", taps="embed", extend=True, dtype="fp32")
+    with pytest.raises(StoreError, match=r"(?s)only adds taps.*layers"):
+        _extract(tmp_path / "s.zarr", taps="embed", extend=True, layers="2")
+    with pytest.raises(StoreError, match="needs an existing store"):
+        _extract(tmp_path / "new.zarr", taps="embed", extend=True)
+    assert open_store(path).taps == ["blocks"]
