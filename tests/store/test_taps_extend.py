@@ -16,8 +16,18 @@ ALL = "blocks,embed,attn,sum:2,4"
 
 
 def _extract(path: Path, **kw) -> str:
-    cfg = dict(model="vit_micro", random_init=True, dataset="demo", store=str(path), limit=3,
-               workers=0, chunk_rows=2, shard_rows=4, batch_size=4, layers="1,3")
+    cfg = dict(
+        model="vit_micro",
+        random_init=True,
+        dataset="demo",
+        store=str(path),
+        limit=3,
+        workers=0,
+        chunk_rows=2,
+        shard_rows=4,
+        batch_size=4,
+        layers="1,3",
+    )
     extract(ExtractConfig(**{**cfg, **kw}), progress=False)
     return str(path)
 
@@ -29,8 +39,9 @@ def assert_same_store(a: str, b: str) -> None:
     for tap in sa.taps:
         blocks = sa.layers if tap in ("blocks", "attn", "mlp") else [None]
         for block in blocks:
-            np.testing.assert_array_equal(sa.tap_features(tap, block)[:],
-                                          sb.tap_features(tap, block)[:])
+            np.testing.assert_array_equal(
+                sa.tap_features(tap, block)[:], sb.tap_features(tap, block)[:]
+            )
     assert verify_store(a)["bad"] == [] and verify_store(b)["bad"] == []
 
 
