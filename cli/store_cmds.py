@@ -355,6 +355,46 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
     typer.echo(f"see: losa-cache info {store}")
 
 
+def subset(
+    src: Annotated[str, typer.Argument(help="Source store path or URL.")],
+    dst: Annotated[str, typer.Argument(help="New store path or URL (created, or resumed).")],
+    layers: Annotated[
+        str | None, typer.Option(help="Blocks to keep (0-based; default all the source has).")
+    ] = None,
+    taps: Annotated[
+        str | None, typer.Option(help="Taps to keep, e.g. blocks,sum:4 (default all).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="fp16 | int8 (default: the source's dtype).")
+    ] = None,
+    rows: Annotated[
+        str | None, typer.Option(help="Splits whose rows to keep, e.g. train,val (default all).")
+    ] = None,
+    storage_options: StorageOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy part of a store (no backbone run): same fingerprint, checksummed, resumable.
+
+    Example: losa-cache subset stores/inat.zarr s3://bucket/inat-sum4.zarr --taps sum:4 \
+--dtype int8 --rows train,val
+    """
+    from losa_cache.store.store import parse_storage_options
+    from losa_cache.store.subset import subset_store
+
+    with user_errors():
+        options = parse_storage_options(storage_options)
+        d = subset_store(src, dst, layers, taps, dtype, rows.split(",") if rows else None,
+                         options, options)  # fmt: skip
+    if json_out:
+        emit_json(d)
+        return
+    typer.echo(
+        f"{dst}: {d['num_images']:,} images, taps {', '.join(d['taps'])}, {d['dtype']}; "
+        f"wrote {d['shards_written']} of {d['shards_total']} shards "
+        f"({human_bytes(d['bytes_written'])}); see: losa-cache info {dst}"
+    )
+
+
 def info(
     store: Annotated[str, typer.Argument(help="Store path or URL.")],
     storage_options: StorageOpt = None,

@@ -80,13 +80,14 @@ def create_store(
     splits: dict[str, list[int]],
     tasks: dict[str, tuple[np.ndarray, list[str]]],
     storage_options: dict | None = None,
+    by: str = "extract",
 ) -> zarr.Group:
     """Create every array and the manifest. Only the coordinating process calls this.
 
     ``path`` must be missing, an empty folder, or the remains of an interrupted creation
     or import (cleared first); anything else is refused (:func:`create_root`).
     """
-    group = create_root(path, "extract", storage_options)
+    group = create_root(path, by, storage_options)
     create_arrays(group, layout, manifest.codec, sources, splits)
     for name, (labels, classes) in tasks.items():
         write_task(group, name, labels, classes, source="dataset")
