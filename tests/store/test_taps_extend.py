@@ -87,3 +87,40 @@ def test_extend_refuses_other_settings_and_unfinished_stores(tmp_path: Path) -> 
     with pytest.raises(StoreError, match="needs an existing store"):
         _extract(tmp_path / "new.zarr", taps="embed", extend=True)
     assert open_store(path).taps == ["blocks"]
+
+
+def test_damaged_extension_array_is_found_repaired_and_rewritten(tmp_path: Path) -> None:
+    """A flipped bit in an added tap is named by verify; --repair resets that extension's
+    marker only, and rerunning --extend rewrites it to the original bytes."""
+    path = _extract(tmp_path / "s.zarr", taps="blocks")
+    _extract(tmp_path / "s.zarr", taps="embed", extend=True)
+    good = open_store(path).tap_features("embed")[:]
+    shard = tmp_path / "s.zarr" / "embed" / "z0" / "c" / "1" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[200] ^= 0x01
+    shard.write_bytes(bytes(data))
+    report = verify_store(path)
+    assert [(b["shard"], b["array"]) for b in report["bad"]] == [(1, "embed/z0")]
+    verify_store(path, repair=True)
+    s = open_store(path)
+    assert s.done_shards().all()  # the block outputs were never touched
+    assert not s.done_shards("progress/extend_0/done")[1]
+    _extract(tmp_path / "s.zarr", taps="embed", extend=True)
+    np.testing.assert_array_equal(open_store(path).tap_features("embed")[:], good)
+    assert verify_store(path)["bad"] == []
+
+
+def test_cli_extract_taps_and_extend(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from losa_cache.cli.main import app
+
+    base = ["extract", "--model", "vit_micro", "--random-init", "--dataset", "demo",
+            "--store", str(tmp_path / "c.zarr"), "--limit", "2", "--workers", "0"]  # fmt: skip
+    run = CliRunner().invoke
+    assert run(app, [*base, "--taps", "blocks"]).exit_code == 0
+    refused = run(app, [*base, "--taps", "blocks,sum:2"])
+    assert refused.exit_code != 0 and "--extend" in refused.output
+    assert run(app, [*base, "--taps", "sum:2", "--extend"]).exit_code == 0
+    info = run(app, ["info", str(tmp_path / "c.zarr")])
+    assert "taps         blocks, sum:2" in info.output
