@@ -429,6 +429,14 @@ def info(
     typer.echo(f"tokens       {d['token_layout']}")
     typer.echo(f"layers       {len(d['layers'])} of {d['depth']}: {d['layers']}")
     typer.echo(f"taps         {', '.join(d['taps'])} ({d['arrays']} arrays of (N, T, D))")
+    if d["tap_layers"] != d["layers"]:
+        typer.echo(f"tap blocks   {d['tap_layers']} (attn/mlp)")
+    for e in d["extensions"]:
+        state = "" if e["shards_done"] == e["shards_total"] else "  INCOMPLETE: rerun --extend"
+        typer.echo(
+            f"  added      {', '.join(e['taps'])}: {e['shards_done']}/{e['shards_total']} "
+            f"shards{state}"
+        )
     typer.echo(f"tasks        {d['tasks']}  (default {d['default_task']})")
     typer.echo(
         f"storage      {d['dtype']}, codec {d['codec']}, chunk {d['chunk_rows']} rows, "

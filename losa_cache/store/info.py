@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from losa_cache.store import schema as S
 from losa_cache.store.store import FeatureStore, has_crc32c, open_store
 
 
@@ -26,7 +27,10 @@ def store_info(path: str, storage_options: dict | None = None) -> dict[str, Any]
         "splits": {k: len(v) for k, v in store.splits.items()},
         "taps": store.taps,
         "layers": store.layers,
+        #: blocks of the per-block taps (blocks, attn, mlp)
+        "tap_layers": list(store.layout.layers) if set(store.taps) & set(S.PER_BLOCK_TAPS) else [],
         "arrays": len(store.layout.tap_arrays()),
+        "extensions": extension_progress(store),
         "depth": store.depth,
         "token_layout": store.token_layout,
         "tasks": store.tasks,
@@ -48,6 +52,15 @@ def store_info(path: str, storage_options: dict | None = None) -> dict[str, Any]
         "versions": m.versions,
         "created": m.created,
     }
+
+
+def extension_progress(store: FeatureStore) -> list[dict[str, Any]]:
+    """Taps added by ``extract --extend`` and how many of their shards are written."""
+    out = []
+    for i, ext in enumerate(store.manifest.extensions):
+        done = store.done_shards(S.extension_progress(i)[0])
+        out.append({"taps": ext["taps"], "shards_done": int(done.sum()), "shards_total": len(done)})
+    return out
 
 
 def feature_bytes(store: FeatureStore, done: np.ndarray) -> dict[str, Any]:
