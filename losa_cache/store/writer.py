@@ -273,7 +273,7 @@ class ShardWriter:
     """Writes whole shards on background threads so the backbone never waits on I/O.
 
     ``max_pending`` bounds the shards held in memory; ``submit`` blocks beyond it.
-    ``groups`` are the store's progress groups (default: the base group alone).
+    ``groups`` are the store's progress groups (default: read from its manifest).
     """
 
     def __init__(
@@ -286,9 +286,8 @@ class ShardWriter:
     ) -> None:
         self.group = group
         self.layout = layout
-        self.groups = groups or [
-            Progress(S.DONE, S.CHECKSUMS, tuple(per_shard_arrays(layout)), layout.taps, True)
-        ]
+        manifest = S.Manifest.from_dict(group.attrs[S.ROOT_ATTR])
+        self.groups = groups or progress_groups(layout, manifest)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="losa-writer")
         self.pending: list[Future] = []
         self.max_pending = max_pending

@@ -169,3 +169,21 @@ def test_resume_with_other_taps_is_refused(tmp_path: Path) -> None:
     _extract(tmp_path / "s.zarr", taps="blocks")
     with pytest.raises(StoreError, match=r"(?s)taps: store has \['blocks'\].*--extend"):
         _extract(tmp_path / "s.zarr", taps="blocks,embed")
+
+
+@pytest.mark.slow
+def test_dask_extraction_of_taps_equals_in_process(tmp_path: Path, tap_store: str) -> None:
+    from losa_cache.distributed import extract_distributed
+
+    cfg = dict(model="vit_micro", random_init=True, dataset="demo", limit=4, workers=0,
+               chunk_rows=2, shard_rows=4, batch_size=4, dtype="fp32", taps=ALL_TAPS)  # fmt: skip
+    path = str(tmp_path / "dask.zarr")
+    extract_distributed(ExtractConfig(store=path, **cfg), cluster="local:1", progress=False)
+    a, b = open_store(path), open_store(tap_store)
+    assert a.taps == b.taps
+    for tap in a.taps:
+        for block in a.layers if tap in ("blocks", "attn", "mlp") else [None]:
+            np.testing.assert_array_equal(a.tap_features(tap, block)[:],
+                                          b.tap_features(tap, block)[:])  # fmt: skip
+    with pytest.raises(ValueError, match="--extend runs in one process"):
+        extract_distributed(ExtractConfig(store=path, extend=True, **cfg), cluster="local:1")
