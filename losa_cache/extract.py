@@ -107,6 +107,7 @@ class ExtractConfig:
         )  # fmt: skip
         require_positive("crop_pct", self.crop_pct)
         S.parse_dtype(self.dtype)
+        parse_taps(self.taps, depth=1 << 20)  # the spelling; k is range-checked on the model
         S.parse_codec(self.codec)
         parse_precision(self.precision)
         parse_device(self.device)

@@ -499,6 +499,10 @@ def verify_store(
         "bad_shards": shards,
         "repaired": bool(repair and shards),
         "pending_shards": pending_shards(store.group),
+        "pending_extension_shards": {
+            ",".join(g.taps): pending_shards(store.group, g.done)
+            for g in progress_groups(store.layout, store.manifest)[1:]
+        },
         "partial_shards": partial_shards(store),
     }
 

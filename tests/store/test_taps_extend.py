@@ -124,3 +124,25 @@ def test_cli_extract_taps_and_extend(tmp_path: Path) -> None:
     assert run(app, [*base, "--taps", "sum:2", "--extend"]).exit_code == 0
     info = run(app, ["info", str(tmp_path / "c.zarr")])
     assert "taps         blocks, sum:2" in info.output
+
+
+def test_extended_store_round_trips_through_hdf5_and_verify_names_pending_taps(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from losa_cache.cli.main import app
+    from losa_cache.store.hdf5 import export_hdf5, import_hdf5
+    from losa_cache.store.writer import mark_for_repair
+
+    path = _extract(tmp_path / "s.zarr", taps="blocks")
+    _extract(tmp_path / "s.zarr", taps="sum:4", extend=True)
+    export_hdf5(path, tmp_path / "s.h5", progress=False)
+    back = str(tmp_path / "back.zarr")
+    import_hdf5(tmp_path / "s.h5", back, progress=False)
+    assert_same_store(path, back)
+    mark_for_repair(path, [2], arrays=["sum/k_004"])
+    report = verify_store(path)
+    assert report["pending_shards"] == [] and report["pending_extension_shards"] == {"sum:4": [2]}
+    out = CliRunner().invoke(app, ["verify", path]).output
+    assert "taps sum:4: 1 shard(s) not written" in out and "--extend --taps sum:4" in out
