@@ -90,3 +90,17 @@ def test_int8_unfinished_rows_and_hdf5_round_trip(tmp_path: Path) -> None:
         open_store(back).tap_features("embed")[:]
     nan = open_store(back, allow_incomplete=True).tap_features("embed")[:4]
     assert np.isnan(nan).all()
+
+
+def test_damaged_int8_scales_are_found(tmp_path: Path) -> None:
+    path = _extract(tmp_path / "q.zarr", dtype="int8")
+    shard = tmp_path / "q.zarr" / "embed" / "z0_scale" / "c" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    bad = verify_store(path)["bad"]
+    assert [(b["shard"], b["array"]) for b in bad] == [(0, "embed/z0_scale")]
+    from losa_cache.store.store import StoreIntegrityError
+
+    with pytest.raises(StoreIntegrityError):
+        open_store(path).tap_features("embed")[:4]

@@ -99,3 +99,21 @@ def test_subset_resumes_after_sigkill(tmp_path: Path, source: str) -> None:
         want = a.tap_features(tap, 0).read_torch(slice(None)).view(torch.int16)
         assert torch.equal(b.tap_features(tap, 0).read_torch(slice(None)).view(torch.int16), want)
     assert verify_store(dst)["bad"] == []
+
+
+def test_cli_subset_and_its_refusals(tmp_path: Path, source: str) -> None:
+    from typer.testing import CliRunner
+
+    from losa_cache.cli.main import app
+
+    run = CliRunner().invoke
+    dst = str(tmp_path / "cli.zarr")
+    ok = run(app, ["subset", source, dst, "--taps", "sum:2", "--dtype", "int8", "--rows", "val"])
+    assert ok.exit_code == 0 and "taps sum:2, int8" in ok.output
+    assert open_store(dst).manifest.subset["rows"] == ["val"]
+    bad = run(app, ["subset", dst, str(tmp_path / "back.zarr"), "--dtype", "fp16"])
+    assert bad.exit_code != 0 and "stays int8" in bad.output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    foreign = run(app, ["subset", source, str(tmp_path / "mine")])
+    assert foreign.exit_code != 0 and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
