@@ -241,7 +241,7 @@ def tile_store(src_path: str, dst: str, copies: int) -> str:
         dst, layout, manifest, np.tile(src.sources, copies).tolist(),
         {"train": list(range(n))}, {task: (np.tile(src.labels(task), copies), src.classes(task))},
     )
-    feats = {layer: src.features(layer).array[:] for layer in layout.layers}
+    feats = {S.feature_name(b): src.features(b).array[:] for b in layout.layers}
     status = np.tile(src.status, copies)
     writer = ShardWriter(group, layout)
     for shard in range(layout.num_shards):

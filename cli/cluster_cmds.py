@@ -71,6 +71,12 @@ def _print_verify(report: dict) -> None:
             f"{len(pending)} shard(s) not extracted yet ({_ranges(pending)}){left}: rerunning "
             "the extract command rewrites them whole"
         )
+    for taps, shards in report.get("pending_extension_shards", {}).items():
+        if shards:
+            typer.echo(
+                f"taps {taps}: {len(shards)} shard(s) not written ({_ranges(shards)}): rerun "
+                f"`losa-cache extract ... --extend --taps {taps}`"
+            )
 
 
 def _ranges(shards: list[int]) -> str:

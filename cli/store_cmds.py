@@ -221,7 +221,25 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seed of --random-init.")] = 0,
     data_root: Annotated[str | None, typer.Option(help="Root folder of inat data sets.")] = None,
     layers: Annotated[str, typer.Option(help="all | last:N | evenly:N | 3,6,9 (0-based).")] = "all",
-    dtype: Annotated[str, typer.Option(help="Stored dtype: fp16 | bf16 | fp32.")] = "fp16",
+    dtype: Annotated[
+        str,
+        typer.Option(help="Stored dtype: fp16 | bf16 | fp32 | int8 (one fp16 scale per token)."),
+    ] = "fp16",
+    taps: Annotated[
+        str,
+        typer.Option(
+            help="What to store: blocks, embed (z0), attn, mlp (branches of the --layers "
+            "blocks), sum:K1,K2 (MIST G_k = z0 + first k blocks, k 1-based), sum:all, "
+            "sum:evenly:N; comma-separated."
+        ),
+    ] = "blocks",
+    extend: Annotated[
+        bool,
+        typer.Option(
+            help="Add the --taps a finished store lacks (reruns the backbone, writes only "
+            "the new arrays; every other setting must match)."
+        ),
+    ] = False,
     precision: Annotated[
         str,
         typer.Option(help="Compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
@@ -317,6 +335,8 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
             data_root=data_root,
             layers=layers,
             dtype=dtype,
+            taps=taps,
+            extend=extend,
             precision=precision,
             codec=codec,
             batch_size=batch_size,
@@ -364,6 +384,46 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
     typer.echo(f"see: losa-cache info {store}")
 
 
+def subset(
+    src: Annotated[str, typer.Argument(help="Source store path or URL.")],
+    dst: Annotated[str, typer.Argument(help="New store path or URL (created, or resumed).")],
+    layers: Annotated[
+        str | None, typer.Option(help="Blocks to keep (0-based; default all the source has).")
+    ] = None,
+    taps: Annotated[
+        str | None, typer.Option(help="Taps to keep, e.g. blocks,sum:4 (default all).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="fp16 | int8 (default: the source's dtype).")
+    ] = None,
+    rows: Annotated[
+        str | None, typer.Option(help="Splits whose rows to keep, e.g. train,val (default all).")
+    ] = None,
+    storage_options: StorageOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy part of a store (no backbone run): same fingerprint, checksummed, resumable.
+
+    Example: losa-cache subset stores/inat.zarr s3://bucket/inat-sum4.zarr --taps sum:4 \
+--dtype int8 --rows train,val
+    """
+    from losa_cache.store.store import parse_storage_options
+    from losa_cache.store.subset import subset_store
+
+    with user_errors():
+        options = parse_storage_options(storage_options)
+        d = subset_store(src, dst, layers, taps, dtype, rows.split(",") if rows else None,
+                         options, options)  # fmt: skip
+    if json_out:
+        emit_json(d)
+        return
+    typer.echo(
+        f"{dst}: {d['num_images']:,} images, taps {', '.join(d['taps'])}, {d['dtype']}; "
+        f"wrote {d['shards_written']} of {d['shards_total']} shards "
+        f"({human_bytes(d['bytes_written'])}); see: losa-cache info {dst}"
+    )
+
+
 def info(
     store: Annotated[str, typer.Argument(help="Store path or URL.")],
     storage_options: StorageOpt = None,
@@ -397,6 +457,15 @@ def info(
     typer.echo(f"images       {d['num_images']:,}  splits {d['splits']}")
     typer.echo(f"tokens       {d['token_layout']}")
     typer.echo(f"layers       {len(d['layers'])} of {d['depth']}: {d['layers']}")
+    typer.echo(f"taps         {', '.join(d['taps'])} ({d['arrays']} arrays of (N, T, D))")
+    if d["tap_layers"] != d["layers"]:
+        typer.echo(f"tap blocks   {d['tap_layers']} (attn/mlp)")
+    for e in d["extensions"]:
+        state = "" if e["shards_done"] == e["shards_total"] else "  INCOMPLETE: rerun --extend"
+        typer.echo(
+            f"  added      {', '.join(e['taps'])}: {e['shards_done']}/{e['shards_total']} "
+            f"shards{state}"
+        )
     typer.echo(f"tasks        {d['tasks']}  (default {d['default_task']})")
     typer.echo(
         f"storage      {d['dtype']}, codec {d['codec']}, chunk {d['chunk_rows']} rows, "

@@ -45,8 +45,10 @@ from losa_cache.extract import (
     pick_device,
     prepare,
     progress_bar,
+    prune_for,
     run_batches,
     shard_batches,
+    store_taps,
 )
 from losa_cache.store import schema as S
 from losa_cache.store.store import (
@@ -176,16 +178,17 @@ class ExtractorPlugin(WorkerPlugin):
         device = pick_device(cfg.device)
         backbone, dataset, rows, splits, layers = prepare(cfg, device)
         sources = [dataset.samples[r].source for r in rows]
-        mine = build_identity(backbone, layers, S.parse_dtype(cfg.dtype), sources, splits)
+        taps = store_taps(cfg.taps, backbone.depth)
+        mine = build_identity(backbone, layers, S.parse_dtype(cfg.dtype), sources, splits, taps)
         diffs = identity_diff(self.identity, mine)
         if diffs:  # e.g. other weights or another file listing on this machine
             raise StoreError(
                 f"worker {get_worker().address} would compute different features than the "
                 "store holds:\n  " + "\n  ".join(diffs)
             )
-        backbone.prune(list(layers))
         group = open_group(cfg.store, mode="r+", storage_options=self.storage_options)
         layout = S.Layout.from_dict(group.attrs[S.ROOT_ATTR]["layout"])
+        prune_for(backbone, layout)
         amp = compute_dtype(cfg.precision, device)
         return WorkerState(cfg, backbone, dataset, rows, sources, device, amp, group, layout)
 
@@ -309,6 +312,8 @@ def extract_distributed(
             "memory:// stores live inside one process and Dask workers cannot see them; "
             "use a path or an object-store URL (s3://...), or extract without --cluster"
         )
+    if cfg.extend:
+        raise ValueError("--extend runs in one process: drop --cluster/--scheduler")
     with storage_errors(cfg.store, RESUME):  # refuse a bad path before any cluster starts
         inspect_target(cfg.store, storage_options_for(cfg.store, storage_options))
     if client is not None:

@@ -1,4 +1,9 @@
-"""Run a frozen backbone once over a data set and write its block outputs to a store.
+"""Run a frozen backbone once over a data set and write its taps to a store.
+
+Taps (``--taps``, store/taps.py) are block outputs, z0, attention/MLP branches and MIST
+prefix sums, all from one forward pass (losa_cache/forward.py). ``--extend`` adds taps to
+a finished store: the backbone runs again and only the new arrays are written, with
+their own done markers (resumable the same way).
 
 Batches never cross a shard boundary, so every shard is computed from the same
 batches whether a run is fresh or resumed: a resumed store equals an uninterrupted one.
@@ -27,14 +32,18 @@ from losa_cache.data.torch_dataset import TorchImages, worker_context
 from losa_cache.data.video import ClipSampling, VideoRows
 from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
+from losa_cache.store.quant import quantize
 from losa_cache.store.store import storage_errors
+from losa_cache.store.taps import deepest_block, parse_taps, tap_names
 from losa_cache.store.target import inspect_target
 from losa_cache.store.writer import (
+    Progress,
     ShardWriter,
     create_store,
-    done_shards,
     now,
     open_for_resume,
+    progress_groups,
+    readable_rows,
     store_lock,
 )
 from losa_cache.versions import versions
@@ -61,7 +70,16 @@ class ExtractConfig:
     seed: int = field(default=0, metadata={"help": "seed of --random-init"})
     data_root: str | None = field(default=None, metadata={"help": "root of inat data sets"})
     layers: str = field(default="all", metadata={"help": "all | last:N | evenly:N | 3,6,9"})
-    dtype: str = field(default="float16", metadata={"help": "stored dtype: fp16|bf16|fp32"})
+    dtype: str = field(
+        default="float16", metadata={"help": "stored dtype: fp16|bf16|fp32|int8 (row scales)"}
+    )
+    taps: str = field(
+        default="blocks",
+        metadata={"help": "blocks,embed,attn,mlp,sum:K1,K2 (1-based k) | sum:all | sum:evenly:N"},
+    )
+    extend: bool = field(
+        default=False, metadata={"help": "add the missing --taps to a finished store"}
+    )
     precision: str = field(
         default="auto",
         metadata={"help": "compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16"},
@@ -100,6 +118,7 @@ class ExtractConfig:
         )  # fmt: skip
         require_positive("crop_pct", self.crop_pct)
         S.parse_dtype(self.dtype)
+        parse_taps(self.taps, depth=1 << 20)  # the spelling; k is range-checked on the model
         S.parse_codec(self.codec)
         parse_precision(self.precision)
         parse_device(self.device)
@@ -186,6 +205,7 @@ def build_identity(
     dtype: str,
     sources: list[str],
     splits: dict[str, list[int]],
+    taps: tuple[str, ...] = ("blocks",),
 ) -> dict[str, Any]:
     """What must match for a run to resume into an existing store."""
     import hashlib
@@ -196,6 +216,7 @@ def build_identity(
     return {
         "backbone": fp,
         "layers": list(layers),
+        "taps": list(taps),
         "dtype": dtype,
         "token_layout": backbone.token_layout(),
         "rows": {"count": len(sources), "sources_sha256": rows, "splits_sha256": split_hash},
@@ -239,6 +260,11 @@ def prepare(
     return backbone, dataset, rows, splits, layers
 
 
+def store_taps(spec: str, depth: int) -> tuple[str, ...]:
+    """Tap names of a ``--taps`` spec, canonical order (blocks, embed, attn, mlp, sum:k)."""
+    return tuple(tap_names(parse_taps(spec, depth)))
+
+
 def new_manifest(
     cfg: ExtractConfig,
     backbone: Backbone,
@@ -277,7 +303,13 @@ def open_or_create(
     dtype = S.parse_dtype(cfg.dtype)
     S.parse_codec(cfg.codec)
     sources = [dataset.samples[r].source for r in rows]
-    identity = build_identity(backbone, layers, dtype, sources, splits)
+    taps = store_taps(cfg.taps, backbone.depth)
+    identity = build_identity(backbone, layers, dtype, sources, splits, taps)
+    if cfg.extend:
+        from losa_cache.store.extend import extend_store
+
+        store = extend_store(cfg.store, identity, storage_options)
+        return store.group, store.layout, True
     existing = open_for_resume(cfg.store, identity, storage_options)
     if existing is not None:
         return existing.group, existing.layout, True
@@ -289,6 +321,7 @@ def open_or_create(
         dtype,
         chunk_rows=cfg.chunk_rows,
         shard_rows=cfg.shard_rows,
+        taps=taps,
     )
     labels = dataset.table.labels[np.asarray(rows, dtype=np.int64)].astype(np.int32)
     task = dataset.task or "default"
@@ -303,6 +336,15 @@ def open_or_create(
         storage_options=storage_options,
     )
     return group, layout, False
+
+
+def shard_needs(group: Any, groups: list[Progress]) -> dict[int, list[Progress]]:
+    """Shard -> the progress groups it still needs written (those not marked done)."""
+    needs: dict[int, list[Progress]] = {}
+    for g in groups:  # an unreadable marker reads as not done: its shard is rewritten
+        for shard in np.flatnonzero(~readable_rows(group[g.done])[0].astype(bool)).tolist():
+            needs.setdefault(int(shard), []).append(g)
+    return needs
 
 
 def shard_batches(layout: S.Layout, shards: list[int], batch_size: int) -> list[list[int]]:
@@ -342,16 +384,20 @@ def make_loader(
 
 
 class ShardBuffer:
-    """Host memory for one shard of every layer, filled batch by batch."""
+    """Host memory for one shard of the arrays of ``groups``, filled batch by batch."""
 
-    def __init__(self, layout: S.Layout, shard: int) -> None:
+    def __init__(self, layout: S.Layout, shard: int, groups: list[Progress]) -> None:
         self.shard = shard
+        self.groups = groups
+        self.taps = tuple(t for g in groups for t in g.taps)
         self.start, stop = layout.shard_range(shard)
         n = stop - self.start
         storage = S.DTYPES[layout.dtype][0]
-        self.features = {
-            lay: np.empty((n, layout.tokens, layout.dim), dtype=storage) for lay in layout.layers
-        }
+        self.features: dict[str, np.ndarray] = {}
+        for name, _, _ in layout.tap_arrays(self.taps):
+            self.features[name] = np.empty((n, layout.tokens, layout.dim), dtype=storage)
+            if layout.dtype == "int8":
+                self.features[S.scale_name(name)] = np.empty((n, layout.tokens), np.float16)
         self.status = np.full(n, S.PENDING, dtype=np.uint8)
         self.errors = np.full(n, "", dtype=object)
         self.filled = 0
@@ -380,6 +426,44 @@ def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
     return x.to(getattr(torch, dtype)).cpu().numpy()
 
 
+def compute_taps(
+    backbone: Backbone, x: torch.Tensor, layout: S.Layout, taps: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """{array path: (B, T, D)} of ``taps``: block outputs alone through the backbone's
+    ``intermediates`` (timm forward_intermediates), anything else through
+    :func:`losa_cache.forward.forward_taps` (the same pass, written out)."""
+    if set(taps) == {"blocks"}:
+        outs = backbone.intermediates(x, list(layout.layers))
+        return {S.feature_name(b): o for b, o in zip(layout.layers, outs, strict=True)}
+    from losa_cache.forward import check_branches, forward_taps, supports_taps
+
+    if not supports_taps(backbone.model):
+        raise ValueError(
+            f"{backbone.name} is not a timm VisionTransformer: only --taps blocks is supported"
+        )
+    if {"attn", "mlp"} & set(taps):
+        check_branches(backbone.model, layout.layers)
+    return forward_taps(backbone.model, x, layout.layers, taps)
+
+
+def put_outputs(buf: ShardBuffer, outs: dict[str, torch.Tensor], lo: int, dtype: str) -> None:
+    """Store a batch's outputs in the shard buffer (int8: codes and row scales)."""
+    for name, out in outs.items():
+        hi = lo + len(out)
+        if dtype == "int8":
+            codes, scales = quantize(out)
+            buf.features[name][lo:hi] = codes.cpu().numpy()
+            buf.features[S.scale_name(name)][lo:hi] = scales.cpu().numpy()
+        else:
+            buf.features[name][lo:hi] = to_storage(out, dtype)
+
+
+def prune_for(backbone: Backbone, layout: S.Layout) -> None:
+    """Drop the blocks after the deepest one any of the store's taps needs."""
+    deepest = deepest_block(parse_taps(list(layout.taps), backbone.depth), layout.layers)
+    backbone.prune([max(0, deepest)])
+
+
 def run_batches(
     loader,
     batches: list[list[int]],
@@ -390,16 +474,20 @@ def run_batches(
     strict: bool,
     sources: list[str],
     log,
+    needs: dict[int, list[Progress]] | None = None,
 ) -> Iterator[tuple[ShardBuffer | None, int]]:
     """Forward every batch; yield (the shard buffer once full, else None, batch size).
 
-    ``batches`` holds the store rows of each batch, in the loader's (preserved) order.
+    ``batches`` holds the store rows of each batch, in the loader's (preserved) order;
+    ``needs`` the progress groups each shard still needs (default: the base group).
     """
     buf: ShardBuffer | None = None
+    base = [Progress(S.DONE, S.CHECKSUMS, (), layout.taps, True)]
     for (x, _rows, ok, errors), store_rows in zip(loader, batches, strict=True):
         first = store_rows[0]
         if buf is None or buf.full:
-            buf = ShardBuffer(layout, first // layout.shard_rows)
+            shard = first // layout.shard_rows
+            buf = ShardBuffer(layout, shard, needs[shard] if needs else base)
         ok = ok.bool()
         if strict and not ok.all():
             bad = int(torch.nonzero(~ok)[0])
@@ -410,11 +498,10 @@ def run_batches(
             )
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
-            outs = backbone.intermediates(x, list(layout.layers))
+            outs = compute_taps(backbone, x, layout, buf.taps)
         lo = first - buf.start
         hi = lo + len(store_rows)
-        for layer, out in zip(layout.layers, outs, strict=True):
-            buf.features[layer][lo:hi] = to_storage(out, layout.dtype)
+        put_outputs(buf, outs, lo, layout.dtype)
         buf.status[lo:hi] = np.where(ok.numpy(), S.OK, S.SKIPPED)
         for i in torch.nonzero(~ok).flatten().tolist():
             buf.errors[lo + i] = errors[i]
@@ -440,12 +527,15 @@ def extract(
         group, layout, resumed = open_or_create(
             cfg, backbone, dataset, rows, splits, layers, storage_options
         )
-        done = done_shards(group)
-        todo = [int(s) for s in np.flatnonzero(~done)]
-        backbone.prune(list(layout.layers))
+        manifest = S.Manifest.from_dict(group.attrs[S.ROOT_ATTR])
+        groups = progress_groups(layout, manifest)
+        needs = shard_needs(group, groups)
+        todo = sorted(needs)
+        prune_for(backbone, layout)
         batches = shard_batches(layout, todo, cfg.batch_size)
         total = sum(len(b) for b in batches)
-        writer = ShardWriter(group, layout)
+        writer = ShardWriter(group, layout, groups=groups)
+        finished = layout.num_shards - len(todo)
         t0 = time.perf_counter()
         bar = progress_bar(total, progress)
         submitted = 0
@@ -454,14 +544,16 @@ def extract(
             sources = [dataset.samples[r].source for r in rows]
             log = bar.write if progress else lambda _m: None
             for buf, n in run_batches(
-                loader, batches, backbone, layout, device, amp, cfg.strict, sources, log
+                loader, batches, backbone, layout, device, amp, cfg.strict, sources, log, needs
             ):
                 bar.update(n)
                 if buf is not None:
                     lock.check()
-                    writer.submit(buf.shard, buf.features, buf.status, buf.errors.astype(str))
+                    writer.submit(
+                        buf.shard, buf.features, buf.status, buf.errors.astype(str), buf.groups
+                    )
                     submitted += 1
-                    bar.set_postfix(shards=f"{int(done.sum()) + submitted}/{layout.num_shards}")
+                    bar.set_postfix(shards=f"{finished + submitted}/{layout.num_shards}")
         finally:
             bar.close()
             writer.close()

@@ -177,8 +177,10 @@ def _import(
         _put(group, f"{name}/zarr.json", meta[name])
     group = open_group(path, mode="r+", storage_options=storage_options)
     names = [n for n in sorted(meta) if json.loads(meta[n])["node_type"] == "array"]
-    late = [S.CHECKSUMS, S.DONE]  # done markers only after the data they vouch for
-    names = [n for n in names if n not in late] + [n for n in late if n in names]
+    # checksums and done markers (the extraction's and every extension's, checksums
+    # first) only after the data they vouch for
+    late = sorted((n for n in names if n.startswith("progress/")), key=lambda n: n.endswith("done"))
+    names = [n for n in names if n not in late] + late
     total = sum(group[n].nbytes for n in names)
     with tqdm(total=total, unit="B", unit_scale=True, desc="import", disable=not progress) as b:
         for name in names:

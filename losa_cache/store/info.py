@@ -25,7 +25,12 @@ def store_info(path: str, storage_options: dict | None = None) -> dict[str, Any]
         "shards_total": len(done),
         "num_images": store.num_images,
         "splits": {k: len(v) for k, v in store.splits.items()},
+        "taps": store.taps,
         "layers": store.layers,
+        #: blocks of the per-block taps (blocks, attn, mlp)
+        "tap_layers": list(store.layout.layers) if set(store.taps) & set(S.PER_BLOCK_TAPS) else [],
+        "arrays": len(store.layout.tap_arrays()),
+        "extensions": extension_progress(store),
         "depth": store.depth,
         "token_layout": store.token_layout,
         "tasks": store.tasks,
@@ -49,23 +54,33 @@ def store_info(path: str, storage_options: dict | None = None) -> dict[str, Any]
     }
 
 
+def extension_progress(store: FeatureStore) -> list[dict[str, Any]]:
+    """Taps added by ``extract --extend`` and how many of their shards are written."""
+    out = []
+    for i, ext in enumerate(store.manifest.extensions):
+        done = store.done_shards(S.extension_progress(i)[0])
+        out.append({"taps": ext["taps"], "shards_done": int(done.sum()), "shards_total": len(done)})
+    return out
+
+
 def feature_bytes(store: FeatureStore, done: np.ndarray) -> dict[str, Any]:
     """Logical bytes of the finished rows' features, bytes on disk, and why they differ:
     edge chunks are stored whole (padding), every chunk has a 4-byte crc32c and every
     shard an index, every array a zarr.json; what remains is the codec's doing."""
     lay = store.layout
-    rows = sum(hi - lo for lo, hi in map(lay.shard_range, np.flatnonzero(done).tolist()))
-    chunks = sum(
-        -(-(hi - lo) // lay.chunk_rows)
-        for lo, hi in map(lay.shard_range, np.flatnonzero(done).tolist())
-    )
-    n_layers, shards = len(lay.layers), int(done.sum())
-    arrays = [store.group[S.feature_name(layer)] for layer in lay.layers]
-    logical = rows * lay.row_bytes * n_layers
-    padding = (chunks * lay.chunk_rows - rows) * lay.row_bytes * n_layers
-    crc = 4 if arrays and has_crc32c(arrays[0]) else 0
+    logical = padding = overhead = 0
     per_shard = lay.shard_rows // lay.chunk_rows
-    overhead = (chunks * crc + shards * (16 * per_shard + 4)) * n_layers
+    arrays = [store.group[name] for name in store.feature_arrays()]
+    for arr in arrays:
+        marks = store.done_shards(store._group_of(arr.path).done)
+        ranges = [lay.shard_range(s) for s in np.flatnonzero(marks).tolist()]
+        rows = sum(hi - lo for lo, hi in ranges)
+        chunks = sum(-(-(hi - lo) // lay.chunk_rows) for lo, hi in ranges)
+        row_bytes = arr.nbytes // max(1, arr.shape[0])
+        logical += rows * row_bytes
+        padding += (chunks * lay.chunk_rows - rows) * row_bytes
+        crc = 4 if has_crc32c(arr) else 0
+        overhead += chunks * crc + len(ranges) * (16 * per_shard + 4)
     stored = store.nbytes()["stored"]
     meta = sum(_metadata_bytes(a) for a in arrays)
     payload = stored - overhead - meta  # what the codec made of logical + padding

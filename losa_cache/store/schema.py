@@ -3,9 +3,17 @@
 Layout of a store (Zarr v3 group)::
 
     zarr.json                       attrs["losa_cache"]: see ``Manifest`` below
-    features/block_007  (N, T, D)   one array per extracted block (0-based index),
-                                    float16 | float32 | bfloat16 stored as uint16 bits
-                                    (attrs["dtype"] says which); unfinished rows NaN
+    features/block_007  (N, T, D)   tap ``blocks``: one array per extracted block (0-based
+                                    index), float16 | float32 | bfloat16 stored as uint16
+                                    bits | int8 codes (attrs["dtype"] says which);
+                                    unfinished rows NaN (int8: their scales are NaN)
+    embed/z0            (N, T, D)   tap ``embed``: tokens entering block 0
+    attn/block_007      (N, T, D)   tap ``attn``: attention branch of a block (after layer
+                                    scale, before the residual add)
+    mlp/block_007       (N, T, D)   tap ``mlp``: MLP branch of a block
+    sum/k_004           (N, T, D)   tap ``sum:4``: z0 + outputs of blocks 1..4 (1-based k)
+    <array>_scale       (N, T) float16  int8 stores: one scale per (image, token) row of
+                                    each array above (absmax / 127); value = code * scale
     index/source        (N, W) uint8  where each row came from (path, URL, demo://...),
                                     UTF-8, NUL-padded to the longest
     index/status        (N,) uint8  0 pending, 1 ok, 2 skipped (undecodable image/clip)
@@ -17,6 +25,9 @@ Layout of a store (Zarr v3 group)::
                                     switched to it (``Manifest.task_arrays``)
     progress/done       (S,) uint8  one done marker per shard, written last
     progress/checksums  (S, A) uint64  blake2b-64 of each per-shard array, at write time
+                                    (attrs["arrays"] names the columns)
+    progress/extend_<i>/done, .../checksums   the same for the taps the i-th
+                                    ``extract --extend`` added (``Manifest.extensions``)
 
 Rows are written a whole shard at a time (all per-shard arrays share ``shard_rows``),
 so a writer owns whole shards and no partial-shard read-modify-write ever happens.
@@ -47,6 +58,11 @@ ROOT_ATTR = "losa_cache"
 MiB = 1 << 20
 
 FEATURES = "features"
+#: tap kind -> the group holding its arrays (``blocks`` keeps schema 1's ``features``)
+TAP_GROUPS = {"blocks": FEATURES, "embed": "embed", "attn": "attn", "mlp": "mlp", "sum": "sum"}
+#: taps with one array per block chosen by ``--layers``
+PER_BLOCK_TAPS = ("blocks", "attn", "mlp")
+SCALE_SUFFIX = "_scale"
 SOURCE = "index/source"
 STATUS = "index/status"
 ERROR = "index/error"
@@ -62,6 +78,7 @@ DTYPES: dict[str, tuple[str, int]] = {
     "float16": ("float16", 2),
     "bfloat16": ("uint16", 2),  # zarr has no bf16: raw bits, viewed back as torch.bfloat16
     "float32": ("float32", 4),
+    "int8": ("int8", 1),  # symmetric codes; values = code * the row's fp16 scale
 }
 #: bfloat16 quiet NaN: the fill value of bf16 arrays (uint16 bits), NaN once viewed
 BF16_NAN_BITS = 0x7FC0
@@ -71,6 +88,7 @@ DTYPE_ALIASES = {
     "bf16": "bfloat16",
     "fp32": "float32",
     "float": "float32",
+    "i8": "int8",
 }
 
 #: Codec names users choose from. Measured on the embedded ViT's real block outputs
@@ -97,19 +115,76 @@ def checked(codec: str) -> list[Any]:
 
 
 def feature_fill(dtype: str) -> float | int:
-    """Fill value of feature arrays: NaN (bf16: its bits), which cannot pass for data."""
+    """Fill value of feature arrays: NaN (bf16: its bits), which cannot pass for data;
+    int8 codes fill with 0 and their scales with NaN, so unwritten rows decode to NaN."""
+    if dtype == "int8":
+        return 0
     return BF16_NAN_BITS if dtype == "bfloat16" else float("nan")
 
 
-def feature_attrs(layer: int, dtype: str) -> dict[str, Any]:
+#: what each tap's arrays hold, for outside readers (array attribute "provenance")
+PROVENANCE = {
+    "blocks": "output of the block (timm forward_intermediates, prefix tokens first)",
+    "embed": "z0: tokens entering block 0 (patch embed, prefix tokens, position embedding, "
+    "norm_pre), prefix tokens first",
+    "attn": "attention branch of the block: drop_path1(ls1(attn(norm1(x)))), before the "
+    "residual add; block output = input + attn + mlp",
+    "mlp": "MLP branch of the block: drop_path2(ls2(mlp(norm2(x + attn)))), before the "
+    "residual add",
+    "sum": "MIST gather G_k = z0 + b_1 + ... + b_k (k 1-based over blocks: 0-based blocks "
+    "0..k-1), accumulated in fp32, stored in the store's dtype",
+}
+
+
+def feature_attrs(tap: str, index: int | None, dtype: str) -> dict[str, Any]:
     """Array attributes that tell an outside reader what the stored numbers are."""
-    attrs: dict[str, Any] = {"block": layer, "dtype": dtype}
+    kind = tap_kind(tap)
+    attrs: dict[str, Any] = {"tap": tap, "dtype": dtype, "provenance": PROVENANCE[kind]}
+    if kind in PER_BLOCK_TAPS:
+        attrs["block"] = index
+    elif kind == "sum":
+        attrs["k"] = index
     if dtype == "bfloat16":
         attrs["stored_as"] = (
             "uint16 bit patterns of bfloat16: view the bits as bfloat16 "
             "(do not convert the integers); 0x7FC0 = NaN = not yet written"
         )
+    if dtype == "int8":
+        attrs["stored_as"] = (
+            "int8 codes q of symmetric quantisation: value = float32(q) * float32(scale), "
+            f"scale = the fp16 (image, token) row of the array '<this>{SCALE_SUFFIX}' "
+            "(absmax / 127; 0 for an all-zero row; NaN = not yet written)"
+        )
     return attrs
+
+
+def tap_kind(tap: str) -> str:
+    """``sum:4`` -> ``sum``; other tap names are their kind."""
+    return tap.split(":", 1)[0]
+
+
+def tap_array(tap: str, block: int | None = None) -> str:
+    """Array path of one tap (``block``: 0-based, for ``blocks``/``attn``/``mlp``)."""
+    kind = tap_kind(tap)
+    if kind == "embed":
+        return f"{TAP_GROUPS[kind]}/z0"
+    if kind == "sum":
+        return f"{TAP_GROUPS[kind]}/k_{int(tap.split(':', 1)[1]):03d}"
+    if block is None:
+        raise ValueError(f"tap {tap!r} has one array per block: give block=")
+    return f"{TAP_GROUPS[kind]}/block_{block:03d}"
+
+
+def scale_name(array: str) -> str:
+    """The int8 scale array of a feature array."""
+    return array + SCALE_SUFFIX
+
+
+def tap_order(tap: str) -> tuple[int, int]:
+    """Canonical order of tap names: blocks, embed, attn, mlp, then sum:k by k."""
+    kind = tap_kind(tap)
+    k = int(tap.split(":", 1)[1]) if kind == "sum" else 0
+    return (list(TAP_GROUPS).index(kind), k)
 
 
 def encode_text(values: Any, width: int) -> np.ndarray:
@@ -167,7 +242,7 @@ def token_layout(
 
 def feature_name(layer: int) -> str:
     """Array path of block ``layer`` (0-based, as timm indexes blocks)."""
-    return f"{FEATURES}/block_{layer:03d}"
+    return tap_array("blocks", layer)
 
 
 def task_name(name: str) -> str:
@@ -205,11 +280,34 @@ class Layout:
     dtype: str
     chunk_rows: int
     shard_rows: int
+    #: tap names the store holds (``store.taps``), canonical order; schema <= 2: blocks
+    taps: tuple[str, ...] = ("blocks",)
 
     @property
     def row_bytes(self) -> int:
-        """Bytes of one image for one layer."""
-        return self.tokens * self.dim * DTYPES[self.dtype][1]
+        """Bytes of one image in one feature array (int8: codes and the row scales)."""
+        scales = self.tokens * 2 if self.dtype == "int8" else 0
+        return self.tokens * self.dim * DTYPES[self.dtype][1] + scales
+
+    def tap_arrays(self, taps: tuple[str, ...] | None = None) -> list[tuple[str, str, int | None]]:
+        """(array path, tap, block or k) of every feature array of ``taps`` (default: all
+        the store's taps), canonical order; int8 scale arrays are not listed."""
+        out: list[tuple[str, str, int | None]] = []
+        for tap in sorted(self.taps if taps is None else taps, key=tap_order):
+            kind = tap_kind(tap)
+            if kind in PER_BLOCK_TAPS:
+                out += [(tap_array(tap, b), tap, b) for b in self.layers]
+            else:
+                k = int(tap.split(":", 1)[1]) if kind == "sum" else None
+                out.append((tap_array(tap), tap, k))
+        return out
+
+    def stored_arrays(self, taps: tuple[str, ...] | None = None) -> list[str]:
+        """Every per-shard feature array of ``taps`` (int8: each array, then its scales)."""
+        names = [name for name, _, _ in self.tap_arrays(taps)]
+        if self.dtype == "int8":
+            return [n for name in names for n in (name, scale_name(name))]
+        return names
 
     @property
     def num_shards(self) -> int:
@@ -220,11 +318,11 @@ class Layout:
         return start, min(start + self.shard_rows, self.num_images)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "layers": list(self.layers)}
+        return {**asdict(self), "layers": list(self.layers), "taps": list(self.taps)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Layout:
-        return cls(**{**d, "layers": tuple(d["layers"])})
+        return cls(**{**d, "layers": tuple(d["layers"]), "taps": tuple(d.get("taps", ("blocks",)))})
 
 
 def plan_layout(
@@ -238,6 +336,7 @@ def plan_layout(
     buffer_mb: float = 2048.0,
     chunk_rows: int | None = None,
     shard_rows: int | None = None,
+    taps: tuple[str, ...] = ("blocks",),
 ) -> Layout:
     """Choose chunk and shard rows.
 
@@ -247,17 +346,20 @@ def plan_layout(
     """
     if num_images < 1:
         raise ValueError("a store needs at least one image")
-    row_bytes = tokens * dim * DTYPES[dtype][1]
+    taps = tuple(sorted(taps, key=tap_order))
+    draft = Layout(num_images, tokens, dim, tuple(layers), dtype, 1, 1, taps)
+    row_bytes = draft.row_bytes
+    arrays = max(1, len(draft.tap_arrays()))
     chunk = chunk_rows or max(1, round(chunk_mb * MiB / row_bytes))
     chunk = min(chunk, num_images)
     if shard_rows is None:
         per_chunk = max(1, int(shard_mb // max(chunk_mb, 1e-9)))
-        fit = int(buffer_mb * MiB // (2 * len(layers) * row_bytes * chunk))
+        fit = int(buffer_mb * MiB // (2 * arrays * row_bytes * chunk))
         per_chunk = max(1, min(per_chunk, fit, -(-num_images // chunk)))
         shard_rows = chunk * per_chunk
     if shard_rows % chunk:
         raise ValueError(f"shard rows ({shard_rows}) must be a multiple of chunk rows ({chunk})")
-    return Layout(num_images, tokens, dim, tuple(layers), dtype, chunk, shard_rows)
+    return Layout(num_images, tokens, dim, tuple(layers), dtype, chunk, shard_rows, taps)
 
 
 @dataclass
@@ -285,6 +387,11 @@ class Manifest:
     state: str = "created"
     #: task -> its array when not ``tasks/<name>`` (replaced labellings, store/tasks.py)
     task_arrays: dict[str, str] = field(default_factory=dict)
+    #: taps added by ``extract --extend``, one entry per run: {"taps": [...]}; their
+    #: progress arrays are :func:`extension_progress` (i-th entry)
+    extensions: list[dict[str, Any]] = field(default_factory=list)
+    #: what ``losa-cache subset`` kept of which store (absent for extracted stores)
+    subset: dict[str, Any] | None = None
 
     def task_path(self, name: str) -> str:
         """The array holding task ``name``'s labels."""
@@ -303,3 +410,8 @@ class Manifest:
                 "losa-cache version that wrote it"
             )
         return cls(**d)
+
+
+def extension_progress(i: int) -> tuple[str, str]:
+    """(done markers, checksums) of the i-th extension's arrays."""
+    return f"progress/extend_{i}/done", f"progress/extend_{i}/checksums"

@@ -43,7 +43,12 @@ class UnverifiedStoreWarning(UserWarning):
 
 
 #: logical dtype -> the torch dtype rows are returned in (bf16 bits viewed as bfloat16)
-STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+STORAGE_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "int8": torch.int8,  # codes; QuantizedArray dequantizes them with their scales
+}
 
 
 @dataclass
@@ -256,6 +261,52 @@ class FeatureArray:
             self.direct.advise(lo, hi)
 
 
+@dataclass
+class QuantizedArray:
+    """An int8 array with its per-(image, token) fp16 scales, read as float32 values.
+
+    Indexing returns ``dequantize(codes, scales)`` = float32(q) * float32(s), exactly;
+    :meth:`raw` returns the stored codes and scales of the same rows, and ``codes`` /
+    ``scales`` are the two checked arrays themselves (e.g. for zero-copy batch reads, then
+    :func:`losa_cache.store.quant.dequantize`).
+    """
+
+    codes: FeatureArray
+    scales: FeatureArray
+    dtype: str = "int8"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.codes.shape
+
+    @property
+    def verified(self) -> bool:
+        return self.codes.verified and self.scales.verified
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def raw(self, sel: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(int8 codes (n, T, D), fp16 scales (n, T)) of rows ``sel`` (rows only)."""
+        rows, rest, single = row_selection(sel, len(self))
+        if rest:
+            raise IndexError("raw() selects rows only; index the result further")
+        q, s = self.codes.read_torch(rows).numpy(), self.scales.read_torch(rows).numpy()
+        return (q[0], s[0]) if single else (q, s)
+
+    def read_torch(self, sel: Any) -> torch.Tensor:
+        """Rows as float32 values (dequantized)."""
+        return torch.from_numpy(np.ascontiguousarray(self[sel]))
+
+    def __getitem__(self, sel: Any) -> np.ndarray:
+        from losa_cache.store.quant import dequantize
+
+        rows, rest, single = row_selection(sel, len(self))
+        q, s = self.raw(rows)
+        values = dequantize(q, s)
+        return values[0 if single else slice(None)][rest] if (rest or single) else values
+
+
 def row_selection(sel: Any, n: int) -> tuple[np.ndarray, tuple, bool]:
     """A numpy-style selection as (rows along axis 0, the selection of the other axes,
     whether the row axis is dropped: an integer)."""
@@ -329,7 +380,7 @@ class FeatureStore:
         self.path = path
         #: read rows of unfinished shards (as NaN) instead of raising StoreIncompleteError
         self.allow_incomplete = allow_incomplete
-        self._done: np.ndarray | None = None  # done markers as features() last saw them
+        self._done: dict[str, np.ndarray] = {}  # done markers as features() last saw them
         self._warned = False
         attrs = group.attrs.asdict()
         if S.ROOT_ATTR not in attrs:
@@ -342,7 +393,8 @@ class FeatureStore:
     # -- description ---------------------------------------------------------------
     @property
     def layers(self) -> list[int]:
-        return list(self.layout.layers)
+        """Blocks whose outputs the store holds (tap ``blocks``; [] without it)."""
+        return list(self.layout.layers) if "blocks" in self.layout.taps else []
 
     @property
     def num_images(self) -> int:
@@ -426,25 +478,77 @@ class FeatureStore:
         return list(self._task(task).attrs["classes"])
 
     # -- features --------------------------------------------------------------------
-    def features(self, layer: int) -> FeatureArray:
+    @property
+    def taps(self) -> list[str]:
+        """What the store holds, e.g. ["blocks", "embed", "attn", "mlp", "sum:4"]."""
+        return list(self.layout.taps)
+
+    def features(self, layer: int) -> FeatureArray | QuantizedArray:
         """Block ``layer`` (0-based; negative counts from the end of the backbone)."""
-        block = layer + self.depth if layer < 0 else layer
-        if block not in self.layout.layers:
+        return self.tap_features("blocks", layer)
+
+    def tap_features(self, name: str, block: int | None = None) -> FeatureArray | QuantizedArray:
+        """One tap's (N, T, D) features, read and checked as :meth:`features` reads blocks.
+
+        ``block`` (0-based, negative from the end) for the per-block taps blocks/attn/mlp.
+        int8 stores return a :class:`QuantizedArray`: values dequantized to float32,
+        codes and scales through its ``codes``/``scales`` arrays and ``raw()``.
+        """
+        name = name.strip().lower()
+        if name not in self.layout.taps:
             raise StoreError(
-                f"block {layer} is not in this store; it holds blocks {self.layers} of "
-                f"{self.depth} (re-extract with --layers to include it)"
+                f"tap {name!r} is not in this store; it holds {self.taps} (add taps with "
+                "`losa-cache extract ... --extend --taps ...`)"
             )
-        array = FeatureArray(self.group[S.feature_name(block)], self.dtype, self.path,
-                             self._done_markers(), self.allow_incomplete, self._refresh_done)
+        if S.tap_kind(name) in S.PER_BLOCK_TAPS:
+            if block is None:
+                raise StoreError(f"tap {name!r} has one array per block: pass block=")
+            index = block + self.depth if block < 0 else block
+            if index not in self.layout.layers:
+                raise StoreError(
+                    f"block {block} is not in this store; it holds blocks {self.layers} of "
+                    f"{self.depth} (re-extract with --layers to include it)"
+                )
+            path = S.tap_array(name, index)
+        elif block is not None:
+            raise StoreError(f"tap {name!r} has one array, not one per block: drop block=")
+        else:
+            path = S.tap_array(name)
+        if self.dtype == "int8":
+            array: FeatureArray | QuantizedArray = QuantizedArray(
+                self._array(path, "int8"), self._array(S.scale_name(path), "float16")
+            )
+        else:
+            array = self._array(path, self.dtype)
         if not array.verified and not self._warned:
             self._warned = True
             warnings.warn(self.unverified_note, UnverifiedStoreWarning, stacklevel=2)
         return array
 
+    def _array(self, path: str, dtype: str) -> FeatureArray:
+        done = self._group_of(path).done
+        return FeatureArray(
+            self.group[path],
+            dtype,
+            self.path,
+            self._done_markers(done),
+            self.allow_incomplete,
+            lambda: self._refresh_done(done),
+        )
+
+    def _group_of(self, path: str) -> Any:
+        from losa_cache.store.writer import group_of, progress_groups
+
+        return group_of(progress_groups(self.layout, self.manifest), path)
+
+    def feature_arrays(self) -> list[str]:
+        """Paths of every per-shard feature array (int8: codes and scales)."""
+        return self.layout.stored_arrays()
+
     @property
     def verified_reads(self) -> bool:
         """Whether reads check every chunk against a crc32c written with it (schema >= 2)."""
-        return all(has_crc32c(self.group[S.feature_name(b)]) for b in self.layout.layers)
+        return all(has_crc32c(self.group[a]) for a in self.feature_arrays())
 
     @property
     def unverified_note(self) -> str:
@@ -452,18 +556,19 @@ class FeatureStore:
                 f"{self.manifest.schema_version}): damaged chunks are not detected on read; "
                 f"`losa-cache verify {self.path}` checks it, or re-extract to a new path")
 
-    def _done_markers(self) -> np.ndarray:
-        if self._done is None:
-            self._done = self.done_shards()
-        return self._done
+    def _done_markers(self, done: str = S.DONE) -> np.ndarray:
+        if done not in self._done:
+            self._done[done] = self.done_shards(done)
+        return self._done[done]
 
-    def _refresh_done(self) -> np.ndarray:
-        self._done = self.done_shards()
-        return self._done
+    def _refresh_done(self, done: str = S.DONE) -> np.ndarray:
+        self._done[done] = self.done_shards(done)
+        return self._done[done]
 
     # -- progress and size -----------------------------------------------------------
-    def done_shards(self) -> np.ndarray:
-        return self.group[S.DONE][:].astype(bool)
+    def done_shards(self, done: str = S.DONE) -> np.ndarray:
+        """Done markers of the extraction (``done``: an extension's markers)."""
+        return self.group[done][:].astype(bool)
 
     @property
     def complete(self) -> bool:
@@ -482,8 +587,8 @@ class FeatureStore:
     def nbytes(self) -> dict[str, int]:
         """Logical vs stored bytes of the feature arrays."""
         logical = stored = 0
-        for layer in self.layers:
-            arr = self.group[S.feature_name(layer)]
+        for name in self.feature_arrays():
+            arr = self.group[name]
             logical += arr.nbytes
             stored += _stored_bytes(arr)
         return {"logical": logical, "stored": stored}

@@ -1,7 +1,9 @@
 """Taps: what an extraction can write per image, and what each costs in bytes.
 
 One parser (:func:`parse_taps`) and one price list (:func:`price_arrays`) shared by the
-planner today and by extraction, the reader and ``subset`` as they learn the taps.
+planner, extraction (``extract --taps``, ``--extend``) and ``subset``. Array names, dtypes
+and attributes of each tap are the schema's (:mod:`losa_cache.store.schema`), the forward
+pass that computes them :mod:`losa_cache.forward`.
 
 Tap specs (comma-separated, e.g. ``"blocks,embed,sum:4,8"``):
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,9 +30,37 @@ from losa_cache.store.store import (
 from losa_cache.store.target import PARTIAL_ATTR, create_root, inspect_target, root_attrs
 
 
-def per_shard_arrays(layout: S.Layout) -> list[str]:
-    """Arrays written shard by shard, in checksum column order."""
-    return [S.feature_name(layer) for layer in layout.layers] + [S.STATUS, S.ERROR]
+def per_shard_arrays(layout: S.Layout, taps: tuple[str, ...] | None = None) -> list[str]:
+    """Arrays of the base progress group (``taps``: default all), in checksum column order."""
+    return [*layout.stored_arrays(taps), S.STATUS, S.ERROR]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Per-shard arrays written together, with their done markers and checksums: the
+    extraction's (base, which owns status/error) or one ``extract --extend`` run's."""
+
+    done: str
+    checksums: str
+    arrays: tuple[str, ...]
+    taps: tuple[str, ...]
+    base: bool
+
+
+def progress_groups(layout: S.Layout, manifest: S.Manifest) -> list[Progress]:
+    """The base group, then one per extension (``Manifest.extensions``)."""
+    added = [tuple(e["taps"]) for e in manifest.extensions]
+    base = tuple(t for t in layout.taps if not any(t in a for a in added))
+    groups = [Progress(S.DONE, S.CHECKSUMS, tuple(per_shard_arrays(layout, base)), base, True)]
+    for i, taps in enumerate(added):
+        done, sums = S.extension_progress(i)
+        groups.append(Progress(done, sums, tuple(layout.stored_arrays(taps)), taps, False))
+    return groups
+
+
+def group_of(groups: list[Progress], array: str) -> Progress:
+    """The progress group an array belongs to (its markers say which rows are written)."""
+    return next(g for g in groups if array in g.arrays or array == g.done or array == g.checksums)
 
 
 def checksum(values: np.ndarray) -> int:
@@ -51,13 +80,14 @@ def create_store(
     splits: dict[str, list[int]],
     tasks: dict[str, tuple[np.ndarray, list[str]]],
     storage_options: dict | None = None,
+    by: str = "extract",
 ) -> zarr.Group:
     """Create every array and the manifest. Only the coordinating process calls this.
 
     ``path`` must be missing, an empty folder, or the remains of an interrupted creation
     or import (cleared first); anything else is refused (:func:`create_root`).
     """
-    group = create_root(path, "extract", storage_options)
+    group = create_root(path, by, storage_options)
     create_arrays(group, layout, manifest.codec, sources, splits)
     for name, (labels, classes) in tasks.items():
         write_task(group, name, labels, classes, source="dataset")
@@ -76,18 +106,7 @@ def create_arrays(
     """Every array but the tasks, with the sources and splits written (schema.py says
     what each holds): numeric dtypes, dimension names and a crc32c on every chunk."""
     n, rows = layout.num_images, layout.shard_rows
-    for layer in layout.layers:
-        arr = group.create_array(
-            S.feature_name(layer),
-            shape=(n, layout.tokens, layout.dim),
-            dtype=S.DTYPES[layout.dtype][0],
-            chunks=(layout.chunk_rows, layout.tokens, layout.dim),
-            shards=(layout.shard_rows, layout.tokens, layout.dim),
-            compressors=S.checked(codec),
-            fill_value=S.feature_fill(layout.dtype),
-            dimension_names=S.FEATURE_DIMS,
-        )
-        arr.attrs.update(S.feature_attrs(layer, layout.dtype))
+    create_feature_arrays(group, layout, codec)
     small = {"compressors": S.checked("none")}
     text = {"compressors": S.checked("zstd-plain")}  # NUL padding compresses away
     group.create_array(
@@ -132,10 +151,60 @@ def create_arrays(
             **small,
         )
         arr[:] = np.asarray(idx, dtype=np.int64)
-    s, a = layout.num_shards, len(per_shard_arrays(layout))
+    create_progress(group, layout.num_shards, S.DONE, S.CHECKSUMS, per_shard_arrays(layout))
+
+
+def create_feature_arrays(
+    group: zarr.Group,
+    layout: S.Layout,
+    codec: str,
+    taps: tuple[str, ...] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """The feature arrays of ``taps`` (default all): (N, T, D) each, int8 with its (N, T)
+    fp16 scales; sharded by ``shard_rows``, crc32c on every chunk."""
+    n, t, d = layout.num_images, layout.tokens, layout.dim
+    for name, tap, index in layout.tap_arrays(taps):
+        arr = group.create_array(
+            name,
+            shape=(n, t, d),
+            dtype=S.DTYPES[layout.dtype][0],
+            chunks=(layout.chunk_rows, t, d),
+            shards=(layout.shard_rows, t, d),
+            compressors=S.checked(codec),
+            fill_value=S.feature_fill(layout.dtype),
+            dimension_names=S.FEATURE_DIMS,
+            overwrite=overwrite,
+        )
+        arr.attrs.update(S.feature_attrs(tap, index, layout.dtype))
+        if layout.dtype == "int8":
+            scales = group.create_array(
+                S.scale_name(name),
+                shape=(n, t),
+                dtype="float16",
+                chunks=(layout.chunk_rows, t),
+                shards=(layout.shard_rows, t),
+                compressors=S.checked("none"),
+                fill_value=float("nan"),
+                dimension_names=S.FEATURE_DIMS[:2],
+                overwrite=overwrite,
+            )
+            scales.attrs.update({"scales_of": name, "dtype": "float16"})
+
+
+def create_progress(
+    group: zarr.Group,
+    shards: int,
+    done: str,
+    checksums: str,
+    arrays: list[str],
+    overwrite: bool = False,
+) -> None:
+    """Done markers (one per shard, written last) and checksum rows of some arrays."""
+    small = {"compressors": S.checked("none"), "overwrite": overwrite}
     group.create_array(
-        S.DONE,
-        shape=(s,),
+        done,
+        shape=(shards,),
         dtype="uint8",
         chunks=(1,),
         fill_value=0,
@@ -143,15 +212,15 @@ def create_arrays(
         **small,
     )
     sums = group.create_array(
-        S.CHECKSUMS,
-        shape=(s, a),
+        checksums,
+        shape=(shards, len(arrays)),
         dtype="uint64",
-        chunks=(1, a),
+        chunks=(1, len(arrays)),
         fill_value=0,
         dimension_names=("shard", "array"),
         **small,
     )
-    sums.attrs["arrays"] = per_shard_arrays(layout)
+    sums.attrs["arrays"] = list(arrays)
 
 
 def identity_diff(stored: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
@@ -179,58 +248,100 @@ def open_for_resume(
     if inspect_target(path, storage_options) != "store":
         return None
     store = FeatureStore(open_group(path, mode="r+", storage_options=storage_options), path)
-    diffs = identity_diff(store.manifest.identity, identity)
+    diffs = identity_diff(stored_identity(store.manifest), identity)
     if diffs:
+        more = (
+            "\nTo add taps to a finished store: the same command with --extend."
+            if [d for d in diffs if d.startswith("taps:")] == diffs
+            else ""
+        )
         raise StoreError(
             f"store {path} was extracted with different settings; refusing to mix features:\n  "
             + "\n  ".join(diffs)
+            + more
             + "\nUse another --store path, or delete this store to start over."
         )
     return store
+
+
+def stored_identity(manifest: S.Manifest) -> dict[str, Any]:
+    """A store's identity; stores from before taps hold block outputs only."""
+    return {"taps": ["blocks"], **manifest.identity}
 
 
 class ShardWriter:
     """Writes whole shards on background threads so the backbone never waits on I/O.
 
     ``max_pending`` bounds the shards held in memory; ``submit`` blocks beyond it.
+    ``groups`` are the store's progress groups (default: read from its manifest).
     """
 
     def __init__(
-        self, group: zarr.Group, layout: S.Layout, threads: int = 2, max_pending: int = 2
+        self,
+        group: zarr.Group,
+        layout: S.Layout,
+        threads: int = 2,
+        max_pending: int = 2,
+        groups: list[Progress] | None = None,
     ) -> None:
         self.group = group
         self.layout = layout
-        self.names = per_shard_arrays(layout)
+        manifest = S.Manifest.from_dict(group.attrs[S.ROOT_ATTR])
+        self.groups = groups or progress_groups(layout, manifest)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="losa-writer")
         self.pending: list[Future] = []
         self.max_pending = max_pending
         self.bytes_written = 0
 
     def submit(
-        self, shard: int, features: dict[int, np.ndarray], status: np.ndarray, errors: np.ndarray
+        self,
+        shard: int,
+        features: dict[str, np.ndarray],
+        status: np.ndarray,
+        errors: np.ndarray,
+        groups: list[Progress] | None = None,
     ) -> None:
         self._reap(block=len(self.pending) >= self.max_pending)
-        self.pending.append(self.pool.submit(self.write, shard, features, status, errors))
+        self.pending.append(self.pool.submit(self.write, shard, features, status, errors, groups))
 
     def write(
-        self, shard: int, features: dict[int, np.ndarray], status: np.ndarray, errors: np.ndarray
+        self,
+        shard: int,
+        features: dict[str, np.ndarray],
+        status: np.ndarray,
+        errors: np.ndarray,
+        groups: list[Progress] | None = None,
     ) -> None:
-        """Write one shard synchronously; idempotent (same inputs -> same bytes).
+        """Write one shard of ``groups`` (default all) synchronously; idempotent.
 
-        The shard is overwritten wholesale, never read: its done marker is cleared and its
-        old objects deleted first (zarr reads an existing shard before overwriting it, so a
-        truncated or damaged leftover of a killed run or repair would fail the rewrite).
+        Each group's shard is overwritten wholesale, never read: its done marker is
+        cleared and its old objects deleted first (zarr reads an existing shard before
+        overwriting it, so a truncated or damaged leftover of a killed run or repair would
+        fail the rewrite). An extension's shard is only written beside rows the base
+        group has finished with the same status (the images decoded as they did then).
         """
         start, stop = self.layout.shard_range(shard)
-        errors = S.text_for(self.group[S.ERROR], errors)  # as stored: checksums match reads
-        values = [features[layer] for layer in self.layout.layers] + [status, errors]
-        self.group[S.DONE][shard] = 0
-        delete_shard(self.group, self.layout, shard)
-        for name, value in zip(self.names, values, strict=True):
-            self.group[name][start:stop] = value
-        self.group[S.CHECKSUMS][shard] = np.array([checksum(v) for v in values], dtype=np.uint64)
-        self.group[S.DONE][shard] = 1
-        self.bytes_written += sum(v.nbytes for v in values[: len(self.layout.layers)])
+        for g in groups if groups is not None else self.groups:
+            extra: list[np.ndarray] = []
+            if g.base:
+                extra = [status, S.text_for(self.group[S.ERROR], errors)]
+            elif not np.array_equal(self.group[S.STATUS][start:stop], status):
+                raise StoreError(
+                    f"shard {shard}: images decode differently than when the store was "
+                    "extracted (status changed); restore the data set as it was, or extract "
+                    "a new store with every tap"
+                )
+            names = [a for a in g.arrays if a not in (S.STATUS, S.ERROR)]
+            values = [features[a] for a in names] + extra
+            self.group[g.done][shard] = 0
+            delete_shard(self.group, self.layout, shard, g.arrays)
+            for name, value in zip(g.arrays, values, strict=True):
+                self.group[name][start:stop] = value
+            self.group[g.checksums][shard] = np.array(
+                [checksum(v) for v in values], dtype=np.uint64
+            )
+            self.group[g.done][shard] = 1
+            self.bytes_written += sum(v.nbytes for v in values[: len(names)])
 
     def _reap(self, block: bool) -> None:
         while self.pending and (block or self.pending[0].done()):
@@ -247,18 +358,27 @@ class ShardWriter:
 
 
 def verify_shards(store: FeatureStore, progress: bool = False) -> list[dict[str, Any]]:
-    """Re-read every done shard and compare with the checksums recorded at write time; an
-    unreadable done marker or checksum row is damage of its shard too."""
+    """Re-read every done shard of every progress group and compare with the checksums
+    recorded at write time; an unreadable done marker or checksum row is damage of its
+    shard too."""
+    bad: list[dict[str, Any]] = []
+    for g in progress_groups(store.layout, store.manifest):
+        bad += _verify_group(store, g, progress)
+    return sorted(bad, key=lambda b: b["shard"])
+
+
+def _verify_group(store: FeatureStore, g: Progress, progress: bool) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
-    names, layout = per_shard_arrays(store.layout), store.layout
-    done, bad_markers = readable_rows(store.group[S.DONE])
-    sums, bad_sums = readable_rows(store.group[S.CHECKSUMS])
-    bad = [_bad(layout, s, S.DONE, why) for s, why in bad_markers.items()]
+    layout = store.layout
+    names = list(store.group[g.checksums].attrs.get("arrays", g.arrays))
+    done, bad_markers = readable_rows(store.group[g.done])
+    sums, bad_sums = readable_rows(store.group[g.checksums])
+    bad = [_bad(layout, s, g.done, why) for s, why in bad_markers.items()]
     for shard in tqdm(np.flatnonzero(done), desc="verify", unit="shard", disable=not progress):
         shard = int(shard)
         if shard in bad_sums:
-            bad.append(_bad(layout, shard, S.CHECKSUMS, bad_sums[shard]))
+            bad.append(_bad(layout, shard, g.checksums, bad_sums[shard]))
             continue
         start, stop = layout.shard_range(shard)
         for col, name in enumerate(names):
@@ -269,7 +389,7 @@ def verify_shards(store: FeatureStore, progress: bool = False) -> list[dict[str,
                 ok, reason = False, f"unreadable: {type(e).__name__}: {e}"
             if not ok:
                 bad.append(_bad(layout, shard, name, reason))
-    return sorted(bad, key=lambda b: b["shard"])
+    return bad
 
 
 def _bad(layout: S.Layout, shard: int, array: str, reason: str) -> dict[str, Any]:
@@ -312,25 +432,27 @@ def _marker(arr: zarr.Array, shard: int) -> bool:
         return False
 
 
-def pending_shards(group: zarr.Group) -> list[int]:
+def pending_shards(group: zarr.Group, done: str = S.DONE) -> list[int]:
     """Shards whose done marker reads as not done (unreadable markers are damage)."""
-    done, unreadable = readable_rows(group[S.DONE])
-    return sorted(set(np.flatnonzero(~done.astype(bool)).tolist()) - set(unreadable))
+    marks, unreadable = readable_rows(group[done])
+    return sorted(set(np.flatnonzero(~marks.astype(bool)).tolist()) - set(unreadable))
 
 
 def partial_shards(store: FeatureStore) -> list[int]:
     """Shards without a done marker that still hold objects (an interrupted write or
     repair): not errors, since resuming rewrites them whole without reading them."""
-    pending = set(pending_shards(store.group))
     found: set[int] = set()
-    for name in per_shard_arrays(store.layout) if pending else []:
-        arr = store.group[name]
-        rows = arr.shards[0] if arr.shards is not None else arr.chunks[0]
-        prefix = f"{arr.store_path.path}/c/"
-        for key in _list_keys(arr.store_path.store, prefix):
-            first = key[len(prefix) :].split("/")[0]
-            if first.isdigit() and int(first) * rows // store.layout.shard_rows in pending:
-                found.add(int(first) * rows // store.layout.shard_rows)
+    for g in progress_groups(store.layout, store.manifest):
+        pending = set(pending_shards(store.group, g.done))
+        for name in g.arrays if pending else []:
+            arr = store.group[name]
+            rows = arr.shards[0] if arr.shards is not None else arr.chunks[0]
+            prefix = f"{arr.store_path.path}/c/"
+            for key in _list_keys(arr.store_path.store, prefix):
+                first = key[len(prefix) :].split("/")[0]
+                shard = int(first) * rows // store.layout.shard_rows if first.isdigit() else -1
+                if shard in pending:
+                    found.add(shard)
     return sorted(found)
 
 
@@ -367,7 +489,7 @@ def verify_store(
     if repair and shards:
         retry = "rerun `losa-cache verify --repair`"
         with storage_errors(path, retry), store_lock(path, storage_options):
-            mark_for_repair(path, shards, storage_options)
+            mark_for_repair(path, shards, storage_options, [b["array"] for b in bad])
         store = open_store(path, storage_options)
     return {
         "store": path,
@@ -377,29 +499,47 @@ def verify_store(
         "bad_shards": shards,
         "repaired": bool(repair and shards),
         "pending_shards": pending_shards(store.group),
+        "pending_extension_shards": {
+            ",".join(g.taps): pending_shards(store.group, g.done)
+            for g in progress_groups(store.layout, store.manifest)[1:]
+        },
         "partial_shards": partial_shards(store),
     }
 
 
-def mark_for_repair(path: str, shards: list[int], storage_options: dict | None = None) -> None:
+def mark_for_repair(
+    path: str,
+    shards: list[int],
+    storage_options: dict | None = None,
+    arrays: list[str] | None = None,
+) -> None:
     """Reset damaged shards so the next extract rewrites them: first every done marker is
     cleared, then the shards' objects are deleted. Safe to interrupt anywhere and to rerun:
     a shard is either still marked done and damaged (verify names it again) or has no
-    marker, which extract rewrites wholesale without reading what is left of it."""
+    marker, which extract rewrites wholesale without reading what is left of it.
+    ``arrays`` (the damaged ones, default all) choose which progress groups are reset."""
     group = open_group(path, mode="r+", storage_options=storage_options)
-    layout = S.Layout.from_dict(group.attrs[S.ROOT_ATTR]["layout"])
-    for shard in shards:
-        group[S.DONE][shard] = 0
-    for shard in shards:
-        delete_shard(group, layout, shard)
+    manifest = S.Manifest.from_dict(group.attrs[S.ROOT_ATTR])
+    layout = S.Layout.from_dict(manifest.layout)
+    groups = progress_groups(layout, manifest)
+    if arrays is not None:
+        groups = [g for g in groups if any(group_of(groups, a) == g for a in arrays)]
+    for g in groups:
+        for shard in shards:
+            group[g.done][shard] = 0
+    for g in groups:
+        for shard in shards:
+            delete_shard(group, layout, shard, g.arrays)
 
 
-def delete_shard(group: zarr.Group, layout: S.Layout, shard: int) -> None:
-    """Delete the objects holding ``shard`` in every per-shard array (missing ones too)."""
+def delete_shard(
+    group: zarr.Group, layout: S.Layout, shard: int, arrays: tuple[str, ...] | None = None
+) -> None:
+    """Delete the objects holding ``shard`` in ``arrays`` (default: the base group's)."""
     from zarr.core.sync import sync
 
     row = layout.shard_range(shard)[0]
-    for name in per_shard_arrays(layout):
+    for name in arrays if arrays is not None else per_shard_arrays(layout):
         arr = group[name]
         sync((arr.store_path / shard_key(arr, row)).delete())
 

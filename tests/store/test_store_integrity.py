@@ -405,7 +405,7 @@ def test_schema1_stores_still_open_unverified(kind_store, tmp_path: Path) -> Non
         warnings.simplefilter("ignore", UnverifiedStoreWarning)
         assert verify_shards(open_store(path)) == []
         lay, g = old.layout, zarr.open_group(str(path), mode="r+")
-        feats0 = {layer: old.features(layer)[:6].astype(np.float16) for layer in lay.layers}
+        feats0 = {S.feature_name(b): old.features(b)[:6].astype(np.float16) for b in lay.layers}
         ShardWriter(g, lay).write(0, feats0, old.status[:6], errors)
         assert verify_shards(open_store(path)) == []
 
