@@ -73,7 +73,8 @@ class TrainConfig:
                                           "batches within 1 GiB of fp16 features).", min=1)
     workers: int = _f(4, "I/O threads of the store reader (live: image decoding processes).",
                       min=0)
-    amp: str = _f("auto", "Compute precision: auto (bf16 autocast on CUDA) | bf16 | fp32.",
+    amp: str = _f("auto", "Compute precision: auto (bf16 autocast on CUDA and on CPUs "
+                                  "with AVX512-BF16/AMX, else fp32) | bf16 | fp32.",
                   choices=AMP)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N.")
     train_split: str = _f("auto", "Training split (auto: train or train800).")
