@@ -90,8 +90,12 @@ class SideNetwork(nn.Module):
         """The compute dtype: inputs are cast to it."""
         return self.head.dtype
 
-    def block(self, features: Mapping[int, Tensor], index: int,
-              layout: Callable[[Tensor, torch.dtype], Tensor] | None = None) -> Tensor:
+    def block(
+        self,
+        features: Mapping[int, Tensor],
+        index: int,
+        layout: Callable[[Tensor, torch.dtype], Tensor] | None = None,
+    ) -> Tensor:
         """``features[index]`` checked against the config and cast to the compute dtype
         (by ``layout(x, dtype)`` where given: a cast that also lays the copy out)."""
         if index not in features:

@@ -86,9 +86,11 @@ def _old_mixer(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_fast_mixers_equal_the_formula_values_and_gradients(kind: str, major: bool) -> None:
     torch.manual_seed(0)
     tokens, dim = 1 + 3 * 4, 6
-    mixer = {"channel": lambda: ChannelMixer(dim, 3, 0.7),
-             "token": lambda: TokenMixer(tokens, 3, 0.7),
-             "video": lambda: VideoTokenMixer(1, 3, 4, 3, 0.7)}[kind]()
+    mixer = {
+        "channel": lambda: ChannelMixer(dim, 3, 0.7),
+        "token": lambda: TokenMixer(tokens, 3, 0.7),
+        "video": lambda: VideoTokenMixer(1, 3, 4, 3, 0.7),
+    }[kind]()
     with torch.no_grad():
         for p in mixer.parameters():
             p.copy_(torch.randn(p.shape))  # W_u != 0: a non-trivial g
@@ -112,6 +114,7 @@ def test_token_major_is_one_cast_copy_and_a_no_op_when_already_laid_out() -> Non
     assert t.dtype == torch.bfloat16 and t.transpose(0, 1).is_contiguous()
     torch.testing.assert_close(t.float(), x.to(torch.bfloat16).float(), rtol=0, atol=0)
     assert token_major(t, torch.bfloat16) is t
+
 
 def test_fast_mixers_keep_only_their_input_and_bottleneck_for_backward() -> None:
     """Activation memory: a token mixer saves x and (B, r, D) tensors, not a second
