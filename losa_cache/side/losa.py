@@ -66,15 +66,10 @@ class LosaOptions:
     """The :class:`SideConfig` fields LoSA reads, with their help and range."""
 
     rank: int = field(default=64, metadata=metadata("Low-rank bottleneck r of Eq. 4.", min=1))
-    layers: tuple[int, ...] = field(
-        default=(),
-        metadata=metadata(
-            "0-based blocks b_i the side layers read, increasing; the last block must be one."
-        ),
-    )
-    alpha_init: float = field(
-        default=1.0, metadata=metadata("Initial value of each side layer's scale alpha (Eq. 4).")
-    )
+    layers: tuple[int, ...] = field(default=(), metadata=metadata(
+        "0-based blocks b_i the side layers read, increasing; the last block must be one."))
+    alpha_init: float = field(default=1.0, metadata=metadata(
+        "Initial value of each side layer's scale alpha (Eq. 4)."))
 
     def __post_init__(self) -> None:
         check_fields(self)
