@@ -93,7 +93,8 @@ class LiveSource:
             raise ValueError(f"backbone already pruned after block {self._pruned}")
 
     def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[int],
-             piece_rows: int, device: torch.device, workers: int) -> LiveFeed:
+             piece_rows: int, device: torch.device, workers: int,
+             max_memory: int | None = None) -> LiveFeed:
         self.prune(layers)
         return LiveFeed(self, order, rows, layers, piece_rows, workers)
 
