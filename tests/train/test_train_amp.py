@@ -55,9 +55,10 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.mark.slow
 def test_bf16_converges_like_fp32_on_the_demo(demo_store: str, tmp_path: Path) -> None:
-    common = {"store": demo_store, "rank": 8, "batch_size": 64, "steps": 150,
+    # 300 steps of 128 (~85 epochs): fp32 48.2 %, bf16 48.7 % when written (chance 11 %)
+    common = {"store": demo_store, "rank": 8, "batch_size": 128, "steps": 300,
               "optimizer": "adamw", "lr": 3e-3, "workers": 1, "device": "cpu",
-              "eval_every": 150}
+              "eval_every": 300}
     res = {amp: train(TrainConfig(**common, amp=amp, out=str(tmp_path / amp)), progress=False)
            for amp in ("fp32", "bf16")}
     assert res["bf16"]["amp"] == "bf16" and res["fp32"]["amp"] == "fp32"
