@@ -13,6 +13,11 @@ shuffled slots (store/direct.py), so the shuffle costs no copy and a batch is a 
 its window. The chunks of the windows after the one being read are hinted to the
 kernel, so the disk always has work queued. On CUDA the windows are pinned and batches
 are copied with ``non_blocking``. Memory caches live in :mod:`losa_cache.train.feed`.
+
+Host memory is bounded (``max_memory``, ``--max-memory``): the windows read ahead are as
+many as fit beside the one being served and a batch (:func:`reader_memory`), and a
+served window is freed once its last full batch is handed over (the consumer copies out
+the rest). The budget never changes the window (the shuffle buffer), so never the order.
 """
 
 from __future__ import annotations
