@@ -25,16 +25,25 @@ def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_train_benchmark_runs_and_reports(bench, micro_store: str, tmp_path: Path) -> None:
     # batch 1 only and two modes keep it to two worker subprocesses (each imports torch)
-    tiny = "--modes stream,live --batch-size 1 --warmup 1 --batches 2 --workers 0 --threads 1"
+    # batch 1 only, three modes in two precisions: six worker subprocesses (each imports torch)
+    tiny = ("--modes plain,stream,live --batch-size 1 --warmup 1 --batches 2 --workers 0 "
+            "--threads 1 --peak-size 64")
     io_args = ["--io-seconds", "0", "--io-min-mb", "1"]  # tiles the micro store to >= 1 MB
     payload = bench.main(["--store", micro_store, *tiny.split(), *io_args])
-    runs = {(r["mode"], r["batch_size"]): r for r in payload["runs"]}
-    assert set(runs) == {("stream", 1), ("live", 1)}
+    runs = {(r["mode"], r["amp"], r["batch_size"]): r for r in payload["runs"]}
+    assert set(runs) == {(m, a, 1) for m in ("plain", "stream", "live") for a in ("bf16", "fp32")}
     for r in runs.values():
         assert r["img_s"] > 0 and r["steps"] == 3 and r["peak_bytes"] > 0
-    assert runs["stream", 1]["reader_bytes"] > 0 and runs["live", 1]["reader_bytes"] == 0
-    (ratio,) = payload["ratios"]
-    assert ratio["mode"] == "stream/live" and ratio["img_s_x_bs1"] > 0
+    assert runs["stream", "fp32", 1]["reader_bytes"] > 0
+    assert runs["live", "fp32", 1]["reader_bytes"] == 0
+    ratios = {(r["mode"], r["amp"]): r for r in payload["ratios"]}
+    assert set(ratios) == {(m, a) for m in ("plain/live", "stream/live", "stream/plain")
+                           for a in ("bf16", "fp32")}
+    assert all(r["img_s_x_bs1"] > 0 for r in ratios.values())
+    roof = payload["roofline"]
+    assert roof["train_flops_per_image"] > 0 and roof["feature_bytes_per_image"] > 0
+    assert roof["bf16_gflop_s"] > 0 and roof["fp32_gflop_s"] > 0 and roof["copy_gb_s"] > 0
+    assert len(roof["rows"]) == len(runs) and all(r["gflop_s"] > 0 for r in roof["rows"])
     io = payload["io"]
     assert io["files"] > 0 and io["warm"]["raw_mb_s"] > 0 and io["warm"]["efficiency"] > 0
     assert io["file_bytes"] >= 1e6 and io["store"] != micro_store

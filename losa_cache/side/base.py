@@ -7,7 +7,7 @@ A side network reads cached block outputs ``features[i]`` (0-based block index -
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -19,7 +19,17 @@ from losa_cache.side.head import ClassifierHead
 if TYPE_CHECKING:
     from losa_cache.side.config import SideConfig
 
-__all__ = ["SideNetwork"]
+__all__ = ["SideNetwork", "compute_dtype"]
+
+
+def compute_dtype(x: Tensor, module_dtype: torch.dtype) -> torch.dtype:
+    """The dtype features enter the side network in: autocast's (bf16) when it is on for
+    their device, so an fp16/bf16 batch is cast once to bf16 (never through an fp32
+    copy) and the residual stream runs in it; else the module's."""
+    kind = x.device.type
+    if module_dtype == torch.float32 and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return module_dtype
 
 
 class SideNetwork(nn.Module):
@@ -80,8 +90,14 @@ class SideNetwork(nn.Module):
         """The compute dtype: inputs are cast to it."""
         return self.head.dtype
 
-    def block(self, features: Mapping[int, Tensor], index: int) -> Tensor:
-        """``features[index]`` checked against the config and cast to the module dtype."""
+    def block(
+        self,
+        features: Mapping[int, Tensor],
+        index: int,
+        layout: Callable[[Tensor, torch.dtype], Tensor] | None = None,
+    ) -> Tensor:
+        """``features[index]`` checked against the config and cast to the compute dtype
+        (by ``layout(x, dtype)`` where given: a cast that also lays the copy out)."""
         if index not in features:
             raise KeyError(
                 f"block {index} missing from features (got {sorted(features)}); "
@@ -94,7 +110,8 @@ class SideNetwork(nn.Module):
                 f"block {index} has shape {tuple(x.shape)}; expected (B, {expected[0]}, "
                 f"{expected[1]}) = (B, tokens, dim) from the config"
             )
-        return x.to(self.dtype)  # (B, T, D)
+        dtype = compute_dtype(x, self.dtype)
+        return x.to(dtype) if layout is None else layout(x, dtype)  # (B, T, D)
 
     def side_parameters(self) -> Iterator[nn.Parameter]:
         """Learned side-network parameters (the paper's count); excludes the head."""

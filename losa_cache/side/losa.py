@@ -46,7 +46,13 @@ from torch import Tensor, nn
 
 from losa_cache.fields import check_fields, metadata
 from losa_cache.side.base import SideNetwork
-from losa_cache.side.mixer import ChannelMixer, TokenMixer, VideoTokenMixer, adaptor_params
+from losa_cache.side.mixer import (
+    ChannelMixer,
+    TokenMixer,
+    VideoTokenMixer,
+    adaptor_params,
+    token_major,
+)
 from losa_cache.side.registry import register_side
 
 if TYPE_CHECKING:
@@ -130,7 +136,8 @@ class LosaSide(SideNetwork):
         return tuple(sorted({*config.layers, config.last_layer}))
 
     def forward_features(self, features: Mapping[int, Tensor]) -> Tensor:
-        y = self.block(features, self.config.last_layer)  # (B, T, D), y_0 = b_L
+        # the residual stream runs token-major in the compute dtype (see token_major)
+        y = self.block(features, self.config.last_layer, token_major)  # (B, T, D), y_0 = b_L
         for index, g in zip(self.config.layers, self.mixers, strict=True):
-            y = g(self.block(features, index) + y) + y  # (B, T, D), Eq. 3
+            y = g(self.block(features, index, token_major) + y) + y  # (B, T, D), Eq. 3
         return y

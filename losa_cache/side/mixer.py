@@ -21,6 +21,7 @@ __all__ = [
     "TokenMixer",
     "VideoTokenMixer",
     "adaptor_params",
+    "token_major",
 ]
 
 
@@ -30,7 +31,12 @@ def adaptor_params(size: int, rank: int) -> int:
 
 
 class LowRankAdaptor(nn.Module):
-    """Eq. 4 along the last axis: (..., n) -> (..., n)."""
+    """Eq. 4 along one axis: the last (:meth:`forward`) or the one before (:meth:`along`).
+
+    alpha is folded into the tiny W_u and its bias, (alpha W_u) h + alpha b_u: backward
+    then keeps only the input and the (..., r) bottleneck, not the (..., n) output that
+    alpha * (W_u h + b_u) would also save for alpha's gradient.
+    """
 
     def __init__(self, size: int, rank: int, alpha_init: float = 1.0) -> None:
         super().__init__()
@@ -41,7 +47,35 @@ class LowRankAdaptor(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.alpha * self.up(F.gelu(self.down(x)))
+        """(..., n) -> (..., n)."""
+        h = F.gelu(self.down(x))  # (..., r)
+        return F.linear(h, self.alpha * self.up.weight, self.alpha * self.up.bias)
+
+    def along(self, x: Tensor) -> Tensor:
+        """(..., n, m) -> (..., n, m), mixing axis -2 by W x, a matmul on ``x`` as it lies."""
+        h = torch.matmul(self.down.weight, x)  # (..., r, m)
+        h = F.gelu(h + self.down.bias.to(h.dtype)[:, None])
+        out = torch.matmul(self.alpha * self.up.weight, h)  # (..., n, m)
+        return out + (self.alpha * self.up.bias).to(out.dtype)[:, None]
+
+
+def token_major(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` (B, T, D) in ``dtype``, laid out token-major, (T, B, D) in memory.
+
+    In that layout token mixing is one (r, T) x (T, B*D) matmul on a view and channel
+    mixing a matmul on (T*B, D): nothing is ever transposed into a copy, forward or
+    backward. The one copy made here replaces the cast to the compute dtype."""
+    if x.dtype == dtype and x.transpose(0, 1).is_contiguous():
+        return x
+    B, T, D = x.shape
+    out = torch.empty((T, B, D), dtype=dtype, device=x.device).transpose(0, 1)
+    return out.copy_(x)  # (B, T, D), strides (D, B*D, 1)
+
+
+def _flat_view(x: Tensor) -> tuple[Tensor, bool]:
+    """(T, B, D) ``x.transpose(0, 1)`` when that is contiguous (token-major), else ``x``."""
+    t = x.transpose(0, 1)
+    return (t, True) if t.is_contiguous() else (x, False)
 
 
 class ChannelMixer(nn.Module):
@@ -54,7 +88,9 @@ class ChannelMixer(nn.Module):
         self.adaptor = LowRankAdaptor(dim, rank, alpha_init)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.adaptor(x)  # (B, T, D)
+        t, major = _flat_view(x)  # token-major: linear over (T, B, D), a view
+        out = self.adaptor(t)
+        return out.transpose(0, 1) if major else out  # (B, T, D)
 
 
 class TokenMixer(nn.Module):
@@ -67,8 +103,11 @@ class TokenMixer(nn.Module):
         self.adaptor = LowRankAdaptor(tokens, rank, alpha_init)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.adaptor(x.transpose(1, 2))  # (B, D, T)
-        return out.transpose(1, 2)  # (B, T, D)
+        t, major = _flat_view(x)
+        if not major:  # (B, T, D) as stored: a broadcast matmul (folds x into a copy)
+            return self.adaptor.along(x)
+        T, B, D = t.shape
+        return self.adaptor.along(t.view(T, B * D)).view(T, B, D).transpose(0, 1)
 
 
 class VideoTokenMixer(nn.Module):
@@ -92,9 +131,9 @@ class VideoTokenMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, _, D = x.shape
-        v = x[:, self.prefix :].reshape(B, self.frames, self.spatial, D)  # (B, F, S, D)
-        spatial = self.spatial_adaptor(v.permute(0, 1, 3, 2)).permute(0, 1, 3, 2)  # (B, F, S, D)
-        temporal = self.temporal_adaptor(v.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        mixed = (spatial + temporal).reshape(B, self.frames * self.spatial, D)  # (B, F*S, D)
-        prefix = x.new_zeros(B, self.prefix, D)  # (B, P, D): no token update for prefix
+        v = x[:, self.prefix :]  # (B, F*S, D), a view
+        spatial = self.spatial_adaptor.along(v.unflatten(1, (self.frames, self.spatial)))
+        temporal = self.temporal_adaptor.along(v.reshape(B, self.frames, -1))  # (B, F, S*D)
+        mixed = spatial.view(B, -1, D) + temporal.view(B, -1, D)  # (B, F*S, D)
+        prefix = mixed.new_zeros(B, self.prefix, D)  # (B, P, D): no token update for prefix
         return torch.cat([prefix, mixed], dim=1)  # (B, T, D)

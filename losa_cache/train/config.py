@@ -32,7 +32,7 @@ DEFAULT_EPOCHS = 100  # the usual VTAB-1k budget; caps the 20k paper steps on sm
 
 #: Fields that do not change the maths of a run: they may differ on --resume.
 RUNTIME_FIELDS = frozenset({"resume", "stop_at", "cache", "workers", "out", "eval_every",
-                            "log_every", "checkpoint_every", "device"})
+                            "log_every", "checkpoint_every", "device", "max_memory"})
 
 
 _f = option
@@ -73,7 +73,12 @@ class TrainConfig:
                                           "batches within 1 GiB of fp16 features).", min=1)
     workers: int = _f(4, "I/O threads of the store reader (live: image decoding processes).",
                       min=0)
-    amp: str = _f("auto", "Compute precision: auto (bf16 autocast on CUDA) | bf16 | fp32.",
+    max_memory: int | None = _f(None, "Host memory in MiB the store reader may hold (shuffle "
+                                      "windows served and read ahead, and a batch): it bounds "
+                                      "the read-ahead, never the batch order (default: 1024, "
+                                      "or 2 windows where more).", min=1)
+    amp: str = _f("auto", "Compute precision: auto (bf16 autocast on CUDA and on CPUs "
+                                  "with AVX512-BF16/AMX, else fp32) | bf16 | fp32.",
                   choices=AMP)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N.")
     train_split: str = _f("auto", "Training split (auto: train or train800).")

@@ -29,6 +29,7 @@ from losa_cache.train.batching import ShapeGroup
 from losa_cache.train.cache import CacheChoice
 from losa_cache.train.feed import CacheFeed, Consumer, FeatureCache, Feed, keep_mask
 from losa_cache.train.order import RowOrder
+from losa_cache.train.reader import DEFAULT_MAX_MEMORY
 from losa_cache.train.run import Run
 from losa_cache.train.sources import DataSource
 
@@ -43,14 +44,18 @@ class Inputs:
 
     def __init__(self, source: DataSource, device: torch.device, choice: CacheChoice,
                  rows: np.ndarray, layers: Sequence[int], workers: int,
-                 progress: bool = False) -> None:
+                 progress: bool = False, max_memory: int | None = None) -> None:
+        """``max_memory``: bytes the store reader may hold (see StoreReader)."""
         self.source, self.device, self.choice, self.workers = source, device, choice, workers
+        self.max_memory = max_memory
+        self.memory: dict[str, int] | None = None  # the training reader's, once one ran
         self.cache: FeatureCache | None = None
         self.bytes_read = 0
         if choice.mode != "none":
             where = device if choice.mode == "gpu" else torch.device("cpu")
-            reader = source.feed(RowOrder(rows, EVAL_WINDOW, 0), rows, layers, EVAL_WINDOW,
-                                 torch.device("cpu"), workers)
+            window = self.eval_window(rows, layers)
+            reader = source.feed(RowOrder(rows, window, 0), rows, layers, window,
+                                 torch.device("cpu"), workers, max_memory)
             try:
                 info = source.info
                 self.cache = FeatureCache(reader, rows, layers, info.tokens, info.dim,
@@ -64,7 +69,15 @@ class Inputs:
         if self.cache is not None and self.cache.holds(rows, layers):
             keep = None if np.array_equal(rows, order.rows) else keep_mask(rows)
             return CacheFeed(self.cache, order, keep, layers)
-        return self.source.feed(order, rows, layers, piece_rows, self.device, self.workers)
+        return self.source.feed(order, rows, layers, piece_rows, self.device, self.workers,
+                                self.max_memory)
+
+    def eval_window(self, rows: np.ndarray, layers: Sequence[int]) -> int:
+        """Rows per window of a sequential read (evaluation, filling a cache): any size
+        gives the same batches, so it is sized to fit the reader's memory (3 windows)."""
+        row_bytes = getattr(self.source.info, "row_bytes", 0) * len(layers)
+        budget = self.max_memory or DEFAULT_MAX_MEMORY
+        return int(max(1, min(EVAL_WINDOW, len(rows), budget // max(1, 4 * row_bytes))))
 
     def close_feed(self, feed: Feed) -> None:
         self.bytes_read += int(getattr(feed, "bytes_read", 0))
@@ -90,7 +103,8 @@ def evaluate_runs(runs: Sequence[Run], role: str, inputs: Inputs) -> dict[int, d
             groups[key] = (Consumer(r.batch, keep), [])
         groups[key][1].append(r)
     sums = {id(r): [0.0, 0, 0] for r in runs}
-    feed = inputs.feed(RowOrder(union, EVAL_WINDOW, 0), union, layers, runs[0].batch)
+    window = inputs.eval_window(union, layers)
+    feed = inputs.feed(RowOrder(union, window, 0), union, layers, runs[0].batch)
     was = {id(r): r.model.training for r in runs}
     for r in runs:
         r.model.eval()
@@ -197,6 +211,7 @@ class Engine:
         layers = sorted({i for r in runs for i in r.layers})
         piece = max(set(r.batch for r in runs), key=[r.batch for r in runs].count)
         feed = self.inputs.feed(order, rows, layers, piece)
+        self.inputs.memory = getattr(feed, "memory", self.inputs.memory)  # a reader's budget
         try:
             yield from feed.pieces(min(lane.consumer.position for lane in lanes), True, True)
         finally:

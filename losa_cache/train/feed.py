@@ -119,6 +119,8 @@ class Consumer:
             self._count += len(idx)
         while self._count >= self.batch_size:
             yield self._cut(self.batch_size)
+        # the rest (less than a batch) is copied out, so the piece's window can be freed
+        self._pending = [_owned(part) for part in self._pending]
 
     def flush(self) -> Iterator[tuple[Feats, np.ndarray]]:
         """The last, shorter batch of a finite stream."""
@@ -142,6 +144,13 @@ class Consumer:
             return parts[0].feats, parts[0].rows
         feats = {i: torch.cat([p.feats[i] for p in parts]) for i in parts[0].feats}
         return feats, np.concatenate([p.rows for p in parts])
+
+
+def _owned(piece: Piece) -> Piece:
+    """``piece`` with features that hold only their own rows (views are copied)."""
+    feats = {i: t if t.untyped_storage().nbytes() == t.nbytes else t.clone()
+             for i, t in piece.feats.items()}
+    return Piece(piece.positions, piece.rows, feats)
 
 
 def _take(piece: Piece, idx: np.ndarray) -> Piece:

@@ -29,6 +29,7 @@ from losa_cache.extract import select_rows
 from losa_cache.store import StoreError
 from losa_cache.train.feed import Piece, keep_mask, planned, rechunk
 from losa_cache.train.order import RowOrder
+from losa_cache.train.run import use_amp
 from losa_cache.train.sources import SourceInfo, TaskData
 
 __all__ = ["LiveFeed", "LiveSource", "frozen_features"]
@@ -92,7 +93,8 @@ class LiveSource:
             raise ValueError(f"backbone already pruned after block {self._pruned}")
 
     def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[int],
-             piece_rows: int, device: torch.device, workers: int) -> LiveFeed:
+             piece_rows: int, device: torch.device, workers: int,
+             max_memory: int | None = None) -> LiveFeed:
         self.prune(layers)
         return LiveFeed(self, order, rows, layers, piece_rows, workers)
 
@@ -123,8 +125,7 @@ class LiveFeed:
         self.keep = None if np.array_equal(rows, order.rows) else keep_mask(rows)
         self.piece_rows, self.workers = int(piece_rows), max(0, int(workers))
         self.device = source.device
-        self.amp = source.amp_mode == "bf16" or (source.amp_mode == "auto"
-                                                 and self.device.type == "cuda")
+        self.amp = use_amp(source.amp_mode, self.device)
         self.images = 0
 
     def pieces(self, offset: int, loop: bool, shuffle: bool) -> Iterator[Piece]:

@@ -13,6 +13,11 @@ shuffled slots (store/direct.py), so the shuffle costs no copy and a batch is a 
 its window. The chunks of the windows after the one being read are hinted to the
 kernel, so the disk always has work queued. On CUDA the windows are pinned and batches
 are copied with ``non_blocking``. Memory caches live in :mod:`losa_cache.train.feed`.
+
+Host memory is bounded (``max_memory``, ``--max-memory``): the windows read ahead are as
+many as fit beside the one being served and a batch (:func:`reader_memory`), and a
+served window is freed once its last full batch is handed over (the consumer copies out
+the rest). The budget never changes the window (the shuffle buffer), so never the order.
 """
 
 from __future__ import annotations
@@ -32,12 +37,17 @@ from losa_cache.store import FeatureStore, StoreError
 from losa_cache.train.feed import Consumer, Piece, keep_mask, planned
 from losa_cache.train.order import RowOrder, default_buffer_rows
 
-__all__ = ["Batch", "StoreReader", "labelled_rows"]
+__all__ = ["DEFAULT_MAX_MEMORY", "Batch", "StoreReader", "labelled_rows", "reader_memory"]
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 MAX_RUN_CHUNKS = 8  # contiguous chunks per hint or zarr read job
 READ_AHEAD_BYTES = 256 << 20  # windows up to this size are read 2 ahead, bigger ones 1
 HINT_WINDOWS = 2  # windows after the one being read whose chunks are hinted to the kernel
+#: host memory the reader holds by default (windows served and read ahead, a batch): 1 GiB,
+#: or one window read ahead where that is more (streaming stays below live mode's
+#: footprint: a live backbone holds its weights and a batch's activations on top)
+DEFAULT_MAX_MEMORY = 1 << 30
+MiB = 1 << 20
 
 
 class Batch(NamedTuple):
@@ -62,7 +72,10 @@ class StoreReader:
     def __init__(self, store: FeatureStore, rows: np.ndarray, labels: np.ndarray,
                  layers: Sequence[int], batch_size: int, seed: int = 0,
                  device: str | torch.device = "cpu", buffer_rows: int | None = None,
-                 workers: int = 4, order_rows: np.ndarray | None = None) -> None:
+                 workers: int = 4, order_rows: np.ndarray | None = None,
+                 max_memory: int | None = None) -> None:
+        """``max_memory``: bytes of host memory the windows in flight may hold (default
+        :data:`DEFAULT_MAX_MEMORY`); it bounds the read-ahead, never the batch order."""
         missing = sorted(set(layers) - set(store.layers))
         if missing:
             raise StoreError(f"the store has no blocks {missing}; it holds blocks {store.layers} "
@@ -83,9 +96,12 @@ class StoreReader:
         window_rows = self.order.buffer_rows
         #: windows read ahead of the one being served: 2 keeps the I/O threads busy at
         #: window boundaries when a window is served fast (a few batches); 1 when it is
-        #: big (each is host memory) or lasts many steps anyway (small batches)
-        self.read_ahead = 2 if (window_rows * row_bytes <= READ_AHEAD_BYTES
-                                and window_rows <= 8 * self.batch_size) else 1
+        #: big or lasts many steps anyway (small batches); fewer where max_memory says so
+        want = 2 if (window_rows * row_bytes <= READ_AHEAD_BYTES
+                     and window_rows <= 8 * self.batch_size) else 1
+        self.memory = reader_memory(window_rows, min(self.batch_size, window_rows), row_bytes,
+                                    max_memory, want)
+        self.read_ahead = int(self.memory["read_ahead"])
         self.pin = self.device.type == "cuda"
         self.workers = max(1, int(workers))
         self._pool = ThreadPoolExecutor(max_workers=self.workers,
@@ -129,7 +145,8 @@ class StoreReader:
 
     def stats(self) -> dict:
         return {"bytes_read": self.bytes_read, "chunks_read": self.chunks_read,
-                "rows": len(self.rows), "buffer_rows": self.order.buffer_rows}
+                "rows": len(self.rows), "buffer_rows": self.order.buffer_rows,
+                "memory": self.memory}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -145,14 +162,14 @@ class StoreReader:
 
     def _streamed(self, plans: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[Piece]:
         """Windows read in visiting order (a batch is a slice), ``read_ahead`` windows
-        always being read meanwhile (so the I/O threads never wait for the next window)
-        and the ``HINT_WINDOWS`` after them hinted to the page cache (no memory held
-        here: the kernel queues the reads)."""
+        being read while one is served (so the I/O threads never wait for the next
+        window; at most ``read_ahead + 1`` held), and the ``HINT_WINDOWS`` after them
+        hinted to the page cache (no memory held here: the kernel queues the reads)."""
         hinted: deque = deque()
         reading: deque = deque()
 
-        def top_up() -> None:  # keep read_ahead + 1 windows submitted, the next ones hinted
-            while len(reading) <= self.read_ahead:
+        def top_up(n: int) -> None:  # keep n windows being read, the next ones hinted
+            while len(reading) < n:
                 while len(hinted) < 1 + HINT_WINDOWS and (item := next(plans, None)):
                     hinted.append(item)
                     self._hints.submit(self._hint, item[1])
@@ -165,13 +182,17 @@ class StoreReader:
                 reading.append((pos, rows, out, self._submit(rows, np.arange(len(rows)), out)))
 
         try:
-            top_up()
+            top_up(max(1, self.read_ahead))
             while reading:
                 pos, rows, tensors, jobs = reading.popleft()
                 for job in jobs:
                     job.result()
-                top_up()
-                yield Piece(pos, rows, tensors)
+                top_up(self.read_ahead)
+                piece = Piece(pos, rows, tensors)
+                del tensors, jobs
+                yield piece
+                del piece  # the consumer holds what it still needs: this window may go
+                top_up(1)  # read_ahead 0: the next window only now
         finally:
             for *_, jobs in reading:  # an early stop: let the reads in flight finish
                 for job in jobs:
@@ -232,3 +253,25 @@ class StoreReader:
         with self._lock:
             self.bytes_read += nbytes
             self.chunks_read += len(np.unique(rows // self.layout.chunk_rows))
+
+
+def reader_memory(window_rows: int, batch_rows: int, row_bytes: int, max_memory: int | None,
+                  want: int) -> dict[str, int]:
+    """The read-ahead that ``max_memory`` bytes hold: (read_ahead + 1) windows and one
+    batch (a batch spanning two windows is a copy). The default budget always holds one
+    window read ahead; a given budget that holds not even one window is refused, naming
+    the memory needed (the window is the shuffle buffer: shrinking it would change the
+    batch order, so only the user may)."""
+    window, batch = window_rows * row_bytes, batch_rows * row_bytes
+    budget = max(DEFAULT_MAX_MEMORY, 2 * window + batch) if max_memory is None else max_memory
+    fits = (budget - batch) // window - 1
+    if fits < 0:
+        need = -(-(window + batch) // MiB)
+        raise ValueError(
+            f"--max-memory {budget / MiB:,.0f} MiB cannot hold one shuffle window of "
+            f"{window_rows} rows ({window / MiB:,.1f} MiB) and a batch: give --max-memory "
+            f">= {need} (MiB), or a smaller --shuffle-buffer or --batch-size")
+    ahead = int(min(want, fits))
+    return {"max_memory": int(budget), "window_bytes": int(window), "batch_bytes": int(batch),
+            "read_ahead": ahead, "windows_held": ahead + 1,
+            "bytes_held": int((ahead + 1) * window + batch)}

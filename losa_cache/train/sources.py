@@ -64,7 +64,8 @@ class DataSource(Protocol):
     def split_rows(self, split: str) -> np.ndarray: ...
 
     def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[int],
-             piece_rows: int, device: torch.device, workers: int) -> Feed: ...
+             piece_rows: int, device: torch.device, workers: int,
+             max_memory: int | None = None) -> Feed: ...
 
     def close(self) -> None: ...
 
@@ -111,10 +112,11 @@ class StoreSource:
         return self.store.split_rows(split, valid_only=True)
 
     def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[int],
-             piece_rows: int, device: torch.device, workers: int) -> StoreReader:
+             piece_rows: int, device: torch.device, workers: int,
+             max_memory: int | None = None) -> StoreReader:
         return StoreReader(self.store, rows, np.zeros(len(rows), np.int64), layers, piece_rows,
                            seed=order.seed, device=device, buffer_rows=order.buffer_rows,
-                           workers=workers, order_rows=order.rows)
+                           workers=workers, order_rows=order.rows, max_memory=max_memory)
 
     def close(self) -> None:
         pass

@@ -72,7 +72,7 @@ def make_run(cfg: TrainConfig, source: DataSource, device: torch.device,
 
 def choose_inputs(mode: str, source: DataSource, device: torch.device,
                   rows: list[np.ndarray], layers: set[int], workers: int,
-                  progress: bool) -> Inputs:
+                  progress: bool, max_memory_mib: int | None = None) -> Inputs:
     """``--cache``: hold the given rows of the given blocks in memory when they fit."""
     union = np.unique(np.concatenate(rows))
     if not isinstance(source, StoreSource):
@@ -80,7 +80,8 @@ def choose_inputs(mode: str, source: DataSource, device: torch.device,
     else:
         need = len(union) * source.info.row_bytes * len(layers)
         choice = choose_cache(mode, need, device)
-    return Inputs(source, device, choice, union, sorted(layers), workers, progress)
+    return Inputs(source, device, choice, union, sorted(layers), workers, progress,
+                  None if max_memory_mib is None else max_memory_mib << 20)
 
 
 def train(cfg: TrainConfig, progress: bool = True,
@@ -102,7 +103,7 @@ def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> di
         run = make_run(cfg, source, device)
         run.start()
         inputs = choose_inputs(cfg.cache, source, device, [run.train_rows, run.eval_rows("val")],
-                               set(run.layers), cfg.workers, progress)
+                               set(run.layers), cfg.workers, progress, cfg.max_memory)
         run.notes.append(f"cache: {inputs.choice.reason}")
         if progress:
             for note in run.notes:
@@ -110,7 +111,8 @@ def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> di
         Engine([run], inputs, progress).train()
         extra = {"bytes_read": inputs.bytes_read, **ckpt.peak_memory(device, baseline),
                  "feed": {"cache": inputs.choice.to_dict(), "bytes_read": inputs.bytes_read,
-                          "buffer_rows": run.order.buffer_rows}}
+                          "buffer_rows": run.order.buffer_rows,
+                          "reader_memory": inputs.memory}}
         metrics = run.finish(extra)
     finally:
         source.close()

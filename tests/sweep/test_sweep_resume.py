@@ -98,7 +98,7 @@ def test_ctrl_c_checkpoints_then_resume_matches(make_sweep, sweep_store, tmp_pat
     args = [sys.executable, "-c", SCRIPT, "sweep", "--store", sweep_store, "--out", str(out),
             "--task", "full", "--method", "losa", "--rank", "4", "--layers", "all", "--lr",
             "0.05", "--steps", "150", "--batch-size", "8", "--checkpoint-every", "1",
-            "--speed-batches", "0", "--device", "cpu", "--workers", "1", "--json"]
+            "--speed-batches", "0", "--device", "cpu", "--workers", "1", "--amp", "fp32", "--json"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60

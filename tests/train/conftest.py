@@ -27,7 +27,7 @@ def fp16_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 SMALL = {"rank": 4, "layers": "evenly:2", "batch_size": 16, "steps": 6, "eval_every": 3,
-         "log_every": 1, "workers": 1, "device": "cpu"}
+         "log_every": 1, "workers": 1, "device": "cpu", "amp": "fp32"}
 
 
 @pytest.fixture

@@ -52,13 +52,17 @@ def test_same_seed_same_weights_linear_probe(make_cfg) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_continues_bit_for_bit(make_cfg) -> None:
-    straight = make_cfg("straight", steps=10, eval_every=5)
-    train(straight, progress=False)
-    split = make_cfg("split", steps=10, eval_every=5, stop_at=4, cache="none")
+@pytest.mark.parametrize("amp", ["fp32", "bf16"])
+def test_resume_continues_bit_for_bit(make_cfg, amp: str) -> None:
+    """Also in bf16: fp32 master weights and optimizer state checkpointed, bf16 compute."""
+    straight = make_cfg("straight", steps=10, eval_every=5, amp=amp)
+    assert train(straight, progress=False)["amp"] == amp
+    split = make_cfg("split", steps=10, eval_every=5, stop_at=4, cache="none", amp=amp)
     first = train(split, progress=False)
     assert not first["complete"] and first["step"] == 4 and "adapter" not in first
-    second = train(make_cfg("split", steps=10, eval_every=5, resume=True), progress=False)
+    assert all(v.dtype == torch.float32 for v in state(split.out)["model"].values())
+    second = train(make_cfg("split", steps=10, eval_every=5, resume=True, amp=amp),
+                   progress=False)
     assert second["complete"] and second["step"] == 10
     a, b = state(straight.out), state(split.out)
     for key in a["model"]:
