@@ -102,23 +102,29 @@ class LosaSide(SideNetwork):
 
     def __init__(self, config: SideConfig) -> None:
         super().__init__(config)
-        kinds = mixing_kinds(len(config.layers))
+        kinds = type(self).layer_kinds(config)
         self.mixers = nn.ModuleList(_build_mixer(k, config) for k in kinds)
 
     @classmethod
     def check_config(cls, config: SideConfig) -> None:
         super().check_config(config)
         if not config.layers:
-            raise ValueError("losa needs at least one layer; use method='linear' for none")
+            raise ValueError(
+                f"{config.method} needs at least one layer; use method='linear' for none")
         if config.layers[-1] != config.last_layer:
             raise ValueError(
-                f"losa layers {config.layers} must include the last block "
+                f"{config.method} layers {config.layers} must include the last block "
                 f"({config.last_layer}, 0-based); 'evenly:N' and 'last:N' always do"
             )
 
     @classmethod
+    def layer_kinds(cls, config: SideConfig) -> tuple[str, ...]:
+        """'channel' / 'token' for each side layer of ``config`` (Eq. 5), none built."""
+        return mixing_kinds(len(config.layers))
+
+    @classmethod
     def count_learned_params(cls, config: SideConfig) -> int:
-        return sum(_mixer_params(k, config) for k in mixing_kinds(len(config.layers)))
+        return sum(_mixer_params(k, config) for k in cls.layer_kinds(config))
 
     @property
     def kinds(self) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ class TrainConfig:
     task: str | None = _f(None, "Labelling of the store to train on (default: the store's).")
     method: str = _f("losa", "Side network (the linear probe: linear).", choices=list_sides)
     rank: int = _f(64, "Low-rank bottleneck r of the LoSA adaptors.", min=1)
+    hidden: int = _f(64, "Hidden width h of the transformer side network.", min=1)
     layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
                               "all | last:N | evenly:N | 3,6,-1 (0-based).")
     pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "

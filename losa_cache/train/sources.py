@@ -131,7 +131,8 @@ def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> S
     spec = ",".join(map(str, info.layers)) if cfg.layers == "store" else cfg.layers
     side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
                       num_classes=num_classes, method=cfg.method, rank=cfg.rank,
-                      layers=spec, prefix_tokens=info.prefix_tokens, pool=cfg.pool)
+                      hidden=cfg.hidden, layers=spec, prefix_tokens=info.prefix_tokens,
+                      pool=cfg.pool)
     need = side.required_layers
     missing = sorted(set(need) - set(info.layers))
     if missing:
