@@ -43,8 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from losa_cache.versions import versions
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks/ is a folder of scripts
 
 TASKS = ("digits", "rotation", "location", "count")
 LIVE = ("full", "lora", "bitfit")
@@ -234,8 +235,9 @@ def run_cached(
 def run_live(
     task_dir: Path, spec: dict[str, Any], budget: Budget, methods: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    """full / lora / bitfit with their own lr grids, the same epochs and batch size."""
-    from baselines import run_baseline
+    """Live baselines (full, lora, bitfit, vpt, partial) with their own lr grids, the same
+    epochs and batch size; each run is the training engine's (losa_cache.baselines)."""
+    from losa_cache.baselines.protocol import run_baseline
 
     out = {}
     for method in methods:
@@ -243,7 +245,7 @@ def run_live(
             method,
             task_dir,
             spec,
-            budget.live_lrs[method],
+            budget.live_lrs.get(method),  # None: the method's default grid
             None,
             budget.epochs,
             budget.batch_size,
@@ -515,9 +517,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_outputs(doc: dict[str, Any], results: Path, notes: Sequence[str]) -> dict[str, str]:
-    """benchmarks/results/accuracy-<date>.{md,png} + the JSON via _common.save."""
-    import _common
-
+    """benchmarks/results/accuracy-<date>.{md,png} + the JSON (date, versions, device)."""
     budget = Budget(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc["budget"].items()})
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     results.mkdir(parents=True, exist_ok=True)
@@ -526,12 +526,22 @@ def write_outputs(doc: dict[str, Any], results: Path, notes: Sequence[str]) -> d
     md.write_text(
         markdown(doc["rows"], doc["tasks"], budget, notes) + f"\n![accuracy vs cost]({png.name})\n"
     )
-    default, _common.RESULTS = _common.RESULTS, results  # save() writes to RESULTS
-    try:
-        js = _common.save("accuracy", {**doc, "markdown": md.name, "png": png.name})
-    finally:
-        _common.RESULTS = default
+    js = results / f"accuracy-{stamp}.json"
+    js.write_text(json.dumps({"benchmark": "accuracy", "date": stamp, "device": _device(),
+                              "versions": versions(), **doc, "markdown": md.name,
+                              "png": png.name}, indent=2, sort_keys=True, default=str))
     return {"markdown": str(md), "png": str(png), "json": str(js)}
+
+
+def _device() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return {"kind": "cuda", "name": torch.cuda.get_device_properties(0).name}
+    return {"kind": "cpu", "name": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads()}
 
 
 DEFAULT_NOTES = (
