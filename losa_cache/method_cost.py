@@ -22,7 +22,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from losa_cache.baselines.methods import (
-    IMAGES,
     BaselineOptions,
     build_baseline,
     count_baseline,
