@@ -126,3 +126,47 @@ def test_hidden_is_a_train_flag_with_its_help() -> None:
 
     out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     assert "--hidden" in out and "transformer" in out
+
+
+VIT_G = {"num_layers": 40, "dim": 1408, "num_classes": 10, "rank": 64}
+
+
+@pytest.mark.parametrize(("n", "millions"), [(1, 0.184), (2, 0.217), (4, 0.431), (8, 0.861)])
+def test_table_5_small_rows_fit_256_tokens_plus_a_constant(n: int, millions: float) -> None:
+    """Table 5's 1/2/4/8-layer rows: our formula at T = 256 (not 257) plus ~1.86 k, to the
+    printed digit; at T = 257 (the exact 40-layer row) the 1-layer row is off by ~2.3 k."""
+    at_256 = learned_params(SideConfig(**VIT_G, tokens=256, layers=f"evenly:{n}"))
+    assert round((at_256 + 1_860) / 1e6, 3) == millions
+    if n == 1:  # at T = 257 the 1-layer row is missed (0.182 M)
+        at_257 = learned_params(SideConfig(**VIT_G, tokens=257, layers="evenly:1"))
+        assert round(at_257 / 1e6, 3) == 0.182
+
+
+def test_the_4_8_m_rows_are_the_formula_plus_about_330_d() -> None:
+    """Tables 3, 4, 6, 7 print 4.8 M for ViT-g: 4,298,300 + ~330 x 1408 rounds to it."""
+    exact = learned_params(SideConfig(**VIT_G, tokens=257, layers="all"))
+    assert exact == 4_298_300 and round((exact + 330 * 1408) / 1e6, 1) == 4.8
+    assert round(exact / 1e6, 1) == 4.3  # the formula alone does not give 4.8
+
+
+@pytest.mark.slow  # ~12 s: peft's import and eight meta-device ViT-B builds
+def test_readme_method_table_counts_are_the_planners() -> None:
+    from pathlib import Path
+
+    from losa_cache.backbone.registry import create_architecture
+    from losa_cache.method_cost import method_cost
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    net = create_architecture("vit_b", "meta")
+    for method, kw in [
+        ("losa", {"rank": 16}),
+        ("lowrank_mlp", {"rank": 16}),
+        ("transformer", {"hidden": 96}),
+        ("full", {}),
+        ("lora", {"rank": 8}),
+        ("bitfit", {}),
+        ("vpt", {}),
+        ("partial", {}),
+    ]:
+        count = method_cost(net, method, **kw)["learned_params"]
+        assert f"{count:,}" in text, (method, count)
