@@ -12,14 +12,16 @@ Protocol (the PEFT VTAB-1k one, for every method):
 2. the val-best lr is retrained from the same initialisation on train800val200 for the same
    number of epochs and scored once on test.
 
-Cached methods (``linear``; ``losa`` r = 4, 8, 16 on all blocks; r = 16 on ``evenly:3``) read
-one feature store per task, extracted once with every block; step 1 is ONE sweep per task
-(all configs x lrs in one pass). Live baselines (``full``, ``lora``, ``bitfit``) come from
-``benchmarks/baselines.py`` with their own lr grids. Budget rule: every method trains for the
-same number of epochs at the same batch size (``--epochs``, default 5: what full fine-tuning
-can afford on 2 CPU cores); ``--cached-epochs E`` adds cached rows at a longer budget (marked
-``@E ep``), since those are cheap. Live baselines default to the structured tasks location and
-count (``--live-tasks``): ~2-4 min per method and task on CPU.
+Cached methods (``linear``; ``losa`` r = 4, 8, 16 on all blocks; r = 16 on ``evenly:3``)
+read one feature store per task, extracted once with every block; step 1 is ONE sweep per
+task (all configs x lrs in one pass). Live baselines (``full``, ``lora``, ``bitfit`` by
+default; ``vpt`` and ``partial`` too) come from ``losa_cache.baselines`` (every run the
+training engine's, ``train --live --method M``) with their own lr grids. Budget rule: every
+method trains for the same number of epochs at the same batch size (``--epochs``, default
+5: what full fine-tuning can afford on 2 CPU cores); ``--cached-epochs E`` adds cached rows
+at a longer budget (marked ``@E ep``), since those are cheap. Live baselines default to the
+structured tasks location and count (``--live-tasks``): ~2-4 min per method and task on
+CPU.
 
 Wall time of a cached method = its task's extraction (a method alone would need it) + its
 share of the sweep (sweep wall x its runs / all runs) + its final run. Memory at batch 1:
@@ -439,7 +441,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--live-tasks", default=None, help="tasks for full/lora/bitfit (default location,count)"
     )
-    p.add_argument("--live", default=",".join(LIVE), help="live baselines to run ('' for none)")
+    p.add_argument("--live", default=",".join(LIVE),
+                   help="live baselines to run, of full,lora,bitfit,vpt,partial ('' for none)")
     p.add_argument("--parts", default="cached,live", help="cached,live (results are reused)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--no-save", action="store_true", help="no files under --results")
