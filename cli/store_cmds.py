@@ -79,7 +79,17 @@ def plan(
     rank: Annotated[
         int | None, typer.Option(help="Also count a side network of this rank.")
     ] = None,
-    method: Annotated[str, typer.Option(help="Side network for --rank.")] = "losa",
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="Also price a method: a side network (losa, linear, lowrank_mlp, "
+            "transformer, ...) or a live baseline (full, lora, bitfit, vpt, partial): learned "
+            "parameters and GMACs (= the paper's 'GFLOPs'; GFLOPs = 2x), no weights built."
+        ),
+    ] = None,
+    hidden: Annotated[
+        int | None, typer.Option(help="Hidden width h of --method transformer.", min=1)
+    ] = None,
     side_layers: Annotated[
         str | None, typer.Option(help="Side network layers (default: --layers).")
     ] = None,
@@ -117,6 +127,7 @@ def plan(
                 measure=not no_measure,
                 taps=taps,
                 frames=frames,
+                hidden=hidden,
             )
     if json_out:
         emit_json(b if budget is not None else p)
@@ -155,9 +166,18 @@ def plan(
             f"matmul measured, x{p['assumed_efficiency']} assumed efficiency)"
         )
     typer.echo(f"epoch reads   {human_bytes(p['bytes_read_per_epoch'])} per training epoch")
-    if "learned_params" in p:
+    if "method_cost" in p:
+        m = p["method_cost"]
         typer.echo(
-            f"side network  {method} r={rank}: {p['learned_params'] / 1e6:.3f}M "
+            f"{m['kind']:<13} {method}: {m['learned_params'] / 1e6:.3f}M learned params (head "
+            f"excluded); {m['method_gmacs_per_image']:.3f} GMACs/image "
+            f"(= {m['method_gflops_per_image']:.3f} GFLOPs) on top of the backbone's "
+            f"{m['backbone_gmacs_per_image']:.1f}: total {m['total_gmacs_per_image']:.2f} "
+            f"GMACs ({m['setting']})"
+        )
+    elif "learned_params" in p:
+        typer.echo(
+            f"side network  losa r={rank}: {p['learned_params'] / 1e6:.3f}M "
             "learned params (head excluded)"
         )
     if "video" in p:

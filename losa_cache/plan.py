@@ -162,17 +162,20 @@ def plan(
     dtype: str = "float16",
     data_root: str | None = None,
     rank: int | None = None,
-    method: str = "losa",
+    method: str | None = None,
     side_layers: str | None = None,
     device: str = "auto",
     measure: bool = True,
     taps: str = "blocks",
     frames: int | None = None,
+    hidden: int | None = None,
 ) -> dict[str, Any]:
     """Sizes, compute, time and (with ``rank``) learned parameters, without loading weights.
 
     A ViViT (``vivit_*``, ``frames`` per clip) also gets ``video``: what caching costs
-    against training live, with numbers.
+    against training live, with numbers. ``method`` (a side network or a live baseline)
+    adds ``method_cost``: its learned parameters and GMACs / GFLOPs per image, the
+    backbone's and the total (:func:`losa_cache.method_cost.method_cost`).
     """
     bb = Backbone.load(model, frames)
     sizes = split_sizes(dataset, data_root)
@@ -200,9 +203,14 @@ def plan(
     }
     if measure:
         out |= time_estimate(device, out["images"], 2 * backbone["gmacs_per_image"] * 1e9)
-    if rank is not None:
+    if method is not None:
+        from losa_cache.method_cost import method_cost
+
+        out["method_cost"] = method_cost(bb.net, method, rank, side_layers or layers, hidden)
+        out["learned_params"] = out["method_cost"]["learned_params"]
+    elif rank is not None:
         out["learned_params"] = side_params(
-            method,
+            "losa",
             rank,
             side_layers or layers,
             bb.depth,

@@ -12,14 +12,16 @@ Protocol (the PEFT VTAB-1k one, for every method):
 2. the val-best lr is retrained from the same initialisation on train800val200 for the same
    number of epochs and scored once on test.
 
-Cached methods (``linear``; ``losa`` r = 4, 8, 16 on all blocks; r = 16 on ``evenly:3``) read
-one feature store per task, extracted once with every block; step 1 is ONE sweep per task
-(all configs x lrs in one pass). Live baselines (``full``, ``lora``, ``bitfit``) come from
-``benchmarks/baselines.py`` with their own lr grids. Budget rule: every method trains for the
-same number of epochs at the same batch size (``--epochs``, default 5: what full fine-tuning
-can afford on 2 CPU cores); ``--cached-epochs E`` adds cached rows at a longer budget (marked
-``@E ep``), since those are cheap. Live baselines default to the structured tasks location and
-count (``--live-tasks``): ~2-4 min per method and task on CPU.
+Cached methods (``linear``; ``losa`` r = 4, 8, 16 on all blocks; r = 16 on ``evenly:3``)
+read one feature store per task, extracted once with every block; step 1 is ONE sweep per
+task (all configs x lrs in one pass). Live baselines (``full``, ``lora``, ``bitfit`` by
+default; ``vpt`` and ``partial`` too) come from ``losa_cache.baselines`` (every run the
+training engine's, ``train --live --method M``) with their own lr grids. Budget rule: every
+method trains for the same number of epochs at the same batch size (``--epochs``, default
+5: what full fine-tuning can afford on 2 CPU cores); ``--cached-epochs E`` adds cached rows
+at a longer budget (marked ``@E ep``), since those are cheap. Live baselines default to the
+structured tasks location and count (``--live-tasks``): ~2-4 min per method and task on
+CPU.
 
 Wall time of a cached method = its task's extraction (a method alone would need it) + its
 share of the sweep (sweep wall x its runs / all runs) + its final run. Memory at batch 1:
@@ -43,8 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from losa_cache.versions import versions
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks/ is a folder of scripts
 
 TASKS = ("digits", "rotation", "location", "count")
 LIVE = ("full", "lora", "bitfit")
@@ -234,8 +237,9 @@ def run_cached(
 def run_live(
     task_dir: Path, spec: dict[str, Any], budget: Budget, methods: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    """full / lora / bitfit with their own lr grids, the same epochs and batch size."""
-    from baselines import run_baseline
+    """Live baselines (full, lora, bitfit, vpt, partial) with their own lr grids, the same
+    epochs and batch size; each run is the training engine's (losa_cache.baselines)."""
+    from losa_cache.baselines.protocol import run_baseline
 
     out = {}
     for method in methods:
@@ -243,7 +247,7 @@ def run_live(
             method,
             task_dir,
             spec,
-            budget.live_lrs[method],
+            budget.live_lrs.get(method),  # None: the method's default grid
             None,
             budget.epochs,
             budget.batch_size,
@@ -437,7 +441,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--live-tasks", default=None, help="tasks for full/lora/bitfit (default location,count)"
     )
-    p.add_argument("--live", default=",".join(LIVE), help="live baselines to run ('' for none)")
+    p.add_argument("--live", default=",".join(LIVE),
+                   help="live baselines to run, of full,lora,bitfit,vpt,partial ('' for none)")
     p.add_argument("--parts", default="cached,live", help="cached,live (results are reused)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--no-save", action="store_true", help="no files under --results")
@@ -515,9 +520,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_outputs(doc: dict[str, Any], results: Path, notes: Sequence[str]) -> dict[str, str]:
-    """benchmarks/results/accuracy-<date>.{md,png} + the JSON via _common.save."""
-    import _common
-
+    """benchmarks/results/accuracy-<date>.{md,png} + the JSON (date, versions, device)."""
     budget = Budget(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc["budget"].items()})
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     results.mkdir(parents=True, exist_ok=True)
@@ -526,12 +529,22 @@ def write_outputs(doc: dict[str, Any], results: Path, notes: Sequence[str]) -> d
     md.write_text(
         markdown(doc["rows"], doc["tasks"], budget, notes) + f"\n![accuracy vs cost]({png.name})\n"
     )
-    default, _common.RESULTS = _common.RESULTS, results  # save() writes to RESULTS
-    try:
-        js = _common.save("accuracy", {**doc, "markdown": md.name, "png": png.name})
-    finally:
-        _common.RESULTS = default
+    js = results / f"accuracy-{stamp}.json"
+    js.write_text(json.dumps({"benchmark": "accuracy", "date": stamp, "device": _device(),
+                              "versions": versions(), **doc, "markdown": md.name,
+                              "png": png.name}, indent=2, sort_keys=True, default=str))
     return {"markdown": str(md), "png": str(png), "json": str(js)}
+
+
+def _device() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return {"kind": "cuda", "name": torch.cuda.get_device_properties(0).name}
+    return {"kind": "cpu", "name": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads()}
 
 
 DEFAULT_NOTES = (

@@ -78,6 +78,9 @@ class SideConfig:
     alpha_init: float = field(
         default=1.0, metadata={"help": "Initial value of each side layer's scale alpha (Eq. 4)."}
     )
+    hidden: int = field(
+        default=64, metadata={"help": "Hidden width h of the side transformer (D -> h)."}
+    )
     dropout: float = field(
         default=0.0, metadata={"help": "Dropout before the head's linear layer, in [0, 1)."}
     )
@@ -109,7 +112,7 @@ class SideConfig:
         return value
 
     def _check_sizes(self) -> None:
-        for name in ("num_layers", "dim", "tokens", "num_classes", "frames"):
+        for name in ("num_layers", "dim", "tokens", "num_classes", "frames", "hidden"):
             self._positive(name)
         if not isinstance(self.prefix_tokens, int) or not 0 <= self.prefix_tokens < self.tokens:
             raise ValueError(

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: TrainConfig fields that only some methods use (``SideNetwork.uses``).
-METHOD_FIELDS = ("rank", "layers")
+METHOD_FIELDS = ("rank", "layers", "hidden")
 #: SweepConfig fields every run's TrainConfig copies.
 SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_decay", "seed",
                "cache", "device", "amp", "workers", "train_split", "val_split", "test_split",
@@ -49,7 +49,7 @@ SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_de
                "checkpoint", "pretrained", "random_init", "init_seed", "dataset", "data_root",
                "limit")
 #: TrainConfig fields a config entry may set; everything else is sweep-wide.
-ENTRY_KEYS = ("task", "method", "rank", "layers", "lr", "optimizer", "momentum",
+ENTRY_KEYS = ("task", "method", "rank", "hidden", "layers", "lr", "optimizer", "momentum",
               "weight_decay", "label_smoothing", "warmup_steps", "seed", "batch_size", "steps",
               "epochs", "pool", "shuffle_buffer")
 
@@ -262,7 +262,8 @@ def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
     lr = "default" if t.lr is None else f"{t.lr:g}"
     uses = get_side_class(t.method).uses
     parts = [t.method] + ([f"r{t.rank}"] if "rank" in uses else []) + (
-        [slug(label)] if "layers" in uses else [])
+        [slug(label)] if "layers" in uses else []) + (
+        [f"h{t.hidden}"] if "hidden" in uses else [])
     parts.append(f"lr{lr}")
     if t.optimizer != "sgd":
         parts.append(t.optimizer)

@@ -16,7 +16,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from losa_cache.fields import check_fields, option
+from losa_cache.baselines.methods import BaselineOptions, is_baseline, list_baselines
+from losa_cache.fields import check_fields, inherit, option
 from losa_cache.side import list_sides
 from losa_cache.side.config import POOLS, VERSION_KEY, library_version
 from losa_cache.train.cache import CACHE_MODES
@@ -45,8 +46,11 @@ class TrainConfig:
     store: str | None = _f(None, "Feature store path or URL (not needed with --live).")
     out: str = _f("runs/train", "Output folder: checkpoint, metrics, adapter.")
     task: str | None = _f(None, "Labelling of the store to train on (default: the store's).")
-    method: str = _f("losa", "Side network (the linear probe: linear).", choices=list_sides)
+    method: str = _f("losa", "Side network (the linear probe: linear), or a live baseline "
+                             "that trains the backbone (with --live; full, lora, bitfit, vpt, "
+                             "partial).", choices=lambda: [*list_sides(), *list_baselines()])
     rank: int = _f(64, "Low-rank bottleneck r of the LoSA adaptors.", min=1)
+    hidden: int = _f(64, "Hidden width h of the transformer side network.", min=1)
     layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
                               "all | last:N | evenly:N | 3,6,-1 (0-based).")
     pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "
@@ -102,6 +106,11 @@ class TrainConfig:
     dataset: str | None = _f(None, "Live: data set spec (as for extract).")
     data_root: str | None = _f(None, "Live: root folder of inat data sets.")
     limit: int | None = _f(None, "Live: at most N images per split (extract's --limit).", min=1)
+    lora_targets: str = inherit(BaselineOptions, "lora_targets")
+    lora_alpha: float | None = inherit(BaselineOptions, "lora_alpha")
+    prompt_tokens: int = inherit(BaselineOptions, "prompt_tokens")
+    prompt_blocks: int | None = inherit(BaselineOptions, "prompt_blocks")
+    tune_blocks: int = inherit(BaselineOptions, "tune_blocks")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -109,6 +118,11 @@ class TrainConfig:
             raise ValueError("give --steps or --epochs, not both")
         if self.live and not (self.model and self.dataset):
             raise ValueError("--live needs --model and --dataset (the backbone runs on images)")
+        if is_baseline(self.method):
+            if not self.live:
+                raise ValueError(f"--method {self.method} trains the backbone on images: add "
+                                 "--live (with --model and --dataset)")
+            BaselineOptions(**{k: getattr(self, k) for k in BaselineOptions.__dataclass_fields__})
         if not self.live and not self.store:
             raise ValueError("give --store (a feature store), or --live with --model/--dataset")
 

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from losa_cache.backbone import Backbone, create_backbone
+from losa_cache.baselines.methods import IMAGES
 from losa_cache.data import TorchImages, get_dataset
 from losa_cache.data.torch_dataset import worker_context
 from losa_cache.extract import select_rows
@@ -85,6 +86,9 @@ class LiveSource:
 
     def prune(self, layers: Sequence[int]) -> None:
         """Blocks after the last one any run reads never run (call once, before feeds)."""
+        layers = [i for i in layers if i != IMAGES]
+        if not layers:  # a live baseline runs its own backbone copy on the images
+            return
         last = max(layers)
         if self._pruned is None:
             self.backbone.prune(list(range(last + 1)))
@@ -146,8 +150,11 @@ class LiveFeed:
                     continue
             x = x.to(self.device, non_blocking=True)  # from pinned memory on CUDA
             self.images += len(rows)
-            yield Piece(pos, rows, frozen_features(self.source.backbone, x, self.layers,
-                                                   self.amp))
+            blocks = [i for i in self.layers if i != IMAGES]
+            feats = frozen_features(self.source.backbone, x, blocks, self.amp) if blocks else {}
+            if IMAGES in self.layers:  # a live baseline: the preprocessed images themselves
+                feats[IMAGES] = x
+            yield Piece(pos, rows, feats)
 
     def close(self) -> None:
         pass

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from losa_cache.side import SideConfig, create_side, head_params, learned_params
+from losa_cache.side import SideConfig, create_side, head_params
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.feed import keep_mask
@@ -77,21 +77,23 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, side: SideConfig, info: SourceInfo, task: TaskData,
                  splits: dict[str, str | None], split_rows: np.ndarray,
-                 rows: dict[str, np.ndarray], device: torch.device, name: str = "") -> None:
+                 rows: dict[str, np.ndarray], device: torch.device, name: str = "",
+                 model: torch.nn.Module | None = None) -> None:
         """``split_rows``: the train split's rows (the order's domain); ``rows``: the
-        labelled rows of each role (train, val, test)."""
+        labelled rows of each role (train, val, test); ``model``: a live baseline's
+        (backbone + head, fed images), else the side network of ``side`` is built."""
         self.cfg, self.side, self.info, self.task, self.splits = cfg, side, info, task, splits
         self.device, self.name, self.out = device, name or cfg.out, Path(cfg.out)
         self.plan = cfg.plan(len(rows["train"]))
         self.batch, self.steps = int(self.plan["batch_size"]), int(self.plan["steps"])
         self.amp = use_amp(cfg.amp, device)
         torch.manual_seed(cfg.seed)
-        self.model = create_side(side).to(device)
+        self.model = (create_side(side) if model is None else model).to(device)
         self.opt = build_optimizer(self.model, cfg.optimizer, float(self.plan["lr"]),
                                    float(self.plan["weight_decay"]), cfg.momentum)
         self.sched = build_scheduler(self.opt, int(self.plan["warmup_steps"]), self.steps)
         self.rng = ckpt.rng_state()  # this run's own RNG (dropout), swapped in per step
-        self.layers = side.required_layers
+        self.layers = self.model.required_layers  # a live baseline's: images
         fp16_row = 2 * info.tokens * info.dim * len(self.layers)
         self.order = RowOrder(split_rows, cfg.shuffle_buffer or default_buffer_rows(
             self.batch, len(split_rows), fp16_row), cfg.seed)
@@ -296,7 +298,8 @@ class Run:
             "final_val_acc": self.evals[-1]["acc"] if self.evals else None,
             "final_val_loss": self.evals[-1]["loss"] if self.evals else None,
             "test_acc": test and test["acc"], "test_loss": test and test["loss"],
-            "learned_params": learned_params(self.side), "head_params": head_params(self.side),
+            "learned_params": self.model.num_learned_params(),
+            "head_params": head_params(self.side),
             "train_loss": self.last_loss,
             "train_rows": len(self.train_rows), "train_images": self.train_images,
             "train_seconds": round(self.train_seconds, 3),
@@ -320,6 +323,9 @@ class Run:
         meta = {"fingerprint": self.info.fingerprint, "classes": self.task.classes,
                 "task": self.task.task, "train_config": self.cfg.to_dict(),
                 "metrics": _jsonable(metrics)}
+        if hasattr(self.model, "save_adapter"):  # a live baseline: its own format (+ peft's)
+            return self.model.cpu().save_adapter(self.out, {
+                **meta, "side_config": self.side.to_dict()})
         return save_adapter(self.out, self.model.cpu(), self.side, meta)
 
 

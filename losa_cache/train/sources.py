@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from losa_cache.baselines.methods import is_baseline
 from losa_cache.side import SideConfig
 from losa_cache.store import FeatureStore, StoreError, open_store
 from losa_cache.train.config import TrainConfig
@@ -131,9 +132,12 @@ def pick_device(name: str) -> torch.device:
 def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> SideConfig:
     """The side network for these features; its blocks must be available."""
     spec = ",".join(map(str, info.layers)) if cfg.layers == "store" else cfg.layers
+    # a live baseline's head is the linear probe's: on b_L of the backbone it trains
+    method = "linear" if is_baseline(cfg.method) else cfg.method
     side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
-                      num_classes=num_classes, method=cfg.method, rank=cfg.rank,
-                      layers=spec, prefix_tokens=info.prefix_tokens, pool=cfg.pool)
+                      num_classes=num_classes, method=method, rank=cfg.rank,
+                      hidden=cfg.hidden, layers=spec, prefix_tokens=info.prefix_tokens,
+                      pool=cfg.pool)
     need = side.required_layers
     missing = sorted(set(need) - set(info.layers))
     if missing:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from losa_cache.baselines.methods import build_baseline, is_baseline
 from losa_cache.outdir import locked_outdir
 from losa_cache.store import StoreError
 from losa_cache.train import checkpoint as ckpt
@@ -63,7 +64,10 @@ def make_run(cfg: TrainConfig, source: DataSource, device: torch.device,
         if splits[role] is not None and not len(rows[role]):
             splits[role] = None  # nothing to score on
     side = build_side_config(cfg, info, len(task.classes))
-    run = Run(cfg, side, info, task, splits, split_rows, rows, device, name)
+    model = None
+    if is_baseline(cfg.method):  # its own trainable copy of the live source's backbone
+        model = build_baseline(cfg.method, source.backbone.model, side, cfg, cfg.seed)
+    run = Run(cfg, side, info, task, splits, split_rows, rows, device, name, model)
     if run.batch < cfg.batch_size:
         run.notes.append(f"batch size {cfg.batch_size} capped at the {len(rows['train'])} "
                          "training rows")

@@ -21,7 +21,7 @@ def test_json_round_trip() -> None:
     ({"steps": 10, "epochs": 1.0}, "not both"),
     ({"optimizer": "lamb"}, r"unknown optimizer 'lamb' \(--optimizer\); choose one of \['sgd', "
                             r"'adamw'\]"),
-    ({"method": "lora"}, "unknown method"),
+    ({"method": "nope"}, "unknown method"),
     ({"cache": "disk"}, "unknown cache"),
     ({"label_smoothing": 1.0}, "--label-smoothing must be a number >= 0 and < 1"),
     ({"lr": -1.0}, "--lr must be a number > 0, got -1.0"),

@@ -1,0 +1,173 @@
+"""The PEFT VTAB-1k protocol for the live baselines, each run through the training engine.
+
+Each lr of the grid trains on train800 and is scored on val200; the best lr (ties: the
+first in the grid) is retrained from the same initialisation on train800val200 for the
+same number of epochs and scored once on test (``final='train800'`` instead retrains on
+train800 and scores that run on test). Every run is ``losa_cache.train.train`` of a live
+TrainConfig (AdamW, the trainer's warmup + cosine schedule, weight decay on matrices),
+so it writes the same metrics and adapter as ``losa-cache train --live --method M``.
+Training memory at batch 1 is a separate short run at batch 1 (the backbone's forward
+and backward included, the paper's setting).
+
+    from losa_cache.baselines.protocol import run_baseline
+    row = run_baseline("lora", "tasks/rotation", {"model": "demo"}, epochs=5)
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from losa_cache.baselines.methods import BASELINES
+
+__all__ = ["DEFAULT_LRS", "FINAL_SPLITS", "run_baseline", "task_dirs"]
+
+#: Per-method lr grids (AdamW): full fine-tuning wants smaller steps than the PEFT methods.
+DEFAULT_LRS = {"full": (1e-4, 3e-4, 1e-3), "lora": (3e-4, 1e-3, 3e-3),
+               "bitfit": (1e-3, 3e-3, 1e-2), "vpt": (1e-3, 3e-3, 1e-2),
+               "partial": (1e-4, 3e-4, 1e-3)}  # fmt: skip
+FINAL_SPLITS = ("train800val200", "train800")
+DEFAULT_EPOCHS = 100.0  # the usual VTAB-1k budget
+WEIGHT_DECAY = 1e-4
+MEMORY_STEPS = 3
+
+
+def _config(method: str, task_dir: Path, spec: dict[str, Any], out: Path, **kw: Any) -> Any:
+    from losa_cache.train import TrainConfig
+
+    return TrainConfig(
+        live=True,
+        store=None,
+        method=method,
+        out=str(out),
+        dataset=f"vtab1k:{task_dir}",
+        model=spec["model"],
+        checkpoint=spec.get("checkpoint"),
+        pretrained=spec.get("pretrained", False),
+        random_init=spec.get("random_init", False),
+        init_seed=spec.get("seed", 0),
+        optimizer="adamw",
+        weight_decay=WEIGHT_DECAY,
+        amp="fp32",
+        workers=0,
+        **kw,
+    )
+
+
+def run_baseline(
+    method: str,
+    task_dir: str | Path,
+    backbone_spec: dict[str, Any],
+    lrs: Sequence[float] | None = None,
+    steps: int | None = None,
+    epochs: float = DEFAULT_EPOCHS,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str = "cpu",
+    rank: int = 8,
+    alpha: float | None = None,
+    final: str = "train800val200",
+    measure_memory: bool = True,
+    out: str | Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """lr search on train800 -> val200, final run (see ``final``), test accuracy, costs.
+
+    ``out``: keep every run's folder (metrics, adapter) there; default a temporary folder.
+    ``options``: baseline options (``prompt_tokens``, ``tune_blocks``, ``lora_targets``...).
+    """
+    from losa_cache.train import train
+
+    if method not in BASELINES:
+        raise ValueError(f"unknown live baseline {method!r}; choose one of {list(BASELINES)}")
+    if final not in FINAL_SPLITS:
+        raise ValueError(f"final must be one of {FINAL_SPLITS}, got {final!r}")
+    t0 = time.perf_counter()
+    task_dir = Path(task_dir)
+    budget = {"steps": steps} if steps is not None else {"epochs": epochs}
+    common = {"rank": rank, "lora_alpha": alpha, "seed": seed, "device": device, **options}
+    with tempfile.TemporaryDirectory(prefix="losa-baseline-") as tmp:
+        root = Path(out) if out is not None else Path(tmp)
+        run = lambda name, **kw: train(
+            _config(method, task_dir, backbone_spec, root / name, **common, **kw), progress=False
+        )
+        lrs = tuple(lrs or DEFAULT_LRS[method])
+        val_acc: dict[float, float] = {}
+        for lr in lrs:
+            m = run(
+                f"lr{lr:g}",
+                lr=lr,
+                batch_size=batch_size,
+                train_split="train800",
+                val_split="val200",
+                test_split="none",
+                **budget,
+            )
+            val_acc[lr] = 100.0 * m["final_val_acc"]
+        best = max(lrs, key=lambda lr: val_acc[lr])  # max keeps the earliest of equals
+        res = run(
+            "final",
+            lr=best,
+            batch_size=batch_size,
+            train_split=final,
+            val_split="none",
+            test_split="test",
+            **budget,
+        )
+        memory = (
+            run(
+                "memory",
+                lr=best,
+                batch_size=1,
+                steps=MEMORY_STEPS,
+                eval_every=MEMORY_STEPS,
+                train_split="train800",
+                val_split="none",
+                test_split="none",
+            )
+            if measure_memory
+            else None
+        )
+    return {
+        "method": method,
+        "task": task_dir.name,
+        "task_dir": str(task_dir),
+        "rank": rank if method == "lora" else None,
+        "lrs": list(lrs),
+        "val_acc": {str(lr): v for lr, v in val_acc.items()},
+        "best_lr": best,
+        "val_acc_best": val_acc[best],
+        "test_acc": 100.0 * res["test_acc"],
+        "final": final,
+        "learned_params": res["learned_params"],
+        "head_params": res["head_params"],
+        "images_per_s": res["images_per_s"],
+        "memory_mb_bs1": memory["peak_memory_bytes"] / 2**20 if memory else float("nan"),
+        "memory_kind": memory["peak_memory_kind"] if memory else "not measured",
+        "steps": res["step"],
+        "batch_size": res["plan"]["batch_size"],
+        "seed": seed,
+        "train_loss": res["train_loss"],
+        "wall_s": time.perf_counter() - t0,
+        "device": res["device"],
+    }
+
+
+def task_dirs(spec: str) -> list[Path]:
+    """A task folder, a comma list of them, or a folder of task folders."""
+    dirs = []
+    for part in (p for p in spec.split(",") if p):
+        path = Path(part)
+        if (path / "train800.txt").is_file():
+            dirs.append(path)
+        else:
+            dirs += sorted(d for d in path.iterdir() if (d / "train800.txt").is_file())
+    if not dirs:
+        raise FileNotFoundError(
+            f"no VTAB-1k task folder (with train800.txt) in {spec!r}; "
+            "make one with pipelines/vtab_tasks.py"
+        )
+    return dirs
