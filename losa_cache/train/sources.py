@@ -8,7 +8,7 @@ rows), each split's rows (the domain of the batch order), each task's labels, an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -129,9 +129,11 @@ def pick_device(name: str) -> torch.device:
 def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> SideConfig:
     """The side network for these features; its blocks must be available."""
     spec = ",".join(map(str, info.layers)) if cfg.layers == "store" else cfg.layers
+    method = {f.name: getattr(cfg, f.name) for f in fields(SideConfig)
+              if hasattr(cfg, f.name) and f.name != "layers"}  # method, rank, pool, width...
     side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
-                      num_classes=num_classes, method=cfg.method, rank=cfg.rank,
-                      layers=spec, prefix_tokens=info.prefix_tokens, pool=cfg.pool)
+                      num_classes=num_classes, layers=spec, prefix_tokens=info.prefix_tokens,
+                      **method)
     need = side.required_layers
     missing = sorted(set(need) - set(info.layers))
     if missing:
