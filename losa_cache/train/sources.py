@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from losa_cache.side import SideConfig
+from losa_cache.side import SideConfig, get_side_class
 from losa_cache.store import FeatureStore, StoreError, open_store
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.feed import Feed
@@ -134,6 +134,12 @@ def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> S
     side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
                       num_classes=num_classes, layers=spec, prefix_tokens=info.prefix_tokens,
                       **method)
+    taps = get_side_class(side.method).taps(side)
+    if taps:  # the feed reads blocks only until it learns the store's taps (issue 12)
+        raise StoreError(
+            f"{cfg.method} with these options reads the store taps {list(taps)} besides "
+            "blocks, which training cannot feed yet; choose options that read blocks only "
+            "(see --help)")
     need = side.required_layers
     missing = sorted(set(need) - set(info.layers))
     if missing:

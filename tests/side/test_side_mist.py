@@ -251,3 +251,22 @@ def test_lae_only_trains_through_the_engine_on_a_block_store(
     assert m["learned_params"] == learned_params(side) == 2 * edge_block_params(side) > 0
     proj = load_adapter(tmp_path / "run").model.edge[0].fn.proj.weight
     assert proj.abs().sum() > 0  # trained away from the identity start
+
+
+def test_training_on_g_k_is_refused_until_the_feed_reads_taps(
+    micro_store: str, tmp_path: Path
+) -> None:
+    from losa_cache.store import StoreError
+    from losa_cache.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        store=micro_store,
+        out=str(tmp_path / "run"),
+        method="mist",
+        steps=1,
+        device="cpu",
+        workers=1,
+    )
+    with pytest.raises(StoreError, match=r"reads the store taps \['embed'\]"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
