@@ -21,9 +21,9 @@ Choices the paper leaves open (its equations are blank in our copy):
   the default. The tables' 0.38 M parameters fit a width of 32 better: for ViT-B/16
   (D 768), 4 blocks, LayerNorm and biases counted, head excluded,
   width 16 -> 206,016 (0.21 M), width 32 -> 402,816 (0.40 M); 8 blocks double that, as
-  Table 4's 0.76 M does. ``--width 32`` comes closest to the tables' size and matches their edge MACs
-  (Table 1: 0.09 G): width 32 -> 0.087 G, width 16 -> 0.044 G per image (Q/K/V, attention
-  and output projections plus the head; benchmarks/mist.py counts them).
+  Table 4's 0.76 M does. ``--width 32`` comes closest to the tables' size and matches
+  their edge MACs (Table 1: 0.09 G): width 32 -> 0.087 G, width 16 -> 0.044 G per image
+  (Q/K/V, attention and output projections plus the head; benchmarks/mist.py counts them).
 * The output projection starts at zero, so every block is the identity and a fresh
   network is the linear probe on its input map (LoSA's rule, Table 6 of that paper).
 * k: picked on the validation split among ``k_candidates``; the paper prints only that N is
