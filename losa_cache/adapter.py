@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 
-from losa_cache.backbone import PREPROCESS_KEYS
 from losa_cache.side import SideConfig, SideNetwork, create_side
 from losa_cache.versions import versions
 
@@ -313,6 +312,8 @@ def _check_layers(model: SideNetwork, record: dict[str, Any], root: Path) -> Non
 
 def fingerprint_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     """One line per fingerprint key (model, weights, preprocessing) whose values differ."""
+    from losa_cache.backbone import PREPROCESS_KEYS  # imports timm: not on the training path
+
     out = []
     for key in (*MATCH_KEYS, *PREPROCESS_KEYS):
         a, b = expected.get(key), actual.get(key)

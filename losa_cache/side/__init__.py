@@ -1,4 +1,4 @@
-"""Side networks trained on cached backbone block outputs (LoSA and the linear probe).
+"""Side networks trained on cached backbone block outputs (LoSA, MIST's LAE, the linear probe).
 
     config = SideConfig(num_layers=12, dim=768, tokens=197, num_classes=100,
                         method="losa", rank=16, layers="evenly:4")
@@ -13,7 +13,7 @@ Adding a method: a module with a ``SideNetwork`` subclass decorated with
 from __future__ import annotations
 
 # register the built-in methods
-from losa_cache.side import linear, losa, lowrank_mlp, transformer  # noqa: F401
+from losa_cache.side import linear, losa, lowrank_mlp, mist, transformer  # noqa: F401
 from losa_cache.side.base import SideNetwork
 from losa_cache.side.config import SideConfig
 from losa_cache.side.head import ClassifierHead, head_params

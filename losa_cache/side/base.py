@@ -70,6 +70,12 @@ class SideNetwork(nn.Module):
         """Sorted 0-based block indices a network of ``config`` reads (none built)."""
         raise NotImplementedError
 
+    @classmethod
+    def taps(cls, config: SideConfig) -> tuple[str, ...]:
+        """Store taps (``embed``, ``sum:k``) :meth:`forward` reads besides the blocks, by
+        name (none built); none by default."""
+        return ()
+
     @property
     def required_layers(self) -> tuple[int, ...]:
         """Sorted 0-based block indices that :meth:`forward` reads."""

@@ -84,6 +84,18 @@ class SideConfig:
     dropout: float = field(
         default=0.0, metadata={"help": "Dropout before the head's linear layer, in [0, 1)."}
     )
+    # MIST's edge network (side/mist.py: MistOptions holds their ranges)
+    width: int = field(default=16, metadata={"help": "mist: total Q/K/V width of LAE."})
+    heads: int = field(default=1, metadata={"help": "mist: attention heads sharing width."})
+    edge_blocks: int = field(default=4, metadata={"help": "mist: edge network blocks."})
+    block_fn: str = field(default="attention", metadata={"help": "mist: attention | mlp | dwconv."})
+    gather: str = field(default="sum", metadata={"help": "mist: input map, sum (G_k) | last."})
+    gather_k: int | None = field(
+        default=None, metadata={"help": "mist: k of G_k, 1-based (None: the depth)."}
+    )
+    k_candidates: str = field(
+        default="thirds", metadata={"help": "mist: k chosen among on val (thirds | 4,8,12)."}
+    )
 
     def __post_init__(self) -> None:
         self._coerce_layers()

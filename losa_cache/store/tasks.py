@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-from losa_cache.data.base import warn_if_one_class
-from losa_cache.data.files import LabelLine, is_int, looks_numeric, read_lines, unique_label_lines
 from losa_cache.outdir import SEGMENT_RULE, is_safe_segment
 from losa_cache.store import schema as S
 from losa_cache.store.lease import LABELLING, store_lock
@@ -49,6 +47,17 @@ def read_label_file(path: Path) -> list[tuple[str, str]]:
     UTF-8 (a BOM is dropped); exact repeats are kept once, two labels for one source and
     numbers that are not integers (``1.5``) are refused naming the line (see data.files).
     """
+    # losa_cache.data imports PIL: kept out of the store's import, which a lean device
+    # install (training from a store, no image stack) needs
+    from losa_cache.data.base import warn_if_one_class
+    from losa_cache.data.files import (
+        LabelLine,
+        is_int,
+        looks_numeric,
+        read_lines,
+        unique_label_lines,
+    )
+
     if not Path(path).is_file():
         raise StoreError(f"labels file {path} does not exist")
     lines = []

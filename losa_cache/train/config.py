@@ -20,6 +20,7 @@ from losa_cache.baselines.methods import BaselineOptions, is_baseline, list_base
 from losa_cache.fields import check_fields, inherit, option
 from losa_cache.side import list_sides
 from losa_cache.side.config import POOLS, VERSION_KEY, library_version
+from losa_cache.side.mist import MistOptions
 from losa_cache.train.cache import CACHE_MODES
 
 __all__ = ["OPTIMIZERS", "RUNTIME_FIELDS", "TrainConfig"]
@@ -55,6 +56,14 @@ class TrainConfig:
                               "all | last:N | evenly:N | 3,6,-1 (0-based).")
     pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "
                            "mean.", choices=POOLS)
+    # MIST's edge network: help and ranges from its options (losa_cache/side/mist.py)
+    width: int = inherit(MistOptions, "width")
+    heads: int = inherit(MistOptions, "heads")
+    edge_blocks: int = inherit(MistOptions, "edge_blocks")
+    block_fn: str = inherit(MistOptions, "block_fn")
+    gather: str = inherit(MistOptions, "gather")
+    gather_k: int | None = inherit(MistOptions, "gather_k")
+    k_candidates: str = inherit(MistOptions, "k_candidates")
     steps: int | None = _f(None, "Optimizer steps (default: min(20000, 100 epochs)).", min=1)
     epochs: float | None = _f(None, "Train for this many passes over the train split instead.",
                               above=0)

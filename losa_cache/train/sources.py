@@ -8,14 +8,14 @@ rows), each split's rows (the domain of the batch order), each task's labels, an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from losa_cache.baselines.methods import is_baseline
-from losa_cache.side import SideConfig
+from losa_cache.side import SideConfig, get_side_class
 from losa_cache.store import FeatureStore, StoreError, open_store
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.feed import Feed
@@ -132,12 +132,19 @@ def pick_device(name: str) -> torch.device:
 def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> SideConfig:
     """The side network for these features; its blocks must be available."""
     spec = ",".join(map(str, info.layers)) if cfg.layers == "store" else cfg.layers
+    options = {f.name: getattr(cfg, f.name) for f in fields(SideConfig)
+               if hasattr(cfg, f.name) and f.name not in ("layers", "method")}  # rank, pool...
     # a live baseline's head is the linear probe's: on b_L of the backbone it trains
     method = "linear" if is_baseline(cfg.method) else cfg.method
     side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
-                      num_classes=num_classes, method=method, rank=cfg.rank,
-                      hidden=cfg.hidden, layers=spec, prefix_tokens=info.prefix_tokens,
-                      pool=cfg.pool)
+                      num_classes=num_classes, method=method, layers=spec,
+                      prefix_tokens=info.prefix_tokens, **options)
+    taps = get_side_class(side.method).taps(side)
+    if taps:  # the feed reads blocks only until it learns the store's taps (issue 12)
+        raise StoreError(
+            f"{cfg.method} with these options reads the store taps {list(taps)} besides "
+            "blocks, which training cannot feed yet; choose options that read blocks only "
+            "(see --help)")
     need = side.required_layers
     missing = sorted(set(need) - set(info.layers))
     if missing:

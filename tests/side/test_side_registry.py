@@ -50,7 +50,8 @@ def test_every_side_builds_counts_and_runs(
     assert model.num_learned_params() + head == sum(p.numel() for p in model.parameters())
     assert config.last_layer in model.required_layers
     features = make_features(config)
-    needed = {i: features[i] for i in model.required_layers}  # reads nothing else
+    needed: dict[Any, Tensor] = {i: features[i] for i in model.required_layers}
+    needed.update({tap: features[0] for tap in type(model).taps(config)})  # nothing else
     assert model(needed).shape == (2, config.num_classes)
 
 

@@ -1,0 +1,47 @@
+"""Smoke test of benchmarks/mist.py on the micro store (subprocesses, adapters, JSON)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.slow
+def test_mist_benchmark_runs_and_reports(
+    micro_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_mist", BENCH / "mist.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path)
+    payload = bench.main(
+        [
+            "--store",
+            micro_store,
+            "--steps",
+            "2",
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+            "--methods",
+            "mist,losa_r16",
+        ]
+    )
+    runs = {r["method"]: r for r in payload["runs"]}
+    assert set(runs) == {"mist", "losa_r16"}
+    for r in runs.values():
+        assert r["train_peak_mb"] > 0 and r["infer_peak_mb"] > 0 and r["train_img_s"] > 0
+        assert r["edge_gmacs"] > 0
+    # micro store: T 17, D 32; mist reads one map, losa every block (4)
+    assert runs["mist"]["transfer"]["maps"] == 1 and runs["losa_r16"]["transfer"]["maps"] == 4
+    assert runs["mist"]["transfer"]["fp32_mib"] == pytest.approx(17 * 32 * 4 / 2**20)
+    (saved,) = tmp_path.glob("mist-*.json")
+    assert json.loads(saved.read_text())["runs"] == json.loads(json.dumps(payload["runs"]))
