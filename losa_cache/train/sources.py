@@ -97,6 +97,11 @@ class StoreSource:
         self.store: FeatureStore = open_store(path, storage_options)
         self.store.require_complete()
         s = self.store
+        if s.dtype not in TORCH_DTYPES:  # int8: the store API dequantizes, the reader not yet
+            raise StoreError(
+                f"{path} holds {s.dtype} features, which training cannot read yet (only "
+                "store.features()/tap_features() dequantize them): train from the fp16/bf16/"
+                "fp32 store it was made from, or extract one with --dtype fp16")
         self.info = SourceInfo(
             depth=s.depth, dim=s.layout.dim, tokens=s.layout.tokens,
             prefix_tokens=int(s.token_layout.get("prefix_tokens", 1)), layers=tuple(s.layers),
