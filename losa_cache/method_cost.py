@@ -61,7 +61,8 @@ def _side(
     )
     with torch.device("meta"):
         side = create_side(config)
-        feats = {i: torch.empty(1, tokens, config.dim) for i in side.required_layers}
+        inputs = [*side.required_layers, *type(side).taps(config)]  # blocks, then taps
+        feats = {i: torch.empty(1, tokens, config.dim) for i in inputs}
     info = {
         "kind": "side network",
         "learned_params": learned_params(config),

@@ -27,6 +27,8 @@ def compute_dtype(x: Tensor, module_dtype: torch.dtype) -> torch.dtype:
     their device, so an fp16/bf16 batch is cast once to bf16 (never through an fp32
     copy) and the residual stream runs in it; else the module's."""
     kind = x.device.type
+    if kind not in ("cpu", "cuda"):  # meta (counting FLOPs without weights): no autocast
+        return module_dtype
     if module_dtype == torch.float32 and torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
     return module_dtype
