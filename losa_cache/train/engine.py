@@ -18,6 +18,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from losa_cache.train.reader import DEFAULT_MAX_MEMORY
 from losa_cache.train.run import Run
 from losa_cache.train.sources import DataSource
 
-__all__ = ["Engine", "Inputs", "evaluate_runs"]
+__all__ = ["Engine", "EvalJob", "Inputs", "Score", "evaluate", "evaluate_runs", "run_job"]
 
 EVAL_WINDOW = 4096  # rows per piece of a sequential evaluation read
 
@@ -84,51 +85,131 @@ class Inputs:
         feed.close()
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class EvalJob:
+    """One model scored on some rows of one labelling, in batches of ``batch``: a run's
+    val/test evaluation, or ``losa-cache eval`` of a saved adapter (the same numbers for
+    the same model, rows, batch and amp)."""
+
+    model: torch.nn.Module
+    rows: np.ndarray  # (n,) sorted store rows, every one labelled
+    labels: np.ndarray  # (N,) int64: the label of every store row
+    task: str  # jobs of one task and role score the same rows (they share batches)
+    batch: int
+    amp: bool
+    num_classes: int
+
+
+@dataclass
+class Score:
+    """Sums over a job's scored rows; accuracy, loss and per-class accuracy follow."""
+
+    loss_sum: float
+    class_count: np.ndarray  # (C,) rows per true class
+    class_correct: np.ndarray  # (C,) of them predicted right
+
+    @property
+    def count(self) -> int:
+        return int(self.class_count.sum())
+
+    @property
+    def correct(self) -> int:
+        return int(self.class_correct.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(1, self.count)
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy (the per-batch sums added in float64, batch by batch)."""
+        return self.loss_sum / max(1, self.count)
+
+    def per_class(self, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``{name: {count, accuracy}}``; accuracy None for a class with no rows."""
+        return {name: {"count": int(n), "accuracy": int(c) / int(n) if n else None}
+                for name, n, c in zip(classes, self.class_count, self.class_correct,
+                                      strict=True)}
+
+    @property
+    def mean_class_accuracy(self) -> float | None:
+        """The mean over the classes present (the VTAB-style balanced accuracy)."""
+        present = self.class_count > 0
+        if not present.any():
+            return None
+        return float(np.mean(self.class_correct[present] / self.class_count[present]))
+
+
+def run_job(run: Run, role: str) -> EvalJob:
+    """The evaluation of ``run`` on its ``role`` rows, in batches of its training size."""
+    return EvalJob(run.model, run.eval_rows(role), run.task.labels, run.task.task, run.batch,
+                   run.amp, len(run.task.classes))
+
+
 def evaluate_runs(runs: Sequence[Run], role: str, inputs: Inputs) -> dict[int, dict[str, Any]]:
-    """Accuracy and mean cross-entropy of every run on its ``role`` rows: one sequential
-    read of the union of their rows; each run sees its own rows in batches of its size
-    (the same batches alone and in a sweep). Keyed by ``id(run)``."""
+    """Accuracy and mean cross-entropy of every run on its ``role`` rows (see
+    :func:`evaluate`), keyed by ``id(run)``; runs without such rows are left out."""
     runs = [r for r in runs if len(r.eval_rows(role))]
-    if not runs:
-        return {}
-    union = np.unique(np.concatenate([r.eval_rows(role) for r in runs]))
-    layers = sorted({i for r in runs for i in r.layers})
-    groups: dict[tuple, tuple[Consumer, list[Run]]] = {}
-    for r in runs:
-        rows = r.eval_rows(role)
-        key = (r.task.task, r.batch)
-        if key not in groups:
-            keep = None if len(rows) == len(union) else keep_mask(rows)
-            groups[key] = (Consumer(r.batch, keep), [])
-        groups[key][1].append(r)
-    sums = {id(r): [0.0, 0, 0] for r in runs}
+    scores = evaluate([run_job(r, role) for r in runs], inputs)
+    return {id(r): {"acc": s.accuracy, "loss": s.loss, "n": s.count}
+            for r, s in zip(runs, scores, strict=True)}
+
+
+@torch.no_grad()
+def evaluate(jobs: Sequence[EvalJob], inputs: Inputs) -> list[Score]:
+    """The one evaluation routine (``train``, ``sweep`` and ``eval``): one sequential read
+    of the union of the jobs' rows; each job sees its own rows in batches of its size, so
+    a run scores the same alone, in a sweep and as a saved adapter."""
+    if not jobs:
+        return []
+    union = np.unique(np.concatenate([j.rows for j in jobs]))
+    layers = sorted({i for j in jobs for i in j.model.required_layers})
+    groups: dict[tuple, tuple[Consumer, list[int]]] = {}
+    for k, j in enumerate(jobs):
+        if (j.task, j.batch) not in groups:
+            keep = None if len(j.rows) == len(union) else keep_mask(j.rows)
+            groups[(j.task, j.batch)] = (Consumer(j.batch, keep), [])
+        groups[(j.task, j.batch)][1].append(k)
+    sums = [_Sums(j.num_classes, inputs.device) for j in jobs]
     window = inputs.eval_window(union, layers)
-    feed = inputs.feed(RowOrder(union, window, 0), union, layers, runs[0].batch)
-    was = {id(r): r.model.training for r in runs}
-    for r in runs:
-        r.model.eval()
+    feed = inputs.feed(RowOrder(union, window, 0), union, layers, jobs[0].batch)
+    was = [j.model.training for j in jobs]
+    for j in jobs:
+        j.model.eval()
     try:
         for piece in [*_finite(feed), None]:
             for consumer, members in groups.values():
                 done = consumer.flush() if piece is None else consumer.feed(piece)
                 for feats, rows in done:
                     feats = _to(feats, inputs.device)
-                    for r in members:
-                        labels = r.labels_of(rows)
-                        with torch.autocast(labels.device.type, dtype=torch.bfloat16,
-                                            enabled=r.amp):
-                            logits = r.model(feats).float()
-                        s = sums[id(r)]
-                        s[0] += float(F.cross_entropy(logits, labels, reduction="sum"))
-                        s[1] += int((logits.argmax(1) == labels).sum())
-                        s[2] += len(labels)
+                    for k in members:
+                        sums[k].add(jobs[k], feats, rows)
     finally:
         inputs.close_feed(feed)
-        for r in runs:
-            r.model.train(was[id(r)])
-    return {k: {"acc": c / max(1, n), "loss": loss / max(1, n), "n": n}
-            for k, (loss, c, n) in sums.items()}
+        for j, training in zip(jobs, was, strict=True):
+            j.model.train(training)
+    return [s.score() for s in sums]
+
+
+class _Sums:
+    """Running sums of one job (counts on the device: no sync per batch for them)."""
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        self.loss = 0.0
+        self.count = torch.zeros(num_classes, dtype=torch.long, device=device)
+        self.correct = torch.zeros(num_classes, dtype=torch.long, device=device)
+
+    def add(self, job: EvalJob, feats: dict[int, torch.Tensor], rows: np.ndarray) -> None:
+        labels = torch.from_numpy(job.labels[rows]).to(self.count.device, non_blocking=True)
+        with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=job.amp):
+            logits = job.model(feats).float()  # (b, C)
+        self.loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+        n = len(self.count)
+        self.count += torch.bincount(labels, minlength=n)
+        self.correct += torch.bincount(labels[logits.argmax(1) == labels], minlength=n)
+
+    def score(self) -> Score:
+        return Score(self.loss, self.count.cpu().numpy(), self.correct.cpu().numpy())
 
 
 def _finite(feed: Feed) -> Iterator[Any]:

@@ -91,15 +91,18 @@ def resolve_splits(cfg: Any, available: Sequence[str]) -> dict[str, str | None]:
 
 
 class StoreSource:
-    """Features read from a complete feature store."""
+    """Features read from a complete feature store (or an open one: ``eval`` scores the
+    finished shards of a store opened with ``allow_incomplete``)."""
 
-    def __init__(self, path: str, storage_options: dict | None = None) -> None:
-        self.store: FeatureStore = open_store(path, storage_options)
-        self.store.require_complete()
+    def __init__(self, path: str | FeatureStore, storage_options: dict | None = None) -> None:
+        opened = isinstance(path, FeatureStore)
+        self.store: FeatureStore = path if opened else open_store(path, storage_options)
+        if not (opened and self.store.allow_incomplete):
+            self.store.require_complete()
         s = self.store
         if s.dtype not in TORCH_DTYPES:  # int8: the store API dequantizes, the reader not yet
             raise StoreError(
-                f"{path} holds {s.dtype} features, which training cannot read yet (only "
+                f"{s.path} holds {s.dtype} features, which training cannot read yet (only "
                 "store.features()/tap_features() dequantize them): train from the fp16/bf16/"
                 "fp32 store it was made from, or extract one with --dtype fp16")
         self.info = SourceInfo(
