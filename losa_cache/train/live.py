@@ -15,7 +15,7 @@ side network's parameters.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,7 @@ class LiveSource:
                                row_bytes=b.tokens * b.dim * 4)
         self.images = TorchImages(self.dataset, b.transform(), self.dataset_rows)
         self._pruned: int | None = None
+        self._eval_loaders: dict[tuple, tuple[DataLoader, _Planned]] = {}
 
     def task(self, name: str | None) -> TaskData:
         if name not in (None, self.task_name):
@@ -102,18 +103,40 @@ class LiveSource:
         self.prune(layers)
         return LiveFeed(self, order, rows, layers, piece_rows, workers)
 
+    def loader(self, sampler: _Planned, workers: int, persistent: bool = False) -> DataLoader:
+        """Decoding ``sampler``'s pieces in ``workers`` processes (``persistent``: kept
+        alive between passes)."""
+        kwargs: dict[str, Any] = {}
+        if workers > 0:  # zarr/timm threads in this process: never fork it
+            kwargs = {"multiprocessing_context": worker_context(), "prefetch_factor": 4,
+                      "persistent_workers": persistent}
+        return DataLoader(self.images, batch_sampler=sampler, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", **kwargs)
+
+    def eval_loader(self, key: tuple, plans: Callable[[], Iterator[Any]], workers: int
+                    ) -> tuple[DataLoader, _Planned]:
+        """The loader of one sequential pass, made once: periodic evaluation of the same
+        rows reuses its workers instead of starting new ones each time."""
+        if key not in self._eval_loaders:
+            sampler = _Planned(plans)
+            self._eval_loaders[key] = (self.loader(sampler, workers, persistent=True), sampler)
+        return self._eval_loaders[key]
+
     def close(self) -> None:
-        pass
+        """Stop the evaluation workers (a loader's workers end with its last reference)."""
+        self._eval_loaders.clear()
 
 
 class _Planned(Sampler):
-    """A batch sampler over planned pieces; remembers their positions, in order."""
+    """A batch sampler over planned pieces; remembers their positions, in order. Each
+    pass over it plans afresh (``plans()``), so a persistent loader can replay it."""
 
-    def __init__(self, plans: Iterator[tuple[np.ndarray, np.ndarray]]) -> None:
+    def __init__(self, plans: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]) -> None:
         self.plans, self.positions = plans, deque()
 
     def __iter__(self) -> Iterator[list[int]]:
-        for pos, rows in self.plans:
+        self.positions.clear()  # what an abandoned pass left
+        for pos, rows in self.plans():
             self.positions.append((pos, rows))
             yield rows.tolist()
 
@@ -133,14 +156,17 @@ class LiveFeed:
         self.images = 0
 
     def pieces(self, offset: int, loop: bool, shuffle: bool) -> Iterator[Piece]:
-        sampler = _Planned(rechunk(planned(self.order, self.keep, offset, loop, shuffle),
-                                   self.piece_rows))
-        kwargs: dict[str, Any] = {}
-        if self.workers > 0:  # zarr/timm threads in this process: never fork it
-            kwargs = {"multiprocessing_context": worker_context(), "prefetch_factor": 4}
-        loader = DataLoader(self.source.images, batch_sampler=sampler,
-                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                            **kwargs)
+        def plans() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            return rechunk(planned(self.order, self.keep, offset, loop, shuffle),
+                           self.piece_rows)
+
+        if loop or shuffle:  # a training stream: one pass, one loader
+            sampler = _Planned(plans)
+            loader = self.source.loader(sampler, self.workers)
+        else:  # a sequential pass (evaluation): the same rows every time, workers kept
+            key = (self.order.rows.tobytes(), None if self.keep is None
+                   else self.keep.tobytes(), self.piece_rows, offset, self.workers)
+            loader, sampler = self.source.eval_loader(key, plans, self.workers)
         for x, _dataset_rows, ok, _errors in loader:
             pos, rows = sampler.positions.popleft()
             keep = ok.numpy().astype(bool)
