@@ -192,8 +192,8 @@ def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
                   use_amp(amp or _trained(adapter, "amp", "fp32"), device),
                   adapter.config.num_classes)
     (score,) = evaluate([job], _store_inputs(store, device, rows, adapter.layers, workers))
-    return {"accuracy": score.accuracy, "correct": score.correct, "count": score.count,
-            "loss": score.loss, "mean_class_accuracy": score.mean_class_accuracy,
+    return {"accuracy": score.accuracy, "correct": int(score.correct.sum()), "count": score.n,
+            "loss": score.loss, "mean_class_accuracy": score.mean_class_accuracy(),
             "per_class": score.per_class(adapter.classes), "split": split, "task": task,
             "store": store.path, "batch_size": job.batch, "amp": "bf16" if job.amp else "fp32",
             "complete": bool(done.all()), "scorable_rows": wanted,

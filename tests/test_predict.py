@@ -147,6 +147,8 @@ def test_eval_accuracy_matches_hand_computed(adapter: Adapter, store: FeatureSto
     per = result["per_class"]
     assert sum(v["count"] for v in per.values()) == 64
     assert sum(v["count"] * v["accuracy"] for v in per.values()) == pytest.approx(result["correct"])
+    present = [v["accuracy"] for v in per.values() if v["count"]]
+    assert result["mean_class_accuracy"] == pytest.approx(sum(present) / len(present))
     assert result["task"] == store.default_task
 
 

@@ -34,7 +34,7 @@ from losa_cache.train.reader import DEFAULT_MAX_MEMORY
 from losa_cache.train.run import Run
 from losa_cache.train.sources import DataSource
 
-__all__ = ["Engine", "EvalJob", "Inputs", "Score", "evaluate", "evaluate_runs", "run_job"]
+__all__ = ["Engine", "EvalJob", "Inputs", "Score", "evaluate", "evaluate_runs"]
 
 EVAL_WINDOW = 4096  # rows per piece of a sequential evaluation read
 
@@ -87,71 +87,64 @@ class Inputs:
 
 @dataclass(frozen=True)
 class EvalJob:
-    """One model scored on some rows of one labelling, in batches of ``batch``: a run's
-    val/test evaluation, or ``losa-cache eval`` of a saved adapter (the same numbers for
-    the same model, rows, batch and amp)."""
+    """One model scored on some labelled rows, in batches of ``batch``: a run's val/test
+    evaluation or ``losa-cache eval`` of its adapter (the same numbers for the same model,
+    rows, batch and amp). Jobs of one task and batch size share batches."""
 
     model: torch.nn.Module
     rows: np.ndarray  # (n,) sorted store rows, every one labelled
     labels: np.ndarray  # (N,) int64: the label of every store row
-    task: str  # jobs of one task and role score the same rows (they share batches)
+    task: str
     batch: int
     amp: bool
     num_classes: int
 
 
-@dataclass
 class Score:
-    """Sums over a job's scored rows; accuracy, loss and per-class accuracy follow."""
+    """A job's sums over the rows it scored: accuracy, loss, per-class accuracy."""
 
-    loss_sum: float
-    class_count: np.ndarray  # (C,) rows per true class
-    class_correct: np.ndarray  # (C,) of them predicted right
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        self.loss_sum = 0.0  # per-batch sums added in float64, batch by batch
+        self.count = torch.zeros(num_classes, dtype=torch.long, device=device)  # per class
+        self.correct = torch.zeros_like(self.count)
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        self.count += torch.bincount(labels, minlength=len(self.count))
+        self.correct += torch.bincount(labels[logits.argmax(1) == labels],
+                                       minlength=len(self.count))
 
     @property
-    def count(self) -> int:
-        return int(self.class_count.sum())
-
-    @property
-    def correct(self) -> int:
-        return int(self.class_correct.sum())
+    def n(self) -> int:
+        return int(self.count.sum())
 
     @property
     def accuracy(self) -> float:
-        return self.correct / max(1, self.count)
+        return int(self.correct.sum()) / max(1, self.n)
 
     @property
     def loss(self) -> float:
-        """Mean cross-entropy (the per-batch sums added in float64, batch by batch)."""
-        return self.loss_sum / max(1, self.count)
+        return self.loss_sum / max(1, self.n)
 
     def per_class(self, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """``{name: {count, accuracy}}``; accuracy None for a class with no rows."""
-        return {name: {"count": int(n), "accuracy": int(c) / int(n) if n else None}
-                for name, n, c in zip(classes, self.class_count, self.class_correct,
-                                      strict=True)}
+        """``{name: {count, accuracy}}``, accuracy None for a class with no rows."""
+        return {name: {"count": n, "accuracy": c / n if n else None} for name, n, c in
+                zip(classes, self.count.tolist(), self.correct.tolist(), strict=True)}
 
-    @property
     def mean_class_accuracy(self) -> float | None:
-        """The mean over the classes present (the VTAB-style balanced accuracy)."""
-        present = self.class_count > 0
-        if not present.any():
-            return None
-        return float(np.mean(self.class_correct[present] / self.class_count[present]))
-
-
-def run_job(run: Run, role: str) -> EvalJob:
-    """The evaluation of ``run`` on its ``role`` rows, in batches of its training size."""
-    return EvalJob(run.model, run.eval_rows(role), run.task.labels, run.task.task, run.batch,
-                   run.amp, len(run.task.classes))
+        """The mean over the classes present (balanced accuracy)."""
+        acc = [c / n for n, c in zip(self.count.tolist(), self.correct.tolist(), strict=True)
+               if n]
+        return sum(acc) / len(acc) if acc else None
 
 
 def evaluate_runs(runs: Sequence[Run], role: str, inputs: Inputs) -> dict[int, dict[str, Any]]:
-    """Accuracy and mean cross-entropy of every run on its ``role`` rows (see
-    :func:`evaluate`), keyed by ``id(run)``; runs without such rows are left out."""
+    """Accuracy and mean cross-entropy of every run with ``role`` rows, in batches of its
+    training size (see :func:`evaluate`), keyed by ``id(run)``."""
     runs = [r for r in runs if len(r.eval_rows(role))]
-    scores = evaluate([run_job(r, role) for r in runs], inputs)
-    return {id(r): {"acc": s.accuracy, "loss": s.loss, "n": s.count}
+    scores = evaluate([EvalJob(r.model, r.eval_rows(role), r.task.labels, r.task.task, r.batch,
+                               r.amp, len(r.task.classes)) for r in runs], inputs)
+    return {id(r): {"acc": s.accuracy, "loss": s.loss, "n": s.n}
             for r, s in zip(runs, scores, strict=True)}
 
 
@@ -166,13 +159,11 @@ def evaluate(jobs: Sequence[EvalJob], inputs: Inputs) -> list[Score]:
     layers = sorted({i for j in jobs for i in j.model.required_layers})
     groups: dict[tuple, tuple[Consumer, list[int]]] = {}
     for k, j in enumerate(jobs):
-        if (j.task, j.batch) not in groups:
-            keep = None if len(j.rows) == len(union) else keep_mask(j.rows)
-            groups[(j.task, j.batch)] = (Consumer(j.batch, keep), [])
-        groups[(j.task, j.batch)][1].append(k)
-    sums = [_Sums(j.num_classes, inputs.device) for j in jobs]
-    window = inputs.eval_window(union, layers)
-    feed = inputs.feed(RowOrder(union, window, 0), union, layers, jobs[0].batch)
+        keep = None if len(j.rows) == len(union) else keep_mask(j.rows)
+        groups.setdefault((j.task, j.batch), (Consumer(j.batch, keep), []))[1].append(k)
+    scores = [Score(j.num_classes, inputs.device) for j in jobs]
+    feed = inputs.feed(RowOrder(union, inputs.eval_window(union, layers), 0), union, layers,
+                       jobs[0].batch)
     was = [j.model.training for j in jobs]
     for j in jobs:
         j.model.eval()
@@ -183,33 +174,20 @@ def evaluate(jobs: Sequence[EvalJob], inputs: Inputs) -> list[Score]:
                 for feats, rows in done:
                     feats = _to(feats, inputs.device)
                     for k in members:
-                        sums[k].add(jobs[k], feats, rows)
+                        _score(jobs[k], feats, rows, scores[k])
     finally:
         inputs.close_feed(feed)
         for j, training in zip(jobs, was, strict=True):
             j.model.train(training)
-    return [s.score() for s in sums]
+    return scores
 
 
-class _Sums:
-    """Running sums of one job (counts on the device: no sync per batch for them)."""
-
-    def __init__(self, num_classes: int, device: torch.device) -> None:
-        self.loss = 0.0
-        self.count = torch.zeros(num_classes, dtype=torch.long, device=device)
-        self.correct = torch.zeros(num_classes, dtype=torch.long, device=device)
-
-    def add(self, job: EvalJob, feats: dict[int, torch.Tensor], rows: np.ndarray) -> None:
-        labels = torch.from_numpy(job.labels[rows]).to(self.count.device, non_blocking=True)
-        with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=job.amp):
-            logits = job.model(feats).float()  # (b, C)
-        self.loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-        n = len(self.count)
-        self.count += torch.bincount(labels, minlength=n)
-        self.correct += torch.bincount(labels[logits.argmax(1) == labels], minlength=n)
-
-    def score(self) -> Score:
-        return Score(self.loss, self.count.cpu().numpy(), self.correct.cpu().numpy())
+def _score(job: EvalJob, feats: dict[int, torch.Tensor], rows: np.ndarray,
+           score: Score) -> None:
+    labels = torch.from_numpy(job.labels[rows]).to(score.count.device, non_blocking=True)
+    with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=job.amp):
+        logits = job.model(feats).float()  # (b, C)
+    score.add(logits, labels)
 
 
 def _finite(feed: Feed) -> Iterator[Any]:
