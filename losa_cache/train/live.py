@@ -73,7 +73,7 @@ class LiveSource:
                                row_bytes=b.tokens * b.dim * 4)
         self.images = TorchImages(self.dataset, b.transform(), self.dataset_rows)
         self._pruned: int | None = None
-        self._eval_loaders: dict[tuple, tuple[DataLoader, _Planned]] = {}
+        self._loaders: dict[tuple, tuple[DataLoader, _Planned]] = {}  # evaluation's
 
     def task(self, name: str | None) -> TaskData:
         if name not in (None, self.task_name):
@@ -103,28 +103,26 @@ class LiveSource:
         self.prune(layers)
         return LiveFeed(self, order, rows, layers, piece_rows, workers)
 
-    def loader(self, sampler: _Planned, workers: int, persistent: bool = False) -> DataLoader:
-        """Decoding ``sampler``'s pieces in ``workers`` processes (``persistent``: kept
-        alive between passes)."""
-        kwargs: dict[str, Any] = {}
+    def loader(self, plans: Callable[[], Iterator[Any]], workers: int, key: tuple | None = None
+               ) -> tuple[DataLoader, _Planned]:
+        """A loader decoding the planned pieces in ``workers`` processes. With a ``key`` (a
+        sequential pass: evaluation) it is made once and keeps its workers, so periodic
+        evaluation of the same rows does not start new ones each time."""
+        if key in self._loaders:
+            return self._loaders[key]
+        sampler, kwargs = _Planned(plans), {}
         if workers > 0:  # zarr/timm threads in this process: never fork it
             kwargs = {"multiprocessing_context": worker_context(), "prefetch_factor": 4,
-                      "persistent_workers": persistent}
-        return DataLoader(self.images, batch_sampler=sampler, num_workers=workers,
-                          pin_memory=self.device.type == "cuda", **kwargs)
-
-    def eval_loader(self, key: tuple, plans: Callable[[], Iterator[Any]], workers: int
-                    ) -> tuple[DataLoader, _Planned]:
-        """The loader of one sequential pass, made once: periodic evaluation of the same
-        rows reuses its workers instead of starting new ones each time."""
-        if key not in self._eval_loaders:
-            sampler = _Planned(plans)
-            self._eval_loaders[key] = (self.loader(sampler, workers, persistent=True), sampler)
-        return self._eval_loaders[key]
+                      "persistent_workers": key is not None}
+        made = DataLoader(self.images, batch_sampler=sampler, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", **kwargs), sampler
+        if key is not None:
+            self._loaders[key] = made
+        return made
 
     def close(self) -> None:
         """Stop the evaluation workers (a loader's workers end with its last reference)."""
-        self._eval_loaders.clear()
+        self._loaders.clear()
 
 
 class _Planned(Sampler):
@@ -160,13 +158,10 @@ class LiveFeed:
             return rechunk(planned(self.order, self.keep, offset, loop, shuffle),
                            self.piece_rows)
 
-        if loop or shuffle:  # a training stream: one pass, one loader
-            sampler = _Planned(plans)
-            loader = self.source.loader(sampler, self.workers)
-        else:  # a sequential pass (evaluation): the same rows every time, workers kept
-            key = (self.order.rows.tobytes(), None if self.keep is None
-                   else self.keep.tobytes(), self.piece_rows, offset, self.workers)
-            loader, sampler = self.source.eval_loader(key, plans, self.workers)
+        key = None if loop or shuffle else (  # a sequential pass (evaluation): kept
+            self.order.rows.tobytes(), None if self.keep is None else self.keep.tobytes(),
+            self.piece_rows, offset, self.workers)
+        loader, sampler = self.source.loader(plans, self.workers, key)
         for x, _dataset_rows, ok, _errors in loader:
             pos, rows = sampler.positions.popleft()
             keep = ok.numpy().astype(bool)
