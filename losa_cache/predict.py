@@ -185,7 +185,7 @@ def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
     device = _device(adapter.model)
     batch = _trained(adapter, "batch_size", EVAL_BATCH) if batch_size is None else batch_size
     if batch < 1:
-        raise ValueError(f"batch_size (--batch-size) must be >= 1, got {batch}")
+        raise ValueError(f"--batch-size must be an integer >= 1, got {batch}")
     if amp not in (None, *AMP):
         raise ValueError(f"unknown amp {amp!r} (--amp); choose one of {list(AMP)}")
     job = EvalJob(adapter.model, rows, labels, task, int(batch),
