@@ -2,6 +2,7 @@
 
     inputs = Inputs(source, device, cache_choice, rows, layers, workers)
     Engine(runs, inputs).train()      # every run to its end (or a stop)
+    evaluate([EvalJob(...)], inputs)  # the one evaluation: train, sweep and `eval`
 
 A *tick* takes one piece from every feed that still has runs to feed and hands it to
 their consumers; every batch a consumer completes steps its runs (a loop, or vmap for
