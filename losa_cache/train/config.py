@@ -52,17 +52,17 @@ class TrainConfig:
     method: str = _f("losa", "Side network (the linear probe: linear), or a live baseline "
                              "that trains the backbone (with --live; full, lora, bitfit, vpt, "
                              "partial).", choices=lambda: [*list_sides(), *list_baselines()])
-    layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
-                              "all | last:N | evenly:N | 3,6,-1 (0-based).")
-    pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "
-                           "mean.", choices=POOLS)
-    # every method's options (SideNetwork.options), with the method module's default,
-    # range and help: LoSA and lowrank_mlp (side/losa.py), the side transformer
-    # (side/transformer.py), MIST's edge network (side/mist.py)
+    # every method option comes from its module's options (SideNetwork.options: default,
+    # range, help): LoSA/lowrank_mlp (side/losa.py), the side transformer (transformer.py)
     rank: int = inherit(LosaOptions, "rank", "Low-rank bottleneck r of the LoSA adaptors "
                                              "(Eq. 4; losa, lowrank_mlp).")
     alpha_init: float = inherit(LosaOptions, "alpha_init")
     hidden: int = inherit(TransformerOptions, "hidden")
+    layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
+                              "all | last:N | evenly:N | 3,6,-1 (0-based).")
+    pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "
+                           "mean.", choices=POOLS)
+    # MIST's edge network: help and ranges from its options (losa_cache/side/mist.py)
     width: int = inherit(MistOptions, "width")
     heads: int = inherit(MistOptions, "heads")
     edge_blocks: int = inherit(MistOptions, "edge_blocks")
