@@ -151,7 +151,7 @@ def evaluate(
     typer.echo(f"{result['store']} split {result['split']}, task {result['task']}: accuracy "
                f"{result['accuracy']:.4f} ({result['correct']}/{result['count']}), "
                f"mean class accuracy {result['mean_class_accuracy']:.4f}, "
-               f"loss {result['loss']:.4f} (batch {result['batch_size']}, {result['amp']})")
+               f"loss {result['loss']:.4f}")
     typer.echo(table([[name, v["count"], "-" if v["accuracy"] is None else f"{v['accuracy']:.4f}"]
                       for name, v in result["per_class"].items()],
                      ["class", "count", "accuracy"]))
