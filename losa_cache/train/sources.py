@@ -102,7 +102,7 @@ class StoreSource:
         s = self.store
         if s.dtype not in TORCH_DTYPES:  # int8: the store API dequantizes, the reader not yet
             raise StoreError(
-                f"{s.path} holds {s.dtype} features, which training cannot read yet (only "
+                f"{path} holds {s.dtype} features, which training cannot read yet (only "
                 "store.features()/tap_features() dequantize them): train from the fp16/bf16/"
                 "fp32 store it was made from, or extract one with --dtype fp16")
         self.info = SourceInfo(
