@@ -188,7 +188,7 @@ def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
         raise ValueError(f"--batch-size must be an integer >= 1, got {batch}")
     if amp not in (None, *AMP):
         raise ValueError(f"unknown amp {amp!r} (--amp); choose one of {list(AMP)}")
-    job = EvalJob(adapter.model, rows, labels, task, int(batch),
+    job = EvalJob(adapter.model, tuple(adapter.layers), rows, labels, task, int(batch),
                   use_amp(amp or _trained(adapter, "amp", "fp32"), device),
                   adapter.config.num_classes)
     (score,) = evaluate([job], _store_inputs(store, device, rows, adapter.layers, workers))

@@ -93,6 +93,7 @@ class EvalJob:
     rows, batch and amp). Jobs of one task and batch size share batches."""
 
     model: torch.nn.Module
+    layers: tuple  # what the model reads from the feed (Run.layers)
     rows: np.ndarray  # (n,) sorted store rows, every one labelled
     labels: np.ndarray  # (N,) int64: the label of every store row
     task: str
@@ -143,8 +144,9 @@ def evaluate_runs(runs: Sequence[Run], role: str, inputs: Inputs) -> dict[int, d
     """Accuracy and mean cross-entropy of every run with ``role`` rows, in batches of its
     training size (see :func:`evaluate`), keyed by ``id(run)``."""
     runs = [r for r in runs if len(r.eval_rows(role))]
-    scores = evaluate([EvalJob(r.model, r.eval_rows(role), r.task.labels, r.task.task, r.batch,
-                               r.amp, len(r.task.classes)) for r in runs], inputs)
+    scores = evaluate([EvalJob(r.model, tuple(r.layers), r.eval_rows(role), r.task.labels,
+                               r.task.task, r.batch, r.amp, len(r.task.classes)) for r in runs],
+                      inputs)
     return {id(r): {"acc": s.accuracy, "loss": s.loss, "n": s.n}
             for r, s in zip(runs, scores, strict=True)}
 
@@ -157,7 +159,7 @@ def evaluate(jobs: Sequence[EvalJob], inputs: Inputs) -> list[Score]:
     if not jobs:
         return []
     union = np.unique(np.concatenate([j.rows for j in jobs]))
-    layers = sorted({i for j in jobs for i in j.model.required_layers})
+    layers = sorted({i for j in jobs for i in j.layers})
     groups: dict[tuple, tuple[Consumer, list[int]]] = {}
     for k, j in enumerate(jobs):
         keep = None if len(j.rows) == len(union) else keep_mask(j.rows)
