@@ -191,7 +191,7 @@ def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
     job = EvalJob(adapter.model, tuple(adapter.layers), rows, labels, task, int(batch),
                   use_amp(amp or _trained(adapter, "amp", "fp32"), device),
                   adapter.config.num_classes)
-    (score,) = evaluate([job], _store_inputs(store, device, rows, adapter.layers, workers))
+    (score,) = evaluate([job], _store_inputs(store, device, rows, job.layers, workers))
     return {"accuracy": score.accuracy, "correct": int(score.correct.sum()), "count": score.n,
             "loss": score.loss, "mean_class_accuracy": score.mean_class_accuracy(),
             "per_class": score.per_class(adapter.classes), "split": split, "task": task,
