@@ -108,7 +108,8 @@ def resolve_splits(cfg: Any, available: Sequence[str]) -> dict[str, str | None]:
 
 
 class StoreSource:
-    """Features read from a complete feature store."""
+    """Features read from a complete feature store: blocks and taps, any dtype (int8 as
+    codes and scales, dequantized per batch on the training device)."""
 
     def __init__(self, path: str, storage_options: dict | None = None) -> None:
         self.store: FeatureStore = open_store(path, storage_options)

@@ -22,31 +22,11 @@ from losa_cache.train.live import LiveSource
 from losa_cache.train.order import RowOrder
 from losa_cache.train.reader import StoreReader, labelled_rows
 
-LIMIT = 32
 MIST = {"method": "mist", "gather_k": 2, "width": 8, "heads": 2, "edge_blocks": 2,
         "batch_size": 8, "steps": 6, "eval_every": 3, "log_every": 1, "workers": 1,
         "device": "cpu", "amp": "fp32", "shuffle_buffer": 16}
 LIVE = {"live": True, "store": None, "model": "vit_micro", "random_init": True, "init_seed": 0,
-        "dataset": "demo", "limit": LIMIT, "workers": 0}
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """``taps``: every tap of every block; ``parts``: its blocks and embed only (no sums);
-    ``sum4``: its sum:4 only (a device's subset)."""
-    from losa_cache.extract import ExtractConfig, extract
-    from losa_cache.store.subset import subset_store
-
-    root = tmp_path_factory.mktemp("tap_feed")
-    full = str(root / "taps.zarr")
-    extract(ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=full,
-                          dtype="float32", limit=LIMIT, workers=0, chunk_rows=8, shard_rows=16,
-                          taps="blocks,embed,attn,mlp,sum:2,4"), progress=False)
-    out = {"taps": full}
-    for name, taps in (("parts", "blocks,embed"), ("sum4", "sum:4")):
-        out[name] = str(root / f"{name}.zarr")
-        subset_store(full, out[name], taps=taps)
-    return out
+        "dataset": "demo", "limit": 32, "workers": 0}  # the tap stores' rows
 
 
 def losses(out: str) -> list[float]:
@@ -68,11 +48,11 @@ def test_keys_sort_map_to_taps_and_plan_derived_sums() -> None:
     assert missing == ["mlp:1", "sum:4"]  # sum:4 needs block 3
 
 
-def test_store_pieces_equal_live_pieces_for_every_key(stores: dict[str, str]) -> None:
+def test_store_pieces_equal_live_pieces_for_every_key(tap_stores: dict[str, str]) -> None:
     """Blocks and each kind of tap, stored or derived: the same keys, rows and values from
     the store reader and the live backbone (forward.py), in the same order."""
     keys = [1, "embed", "attn:2", "mlp:2", "sum:2", "sum:3"]  # sum:3: summed from blocks
-    store = open_store(stores["taps"])
+    store = open_store(tap_stores["taps"])
     rows, labels = labelled_rows(store, "train", None)
     cfg = TrainConfig(out="unused", amp="fp32", **LIVE)
     live = LiveSource(cfg, torch.device("cpu"))
@@ -96,8 +76,8 @@ def test_store_pieces_equal_live_pieces_for_every_key(stores: dict[str, str]) ->
     assert torch.equal(got, torch.from_numpy(sums[2]))
 
 
-def test_derived_sum_is_bit_identical_to_the_stored_tap(stores: dict[str, str]) -> None:
-    parts, full = open_store(stores["parts"]), open_store(stores["taps"])
+def test_derived_sum_is_bit_identical_to_the_stored_tap(tap_stores: dict[str, str]) -> None:
+    parts, full = open_store(tap_stores["parts"]), open_store(tap_stores["taps"])
     rows, labels = labelled_rows(parts, "val", None)
     with StoreReader(parts, rows, labels, ["sum:4"], 8, buffer_rows=8) as reader:
         assert reader.derived == {"sum:4": ("embed", 0, 1, 2, 3)}
@@ -107,13 +87,13 @@ def test_derived_sum_is_bit_identical_to_the_stored_tap(stores: dict[str, str]) 
 
 
 @pytest.mark.parametrize("cache", ["none", "ram"])
-def test_mist_from_sum_equals_mist_from_blocks_summed(stores: dict[str, str], tmp_path: Path,
+def test_mist_from_sum_equals_mist_from_blocks_summed(tap_stores: dict[str, str], tmp_path: Path,
                                                      cache: str) -> None:
     """MIST on the store's sum:2 == MIST on a store of z0, b_0, b_1 summed by the feed:
     same batches, same seed, exactly (fp32)."""
-    a = train(TrainConfig(store=stores["taps"], out=str(tmp_path / "sum"), cache=cache, **MIST),
+    a = train(TrainConfig(store=tap_stores["taps"], out=str(tmp_path / "sum"), cache=cache, **MIST),
               progress=False)
-    b = train(TrainConfig(store=stores["parts"], out=str(tmp_path / "parts"), cache=cache,
+    b = train(TrainConfig(store=tap_stores["parts"], out=str(tmp_path / "parts"), cache=cache,
                           **MIST), progress=False)
     assert a["complete"] and b["complete"] and a["method"] == "mist"
     assert losses(str(tmp_path / "sum")) == losses(str(tmp_path / "parts"))
@@ -123,10 +103,10 @@ def test_mist_from_sum_equals_mist_from_blocks_summed(stores: dict[str, str], tm
     assert a["feed"]["cache"]["mode"] == cache
 
 
-def test_cached_mist_equals_live_mist(stores: dict[str, str], tmp_path: Path) -> None:
+def test_cached_mist_equals_live_mist(tap_stores: dict[str, str], tmp_path: Path) -> None:
     """The live backbone computes sum:2 with extraction's forward: the same training."""
     common = {**MIST, "cache": "none", "eval_every": 6}
-    cached = TrainConfig(store=stores["taps"], out=str(tmp_path / "cached"), **common)
+    cached = TrainConfig(store=tap_stores["taps"], out=str(tmp_path / "cached"), **common)
     live = TrainConfig(out=str(tmp_path / "live"), **{**common, **LIVE})
     mc, ml = train(cached, progress=False), train(live, progress=False)
     assert ml["live"] and mc["buffer_rows"] == ml["buffer_rows"] == 16
@@ -138,24 +118,24 @@ def test_cached_mist_equals_live_mist(stores: dict[str, str], tmp_path: Path) ->
     assert ml["test_acc"] == mc["test_acc"]
 
 
-def test_cli_trains_mist_on_a_store_of_the_sum_tap_only(stores: dict[str, str],
+def test_cli_trains_mist_on_a_store_of_the_sum_tap_only(tap_stores: dict[str, str],
                                                         tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from losa_cache.cli.main import app
 
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", "--store", stores["sum4"], "--method", "mist",
+    res = CliRunner().invoke(app, ["train", "--store", tap_stores["sum4"], "--method", "mist",
                                    "--steps", "3", "--batch-size", "8", "--device", "cpu",
                                    "--workers", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["complete"] and metrics["step"] == 3 and metrics["method"] == "mist"
-    assert open_store(stores["sum4"]).taps == ["sum:4"]  # nothing else to read
+    assert open_store(tap_stores["sum4"]).taps == ["sum:4"]  # nothing else to read
 
 
-def test_missing_taps_name_the_tap_what_is_held_and_the_fix(stores: dict[str, str]) -> None:
-    store = open_store(stores["sum4"])
+def test_missing_taps_name_the_tap_what_is_held_and_the_fix(tap_stores: dict[str, str]) -> None:
+    store = open_store(tap_stores["sum4"])
     rows, labels = labelled_rows(store, "train", None)
     with pytest.raises(StoreError) as err:
         StoreReader(store, rows, labels, ["sum:3"], 8)
@@ -164,18 +144,18 @@ def test_missing_taps_name_the_tap_what_is_held_and_the_fix(stores: dict[str, st
     assert "--extend --taps sum:3" in msg and "subset SRC DST --taps sum:3" in msg
     assert "embed and blocks 0..2" in msg
     with pytest.raises(StoreError, match=r"tap attn \(block 1\).*--extend --taps attn"):
-        StoreReader(open_store(stores["parts"]), rows, labels, ["attn:1"], 8)
-    cfg = TrainConfig(store=stores["sum4"], out="unused", **{**MIST, "gather_k": 3})
+        StoreReader(open_store(tap_stores["parts"]), rows, labels, ["attn:1"], 8)
+    cfg = TrainConfig(store=tap_stores["sum4"], out="unused", **{**MIST, "gather_k": 3})
     with pytest.raises(StoreError, match=r"^mist reads the store tap sum:3, which"):
         train(cfg, progress=False)
 
 
-def test_sweep_members_reading_taps_equal_runs_alone(stores: dict[str, str],
+def test_sweep_members_reading_taps_equal_runs_alone(tap_stores: dict[str, str],
                                                      tmp_path: Path) -> None:
     """mist (sum:4) and losa (blocks) share one feed in a sweep; each == trained alone."""
     from losa_cache.sweep import RunSpec, SweepConfig, run_sweep
 
-    cfg = SweepConfig(store=stores["taps"], out=str(tmp_path / "sweep"),
+    cfg = SweepConfig(store=tap_stores["taps"], out=str(tmp_path / "sweep"),
                       methods=["mist", "losa"], ranks=[4], layers=["evenly:2"], lrs=[0.05],
                       steps=5, batch_size=8, device="cpu", workers=1, speed_batches=0,
                       amp="fp32", cache="none")
