@@ -74,8 +74,7 @@ class Inputs:
     def eval_window(self, rows: np.ndarray, layers: Sequence[Key]) -> int:
         """Rows per window of a sequential read (evaluation, filling a cache): any size
         gives the same batches, so it is sized to fit the reader's memory (3 windows)."""
-        info = self.source.info
-        row_bytes = info.feed_bytes(layers) if hasattr(info, "feed_bytes") else 0
+        row_bytes = self.source.info.feed_bytes(layers)
         budget = self.max_memory or DEFAULT_MAX_MEMORY
         return int(max(1, min(EVAL_WINDOW, len(rows), budget // max(1, 4 * row_bytes))))
 

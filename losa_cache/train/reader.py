@@ -127,9 +127,7 @@ class StoreReader:
         self.labels = np.asarray(labels, dtype=np.int64)
         self.batch_size, self.device = int(batch_size), torch.device(device)
         self.layout = store.layout
-        self.dtype = STORAGE_DTYPES[store.dtype]
-        self._arrays = {k: store.tap_features(*key_tap(k)) for k in reads}
-        self._parts = [p for k in reads for p in _parts(k, self._arrays[k])]
+        self._parts = [p for k in reads for p in _parts(k, store.tap_features(*key_tap(k)))]
         domain = self.rows if order_rows is None else np.asarray(order_rows, dtype=np.int64)
         self.keep = None if order_rows is None else keep_mask(self.rows)
         fp16_row = 2 * self.layout.tokens * self.layout.dim * len(self.layers)

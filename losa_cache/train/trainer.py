@@ -78,7 +78,8 @@ def make_run(cfg: TrainConfig, source: DataSource, device: torch.device,
 def choose_inputs(mode: str, source: DataSource, device: torch.device,
                   rows: list[np.ndarray], layers: set[Key], workers: int,
                   progress: bool, max_memory_mib: int | None = None) -> Inputs:
-    """``--cache``: hold the given rows of the given blocks in memory when they fit."""
+    """``--cache``: hold the given rows of the given feed keys (blocks, taps) in memory when
+    they fit, at the size the feed holds them (int8: codes and scales)."""
     union, keys = np.unique(np.concatenate(rows)), sort_keys(layers)
     if not isinstance(source, StoreSource):
         choice = CacheChoice("none", 0, "live mode: the backbone runs on every batch")
