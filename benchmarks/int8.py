@@ -107,21 +107,33 @@ def decode_speed(q: np.ndarray, s: np.ndarray, h: np.ndarray) -> dict[str, float
             "fp16_decode_mvalues_s": rate(lambda: h.astype(np.float32))}  # fmt: skip
 
 
-def reader_speed(model: str, images: int, layers: str, batch: int, epochs: int,
-                 root: Path) -> list[dict[str, object]]:
+def reader_speed(
+    model: str, images: int, layers: str, batch: int, epochs: int, root: Path
+) -> list[dict[str, object]]:
     """Training-reader throughput from an fp16 store and its int8 subset (same rows)."""
     fp16, int8 = root / f"{model}-fp16.zarr", root / f"{model}-int8.zarr"
-    extract(ExtractConfig(model=model, dataset="demo", store=str(fp16), dtype="float16",
-                          layers=layers, limit=images, workers=0, **MODELS.get(model, {})),
-            progress=False)
+    extract(
+        ExtractConfig(
+            model=model,
+            dataset="demo",
+            store=str(fp16),
+            dtype="float16",
+            layers=layers,
+            limit=images,
+            workers=0,
+            **MODELS.get(model, {}),
+        ),
+        progress=False,
+    )
     subset_store(str(fp16), str(int8), dtype="int8")
     out = []
     for path in (fp16, int8):
         store = open_store(str(path))
         rows = np.flatnonzero(store.valid)
         steps = -(-len(rows) // batch)  # batches per epoch
-        with StoreReader(store, rows, np.zeros(len(rows), np.int64), store.layers, batch,
-                         seed=0) as reader:
+        with StoreReader(
+            store, rows, np.zeros(len(rows), np.int64), store.layers, batch, seed=0
+        ) as reader:
             stream = reader.batches()
             for _ in range(steps):  # warm-up epoch: page cache, threads
                 next(stream)
@@ -144,14 +156,24 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--images", type=int, default=8, help="images per backbone")
     p.add_argument("--models", default="demo,vit_b", help="comma-separated backbone aliases")
-    p.add_argument("--reader-images", type=int, default=256,
-                   help="rows per split of the reader stores (0: no reader measurement)")
-    p.add_argument("--reader-layers", default="0",
-                   help="blocks of the reader stores (few: the backbone runs up to them)")
+    p.add_argument(
+        "--reader-images",
+        type=int,
+        default=256,
+        help="rows per split of the reader stores (0: no reader measurement)",
+    )
+    p.add_argument(
+        "--reader-layers",
+        default="0",
+        help="blocks of the reader stores (few: the backbone runs up to them)",
+    )
     p.add_argument("--reader-batch", type=int, default=64, help="reader batch size")
     p.add_argument("--reader-epochs", type=int, default=3, help="timed epochs per store")
-    p.add_argument("--workdir", default=None,
-                   help="folder for the reader stores (default: a temporary one, removed)")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="folder for the reader stores (default: a temporary one, removed)",
+    )
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     rows = [r for m in args.models.split(",") for r in measure_model(m, args.images)]
@@ -162,17 +184,35 @@ def main(argv: list[str] | None = None) -> None:
     reader = []
     if args.reader_images > 0:
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-            reader = [r for m in args.models.split(",")
-                      for r in reader_speed(m, args.reader_images, args.reader_layers,
-                                            args.reader_batch, args.reader_epochs, Path(tmp))]
+            reader = [
+                r
+                for m in args.models.split(",")
+                for r in reader_speed(
+                    m,
+                    args.reader_images,
+                    args.reader_layers,
+                    args.reader_batch,
+                    args.reader_epochs,
+                    Path(tmp),
+                )
+            ]
         print_table(reader, ["model", "store_dtype", "blocks", "tokens", "dim", "images",
                              "reader_img_s", "reader_mb_s", "bytes_read_per_image",
                              "direct_reads"])  # fmt: skip
-    out = save("int8", {"images": args.images, "rows": rows, "reader": reader,
-                        "reader_settings": {"images_per_split": args.reader_images,
-                                            "layers": args.reader_layers,
-                                            "batch": args.reader_batch,
-                                            "epochs": args.reader_epochs}})
+    out = save(
+        "int8",
+        {
+            "images": args.images,
+            "rows": rows,
+            "reader": reader,
+            "reader_settings": {
+                "images_per_split": args.reader_images,
+                "layers": args.reader_layers,
+                "batch": args.reader_batch,
+                "epochs": args.reader_epochs,
+            },
+        },
+    )
     print(f"saved {out}")
 
 

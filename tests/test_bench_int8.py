@@ -21,8 +21,22 @@ def test_int8_benchmark_reports_reader_throughput_of_both_dtypes(
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path)
-    bench.main(["--images", "2", "--models", "demo", "--reader-images", "8",
-                "--reader-epochs", "1", "--reader-batch", "4", "--workdir", str(tmp_path)])
+    bench.main(
+        [
+            "--images",
+            "2",
+            "--models",
+            "demo",
+            "--reader-images",
+            "8",
+            "--reader-epochs",
+            "1",
+            "--reader-batch",
+            "4",
+            "--workdir",
+            str(tmp_path),
+        ]
+    )
     (saved,) = tmp_path.glob("int8-*.json")
     doc = json.loads(saved.read_text())
     reader = {r["store_dtype"]: r for r in doc["reader"]}

@@ -23,14 +23,23 @@ from losa_cache.train.reader import StoreReader, labelled_rows
 from losa_cache.train.sources import StoreSource
 from losa_cache.train.trainer import choose_inputs
 
-RUN = {"batch_size": 8, "steps": 5, "eval_every": 5, "log_every": 1, "workers": 1,
-       "device": "cpu", "amp": "fp32", "shuffle_buffer": 16}
+RUN = {
+    "batch_size": 8,
+    "steps": 5,
+    "eval_every": 5,
+    "log_every": 1,
+    "workers": 1,
+    "device": "cpu",
+    "amp": "fp32",
+    "shuffle_buffer": 16,
+}
 T, D = 17, 32  # vit_micro
 
 
 @pytest.fixture(scope="module")
-def int8_pair(tap_stores: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-              ) -> tuple[str, str]:
+def int8_pair(
+    tap_stores: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, str]:
     """(int8 store of blocks, embed, sum:2; fp32 store of exactly its dequantized values)."""
     from losa_cache.store.subset import subset_store
 
@@ -64,8 +73,11 @@ def test_pieces_hold_codes_and_batches_equal_the_store_values(int8_pair) -> None
     got = {k: torch.cat([b.features[k] for b in batches]) for k in keys}
     order = np.concatenate([b.rows.numpy() for b in batches])
     assert np.array_equal(order, rows)
-    want = {1: store.features(1)[rows], "embed": store.tap_features("embed")[rows],
-            "sum:2": store.tap_features("sum:2")[rows]}
+    want = {
+        1: store.features(1)[rows],
+        "embed": store.tap_features("embed")[rows],
+        "sum:2": store.tap_features("sum:2")[rows],
+    }
     for k in keys:
         assert got[k].dtype == torch.float32
         assert torch.equal(got[k], torch.from_numpy(want[k])), k
@@ -106,17 +118,26 @@ def losses(out: str) -> list[float]:
 
 
 @pytest.mark.parametrize("cache", ["none", "ram"])
-@pytest.mark.parametrize("method", [{"method": "losa", "rank": 4, "layers": "evenly:2"},
-                                    {"method": "mist", "gather_k": 2, "width": 8},
-                                    {"method": "mist", "gather_k": 3, "width": 8}])
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"method": "losa", "rank": 4, "layers": "evenly:2"},
+        {"method": "mist", "gather_k": 2, "width": 8},
+        {"method": "mist", "gather_k": 3, "width": 8},
+    ],
+)
 def test_training_from_int8_equals_training_from_its_dequantized_values(
-        int8_pair, tmp_path: Path, cache: str, method: dict) -> None:
+    int8_pair, tmp_path: Path, cache: str, method: dict
+) -> None:
     """losa reads blocks, mist sum:2 (stored), mist sum:3 (summed from int8 blocks)."""
     q, ref = int8_pair
-    a = train(TrainConfig(store=q, out=str(tmp_path / "q"), cache=cache, **RUN, **method),
-              progress=False)
-    b = train(TrainConfig(store=ref, out=str(tmp_path / "ref"), cache=cache, **RUN, **method),
-              progress=False)
+    a = train(
+        TrainConfig(store=q, out=str(tmp_path / "q"), cache=cache, **RUN, **method), progress=False
+    )
+    b = train(
+        TrainConfig(store=ref, out=str(tmp_path / "ref"), cache=cache, **RUN, **method),
+        progress=False,
+    )
     assert a["complete"] and a["feed"]["cache"]["mode"] == cache
     assert losses(str(tmp_path / "q")) == losses(str(tmp_path / "ref"))
     wa = torch.load(tmp_path / "q" / "checkpoint.pt", weights_only=True)["model"]

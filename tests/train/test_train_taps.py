@@ -22,11 +22,31 @@ from losa_cache.train.live import LiveSource
 from losa_cache.train.order import RowOrder
 from losa_cache.train.reader import StoreReader, labelled_rows
 
-MIST = {"method": "mist", "gather_k": 2, "width": 8, "heads": 2, "edge_blocks": 2,
-        "batch_size": 8, "steps": 6, "eval_every": 3, "log_every": 1, "workers": 1,
-        "device": "cpu", "amp": "fp32", "shuffle_buffer": 16}
-LIVE = {"live": True, "store": None, "model": "vit_micro", "random_init": True, "init_seed": 0,
-        "dataset": "demo", "limit": 32, "workers": 0}  # the tap stores' rows
+MIST = {
+    "method": "mist",
+    "gather_k": 2,
+    "width": 8,
+    "heads": 2,
+    "edge_blocks": 2,
+    "batch_size": 8,
+    "steps": 6,
+    "eval_every": 3,
+    "log_every": 1,
+    "workers": 1,
+    "device": "cpu",
+    "amp": "fp32",
+    "shuffle_buffer": 16,
+}
+LIVE = {
+    "live": True,
+    "store": None,
+    "model": "vit_micro",
+    "random_init": True,
+    "init_seed": 0,
+    "dataset": "demo",
+    "limit": 32,
+    "workers": 0,
+}  # the tap stores' rows
 
 
 def losses(out: str) -> list[float]:
@@ -40,7 +60,14 @@ def weights(out: str) -> dict[str, torch.Tensor]:
 
 def test_keys_sort_map_to_taps_and_plan_derived_sums() -> None:
     assert sort_keys(["sum:8", 3, "mlp:1", "embed", 0, "attn:2", "sum:2"]) == (
-        0, 3, "embed", "attn:2", "mlp:1", "sum:2", "sum:8")
+        0,
+        3,
+        "embed",
+        "attn:2",
+        "mlp:1",
+        "sum:2",
+        "sum:8",
+    )
     held = available_keys(["blocks", "embed", "attn"], [0, 1, 2])
     assert held == (0, 1, 2, "embed", "attn:0", "attn:1", "attn:2")
     reads, derived, missing = plan_reads(["sum:3", "attn:1", "sum:4", "mlp:1"], held)
@@ -68,8 +95,9 @@ def test_store_pieces_equal_live_pieces_for_every_key(tap_stores: dict[str, str]
         assert list(s.feats) == list(c.feats) == list(sort_keys(keys))
         for key in s.feats:
             assert s.feats[key].shape == (16, 17, 32) and s.feats[key].dtype == torch.float32
-            torch.testing.assert_close(s.feats[key], c.feats[key], rtol=1e-5, atol=1e-5,
-                                       msg=f"key {key!r}")
+            torch.testing.assert_close(
+                s.feats[key], c.feats[key], rtol=1e-5, atol=1e-5, msg=f"key {key!r}"
+            )
     # the derived sum is the stored tap's arithmetic: bit-identical for fp32 stores
     sums = {k: store.tap_features(f"sum:{k}")[np.sort(stored[0].rows)] for k in (2,)}
     got = stored[0].feats["sum:2"][np.argsort(stored[0].rows)]
@@ -87,14 +115,19 @@ def test_derived_sum_is_bit_identical_to_the_stored_tap(tap_stores: dict[str, st
 
 
 @pytest.mark.parametrize("cache", ["none", "ram"])
-def test_mist_from_sum_equals_mist_from_blocks_summed(tap_stores: dict[str, str], tmp_path: Path,
-                                                     cache: str) -> None:
+def test_mist_from_sum_equals_mist_from_blocks_summed(
+    tap_stores: dict[str, str], tmp_path: Path, cache: str
+) -> None:
     """MIST on the store's sum:2 == MIST on a store of z0, b_0, b_1 summed by the feed:
     same batches, same seed, exactly (fp32)."""
-    a = train(TrainConfig(store=tap_stores["taps"], out=str(tmp_path / "sum"), cache=cache, **MIST),
-              progress=False)
-    b = train(TrainConfig(store=tap_stores["parts"], out=str(tmp_path / "parts"), cache=cache,
-                          **MIST), progress=False)
+    a = train(
+        TrainConfig(store=tap_stores["taps"], out=str(tmp_path / "sum"), cache=cache, **MIST),
+        progress=False,
+    )
+    b = train(
+        TrainConfig(store=tap_stores["parts"], out=str(tmp_path / "parts"), cache=cache, **MIST),
+        progress=False,
+    )
     assert a["complete"] and b["complete"] and a["method"] == "mist"
     assert losses(str(tmp_path / "sum")) == losses(str(tmp_path / "parts"))
     wa, wb = weights(str(tmp_path / "sum")), weights(str(tmp_path / "parts"))
@@ -110,24 +143,43 @@ def test_cached_mist_equals_live_mist(tap_stores: dict[str, str], tmp_path: Path
     live = TrainConfig(out=str(tmp_path / "live"), **{**common, **LIVE})
     mc, ml = train(cached, progress=False), train(live, progress=False)
     assert ml["live"] and mc["buffer_rows"] == ml["buffer_rows"] == 16
-    torch.testing.assert_close(torch.tensor(losses(live.out)), torch.tensor(losses(cached.out)),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(losses(live.out)), torch.tensor(losses(cached.out)), rtol=1e-5, atol=1e-6
+    )
     wc, wl = weights(cached.out), weights(live.out)
     for key in wc:
         torch.testing.assert_close(wl[key], wc[key], rtol=1e-4, atol=1e-5)
     assert ml["test_acc"] == mc["test_acc"]
 
 
-def test_cli_trains_mist_on_a_store_of_the_sum_tap_only(tap_stores: dict[str, str],
-                                                        tmp_path: Path) -> None:
+def test_cli_trains_mist_on_a_store_of_the_sum_tap_only(
+    tap_stores: dict[str, str], tmp_path: Path
+) -> None:
     from typer.testing import CliRunner
 
     from losa_cache.cli.main import app
 
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", "--store", tap_stores["sum4"], "--method", "mist",
-                                   "--steps", "3", "--batch-size", "8", "--device", "cpu",
-                                   "--workers", "1", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--store",
+            tap_stores["sum4"],
+            "--method",
+            "mist",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["complete"] and metrics["step"] == 3 and metrics["method"] == "mist"
@@ -150,15 +202,27 @@ def test_missing_taps_name_the_tap_what_is_held_and_the_fix(tap_stores: dict[str
         train(cfg, progress=False)
 
 
-def test_sweep_members_reading_taps_equal_runs_alone(tap_stores: dict[str, str],
-                                                     tmp_path: Path) -> None:
+def test_sweep_members_reading_taps_equal_runs_alone(
+    tap_stores: dict[str, str], tmp_path: Path
+) -> None:
     """mist (sum:4) and losa (blocks) share one feed in a sweep; each == trained alone."""
     from losa_cache.sweep import RunSpec, SweepConfig, run_sweep
 
-    cfg = SweepConfig(store=tap_stores["taps"], out=str(tmp_path / "sweep"),
-                      methods=["mist", "losa"], ranks=[4], layers=["evenly:2"], lrs=[0.05],
-                      steps=5, batch_size=8, device="cpu", workers=1, speed_batches=0,
-                      amp="fp32", cache="none")
+    cfg = SweepConfig(
+        store=tap_stores["taps"],
+        out=str(tmp_path / "sweep"),
+        methods=["mist", "losa"],
+        ranks=[4],
+        layers=["evenly:2"],
+        lrs=[0.05],
+        steps=5,
+        batch_size=8,
+        device="cpu",
+        workers=1,
+        speed_batches=0,
+        amp="fp32",
+        cache="none",
+    )
     run_sweep(cfg, progress=False)
     doc = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     specs = [RunSpec.from_dict(r) for r in doc["runs"]]
