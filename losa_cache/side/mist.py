@@ -312,6 +312,13 @@ class MistSide(SideNetwork):
         """z0 (``embed``) for G_k gathered from blocks; a ``sum:k`` tap replaces both."""
         return () if config.gather == "last" else ("embed",)
 
+    @classmethod
+    def live_inputs(cls, config: SideConfig) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """What a live backbone computes for it (predict): the one map G_k as extraction's
+        ``sum:k`` tap writes it (fp32), not z0 and k block outputs; b_L for ``last``."""
+        key = input_key(config)
+        return ((key,), ()) if isinstance(key, int) else ((), (key,))
+
     def input_map(self, features: Mapping[Any, Tensor]) -> Tensor:
         """The (B, T, D) map LAE reads: the ``sum:k`` tap, or gathered from embed + blocks."""
         key = input_key(self.config)
