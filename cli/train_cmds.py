@@ -57,11 +57,17 @@ def _make() -> Any:
 train = _make()
 
 
+def _options(m: dict[str, Any]) -> str:
+    """The method's own settings (losa's r=64, mist's width=16 ...), layers apart."""
+    opts = m.get("options", {})
+    return "".join(f"{'r' if k == 'rank' else k}={v} " for k, v in opts.items() if k != "layers")
+
+
 def summary(m: dict[str, Any]) -> str:
     """A few lines a person reads after a run."""
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
     lines = [
-        f"{m['method']} r={m['rank']} layers {m['layers']}: {m['step']} steps "
+        f"{m['method']} {_options(m)}layers {m['layers']}: {m['step']} steps "
         f"(batch {m['plan']['batch_size']}, lr {m['plan']['lr']:.4g}) on {m['device']}",
         f"val acc     best {pct(m['best_val_acc'])} (step {m['best_val_step']}), "
         f"final {pct(m['final_val_acc'])}",

@@ -40,8 +40,10 @@ __all__ = [
     "slug",
 ]
 
-#: TrainConfig fields that only some methods use (``SideNetwork.uses``).
-METHOD_FIELDS = ("rank", "layers", "hidden")
+#: TrainConfig fields that only some methods use (``SideNetwork.uses``): rank, layers,
+#: hidden, MIST's width, gather_k, ...
+METHOD_FIELDS = tuple(sorted({n for s in list_sides() for n in get_side_class(s).uses}
+                             & {f.name for f in fields(TrainConfig)}))
 #: SweepConfig fields every run's TrainConfig copies.
 SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_decay", "seed",
                "cache", "device", "amp", "workers", "train_split", "val_split", "test_split",
@@ -49,9 +51,10 @@ SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_de
                "checkpoint", "pretrained", "random_init", "init_seed", "dataset", "data_root",
                "limit")
 #: TrainConfig fields a config entry may set; everything else is sweep-wide.
-ENTRY_KEYS = ("task", "method", "rank", "hidden", "layers", "lr", "optimizer", "momentum",
-              "weight_decay", "label_smoothing", "warmup_steps", "seed", "batch_size", "steps",
-              "epochs", "pool", "shuffle_buffer")
+ENTRY_KEYS = tuple(dict.fromkeys((
+    "task", "method", "rank", "hidden", "layers", "lr", "optimizer", "momentum", "weight_decay",
+    "label_smoothing", "warmup_steps", "seed", "batch_size", "steps", "epochs", "pool",
+    "shuffle_buffer", *METHOD_FIELDS)))
 
 
 _f = option  # a field with help, range and choices (losa_cache.fields)
@@ -264,6 +267,9 @@ def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
     parts = [t.method] + ([f"r{t.rank}"] if "rank" in uses else []) + (
         [slug(label)] if "layers" in uses else []) + (
         [f"h{t.hidden}"] if "hidden" in uses else [])
+    parts += [_option_part(n, getattr(t, n)) for n in uses  # mist's w32, gk8, mlp
+              if n in METHOD_FIELDS and n not in ("rank", "layers", "hidden")
+              and getattr(t, n) != getattr(TrainConfig, n)]
     parts.append(f"lr{lr}")
     if t.optimizer != "sgd":
         parts.append(t.optimizer)
@@ -272,6 +278,13 @@ def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
     if t.batch_size != cfg.batch_size:
         parts.append(f"b{t.batch_size}")
     return "-".join(parts)
+
+
+def _option_part(name: str, value: Any) -> str:
+    """A method option in a run id: a choice as itself, a number after its initials."""
+    if isinstance(value, str):
+        return slug(value)
+    return "".join(w[0] for w in name.split("_")) + str(value)
 
 
 def slug(text: str) -> str:
