@@ -36,11 +36,25 @@ def _train(json_out: bool, storage_options: str | None, **settings: Any) -> None
 
     with run_errors():
         options = parse_storage_options(storage_options)
+        settings["max_memory"] = max_memory_mib(settings["max_memory"])
         metrics = run(TrainConfig(**settings), progress=not json_out, storage_options=options)
     if json_out:
         emit_json(metrics)
     else:
         typer.echo(summary(metrics))
+
+
+def max_memory_mib(text: str | None) -> int | None:
+    """``--max-memory``: a size such as 300MB or 1GiB, or a plain number of MiB (the
+    config's unit); a size is rounded down to whole MiB, so the bound is never exceeded."""
+    if text is None or text.strip().isdigit():
+        return None if text is None else int(text)
+    from losa_cache.sweep.config import parse_bytes  # only for a size with a unit
+
+    mib = int(parse_bytes(text) or 0) >> 20
+    if mib < 1:
+        raise ValueError(f"--max-memory {text!r} is under 1 MiB; give e.g. 300MB or 1GiB")
+    return mib
 
 
 def _make() -> Any:
@@ -51,7 +65,8 @@ def _make() -> Any:
              inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False,
                                annotation=Annotated[bool, typer.Option(
                                    "--json", help="Print the final metrics as JSON.")])]
-    return command(_train, [*config_params(TrainConfig), *extra], DOC)
+    sizes = {"max_memory": (str | None, None)}  # 300MB, 1GiB or MiB: max_memory_mib
+    return command(_train, [*config_params(TrainConfig, override=sizes), *extra], DOC)
 
 
 train = _make()

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from losa_cache.fields import check_fields, option
 from losa_cache.side.base import SideNetwork
@@ -243,7 +244,12 @@ class EdgeBlock(nn.Module):
             self.fn = DepthwiseConv(d, config.prefix_tokens, _grid_side(config))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.fn(self.norm(x))  # (B, T, D)
+        if self.training and torch.is_grad_enabled():
+            return x + checkpoint(self.branch, x, use_reentrant=False)  # (B, T, D)
+        return x + self.branch(x)  # (B, T, D)
+
+    def branch(self, x: Tensor) -> Tensor:
+        return self.fn(self.norm(x))
 
 
 def _grid_side(config: SideConfig) -> int:
