@@ -46,6 +46,7 @@ def _side(
     net: torch.nn.Module, method: str, rank: int | None, layers: str, hidden: int | None
 ) -> tuple[dict[str, Any], int]:
     from losa_cache.side import SideConfig, create_side, learned_params
+    from losa_cache.train.keys import deepest_block
 
     extra = {k: v for k, v in (("rank", rank), ("hidden", hidden)) if v is not None}
     tokens = net.num_prefix_tokens + net.patch_embed.num_patches
@@ -67,6 +68,8 @@ def _side(
         "kind": "side network",
         "learned_params": learned_params(config),
         "blocks_read": list(config.required_layers),
+        "taps_read": list(type(side).taps(config)),
+        "backbone_blocks": deepest_block(inputs) + 1,  # a sum:k tap runs blocks 0..k-1
         "rank": config.rank if "rank" in side.uses else None,
         "hidden": config.hidden if "hidden" in side.uses else None,
     }
@@ -126,7 +129,7 @@ def method_cost(
         setting = "every step runs the whole backbone (forward + backward through it)"
     else:
         info, method_macs = _side(net, method, rank, layers, hidden)
-        backbone = backbone_cost(net, max(info["blocks_read"]))
+        backbone = backbone_cost(net, info.pop("backbone_blocks") - 1)
         setting = (
             "the backbone runs once per image at extraction; training reads the "
             "store (the paper's setting runs it every step: total)"

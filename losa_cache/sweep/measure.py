@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from losa_cache.side import SideConfig, create_side
+from losa_cache.train.keys import Key, side_inputs
 from losa_cache.train.optim import build_optimizer
 from losa_cache.train.run import forward_loss
 
@@ -63,8 +64,8 @@ class PeakTracker(TorchDispatchMode):
         return out
 
 
-def _inputs(side: SideConfig, layers: tuple[int, ...], batch: int, dtype: torch.dtype,
-            device: torch.device) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+def _inputs(side: SideConfig, layers: tuple[Key, ...], batch: int, dtype: torch.dtype,
+            device: torch.device) -> tuple[dict[Key, torch.Tensor], torch.Tensor]:
     feats = {i: torch.randn(batch, side.tokens, side.dim, device=device).to(dtype)
              for i in layers}
     labels = torch.randint(0, side.num_classes, (batch,), device=device)
@@ -89,7 +90,7 @@ def memory_at(side: SideConfig, optimizer: str, batch: int, dtype: torch.dtype,
         torch.cuda.reset_peak_memory_stats(device)
         model = create_side(side).to(device)
         opt = build_optimizer(model, optimizer, 1e-3, 0.0)
-        feats, labels = _inputs(side, side.required_layers, batch, dtype, device)
+        feats, labels = _inputs(side, side_inputs(side), batch, dtype, device)
         _step(model, opt, feats, labels, amp)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
@@ -99,7 +100,7 @@ def memory_at(side: SideConfig, optimizer: str, batch: int, dtype: torch.dtype,
     with tracker:
         model = create_side(side).to(device)
         opt = build_optimizer(model, optimizer, 1e-3, 0.0)
-        feats, labels = _inputs(side, side.required_layers, batch, dtype, device)
+        feats, labels = _inputs(side, side_inputs(side), batch, dtype, device)
         tracker.track(*model.parameters(), *feats.values(), labels)
         _step(model, opt, feats, labels, amp)
     return int(tracker.peak), "cpu_tracked_tensors"
@@ -108,7 +109,7 @@ def memory_at(side: SideConfig, optimizer: str, batch: int, dtype: torch.dtype,
 def side_flops(side: SideConfig) -> int:
     """Counted forward FLOPs of the side network + head for one image."""
     model = create_side(side).eval()
-    feats, _ = _inputs(side, side.required_layers, 1, torch.float32, torch.device("cpu"))
+    feats, _ = _inputs(side, side_inputs(side), 1, torch.float32, torch.device("cpu"))
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(feats)
@@ -137,7 +138,7 @@ def train_speed(side: SideConfig, optimizer: str, batch: int, batches: int, dtyp
         return None
     model = create_side(side).to(device)
     opt = build_optimizer(model, optimizer, 1e-3, 0.0)
-    feats, labels = _inputs(side, side.required_layers, batch, dtype, device)
+    feats, labels = _inputs(side, side_inputs(side), batch, dtype, device)
     for _ in range(warmup):
         _step(model, opt, feats, labels, amp)
     _sync(device)

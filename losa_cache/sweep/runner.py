@@ -48,6 +48,7 @@ from losa_cache.sweep.measure import train_speed
 from losa_cache.sweep.results import RESULT, best_runs, export_best, run_row, write_results
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.engine import Engine, Inputs
+from losa_cache.train.keys import side_inputs
 from losa_cache.train.run import use_amp
 from losa_cache.train.sources import (
     DataSource,
@@ -93,7 +94,7 @@ def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource
     todo = [r for r in runs if not _finished(r)]
     inputs = choose_inputs(cfg.cache, source, device,
                            [rows[t][role] for t in tasks for role in ("train", "val")],
-                           {i for r in todo for i in sides[r.key].required_layers} or {0},
+                           {i for r in todo for i in side_inputs(sides[r.key])} or {0},
                            cfg.workers, progress) if todo else None
     choice = inputs.choice if inputs is not None else None
     groups = _groups(cfg, saved, runs, sides, rows, profs, device, choice)
