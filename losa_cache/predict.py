@@ -139,14 +139,10 @@ def image_logits(adapter: Adapter, backbone: Backbone, x: Tensor) -> Tensor:
 
 
 def live_inputs(model: torch.nn.Module) -> tuple[list[int], list[str]]:
-    """(blocks, taps) a side network reads from a live backbone: its ``live_inputs`` where
-    it has one (MIST: the one map G_k, not z0 and k blocks), else its blocks and taps."""
+    """(blocks, taps) a side network reads, as a live backbone computes them (MIST: the
+    one map G_k, ``sum:k``)."""
     cls, config = type(model), model.config
-    if hasattr(cls, "live_inputs"):
-        blocks, taps = cls.live_inputs(config)
-    else:
-        blocks, taps = cls.blocks(config), cls.taps(config)
-    return list(blocks), list(taps)
+    return list(cls.blocks(config)), list(cls.taps(config))
 
 
 def live_features(backbone: Backbone, x: Tensor, blocks: list[int],

@@ -317,13 +317,6 @@ class MistSide(SideNetwork):
         """``sum:k`` (the feed sums embed + blocks 0..k-1 where a store lacks it)."""
         return () if config.gather == "last" else (f"sum:{gather_k(config)}",)
 
-    @classmethod
-    def live_inputs(cls, config: SideConfig) -> tuple[tuple[int, ...], tuple[str, ...]]:
-        """What a live backbone computes for it (predict): the one map G_k as extraction's
-        ``sum:k`` tap writes it (fp32), not z0 and k block outputs; b_L for ``last``."""
-        key = input_key(config)
-        return ((key,), ()) if isinstance(key, int) else ((), (key,))
-
     def input_map(self, features: Mapping[Any, Tensor]) -> Tensor:
         """The (B, T, D) map LAE reads: the ``sum:k`` tap, or gathered from embed + blocks."""
         key = input_key(self.config)
