@@ -25,6 +25,7 @@ from losa_cache.fields import check_fields, inherit, metadata, option
 from losa_cache.outdir import folder_name, folder_names
 from losa_cache.side import get_side_class, list_sides, parse_layers
 from losa_cache.side.config import VERSION_KEY, library_version
+from losa_cache.side.mist import candidate_ks
 from losa_cache.train import TrainConfig
 from losa_cache.train.batching import BATCHING
 from losa_cache.train.config import DEFAULT_LR
@@ -211,7 +212,7 @@ def expand_runs(cfg: SweepConfig, depth: int, store_layers: list[int],
     """Every (entry x task) as a RunSpec, duplicates dropped, ids unique."""
     runs: dict[str, RunSpec] = {}
     seen: set[str] = set()
-    for entry in _entries(cfg, default_task):
+    for entry in (e for raw in _entries(cfg, default_task) for e in _with_k(raw, depth)):
         spec = _run(cfg, entry, depth, store_layers)
         key = _dedupe_key(spec, depth, store_layers)
         if key in seen:
@@ -234,6 +235,16 @@ def _entries(cfg: SweepConfig, default_task: str) -> list[dict[str, Any]]:
     else:
         grid = [e for entry in cfg.configs for e in _product(entry)]
     return [{"task": t, **e} if "task" not in e else e for t in tasks for e in grid]
+
+
+def _with_k(entry: dict[str, Any], depth: int) -> list[dict[str, Any]]:
+    """MIST without ``gather_k``: one entry per candidate k, as ``train`` alone would
+    train and choose among on val (losa_cache/train/choose.py); the sweep keeps them all."""
+    if (entry.get("method") != "mist" or entry.get("gather", TrainConfig.gather) != "sum"
+            or entry.get("gather_k") is not None):
+        return [entry]
+    ks = candidate_ks(entry.get("k_candidates", TrainConfig.k_candidates), depth)
+    return [{**entry, "gather_k": k} for k in ks]
 
 
 def _product(entry: dict[str, Any]) -> list[dict[str, Any]]:

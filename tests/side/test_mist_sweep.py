@@ -38,13 +38,22 @@ def test_a_grid_over_mist_options_is_one_run_per_combination(tmp_path: Path) -> 
 
 
 def test_the_ablations_are_sweep_entries(tmp_path: Path) -> None:
-    got = expand(tmp_path, [{"method": "mist", **o} for o in ABLATIONS.values()])
+    got = expand(tmp_path, [{"method": "mist", "gather_k": 8, **o} for o in ABLATIONS.values()])
     ids = [r.id for r in got]
     assert len(ids) == len(ABLATIONS) == len(set(ids))
     by_id = {r.id: r.train for r in got}
-    assert by_id["mist-eb0-lrdefault"].edge_blocks == 0  # gather only
-    assert by_id["mist-last-lrdefault"].gather == "last"  # LAE only
-    assert by_id["mist-dwconv-lrdefault"].block_fn == "dwconv"
+    assert by_id["mist-eb0-gk8-lrdefault"].edge_blocks == 0  # gather only
+    assert by_id["mist-last-gk8-lrdefault"].gather == "last"  # LAE only
+    assert by_id["mist-dwconv-gk8-lrdefault"].block_fn == "dwconv"
+
+
+def test_mist_without_gather_k_is_one_run_per_candidate_k(tmp_path: Path) -> None:
+    """As ``train`` alone trains them (and keeps the best on val): members == alone."""
+    got = expand(tmp_path, [{"method": "mist"}, {"method": "mist", "k_candidates": "6,12"},
+                            {"method": "mist", "gather": "last"}])  # fmt: skip
+    ks = [(r.train.k_candidates, r.train.gather, r.train.gather_k) for r in got]
+    assert ks == [("thirds", "sum", 4), ("thirds", "sum", 8), ("thirds", "sum", 12),
+                  ("6,12", "sum", 6), ("6,12", "sum", 12), ("thirds", "last", None)]  # fmt: skip
 
 
 def test_a_sweep_trains_mist_variants_from_one_store(micro_store: str, tmp_path: Path) -> None:
