@@ -495,6 +495,12 @@ def info(
         f"bytes        {human_bytes(d['bytes_stored'])} on disk, "
         f"{human_bytes(d['bytes_logical'])} of features: {d['size_note']}"
     )
+    per_image, images = d["transfer_bytes_per_image"], d["num_images"]
+    splits = ", ".join(f"{k} {human_bytes(per_image * n)}" for k, n in d["splits"].items())
+    typer.echo(
+        f"transfer     {per_image / 1e6:.3f} MB = {per_image / 2**20:.3f} MiB per image; "
+        f"{human_bytes(per_image * images)} for the {images:,} images ({splits})"
+    )
     typer.echo(f"integrity    {d['integrity']}")
     typer.echo(f"skipped      {len(d['skipped'])}")
     for s in d["skipped"][:20]:

@@ -91,6 +91,11 @@ def summary(m: dict[str, Any]) -> str:
         f"peak memory {human_bytes(m['peak_memory_bytes'])}",
         f"params      {m['learned_params'] / 1e6:.4f}M learned (head excluded)",
     ]
+    if m.get("k_choice"):  # mist: G_k's k chosen on val among the candidates
+        c = m["k_choice"]
+        lines.append("k on val    " + ", ".join(
+            f"{k} {pct(v)}{' (chosen)' if int(k) == c['chosen'] else ''}"
+            for k, v in c["candidates"].items()))  # fmt: skip
     if m.get("adapter"):
         lines.append(f"adapter     {m['adapter']}")
     elif not m["complete"]:
