@@ -62,7 +62,8 @@ def test_server_to_device_to_prediction(tmp_path: Path) -> None:
     adapter = load_adapter(run)
     k = adapter.config.gather_k
     assert k in (1, 3, 4) and adapter.meta["metrics"]["k_choice"]["chosen"] == k
-    assert "mist width=8 heads=2 edge_blocks=1 block_fn" in out and f"{k} " in out.split("k on val")[1]
+    assert "mist width=8 heads=2 edge_blocks=1 block_fn" in out
+    assert f"{k} " in out.split("k on val")[1]
 
     paths, rows = png_files(device, tmp_path / "images", 4)
     preds = json.loads(cli("predict", "--adapter", run, "--model", "vit_micro", "--random-init",
