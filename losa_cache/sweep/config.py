@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from losa_cache.baselines import baseline_uses, is_baseline, list_baselines
 from losa_cache.fields import check_fields, inherit, metadata, option
 from losa_cache.outdir import folder_name, folder_names
 from losa_cache.side import get_side_class, list_sides, parse_layers
@@ -36,22 +37,25 @@ __all__ = [
     "SweepConfig",
     "expand_runs",
     "load_entries",
+    "method_uses",
     "parse_bytes",
     "slug",
 ]
 
-#: TrainConfig fields that only some methods use (``SideNetwork.uses``).
-METHOD_FIELDS = ("rank", "layers", "hidden")
+#: Live baselines' TrainConfig fields (``losa_cache.baselines.BaselineOptions``).
+BASELINE_KEYS = ("lora_targets", "lora_alpha", "prompt_tokens", "prompt_blocks", "tune_blocks")
+#: TrainConfig fields that only some methods use (``SideNetwork.uses``, ``baseline_uses``).
+METHOD_FIELDS = ("rank", "layers", "hidden", *BASELINE_KEYS)
 #: SweepConfig fields every run's TrainConfig copies.
 SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_decay", "seed",
                "cache", "device", "amp", "workers", "train_split", "val_split", "test_split",
                "eval_every", "log_every", "checkpoint_every", "shuffle_buffer", "live", "model",
                "checkpoint", "pretrained", "random_init", "init_seed", "dataset", "data_root",
-               "limit")
+               "limit", *BASELINE_KEYS)
 #: TrainConfig fields a config entry may set; everything else is sweep-wide.
 ENTRY_KEYS = ("task", "method", "rank", "hidden", "layers", "lr", "optimizer", "momentum",
               "weight_decay", "label_smoothing", "warmup_steps", "seed", "batch_size", "steps",
-              "epochs", "pool", "shuffle_buffer")
+              "epochs", "pool", "shuffle_buffer", *BASELINE_KEYS)
 
 
 _f = option  # a field with help, range and choices (losa_cache.fields)
@@ -70,7 +74,10 @@ class SweepConfig:
     tasks: list[str] | None = field(default=None, metadata=metadata(
         "Labellings to train on, comma-separated (default: the store's).", cli="task"))
     methods: list[str] = field(default_factory=lambda: ["losa", "linear"], metadata=metadata(
-        "Side networks, comma-separated.", choices=list_sides, cli="method"))
+        "Side networks, comma-separated; with --live also live baselines (full, lora, bitfit, "
+        "vpt, partial): each runs its own backbone forward and backward, so they train one "
+        "after another, after the side networks (which share one backbone pass).",
+        choices=lambda: [*list_sides(), *list_baselines()], cli="method"))
     ranks: list[int] = field(default_factory=lambda: [64], metadata=metadata(
         "Ranks, comma-separated, e.g. 4,8,16,64 (a method without a rank ignores it).", min=1,
         cli="rank"))
@@ -120,6 +127,11 @@ class SweepConfig:
     dataset: str | None = _t("dataset")
     data_root: str | None = _t("data_root")
     limit: int | None = _t("limit")
+    lora_targets: str = _t("lora_targets")
+    lora_alpha: float | None = _t("lora_alpha")
+    prompt_tokens: int = _t("prompt_tokens")
+    prompt_blocks: int | None = _t("prompt_blocks")
+    tune_blocks: int = _t("tune_blocks")
 
     def __post_init__(self) -> None:
         if not self.store and not self.live:
@@ -133,6 +145,10 @@ class SweepConfig:
             if not getattr(self, name):
                 raise ValueError(f"--{name.rstrip('s')} needs at least one value")
         check_fields(self)
+        live_only = [m for m in self.methods if is_baseline(m)]
+        if live_only and not self.live:
+            raise ValueError(f"--method {','.join(live_only)} trains the backbone on images: "
+                             "add --live (with --model and --dataset)")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(sorted({**asdict(self), VERSION_KEY: library_version()}.items()))
@@ -164,6 +180,11 @@ class RunSpec:
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
         return cls(data["id"], data["task"], TrainConfig.from_dict(data["train"]),
                    data["layers_label"])
+
+
+def method_uses(method: str) -> tuple[str, ...]:
+    """The TrainConfig fields ``method`` (a side network or a live baseline) reads."""
+    return baseline_uses(method) if is_baseline(method) else get_side_class(method).uses
 
 
 def load_entries(path: str | Path) -> list[dict[str, Any]]:
@@ -248,7 +269,7 @@ def _run(cfg: SweepConfig, entry: dict[str, Any], depth: int,
         base.update(steps=None, epochs=None)
     merged = {**base, **entry}
     label = str(merged.get("layers", "store"))
-    uses = get_side_class(merged.get("method", TrainConfig.method)).uses
+    uses = method_uses(merged.get("method", TrainConfig.method))
     for name in set(METHOD_FIELDS) - set(uses):  # a field the method ignores: one run
         merged[name] = getattr(TrainConfig, name)
     if "layers" not in uses:
@@ -260,7 +281,7 @@ def _run(cfg: SweepConfig, entry: dict[str, Any], depth: int,
 def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
     """Readable and, for grids, unique: method, rank, layers, lr, and what else differs."""
     lr = "default" if t.lr is None else f"{t.lr:g}"
-    uses = get_side_class(t.method).uses
+    uses = method_uses(t.method)
     parts = [t.method] + ([f"r{t.rank}"] if "rank" in uses else []) + (
         [slug(label)] if "layers" in uses else []) + (
         [f"h{t.hidden}"] if "hidden" in uses else [])
@@ -280,7 +301,7 @@ def slug(text: str) -> str:
 
 def _dedupe_key(spec: RunSpec, depth: int, store_layers: list[int]) -> str:
     maths = spec.train.maths()
-    if "layers" in get_side_class(spec.train.method).uses:
+    if "layers" in method_uses(spec.train.method):
         text = ",".join(map(str, store_layers)) if spec.train.layers == "store" else \
             spec.train.layers
         maths["layers"] = list(parse_layers(text, depth))

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,7 +29,8 @@ from losa_cache.side import SideConfig, create_side
 from losa_cache.train.optim import build_optimizer
 from losa_cache.train.run import forward_loss
 
-__all__ = ["PeakTracker", "backbone_flops", "memory_at", "side_flops", "train_speed"]
+__all__ = ["PeakTracker", "backbone_flops", "image_inputs", "memory_at", "side_flops",
+           "step_memory", "step_speed", "train_speed"]
 
 
 class PeakTracker(TorchDispatchMode):
@@ -71,6 +73,16 @@ def _inputs(side: SideConfig, layers: tuple[int, ...], batch: int, dtype: torch.
     return feats, labels
 
 
+def image_inputs(net: torch.nn.Module, num_classes: int, batch: int, device: torch.device
+                 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """A live baseline's inputs: random (B, 3, H, W) images at the backbone's size."""
+    from losa_cache.baselines import IMAGES
+
+    size = tuple(net.patch_embed.img_size)
+    images = torch.randn(batch, 3, *size, device=device)
+    return {IMAGES: images}, torch.randint(0, num_classes, (batch,), device=device)
+
+
 def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, feats: dict, labels: torch.Tensor,
           amp: bool) -> None:
     """A training step as a run takes it (the same forward and loss)."""
@@ -80,29 +92,47 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, feats: dict, label
     opt.step()
 
 
-def memory_at(side: SideConfig, optimizer: str, batch: int, dtype: torch.dtype,
-              device: torch.device, amp: bool) -> tuple[int, str]:
-    """(bytes, how measured) of one training step at ``batch`` (model built inside)."""
+Build = Callable[[], torch.nn.Module]
+Make = Callable[[int], tuple[dict[int, torch.Tensor], torch.Tensor]]
+
+
+def step_memory(build: Build, make: Make, optimizer: str, batch: int, device: torch.device,
+                amp: bool) -> tuple[int, str]:
+    """(bytes, how measured) of one training step at ``batch`` of the model ``build()``
+    makes (built inside, so its weights, gradients and optimizer state count) on the
+    inputs ``make(batch)`` makes."""
+    def run(tracker: PeakTracker | None) -> None:
+        model = build().to(device)
+        opt = build_optimizer(model, optimizer, 1e-3, 0.0)
+        feats, labels = make(batch)
+        if tracker is not None:
+            tracker.track(*model.parameters(), *feats.values(), labels)
+        _step(model, opt, feats, labels, amp)
+
+    return _peak(run, device)
+
+
+def _peak(run: Callable[[PeakTracker | None], None], device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        model = create_side(side).to(device)
-        opt = build_optimizer(model, optimizer, 1e-3, 0.0)
-        feats, labels = _inputs(side, side.required_layers, batch, dtype, device)
-        _step(model, opt, feats, labels, amp)
+        run(None)
         torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-        del model, opt, feats, labels
-        return int(peak), "cuda_max_memory_allocated"
+        return int(torch.cuda.max_memory_allocated(device) - base), "cuda_max_memory_allocated"
     tracker = PeakTracker()
     with tracker:
-        model = create_side(side).to(device)
-        opt = build_optimizer(model, optimizer, 1e-3, 0.0)
-        feats, labels = _inputs(side, side.required_layers, batch, dtype, device)
-        tracker.track(*model.parameters(), *feats.values(), labels)
-        _step(model, opt, feats, labels, amp)
+        run(tracker)
     return int(tracker.peak), "cpu_tracked_tensors"
+
+
+def memory_at(side: SideConfig, optimizer: str, batch: int, dtype: torch.dtype,
+              device: torch.device, amp: bool) -> tuple[int, str]:
+    """(bytes, how measured) of one side-network training step at ``batch``, features
+    from the store (no backbone in memory)."""
+    return step_memory(lambda: create_side(side),
+                       lambda b: _inputs(side, side.required_layers, b, dtype, device),
+                       optimizer, batch, device, amp)
 
 
 def side_flops(side: SideConfig) -> int:
@@ -133,11 +163,20 @@ def backbone_flops(model_name: str, upto_block: int, tokens: int) -> int | None:
 def train_speed(side: SideConfig, optimizer: str, batch: int, batches: int, dtype: torch.dtype,
                 device: torch.device, amp: bool, warmup: int = 2) -> float | None:
     """Training images/s over ``batches`` timed steps on in-memory features."""
+    return step_speed(lambda: create_side(side),
+                      lambda b: _inputs(side, side.required_layers, b, dtype, device),
+                      optimizer, batch, batches, device, amp, warmup)
+
+
+def step_speed(build: Build, make: Make, optimizer: str, batch: int, batches: int,
+               device: torch.device, amp: bool, warmup: int = 2) -> float | None:
+    """Training images/s of ``build()``'s model over ``batches`` timed steps on one batch
+    ``make(batch)`` (after ``warmup`` untimed steps); None when ``batches`` is 0."""
     if batches <= 0:
         return None
-    model = create_side(side).to(device)
+    model = build().to(device)
     opt = build_optimizer(model, optimizer, 1e-3, 0.0)
-    feats, labels = _inputs(side, side.required_layers, batch, dtype, device)
+    feats, labels = make(batch)
     for _ in range(warmup):
         _step(model, opt, feats, labels, amp)
     _sync(device)

@@ -18,9 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from losa_cache.baselines import copy_baseline_adapter, is_baseline
 from losa_cache.outdir import folder_name
-from losa_cache.side import SideConfig, get_side_class, head_params, learned_params
-from losa_cache.sweep.config import RunSpec
+from losa_cache.side import SideConfig, head_params
+from losa_cache.sweep.config import RunSpec, method_uses
 from losa_cache.sweep.grouping import Profile
 
 __all__ = ["CSV_COLUMNS", "RESULT", "best_runs", "export_best", "load_results", "run_row",
@@ -42,15 +43,17 @@ def run_row(spec: RunSpec, side: SideConfig, metrics: dict[str, Any], group: int
     backbone = profile.backbone_flops
     return {
         "task": spec.task, "run": spec.id, "method": t.method,
-        "rank": t.rank if "rank" in get_side_class(t.method).uses else None,
-        "layers": spec.layers_label, "blocks": list(side.required_layers), "lr": t.lr,
+        "rank": t.rank if "rank" in method_uses(t.method) else None,
+        "layers": spec.layers_label, "lr": t.lr,
+        "blocks": list(range(side.num_layers)) if is_baseline(t.method)  # its own forward
+        else list(side.required_layers),
         "lr_effective": plan["lr"], "optimizer": t.optimizer, "seed": t.seed,
         "batch_size": plan["batch_size"], "steps": plan["steps"], "epochs": plan["epochs"],
         "status": metrics["status"], "group": group, "step": metrics["step"],
         "val_acc": metrics["final_val_acc"], "test_acc": metrics["test_acc"],
         "val_loss": metrics["final_val_loss"], "test_loss": metrics["test_loss"],
         "best_val_acc": metrics["best_val_acc"], "train_loss": metrics["train_loss"],
-        "learned_params": learned_params(side), "head_params": head_params(side),
+        "learned_params": metrics["learned_params"], "head_params": head_params(side),
         "train_img_s": None, "train_memory_b1": profile.memory_b1,
         "memory_kind": profile.memory_kind,
         "train_memory_est": profile.memory_at(int(plan["batch_size"])),
@@ -83,6 +86,10 @@ def export_best(out: Path, best: dict[str, dict[str, Any]]) -> dict[str, str]:
 
     paths = {}
     for task, row in best.items():
+        if is_baseline(row["method"]):  # its own format (+ peft's folder): copied as is
+            paths[task] = str(copy_baseline_adapter(row["adapter"], out / "best" /
+                                                    folder_name(task)))
+            continue
         adapter = load_adapter(row["adapter"])
         meta = {"fingerprint": adapter.fingerprint, "classes": adapter.classes, "task": task,
                 "train_config": adapter.meta.get("train_config"),

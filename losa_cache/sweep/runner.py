@@ -33,18 +33,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from losa_cache.baselines import build_baseline, is_baseline
 from losa_cache.outdir import locked_outdir
 from losa_cache.side import SideConfig
-from losa_cache.sweep.config import RunSpec, SweepConfig, expand_runs
+from losa_cache.sweep.config import RunSpec, SweepConfig, expand_runs, method_uses
 from losa_cache.sweep.grouping import (
     Group,
     Profile,
+    baseline_profile,
     default_budget,
     make_groups,
     profile_key,
     profiles,
 )
-from losa_cache.sweep.measure import train_speed
+from losa_cache.sweep.measure import image_inputs, step_speed, train_speed
 from losa_cache.sweep.results import RESULT, best_runs, export_best, run_row, write_results
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.engine import Engine, Inputs
@@ -89,7 +91,7 @@ def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource
     rows = _task_rows(cfg, source, tasks)
     sides = {r.key: build_side_config(r.train, info, len(tasks[r.task].classes)) for r in runs}
     profs = _profiles(saved, runs, sides, info.dtype, device,
-                      str(info.fingerprint.get("model", "")))
+                      str(info.fingerprint.get("model", "")), source)
     todo = [r for r in runs if not _finished(r)]
     inputs = choose_inputs(cfg.cache, source, device,
                            [rows[t][role] for t in tasks for role in ("train", "val")],
@@ -163,21 +165,43 @@ def _task_rows(cfg: SweepConfig, source: DataSource, tasks: dict[str, TaskData]
     return out
 
 
+def _key(r: RunSpec, sides: dict, device: torch.device) -> str:
+    """A run's profile key: its side network (a baseline: also its method and options)."""
+    t = r.train
+    baseline = ({"method": t.method, **{k: getattr(t, k) for k in method_uses(t.method)}}
+                if is_baseline(t.method) else None)
+    return profile_key(sides[r.key], t.optimizer, use_amp(t.amp, device), baseline)
+
+
+def _build(r: RunSpec, sides: dict, source: DataSource) -> Any:
+    """A fresh live baseline of ``r`` on the source's backbone (as ``make_run`` builds it)."""
+    t = r.train
+    return lambda: build_baseline(t.method, source.backbone.model, sides[r.key], t, t.seed)
+
+
 def _profiles(saved: dict | None, runs: list[RunSpec], sides: dict, dtype: torch.dtype,
-              device: torch.device, model: str) -> dict[str, Profile]:
-    keys = {}
+              device: torch.device, model: str, source: DataSource) -> dict[str, Profile]:
+    keys: dict[str, tuple] = {}
+    baselines: dict[str, RunSpec] = {}
     for r in runs:
-        amp = use_amp(r.train.amp, device)
-        keys[profile_key(sides[r.key], r.train.optimizer, amp)] = (sides[r.key],
-                                                                   r.train.optimizer, amp)
-    if saved is not None and set(saved.get("profiles", {})) == set(keys):
+        key = _key(r, sides, device)
+        if is_baseline(r.train.method):
+            baselines.setdefault(key, r)
+        else:
+            keys[key] = (sides[r.key], r.train.optimizer, use_amp(r.train.amp, device))
+    if saved is not None and set(saved.get("profiles", {})) == {*keys, *baselines}:
         return {k: Profile(**v) for k, v in saved["profiles"].items()}
-    return profiles(keys, dtype, device, model)
+    out = profiles(keys, dtype, device, model)
+    for key, r in baselines.items():  # before any side group prunes the shared backbone
+        out[key] = baseline_profile(_build(r, sides, source), source.backbone.model,
+                                    sides[r.key], r.train.optimizer,
+                                    use_amp(r.train.amp, device), device, model)
+    return out
 
 
 def _profile_of(r: RunSpec, sides: dict, profs: dict[str, Profile],
                 device: torch.device) -> Profile:
-    return profs[profile_key(sides[r.key], r.train.optimizer, use_amp(r.train.amp, device))]
+    return profs[_key(r, sides, device)]
 
 
 def _groups(cfg: SweepConfig, saved: dict | None, runs: list[RunSpec], sides: dict,
@@ -189,11 +213,16 @@ def _groups(cfg: SweepConfig, saved: dict | None, runs: list[RunSpec], sides: di
     for r in runs:
         batch = int(r.train.plan(len(rows[r.task]["train"]))["batch_size"])
         estimates[r.key] = _profile_of(r, sides, profs, device).memory_at(batch)
+    # a live baseline backpropagates through its own backbone copy: one group each, first
+    # (built before the side groups prune the shared backbone to the blocks they read)
+    alone = [Group([r.key], estimates.pop(r.key)) for r in runs if is_baseline(r.train.method)]
+    if not estimates:
+        return alone
     here = choice.bytes if choice is not None and (choice.mode == "gpu") == (
         device.type == "cuda") else 0
     budget = cfg.memory_budget if cfg.memory_budget is not None else default_budget(device,
                                                                                    here)
-    return make_groups(estimates, budget)
+    return alone + make_groups(estimates, budget)
 
 
 def _write_doc(out: Path, cfg: SweepConfig, runs: list[RunSpec], profs: dict[str, Profile],
@@ -237,6 +266,9 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
     for s, run in zip(todo, runs, strict=True):
         metrics = run.finish(extra)
         row = run_row(s, sides[s.key], metrics, gid, _profile_of(s, sides, profs, device))
+        if is_baseline(s.train.method) and metrics["complete"]:  # timed before any pruning
+            row["train_img_s"] = _baseline_speed(cfg, s, sides, source, row["batch_size"],
+                                                 device)
         (Path(s.train.out) / RESULT).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
     if not done:
         return False, engine.ticks
@@ -250,6 +282,15 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
     return True, engine.ticks
 
 
+def _baseline_speed(cfg: SweepConfig, r: RunSpec, sides: dict, source: DataSource,
+                    batch: int, device: torch.device) -> float | None:
+    """A live baseline's training img/s on images (its backbone forward and backward)."""
+    net, classes = source.backbone.model, sides[r.key].num_classes
+    return step_speed(_build(r, sides, source), lambda b: image_inputs(net, classes, b, device),
+                      r.train.optimizer, batch, cfg.speed_batches, device,
+                      use_amp(r.train.amp, device))
+
+
 # ---------------------------------------------------------------------------- the end
 
 
@@ -258,11 +299,11 @@ def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, dtype: Any,
     """Every run's row, training img/s measured once per (network, optimizer, batch)."""
     rows = [json.loads((Path(r.train.out) / RESULT).read_text()) for r in runs]
     speeds: dict[str, float | None] = {}
-    todo = [(r, row) for r, row in zip(runs, rows, strict=True)
-            if row["train_img_s"] is None and cfg.speed_batches]
+    todo = [(r, row) for r, row in zip(runs, rows, strict=True)  # baselines: timed above
+            if row["train_img_s"] is None and cfg.speed_batches and not is_baseline(row["method"])]
     for r, row in tqdm(todo, desc="speed", unit="run", disable=not progress or not todo):
         amp = use_amp(r.train.amp, device)
-        key = f"{profile_key(sides[r.key], r.train.optimizer, amp)}|{row['batch_size']}"
+        key = f"{_key(r, sides, device)}|{row['batch_size']}"
         if key not in speeds:
             speeds[key] = train_speed(sides[r.key], r.train.optimizer, row["batch_size"],
                                       cfg.speed_batches, dtype, device, amp)
