@@ -97,6 +97,9 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
 def prepare_backbone(adapter: Adapter, backbone: Backbone) -> None:
     """Refuse a backbone the adapter was not trained on; drop the blocks it never reads."""
     check_fingerprint(adapter.fingerprint, backbone.fingerprint())
+    if getattr(adapter, "reads_images", False):  # a live baseline: its own backbone copy
+        adapter.bind(backbone)
+        return
     cfg = adapter.config
     if (backbone.tokens, backbone.dim) != (cfg.tokens, cfg.dim):
         raise ValueError(f"backbone gives (tokens, dim) = ({backbone.tokens}, {backbone.dim}); "
@@ -122,9 +125,13 @@ def image_logits(adapter: Adapter, backbone: Backbone, x: Tensor) -> Tensor:
     """Preprocessed images (B, 3, H, W) -> (B, C) float32 logits on the CPU."""
     device = _device(backbone.model)
     with torch.inference_mode():
-        outs = backbone.intermediates(x.to(device), adapter.layers)  # [(B, T, D)] per layer
-        model = adapter.model.to(device).eval()
-        logits = model(dict(zip(adapter.layers, outs, strict=True)))
+        x = x.to(device)
+        if getattr(adapter, "reads_images", False):  # a live baseline reads the images
+            feats = {adapter.layers[0]: x}
+        else:
+            outs = backbone.intermediates(x, adapter.layers)  # [(B, T, D)] per layer
+            feats = dict(zip(adapter.layers, outs, strict=True))
+        logits = adapter.model.to(device).eval()(feats)
     return logits.float().cpu()
 
 
