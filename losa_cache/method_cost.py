@@ -43,11 +43,17 @@ def _macs(fn: Any, *args: Any) -> int:
 
 
 def _side(
-    net: torch.nn.Module, method: str, rank: int | None, layers: str, hidden: int | None
+    net: torch.nn.Module,
+    method: str,
+    rank: int | None,
+    layers: str,
+    hidden: int | None,
+    options: dict[str, Any],
 ) -> tuple[dict[str, Any], int]:
     from losa_cache.side import SideConfig, create_side, learned_params
 
     extra = {k: v for k, v in (("rank", rank), ("hidden", hidden)) if v is not None}
+    extra |= options  # the method's own options (losa: start, taps)
     tokens = net.num_prefix_tokens + net.patch_embed.num_patches
     config = SideConfig(
         num_layers=len(net.blocks),
@@ -67,6 +73,7 @@ def _side(
         "kind": "side network",
         "learned_params": learned_params(config),
         "blocks_read": list(config.required_layers),
+        "taps_read": list(type(side).taps(config)),
         "rank": config.rank if "rank" in side.uses else None,
         "hidden": config.hidden if "hidden" in side.uses else None,
     }
@@ -102,6 +109,16 @@ def _baseline(
     return info, _macs(run, x) - _macs(pruned.forward_features, x)
 
 
+def _deepest(info: dict[str, Any], depth: int) -> int:
+    """The deepest block a side network's inputs need the backbone to run through."""
+    deepest = max(info["blocks_read"], default=0)
+    for tap in info["taps_read"]:
+        if ":" in tap and tap.split(":")[1].isdigit():  # attn:i / mlp:i (0-based), sum:k
+            i = int(tap.split(":")[1])
+            deepest = max(deepest, i if tap.startswith(("attn", "mlp")) else i - 1)
+    return min(deepest, depth - 1)
+
+
 def method_cost(
     net: torch.nn.Module,
     method: str,
@@ -111,7 +128,8 @@ def method_cost(
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Learned parameters (head excluded) and GMACs / GFLOPs per image of ``method`` on the
-    architecture ``net`` (a timm ViT, best on the meta device)."""
+    architecture ``net`` (a timm ViT, best on the meta device); ``options``: a baseline's
+    (``prompt_tokens``...) or a side network's own (losa: ``start``, ``taps``)."""
     from losa_cache.baselines import list_baselines
     from losa_cache.side import list_sides
 
@@ -125,8 +143,8 @@ def method_cost(
         backbone = backbone_cost(net)
         setting = "every step runs the whole backbone (forward + backward through it)"
     else:
-        info, method_macs = _side(net, method, rank, layers, hidden)
-        backbone = backbone_cost(net, max(info["blocks_read"]))
+        info, method_macs = _side(net, method, rank, layers, hidden, options or {})
+        backbone = backbone_cost(net, _deepest(info, len(net.blocks)))
         setting = (
             "the backbone runs once per image at extraction; training reads the "
             "store (the paper's setting runs it every step: total)"

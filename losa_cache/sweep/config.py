@@ -45,17 +45,17 @@ __all__ = [
 #: Live baselines' TrainConfig fields (``losa_cache.baselines.BaselineOptions``).
 BASELINE_KEYS = ("lora_targets", "lora_alpha", "prompt_tokens", "prompt_blocks", "tune_blocks")
 #: TrainConfig fields that only some methods use (``SideNetwork.uses``, ``baseline_uses``).
-METHOD_FIELDS = ("rank", "layers", "hidden", *BASELINE_KEYS)
+METHOD_FIELDS = ("rank", "layers", "hidden", "start", "taps", *BASELINE_KEYS)
 #: SweepConfig fields every run's TrainConfig copies.
 SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_decay", "seed",
                "cache", "device", "amp", "workers", "train_split", "val_split", "test_split",
                "eval_every", "log_every", "checkpoint_every", "shuffle_buffer", "live", "model",
                "checkpoint", "pretrained", "random_init", "init_seed", "dataset", "data_root",
-               "limit", *BASELINE_KEYS)
+               "limit", "start", "taps", *BASELINE_KEYS)
 #: TrainConfig fields a config entry may set; everything else is sweep-wide.
 ENTRY_KEYS = ("task", "method", "rank", "hidden", "layers", "lr", "optimizer", "momentum",
               "weight_decay", "label_smoothing", "warmup_steps", "seed", "batch_size", "steps",
-              "epochs", "pool", "shuffle_buffer", *BASELINE_KEYS)
+              "epochs", "pool", "shuffle_buffer", "start", "taps", *BASELINE_KEYS)
 
 
 _f = option  # a field with help, range and choices (losa_cache.fields)
@@ -127,6 +127,8 @@ class SweepConfig:
     dataset: str | None = _t("dataset")
     data_root: str | None = _t("data_root")
     limit: int | None = _t("limit")
+    start: str = _t("start")
+    taps: str = _t("taps")
     lora_targets: str = _t("lora_targets")
     lora_alpha: float | None = _t("lora_alpha")
     prompt_tokens: int = _t("prompt_tokens")
@@ -284,7 +286,9 @@ def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
     uses = method_uses(t.method)
     parts = [t.method] + ([f"r{t.rank}"] if "rank" in uses else []) + (
         [slug(label)] if "layers" in uses else []) + (
-        [f"h{t.hidden}"] if "hidden" in uses else [])
+        [f"h{t.hidden}"] if "hidden" in uses else []) + (
+        [f"y0{t.start}"] if "start" in uses and t.start != TrainConfig.start else []) + (
+        [slug(t.taps)] if "taps" in uses and t.taps != TrainConfig.taps else [])
     parts.append(f"lr{lr}")
     if t.optimizer != "sgd":
         parts.append(t.optimizer)

@@ -20,6 +20,7 @@ from losa_cache.baselines.methods import BaselineOptions, is_baseline, list_base
 from losa_cache.fields import check_fields, inherit, option
 from losa_cache.side import list_sides
 from losa_cache.side.config import POOLS, VERSION_KEY, library_version
+from losa_cache.side.losa import LosaOptions
 from losa_cache.side.mist import MistOptions
 from losa_cache.train.cache import CACHE_MODES
 
@@ -52,6 +53,8 @@ class TrainConfig:
                              "partial).", choices=lambda: [*list_sides(), *list_baselines()])
     rank: int = _f(64, "Low-rank bottleneck r of the LoSA adaptors.", min=1)
     hidden: int = _f(64, "Hidden width h of the transformer side network.", min=1)
+    start: str = inherit(LosaOptions, "start")
+    taps: str = inherit(LosaOptions, "taps")
     layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
                               "all | last:N | evenly:N | 3,6,-1 (0-based).")
     pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "
