@@ -110,6 +110,10 @@ class SweepConfig:
     shuffle_buffer: int | None = _t("shuffle_buffer")
     speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).",
                                 min=0)
+    live_metrics: bool = _f(True, "Also measure the paper's setting: training memory (batch "
+                                  "1) and img/s with the backbone forward, inference memory "
+                                  "and img/s at batch 1 (a store sweep builds the store's "
+                                  "backbone with random weights for it).")
     stop_after: int | None = _f(None, "Stop after N ticks (a piece of the data fed to "
                                           "every run) with checkpoints (--resume later).", min=1)
     resume: bool = _f(False, "Continue the sweep in --out.")

@@ -75,6 +75,15 @@ def test_live_baselines_join_a_live_sweep_one_after_another(tmp_path: Path) -> N
         assert rows[spec.id]["train_img_s"] > 0 and rows[spec.id]["train_memory_b1"] > 0
     lora = rows["lora-r2-lr0.01-adamw"]
     assert lora["rank"] == 2 and lora["blocks"] == [0, 1, 2, 3]
+    for r in rows.values():  # the paper's setting for all; a baseline's only setting
+        assert r["train_memory_b1_live"] > 0 and r["infer_memory_b1"] > 0
+        assert r["infer_img_s_b1"] > 0 and r["train_img_s_live"] > 0
+        assert r["total_gmacs"] == pytest.approx(r["backbone_gmacs"] + r["side_gmacs"])
+        if r["method"] in ("lora", "vpt", "partial"):
+            assert r["train_memory_b1_live"] == r["train_memory_b1"]
+            assert r["train_img_s_live"] == r["train_img_s"]
+        else:
+            assert r["train_memory_b1_live"] > r["train_memory_b1"]
     best = doc["summary"]["best"][rows["lora-r2-lr0.01-adamw"]["task"]]["adapter"]
     assert (Path(best) / "adapter.json").is_file()  # a baseline may be exported as best
 
