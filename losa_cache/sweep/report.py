@@ -2,8 +2,9 @@
 
 As the LoSA paper's Fig. 4: accuracy against learned parameters, training memory (batch
 1) and speed (from the store, and with the backbone forward: the paper's setting),
-inference GMACs (the paper's "GFLOPs"), memory and speed at batch 1, with the points on the Pareto frontier (no
-other point both more accurate and more efficient) circled in shaded yellow. Several
+inference GMACs (the paper's "GFLOPs"), memory and speed at batch 1, with the points on
+the Pareto frontier (no other point both more accurate and more efficient) circled in
+shaded yellow. Several
 sweep folders (``--compare``) share one plot per task and metric, one legend entry per
 (folder, method); the frontier is over all of them. Accuracy is test accuracy where
 the sweep has a test split, else validation accuracy. ``report.md`` holds the tables.

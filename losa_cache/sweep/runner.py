@@ -296,7 +296,7 @@ def _baseline_costs(cfg: SweepConfig, r: RunSpec, sides: dict, source: DataSourc
     """A live baseline's training img/s on images (its backbone forward and backward: the
     paper's setting, its only one) and its trained model's inference at batch 1."""
     net, classes = source.backbone.model, sides[r.key].num_classes
-    make = lambda b: image_inputs(net, classes, b, device)  # noqa: E731
+    make = lambda b: image_inputs(net, classes, b, device)
     amp = use_amp(r.train.amp, device)
     speed = step_speed(_build(r, sides, source), make, r.train.optimizer, batch,
                        cfg.speed_batches, device, amp)
@@ -363,7 +363,7 @@ def _side_costs(cfg: SweepConfig, side: SideConfig, optimizer: str, batch: int, 
 
     make = live_inputs(side, backbone, device, amp)
     weights = list(backbone.model.parameters())
-    build = lambda: create_side(side)  # noqa: E731
+    build = lambda: create_side(side)
     out["train_memory_b1_live"] = step_memory(build, make, optimizer, 1, device, amp,
                                               weights)[0]
     out["train_img_s_live"] = step_speed(build, make, optimizer, batch, cfg.speed_batches,
