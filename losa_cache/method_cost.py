@@ -51,6 +51,7 @@ def _side(
     options: dict[str, Any],
 ) -> tuple[dict[str, Any], int]:
     from losa_cache.side import SideConfig, create_side, learned_params
+    from losa_cache.train.keys import deepest_block
 
     extra = {k: v for k, v in (("rank", rank), ("hidden", hidden)) if v is not None}
     extra |= options  # the method's own options (losa: start, taps)
@@ -74,6 +75,7 @@ def _side(
         "learned_params": learned_params(config),
         "blocks_read": list(config.required_layers),
         "taps_read": list(type(side).taps(config)),
+        "backbone_blocks": deepest_block(inputs) + 1,  # a sum:k tap runs blocks 0..k-1
         "rank": config.rank if "rank" in side.uses else None,
         "hidden": config.hidden if "hidden" in side.uses else None,
     }
@@ -109,16 +111,6 @@ def _baseline(
     return info, _macs(run, x) - _macs(pruned.forward_features, x)
 
 
-def _deepest(info: dict[str, Any], depth: int) -> int:
-    """The deepest block a side network's inputs need the backbone to run through."""
-    deepest = max(info["blocks_read"], default=0)
-    for tap in info["taps_read"]:
-        if ":" in tap and tap.split(":")[1].isdigit():  # attn:i / mlp:i (0-based), sum:k
-            i = int(tap.split(":")[1])
-            deepest = max(deepest, i if tap.startswith(("attn", "mlp")) else i - 1)
-    return min(deepest, depth - 1)
-
-
 def method_cost(
     net: torch.nn.Module,
     method: str,
@@ -144,7 +136,7 @@ def method_cost(
         setting = "every step runs the whole backbone (forward + backward through it)"
     else:
         info, method_macs = _side(net, method, rank, layers, hidden, options or {})
-        backbone = backbone_cost(net, _deepest(info, len(net.blocks)))
+        backbone = backbone_cost(net, info.pop("backbone_blocks") - 1)
         setting = (
             "the backbone runs once per image at extraction; training reads the "
             "store (the paper's setting runs it every step: total)"

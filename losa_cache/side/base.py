@@ -3,6 +3,15 @@
 A side network reads cached block outputs ``features[i]`` (0-based block index ->
 (B, T, D) tensor of any float dtype), refines them into one (B, T, D) map
 (:meth:`forward_features`) and classifies it with a :class:`ClassifierHead`.
+
+Besides block outputs it may read store taps, declared by :meth:`SideNetwork.taps` and
+keyed in ``features`` by name (:mod:`losa_cache.train.keys`; every feed, store or live,
+yields these keys):
+
+* ``"embed"``: z0, the tokens entering block 0;
+* ``"sum:k"``: MIST's G_k = z0 + outputs of blocks 0..k-1 (k 1-based, as the paper);
+* ``"attn:i"``, ``"mlp:i"``: the attention / MLP branch of block i (0-based, as blocks),
+  after layer scale and before the residual add.
 """
 
 from __future__ import annotations
@@ -74,8 +83,9 @@ class SideNetwork(nn.Module):
 
     @classmethod
     def taps(cls, config: SideConfig) -> tuple[str, ...]:
-        """Store taps (``embed``, ``sum:k``) :meth:`forward` reads besides the blocks, by
-        name (none built); none by default."""
+        """Store taps :meth:`forward` reads besides the blocks, as feed keys (``embed``,
+        ``sum:k``, ``attn:i``, ``mlp:i``; see the module docstring), none built; none by
+        default."""
         return ()
 
     @property
@@ -83,14 +93,14 @@ class SideNetwork(nn.Module):
         """Sorted 0-based block indices that :meth:`forward` reads."""
         return type(self).blocks(self.config)
 
-    def forward_features(self, features: Mapping[int, Tensor]) -> Tensor:
+    def forward_features(self, features: Mapping[int | str, Tensor]) -> Tensor:
         """Block outputs -> refined (B, T, D) tokens for the head."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ shared
 
-    def forward(self, features: Mapping[int, Tensor]) -> Tensor:
-        """Block outputs {index: (B, T, D)} -> (B, num_classes) logits."""
+    def forward(self, features: Mapping[int | str, Tensor]) -> Tensor:
+        """Block outputs {index: (B, T, D)} and taps {name: (B, T, D)} -> (B, C) logits."""
         return self.head(self.forward_features(features))
 
     @property

@@ -37,10 +37,11 @@ Choices the paper leaves open (its equations are blank in our copy):
   tokens see only the kernel's centre, as an isolated pixel would).
 
 Input: ``forward`` reads the map under the key :func:`input_key` (``"sum:k"``, or the last
-block's 0-based index for ``gather='last'``); given instead ``"embed"`` and blocks
-``0..k-1`` it gathers them itself (fp32 accumulation, :func:`gather`). So what it needs
-from a store of blocks is ``blocks(config)`` (0..k-1) plus ``taps(config)`` (``embed``);
-from a store with the ``sum:k`` tap, that one map (the feed reading taps comes later).
+block's 0-based index for ``gather='last'``), which ``taps(config)``/``blocks(config)``
+declare; given instead ``"embed"`` and blocks ``0..k-1`` it gathers them itself (fp32
+accumulation, :func:`gather`). The training feed reads ``sum:k`` from a store that holds
+it, and from one that holds ``embed`` and blocks 0..k-1 instead sums those itself
+(:mod:`losa_cache.train.keys`), so either store trains MIST.
 """
 
 from __future__ import annotations
@@ -302,15 +303,13 @@ class MistSide(SideNetwork):
 
     @classmethod
     def blocks(cls, config: SideConfig) -> tuple[int, ...]:
-        """b_L for ``gather='last'``; else the blocks G_k sums (0..k-1), besides z0."""
-        if config.gather == "last":
-            return (config.last_layer,)
-        return tuple(range(gather_k(config)))
+        """b_L for ``gather='last'``; else none (G_k is the ``sum:k`` tap)."""
+        return (config.last_layer,) if config.gather == "last" else ()
 
     @classmethod
     def taps(cls, config: SideConfig) -> tuple[str, ...]:
-        """z0 (``embed``) for G_k gathered from blocks; a ``sum:k`` tap replaces both."""
-        return () if config.gather == "last" else ("embed",)
+        """``sum:k`` (the feed sums embed + blocks 0..k-1 where a store lacks it)."""
+        return () if config.gather == "last" else (f"sum:{gather_k(config)}",)
 
     def input_map(self, features: Mapping[Any, Tensor]) -> Tensor:
         """The (B, T, D) map LAE reads: the ``sum:k`` tap, or gathered from embed + blocks."""

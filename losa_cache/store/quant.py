@@ -6,8 +6,10 @@ product (the reader does nothing else). An all-zero row has s = 0 and decodes to
 Error per value: at most s / 2 from rounding, plus the fp16 rounding of s
 (|x| <= absmax, so at most absmax * 2^-11 more); unwritten rows have s = NaN.
 
-The training reader can read codes and scales as they are stored (zero-copy for the
-codes) and call :func:`dequantize` on a batch, numpy or torch, on any device.
+The training reader reads codes and scales as they are stored (zero-copy scatter reads
+into its window buffers), its pieces, batches and memory caches hold them so (1 byte a
+value plus 2 a token), and :func:`dequantize` runs on each batch after its transfer to
+the training device (:func:`losa_cache.train.feed.to_device`), numpy or torch alike.
 """
 
 from __future__ import annotations

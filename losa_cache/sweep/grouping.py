@@ -28,6 +28,7 @@ from losa_cache.sweep.measure import (
     step_memory,
 )
 from losa_cache.train.cache import GiB, free_memory
+from losa_cache.train.keys import deepest_block, side_inputs
 
 __all__ = ["Group", "Profile", "baseline_profile", "default_budget", "make_groups",
            "profile_key", "profiles"]
@@ -83,7 +84,7 @@ def profiles(keys: dict[str, tuple[SideConfig, str, bool]], dtype: torch.dtype,
     for key, (side, optimizer, amp) in keys.items():
         m1, kind = memory_at(side, optimizer, 1, dtype, device, amp)
         m2, _ = memory_at(side, optimizer, 2, dtype, device, amp)
-        upto = max(side.required_layers)
+        upto = deepest_block(side_inputs(side))
         out[key] = Profile(m1, m2, kind, side_flops(side),
                            backbone_flops(model_name, upto, side.tokens))
     return out

@@ -33,6 +33,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from losa_cache.side import SideConfig, create_side
+from losa_cache.train.keys import Key, side_inputs
 from losa_cache.train.optim import build_optimizer
 from losa_cache.train.run import forward_loss
 
@@ -73,8 +74,8 @@ class PeakTracker(TorchDispatchMode):
         return out
 
 
-def _inputs(side: SideConfig, layers: tuple[int, ...], batch: int, dtype: torch.dtype,
-            device: torch.device) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+def _inputs(side: SideConfig, layers: tuple[Key, ...], batch: int, dtype: torch.dtype,
+            device: torch.device) -> tuple[dict[Key, torch.Tensor], torch.Tensor]:
     feats = {i: torch.randn(batch, side.tokens, side.dim, device=device).to(dtype)
              for i in layers}
     labels = torch.randint(0, side.num_classes, (batch,), device=device)
@@ -156,7 +157,7 @@ def live_inputs(side: SideConfig, backbone: Any, device: torch.device, amp: bool
 
     def make(batch: int) -> tuple[dict, torch.Tensor]:
         x = backbone_images(backbone, batch, device)
-        feats = frozen_features(backbone, x, list(side.required_layers), amp)
+        feats = frozen_features(backbone, x, side_inputs(side), amp)
         return feats, torch.randint(0, side.num_classes, (batch,), device=device)
 
     return make
@@ -199,14 +200,14 @@ def memory_at(side: SideConfig, optimizer: str, batch: int, dtype: torch.dtype,
     """(bytes, how measured) of one side-network training step at ``batch``, features
     from the store (no backbone in memory)."""
     return step_memory(lambda: create_side(side),
-                       lambda b: _inputs(side, side.required_layers, b, dtype, device),
+                       lambda b: _inputs(side, side_inputs(side), b, dtype, device),
                        optimizer, batch, device, amp)
 
 
 def side_flops(side: SideConfig) -> int:
     """Counted forward FLOPs of the side network + head for one image."""
     model = create_side(side).eval()
-    feats, _ = _inputs(side, side.required_layers, 1, torch.float32, torch.device("cpu"))
+    feats, _ = _inputs(side, side_inputs(side), 1, torch.float32, torch.device("cpu"))
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(feats)
@@ -232,7 +233,7 @@ def train_speed(side: SideConfig, optimizer: str, batch: int, batches: int, dtyp
                 device: torch.device, amp: bool, warmup: int = 2) -> float | None:
     """Training images/s over ``batches`` timed steps on in-memory features."""
     return step_speed(lambda: create_side(side),
-                      lambda b: _inputs(side, side.required_layers, b, dtype, device),
+                      lambda b: _inputs(side, side_inputs(side), b, dtype, device),
                       optimizer, batch, batches, device, amp, warmup)
 
 

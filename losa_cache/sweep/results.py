@@ -54,7 +54,7 @@ def run_row(spec: RunSpec, side: SideConfig, metrics: dict[str, Any], group: int
         "task": spec.task, "run": spec.id, "method": t.method,
         "rank": t.rank if "rank" in method_uses(t.method) else None,
         "options": {k: getattr(t, k) for k in method_uses(t.method)  # hidden, taps, ...
-                    if k not in ("rank", "layers")},
+                    if k not in ("rank", "layers") and hasattr(t, k)},
         "layers": spec.layers_label, "lr": t.lr,
         "blocks": list(range(side.num_layers)) if is_baseline(t.method)  # its own forward
         else list(side.required_layers),

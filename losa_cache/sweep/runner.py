@@ -58,6 +58,7 @@ from losa_cache.sweep.measure import (
 from losa_cache.sweep.results import RESULT, best_runs, export_best, run_row, write_results
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.engine import Engine, Inputs
+from losa_cache.train.keys import deepest_block, side_inputs
 from losa_cache.train.run import use_amp
 from losa_cache.train.sources import (
     DataSource,
@@ -103,7 +104,7 @@ def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource
     todo = [r for r in runs if not _finished(r)]
     inputs = choose_inputs(cfg.cache, source, device,
                            [rows[t][role] for t in tasks for role in ("train", "val")],
-                           {i for r in todo for i in sides[r.key].required_layers} or {0},
+                           {i for r in todo for i in side_inputs(sides[r.key])} or {0},
                            cfg.workers, progress) if todo else None
     choice = inputs.choice if inputs is not None else None
     groups = _groups(cfg, saved, runs, sides, rows, profs, device, choice)
@@ -349,7 +350,7 @@ def _measuring_backbone(cfg: SweepConfig, source: DataSource, sides: list[SideCo
         return None
     if (backbone.tokens, backbone.dim) != (source.info.tokens, source.info.dim):
         return None  # extracted at another size (or a video model's clip)
-    backbone.prune(list(range(max(max(s.required_layers) for s in sides) + 1)))
+    backbone.prune(list(range(max(deepest_block(side_inputs(s)) for s in sides) + 1)))
     return backbone
 
 

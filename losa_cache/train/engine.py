@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from losa_cache.train.batching import ShapeGroup
 from losa_cache.train.cache import CacheChoice
-from losa_cache.train.feed import CacheFeed, Consumer, FeatureCache, Feed, keep_mask
+from losa_cache.train.feed import CacheFeed, Consumer, FeatureCache, Feed, keep_mask, to_device
+from losa_cache.train.keys import Key, sort_keys
 from losa_cache.train.order import RowOrder
 from losa_cache.train.reader import DEFAULT_MAX_MEMORY
 from losa_cache.train.run import Run
@@ -40,10 +41,10 @@ EVAL_WINDOW = 4096  # rows per piece of a sequential evaluation read
 
 class Inputs:
     """What a set of runs reads: one source and, with ``--cache ram|gpu``, the union of
-    their train and val rows of the union of their blocks, read once."""
+    their train and val rows of the union of their inputs (blocks and taps), read once."""
 
     def __init__(self, source: DataSource, device: torch.device, choice: CacheChoice,
-                 rows: np.ndarray, layers: Sequence[int], workers: int,
+                 rows: np.ndarray, layers: Sequence[Key], workers: int,
                  progress: bool = False, max_memory: int | None = None) -> None:
         """``max_memory``: bytes the store reader may hold (see StoreReader)."""
         self.source, self.device, self.choice, self.workers = source, device, choice, workers
@@ -57,14 +58,12 @@ class Inputs:
             reader = source.feed(RowOrder(rows, window, 0), rows, layers, window,
                                  torch.device("cpu"), workers, max_memory)
             try:
-                info = source.info
-                self.cache = FeatureCache(reader, rows, layers, info.tokens, info.dim,
-                                          info.dtype, where, progress)
+                self.cache = FeatureCache(reader, rows, layers, where, progress)
             finally:
                 reader.close()
             self.bytes_read = self.cache.bytes_read
 
-    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[int],
+    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[Key],
              piece_rows: int) -> Feed:
         if self.cache is not None and self.cache.holds(rows, layers):
             keep = None if np.array_equal(rows, order.rows) else keep_mask(rows)
@@ -72,10 +71,10 @@ class Inputs:
         return self.source.feed(order, rows, layers, piece_rows, self.device, self.workers,
                                 self.max_memory)
 
-    def eval_window(self, rows: np.ndarray, layers: Sequence[int]) -> int:
+    def eval_window(self, rows: np.ndarray, layers: Sequence[Key]) -> int:
         """Rows per window of a sequential read (evaluation, filling a cache): any size
         gives the same batches, so it is sized to fit the reader's memory (3 windows)."""
-        row_bytes = getattr(self.source.info, "row_bytes", 0) * len(layers)
+        row_bytes = self.source.info.feed_bytes(layers)
         budget = self.max_memory or DEFAULT_MAX_MEMORY
         return int(max(1, min(EVAL_WINDOW, len(rows), budget // max(1, 4 * row_bytes))))
 
@@ -93,7 +92,7 @@ def evaluate_runs(runs: Sequence[Run], role: str, inputs: Inputs) -> dict[int, d
     if not runs:
         return {}
     union = np.unique(np.concatenate([r.eval_rows(role) for r in runs]))
-    layers = sorted({i for r in runs for i in r.layers})
+    layers = sort_keys(i for r in runs for i in r.layers)
     groups: dict[tuple, tuple[Consumer, list[Run]]] = {}
     for r in runs:
         rows = r.eval_rows(role)
@@ -113,7 +112,7 @@ def evaluate_runs(runs: Sequence[Run], role: str, inputs: Inputs) -> dict[int, d
             for consumer, members in groups.values():
                 done = consumer.flush() if piece is None else consumer.feed(piece)
                 for feats, rows in done:
-                    feats = _to(feats, inputs.device)
+                    feats = to_device(feats, inputs.device)  # int8: dequantized there
                     for r in members:
                         labels = r.labels_of(rows)
                         with torch.autocast(labels.device.type, dtype=torch.bfloat16,
@@ -133,10 +132,6 @@ def evaluate_runs(runs: Sequence[Run], role: str, inputs: Inputs) -> dict[int, d
 
 def _finite(feed: Feed) -> Iterator[Any]:
     yield from feed.pieces(0, loop=False, shuffle=False)
-
-
-def _to(feats: dict[int, torch.Tensor], device: torch.device) -> dict[int, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in feats.items()}
 
 
 class _Lane:
@@ -208,7 +203,7 @@ class Engine:
     def _stream(self, order: RowOrder, lanes: list[_Lane]) -> Iterator[Any]:
         runs = [r for lane in lanes for r in lane.runs]
         rows = np.unique(np.concatenate([r.train_rows for r in runs]))
-        layers = sorted({i for r in runs for i in r.layers})
+        layers = sort_keys(i for r in runs for i in r.layers)
         piece = max(set(r.batch for r in runs), key=[r.batch for r in runs].count)
         feed = self.inputs.feed(order, rows, layers, piece)
         self.inputs.memory = getattr(feed, "memory", self.inputs.memory)  # a reader's budget
@@ -222,7 +217,7 @@ class Engine:
             if not lane.active:
                 continue
             for feats, rows in lane.consumer.feed(piece):
-                feats = _to(feats, self.inputs.device)
+                feats = to_device(feats, self.inputs.device)
                 stepped = [r for r in lane.runs if r.active]
                 for group in lane.groups:
                     group.step(feats, rows)

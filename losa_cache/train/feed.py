@@ -8,8 +8,14 @@ order, each with its stream position and features. Three feeds, one interface
 * :class:`~losa_cache.train.reader.StoreReader`: streamed from the store, a window at a
   time, read ahead on an I/O pool;
 * :class:`CacheFeed`: gathered from a :class:`FeatureCache` (``--cache ram|gpu``: the
-  needed rows of the needed blocks read once);
+  needed rows of the needed arrays read once);
 * :class:`~losa_cache.train.live.LiveFeed`: the frozen backbone run on the images.
+
+A piece's features are keyed as side networks read them (:mod:`losa_cache.train.keys`:
+block index, ``"embed"``, ``"sum:k"``, ``"attn:i"``, ``"mlp:i"``), each a (n, T, D) tensor
+in the storage dtype, or for int8 stores a :class:`Quantized` pair (int8 codes, fp16
+scales): pieces, batches and caches hold the codes, 1 byte a value, and
+:func:`to_device` dequantizes a batch where it is used, after the transfer.
 
 A :class:`Consumer` cuts the rows one run wants into batches of its size. Its resume
 state is one stream position (after its last batch's last row), so a feed restarted at
@@ -19,20 +25,64 @@ not label are skipped, for a run alone exactly as inside a sweep.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from losa_cache.store.quant import dequantize
 from losa_cache.store.store import numpy_view
+from losa_cache.train.keys import Key, sort_keys
 from losa_cache.train.order import RowOrder
 
-__all__ = ["CacheFeed", "Consumer", "FeatureCache", "Feed", "Piece", "keep_mask", "planned",
-           "rechunk"]
+__all__ = ["CacheFeed", "Consumer", "FeatureCache", "Feed", "Piece", "Quantized", "keep_mask",
+           "planned", "rechunk", "to_device"]
 
-Feats = dict[int, torch.Tensor]  # block -> (n, T, D), storage dtype
+
+class Quantized(NamedTuple):
+    """Rows of an int8 array as stored: codes and their per-(row, token) scales."""
+
+    codes: torch.Tensor  # (n, T, D) int8
+    scales: torch.Tensor  # (n, T) float16
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.scales.nbytes
+
+    def values(self) -> torch.Tensor:
+        """float32 values q * s, exactly (store/quant.py), on the codes' device."""
+        return dequantize(self.codes, self.scales)
+
+
+Value = torch.Tensor | Quantized
+Feats = dict[Key, Value]  # key -> (n, T, D), storage dtype (int8: codes and scales)
+
+
+def each(value: Value, fn: Callable[[torch.Tensor], torch.Tensor]) -> Value:
+    """``fn`` applied to a tensor, or to both parts of a :class:`Quantized` (row ops)."""
+    if isinstance(value, Quantized):
+        return Quantized(fn(value.codes), fn(value.scales))
+    return fn(value)
+
+
+def cat(values: Sequence[Value]) -> Value:
+    if isinstance(values[0], Quantized):
+        return Quantized(torch.cat([v.codes for v in values]),
+                         torch.cat([v.scales for v in values]))
+    return torch.cat(values)  # type: ignore[arg-type]
+
+
+def to_device(feats: Mapping[Key, Value], device: torch.device) -> dict[Key, torch.Tensor]:
+    """A batch moved to ``device`` (``non_blocking``: from pinned memory on CUDA) as the
+    side network reads it: int8 codes and scales cross as stored (1 byte a value) and are
+    dequantized there, to float32 (exactly q * s; autocast casts on from there)."""
+    out = {}
+    for k, v in feats.items():
+        moved = each(v, lambda t: t.to(device, non_blocking=True))
+        out[k] = moved.values() if isinstance(moved, Quantized) else moved
+    return out
 
 
 class Piece(NamedTuple):
@@ -142,27 +192,30 @@ class Consumer:
         self.position = int(parts[-1].positions[-1]) + 1
         if len(parts) == 1:
             return parts[0].feats, parts[0].rows
-        feats = {i: torch.cat([p.feats[i] for p in parts]) for i in parts[0].feats}
+        feats = {i: cat([p.feats[i] for p in parts]) for i in parts[0].feats}
         return feats, np.concatenate([p.rows for p in parts])
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    return t if t.untyped_storage().nbytes() == t.nbytes else t.clone()
 
 
 def _owned(piece: Piece) -> Piece:
     """``piece`` with features that hold only their own rows (views are copied)."""
-    feats = {i: t if t.untyped_storage().nbytes() == t.nbytes else t.clone()
-             for i, t in piece.feats.items()}
-    return Piece(piece.positions, piece.rows, feats)
+    return Piece(piece.positions, piece.rows,
+                 {i: each(v, _own) for i, v in piece.feats.items()})
 
 
 def _take(piece: Piece, idx: np.ndarray) -> Piece:
     if idx[-1] - idx[0] + 1 == len(idx):  # contiguous: views, no copy
         return _slice(piece, int(idx[0]), int(idx[-1]) + 1)
     return Piece(piece.positions[idx], piece.rows[idx],
-                 {i: gather(t, idx) for i, t in piece.feats.items()})
+                 {i: each(v, lambda t: gather(t, idx)) for i, v in piece.feats.items()})
 
 
 def _slice(piece: Piece, a: int, b: int) -> Piece:
     return Piece(piece.positions[a:b], piece.rows[a:b],
-                 {i: t[a:b] for i, t in piece.feats.items()})
+                 {i: each(v, lambda t: t[a:b]) for i, v in piece.feats.items()})
 
 
 def gather(source: torch.Tensor, index: np.ndarray) -> torch.Tensor:
@@ -176,36 +229,50 @@ def gather(source: torch.Tensor, index: np.ndarray) -> torch.Tensor:
 
 
 class FeatureCache:
-    """Some rows of some blocks, read once (in store order) and held in RAM or on the GPU."""
+    """Some rows of some arrays, read once (in store order) and held in RAM or on the GPU,
+    as the reader yields them: the storage dtype, int8 as codes and scales, a ``sum:k``
+    the feed derives from blocks as its one fp32 map."""
 
-    def __init__(self, reader: object, rows: np.ndarray, layers: Sequence[int],
-                 tokens: int, dim: int, dtype: torch.dtype, device: torch.device,
-                 progress: bool = False) -> None:
-        self.rows, self.layers = np.asarray(rows, np.int64), tuple(sorted(layers))
+    def __init__(self, reader: object, rows: np.ndarray, keys: Sequence[Key],
+                 device: torch.device, progress: bool = False) -> None:
+        self.rows, self.keys = np.asarray(rows, np.int64), sort_keys(keys)
         self.device = device
-        shape = (len(self.rows), tokens, dim)
-        self.feats = {i: torch.empty(shape, dtype=dtype, device=device) for i in self.layers}
+        self.feats: Feats = {}
         with tqdm(total=len(self.rows), unit="img", unit_scale=True, desc="cache",
                   disable=not progress, dynamic_ncols=True) as bar:
             pos = 0
             for piece in reader.pieces(0, loop=False, shuffle=False):  # type: ignore[attr-defined]
                 n = len(piece.rows)
-                for i in self.layers:
-                    self.feats[i][pos:pos + n].copy_(piece.feats[i])
+                if not self.feats:  # shapes and dtypes as the reader yields them
+                    self.feats = {k: each(piece.feats[k], self._empty) for k in self.keys}
+                for k in self.keys:
+                    _copy(self.feats[k], piece.feats[k], pos, n)
                 pos += n
                 bar.update(n)
         self.bytes_read = int(reader.bytes_read)  # type: ignore[attr-defined]
 
+    def _empty(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.empty((len(self.rows), *like.shape[1:]), dtype=like.dtype,
+                           device=self.device)
+
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.feats.values())
+        return sum(v.nbytes for v in self.feats.values())
 
-    def holds(self, rows: np.ndarray, layers: Sequence[int]) -> bool:
-        return set(layers) <= set(self.layers) and bool(np.isin(rows, self.rows).all())
+    def holds(self, rows: np.ndarray, keys: Sequence[Key]) -> bool:
+        return set(keys) <= set(self.keys) and bool(np.isin(rows, self.rows).all())
 
-    def gather(self, rows: np.ndarray, layers: Sequence[int]) -> Feats:
+    def gather(self, rows: np.ndarray, keys: Sequence[Key]) -> Feats:
         idx = np.searchsorted(self.rows, rows)
-        return {i: gather(self.feats[i], idx) for i in layers}
+        return {k: each(self.feats[k], lambda t: gather(t, idx)) for k in keys}
+
+
+def _copy(dst: Value, src: Value, pos: int, n: int) -> None:
+    if isinstance(dst, Quantized):
+        dst.codes[pos:pos + n].copy_(src.codes)  # type: ignore[union-attr]
+        dst.scales[pos:pos + n].copy_(src.scales)  # type: ignore[union-attr]
+    else:
+        dst[pos:pos + n].copy_(src)  # type: ignore[arg-type]
 
 
 class CacheFeed:
@@ -214,13 +281,13 @@ class CacheFeed:
     bytes_read = 0
 
     def __init__(self, cache: FeatureCache, order: RowOrder, keep: np.ndarray | None,
-                 layers: Sequence[int]) -> None:
+                 keys: Sequence[Key]) -> None:
         self.cache, self.order, self.keep = cache, order, keep
-        self.layers = tuple(sorted(layers))
+        self.keys = sort_keys(keys)
 
     def pieces(self, offset: int, loop: bool, shuffle: bool) -> Iterator[Piece]:
         for pos, rows in planned(self.order, self.keep, offset, loop, shuffle):
-            yield Piece(pos, rows, self.cache.gather(rows, self.layers))
+            yield Piece(pos, rows, self.cache.gather(rows, self.keys))
 
     def close(self) -> None:
         pass

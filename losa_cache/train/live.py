@@ -7,6 +7,10 @@ store and live mode give the same batches (features equal up to float rounding).
 backbone runs on pieces of ``piece_rows`` images and every run of a sweep is fed from
 them: one forward per image for all configs.
 
+Taps (``embed``, ``sum:k``, ``attn:i``, ``mlp:i``; :mod:`losa_cache.train.keys`) are
+computed by the forward pass extraction runs (:func:`losa_cache.forward.forward_taps`, no
+hooks), so a live feed yields the same keys, and with fp32 the same values, as a store.
+
 The backbone never takes part in training: its parameters have ``requires_grad=False``,
 its forward runs under ``torch.inference_mode`` and the optimizer only ever receives the
 side network's parameters.
@@ -28,7 +32,9 @@ from losa_cache.data import TorchImages, get_dataset
 from losa_cache.data.torch_dataset import worker_context
 from losa_cache.extract import select_rows
 from losa_cache.store import StoreError
+from losa_cache.store import schema as S
 from losa_cache.train.feed import Piece, keep_mask, planned, rechunk
+from losa_cache.train.keys import Key, deepest_block, key_tap, sort_keys
 from losa_cache.train.order import RowOrder
 from losa_cache.train.run import use_amp
 from losa_cache.train.sources import SourceInfo, TaskData
@@ -36,16 +42,49 @@ from losa_cache.train.sources import SourceInfo, TaskData
 __all__ = ["LiveFeed", "LiveSource", "frozen_features"]
 
 
-def frozen_features(backbone: Backbone, x: torch.Tensor, layers: Sequence[int],
-                    amp: bool) -> dict[int, torch.Tensor]:
-    """Block outputs {block: (B, T, D)} with no autograd history, usable as training inputs."""
+def frozen_features(backbone: Backbone, x: torch.Tensor, keys: Sequence[Key],
+                    amp: bool) -> dict[Key, torch.Tensor]:
+    """Features {key: (B, T, D)} (blocks, taps) with no autograd history, usable as
+    training inputs: block outputs alone through the backbone's forward_intermediates,
+    with taps through :func:`losa_cache.forward.forward_taps` (the same arithmetic)."""
     if any(p.requires_grad for p in backbone.model.parameters()):
         raise RuntimeError("live mode: the backbone must be frozen (requires_grad=False)")
+    keys = sort_keys(keys)
     with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16,
                                                 enabled=amp):
-        outs = backbone.intermediates(x, list(layers))
+        if all(isinstance(k, int) for k in keys):
+            outs = dict(zip(keys, backbone.intermediates(x, list(keys)), strict=True))
+        else:
+            outs = _taps(backbone.model, x, keys)
     # inference tensors cannot be saved for backward: a clone outside inference mode can
-    return {layer: out.clone() for layer, out in zip(layers, outs, strict=True)}
+    return {key: out.clone() for key, out in outs.items()}
+
+
+def _taps(model: torch.nn.Module, x: torch.Tensor, keys: Sequence[Key]
+          ) -> dict[Key, torch.Tensor]:
+    from losa_cache.forward import forward_taps
+
+    where = {key: key_tap(key) for key in keys}
+    taps = sort_keys({S.tap_kind(tap) if block is not None else tap
+                      for tap, block in where.values()})
+    layers = sorted({block for _, block in where.values() if block is not None})
+    outs = forward_taps(model, x, layers, [str(t) for t in taps])
+    return {key: outs[S.tap_array(*where[key])] for key in keys}
+
+
+def live_taps(model: torch.nn.Module, depth: int) -> tuple[str, ...]:
+    """The tap keys a live backbone computes: embed and every sum:k (timm ViTs), attn:i
+    and mlp:i where its blocks are timm's pre-norm Block."""
+    from losa_cache.forward import check_branches, supports_taps
+
+    if not supports_taps(model):
+        return ()
+    keys = ["embed", *(f"sum:{k}" for k in range(1, depth + 1))]
+    try:
+        check_branches(model, range(depth))
+    except ValueError:
+        return tuple(keys)
+    return (*(f"{kind}:{b}" for kind in ("attn", "mlp") for b in range(depth)), *keys)
 
 
 class LiveSource:
@@ -70,7 +109,8 @@ class LiveSource:
                                prefix_tokens=b.prefix_tokens, layers=tuple(range(b.depth)),
                                fingerprint=b.fingerprint(), splits=list(splits),
                                default_task=self.task_name, dtype=torch.float32,
-                               row_bytes=b.tokens * b.dim * 4)
+                               row_bytes=b.tokens * b.dim * 4,
+                               taps=live_taps(b.model, b.depth), tap_names=("live",))
         self.images = TorchImages(self.dataset, b.transform(), self.dataset_rows)
         self._pruned: int | None = None
 
@@ -84,19 +124,19 @@ class LiveSource:
             raise StoreError(f"unknown split {split!r}; the data set has {list(self.splits)}")
         return self.splits[split]
 
-    def prune(self, layers: Sequence[int]) -> None:
+    def prune(self, layers: Sequence[Key]) -> None:
         """Blocks after the last one any run reads never run (call once, before feeds)."""
         layers = [i for i in layers if i != IMAGES]
         if not layers:  # a live baseline runs its own backbone copy on the images
             return
-        last = max(layers)
+        last = max(0, deepest_block(layers))  # embed alone: keep one block (nothing runs it)
         if self._pruned is None:
             self.backbone.prune(list(range(last + 1)))
             self._pruned = last
         elif last > self._pruned:
             raise ValueError(f"backbone already pruned after block {self._pruned}")
 
-    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[int],
+    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[Key],
              piece_rows: int, device: torch.device, workers: int,
              max_memory: int | None = None) -> LiveFeed:
         self.prune(layers)
@@ -119,13 +159,14 @@ class _Planned(Sampler):
 
 
 class LiveFeed:
-    """Pieces of block outputs computed by the backbone, in the order's visiting order."""
+    """Pieces of block outputs and taps computed by the backbone, in the order's visiting
+    order."""
 
     bytes_read = 0
 
     def __init__(self, source: LiveSource, order: RowOrder, rows: np.ndarray,
-                 layers: Sequence[int], piece_rows: int, workers: int) -> None:
-        self.source, self.order, self.layers = source, order, tuple(sorted(layers))
+                 layers: Sequence[Key], piece_rows: int, workers: int) -> None:
+        self.source, self.order, self.layers = source, order, sort_keys(layers)
         self.keep = None if np.array_equal(rows, order.rows) else keep_mask(rows)
         self.piece_rows, self.workers = int(piece_rows), max(0, int(workers))
         self.device = source.device
@@ -150,8 +191,8 @@ class LiveFeed:
                     continue
             x = x.to(self.device, non_blocking=True)  # from pinned memory on CUDA
             self.images += len(rows)
-            blocks = [i for i in self.layers if i != IMAGES]
-            feats = frozen_features(self.source.backbone, x, blocks, self.amp) if blocks else {}
+            keys = [i for i in self.layers if i != IMAGES]  # blocks and taps
+            feats = frozen_features(self.source.backbone, x, keys, self.amp) if keys else {}
             if IMAGES in self.layers:  # a live baseline: the preprocessed images themselves
                 feats[IMAGES] = x
             yield Piece(pos, rows, feats)

@@ -1,8 +1,8 @@
-"""Streaming reader: pieces and batches of cached block outputs from a store.
+"""Streaming reader: pieces and batches of cached block outputs and taps from a store.
 
-    reader = StoreReader(store, rows, labels, layers=(3, 7, 11), batch_size=512, seed=0)
+    reader = StoreReader(store, rows, labels, layers=(3, 7, "embed"), batch_size=512, seed=0)
     for features, labels, rows in reader.batches():      # endless, shuffled
-        ...                                              # features: {block: (B, T, D)}
+        ...                                              # features: {key: (B, T, D)}
     for features, labels, rows in reader.eval_batches(): # one sequential pass
 
 Row order comes from :mod:`losa_cache.train.order` (shuffled windows of consecutive
@@ -18,6 +18,13 @@ Host memory is bounded (``max_memory``, ``--max-memory``): the windows read ahea
 many as fit beside the one being served and a batch (:func:`reader_memory`), and a
 served window is freed once its last full batch is handed over (the consumer copies out
 the rest). The budget never changes the window (the shuffle buffer), so never the order.
+
+What is read: the feed keys asked for (:mod:`losa_cache.train.keys`: blocks, ``embed``,
+``sum:k``, ``attn:i``, ``mlp:i``), each the array holding it; a ``sum:k`` the store lacks
+is summed in fp32 from ``embed`` and blocks 0..k-1 once its window is read. int8 stores
+are read as stored, codes (zero-copy scatter reads, 1 byte a value) and fp16 scales into
+their own window buffers; pieces carry them as :class:`~losa_cache.train.feed.Quantized`
+and batches are dequantized after the transfer (:func:`~losa_cache.train.feed.to_device`).
 """
 
 from __future__ import annotations
@@ -34,7 +41,16 @@ import numpy as np
 import torch
 
 from losa_cache.store import FeatureStore, StoreError
-from losa_cache.train.feed import Consumer, Piece, keep_mask, planned
+from losa_cache.store.store import STORAGE_DTYPES, FeatureArray, QuantizedArray
+from losa_cache.train.feed import Consumer, Feats, Piece, Quantized, keep_mask, planned, to_device
+from losa_cache.train.keys import (
+    Key,
+    available_keys,
+    key_tap,
+    missing_message,
+    plan_reads,
+    sort_keys,
+)
 from losa_cache.train.order import RowOrder, default_buffer_rows
 
 __all__ = ["DEFAULT_MAX_MEMORY", "Batch", "StoreReader", "labelled_rows", "reader_memory"]
@@ -51,7 +67,7 @@ MiB = 1 << 20
 
 
 class Batch(NamedTuple):
-    features: dict[int, torch.Tensor]  # block -> (B, T, D), storage dtype
+    features: dict[Key, torch.Tensor]  # key -> (B, T, D), storage dtype (int8: float32)
     labels: torch.Tensor  # (B,) int64
     rows: torch.Tensor  # (B,) int64 store rows
 
@@ -65,34 +81,61 @@ def labelled_rows(store: FeatureStore, split: str, task: str | None
     return rows[keep], labels[keep]
 
 
+class _Part(NamedTuple):
+    """One array read into its own window buffer: a key's values, or its int8 codes or
+    scales."""
+
+    key: Key
+    role: str  # values | codes | scales
+    array: FeatureArray
+
+
+def sum_fp32(parts: Sequence[torch.Tensor | Quantized]) -> torch.Tensor:
+    """z0 + b_0 + ... in fp32, in this order (extraction's ``sum:k`` accumulation)."""
+    acc = _float(parts[0]).clone()
+    for p in parts[1:]:
+        acc += _float(p)
+    return acc
+
+
+def _float(v: torch.Tensor | Quantized) -> torch.Tensor:
+    return v.values() if isinstance(v, Quantized) else v.float()
+
+
 class StoreReader:
-    """Pieces of ``layers`` for the store ``rows`` (sorted, valid) in the order over
-    ``order_rows`` (the split's rows; default ``rows``): rows not in ``rows`` are skipped."""
+    """Pieces of the keys ``layers`` (blocks and taps) for the store ``rows`` (sorted,
+    valid) in the order over ``order_rows`` (the split's rows; default ``rows``): rows
+    not in ``rows`` are skipped."""
 
     def __init__(self, store: FeatureStore, rows: np.ndarray, labels: np.ndarray,
-                 layers: Sequence[int], batch_size: int, seed: int = 0,
+                 layers: Sequence[Key], batch_size: int, seed: int = 0,
                  device: str | torch.device = "cpu", buffer_rows: int | None = None,
                  workers: int = 4, order_rows: np.ndarray | None = None,
                  max_memory: int | None = None) -> None:
         """``max_memory``: bytes of host memory the windows in flight may hold (default
         :data:`DEFAULT_MAX_MEMORY`); it bounds the read-ahead, never the batch order."""
-        missing = sorted(set(layers) - set(store.layers))
-        if missing:
-            raise StoreError(f"the store has no blocks {missing}; it holds blocks {store.layers} "
+        held = available_keys(store.taps, store.layout.layers)
+        reads, self.derived, missing = plan_reads(layers, held)
+        blocks = sorted(k for k in missing if isinstance(k, int))
+        if blocks:
+            raise StoreError(f"the store has no blocks {blocks}; it holds blocks {store.layers} "
                              f"of {store.depth}")
-        self.store, self.layers = store, tuple(sorted(layers))
+        if missing:
+            raise StoreError(missing_message(missing[0], "this read", store.taps, store.layers))
+        self.store, self.layers = store, sort_keys(layers)  # the keys pieces carry
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.batch_size, self.device = int(batch_size), torch.device(device)
         self.layout = store.layout
-        self.dtype = TORCH_DTYPES[store.dtype]
-        self._arrays = {layer: store.features(layer) for layer in self.layers}
+        self._parts = [p for k in reads for p in _parts(k, store.tap_features(*key_tap(k)))]
         domain = self.rows if order_rows is None else np.asarray(order_rows, dtype=np.int64)
         self.keep = None if order_rows is None else keep_mask(self.rows)
         fp16_row = 2 * self.layout.tokens * self.layout.dim * len(self.layers)
         self.order = RowOrder(domain, buffer_rows or default_buffer_rows(
             self.batch_size, len(domain), fp16_row), seed)
-        row_bytes = self.layout.row_bytes * len(self.layers)
+        # a window holds every array read (int8: codes and scales) and the sums derived
+        row_bytes = (self.layout.row_bytes * len(reads)
+                     + 4 * self.layout.tokens * self.layout.dim * len(self.derived))
         window_rows = self.order.buffer_rows
         #: windows read ahead of the one being served: 2 keeps the I/O threads busy at
         #: window boundaries when a window is served fast (a few batches); 1 when it is
@@ -111,8 +154,8 @@ class StoreReader:
         self._hints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="losa-cache-hint")
         self._lock = threading.Lock()
         self.bytes_read = self.chunks_read = 0
-        #: every layer read straight from its shard files (store/direct.py)
-        self.direct = all(a.direct is not None for a in self._arrays.values())
+        #: every array read straight from its shard files (store/direct.py)
+        self.direct = all(p.array.direct is not None for p in self._parts)
 
     # ------------------------------------------------------------------ public
 
@@ -176,9 +219,9 @@ class StoreReader:
                 if not hinted:
                     return
                 pos, rows = hinted.popleft()
-                shape = (len(rows), self.layout.tokens, self.layout.dim)
-                out = {layer: torch.empty(shape, dtype=self.dtype, pin_memory=self.pin)
-                       for layer in self.layers}
+                out = [torch.empty((len(rows), *p.array.shape[1:]),
+                                   dtype=STORAGE_DTYPES[p.array.dtype], pin_memory=self.pin)
+                       for p in self._parts]
                 reading.append((pos, rows, out, self._submit(rows, np.arange(len(rows)), out)))
 
         try:
@@ -188,7 +231,7 @@ class StoreReader:
                 for job in jobs:
                     job.result()
                 top_up(self.read_ahead)
-                piece = Piece(pos, rows, tensors)
+                piece = Piece(pos, rows, self._assemble(tensors))
                 del tensors, jobs
                 yield piece
                 del piece  # the consumer holds what it still needs: this window may go
@@ -199,40 +242,54 @@ class StoreReader:
                     with contextlib.suppress(Exception):
                         job.result()
 
+    def _assemble(self, buffers: list[torch.Tensor]) -> Feats:
+        """A read window's buffers as the piece's features: int8 codes and scales paired,
+        the derived sums added (fp32), the arrays read only for them dropped."""
+        feats: Feats = {}
+        for part, buf in zip(self._parts, buffers, strict=True):
+            if part.role == "scales":
+                feats[part.key] = Quantized(feats[part.key], buf)  # type: ignore[arg-type]
+            else:
+                feats[part.key] = buf
+        for key, parts in self.derived.items():
+            feats[key] = sum_fp32([feats[p] for p in parts])
+        return {k: feats[k] for k in self.layers}
+
     def _hint(self, rows: np.ndarray) -> None:
         """Page-cache read-ahead of a window's runs (best effort: errors surface on read)."""
         with contextlib.suppress(Exception):
             for lo, hi in self._runs(np.unique(rows // self.layout.chunk_rows)):
-                for layer in self.layers:
-                    self._arrays[layer].advise(lo, hi)
+                for part in self._parts:
+                    part.array.advise(lo, hi)
 
     def _to_device(self, batch: Batch) -> Batch:
+        feats = to_device(batch.features, self.device)
         if self.device.type == "cpu":
-            return batch
-        feats = {k: v.to(self.device, non_blocking=True) for k, v in batch.features.items()}
+            return Batch(feats, batch.labels, batch.rows)
         return Batch(feats, batch.labels.to(self.device, non_blocking=True), batch.rows)
 
     # ------------------------------------------------------------------ reading
 
-    def _submit(self, rows: np.ndarray, slots: np.ndarray, out: dict[int, torch.Tensor]
+    def _submit(self, rows: np.ndarray, slots: np.ndarray, out: list[torch.Tensor]
                 ) -> list[Future]:
-        """Read ``rows`` into rows ``slots`` of ``out`` (every layer): the shuffle happens
-        in the read itself. One job per layer, cut at chunk boundaries into enough jobs
-        for every I/O thread (few, large jobs: little Python per byte)."""
+        """Read ``rows`` into rows ``slots`` of ``out`` (a buffer per array read): the
+        shuffle happens in the read itself. One job per array, cut at chunk boundaries
+        into enough jobs for every I/O thread (few, large jobs: little Python per byte)."""
         if not len(rows):
             return []
         order = np.argsort(rows, kind="stable")
         rows, slots = rows[order], slots[order]
         cr = self.layout.chunk_rows
         if self.direct:
-            parts = max(1, -(-self.workers // len(self.layers)))
+            parts = max(1, -(-self.workers // len(self._parts)))
             cuts = np.linspace(0, len(rows), parts + 1).astype(np.int64)[1:-1]
             cuts = np.searchsorted(rows, rows[cuts] // cr * cr)  # at whole chunks
         else:  # zarr (remote, compressed): a job per run of chunks, fetched concurrently
             cuts = np.searchsorted(rows, [lo for lo, _ in self._runs(np.unique(rows // cr))])
         bounds = np.unique(np.concatenate([[0], cuts, [len(rows)]])).tolist()
-        return [self._pool.submit(self._read_rows, layer, rows[a:b], slots[a:b], out[layer])
-                for layer in self.layers for a, b in itertools.pairwise(bounds) if b > a]
+        return [self._pool.submit(self._read_rows, part.array, rows[a:b], slots[a:b], buf)
+                for part, buf in zip(self._parts, out, strict=True)
+                for a, b in itertools.pairwise(bounds) if b > a]
 
     def _runs(self, chunks: np.ndarray) -> list[tuple[int, int]]:
         """Row ranges of runs of contiguous chunk ids (at most MAX_RUN_CHUNKS each)."""
@@ -245,14 +302,20 @@ class StoreReader:
                 start = i
         return runs
 
-    def _read_rows(self, layer: int, rows: np.ndarray, slots: np.ndarray,
+    def _read_rows(self, array: FeatureArray, rows: np.ndarray, slots: np.ndarray,
                    out: torch.Tensor) -> None:
         """Rows ``rows`` (sorted) into rows ``slots`` of ``out`` (store/direct.py: straight
         from the files, else whole chunks via zarr)."""
-        nbytes = self._arrays[layer].scatter_rows(rows, out, slots)
+        nbytes = array.scatter_rows(rows, out, slots)
         with self._lock:
             self.bytes_read += nbytes
             self.chunks_read += len(np.unique(rows // self.layout.chunk_rows))
+
+
+def _parts(key: Key, array: FeatureArray | QuantizedArray) -> list[_Part]:
+    if isinstance(array, QuantizedArray):
+        return [_Part(key, "codes", array.codes), _Part(key, "scales", array.scales)]
+    return [_Part(key, "values", array)]
 
 
 def reader_memory(window_rows: int, batch_rows: int, row_bytes: int, max_memory: int | None,

@@ -28,6 +28,7 @@ from losa_cache.side import SideConfig, create_side, head_params
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.feed import keep_mask
+from losa_cache.train.keys import side_inputs
 from losa_cache.train.optim import build_optimizer, build_scheduler, lr_factor
 from losa_cache.train.order import RowOrder, default_buffer_rows
 from losa_cache.train.sources import SourceInfo, TaskData
@@ -93,7 +94,7 @@ class Run:
                                    float(self.plan["weight_decay"]), cfg.momentum)
         self.sched = build_scheduler(self.opt, int(self.plan["warmup_steps"]), self.steps)
         self.rng = ckpt.rng_state()  # this run's own RNG (dropout), swapped in per step
-        self.layers = self.model.required_layers  # a live baseline's: images
+        self.layers = side_inputs(self.model)  # feed keys: blocks, taps (a live baseline: images)
         fp16_row = 2 * info.tokens * info.dim * len(self.layers)
         self.order = RowOrder(split_rows, cfg.shuffle_buffer or default_buffer_rows(
             self.batch, len(split_rows), fp16_row), cfg.seed)

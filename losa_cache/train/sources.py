@@ -2,7 +2,8 @@
 
 Both give the same description (:class:`SourceInfo`), the same row numbering (store
 rows), each split's rows (the domain of the batch order), each task's labels, and feeds
-(:mod:`losa_cache.train.feed`) with the same pieces.
+(:mod:`losa_cache.train.feed`) with the same pieces, keyed as side networks read them
+(:mod:`losa_cache.train.keys`: blocks and the store taps).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import numpy as np
 import torch
 
 from losa_cache.baselines.methods import is_baseline
-from losa_cache.side import SideConfig, get_side_class
+from losa_cache.side import SideConfig
 from losa_cache.store import FeatureStore, StoreError, open_store
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.feed import Feed
+from losa_cache.train.keys import Key, available_keys, check_held, side_inputs
 from losa_cache.train.order import RowOrder
 from losa_cache.train.reader import TORCH_DTYPES, StoreReader
 
@@ -41,8 +43,23 @@ class SourceInfo:
     fingerprint: dict[str, Any]
     splits: list[str]
     default_task: str
-    dtype: torch.dtype  # of the features a feed yields
-    row_bytes: int  # of one block of one row, as the feed yields it
+    dtype: torch.dtype  # of the features a side network gets (int8 stores: float32)
+    row_bytes: int  # of one stored array of one row, as the feed holds it (int8: + scales)
+    #: the tap keys the source holds besides the blocks ("embed", "sum:8", "attn:3", ...)
+    taps: tuple[str, ...] = ()
+    #: the store's tap names (store.taps), for messages
+    tap_names: tuple[str, ...] = ("blocks",)
+
+    @property
+    def keys(self) -> tuple[Key, ...]:
+        """Every key the source holds an array for."""
+        return (*self.layers, *self.taps)
+
+    def feed_bytes(self, keys: Sequence[Key]) -> int:
+        """Bytes one row of ``keys`` takes in a feed or cache: a held array its stored size
+        (int8: codes and scales), a ``sum:k`` derived from blocks its fp32 map."""
+        held = set(self.keys)
+        return sum(self.row_bytes if k in held else 4 * self.tokens * self.dim for k in keys)
 
 
 @dataclass(frozen=True)
@@ -64,7 +81,7 @@ class DataSource(Protocol):
 
     def split_rows(self, split: str) -> np.ndarray: ...
 
-    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[int],
+    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[Key],
              piece_rows: int, device: torch.device, workers: int,
              max_memory: int | None = None) -> Feed: ...
 
@@ -91,23 +108,22 @@ def resolve_splits(cfg: Any, available: Sequence[str]) -> dict[str, str | None]:
 
 
 class StoreSource:
-    """Features read from a complete feature store."""
+    """Features read from a complete feature store: blocks and taps, any dtype (int8 as
+    codes and scales, dequantized per batch on the training device)."""
 
     def __init__(self, path: str, storage_options: dict | None = None) -> None:
         self.store: FeatureStore = open_store(path, storage_options)
         self.store.require_complete()
         s = self.store
-        if s.dtype not in TORCH_DTYPES:  # int8: the store API dequantizes, the reader not yet
-            raise StoreError(
-                f"{path} holds {s.dtype} features, which training cannot read yet (only "
-                "store.features()/tap_features() dequantize them): train from the fp16/bf16/"
-                "fp32 store it was made from, or extract one with --dtype fp16")
+        held = available_keys(s.taps, s.layout.layers)
         self.info = SourceInfo(
             depth=s.depth, dim=s.layout.dim, tokens=s.layout.tokens,
             prefix_tokens=int(s.token_layout.get("prefix_tokens", 1)), layers=tuple(s.layers),
             fingerprint=s.fingerprint, splits=list(s.manifest.splits),
-            default_task=s.default_task, dtype=TORCH_DTYPES[s.dtype],
-            row_bytes=s.layout.row_bytes)
+            default_task=s.default_task,
+            dtype=TORCH_DTYPES.get(s.dtype, torch.float32),  # int8: dequantized to fp32
+            row_bytes=s.layout.row_bytes, taps=tuple(k for k in held if isinstance(k, str)),
+            tap_names=tuple(s.taps))
 
     def task(self, name: str | None) -> TaskData:
         task = name or self.store.default_task
@@ -117,7 +133,7 @@ class StoreSource:
     def split_rows(self, split: str) -> np.ndarray:
         return self.store.split_rows(split, valid_only=True)
 
-    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[int],
+    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[Key],
              piece_rows: int, device: torch.device, workers: int,
              max_memory: int | None = None) -> StoreReader:
         return StoreReader(self.store, rows, np.zeros(len(rows), np.int64), layers, piece_rows,
@@ -136,7 +152,9 @@ def pick_device(name: str) -> torch.device:
 
 def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> SideConfig:
     """The side network for these features; its blocks must be available."""
-    spec = ",".join(map(str, info.layers)) if cfg.layers == "store" else cfg.layers
+    spec = cfg.layers
+    if spec == "store":  # a store of taps alone (e.g. sum:k for MIST): the network's default
+        spec = ",".join(map(str, info.layers)) or "all"
     options = {f.name: getattr(cfg, f.name) for f in fields(SideConfig)
                if hasattr(cfg, f.name) and f.name not in ("layers", "method")}  # rank, pool...
     # a live baseline's head is the linear probe's: on b_L of the backbone it trains
@@ -144,12 +162,6 @@ def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> S
     side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
                       num_classes=num_classes, method=method, layers=spec,
                       prefix_tokens=info.prefix_tokens, **options)
-    taps = get_side_class(side.method).taps(side)
-    if taps:  # the feed reads blocks only until it learns the store's taps (issue 12)
-        raise StoreError(
-            f"{cfg.method} with these options reads the store taps {list(taps)} besides "
-            "blocks, which training cannot feed yet; choose options that read blocks only "
-            "(see --help)")
     need = side.required_layers
     missing = sorted(set(need) - set(info.layers))
     if missing:
@@ -157,4 +169,5 @@ def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> S
             f"{cfg.method} with --layers {cfg.layers} needs blocks {list(need)}, but the store "
             f"has no blocks {missing}; it holds blocks {list(info.layers)} of {info.depth} "
             "(choose --layers among those, or re-extract with the blocks you need)")
+    check_held(side_inputs(side), info.keys, cfg.method, info.tap_names, info.layers)
     return side

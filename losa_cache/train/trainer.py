@@ -24,6 +24,7 @@ from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.cache import CacheChoice, choose_cache
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.engine import Engine, Inputs
+from losa_cache.train.keys import Key, sort_keys
 from losa_cache.train.run import NonFiniteLossError, Run
 from losa_cache.train.sources import (
     DataSource,
@@ -75,16 +76,17 @@ def make_run(cfg: TrainConfig, source: DataSource, device: torch.device,
 
 
 def choose_inputs(mode: str, source: DataSource, device: torch.device,
-                  rows: list[np.ndarray], layers: set[int], workers: int,
+                  rows: list[np.ndarray], layers: set[Key], workers: int,
                   progress: bool, max_memory_mib: int | None = None) -> Inputs:
-    """``--cache``: hold the given rows of the given blocks in memory when they fit."""
-    union = np.unique(np.concatenate(rows))
+    """``--cache``: hold the given rows of the given feed keys (blocks, taps) in memory when
+    they fit, at the size the feed holds them (int8: codes and scales)."""
+    union, keys = np.unique(np.concatenate(rows)), sort_keys(layers)
     if not isinstance(source, StoreSource):
         choice = CacheChoice("none", 0, "live mode: the backbone runs on every batch")
     else:
-        need = len(union) * source.info.row_bytes * len(layers)
+        need = len(union) * source.info.feed_bytes(keys)
         choice = choose_cache(mode, need, device)
-    return Inputs(source, device, choice, union, sorted(layers), workers, progress,
+    return Inputs(source, device, choice, union, keys, workers, progress,
                   None if max_memory_mib is None else max_memory_mib << 20)
 
 

@@ -122,7 +122,8 @@ def test_network_reads_sum_tap_or_gathers_embed_and_blocks() -> None:
     model = create_side(config).eval()
     perturb(model)
     z0, blocks = maps(config)
-    assert input_key(config) == "sum:2" and model.required_layers == (0, 1)
+    assert input_key(config) == "sum:2" and model.required_layers == ()
+    assert type(model).taps(config) == ("sum:2",)
     from_tap = model({"sum:2": gather(z0, blocks, 2)})
     from_blocks = model({"embed": z0, 0: blocks[0], 1: blocks[1]})
     torch.testing.assert_close(from_tap, from_blocks)
@@ -253,9 +254,10 @@ def test_lae_only_trains_through_the_engine_on_a_block_store(
     assert proj.abs().sum() > 0  # trained away from the identity start
 
 
-def test_training_on_g_k_is_refused_until_the_feed_reads_taps(
+def test_training_on_g_k_without_its_inputs_names_the_tap_and_the_fix(
     micro_store: str, tmp_path: Path
 ) -> None:
+    """A store of blocks without embed can give neither sum:k nor its parts."""
     from losa_cache.store import StoreError
     from losa_cache.train import TrainConfig, train
 
@@ -267,6 +269,7 @@ def test_training_on_g_k_is_refused_until_the_feed_reads_taps(
         device="cpu",
         workers=1,
     )
-    with pytest.raises(StoreError, match=r"reads the store taps \['embed'\]"):
+    with pytest.raises(StoreError, match=r"reads the store tap sum:4, which the store does not "
+                                         r"hold .*--extend --taps sum:4.*subset"):
         train(cfg, progress=False)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()

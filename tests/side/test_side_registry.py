@@ -17,6 +17,7 @@ from losa_cache.side import (
     register_side,
     registry,
 )
+from losa_cache.train.keys import deepest_block, side_inputs
 
 CASES: list[dict[str, Any]] = [
     {},
@@ -48,7 +49,8 @@ def test_every_side_builds_counts_and_runs(
     assert learned_params(config) == model.num_learned_params()  # analytic == instantiated
     head = sum(p.numel() for p in model.head_parameters())
     assert model.num_learned_params() + head == sum(p.numel() for p in model.parameters())
-    assert config.last_layer in model.required_layers
+    # every network reads b_L, as a block or inside a tap (mist's sum:N)
+    assert deepest_block(side_inputs(config)) == config.last_layer
     features = make_features(config)
     needed: dict[Any, Tensor] = {i: features[i] for i in model.required_layers}
     needed.update({tap: features[0] for tap in type(model).taps(config)})  # nothing else

@@ -104,17 +104,3 @@ def test_damaged_int8_scales_are_found(tmp_path: Path) -> None:
 
     with pytest.raises(StoreIntegrityError):
         open_store(path).tap_features("embed")[:4]
-
-
-def test_training_from_an_int8_store_is_a_clear_refusal(tmp_path: Path) -> None:
-    """The training reader has no int8 path yet: one line naming the store and the fix."""
-    from typer.testing import CliRunner
-
-    from losa_cache.cli.main import app
-
-    store = _extract(tmp_path / "q.zarr", dtype="int8", taps="blocks")
-    res = CliRunner().invoke(app, ["train", "--store", store, "--method", "linear", "--steps",
-                                   "1", "--device", "cpu", "--out", str(tmp_path / "run")])
-    assert res.exit_code == 2, res.output
-    assert "int8 features, which training cannot read yet" in res.stderr
-    assert "--dtype fp16" in res.stderr and not (tmp_path / "run").exists()

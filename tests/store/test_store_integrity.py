@@ -166,13 +166,12 @@ def test_damage_stops_the_training_reader(damaged_store: Path) -> None:
     ):
         for _ in itertools.islice(reader.batches(), 20):
             pass
-    layout = store.layout  # the memory cache is filled through the same reader
+    # the memory cache is filled through the same reader
     with (
         pytest.raises(StoreIntegrityError, match=match),
         StoreReader(store, rows, labels, [1, LAYER], 4, workers=2) as reader,
     ):
-        FeatureCache(reader, rows, [1, LAYER], layout.tokens, layout.dim, torch.float32,
-                     torch.device("cpu"))
+        FeatureCache(reader, rows, [1, LAYER], torch.device("cpu"))
 
 
 @pytest.mark.slow

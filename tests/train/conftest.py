@@ -26,6 +26,26 @@ def fp16_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return path
 
 
+@pytest.fixture(scope="session")
+def tap_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """fp32, 32 rows per split, chunks of 8: ``taps`` holds every tap of every block (sums
+    2 and 4); ``parts`` its blocks and embed only (no sums); ``sum4`` its sum:4 only (a
+    device's subset)."""
+    from losa_cache.extract import ExtractConfig, extract
+    from losa_cache.store.subset import subset_store
+
+    root = tmp_path_factory.mktemp("tap_feed")
+    full = str(root / "taps.zarr")
+    extract(ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=full,
+                          dtype="float32", limit=32, workers=0, chunk_rows=8, shard_rows=16,
+                          taps="blocks,embed,attn,mlp,sum:2,4"), progress=False)
+    out = {"taps": full}
+    for name, taps in (("parts", "blocks,embed"), ("sum4", "sum:4")):
+        out[name] = str(root / f"{name}.zarr")
+        subset_store(full, out[name], taps=taps)
+    return out
+
+
 SMALL = {"rank": 4, "layers": "evenly:2", "batch_size": 16, "steps": 6, "eval_every": 3,
          "log_every": 1, "workers": 1, "device": "cpu", "amp": "fp32"}
 
