@@ -83,7 +83,7 @@ def test_extend_grid_follows_the_edge(peak: float, best: float, asked: list[floa
 
 def test_extend_grid_stops_on_a_tie_and_uses_the_grid_spacing() -> None:
     seen: list[float] = []
-    flat = lambda lr: seen.append(lr) or 1.0  # noqa: E731
+    flat = lambda lr: seen.append(lr) or 1.0
     assert extend_grid(flat, {1e-3: 1.0, 3e-3: 1.0}) == 1e-3  # tie: the smaller
     assert seen == [pytest.approx(1e-3 / 3)]  # one step (the grid's x3) and no further
     with pytest.raises(ValueError, match="at least one"):
