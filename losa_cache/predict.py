@@ -123,15 +123,13 @@ def load_image(path: str | Path, transform: Any, max_pixels: int | None = None) 
 
 def image_logits(adapter: Adapter, backbone: Backbone, x: Tensor) -> Tensor:
     """Preprocessed images (B, 3, H, W) -> (B, C) float32 logits on the CPU."""
+    if getattr(adapter, "reads_images", False):  # a live baseline: its own backbone copy
+        return adapter.image_logits(x)
     device = _device(backbone.model)
     with torch.inference_mode():
-        x = x.to(device)
-        if getattr(adapter, "reads_images", False):  # a live baseline reads the images
-            feats = {adapter.layers[0]: x}
-        else:
-            outs = backbone.intermediates(x, adapter.layers)  # [(B, T, D)] per layer
-            feats = dict(zip(adapter.layers, outs, strict=True))
-        logits = adapter.model.to(device).eval()(feats)
+        outs = backbone.intermediates(x.to(device), adapter.layers)  # [(B, T, D)] per layer
+        model = adapter.model.to(device).eval()
+        logits = model(dict(zip(adapter.layers, outs, strict=True)))
     return logits.float().cpu()
 
 

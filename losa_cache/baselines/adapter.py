@@ -110,6 +110,15 @@ class BaselineAdapter:
         return self.model
 
 
+    def image_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images (B, 3, H, W) -> (B, C) float32 logits on the CPU (bound)."""
+        if self.model is None:
+            raise RuntimeError("bind(backbone) the adapter first (predict_images does)")
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            return self.model({IMAGES: x.to(device)}).float().cpu()
+
+
 def _load_peft(model: Any, folder: Path) -> None:
     from peft import set_peft_model_state_dict
     from peft.utils import load_peft_weights

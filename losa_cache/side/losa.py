@@ -18,6 +18,9 @@ Choices the paper leaves open:
   channel layer, not a token layer (0.033 M).
 * Token mixing runs over all T tokens, prefix tokens included (images). In video mode
   prefix tokens get no token update (see ``VideoTokenMixer``).
+* W_u and its bias start at zero, alpha at ``alpha_init`` (1.0): a fresh network
+  outputs exactly b_L, i.e. training starts from the linear probe. W_d gets gradient
+  from the second step on (like LoRA's B = 0 init).
 * The ablations as options (defaults: the paper's method). ``start`` (Table 6): y_0 = b_L
   (``b_last``) or z0, the tokens entering block 0 (``embed``, the store's ``embed`` tap).
   ``taps`` (Table 4): what g_i adds to y: the block output b_i (``block``), block i's
@@ -25,9 +28,6 @@ Choices the paper leaves open:
   add: the store taps ``attn:i`` / ``mlp:i``), or both (``attn+mlp``: two side layers per
   block, attention first as in the block, the paper's "MLP and MHSA" row); alternation
   runs over all side layers by position, as above.
-* W_u and its bias start at zero, alpha at ``alpha_init`` (1.0): a fresh network
-  outputs exactly b_L, i.e. training starts from the linear probe. W_d gets gradient
-  from the second step on (like LoRA's B = 0 init).
 
 Parameter counts (head excluded, biases included) against the paper, precisely:
 

@@ -42,23 +42,29 @@ __all__ = [
     "slug",
 ]
 
-#: Live baselines' TrainConfig fields (``losa_cache.baselines.BaselineOptions``).
-BASELINE_KEYS = ("lora_targets", "lora_alpha", "prompt_tokens", "prompt_blocks", "tune_blocks")
-#: TrainConfig fields that only some methods use (``SideNetwork.uses``, ``baseline_uses``).
-METHOD_FIELDS = ("rank", "layers", "hidden", "start", "taps", *BASELINE_KEYS)
+#: TrainConfig fields that only some methods use (``SideNetwork.uses``).
+METHOD_FIELDS = ("rank", "layers", "hidden")
 #: SweepConfig fields every run's TrainConfig copies.
 SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_decay", "seed",
                "cache", "device", "amp", "workers", "train_split", "val_split", "test_split",
                "eval_every", "log_every", "checkpoint_every", "shuffle_buffer", "live", "model",
                "checkpoint", "pretrained", "random_init", "init_seed", "dataset", "data_root",
-               "limit", "start", "taps", *BASELINE_KEYS)
+               "limit")
 #: TrainConfig fields a config entry may set; everything else is sweep-wide.
 ENTRY_KEYS = ("task", "method", "rank", "hidden", "layers", "lr", "optimizer", "momentum",
               "weight_decay", "label_smoothing", "warmup_steps", "seed", "batch_size", "steps",
-              "epochs", "pool", "shuffle_buffer", "start", "taps", *BASELINE_KEYS)
+              "epochs", "pool", "shuffle_buffer")
 
 
 _f = option  # a field with help, range and choices (losa_cache.fields)
+
+#: Live baselines' TrainConfig fields (``losa_cache.baselines.BaselineOptions``) and losa's
+#: ablations: methods that use them read them, sweep-wide or per entry.
+BASELINE_KEYS = ("lora_targets", "lora_alpha", "prompt_tokens", "prompt_blocks", "tune_blocks")
+_MORE = ("start", "taps", *BASELINE_KEYS)
+METHOD_FIELDS = tuple(dict.fromkeys((*METHOD_FIELDS, *_MORE)))
+SHARED_KEYS = (*SHARED_KEYS, *_MORE)
+ENTRY_KEYS = tuple(dict.fromkeys((*ENTRY_KEYS, *_MORE)))
 
 
 def _t(name: str, help: str | None = None) -> Any:
@@ -290,9 +296,7 @@ def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
     uses = method_uses(t.method)
     parts = [t.method] + ([f"r{t.rank}"] if "rank" in uses else []) + (
         [slug(label)] if "layers" in uses else []) + (
-        [f"h{t.hidden}"] if "hidden" in uses else []) + (
-        [f"y0{t.start}"] if "start" in uses and t.start != TrainConfig.start else []) + (
-        [slug(t.taps)] if "taps" in uses and t.taps != TrainConfig.taps else [])
+        [f"h{t.hidden}"] if "hidden" in uses else [])
     parts.append(f"lr{lr}")
     if t.optimizer != "sgd":
         parts.append(t.optimizer)

@@ -53,12 +53,12 @@ class TrainConfig:
                              "partial).", choices=lambda: [*list_sides(), *list_baselines()])
     rank: int = _f(64, "Low-rank bottleneck r of the LoSA adaptors.", min=1)
     hidden: int = _f(64, "Hidden width h of the transformer side network.", min=1)
-    start: str = inherit(LosaOptions, "start")
-    taps: str = inherit(LosaOptions, "taps")
     layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
                               "all | last:N | evenly:N | 3,6,-1 (0-based).")
     pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "
                            "mean.", choices=POOLS)
+    start: str = inherit(LosaOptions, "start")
+    taps: str = inherit(LosaOptions, "taps")
     # MIST's edge network: help and ranges from its options (losa_cache/side/mist.py)
     width: int = inherit(MistOptions, "width")
     heads: int = inherit(MistOptions, "heads")
