@@ -208,8 +208,9 @@ def plan(
     if method is not None:
         from losa_cache.method_cost import method_cost
 
-        out["method_cost"] = method_cost(bb.net, method, rank, side_layers or layers, hidden,
-                                         side_options)
+        out["method_cost"] = method_cost(
+            bb.net, method, rank, side_layers or layers, hidden, side_options
+        )
         out["learned_params"] = out["method_cost"]["learned_params"]
     elif rank is not None:
         out["learned_params"] = side_params(

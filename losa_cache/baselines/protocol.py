@@ -36,8 +36,12 @@ WEIGHT_DECAY = 1e-4
 MEMORY_STEPS = 3
 
 
-def extend_grid(score: Callable[[float], float], scores: dict[float, float],
-                max_extra: int = 3, ratio: float | None = None) -> float:
+def extend_grid(
+    score: Callable[[float], float],
+    scores: dict[float, float],
+    max_extra: int = 3,
+    ratio: float | None = None,
+) -> float:
     """The best lr of ``scores`` (lr -> val accuracy; ties: the smaller lr), first growing
     the grid while the best sits at its edge: one step past that edge (``ratio``, default
     the grid's own spacing, else sqrt(10)) is scored by ``score`` and added; it stops when

@@ -39,7 +39,8 @@ def test_lr_search_then_final_run_then_test(tiny_tasks: Path, tmp_path: Path) ->
     assert final["splits"] == {"train": "train800val200", "val": None, "test": "test"}
     assert 100.0 * final["test_acc"] == out["test_acc"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["final", "memory", *(f"lr{lr:g}" for lr in out["lrs"])])
+        ["final", "memory", *(f"lr{lr:g}" for lr in out["lrs"])]
+    )
     assert len(task_dirs(str(tiny_tasks))) == 4
 
 
