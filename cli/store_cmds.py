@@ -93,6 +93,13 @@ def plan(
     side_layers: Annotated[
         str | None, typer.Option(help="Side network layers (default: --layers).")
     ] = None,
+    side_start: Annotated[
+        str | None, typer.Option(help="losa's --start of --method losa: b_last | embed.")
+    ] = None,
+    side_taps: Annotated[
+        str | None,
+        typer.Option(help="losa's --taps of --method losa: block | attn | mlp | attn+mlp."),
+    ] = None,
     no_measure: Annotated[
         bool, typer.Option("--no-measure", help="Skip the matmul probe (no time estimate).")
     ] = False,
@@ -128,6 +135,9 @@ def plan(
                 taps=taps,
                 frames=frames,
                 hidden=hidden,
+                side_options={
+                    k: v for k, v in (("start", side_start), ("taps", side_taps)) if v is not None
+                },
             )
     if json_out:
         emit_json(b if budget is not None else p)

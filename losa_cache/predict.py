@@ -99,6 +99,9 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
 def prepare_backbone(adapter: Adapter, backbone: Backbone) -> None:
     """Refuse a backbone the adapter was not trained on; drop the blocks it never reads."""
     check_fingerprint(adapter.fingerprint, backbone.fingerprint())
+    if getattr(adapter, "reads_images", False):  # a live baseline: its own backbone copy
+        adapter.bind(backbone)
+        return
     cfg = adapter.config
     if (backbone.tokens, backbone.dim) != (cfg.tokens, cfg.dim):
         raise ValueError(f"backbone gives (tokens, dim) = ({backbone.tokens}, {backbone.dim}); "
@@ -130,6 +133,8 @@ def load_image(path: str | Path, transform: Any, max_pixels: int | None = None) 
 
 def image_logits(adapter: Adapter, backbone: Backbone, x: Tensor) -> Tensor:
     """Preprocessed images (B, 3, H, W) -> (B, C) float32 logits on the CPU."""
+    if getattr(adapter, "reads_images", False):  # a live baseline: its own backbone copy
+        return adapter.image_logits(x)
     device = _device(backbone.model)
     blocks, taps = live_inputs(adapter.model)
     with torch.inference_mode():

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from losa_cache.baselines import baseline_uses, is_baseline, list_baselines
 from losa_cache.fields import check_fields, inherit, metadata, option
 from losa_cache.outdir import folder_name, folder_names
 from losa_cache.side import get_side_class, list_sides, parse_layers
@@ -37,6 +38,7 @@ __all__ = [
     "SweepConfig",
     "expand_runs",
     "load_entries",
+    "method_uses",
     "parse_bytes",
     "slug",
 ]
@@ -60,6 +62,14 @@ ENTRY_KEYS = tuple(dict.fromkeys((
 
 _f = option  # a field with help, range and choices (losa_cache.fields)
 
+#: Live baselines' TrainConfig fields (``losa_cache.baselines.BaselineOptions``) and losa's
+#: ablations: methods that use them read them, sweep-wide or per entry.
+BASELINE_KEYS = ("lora_targets", "lora_alpha", "prompt_tokens", "prompt_blocks", "tune_blocks")
+_MORE = ("start", "taps", *BASELINE_KEYS)
+METHOD_FIELDS = tuple(dict.fromkeys((*METHOD_FIELDS, *_MORE)))
+SHARED_KEYS = (*SHARED_KEYS, *_MORE)
+ENTRY_KEYS = tuple(dict.fromkeys((*ENTRY_KEYS, *_MORE)))
+
 
 def _t(name: str, help: str | None = None) -> Any:
     return inherit(TrainConfig, name, help)
@@ -74,7 +84,10 @@ class SweepConfig:
     tasks: list[str] | None = field(default=None, metadata=metadata(
         "Labellings to train on, comma-separated (default: the store's).", cli="task"))
     methods: list[str] = field(default_factory=lambda: ["losa", "linear"], metadata=metadata(
-        "Side networks, comma-separated.", choices=list_sides, cli="method"))
+        "Side networks, comma-separated; with --live also live baselines (full, lora, bitfit, "
+        "vpt, partial): each runs its own backbone forward and backward, so they train one "
+        "after another, after the side networks (which share one backbone pass).",
+        choices=lambda: [*list_sides(), *list_baselines()], cli="method"))
     ranks: list[int] = field(default_factory=lambda: [64], metadata=metadata(
         "Ranks, comma-separated, e.g. 4,8,16,64 (a method without a rank ignores it).", min=1,
         cli="rank"))
@@ -107,6 +120,10 @@ class SweepConfig:
     shuffle_buffer: int | None = _t("shuffle_buffer")
     speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).",
                                 min=0)
+    live_metrics: bool = _f(True, "Also measure the paper's setting: training memory (batch "
+                                  "1) and img/s with the backbone forward, inference memory "
+                                  "and img/s at batch 1 (a store sweep builds the store's "
+                                  "backbone with random weights for it).")
     stop_after: int | None = _f(None, "Stop after N ticks (a piece of the data fed to "
                                           "every run) with checkpoints (--resume later).", min=1)
     resume: bool = _f(False, "Continue the sweep in --out.")
@@ -124,6 +141,13 @@ class SweepConfig:
     dataset: str | None = _t("dataset")
     data_root: str | None = _t("data_root")
     limit: int | None = _t("limit")
+    start: str = _t("start")
+    taps: str = _t("taps")
+    lora_targets: str = _t("lora_targets")
+    lora_alpha: float | None = _t("lora_alpha")
+    prompt_tokens: int = _t("prompt_tokens")
+    prompt_blocks: int | None = _t("prompt_blocks")
+    tune_blocks: int = _t("tune_blocks")
 
     def __post_init__(self) -> None:
         if not self.store and not self.live:
@@ -137,6 +161,10 @@ class SweepConfig:
             if not getattr(self, name):
                 raise ValueError(f"--{name.rstrip('s')} needs at least one value")
         check_fields(self)
+        live_only = [m for m in self.methods if is_baseline(m)]
+        if live_only and not self.live:
+            raise ValueError(f"--method {','.join(live_only)} trains the backbone on images: "
+                             "add --live (with --model and --dataset)")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(sorted({**asdict(self), VERSION_KEY: library_version()}.items()))
@@ -168,6 +196,11 @@ class RunSpec:
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
         return cls(data["id"], data["task"], TrainConfig.from_dict(data["train"]),
                    data["layers_label"])
+
+
+def method_uses(method: str) -> tuple[str, ...]:
+    """The TrainConfig fields ``method`` (a side network or a live baseline) reads."""
+    return baseline_uses(method) if is_baseline(method) else get_side_class(method).uses
 
 
 def load_entries(path: str | Path) -> list[dict[str, Any]]:
@@ -262,7 +295,7 @@ def _run(cfg: SweepConfig, entry: dict[str, Any], depth: int,
         base.update(steps=None, epochs=None)
     merged = {**base, **entry}
     label = str(merged.get("layers", "store"))
-    uses = get_side_class(merged.get("method", TrainConfig.method)).uses
+    uses = method_uses(merged.get("method", TrainConfig.method))
     for name in set(METHOD_FIELDS) - set(uses):  # a field the method ignores: one run
         merged[name] = getattr(TrainConfig, name)
     if "layers" not in uses:
@@ -274,7 +307,7 @@ def _run(cfg: SweepConfig, entry: dict[str, Any], depth: int,
 def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
     """Readable and, for grids, unique: method, rank, layers, lr, and what else differs."""
     lr = "default" if t.lr is None else f"{t.lr:g}"
-    uses = get_side_class(t.method).uses
+    uses = method_uses(t.method)
     parts = [t.method] + ([f"r{t.rank}"] if "rank" in uses else []) + (
         [slug(label)] if "layers" in uses else []) + (
         [f"h{t.hidden}"] if "hidden" in uses else [])
@@ -304,7 +337,7 @@ def slug(text: str) -> str:
 
 def _dedupe_key(spec: RunSpec, depth: int, store_layers: list[int]) -> str:
     maths = spec.train.maths()
-    if "layers" in get_side_class(spec.train.method).uses:
+    if "layers" in method_uses(spec.train.method):
         text = ",".join(map(str, store_layers)) if spec.train.layers == "store" else \
             spec.train.layers
         maths["layers"] = list(parse_layers(text, depth))

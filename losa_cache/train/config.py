@@ -20,6 +20,7 @@ from losa_cache.baselines.methods import BaselineOptions, is_baseline, list_base
 from losa_cache.fields import check_fields, inherit, option
 from losa_cache.side import list_sides
 from losa_cache.side.config import POOLS, VERSION_KEY, library_version
+from losa_cache.side.losa import LosaOptions
 from losa_cache.side.mist import MistOptions
 from losa_cache.train.cache import CACHE_MODES
 
@@ -56,6 +57,8 @@ class TrainConfig:
                               "all | last:N | evenly:N | 3,6,-1 (0-based).")
     pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "
                            "mean.", choices=POOLS)
+    start: str = inherit(LosaOptions, "start")
+    taps: str = inherit(LosaOptions, "taps")
     # MIST's edge network: help and ranges from its options (losa_cache/side/mist.py)
     width: int = inherit(MistOptions, "width")
     heads: int = inherit(MistOptions, "heads")
