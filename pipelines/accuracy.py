@@ -76,6 +76,11 @@ CACHED: dict[str, dict[str, Any]] = {
     "losa r16 taps=attn+mlp": {"method": "losa", "rank": 16, "layers": "all", "taps": "attn+mlp"},
     # Table 6, the side network's start y_0 (store tap embed)
     "losa r16 start=embed": {"method": "losa", "rank": 16, "layers": "all", "start": "embed"},
+    # MIST (its Table 3): LAE on G_k, k chosen on val among the thirds with the lr (each k
+    # one sweep run, summed by the feed from embed + blocks); gather only; LAE only
+    "mist": {"method": "mist"},
+    "mist edge_blocks=0": {"method": "mist", "edge_blocks": 0},
+    "mist gather=last": {"method": "mist", "gather": "last"},
 }
 #: What every task's store holds: all blocks, and the taps the Table 4 / 6 rows read.
 STORE_TAPS = "blocks,embed,attn,mlp"
@@ -195,7 +200,7 @@ def method_name(
         parts.append(f"h{(options or {}).get('hidden', TrainConfig.hidden)}")
     if "layers" in uses and layers != "all":
         parts.append(layers)
-    for key in ("taps", "start"):
+    for key in ("taps", "start", "edge_blocks", "gather", "block_fn"):
         value = (options or {}).get(key, getattr(TrainConfig, key))
         if key in uses and value != getattr(TrainConfig, key):
             parts.append(f"{key}={value}")
@@ -283,15 +288,19 @@ def run_cached(
         folder = out / "final" / name.replace(" ", "_").replace(":", "").replace("=", "-")
         t1 = time.perf_counter()
 
-        def score(lr: float, row: dict[str, Any] = mine[0], f: Path = folder) -> float:
+        # rows of one name differ only in lr, or (mist) in lr and k: an lr scores its best k
+        val = lambda r: -1.0 if r["val_acc"] is None else r["val_acc"]
+        top = max(mine, key=val)
+
+        def score(lr: float, row: dict[str, Any] = top, f: Path = folder) -> float:
             cfg = _cached_config(
                 store, f.parent / f"{f.name}-lr{lr:g}", row, budget, epochs, lr, final=False
             )
             return float(train(cfg, progress=progress)["final_val_acc"])
 
-        scores = {r["lr"]: r["val_acc"] for r in mine}
+        scores = {r["lr"]: max(val(x) for x in mine if x["lr"] == r["lr"]) for r in mine}
         best_lr = extend_grid(score, scores, budget.extend)
-        best = next((r for r in mine if r["lr"] == best_lr), mine[0])  # costs: same network
+        best = max((r for r in mine if r["lr"] == best_lr), key=val, default=top)  # its k
         final = train(
             _cached_config(store, folder, best, budget, epochs, best_lr, final=True),
             progress=progress,

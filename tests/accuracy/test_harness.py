@@ -18,6 +18,9 @@ def test_sweep_entries_cover_every_cached_method() -> None:
     assert {"linear", "losa", "lowrank_mlp", "transformer"} <= methods  # Table 3
     assert {e.get("taps") for e in entries} >= {"attn", "mlp", "attn+mlp"}  # Table 4
     assert any(e.get("start") == "embed" for e in entries)  # Table 6
+    mist = [e for e in entries if e["method"] == "mist"]  # MIST, gather only, LAE only
+    assert [(e.get("edge_blocks"), e.get("gather")) for e in mist] == [
+        (None, None), (0, None), (None, "last")]  # fmt: skip
     assert [acc.entry_name(e) for e in acc.CACHED.values()] == list(acc.CACHED)
     assert set(acc.LIVE) == {"full", "lora", "bitfit", "vpt", "partial"}
     assert acc.Budget().live_tasks == acc.TASKS  # every baseline on every task
@@ -34,6 +37,10 @@ def test_a_sweep_row_maps_back_to_its_method_name() -> None:
     row = {"method": "transformer", "rank": None, "layers": "all", "options": {"hidden": 32}}
     assert acc.method_of(row) == "transformer h32"
     assert acc.method_of({"method": "linear", "rank": None, "layers": "-"}) == "linear"
+    mist = {"method": "mist", "rank": None, "layers": "-", "options": {"gather_k": 4}}
+    assert acc.method_of(mist) == "mist"  # every k of the best-k-on-val row
+    mist["options"] = {"gather_k": 4, "edge_blocks": 0}
+    assert acc.method_of(mist) == "mist edge_blocks=0"  # MIST's gather only
 
 
 def _cell(test_acc: float, params: int = 10) -> dict:
