@@ -15,9 +15,10 @@ its own, everything counted (interpreter, torch, reader, model; VmHWM of the pro
 * transfer per image: the maps the method reads, in fp32 MiB (the paper's unit: ViT-B/16
   G_k = 0.577 MiB) and in the store's dtype.
 
-Until the training feed reads the store's ``sum:k`` taps, MIST is timed on the last block's
-output (``--gather last``): the same (T, D) map shape, so the same compute, memory and bytes
-as on G_k. LoSA reads every block the store holds.
+MIST is timed on G_N (the store's ``sum:N`` tap, ``--gather-k N``: one run, the cost of
+any one k; choosing k on val trains one run per candidate). LoSA reads every block the
+store holds. An existing ``--store`` needs every block and ``sum:N`` (or ``embed``, from
+which the feed sums G_N).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 from _common import device_info, print_table, save
 
 METHODS: dict[str, list[str]] = {
-    "mist": ["--method", "mist", "--gather", "last", "--optimizer", "adamw"],
+    "mist": ["--method", "mist", "--gather-k", "{depth}", "--optimizer", "adamw"],
     "losa_r16": ["--method", "losa", "--rank", "16", "--layers", "store"],
     "linear": ["--method", "linear"],
 }
@@ -51,10 +52,11 @@ import json, sys
 import torch
 from losa_cache.adapter import load_adapter
 from losa_cache.store import open_store
+from losa_cache.train.keys import side_inputs
 adapter, store = load_adapter(sys.argv[1]), open_store(sys.argv[2])
 batch = int(sys.argv[3])
-layers = adapter.model.required_layers
-feats = {i: torch.from_numpy(store.features(i)[:batch]) for i in layers}
+read = lambda k: store.features(k) if isinstance(k, int) else store.tap_features(k)
+feats = {k: torch.from_numpy(read(k)[:batch]) for k in side_inputs(adapter.model)}
 with torch.no_grad():
     logits = adapter.model(feats)
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -78,9 +80,20 @@ def make_store(args: argparse.Namespace, folder: Path) -> str:
 
     path = str(folder / "features.zarr")
     extract(ExtractConfig(model=args.model, random_init=True, dataset="demo", store=path,
-                          layers="all", dtype=args.dtype, limit=args.images, workers=0),
-            progress=True)
+                          layers="all", taps="blocks,sum:evenly:1", dtype=args.dtype,
+                          limit=args.images, workers=0),
+            progress=True)  # sum:evenly:1 = G_N, every block summed
     return path
+
+
+def features(adapter: Any, store: Any, rows: int) -> dict[Any, Any]:
+    """The maps the adapter reads (blocks, taps) of the first ``rows`` rows, as tensors."""
+    import torch
+
+    from losa_cache.train.keys import side_inputs
+
+    read = lambda k: store.features(k) if isinstance(k, int) else store.tap_features(k)
+    return {k: torch.from_numpy(read(k)[:rows]) for k in side_inputs(adapter.model)}
 
 
 def edge_gmacs(adapter_dir: str, store: str) -> float:
@@ -92,9 +105,8 @@ def edge_gmacs(adapter_dir: str, store: str) -> float:
     from losa_cache.adapter import load_adapter
     from losa_cache.store import open_store
 
-    adapter, s = load_adapter(adapter_dir), open_store(store)
-    feats = {i: torch.from_numpy(s.features(i)[:1]).float()
-             for i in adapter.model.required_layers}
+    adapter = load_adapter(adapter_dir)
+    feats = {k: v.float() for k, v in features(adapter, open_store(store), 1).items()}
     # the math kernel: the counter does not see the CPU flash-attention kernel's matmuls
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         adapter.model.float()(feats)
@@ -112,19 +124,22 @@ def measure(name: str, extra: list[str], store: str, args: argparse.Namespace,
     from losa_cache.store import open_store
 
     run = out / name
+    extra = [a.format(depth=open_store(store).depth) for a in extra]
     cmd = ["train", "--store", store, "--out", str(run), *extra, "--steps", str(args.steps),
            "--batch-size", str(args.batch_size), "--device", "cpu", "--workers", "1",
            "--cache", args.cache, "--json"]
     trained = child(TRAIN, cmd, args.threads)
     metrics = json.loads((run / "metrics.json").read_text())
     infer = child(INFER, [str(run), store, str(args.batch_size)], args.threads)
+    from losa_cache.train.keys import side_inputs
+
     adapter, s = load_adapter(run), open_store(store)
-    layers = adapter.model.required_layers
+    layers = side_inputs(adapter.model)
     itemsize = {"float16": 2, "bfloat16": 2, "float32": 4}.get(s.dtype, 2)
     return {"method": name, "train_peak_mb": trained["vm_hwm_kb"] / 1024,
             "train_img_s": metrics["images_per_s"], "infer_peak_mb": infer["vm_hwm_kb"] / 1024,
             "edge_gmacs": edge_gmacs(str(run), store), "learned_params": metrics[
-                "learned_params"], "blocks_read": list(layers),
+                "learned_params"], "reads": list(layers),
             "transfer": transfer(len(layers), s.layout.tokens, s.layout.dim, itemsize)}
 
 

@@ -93,6 +93,13 @@ def plan(
     side_layers: Annotated[
         str | None, typer.Option(help="Side network layers (default: --layers).")
     ] = None,
+    side_start: Annotated[
+        str | None, typer.Option(help="losa's --start of --method losa: b_last | embed.")
+    ] = None,
+    side_taps: Annotated[
+        str | None,
+        typer.Option(help="losa's --taps of --method losa: block | attn | mlp | attn+mlp."),
+    ] = None,
     no_measure: Annotated[
         bool, typer.Option("--no-measure", help="Skip the matmul probe (no time estimate).")
     ] = False,
@@ -128,6 +135,9 @@ def plan(
                 taps=taps,
                 frames=frames,
                 hidden=hidden,
+                side_options={
+                    k: v for k, v in (("start", side_start), ("taps", side_taps)) if v is not None
+                },
             )
     if json_out:
         emit_json(b if budget is not None else p)
@@ -494,6 +504,12 @@ def info(
     typer.echo(
         f"bytes        {human_bytes(d['bytes_stored'])} on disk, "
         f"{human_bytes(d['bytes_logical'])} of features: {d['size_note']}"
+    )
+    per_image, images = d["transfer_bytes_per_image"], d["num_images"]
+    splits = ", ".join(f"{k} {human_bytes(per_image * n)}" for k, n in d["splits"].items())
+    typer.echo(
+        f"transfer     {per_image / 1e6:.3f} MB = {per_image / 2**20:.3f} MiB per image; "
+        f"{human_bytes(per_image * images)} for the {images:,} images ({splits})"
     )
     typer.echo(f"integrity    {d['integrity']}")
     typer.echo(f"skipped      {len(d['skipped'])}")

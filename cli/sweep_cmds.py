@@ -53,6 +53,12 @@ would alone (same init, batches, schedule, metrics files) in DIR/runs/<task>/<ru
 config whose loss diverges stops alone. Writes results.csv/json and the best adapter per
 task (on val) in DIR/best/<task>/. Ctrl-C checkpoints; --resume continues.
 
+With --live, --method may also name live baselines (full, lora, bitfit, vpt, partial):
+each backpropagates through its own backbone copy, so one backbone pass cannot serve
+them; they train one after another (a group each), before the side networks, which
+share one backbone pass. results.csv gives every run's costs from the store and with the
+backbone forward (the paper's setting), inference at batch 1, and GMACs.
+
 Example: losa-cache sweep --store stores/demo.zarr --method losa,linear --rank 4,16,64 \
 --layers evenly:1,all --lr 0.01,0.05 --epochs 5 --out runs/sweep
 """

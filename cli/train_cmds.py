@@ -36,11 +36,25 @@ def _train(json_out: bool, storage_options: str | None, **settings: Any) -> None
 
     with run_errors():
         options = parse_storage_options(storage_options)
+        settings["max_memory"] = max_memory_mib(settings["max_memory"])
         metrics = run(TrainConfig(**settings), progress=not json_out, storage_options=options)
     if json_out:
         emit_json(metrics)
     else:
         typer.echo(summary(metrics))
+
+
+def max_memory_mib(text: str | None) -> int | None:
+    """``--max-memory``: a size such as 300MB or 1GiB, or a plain number of MiB (the
+    config's unit); a size is rounded down to whole MiB, so the bound is never exceeded."""
+    if text is None or text.strip().isdigit():
+        return None if text is None else int(text)
+    from losa_cache.sweep.config import parse_bytes  # only for a size with a unit
+
+    mib = int(parse_bytes(text) or 0) >> 20
+    if mib < 1:
+        raise ValueError(f"--max-memory {text!r} is under 1 MiB; give e.g. 300MB or 1GiB")
+    return mib
 
 
 def _make() -> Any:
@@ -51,17 +65,24 @@ def _make() -> Any:
              inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False,
                                annotation=Annotated[bool, typer.Option(
                                    "--json", help="Print the final metrics as JSON.")])]
-    return command(_train, [*config_params(TrainConfig), *extra], DOC)
+    sizes = {"max_memory": (str | None, None)}  # 300MB, 1GiB or MiB: max_memory_mib
+    return command(_train, [*config_params(TrainConfig, override=sizes), *extra], DOC)
 
 
 train = _make()
+
+
+def _options(m: dict[str, Any]) -> str:
+    """The method's own settings (losa's r=64, mist's width=16 ...), layers apart."""
+    opts = m.get("options", {})
+    return "".join(f"{'r' if k == 'rank' else k}={v} " for k, v in opts.items() if k != "layers")
 
 
 def summary(m: dict[str, Any]) -> str:
     """A few lines a person reads after a run."""
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
     lines = [
-        f"{m['method']} r={m['rank']} layers {m['layers']}: {m['step']} steps "
+        f"{m['method']} {_options(m)}layers {m['layers']}: {m['step']} steps "
         f"(batch {m['plan']['batch_size']}, lr {m['plan']['lr']:.4g}) on {m['device']}",
         f"val acc     best {pct(m['best_val_acc'])} (step {m['best_val_step']}), "
         f"final {pct(m['final_val_acc'])}",
@@ -70,6 +91,11 @@ def summary(m: dict[str, Any]) -> str:
         f"peak memory {human_bytes(m['peak_memory_bytes'])}",
         f"params      {m['learned_params'] / 1e6:.4f}M learned (head excluded)",
     ]
+    if m.get("k_choice"):  # mist: G_k's k chosen on val among the candidates
+        c = m["k_choice"]
+        lines.append("k on val    " + ", ".join(
+            f"{k} {pct(v)}{' (chosen)' if int(k) == c['chosen'] else ''}"
+            for k, v in c["candidates"].items()))  # fmt: skip
     if m.get("adapter"):
         lines.append(f"adapter     {m['adapter']}")
     elif not m["complete"]:

@@ -197,8 +197,14 @@ def load_adapter(path: str | Path, device: str | torch.device = "cpu") -> Adapte
     """Read an adapter directory written by :func:`save_adapter`; the model is in eval mode.
 
     Only the folder's own files are read (a weights name that leaves it is refused), and
-    the weights must match the sha256 that ``adapter.json`` records."""
+    the weights must match the sha256 that ``adapter.json`` records. A live baseline's
+    adapter (``train --live --method full|lora|...``) loads as a
+    :class:`~losa_cache.baselines.BaselineAdapter`, bound to a backbone by predict."""
     root = Path(path)
+    from losa_cache.baselines import is_baseline_adapter, read_baseline_adapter
+
+    if is_baseline_adapter(root):
+        return read_baseline_adapter(root)  # type: ignore[return-value]
     record = _read_record(root)
     weights = _weights_file(root, record)
     config = _config(record, root)

@@ -43,12 +43,18 @@ def _macs(fn: Any, *args: Any) -> int:
 
 
 def _side(
-    net: torch.nn.Module, method: str, rank: int | None, layers: str, hidden: int | None
+    net: torch.nn.Module,
+    method: str,
+    rank: int | None,
+    layers: str,
+    hidden: int | None,
+    options: dict[str, Any],
 ) -> tuple[dict[str, Any], int]:
     from losa_cache.side import SideConfig, create_side, learned_params
     from losa_cache.train.keys import deepest_block
 
     extra = {k: v for k, v in (("rank", rank), ("hidden", hidden)) if v is not None}
+    extra |= options  # the method's own options (losa: start, taps)
     tokens = net.num_prefix_tokens + net.patch_embed.num_patches
     config = SideConfig(
         num_layers=len(net.blocks),
@@ -114,7 +120,8 @@ def method_cost(
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Learned parameters (head excluded) and GMACs / GFLOPs per image of ``method`` on the
-    architecture ``net`` (a timm ViT, best on the meta device)."""
+    architecture ``net`` (a timm ViT, best on the meta device); ``options``: a baseline's
+    (``prompt_tokens``...) or a side network's own (losa: ``start``, ``taps``)."""
     from losa_cache.baselines import list_baselines
     from losa_cache.side import list_sides
 
@@ -128,7 +135,7 @@ def method_cost(
         backbone = backbone_cost(net)
         setting = "every step runs the whole backbone (forward + backward through it)"
     else:
-        info, method_macs = _side(net, method, rank, layers, hidden)
+        info, method_macs = _side(net, method, rank, layers, hidden, options or {})
         backbone = backbone_cost(net, info.pop("backbone_blocks") - 1)
         setting = (
             "the backbone runs once per image at extraction; training reads the "

@@ -169,13 +169,15 @@ def plan(
     taps: str = "blocks",
     frames: int | None = None,
     hidden: int | None = None,
+    side_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Sizes, compute, time and (with ``rank``) learned parameters, without loading weights.
 
     A ViViT (``vivit_*``, ``frames`` per clip) also gets ``video``: what caching costs
     against training live, with numbers. ``method`` (a side network or a live baseline)
     adds ``method_cost``: its learned parameters and GMACs / GFLOPs per image, the
-    backbone's and the total (:func:`losa_cache.method_cost.method_cost`).
+    backbone's and the total (:func:`losa_cache.method_cost.method_cost`; ``side_options``:
+    the method's own, e.g. losa's ``start`` and ``taps``).
     """
     bb = Backbone.load(model, frames)
     sizes = split_sizes(dataset, data_root)
@@ -206,7 +208,9 @@ def plan(
     if method is not None:
         from losa_cache.method_cost import method_cost
 
-        out["method_cost"] = method_cost(bb.net, method, rank, side_layers or layers, hidden)
+        out["method_cost"] = method_cost(
+            bb.net, method, rank, side_layers or layers, hidden, side_options
+        )
         out["learned_params"] = out["method_cost"]["learned_params"]
     elif rank is not None:
         out["learned_params"] = side_params(

@@ -33,6 +33,8 @@ __all__ = [
     "evaluate_store",
     "find_images",
     "image_logits",
+    "live_features",
+    "live_inputs",
     "predict_images",
     "prepare_backbone",
 ]
@@ -99,16 +101,27 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
 def prepare_backbone(adapter: Adapter, backbone: Backbone) -> None:
     """Refuse a backbone the adapter was not trained on; drop the blocks it never reads."""
     check_fingerprint(adapter.fingerprint, backbone.fingerprint())
+    if getattr(adapter, "reads_images", False):  # a live baseline: its own backbone copy
+        adapter.bind(backbone)
+        return
     cfg = adapter.config
     if (backbone.tokens, backbone.dim) != (cfg.tokens, cfg.dim):
         raise ValueError(f"backbone gives (tokens, dim) = ({backbone.tokens}, {backbone.dim}); "
                          f"the adapter expects ({cfg.tokens}, {cfg.dim})")
-    needed = max(adapter.layers)
+    needed = deepest_block(adapter.model)
     if needed >= backbone.depth:
         raise ValueError(f"the adapter reads block {needed} but this backbone has "
                          f"{backbone.depth} blocks (was it pruned for fewer layers?)")
-    if backbone.depth > needed + 1:
-        backbone.prune(adapter.layers)
+    if 0 <= needed < backbone.depth - 1:
+        backbone.prune([needed])
+
+
+def deepest_block(model: torch.nn.Module) -> int:
+    """0-based index of the last block a live backbone runs for this side network (-1:
+    none); ``sum:k`` needs blocks 0..k-1: MIST's backbone stops after its k-th block."""
+    blocks, taps = live_inputs(model)
+    sums = [int(t.split(":", 1)[1]) - 1 for t in taps if S.tap_kind(t) == "sum"]
+    return max([*blocks, *sums, -1])
 
 
 def load_image(path: str | Path, transform: Any, max_pixels: int | None = None) -> Tensor:
@@ -122,12 +135,39 @@ def load_image(path: str | Path, transform: Any, max_pixels: int | None = None) 
 
 def image_logits(adapter: Adapter, backbone: Backbone, x: Tensor) -> Tensor:
     """Preprocessed images (B, 3, H, W) -> (B, C) float32 logits on the CPU."""
+    if getattr(adapter, "reads_images", False):  # a live baseline: its own backbone copy
+        return adapter.image_logits(x)
     device = _device(backbone.model)
+    blocks, taps = live_inputs(adapter.model)
     with torch.inference_mode():
-        outs = backbone.intermediates(x.to(device), adapter.layers)  # [(B, T, D)] per layer
-        model = adapter.model.to(device).eval()
-        logits = model(dict(zip(adapter.layers, outs, strict=True)))
+        features = live_features(backbone, x.to(device), blocks, taps)
+        logits = adapter.model.to(device).eval()(features)
     return logits.float().cpu()
+
+
+def live_inputs(model: torch.nn.Module) -> tuple[list[int], list[str]]:
+    """(blocks, taps) a side network reads, as a live backbone computes them (MIST: the
+    one map G_k, ``sum:k``)."""
+    cls, config = type(model), model.config
+    return list(cls.blocks(config)), list(cls.taps(config))
+
+
+def live_features(backbone: Backbone, x: Tensor, blocks: list[int],
+                  taps: list[str]) -> dict[int | str, Tensor]:
+    """{block index or tap name: (B, T, D)} as a store extracted with these taps holds them:
+    blocks alone through timm's forward_intermediates, taps through extraction's own pass
+    (losa_cache/forward.py: sums in fp32, no block after the deepest one needed is run)."""
+    if not taps:
+        return dict(zip(blocks, backbone.intermediates(x, blocks), strict=True))
+    from losa_cache.forward import forward_taps, supports_taps
+
+    if not supports_taps(backbone.model):
+        raise ValueError(f"{backbone.name} is not a timm VisionTransformer, so the taps "
+                         f"{taps} this adapter reads cannot be computed; predict from a store "
+                         "with `losa-cache eval` instead")
+    arrays = forward_taps(backbone.model, x, blocks, ["blocks", *taps] if blocks else taps)
+    return {**{b: arrays[S.feature_name(b)] for b in blocks},
+            **{t: arrays[S.tap_array(t)] for t in taps}}
 
 
 def _top_k(top_k: int, num_classes: int) -> int:

@@ -1,4 +1,4 @@
-"""Accuracy *and* cost on real data: LoSA vs linear probing vs live fine-tuning (Table 1, small).
+"""Accuracy *and* cost on real data: LoSA, its ablations and the live baselines (Tables 1, 3, 4, 6).
 
 The LoSA paper's claim is a trade-off: near-LoRA / full fine-tuning accuracy at a fraction of
 their training time and memory. This harness rebuilds that experiment at small scale on the
@@ -8,28 +8,37 @@ Pareto plots to ``benchmarks/results/``.
 
 Protocol (the PEFT VTAB-1k one, for every method):
 
-1. each lr of the method's grid trains on train800 and is scored on val200;
+1. each lr of the method's grid trains on train800 and is scored on val200; while the best lr
+   sits at an edge of its grid, the grid grows one step past that edge (up to ``EXTEND``
+   extra lrs; ``losa_cache.baselines.protocol.extend_grid``), so no number is capped by the
+   grid;
 2. the val-best lr is retrained from the same initialisation on train800val200 for the same
    number of epochs and scored once on test.
 
-Cached methods (``linear``; ``losa`` r = 4, 8, 16 on all blocks; r = 16 on ``evenly:3``)
-read one feature store per task, extracted once with every block; step 1 is ONE sweep per
-task (all configs x lrs in one pass). Live baselines (``full``, ``lora``, ``bitfit`` by
-default; ``vpt`` and ``partial`` too) come from ``losa_cache.baselines`` (every run the
-training engine's, ``train --live --method M``) with their own lr grids. Budget rule: every
-method trains for the same number of epochs at the same batch size (``--epochs``, default
-5: what full fine-tuning can afford on 2 CPU cores); ``--cached-epochs E`` adds cached rows
-at a longer budget (marked ``@E ep``), since those are cheap. Live baselines default to the
-structured tasks location and count (``--live-tasks``): ~2-4 min per method and task on
-CPU.
+Cached methods (:data:`CACHED`: ``linear``; ``losa`` r = 4, 8, 16 on all blocks and r = 16
+on ``evenly:3``; Table 3's ``lowrank_mlp`` and ``transformer``; Table 4's ``--taps attn |
+mlp | attn+mlp``; Table 6's ``--start embed``) read one feature store per task, extracted
+once with every block and the ``embed``, ``attn`` and ``mlp`` taps; step 1 is ONE sweep per
+task (all configs x lrs in one pass), grid extensions are runs alone. Live baselines (all
+five: ``full``, ``lora``, ``bitfit``, ``vpt``, ``partial``, on every task) come from
+``losa_cache.baselines`` (every run the training engine's, ``train --live --method M``)
+with their own lr grids. Budget rule: every method trains for the same number of epochs at
+the same batch size (``--epochs``, default 5: what full fine-tuning can afford on 2 CPU
+cores); ``--cached-epochs E`` adds cached rows at a longer budget (marked ``@E ep``).
+
+Time, estimated (not run on this loaded CPU): the cached part is one sweep of 11 x 3 runs
+per task (minutes); the live part ~2-4 min per method and task at 5 epochs, so 5 x 4 of
+them are 40-80 min, plus any grid extensions: ``--live``/``--live-tasks`` choose fewer to
+stay under an hour.
 
 Wall time of a cached method = its task's extraction (a method alone would need it) + its
-share of the sweep (sweep wall x its runs / all runs) + its final run. Memory at batch 1:
-cached methods count the side network's training tensors (the backbone is not loaded);
-baselines the CPU RSS growth (or CUDA peak) of a step through the whole backbone.
+share of the sweep (sweep wall x its runs / all runs) + its extra lrs and final run. Memory
+at batch 1: cached methods count the side network's training tensors (the backbone is not
+loaded) and, as the paper counts it, with the backbone's weights and forward ("backbone
+incl."); baselines a step through the whole backbone (their only setting).
 
-    python -m losa_cache.pipelines.accuracy                       # default run (~20 min, 1 thread)
-    python -m losa_cache.pipelines.accuracy --quick --out /tmp/q  # smoke run (~3 min)
+    python -m losa_cache.pipelines.accuracy                       # default run (1 thread)
+    python -m losa_cache.pipelines.accuracy --quick --out /tmp/q  # smoke run
 """
 
 from __future__ import annotations
@@ -50,15 +59,33 @@ from losa_cache.versions import versions
 REPO = Path(__file__).resolve().parents[1]
 
 TASKS = ("digits", "rotation", "location", "count")
-LIVE = ("full", "lora", "bitfit")
-#: Cached method name -> (side, rank, layers).
-CACHED = {
-    "linear": ("linear", None, "all"),
-    "losa r4": ("losa", 4, "all"),
-    "losa r8": ("losa", 8, "all"),
-    "losa r16": ("losa", 16, "all"),
-    "losa r16 evenly:3": ("losa", 16, "evenly:3"),
+LIVE = ("full", "lora", "bitfit", "vpt", "partial")
+#: Cached method name -> its sweep entry (method and the options it uses).
+CACHED: dict[str, dict[str, Any]] = {
+    "linear": {"method": "linear"},
+    "losa r4": {"method": "losa", "rank": 4, "layers": "all"},
+    "losa r8": {"method": "losa", "rank": 8, "layers": "all"},
+    "losa r16": {"method": "losa", "rank": 16, "layers": "all"},
+    "losa r16 evenly:3": {"method": "losa", "rank": 16, "layers": "evenly:3"},
+    # Table 3, the adaptor function
+    "lowrank_mlp r16": {"method": "lowrank_mlp", "rank": 16, "layers": "all"},
+    "transformer h32": {"method": "transformer", "hidden": 32, "layers": "all"},
+    # Table 4, which backbone activation feeds g_i (store taps attn, mlp)
+    "losa r16 taps=attn": {"method": "losa", "rank": 16, "layers": "all", "taps": "attn"},
+    "losa r16 taps=mlp": {"method": "losa", "rank": 16, "layers": "all", "taps": "mlp"},
+    "losa r16 taps=attn+mlp": {"method": "losa", "rank": 16, "layers": "all", "taps": "attn+mlp"},
+    # Table 6, the side network's start y_0 (store tap embed)
+    "losa r16 start=embed": {"method": "losa", "rank": 16, "layers": "all", "start": "embed"},
+    # MIST (its Table 3): LAE on G_k, k chosen on val among the thirds with the lr (each k
+    # one sweep run, summed by the feed from embed + blocks); gather only; LAE only
+    "mist": {"method": "mist"},
+    "mist edge_blocks=0": {"method": "mist", "edge_blocks": 0},
+    "mist gather=last": {"method": "mist", "gather": "last"},
 }
+#: What every task's store holds: all blocks, and the taps the Table 4 / 6 rows read.
+STORE_TAPS = "blocks,embed,attn,mlp"
+#: Extra lrs past a grid's edge while the best sits there (losa_cache.baselines.protocol).
+EXTEND = 3
 SPLITS = {"train": "train800", "val": "val200", "final": "train800val200", "test": "test"}
 
 
@@ -72,10 +99,18 @@ class Budget:
     cached_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     cached_optimizer: str = "adamw"
     live_lrs: dict[str, tuple[float, ...]] = field(
-        default_factory=lambda: {"full": (3e-4, 1e-3), "lora": (1e-3, 3e-3), "bitfit": (3e-3, 1e-2)}
+        default_factory=lambda: {
+            "full": (3e-4, 1e-3),
+            "lora": (1e-3, 3e-3),
+            "bitfit": (3e-3, 1e-2),
+            "vpt": (3e-3, 1e-2),
+            "partial": (3e-4, 1e-3),
+        }
     )
-    live_tasks: tuple[str, ...] = ("location", "count")  # CPU: ~2 min per method-task
+    live_tasks: tuple[str, ...] = TASKS  # every live baseline on every task
     lora_rank: int = 8
+    extend: int = EXTEND  # extra lrs past a grid's edge while the best sits there
+    speed_batches: int = 20  # timed batches per cached config (img/s, both settings)
 
 
 QUICK = Budget(
@@ -83,7 +118,15 @@ QUICK = Budget(
     cached_epochs=2.0,
     batch_size=16,
     cached_lrs=(1e-3, 1e-2),
-    live_lrs={"full": (1e-4,), "lora": (1e-3,), "bitfit": (1e-2,)},
+    live_lrs={
+        "full": (1e-4,),
+        "lora": (1e-3,),
+        "bitfit": (1e-2,),
+        "vpt": (1e-2,),
+        "partial": (1e-4,),
+    },
+    extend=1,
+    speed_batches=1,
 )
 QUICK_SIZES = {"train_size": 27, "val_size": 9, "test_size": 18}
 
@@ -123,6 +166,7 @@ def extract_task(task_dir: Path, store: Path, spec: dict[str, Any]) -> float:
             dataset=f"vtab1k:{task_dir}",
             store=str(store),
             layers="all",
+            taps=STORE_TAPS,
             workers=0,
         ),
         progress=False,
@@ -136,30 +180,72 @@ def extract_task(task_dir: Path, store: Path, spec: dict[str, Any]) -> float:
 
 
 def sweep_entries(
-    lrs: Sequence[float], methods: dict[str, tuple[str, int | None, str]] = CACHED
+    lrs: Sequence[float], methods: dict[str, dict[str, Any]] = CACHED
 ) -> list[dict[str, Any]]:
     """Every cached method x the lr grid, as sweep config entries."""
-    entries = []
-    for side, rank, layers in methods.values():
-        entry: dict[str, Any] = {"method": side, "lr": list(lrs)}
-        if rank is not None:
-            entry.update(rank=rank, layers=layers)
-        entries.append(entry)
-    return entries
+    return [{**entry, "lr": list(lrs)} for entry in methods.values()]
 
 
-def method_name(side: str, rank: int | None, layers: str) -> str:
-    """'linear', 'losa r8' (all blocks) or 'losa r16 evenly:3': the fields the method uses."""
-    from losa_cache.side import get_side_class
+def method_name(
+    side: str, rank: int | None, layers: str, options: dict[str, Any] | None = None
+) -> str:
+    """'linear', 'losa r8' (all blocks), 'losa r16 evenly:3', 'transformer h32', 'losa r16
+    taps=attn': the fields the method uses, defaults left out."""
+    from losa_cache.sweep.config import method_uses
+    from losa_cache.train import TrainConfig
 
-    if "rank" not in get_side_class(side).uses:
-        return side
-    return f"{side} r{rank}" + ("" if layers == "all" else f" {layers}")
+    uses = method_uses(side)
+    parts = [side] + ([f"r{rank}"] if "rank" in uses else [])
+    if "hidden" in uses:
+        parts.append(f"h{(options or {}).get('hidden', TrainConfig.hidden)}")
+    if "layers" in uses and layers != "all":
+        parts.append(layers)
+    for key in ("taps", "start", "edge_blocks", "gather", "block_fn"):
+        value = (options or {}).get(key, getattr(TrainConfig, key))
+        if key in uses and value != getattr(TrainConfig, key):
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def entry_name(entry: dict[str, Any]) -> str:
+    """The method name of a :data:`CACHED` entry."""
+    return method_name(entry["method"], entry.get("rank"), entry.get("layers", "all"), entry)
 
 
 def method_of(row: dict[str, Any]) -> str:
     """The method name of a sweep result row."""
-    return method_name(row["method"], row["rank"], row["layers"])
+    return method_name(row["method"], row["rank"], row["layers"], row.get("options"))
+
+
+def _cached_config(
+    store: Path,
+    out: Path,
+    row: dict[str, Any],
+    budget: Budget,
+    epochs: float,
+    lr: float,
+    final: bool,
+) -> Any:
+    """A cached method's run alone (the row's method and options) at ``lr``: on train800 ->
+    val200 (an extra lr of the grid), or the final run on train800val200 -> test."""
+    from losa_cache.train import TrainConfig
+
+    return TrainConfig(
+        store=str(store),
+        out=str(out),
+        method=row["method"],
+        rank=row["rank"] or TrainConfig.rank,
+        layers=row["layers"] if row["layers"] != "-" else "store",  # "-": not used
+        epochs=epochs,
+        batch_size=budget.batch_size,
+        optimizer=budget.cached_optimizer,
+        lr=lr,
+        workers=0,
+        train_split=SPLITS["final" if final else "train"],
+        val_split="none" if final else SPLITS["val"],
+        test_split=SPLITS["test"] if final else "none",
+        **(row.get("options") or {}),
+    )
 
 
 def run_cached(
@@ -168,12 +254,14 @@ def run_cached(
     budget: Budget,
     epochs: float,
     extract_s: float,
-    methods: dict[str, tuple[str, int | None, str]] = CACHED,
+    methods: dict[str, dict[str, Any]] = CACHED,
     progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """One sweep on train800 -> val200, then each method's val-best lr on train800val200."""
+    """One sweep on train800 -> val200 (each method's grid extended past its edge while its
+    best lr sits there, by runs alone), then each method's val-best lr on train800val200."""
+    from losa_cache.baselines.protocol import extend_grid
     from losa_cache.sweep import SweepConfig, run_sweep
-    from losa_cache.train import TrainConfig, train
+    from losa_cache.train import train
 
     t0 = time.perf_counter()
     shutil.rmtree(out, ignore_errors=True)  # a half-done sweep: start it again
@@ -189,7 +277,7 @@ def run_cached(
             train_split=SPLITS["train"],
             val_split=SPLITS["val"],
             test_split=SPLITS["test"],
-            speed_batches=20,
+            speed_batches=budget.speed_batches,
         ),
         progress=progress,
     )["results"]
@@ -197,38 +285,53 @@ def run_cached(
     results = {}
     for name in methods:
         mine = [r for r in rows if method_of(r) == name]
-        best = max(mine, key=lambda r: r["val_acc"])  # first of equals: the smaller lr
-        cfg = TrainConfig(
-            store=str(store),
-            out=str(out / "final" / name.replace(" ", "_").replace(":", "")),
-            method=best["method"],
-            rank=best["rank"] or TrainConfig.rank,
-            layers=best["layers"] if best["layers"] != "-" else "store",  # "-": not used
-            epochs=epochs,
-            batch_size=budget.batch_size,
-            optimizer=budget.cached_optimizer,
-            lr=best["lr"],
-            workers=0,
-            train_split=SPLITS["final"],
-            val_split="none",
-            test_split=SPLITS["test"],
-        )
+        folder = out / "final" / name.replace(" ", "_").replace(":", "").replace("=", "-")
         t1 = time.perf_counter()
-        final = train(cfg, progress=progress)
+
+        # rows of one name differ only in lr, or (mist) in lr and k: an lr scores its best k
+        val = lambda r: -1.0 if r["val_acc"] is None else r["val_acc"]
+        top = max(mine, key=val)
+
+        def score(lr: float, row: dict[str, Any] = top, f: Path = folder) -> float:
+            cfg = _cached_config(
+                store, f.parent / f"{f.name}-lr{lr:g}", row, budget, epochs, lr, final=False
+            )
+            return float(train(cfg, progress=progress)["final_val_acc"])
+
+        scores = {r["lr"]: max(val(x) for x in mine if x["lr"] == r["lr"]) for r in mine}
+        best_lr = extend_grid(score, scores, budget.extend)
+        best = max((r for r in mine if r["lr"] == best_lr), key=val, default=top)  # its k
+        final = train(
+            _cached_config(store, folder, best, budget, epochs, best_lr, final=True),
+            progress=progress,
+        )
         results[name] = {
-            "lrs": {f"{r['lr']:g}": r["val_acc"] for r in mine},
-            "best_lr": best["lr"],
-            "val_acc_best": 100 * best["val_acc"],
+            "lrs": {f"{lr:g}": acc for lr, acc in sorted(scores.items())},
+            "best_lr": best_lr,
+            "val_acc_best": 100 * scores[best_lr],
             "test_acc": 100 * final["test_acc"],
             "learned_params": best["learned_params"],
             "images_per_s": best["train_img_s"],
             "memory_mb_bs1": best["train_memory_b1"] / 2**20,
             "memory_kind": best["memory_kind"],
+            **_paper_costs(best),
             "wall_s": extract_s + sweep_s * len(mine) / len(rows) + time.perf_counter() - t1,
             "inference_gflops": best["inference_gflops"],
             "epochs": epochs,
         }
     return results
+
+
+def _paper_costs(row: dict[str, Any]) -> dict[str, Any]:
+    """The paper's-setting columns of a sweep row (backbone forward included), in MiB."""
+    mib = lambda v: None if v is None else v / 2**20
+    return {
+        "images_per_s_live": row.get("train_img_s_live"),
+        "memory_mb_bs1_live": mib(row.get("train_memory_b1_live")),
+        "infer_memory_mb_bs1": mib(row.get("infer_memory_b1")),
+        "infer_images_per_s_bs1": row.get("infer_img_s_b1"),
+        "total_gmacs": row.get("total_gmacs"),
+    }
 
 
 # --------------------------------------------------------------------------- live baselines
@@ -254,6 +357,7 @@ def run_live(
             0,
             "cpu",
             budget.lora_rank,
+            extend=budget.extend,
         )
         out[method if method != "lora" else f"lora r{budget.lora_rank}"] = {
             k: r[k]
@@ -267,7 +371,13 @@ def run_live(
                 "memory_kind",
                 "wall_s",
             )
-        } | {"lrs": r["val_acc"], "epochs": budget.epochs}
+        } | {
+            "lrs": r["val_acc"],
+            "epochs": budget.epochs,
+            # the backbone runs in every step: the paper's setting is a baseline's only one
+            "images_per_s_live": r["images_per_s"],
+            "memory_mb_bs1_live": r["memory_mb_bs1"],
+        }
         print(
             f"  {task_dir.name}/{method}: test {r['test_acc']:.1f}% ({r['wall_s']:.0f} s)",
             flush=True,
@@ -299,6 +409,10 @@ def summarise(
                 "learned_params": first["learned_params"],
                 "images_per_s": _median([c["images_per_s"] for c in cells.values()]),
                 "memory_mb_bs1": _median([c["memory_mb_bs1"] for c in cells.values()]),
+                "images_per_s_live": _median([c.get("images_per_s_live") for c in cells.values()]),
+                "memory_mb_bs1_live": _median(
+                    [c.get("memory_mb_bs1_live") for c in cells.values()]
+                ),
                 "wall_s": sum(c["wall_s"] for c in cells.values()),
                 "best_lr": {t: c["best_lr"] for t, c in cells.items()},
                 "live": m.split()[0] in LIVE,
@@ -329,6 +443,8 @@ def markdown(
         "learned params",
         "train img/s",
         "train mem b1 (MB)",
+        "train img/s, backbone incl.",
+        "train mem b1, backbone incl. (MB)",
         "wall s (all tasks)",
     ]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -341,6 +457,8 @@ def markdown(
             f"{r['learned_params']:,}",
             f"{r['images_per_s']:,.0f}",
             f"{r['memory_mb_bs1']:.2f}",
+            f"{r['images_per_s_live']:,.0f}",
+            f"{r['memory_mb_bs1_live']:.2f}",
             f"{r['wall_s']:,.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -438,11 +556,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="extra cached rows at this budget (default: none)",
     )
+    p.add_argument("--live-tasks", default=None, help="tasks for the live baselines (default: all)")
     p.add_argument(
-        "--live-tasks", default=None, help="tasks for full/lora/bitfit (default location,count)"
+        "--live",
+        default=",".join(LIVE),
+        help="live baselines to run, of full,lora,bitfit,vpt,partial ('' for none)",
     )
-    p.add_argument("--live", default=",".join(LIVE),
-                   help="live baselines to run, of full,lora,bitfit,vpt,partial ('' for none)")
     p.add_argument("--parts", default="cached,live", help="cached,live (results are reused)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--no-save", action="store_true", help="no files under --results")
@@ -530,9 +649,22 @@ def write_outputs(doc: dict[str, Any], results: Path, notes: Sequence[str]) -> d
         markdown(doc["rows"], doc["tasks"], budget, notes) + f"\n![accuracy vs cost]({png.name})\n"
     )
     js = results / f"accuracy-{stamp}.json"
-    js.write_text(json.dumps({"benchmark": "accuracy", "date": stamp, "device": _device(),
-                              "versions": versions(), **doc, "markdown": md.name,
-                              "png": png.name}, indent=2, sort_keys=True, default=str))
+    js.write_text(
+        json.dumps(
+            {
+                "benchmark": "accuracy",
+                "date": stamp,
+                "device": _device(),
+                "versions": versions(),
+                **doc,
+                "markdown": md.name,
+                "png": png.name,
+            },
+            indent=2,
+            sort_keys=True,
+            default=str,
+        )
+    )
     return {"markdown": str(md), "png": str(png), "json": str(js)}
 
 
@@ -543,16 +675,21 @@ def _device() -> dict[str, Any]:
 
     if torch.cuda.is_available():
         return {"kind": "cuda", "name": torch.cuda.get_device_properties(0).name}
-    return {"kind": "cpu", "name": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads()}
+    return {
+        "kind": "cpu",
+        "name": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 DEFAULT_NOTES = (
     "Cached wall time = the task's extraction + the method's share of one sweep + its final "
     "run; summed over tasks. Live wall time = lr search + final run + memory probe.",
     "img/s and memory: medians over tasks. Cached memory = side-network training tensors at "
-    "batch 1 (backbone not needed); live = CPU RSS growth of a batch-1 step "
-    "(frozen weights, activations, gradients, optimizer state).",
+    "batch 1 (backbone not needed); 'backbone incl.' adds the frozen backbone's weights and "
+    "forward (the paper's setting); live = a batch-1 step through the whole backbone "
+    "(weights, activations, gradients, optimizer state).",
+    "lr grids grow past their edge while the best lr sits there (up to 3 extra lrs).",
 )
 
 

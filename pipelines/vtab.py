@@ -90,9 +90,10 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
-def methods_of(args: argparse.Namespace) -> dict[str, tuple[str, int | None, str]]:
-    """Method name -> (side, rank, layers) from --methods/--ranks/--side-layers."""
-    out: dict[str, tuple[str, int | None, str]] = {}
+def methods_of(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Method name -> its sweep entry (method, rank, layers) from --methods/--ranks/
+    --side-layers (the accuracy harness's CACHED form)."""
+    out: dict[str, dict[str, Any]] = {}
     from losa_cache.side import get_side_class
 
     for side in args.methods.split(","):
@@ -100,7 +101,9 @@ def methods_of(args: argparse.Namespace) -> dict[str, tuple[str, int | None, str
         ranks = [int(r) for r in args.ranks.split(",")] if "rank" in uses else [None]
         for rank in ranks:
             layers = args.side_layers if "layers" in uses else "all"
-            out[method_name(side, rank, layers)] = (side, rank, layers)
+            entry = {"method": side, "rank": rank, "layers": layers}
+            out[method_name(side, rank, layers)] = {k: v for k, v in entry.items()
+                                                    if k == "method" or k in uses}
     return out
 
 

@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/mist.py on the micro store (subprocesses, adapters, JSON)."""
+"""Smoke test of benchmarks/mist.py with tiny settings (subprocesses, adapters, JSON)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.slow
-def test_mist_benchmark_runs_and_reports(
-    micro_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_mist_benchmark_runs_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(BENCH))
     spec = importlib.util.spec_from_file_location("bench_mist", BENCH / "mist.py")
     bench = importlib.util.module_from_spec(spec)
@@ -23,8 +21,10 @@ def test_mist_benchmark_runs_and_reports(
     monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path)
     payload = bench.main(
         [
-            "--store",
-            micro_store,
+            "--model",
+            "vit_micro",
+            "--images",
+            "16",
             "--steps",
             "2",
             "--batch-size",
@@ -40,7 +40,8 @@ def test_mist_benchmark_runs_and_reports(
     for r in runs.values():
         assert r["train_peak_mb"] > 0 and r["infer_peak_mb"] > 0 and r["train_img_s"] > 0
         assert r["edge_gmacs"] > 0
-    # micro store: T 17, D 32; mist reads one map, losa every block (4)
+    # vit_micro: T 17, D 32; mist reads one map (G_4, the sum:4 tap), losa every block (4)
+    assert runs["mist"]["reads"] == ["sum:4"] and runs["losa_r16"]["reads"] == [0, 1, 2, 3]
     assert runs["mist"]["transfer"]["maps"] == 1 and runs["losa_r16"]["transfer"]["maps"] == 4
     assert runs["mist"]["transfer"]["fp32_mib"] == pytest.approx(17 * 32 * 4 / 2**20)
     (saved,) = tmp_path.glob("mist-*.json")

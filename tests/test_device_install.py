@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from losa_cache.train.run import cpu_has_bf16
+
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_MB = 700  # MIST on a Raspberry Pi 4B: 663 MB peak at batch 32
 
@@ -163,26 +165,25 @@ def test_device_install_is_lean_and_trains_within_budget(
 @pytest.mark.slow
 def test_device_install_vit_b_shaped_features_batch_32(device_python: Path, tmp_path: Path) -> None:
     """ViT-B-sized maps (197 x 768, fp16), batch 32, LAE on one map: the paper's setting
-    (96 rows a split: a train split of three batches)."""
+    (96 rows a split: a train split of three batches), streamed from the store.
+
+    fp32 (a Raspberry Pi has no bf16) is measured, not yet within 700 MB. Where it goes
+    (2026-12-02, this install, peak RSS by phase): 233 MB after importing torch and the
+    CLI; +75-85 MB when torch.optim builds its first optimizer (it imports torch._dynamo
+    and sympy); the reader's 3 windows of 29 MB; LAE's step at batch 32, 141 MiB of live
+    tensors (201 MiB before its blocks recomputed their branches in backward); the rest,
+    150-230 MB, is glibc holding freed 18.5 MB maps in its heap: MALLOC_MMAP_THRESHOLD_=
+    1048576 brings the same run to ~630 MB, at ~60% more CPU per step (every map a fresh
+    mmap). With bf16 autocast (CPUs with AVX512-BF16/AMX) the run fits: ~600 MB.
+    """
     store = vit_b_shaped_store(tmp_path / "vitb.zarr", rows=96)
-    got = device_train(
-        device_python,
-        [
-            "train",
-            "--store",
-            store,
-            "--out",
-            str(tmp_path / "vitb"),
-            *MIST,
-            "--steps",
-            "6",
-            "--batch-size",
-            "32",
-        ],
-    )
-    print(f"device install, ViT-B-shaped store, batch 32: peak RSS {got['peak_mb']:.0f} MB")
-    # MIST's 700 MB is not met here yet (2026-12-01, this install: 800-930 MB; the linear
-    # probe alone ~610-670 MB, ~500 MB without validation): the reader's and evaluation's
-    # buffers, not LAE, take most of it; a reader memory budget (--max-memory) is to come.
-    # Until then: within the Raspberry Pi 4B's 2 GB, and the number is printed.
-    assert got["peak_mb"] <= 2 * 1024
+    args = ["train", "--store", store, *MIST, "--steps", "6", "--batch-size", "32",
+            "--cache", "none"]  # fmt: skip
+    fp32 = device_train(device_python, [*args, "--out", str(tmp_path / "fp32"), "--amp", "fp32"])
+    print(f"device install, ViT-B-shaped store, batch 32, fp32: peak RSS {fp32['peak_mb']:.0f} MB")
+    assert fp32["peak_mb"] <= 1024  # within the Raspberry Pi 4B's 2 GB, with room
+    if cpu_has_bf16():
+        bf16 = device_train(device_python, [*args, "--out", str(tmp_path / "bf16"),
+                                            "--amp", "bf16"])  # fmt: skip
+        print(f"device install, ViT-B-shaped store, batch 32, bf16: {bf16['peak_mb']:.0f} MB")
+        assert bf16["peak_mb"] <= BUDGET_MB

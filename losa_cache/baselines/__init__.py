@@ -10,15 +10,23 @@ pass cannot serve these (each backpropagates through its own backbone copy).
 
     model = build_baseline("lora", backbone, head_config, cfg)   # nn.Module on {IMAGES: x}
     count_baseline("lora", describe_backbone, cfg)               # learned params, no weights
+    load_adapter("runs/lora").bind(backbone)                     # predict with its adapter
 """
 
 from __future__ import annotations
 
+from losa_cache.baselines.adapter import (
+    BaselineAdapter,
+    copy_baseline_adapter,
+    is_baseline_adapter,
+    read_baseline_adapter,
+)
 from losa_cache.baselines.methods import (
     BASELINES,
     IMAGES,
     LORA_MODULES,
     LiveBaseline,
+    baseline_uses,
     build_baseline,
     count_baseline,
     is_baseline,
@@ -30,10 +38,15 @@ __all__ = [
     "BASELINES",
     "IMAGES",
     "LORA_MODULES",
+    "BaselineAdapter",
     "LiveBaseline",
+    "baseline_uses",
     "build_baseline",
+    "copy_baseline_adapter",
     "count_baseline",
     "is_baseline",
+    "is_baseline_adapter",
     "list_baselines",
     "lora_regex",
+    "read_baseline_adapter",
 ]

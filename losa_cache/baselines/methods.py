@@ -39,6 +39,7 @@ __all__ = [
     "LORA_MODULES",
     "BaselineOptions",
     "LiveBaseline",
+    "baseline_uses",
     "build_baseline",
     "count_baseline",
     "is_baseline",
@@ -82,6 +83,16 @@ def list_baselines() -> list[str]:
 
 def is_baseline(method: str) -> bool:
     return method in BASELINES
+
+
+#: The TrainConfig fields each baseline reads (a sweep makes one run of configs that
+#: differ only in fields their method ignores, as for ``SideNetwork.uses``).
+_USES = {"full": (), "bitfit": (), "lora": ("rank", "lora_targets", "lora_alpha"),
+         "vpt": ("prompt_tokens", "prompt_blocks"), "partial": ("tune_blocks",)}  # fmt: skip
+
+
+def baseline_uses(method: str) -> tuple[str, ...]:
+    return _USES[method]
 
 
 def lora_regex(targets: str) -> str:
@@ -231,11 +242,14 @@ class LiveBaseline(nn.Module):
             str(out / "adapter.safetensors"),
             metadata={"format": "pt", "losa_cache_format": ADAPTER_FORMAT, "method": self.method},
         )
+        from losa_cache.baselines.adapter import sha256_file
+
         record = {
             "format": ADAPTER_FORMAT,
             "method": self.method,
             "weights": {
                 "file": "adapter.safetensors",
+                "sha256": sha256_file(out / "adapter.safetensors"),
                 "num_learned_params": self.num_learned_params(),
             },
             "peft": PEFT_DIR if self._peft is not None else None,

@@ -1,7 +1,8 @@
 """The PEFT VTAB-1k protocol for the live baselines, each run through the training engine.
 
-Each lr of the grid trains on train800 and is scored on val200; the best lr (ties: the
-first in the grid) is retrained from the same initialisation on train800val200 for the
+Each lr of the grid trains on train800 and is scored on val200, the grid growing past its
+edge while the best lr sits there (:func:`extend_grid`); the best lr (ties: the smaller)
+is retrained from the same initialisation on train800val200 for the
 same number of epochs and scored once on test (``final='train800'`` instead retrains on
 train800 and scores that run on test). Every run is ``losa_cache.train.train`` of a live
 TrainConfig (AdamW, the trainer's warmup + cosine schedule, weight decay on matrices),
@@ -17,13 +18,13 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from losa_cache.baselines.methods import BASELINES
 
-__all__ = ["DEFAULT_LRS", "FINAL_SPLITS", "run_baseline", "task_dirs"]
+__all__ = ["DEFAULT_LRS", "FINAL_SPLITS", "extend_grid", "run_baseline", "task_dirs"]
 
 #: Per-method lr grids (AdamW): full fine-tuning wants smaller steps than the PEFT methods.
 DEFAULT_LRS = {"full": (1e-4, 3e-4, 1e-3), "lora": (3e-4, 1e-3, 3e-3),
@@ -33,6 +34,33 @@ FINAL_SPLITS = ("train800val200", "train800")
 DEFAULT_EPOCHS = 100.0  # the usual VTAB-1k budget
 WEIGHT_DECAY = 1e-4
 MEMORY_STEPS = 3
+
+
+def extend_grid(
+    score: Callable[[float], float],
+    scores: dict[float, float],
+    max_extra: int = 3,
+    ratio: float | None = None,
+) -> float:
+    """The best lr of ``scores`` (lr -> val accuracy; ties: the smaller lr), first growing
+    the grid while the best sits at its edge: one step past that edge (``ratio``, default
+    the grid's own spacing, else sqrt(10)) is scored by ``score`` and added; it stops when
+    the new lr does not beat the old best strictly, or after ``max_extra`` extra lrs.
+    ``scores`` is updated in place with every lr tried."""
+    if not scores:
+        raise ValueError("extend_grid needs at least one scored lr")
+    lrs = sorted(scores)
+    step = ratio or (lrs[1] / lrs[0] if len(lrs) > 1 else 10**0.5)
+    best = max(lrs, key=lambda lr: scores[lr])  # max keeps the first (smallest) of equals
+    for _ in range(max_extra):
+        if best not in (min(scores), max(scores)):
+            break
+        new = best * step if best == max(scores) else best / step  # one lr: upwards
+        scores[new] = score(new)
+        if scores[new] <= scores[best]:  # no better past the edge: the old best stays
+            break
+        best = new
+    return best
 
 
 def _config(method: str, task_dir: Path, spec: dict[str, Any], out: Path, **kw: Any) -> Any:
@@ -72,10 +100,13 @@ def run_baseline(
     final: str = "train800val200",
     measure_memory: bool = True,
     out: str | Path | None = None,
+    extend: int = 3,
     **options: Any,
 ) -> dict[str, Any]:
     """lr search on train800 -> val200, final run (see ``final``), test accuracy, costs.
 
+    ``extend``: extra lrs past the grid's edge while the best sits there
+    (:func:`extend_grid`; 0: the grid as given).
     ``out``: keep every run's folder (metrics, adapter) there; default a temporary folder.
     ``options``: baseline options (``prompt_tokens``, ``tune_blocks``, ``lora_targets``...).
     """
@@ -94,9 +125,9 @@ def run_baseline(
         run = lambda name, **kw: train(
             _config(method, task_dir, backbone_spec, root / name, **common, **kw), progress=False
         )
-        lrs = tuple(lrs or DEFAULT_LRS[method])
-        val_acc: dict[float, float] = {}
-        for lr in lrs:
+        grid = tuple(lrs or DEFAULT_LRS[method])
+
+        def score(lr: float) -> float:
             m = run(
                 f"lr{lr:g}",
                 lr=lr,
@@ -106,8 +137,11 @@ def run_baseline(
                 test_split="none",
                 **budget,
             )
-            val_acc[lr] = 100.0 * m["final_val_acc"]
-        best = max(lrs, key=lambda lr: val_acc[lr])  # max keeps the earliest of equals
+            return 100.0 * m["final_val_acc"]
+
+        val_acc = {lr: score(lr) for lr in grid}
+        best = extend_grid(score, val_acc, extend)
+        lrs = tuple(sorted(val_acc))
         res = run(
             "final",
             lr=best,

@@ -81,6 +81,13 @@ class SideConfig:
     hidden: int = field(
         default=64, metadata={"help": "Hidden width h of the side transformer (D -> h)."}
     )
+    start: str = field(
+        default="b_last", metadata={"help": "losa: y_0, b_last | embed (z0) (Table 6)."}
+    )
+    taps: str = field(
+        default="block",
+        metadata={"help": "losa: what g_i adds, block | attn | mlp | attn+mlp (Table 4)."},
+    )
     dropout: float = field(
         default=0.0, metadata={"help": "Dropout before the head's linear layer, in [0, 1)."}
     )

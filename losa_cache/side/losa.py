@@ -1,7 +1,8 @@
 """``losa``: Low-rank Side Adaptation (Mercea et al. 2024, arXiv 2402.02887, Sec. 3.2).
 
-    y_0 = b_L                                   (last block's output)
-    y_i = g_i(b_i + y_{i-1}) + y_{i-1}          (Eq. 3, selected blocks i, increasing)
+    y_0 = b_L                                   (last block's output; --start embed: z0)
+    y_i = g_i(b_i + y_{i-1}) + y_{i-1}          (Eq. 3, selected blocks i, increasing;
+                                                 --taps attn|mlp: b_i's branch output)
     g(x) = alpha * W_u GeLU(W_d x)              (Eq. 4, see mixer.py)
     g_i alternates channel / token mixing        (Eq. 5)
     video: g_token = g_spatial + g_temporal     (Eq. 6)
@@ -20,6 +21,13 @@ Choices the paper leaves open:
 * W_u and its bias start at zero, alpha at ``alpha_init`` (1.0): a fresh network
   outputs exactly b_L, i.e. training starts from the linear probe. W_d gets gradient
   from the second step on (like LoRA's B = 0 init).
+* The ablations as options (defaults: the paper's method). ``start`` (Table 6): y_0 = b_L
+  (``b_last``) or z0, the tokens entering block 0 (``embed``, the store's ``embed`` tap).
+  ``taps`` (Table 4): what g_i adds to y: the block output b_i (``block``), block i's
+  attention or MLP branch (``attn`` / ``mlp``, after layer scale, before the residual
+  add: the store taps ``attn:i`` / ``mlp:i``), or both (``attn+mlp``: two side layers per
+  block, attention first as in the block, the paper's "MLP and MHSA" row); alternation
+  runs over all side layers by position, as above.
 
 Parameter counts (head excluded, biases included) against the paper, precisely:
 
@@ -62,7 +70,10 @@ from losa_cache.side.registry import register_side
 if TYPE_CHECKING:
     from losa_cache.side.config import SideConfig
 
-__all__ = ["LosaOptions", "LosaSide", "mixing_kinds"]
+__all__ = ["START", "TAPS", "LosaOptions", "LosaSide", "mixing_kinds", "side_inputs_of"]
+
+START = ("b_last", "embed")
+TAPS = ("block", "attn", "mlp", "attn+mlp")
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,13 @@ class LosaOptions:
     rank: int = field(default=64, metadata=metadata("Low-rank bottleneck r of Eq. 4.", min=1))
     layers: tuple[int, ...] = field(default=(), metadata=metadata(
         "0-based blocks b_i the side layers read, increasing; the last block must be one."))
+    start: str = field(default="b_last", metadata=metadata(
+        "Side stream start y_0 (Table 6): b_last (the last block's output) | embed (z0, the "
+        "tokens entering block 0: the store's embed tap).", choices=START))
+    taps: str = field(default="block", metadata=metadata(
+        "What each side layer adds to y (Table 4): block (b_i) | attn | mlp (block i's "
+        "attention / MLP branch: store taps attn, mlp) | attn+mlp (two side layers per "
+        "block).", choices=TAPS))
     alpha_init: float = field(default=1.0, metadata=metadata(
         "Initial value of each side layer's scale alpha (Eq. 4)."))
 
@@ -79,6 +97,16 @@ class LosaOptions:
         check_fields(self)
         if not math.isfinite(self.alpha_init):
             raise ValueError(f"alpha_init must be a finite float, got {self.alpha_init!r}")
+
+
+def side_inputs_of(config: SideConfig) -> tuple[int | str, ...]:
+    """The feature key each side layer adds to y, in order: a block index, or a store tap
+    (``attn:i`` / ``mlp:i``) under ``taps``; two per block for ``attn+mlp``."""
+    taps = getattr(config, "taps", "block")
+    if taps == "block":
+        return tuple(config.layers)
+    kinds = taps.split("+")
+    return tuple(f"{k}:{i}" for i in config.layers for k in kinds)
 
 
 def mixing_kinds(n: int) -> tuple[str, ...]:
@@ -113,6 +141,7 @@ class LosaSide(SideNetwork):
     def __init__(self, config: SideConfig) -> None:
         super().__init__(config)
         kinds = type(self).layer_kinds(config)
+        self.inputs = side_inputs_of(config)  # what each mixer adds to y, in order
         self.mixers = nn.ModuleList(_build_mixer(k, config) for k in kinds)
 
     @classmethod
@@ -130,7 +159,7 @@ class LosaSide(SideNetwork):
     @classmethod
     def layer_kinds(cls, config: SideConfig) -> tuple[str, ...]:
         """'channel' / 'token' for each side layer of ``config`` (Eq. 5), none built."""
-        return mixing_kinds(len(config.layers))
+        return mixing_kinds(len(side_inputs_of(config)))
 
     @classmethod
     def count_learned_params(cls, config: SideConfig) -> int:
@@ -143,11 +172,20 @@ class LosaSide(SideNetwork):
 
     @classmethod
     def blocks(cls, config: SideConfig) -> tuple[int, ...]:
-        return tuple(sorted({*config.layers, config.last_layer}))
+        read = {i for i in side_inputs_of(config) if isinstance(i, int)}
+        if config.start == "b_last":
+            read.add(config.last_layer)
+        return tuple(sorted(read))
 
-    def forward_features(self, features: Mapping[int, Tensor]) -> Tensor:
+    @classmethod
+    def taps(cls, config: SideConfig) -> tuple[str, ...]:
+        start = ("embed",) if config.start == "embed" else ()
+        return start + tuple(i for i in side_inputs_of(config) if isinstance(i, str))
+
+    def forward_features(self, features: Mapping[int | str, Tensor]) -> Tensor:
         # the residual stream runs token-major in the compute dtype (see token_major)
-        y = self.block(features, self.config.last_layer, token_major)  # (B, T, D), y_0 = b_L
-        for index, g in zip(self.config.layers, self.mixers, strict=True):
-            y = g(self.block(features, index, token_major) + y) + y  # (B, T, D), Eq. 3
+        first = self.config.last_layer if self.config.start == "b_last" else "embed"
+        y = self.block(features, first, token_major)  # (B, T, D): y_0 = b_L (or z0)
+        for key, g in zip(self.inputs, self.mixers, strict=True):
+            y = g(self.block(features, key, token_major) + y) + y  # (B, T, D), Eq. 3
         return y

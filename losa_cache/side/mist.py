@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from losa_cache.fields import check_fields, option
 from losa_cache.side.base import SideNetwork
@@ -68,6 +69,7 @@ __all__ = [
     "GATHERS",
     "MistOptions",
     "MistSide",
+    "candidate_ks",
     "edge_block_params",
     "gather",
     "gather_k",
@@ -164,10 +166,14 @@ def gather_k(config: SideConfig) -> int:
 
 def k_candidates(config: SideConfig) -> tuple[int, ...]:
     """The k to choose among on val, sorted: thirds = round(N/3), round(2N/3), N."""
-    n = config.num_layers
-    if config.k_candidates == "thirds":
-        return tuple(sorted({max(1, round(n / 3)), max(1, round(2 * n / 3)), n}))
-    return _parse_ks(config.k_candidates)
+    return candidate_ks(config.k_candidates, config.num_layers)
+
+
+def candidate_ks(spec: str, depth: int) -> tuple[int, ...]:
+    """``--k-candidates`` for a ``depth``-block backbone: thirds, or the listed k."""
+    if spec == "thirds":
+        return tuple(sorted({max(1, round(depth / 3)), max(1, round(2 * depth / 3)), depth}))
+    return _parse_ks(spec)
 
 
 def input_key(config: SideConfig) -> str | int:
@@ -244,7 +250,12 @@ class EdgeBlock(nn.Module):
             self.fn = DepthwiseConv(d, config.prefix_tokens, _grid_side(config))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.fn(self.norm(x))  # (B, T, D)
+        if self.training and torch.is_grad_enabled():
+            return x + checkpoint(self.branch, x, use_reentrant=False)  # (B, T, D)
+        return x + self.branch(x)  # (B, T, D)
+
+    def branch(self, x: Tensor) -> Tensor:
+        return self.fn(self.norm(x))
 
 
 def _grid_side(config: SideConfig) -> int:

@@ -68,7 +68,7 @@ def feature_bytes(store: FeatureStore, done: np.ndarray) -> dict[str, Any]:
     edge chunks are stored whole (padding), every chunk has a 4-byte crc32c and every
     shard an index, every array a zarr.json; what remains is the codec's doing."""
     lay = store.layout
-    logical = padding = overhead = 0
+    logical = padding = overhead = per_image = 0
     per_shard = lay.shard_rows // lay.chunk_rows
     arrays = [store.group[name] for name in store.feature_arrays()]
     for arr in arrays:
@@ -77,6 +77,7 @@ def feature_bytes(store: FeatureStore, done: np.ndarray) -> dict[str, Any]:
         rows = sum(hi - lo for lo, hi in ranges)
         chunks = sum(-(-(hi - lo) // lay.chunk_rows) for lo, hi in ranges)
         row_bytes = arr.nbytes // max(1, arr.shape[0])
+        per_image += row_bytes
         logical += rows * row_bytes
         padding += (chunks * lay.chunk_rows - rows) * row_bytes
         crc = 4 if has_crc32c(arr) else 0
@@ -98,6 +99,8 @@ def feature_bytes(store: FeatureStore, done: np.ndarray) -> dict[str, Any]:
     if not done.all():
         note += "; unfinished shards count in neither (files they left are on disk)"
     return {
+        #: what a server sends a device per image (every array of the store, int8 scales in)
+        "transfer_bytes_per_image": per_image,
         "bytes_logical": logical,
         "bytes_stored": stored,
         "bytes_padding": padding,

@@ -21,10 +21,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from losa_cache.baselines import baseline_uses, is_baseline, list_baselines
 from losa_cache.fields import check_fields, inherit, metadata, option
 from losa_cache.outdir import folder_name, folder_names
 from losa_cache.side import get_side_class, list_sides, parse_layers
 from losa_cache.side.config import VERSION_KEY, library_version
+from losa_cache.side.mist import candidate_ks
 from losa_cache.train import TrainConfig
 from losa_cache.train.batching import BATCHING
 from losa_cache.train.config import DEFAULT_LR
@@ -36,12 +38,15 @@ __all__ = [
     "SweepConfig",
     "expand_runs",
     "load_entries",
+    "method_uses",
     "parse_bytes",
     "slug",
 ]
 
-#: TrainConfig fields that only some methods use (``SideNetwork.uses``).
-METHOD_FIELDS = ("rank", "layers", "hidden")
+#: TrainConfig fields that only some methods use (``SideNetwork.uses``): rank, layers,
+#: hidden, MIST's width, gather_k, ...
+METHOD_FIELDS = tuple(sorted({n for s in list_sides() for n in get_side_class(s).uses}
+                             & {f.name for f in fields(TrainConfig)}))
 #: SweepConfig fields every run's TrainConfig copies.
 SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_decay", "seed",
                "cache", "device", "amp", "workers", "train_split", "val_split", "test_split",
@@ -49,12 +54,21 @@ SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_de
                "checkpoint", "pretrained", "random_init", "init_seed", "dataset", "data_root",
                "limit")
 #: TrainConfig fields a config entry may set; everything else is sweep-wide.
-ENTRY_KEYS = ("task", "method", "rank", "hidden", "layers", "lr", "optimizer", "momentum",
-              "weight_decay", "label_smoothing", "warmup_steps", "seed", "batch_size", "steps",
-              "epochs", "pool", "shuffle_buffer")
+ENTRY_KEYS = tuple(dict.fromkeys((
+    "task", "method", "rank", "hidden", "layers", "lr", "optimizer", "momentum", "weight_decay",
+    "label_smoothing", "warmup_steps", "seed", "batch_size", "steps", "epochs", "pool",
+    "shuffle_buffer", *METHOD_FIELDS)))
 
 
 _f = option  # a field with help, range and choices (losa_cache.fields)
+
+#: Live baselines' TrainConfig fields (``losa_cache.baselines.BaselineOptions``) and losa's
+#: ablations: methods that use them read them, sweep-wide or per entry.
+BASELINE_KEYS = ("lora_targets", "lora_alpha", "prompt_tokens", "prompt_blocks", "tune_blocks")
+_MORE = ("start", "taps", *BASELINE_KEYS)
+METHOD_FIELDS = tuple(dict.fromkeys((*METHOD_FIELDS, *_MORE)))
+SHARED_KEYS = (*SHARED_KEYS, *_MORE)
+ENTRY_KEYS = tuple(dict.fromkeys((*ENTRY_KEYS, *_MORE)))
 
 
 def _t(name: str, help: str | None = None) -> Any:
@@ -70,7 +84,10 @@ class SweepConfig:
     tasks: list[str] | None = field(default=None, metadata=metadata(
         "Labellings to train on, comma-separated (default: the store's).", cli="task"))
     methods: list[str] = field(default_factory=lambda: ["losa", "linear"], metadata=metadata(
-        "Side networks, comma-separated.", choices=list_sides, cli="method"))
+        "Side networks, comma-separated; with --live also live baselines (full, lora, bitfit, "
+        "vpt, partial): each runs its own backbone forward and backward, so they train one "
+        "after another, after the side networks (which share one backbone pass).",
+        choices=lambda: [*list_sides(), *list_baselines()], cli="method"))
     ranks: list[int] = field(default_factory=lambda: [64], metadata=metadata(
         "Ranks, comma-separated, e.g. 4,8,16,64 (a method without a rank ignores it).", min=1,
         cli="rank"))
@@ -103,6 +120,10 @@ class SweepConfig:
     shuffle_buffer: int | None = _t("shuffle_buffer")
     speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).",
                                 min=0)
+    live_metrics: bool = _f(True, "Also measure the paper's setting: training memory (batch "
+                                  "1) and img/s with the backbone forward, inference memory "
+                                  "and img/s at batch 1 (a store sweep builds the store's "
+                                  "backbone with random weights for it).")
     stop_after: int | None = _f(None, "Stop after N ticks (a piece of the data fed to "
                                           "every run) with checkpoints (--resume later).", min=1)
     resume: bool = _f(False, "Continue the sweep in --out.")
@@ -120,6 +141,13 @@ class SweepConfig:
     dataset: str | None = _t("dataset")
     data_root: str | None = _t("data_root")
     limit: int | None = _t("limit")
+    start: str = _t("start")
+    taps: str = _t("taps")
+    lora_targets: str = _t("lora_targets")
+    lora_alpha: float | None = _t("lora_alpha")
+    prompt_tokens: int = _t("prompt_tokens")
+    prompt_blocks: int | None = _t("prompt_blocks")
+    tune_blocks: int = _t("tune_blocks")
 
     def __post_init__(self) -> None:
         if not self.store and not self.live:
@@ -133,6 +161,10 @@ class SweepConfig:
             if not getattr(self, name):
                 raise ValueError(f"--{name.rstrip('s')} needs at least one value")
         check_fields(self)
+        live_only = [m for m in self.methods if is_baseline(m)]
+        if live_only and not self.live:
+            raise ValueError(f"--method {','.join(live_only)} trains the backbone on images: "
+                             "add --live (with --model and --dataset)")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(sorted({**asdict(self), VERSION_KEY: library_version()}.items()))
@@ -164,6 +196,11 @@ class RunSpec:
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
         return cls(data["id"], data["task"], TrainConfig.from_dict(data["train"]),
                    data["layers_label"])
+
+
+def method_uses(method: str) -> tuple[str, ...]:
+    """The TrainConfig fields ``method`` (a side network or a live baseline) reads."""
+    return baseline_uses(method) if is_baseline(method) else get_side_class(method).uses
 
 
 def load_entries(path: str | Path) -> list[dict[str, Any]]:
@@ -208,7 +245,7 @@ def expand_runs(cfg: SweepConfig, depth: int, store_layers: list[int],
     """Every (entry x task) as a RunSpec, duplicates dropped, ids unique."""
     runs: dict[str, RunSpec] = {}
     seen: set[str] = set()
-    for entry in _entries(cfg, default_task):
+    for entry in (e for raw in _entries(cfg, default_task) for e in _with_k(raw, depth)):
         spec = _run(cfg, entry, depth, store_layers)
         key = _dedupe_key(spec, depth, store_layers)
         if key in seen:
@@ -233,6 +270,16 @@ def _entries(cfg: SweepConfig, default_task: str) -> list[dict[str, Any]]:
     return [{"task": t, **e} if "task" not in e else e for t in tasks for e in grid]
 
 
+def _with_k(entry: dict[str, Any], depth: int) -> list[dict[str, Any]]:
+    """MIST without ``gather_k``: one entry per candidate k, as ``train`` alone would
+    train and choose among on val (losa_cache/train/choose.py); the sweep keeps them all."""
+    if (entry.get("method") != "mist" or entry.get("gather", TrainConfig.gather) != "sum"
+            or entry.get("gather_k") is not None):
+        return [entry]
+    ks = candidate_ks(entry.get("k_candidates", TrainConfig.k_candidates), depth)
+    return [{**entry, "gather_k": k} for k in ks]
+
+
 def _product(entry: dict[str, Any]) -> list[dict[str, Any]]:
     """An entry whose values may be lists -> its cross product."""
     keys = list(entry)
@@ -248,7 +295,7 @@ def _run(cfg: SweepConfig, entry: dict[str, Any], depth: int,
         base.update(steps=None, epochs=None)
     merged = {**base, **entry}
     label = str(merged.get("layers", "store"))
-    uses = get_side_class(merged.get("method", TrainConfig.method)).uses
+    uses = method_uses(merged.get("method", TrainConfig.method))
     for name in set(METHOD_FIELDS) - set(uses):  # a field the method ignores: one run
         merged[name] = getattr(TrainConfig, name)
     if "layers" not in uses:
@@ -260,10 +307,13 @@ def _run(cfg: SweepConfig, entry: dict[str, Any], depth: int,
 def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
     """Readable and, for grids, unique: method, rank, layers, lr, and what else differs."""
     lr = "default" if t.lr is None else f"{t.lr:g}"
-    uses = get_side_class(t.method).uses
+    uses = method_uses(t.method)
     parts = [t.method] + ([f"r{t.rank}"] if "rank" in uses else []) + (
         [slug(label)] if "layers" in uses else []) + (
         [f"h{t.hidden}"] if "hidden" in uses else [])
+    parts += [_option_part(n, getattr(t, n)) for n in uses  # mist's w32, gk8, mlp
+              if n in METHOD_FIELDS and n not in ("rank", "layers", "hidden")
+              and getattr(t, n) != getattr(TrainConfig, n)]
     parts.append(f"lr{lr}")
     if t.optimizer != "sgd":
         parts.append(t.optimizer)
@@ -274,13 +324,20 @@ def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
     return "-".join(parts)
 
 
+def _option_part(name: str, value: Any) -> str:
+    """A method option in a run id: a choice as itself, a number after its initials."""
+    if isinstance(value, str):
+        return slug(value)
+    return "".join(w[0] for w in name.split("_")) + str(value)
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", text.replace(":", "")).strip("_") or "x"
 
 
 def _dedupe_key(spec: RunSpec, depth: int, store_layers: list[int]) -> str:
     maths = spec.train.maths()
-    if "layers" in get_side_class(spec.train.method).uses:
+    if "layers" in method_uses(spec.train.method):
         text = ",".join(map(str, store_layers)) if spec.train.layers == "store" else \
             spec.train.layers
         maths["layers"] = list(parse_layers(text, depth))

@@ -19,11 +19,19 @@ from typing import Any
 import torch
 
 from losa_cache.side import SideConfig
-from losa_cache.sweep.measure import backbone_flops, memory_at, side_flops
+from losa_cache.sweep.measure import (
+    Build,
+    backbone_flops,
+    image_inputs,
+    memory_at,
+    side_flops,
+    step_memory,
+)
 from losa_cache.train.cache import GiB, free_memory
 from losa_cache.train.keys import deepest_block, side_inputs
 
-__all__ = ["Group", "Profile", "default_budget", "make_groups", "profile_key", "profiles"]
+__all__ = ["Group", "Profile", "baseline_profile", "default_budget", "make_groups",
+           "profile_key", "profiles"]
 
 #: Share of free memory the models of one group may take, minus this reserve.
 MODEL_FRACTION, MODEL_RESERVE = 0.5, 1 * GiB
@@ -61,9 +69,12 @@ class Group:
         return cls(list(data["runs"]), int(data["estimate_bytes"]))
 
 
-def profile_key(side: SideConfig, optimizer: str, amp: bool) -> str:
-    return json.dumps({"side": side.to_dict(), "optimizer": optimizer, "amp": amp},
-                      sort_keys=True)
+def profile_key(side: SideConfig, optimizer: str, amp: bool,
+                baseline: dict[str, Any] | None = None) -> str:
+    """Runs with equal keys share a profile; ``baseline``: a live baseline's method and
+    options (its side config is only its head's)."""
+    key = {"side": side.to_dict(), "optimizer": optimizer, "amp": amp}
+    return json.dumps({**key, "baseline": baseline} if baseline else key, sort_keys=True)
 
 
 def profiles(keys: dict[str, tuple[SideConfig, str, bool]], dtype: torch.dtype,
@@ -103,3 +114,16 @@ def make_groups(estimates: dict[str, int], budget: int | None) -> list[Group]:
     for g in groups:  # keep the user's order inside a group (shapes stay together)
         g.runs.sort(key=order.__getitem__)
     return groups
+
+
+def baseline_profile(build: Build, net: torch.nn.Module, side: SideConfig, optimizer: str,
+                     amp: bool, device: torch.device, model_name: str) -> Profile:
+    """A live baseline's profile: one training step on images at batch 1 and 2 (its own
+    backbone copy, forward and backward included: the paper's setting)."""
+    def make(b: int) -> tuple[dict, torch.Tensor]:
+        return image_inputs(net, side.num_classes, b, device)
+
+    m1, kind = step_memory(build, make, optimizer, 1, device, amp)
+    m2, _ = step_memory(build, make, optimizer, 2, device, amp)
+    return Profile(m1, m2, kind, side_flops(side),
+                   backbone_flops(model_name, side.num_layers - 1, side.tokens))

@@ -1,8 +1,10 @@
 """``make_report``: accuracy against the paper's efficiency metrics, Pareto frontier marked.
 
 As the LoSA paper's Fig. 4: accuracy against learned parameters, training memory (batch
-1), training speed and inference GFLOPs, with the points on the Pareto frontier (no
-other point both more accurate and more efficient) circled in shaded yellow. Several
+1) and speed (from the store, and with the backbone forward: the paper's setting),
+inference GMACs (the paper's "GFLOPs"), memory and speed at batch 1, with the points on
+the Pareto frontier (no other point both more accurate and more efficient) circled in
+shaded yellow. Several
 sweep folders (``--compare``) share one plot per task and metric, one legend entry per
 (folder, method); the frontier is over all of them. Accuracy is test accuracy where
 the sweep has a test split, else validation accuracy. ``report.md`` holds the tables.
@@ -32,9 +34,18 @@ class Metric:
 
 METRICS = (
     Metric("learned_params", "params", "learned parameters (M, head excluded)", 1e-6, True),
-    Metric("train_memory_b1", "memory", "training memory at batch 1 (MB)", 1e-6, True),
-    Metric("train_img_s", "speed", "training speed (images/s)", 1.0, False),
-    Metric("inference_gflops", "gflops", "inference GFLOPs per image", 1.0, True),
+    Metric("train_memory_b1", "memory", "training memory at batch 1, from the store (MB)",
+           1e-6, True),
+    Metric("train_img_s", "speed", "training speed from the store (images/s)", 1.0, False),
+    Metric("total_gmacs", "gmacs", "inference GMACs per image (the paper's 'GFLOPs')", 1.0,
+           True),
+    Metric("train_memory_b1_live", "memory_live",
+           "training memory at batch 1, backbone forward included (MB)", 1e-6, True),
+    Metric("train_img_s_live", "speed_live",
+           "training speed, backbone forward included (images/s)", 1.0, False),
+    Metric("infer_memory_b1", "infer_memory", "inference memory at batch 1 (MB)", 1e-6, True),
+    Metric("infer_img_s_b1", "infer_speed", "inference speed at batch 1 (images/s)", 1.0,
+           False),
 )
 MARKERS = "osD^vP*Xph"
 
@@ -127,7 +138,7 @@ def _scale(ax: Any, xs: list[float]) -> None:
 
 def make_report(dirs: Sequence[str | Path], out: str | Path | None = None,
                 labels: Sequence[str] | None = None) -> dict[str, Any]:
-    """PNGs per task and metric (+ a 2x2 overview) and ``report.md``; returns the paths."""
+    """PNGs per task and metric (+ a 2x4 overview) and ``report.md``; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +157,7 @@ def make_report(dirs: Sequence[str | Path], out: str | Path | None = None,
         acc_label = "test accuracy" if all(r["test_acc"] is not None for r in rows) else \
             "accuracy (val where no test)"
         flags = {}
-        overview, axes = plt.subplots(2, 2, figsize=(12, 9))
+        overview, axes = plt.subplots(2, len(METRICS) // 2, figsize=(24, 9))
         for metric, ax in zip(METRICS, axes.flat, strict=True):
             fig, one = plt.subplots(figsize=(6.5, 4.5))
             flags[metric.name] = _plot(one, rows, metric, acc_label)
@@ -179,30 +190,40 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _mb(v: Any) -> str:
+    return "-" if v is None else f"{v / 1e6:.2f}"
+
+
 def _table(task: str, rows: list[dict[str, Any]], flags: dict[str, list[bool]]) -> str:
     head = ("| sweep | run | method | rank | layers | lr | val acc | test acc | params (M) | "
-            "mem b1 (MB) | img/s | GFLOPs | Pareto |\n" + "|---" * 13 + "|\n")
+            "mem b1 (MB) | img/s | GMACs | mem b1 live (MB) | img/s live | infer mem b1 (MB) "
+            "| infer img/s b1 | Pareto |\n" + "|---" * 17 + "|\n")
     order = sorted(range(len(rows)), key=lambda i: -(rows[i]["val_acc"] or 0))
     lines = []
     for i in order:
         r = rows[i]
-        front = "".join(m[0].upper() for m in ("params", "memory", "speed", "gflops")
+        front = "".join(m[0].upper() for m in ("params", "memory", "speed", "gmacs")
                         if flags[m][i])
         lines.append(
             f"| {r['sweep']} | {r['run']}{' (best)' if r.get('best') else ''} | {r['method']} "
             f"| {_fmt(r['rank'], '')} | {r['layers']} | {base_lr(r)} "
             f"| {_fmt(r['val_acc'], '.4f')} | {_fmt(r['test_acc'], '.4f')} "
             f"| {r['learned_params'] / 1e6:.4f} | {_fmt(r['train_memory_b1'] / 1e6, '.2f')} "
-            f"| {_fmt(r['train_img_s'], ',.0f')} | {_fmt(r['inference_gflops'], '.4f')} "
+            f"| {_fmt(r['train_img_s'], ',.0f')} | {_fmt(r.get('total_gmacs'), '.4f')} "
+            f"| {_mb(r.get('train_memory_b1_live'))} | {_fmt(r.get('train_img_s_live'), ',.0f')} "
+            f"| {_mb(r.get('infer_memory_b1'))} | {_fmt(r.get('infer_img_s_b1'), ',.1f')} "
             f"| {front or '-'} |")
     return f"## {task}\n\n" + head + "\n".join(lines) + "\n"
 
 
 def _markdown(docs: dict[str, dict], tables: list[str], pngs: list[Path], dest: Path) -> str:
     parts = ["# Sweep report\n",
-             "Pareto column: on the frontier for P(arams), M(emory), S(peed), G(FLOPs). "
+             "Pareto column: on the frontier for P(arams), M(emory), S(peed), G(MACs). "
              "Memory: one training step at batch 1 (the paper's convention); speed: training "
-             "img/s on in-memory features, averaged over the timed batches.\n",
+             "img/s on in-memory features, averaged over the timed batches; 'live': the "
+             "same with the frozen backbone's forward in every step (the paper's setting; a "
+             "live baseline's only one); infer: a forward at batch 1, backbone included. "
+             "GMACs are what the paper's tables call GFLOPs (FLOPs = 2 x MACs).\n",
              "| sweep | runs | mode | groups | bytes read | train s | config-img/s |",
              "|---|---|---|---|---|---|---|"]
     for label, doc in docs.items():

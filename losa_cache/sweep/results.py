@@ -6,6 +6,13 @@ the best validation along the run's learning curve); the best config of a task i
 with the highest validation accuracy (ties: fewer learned parameters, then fewer
 inference FLOPs), exported as an adapter to ``DIR/best/<task>/``.
 
+Costs, as the paper counts them and as this product runs: ``train_memory_b1`` /
+``train_img_s`` from the store (no backbone), ``*_live`` with the frozen backbone's
+forward in every step (the paper's setting; a live baseline's only setting, so both hold
+the same measurement), ``infer_memory_b1`` / ``infer_img_s_b1`` a forward at batch 1
+(backbone included), ``*_gmacs`` multiply-accumulates per image (the paper's "GFLOPs";
+the ``*_gflops`` columns are 2x).
+
 ``bytes_read`` of a run: what the reads that fed it took from the store (its group's
 stream and val/test reads, plus the shared feature cache): shared with every other run
 of the group, not a per-run cost. The sweep's total is in the summary.
@@ -18,9 +25,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from losa_cache.baselines import copy_baseline_adapter, is_baseline
 from losa_cache.outdir import folder_name
-from losa_cache.side import SideConfig, get_side_class, head_params, learned_params
-from losa_cache.sweep.config import RunSpec
+from losa_cache.side import SideConfig, head_params
+from losa_cache.sweep.config import RunSpec, method_uses
 from losa_cache.sweep.grouping import Profile
 
 __all__ = ["CSV_COLUMNS", "RESULT", "best_runs", "export_best", "load_results", "run_row",
@@ -30,9 +38,11 @@ RESULT = "result.json"
 CSV_COLUMNS = ["task", "run", "method", "rank", "layers", "blocks", "lr", "lr_effective",
                "optimizer", "seed", "batch_size", "steps", "epochs", "status", "group",
                "val_acc", "test_acc", "val_loss", "test_loss", "best_val_acc", "train_loss",
-               "learned_params", "head_params", "train_img_s", "train_memory_b1",
-               "memory_kind", "train_memory_est", "side_gflops", "backbone_gflops",
-               "inference_gflops", "bytes_read", "best"]
+               "learned_params", "head_params", "train_img_s", "train_img_s_live",
+               "train_memory_b1", "train_memory_b1_live", "memory_kind", "train_memory_est",
+               "infer_memory_b1", "infer_img_s_b1", "backbone_gmacs", "side_gmacs",
+               "total_gmacs", "side_gflops", "backbone_gflops", "inference_gflops",
+               "bytes_read", "best"]
 
 
 def run_row(spec: RunSpec, side: SideConfig, metrics: dict[str, Any], group: int,
@@ -42,18 +52,27 @@ def run_row(spec: RunSpec, side: SideConfig, metrics: dict[str, Any], group: int
     backbone = profile.backbone_flops
     return {
         "task": spec.task, "run": spec.id, "method": t.method,
-        "rank": t.rank if "rank" in get_side_class(t.method).uses else None,
-        "layers": spec.layers_label, "blocks": list(side.required_layers), "lr": t.lr,
+        "rank": t.rank if "rank" in method_uses(t.method) else None,
+        "options": {k: getattr(t, k) for k in method_uses(t.method)  # hidden, taps, ...
+                    if k not in ("rank", "layers") and hasattr(t, k)},
+        "layers": spec.layers_label, "lr": t.lr,
+        "blocks": list(range(side.num_layers)) if is_baseline(t.method)  # its own forward
+        else list(side.required_layers),
         "lr_effective": plan["lr"], "optimizer": t.optimizer, "seed": t.seed,
         "batch_size": plan["batch_size"], "steps": plan["steps"], "epochs": plan["epochs"],
         "status": metrics["status"], "group": group, "step": metrics["step"],
         "val_acc": metrics["final_val_acc"], "test_acc": metrics["test_acc"],
         "val_loss": metrics["final_val_loss"], "test_loss": metrics["test_loss"],
         "best_val_acc": metrics["best_val_acc"], "train_loss": metrics["train_loss"],
-        "learned_params": learned_params(side), "head_params": head_params(side),
-        "train_img_s": None, "train_memory_b1": profile.memory_b1,
+        "learned_params": metrics["learned_params"], "head_params": head_params(side),
+        "train_img_s": None, "train_img_s_live": None, "train_memory_b1": profile.memory_b1,
+        "train_memory_b1_live": profile.memory_b1 if is_baseline(t.method) else None,
         "memory_kind": profile.memory_kind,
         "train_memory_est": profile.memory_at(int(plan["batch_size"])),
+        "infer_memory_b1": None, "infer_img_s_b1": None,
+        "side_gmacs": profile.side_flops / 2e9,
+        "backbone_gmacs": None if backbone is None else backbone / 2e9,
+        "total_gmacs": None if backbone is None else (backbone + profile.side_flops) / 2e9,
         "side_gflops": profile.side_flops / 1e9,
         "backbone_gflops": None if backbone is None else backbone / 1e9,
         "inference_gflops": None if backbone is None else (backbone + profile.side_flops) / 1e9,
@@ -83,6 +102,10 @@ def export_best(out: Path, best: dict[str, dict[str, Any]]) -> dict[str, str]:
 
     paths = {}
     for task, row in best.items():
+        if is_baseline(row["method"]):  # its own format (+ peft's folder): copied as is
+            paths[task] = str(copy_baseline_adapter(row["adapter"], out / "best" /
+                                                    folder_name(task)))
+            continue
         adapter = load_adapter(row["adapter"])
         meta = {"fingerprint": adapter.fingerprint, "classes": adapter.classes, "task": task,
                 "train_config": adapter.meta.get("train_config"),

@@ -33,22 +33,32 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from losa_cache.baselines import build_baseline, is_baseline
 from losa_cache.outdir import locked_outdir
 from losa_cache.side import SideConfig
-from losa_cache.sweep.config import RunSpec, SweepConfig, expand_runs
+from losa_cache.sweep.config import RunSpec, SweepConfig, expand_runs, method_uses
 from losa_cache.sweep.grouping import (
     Group,
     Profile,
+    baseline_profile,
     default_budget,
     make_groups,
     profile_key,
     profiles,
 )
-from losa_cache.sweep.measure import train_speed
+from losa_cache.sweep.measure import (
+    image_inputs,
+    inference_memory,
+    inference_speed,
+    live_inputs,
+    step_memory,
+    step_speed,
+    train_speed,
+)
 from losa_cache.sweep.results import RESULT, best_runs, export_best, run_row, write_results
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.engine import Engine, Inputs
-from losa_cache.train.keys import side_inputs
+from losa_cache.train.keys import deepest_block, side_inputs
 from losa_cache.train.run import use_amp
 from losa_cache.train.sources import (
     DataSource,
@@ -90,7 +100,7 @@ def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource
     rows = _task_rows(cfg, source, tasks)
     sides = {r.key: build_side_config(r.train, info, len(tasks[r.task].classes)) for r in runs}
     profs = _profiles(saved, runs, sides, info.dtype, device,
-                      str(info.fingerprint.get("model", "")))
+                      str(info.fingerprint.get("model", "")), source)
     todo = [r for r in runs if not _finished(r)]
     inputs = choose_inputs(cfg.cache, source, device,
                            [rows[t][role] for t in tasks for role in ("train", "val")],
@@ -116,7 +126,7 @@ def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource
         if not done:
             return {"complete": False, "out": str(out), "group": gid, "notes": notes}
         ticks_left = None if ticks_left is None else ticks_left - ticks
-    rows_out = _with_speed(cfg, runs, sides, info.dtype, device, progress)
+    rows_out = _with_speed(cfg, runs, sides, info.dtype, device, progress, source)
     return _finish(cfg, out, rows_out, groups, choice, inputs, notes)
 
 
@@ -164,21 +174,43 @@ def _task_rows(cfg: SweepConfig, source: DataSource, tasks: dict[str, TaskData]
     return out
 
 
+def _key(r: RunSpec, sides: dict, device: torch.device) -> str:
+    """A run's profile key: its side network (a baseline: also its method and options)."""
+    t = r.train
+    baseline = ({"method": t.method, **{k: getattr(t, k) for k in method_uses(t.method)}}
+                if is_baseline(t.method) else None)
+    return profile_key(sides[r.key], t.optimizer, use_amp(t.amp, device), baseline)
+
+
+def _build(r: RunSpec, sides: dict, source: DataSource) -> Any:
+    """A fresh live baseline of ``r`` on the source's backbone (as ``make_run`` builds it)."""
+    t = r.train
+    return lambda: build_baseline(t.method, source.backbone.model, sides[r.key], t, t.seed)
+
+
 def _profiles(saved: dict | None, runs: list[RunSpec], sides: dict, dtype: torch.dtype,
-              device: torch.device, model: str) -> dict[str, Profile]:
-    keys = {}
+              device: torch.device, model: str, source: DataSource) -> dict[str, Profile]:
+    keys: dict[str, tuple] = {}
+    baselines: dict[str, RunSpec] = {}
     for r in runs:
-        amp = use_amp(r.train.amp, device)
-        keys[profile_key(sides[r.key], r.train.optimizer, amp)] = (sides[r.key],
-                                                                   r.train.optimizer, amp)
-    if saved is not None and set(saved.get("profiles", {})) == set(keys):
+        key = _key(r, sides, device)
+        if is_baseline(r.train.method):
+            baselines.setdefault(key, r)
+        else:
+            keys[key] = (sides[r.key], r.train.optimizer, use_amp(r.train.amp, device))
+    if saved is not None and set(saved.get("profiles", {})) == {*keys, *baselines}:
         return {k: Profile(**v) for k, v in saved["profiles"].items()}
-    return profiles(keys, dtype, device, model)
+    out = profiles(keys, dtype, device, model)
+    for key, r in baselines.items():  # before any side group prunes the shared backbone
+        out[key] = baseline_profile(_build(r, sides, source), source.backbone.model,
+                                    sides[r.key], r.train.optimizer,
+                                    use_amp(r.train.amp, device), device, model)
+    return out
 
 
 def _profile_of(r: RunSpec, sides: dict, profs: dict[str, Profile],
                 device: torch.device) -> Profile:
-    return profs[profile_key(sides[r.key], r.train.optimizer, use_amp(r.train.amp, device))]
+    return profs[_key(r, sides, device)]
 
 
 def _groups(cfg: SweepConfig, saved: dict | None, runs: list[RunSpec], sides: dict,
@@ -190,11 +222,16 @@ def _groups(cfg: SweepConfig, saved: dict | None, runs: list[RunSpec], sides: di
     for r in runs:
         batch = int(r.train.plan(len(rows[r.task]["train"]))["batch_size"])
         estimates[r.key] = _profile_of(r, sides, profs, device).memory_at(batch)
+    # a live baseline backpropagates through its own backbone copy: one group each, first
+    # (built before the side groups prune the shared backbone to the blocks they read)
+    alone = [Group([r.key], estimates.pop(r.key)) for r in runs if is_baseline(r.train.method)]
+    if not estimates:
+        return alone
     here = choice.bytes if choice is not None and (choice.mode == "gpu") == (
         device.type == "cuda") else 0
     budget = cfg.memory_budget if cfg.memory_budget is not None else default_budget(device,
                                                                                    here)
-    return make_groups(estimates, budget)
+    return alone + make_groups(estimates, budget)
 
 
 def _write_doc(out: Path, cfg: SweepConfig, runs: list[RunSpec], profs: dict[str, Profile],
@@ -238,6 +275,9 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
     for s, run in zip(todo, runs, strict=True):
         metrics = run.finish(extra)
         row = run_row(s, sides[s.key], metrics, gid, _profile_of(s, sides, profs, device))
+        if is_baseline(s.train.method) and metrics["complete"]:  # before any pruning
+            row.update(_baseline_costs(cfg, s, sides, source, row["batch_size"], device,
+                                       run.model))
         (Path(s.train.out) / RESULT).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
     if not done:
         return False, engine.ticks
@@ -251,25 +291,88 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
     return True, engine.ticks
 
 
+def _baseline_costs(cfg: SweepConfig, r: RunSpec, sides: dict, source: DataSource,
+                    batch: int, device: torch.device, model: torch.nn.Module
+                    ) -> dict[str, Any]:
+    """A live baseline's training img/s on images (its backbone forward and backward: the
+    paper's setting, its only one) and its trained model's inference at batch 1."""
+    net, classes = source.backbone.model, sides[r.key].num_classes
+    make = lambda b: image_inputs(net, classes, b, device)
+    amp = use_amp(r.train.amp, device)
+    speed = step_speed(_build(r, sides, source), make, r.train.optimizer, batch,
+                       cfg.speed_batches, device, amp)
+    model = model.to(device).eval()
+    return {"train_img_s": speed, "train_img_s_live": speed, "costs_measured": True,
+            "infer_memory_b1": inference_memory(model, make, device, amp)[0],
+            "infer_img_s_b1": inference_speed(model, make, cfg.speed_batches, device, amp)}
+
+
 # ---------------------------------------------------------------------------- the end
 
 
 def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, dtype: Any,
-                device: torch.device, progress: bool) -> list[dict[str, Any]]:
-    """Every run's row, training img/s measured once per (network, optimizer, batch)."""
+                device: torch.device, progress: bool, source: DataSource
+                ) -> list[dict[str, Any]]:
+    """Every run's row, its side network's costs measured once per (network, optimizer,
+    batch): training img/s from the store and, with ``live_metrics``, the paper's setting
+    (training memory and img/s with the backbone forward, inference at batch 1)."""
     rows = [json.loads((Path(r.train.out) / RESULT).read_text()) for r in runs]
-    speeds: dict[str, float | None] = {}
-    todo = [(r, row) for r, row in zip(runs, rows, strict=True)
-            if row["train_img_s"] is None and cfg.speed_batches]
-    for r, row in tqdm(todo, desc="speed", unit="run", disable=not progress or not todo):
+    todo = [(r, row) for r, row in zip(runs, rows, strict=True)  # baselines: timed above
+            if not row.get("costs_measured") and not is_baseline(row["method"])]
+    backbone = _measuring_backbone(cfg, source, [sides[r.key] for r, _ in todo], device)
+    costs: dict[str, dict[str, Any]] = {}
+    for r, row in tqdm(todo, desc="costs", unit="run", disable=not progress or not todo):
         amp = use_amp(r.train.amp, device)
-        key = f"{profile_key(sides[r.key], r.train.optimizer, amp)}|{row['batch_size']}"
-        if key not in speeds:
-            speeds[key] = train_speed(sides[r.key], r.train.optimizer, row["batch_size"],
-                                      cfg.speed_batches, dtype, device, amp)
-        row["train_img_s"] = speeds[key]
+        key = f"{_key(r, sides, device)}|{row['batch_size']}"
+        if key not in costs:
+            costs[key] = _side_costs(cfg, sides[r.key], r.train.optimizer, row["batch_size"],
+                                     dtype, device, amp, backbone)
+        row.update(costs[key], costs_measured=True)
         (Path(r.train.out) / RESULT).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
     return rows
+
+
+def _measuring_backbone(cfg: SweepConfig, source: DataSource, sides: list[SideConfig],
+                        device: torch.device) -> Any:
+    """The backbone the paper's-setting costs run: the live one, or (a store sweep) the
+    store's model with random weights (speed and memory do not depend on the values);
+    None when not asked for, or the model cannot be built at the store's size."""
+    if not (cfg.live_metrics and sides):
+        return None
+    if cfg.live:
+        return source.backbone
+    from losa_cache.backbone import create_backbone
+
+    try:
+        backbone = create_backbone(str(source.info.fingerprint.get("model")), random_init=True,
+                                   device=device)
+    except (ValueError, RuntimeError, OSError):
+        return None
+    if (backbone.tokens, backbone.dim) != (source.info.tokens, source.info.dim):
+        return None  # extracted at another size (or a video model's clip)
+    backbone.prune(list(range(max(deepest_block(side_inputs(s)) for s in sides) + 1)))
+    return backbone
+
+
+def _side_costs(cfg: SweepConfig, side: SideConfig, optimizer: str, batch: int, dtype: Any,
+                device: torch.device, amp: bool, backbone: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"train_img_s": train_speed(side, optimizer, batch,
+                                                      cfg.speed_batches, dtype, device, amp)}
+    if backbone is None:
+        return out
+    from losa_cache.side import create_side
+
+    make = live_inputs(side, backbone, device, amp)
+    weights = list(backbone.model.parameters())
+    build = lambda: create_side(side)
+    out["train_memory_b1_live"] = step_memory(build, make, optimizer, 1, device, amp,
+                                              weights)[0]
+    out["train_img_s_live"] = step_speed(build, make, optimizer, batch, cfg.speed_batches,
+                                         device, amp, fresh=True)
+    model = create_side(side).to(device).eval()
+    out["infer_memory_b1"] = inference_memory(model, make, device, amp, weights)[0]
+    out["infer_img_s_b1"] = inference_speed(model, make, cfg.speed_batches, device, amp)
+    return out
 
 
 def _finish(cfg: SweepConfig, out: Path, rows: list[dict[str, Any]], groups: list[Group],

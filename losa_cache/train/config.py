@@ -62,6 +62,8 @@ class TrainConfig:
                               "all | last:N | evenly:N | 3,6,-1 (0-based).")
     pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "
                            "mean.", choices=POOLS)
+    start: str = inherit(LosaOptions, "start")
+    taps: str = inherit(LosaOptions, "taps")
     # MIST's edge network: help and ranges from its options (losa_cache/side/mist.py)
     width: int = inherit(MistOptions, "width")
     heads: int = inherit(MistOptions, "heads")

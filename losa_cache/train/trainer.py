@@ -22,6 +22,7 @@ from losa_cache.outdir import locked_outdir
 from losa_cache.store import StoreError
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.cache import CacheChoice, choose_cache
+from losa_cache.train.choose import candidate_configs, keep_best
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.engine import Engine, Inputs
 from losa_cache.train.keys import Key, sort_keys
@@ -106,24 +107,29 @@ def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> di
     baseline = ckpt.reset_peak_memory(device)
     source = open_source(cfg, device, storage_options)
     try:
-        run = make_run(cfg, source, device)
-        run.start()
-        inputs = choose_inputs(cfg.cache, source, device, [run.train_rows, run.eval_rows("val")],
-                               set(run.layers), cfg.workers, progress, cfg.max_memory)
+        # one run, or one per candidate setting chosen on val (MIST's k), fed together
+        runs = [make_run(c, source, device) for c in candidate_configs(cfg, source.info)]
+        for run in runs:
+            run.start()
+        inputs = choose_inputs(cfg.cache, source, device,
+                               [r for run in runs for r in (run.train_rows, run.eval_rows("val"))],
+                               {k for run in runs for k in run.layers}, cfg.workers, progress,
+                               cfg.max_memory)  # fmt: skip
         run.notes.append(f"cache: {inputs.choice.reason}")
         if progress:
             for note in run.notes:
                 tqdm.write(note)
-        Engine([run], inputs, progress).train()
+        Engine(runs, inputs, progress).train()
         extra = {"bytes_read": inputs.bytes_read, **ckpt.peak_memory(device, baseline),
                  "feed": {"cache": inputs.choice.to_dict(), "bytes_read": inputs.bytes_read,
                           "buffer_rows": run.order.buffer_rows,
                           "reader_memory": inputs.memory}}
-        metrics = run.finish(extra)
+        results = [r.finish(extra) for r in runs]
     finally:
         source.close()
-    if run.status == "diverged":
+    if all(r.status == "diverged" for r in runs):
         raise NonFiniteLossError(str(run.error))
+    metrics = keep_best(cfg, results) if len(runs) > 1 else results[0]
     if progress:
         _say_end(metrics)
     return metrics

@@ -14,20 +14,33 @@ def test_sweep_entries_cover_every_cached_method() -> None:
     entries = acc.sweep_entries((1e-3, 1e-2))
     assert len(entries) == len(acc.CACHED)
     assert all(e["lr"] == [1e-3, 1e-2] for e in entries)
-    losa = [e for e in entries if e["method"] == "losa"]
-    assert sorted((e["rank"], e["layers"]) for e in losa) == [
-        (4, "all"),
-        (8, "all"),
-        (16, "all"),
-        (16, "evenly:3"),
-    ]
-    names = {
-        acc.method_of(
-            {"method": e["method"], "rank": e.get("rank"), "layers": e.get("layers", "-")}
-        )
-        for e in entries
+    methods = {e["method"] for e in entries}
+    assert {"linear", "losa", "lowrank_mlp", "transformer"} <= methods  # Table 3
+    assert {e.get("taps") for e in entries} >= {"attn", "mlp", "attn+mlp"}  # Table 4
+    assert any(e.get("start") == "embed" for e in entries)  # Table 6
+    mist = [e for e in entries if e["method"] == "mist"]  # MIST, gather only, LAE only
+    assert [(e.get("edge_blocks"), e.get("gather")) for e in mist] == [
+        (None, None), (0, None), (None, "last")]  # fmt: skip
+    assert [acc.entry_name(e) for e in acc.CACHED.values()] == list(acc.CACHED)
+    assert set(acc.LIVE) == {"full", "lora", "bitfit", "vpt", "partial"}
+    assert acc.Budget().live_tasks == acc.TASKS  # every baseline on every task
+
+
+def test_a_sweep_row_maps_back_to_its_method_name() -> None:
+    row = {
+        "method": "losa",
+        "rank": 16,
+        "layers": "all",
+        "options": {"start": "b_last", "taps": "attn+mlp", "alpha_init": 1.0},
     }
-    assert names == set(acc.CACHED)
+    assert acc.method_of(row) == "losa r16 taps=attn+mlp"
+    row = {"method": "transformer", "rank": None, "layers": "all", "options": {"hidden": 32}}
+    assert acc.method_of(row) == "transformer h32"
+    assert acc.method_of({"method": "linear", "rank": None, "layers": "-"}) == "linear"
+    mist = {"method": "mist", "rank": None, "layers": "-", "options": {"gather_k": 4}}
+    assert acc.method_of(mist) == "mist"  # every k of the best-k-on-val row
+    mist["options"] = {"gather_k": 4, "edge_blocks": 0}
+    assert acc.method_of(mist) == "mist edge_blocks=0"  # MIST's gather only
 
 
 def _cell(test_acc: float, params: int = 10) -> dict:
@@ -51,6 +64,7 @@ def test_summarise_average_only_over_complete_rows() -> None:
     assert "| linear | 50.0 | 60.0 | 55.0 | 50.0 |" in text and "- a note" in text
 
 
+@pytest.mark.slow
 def test_quick_end_to_end(tiny_tasks: Path, tmp_path: Path) -> None:
     """One tiny task, cached methods + one live baseline; every output written."""
     results = tmp_path / "results"
@@ -75,6 +89,15 @@ def test_quick_end_to_end(tiny_tasks: Path, tmp_path: Path) -> None:
     )
     methods = [r["method"] for r in doc["rows"]]
     assert methods == [*acc.CACHED, "bitfit"]
+    cells = doc["per_task"]["digits"]
+    # two lrs: the best always sits at an edge, so each grid grew by one (quick: extend=1)
+    assert all(len(cells[m]["lrs"]) == 3 for m in acc.CACHED)
+    assert len(cells["bitfit"]["lrs"]) == 2
+    assert (
+        cells["losa r16 taps=attn+mlp"]["learned_params"]
+        == 2 * (cells["losa r16"]["learned_params"])
+    )
+    assert all(cells[m]["memory_mb_bs1_live"] > cells[m]["memory_mb_bs1"] for m in acc.CACHED)
     for r in doc["rows"]:
         assert 0 <= r["acc"]["digits"] <= 100 and r["wall_s"] > 0
     rows = {r["method"]: r for r in doc["rows"]}

@@ -203,3 +203,24 @@ def test_one_step_of_every_baseline_through_the_cli(method: str, tmp_path: Path)
         assert LoraConfig.from_pretrained(str(out / "peft")).r == 2
         assert (out / "peft" / "adapter_model.safetensors").is_file()
     assert IMAGES == -1
+
+
+def test_vit_g_lora_count_beside_table_9() -> None:
+    """The README's table: ours on ViT-g/14 is 942,080 r; the paper's Table 9 column is
+    2 D r x 5 x 41 to every printed digit (not what peft counts on timm's layers)."""
+    meta = prune_for_head(create_architecture("vit_g", "meta"))
+    for r in (1, 32, 256):
+        assert count_baseline("lora", meta, cfg("lora", rank=r)) == 942_080 * r
+    table_9 = {1: 0.58, 4: 2.31, 8: 4.62, 16: 9.24, 32: 18.47, 64: 36.95, 128: 73.89}
+    for r, millions in table_9.items():
+        assert round(2 * 1408 * r * 5 * 41 / 1e6, 2) == millions
+
+
+@pytest.mark.slow
+def test_vit_g_lora_count_is_peft_own() -> None:
+    from losa_cache.baselines.methods import BaselineOptions, _add_lora
+
+    net = prune_for_head(create_architecture("vit_g", "meta")).requires_grad_(False)
+    with torch.device("meta"):
+        peft_model = _add_lora(net, 32, BaselineOptions())
+    assert peft_model.get_nb_trainable_parameters()[0] == 942_080 * 32

@@ -58,7 +58,7 @@ def test_config_file_errors_are_clear(tmp_path: Path) -> None:
 
 def test_bad_values_fail_early() -> None:
     with pytest.raises(ValueError, match="unknown method"):
-        SweepConfig(store="s", methods=["lora"])
+        SweepConfig(store="s", methods=["lorax"])
     with pytest.raises(ValueError, match="not both"):
         SweepConfig(store="s", steps=3, epochs=1.0)
     with pytest.raises(ValueError, match="batching"):

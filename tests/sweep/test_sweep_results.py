@@ -44,7 +44,22 @@ def test_results_files_hold_every_config_and_task(done: dict) -> None:
         assert r["train_img_s"] > 0 and r["train_memory_b1"] > 0 and r["bytes_read"] > 0
         assert r["inference_gflops"] == pytest.approx(r["backbone_gflops"] + r["side_gflops"])
         assert r["memory_kind"] == "cpu_tracked_tensors"
+        assert r["total_gmacs"] == pytest.approx(r["backbone_gmacs"] + r["side_gmacs"])
+        assert r["total_gmacs"] == pytest.approx(r["inference_gflops"] / 2)  # MACs = FLOPs/2
     assert doc["summary"]["bytes_read"] > 0 and doc["summary"]["mode"] == "memory"
+
+
+def test_the_papers_setting_adds_the_backbone(done: dict) -> None:
+    """Training memory / img/s with the backbone forward and inference at batch 1: a store
+    sweep measures them on the store's backbone (random weights, vit_micro here)."""
+    from losa_cache.backbone import create_backbone
+
+    weights = sum(p.numel() * 4 for p in create_backbone("vit_micro", random_init=True)
+                  .model.parameters())
+    for r in done["results"]:
+        assert r["train_memory_b1_live"] > max(weights, r["train_memory_b1"])
+        assert r["infer_memory_b1"] > weights and r["infer_img_s_b1"] > 0
+        assert r["train_img_s_live"] > 0
 
 
 def test_learned_params_exclude_the_head_and_flops_are_counted(done: dict) -> None:
@@ -96,7 +111,9 @@ def test_report_plots_and_compares(done: dict, tmp_path: Path) -> None:
     res = make_report([out, out], tmp_path / "rep", labels=["cached", "again"])
     names = {Path(p).name for p in res["pngs"]}
     assert {"half_acc_vs_params.png", "full_acc_vs_memory.png",
-            "full_acc_vs_speed.png", "half_acc_vs_gflops.png",
+            "full_acc_vs_speed.png", "half_acc_vs_gmacs.png",
+            "full_acc_vs_memory_live.png", "full_acc_vs_speed_live.png",
+            "half_acc_vs_infer_memory.png", "half_acc_vs_infer_speed.png",
             "half_overview.png"} <= names
     assert all(Path(p).stat().st_size > 10_000 for p in res["pngs"])
     md = Path(res["markdown"]).read_text()

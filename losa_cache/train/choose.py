@@ -1,0 +1,93 @@
+"""Settings chosen on the validation split: MIST's k of G_k.
+
+MIST sends one summed map G_k per image and picks k on val among a few candidates (the
+paper: the best of three, N included; ``--k-candidates``, default ``thirds`` = N/3, 2N/3,
+N). With ``--gather-k`` unset, :func:`candidate_configs` turns one TrainConfig into one
+per candidate k the store can feed (its ``sum:k`` tap, or ``embed`` and blocks 0..k-1),
+each in ``OUT/k/k<k>/``. The trainer trains them together as a sweep trains its runs (one
+engine, one read of the store per tick for all of them) and :func:`keep_best` saves the
+best on val as the run's adapter in ``OUT``, with every candidate's val accuracy in
+``metrics.json`` and the adapter (``k_choice``). ``--gather-k`` fixes k: one run.
+
+A store holding a single ``sum:k`` (the device's ``subset --taps sum:8``) trains that k
+when the candidates are the default; any other store that cannot feed every candidate
+is refused, naming the taps to extract or ``subset``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from losa_cache.side.mist import candidate_ks
+from losa_cache.store import StoreError
+from losa_cache.train.config import TrainConfig
+from losa_cache.train.keys import plan_reads
+from losa_cache.train.sources import SourceInfo
+
+__all__ = ["K_DIR", "candidate_configs", "k_to_choose", "keep_best"]
+
+K_DIR = "k"  # OUT/k/k<k>/: one candidate's run
+
+
+def k_to_choose(cfg: TrainConfig, info: SourceInfo) -> tuple[int, ...]:
+    """The k MIST trains on this source (one: nothing to choose); () for other methods."""
+    if cfg.method != "mist" or cfg.gather != "sum" or cfg.gather_k is not None:
+        return ()
+    ks = candidate_ks(cfg.k_candidates, info.depth)
+    missing = [k for k in ks if plan_reads([f"sum:{k}"], info.keys)[2]]
+    if not missing:
+        return ks
+    held = [k for k in range(1, info.depth + 1) if f"sum:{k}" in info.keys]
+    if cfg.k_candidates == "thirds" and len(held) == 1:
+        return tuple(held)  # the one map the server sent
+    names = ",".join(map(str, missing))
+    raise StoreError(
+        f"mist chooses k on val among {list(ks)} (--k-candidates {cfg.k_candidates}), but the "
+        f"store cannot feed sum:{names} (it holds taps {list(info.tap_names)}): add them with "
+        f"`losa-cache extract ... --extend --taps sum:{names}` (or --taps sum:all), take them "
+        f"with `losa-cache subset SRC DST --taps sum:{','.join(map(str, ks))}`, or fix k with "
+        f"--gather-k {held[-1] if held else info.depth}"
+    )
+
+
+def candidate_configs(cfg: TrainConfig, info: SourceInfo) -> list[TrainConfig]:
+    """``[cfg]``, or one config per k to choose among (each in ``OUT/k/k<k>``)."""
+    ks = k_to_choose(cfg, info)
+    if len(ks) == 1:
+        return [dataclasses.replace(cfg, gather_k=ks[0])]
+    if not ks:
+        return [cfg]
+    return [
+        dataclasses.replace(cfg, gather_k=k, out=str(Path(cfg.out, K_DIR, f"k{k}"))) for k in ks
+    ]
+
+
+def keep_best(cfg: TrainConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The candidate with the best final val accuracy (ties: the smaller k, a shorter
+    backbone at prediction) as ``cfg.out``'s adapter and metrics.json."""
+    from losa_cache.adapter import load_adapter, save_adapter
+    from losa_cache.train import checkpoint as ckpt
+
+    by_k = {m["options"]["gather_k"]: m for m in results}
+    scored = {k: m["final_val_acc"] for k, m in by_k.items() if m["complete"]}
+    if not any(v is not None for v in scored.values()):
+        raise StoreError(
+            f"mist chooses k on the validation split, but no candidate has a val accuracy "
+            f"({sorted(by_k)}): give --val-split, or fix k with --gather-k"
+        )
+    best = max((k for k, v in scored.items() if v is not None), key=lambda k: (scored[k], -k))
+    choice = {"candidates": {str(k): scored.get(k) for k in sorted(by_k)}, "chosen": best,
+              "by": "final val accuracy",
+              "runs": {str(k): m["out"] for k, m in by_k.items()}}  # fmt: skip
+    metrics = {**by_k[best], "k_choice": choice, "out": cfg.out}
+    adapter = load_adapter(by_k[best]["adapter"])
+    meta = {"fingerprint": adapter.fingerprint, "classes": adapter.classes,
+            "task": adapter.task, "train_config": adapter.meta.get("train_config"),
+            "metrics": {**adapter.meta.get("metrics", {}), "k_choice": choice}}  # fmt: skip
+    metrics["adapter"] = str(save_adapter(cfg.out, adapter.model, adapter.config, meta))
+    path = Path(cfg.out) / ckpt.METRICS
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+    return metrics
