@@ -43,6 +43,7 @@ class SourceInfo:
     default_task: str
     dtype: torch.dtype  # of the features a feed yields
     row_bytes: int  # of one block of one row, as the feed yields it
+    frames: int = 1  # token frames: video tokens are prefix + frames x grid (Eq. 6's layout)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class StoreSource:
             prefix_tokens=int(s.token_layout.get("prefix_tokens", 1)), layers=tuple(s.layers),
             fingerprint=s.fingerprint, splits=list(s.manifest.splits),
             default_task=s.default_task, dtype=TORCH_DTYPES[s.dtype],
-            row_bytes=s.layout.row_bytes)
+            row_bytes=s.layout.row_bytes, frames=int(s.token_layout.get("frames", 1)))
 
     def task(self, name: str | None) -> TaskData:
         task = name or self.store.default_task
@@ -138,12 +139,13 @@ def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> S
     """The side network for these features; its blocks must be available."""
     spec = ",".join(map(str, info.layers)) if cfg.layers == "store" else cfg.layers
     options = {f.name: getattr(cfg, f.name) for f in fields(SideConfig)
-               if hasattr(cfg, f.name) and f.name not in ("layers", "method")}  # rank, pool...
+               if hasattr(cfg, f.name) and f.name not in ("layers", "method", "frames")}
+    # rank, pool...; frames come from the features (cfg.frames counts a live clip's frames)
     # a live baseline's head is the linear probe's: on b_L of the backbone it trains
     method = "linear" if is_baseline(cfg.method) else cfg.method
     side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
                       num_classes=num_classes, method=method, layers=spec,
-                      prefix_tokens=info.prefix_tokens, **options)
+                      prefix_tokens=info.prefix_tokens, frames=info.frames, **options)
     taps = get_side_class(side.method).taps(side)
     if taps:  # the feed reads blocks only until it learns the store's taps (issue 12)
         raise StoreError(
