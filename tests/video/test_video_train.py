@@ -12,14 +12,12 @@ from typer.testing import CliRunner
 
 from losa_cache.adapter import load_adapter
 from losa_cache.cli.main import app
-from losa_cache.extract import ExtractConfig, extract
 from losa_cache.side.mixer import VideoTokenMixer
 from losa_cache.train import TrainConfig, train
+from tests.video.conftest import CLIPS
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*every labelled image has class:UserWarning")
 runner = CliRunner()
-CLIPS = {"frames": 4, "stride": 1}  # vivit_test: 2-frame tubelets -> 2 token frames; stride 1:
-# not the default, so live must honour it to match
 RUN = {
     "rank": 2,
     "batch_size": 2,
@@ -33,25 +31,6 @@ RUN = {
     "cache": "none",
     "test_split": "val",
 }
-
-
-@pytest.fixture
-def video_store(video_tree: Path, tmp_path: Path) -> str:
-    path = str(tmp_path / "clips.zarr")
-    extract(
-        ExtractConfig(
-            model="vivit_test",
-            random_init=True,
-            dataset=f"videofolder:{video_tree}",
-            store=path,
-            dtype="float32",
-            workers=0,
-            device="cpu",
-            **CLIPS,
-        ),
-        progress=False,
-    )
-    return path
 
 
 def _losses(out: str) -> list[float]:
