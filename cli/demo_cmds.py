@@ -17,6 +17,9 @@ def demo(
                     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")
                         ] = False,
+    video: Annotated[bool, typer.Option(help="The video demo instead: generated clips of a "
+                     "demo image moving 4 ways, the embedded ViT inflated to vivit_demo; "
+                     "linear vs LoSA without and with Eq. 6's temporal mixer.")] = False,
 ) -> None:
     """Extract the embedded data set with the embedded ViT once, train the linear probe and
     LoSA from the store, compare them, and predict a few images with the adapter.
@@ -25,6 +28,8 @@ def demo(
     """
     from losa_cache.pipelines.demo import run_demo
 
+    if video:
+        return _video_demo(out, tiny, json_out)
     with user_errors():
         r = run_demo(out, tiny=tiny, progress=not json_out)
     if json_out:
@@ -45,6 +50,24 @@ def demo(
             f"error {p['error']}" if "error" in p else
             f"{p['predicted']} ({p['prob']:.2f}), truth {p['truth']}"))
     typer.echo(f"\nadapter: {r['runs']['losa']['adapter']}   next: losa-cache info {r['store']}")
+
+
+def _video_demo(out: Path, tiny: bool, json_out: bool) -> None:
+    from losa_cache.pipelines.video import run_video_demo, table
+
+    with user_errors():
+        r = run_video_demo(out / "video", tiny=tiny, progress=not json_out)
+    if json_out:
+        emit_json(r)
+        return
+    typer.echo(f"\nclips: {r['task']} (videofolder:, a demo image moving right/left/down/up)")
+    typer.echo(f"store: {r['store']}\n")
+    typer.echo(table(r))
+    typer.echo("\npredictions of the Eq. 6 adapter (live vivit_demo + adapter):")
+    for p in r["predictions"]:
+        typer.echo(f"  {Path(p['clip']).name}: " + (
+            f"error {p['error']}" if "error" in p else
+            f"{p['predicted']} ({p['prob']:.2f}), truth {p['truth']}"))
 
 
 def _pct(x: float | None) -> str:

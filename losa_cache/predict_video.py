@@ -57,16 +57,20 @@ def adapter_sampling(adapter: Adapter) -> ClipSampling:
     return ClipSampling(int(fp["frames"]), int(fp["stride"]), str(fp["clip"]))
 
 
-def video_backbone(adapter: Adapter, device: str | torch.device = "cpu", **weights: Any
-                   ) -> Backbone:
+def video_backbone(
+    adapter: Adapter, device: str | torch.device = "cpu", **weights: Any
+) -> Backbone:
     """The adapter's ViViT with its clip length, inflation and sampling (``weights``: the
     create_backbone weight options: checkpoint, pretrained, random_init, seed)."""
     if not is_video_adapter(adapter):
-        raise ValueError(f"the adapter was trained on {adapter.fingerprint.get('model')!r}, "
-                         "an image model: predict images, or eval its store")
+        raise ValueError(
+            f"the adapter was trained on {adapter.fingerprint.get('model')!r}, "
+            "an image model: predict images, or eval its store"
+        )
     fp, sampling = adapter.fingerprint, adapter_sampling(adapter)
-    backbone = create_backbone(fp["model"], device=device, frames=sampling.frames,
-                               inflation=fp["inflation"], **weights)
+    backbone = create_backbone(
+        fp["model"], device=device, frames=sampling.frames, inflation=fp["inflation"], **weights
+    )
     backbone.sampling = {"stride": sampling.stride, "clip": sampling.clip}
     return backbone
 
@@ -79,24 +83,37 @@ def view_transform(backbone: Backbone, crops: int) -> Callable[[Any], Tensor]:
     from torchvision import transforms
 
     p = backbone.preprocess
-    return transforms.Compose([
-        transforms.Resize(int(p["input_size"][-1]),
-                          interpolation=str_to_interp_mode(p["interpolation"])),
-        transforms.ToTensor(),
-        transforms.Normalize(p["mean"], p["std"]),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(
+                int(p["input_size"][-1]), interpolation=str_to_interp_mode(p["interpolation"])
+            ),
+            transforms.ToTensor(),
+            transforms.Normalize(p["mean"], p["std"]),
+        ]
+    )
 
 
-def video_logits(adapter: Adapter, backbone: Backbone, source: FrameSource,
-                 clips: int = 4, crops: int = 3, batch_size: int = 8) -> Tensor:
+def video_logits(
+    adapter: Adapter,
+    backbone: Backbone,
+    source: FrameSource,
+    clips: int = 4,
+    crops: int = 3,
+    batch_size: int = 8,
+) -> Tensor:
     """(clips x crops, C) float32 logits, one row per view (clip-major); mean them to score."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     transform = view_transform(backbone, crops)
     crop = int(backbone.preprocess["input_size"][-1])
     views = clip_views(source, adapter_sampling(adapter), transform, clips, crops, crop)
-    return torch.cat([image_logits(adapter, backbone, views[i:i + batch_size])
-                      for i in range(0, len(views), batch_size)])
+    return torch.cat(
+        [
+            image_logits(adapter, backbone, views[i : i + batch_size])
+            for i in range(0, len(views), batch_size)
+        ]
+    )
 
 
 def _views(clips: int, crops: int) -> dict[str, int]:
@@ -105,9 +122,16 @@ def _views(clips: int, crops: int) -> dict[str, int]:
     return {"clips": clips, "crops": crops}
 
 
-def predict_videos(adapter: Adapter, backbone: Backbone, paths: Sequence[str | Path],
-                   clips: int = 4, crops: int = 3, top_k: int = 5, batch_size: int = 8,
-                   max_pixels: int | None = None) -> list[dict[str, Any]]:
+def predict_videos(
+    adapter: Adapter,
+    backbone: Backbone,
+    paths: Sequence[str | Path],
+    clips: int = 4,
+    crops: int = 3,
+    top_k: int = 5,
+    batch_size: int = 8,
+    max_pixels: int | None = None,
+) -> list[dict[str, Any]]:
     """Top-k classes of each video from its views' mean logits; a bad video is an error row."""
     _views(clips, crops)
     if top_k < 1:
@@ -119,14 +143,21 @@ def predict_videos(adapter: Adapter, backbone: Backbone, paths: Sequence[str | P
         try:
             source = open_video(path, max_pixels)
         except ImageDecodeError as err:
-            rows.append({"path": str(path), "labels": [], "classes": [], "probs": [],
-                         "error": str(err)})
+            rows.append(
+                {"path": str(path), "labels": [], "classes": [], "probs": [], "error": str(err)}
+            )
             continue
         logits = video_logits(adapter, backbone, source, clips, crops, batch_size)
         probs, labels = logits.mean(dim=0).softmax(dim=-1).topk(k)  # (k,) each
-        rows.append({"path": str(path), "labels": labels.tolist(),
-                     "classes": [adapter.classes[j] for j in labels.tolist()],
-                     "probs": probs.tolist(), "error": None})
+        rows.append(
+            {
+                "path": str(path),
+                "labels": labels.tolist(),
+                "classes": [adapter.classes[j] for j in labels.tolist()],
+                "probs": probs.tolist(),
+                "error": None,
+            }
+        )
     return rows
 
 
@@ -137,20 +168,32 @@ def find_videos(paths: Sequence[str | Path]) -> list[Path]:
         if not p.is_dir():
             out.append(p)
             continue
-        found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                       and f.suffix.lower() in VIDEO_EXTENSIONS)
+        found = sorted(
+            f
+            for f in p.rglob("*")
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in VIDEO_EXTENSIONS
+        )
         if not found:
-            raise FileNotFoundError(f"no videos in folder {p} (suffixes: "
-                                    f"{' '.join(sorted(VIDEO_EXTENSIONS))})")
+            raise FileNotFoundError(
+                f"no videos in folder {p} (suffixes: {' '.join(sorted(VIDEO_EXTENSIONS))})"
+            )
         out += found
     if not out:
         raise ValueError("no videos given")
     return out
 
 
-def evaluate_videos(adapter: Adapter, backbone: Backbone, dataset: str, split: str = "test",
-                    clips: int = 4, crops: int = 3, batch_size: int = 8, limit: int | None = None,
-                    data_root: str | None = None) -> dict[str, Any]:
+def evaluate_videos(
+    adapter: Adapter,
+    backbone: Backbone,
+    dataset: str,
+    split: str = "test",
+    clips: int = 4,
+    crops: int = 3,
+    batch_size: int = 8,
+    limit: int | None = None,
+    data_root: str | None = None,
+) -> dict[str, Any]:
     """Multi-view accuracy of a video adapter on a data set split (decoded live).
 
     Videos that cannot be decoded are not scored and are listed in ``skipped``.
@@ -159,12 +202,16 @@ def evaluate_videos(adapter: Adapter, backbone: Backbone, dataset: str, split: s
     prepare_backbone(adapter, backbone)
     ds = get_dataset(dataset, data_root=data_root, sampling=adapter_sampling(adapter))
     if not isinstance(ds, VideoRows):
-        raise ValueError(f"{dataset} holds images; multi-view evaluation needs a video data "
-                         "set (videofolder:, framefolder:, kinetics:, list: of videos)")
+        raise ValueError(
+            f"{dataset} holds images; multi-view evaluation needs a video data "
+            "set (videofolder:, framefolder:, kinetics:, list: of videos)"
+        )
     if list(ds.classes) != list(adapter.classes):
-        raise ValueError(f"{dataset} has classes {ds.classes[:5]} but the adapter was trained "
-                         f"on {adapter.classes[:5]}: evaluate it on the data set it was trained "
-                         "for")
+        raise ValueError(
+            f"{dataset} has classes {ds.classes[:5]} but the adapter was trained "
+            f"on {adapter.classes[:5]}: evaluate it on the data set it was trained "
+            "for"
+        )
     rows, splits = select_rows(ds, limit, [split])
     labels = ds.table.labels
     scored, target, logits, skipped = [], [], [], []
@@ -182,5 +229,12 @@ def evaluate_videos(adapter: Adapter, backbone: Backbone, dataset: str, split: s
     if not scored:
         raise ValueError(f"split {split!r} of {dataset} has no decodable labelled videos")
     result = score_logits(torch.stack(logits), torch.tensor(target), adapter.classes)
-    return {**result, "split": split, "task": ds.task, "dataset": dataset, "views": views,
-            "rows": np.asarray(scored).tolist(), "skipped": skipped}
+    return {
+        **result,
+        "split": split,
+        "task": ds.task,
+        "dataset": dataset,
+        "views": views,
+        "rows": np.asarray(scored).tolist(),
+        "skipped": skipped,
+    }
