@@ -12,14 +12,18 @@ from losa_cache.cli.common import emit_json, human_seconds, table, user_errors
 
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the store, runs and samples.")] = Path(
-        "demo_out"),
-    tiny: Annotated[bool, typer.Option(help="A seconds-long smoke run (64 images/split).")
-                    ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")
-                        ] = False,
-    video: Annotated[bool, typer.Option(help="The video demo instead: generated clips of a "
-                     "demo image moving 4 ways, the embedded ViT inflated to vivit_demo; "
-                     "linear vs LoSA without and with Eq. 6's temporal mixer.")] = False,
+        "demo_out"
+    ),
+    tiny: Annotated[bool, typer.Option(help="A seconds-long smoke run (64 images/split).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    video: Annotated[
+        bool,
+        typer.Option(
+            help="The video demo instead: generated clips of a "
+            "demo image moving 4 ways, the embedded ViT inflated to vivit_demo; "
+            "linear vs LoSA without and with Eq. 6's temporal mixer."
+        ),
+    ] = False,
 ) -> None:
     """Extract the embedded data set with the embedded ViT once, train the linear probe and
     LoSA from the store, compare them, and predict a few images with the adapter.
@@ -37,18 +41,36 @@ def demo(
         return
     ex = r["extract"]
     verb = "reused" if ex["written"] == 0 else "extracted"
-    typer.echo(f"\nstore: {verb} {r['store']} ({ex['num_images']:,} images, "
-               f"{ex['images_per_s']:,.0f} img/s when extracting)")
-    rows = [[name, f"{m['learned_params']:,}", _pct(m["best_val_acc"]), _pct(m["test_acc"]),
-             f"{m['images_per_s']:,.0f}", human_seconds(m["train_seconds"])]
-            for name, m in r["runs"].items()]
-    typer.echo(table(rows, ["method", "learned params", "val acc", "test acc", "train img/s",
-                            "train time"]))
+    typer.echo(
+        f"\nstore: {verb} {r['store']} ({ex['num_images']:,} images, "
+        f"{ex['images_per_s']:,.0f} img/s when extracting)"
+    )
+    rows = [
+        [
+            name,
+            f"{m['learned_params']:,}",
+            _pct(m["best_val_acc"]),
+            _pct(m["test_acc"]),
+            f"{m['images_per_s']:,.0f}",
+            human_seconds(m["train_seconds"]),
+        ]
+        for name, m in r["runs"].items()
+    ]
+    typer.echo(
+        table(
+            rows, ["method", "learned params", "val acc", "test acc", "train img/s", "train time"]
+        )
+    )
     typer.echo("\npredictions of the LoSA adapter (live backbone + adapter):")
     for p in r["predictions"]:
-        typer.echo(f"  {Path(p['image']).name}: " + (
-            f"error {p['error']}" if "error" in p else
-            f"{p['predicted']} ({p['prob']:.2f}), truth {p['truth']}"))
+        typer.echo(
+            f"  {Path(p['image']).name}: "
+            + (
+                f"error {p['error']}"
+                if "error" in p
+                else f"{p['predicted']} ({p['prob']:.2f}), truth {p['truth']}"
+            )
+        )
     typer.echo(f"\nadapter: {r['runs']['losa']['adapter']}   next: losa-cache info {r['store']}")
 
 
@@ -65,9 +87,14 @@ def _video_demo(out: Path, tiny: bool, json_out: bool) -> None:
     typer.echo(table(r))
     typer.echo("\npredictions of the Eq. 6 adapter (live vivit_demo + adapter):")
     for p in r["predictions"]:
-        typer.echo(f"  {Path(p['clip']).name}: " + (
-            f"error {p['error']}" if "error" in p else
-            f"{p['predicted']} ({p['prob']:.2f}), truth {p['truth']}"))
+        typer.echo(
+            f"  {Path(p['clip']).name}: "
+            + (
+                f"error {p['error']}"
+                if "error" in p
+                else f"{p['predicted']} ({p['prob']:.2f}), truth {p['truth']}"
+            )
+        )
 
 
 def _pct(x: float | None) -> str:
