@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -236,7 +236,7 @@ def sizes(args: argparse.Namespace) -> list[tuple[str, int]]:
         for frames in map(int, args.frames.split(",")):
             d = describe(model, frames=frames)
             out.append((d["tokens"] * d["dim"] * d["depth"], model, frames, d))
-    return [(m, f) for _, m, f, _ in sorted(out)]
+    return [(m, f) for _, m, f, _ in sorted(out, key=lambda t: t[0])]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -249,8 +249,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.device == "auto" and torch.cuda.is_available()
         else ("cpu" if args.device == "auto" else args.device)
     )
-    folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"losa-bench-video-{os.getpid()}"
-    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="losa-bench-video-") as tmp:
+        rows, largest = measure(args, device, Path(tmp))
+    payload = {
+        "args": {k: v for k, v in vars(args).items() if k != "worker"},
+        "runs": rows,
+        "largest_that_ran": largest,
+    }
+    path = save("video", payload)
+    print_table(
+        [{**r, "peak_gb": r.get("peak_bytes_batch1", 0) / GB} for r in rows],
+        ["method", "model", "frames", "tokens", "ok", "peak_gb", "clips_s"],
+    )
+    for method in args.methods.split(","):
+        print(f"{method}: largest that ran: {largest.get(method, 'none')}")
+    print(f"wrote {path}")
+    return payload
+
+
+def measure(
+    args: argparse.Namespace, device: str, folder: Path
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Every (size, method) from the smallest size up; a method stops at its first failure."""
     from losa_cache.backbone.registry import describe
 
     rows, largest, stopped = [], {}, set()
@@ -279,20 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 largest[method] = f"{model} @ {frames} frames ({d['tokens']} tokens)"
             else:
                 stopped.add(method)
-    payload = {
-        "args": {k: v for k, v in vars(args).items() if k != "worker"},
-        "runs": rows,
-        "largest_that_ran": largest,
-    }
-    path = save("video", payload)
-    print_table(
-        [{**r, "peak_gb": r.get("peak_bytes_batch1", 0) / GB} for r in rows],
-        ["method", "model", "frames", "tokens", "ok", "peak_gb", "clips_s"],
-    )
-    for method in args.methods.split(","):
-        print(f"{method}: largest that ran: {largest.get(method, 'none')}")
-    print(f"wrote {path}")
-    return payload
+    return rows, largest
 
 
 if __name__ == "__main__":
