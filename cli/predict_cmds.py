@@ -145,7 +145,12 @@ def evaluate(
     task: Annotated[str | None, typer.Option(
         help="Labelling to score against (default: the adapter's task, else the store's).")
                     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 256,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Rows per forward pass (default: the adapter's training batch size).")] = None,
+    amp: Annotated[str | None, typer.Option(
+        help="auto | bf16 | fp32 (default: the precision the adapter was trained in).")
+                   ] = None,
+    workers: Annotated[int, typer.Option(help="I/O threads of the store reader.", min=0)] = 4,
     allow_incomplete: Annotated[bool, typer.Option(
         help="Score an incomplete store's finished shards (says what fraction that is).")
                                 ] = False,
@@ -165,6 +170,8 @@ def evaluate(
 ) -> None:
     """Score an adapter on a store split's cached features: accuracy, loss, per class.
 
+    Scored by the training engine's evaluation, in the adapter's training batch size and
+    precision by default: the numbers equal the test/val numbers of its metrics.json.
     Refuses an incomplete store unless --allow-incomplete; stops at the first damaged
     chunk (every read is checked against the crc32c written with it). A video adapter can
     instead score --dataset live, from the mean logits of --clips x --crops views per
@@ -193,7 +200,7 @@ def evaluate(
         result = evaluate_store(load_adapter(adapter),
                                 open_store(store, allow_incomplete=allow_incomplete),
                                 split=split, task=task, batch_size=batch_size,
-                                allow_incomplete=allow_incomplete)
+                                allow_incomplete=allow_incomplete, amp=amp, workers=workers)
     if not result["complete"]:
         typer.echo(f"warning: the store is incomplete; scored {result['count']} of "
                    f"{result['scorable_rows']} rows of split {result['split']} "

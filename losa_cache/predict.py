@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from losa_cache.adapter import Adapter, check_fingerprint
@@ -24,6 +23,11 @@ from losa_cache.data.decode import open_rgb
 from losa_cache.data.files import IMAGE_EXTENSIONS
 from losa_cache.store import FeatureStore, StoreError
 from losa_cache.store import schema as S
+from losa_cache.train.cache import CacheChoice
+from losa_cache.train.config import AMP
+from losa_cache.train.engine import EvalJob, Inputs, evaluate
+from losa_cache.train.run import use_amp
+from losa_cache.train.sources import StoreSource
 
 __all__ = [
     "evaluate_store",
@@ -31,8 +35,6 @@ __all__ = [
     "image_logits",
     "predict_images",
     "prepare_backbone",
-    "score_logits",
-    "store_logits",
 ]
 
 
@@ -150,22 +152,29 @@ def _device(module: torch.nn.Module) -> torch.device:
 
 # ------------------------------------------------------------------------------ cached features
 
+#: Rows per batch when the adapter does not record the batch it was trained with.
+EVAL_BATCH = 256
+
 
 def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
-                   task: str | None = None, batch_size: int = 256,
-                   allow_incomplete: bool = False) -> dict[str, Any]:
+                   task: str | None = None, batch_size: int | None = None,
+                   allow_incomplete: bool = False, amp: str | None = None,
+                   workers: int = 4) -> dict[str, Any]:
     """Accuracy, loss and per-class accuracy of the adapter on a store split's features.
 
-    ``task`` defaults to the adapter's task if the store has it, else the store's default.
-    Rows that were skipped at extraction or have no label (-1) are not scored. An
-    incomplete store is refused unless ``allow_incomplete``: then the rows of finished
-    shards are scored and ``scored_fraction`` says how much of the split that was.
+    Scored by the training engine's own evaluation (:func:`losa_cache.train.engine.evaluate`)
+    in the adapter's training batch size and precision by default, so the numbers equal
+    the test (or val) numbers ``train`` wrote into metrics.json. ``task`` defaults to the
+    adapter's task if the store has it, else the store's default. Rows that were skipped
+    at extraction or have no label (-1) are not scored. An incomplete store is refused
+    unless ``allow_incomplete``: then the rows of finished shards are scored and
+    ``scored_fraction`` says how much of the split that was.
     """
     check_store(adapter, store)
     if not allow_incomplete:
         store.require_complete(hint="or pass --allow-incomplete to score the finished part")
     task = _task(adapter, store, task)
-    labels = store.labels(task)
+    labels = store.labels(task).astype(np.int64)
     rows = store.split_rows(split, valid_only=False)
     rows = rows[(labels[rows] >= 0) & (store.status[rows] != S.SKIPPED)]  # scorable
     done = store.done_shards()[rows // store.layout.shard_rows]
@@ -173,12 +182,37 @@ def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
     if not len(rows):
         raise StoreError(f"split {split!r} of {store.path} has no labelled rows for task "
                          f"{task!r}" + ("" if done.all() else " in its finished shards"))
-    logits = store_logits(adapter, store, rows, batch_size)
-    target = torch.from_numpy(labels[rows].astype(np.int64))
-    result = score_logits(logits, target, adapter.classes)
-    return {**result, "split": split, "task": task, "store": store.path,
+    device = _device(adapter.model)
+    batch = _trained(adapter, "batch_size", EVAL_BATCH) if batch_size is None else batch_size
+    if batch < 1:
+        raise ValueError(f"--batch-size must be an integer >= 1, got {batch}")
+    if amp not in (None, *AMP):
+        raise ValueError(f"unknown amp {amp!r} (--amp); choose one of {list(AMP)}")
+    job = EvalJob(adapter.model, tuple(adapter.layers), rows, labels, task, int(batch),
+                  use_amp(amp or _trained(adapter, "amp", "fp32"), device),
+                  adapter.config.num_classes)
+    (score,) = evaluate([job], _store_inputs(store, device, rows, job.layers, workers))
+    return {"accuracy": score.accuracy, "correct": int(score.correct.sum()), "count": score.n,
+            "loss": score.loss, "mean_class_accuracy": score.mean_class_accuracy(),
+            "per_class": score.per_class(adapter.classes), "split": split, "task": task,
+            "store": store.path, "batch_size": job.batch, "amp": "bf16" if job.amp else "fp32",
             "complete": bool(done.all()), "scorable_rows": wanted,
             "scored_fraction": len(rows) / wanted}
+
+
+def _trained(adapter: Adapter, key: str, default: Any) -> Any:
+    """What training used (its metrics' plan and amp, else its config), else ``default``."""
+    metrics = adapter.meta.get("metrics") or {}
+    used = {**(adapter.meta.get("train_config") or {}), **(metrics.get("plan") or {}),
+            **({"amp": metrics["amp"]} if "amp" in metrics else {})}
+    return used.get(key, default)
+
+
+def _store_inputs(store: FeatureStore, device: torch.device, rows: np.ndarray,
+                  layers: Sequence[int], workers: int) -> Inputs:
+    """The engine's inputs for one sequential read of ``rows`` (no cache: read once)."""
+    return Inputs(StoreSource(store), device, CacheChoice("none", 0, "eval: one read"), rows,
+                  layers, workers)
 
 
 def check_store(adapter: Adapter, store: FeatureStore) -> None:
@@ -211,39 +245,3 @@ def _task(adapter: Adapter, store: FeatureStore, task: str | None) -> str:
 def _short(items: list[str], n: int = 5) -> str:
     more = f" ... ({len(items)} in all)" if len(items) > n else ""
     return f"{items[:n]}{more}"
-
-
-def store_logits(adapter: Adapter, store: FeatureStore, rows: np.ndarray,
-                 batch_size: int = 256) -> Tensor:
-    """(N, C) float32 logits of the adapter on the store's cached features of ``rows``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _device(adapter.model)
-    arrays = {layer: store.features(layer) for layer in adapter.layers}
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            sel = np.asarray(rows[start:start + batch_size])
-            feats = {layer: a.read_torch(sel).to(device) for layer, a in arrays.items()}
-            out.append(adapter.model.eval()(feats).float().cpu())  # (b, C)
-    return torch.cat(out) if out else torch.empty(0, adapter.config.num_classes)
-
-
-def score_logits(logits: Tensor, target: Tensor, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, mean cross-entropy and per-class accuracy (None for absent classes)."""
-    pred = logits.argmax(dim=-1)
-    hit = pred == target
-    per_class = {}
-    for c, name in enumerate(classes):
-        mask = target == c
-        n = int(mask.sum())
-        per_class[name] = {"count": n, "accuracy": float(hit[mask].float().mean()) if n else None}
-    present = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
-    return {
-        "accuracy": float(hit.float().mean()),
-        "correct": int(hit.sum()),
-        "count": len(target),
-        "loss": float(F.cross_entropy(logits, target)),
-        "mean_class_accuracy": sum(present) / len(present),
-        "per_class": per_class,
-    }

@@ -22,6 +22,7 @@ from losa_cache.side import list_sides
 from losa_cache.side.config import POOLS, VERSION_KEY, library_version
 from losa_cache.side.losa import LosaOptions
 from losa_cache.side.mist import MistOptions
+from losa_cache.side.transformer import TransformerOptions
 from losa_cache.train.cache import CACHE_MODES
 
 __all__ = ["OPTIMIZERS", "RUNTIME_FIELDS", "TrainConfig"]
@@ -54,8 +55,12 @@ class TrainConfig:
     method: str = _f("losa", "Side network (the linear probe: linear), or a live baseline "
                              "that trains the backbone (with --live; full, lora, bitfit, vpt, "
                              "partial).", choices=lambda: [*list_sides(), *list_baselines()])
-    rank: int = _f(64, "Low-rank bottleneck r of the LoSA adaptors.", min=1)
-    hidden: int = _f(64, "Hidden width h of the transformer side network.", min=1)
+    # every method option comes from its module's options (SideNetwork.options: default,
+    # range, help): LoSA/lowrank_mlp (side/losa.py), the side transformer (transformer.py)
+    rank: int = inherit(LosaOptions, "rank", "Low-rank bottleneck r of the LoSA adaptors "
+                                             "(Eq. 4; losa, lowrank_mlp).")
+    alpha_init: float = inherit(LosaOptions, "alpha_init")
+    hidden: int = inherit(TransformerOptions, "hidden")
     layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
                               "all | last:N | evenly:N | 3,6,-1 (0-based).")
     temporal: bool = inherit(LosaOptions, "temporal")

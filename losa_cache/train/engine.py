@@ -2,6 +2,7 @@
 
     inputs = Inputs(source, device, cache_choice, rows, layers, workers)
     Engine(runs, inputs).train()      # every run to its end (or a stop)
+    evaluate([EvalJob(...)], inputs)  # the one evaluation: train, sweep and `eval`
 
 A *tick* takes one piece from every feed that still has runs to feed and hands it to
 their consumers; every batch a consumer completes steps its runs (a loop, or vmap for
@@ -18,6 +19,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,7 @@ from losa_cache.train.reader import DEFAULT_MAX_MEMORY
 from losa_cache.train.run import Run
 from losa_cache.train.sources import DataSource
 
-__all__ = ["Engine", "Inputs", "evaluate_runs"]
+__all__ = ["Engine", "EvalJob", "Inputs", "Score", "evaluate", "evaluate_runs"]
 
 EVAL_WINDOW = 4096  # rows per piece of a sequential evaluation read
 
@@ -84,51 +86,111 @@ class Inputs:
         feed.close()
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class EvalJob:
+    """One model scored on some labelled rows, in batches of ``batch``: a run's val/test
+    evaluation or ``losa-cache eval`` of its adapter (the same numbers for the same model,
+    rows, batch and amp). Jobs of one task and batch size share batches."""
+
+    model: torch.nn.Module
+    layers: tuple  # what the model reads from the feed (Run.layers)
+    rows: np.ndarray  # (n,) sorted store rows, every one labelled
+    labels: np.ndarray  # (N,) int64: the label of every store row
+    task: str
+    batch: int
+    amp: bool
+    num_classes: int
+
+
+class Score:
+    """A job's sums over the rows it scored: accuracy, loss, per-class accuracy."""
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        self.loss_sum = 0.0  # per-batch sums added in float64, batch by batch
+        self.count = torch.zeros(num_classes, dtype=torch.long, device=device)  # per class
+        self.correct = torch.zeros_like(self.count)
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        self.count += torch.bincount(labels, minlength=len(self.count))
+        self.correct += torch.bincount(labels[logits.argmax(1) == labels],
+                                       minlength=len(self.count))
+
+    @property
+    def n(self) -> int:
+        return int(self.count.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return int(self.correct.sum()) / max(1, self.n)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(1, self.n)
+
+    def per_class(self, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``{name: {count, accuracy}}``, accuracy None for a class with no rows."""
+        return {name: {"count": n, "accuracy": c / n if n else None} for name, n, c in
+                zip(classes, self.count.tolist(), self.correct.tolist(), strict=True)}
+
+    def mean_class_accuracy(self) -> float | None:
+        """The mean over the classes present (balanced accuracy)."""
+        acc = [c / n for n, c in zip(self.count.tolist(), self.correct.tolist(), strict=True)
+               if n]
+        return sum(acc) / len(acc) if acc else None
+
+
 def evaluate_runs(runs: Sequence[Run], role: str, inputs: Inputs) -> dict[int, dict[str, Any]]:
-    """Accuracy and mean cross-entropy of every run on its ``role`` rows: one sequential
-    read of the union of their rows; each run sees its own rows in batches of its size
-    (the same batches alone and in a sweep). Keyed by ``id(run)``."""
+    """Accuracy and mean cross-entropy of every run with ``role`` rows, in batches of its
+    training size (see :func:`evaluate`), keyed by ``id(run)``."""
     runs = [r for r in runs if len(r.eval_rows(role))]
-    if not runs:
-        return {}
-    union = np.unique(np.concatenate([r.eval_rows(role) for r in runs]))
-    layers = sorted({i for r in runs for i in r.layers})
-    groups: dict[tuple, tuple[Consumer, list[Run]]] = {}
-    for r in runs:
-        rows = r.eval_rows(role)
-        key = (r.task.task, r.batch)
-        if key not in groups:
-            keep = None if len(rows) == len(union) else keep_mask(rows)
-            groups[key] = (Consumer(r.batch, keep), [])
-        groups[key][1].append(r)
-    sums = {id(r): [0.0, 0, 0] for r in runs}
-    window = inputs.eval_window(union, layers)
-    feed = inputs.feed(RowOrder(union, window, 0), union, layers, runs[0].batch)
-    was = {id(r): r.model.training for r in runs}
-    for r in runs:
-        r.model.eval()
+    scores = evaluate([EvalJob(r.model, tuple(r.layers), r.eval_rows(role), r.task.labels,
+                               r.task.task, r.batch, r.amp, len(r.task.classes)) for r in runs],
+                      inputs)
+    return {id(r): {"acc": s.accuracy, "loss": s.loss, "n": s.n}
+            for r, s in zip(runs, scores, strict=True)}
+
+
+@torch.no_grad()
+def evaluate(jobs: Sequence[EvalJob], inputs: Inputs) -> list[Score]:
+    """The one evaluation routine (``train``, ``sweep`` and ``eval``): one sequential read
+    of the union of the jobs' rows; each job sees its own rows in batches of its size, so
+    a run scores the same alone, in a sweep and as a saved adapter."""
+    if not jobs:
+        return []
+    union = np.unique(np.concatenate([j.rows for j in jobs]))
+    layers = sorted({i for j in jobs for i in j.layers})
+    groups: dict[tuple, tuple[Consumer, list[int]]] = {}
+    for k, j in enumerate(jobs):
+        keep = None if len(j.rows) == len(union) else keep_mask(j.rows)
+        groups.setdefault((j.task, j.batch), (Consumer(j.batch, keep), []))[1].append(k)
+    scores = [Score(j.num_classes, inputs.device) for j in jobs]
+    feed = inputs.feed(RowOrder(union, inputs.eval_window(union, layers), 0), union, layers,
+                       jobs[0].batch)
+    was = [j.model.training for j in jobs]
+    for j in jobs:
+        j.model.eval()
     try:
         for piece in [*_finite(feed), None]:
             for consumer, members in groups.values():
                 done = consumer.flush() if piece is None else consumer.feed(piece)
                 for feats, rows in done:
                     feats = _to(feats, inputs.device)
-                    for r in members:
-                        labels = r.labels_of(rows)
-                        with torch.autocast(labels.device.type, dtype=torch.bfloat16,
-                                            enabled=r.amp):
-                            logits = r.model(feats).float()
-                        s = sums[id(r)]
-                        s[0] += float(F.cross_entropy(logits, labels, reduction="sum"))
-                        s[1] += int((logits.argmax(1) == labels).sum())
-                        s[2] += len(labels)
+                    for k in members:
+                        _score(jobs[k], feats, rows, scores[k])
     finally:
         inputs.close_feed(feed)
-        for r in runs:
-            r.model.train(was[id(r)])
-    return {k: {"acc": c / max(1, n), "loss": loss / max(1, n), "n": n}
-            for k, (loss, c, n) in sums.items()}
+        for j, training in zip(jobs, was, strict=True):
+            j.model.train(training)
+    return scores
+
+
+def _score(job: EvalJob, feats: dict[int, torch.Tensor], rows: np.ndarray,
+           score: Score) -> None:
+    labels = torch.from_numpy(job.labels[rows]).to(score.count.device, non_blocking=True)
+    with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=job.amp):
+        logits = job.model(feats).float()  # (b, C)
+    score.add(logits, labels)
 
 
 def _finite(feed: Feed) -> Iterator[Any]:

@@ -15,7 +15,7 @@ side network's parameters.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,7 @@ class LiveSource:
                                row_bytes=b.tokens * b.dim * 4, frames=b.time_steps)
         self.images = TorchImages(self.dataset, b.transform(), self.dataset_rows)
         self._pruned: int | None = None
+        self._loaders: dict[tuple, tuple[DataLoader, _Planned]] = {}  # evaluation's
 
     def task(self, name: str | None) -> TaskData:
         if name not in (None, self.task_name):
@@ -124,18 +125,38 @@ class LiveSource:
         self.prune(layers)
         return LiveFeed(self, order, rows, layers, piece_rows, workers)
 
+    def loader(self, plans: Callable[[], Iterator[Any]], workers: int, key: tuple | None = None
+               ) -> tuple[DataLoader, _Planned]:
+        """A loader decoding the planned pieces in ``workers`` processes. With a ``key`` (a
+        sequential pass: evaluation) it is made once and keeps its workers, so periodic
+        evaluation of the same rows does not start new ones each time."""
+        if key in self._loaders:
+            return self._loaders[key]
+        sampler, kwargs = _Planned(plans), {}
+        if workers > 0:  # zarr/timm threads in this process: never fork it
+            kwargs = {"multiprocessing_context": worker_context(), "prefetch_factor": 4,
+                      "persistent_workers": key is not None}
+        made = DataLoader(self.images, batch_sampler=sampler, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", **kwargs), sampler
+        if key is not None:
+            self._loaders[key] = made
+        return made
+
     def close(self) -> None:
-        pass
+        """Stop the evaluation workers (a loader's workers end with its last reference)."""
+        self._loaders.clear()
 
 
 class _Planned(Sampler):
-    """A batch sampler over planned pieces; remembers their positions, in order."""
+    """A batch sampler over planned pieces; remembers their positions, in order. Each
+    pass over it plans afresh (``plans()``), so a persistent loader can replay it."""
 
-    def __init__(self, plans: Iterator[tuple[np.ndarray, np.ndarray]]) -> None:
+    def __init__(self, plans: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]) -> None:
         self.plans, self.positions = plans, deque()
 
     def __iter__(self) -> Iterator[list[int]]:
-        for pos, rows in self.plans:
+        self.positions.clear()  # what an abandoned pass left
+        for pos, rows in self.plans():
             self.positions.append((pos, rows))
             yield rows.tolist()
 
@@ -155,14 +176,14 @@ class LiveFeed:
         self.images = 0
 
     def pieces(self, offset: int, loop: bool, shuffle: bool) -> Iterator[Piece]:
-        sampler = _Planned(rechunk(planned(self.order, self.keep, offset, loop, shuffle),
-                                   self.piece_rows))
-        kwargs: dict[str, Any] = {}
-        if self.workers > 0:  # zarr/timm threads in this process: never fork it
-            kwargs = {"multiprocessing_context": worker_context(), "prefetch_factor": 4}
-        loader = DataLoader(self.source.images, batch_sampler=sampler,
-                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                            **kwargs)
+        def plans() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            return rechunk(planned(self.order, self.keep, offset, loop, shuffle),
+                           self.piece_rows)
+
+        key = None if loop or shuffle else (  # a sequential pass (evaluation): kept
+            self.order.rows.tobytes(), None if self.keep is None else self.keep.tobytes(),
+            self.piece_rows, offset, self.workers)
+        loader, sampler = self.source.loader(plans, self.workers, key)
         for x, _dataset_rows, ok, _errors in loader:
             pos, rows = sampler.positions.popleft()
             keep = ok.numpy().astype(bool)

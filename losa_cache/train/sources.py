@@ -94,9 +94,13 @@ def resolve_splits(cfg: Any, available: Sequence[str]) -> dict[str, str | None]:
 class StoreSource:
     """Features read from a complete feature store."""
 
-    def __init__(self, path: str, storage_options: dict | None = None) -> None:
-        self.store: FeatureStore = open_store(path, storage_options)
-        self.store.require_complete()
+    def __init__(self, path: str | FeatureStore, storage_options: dict | None = None) -> None:
+        # an open store is taken as it is: `eval` scores the finished shards of one opened
+        # with allow_incomplete
+        opened = isinstance(path, FeatureStore)
+        self.store: FeatureStore = path if opened else open_store(path, storage_options)
+        if not (opened and self.store.allow_incomplete):
+            self.store.require_complete()
         s = self.store
         if s.dtype not in TORCH_DTYPES:  # int8: the store API dequantizes, the reader not yet
             raise StoreError(

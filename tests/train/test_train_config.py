@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+from typing import Any
+
 import pytest
 
 from losa_cache.train import TrainConfig
@@ -61,3 +64,36 @@ def test_plan_scales_down_for_small_data() -> None:
     assert small["batch_size"] == 64 and small["lr"] == pytest.approx(0.05 * 64 / 512)
     assert TrainConfig(store="s", epochs=3).plan(100)["steps"] == 3
     assert TrainConfig(store="s", optimizer="adamw").plan(64)["lr"] == 1e-3  # not scaled
+
+
+def _method_options() -> list[tuple[str, Any]]:
+    """(method, field) for every option field of every registered side network."""
+    from losa_cache.side import get_side_class, list_sides
+
+    return [(name, f) for name in list_sides()
+            if (opts := get_side_class(name).options) is not None
+            for f in fields(opts) if f.name != "layers"]  # TrainConfig's layers: a spec string
+
+
+@pytest.mark.parametrize(("method", "option"), _method_options(),
+                         ids=lambda v: getattr(v, "name", v))
+def test_every_method_option_comes_from_its_method_module(method: str, option: Any) -> None:
+    """The same default and range as the method module's options dataclass (the flag is
+    generated from the TrainConfig field, so it exists and validates the same way)."""
+    mine = {f.name: f for f in fields(TrainConfig)}
+    assert option.name in mine, f"{method}'s option {option.name} has no TrainConfig field"
+    f = mine[option.name]
+    assert f.default == option.default
+    for rule in ("min", "above", "below", "choices"):
+        assert f.metadata.get(rule) == option.metadata.get(rule), (option.name, rule)
+
+
+def test_method_options_reach_the_side_network(micro_store: str) -> None:
+    from losa_cache.train.sources import StoreSource, build_side_config
+
+    info = StoreSource(micro_store).info
+    cfg = TrainConfig(store=micro_store, method="transformer", hidden=8, alpha_init=0.5)
+    side = build_side_config(cfg, info, 3)
+    assert (side.hidden, side.alpha_init) == (8, 0.5)
+    with pytest.raises(ValueError, match="--hidden must be an integer >= 1, got 0"):
+        TrainConfig(store="s", hidden=0)
