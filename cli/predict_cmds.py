@@ -211,13 +211,13 @@ def evaluate(
 
 def _evaluate_videos(loaded: Any, dataset: str, split: str, clips: int, crops: int,
                      limit: int | None, weights: dict[str, Any], device: str,
-                     batch_size: int) -> dict[str, Any]:
+                     batch_size: int | None) -> dict[str, Any]:
     from losa_cache.extract import pick_device
     from losa_cache.predict_video import evaluate_videos, video_backbone
 
     backbone = video_backbone(loaded, pick_device(device), **weights)
     result = evaluate_videos(loaded, backbone, dataset, split, clips, crops,
-                             batch_size=min(batch_size, 64), limit=limit)
+                             batch_size=batch_size or 8, limit=limit)  # views per forward
     for bad in result["skipped"]:
         typer.echo(f"skipped {bad['error']}", err=True)
     return result

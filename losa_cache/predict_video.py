@@ -34,7 +34,8 @@ from losa_cache.data.video import (
     open_video,
 )
 from losa_cache.extract import select_rows
-from losa_cache.predict import image_logits, prepare_backbone, score_logits
+from losa_cache.predict import image_logits, prepare_backbone
+from losa_cache.train.engine import Score
 
 __all__ = [
     "evaluate_videos",
@@ -228,7 +229,16 @@ def evaluate_videos(
         target.append(int(labels[r]))
     if not scored:
         raise ValueError(f"split {split!r} of {dataset} has no decodable labelled videos")
-    result = score_logits(torch.stack(logits), torch.tensor(target), adapter.classes)
+    score = Score(adapter.config.num_classes, torch.device("cpu"))  # the engine's sums
+    score.add(torch.stack(logits), torch.tensor(target))
+    result = {
+        "accuracy": score.accuracy,
+        "correct": int(score.correct.sum()),
+        "count": score.n,
+        "loss": score.loss,
+        "mean_class_accuracy": score.mean_class_accuracy(),
+        "per_class": score.per_class(adapter.classes),
+    }
     return {
         **result,
         "split": split,
