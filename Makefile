@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .install.stamp
 
-.PHONY: install demo test lint format bench accuracy clean
+.PHONY: install demo test lint format bench accuracy video clean
 
 $(STAMP): pyproject.toml
 	$(PIP) install -e '.[dev]'
@@ -34,6 +34,11 @@ bench: install
 # One thread: on a shared 2-core box OpenMP oversubscription made training ~10x slower.
 accuracy: install
 	OMP_NUM_THREADS=1 $(PYTHON) -m losa_cache.pipelines.accuracy --out runs/accuracy
+
+# Video: linear vs LoSA without / with Eq. 6's temporal mixer on generated motion clips
+# (CIFAR-10 objects moving 4 ways, direction = label; ~10 min on CPU, numbers as they come).
+video: install
+	OMP_NUM_THREADS=1 $(PYTHON) -m losa_cache.pipelines.video --out runs/video
 
 clean:
 	rm -rf demo_out $(STAMP) .pytest_cache .ruff_cache

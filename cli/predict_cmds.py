@@ -14,6 +14,10 @@ from losa_cache.cli.common import emit_json, table, user_errors
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 AdapterOpt = Annotated[Path, typer.Option(
     help="Adapter directory (adapter.json + adapter.safetensors) written by `train --out`.")]
+ClipsOpt = Annotated[int, typer.Option(
+    help="Video: temporal clips per video, spread evenly over it (Table 13: 4).")]
+CropsOpt = Annotated[int, typer.Option(
+    help="Video: spatial crops per clip along the longer side (Table 13: 3).")]
 
 
 def predict(
@@ -38,10 +42,13 @@ def predict(
     json_out: JsonOpt = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV, one row per image.")
                        ] = False,
+    clips: ClipsOpt = 4,
+    crops: CropsOpt = 3,
 ) -> None:
     """Classify images with the live backbone + adapter; undecodable images are reported.
 
-    Refuses a backbone other than the one the adapter was trained on.
+    Refuses a backbone other than the one the adapter was trained on. A video adapter
+    (ViViT) classifies video files instead, from the mean logits of --clips x --crops views.
 
     Example: losa-cache predict --adapter runs/cifar --model vit_b --pretrained photos/ --top-k 3
     """
@@ -49,17 +56,29 @@ def predict(
     from losa_cache.backbone import create_backbone
     from losa_cache.extract import pick_device
     from losa_cache.predict import find_images, predict_images
+    from losa_cache.predict_video import is_video_adapter
 
     with user_errors():
         if json_out and csv_out:
             raise ValueError("choose one of --json and --csv")
-        files = find_images(images)
         loaded = load_adapter(adapter)
+        if is_video_adapter(loaded):
+            weights = dict(checkpoint=checkpoint, pretrained=pretrained,
+                           random_init=random_init, seed=seed)
+            rows = _predict_videos(loaded, images, model, weights, pick_device(device),
+                                   clips, crops, top_k, max_pixels)
+            return _show_predictions(rows, loaded, top_k, json_out, csv_out)
+        files = find_images(images)
         backbone = create_backbone(model or loaded.fingerprint["model"], checkpoint=checkpoint,
                                    pretrained=pretrained, random_init=random_init, seed=seed,
                                    device=pick_device(device))
         rows = predict_images(loaded, backbone, files, batch_size=batch_size, top_k=top_k,
                               max_pixels=max_pixels)
+    _show_predictions(rows, loaded, top_k, json_out, csv_out)
+
+
+def _show_predictions(rows: list[dict[str, Any]], loaded: Any, top_k: int, json_out: bool,
+                      csv_out: bool) -> None:
     if json_out:
         emit_json(rows)
     elif csv_out:
@@ -67,6 +86,20 @@ def predict(
     else:
         typer.echo(_predictions_table(rows))
     _report_failures(rows)
+
+
+def _predict_videos(loaded: Any, paths: list[Path], model: str | None, weights: dict[str, Any],
+                    device: Any, clips: int, crops: int, top_k: int,
+                    max_pixels: int | None) -> list[dict[str, Any]]:
+    """Video files through the adapter's ViViT, multi-view (predict_video.py)."""
+    from losa_cache.predict_video import find_videos, predict_videos, video_backbone
+
+    if model is not None and model != loaded.fingerprint["model"]:
+        raise ValueError(f"the adapter was trained on {loaded.fingerprint['model']}; drop "
+                         f"--model {model} (video adapters rebuild their own ViViT)")
+    backbone = video_backbone(loaded, device, **weights)
+    return predict_videos(loaded, backbone, find_videos(paths), clips, crops, top_k,
+                          max_pixels=max_pixels)
 
 
 def predictions_csv(rows: list[dict[str, Any]], k: int) -> str:
@@ -106,7 +139,8 @@ def _report_failures(rows: list[dict[str, Any]]) -> None:
 
 def evaluate(
     adapter: AdapterOpt,
-    store: Annotated[str, typer.Option(help="Store path or URL with the adapter's layers.")],
+    store: Annotated[str | None, typer.Option(
+        help="Store path or URL with the adapter's layers.")] = None,
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
     task: Annotated[str | None, typer.Option(
         help="Labelling to score against (default: the adapter's task, else the store's).")
@@ -121,13 +155,27 @@ def evaluate(
         help="Score an incomplete store's finished shards (says what fraction that is).")
                                 ] = False,
     json_out: JsonOpt = False,
+    dataset: Annotated[str | None, typer.Option(
+        help="Video: score a data set's clips live instead of a store (multi-view).")] = None,
+    clips: ClipsOpt = 4,
+    crops: CropsOpt = 3,
+    limit: Annotated[int | None, typer.Option(help="Video: at most N videos of the split.")
+                     ] = None,
+    checkpoint: Annotated[str | None, typer.Option(
+        help="Video: the backbone weights (as for train --live).")] = None,
+    pretrained: Annotated[bool, typer.Option(help="Video: timm weights, local cache.")] = False,
+    random_init: Annotated[bool, typer.Option(help="Video: random weights (tests).")] = False,
+    seed: Annotated[int, typer.Option(help="Video: seed of --random-init.")] = 0,
+    device: Annotated[str, typer.Option(help="Video: auto | cpu | cuda | cuda:N.")] = "auto",
 ) -> None:
     """Score an adapter on a store split's cached features: accuracy, loss, per class.
 
     Scored by the training engine's evaluation, in the adapter's training batch size and
     precision by default: the numbers equal the test/val numbers of its metrics.json.
     Refuses an incomplete store unless --allow-incomplete; stops at the first damaged
-    chunk (every read is checked against the crc32c written with it).
+    chunk (every read is checked against the crc32c written with it). A video adapter can
+    instead score --dataset live, from the mean logits of --clips x --crops views per
+    video (the paper's multi-view protocol, Table 13).
 
     Example: losa-cache eval --adapter runs/cifar --store stores/cifar.zarr --split test
     """
@@ -135,7 +183,20 @@ def evaluate(
     from losa_cache.predict import evaluate_store
     from losa_cache.store import open_store
 
+    if dataset is not None:
+        weights = dict(checkpoint=checkpoint, pretrained=pretrained, random_init=random_init,
+                       seed=seed)
+        with user_errors():
+            if store is not None:
+                raise ValueError("give --store (cached features) or --dataset (video, "
+                                 "multi-view), not both")
+            result = _evaluate_videos(load_adapter(adapter), dataset, split, clips, crops,
+                                      limit, weights, device, batch_size)
+        return _show_eval(result, json_out, f"{dataset} ({clips}x{crops} views)")
     with user_errors():
+        if store is None:
+            raise ValueError("give --store (the features to score), or --dataset for a "
+                             "video adapter")
         result = evaluate_store(load_adapter(adapter),
                                 open_store(store, allow_incomplete=allow_incomplete),
                                 split=split, task=task, batch_size=batch_size,
@@ -145,10 +206,28 @@ def evaluate(
                    f"{result['scorable_rows']} rows of split {result['split']} "
                    f"({result['scored_fraction']:.1%}): rerun `losa-cache extract` to finish",
                    err=True)
+    _show_eval(result, json_out, result["store"])
+
+
+def _evaluate_videos(loaded: Any, dataset: str, split: str, clips: int, crops: int,
+                     limit: int | None, weights: dict[str, Any], device: str,
+                     batch_size: int | None) -> dict[str, Any]:
+    from losa_cache.extract import pick_device
+    from losa_cache.predict_video import evaluate_videos, video_backbone
+
+    backbone = video_backbone(loaded, pick_device(device), **weights)
+    result = evaluate_videos(loaded, backbone, dataset, split, clips, crops,
+                             batch_size=batch_size or 8, limit=limit)  # views per forward
+    for bad in result["skipped"]:
+        typer.echo(f"skipped {bad['error']}", err=True)
+    return result
+
+
+def _show_eval(result: dict[str, Any], json_out: bool, where: str) -> None:
     if json_out:
         emit_json(result)
         return
-    typer.echo(f"{result['store']} split {result['split']}, task {result['task']}: accuracy "
+    typer.echo(f"{where} split {result['split']}, task {result['task']}: accuracy "
                f"{result['accuracy']:.4f} ({result['correct']}/{result['count']}), "
                f"mean class accuracy {result['mean_class_accuracy']:.4f}, "
                f"loss {result['loss']:.4f}")

@@ -48,6 +48,9 @@ VIDEO_ALIASES: dict[str, VideoAlias] = {
         VideoAlias(
             "vivit_test", "vit_micro", 4, 2, "tiny ViViT for tests: 4 frames of 32 px (vit_micro)"
         ),
+        VideoAlias(
+            "vivit_demo", "demo", 8, 2, "tiny ViViT from the embedded demo ViT: 8 frames, 32 px"
+        ),
     ]
 }
 

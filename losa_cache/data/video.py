@@ -288,28 +288,28 @@ class FrameFolderDataset(VideoRows, ImageFolderDataset):
 
 
 def clip_views(
-    dataset: VideoRows,
-    index: int,
+    source: FrameSource,
+    sampling: ClipSampling,
     transform: Callable[[Image.Image], torch.Tensor],
     temporal_clips: int = 4,
     spatial_crops: int = 3,
     crop: int | None = None,
 ) -> torch.Tensor:
-    """Every evaluation view of row ``index``: (temporal_clips x spatial_crops, C, F, H, W).
+    """Every evaluation view of one video: (temporal_clips x spatial_crops, C, F, H, W).
 
-    Temporal views start evenly over the video (:meth:`ClipSampling.view_starts`); spatial
-    views are ``spatial_crops`` square crops of side ``crop`` (default: the transform's
-    output height) spread along the longer side of each transformed frame, left/top to
-    right/bottom (3 crops: the usual left, centre, right). ``transform`` must keep the
-    longer side (e.g. a resize of the shorter side only) when ``spatial_crops > 1``.
+    Temporal views start evenly over the video (:meth:`ClipSampling.view_starts`); one
+    temporal view is the clip ``sampling`` places (its protocol), the single-view clip.
+    Spatial views are ``spatial_crops`` square crops of side ``crop`` (default: the
+    transform's output height) spread along the longer side of each transformed frame,
+    left/top to right/bottom (3 crops: the usual left, centre, right). ``transform`` must
+    keep the longer side (e.g. a resize of the shorter side only) when ``spatial_crops > 1``.
     Views are ordered clip-major; averaging their logits is the caller's part.
     """
     if temporal_clips < 1 or spatial_crops < 1:
         raise ValueError("temporal_clips and spatial_crops must be >= 1")
-    source = dataset.frames_of(index)
-    sampling = dataset.sampling
+    starts = [None] if temporal_clips == 1 else sampling.view_starts(source.count, temporal_clips)
     views = []
-    for start in sampling.view_starts(source.count, temporal_clips):
+    for start in starts:
         frames = take(source, sampling.indices(source.count, start))
         clip = torch.stack([transform(f) for f in frames], dim=1)  # (C, F, H, W)
         views += _spatial_crops(clip, spatial_crops, crop)

@@ -68,6 +68,13 @@ class SideConfig:
             "(frame-major) and token mixing is spatial + temporal (Eq. 6)."
         },
     )
+    temporal: bool = field(
+        default=True,
+        metadata={
+            "help": "Video (frames > 1): token mixing adds g_temporal to g_spatial (Eq. 6); "
+            "False keeps g_spatial only. Ignored for images."
+        },
+    )
     pool: str = field(
         default="auto",
         metadata={

@@ -16,8 +16,12 @@ Choices the paper leaves open:
   channel; ...). Eq. 5's wording (parity of the backbone index) would make the last
   block of ViT-g (block 40) token mixing, but Table 5's 1-layer count (0.184 M) is a
   channel layer, not a token layer (0.033 M).
-* Token mixing runs over all T tokens, prefix tokens included (images). In video mode
-  prefix tokens get no token update (see ``VideoTokenMixer``).
+* Token mixing runs over all T tokens, prefix tokens included (images). Video (the
+  store's token layout says ``frames`` > 1, recorded at extraction) uses Eq. 6 on the
+  token layers: g_spatial over the grid of each frame + g_temporal over the frames of
+  each grid position (``temporal=False``: g_spatial only, the ablation). Prefix tokens
+  are neither, so they get no token update there (their channel layers still refine
+  them) and the head pools the mean of the non-prefix tokens (``SideConfig.pool``).
 * W_u and its bias start at zero, alpha at ``alpha_init`` (1.0): a fresh network
   outputs exactly b_L, i.e. training starts from the linear probe. W_d gets gradient
   from the second step on (like LoRA's B = 0 init).
@@ -45,6 +49,11 @@ Parameter counts (head excluded, biases included) against the paper, precisely:
   paper counts outside the side layers). We keep the formula that is exact for Table 1
   and Table 5's 40-layer row; tests/side/test_side_losa.py and test_side_family.py test
   what is exact and the fits above.
+* Video, Table 2 (ViViT at 32 frames, 2x14x14 tubelets: 16 frames x 256 grid + CLS, r 64,
+  all blocks): ours 3.206 / 4.338 / 5.999 / 7.461 M for H / g / G / e against the paper's
+  3.61 / 4.78 / 6.53 / 8.03 M, i.e. 315 / 314 / 319 / 318 x D more in the paper: the same
+  kind of constant as its image counts (~330 D), again nothing per layer
+  (tests/video/test_video_mixer.py checks ours exactly and this gap).
 """
 
 from __future__ import annotations
@@ -92,6 +101,9 @@ class LosaOptions:
         "block).", choices=TAPS))
     alpha_init: float = field(default=1.0, metadata=metadata(
         "Initial value of each side layer's scale alpha (Eq. 4)."))
+    temporal: bool = field(default=True, metadata=metadata(
+        "Video: token layers add g_temporal over the frames to g_spatial (Eq. 6); "
+        "--no-temporal keeps g_spatial only (frames never mix: the ablation)."))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -120,7 +132,9 @@ def _build_mixer(kind: str, config: SideConfig) -> nn.Module:
         return ChannelMixer(config.dim, r, a)
     if config.frames == 1:
         return TokenMixer(config.tokens, r, a)
-    return VideoTokenMixer(config.prefix_tokens, config.frames, config.spatial_tokens, r, a)
+    return VideoTokenMixer(
+        config.prefix_tokens, config.frames, config.spatial_tokens, r, a, config.temporal
+    )
 
 
 def _mixer_params(kind: str, config: SideConfig) -> int:
@@ -129,7 +143,7 @@ def _mixer_params(kind: str, config: SideConfig) -> int:
         return adaptor_params(config.dim, r)
     if config.frames == 1:
         return adaptor_params(config.tokens, r)
-    return adaptor_params(config.spatial_tokens, r) + adaptor_params(config.frames, r)
+    return VideoTokenMixer.count_params(config.frames, config.spatial_tokens, r, config.temporal)
 
 
 @register_side("losa")

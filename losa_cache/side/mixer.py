@@ -114,26 +114,41 @@ class VideoTokenMixer(nn.Module):
     """g_token for video (Eq. 6): g_spatial + g_temporal over frame-major tokens.
 
     Tokens are ``prefix + frames x spatial``. g_spatial mixes the spatial tokens of each
-    frame, g_temporal the frames at each spatial position. Prefix tokens are not
-    spatiotemporal, so g_token is zero on them: they pass through this layer by the
-    residual of Eq. 3 and are refined by the channel layers only.
+    frame (the image :class:`TokenMixer`'s map over the grid, shared by all frames),
+    g_temporal the frames at each spatial position (one map shared by all positions).
+    Prefix tokens are not spatiotemporal, so g_token is zero on them: they pass through
+    this layer by the residual of Eq. 3 and are refined by the channel layers only.
+    ``temporal=False`` drops g_temporal (the ablation: frames never mix in the side network).
     """
 
     kind = "token"
 
     def __init__(
-        self, prefix: int, frames: int, spatial: int, rank: int, alpha_init: float = 1.0
+        self,
+        prefix: int,
+        frames: int,
+        spatial: int,
+        rank: int,
+        alpha_init: float = 1.0,
+        temporal: bool = True,
     ) -> None:
         super().__init__()
         self.prefix, self.frames, self.spatial = prefix, frames, spatial
         self.spatial_adaptor = LowRankAdaptor(spatial, rank, alpha_init)
-        self.temporal_adaptor = LowRankAdaptor(frames, rank, alpha_init)
+        self.temporal_adaptor = LowRankAdaptor(frames, rank, alpha_init) if temporal else None
+
+    @staticmethod
+    def count_params(frames: int, spatial: int, rank: int, temporal: bool = True) -> int:
+        """Learned parameters: one adaptor over the grid, plus one over the frames."""
+        return adaptor_params(spatial, rank) + (adaptor_params(frames, rank) if temporal else 0)
 
     def forward(self, x: Tensor) -> Tensor:
         B, _, D = x.shape
         v = x[:, self.prefix :]  # (B, F*S, D), a view
-        spatial = self.spatial_adaptor.along(v.unflatten(1, (self.frames, self.spatial)))
-        temporal = self.temporal_adaptor.along(v.reshape(B, self.frames, -1))  # (B, F, S*D)
-        mixed = spatial.view(B, -1, D) + temporal.view(B, -1, D)  # (B, F*S, D)
+        mixed = self.spatial_adaptor.along(v.unflatten(1, (self.frames, self.spatial)))
+        mixed = mixed.reshape(B, -1, D)  # (B, F*S, D)
+        if self.temporal_adaptor is not None:
+            temporal = self.temporal_adaptor.along(v.reshape(B, self.frames, -1))  # (B, F, S*D)
+            mixed = mixed + temporal.view(B, -1, D)
         prefix = mixed.new_zeros(B, self.prefix, D)  # (B, P, D): no token update for prefix
         return torch.cat([prefix, mixed], dim=1)  # (B, T, D)

@@ -32,6 +32,9 @@ AMP = ("auto", "bf16", "fp32")
 PAPER_BATCH, PAPER_STEPS, PAPER_WARMUP = 512, 20_000, 500
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WD = {"sgd": 0.0, "adamw": 0.05}
+#: live video clips: data/video.py's CLIP_PROTOCOLS and backbone/vivit.py's INFLATIONS, spelt
+#: out so that training from a store never imports the image stack (test_lean_imports.py)
+CLIP_PROTOCOLS, INFLATIONS = ("centre", "start"), ("central", "average")
 DEFAULT_EPOCHS = 100  # the usual VTAB-1k budget; caps the 20k paper steps on small data
 
 #: Fields that do not change the maths of a run: they may differ on --resume.
@@ -60,6 +63,7 @@ class TrainConfig:
     hidden: int = inherit(TransformerOptions, "hidden")
     layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
                               "all | last:N | evenly:N | 3,6,-1 (0-based).")
+    temporal: bool = inherit(LosaOptions, "temporal")
     pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "
                            "mean.", choices=POOLS)
     start: str = inherit(LosaOptions, "start")
@@ -123,6 +127,13 @@ class TrainConfig:
     dataset: str | None = _f(None, "Live: data set spec (as for extract).")
     data_root: str | None = _f(None, "Live: root folder of inat data sets.")
     limit: int | None = _f(None, "Live: at most N images per split (extract's --limit).", min=1)
+    frames: int | None = _f(None, "Live video: frames per clip (default: the model's; "
+                                  "extract's --frames).", min=1)
+    stride: int = _f(2, "Live video: take every N-th frame (extract's --stride).", min=1)
+    clip: str = _f("centre", "Live video: clip placement (extract's --clip).",
+                   choices=CLIP_PROTOCOLS)
+    inflation: str = _f("central", "Live video: tubelet init from the 2D patch kernel "
+                                   "(extract's --inflation).", choices=INFLATIONS)
     lora_targets: str = inherit(BaselineOptions, "lora_targets")
     lora_alpha: float | None = inherit(BaselineOptions, "lora_alpha")
     prompt_tokens: int = inherit(BaselineOptions, "prompt_tokens")

@@ -27,9 +27,11 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from losa_cache.backbone import Backbone, create_backbone
+from losa_cache.backbone.vivit import VIDEO_ALIASES, video_alias
 from losa_cache.baselines.methods import IMAGES
 from losa_cache.data import TorchImages, get_dataset
 from losa_cache.data.torch_dataset import worker_context
+from losa_cache.data.video import ClipSampling, VideoRows
 from losa_cache.extract import select_rows
 from losa_cache.store import StoreError
 from losa_cache.store import schema as S
@@ -39,7 +41,7 @@ from losa_cache.train.order import RowOrder
 from losa_cache.train.run import use_amp
 from losa_cache.train.sources import SourceInfo, TaskData
 
-__all__ = ["LiveFeed", "LiveSource", "frozen_features"]
+__all__ = ["LiveFeed", "LiveSource", "frozen_features", "live_sampling"]
 
 
 def frozen_features(backbone: Backbone, x: torch.Tensor, keys: Sequence[Key],
@@ -87,6 +89,18 @@ def live_taps(model: torch.nn.Module, depth: int) -> tuple[str, ...]:
     return (*(f"{kind}:{b}" for kind in ("attn", "mlp") for b in range(depth)), *keys)
 
 
+def live_sampling(cfg: Any) -> ClipSampling | None:
+    """The clips a live ViViT reads (extract's --frames/--stride/--clip); None for images.
+
+    A sweep config has no clip fields (yet): it gets the model's clip length, stride 2,
+    centre clip, extract's defaults."""
+    va = video_alias(cfg.model)
+    if va is None:
+        return None
+    return ClipSampling(getattr(cfg, "frames", None) or va.frames, getattr(cfg, "stride", 2),
+                        getattr(cfg, "clip", "centre"))
+
+
 class LiveSource:
     """A backbone and a data set standing in for a store (``cfg``: a TrainConfig or a
     SweepConfig, whose live fields name them)."""
@@ -95,10 +109,18 @@ class LiveSource:
         if not (cfg.model and cfg.dataset):
             raise ValueError("--live needs --model and --dataset (the backbone runs on images)")
         self.device, self.amp_mode = device, cfg.amp
+        sampling = live_sampling(cfg)
         self.backbone = create_backbone(cfg.model, checkpoint=cfg.checkpoint,
                                         pretrained=cfg.pretrained, random_init=cfg.random_init,
-                                        seed=cfg.init_seed, device=device)
-        self.dataset = get_dataset(cfg.dataset, data_root=cfg.data_root)
+                                        seed=cfg.init_seed, device=device,
+                                        frames=getattr(cfg, "frames", None),
+                                        inflation=getattr(cfg, "inflation", "central"))
+        if sampling is not None:  # part of the fingerprint, as extract records it
+            self.backbone.sampling = {"stride": sampling.stride, "clip": sampling.clip}
+        self.dataset = get_dataset(cfg.dataset, data_root=cfg.data_root, sampling=sampling)
+        if sampling is None and isinstance(self.dataset, VideoRows):
+            raise ValueError(f"{cfg.dataset} holds videos but {cfg.model} is an image model: "
+                             f"pick a video backbone ({', '.join(VIDEO_ALIASES)})")
         self.task_name = self.dataset.task or "default"
         rows, splits = select_rows(self.dataset, cfg.limit, None)  # store rows -> data set rows
         self.dataset_rows = np.asarray(rows, dtype=np.int64)
@@ -110,7 +132,8 @@ class LiveSource:
                                fingerprint=b.fingerprint(), splits=list(splits),
                                default_task=self.task_name, dtype=torch.float32,
                                row_bytes=b.tokens * b.dim * 4,
-                               taps=live_taps(b.model, b.depth), tap_names=("live",))
+                               taps=live_taps(b.model, b.depth), tap_names=("live",),
+                               frames=b.time_steps)
         self.images = TorchImages(self.dataset, b.transform(), self.dataset_rows)
         self._pruned: int | None = None
         self._loaders: dict[tuple, tuple[DataLoader, _Planned]] = {}  # evaluation's

@@ -60,6 +60,7 @@ class SourceInfo:
         (int8: codes and scales), a ``sum:k`` derived from blocks its fp32 map."""
         held = set(self.keys)
         return sum(self.row_bytes if k in held else 4 * self.tokens * self.dim for k in keys)
+    frames: int = 1  # token frames: video tokens are prefix + frames x grid (Eq. 6's layout)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ class StoreSource:
             default_task=s.default_task,
             dtype=TORCH_DTYPES.get(s.dtype, torch.float32),  # int8: dequantized to fp32
             row_bytes=s.layout.row_bytes, taps=tuple(k for k in held if isinstance(k, str)),
-            tap_names=tuple(s.taps))
+            tap_names=tuple(s.taps),
+            frames=int(s.token_layout.get("frames", 1)))
 
     def task(self, name: str | None) -> TaskData:
         task = name or self.store.default_task
@@ -160,12 +162,13 @@ def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> S
     if spec == "store":  # a store of taps alone (e.g. sum:k for MIST): the network's default
         spec = ",".join(map(str, info.layers)) or "all"
     options = {f.name: getattr(cfg, f.name) for f in fields(SideConfig)
-               if hasattr(cfg, f.name) and f.name not in ("layers", "method")}  # rank, pool...
+               if hasattr(cfg, f.name) and f.name not in ("layers", "method", "frames")}
+    # rank, pool...; frames come from the features (cfg.frames counts a live clip's frames)
     # a live baseline's head is the linear probe's: on b_L of the backbone it trains
     method = "linear" if is_baseline(cfg.method) else cfg.method
     side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
                       num_classes=num_classes, method=method, layers=spec,
-                      prefix_tokens=info.prefix_tokens, **options)
+                      prefix_tokens=info.prefix_tokens, frames=info.frames, **options)
     need = side.required_layers
     missing = sorted(set(need) - set(info.layers))
     if missing:

@@ -16,7 +16,7 @@ def test_each_method_declares_its_options_with_help_and_ranges() -> None:
         own = fields(cls.options) if cls.options is not None else ()
         assert all(f.metadata["help"] for f in own), name
         assert cls.uses == tuple(f.name for f in own), name
-    assert LosaSide.uses == ("rank", "layers", "start", "taps", "alpha_init")
+    assert LosaSide.uses == ("rank", "layers", "start", "taps", "alpha_init", "temporal")
     assert get_side_class("linear").uses == ()
     with pytest.raises(ValueError, match="--rank must be an integer >= 1, got 0"):
         LosaOptions(rank=0)

@@ -176,7 +176,7 @@ def test_clip_views_cover_time_and_space(tmp_path: Path) -> None:
         x[1] = torch.arange(48.0)
         return x
 
-    views = clip_views(ds, 0, wide, temporal_clips=3, spatial_crops=3)
+    views = clip_views(ds.frames_of(0), ds.sampling, wide, temporal_clips=3, spatial_crops=3)
     assert views.shape == (9, 3, 2, 32, 32)
     starts = [round(float(views[3 * t, 0, 0].mean()) / 20) for t in range(3)]
     assert starts == [0, 4, 8]  # room 11 - 3 = 8, spread over 3 views
