@@ -12,8 +12,7 @@ import torch
 from losa_cache.store import direct, open_store
 
 
-def test_checked_reads_reuse_one_scratch_per_thread(kind_store: Callable[[str, str], str]
-                                                    ) -> None:
+def test_checked_reads_reuse_one_scratch_per_thread(kind_store: Callable[[str, str], str]) -> None:
     feats = open_store(kind_store("float16", "none")).features(1)
     reader = feats.direct
     assert reader is not None and reader.crc and reader.verify
