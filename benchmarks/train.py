@@ -80,7 +80,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_info, print_table, save
+from _common import device_info, extract_store, print_table, save
 
 MiB = 1 << 20
 MODES = ("plain", "stream", "ram", "gpu", "live")
@@ -204,27 +204,17 @@ def raw_read(
 
 
 def build_store(args: argparse.Namespace, folder: Path) -> str:
-    from losa_cache.extract import ExtractConfig, extract
-
     path = str(folder / "bench.zarr")
-    t0 = time.perf_counter()
-    res = extract(
-        ExtractConfig(
-            model=args.model,
-            random_init=args.random_init,
-            checkpoint=args.checkpoint,
-            dataset=args.dataset,
-            store=path,
-            layers=args.layers,
-            dtype=args.dtype,
-            limit=args.images,
-            workers=args.extract_workers,
-        ),
-        progress=False,
-    )
-    print(
-        f"store: {res.num_images} images extracted in {time.perf_counter() - t0:.1f} s "
-        f"({res.images_per_s:,.0f} img/s), {res.bytes_written / 1e6:,.1f} MB"
+    extract_store(
+        model=args.model,
+        random_init=args.random_init,
+        checkpoint=args.checkpoint,
+        dataset=args.dataset,
+        store=path,
+        layers=args.layers,
+        dtype=args.dtype,
+        limit=args.images,
+        workers=args.extract_workers,
     )
     return path
 
