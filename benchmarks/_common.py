@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing: device description, result JSON, tables."""
+"""Shared benchmark plumbing: device description, result JSON, tables, store extraction."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,21 @@ def save(name: str, payload: dict[str, Any]) -> Path:
     }
     out.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
     return out
+
+
+def extract_store(**fields: Any) -> Any:
+    """Extract a benchmark's store (``ExtractConfig`` fields), saying in one line what it
+    cost; returns the extract result."""
+    from losa_cache.extract import ExtractConfig, extract
+
+    t0 = time.perf_counter()
+    res = extract(ExtractConfig(**fields), progress=False)
+    print(
+        f"store {fields['store']}: {res.num_images} images of {fields.get('model')} extracted "
+        f"in {time.perf_counter() - t0:.1f} s ({res.images_per_s:,.0f} img/s), "
+        f"{res.bytes_written / 1e6:,.1f} MB"
+    )
+    return res
 
 
 def print_table(rows: list[dict[str, Any]], cols: list[str]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -95,26 +94,17 @@ def stale_wheels(folder: Path) -> list[str]:
 
 def build_store(args: argparse.Namespace) -> None:
     """One store per model for train.py and sweep.py (extract.py keeps its own, temporary)."""
-    from losa_cache.extract import ExtractConfig, extract
+    from _common import extract_store  # torch only here: carry and stale run without it
 
-    t0 = time.perf_counter()
-    res = extract(
-        ExtractConfig(
-            model=args.model,
-            random_init=args.random_init,
-            dataset=args.dataset,
-            store=args.store,
-            layers=args.layers,
-            limit=args.limit,
-            batch_size=args.batch_size,
-            workers=args.workers,
-        ),
-        progress=False,
-    )
-    print(
-        f"store {args.store}: {res.num_images} images of {args.model} in "
-        f"{time.perf_counter() - t0:.1f} s ({res.images_per_s:,.0f} img/s extracting), "
-        f"{res.bytes_written / 1e6:,.1f} MB"
+    extract_store(
+        model=args.model,
+        random_init=args.random_init,
+        dataset=args.dataset,
+        store=args.store,
+        layers=args.layers,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        workers=args.workers,
     )
 
 

@@ -51,6 +51,9 @@ def test_train_benchmark_runs_and_reports(bench, micro_store: str, tmp_path: Pat
     assert io["warm"]["reader"]["logical_bytes"] > 0
     assert io["warm"]["reader"]["verified"] and not io["warm"]["reader_unverified"]["verified"]
     assert io["warm"]["reader_unverified"]["logical_bytes"] > 0 and "verify_cost" in io["warm"]
+    checks = {(c["ratio"], c["amp"], c["measure"]): c["pass"] for c in payload["targets"]}
+    assert {("stream/live", a, "img_s_x_bs1") for a in ("bf16", "fp32")} <= set(checks)
+    assert set(checks.values()) <= {"PASS", "FAIL"}
     (saved,) = tmp_path.glob("train-*.json")
     doc = json.loads(saved.read_text())
     assert doc["benchmark"] == "train" and doc["runs"] and "versions" in doc
@@ -73,3 +76,23 @@ def test_tiled_store_repeats_the_rows_exactly(bench, micro_store: str, tmp_path:
         np.testing.assert_array_equal(tiled.features(layer)[:], expect)
     np.testing.assert_array_equal(tiled.labels(), np.tile(src.labels(), 3))
     assert verify_shards(tiled) == []  # the writer's checksums hold
+
+
+def test_targets_are_pass_fail_rows_per_precision(bench) -> None:
+    import torch
+
+    rat = [{"mode": "stream/live", "amp": "bf16", "img_s_x_bs32": 30.0, "mem_pct_bs1": 20.0,
+            "mem_pct_bs32": 120.0},
+           {"mode": "stream/plain", "amp": "bf16", "img_s_x_bs32": 0.8},
+           {"mode": "stream/live", "amp": "fp32", "img_s_x_bs32": 24.0}]  # fmt: skip
+    io = {"warm": {"efficiency": 0.75}}
+    rows = bench.target_checks(rat, io, 32, torch.device("cpu"))
+    got = {(r["ratio"], r["amp"], r["measure"]): (r["target"], r["pass"]) for r in rows}
+    assert got == {
+        ("stream/live", "bf16", "img_s_x_bs32"): (">= 25x", "PASS"),
+        ("stream/live", "bf16", "mem_pct_bs1"): ("<= 25%", "PASS"),
+        ("stream/live", "bf16", "mem_pct_bs32"): ("<= 100%", "FAIL"),
+        ("stream/plain", "bf16", "img_s_x_bs32"): (">= 0.9x", "FAIL"),
+        ("stream/live", "fp32", "img_s_x_bs32"): (">= 25x", "FAIL"),
+        ("reader/raw (warm)", "", "efficiency"): (">= 70%", "PASS"),
+    }

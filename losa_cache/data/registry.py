@@ -80,38 +80,43 @@ def _list(spec: str, arg: str, data_root: Path | None) -> ImageDataset:
     return VideoListDataset.of(dataset) if is_video_list(dataset) else dataset
 
 
+def _at_path(make: Callable[..., ImageDataset]) -> Builder:
+    """The builder of an adapter made from one path argument: ``make(path, spec=spec)``."""
+    return lambda spec, arg, root: make(_path(arg, root), spec=spec)
+
+
+#: adapters made from one path (``NAME:PATH``): name -> (``make(path, spec=)``, usage)
+PATH_ADAPTERS: dict[str, tuple[Callable[..., ImageDataset], str]] = {
+    "imagefolder": (
+        ImageFolderDataset.from_path,
+        "imagefolder:PATH  (PATH/<class>/... or PATH/{train,val,test}/<class>/...)",
+    ),
+    "vtab1k": (
+        Vtab1kDataset.from_path,
+        "vtab1k:PATH/TASK  (train800.txt, val200.txt, train800val200.txt, test.txt)",
+    ),
+    "kinetics": (
+        KineticsDataset.from_root,
+        "kinetics:ROOT  ({train,validate,test}.csv + ROOT/<split>/<id>_<start>_<end>.mp4)",
+    ),
+    "videofolder": (
+        VideoFolderDataset.from_path,
+        "videofolder:PATH  (PATH/<class>/<video> or PATH/{train,val,test}/<class>/<video>)",
+    ),
+    "framefolder": (
+        FrameFolderDataset.from_path,
+        "framefolder:PATH  (PATH/<class>/<clip folder>/<frame images>, split folders optional)",
+    ),
+}
+
 ADAPTERS: dict[str, Adapter] = {
     "demo": Adapter(_demo, "demo[:SEED]  (built-in procedural shapes, no files)", False),
-    "imagefolder": Adapter(
-        lambda spec, arg, root: ImageFolderDataset.from_path(_path(arg, root), spec=spec),
-        "imagefolder:PATH  (PATH/<class>/... or PATH/{train,val,test}/<class>/...)",
-        True,
-    ),
-    "vtab1k": Adapter(
-        lambda spec, arg, root: Vtab1kDataset.from_path(_path(arg, root), spec=spec),
-        "vtab1k:PATH/TASK  (train800.txt, val200.txt, train800val200.txt, test.txt)",
-        True,
-    ),
     "inat2018": Adapter(
         _inat("inat2018"), "inat2018[:PATH]  (train2018.json, val2018.json)", False
     ),
     "inat2021": Adapter(_inat("inat2021"), "inat2021[:PATH]  (train.json, val.json)", False),
     "list": Adapter(_list, "list:FILE  (lines '<path> <label> [<split>]'; images or videos)", True),
-    "kinetics": Adapter(
-        lambda spec, arg, root: KineticsDataset.from_root(_path(arg, root), spec=spec),
-        "kinetics:ROOT  ({train,validate,test}.csv + ROOT/<split>/<id>_<start>_<end>.mp4)",
-        True,
-    ),
-    "videofolder": Adapter(
-        lambda spec, arg, root: VideoFolderDataset.from_path(_path(arg, root), spec=spec),
-        "videofolder:PATH  (PATH/<class>/<video> or PATH/{train,val,test}/<class>/<video>)",
-        True,
-    ),
-    "framefolder": Adapter(
-        lambda spec, arg, root: FrameFolderDataset.from_path(_path(arg, root), spec=spec),
-        "framefolder:PATH  (PATH/<class>/<clip folder>/<frame images>, split folders optional)",
-        True,
-    ),
+    **{name: Adapter(_at_path(make), usage, True) for name, (make, usage) in PATH_ADAPTERS.items()},
 }
 
 

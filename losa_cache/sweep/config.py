@@ -49,6 +49,7 @@ METHOD_FIELDS = tuple(sorted({n for s in list_sides() for n in get_side_class(s)
                              & {f.name for f in fields(TrainConfig)}))
 #: SweepConfig fields every run's TrainConfig copies.
 SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_decay", "seed",
+               "max_memory", "compile",
                "cache", "device", "amp", "workers", "train_split", "val_split", "test_split",
                "eval_every", "log_every", "checkpoint_every", "shuffle_buffer", "live", "model",
                "checkpoint", "pretrained", "random_init", "init_seed", "dataset", "data_root",
@@ -110,6 +111,8 @@ class SweepConfig:
     device: str = _t("device")
     amp: str = _t("amp")
     workers: int = _t("workers")
+    max_memory: int | None = _t("max_memory")
+    compile: str = _t("compile")
     batching: str = _f("auto", "Same-shape models: auto (loop on CPU, the faster of both "
                                    "on CUDA, timed) | loop | vmap.", choices=BATCHING)
     memory_budget: int | None = _f(None, "Memory the models of one group may use, e.g. "

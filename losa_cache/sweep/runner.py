@@ -105,7 +105,7 @@ def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource
     inputs = choose_inputs(cfg.cache, source, device,
                            [rows[t][role] for t in tasks for role in ("train", "val")],
                            {i for r in todo for i in side_inputs(sides[r.key])} or {0},
-                           cfg.workers, progress) if todo else None
+                           cfg.workers, progress, cfg.max_memory) if todo else None
     choice = inputs.choice if inputs is not None else None
     groups = _groups(cfg, saved, runs, sides, rows, profs, device, choice)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ __all__ = ["OPTIMIZERS", "RUNTIME_FIELDS", "TrainConfig"]
 
 OPTIMIZERS = ("sgd", "adamw")
 AMP = ("auto", "bf16", "fp32")
+COMPILE = ("off", "auto", "on")
 PAPER_BATCH, PAPER_STEPS, PAPER_WARMUP = 512, 20_000, 500
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WD = {"sgd": 0.0, "adamw": 0.05}
@@ -39,7 +40,8 @@ DEFAULT_EPOCHS = 100  # the usual VTAB-1k budget; caps the 20k paper steps on sm
 
 #: Fields that do not change the maths of a run: they may differ on --resume.
 RUNTIME_FIELDS = frozenset({"resume", "stop_at", "cache", "workers", "out", "eval_every",
-                            "log_every", "checkpoint_every", "device", "max_memory"})
+                            "log_every", "checkpoint_every", "device", "max_memory",
+                            "compile"})
 
 
 _f = option
@@ -105,6 +107,10 @@ class TrainConfig:
     amp: str = _f("auto", "Compute precision: auto (bf16 autocast on CUDA and on CPUs "
                                   "with AVX512-BF16/AMX, else fp32) | bf16 | fp32.",
                   choices=AMP)
+    compile: str = _f("off", "torch.compile the side network for training steps: off | auto "
+                             "(on CUDA only) | on; eager, with a warning, if compiling "
+                             "fails. Not measured faster on CPU here, hence off.",
+                      choices=COMPILE)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N.")
     train_split: str = _f("auto", "Training split (auto: train or train800).")
     val_split: str = _f("auto", "Validation split (auto: val, val200 or validation; none).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,20 @@ def copy_store(tmp_path: Path) -> Callable[[str], Path]:
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def tiny_extract() -> Callable[..., str]:
+    """``tiny_extract(path, **overrides)``: extract a vit_micro store of 3 demo images per
+    split in process (2-row chunks, 4-row shards) to ``path``, which it returns; a module
+    fixes its own defaults with ``functools.partial`` (later keywords win)."""
+    from losa_cache.extract import ExtractConfig, extract
+
+    def run(path: Path | str, **overrides: Any) -> str:
+        cfg = {"model": "vit_micro", "random_init": True, "dataset": "demo",
+               "store": str(path), "limit": 3, "workers": 0, "chunk_rows": 2,
+               "shard_rows": 4, "batch_size": 4}  # fmt: skip
+        extract(ExtractConfig(**{**cfg, **overrides}), progress=False)
+        return str(path)
+
+    return run

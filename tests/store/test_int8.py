@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from losa_cache.extract import ExtractConfig, extract
 from losa_cache.store import open_store
 from losa_cache.store import schema as S
 from losa_cache.store.hdf5 import export_hdf5, import_hdf5
@@ -17,22 +18,10 @@ from losa_cache.store.store import StoreIncompleteError
 from losa_cache.store.writer import verify_store
 
 
-def _extract(path: Path, **kw) -> str:
-    cfg = dict(
-        model="vit_micro",
-        random_init=True,
-        dataset="demo",
-        store=str(path),
-        limit=3,
-        workers=0,
-        chunk_rows=2,
-        shard_rows=4,
-        batch_size=4,
-        layers="0,3",
-        taps="blocks,embed,sum:2",
-    )
-    extract(ExtractConfig(**{**cfg, **kw}), progress=False)
-    return str(path)
+@pytest.fixture(scope="module")
+def extract_store(tiny_extract: Callable[..., str]) -> Callable[..., str]:
+    """This module's stores: :func:`tiny_extract` with layers="0,3", taps="blocks,embed,sum:2"."""
+    return functools.partial(tiny_extract, layers="0,3", taps="blocks,embed,sum:2")
 
 
 def test_quantize_round_trip_and_zero_rows() -> None:
@@ -48,9 +37,11 @@ def test_quantize_round_trip_and_zero_rows() -> None:
     assert (err <= error_bound(x)).all() and values[1, 2].abs().max() == 0
 
 
-def test_int8_store_reads_dequantized_within_bound(tmp_path: Path) -> None:
-    full = open_store(_extract(tmp_path / "f.zarr", dtype="fp32"))
-    path = _extract(tmp_path / "q.zarr", dtype="int8")
+def test_int8_store_reads_dequantized_within_bound(
+    extract_store: Callable[..., str], tmp_path: Path
+) -> None:
+    full = open_store(extract_store(tmp_path / "f.zarr", dtype="fp32"))
+    path = extract_store(tmp_path / "q.zarr", dtype="int8")
     s = open_store(path)
     assert s.dtype == "int8" and s.taps == ["blocks", "embed", "sum:2"]
     for tap, block in (("blocks", 0), ("blocks", 3), ("embed", None), ("sum:2", None)):
@@ -69,8 +60,10 @@ def test_int8_store_reads_dequantized_within_bound(tmp_path: Path) -> None:
     assert verify_store(path)["bad"] == []
 
 
-def test_int8_unfinished_rows_and_hdf5_round_trip(tmp_path: Path) -> None:
-    path = _extract(tmp_path / "q.zarr", dtype="int8")
+def test_int8_unfinished_rows_and_hdf5_round_trip(
+    extract_store: Callable[..., str], tmp_path: Path
+) -> None:
+    path = extract_store(tmp_path / "q.zarr", dtype="int8")
     export_hdf5(path, tmp_path / "q.h5", progress=False)
     back = str(tmp_path / "back.zarr")
     import_hdf5(tmp_path / "q.h5", back, progress=False)
@@ -92,8 +85,8 @@ def test_int8_unfinished_rows_and_hdf5_round_trip(tmp_path: Path) -> None:
     assert np.isnan(nan).all()
 
 
-def test_damaged_int8_scales_are_found(tmp_path: Path) -> None:
-    path = _extract(tmp_path / "q.zarr", dtype="int8")
+def test_damaged_int8_scales_are_found(extract_store: Callable[..., str], tmp_path: Path) -> None:
+    path = extract_store(tmp_path / "q.zarr", dtype="int8")
     shard = tmp_path / "q.zarr" / "embed" / "z0_scale" / "c" / "0" / "0"
     data = bytearray(shard.read_bytes())
     data[3] ^= 0x01

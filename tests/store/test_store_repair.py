@@ -11,15 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from losa_cache.cli.main import app
 from losa_cache.extract import ExtractConfig, extract
-from losa_cache.store import open_store
 from losa_cache.store import schema as S
 from losa_cache.store.store import open_group
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distributed"))
+from _dist_helpers import assert_same_store
 
 runner = CliRunner()
 #: 60 rows in 8 shards of 8 (the last one short, 4 rows), 4 blocks
@@ -42,21 +43,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(tmp_path_factory.mktemp("repair") / "ref.zarr")
     extract(ExtractConfig(store=path, **CFG), progress=False)
     return path
-
-
-def arrays(path: str) -> dict[str, np.ndarray]:
-    store = open_store(path)
-    names = [S.feature_name(layer) for layer in store.layers]
-    names += [S.STATUS, S.ERROR, S.SOURCE, S.DONE, S.CHECKSUMS]
-    names += [S.task_name(t) for t in store.tasks] + [S.split_name(s) for s in store.splits]
-    return {n: store.group[n][:] for n in names}
-
-
-def assert_same_store(a: str, b: str) -> None:
-    x, y = arrays(a), arrays(b)
-    assert x.keys() == y.keys()
-    for name in x:
-        np.testing.assert_array_equal(x[name], y[name], err_msg=name)
 
 
 def truncate(path: Path, keep: int = 100) -> None:

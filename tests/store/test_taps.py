@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from losa_cache.extract import ExtractConfig, extract
+from losa_cache.extract import ExtractConfig
 from losa_cache.forward import forward_taps
 from losa_cache.store import open_store
 from losa_cache.store import schema as S
@@ -94,31 +96,22 @@ def test_each_tap_equals_timm_reference_fp32_exact(kw: dict) -> None:
         torch.testing.assert_close(got[S.tap_array(f"sum:{k}")], want, rtol=1e-6, atol=1e-6)
 
 
-def _extract(path: Path, **kw) -> str:
-    cfg = dict(
-        model="vit_micro",
-        random_init=True,
-        dataset="demo",
-        store=str(path),
-        limit=4,
-        workers=0,
-        chunk_rows=2,
-        shard_rows=4,
-        batch_size=4,
-        dtype="fp32",
-    )
-    extract(ExtractConfig(**{**cfg, **kw}), progress=False)
-    return str(path)
+@pytest.fixture(scope="module")
+def extract_store(tiny_extract: Callable[..., str]) -> Callable[..., str]:
+    """This module's stores: :func:`tiny_extract` with limit=4, dtype="fp32"."""
+    return functools.partial(tiny_extract, limit=4, dtype="fp32")
 
 
 @pytest.fixture(scope="module")
-def tap_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return _extract(tmp_path_factory.mktemp("taps") / "all.zarr", taps=ALL_TAPS)
+def tap_store(extract_store: Callable[..., str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    return extract_store(tmp_path_factory.mktemp("taps") / "all.zarr", taps=ALL_TAPS)
 
 
 @pytest.fixture(scope="module")
-def blocks_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return _extract(tmp_path_factory.mktemp("taps") / "blocks.zarr")
+def blocks_store(
+    extract_store: Callable[..., str], tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    return extract_store(tmp_path_factory.mktemp("taps") / "blocks.zarr")
 
 
 def test_store_lists_taps_and_arrays_recompose(tap_store: str, blocks_store: str) -> None:
@@ -155,8 +148,10 @@ def test_tap_features_refuses_what_is_not_there(tap_store: str, blocks_store: st
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_sums_of_half_stores_are_the_cast_of_fp32(tmp_path: Path, tap_store: str, dtype: str):
-    half = open_store(_extract(tmp_path / "h.zarr", taps="embed,sum:2,4", dtype=dtype))
+def test_sums_of_half_stores_are_the_cast_of_fp32(
+    extract_store: Callable[..., str], tmp_path: Path, tap_store: str, dtype: str
+):
+    half = open_store(extract_store(tmp_path / "h.zarr", taps="embed,sum:2,4", dtype=dtype))
     full = open_store(tap_store)
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     for k in (2, 4):
@@ -165,10 +160,12 @@ def test_sums_of_half_stores_are_the_cast_of_fp32(tmp_path: Path, tap_store: str
     assert half.layers == [] and half.taps == ["embed", "sum:2", "sum:4"]
 
 
-def test_resume_with_other_taps_is_refused(tmp_path: Path) -> None:
-    _extract(tmp_path / "s.zarr", taps="blocks")
+def test_resume_with_other_taps_is_refused(
+    extract_store: Callable[..., str], tmp_path: Path
+) -> None:
+    extract_store(tmp_path / "s.zarr", taps="blocks")
     with pytest.raises(StoreError, match=r"(?s)taps: store has \['blocks'\].*--extend"):
-        _extract(tmp_path / "s.zarr", taps="blocks,embed")
+        extract_store(tmp_path / "s.zarr", taps="blocks,embed")
 
 
 @pytest.mark.slow

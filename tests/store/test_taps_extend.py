@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from losa_cache.extract import ExtractConfig, extract
 from losa_cache.store import open_store
 from losa_cache.store.store import StoreError
 from losa_cache.store.writer import ShardWriter, verify_store
@@ -15,21 +16,10 @@ from losa_cache.store.writer import ShardWriter, verify_store
 ALL = "blocks,embed,attn,sum:2,4"
 
 
-def _extract(path: Path, **kw) -> str:
-    cfg = dict(
-        model="vit_micro",
-        random_init=True,
-        dataset="demo",
-        store=str(path),
-        limit=3,
-        workers=0,
-        chunk_rows=2,
-        shard_rows=4,
-        batch_size=4,
-        layers="1,3",
-    )
-    extract(ExtractConfig(**{**cfg, **kw}), progress=False)
-    return str(path)
+@pytest.fixture(scope="module")
+def extract_store(tiny_extract: Callable[..., str]) -> Callable[..., str]:
+    """This module's stores: :func:`tiny_extract` with layers="1,3"."""
+    return functools.partial(tiny_extract, layers="1,3")
 
 
 def assert_same_store(a: str, b: str) -> None:
@@ -45,19 +35,23 @@ def assert_same_store(a: str, b: str) -> None:
     assert verify_store(a)["bad"] == [] and verify_store(b)["bad"] == []
 
 
-def test_extend_ends_identical_to_all_at_once(tmp_path: Path) -> None:
-    once = _extract(tmp_path / "once.zarr", taps=ALL)
-    path = _extract(tmp_path / "ext.zarr", taps="blocks")
+def test_extend_ends_identical_to_all_at_once(
+    extract_store: Callable[..., str], tmp_path: Path
+) -> None:
+    once = extract_store(tmp_path / "once.zarr", taps=ALL)
+    path = extract_store(tmp_path / "ext.zarr", taps="blocks")
     before = open_store(path).features(1)[:]
-    _extract(tmp_path / "ext.zarr", taps="embed,attn,sum:2,4", extend=True)
+    extract_store(tmp_path / "ext.zarr", taps="embed,attn,sum:2,4", extend=True)
     assert_same_store(path, once)
     np.testing.assert_array_equal(open_store(path).features(1)[:], before)
-    _extract(tmp_path / "ext.zarr", taps=ALL)  # the whole set now resumes as a no-op
+    extract_store(tmp_path / "ext.zarr", taps=ALL)  # the whole set now resumes as a no-op
 
 
-def test_killed_extend_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    once = _extract(tmp_path / "once.zarr", taps="blocks,mlp,sum:4")
-    path = _extract(tmp_path / "ext.zarr", taps="blocks")
+def test_killed_extend_resumes(
+    extract_store: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    once = extract_store(tmp_path / "once.zarr", taps="blocks,mlp,sum:4")
+    path = extract_store(tmp_path / "ext.zarr", taps="blocks")
     real, calls = ShardWriter.write, []
 
     def dies_on_second(self, shard, *args, **kwargs):
@@ -68,32 +62,36 @@ def test_killed_extend_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(ShardWriter, "write", dies_on_second)
     with pytest.raises(OSError, match="killed"):
-        _extract(tmp_path / "ext.zarr", taps="mlp,sum:4", extend=True)
+        extract_store(tmp_path / "ext.zarr", taps="mlp,sum:4", extend=True)
     monkeypatch.setattr(ShardWriter, "write", real)
     s = open_store(path)
     assert s.taps == ["blocks", "mlp", "sum:4"]
     with pytest.raises(StoreError, match="not finished"):
         s.tap_features("sum:4")[:]
-    _extract(tmp_path / "ext.zarr", taps="mlp,sum:4", extend=True)  # resumes
+    extract_store(tmp_path / "ext.zarr", taps="mlp,sum:4", extend=True)  # resumes
     assert_same_store(path, once)
 
 
-def test_extend_refuses_other_settings_and_unfinished_stores(tmp_path: Path) -> None:
-    path = _extract(tmp_path / "s.zarr", taps="blocks")
+def test_extend_refuses_other_settings_and_unfinished_stores(
+    extract_store: Callable[..., str], tmp_path: Path
+) -> None:
+    path = extract_store(tmp_path / "s.zarr", taps="blocks")
     with pytest.raises(StoreError, match=r"(?s)only adds taps.*dtype: store has 'float16'"):
-        _extract(tmp_path / "s.zarr", taps="embed", extend=True, dtype="fp32")
+        extract_store(tmp_path / "s.zarr", taps="embed", extend=True, dtype="fp32")
     with pytest.raises(StoreError, match=r"(?s)only adds taps.*layers"):
-        _extract(tmp_path / "s.zarr", taps="embed", extend=True, layers="2")
+        extract_store(tmp_path / "s.zarr", taps="embed", extend=True, layers="2")
     with pytest.raises(StoreError, match="needs an existing store"):
-        _extract(tmp_path / "new.zarr", taps="embed", extend=True)
+        extract_store(tmp_path / "new.zarr", taps="embed", extend=True)
     assert open_store(path).taps == ["blocks"]
 
 
-def test_damaged_extension_array_is_found_repaired_and_rewritten(tmp_path: Path) -> None:
+def test_damaged_extension_array_is_found_repaired_and_rewritten(
+    extract_store: Callable[..., str], tmp_path: Path
+) -> None:
     """A flipped bit in an added tap is named by verify; --repair resets that extension's
     marker only, and rerunning --extend rewrites it to the original bytes."""
-    path = _extract(tmp_path / "s.zarr", taps="blocks")
-    _extract(tmp_path / "s.zarr", taps="embed", extend=True)
+    path = extract_store(tmp_path / "s.zarr", taps="blocks")
+    extract_store(tmp_path / "s.zarr", taps="embed", extend=True)
     good = open_store(path).tap_features("embed")[:]
     shard = tmp_path / "s.zarr" / "embed" / "z0" / "c" / "1" / "0" / "0"
     data = bytearray(shard.read_bytes())
@@ -105,7 +103,7 @@ def test_damaged_extension_array_is_found_repaired_and_rewritten(tmp_path: Path)
     s = open_store(path)
     assert s.done_shards().all()  # the block outputs were never touched
     assert not s.done_shards("progress/extend_0/done")[1]
-    _extract(tmp_path / "s.zarr", taps="embed", extend=True)
+    extract_store(tmp_path / "s.zarr", taps="embed", extend=True)
     np.testing.assert_array_equal(open_store(path).tap_features("embed")[:], good)
     assert verify_store(path)["bad"] == []
 
@@ -127,6 +125,7 @@ def test_cli_extract_taps_and_extend(tmp_path: Path) -> None:
 
 
 def test_extended_store_round_trips_through_hdf5_and_verify_names_pending_taps(
+    extract_store: Callable[..., str],
     tmp_path: Path,
 ) -> None:
     from typer.testing import CliRunner
@@ -135,8 +134,8 @@ def test_extended_store_round_trips_through_hdf5_and_verify_names_pending_taps(
     from losa_cache.store.hdf5 import export_hdf5, import_hdf5
     from losa_cache.store.writer import mark_for_repair
 
-    path = _extract(tmp_path / "s.zarr", taps="blocks")
-    _extract(tmp_path / "s.zarr", taps="sum:4", extend=True)
+    path = extract_store(tmp_path / "s.zarr", taps="blocks")
+    extract_store(tmp_path / "s.zarr", taps="sum:4", extend=True)
     export_hdf5(path, tmp_path / "s.h5", progress=False)
     back = str(tmp_path / "back.zarr")
     import_hdf5(tmp_path / "s.h5", back, progress=False)
