@@ -184,7 +184,11 @@ class LiveSource:
         return made
 
     def close(self) -> None:
-        """Stop the evaluation workers (a loader's workers end with its last reference)."""
+        """Stop the evaluation loaders' workers now (not whenever the last reference goes)."""
+        for loader, _ in self._loaders.values():
+            workers = getattr(loader, "_iterator", None)  # torch: no public way to stop them
+            if workers is not None and hasattr(workers, "_shutdown_workers"):
+                workers._shutdown_workers()
         self._loaders.clear()
 
 

@@ -3,6 +3,7 @@ persistent loader (no worker start-up per eval) and give the same numbers each t
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import psutil
@@ -41,7 +42,9 @@ def loaders(monkeypatch) -> list[Any]:
 
 
 def _processes() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    """Decoding workers: children of the forkserver (not it or the resource tracker)."""
+    me = os.getpid()
+    return {p.pid for p in psutil.Process(me).children(recursive=True) if p.ppid() != me}
 
 
 def _val(cfg: Any) -> tuple[LiveSource, Any, Any]:
@@ -71,6 +74,7 @@ def test_two_evaluations_reuse_one_loader_and_its_workers(make_cfg, loaders) -> 
         assert len(loaders) == 1 and loaders[0].persistent_workers
     finally:
         source.close()
+    assert not _processes() & workers  # close() stopped them
     assert first == second and first["n"] == len(run.eval_rows("val")) == 64
     # the same numbers as a loader without workers (decoding in this process)
     source0, run0, inputs0 = _val(make_cfg("live0", **LIVE, workers=0))
