@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         help="folder for the reader stores (default: a temporary one, removed)",
     )
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
-    rows = [r for m in args.models.split(",") for r in measure_model(m, args.images)]
+    with torch.no_grad():  # not set_grad_enabled(False): main() also runs inside tests
+        rows = [r for m in args.models.split(",") for r in measure_model(m, args.images)]
     print_table(rows, ["model", "tap", "arrays", "fp16_bytes_per_image", "int8_bytes_per_image",
                        "int8_rel_err_max", "int8_rel_err_mean", "fp16_rel_err_max",
                        "int8_err_over_bound_max", "int8_decode_mvalues_s",

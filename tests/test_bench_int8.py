@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -45,3 +46,4 @@ def test_int8_benchmark_reports_reader_throughput_of_both_dtypes(
         assert r["images"] == 24 and r["reader_img_s"] > 0 and r["direct_reads"]
     assert doc["reader_settings"]["images_per_split"] == 8
     assert {r["tap"] for r in doc["rows"]} == {"embed", "blocks", "attn", "mlp", "sum"}
+    assert torch.is_grad_enabled()  # the process stays usable for training

@@ -132,16 +132,16 @@ def missing_message(key: Key, what: str, taps: Sequence[str], layers: Sequence[i
             f"{what} needs block {key}, but the store holds blocks {list(layers)}: choose "
             "--layers among those, or re-extract with the blocks you need"
         )
-    name = tap if block is None else f"{tap} (block {block})"
-    spec = tap if block is None else f"{tap} --layers {','.join(map(str, [*layers, block]))}"
-    alt = ""
-    if derived_parts(key) is not None:
-        k = len(derived_parts(key) or ()) - 1
-        alt = f" (or a store holding embed and blocks 0..{k - 1}, which the feed sums)"
+    name, alt = tap, ""
+    if block is not None:  # --extend keeps the store's --layers
+        name, alt = f"{tap} (block {block})", " (a block outside its --layers: extract anew)"
+    parts = derived_parts(key)
+    if parts is not None:
+        alt = f" (or a store holding embed and blocks 0..{len(parts) - 2}, which the feed sums)"
     return (
         f"{what} reads the store tap {name}, which the store does not hold (it holds taps "
         f"{list(taps)}, blocks {list(layers)}): add it with `losa-cache extract ... "
-        f"--extend --taps {spec}`, or `losa-cache subset SRC DST --taps {tap}` from a store "
+        f"--extend --taps {tap}`, or `losa-cache subset SRC DST --taps {tap}` from a store "
         f"that has it{alt}"
     )
 
