@@ -26,6 +26,7 @@ from losa_cache.store import schema as S
 from losa_cache.train.cache import CacheChoice
 from losa_cache.train.config import AMP
 from losa_cache.train.engine import EvalJob, Inputs, evaluate
+from losa_cache.train.keys import available_keys, check_held, side_inputs
 from losa_cache.train.run import use_amp
 from losa_cache.train.sources import StoreSource
 
@@ -228,7 +229,7 @@ def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
         raise ValueError(f"--batch-size must be an integer >= 1, got {batch}")
     if amp not in (None, *AMP):
         raise ValueError(f"unknown amp {amp!r} (--amp); choose one of {list(AMP)}")
-    job = EvalJob(adapter.model, tuple(adapter.layers), rows, labels, task, int(batch),
+    job = EvalJob(adapter.model, side_inputs(adapter.model), rows, labels, task, int(batch),
                   use_amp(amp or _trained(adapter, "amp", "fp32"), device),
                   adapter.config.num_classes)
     (score,) = evaluate([job], _store_inputs(store, device, rows, job.layers, workers))
@@ -256,14 +257,12 @@ def _store_inputs(store: FeatureStore, device: torch.device, rows: np.ndarray,
 
 
 def check_store(adapter: Adapter, store: FeatureStore) -> None:
-    """Refuse a store from another backbone, or one without the adapter's layers."""
+    """Refuse a store from another backbone, or one without the blocks and taps the
+    adapter reads (a ``sum:k`` the feed can add up from embed and blocks counts as held)."""
     check_fingerprint(adapter.fingerprint, store.fingerprint,
                       what="the one that wrote this store")
-    missing = sorted(set(adapter.layers) - set(store.layers))
-    if missing:
-        raise StoreError(f"store {store.path} lacks blocks {missing} that this adapter reads "
-                         f"({adapter.layers}); it holds blocks {store.layers}. Re-extract with "
-                         f"--layers including them")
+    check_held(side_inputs(adapter.model), available_keys(store.taps, store.layers),
+               f"this adapter ({adapter.config.method})", store.taps, store.layers)
     cfg, layout = adapter.config, store.layout
     if (layout.tokens, layout.dim) != (cfg.tokens, cfg.dim):
         raise StoreError(f"store features are (tokens, dim) = ({layout.tokens}, {layout.dim}); "

@@ -172,7 +172,9 @@ def test_eval_refuses_wrong_store(adapter: Adapter, store: FeatureStore, tmp_pat
         ),
         progress=False,
     )
-    with pytest.raises(StoreError, match=r"lacks blocks \[1\].*holds blocks \[3\]"):
+    with pytest.raises(
+        StoreError, match=r"needs block 1, but the store holds blocks \[3\]: choose --layers"
+    ):
         evaluate_store(adapter, open_store(path))
     fake = Adapter(
         adapter.model,
