@@ -47,6 +47,8 @@ __all__ = [
 #: hidden, MIST's width, gather_k, ...
 METHOD_FIELDS = tuple(sorted({n for s in list_sides() for n in get_side_class(s).uses}
                              & {f.name for f in fields(TrainConfig)}))
+#: the side networks' own options: those a run id names when not at their defaults
+SIDE_FIELDS = METHOD_FIELDS
 #: SweepConfig fields every run's TrainConfig copies.
 SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_decay", "seed",
                "max_memory", "compile",
@@ -315,7 +317,7 @@ def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
         [slug(label)] if "layers" in uses else []) + (
         [f"h{t.hidden}"] if "hidden" in uses else [])
     parts += [_option_part(n, getattr(t, n)) for n in uses  # mist's w32, gk8, mlp
-              if n in METHOD_FIELDS and n not in ("rank", "layers", "hidden")
+              if n in SIDE_FIELDS and n not in ("rank", "layers", "hidden")
               and getattr(t, n) != getattr(TrainConfig, n)]
     parts.append(f"lr{lr}")
     if t.optimizer != "sgd":

@@ -265,6 +265,7 @@ def test_training_on_g_k_without_its_inputs_names_the_tap_and_the_fix(
         store=micro_store,
         out=str(tmp_path / "run"),
         method="mist",
+        gather_k=4,  # one k (without it: k on val, tests/side/test_mist_k.py)
         steps=1,
         device="cpu",
         workers=1,
