@@ -47,6 +47,10 @@ RUNTIME_FIELDS = frozenset({"resume", "stop_at", "cache", "workers", "out", "eva
 _f = option
 
 
+#: the live-video clip fields (a store run must leave them at their defaults)
+LIVE_CLIP_FIELDS = ("frames", "stride", "clip", "inflation")
+
+
 @dataclass
 class TrainConfig:
     """A side-network training run on a feature store (or, with ``live``, on images)."""
@@ -159,6 +163,18 @@ class TrainConfig:
             BaselineOptions(**{k: getattr(self, k) for k in BaselineOptions.__dataclass_fields__})
         if not self.live and not self.store:
             raise ValueError("give --store (a feature store), or --live with --model/--dataset")
+        if not self.live:
+            self._check_no_clip_options()
+
+    def _check_no_clip_options(self) -> None:
+        """A store's clips were fixed at extraction: live-only clip flags would be ignored."""
+        given = [f.name for f in fields(self)
+                 if f.name in LIVE_CLIP_FIELDS and getattr(self, f.name) != f.default]
+        if given:
+            flags = ", ".join(f"--{n}" for n in given)
+            raise ValueError(f"{flags}: clip sampling for --live video training only; a "
+                             "store's clips were fixed when it was extracted (drop the flag, "
+                             "or add --live with --model/--dataset)")
 
     # ------------------------------------------------------------------ derived
 

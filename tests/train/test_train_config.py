@@ -97,3 +97,18 @@ def test_method_options_reach_the_side_network(micro_store: str) -> None:
     assert (side.hidden, side.alpha_init) == (8, 0.5)
     with pytest.raises(ValueError, match="--hidden must be an integer >= 1, got 0"):
         TrainConfig(store="s", hidden=0)
+
+
+def test_clip_flags_without_live_are_refused_not_ignored() -> None:
+    """--frames & co. sample clips for live video training; on a store they would be
+    silently ignored (its clips were fixed at extraction), so they are an error."""
+    import pytest
+
+    from losa_cache.train import TrainConfig
+
+    for extra in ({"frames": 8}, {"stride": 1}, {"clip": "start"}, {"inflation": "average"}):
+        name = "--" + next(iter(extra))
+        with pytest.raises(ValueError, match=rf"{name}: clip sampling for --live"):
+            TrainConfig(store="s.zarr", **extra)
+    TrainConfig(store="s.zarr")  # the defaults are fine
+    TrainConfig(live=True, model="vivit_test", dataset="videofolder:x", frames=8, stride=1)
