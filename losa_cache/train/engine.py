@@ -52,6 +52,7 @@ class Inputs:
         self.source, self.device, self.choice, self.workers = source, device, choice, workers
         self.max_memory = max_memory
         self.memory: dict[str, int] | None = None  # the training reader's, once one ran
+        self.held = 0  # bytes the open training readers hold (evaluation reads beside them)
         self.cache: FeatureCache | None = None
         self.bytes_read = 0
         if choice.mode != "none":
@@ -75,9 +76,11 @@ class Inputs:
 
     def eval_window(self, rows: np.ndarray, layers: Sequence[Key]) -> int:
         """Rows per window of a sequential read (evaluation, filling a cache): any size
-        gives the same batches, so it is sized to fit the reader's memory (3 windows)."""
+        gives the same batches, so it is sized to fit the reader's memory (3 windows)
+        beside what the training reader, alive during evaluation, already holds."""
         row_bytes = self.source.info.feed_bytes(layers)
         budget = self.max_memory or DEFAULT_MAX_MEMORY
+        budget -= self.held
         return int(max(1, min(EVAL_WINDOW, len(rows), budget // max(1, 4 * row_bytes))))
 
     def close_feed(self, feed: Feed) -> None:
@@ -269,9 +272,12 @@ class Engine:
         piece = max(set(r.batch for r in runs), key=[r.batch for r in runs].count)
         feed = self.inputs.feed(order, rows, layers, piece)
         self.inputs.memory = getattr(feed, "memory", self.inputs.memory)  # a reader's budget
+        held = int((getattr(feed, "memory", None) or {}).get("bytes_held", 0))
+        self.inputs.held += held
         try:
             yield from feed.pieces(min(lane.consumer.position for lane in lanes), True, True)
         finally:
+            self.inputs.held -= held
             self.inputs.close_feed(feed)
 
     def _feed(self, lanes: list[_Lane], piece: Any) -> None:

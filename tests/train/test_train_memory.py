@@ -111,3 +111,40 @@ def test_the_budget_never_changes_the_batches(make_cfg, big_store: str) -> None:
     wa = torch.load(Path(ref.out) / "checkpoint.pt", weights_only=False)["model"]
     wb = torch.load(Path(small.out) / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_evaluation_reads_within_what_the_training_reader_leaves(micro_store: str,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Evaluation runs while the training reader holds its windows: its windows are sized
+    from the budget minus those bytes (it used to take a whole budget of its own), and the
+    numbers do not depend on it (any window gives the same batches)."""
+    from losa_cache.train import TrainConfig, train
+    from losa_cache.train.engine import Inputs
+
+    seen: list[tuple[int, int, int]] = []
+    plain = Inputs.eval_window
+
+    def spy(self: Inputs, rows: object, layers: object) -> int:
+        window = plain(self, rows, layers)
+        seen.append((self.held, window, self.source.info.feed_bytes(layers)))
+        return window
+
+    cfg = dict(store=micro_store, cache="none", rank=2, layers="all", batch_size=8,
+               shuffle_buffer=64, steps=8, eval_every=4, max_memory=1, workers=0,
+               device="cpu", amp="fp32")
+    alone = train(TrainConfig(**cfg, out=str(tmp_path / "a")), progress=False)
+    monkeypatch.setattr(Inputs, "eval_window", spy)
+    again = train(TrainConfig(**cfg, out=str(tmp_path / "b")), progress=False)
+    during = [(held, w, rb) for held, w, rb in seen if held]
+    assert during, "no evaluation ran beside the training reader"
+    for held, window, row_bytes in during:
+        assert 4 * window * row_bytes <= MiB - held or window == 1
+        assert window < plain_window(row_bytes)
+    for key in ("test_acc", "test_loss", "final_val_acc", "final_val_loss", "evals"):
+        assert again[key] == alone[key], key
+
+
+def plain_window(row_bytes: int) -> int:
+    """The eval window a whole 1 MiB budget would give 64 rows (before the fix)."""
+    return max(1, min(64, MiB // (4 * row_bytes)))
