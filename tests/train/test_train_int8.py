@@ -6,13 +6,13 @@ values (q * s): every feed mode must give the same batches and the same training
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
+from _train_helpers import losses
 
 from losa_cache.store import open_store
 from losa_cache.store.schema import PER_BLOCK_TAPS, tap_kind
@@ -110,11 +110,6 @@ def test_memory_cache_holds_codes_and_sizes_them(int8_pair) -> None:
     cache = inputs.cache
     assert cache is not None and cache.nbytes == inputs.choice.bytes
     assert all(isinstance(v, Quantized) for v in cache.feats.values())
-
-
-def losses(out: str) -> list[float]:
-    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
-    return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
 
 
 @pytest.mark.parametrize("cache", ["none", "ram"])

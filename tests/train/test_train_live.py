@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from _train_helpers import losses
 
 from losa_cache.train import train
 from losa_cache.train.live import LiveSource
@@ -14,10 +15,6 @@ from losa_cache.train.order import RowOrder
 LIVE = {"live": True, "store": None, "model": "vit_micro", "random_init": True, "init_seed": 0,
         "dataset": "demo", "limit": 64, "workers": 0}
 
-
-def losses(out: str) -> list[float]:
-    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
-    return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
 
 
 def test_cached_and_live_training_agree(make_cfg) -> None:

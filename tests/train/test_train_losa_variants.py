@@ -3,11 +3,11 @@ reads the embed tap, --taps attn|mlp|attn+mlp the branch taps (attn:i, mlp:i).""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from _train_helpers import LIVE_MICRO, losses
 
 from losa_cache.store import StoreError
 from losa_cache.train import TrainConfig, train
@@ -28,20 +28,7 @@ COMMON = {
     "optimizer": "adamw",
     "lr": 1e-2,
 }
-LIVE = {
-    "live": True,
-    "store": None,
-    "model": "vit_micro",
-    "random_init": True,
-    "init_seed": 0,
-    "dataset": "demo",
-    "limit": 32,
-}  # the tap stores' rows
-
-
-def _losses(out: str) -> list[float]:
-    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
-    return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+LIVE = LIVE_MICRO
 
 
 @pytest.mark.parametrize(
@@ -55,7 +42,7 @@ def test_cached_variant_equals_live(
     live = TrainConfig(out=str(tmp_path / "live"), **{**opts, **LIVE})
     mc, ml = train(cached, progress=False), train(live, progress=False)
     torch.testing.assert_close(
-        torch.tensor(_losses(live.out)), torch.tensor(_losses(cached.out)), rtol=1e-5, atol=1e-6
+        torch.tensor(losses(live.out)), torch.tensor(losses(cached.out)), rtol=1e-5, atol=1e-6
     )
     assert mc["test_acc"] == ml["test_acc"]
     assert mc["learned_params"] == ml["learned_params"] > 0

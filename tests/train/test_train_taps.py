@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _train_helpers import LIVE_MICRO, losses
 
 from losa_cache.store import StoreError, open_store
 from losa_cache.train import TrainConfig, train
@@ -37,21 +38,7 @@ MIST = {
     "amp": "fp32",
     "shuffle_buffer": 16,
 }
-LIVE = {
-    "live": True,
-    "store": None,
-    "model": "vit_micro",
-    "random_init": True,
-    "init_seed": 0,
-    "dataset": "demo",
-    "limit": 32,
-    "workers": 0,
-}  # the tap stores' rows
-
-
-def losses(out: str) -> list[float]:
-    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
-    return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+LIVE = {**LIVE_MICRO, "workers": 0}
 
 
 def weights(out: str) -> dict[str, torch.Tensor]:
