@@ -1,5 +1,5 @@
-"""Helpers shared by the training tests (imported by name: pytest puts this folder on
-sys.path, as tests/distributed/_dist_helpers.py is)."""
+"""Helpers shared by the training tests (imported as ``tests.train._train_helpers``, so
+test modules elsewhere that import a training test module find them too)."""
 
 from __future__ import annotations
 

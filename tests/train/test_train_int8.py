@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from _train_helpers import losses
 
 from losa_cache.store import open_store
 from losa_cache.store.schema import PER_BLOCK_TAPS, tap_kind
@@ -22,6 +21,7 @@ from losa_cache.train.feed import Quantized, to_device
 from losa_cache.train.reader import StoreReader, labelled_rows
 from losa_cache.train.sources import StoreSource
 from losa_cache.train.trainer import choose_inputs
+from tests.train._train_helpers import losses
 
 RUN = {
     "batch_size": 8,

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import torch
-from _train_helpers import losses
 
 from losa_cache.train import train
 from losa_cache.train.live import LiveSource
 from losa_cache.train.order import RowOrder
+from tests.train._train_helpers import losses
 
 LIVE = {"live": True, "store": None, "model": "vit_micro", "random_init": True, "init_seed": 0,
         "dataset": "demo", "limit": 64, "workers": 0}

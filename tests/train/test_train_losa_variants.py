@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import LIVE_MICRO, losses
 
 from losa_cache.store import StoreError
 from losa_cache.train import TrainConfig, train
+from tests.train._train_helpers import LIVE_MICRO, losses
 
 COMMON = {
     "method": "losa",

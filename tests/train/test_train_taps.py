@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _train_helpers import LIVE_MICRO, losses
 
 from losa_cache.store import StoreError, open_store
 from losa_cache.train import TrainConfig, train
@@ -22,6 +21,7 @@ from losa_cache.train.keys import available_keys, plan_reads, sort_keys
 from losa_cache.train.live import LiveSource
 from losa_cache.train.order import RowOrder
 from losa_cache.train.reader import StoreReader, labelled_rows
+from tests.train._train_helpers import LIVE_MICRO, losses
 
 MIST = {
     "method": "mist",
