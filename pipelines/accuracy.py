@@ -25,6 +25,9 @@ five: ``full``, ``lora``, ``bitfit``, ``vpt``, ``partial``, on every task) come 
 with their own lr grids. Budget rule: every method trains for the same number of epochs at
 the same batch size (``--epochs``, default 5: what full fine-tuning can afford on 2 CPU
 cores); ``--cached-epochs E`` adds cached rows at a longer budget (marked ``@E ep``).
+The int8 rows (:data:`INT8`, marked ``int8``) train ``linear`` and ``losa r16`` again from
+a second store per task holding the same blocks in int8 (one fp16 scale per token row): the
+accuracy cost of halving the store, against the fp16 store's rows of the same names.
 
 Time, estimated (not run on this loaded CPU): the cached part is one sweep of 11 x 3 runs
 per task (minutes); the live part ~2-4 min per method and task at 5 epochs, so 5 x 4 of
@@ -84,6 +87,9 @@ CACHED: dict[str, dict[str, Any]] = {
 }
 #: What every task's store holds: all blocks, and the taps the Table 4 / 6 rows read.
 STORE_TAPS = "blocks,embed,attn,mlp"
+#: Issue 12's int8 rows: these methods again from a second store of the same blocks in int8
+#: (one fp16 scale per token row), against the fp16 store's rows of the same names.
+INT8: dict[str, dict[str, Any]] = {m: CACHED[m] for m in ("linear", "losa r16")}
 #: Extra lrs past a grid's edge while the best sits there (losa_cache.baselines.protocol).
 EXTEND = 3
 SPLITS = {"train": "train800", "val": "val200", "final": "train800val200", "test": "test"}
@@ -144,8 +150,14 @@ def prepare_tasks(root: Path, tasks: Sequence[str], data: Path, quick: bool) -> 
     return root
 
 
-def extract_task(task_dir: Path, store: Path, spec: dict[str, Any]) -> float:
-    """One store per task, every block (the sweep picks layers); seconds (0 when reused)."""
+def extract_task(
+    task_dir: Path,
+    store: Path,
+    spec: dict[str, Any],
+    dtype: str = "float16",
+    taps: str = STORE_TAPS,
+) -> float:
+    """One store per task, every block (the sweep picks layers); its extraction seconds."""
     from losa_cache.extract import ExtractConfig, extract
     from losa_cache.store import open_store
 
@@ -166,7 +178,8 @@ def extract_task(task_dir: Path, store: Path, spec: dict[str, Any]) -> float:
             dataset=f"vtab1k:{task_dir}",
             store=str(store),
             layers="all",
-            taps=STORE_TAPS,
+            taps=taps,
+            dtype=dtype,
             workers=0,
         ),
         progress=False,
@@ -618,6 +631,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     lambda s=store, r=runs, e=epochs, x=ext_s: run_cached(s, r, budget, e, x),
                 )
                 per_task[task] |= {m + tag.format(epochs): v for m, v in done.items()}
+        int8 = out / "stores" / f"{task}-int8.zarr"
+        int8_s = extract_task(root / task, int8, spec, dtype="int8", taps="blocks")
+        done = memo(
+            out / "results" / task / f"cached-int8-e{budget.epochs:g}.json",
+            lambda s=int8, t=task, x=int8_s: run_cached(
+                s, out / "runs" / t / "int8", budget, budget.epochs, x, INT8
+            ),
+        )
+        per_task[task] |= {f"{m} int8": v for m, v in done.items()}
         print(f"{task}: cached done ({time.perf_counter() - t0:.0f} s)", flush=True)
     for task in tasks if "live" in parts else ():
         for method in live if task in budget.live_tasks else ():

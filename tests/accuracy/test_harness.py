@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from losa_cache.pipelines import accuracy as acc
+from losa_cache.store import open_store
 
 
 def test_sweep_entries_cover_every_cached_method() -> None:
@@ -88,7 +89,8 @@ def test_quick_end_to_end(tiny_tasks: Path, tmp_path: Path) -> None:
         ]
     )
     methods = [r["method"] for r in doc["rows"]]
-    assert methods == [*acc.CACHED, "bitfit"]
+    int8 = [f"{m} int8" for m in acc.INT8]
+    assert methods == [*acc.CACHED, *int8, "bitfit"]
     cells = doc["per_task"]["digits"]
     # two lrs: the best always sits at an edge, so each grid grew by one (quick: extend=1)
     assert all(len(cells[m]["lrs"]) == 3 for m in acc.CACHED)
@@ -101,6 +103,9 @@ def test_quick_end_to_end(tiny_tasks: Path, tmp_path: Path) -> None:
     for r in doc["rows"]:
         assert 0 <= r["acc"]["digits"] <= 100 and r["wall_s"] > 0
     rows = {r["method"]: r for r in doc["rows"]}
+    # the int8 rows train the same side networks from a second store (same params)
+    assert all(rows[f"{m} int8"]["learned_params"] == rows[m]["learned_params"] for m in acc.INT8)
+    assert open_store(str(tmp_path / "w" / "stores" / "digits-int8.zarr")).dtype == "int8"
     assert rows["linear"]["learned_params"] == 0
     assert rows["losa r4"]["learned_params"] < rows["losa r16"]["learned_params"]
     assert rows["bitfit"]["memory_mb_bs1"] > rows["losa r16"]["memory_mb_bs1"]
