@@ -102,17 +102,33 @@ def export_best(out: Path, best: dict[str, dict[str, Any]]) -> dict[str, str]:
 
     paths = {}
     for task, row in best.items():
+        dst = out / "best" / folder_name(task)
+        _clear_export(dst)
         if is_baseline(row["method"]):  # its own format (+ peft's folder): copied as is
-            paths[task] = str(copy_baseline_adapter(row["adapter"], out / "best" /
-                                                    folder_name(task)))
+            paths[task] = str(copy_baseline_adapter(row["adapter"], dst))
             continue
         adapter = load_adapter(row["adapter"])
         meta = {"fingerprint": adapter.fingerprint, "classes": adapter.classes, "task": task,
                 "train_config": adapter.meta.get("train_config"),
                 "metrics": {**adapter.meta.get("metrics", {}), "sweep_best_of": str(out)}}
-        paths[task] = str(save_adapter(out / "best" / folder_name(task), adapter.model,
-                                       adapter.config, meta))
+        paths[task] = str(save_adapter(dst, adapter.model, adapter.config, meta))
     return paths
+
+
+def _clear_export(dst: Path) -> None:
+    """Drop an earlier export of this sweep from ``dst`` before the new best is written.
+
+    The best of a task can switch between a side network and a live baseline (or from LoRA
+    to another baseline) on --resume; a peft folder left from the earlier best would then sit
+    beside an adapter that does not use it. adapter.json (the commit marker) goes first.
+    """
+    import shutil
+
+    from losa_cache.baselines.methods import PEFT_DIR
+
+    (dst / "adapter.json").unlink(missing_ok=True)
+    if (dst / PEFT_DIR).is_dir():
+        shutil.rmtree(dst / PEFT_DIR)
 
 
 def write_results(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:

@@ -83,6 +83,25 @@ def test_best_config_per_task_is_exported_as_an_adapter(done: dict) -> None:
         assert adapter.task == task and Path(best["adapter"]).name == task
 
 
+def test_a_new_best_replaces_an_earlier_export_without_stale_files(
+    done: dict, tmp_path: Path
+) -> None:
+    """On --resume the best can switch from a LoRA baseline (adapter + peft folder) to a side
+    network: the export drops the peft folder it had written, and nothing else."""
+    from losa_cache.sweep.results import best_runs, export_best
+
+    best = best_runs(done["results"])
+    dst = tmp_path / "best" / "full"
+    (dst / "peft").mkdir(parents=True)
+    (dst / "peft" / "adapter_model.safetensors").write_bytes(b"old")
+    (dst / "adapter.json").write_text("{}")
+    (dst / "notes.txt").write_text("mine")  # not an export's file: kept
+    paths = export_best(tmp_path, {"full": best["full"]})
+    assert sorted(p.name for p in dst.iterdir()) == [
+        "adapter.json", "adapter.safetensors", "notes.txt"]
+    assert load_adapter(paths["full"]).task == "full"
+
+
 def test_memory_tracker_counts_weights_grads_and_momentum() -> None:
     tracker = PeakTracker()
     with tracker:
