@@ -132,7 +132,7 @@ class LiveSource:
                                fingerprint=b.fingerprint(), splits=list(splits),
                                default_task=self.task_name, dtype=torch.float32,
                                row_bytes=b.tokens * b.dim * 4,
-                               taps=live_taps(b.model, b.depth), tap_names=("live",),
+                               taps=live_taps(b.model, b.depth), live=True,
                                frames=b.time_steps)
         self.images = TorchImages(self.dataset, b.transform(), self.dataset_rows)
         self._pruned: int | None = None

@@ -326,7 +326,8 @@ class Run:
         metrics = {
             "complete": complete, "status": "trained" if complete else self.status,
             "step": self.step, "plan": self.plan, "method": self.cfg.method,
-            "rank": self.cfg.rank, "layers": list(self.layers), "task": self.task.task,
+            "rank": self.cfg.rank, "layers": [k for k in self.layers if isinstance(k, int)],
+            "inputs": list(self.layers), "task": self.task.task,
             "options": {n: getattr(self.side, n) for n in getattr(self.model, "uses", ())},
             "splits": self.splits, "evals": self.evals,
             "best_val_acc": self.best and self.best["acc"],

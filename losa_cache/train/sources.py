@@ -20,7 +20,7 @@ from losa_cache.side import SideConfig
 from losa_cache.store import FeatureStore, StoreError, open_store
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.feed import Feed
-from losa_cache.train.keys import Key, available_keys, check_held, side_inputs
+from losa_cache.train.keys import Key, available_keys, check_held, plan_reads, side_inputs
 from losa_cache.train.order import RowOrder
 from losa_cache.train.reader import TORCH_DTYPES, StoreReader
 
@@ -49,6 +49,8 @@ class SourceInfo:
     taps: tuple[str, ...] = ()
     #: the store's tap names (store.taps), for messages
     tap_names: tuple[str, ...] = ("blocks",)
+    #: the live backbone's features, not a store's (a missing key cannot be extracted)
+    live: bool = False
 
     @property
     def keys(self) -> tuple[Key, ...]:
@@ -156,6 +158,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _live_keys(info: SourceInfo) -> str:
+    """What a live backbone computes, in a few words: 'blocks 0..11, embed, sum:1..12, ...'."""
+    last = info.depth - 1
+    words = [f"blocks 0..{last}"]
+    if "embed" in info.taps:
+        words += ["embed", f"sum:1..{info.depth}"]
+    if "attn:0" in info.taps:
+        words.append(f"attn:i and mlp:i for i in 0..{last}")
+    return ", ".join(words) + ("" if info.taps else "; no taps: not a timm ViT")
+
+
 def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> SideConfig:
     """The side network for these features; its blocks must be available."""
     spec = cfg.layers
@@ -176,5 +189,12 @@ def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> S
             f"{cfg.method} with --layers {cfg.layers} needs blocks {list(need)}, but the store "
             f"has no blocks {missing}; it holds blocks {list(info.layers)} of {info.depth} "
             "(choose --layers among those, or re-extract with the blocks you need)")
+    if info.live:
+        _, _, missing = plan_reads(side_inputs(side), info.keys)
+        if missing:
+            raise StoreError(
+                f"{cfg.method} reads {missing[0]!r}, which the live backbone does not compute "
+                f"(it gives {_live_keys(info)}): choose the method's options (--layers, --taps, "
+                "--gather-k ...) among those")
     check_held(side_inputs(side), info.keys, cfg.method, info.tap_names, info.layers)
     return side

@@ -116,6 +116,8 @@ def test_mist_from_sum_equals_mist_from_blocks_summed(
         progress=False,
     )
     assert a["complete"] and b["complete"] and a["method"] == "mist"
+    # metrics: "layers" the side network's blocks (none), "inputs" every key it reads
+    assert a["layers"] == b["layers"] == [] and a["inputs"] == b["inputs"] == ["sum:2"]
     assert losses(str(tmp_path / "sum")) == losses(str(tmp_path / "parts"))
     wa, wb = weights(str(tmp_path / "sum")), weights(str(tmp_path / "parts"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -220,3 +222,20 @@ def test_sweep_members_reading_taps_equal_runs_alone(
         assert losses(spec.train.out) == losses(alone.out), spec.id
         wa, wb = weights(spec.train.out), weights(alone.out)
         assert all(torch.equal(wa[k], wb[k]) for k in wa), spec.id
+
+
+def test_a_key_the_live_backbone_cannot_give_is_named_with_what_it_gives() -> None:
+    """Live mode has no store to extend: the error says what the backbone computes."""
+    from losa_cache.train.sources import SourceInfo, build_side_config
+
+    info = SourceInfo(depth=4, dim=32, tokens=17, prefix_tokens=1, layers=(0, 1, 2, 3),
+                      fingerprint={}, splits=["train"], default_task="t",
+                      dtype=torch.float32, row_bytes=17 * 32 * 4, taps=(), live=True)
+    cfg = TrainConfig(store="unused.zarr", out="unused", **MIST)
+    with pytest.raises(StoreError) as err:
+        build_side_config(cfg, info, num_classes=3)
+    msg = str(err.value)
+    assert "\n" not in msg and "reads 'sum:2', which the live backbone does not compute" in msg
+    assert "blocks 0..3; no taps: not a timm ViT" in msg and "--extend" not in msg
+    with_taps = SourceInfo(**{**vars(info), "taps": ("embed", "sum:1", "sum:2")})
+    assert build_side_config(cfg, with_taps, num_classes=3).method == "mist"
