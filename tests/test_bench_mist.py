@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.mark.slow
-def test_mist_benchmark_runs_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_mist", BENCH / "mist.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path)
+def test_mist_benchmark_runs_and_reports(tmp_path: Path, load_benchmark) -> None:
+    bench = load_benchmark("mist")
     payload = bench.main(
         [
             "--model",

@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
-def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The benchmark module, its results going to tmp_path instead of benchmarks/results."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path)
-    return module
+def bench(load_benchmark):
+    """benchmarks/train.py, its results going to tmp_path instead of benchmarks/results."""
+    return load_benchmark("train")
 
 
 def test_train_benchmark_runs_and_reports(bench, micro_store: str, tmp_path: Path) -> None:
     # batch 1 only and two modes keep it to two worker subprocesses (each imports torch)
     # batch 1 only, three modes in two precisions: six worker subprocesses (each imports torch)
-    tiny = ("--modes plain,stream,live --batch-size 1 --warmup 1 --batches 2 --workers 0 "
-            "--threads 1 --peak-size 64")
+    tiny = (
+        "--modes plain,stream,live --batch-size 1 --warmup 1 --batches 2 --workers 0 "
+        "--threads 1 --peak-size 64"
+    )
     io_args = ["--io-seconds", "0", "--io-min-mb", "1"]  # tiles the micro store to >= 1 MB
     payload = bench.main(["--store", micro_store, *tiny.split(), *io_args])
     runs = {(r["mode"], r["amp"], r["batch_size"]): r for r in payload["runs"]}
@@ -37,8 +30,9 @@ def test_train_benchmark_runs_and_reports(bench, micro_store: str, tmp_path: Pat
     assert runs["stream", "fp32", 1]["reader_bytes"] > 0
     assert runs["live", "fp32", 1]["reader_bytes"] == 0
     ratios = {(r["mode"], r["amp"]): r for r in payload["ratios"]}
-    assert set(ratios) == {(m, a) for m in ("plain/live", "stream/live", "stream/plain")
-                           for a in ("bf16", "fp32")}
+    assert set(ratios) == {
+        (m, a) for m in ("plain/live", "stream/live", "stream/plain") for a in ("bf16", "fp32")
+    }
     assert all(r["img_s_x_bs1"] > 0 for r in ratios.values())
     roof = payload["roofline"]
     assert roof["train_flops_per_image"] > 0 and roof["feature_bytes_per_image"] > 0

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
-def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The benchmark module, its results going to tmp_path instead of benchmarks/results."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_video", BENCH / "video.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys.modules["_common"], "RESULTS", tmp_path)
-    return module
+def bench(load_benchmark):
+    """benchmarks/video.py, its results going to tmp_path instead of benchmarks/results."""
+    return load_benchmark("video")
 
 
 @pytest.mark.slow
