@@ -54,9 +54,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from losa_cache.fields import check_fields, option
+from losa_cache.side._recompute import recompute
 from losa_cache.side.base import SideNetwork
 from losa_cache.side.registry import register_side
 
@@ -251,7 +251,7 @@ class EdgeBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and torch.is_grad_enabled():
-            return x + checkpoint(self.branch, x, use_reentrant=False)  # (B, T, D)
+            return x + recompute(self.branch, x)  # (B, T, D)
         return x + self.branch(x)  # (B, T, D)
 
     def branch(self, x: Tensor) -> Tensor:

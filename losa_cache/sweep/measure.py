@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from losa_cache.side import SideConfig, create_side
 from losa_cache.train.keys import Key, side_inputs
-from losa_cache.train.optim import build_optimizer
+from losa_cache.train.optim import Optimizer, build_optimizer
 from losa_cache.train.run import forward_loss
 
 __all__ = ["PeakTracker", "backbone_flops", "backbone_images", "image_inputs",
@@ -92,7 +92,7 @@ def image_inputs(net: torch.nn.Module, num_classes: int, batch: int, device: tor
     return {IMAGES: images}, torch.randint(0, num_classes, (batch,), device=device)
 
 
-def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, feats: dict, labels: torch.Tensor,
+def _step(model: torch.nn.Module, opt: Optimizer, feats: dict, labels: torch.Tensor,
           amp: bool) -> None:
     """A training step as a run takes it (the same forward and loss)."""
     loss, _ = forward_loss(model, feats, labels, amp)

@@ -21,6 +21,7 @@ from losa_cache.baselines.methods import build_baseline, is_baseline
 from losa_cache.outdir import locked_outdir
 from losa_cache.store import StoreError
 from losa_cache.train import checkpoint as ckpt
+from losa_cache.train.allocator import tune_allocator
 from losa_cache.train.cache import CacheChoice, choose_cache
 from losa_cache.train.choose import candidate_configs, keep_best
 from losa_cache.train.config import TrainConfig
@@ -104,6 +105,7 @@ def train(cfg: TrainConfig, progress: bool = True,
 
 def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> dict[str, Any]:
     device = pick_device(cfg.device)
+    allocator = tune_allocator() if device.type == "cpu" and not cfg.live else None
     baseline = ckpt.reset_peak_memory(device)
     source = open_source(cfg, device, storage_options)
     try:
@@ -116,6 +118,8 @@ def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> di
                                {k for run in runs for k in run.layers}, cfg.workers, progress,
                                cfg.max_memory)  # fmt: skip
         run.notes.append(f"cache: {inputs.choice.reason}")
+        if allocator is not None:
+            run.notes.append(f"allocator: {allocator['why']}")
         if progress:
             for note in run.notes:
                 tqdm.write(note)
@@ -123,7 +127,7 @@ def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> di
         extra = {"bytes_read": inputs.bytes_read, **ckpt.peak_memory(device, baseline),
                  "feed": {"cache": inputs.choice.to_dict(), "bytes_read": inputs.bytes_read,
                           "buffer_rows": run.order.buffer_rows,
-                          "reader_memory": inputs.memory}}
+                          "reader_memory": inputs.memory}, "allocator": allocator}
         results = [r.finish(extra) for r in runs]
     finally:
         source.close()

@@ -5,11 +5,14 @@ map per block, not two), and ``--max-memory`` bounds the store reader or names w
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from typer.testing import CliRunner
 
 from losa_cache.cli.main import app
@@ -52,6 +55,44 @@ def test_recomputed_blocks_give_the_same_gradients(block_fn: str) -> None:
     plain, recomputed = step(model, x, plain=True), step(model, x, plain=False)
     for name, grad in plain.items():
         torch.testing.assert_close(recomputed[name], grad, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_recomputation_matches_torch_checkpoint_bit_for_bit(amp: bool, monkeypatch) -> None:
+    """The blocks' own recomputation (no torch._dynamo) against torch.utils.checkpoint's
+    (the blocks' previous one), in fp32 and under bf16 autocast."""
+    model = perturbed(SideConfig(**{**VIT_B_MAP, "dim": 16, "tokens": 10, "width": 4}))
+    x = torch.randn(3, 10, 16)
+    with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+        ours = step(model, x, plain=False)
+        import losa_cache.side.mist as mist
+
+        monkeypatch.setattr(mist, "recompute", lambda fn, x: checkpoint(fn, x, use_reentrant=False))
+        theirs = step(model, x, plain=False)
+    for name, grad in theirs.items():
+        assert torch.equal(ours[name], grad), name
+
+
+def test_training_step_does_not_import_torch_dynamo() -> None:
+    """torch.utils.checkpoint and torch.optim import torch._dynamo and sympy (70-85 MB)."""
+    code = (
+        "import sys, torch\n"
+        "from losa_cache.side import SideConfig, create_side\n"
+        "from losa_cache.train.optim import build_optimizer\n"
+        "m = create_side(SideConfig(num_layers=1, dim=16, tokens=10, num_classes=5,\n"
+        "                           method='mist', gather='last', width=4)).train()\n"
+        "opt = build_optimizer(m, 'adamw', 1e-3, 0.05)\n"
+        "m({0: torch.randn(2, 10, 16)}).sum().backward(); opt.step()\n"
+        "print(sorted(n for n in sys.modules if n.startswith(('torch._dynamo', 'sympy'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_lae_holds_one_map_per_block_in_training() -> None:
