@@ -11,7 +11,8 @@ of 1 MiB or more is its own mapping, returned to the kernel when freed: the peak
 live data. The price is a page fault per fresh page (the kernel zeroes each new
 mapping): ~75% more CPU per step on a loaded 2-core VM; with transparent huge pages
 (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in the environment, read only at process
-start) ~15%. ``LOSA_CACHE_MALLOC=off`` leaves malloc as it is. Elsewhere than Linux with
+start) ~15%. It is set by default only for runs with ``--max-memory`` (a device's budget), since it
+costs speed; ``LOSA_CACHE_MALLOC=on`` sets it always, ``off`` never. Elsewhere than Linux with
 glibc (macOS, musl) nothing is changed.
 """
 
@@ -24,23 +25,29 @@ from typing import Any
 
 __all__ = ["ENV", "MMAP_THRESHOLD", "tune_allocator"]
 
-ENV = "LOSA_CACHE_MALLOC"  # auto (default) | off
+ENV = "LOSA_CACHE_MALLOC"  # auto (default: under --max-memory) | on | off
 MMAP_THRESHOLD = 1 << 20
 _M_MMAP_THRESHOLD = -3  # <malloc.h>
 _applied: dict[str, Any] | None = None  # the process-wide setting, once made
 
 
-def tune_allocator() -> dict[str, Any]:
+def tune_allocator(budget: bool = True) -> dict[str, Any]:
     """Apply the setting (once per process) and say what holds: ``mmap_threshold`` (bytes,
-    or None: left to glibc), ``hugepages`` and ``why``."""
+    or None: left to glibc), ``hugepages`` and ``why``.
+
+    ``auto`` (the default) applies it only under a memory budget (``budget``: the run has
+    ``--max-memory``), where peak memory matters more than the page faults' CPU; ``on``
+    always, ``off`` never."""
     global _applied
     if _applied is not None:
         return _applied
     choice = os.environ.get(ENV, "auto").strip().lower()
-    if choice not in ("auto", "off"):
-        raise ValueError(f"{ENV}={choice!r}: choose auto (the default) or off")
+    if choice not in ("auto", "on", "off"):
+        raise ValueError(f"{ENV}={choice!r}: choose auto (the default), on or off")
     if choice == "off":
         return _state(None, f"{ENV}=off: malloc left as it is")
+    if choice == "auto" and not budget:
+        return _state(None, f"no --max-memory: malloc left as it is ({ENV}=on to set it)")
     libc = _glibc()
     if libc is None:
         return _state(None, "not Linux with glibc: malloc left as it is")

@@ -105,7 +105,8 @@ def train(cfg: TrainConfig, progress: bool = True,
 
 def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> dict[str, Any]:
     device = pick_device(cfg.device)
-    allocator = tune_allocator() if device.type == "cpu" and not cfg.live else None
+    allocator = (tune_allocator(budget=cfg.max_memory is not None)
+                 if device.type == "cpu" and not cfg.live else None)
     baseline = ckpt.reset_peak_memory(device)
     source = open_source(cfg, device, storage_options)
     try:

@@ -61,7 +61,7 @@ def test_off_and_non_glibc_leave_malloc_alone(monkeypatch: pytest.MonkeyPatch) -
     assert state["mmap_threshold"] is None and "not Linux with glibc" in state["why"]
     assert allocator._applied is None
     monkeypatch.setenv(allocator.ENV, "fast")
-    with pytest.raises(ValueError, match=r"LOSA_CACHE_MALLOC='fast': choose auto .* or off"):
+    with pytest.raises(ValueError, match=r"LOSA_CACHE_MALLOC='fast': choose auto .*, on or off"):
         allocator.tune_allocator()
 
 
@@ -77,7 +77,25 @@ def test_cpu_training_from_a_store_records_the_setting(fp16_store: str, tmp_path
         batch_size=8,
         device="cpu",
         workers=0,
+        max_memory=300,  # a budget: auto sets the threshold
     )
     m = train(cfg, progress=False)
     assert m["allocator"]["mmap_threshold"] == allocator.MMAP_THRESHOLD
     assert any(n.startswith("allocator: glibc M_MMAP_THRESHOLD 1 MiB") for n in m["notes"])
+
+
+@needs_glibc
+def test_auto_sets_it_only_under_a_memory_budget() -> None:
+    """Without --max-memory (no budget) auto leaves glibc's faster default; on forces it."""
+    script = RETAINED.replace("tune_allocator()", "tune_allocator(budget=False)")
+    run = lambda env: subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+    ).stdout.split()
+    threshold, kept = run({})
+    assert threshold == "None" and int(kept) >= 12
+    threshold, kept = run({allocator.ENV: "on"})
+    assert threshold == str(allocator.MMAP_THRESHOLD) and int(kept) < 4
