@@ -107,7 +107,9 @@ class TrainConfig:
     max_memory: int | None = _f(None, "Host memory in MiB the store reader may hold (shuffle "
                                       "windows served and read ahead, and a batch): it bounds "
                                       "the read-ahead, never the batch order (default: 1024, "
-                                      "or 2 windows where more).", min=1)
+                                      "or 2 windows where more). On CPU it also has glibc "
+                                      "return large freed buffers to the kernel (lower peak, "
+                                      "more CPU; LOSA_CACHE_MALLOC=on|off).", min=1)
     amp: str = _f("auto", "Compute precision: auto (bf16 autocast on CUDA and on CPUs "
                                   "with AVX512-BF16/AMX, else fp32) | bf16 | fp32.",
                   choices=AMP)
