@@ -7,9 +7,10 @@ An adapter directory holds two files::
                           task, training config, final metrics, versions, created date,
                           and the sha256 of adapter.safetensors
 
-Both are written to temporary files first and moved into place with ``os.replace``;
+Both are written aside and renamed into place (:func:`losa_cache.outdir.atomic_write`);
 an old ``adapter.json`` is removed before the new weights land, so a crash at any point
-never leaves an ``adapter.json`` that points to missing or different weights.
+never leaves an ``adapter.json`` that points to missing or different weights. Neither
+is ever written through a symlink.
 
 Loading reads only files of the adapter's own folder (a weights name with a path, ``..``
 or a symlink out of the folder is refused) and requires the recorded sha256: without
@@ -22,7 +23,6 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from losa_cache.outdir import atomic_write, atomic_write_text, remove_file, write_error
 from losa_cache.side import SideConfig, SideNetwork, create_side
 from losa_cache.versions import versions
 
@@ -94,22 +95,17 @@ def save_adapter(out_dir: str | Path, model: SideNetwork, config: SideConfig,
     """
     _check_model(model, config)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    weights_tmp = _tmp_path(out, ADAPTER_WEIGHTS)
-    json_tmp = _tmp_path(out, ADAPTER_JSON)
     try:
-        _write_weights(weights_tmp, state, config)
-        record = adapter_record(model, config, meta, _sha256_file(weights_tmp))
-        json_tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        _fsync(json_tmp)
-        # the json is the commit marker: drop the old one before the weights change
-        (out / ADAPTER_JSON).unlink(missing_ok=True)
-        os.replace(weights_tmp, out / ADAPTER_WEIGHTS)
-        os.replace(json_tmp, out / ADAPTER_JSON)
-    finally:
-        for tmp in (weights_tmp, json_tmp):
-            tmp.unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(out, e) from e
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    adapter_record(model, config, meta, "0" * 64)  # refuse bad meta before anything changes
+    # the json is the commit marker: drop the old one before the weights change
+    remove_file(out / ADAPTER_JSON)
+    weights = atomic_write(out / ADAPTER_WEIGHTS, lambda tmp: _write_weights(tmp, state, config))
+    record = adapter_record(model, config, meta, _sha256_file(weights))
+    atomic_write_text(out / ADAPTER_JSON, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return out
 
 
@@ -165,16 +161,6 @@ def _write_weights(path: Path, state: dict[str, torch.Tensor], config: SideConfi
     metadata = {"format": "pt", "losa_cache_format": FORMAT,
                 "losa_cache_format_version": str(FORMAT_VERSION), "method": config.method}
     save_file(state, str(path), metadata=metadata)
-    _fsync(path)
-
-
-def _tmp_path(out: Path, name: str) -> Path:
-    return out / f".{name}.tmp-{os.getpid()}"
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _sha256_file(path: Path) -> str:

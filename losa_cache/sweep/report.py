@@ -12,12 +12,19 @@ the sweep has a test split, else validation accuracy. ``report.md`` holds the ta
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from losa_cache.outdir import folder_name
+from losa_cache.outdir import (
+    atomic_write,
+    atomic_write_text,
+    claim_outdir,
+    folder_name,
+    locked_outdir,
+)
 from losa_cache.sweep.results import load_results
 
 __all__ = ["METRICS", "Metric", "base_lr", "make_report", "pareto"]
@@ -32,6 +39,7 @@ class Metric:
     lower_is_better: bool
 
 
+REPORT_MD = "report.md"
 METRICS = (
     Metric("learned_params", "params", "learned parameters (M, head excluded)", 1e-6, True),
     Metric("train_memory_b1", "memory", "training memory at batch 1, from the store (MB)",
@@ -147,7 +155,13 @@ def make_report(dirs: Sequence[str | Path], out: str | Path | None = None,
     labels = list(labels or _labels(dirs))
     docs = {lab: load_results(d) for lab, d in zip(labels, dirs, strict=True)}
     dest = Path(out) if out is not None else Path(dirs[0]) / "report"
-    dest.mkdir(parents=True, exist_ok=True)
+    with locked_outdir(dest, "report"):
+        return _report(docs, dest, plt)
+
+
+def _report(docs: dict[str, dict], dest: Path, plt: Any) -> dict[str, Any]:
+    held = [n for n in _entries(dest) if n.endswith(".png")]
+    claim_outdir(dest, "report", proof=(REPORT_MD,), known=(REPORT_MD, *held))
     tasks = sorted({r["task"] for doc in docs.values() for r in doc["results"]})
     pngs, tables = [], []
     for task in tasks:
@@ -170,8 +184,7 @@ def make_report(dirs: Sequence[str | Path], out: str | Path | None = None,
         overview.tight_layout()
         pngs.append(_save(overview, dest / f"{folder_name(task)}_overview.png", plt))
         tables.append(_table(task, rows, flags))
-    md = dest / "report.md"
-    md.write_text(_markdown(docs, tables, pngs, dest))
+    md = atomic_write_text(dest / REPORT_MD, _markdown(docs, tables, pngs, dest))
     return {"markdown": str(md), "pngs": [str(p) for p in pngs], "tasks": tasks}
 
 
@@ -181,9 +194,13 @@ def _labels(dirs: Sequence[str | Path]) -> list[str]:
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path
+
+
+def _entries(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder)) if folder.is_dir() else []
 
 
 def _fmt(v: Any, spec: str) -> str:

@@ -21,12 +21,21 @@ of the group, not a per-run cost. The sweep's total is in the summary.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 from losa_cache.baselines import copy_baseline_adapter, is_baseline
-from losa_cache.outdir import folder_name
+from losa_cache.outdir import (
+    atomic_write,
+    atomic_write_text,
+    folder_name,
+    read_json,
+    remove_file,
+    remove_tree,
+    safe_subdir,
+)
 from losa_cache.side import SideConfig, head_params
 from losa_cache.sweep.config import RunSpec, method_uses
 from losa_cache.sweep.grouping import Profile
@@ -102,7 +111,7 @@ def export_best(out: Path, best: dict[str, dict[str, Any]]) -> dict[str, str]:
 
     paths = {}
     for task, row in best.items():
-        dst = out / "best" / folder_name(task)
+        dst = safe_subdir(out, "best", folder_name(task))  # never through a symlink
         _clear_export(dst)
         if is_baseline(row["method"]):  # its own format (+ peft's folder): copied as is
             paths[task] = str(copy_baseline_adapter(row["adapter"], dst))
@@ -122,25 +131,24 @@ def _clear_export(dst: Path) -> None:
     to another baseline) on --resume; a peft folder left from the earlier best would then sit
     beside an adapter that does not use it. adapter.json (the commit marker) goes first.
     """
-    import shutil
-
     from losa_cache.baselines.methods import PEFT_DIR
 
-    (dst / "adapter.json").unlink(missing_ok=True)
-    if (dst / PEFT_DIR).is_dir():
-        shutil.rmtree(dst / PEFT_DIR)
+    remove_file(dst / "adapter.json")
+    remove_tree(dst / PEFT_DIR)
 
 
 def write_results(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """``results.json`` (summary + rows) and ``results.csv`` (one line per run)."""
     doc = {"summary": summary, "results": rows}
-    (out / "results.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str)
-                                      + "\n")
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**r, "blocks": ";".join(map(str, r["blocks"]))})
+    atomic_write_text(out / "results.json",
+                      json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, "blocks": ";".join(map(str, r["blocks"]))})
+    atomic_write(out / "results.csv",
+                 lambda tmp: tmp.write_text(table.getvalue(), encoding="utf-8", newline=""))
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -149,4 +157,4 @@ def load_results(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f"{path} holds no results.json: not a finished sweep (run "
                                 "`losa-cache sweep --out DIR`, or --resume it)")
-    return json.loads(file.read_text())
+    return read_json(file, "rerun the sweep with --resume to write it again")

@@ -34,7 +34,14 @@ import torch
 from tqdm.auto import tqdm
 
 from losa_cache.baselines import build_baseline, is_baseline
-from losa_cache.outdir import locked_outdir
+from losa_cache.outdir import (
+    OutdirError,
+    atomic_write_text,
+    claim_outdir,
+    locked_outdir,
+    read_json,
+    safe_subdir,
+)
 from losa_cache.side import SideConfig
 from losa_cache.sweep.config import RunSpec, SweepConfig, expand_runs, method_uses
 from losa_cache.sweep.grouping import (
@@ -72,12 +79,16 @@ from losa_cache.train.trainer import choose_inputs, make_run, open_source
 __all__ = ["SWEEP_JSON", "run_sweep"]
 
 SWEEP_JSON = "sweep.json"
+#: What a sweep folder holds (an earlier version's folder with these is adopted).
+SWEEP_FILES = frozenset({SWEEP_JSON, "groups", "runs", "best", "report", "results.json",
+                         "results.csv"})
 
 
 def run_sweep(cfg: SweepConfig, progress: bool = True,
               storage_options: dict | None = None) -> dict[str, Any]:
     """Train every run of ``cfg`` (resuming if asked); returns the summary (also on disk)."""
-    with locked_outdir(cfg.out, "sweep"):  # one sweep per --out at a time
+    with locked_outdir(cfg.out, "sweep"):  # one sweep per --out at a time (members too)
+        claim_outdir(cfg.out, "sweep", proof=(SWEEP_JSON,), known=SWEEP_FILES)
         return _run_sweep(cfg, progress, storage_options)
 
 
@@ -143,9 +154,11 @@ def _resume_doc(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> dict[str, A
     if not doc_path.is_file():
         raise FileNotFoundError(f"--resume: no {SWEEP_JSON} in {out}; run without --resume to "
                                 "start, or point --out at the sweep to continue")
-    doc = json.loads(doc_path.read_text())
+    doc = read_json(doc_path, _DAMAGED)
+    theirs = doc.get("runs") if isinstance(doc, dict) else None
+    if not isinstance(theirs, list) or not isinstance(doc.get("groups"), list):
+        raise OutdirError(f"{doc_path} is not a sweep's record (no runs or groups); {_DAMAGED}")
     mine = [r.to_dict() for r in runs]
-    theirs = doc["runs"]
     if [_maths(r) for r in mine] != [_maths(r) for r in theirs]:
         old = {r["task"] + "/" + r["id"] for r in theirs}
         new = {r["task"] + "/" + r["id"] for r in mine}
@@ -153,6 +166,10 @@ def _resume_doc(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> dict[str, A
                          f"{sorted(old - new)[:5]}, only now: {sorted(new - old)[:5]}, or "
                          "settings changed); use the same options")
     return doc
+
+
+_DAMAGED = ("restore it from a copy, or start the sweep again without --resume into a new "
+            "--out (finished runs in runs/ can be copied over)")
 
 
 def _maths(run: dict[str, Any]) -> dict[str, Any]:
@@ -239,7 +256,7 @@ def _write_doc(out: Path, cfg: SweepConfig, runs: list[RunSpec], profs: dict[str
     doc = {"config": cfg.to_dict(), "runs": [r.to_dict() for r in runs],
            "profiles": {k: p.to_dict() for k, p in profs.items()},
            "groups": [g.to_dict() for g in groups]}
-    (out / SWEEP_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / SWEEP_JSON, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------------------- groups
@@ -252,7 +269,11 @@ def _group_file(out: Path, gid: int) -> Path:
 def _finished(spec: RunSpec) -> bool:
     """A run whose metrics.json says it ended (trained or diverged): kept on resume."""
     path = Path(spec.train.out) / ckpt.METRICS
-    return path.is_file() and json.loads(path.read_text())["status"] in ("trained", "diverged")
+    if not path.is_file():
+        return False
+    metrics = read_json(path, "delete it and rerun with --resume (the run then continues "
+                              "from its checkpoint)")
+    return isinstance(metrics, dict) and metrics.get("status") in ("trained", "diverged")
 
 
 def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: torch.device,
@@ -266,7 +287,7 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
     for s in todo:
         resume = (Path(s.train.out) / ckpt.CHECKPOINT).is_file()
         run = make_run(dataclasses.replace(s.train, resume=resume), source, device, s.key)
-        run.start()
+        run.start(tunable=frozenset())  # a member's checkpoint is its own, exactly
         runs.append(run)
     engine = Engine(runs, inputs, progress, cfg.batching, ticks_left,
                     label=f"group {gid + 1}/{n}")
@@ -278,7 +299,7 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
         if is_baseline(s.train.method) and metrics["complete"]:  # before any pruning
             row.update(_baseline_costs(cfg, s, sides, source, row["batch_size"], device,
                                        run.model))
-        (Path(s.train.out) / RESULT).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+        _write_row(Path(s.train.out), row)
     if not done:
         return False, engine.ticks
     stats = {"group": gid, "num_runs": len(specs), "bytes_read": inputs.bytes_read - bytes0,
@@ -286,9 +307,14 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
              "batching": [{"runs": [m.name for m in g.members], "mode": g.mode,
                            "timing_s": g.timing} for _, lanes in engine.feeds.values()
                           for lane in lanes for g in lane.groups]}
-    _group_file(out := Path(cfg.out), gid).parent.mkdir(exist_ok=True)
-    _group_file(out, gid).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    safe_subdir(cfg.out, "groups")
+    atomic_write_text(_group_file(Path(cfg.out), gid),
+                      json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return True, engine.ticks
+
+
+def _write_row(run_dir: Path, row: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / RESULT, json.dumps(row, indent=2, sort_keys=True) + "\n")
 
 
 def _baseline_costs(cfg: SweepConfig, r: RunSpec, sides: dict, source: DataSource,
@@ -316,7 +342,8 @@ def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, dtype: Any,
     """Every run's row, its side network's costs measured once per (network, optimizer,
     batch): training img/s from the store and, with ``live_metrics``, the paper's setting
     (training memory and img/s with the backbone forward, inference at batch 1)."""
-    rows = [json.loads((Path(r.train.out) / RESULT).read_text()) for r in runs]
+    rows = [read_json(Path(r.train.out) / RESULT, "delete it and rerun with --resume")
+            for r in runs]
     todo = [(r, row) for r, row in zip(runs, rows, strict=True)  # baselines: timed above
             if not row.get("costs_measured") and not is_baseline(row["method"])]
     backbone = _measuring_backbone(cfg, source, [sides[r.key] for r, _ in todo], device)
@@ -328,7 +355,7 @@ def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, dtype: Any,
             costs[key] = _side_costs(cfg, sides[r.key], r.train.optimizer, row["batch_size"],
                                      dtype, device, amp, backbone)
         row.update(costs[key], costs_measured=True)
-        (Path(r.train.out) / RESULT).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+        _write_row(Path(r.train.out), row)
     return rows
 
 
@@ -381,7 +408,8 @@ def _finish(cfg: SweepConfig, out: Path, rows: list[dict[str, Any]], groups: lis
     for r in rows:
         r["best"] = best.get(r["task"]) is r
     paths = export_best(out, best)
-    stats = [json.loads(_group_file(out, g).read_text()) for g in range(len(groups))]
+    stats = [read_json(_group_file(out, g), "delete it and rerun with --resume (the group's "
+                       "runs are kept)") for g in range(len(groups))]
     seconds = sum(s["seconds"] for s in stats)
     images = sum(r["train_images"] for r in rows)
     diverged = [{"run": f"{r['task']}/{r['run']}", "error": r["error"],

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from losa_cache.outdir import atomic_write, atomic_write_text, write_error
+
 __all__ = ["CHECKPOINT", "METRICS", "METRICS_LOG", "CheckpointError", "MetricsLog",
            "load_checkpoint",
            "peak_memory", "reset_peak_memory", "rng_state", "save_checkpoint", "set_rng_state"]
@@ -27,15 +29,9 @@ METRICS = "metrics.json"
 
 
 def save_checkpoint(out: Path, payload: dict[str, Any]) -> Path:
-    """Write ``out/checkpoint.pt`` via a temporary file, so a crash keeps the previous one."""
-    path = out / CHECKPOINT
-    tmp = out / f".{CHECKPOINT}.tmp-{os.getpid()}"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write ``out/checkpoint.pt`` aside and rename it, so a crash keeps the previous one;
+    a full disk is one error naming the file and the fix."""
+    return atomic_write(out / CHECKPOINT, lambda tmp: torch.save(payload, tmp))
 
 
 class CheckpointError(ValueError):
@@ -115,20 +111,41 @@ def _proc_status_kib(field: str) -> int:
 
 
 class MetricsLog:
-    """Append-only JSONL of train/eval records; on resume, later steps are dropped first."""
+    """Append-only JSONL of train/eval records. On resume the log is rewritten (aside,
+    then renamed: a kill keeps the old one) without what the checkpoint did not see:
+    later steps, a line cut short by a kill, and the test record (the end re-tests)."""
 
     def __init__(self, out: Path, resume_step: int | None) -> None:
         self.path = out / METRICS_LOG
         if resume_step is None:
-            self.path.write_text("")
+            atomic_write_text(self.path, "")
         elif self.path.exists():
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in keep))
+            keep = [json.dumps(r, sort_keys=True) for r in self._read()
+                    if r.get("step", 0) <= resume_step and r.get("kind") != "test"]
+            atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+
+    def _read(self) -> list[dict[str, Any]]:
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:  # an append cut short by a kill: after the checkpoint
+                    break
+                raise CheckpointError(
+                    f"--resume: {self.path} line {i + 1} is damaged; restore the file, or "
+                    "delete it (the learning curve restarts) and rerun with --resume") from None
+        return records
 
     def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:  # O_NOFOLLOW: never appended through a symlink
+            fd = os.open(self.path, flags, 0o644)
+            with os.fdopen(fd, "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError as e:
+            raise write_error(self.path, e) from e
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

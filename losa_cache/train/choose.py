@@ -69,6 +69,7 @@ def keep_best(cfg: TrainConfig, results: list[dict[str, Any]]) -> dict[str, Any]
     """The candidate with the best final val accuracy (ties: the smaller k, a shorter
     backbone at prediction) as ``cfg.out``'s adapter and metrics.json."""
     from losa_cache.adapter import load_adapter, save_adapter
+    from losa_cache.outdir import atomic_write_text
     from losa_cache.train import checkpoint as ckpt
 
     by_k = {m["options"]["gather_k"]: m for m in results}
@@ -88,6 +89,6 @@ def keep_best(cfg: TrainConfig, results: list[dict[str, Any]]) -> dict[str, Any]
             "task": adapter.task, "train_config": adapter.meta.get("train_config"),
             "metrics": {**adapter.meta.get("metrics", {}), "k_choice": choice}}  # fmt: skip
     metrics["adapter"] = str(save_adapter(cfg.out, adapter.model, adapter.config, meta))
-    path = Path(cfg.out) / ckpt.METRICS
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write_text(Path(cfg.out) / ckpt.METRICS, text)
     return metrics

@@ -292,6 +292,8 @@ class Engine:
                 for r in stepped:
                     r.position = lane.consumer.position
                 self._after_step(stepped)
+                for r in stepped:  # diverged on this batch: name non-finite inputs
+                    r.blame_inputs(feats, rows)
                 if not lane.active:
                     break
 

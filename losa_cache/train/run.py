@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from losa_cache.outdir import atomic_write_text, claim_outdir
 from losa_cache.side import SideConfig, create_side, head_params
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.config import TrainConfig
@@ -37,6 +38,10 @@ from losa_cache.train.sources import SourceInfo, TaskData
 __all__ = ["NonFiniteLossError", "Run", "compile_side", "cpu_has_bf16", "forward_loss",
            "use_amp"]
 
+#: What a run folder holds (an earlier version's folder with these is adopted): the
+#: files above, MIST's candidates (``k/``), a lora baseline's ``peft/``, a sweep's row.
+RUN_FILES = frozenset({ckpt.CHECKPOINT, ckpt.METRICS, ckpt.METRICS_LOG, "adapter.json",
+                       "adapter.safetensors", "k", "peft", "result.json"})
 #: Settings that may change on --resume (the continuation is then no longer exact).
 TUNABLE_ON_RESUME = frozenset({"lr", "steps", "epochs", "warmup_steps", "weight_decay",
                                "label_smoothing", "momentum"})
@@ -129,28 +134,37 @@ class Run:
 
     # ------------------------------------------------------------------ start
 
-    def start(self) -> None:
-        """Open the output folder: resume from its checkpoint, or refuse to overwrite one."""
-        state = self._load_resume_state()
-        self.out.mkdir(parents=True, exist_ok=True)
+    def start(self, tunable: frozenset[str] = TUNABLE_ON_RESUME) -> None:
+        """Claim the output folder (never the user's files, never through a symlink), then
+        resume from its checkpoint or refuse to overwrite one. ``tunable``: the settings
+        that may differ from the checkpoint's (a sweep member's: none)."""
+        claim_outdir(self.out, "train", proof=(ckpt.CHECKPOINT,), known=RUN_FILES)
+        state = self._load_resume_state(tunable)
         if state is not None:
             self._restore(state)
         self.log = ckpt.MetricsLog(self.out, self.step if state is not None else None)
 
-    def _load_resume_state(self) -> dict[str, Any] | None:
+    def _load_resume_state(self, tunable: frozenset[str]) -> dict[str, Any] | None:
         if not self.cfg.resume:
             if (self.out / ckpt.CHECKPOINT).exists():
                 raise ValueError(f"{self.out} already holds a run ({ckpt.CHECKPOINT}); pass "
                                  "--resume to continue it, or choose another --out")
             return None
         state = ckpt.load_checkpoint(self.out)
-        saved = TrainConfig.from_dict(state["train_config"]).maths()
+        try:
+            saved = TrainConfig.from_dict(state["train_config"]).maths()
+        except (KeyError, TypeError, ValueError) as e:
+            raise ckpt.CheckpointError(
+                f"--resume: {self.out / ckpt.CHECKPOINT} records no valid training config "
+                f"({type(e).__name__}); point --out at the run to continue") from None
         mine = self.cfg.maths()
-        fixed = sorted(k for k in mine if mine[k] != saved[k] and k not in TUNABLE_ON_RESUME)
+        fixed = sorted(k for k in mine if mine[k] != saved.get(k) and k not in tunable)
         if fixed:
-            raise ValueError(f"--resume: the run in {self.out} was started with different "
-                             f"{fixed} ({[saved[k] for k in fixed]}); use the same values")
-        tuned = sorted(k for k in mine if mine[k] != saved[k])
+            raise ValueError(f"--resume: {self.out / ckpt.CHECKPOINT} was written by a run "
+                             f"with different {fixed} ({[saved.get(k) for k in fixed]} there, "
+                             f"{[mine[k] for k in fixed]} now); use the same values, or "
+                             "restore that run's own checkpoint")
+        tuned = sorted(k for k in mine if mine[k] != saved.get(k))
         if tuned:
             self.notes.append(f"resuming with changed {tuned}: not an exact continuation")
         return state
@@ -164,6 +178,7 @@ class Run:
         if state["order"] != self._order_state():
             raise ValueError(f"cannot resume {self.out}: the batch order differs from the "
                              f"checkpoint's ({state['order']} there, {self._order_state()} now)")
+        self._check_progress(state)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -180,6 +195,24 @@ class Run:
             if "momentum" in group:
                 group["momentum"] = self.cfg.momentum
         self.notes.append(f"resumed from step {self.step}")
+
+    def _check_progress(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose step or stream position this run cannot have reached
+        (edited, or from another run): resuming from it would train on a made-up state."""
+        step, position = state.get("step"), state.get("position")
+        saved = TrainConfig.from_dict(state["train_config"]).plan(len(self.train_rows))
+        most_steps = max(self.steps, int(saved["steps"]))
+        epochs = -(-int(step) * self.batch // len(self.train_rows)) + 1 if isinstance(
+            step, int) else 0
+        most_rows = epochs * len(self.order)
+        ok = (isinstance(step, int) and isinstance(position, int)
+              and 0 <= step <= most_steps and step <= position <= most_rows)
+        if not ok:
+            raise ckpt.CheckpointError(
+                f"--resume: {self.out / ckpt.CHECKPOINT} holds step {step!r} and position "
+                f"{position!r}, which this run cannot have reached (step 0..{most_steps}, "
+                f"position step..{most_rows}); the file is damaged or edited: restore it "
+                "from a copy, or train again without --resume into a new --out")
 
     # ------------------------------------------------------------------ stepping
 
@@ -288,6 +321,29 @@ class Run:
         self.error = (f"loss became {value} by step {self.step} (lr {self.lr:.3g}): "
                       f"training stopped; {kept}")
 
+    def blame_inputs(self, feats: Any, rows: np.ndarray) -> None:
+        """A run that diverged on a batch holding NaN/inf features: say so, naming the
+        input and the store rows (the lr is not to blame; a lower one would not help)."""
+        if self.status != "diverged" or getattr(self, "_blamed", False):
+            return
+        self._blamed = True
+        named = feats.items() if isinstance(feats, dict) else [("images", feats)]
+        bad = []
+        for key, x in named:
+            if not (torch.is_tensor(x) and x.is_floating_point() and len(x) == len(rows)):
+                continue
+            finite = torch.isfinite(x.reshape(len(x), -1)).all(1).cpu().numpy()
+            if not finite.all():
+                what = f"block {key}" if isinstance(key, int) else str(key)
+                bad.append(f"{what} at store rows {rows[~finite][:5].tolist()}"
+                           f"{' ...' if (~finite).sum() > 5 else ''} ({int((~finite).sum())} "
+                           "rows of this batch)")
+        if bad:
+            self.error = (f"the input features are not finite (NaN or inf): {'; '.join(bad)}; "
+                          f"training stopped at step {self.step}. The store holds non-finite "
+                          "values (the backbone overflowed at extraction): re-extract the store "
+                          "(e.g. with --precision fp32), or leave those rows out of the split")
+
     def last_checkpoint_step(self) -> int | None:
         path = self.out / ckpt.CHECKPOINT
         return int(ckpt.load_checkpoint(self.out)["step"]) if path.exists() else None
@@ -352,7 +408,7 @@ class Run:
         }
         if complete:
             metrics["adapter"] = str(self._save_adapter(metrics))
-        (self.out / ckpt.METRICS).write_text(_dumps(metrics))
+        atomic_write_text(self.out / ckpt.METRICS, _dumps(metrics))
         return metrics
 
     def _save_adapter(self, metrics: dict[str, Any]) -> Path:

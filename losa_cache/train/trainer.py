@@ -11,6 +11,8 @@ so ``resume`` continues bit for bit on CPU.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,16 +20,16 @@ import torch
 from tqdm.auto import tqdm
 
 from losa_cache.baselines.methods import build_baseline, is_baseline
-from losa_cache.outdir import locked_outdir
+from losa_cache.outdir import claim_outdir, locked_outdir
 from losa_cache.store import StoreError
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.allocator import tune_allocator
 from losa_cache.train.cache import CacheChoice, choose_cache
-from losa_cache.train.choose import candidate_configs, keep_best
+from losa_cache.train.choose import K_DIR, candidate_configs, keep_best
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.engine import Engine, Inputs
 from losa_cache.train.keys import Key, sort_keys
-from losa_cache.train.run import NonFiniteLossError, Run
+from losa_cache.train.run import RUN_FILES, NonFiniteLossError, Run
 from losa_cache.train.sources import (
     DataSource,
     StoreSource,
@@ -100,7 +102,19 @@ def train(cfg: TrainConfig, progress: bool = True,
     hold credentials.
     """
     with locked_outdir(cfg.out, "train"):  # one run per --out at a time
+        claim_outdir(cfg.out, "train", proof=(ckpt.CHECKPOINT, K_DIR), known=RUN_FILES)
         return _train(cfg, progress, storage_options)
+
+
+def _resuming(cfgs: list[TrainConfig]) -> list[TrainConfig]:
+    """MIST's candidates under --resume: those with a checkpoint resume, the others start
+    (a kill can come between the first checkpoints of two candidates)."""
+    if len(cfgs) == 1 or not cfgs[0].resume:
+        return cfgs
+    held = [(Path(c.out) / ckpt.CHECKPOINT).is_file() for c in cfgs]
+    if not any(held):
+        ckpt.load_checkpoint(Path(cfgs[0].out))  # the one "no checkpoint" message
+    return [dataclasses.replace(c, resume=h) for c, h in zip(cfgs, held, strict=True)]
 
 
 def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> dict[str, Any]:
@@ -111,7 +125,8 @@ def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> di
     source = open_source(cfg, device, storage_options)
     try:
         # one run, or one per candidate setting chosen on val (MIST's k), fed together
-        runs = [make_run(c, source, device) for c in candidate_configs(cfg, source.info)]
+        runs = [make_run(c, source, device)
+                for c in _resuming(candidate_configs(cfg, source.info))]
         for run in runs:
             run.start()
         inputs = choose_inputs(cfg.cache, source, device,
