@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from losa_cache.outdir import atomic_write, atomic_write_text, remove_file, write_error
+from losa_cache.outdir import commit, remove_file, write_aside, write_error
 from losa_cache.side import SideConfig, SideNetwork, create_side
 from losa_cache.versions import versions
 
@@ -100,12 +100,20 @@ def save_adapter(out_dir: str | Path, model: SideNetwork, config: SideConfig,
     except OSError as e:
         raise write_error(out, e) from e
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    adapter_record(model, config, meta, "0" * 64)  # refuse bad meta before anything changes
-    # the json is the commit marker: drop the old one before the weights change
-    remove_file(out / ADAPTER_JSON)
-    weights = atomic_write(out / ADAPTER_WEIGHTS, lambda tmp: _write_weights(tmp, state, config))
-    record = adapter_record(model, config, meta, _sha256_file(weights))
-    atomic_write_text(out / ADAPTER_JSON, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    weights = write_aside(out / ADAPTER_WEIGHTS, lambda tmp: _write_weights(tmp, state, config))
+    record_tmp = None
+    try:
+        record = adapter_record(model, config, meta, _sha256_file(weights))
+        text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+        record_tmp = write_aside(out / ADAPTER_JSON, lambda tmp: tmp.write_text(text))
+        # the json is the commit marker: drop the old one before the weights change
+        remove_file(out / ADAPTER_JSON)
+        commit(weights, out / ADAPTER_WEIGHTS)
+        commit(record_tmp, out / ADAPTER_JSON)
+    finally:
+        for tmp in (weights, record_tmp):
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
     return out
 
 

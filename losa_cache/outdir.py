@@ -51,6 +51,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_text",
     "claim_outdir",
+    "commit",
     "folder_name",
     "folder_names",
     "is_safe_segment",
@@ -59,6 +60,7 @@ __all__ = [
     "remove_file",
     "remove_tree",
     "safe_subdir",
+    "write_aside",
     "write_error",
 ]
 
@@ -397,6 +399,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     see the old complete file or the new one. A symlink at ``path`` is refused (the
     rename would replace the link, never write through it, but its target was meant)."""
     path = Path(path)
+    commit(write_aside(path, write), path)
+    return path
+
+
+def write_aside(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """The first half of :func:`atomic_write`: ``write(tmp)`` beside ``path``, synced to
+    disk; returns ``tmp`` for :func:`commit` (several files renamed in a chosen order).
+    On failure the temporary file is removed and the error names ``path``."""
+    path = Path(path)
     if path.is_symlink():
         raise OutdirError(f"{path} is a symlink; losa-cache never writes through a symlink: "
                           "remove it, or choose a new --out")
@@ -405,19 +416,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if isinstance(e, OutputWriteError):
-            raise
-        raise write_error(path, e) from e
-    except RuntimeError as e:  # torch.save: "[enforce fail at inline_container.cc]"
-        if not _IO_FAILURE.search(str(e)):
-            raise
-        raise write_error(path, e) from e
-    finally:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-    return path
+        if isinstance(e, OSError) and not isinstance(e, OutputWriteError):
+            raise write_error(path, e) from e
+        if isinstance(e, RuntimeError) and _IO_FAILURE.search(str(e)):  # torch.save's
+            raise write_error(path, e) from e
+        raise
+    return tmp
+
+
+def commit(tmp: Path, path: str | Path) -> None:
+    """The second half of :func:`atomic_write`: rename ``tmp`` over ``path``."""
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_error(path, e) from e
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
