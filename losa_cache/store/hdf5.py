@@ -12,7 +12,12 @@ manifest) last: an interrupted import never looks like a finished store.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,22 +97,146 @@ def export_hdf5(
     arrays = [(n, a) for n, a in nodes if isinstance(a, zarr.Array)]
     total = sum(a.nbytes for _, a in arrays)
     tmp = out.with_name(out.name + ".partial")
+    _check_space(out, total if compression is None else 0)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="export", disable=not progress)
-    with bar, h5py.File(tmp, "w") as h5:
-        h5.attrs["format"] = FORMAT
-        h5.create_dataset(META_DATASET, data=json.dumps(meta), dtype=h5py.string_dtype())
-        _h5_attrs(h5, group.attrs.asdict())
-        for name, node in nodes:
-            if isinstance(node, zarr.Group):
-                _h5_attrs(h5.require_group(name), node.attrs.asdict())
-        for name, arr in arrays:
-            _copy_to_h5(arr, h5, name, compression, bar)
-    tmp.replace(out)  # a killed export leaves only the .partial file
+    try:
+        with bar:
+            _write_h5(tmp, group, nodes, meta, arrays, compression, bar)
+        os.replace(tmp, out)  # a killed export leaves only the .partial file
+    except (OSError, RuntimeError) as e:  # h5py reports a full disk as either
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # ours: never left behind to keep the disk full
+        raise _export_error(out, e) from None
     return {"store": path, "out": str(out), "arrays": len(arrays), "bytes": total}
 
 
+def _write_h5(tmp: Path, group: zarr.Group, nodes: list, meta: dict[str, str],
+              arrays: list, compression: str | None, bar: tqdm) -> None:
+    """The export into ``tmp``. HDF5 meeting a failed write (a full disk) fails in its
+    own clean-up, up to a segfault; so it writes through :class:`_GuardedFile`, which
+    never fails a write, and the first failure is raised here after each dataset."""
+    with _GuardedFile(tmp) as sink:
+        with h5py.File(sink, "w") as h5:
+            h5.attrs["format"] = FORMAT
+            h5.create_dataset(META_DATASET, data=json.dumps(meta), dtype=h5py.string_dtype())
+            _h5_attrs(h5, group.attrs.asdict())
+            for name, node in nodes:
+                if isinstance(node, zarr.Group):
+                    _h5_attrs(h5.require_group(name), node.attrs.asdict())
+            for name, arr in arrays:
+                _copy_to_h5(arr, h5, name, compression, bar, sink.check)
+                h5.flush()
+                sink.check()
+        sink.check()
+        os.fsync(sink.file.fileno())
+
+
+class _GuardedFile:
+    """The file object HDF5 writes through: a failed write is recorded, not returned to
+    HDF5 (the export is abandoned at the next :meth:`check`, which raises it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "w+b")  # noqa: SIM115 (closed by __exit__)
+        self.error: OSError | None = None
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        if self.error is None:
+            try:
+                return self.file.write(data)
+            except OSError as e:
+                self.error = e
+        return size
+
+    def readinto(self, buf: Any) -> int:
+        return self.file.readinto(buf)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.file.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        try:
+            return self.file.truncate(size)
+        except OSError as e:
+            self.error = self.error or e
+            return size or 0
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as e:
+            self.error = self.error or e
+
+    def __enter__(self) -> _GuardedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.file.close()
+        except OSError as e:
+            self.error = self.error or e
+
+
+#: room beyond the data for HDF5's own metadata (object headers, chunk indexes)
+SPACE_MARGIN = 1 << 20
+
+
+def _check_space(out: Path, data_bytes: int) -> None:
+    """Refuse an export the disk cannot hold before writing a byte (uncompressed: the
+    size is known); HDF5 meeting a full disk midway fails badly (errors in its clean-up)."""
+    folder = out.absolute().parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # a missing folder: the write names it
+    if data_bytes and free < data_bytes + SPACE_MARGIN:
+        raise StoreError(
+            f"cannot export to {out}: it needs about {_mib(data_bytes + SPACE_MARGIN)} and "
+            f"{folder} has {_mib(free)} free; free space, or choose a path on another disk")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _export_error(out: Path, e: BaseException) -> StoreError:
+    """A failed HDF5 write as one line naming the file and the fix (the .partial file
+    the export created is already removed)."""
+    text = str(e)
+    code = getattr(e, "errno", None)
+    found = re.search(r"errno = (\d+)", text)
+    if found:
+        code = int(found.group(1))
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        fix = "the disk is full: free space (or choose a path on another disk), then rerun"
+    elif code == errno.EROFS:
+        fix = "the file system is read-only: choose a path on a writable disk"
+    elif code in (errno.EACCES, errno.EPERM):
+        fix = "permission denied: choose a folder you can write to"
+    elif isinstance(e, OSError) and code is not None:
+        fix = f"{os.strerror(code)}: check the disk, then rerun"
+    else:
+        raise e
+    return StoreError(f"cannot write {out}: {fix} (the partial file was removed)")
+
+
 def _copy_to_h5(
-    arr: zarr.Array, h5: h5py.File, name: str, compression: str | None, bar: tqdm
+    arr: zarr.Array,
+    h5: h5py.File,
+    name: str,
+    compression: str | None,
+    bar: tqdm,
+    check: Any = lambda: None,
 ) -> None:
     dtype = h5py.string_dtype() if _is_str(arr) else np.dtype(arr.dtype)
     shape = arr.shape[:1] if _is_text(arr) else arr.shape
@@ -124,6 +253,7 @@ def _copy_to_h5(
         values = S.decode_text(arr[rows]) if _is_text(arr) else arr[rows]
         ds[rows] = values.astype(object) if _is_str(arr) else values
         bar.update(arr.nbytes * len(values) // arr.shape[0])
+        check()  # a failed write stops the export here
 
 
 def import_hdf5(

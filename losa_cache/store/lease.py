@@ -3,8 +3,8 @@
 Everything that changes a store takes it through :func:`store_lock`: an extraction or a
 repair (held for hours) and a labelling change (``tasks add``, held for a moment).
 Locally it is an advisory ``flock`` on ``.NAME.lock`` beside the store, released by the
-kernel when the holder exits or is killed. On object storage, where there is no flock,
-it is a *lease*: one small JSON object beside the store saying who holds it and until
+kernel when the holder exits or is killed (the file is removed when it ends). On object
+storage, where there is no flock, it is a *lease*: one small JSON object beside the store saying who holds it and until
 when. It is created with an exclusive put (S3 ``If-None-Match: *``), renewed by a
 heartbeat thread, and deleted on exit. A lease is *stale*, and taken over, once it has
 expired (the holder stopped renewing: killed, or cut off) or when its holder ran on this
@@ -101,8 +101,8 @@ def _holder_record(purpose: str) -> dict[str, Any]:
 
 class _LocalLock:
     """A flock on ``.NAME.lock`` beside a local store (not inside it: zarr warns about
-    foreign files in a hierarchy). The file is left in place: unlinking a flock file
-    lets a waiter lock an inode nobody else sees."""
+    foreign files in a hierarchy). The file is removed on release (no litter beside the
+    store); a waiter that locked the removed inode notices and opens the new file."""
 
     def __init__(self, path: str, purpose: str) -> None:
         root = Path(path.removeprefix("file://")).resolve()
@@ -114,13 +114,17 @@ class _LocalLock:
     def try_acquire(self) -> dict[str, Any] | None:
         import fcntl
 
-        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _parse_holder(os.pread(fd, 400, 0))
-            os.close(fd)
-            return holder
+        while True:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _parse_holder(os.pread(fd, 400, 0))
+                os.close(fd)
+                return holder
+            if _same_inode(fd, self.file):
+                break
+            os.close(fd)  # locked a file its holder just removed: take the new one
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_holder_record(self.purpose)).encode(), 0)
         self.fd = fd
@@ -128,12 +132,21 @@ class _LocalLock:
 
     def release(self) -> None:
         if self.fd is not None:
-            os.ftruncate(self.fd, 0)  # a later holder's waiters never read this one's name
+            with contextlib.suppress(OSError):
+                self.file.unlink()  # while still held: a waiter re-checks the inode
             os.close(self.fd)  # closing drops the flock
             self.fd = None
 
     def check(self) -> None:
         return None
+
+
+def _same_inode(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _parse_holder(raw: bytes) -> dict[str, Any]:

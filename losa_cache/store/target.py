@@ -47,6 +47,12 @@ def create_root(
             f"{path} already holds a losa-cache store; rerun the command that made it to "
             "resume, or choose another path"
         )
+    foreign = [e for e in _entries(path, storage_options) if e not in OURS]
+    if kind == "store" and foreign:  # "w" below would delete them with the store
+        raise StoreError(
+            f"{path} is a losa-cache store that also holds {_listing(foreign)}; replacing it "
+            "would delete those: move them out (or choose another path), then rerun"
+        )
     # "w" deletes everything under path; "a" creates (in an empty folder, kept as it is)
     mode = "a" if kind == "new" else "w"
     since = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

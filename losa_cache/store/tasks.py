@@ -22,7 +22,14 @@ import zarr
 from losa_cache.outdir import SEGMENT_RULE, is_safe_segment
 from losa_cache.store import schema as S
 from losa_cache.store.lease import LABELLING, store_lock
-from losa_cache.store.store import FeatureStore, StoreError, open_group, open_store, write_task
+from losa_cache.store.store import (
+    FeatureStore,
+    StoreError,
+    open_group,
+    open_store,
+    storage_errors,
+    write_task,
+)
 
 #: The rule for task names, quoted by README, ``tasks add --help`` and every refusal.
 TASK_NAME_RULE = SEGMENT_RULE
@@ -131,7 +138,9 @@ def add_task(
     one with ``overwrite``: serialised by the store's lock, switched atomically."""
     check_task_name(name)
     labels = np.asarray(labels, dtype=np.int32)
-    with store_lock(str(path), storage_options, purpose=LABELLING):
+    with storage_errors(path, "rerun the same command"), store_lock(
+        str(path), storage_options, purpose=LABELLING
+    ):
         group = open_group(path, mode="r+", storage_options=storage_options)
         store = FeatureStore(group, str(path))  # read under the lock: no lost update
         _check_labels(store, name, labels, len(classes))
