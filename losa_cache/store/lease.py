@@ -5,8 +5,8 @@ repair (held for hours) and a labelling change (``tasks add``, held for a moment
 Locally it is an advisory ``flock`` on ``.NAME.lock`` beside the store, released by the
 kernel when the holder exits or is killed (the file is removed when it ends). On object
 storage, where there is no flock, it is a *lease*: one small JSON object beside the
-store saying who holds it and until when. It is created with an exclusive put (S3 ``If-
-None-Match: *``), renewed by a heartbeat thread, and deleted on exit. A lease is
+store saying who holds it and until when. It is created with an exclusive put
+(S3 ``If-None-Match: *``), renewed by a heartbeat thread, and deleted on exit. A lease is
 *stale*, and taken over, once it has expired (the holder stopped renewing: killed, or
 cut off) or when its holder ran on this host and that process is gone, so rerunning
 after a crash needs no waiting.
