@@ -74,6 +74,7 @@ LOCK_FILE = ".losa-cache-out.lock"
 #: written into a folder when a command claims it: the folder's files are the tool's
 MARKER = ".losa-cache-out.json"
 _TMP = re.compile(r"\..+\.tmp-\d+")  # what atomic_write writes aside (.NAME.tmp-PID)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 #: how torch.save reports a failed write (it hides the OSError)
 _IO_FAILURE = re.compile(r"inline_container|PytorchStreamWriter|file write failed|errno", re.I)
 
@@ -138,7 +139,11 @@ class OutdirLock:
         except OSError as e:
             raise write_error(self.folder, e) from e
         while self.fd is None:
-            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+            except OSError as e:
+                self._forget_folder()
+                raise write_error(self.file, e) from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -373,6 +378,8 @@ _FIXES = {
     errno.EROFS: "the file system is read-only: choose a writable --out",
     errno.EACCES: "permission denied: choose a folder you can write to",
     errno.EPERM: "permission denied: choose a folder you can write to",
+    errno.ELOOP: "it is a symlink, and losa-cache never writes through a symlink: remove it, "
+                 "or choose a new --out",
 }
 
 
@@ -431,10 +438,12 @@ def commit(tmp: Path, path: str | Path) -> None:
     """The second half of :func:`atomic_write`: rename ``tmp`` over ``path``."""
     try:
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # Ctrl-C too: the old file stays, the aside one goes
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise write_error(path, e) from e
+        if isinstance(e, OSError):
+            raise write_error(path, e) from e
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

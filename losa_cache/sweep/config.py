@@ -262,6 +262,9 @@ def expand_runs(cfg: SweepConfig, depth: int, store_layers: list[int],
         spec = replace(spec, id=rid, train=replace(spec.train, out=_run_dir(cfg, spec.task, rid)))
         runs[spec.key] = spec
     folder_names(r.task for r in runs.values())  # refuse tasks that would share runs/<task>
+    if not runs:
+        raise ValueError("the sweep has no runs: give at least one method, rank, layer spec, "
+                         "lr and task (or config entries in --config)")
     return list(runs.values())
 
 
@@ -286,7 +289,13 @@ def _with_k(entry: dict[str, Any], depth: int) -> list[dict[str, Any]]:
 
 
 def _product(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """An entry whose values may be lists -> its cross product."""
+    """An entry whose values may be lists -> its cross product (an empty list would
+    silently drop the entry: refused, naming the key)."""
+    empty = [k for k, v in entry.items() if v == []]
+    if empty:
+        raise ValueError(f"--config: the entry {json.dumps(entry)} gives no values for "
+                         f"{empty}, so it expands to no run; give at least one value (or "
+                         "leave the key out for the default)")
     keys = list(entry)
     values = [v if isinstance(v, list) else [v] for v in entry.values()]
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]

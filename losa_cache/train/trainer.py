@@ -149,10 +149,20 @@ def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> di
         source.close()
     if all(r.status == "diverged" for r in runs):
         raise NonFiniteLossError(str(run.error))
-    metrics = keep_best(cfg, results) if len(runs) > 1 else results[0]
+    metrics = results[0] if len(runs) == 1 else _candidates_end(cfg, results)
     if progress:
         _say_end(metrics)
     return metrics
+
+
+def _candidates_end(cfg: TrainConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best candidate kept once all ended; while any is stopped (--stop-at, Ctrl-C)
+    nothing is chosen: the run is incomplete and --resume continues every candidate."""
+    if all(m["status"] != "stopped" for m in results):
+        return keep_best(cfg, results)
+    runs = {str(m["options"]["gather_k"]): m["out"] for m in results}
+    return {**results[0], "complete": False, "status": "stopped", "out": cfg.out,
+            "candidate_runs": runs, "step": min(m["step"] for m in results)}
 
 
 def _say_end(m: dict[str, Any]) -> None:
