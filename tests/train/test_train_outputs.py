@@ -31,8 +31,11 @@ def curve(out: str | Path) -> list[tuple]:
 
 
 def listing(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and not p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 # ------------------------------------------------------------------------------ ownership
@@ -48,8 +51,9 @@ def test_a_folder_holding_the_users_files_is_refused(make_cfg, name: str) -> Non
     assert listing(Path(cfg.out)) == {name: b"my own\n"}
 
 
-def test_symlinks_inside_out_are_refused_and_their_targets_untouched(make_cfg,
-                                                                      tmp_path: Path) -> None:
+def test_symlinks_inside_out_are_refused_and_their_targets_untouched(
+    make_cfg, tmp_path: Path
+) -> None:
     cfg = make_cfg("run", stop_at=2)
     train(cfg, progress=False)
     elsewhere = tmp_path / "elsewhere.jsonl"
@@ -117,8 +121,7 @@ def test_resuming_a_finished_run_adds_no_test_record(make_cfg) -> None:
 def test_leftovers_of_killed_writes_are_removed_on_the_next_run(make_cfg) -> None:
     cfg = make_cfg("left", stop_at=2)
     train(cfg, progress=False)
-    litter = [Path(cfg.out) / f".{n}.tmp-999999" for n in ("checkpoint.pt",
-                                                            "adapter.safetensors")]
+    litter = [Path(cfg.out) / f".{n}.tmp-999999" for n in ("checkpoint.pt", "adapter.safetensors")]
     for p in litter:
         p.write_bytes(b"half")
     train(make_cfg("left", resume=True), progress=False)
@@ -128,8 +131,9 @@ def test_leftovers_of_killed_writes_are_removed_on_the_next_run(make_cfg) -> Non
 # ------------------------------------------------------------------------------ checkpoints
 
 
-@pytest.mark.parametrize(("key", "value"), [("step", 10**9), ("step", -3),
-                                            ("position", 10**9), ("position", -3)])
+@pytest.mark.parametrize(
+    ("key", "value"), [("step", 10**9), ("step", -3), ("position", 10**9), ("position", -3)]
+)
 def test_a_checkpoint_out_of_range_is_refused_naming_it(make_cfg, key: str, value: int) -> None:
     cfg = make_cfg("edited", stop_at=2)
     train(cfg, progress=False)
@@ -142,7 +146,8 @@ def test_a_checkpoint_out_of_range_is_refused_naming_it(make_cfg, key: str, valu
 
 
 def test_a_full_disk_at_the_checkpoint_is_one_error_and_resume_is_exact(
-        make_cfg, monkeypatch) -> None:
+    make_cfg, monkeypatch
+) -> None:
     straight = make_cfg("straight", steps=6, eval_every=3)
     train(straight, progress=False)
     cfg = make_cfg("full", steps=6, eval_every=3, checkpoint_every=2)
@@ -151,8 +156,10 @@ def test_a_full_disk_at_the_checkpoint_is_one_error_and_resume_is_exact(
     def fills_up(obj: object, f: object, *a: object, **k: object) -> None:
         calls["n"] += 1
         if calls["n"] == 2:  # torch's own wording, which hides the OSError
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter "
-                               "failed writing file data/0: file write failed")
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . PytorchStreamWriter "
+                "failed writing file data/0: file write failed"
+            )
         real(obj, f, *a, **k)
 
     monkeypatch.setattr(torch, "save", fills_up)
@@ -164,13 +171,13 @@ def test_a_full_disk_at_the_checkpoint_is_one_error_and_resume_is_exact(
     assert err.value.errno == errno.ENOSPC and "\n" not in msg
     assert [p.name for p in Path(cfg.out).iterdir() if ".tmp-" in p.name] == []
     monkeypatch.undo()
-    train(make_cfg("full", steps=6, eval_every=3, checkpoint_every=2, resume=True),
-          progress=False)
+    train(make_cfg("full", steps=6, eval_every=3, checkpoint_every=2, resume=True), progress=False)
     assert curve(cfg.out) == curve(straight.out)
 
 
-def test_cli_full_disk_and_read_only_out_are_one_line(micro_store: str, tmp_path: Path,
-                                                      monkeypatch) -> None:
+def test_cli_full_disk_and_read_only_out_are_one_line(
+    micro_store: str, tmp_path: Path, monkeypatch
+) -> None:
     real = os.open
 
     def read_only(path: object, flags: int, *a: object, **k: object) -> int:
@@ -180,8 +187,20 @@ def test_cli_full_disk_and_read_only_out_are_one_line(micro_store: str, tmp_path
 
     (tmp_path / "ro").mkdir()
     monkeypatch.setattr(O.os, "open", read_only)
-    got = CliRunner().invoke(app, ["train", "--store", micro_store, "--out",
-                                   str(tmp_path / "ro"), "--steps", "2", "--device", "cpu"])
+    got = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--store",
+            micro_store,
+            "--out",
+            str(tmp_path / "ro"),
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    )
     assert got.exit_code == 2, got.output
     assert "read-only" in got.output and str(tmp_path / "ro") in got.output
     assert "Traceback" not in got.output
@@ -214,13 +233,26 @@ def test_non_finite_features_are_named_not_the_lr(make_cfg, monkeypatch) -> None
 # ------------------------------------------------------------------------------ MIST
 
 
-def test_mist_resumes_when_only_some_candidates_checkpointed(tap_stores: dict,
-                                                             tmp_path: Path) -> None:
+def test_mist_resumes_when_only_some_candidates_checkpointed(
+    tap_stores: dict, tmp_path: Path
+) -> None:
     def cfg(out: str, **kw: object) -> TrainConfig:
-        return TrainConfig(store=tap_stores["taps"], out=str(tmp_path / out), method="mist",
-                           width=8, heads=2, edge_blocks=1, k_candidates="2,4",
-                           batch_size=16, steps=4, eval_every=2, workers=1, device="cpu",
-                           amp="fp32", **kw)
+        return TrainConfig(
+            store=tap_stores["taps"],
+            out=str(tmp_path / out),
+            method="mist",
+            width=8,
+            heads=2,
+            edge_blocks=1,
+            k_candidates="2,4",
+            batch_size=16,
+            steps=4,
+            eval_every=2,
+            workers=1,
+            device="cpu",
+            amp="fp32",
+            **kw,
+        )
 
     straight = train(cfg("straight"), progress=False)
     train(cfg("cut", stop_at=2), progress=False)
