@@ -207,8 +207,11 @@ def _in_use(folder: Path, raw: bytes, inside: Path | None = None) -> OutdirInUse
         who = f"{rec['command']} pid {rec['pid']} on {rec['host']} since {rec['since']}"
     except (ValueError, KeyError, TypeError):
         who = "a process that is just starting"
-    where = f"{inside} is inside output folder {folder}, which" if inside else (
-        f"output folder {folder}")
+    where = (
+        f"{inside} is inside output folder {folder}, which"
+        if inside
+        else (f"output folder {folder}")
+    )
     return OutdirInUse(
         f"{where} is in use by {who}; wait for that run to finish (or stop it), or choose "
         "another --out"
@@ -247,8 +250,9 @@ class OutdirError(ValueError):
     """An output folder the tool may not write into: the user's files, or a symlink."""
 
 
-def claim_outdir(folder: str | Path, purpose: str, proof: Iterable[str] = (),
-                 known: Iterable[str] = ()) -> Path:
+def claim_outdir(
+    folder: str | Path, purpose: str, proof: Iterable[str] = (), known: Iterable[str] = ()
+) -> Path:
     """Make ``folder`` this tool's output folder, or refuse it; returns it.
 
     Accepted: a missing or empty folder, one holding :data:`MARKER` (claimed before), or
@@ -265,12 +269,14 @@ def claim_outdir(folder: str | Path, purpose: str, proof: Iterable[str] = (),
     if links:
         raise OutdirError(
             f"{folder} holds symlinks ({_listing(links)}); losa-cache never writes through a "
-            "symlink: remove them, or choose a new --out")
+            "symlink: remove them, or choose a new --out"
+        )
     mine = [e for e in entries if e not in (LOCK_FILE, MARKER) and not _TMP.fullmatch(e)]
     if mine and MARKER not in entries and not _legacy(mine, proof, known):
         raise OutdirError(
             f"{folder} holds files losa-cache did not write ({_listing(mine)}); refusing to "
-            "write into it: choose a new or empty --out (or move those files out)")
+            "write into it: choose a new or empty --out (or move those files out)"
+        )
     for name in entries:
         if _TMP.fullmatch(name):
             with contextlib.suppress(OSError):
@@ -320,7 +326,8 @@ def safe_subdir(root: str | Path, *parts: str) -> Path:
         if path.is_symlink():
             raise OutdirError(
                 f"{path} is a symlink; losa-cache never writes through a symlink: remove it, "
-                "or choose a new --out")
+                "or choose a new --out"
+            )
         try:
             path.mkdir(exist_ok=True)
         except OSError as e:
@@ -332,8 +339,10 @@ def remove_file(path: str | Path) -> None:
     """Delete a file the tool wrote (if there); a symlink in its place is refused."""
     path = Path(path)
     if path.is_symlink():
-        raise OutdirError(f"refusing to delete {path}: it is a symlink; losa-cache never "
-                          "deletes through a symlink: remove it by hand")
+        raise OutdirError(
+            f"refusing to delete {path}: it is a symlink; losa-cache never "
+            "deletes through a symlink: remove it by hand"
+        )
     path.unlink(missing_ok=True)
 
 
@@ -346,7 +355,8 @@ def remove_tree(path: str | Path) -> None:
     if links:
         raise OutdirError(
             f"refusing to delete {path}: it is or holds a symlink ({_listing(links)}); "
-            "losa-cache never deletes through a symlink: remove it by hand")
+            "losa-cache never deletes through a symlink: remove it by hand"
+        )
     shutil.rmtree(path)
 
 
@@ -372,14 +382,14 @@ class OutputWriteError(OSError, ValueError):
 
 _FIXES = {
     errno.ENOSPC: "no space left on the device: free space (or choose another --out), then "
-                  "rerun the same command with --resume (finished work is kept)",
+    "rerun the same command with --resume (finished work is kept)",
     errno.EDQUOT: "the disk quota is exceeded: free space (or choose another --out), then "
-                  "rerun the same command with --resume (finished work is kept)",
+    "rerun the same command with --resume (finished work is kept)",
     errno.EROFS: "the file system is read-only: choose a writable --out",
     errno.EACCES: "permission denied: choose a folder you can write to",
     errno.EPERM: "permission denied: choose a folder you can write to",
     errno.ELOOP: "it is a symlink, and losa-cache never writes through a symlink: remove it, "
-                 "or choose a new --out",
+    "or choose a new --out",
 }
 
 
@@ -389,8 +399,11 @@ def write_error(path: str | Path, cause: BaseException) -> OutputWriteError:
     code = getattr(cause, "errno", None)
     if code is None:  # torch's writer hides the OSError: ask the disk
         code = errno.ENOSPC if _nearly_full(Path(path)) else errno.EIO
-    fix = _FIXES.get(code, f"{os.strerror(code)}: check the disk, then rerun the same command "
-                           "(with --resume where it has one)")
+    fix = _FIXES.get(
+        code,
+        f"{os.strerror(code)}: check the disk, then rerun the same command "
+        "(with --resume where it has one)",
+    )
     return OutputWriteError(code, f"cannot write {path}: {fix}", str(path))
 
 
@@ -416,8 +429,10 @@ def write_aside(path: str | Path, write: Callable[[Path], Any]) -> Path:
     On failure the temporary file is removed and the error names ``path``."""
     path = Path(path)
     if path.is_symlink():
-        raise OutdirError(f"{path} is a symlink; losa-cache never writes through a symlink: "
-                          "remove it, or choose a new --out")
+        raise OutdirError(
+            f"{path} is a symlink; losa-cache never writes through a symlink: "
+            "remove it, or choose a new --out"
+        )
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -458,5 +473,6 @@ def read_json(path: str | Path, fix: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise OutdirError(f"{path} is damaged or incomplete ({e.__class__.__name__}: "
-                          f"{str(e)[:80]}); {fix}") from None
+        raise OutdirError(
+            f"{path} is damaged or incomplete ({e.__class__.__name__}: {str(e)[:80]}); {fix}"
+        ) from None

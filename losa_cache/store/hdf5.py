@@ -110,8 +110,15 @@ def export_hdf5(
     return {"store": path, "out": str(out), "arrays": len(arrays), "bytes": total}
 
 
-def _write_h5(tmp: Path, group: zarr.Group, nodes: list, meta: dict[str, str],
-              arrays: list, compression: str | None, bar: tqdm) -> None:
+def _write_h5(
+    tmp: Path,
+    group: zarr.Group,
+    nodes: list,
+    meta: dict[str, str],
+    arrays: list,
+    compression: str | None,
+    bar: tqdm,
+) -> None:
     """The export into ``tmp``. HDF5 meeting a failed write (a full disk) fails in its
     own clean-up, up to a segfault; so it writes through :class:`_GuardedFile`, which
     never fails a write, and the first failure is raised here after each dataset."""
@@ -202,7 +209,8 @@ def _check_space(out: Path, data_bytes: int) -> None:
     if data_bytes and free < data_bytes + SPACE_MARGIN:
         raise StoreError(
             f"cannot export to {out}: it needs about {_mib(data_bytes + SPACE_MARGIN)} and "
-            f"{folder} has {_mib(free)} free; free space, or choose a path on another disk")
+            f"{folder} has {_mib(free)} free; free space, or choose a path on another disk"
+        )
 
 
 def _mib(n: int) -> str:

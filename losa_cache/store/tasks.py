@@ -138,8 +138,9 @@ def add_task(
     one with ``overwrite``: serialised by the store's lock, switched atomically."""
     check_task_name(name)
     labels = np.asarray(labels, dtype=np.int32)
-    with storage_errors(path, "rerun the same command"), store_lock(
-        str(path), storage_options, purpose=LABELLING
+    with (
+        storage_errors(path, "rerun the same command"),
+        store_lock(str(path), storage_options, purpose=LABELLING),
     ):
         group = open_group(path, mode="r+", storage_options=storage_options)
         store = FeatureStore(group, str(path))  # read under the lock: no lost update
