@@ -179,11 +179,13 @@ def read_baseline_adapter(root: str | Path) -> BaselineAdapter:
 
 def copy_baseline_adapter(src: str | Path, dst: str | Path) -> Path:
     """Copy a baseline's adapter files (adapter.json last: the commit marker) to ``dst``."""
+    from losa_cache.outdir import atomic_write, remove_file
+
     src, dst = Path(src), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    (dst / "adapter.json").unlink(missing_ok=True)
-    shutil.copy2(src / WEIGHTS, dst / WEIGHTS)
+    remove_file(dst / "adapter.json")
+    atomic_write(dst / WEIGHTS, lambda tmp: shutil.copy2(src / WEIGHTS, tmp))
     if (src / PEFT_DIR).is_dir():
         shutil.copytree(src / PEFT_DIR, dst / PEFT_DIR, dirs_exist_ok=True)
-    shutil.copy2(src / "adapter.json", dst / "adapter.json")
+    atomic_write(dst / "adapter.json", lambda tmp: shutil.copy2(src / "adapter.json", tmp))
     return dst

@@ -236,12 +236,13 @@ class LiveBaseline(nn.Module):
         ``save_pretrained`` folder ``peft/`` (adapter_config.json, adapter_model.*)."""
         from safetensors.torch import save_file
 
+        from losa_cache.outdir import atomic_write, atomic_write_text, remove_file
+
         out = Path(out)
-        save_file(
-            self.learned_state(),
-            str(out / "adapter.safetensors"),
-            metadata={"format": "pt", "losa_cache_format": ADAPTER_FORMAT, "method": self.method},
-        )
+        remove_file(out / "adapter.json")  # the commit marker: gone while the weights change
+        tags = {"format": "pt", "losa_cache_format": ADAPTER_FORMAT, "method": self.method}
+        state = self.learned_state()
+        atomic_write(out / "adapter.safetensors", lambda tmp: save_file(state, str(tmp), tags))
         from losa_cache.baselines.adapter import sha256_file
 
         record = {
@@ -257,8 +258,8 @@ class LiveBaseline(nn.Module):
         }
         if self._peft is not None:
             self._peft.save_pretrained(str(out / PEFT_DIR))
-        (out / "adapter.json").write_text(
-            json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+        atomic_write_text(
+            out / "adapter.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
         )
         return out
 
