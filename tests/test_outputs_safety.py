@@ -242,3 +242,19 @@ def test_no_lock_file_is_left_beside_a_store(micro_store: str, tmp_path: Path) -
     add_task(str(store), "again", s.labels(), s.classes())
     assert sorted(os.listdir(tmp_path)) == ["s.zarr"]
     assert "again" in open_store(str(store)).tasks
+
+
+def test_train_onto_a_real_full_disk_is_one_line(micro_store: str, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "full", "1m") as disk:
+        filler = disk / "filler"
+        with open(filler, "wb") as f:  # leave a few pages: the lock, the marker, the log
+            f.write(b"\0" * (shutil.disk_usage(disk).free - 3 * 4096))
+        out = disk / "run"
+        args = ["train", "--store", micro_store, "--out", str(out), "--method", "linear",
+                "--steps", "4", "--device", "cpu"]  # fmt: skip
+        said = cli(*args, code=2)  # torch.save's own error hides the OSError
+        assert f"error: cannot write {out / 'checkpoint.pt'}: no space left" in said, said
+        assert "free space" in said and not [p for p in os.listdir(out) if ".tmp-" in p]
+        filler.unlink()
+        cli(*args, code=0)  # nothing was checkpointed: the same command starts again
+        assert (out / "adapter.json").is_file()
