@@ -108,6 +108,17 @@ def test_a_kill_inside_the_log_rewrite_keeps_the_old_log(make_cfg, monkeypatch) 
     assert curve(cfg.out) == curve(straight.out)
 
 
+def test_a_log_line_cut_short_by_a_kill_is_dropped_on_resume(make_cfg) -> None:
+    straight = make_cfg("straight", steps=6, eval_every=3)
+    train(straight, progress=False)
+    cfg = make_cfg("cut", steps=6, eval_every=3, stop_at=3)
+    train(cfg, progress=False)
+    with (Path(cfg.out) / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "train", "step": 4, "lo')  # the append a kill interrupted
+    train(make_cfg("cut", steps=6, eval_every=3, resume=True), progress=False)
+    assert curve(cfg.out) == curve(straight.out)
+
+
 def test_resuming_a_finished_run_adds_no_test_record(make_cfg) -> None:
     cfg = make_cfg("done", steps=4, eval_every=2)
     train(cfg, progress=False)
