@@ -151,9 +151,14 @@ def test_import_overwrite_never_deletes_the_users_files(micro_store: str, tmp_pa
     out = cli("import", str(h5), str(target), "--overwrite", code=2)
     assert "NOTES.txt" in out and "my_analysis" in out and "move them out" in out
     assert tree(target) == before
-    # the help's promise ("Replace an existing losa-cache store (never other files)") holds
-    shutil.rmtree(target / "my_analysis")
     (target / "NOTES.txt").unlink()
+    shutil.rmtree(target / "my_analysis")
+    (target / "features" / "mine.txt").write_text("inside the store\n")  # nested too
+    before = tree(target)
+    out = cli("import", str(h5), str(target), "--overwrite", code=2)
+    assert "features/mine.txt" in out and tree(target) == before
+    (target / "features" / "mine.txt").unlink()
+    # the help's promise ("Replace an existing losa-cache store (never other files)") holds
     assert "created" in cli("import", str(h5), str(target), "--overwrite", code=0)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -47,8 +48,8 @@ def create_root(
             f"{path} already holds a losa-cache store; rerun the command that made it to "
             "resume, or choose another path"
         )
-    foreign = [e for e in _entries(path, storage_options) if e not in OURS]
-    if kind == "store" and foreign:  # "w" below would delete them with the store
+    foreign = _foreign_files(path, storage_options) if kind != "new" else []
+    if foreign:  # "w" below would delete them with the store
         raise StoreError(
             f"{path} is a losa-cache store that also holds {_listing(foreign)}; replacing it "
             "would delete those: move them out (or choose another path), then rerun"
@@ -84,6 +85,31 @@ def inspect_target(path: str, storage_options: dict | None = None) -> str:
         f"{path} is not empty and not a losa-cache store (it holds {_listing(entries)}); "
         "refusing to write into it: choose a new or empty folder for the store"
     )
+
+
+#: a file a store's zarr writes: metadata, chunks/shards (``c/<i>/<j>``) and zarr's
+#: ``.<uuid>.partial`` files of an interrupted write
+_ZARR_FILE = re.compile(
+    r"(?:.+/)?(?:zarr\.json|zarr\.[0-9a-f]{32}\.partial|"
+    r"c(?:/\d+)*(?:\.[0-9a-f]{32}\.partial)?)"
+)
+
+
+def _foreign_files(path: str, storage_options: dict | None) -> list[str]:
+    """What under ``path`` is not the store's own: top-level entries and (local stores)
+    files anywhere inside that zarr did not write, e.g. ``features/notes.txt``."""
+    entries = _entries(path, storage_options)
+    foreign = [e for e in entries if e not in OURS]
+    if is_remote(path):
+        return foreign
+    root = Path(local_path(path))
+    for top in sorted(set(entries) & OURS - {"zarr.json"}):
+        for folder, _dirs, files in os.walk(root / top):
+            for name in files:
+                rel = Path(folder, name).relative_to(root).as_posix()
+                if not _ZARR_FILE.fullmatch(rel):
+                    foreign.append(rel)
+    return foreign
 
 
 def _listing(names: list[str]) -> str:
