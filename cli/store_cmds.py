@@ -234,7 +234,10 @@ def extract(
         str,
         typer.Option(
             help="demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
-            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH (video: a vivit_* model)"
+            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH (video: a vivit_* model). "
+            "imagefolder:PATH takes PATH/<class>/*.jpg (all rows in train: add --split "
+            "val=0.1,test=0.1) or PATH/train/<class>/*.jpg with val/ and test/ beside train/ "
+            "(its own splits)."
         ),
     ],
     store: Annotated[
@@ -287,6 +290,15 @@ def extract(
         int | None, typer.Option(help="At most N images per split (smoke runs).")
     ] = None,
     splits: Annotated[str | None, typer.Option(help="Only these splits, e.g. train,val.")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Carve held-out splits from train when the data set has none, e.g. "
+            "val=0.1,test=0.1 (fractions) or val=50 (a count); stratified by class, seeded "
+            "(seed=N, default 0), recorded in the store. A split the data set already has "
+            "is refused."
+        ),
+    ] = None,
     strict: Annotated[
         bool, typer.Option(help="Fail on an undecodable image (default: skip).")
     ] = False,
@@ -344,6 +356,10 @@ def extract(
     Example: losa-cache extract --model vit_b --pretrained --dataset vtab1k:data/vtab/cifar \
 --store stores/cifar.zarr --layers all
 
+    Example (your own photos/<class>/*.jpg, 10% val and 10% test carved from them): \
+losa-cache extract --model vit_b --pretrained --dataset imagefolder:photos \
+--store stores/photos.zarr --split val=0.1,test=0.1
+
     Example (Dask, 4 processes): losa-cache extract --model vit_b --pretrained --dataset \
 inat2018 --store s3://bucket/inat.zarr --cluster local:4
     """
@@ -373,6 +389,7 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
             workers=workers,
             limit=limit,
             splits=splits.split(",") if splits else None,
+            split=split,
             strict=strict,
             device=device,
             shard_rows=shard_rows,
