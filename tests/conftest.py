@@ -101,3 +101,14 @@ def photo_store(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
 def make_photos() -> Callable[..., Path]:
     """``make_photos(root, {class: n}, splits=())``: :func:`write_photos`."""
     return write_photos
+
+
+@pytest.fixture(scope="session")
+def plain_photo_store(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """vit_micro store of ``photos`` as the folder gives it: every row in ``train``."""
+    from losa_cache.extract import ExtractConfig, extract
+
+    path = str(tmp_path_factory.mktemp("stores") / "plain-photos.zarr")
+    extract(ExtractConfig(model="vit_micro", random_init=True, dataset=f"imagefolder:{photos}",
+                          store=path, dtype="float32", workers=0), progress=False)  # fmt: skip
+    return path

@@ -149,10 +149,11 @@ def make_report(dirs: Sequence[str | Path], out: str | Path | None = None,
     dest = Path(out) if out is not None else Path(dirs[0]) / "report"
     dest.mkdir(parents=True, exist_ok=True)
     tasks = sorted({r["task"] for doc in docs.values() for r in doc["results"]})
-    pngs, tables = [], []
+    pngs, tables, empty = [], [], {}
     for task in tasks:
         rows = _points(docs, task)
         if not rows:
+            empty[task] = _why_empty(docs, task)
             continue
         acc_label = "test accuracy" if all(r["test_acc"] is not None for r in rows) else \
             "accuracy (val where no test)"
@@ -172,7 +173,17 @@ def make_report(dirs: Sequence[str | Path], out: str | Path | None = None,
         tables.append(_table(task, rows, flags))
     md = dest / "report.md"
     md.write_text(_markdown(docs, tables, pngs, dest))
-    return {"markdown": str(md), "pngs": [str(p) for p in pngs], "tasks": tasks}
+    return {"markdown": str(md), "pngs": [str(p) for p in pngs], "tasks": tasks,
+            "not_drawn": empty}
+
+
+def _why_empty(docs: dict[str, dict], task: str) -> str:
+    """Why task ``task`` has no point to draw, and what gives it some."""
+    rows = [r for doc in docs.values() for r in doc["results"] if r["task"] == task]
+    if not any(r["status"] == "trained" for r in rows):
+        return f"task {task!r}: no run finished training (rerun the sweep with --resume)"
+    return (f"task {task!r}: no run has a val or test accuracy (the store has no val or test "
+            "split): extract a store with `--split val=0.1,test=0.1` to hold them out of train")
 
 
 def _labels(dirs: Sequence[str | Path]) -> list[str]:

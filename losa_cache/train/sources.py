@@ -25,7 +25,7 @@ from losa_cache.train.order import RowOrder
 from losa_cache.train.reader import TORCH_DTYPES, StoreReader
 
 __all__ = ["DataSource", "SourceInfo", "StoreSource", "TaskData", "build_side_config",
-           "pick_device", "resolve_splits"]
+           "no_val_note", "pick_device", "resolve_splits"]
 
 SPLIT_DEFAULTS = {"train": ("train", "train800"), "val": ("val", "val200", "validation"),
                   "test": ("test",)}
@@ -108,6 +108,14 @@ def resolve_splits(cfg: Any, available: Sequence[str]) -> dict[str, str | None]:
         raise StoreError(f"no training split: none of {list(SPLIT_DEFAULTS['train'])} exists; "
                          f"pass --train-split, one of {list(available)}")
     return out
+
+
+def no_val_note(available: Sequence[str], consequence: str) -> str:
+    """One line for a run without a validation split: what follows, and how to get one."""
+    return (f"no validation split (the data has {list(available)}): {consequence}; to "
+            "validate, extract a store with `--split val=0.1` (held out from train, e.g. "
+            "`losa-cache extract ... --split val=0.1,test=0.1`) or name a split with "
+            "--val-split")
 
 
 class StoreSource:
