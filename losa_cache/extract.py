@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from losa_cache._callable import make_callable
 from losa_cache.backbone import VIDEO_ALIASES, Backbone, create_backbone
 from losa_cache.backbone.device import parse_device, pick_device
 from losa_cache.backbone.vivit import check_clip, video_alias
@@ -584,3 +585,6 @@ def extract(
         images_per_s=round(total / seconds, 2) if seconds else 0.0,
         bytes_written=writer.bytes_written,
     )
+
+
+make_callable(__name__)  # losa_cache.extract(...): losa_cache/api.py
