@@ -473,20 +473,34 @@ def subset(
 
 def info(
     store: Annotated[str, typer.Argument(help="Store path or URL.")],
+    sources: Annotated[
+        bool,
+        typer.Option(
+            "--sources",
+            help="Print every row's image source, one per line in row order (the sources "
+            "`tasks add` label files name); with --json, add them as 'sources'.",
+        ),
+    ] = False,
     storage_options: StorageOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Images, splits, layers, tasks, fingerprint, progress, size and compression.
 
     Example: losa-cache info stores/cifar.zarr --json
+
+    Example (a label file to fill in for `tasks add`): losa-cache info stores/cifar.zarr \
+--sources > sources.txt
     """
     from losa_cache.store.info import store_info
     from losa_cache.store.store import parse_storage_options
 
     with user_errors():
-        d = store_info(store, parse_storage_options(storage_options))
+        d = store_info(store, parse_storage_options(storage_options), sources=sources)
     if json_out:
         emit_json(d)
+        return
+    if sources:
+        typer.echo("\n".join(d["sources"]))
         return
     typer.echo(
         f"store        {store}  ({'complete' if d['complete'] else 'INCOMPLETE'}: "
@@ -556,8 +570,8 @@ def tasks_add(
 ) -> None:
     """Attach a new labelling to existing features (no re-extraction).
 
-    The file has one `<source> <label>` line per image; sources are those of
-    `losa-cache info --json` (index/source); labels are integers or class names.
+    The file has one `<source> <label>` line per image; the sources are those
+    `losa-cache info STORE --sources` prints; labels are integers or class names.
     Rows not listed get no label (-1) and are left out of training for this task.
     Changes are atomic (--overwrite keeps the old labelling until the new one is
     complete) and serialised: concurrent `tasks add` runs wait for each other.
