@@ -515,7 +515,9 @@ def info(
         f"preprocess   {fp['input_size']} {fp['interpolation']} crop {fp['crop_pct']} "
         f"mean {fp['mean']} std {fp['std']}"
     )
-    typer.echo(f"images       {d['num_images']:,}  splits {d['splits']}")
+    carved = (d["extract_config"] or {}).get("split")
+    how = f"  (held out of train by --split {carved})" if carved else ""
+    typer.echo(f"images       {d['num_images']:,}  splits {d['splits']}{how}")
     typer.echo(f"tokens       {d['token_layout']}")
     typer.echo(f"layers       {len(d['layers'])} of {d['depth']}: {d['layers']}")
     typer.echo(f"taps         {', '.join(d['taps'])} ({d['arrays']} arrays of (N, T, D))")
