@@ -62,7 +62,8 @@ class ExtractConfig:
     dataset: str = field(
         metadata={
             "help": "demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
-            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH"
+            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH; imagefolder takes "
+            "PATH/<class>/*.jpg (all in train: add --split) or PATH/{train,val,test}/<class>/"
         }
     )
     store: str = field(metadata={"help": "store path or URL (created or resumed)"})

@@ -83,3 +83,14 @@ def test_tasks_add_keeps_the_carved_splits(photo_store: str, tmp_path: Path) -> 
     assert NOTE not in res.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["best_val_acc"] is not None and metrics["test_acc"] is not None
+
+
+def test_mist_without_val_is_refused_before_training(plain_photo_store: str,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    """MIST chooses k on val: without val it stops at once, with fixes that work."""
+    args = ["train", "--store", plain_photo_store, "--method", "mist", *FAST]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "refused")])
+    assert res.exit_code != 0 and "but there is no validation split" in res.output
+    assert "--split val=0.1" in res.output and not (tmp_path / "refused").exists()
+    assert "--gather last" in res.output  # a blocks-only store feeds no G_k: b_L
+    invoke(*args, "--gather", "last", "--out", str(tmp_path / "last"))
