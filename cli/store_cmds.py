@@ -234,7 +234,10 @@ def extract(
         str,
         typer.Option(
             help="demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
-            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH (video: a vivit_* model)"
+            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH (video: a vivit_* model). "
+            "imagefolder:PATH takes PATH/<class>/*.jpg (all rows in train: add --split "
+            "val=0.1,test=0.1) or PATH/train/<class>/*.jpg with val/ and test/ beside train/ "
+            "(its own splits)."
         ),
     ],
     store: Annotated[
@@ -287,6 +290,15 @@ def extract(
         int | None, typer.Option(help="At most N images per split (smoke runs).")
     ] = None,
     splits: Annotated[str | None, typer.Option(help="Only these splits, e.g. train,val.")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Carve held-out splits from train when the data set has none, e.g. "
+            "val=0.1,test=0.1 (fractions) or val=50 (a count); stratified by class, seeded "
+            "(seed=N, default 0), recorded in the store. A split the data set already has "
+            "is refused."
+        ),
+    ] = None,
     strict: Annotated[
         bool, typer.Option(help="Fail on an undecodable image (default: skip).")
     ] = False,
@@ -344,6 +356,10 @@ def extract(
     Example: losa-cache extract --model vit_b --pretrained --dataset vtab1k:data/vtab/cifar \
 --store stores/cifar.zarr --layers all
 
+    Example (your own photos/<class>/*.jpg, 10% val and 10% test carved from them): \
+losa-cache extract --model vit_b --pretrained --dataset imagefolder:photos \
+--store stores/photos.zarr --split val=0.1,test=0.1
+
     Example (Dask, 4 processes): losa-cache extract --model vit_b --pretrained --dataset \
 inat2018 --store s3://bucket/inat.zarr --cluster local:4
     """
@@ -373,6 +389,7 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
             workers=workers,
             limit=limit,
             splits=splits.split(",") if splits else None,
+            split=split,
             strict=strict,
             device=device,
             shard_rows=shard_rows,
@@ -456,20 +473,34 @@ def subset(
 
 def info(
     store: Annotated[str, typer.Argument(help="Store path or URL.")],
+    sources: Annotated[
+        bool,
+        typer.Option(
+            "--sources",
+            help="Print every row's image source, one per line in row order (the sources "
+            "`tasks add` label files name); with --json, add them as 'sources'.",
+        ),
+    ] = False,
     storage_options: StorageOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Images, splits, layers, tasks, fingerprint, progress, size and compression.
 
     Example: losa-cache info stores/cifar.zarr --json
+
+    Example (a label file to fill in for `tasks add`): losa-cache info stores/cifar.zarr \
+--sources > sources.txt
     """
     from losa_cache.store.info import store_info
     from losa_cache.store.store import parse_storage_options
 
     with user_errors():
-        d = store_info(store, parse_storage_options(storage_options))
+        d = store_info(store, parse_storage_options(storage_options), sources=sources)
     if json_out:
         emit_json(d)
+        return
+    if sources:
+        typer.echo("\n".join(d["sources"]))
         return
     typer.echo(
         f"store        {store}  ({'complete' if d['complete'] else 'INCOMPLETE'}: "
@@ -484,7 +515,9 @@ def info(
         f"preprocess   {fp['input_size']} {fp['interpolation']} crop {fp['crop_pct']} "
         f"mean {fp['mean']} std {fp['std']}"
     )
-    typer.echo(f"images       {d['num_images']:,}  splits {d['splits']}")
+    carved = (d["extract_config"] or {}).get("split")
+    how = f"  (held out of train by --split {carved})" if carved else ""
+    typer.echo(f"images       {d['num_images']:,}  splits {d['splits']}{how}")
     typer.echo(f"tokens       {d['token_layout']}")
     typer.echo(f"layers       {len(d['layers'])} of {d['depth']}: {d['layers']}")
     typer.echo(f"taps         {', '.join(d['taps'])} ({d['arrays']} arrays of (N, T, D))")
@@ -539,8 +572,8 @@ def tasks_add(
 ) -> None:
     """Attach a new labelling to existing features (no re-extraction).
 
-    The file has one `<source> <label>` line per image; sources are those of
-    `losa-cache info --json` (index/source); labels are integers or class names.
+    The file has one `<source> <label>` line per image; the sources are those
+    `losa-cache info STORE --sources` prints; labels are integers or class names.
     Rows not listed get no label (-1) and are left out of training for this task.
     Changes are atomic (--overwrite keeps the old labelling until the new one is
     complete) and serialised: concurrent `tasks add` runs wait for each other.

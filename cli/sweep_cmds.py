@@ -165,3 +165,5 @@ def report(
         emit_json(res)
     else:
         typer.echo(f"wrote {len(res['pngs'])} plots and {res['markdown']}")
+        for why in res["not_drawn"].values():
+            typer.echo(f"nothing drawn for {why}")

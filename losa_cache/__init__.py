@@ -16,7 +16,20 @@ import os
 # loaded 2-core machine). A user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import importlib
+from typing import Any
+
 from losa_cache.store import FeatureStore, StoreError, open_store
 
 __version__ = "0.1.0"
-__all__ = ["FeatureStore", "StoreError", "__version__", "open_store"]
+__all__ = ["FeatureStore", "StoreError", "__version__", "extract", "open_store", "sweep", "train"]
+
+#: ``losa_cache.extract(...)``, ``.train(...)``, ``.sweep(...)`` (losa_cache/api.py): each a
+#: module that is also callable (losa_cache/_callable.py), imported on first use
+_LAZY = ("extract", "train", "sweep", "api")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"losa_cache.{name}")
+    raise AttributeError(f"module 'losa_cache' has no attribute {name!r}")

@@ -22,12 +22,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from losa_cache._callable import make_callable
 from losa_cache.backbone import VIDEO_ALIASES, Backbone, create_backbone
 from losa_cache.backbone.device import parse_device, pick_device
 from losa_cache.backbone.vivit import check_clip, video_alias
 from losa_cache.checks import check_at_least, require_positive
 from losa_cache.data import DEFAULT_MAX_PIXELS, get_dataset
 from losa_cache.data.base import ImageDataset, ImageDecodeError
+from losa_cache.data.splits import carve_splits, parse_split_spec
 from losa_cache.data.torch_dataset import TorchImages, worker_context
 from losa_cache.data.video import ClipSampling, VideoRows
 from losa_cache.side.layers import parse_layers
@@ -60,7 +62,8 @@ class ExtractConfig:
     dataset: str = field(
         metadata={
             "help": "demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
-            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH"
+            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH; imagefolder takes "
+            "PATH/<class>/*.jpg (all in train: add --split) or PATH/{train,val,test}/<class>/"
         }
     )
     store: str = field(metadata={"help": "store path or URL (created or resumed)"})
@@ -89,6 +92,11 @@ class ExtractConfig:
     workers: int = field(default=-1, metadata={"help": "decoding processes (-1: auto)"})
     limit: int | None = field(default=None, metadata={"help": "at most N images per split"})
     splits: list[str] | None = field(default=None, metadata={"help": "only these splits"})
+    split: str | None = field(
+        default=None,
+        metadata={"help": "carve held-out splits from train: val=0.1,test=0.1 (fractions or "
+                  "counts; stratified by class; seed=N, default 0); for a data set without them"},
+    )  # fmt: skip
     strict: bool = field(default=False, metadata={"help": "fail on an undecodable image"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     chunk_rows: int | None = field(default=None, metadata={"help": "rows per chunk"})
@@ -118,6 +126,8 @@ class ExtractConfig:
         )  # fmt: skip
         require_positive("crop_pct", self.crop_pct)
         S.parse_dtype(self.dtype)
+        if self.split is not None:
+            parse_split_spec(self.split)
         parse_taps(self.taps, depth=1 << 20)  # the spelling; k is range-checked on the model
         S.parse_codec(self.codec)
         parse_precision(self.precision)
@@ -183,10 +193,13 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def select_rows(
-    dataset: ImageDataset, limit: int | None, splits: list[str] | None
+    dataset: ImageDataset, limit: int | None, splits: list[str] | None, carve: str | None = None
 ) -> tuple[list[int], dict[str, list[int]]]:
-    """Rows to extract (dataset order) and each split's rows renumbered into the store."""
+    """Rows to extract (dataset order) and each split's rows renumbered into the store
+    (``carve``: ``--split``, held-out splits taken from train first)."""
     by_split = dataset.split_indices()
+    if carve is not None:
+        by_split = carve_splits(by_split, dataset.table.labels, carve)
     if splits:
         unknown = sorted(set(splits) - set(by_split))
         if unknown:
@@ -235,7 +248,7 @@ def prepare(
             f"{cfg.dataset} holds videos but {cfg.model} is an image model: pick a video "
             f"backbone ({', '.join(VIDEO_ALIASES)})"
         )
-    rows, splits = select_rows(dataset, cfg.limit, cfg.splits)
+    rows, splits = select_rows(dataset, cfg.limit, cfg.splits, cfg.split)
     if not rows:
         raise ValueError(f"data set {cfg.dataset} has no rows to extract")
     size = (3, cfg.input_size, cfg.input_size) if cfg.input_size else None
@@ -573,3 +586,6 @@ def extract(
         images_per_s=round(total / seconds, 2) if seconds else 0.0,
         bytes_written=writer.bytes_written,
     )
+
+
+make_callable(__name__)  # losa_cache.extract(...): losa_cache/api.py

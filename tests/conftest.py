@@ -56,3 +56,59 @@ def micro_store(tmp_path_factory: pytest.TempPathFactory) -> str:
         progress=False,
     )
     return path
+
+
+def write_photos(root: Path, counts: dict[str, int], splits: tuple[str, ...] = ()) -> Path:
+    """A folder of tiny JPEGs, ``root/<class>/<i>.jpg`` (or ``root/<split>/<class>/...`` for
+    each of ``splits``): ``counts[class]`` images per class (and split), each class its own
+    colour plus noise, so a classifier can tell them apart."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for s in splits or ("",):
+        for c, (name, n) in enumerate(counts.items()):
+            folder = root / s / name
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.zeros(3)
+            base[c % 3] = 200
+            for i in range(n):
+                pixels = np.clip(base + rng.normal(0, 25, (12, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``photos/<class>/*.jpg``: 3 classes of 12, 8 and 20 images, no split folders."""
+    return write_photos(tmp_path_factory.mktemp("photos") / "photos",
+                        {"cat": 12, "dog": 8, "owl": 20})  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def photo_store(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """vit_micro store of ``photos`` with val and test carved by ``--split val=0.25,test=5``."""
+    from losa_cache.extract import ExtractConfig, extract
+
+    path = str(tmp_path_factory.mktemp("stores") / "photos.zarr")
+    extract(ExtractConfig(model="vit_micro", random_init=True, dataset=f"imagefolder:{photos}",
+                          store=path, dtype="float32", workers=0, split="val=0.25,test=5",
+                          chunk_rows=4, shard_rows=8), progress=False)  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_photos() -> Callable[..., Path]:
+    """``make_photos(root, {class: n}, splits=())``: :func:`write_photos`."""
+    return write_photos
+
+
+@pytest.fixture(scope="session")
+def plain_photo_store(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """vit_micro store of ``photos`` as the folder gives it: every row in ``train``."""
+    from losa_cache.extract import ExtractConfig, extract
+
+    path = str(tmp_path_factory.mktemp("stores") / "plain-photos.zarr")
+    extract(ExtractConfig(model="vit_micro", random_init=True, dataset=f"imagefolder:{photos}",
+                          store=path, dtype="float32", workers=0), progress=False)  # fmt: skip
+    return path

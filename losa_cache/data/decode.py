@@ -42,8 +42,9 @@ def open_rgb(source: str | Path | bytes, *, max_pixels: int | None = None) -> Im
     """
     name, data = _read(source)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    buffer = io.BytesIO(data)
     try:
-        with _pil_guard(limit), Image.open(io.BytesIO(data)) as im:
+        with _pil_guard(limit), Image.open(buffer) as im:
             _check_pixels(name, im, limit)
             im.load()
             return to_rgb(ImageOps.exif_transpose(im))
@@ -52,7 +53,10 @@ def open_rgb(source: str | Path | bytes, *, max_pixels: int | None = None) -> Im
     except Image.DecompressionBombError as err:
         raise ImageDecodeError(name, f"{err}; {_RAISE_LIMIT}") from err
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on bad input
-        raise ImageDecodeError(name, f"{type(err).__name__}: {err}") from err
+        # PIL names the buffer it was given ("<_io.BytesIO object at 0x...>"): the error
+        # names the file already
+        reason = str(err).replace(f" {buffer!r}", "").replace(repr(buffer), "the file")
+        raise ImageDecodeError(name, f"{type(err).__name__}: {reason}") from err
 
 
 @contextlib.contextmanager

@@ -11,8 +11,10 @@ from losa_cache.store import schema as S
 from losa_cache.store.store import FeatureStore, has_crc32c, open_store
 
 
-def store_info(path: str, storage_options: dict | None = None) -> dict[str, Any]:
-    """Everything a user wants to know about a store before training from it."""
+def store_info(path: str, storage_options: dict | None = None,
+               sources: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Everything a user wants to know about a store before training from it; with
+    ``sources`` also every row's image source, in row order (what ``tasks add`` matches)."""
     store = open_store(path, storage_options)
     m = store.manifest
     done = store.done_shards()
@@ -51,6 +53,7 @@ def store_info(path: str, storage_options: dict | None = None) -> dict[str, Any]
         "extract_config": m.extract_config,
         "versions": m.versions,
         "created": m.created,
+        **({"sources": [str(x) for x in store.sources]} if sources else {}),
     }
 
 

@@ -525,6 +525,14 @@ class FeatureStore:
             warnings.warn(self.unverified_note, UnverifiedStoreWarning, stacklevel=2)
         return array
 
+    def torch_dataset(self, keys: Any, split: str = "train", task: str | None = None,
+                      storage_options: dict | None = None) -> Any:
+        """``split``'s rows as a map-style torch Dataset of (features, label) that DataLoader
+        workers can use (:class:`losa_cache.store.torch_dataset.StoreDataset`)."""
+        from losa_cache.store.torch_dataset import StoreDataset
+
+        return StoreDataset(self.path, keys, split, task, storage_options)
+
     def _array(self, path: str, dtype: str) -> FeatureArray:
         done = self._group_of(path).done
         return FeatureArray(

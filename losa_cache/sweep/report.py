@@ -163,10 +163,11 @@ def _report(docs: dict[str, dict], dest: Path, plt: Any) -> dict[str, Any]:
     held = [n for n in _entries(dest) if n.endswith(".png")]
     claim_outdir(dest, "report", proof=(REPORT_MD,), known=(REPORT_MD, *held))
     tasks = sorted({r["task"] for doc in docs.values() for r in doc["results"]})
-    pngs, tables = [], []
+    pngs, tables, empty = [], [], {}
     for task in tasks:
         rows = _points(docs, task)
         if not rows:
+            empty[task] = _why_empty(docs, task)
             continue
         acc_label = "test accuracy" if all(r["test_acc"] is not None for r in rows) else \
             "accuracy (val where no test)"
@@ -185,7 +186,17 @@ def _report(docs: dict[str, dict], dest: Path, plt: Any) -> dict[str, Any]:
         pngs.append(_save(overview, dest / f"{folder_name(task)}_overview.png", plt))
         tables.append(_table(task, rows, flags))
     md = atomic_write_text(dest / REPORT_MD, _markdown(docs, tables, pngs, dest))
-    return {"markdown": str(md), "pngs": [str(p) for p in pngs], "tasks": tasks}
+    return {"markdown": str(md), "pngs": [str(p) for p in pngs], "tasks": tasks,
+            "not_drawn": empty}
+
+
+def _why_empty(docs: dict[str, dict], task: str) -> str:
+    """Why task ``task`` has no point to draw, and what gives it some."""
+    rows = [r for doc in docs.values() for r in doc["results"] if r["task"] == task]
+    if not any(r["status"] == "trained" for r in rows):
+        return f"task {task!r}: no run finished training (rerun the sweep with --resume)"
+    return (f"task {task!r}: no run has a val or test accuracy (the store has no val or test "
+            "split): extract a store with `--split val=0.1,test=0.1` to hold them out of train")
 
 
 def _labels(dirs: Sequence[str | Path]) -> list[str]:

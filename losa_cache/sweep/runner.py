@@ -71,6 +71,7 @@ from losa_cache.train.sources import (
     DataSource,
     TaskData,
     build_side_config,
+    no_val_note,
     pick_device,
     resolve_splits,
 )
@@ -124,6 +125,9 @@ def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource
         _write_doc(out, cfg, runs, profs, groups)
     notes = [f"cache: {choice.reason if choice else 'no run left to train'}",
              f"{len(runs)} runs in {len(groups)} group(s)"]
+    no_val = sorted(t for t in tasks if not len(rows[t]["val"]))
+    if no_val:  # best_runs chooses on val alone
+        notes.append(no_val_note(info.splits, f"no best run is named (tasks {no_val})"))
     _say(progress, notes)
     by_key = {r.key: r for r in runs}
     ticks_left = cfg.stop_after

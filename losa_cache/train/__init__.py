@@ -13,6 +13,7 @@ memory cache), ``reader`` (store streaming), ``live`` (backbone on every piece),
 
 from __future__ import annotations
 
+from losa_cache._callable import make_callable
 from losa_cache.train.cache import CacheChoice, choose_cache
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.order import RowOrder
@@ -31,3 +32,6 @@ __all__ = [
     "labelled_rows",
     "train",
 ]
+
+
+make_callable(__name__)  # losa_cache.train(...): losa_cache/api.py

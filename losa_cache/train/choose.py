@@ -24,8 +24,8 @@ from typing import Any
 from losa_cache.side.mist import candidate_ks
 from losa_cache.store import StoreError
 from losa_cache.train.config import TrainConfig
-from losa_cache.train.keys import plan_reads
-from losa_cache.train.sources import SourceInfo
+from losa_cache.train.keys import plan_reads, taps_fix
+from losa_cache.train.sources import SourceInfo, resolve_splits
 
 __all__ = ["K_DIR", "candidate_configs", "k_to_choose", "keep_best"]
 
@@ -38,18 +38,55 @@ def k_to_choose(cfg: TrainConfig, info: SourceInfo) -> tuple[int, ...]:
         return ()
     ks = candidate_ks(cfg.k_candidates, info.depth)
     missing = [k for k in ks if plan_reads([f"sum:{k}"], info.keys)[2]]
+    held = [k for k in range(1, info.depth + 1) if f"sum:{k}" in info.keys]
+    if missing and cfg.k_candidates == "thirds" and len(held) == 1:
+        return tuple(held)  # the one map the server sent
+    if len(ks) > 1 and resolve_splits(cfg, info.splits)["val"] is None:
+        raise StoreError(no_val_message(info, ks))
     if not missing:
         return ks
-    held = [k for k in range(1, info.depth + 1) if f"sum:{k}" in info.keys]
-    if cfg.k_candidates == "thirds" and len(held) == 1:
-        return tuple(held)  # the one map the server sent
+    raise StoreError(missing_ks_message(cfg, info, ks, missing))
+
+
+def _fed(info: SourceInfo) -> list[int]:
+    """Every k the source can feed G_k for (a sum:k tap, or embed and blocks 0..k-1)."""
+    return [k for k in range(1, info.depth + 1) if not plan_reads([f"sum:{k}"], info.keys)[2]]
+
+
+def _one_k(info: SourceInfo) -> list[str]:
+    """Ways to train MIST on this source without choosing k."""
+    fed = _fed(info)
+    fixes = [f"fix k with --gather-k {fed[-1]}"] if fed else []
+    if info.depth - 1 in info.layers:
+        fixes.append(f"train on block {info.depth - 1}'s output with --gather last")
+    return fixes
+
+
+def no_val_message(info: SourceInfo, ks: tuple[int, ...]) -> str:
+    """MIST would choose k on val, but there is none: one line with the ways out."""
+    fixes = [*_one_k(info), "extract a store with `--split val=0.1` (held out from train)"]
+    return (
+        f"mist chooses k on val among {list(ks)}, but there is no validation split (the "
+        f"data has {list(info.splits)}): " + "; or ".join(fixes)
+    )
+
+
+def missing_ks_message(cfg: TrainConfig, info: SourceInfo, ks: tuple[int, ...],
+                       missing: list[int]) -> str:  # fmt: skip
+    """One line: the k MIST cannot feed, and only fixes that work on this store."""
     names = ",".join(map(str, missing))
-    raise StoreError(
-        f"mist chooses k on val among {list(ks)} (--k-candidates {cfg.k_candidates}), but the "
-        f"store cannot feed sum:{names} (it holds taps {list(info.tap_names)}): add them with "
-        f"`losa-cache extract ... --extend --taps sum:{names}` (or --taps sum:all), take them "
-        f"with `losa-cache subset SRC DST --taps sum:{','.join(map(str, ks))}`, or fix k with "
-        f"--gather-k {held[-1] if held else info.depth}"
+    fed = _fed(info)
+    every = ",".join(map(str, ks))  # a new subset holds them all; an extension adds those missing
+    fixes = [taps_fix("sum:" + (every if info.subset_of else names), info.subset_of)]
+    if not info.subset_of and set(range(max(ks))) <= set(info.layers):  # z0: every G_k
+        fixes.insert(0, f"{taps_fix('embed')} (z0: the feed then sums every G_k)")
+    if len(fed) > 1:
+        fixes.append(f"choose among the k it feeds with --k-candidates {','.join(map(str, fed))}")
+    fixes += _one_k(info)
+    return (
+        f"mist chooses k on val among {list(ks)} (--k-candidates {cfg.k_candidates}), but "
+        f"the store cannot feed sum:{names} (it holds taps {list(info.tap_names)}, blocks "
+        f"{list(info.layers)}): " + "; or ".join(fixes)
     )
 
 
@@ -77,7 +114,8 @@ def keep_best(cfg: TrainConfig, results: list[dict[str, Any]]) -> dict[str, Any]
     if not any(v is not None for v in scored.values()):
         raise StoreError(
             f"mist chooses k on the validation split, but no candidate has a val accuracy "
-            f"({sorted(by_k)}): give --val-split, or fix k with --gather-k"
+            f"({sorted(by_k)}): give --val-split (a store without val: extract one with "
+            "`--split val=0.1`), or fix k with --gather-k"
         )
     best = max((k for k, v in scored.items() if v is not None), key=lambda k: (scored[k], -k))
     choice = {"candidates": {str(k): scored.get(k) for k in sorted(by_k)}, "chosen": best,

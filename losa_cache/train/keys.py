@@ -34,6 +34,7 @@ __all__ = [
     "plan_reads",
     "side_inputs",
     "sort_keys",
+    "taps_fix",
 ]
 
 Key = int | str
@@ -124,26 +125,42 @@ def plan_reads(
     return reads, derived, missing
 
 
-def missing_message(key: Key, what: str, taps: Sequence[str], layers: Sequence[int]) -> str:
-    """One line: ``what`` needs ``key``, which the store lacks; what it holds; the fix."""
+def taps_fix(taps: str, subset_of: str | None = None) -> str:
+    """How a store gets ``taps`` (a ``--taps`` value), as an imperative: a subset store
+    from the store it was cut from (it has no images to extract from), any other by
+    extending it (``--extend`` keeps the store's other settings)."""
+    if subset_of:
+        return (f"copy them from the store this one was cut from, `losa-cache subset "
+                f"{subset_of} NEW_STORE --taps {taps}` (once that store holds them)")  # fmt: skip
+    return f"rerun the store's `losa-cache extract` command with `--extend --taps {taps}`"
+
+
+def missing_message(key: Key, what: str, taps: Sequence[str], layers: Sequence[int],
+                    subset_of: str | None = None) -> str:  # fmt: skip
+    """One line: ``what`` needs ``key``, which the store lacks; what it holds; fixes that
+    work on this store."""
     tap, block = key_tap(key)
     if isinstance(key, int):
         return (
             f"{what} needs block {key}, but the store holds blocks {list(layers)}: choose "
             "--layers among those, or re-extract with the blocks you need"
         )
-    name, alt = tap, ""
+    holds = f"it holds taps {list(taps)}, blocks {list(layers)}"
     if block is not None:  # --extend keeps the store's --layers
-        name, alt = f"{tap} (block {block})", " (a block outside its --layers: extract anew)"
+        if block not in layers:
+            return (f"{what} reads the store tap {tap} of block {block}, outside the store's "
+                    f"blocks ({holds}): choose --layers among those, or extract a new store "
+                    f"with --layers including {block} and --taps {tap}")  # fmt: skip
+        return (f"{what} reads the store tap {tap} (block {block}), which the store does not "
+                f"hold ({holds}): {taps_fix(tap, subset_of)}")  # fmt: skip
+    fix = taps_fix(tap, subset_of)
     parts = derived_parts(key)
-    if parts is not None:
-        alt = f" (or a store holding embed and blocks 0..{len(parts) - 2}, which the feed sums)"
-    return (
-        f"{what} reads the store tap {name}, which the store does not hold (it holds taps "
-        f"{list(taps)}, blocks {list(layers)}): add it with `losa-cache extract ... "
-        f"--extend --taps {tap}`, or `losa-cache subset SRC DST --taps {tap}` from a store "
-        f"that has it{alt}"
-    )
+    if parts is not None and set(parts[1:]) <= set(layers) and not subset_of:
+        fix = (f"{taps_fix('embed')} (z0: the feed then sums z0 and blocks 0..{len(parts) - 2}),"
+               f" or {fix}")  # fmt: skip
+    elif parts is not None:
+        fix += f" (or a store holding embed and blocks 0..{len(parts) - 2}, which the feed sums)"
+    return f"{what} reads the store tap {tap}, which the store does not hold ({holds}): " + fix
 
 
 def side_inputs(model_or_config: Any) -> tuple[Key, ...]:
@@ -168,8 +185,9 @@ def check_held(
     what: str,
     taps: Sequence[str],
     layers: Sequence[int],
+    subset_of: str | None = None,
 ) -> None:
     """StoreError naming the first key of ``wanted`` neither held nor derivable."""
     _, _, missing = plan_reads(wanted, held)
     if missing:
-        raise StoreError(missing_message(missing[0], what, taps, layers))
+        raise StoreError(missing_message(missing[0], what, taps, layers, subset_of))

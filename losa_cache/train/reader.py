@@ -121,7 +121,8 @@ class StoreReader:
             raise StoreError(f"the store has no blocks {blocks}; it holds blocks {store.layers} "
                              f"of {store.depth}")
         if missing:
-            raise StoreError(missing_message(missing[0], "this read", store.taps, store.layers))
+            raise StoreError(missing_message(missing[0], "this read", store.taps, store.layers,
+                                             (store.manifest.subset or {}).get("source")))
         self.store, self.layers = store, sort_keys(layers)  # the keys pieces carry
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)

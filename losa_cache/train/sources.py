@@ -20,12 +20,12 @@ from losa_cache.side import SideConfig
 from losa_cache.store import FeatureStore, StoreError, open_store
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.feed import Feed
-from losa_cache.train.keys import Key, available_keys, check_held, plan_reads, side_inputs
+from losa_cache.train.keys import Key, available_keys, check_held, plan_reads, side_inputs, taps_fix
 from losa_cache.train.order import RowOrder
 from losa_cache.train.reader import TORCH_DTYPES, StoreReader
 
 __all__ = ["DataSource", "SourceInfo", "StoreSource", "TaskData", "build_side_config",
-           "pick_device", "resolve_splits"]
+           "no_val_note", "pick_device", "resolve_splits"]
 
 SPLIT_DEFAULTS = {"train": ("train", "train800"), "val": ("val", "val200", "validation"),
                   "test": ("test",)}
@@ -51,6 +51,8 @@ class SourceInfo:
     tap_names: tuple[str, ...] = ("blocks",)
     #: the live backbone's features, not a store's (a missing key cannot be extracted)
     live: bool = False
+    #: the store this one is a ``losa-cache subset`` of (its fixes come from there)
+    subset_of: str | None = None
 
     @property
     def keys(self) -> tuple[Key, ...]:
@@ -110,6 +112,14 @@ def resolve_splits(cfg: Any, available: Sequence[str]) -> dict[str, str | None]:
     return out
 
 
+def no_val_note(available: Sequence[str], consequence: str) -> str:
+    """One line for a run without a validation split: what follows, and how to get one."""
+    return (f"no validation split (the data has {list(available)}): {consequence}; to "
+            "validate, extract a store with `--split val=0.1` (held out from train, e.g. "
+            "`losa-cache extract ... --split val=0.1,test=0.1`) or name a split with "
+            "--val-split")
+
+
 class StoreSource:
     """Features read from a complete feature store: blocks and taps, any dtype (int8 as
     codes and scales, dequantized per batch on the training device)."""
@@ -131,7 +141,8 @@ class StoreSource:
             dtype=TORCH_DTYPES.get(s.dtype, torch.float32),  # int8: dequantized to fp32
             row_bytes=s.layout.row_bytes, taps=tuple(k for k in held if isinstance(k, str)),
             tap_names=tuple(s.taps),
-            frames=int(s.token_layout.get("frames", 1)))
+            frames=int(s.token_layout.get("frames", 1)),
+            subset_of=(s.manifest.subset or {}).get("source"))
 
     def task(self, name: str | None) -> TaskData:
         task = name or self.store.default_task
@@ -184,6 +195,8 @@ def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> S
                       prefix_tokens=info.prefix_tokens, frames=info.frames, **options)
     need = side.required_layers
     missing = sorted(set(need) - set(info.layers))
+    if missing and not info.layers:
+        raise StoreError(no_blocks_message(cfg.method, info))
     if missing:
         raise StoreError(
             f"{cfg.method} with --layers {cfg.layers} needs blocks {list(need)}, but the store "
@@ -196,5 +209,16 @@ def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> S
                 f"{cfg.method} reads {missing[0]!r}, which the live backbone does not compute "
                 f"(it gives {_live_keys(info)}): choose the method's options (--layers, --taps, "
                 "--gather-k ...) among those")
-    check_held(side_inputs(side), info.keys, cfg.method, info.tap_names, info.layers)
+    check_held(side_inputs(side), info.keys, cfg.method, info.tap_names, info.layers,
+               info.subset_of)
     return side
+
+
+def no_blocks_message(method: str, info: SourceInfo) -> str:
+    """``method`` reads block outputs from a store that holds none (a ``sum:k`` subset):
+    the methods its taps feed, or where blocks come from."""
+    sums = [t for t in info.tap_names if t.startswith("sum:")]
+    fixes = [f"train MIST on its {t} (`--method mist --gather-k {t[4:]}`)" for t in sums[-1:]]
+    fixes.append(taps_fix("blocks", info.subset_of))
+    return (f"{method} reads block outputs, but the store holds no blocks (it holds taps "
+            f"{list(info.tap_names)}): " + ", or ".join(fixes))

@@ -34,6 +34,7 @@ from losa_cache.train.sources import (
     DataSource,
     StoreSource,
     build_side_config,
+    no_val_note,
     pick_device,
     resolve_splits,
 )
@@ -73,6 +74,9 @@ def make_run(cfg: TrainConfig, source: DataSource, device: torch.device,
     if is_baseline(cfg.method):  # its own trainable copy of the live source's backbone
         model = build_baseline(cfg.method, source.backbone.model, side, cfg, cfg.seed)
     run = Run(cfg, side, info, task, splits, split_rows, rows, device, name, model)
+    if splits["val"] is None and cfg.val_split != "none":  # said once: the notes of one run
+        run.notes.append(no_val_note(info.splits, "nothing will be validated and the "
+                                     "adapter is the last step's"))
     if run.batch < cfg.batch_size:
         run.notes.append(f"batch size {cfg.batch_size} capped at the {len(rows['train'])} "
                          "training rows")

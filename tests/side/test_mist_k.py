@@ -79,8 +79,8 @@ def test_missing_candidates_name_the_taps_to_extract_or_subset(sums: str, tmp_pa
         train(config(device, tmp_path / "run"), progress=False)
     text = str(err.value)
     assert "among [1, 3, 4]" in text and "cannot feed sum:3" in text
-    assert "--extend --taps sum:3" in text and "subset SRC DST --taps sum:1,3,4" in text
-    assert "--gather-k 4" in text and "\n" not in text
+    assert f"`losa-cache subset {sums} NEW_STORE --taps sum:1,3,4`" in text  # its source
+    assert "--k-candidates 1,4" in text and "--gather-k 4" in text and "\n" not in text
     assert not (tmp_path / "run" / "adapter.json").exists()
     m = train(config(device, tmp_path / "listed", k_candidates="1,4"), progress=False)
     assert set(m["k_choice"]["candidates"]) == {"1", "4"}

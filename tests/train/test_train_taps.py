@@ -182,9 +182,10 @@ def test_missing_taps_name_the_tap_what_is_held_and_the_fix(tap_stores: dict[str
         StoreReader(store, rows, labels, ["sum:3"], 8)
     msg = str(err.value)
     assert "\n" not in msg and "tap sum:3" in msg and "holds taps ['sum:4']" in msg
-    assert "--extend --taps sum:3" in msg and "subset SRC DST --taps sum:3" in msg
+    source = open_store(tap_stores["sum4"]).manifest.subset["source"]  # a subset: copy from there
+    assert f"`losa-cache subset {source} NEW_STORE --taps sum:3`" in msg
     assert "embed and blocks 0..2" in msg
-    with pytest.raises(StoreError, match=r"tap attn \(block 1\).*--extend --taps attn"):
+    with pytest.raises(StoreError, match=r"tap attn \(block 1\).*subset \S+ NEW_STORE --taps attn"):
         StoreReader(open_store(tap_stores["parts"]), rows, labels, ["attn:1"], 8)
     cfg = TrainConfig(store=tap_stores["sum4"], out="unused", **{**MIST, "gather_k": 3})
     with pytest.raises(StoreError, match=r"^mist reads the store tap sum:3, which"):
