@@ -60,7 +60,7 @@ class ExtractConfig:
     dataset: str = field(
         metadata={
             "help": "demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
-            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH"
+            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH | wds:PATTERN | hf:PATH"
         }
     )
     store: str = field(metadata={"help": "store path or URL (created or resumed)"})
@@ -206,8 +206,10 @@ def build_identity(
     sources: list[str],
     splits: dict[str, list[int]],
     taps: tuple[str, ...] = ("blocks",),
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What must match for a run to resume into an existing store."""
+    """What must match for a run to resume into an existing store (``data``: what the
+    data set says identifies its bytes, e.g. a tar index's hash; absent for files)."""
     import hashlib
 
     fp = {k: v for k, v in backbone.fingerprint().items() if k != "weights_source"}
@@ -220,6 +222,7 @@ def build_identity(
         "dtype": dtype,
         "token_layout": backbone.token_layout(),
         "rows": {"count": len(sources), "sources_sha256": rows, "splits_sha256": split_hash},
+        **({"data": data} if data else {}),
     }
 
 
@@ -304,7 +307,8 @@ def open_or_create(
     S.parse_codec(cfg.codec)
     sources = [dataset.samples[r].source for r in rows]
     taps = store_taps(cfg.taps, backbone.depth)
-    identity = build_identity(backbone, layers, dtype, sources, splits, taps)
+    data = dataset.meta.get("fingerprint")
+    identity = build_identity(backbone, layers, dtype, sources, splits, taps, data)
     if cfg.extend:
         from losa_cache.store.extend import extend_store
 
