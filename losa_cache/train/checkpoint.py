@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +116,15 @@ def _proc_status_kib(field: str) -> int:
 
 
 class MetricsLog:
-    """Append-only JSONL of train/eval records; on resume, later steps are dropped first."""
+    """Append-only JSONL of train/eval records; on resume, later steps are dropped first.
 
-    def __init__(self, out: Path, resume_step: int | None) -> None:
+    ``sinks`` (``--log``: losa_cache/train/loggers.py) get every record after it is written.
+    """
+
+    def __init__(self, out: Path, resume_step: int | None,
+                 sinks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> None:
         self.path = out / METRICS_LOG
+        self.sinks = list(sinks)
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
@@ -129,6 +135,13 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+        for sink in self.sinks:
+            sink(record)
+
+    def close(self) -> None:
+        """Close the sinks that can be (event files); the JSONL needs nothing."""
+        for sink in self.sinks:
+            getattr(sink, "close", lambda: None)()
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

@@ -30,6 +30,7 @@ from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.feed import keep_mask
 from losa_cache.train.keys import side_inputs
+from losa_cache.train.loggers import RunInfo, open_logger
 from losa_cache.train.optim import build_optimizer, build_scheduler, lr_factor
 from losa_cache.train.order import RowOrder, default_buffer_rows
 from losa_cache.train.sources import SourceInfo, TaskData
@@ -135,7 +136,9 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         if state is not None:
             self._restore(state)
-        self.log = ckpt.MetricsLog(self.out, self.step if state is not None else None)
+        resume_step = self.step if state is not None else None
+        loggers = open_logger(self.cfg.log, RunInfo(self.out, self.cfg.to_dict(), resume_step))
+        self.log = ckpt.MetricsLog(self.out, resume_step, loggers)
 
     def _load_resume_state(self) -> dict[str, Any] | None:
         if not self.cfg.resume:
@@ -353,6 +356,7 @@ class Run:
         if complete:
             metrics["adapter"] = str(self._save_adapter(metrics))
         (self.out / ckpt.METRICS).write_text(_dumps(metrics))
+        self.log.close()
         return metrics
 
     def _save_adapter(self, metrics: dict[str, Any]) -> Path:
