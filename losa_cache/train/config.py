@@ -24,7 +24,6 @@ from losa_cache.side.losa import LosaOptions
 from losa_cache.side.mist import MistOptions
 from losa_cache.side.transformer import TransformerOptions
 from losa_cache.train.cache import CACHE_MODES
-from losa_cache.train.loggers import logger_names
 
 __all__ = ["OPTIMIZERS", "RUNTIME_FIELDS", "TrainConfig"]
 
@@ -126,9 +125,10 @@ class TrainConfig:
                                 min=1)
     log_every: int | None = _f(None, "Log train metrics every N steps (default: ~20 per run).",
                                min=1)
-    log: str = _f("none", "Also send every metrics.jsonl row to: tensorboard (event files in "
-                          "the run's folder; extra [tb]) or a logger registered in Python "
-                          "(losa_cache.train.loggers.register_logger).", choices=logger_names)
+    # no choices: a saved config must load where its Python-registered logger is not
+    log: str = _f("none", "Also send every metrics.jsonl row to: none | tensorboard (event "
+                          "files in the run's folder; extra [tb]) | a logger registered in "
+                          "Python (losa_cache.train.loggers.register_logger).")
     checkpoint_every: int | None = _f(None, "Checkpoint every N steps (default: eval_every).",
                                       min=1)
     resume: bool = _f(False, "Continue the run whose checkpoint is in --out.")
