@@ -124,7 +124,7 @@ class SweepConfig:
     log_every: int | None = _t("log_every")
     log: str = _t("log", "Also send every run's metrics.jsonl rows to: tensorboard (event "
                          "files in each run's folder, so TensorBoard compares the runs; "
-                         "extra [tb]) or a logger registered in Python.")
+                         "needs the tb extra) or a logger registered in Python.")
     checkpoint_every: int | None = _t("checkpoint_every")
     shuffle_buffer: int | None = _t("shuffle_buffer")
     speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).",

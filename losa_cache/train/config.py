@@ -127,7 +127,7 @@ class TrainConfig:
                                min=1)
     # no choices: a saved config must load where its Python-registered logger is not
     log: str = _f("none", "Also send every metrics.jsonl row to: none | tensorboard (event "
-                          "files in the run's folder; extra [tb]) | a logger registered in "
+                          "files in the run's folder; needs the tb extra) | a logger registered in "
                           "Python (losa_cache.train.loggers.register_logger).")
     checkpoint_every: int | None = _f(None, "Checkpoint every N steps (default: eval_every).",
                                       min=1)
