@@ -10,9 +10,17 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from losa_cache.data import get_dataset
 
+#: extraction of the packed-format tests: 20 rows in 5 shards of 4 (tests/_packed_sets.py)
+EXTRACT: dict[str, Any] = dict(
+    model="vit_micro", random_init=True, workers=0, dtype="float32", shard_rows=4,
+    chunk_rows=2, batch_size=4,
+)  # fmt: skip
 #: demo rows taken per split (enough for a few store shards of 4 rows)
 PER_SPLIT = {"train": 10, "val": 5, "test": 5}
 HF_SPLIT = {"train": "train", "val": "validation", "test": "test"}
@@ -115,3 +123,20 @@ def _dataset_dict(sets: PackedSets):
             features=features,
         )  # fmt: skip
     return datasets.DatasetDict(parts)
+
+
+def same_store_content(a: str, b: str) -> None:
+    """Features, status, labels, class names and splits equal, bit for bit (sources and
+    task names differ between formats)."""
+    from losa_cache.store import open_store
+
+    x, y = open_store(a), open_store(b)
+    assert x.layers == y.layers and x.complete and y.complete
+    for layer in x.layers:
+        np.testing.assert_array_equal(x.features(layer)[:], y.features(layer)[:])
+    np.testing.assert_array_equal(x.status, y.status)
+    np.testing.assert_array_equal(x.labels(), y.labels())
+    assert x.classes() == y.classes()
+    assert x.splits.keys() == y.splits.keys()
+    for split in x.splits:
+        np.testing.assert_array_equal(x.splits[split], y.splits[split])
