@@ -4,7 +4,7 @@ Every row a run appends to its ``metrics.jsonl`` (``train``: loss, acc, lr, img_
 ``eval``/``test``: acc, loss; whatever else a row holds) is also handed to the logger
 ``TrainConfig.log`` names (``train/sweep --log tensorboard``). A logger is made once per
 run from a :class:`RunInfo` and called with each row; a sweep makes one per config, each
-writing into its own run folder, so ``tensorboard --logdir SWEEP/runs`` compares them.
+writing into its own run folder, so TensorBoard opened on ``SWEEP/runs`` compares them.
 
 W&B, MLflow or anything else attaches in a few lines (no dependency here)::
 
