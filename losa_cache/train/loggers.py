@@ -13,13 +13,14 @@ W&B, MLflow or anything else attaches in a few lines (no dependency here)::
     from losa_cache.train.loggers import register_logger, scalars
 
     def to_wandb(run):  # once per run: its folder, config and resume step
-        w = wandb.init(name=run.out.name, config=run.config, reinit=True)
+        w = wandb.init(name=run.out.name, config=run.config, reinit="create_new")
         return lambda row: w.log(scalars(row), step=row["step"])
 
     register_logger("wandb", to_wandb)
     train(TrainConfig(store="stores/demo.zarr", out="runs/a", log="wandb"))
 
-This module imports nothing heavy: TensorBoard is imported when a run opens it.
+More (MLflow, closing runs): docs/data-and-logging.md. This module imports nothing heavy:
+TensorBoard is imported when a run opens it.
 """
 
 from __future__ import annotations
