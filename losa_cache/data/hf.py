@@ -39,6 +39,8 @@ from losa_cache.data.base import DatasetError, DatasetNotFoundError, ImageDecode
 from losa_cache.data.packed import (
     SPLIT_ORDER,
     PackedDataset,
+    byte_limit,
+    check_size,
     decode,
     index_values,
     parse_args,
@@ -152,7 +154,9 @@ class HfDataset(PackedDataset):
             value = _cell(part, self.column, int(self.locals[index]))
         except OSError as err:
             raise ImageDecodeError(source, f"cannot read the row ({err})") from err
-        return decode(self._bytes(value, source), source, self.max_pixels)
+        data = self._bytes(value, source)
+        check_size(len(data), byte_limit(self), source)
+        return decode(data, source, self.max_pixels)
 
     def _bytes(self, value: Any, source: str) -> bytes:
         """The encoded image of a cell: its bytes, or the file its path names."""
@@ -161,7 +165,7 @@ class HfDataset(PackedDataset):
         if isinstance(value, bytes | bytearray | memoryview):
             return bytes(value)
         if isinstance(value, str) and value:
-            return _read_path(value, self.root, source)
+            return _read_path(value, self.root, source, byte_limit(self))
         what = "empty" if value is None or value == "" else type(value).__name__
         raise ImageDecodeError(source, f"column {self.column!r} holds {what}, not an image")
 
@@ -380,14 +384,17 @@ def _split_of(loaded: Any, part: Part) -> Any:
     return loaded[part.key] if part.key else loaded
 
 
-def _read_path(path: str, root: str, source: str) -> bytes:
-    """The bytes of an image a cell names by path (relative paths: to the data set)."""
+def _read_path(path: str, root: str, source: str, limit: int | None) -> bytes:
+    """The bytes of an image a cell names by path (relative paths: to the data set), at
+    most one past ``limit`` (the caller refuses more)."""
     import fsspec
 
     url = path if "://" in path or path.startswith("/") else f"{root}/{path}"
+    if "://" not in url and Path(url).exists() and not Path(url).is_file():
+        raise ImageDecodeError(source, f"{url} the row names is not a regular file")
     try:
         with fsspec.open(url, "rb") as f:
-            return f.read()
+            return f.read(-1 if limit is None else limit + 1)
     except FileNotFoundError:
         raise ImageDecodeError(source, f"the image file {url} the row names is missing") from None
     except OSError as err:

@@ -124,6 +124,28 @@ def decode(data: bytes, source: str, max_pixels: int | None) -> Image.Image:
         raise ImageDecodeError(source, err.reason) from err
 
 
+def byte_limit(dataset: object) -> int | None:
+    """The bound on one image's bytes: the data set's ``max_file_bytes`` (set by
+    ``get_dataset`` where the file opener has one), else the opener's default."""
+    limit = getattr(dataset, "max_file_bytes", None)
+    if limit is not None:
+        return int(limit)
+    try:
+        from losa_cache.data.opener import DEFAULT_MAX_FILE_BYTES
+    except ImportError:  # a file opener without a bound
+        return None
+    return DEFAULT_MAX_FILE_BYTES
+
+
+def check_size(size: int, limit: int | None, source: str) -> None:
+    """Refuse an image of more than ``limit`` bytes before it is read (a skipped row)."""
+    if limit is not None and size > limit:
+        raise ImageDecodeError(
+            source, f"{size:,} bytes is over the limit of {limit:,} (max_file_bytes); raise "
+            "it if the data is trusted"
+        )  # fmt: skip
+
+
 class PackedDataset(FileDataset):
     """A :class:`FileDataset` whose rows are byte ranges of bigger files, not files.
 

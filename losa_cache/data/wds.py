@@ -43,6 +43,8 @@ from losa_cache.data.base import DatasetError, DatasetNotFoundError, ImageDecode
 from losa_cache.data.files import IMAGE_EXTENSIONS, is_int
 from losa_cache.data.packed import (
     PackedDataset,
+    byte_limit,
+    check_size,
     decode,
     index_values,
     parse_args,
@@ -173,6 +175,7 @@ class WdsDataset(PackedDataset):
         if index in self.errors:
             raise ImageDecodeError(source, self.errors[index])
         size = int(self.sizes[index])
+        check_size(size, byte_limit(self), source)
         try:
             data = read_range(self.shards[self.parts[index]], int(self.offsets[index]), size)
         except OSError as err:

@@ -114,6 +114,9 @@ def test_image_paths_and_integer_labels_from_parquet(packed_sets: dict, tmp_path
         np.testing.assert_array_equal(np.asarray(ds.load(row)), np.asarray(folder.load(row)))
     with pytest.raises(ImageDecodeError, match=r"nope\.png the row names is missing"):
         ds.load(4)
+    ds.max_file_bytes = 10  # get_dataset's max_file_bytes, where it has one
+    with pytest.raises(ImageDecodeError, match=r"bytes is over the limit of 10 "):
+        ds.load(0)
 
 
 def test_parquet_through_fsspec_memory_urls(packed_sets: dict) -> None:

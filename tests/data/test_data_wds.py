@@ -121,6 +121,15 @@ def test_corrupt_and_truncated_members_are_skipped_rows_with_reasons(tmp_path: P
     assert open_store(store).valid.tolist() == [True, False, False, True, False]
 
 
+def test_members_over_the_byte_bound_are_skipped_unread(packed_sets: dict) -> None:
+    ds = get_dataset(packed_sets["specs"]["wds"])
+    ds.max_file_bytes = int(ds.sizes[0]) - 1  # get_dataset's max_file_bytes, where it has one
+    with pytest.raises(ImageDecodeError, match=r"bytes is over the limit of"):
+        ds.load(0)
+    ds.max_file_bytes = int(ds.sizes[0])
+    assert ds.load(0).size == (32, 32)
+
+
 def test_corrupt_header_ends_the_shard_with_a_warning(tmp_path: Path) -> None:
     tar = write_tar(tmp_path / "h.tar", [("a.png", good_png(0)), ("a.cls", b"0"),
                                          ("b.png", good_png(1)), ("b.cls", b"1")])  # fmt: skip
