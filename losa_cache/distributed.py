@@ -7,7 +7,10 @@ zarr). Each worker holds the backbone, data set and open store in a worker plugi
 loaded on its first task; a restarted worker gets the plugin again. Shards are computed
 in the same batches as in-process and written data first, done marker last, so a task
 that dies (or a whole run that is killed) leaves only shards without a marker, which
-the next run rewrites: the store ends identical to a single-process run.
+the next run rewrites: the store ends identical to a single-process run. A data set of
+packed files (``wds:`` tar shards, ``hf:`` parquet) is indexed once, on the client, and
+travels in the plugin; its tasks are split by those files, so a worker reads only the
+tar shards of its own tasks.
 
 The store must be reachable from every worker under the same name: a shared file system,
 or an object-store URL (``memory://`` is refused). The client holds the store's lock
@@ -151,11 +154,16 @@ class ExtractorPlugin(WorkerPlugin):
     """
 
     def __init__(
-        self, cfg: dict[str, Any], identity: dict[str, Any], storage_options: dict | None
+        self,
+        cfg: dict[str, Any],
+        identity: dict[str, Any],
+        storage_options: dict | None,
+        dataset: Any = None,
     ) -> None:
         self.cfg = cfg
         self.identity = identity
         self.storage_options = storage_options
+        self.dataset = dataset  # packed data sets: the client's index, never re-read
         self.loads = 0
         self._state: WorkerState | None = None
         self._lock: threading.Lock | None = None
@@ -177,7 +185,7 @@ class ExtractorPlugin(WorkerPlugin):
     def _load(self) -> WorkerState:
         cfg = ExtractConfig(**self.cfg)
         device = pick_device(cfg.device)
-        backbone, dataset, rows, splits, layers = prepare(cfg, device)
+        backbone, dataset, rows, splits, layers = prepare(cfg, device, self.dataset)
         sources = [dataset.samples[r].source for r in rows]
         taps = store_taps(cfg.taps, backbone.depth)
         data = dataset.meta.get("fingerprint")
@@ -365,9 +373,10 @@ def _run(
         todo = [int(s) for s in np.flatnonzero(~done_shards(group))]
         t0 = time.perf_counter()
         parts = shard_parts(layout, dataset, rows)
+        shipped = dataset if parts is not None else None  # indexed once, here
         results = _submit_and_wait(
             client, cfg, identity, options, layout, todo, progress, retries, shards_per_task,
-            lock, parts,
+            lock, parts, shipped,
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         missing = np.flatnonzero(~done_shards(group))
@@ -403,6 +412,7 @@ def _submit_and_wait(
     shards_per_task: int | None,
     lock: Any,
     parts: np.ndarray | None = None,
+    dataset: Any = None,
 ) -> list[dict[str, Any]]:
     """Register the worker plugin, run one task per shard group, feed one progress bar."""
     if not todo:
@@ -412,7 +422,8 @@ def _submit_and_wait(
     rows = {g[0]: shard_rows(layout, g) for g in groups}
     bar = _Progress(sum(rows.values()), progress)
     bar.bar.set_postfix_str("starting workers")  # fresh workers import torch: seconds
-    client.register_plugin(ExtractorPlugin(cfg.to_dict(), identity, options), name=name)
+    plugin = ExtractorPlugin(cfg.to_dict(), identity, options, dataset)
+    client.register_plugin(plugin, name=name)
     client.subscribe_topic(name, bar.on_event)
     keys = [f"{name}-shards-{g[0]}" for g in groups]
     futures = client.map(extract_task, groups, plugin=name, retries=retries, key=keys)

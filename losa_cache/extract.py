@@ -227,12 +227,13 @@ def build_identity(
 
 
 def prepare(
-    cfg: ExtractConfig, device: torch.device
+    cfg: ExtractConfig, device: torch.device, dataset: ImageDataset | None = None
 ) -> tuple[Backbone, ImageDataset, list[int], dict[str, list[int]], tuple[int, ...]]:
-    """Load data set and backbone, choose rows and layers (no store I/O yet)."""
-    dataset = get_dataset(
+    """Load data set and backbone, choose rows and layers (no store I/O yet); ``dataset``:
+    one built already from ``cfg`` (a Dask worker gets the client's indexed tar shards)."""
+    dataset = dataset if dataset is not None else get_dataset(
         cfg.dataset, data_root=cfg.data_root, max_pixels=cfg.max_pixels, sampling=cfg.sampling()
-    )
+    )  # fmt: skip
     if isinstance(dataset, VideoRows) and video_alias(cfg.model) is None:
         raise ValueError(
             f"{cfg.dataset} holds videos but {cfg.model} is an image model: pick a video "

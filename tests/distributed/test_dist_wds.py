@@ -43,14 +43,34 @@ def test_tasks_are_split_by_tar_shard(wds_spec: str) -> None:
         [0, 1], [2], [3, 4]]  # fmt: skip
 
 
+def forbid_indexing(forbid: bool) -> None:
+    """On a worker: make reading a tar index fail (or undo that)."""
+    import losa_cache.data.wds as w
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a worker re-read the tar index")
+
+    if forbid:
+        w._saved_index_shard = w._index_shard
+        w._index_shard = boom
+    else:
+        w._index_shard = w._saved_index_shard
+
+
 def test_cluster_store_over_wds_equals_in_process(
     client: Any, wds_spec: str, tmp_path: Path
 ) -> None:
+    """Workers get the client's index: they read only their tasks' shards."""
     local, dask = str(tmp_path / "local.zarr"), str(tmp_path / "dask.zarr")
     extract(ExtractConfig(dataset=wds_spec, store=local, **CFG), progress=False)
-    result = extract_distributed(
-        ExtractConfig(dataset=wds_spec, store=dask, **CFG), client=client, progress=False
-    )
+    client.run(forbid_indexing, True)
+    try:
+        result = extract_distributed(
+            ExtractConfig(dataset=wds_spec, store=dask, **CFG), client=client, progress=False,
+            retries=0,
+        )  # fmt: skip
+    finally:
+        client.run(forbid_indexing, False)
     assert result.written == 20 and result.shards_written == result.shards_total == 10
     assert_same_store(dask, local)
     assert open_store(dask).manifest.identity["data"]["wds_index_sha256"]
