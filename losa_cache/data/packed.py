@@ -100,12 +100,13 @@ def split_order(names: Sequence[str]) -> list[str]:
 
 
 def index_values(values: Sequence[int | str | None], where: str) -> tuple[list[int], list[str]]:
-    """Raw labels (integers or class names; None = unlabelled) -> (labels, class names).
+    """Raw labels (integers or class names; None or -1 = unlabelled) -> (labels, classes).
 
     Integers keep their value when they are 0..K-1 (names "0".."K-1"), else become their
     rank among the distinct values; names are sorted (as class folders are). A mix of both
     is refused: it would silently make "3" and 3 two classes.
     """
+    values = [None if v == -1 and isinstance(v, int) else v for v in values]
     kinds = {type(v) for v in values if v is not None}
     if kinds == {int, str}:
         raise DatasetError(f"{where}: labels mix integers and class names; use one kind")

@@ -242,3 +242,15 @@ def killed_then_resumed_equals_clean(spec: str, tmp_path: Path) -> None:
 
 def test_killed_extraction_resumes_to_the_same_store(packed_sets: dict, tmp_path: Path) -> None:
     killed_then_resumed_equals_clean(packed_sets["specs"]["wds"], tmp_path)
+
+
+def test_label_values_index_like_list_files() -> None:
+    from losa_cache.data.packed import index_values
+
+    assert index_values([3, 1, None, 3, -1], "w") == ([1, 0, -1, 1, -1], ["1", "3"])
+    assert index_values(["dog", "cat", "dog"], "w") == ([1, 0, 1], ["cat", "dog"])
+    assert index_values([0, 2, 1], "w") == ([0, 2, 1], ["0", "1", "2"])
+    with pytest.raises(DatasetError, match="mix integers and class names"):
+        index_values([1, "cat"], "w")
+    with pytest.raises(DatasetError, match="label -3 is negative"):
+        index_values([1, -3], "w")
