@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 __all__ = ["CHECKPOINT", "METRICS", "METRICS_LOG", "CheckpointError", "MetricsLog",
-           "load_checkpoint",
+           "load_checkpoint", "memory_now",
            "peak_memory", "reset_peak_memory", "rng_state", "save_checkpoint", "set_rng_state"]
 
 CHECKPOINT = "checkpoint.pt"
@@ -106,6 +106,16 @@ def peak_memory(device: torch.device, baseline: int | None = None) -> dict[str, 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     return {"peak_memory_bytes": int(rss * scale), "peak_memory_kind": "process_max_rss"}
+
+
+def memory_now(device: torch.device) -> int:
+    """Memory in use now, for the learning curves: tensors the CUDA allocator holds on a
+    GPU, the process's resident set on CPU (0 where neither can be read)."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    with contextlib.suppress(OSError, ValueError):
+        return _proc_status_kib("VmRSS") * 1024
+    return 0
 
 
 def _proc_status_kib(field: str) -> int:

@@ -1,6 +1,7 @@
 """Metrics rows to where people watch them: TensorBoard, or any Python callable.
 
-Every row a run appends to its ``metrics.jsonl`` (``train``: loss, acc, lr, img_s, epoch;
+Every row a run appends to its ``metrics.jsonl`` (``train``: loss, acc, lr, img_s, epoch,
+memory_bytes;
 ``eval``/``test``: acc, loss; whatever else a row holds) is also handed to the logger
 ``TrainConfig.log`` names (``train/sweep --log tensorboard``). A logger is made once per
 run from a :class:`RunInfo` and called with each row; a sweep makes one per config, each

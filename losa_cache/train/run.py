@@ -263,7 +263,8 @@ class Run:
         rec = {"kind": "train", "step": self.step, "loss": loss_sum / n,
                "acc": int(self.acc_correct) / n, "lr": self.lr,
                "img_s": self.acc_n / max(seconds, 1e-9),
-               "epoch": self.step * self.batch / len(self.train_rows)}
+               "epoch": self.step * self.batch / len(self.train_rows),
+               "memory_bytes": ckpt.memory_now(self.device)}
         self.log.write(rec)
         self.last_loss = rec["loss"]
         if self.steady is None:  # the first interval holds start-up (workers, caches): skip it

@@ -41,8 +41,9 @@ def test_tensorboard_events_equal_metrics_jsonl(make_cfg) -> None:
     train(cfg, progress=False)
     rows = jsonl(cfg.out)
     got = events(cfg.out)
-    assert {"train/loss", "train/lr", "train/img_s", "eval/acc", "eval/loss", "test/acc",
-            "test/loss"} <= set(got)  # fmt: skip
+    assert {"train/loss", "train/lr", "train/img_s", "train/memory_bytes", "eval/acc",
+            "eval/loss", "test/acc", "test/loss"} <= set(got)  # fmt: skip
+    assert all(v > 0 for _, v in got["train/memory_bytes"])
     assert got == expected(rows)
     assert len(got["train/loss"]) == 6 and [s for s, _ in got["eval/acc"]] == [3, 6]
 
