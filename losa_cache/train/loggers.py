@@ -1,9 +1,8 @@
 """Metrics rows to where people watch them: TensorBoard, or any Python callable.
 
 Every row a run appends to its ``metrics.jsonl`` (``train``: loss, acc, lr, img_s, epoch,
-memory_bytes;
-``eval``/``test``: acc, loss; whatever else a row holds) is also handed to the logger
-``TrainConfig.log`` names (``train/sweep --log tensorboard``). A logger is made once per
+memory_bytes; ``eval``/``test``: acc, loss; whatever else a row holds) is also handed to
+the logger ``TrainConfig.log`` names (``train/sweep --log tensorboard``). A logger is made once per
 run from a :class:`RunInfo` and called with each row; a sweep makes one per config, each
 writing into its own run folder, so TensorBoard opened on ``SWEEP/runs`` compares them.
 
