@@ -147,7 +147,10 @@ class WdsDataset(PackedDataset):
             Sample(f"{_relative(urls[p], root)}/{s['member']}", y, s["split"])
             for (p, s), y in zip(found, labels, strict=True)
         ]
-        blob = json.dumps(index, sort_keys=True).encode()
+        # what the bytes hold, not where they are: moved shards resume into their store
+        held = [[_relative(u, root), shard["bytes"], shard["samples"]]
+                for u, shard in zip(urls, index, strict=True)]  # fmt: skip
+        blob = json.dumps(held, sort_keys=True).encode()
         return cls(
             spec=spec,
             samples=samples,
