@@ -117,4 +117,3 @@ def packed_reference(packed_sets: dict[str, Any], tmp_path_factory) -> str:
     spec = packed_sets["specs"]["imagefolder"]
     extract(ExtractConfig(dataset=spec, store=path, **EXTRACT), progress=False)
     return path
-
