@@ -255,3 +255,14 @@ def test_label_values_index_like_list_files() -> None:
         index_values([1, "cat"], "w")
     with pytest.raises(DatasetError, match="label -3 is negative"):
         index_values([1, -3], "w")
+
+
+def test_extras_are_imported_only_when_used() -> None:
+    """Importing the library (data, extract, train, sweep) loads none of the extras."""
+    code = (
+        "import sys, losa_cache.data, losa_cache.extract, losa_cache.train, losa_cache.sweep\n"
+        "extras = {'webdataset', 'braceexpand', 'datasets', 'pyarrow', 'tensorboard'}\n"
+        "print(sorted(extras & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
