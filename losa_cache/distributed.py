@@ -7,7 +7,10 @@ zarr). Each worker holds the backbone, data set and open store in a worker plugi
 loaded on its first task; a restarted worker gets the plugin again. Shards are computed
 in the same batches as in-process and written data first, done marker last, so a task
 that dies (or a whole run that is killed) leaves only shards without a marker, which
-the next run rewrites: the store ends identical to a single-process run.
+the next run rewrites: the store ends identical to a single-process run. A data set of
+packed files (``wds:`` tar shards, ``hf:`` parquet) is indexed once, on the client, and
+travels in the plugin; its tasks are split by those files, so a worker reads only the
+tar shards of its own tasks.
 
 The store must be reachable from every worker under the same name: a shared file system,
 or an object-store URL (``memory://`` is refused). The client holds the store's lock
@@ -27,6 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 import numpy as np
@@ -150,11 +154,16 @@ class ExtractorPlugin(WorkerPlugin):
     """
 
     def __init__(
-        self, cfg: dict[str, Any], identity: dict[str, Any], storage_options: dict | None
+        self,
+        cfg: dict[str, Any],
+        identity: dict[str, Any],
+        storage_options: dict | None,
+        dataset: Any = None,
     ) -> None:
         self.cfg = cfg
         self.identity = identity
         self.storage_options = storage_options
+        self.dataset = dataset  # packed data sets: the client's index, never re-read
         self.loads = 0
         self._state: WorkerState | None = None
         self._lock: threading.Lock | None = None
@@ -176,10 +185,13 @@ class ExtractorPlugin(WorkerPlugin):
     def _load(self) -> WorkerState:
         cfg = ExtractConfig(**self.cfg)
         device = pick_device(cfg.device)
-        backbone, dataset, rows, splits, layers = prepare(cfg, device)
+        backbone, dataset, rows, splits, layers = prepare(cfg, device, self.dataset)
         sources = [dataset.samples[r].source for r in rows]
         taps = store_taps(cfg.taps, backbone.depth)
-        mine = build_identity(backbone, layers, S.parse_dtype(cfg.dtype), sources, splits, taps)
+        data = dataset.meta.get("fingerprint")
+        mine = build_identity(
+            backbone, layers, S.parse_dtype(cfg.dtype), sources, splits, taps, data
+        )
         diffs = identity_diff(self.identity, mine)
         if diffs:  # e.g. other weights or another file listing on this machine
             raise StoreError(
@@ -231,18 +243,34 @@ def extract_task(shards: list[int], plugin: str) -> dict[str, Any]:
 
 
 # -- on the client ----------------------------------------------------------------------
-def group_shards(todo: list[int], per_task: int | None, slots: int) -> list[list[int]]:
+def group_shards(
+    todo: list[int], per_task: int | None, slots: int, parts: np.ndarray | None = None
+) -> list[list[int]]:
     """Consecutive shards, ``per_task`` at a time: the unit of work and of retry.
 
     ``None`` picks up to 8 shards per task while leaving each of the cluster's ``slots``
     (worker threads) ~3 tasks: within a task, writing one shard overlaps computing the
-    next; across tasks it cannot.
+    next; across tasks it cannot. ``parts`` (per store shard: the packed file, e.g. tar
+    shard, its first row is read from; :func:`shard_parts`) splits the work by that file
+    first, so a task reads only its own tar shards (and the next one where a store shard
+    straddles two).
     """
     if per_task is None:
         per_task = max(1, min(8, len(todo) // (3 * max(1, slots))))
     if per_task < 1:
         raise ValueError(f"shards per task must be >= 1, got {per_task}")
-    return [todo[i : i + per_task] for i in range(0, len(todo), per_task)]
+    runs = [todo] if parts is None else [list(g) for _, g in groupby(todo, lambda s: parts[s])]
+    return [run[i : i + per_task] for run in runs for i in range(0, len(run), per_task)]
+
+
+def shard_parts(layout: S.Layout, dataset: Any, rows: list[int]) -> np.ndarray | None:
+    """The packed file (tar shard, parquet file) each store shard's first row is read
+    from; None for data sets of one file per image."""
+    row_parts = getattr(dataset, "row_parts", None)
+    if row_parts is None:
+        return None
+    firsts = np.asarray(rows, dtype=np.int64)[np.arange(layout.num_shards) * layout.shard_rows]
+    return row_parts()[firsts]
 
 
 def shard_rows(layout: S.Layout, shards: list[int]) -> int:
@@ -344,9 +372,12 @@ def _run(
         identity = group.attrs[S.ROOT_ATTR]["identity"]
         todo = [int(s) for s in np.flatnonzero(~done_shards(group))]
         t0 = time.perf_counter()
+        parts = shard_parts(layout, dataset, rows)
+        shipped = dataset if parts is not None else None  # indexed once, here
         results = _submit_and_wait(
-            client, cfg, identity, options, layout, todo, progress, retries, shards_per_task, lock
-        )
+            client, cfg, identity, options, layout, todo, progress, retries, shards_per_task,
+            lock, parts, shipped,
+        )  # fmt: skip
         seconds = time.perf_counter() - t0
         missing = np.flatnonzero(~done_shards(group))
         if len(missing):
@@ -380,16 +411,19 @@ def _submit_and_wait(
     retries: int,
     shards_per_task: int | None,
     lock: Any,
+    parts: np.ndarray | None = None,
+    dataset: Any = None,
 ) -> list[dict[str, Any]]:
     """Register the worker plugin, run one task per shard group, feed one progress bar."""
     if not todo:
         return []
     name = f"losa-extract-{uuid.uuid4().hex[:12]}"  # per run: concurrent runs never share
-    groups = group_shards(todo, shards_per_task, sum(client.nthreads().values()))
+    groups = group_shards(todo, shards_per_task, sum(client.nthreads().values()), parts)
     rows = {g[0]: shard_rows(layout, g) for g in groups}
     bar = _Progress(sum(rows.values()), progress)
     bar.bar.set_postfix_str("starting workers")  # fresh workers import torch: seconds
-    client.register_plugin(ExtractorPlugin(cfg.to_dict(), identity, options), name=name)
+    plugin = ExtractorPlugin(cfg.to_dict(), identity, options, dataset)
+    client.register_plugin(plugin, name=name)
     client.subscribe_topic(name, bar.on_event)
     keys = [f"{name}-shards-{g[0]}" for g in groups]
     futures = client.map(extract_task, groups, plugin=name, retries=retries, key=keys)

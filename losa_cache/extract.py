@@ -62,8 +62,9 @@ class ExtractConfig:
     dataset: str = field(
         metadata={
             "help": "demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
-            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH; imagefolder takes "
-            "PATH/<class>/*.jpg (all in train: add --split) or PATH/{train,val,test}/<class>/"
+            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH | wds:PATTERN | hf:PATH;"
+            " imagefolder takes PATH/<class>/*.jpg (all in train: add --split) or"
+            " PATH/{train,val,test}/<class>/"
         }
     )
     store: str = field(metadata={"help": "store path or URL (created or resumed)"})
@@ -219,8 +220,10 @@ def build_identity(
     sources: list[str],
     splits: dict[str, list[int]],
     taps: tuple[str, ...] = ("blocks",),
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What must match for a run to resume into an existing store."""
+    """What must match for a run to resume into an existing store (``data``: what the
+    data set says identifies its bytes, e.g. a tar index's hash; absent for files)."""
     import hashlib
 
     fp = {k: v for k, v in backbone.fingerprint().items() if k != "weights_source"}
@@ -233,16 +236,18 @@ def build_identity(
         "dtype": dtype,
         "token_layout": backbone.token_layout(),
         "rows": {"count": len(sources), "sources_sha256": rows, "splits_sha256": split_hash},
+        **({"data": data} if data else {}),
     }
 
 
 def prepare(
-    cfg: ExtractConfig, device: torch.device
+    cfg: ExtractConfig, device: torch.device, dataset: ImageDataset | None = None
 ) -> tuple[Backbone, ImageDataset, list[int], dict[str, list[int]], tuple[int, ...]]:
-    """Load data set and backbone, choose rows and layers (no store I/O yet)."""
-    dataset = get_dataset(
+    """Load data set and backbone, choose rows and layers (no store I/O yet); ``dataset``:
+    one built already from ``cfg`` (a Dask worker gets the client's indexed tar shards)."""
+    dataset = dataset if dataset is not None else get_dataset(
         cfg.dataset, data_root=cfg.data_root, max_pixels=cfg.max_pixels, sampling=cfg.sampling()
-    )
+    )  # fmt: skip
     if isinstance(dataset, VideoRows) and video_alias(cfg.model) is None:
         raise ValueError(
             f"{cfg.dataset} holds videos but {cfg.model} is an image model: pick a video "
@@ -317,7 +322,8 @@ def open_or_create(
     S.parse_codec(cfg.codec)
     sources = [dataset.samples[r].source for r in rows]
     taps = store_taps(cfg.taps, backbone.depth)
-    identity = build_identity(backbone, layers, dtype, sources, splits, taps)
+    data = dataset.meta.get("fingerprint")
+    identity = build_identity(backbone, layers, dtype, sources, splits, taps, data)
     if cfg.extend:
         from losa_cache.store.extend import extend_store
 

@@ -21,6 +21,8 @@ from losa_cache.data.base import (
 from losa_cache.data.demo import DemoDataset
 from losa_cache.data.files import FileDataset
 from losa_cache.data.folder import ImageFolderDataset
+from losa_cache.data.hf import USAGE as HF_USAGE
+from losa_cache.data.hf import HfDataset
 from losa_cache.data.inat import INAT_FILES, INatDataset
 from losa_cache.data.kinetics import KineticsDataset
 from losa_cache.data.listfile import ListFileDataset
@@ -34,6 +36,8 @@ from losa_cache.data.video import (
     require_av,
 )
 from losa_cache.data.vtab import Vtab1kDataset
+from losa_cache.data.wds import USAGE as WDS_USAGE
+from losa_cache.data.wds import WdsDataset
 
 Builder = Callable[[str, str, Path | None], ImageDataset]
 
@@ -117,6 +121,9 @@ ADAPTERS: dict[str, Adapter] = {
     "inat2021": Adapter(_inat("inat2021"), "inat2021[:PATH]  (train.json, val.json)", False),
     "list": Adapter(_list, "list:FILE  (lines '<path> <label> [<split>]'; images or videos)", True),
     **{name: Adapter(_at_path(make), usage, True) for name, (make, usage) in PATH_ADAPTERS.items()},
+    # bytes inside tar shards / arrow and parquet files; options ride in the spec
+    "wds": Adapter(WdsDataset.from_spec, WDS_USAGE, True),
+    "hf": Adapter(HfDataset.from_spec, HF_USAGE, True),
 }
 
 

@@ -53,7 +53,8 @@ SIDE_FIELDS = METHOD_FIELDS
 SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_decay", "seed",
                "max_memory", "compile",
                "cache", "device", "amp", "workers", "train_split", "val_split", "test_split",
-               "eval_every", "log_every", "checkpoint_every", "shuffle_buffer", "live", "model",
+               "eval_every", "log_every", "log", "checkpoint_every", "shuffle_buffer", "live",
+               "model",
                "checkpoint", "pretrained", "random_init", "init_seed", "dataset", "data_root",
                "limit")
 #: TrainConfig fields a config entry may set; everything else is sweep-wide.
@@ -121,6 +122,9 @@ class SweepConfig:
                                              "4GB (default: a share of free memory).", min=0)
     eval_every: int | None = _t("eval_every")
     log_every: int | None = _t("log_every")
+    log: str = _t("log", "Also send every run's metrics.jsonl rows to: tensorboard (event "
+                         "files in each run's folder, so TensorBoard compares the runs; "
+                         "needs the tb extra) or a logger registered in Python.")
     checkpoint_every: int | None = _t("checkpoint_every")
     shuffle_buffer: int | None = _t("shuffle_buffer")
     speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).",

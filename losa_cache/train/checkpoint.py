@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from losa_cache.outdir import atomic_write, atomic_write_text, write_error
 
 __all__ = ["CHECKPOINT", "METRICS", "METRICS_LOG", "CheckpointError", "MetricsLog",
-           "load_checkpoint",
+           "load_checkpoint", "memory_now",
            "peak_memory", "reset_peak_memory", "rng_state", "save_checkpoint", "set_rng_state"]
 
 CHECKPOINT = "checkpoint.pt"
@@ -103,6 +104,16 @@ def peak_memory(device: torch.device, baseline: int | None = None) -> dict[str, 
     return {"peak_memory_bytes": int(rss * scale), "peak_memory_kind": "process_max_rss"}
 
 
+def memory_now(device: torch.device) -> int:
+    """Memory in use now, for the learning curves: tensors the CUDA allocator holds on a
+    GPU, the process's resident set on CPU (0 where neither can be read)."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    with contextlib.suppress(OSError, ValueError):
+        return _proc_status_kib("VmRSS") * 1024
+    return 0
+
+
 def _proc_status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -113,10 +124,15 @@ def _proc_status_kib(field: str) -> int:
 class MetricsLog:
     """Append-only JSONL of train/eval records. On resume the log is rewritten (aside,
     then renamed: a kill keeps the old one) without what the checkpoint did not see:
-    later steps, a line cut short by a kill, and the test record (the end re-tests)."""
+    later steps, a line cut short by a kill, and the test record (the end re-tests).
 
-    def __init__(self, out: Path, resume_step: int | None) -> None:
+    ``sinks`` (``--log``: losa_cache/train/loggers.py) get every record after it is written.
+    """
+
+    def __init__(self, out: Path, resume_step: int | None,
+                 sinks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> None:
         self.path = out / METRICS_LOG
+        self.sinks = list(sinks)
         if resume_step is None:
             atomic_write_text(self.path, "")
         elif self.path.exists():
@@ -146,6 +162,13 @@ class MetricsLog:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
         except OSError as e:
             raise write_error(self.path, e) from e
+        for sink in self.sinks:
+            sink(record)
+
+    def close(self) -> None:
+        """Close the sinks that can be (event files); the JSONL needs nothing."""
+        for sink in self.sinks:
+            getattr(sink, "close", lambda: None)()
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

@@ -41,7 +41,7 @@ DEFAULT_EPOCHS = 100  # the usual VTAB-1k budget; caps the 20k paper steps on sm
 #: Fields that do not change the maths of a run: they may differ on --resume.
 RUNTIME_FIELDS = frozenset({"resume", "stop_at", "cache", "workers", "out", "eval_every",
                             "log_every", "checkpoint_every", "device", "max_memory",
-                            "compile"})
+                            "compile", "log"})
 
 
 _f = option
@@ -125,6 +125,10 @@ class TrainConfig:
                                 min=1)
     log_every: int | None = _f(None, "Log train metrics every N steps (default: ~20 per run).",
                                min=1)
+    # no choices: a saved config must load where its Python-registered logger is not
+    log: str = _f("none", "Also send every metrics.jsonl row to: none | tensorboard (event "
+                          "files in the run's folder; needs the tb extra) | a logger registered in "
+                          "Python (losa_cache.train.loggers.register_logger).")
     checkpoint_every: int | None = _f(None, "Checkpoint every N steps (default: eval_every).",
                                       min=1)
     resume: bool = _f(False, "Continue the run whose checkpoint is in --out.")

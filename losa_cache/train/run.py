@@ -31,6 +31,7 @@ from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.feed import keep_mask
 from losa_cache.train.keys import side_inputs
+from losa_cache.train.loggers import RunInfo, open_logger
 from losa_cache.train.optim import build_optimizer, build_scheduler, lr_factor
 from losa_cache.train.order import RowOrder, default_buffer_rows
 from losa_cache.train.sources import SourceInfo, TaskData
@@ -142,7 +143,9 @@ class Run:
         state = self._load_resume_state(tunable)
         if state is not None:
             self._restore(state)
-        self.log = ckpt.MetricsLog(self.out, self.step if state is not None else None)
+        resume_step = self.step if state is not None else None
+        loggers = open_logger(self.cfg.log, RunInfo(self.out, self.cfg.to_dict(), resume_step))
+        self.log = ckpt.MetricsLog(self.out, resume_step, loggers)
 
     def _load_resume_state(self, tunable: frozenset[str]) -> dict[str, Any] | None:
         if not self.cfg.resume:
@@ -293,7 +296,8 @@ class Run:
         rec = {"kind": "train", "step": self.step, "loss": loss_sum / n,
                "acc": int(self.acc_correct) / n, "lr": self.lr,
                "img_s": self.acc_n / max(seconds, 1e-9),
-               "epoch": self.step * self.batch / len(self.train_rows)}
+               "epoch": self.step * self.batch / len(self.train_rows),
+               "memory_bytes": ckpt.memory_now(self.device)}
         self.log.write(rec)
         self.last_loss = rec["loss"]
         if self.steady is None:  # the first interval holds start-up (workers, caches): skip it
@@ -409,6 +413,7 @@ class Run:
         if complete:
             metrics["adapter"] = str(self._save_adapter(metrics))
         atomic_write_text(self.out / ckpt.METRICS, _dumps(metrics))
+        self.log.close()
         return metrics
 
     def _save_adapter(self, metrics: dict[str, Any]) -> Path:

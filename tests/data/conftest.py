@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,3 +82,38 @@ def inat_root(tmp_path: Path) -> Path:
         for i, file_name, _ in images:
             make_image(root / file_name, seed=i)
     return root
+
+
+@pytest.fixture(scope="session")
+def packed_sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same 20 demo images as an imagefolder, WebDataset shards, a save_to_disk
+    DatasetDict and parquet files: ``{"sets", "root", "patterns", "specs": {form: spec}}``."""
+    from tests._packed_sets import write_hf, write_imagefolder, write_parquet, write_wds
+
+    root = tmp_path_factory.mktemp("packed")
+    sets = write_imagefolder(root / "folder")
+    patterns = write_wds(sets, root / "wds")
+    write_hf(sets, root / "hf")
+    write_parquet(sets, root / "pq")
+    named = ",".join(f"{split}={pattern}" for split, pattern in patterns.items())
+    specs = {
+        "imagefolder": sets.imagefolder,
+        "wds": f"wds:{named},label-key=txt",
+        "wds_split_key": f"wds:{root}/wds/{{train-{{000..003}},val-{{000..001}},"
+        "test-{000..001}}.tar,split-key=json:split,label-key=json:label",
+        "hf": f"hf:{root}/hf",
+        "parquet": f"hf:{root}/pq,image-column=img,label-column=fine",
+    }
+    return {"sets": sets, "root": root, "patterns": patterns, "specs": specs}
+
+
+@pytest.fixture(scope="session")
+def packed_reference(packed_sets: dict[str, Any], tmp_path_factory) -> str:
+    """The imagefolder extracted: the store every packed format must equal."""
+    from losa_cache.extract import ExtractConfig, extract
+    from tests._packed_sets import EXTRACT
+
+    path = str(tmp_path_factory.mktemp("packed_ref") / "folder.zarr")
+    spec = packed_sets["specs"]["imagefolder"]
+    extract(ExtractConfig(dataset=spec, store=path, **EXTRACT), progress=False)
+    return path
