@@ -121,10 +121,13 @@ class LabelLine:
 
 
 def unique_label_lines(lines: Iterable[LabelLine]) -> list[LabelLine]:
-    """Lines in order with exact repeats dropped (warned); two labels for one source refused."""
+    """Lines in order with exact repeats dropped (warned); two labels for one source, and an
+    integer label over :data:`MAX_CLASS_INDEX` (a class index), refused."""
     first: dict[str, LabelLine] = {}
     repeats: list[tuple[str, str]] = []
     for line in lines:
+        if is_int(line.label):
+            parse_label(line.label, line.where, MAX_CLASS_INDEX)
         seen = first.setdefault(line.source, line)
         if seen is line:
             continue
@@ -200,11 +203,27 @@ def looks_numeric(token: str) -> bool:
     return _NUMBER.fullmatch(token) is not None
 
 
+#: Largest label value of a list file: labels are stored as int32.
+MAX_LABEL = 2**31 - 1
+#: Largest integer label of a ``tasks add`` file, where an integer label is a class index
+#: (classes "0".."K-1"): more classes than this is a typo, not a labelling.
+MAX_CLASS_INDEX = 2**20 - 1
+
+
 def parse_int(token: str, where: str, what: str) -> int:
     """An integer field, or a DatasetError pointing at the line."""
     if not is_int(token):
         raise DatasetError(f"{where}: {what} must be an integer, got {token!r}")
     return int(token)
+
+
+def parse_label(token: str, where: str, high: int = MAX_LABEL) -> int:
+    """An integer label at most ``high`` (a DatasetError pointing at the line): 10**30 would
+    overflow the int32 labels far from the line that caused it."""
+    value = parse_int(token, where, "label")
+    if value > high:
+        raise DatasetError(f"{where}: label {token} is over the largest label {high:,}")
+    return value
 
 
 def is_utf8(name: str) -> bool:
