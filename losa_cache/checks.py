@@ -135,15 +135,17 @@ def require_range(
     *,
     above: float | None = None,
     integer: bool | None = None,
+    kind: bool = False,
 ) -> None:
     """Refuse ``value`` (None means "not set") outside ``low..high`` (or ``> above``),
-    naming the field and its option: ``batch_size (--batch-size) must be >= 1, got 0``."""
+    naming the field and its option: ``batch_size (--batch-size) must be >= 1, got 0``
+    (``kind``: "must be an integer >= 1")."""
     if value is None:
         return
     if integer is None:
         integer = isinstance(value, int) and not isinstance(value, bool)
     error = range_error(f"{name} ({flag(name)})", value, integer=integer, low=low,
-                        above=above, high=high, kind=False)  # fmt: skip
+                        above=above, high=high, kind=kind)  # fmt: skip
     if error is not None:
         raise ValueError(error)
 

@@ -243,7 +243,7 @@ def warn_non_utf8(paths: Sequence[str | Path], what: str) -> None:
     more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
     warnings.warn(
         f"{what}: {printable(paths[0])}{more} is left out: its name is not valid UTF-8, so it "
-        "cannot be recorded; rename it (e.g. `convmv -f latin1 -t utf8 -r --notest DIR`)",
+        "cannot be recorded; rename it to UTF-8 (e.g. with convmv)",
         UserWarning,
         stacklevel=3,
     )
