@@ -153,3 +153,14 @@ def test_a_task_label_beyond_any_class_count_is_refused() -> None:
     assert unique_label_lines([ok]) == [ok]
     with pytest.raises(DatasetError, match=r"t\.txt:2: label 1000000000000000000000000000000 "):
         unique_label_lines([ok, LabelLine("b.png", str(10**30), "t.txt:2")])
+
+
+def test_any_adapter_giving_a_non_utf8_source_is_refused_by_name() -> None:
+    """The backstop every adapter passes (base.ImageDataset): a source no store can record
+    is one line naming its row, never "surrogates not allowed" deep in the store write."""
+    from losa_cache.data.base import Sample
+    from losa_cache.data.listfile import ListFileDataset
+
+    rows = [Sample("a.png", 0, "train"), Sample(BAD_NAME, 0, "train")]
+    with pytest.raises(DatasetError, match=r"row 1's file name 'bad\\\\xff\.jpg' is not valid"):
+        ListFileDataset(spec="list:x", samples=rows, classes=["0"])
