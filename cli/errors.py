@@ -151,6 +151,45 @@ def top_level_errors(args: list[str] | None = None) -> Iterator[None]:
     except json.JSONDecodeError as e:
         typer.echo(f"error: {describe(e)}", err=True)
         raise typer.Exit(2) from None
+    except RuntimeError as e:
+        if not _torch_write_failed(e):
+            raise
+        typer.echo(f"error: {describe_torch_write(e, args or [])}", err=True)
+        raise typer.Exit(OS_EXIT) from None
+
+
+#: What torch.save says when its writer fails (it raises RuntimeError, not OSError).
+_TORCH_WRITE = ("[enforce fail at inline_container.cc", "PytorchStreamWriter failed")
+
+
+def _torch_write_failed(e: RuntimeError) -> bool:
+    return any(marker in str(e) for marker in _TORCH_WRITE)
+
+
+def describe_torch_write(e: RuntimeError, args: list[str]) -> str:
+    """torch.save's failed write as one line: a full disk when the disk says so."""
+    given = _path_options(args)
+    folder = given.partition(" ")[2] if given else ""
+    if folder and _disk_full(folder):
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), folder)
+        return describe_os_error(full)
+    where = f" under {given}" if given else ""
+    return (
+        f"writing a checkpoint{where} failed ({str(e).splitlines()[0]}): the disk may be "
+        f"full or read-only; {_KEPT}: fix that and rerun the same command"
+    )
+
+
+def _disk_full(path: str) -> bool:
+    """Whether the file system holding ``path`` (or its nearest existing parent) is full."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 2**20  # under 1 MiB left
 
 
 @contextlib.contextmanager
