@@ -65,6 +65,13 @@ def test_extract_bounds(tmp_path: Path, args: list[str], says: str) -> None:
     assert not (tmp_path / "s.zarr").exists()  # refused before anything is written
 
 
+def test_extract_clip_frames_bound(tmp_path: Path) -> None:
+    store = str(tmp_path / "v.zarr")
+    line = one_line_error("extract", "--model", "vivit_test", "--random-init", "--dataset",
+                          "demo", "--store", store, "--frames", TOO_MANY)  # fmt: skip
+    assert "--frames must be an integer >= 1 and <= 512 (a clip's frames are decoded" in line
+
+
 def test_every_interpolation_is_one_timm_resizes_with() -> None:
     """The choices are timm's evaluation resize modes, all of them and no others."""
     from timm.data.transforms import str_to_interp_mode

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
+from losa_cache.checks import range_error
 from losa_cache.data.base import DatasetError, ImageDecodeError, Sample
 from losa_cache.data.decode import DEFAULT_MAX_PIXELS, open_rgb
 from losa_cache.data.files import IMAGE_EXTENSIONS, require_dir
@@ -37,6 +38,8 @@ from losa_cache.data.opener import DEFAULT_MAX_VIDEO_BYTES, FileRefused, open_re
 #: File suffixes taken as videos (compared lower-case).
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"})
 CLIP_PROTOCOLS = ("centre", "start")
+#: Most frames in a clip: they are decoded, held and embedded together.
+MAX_CLIP_FRAMES = (512, "a clip's frames are decoded, held and embedded together")
 
 
 class VideoDecodeError(ImageDecodeError):
@@ -59,10 +62,10 @@ class ClipSampling:
     clip: str = "centre"
 
     def __post_init__(self) -> None:
-        for name in ("frames", "stride"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{name} must be an integer >= 1, got {value!r}")
+        for name, high in (("frames", MAX_CLIP_FRAMES), ("stride", None)):
+            error = range_error(f"--{name}", getattr(self, name), integer=True, low=1, high=high)
+            if error is not None:
+                raise ValueError(error)
         if self.clip not in CLIP_PROTOCOLS:
             raise ValueError(f"unknown clip protocol {self.clip!r}; choose {CLIP_PROTOCOLS}")
 
