@@ -111,11 +111,12 @@ def describe(e: BaseException, args: list[str] | None = None) -> str:
 
 def _file_of(e: BaseException) -> str | None:
     """The file a parse error came from: the innermost frame of its traceback holding an
-    open file or a path in a usual name (``json.load(fp)``, ``json.loads(path.read_text())``)."""
+    open file or a path in a usual name (``json.load(fp)``, ``json.loads(path.read_text())``,
+    zarr's ``store_path`` of the node whose ``zarr.json`` it parsed)."""
     found = None
     tb: TracebackType | None = e.__traceback__
     while tb is not None:
-        for name in ("fp", "f", "file", "path", "filename", "p"):
+        for name in ("fp", "f", "file", "path", "filename", "p", "store_path"):
             text = _as_path(tb.tb_frame.f_locals.get(name))
             if text is not None:
                 found = text
@@ -125,6 +126,8 @@ def _file_of(e: BaseException) -> str | None:
 
 
 def _as_path(value: Any) -> str | None:
+    if type(value).__name__ == "StorePath":  # zarr: the node whose zarr.json it parsed
+        return f"{str(value).removeprefix('file://')}/zarr.json"
     if isinstance(value, os.PathLike):
         return os.fspath(value)  # type: ignore[return-value]
     name = getattr(value, "name", None)

@@ -194,3 +194,13 @@ def test_damaged_json_in_a_command_is_one_line(
     monkeypatch.setattr("losa_cache.store.info.store_info", lambda *_: _load(bad))
     result = CliRunner().invoke(app, ["info", str(tmp_path)])
     assert_one_line(result, f"{bad} is not valid JSON", "restore or delete it")
+
+
+def test_a_damaged_zarr_json_is_named(micro_store: str, tmp_path: Path) -> None:
+    import shutil
+
+    store = tmp_path / "copy.zarr"
+    shutil.copytree(micro_store, store)
+    (store / "zarr.json").write_text('{"zarr_format": 3, ')
+    result = CliRunner().invoke(app, ["info", str(store)])
+    assert_one_line(result, f"{store}/zarr.json is not valid JSON", "restore or delete it")
