@@ -22,6 +22,7 @@ __all__ = [
     "BATCH_LIMIT",
     "INT64_MAX",
     "MAX_BATCH",
+    "check_ranges",
     "cpu_cores",
     "flag",
     "max_workers",
@@ -164,12 +165,6 @@ def require_choice(name: str, value: str | None, choices: tuple[str, ...]) -> No
     """Refuse a spelling not among ``choices`` (None means "not set"), listing them."""
     if value is not None and value not in choices:
         raise ValueError(f"unknown {name} {value!r} ({flag(name)}); choose one of {list(choices)}")
-
-
-def check_at_least(config: object, bounds: Mapping[str, float]) -> None:
-    """:func:`require_at_least` for each named field of ``config``."""
-    for name, low in bounds.items():
-        require_at_least(name, getattr(config, name), low)
 
 
 def check_ranges(config: object, bounds: Mapping[str, tuple[float | None, Bound | None]]) -> None:
