@@ -11,6 +11,8 @@ from typing import Any
 
 import typer
 
+from losa_cache.cli.errors import debugging, describe
+
 #: Library errors whose message already says what is wrong and how to fix it.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
 
@@ -26,7 +28,9 @@ def user_errors() -> Iterator[None]:
         typer.echo("interrupted: finished shards/checkpoints are kept; rerun to resume", err=True)
         raise typer.Exit(130) from None
     except USER_ERRORS as e:
-        typer.echo(f"error: {e}", err=True)
+        if debugging():
+            raise
+        typer.echo(f"error: {describe(e)}", err=True)
         raise typer.Exit(2) from None
 
 

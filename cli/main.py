@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
 
 from losa_cache.cli import (
     cluster_cmds,
@@ -12,8 +15,20 @@ from losa_cache.cli import (
     sweep_cmds,
     train_cmds,
 )
+from losa_cache.cli.errors import top_level_errors
+
+
+class MappedGroup(TyperGroup):
+    """The command tree; every command (sub-commands too) runs under the one error mapper."""
+
+    def invoke(self, ctx: Any) -> Any:
+        args = [*getattr(ctx, "_protected_args", ()), *ctx.args]  # the command's own line
+        with top_level_errors(args):
+            return super().invoke(ctx)
+
 
 app = typer.Typer(
+    cls=MappedGroup,
     name="losa-cache",
     help="Extract a frozen ViT once into a Zarr feature store, then train many LoSA side "
     "networks from it.\n\nStart with: losa-cache demo",

@@ -39,6 +39,9 @@ def predict(
     max_pixels: Annotated[int | None, typer.Option(
         help="Largest image decoded, width x height (default: 89478485, PIL's guard); "
         "larger ones are reported, not predicted.")] = None,
+    max_file_bytes: Annotated[int | None, typer.Option(
+        help="Largest file read, in bytes (default: 268435456 = 256 MiB an image, 4 GiB a "
+        "video); larger ones and anything but a regular file are reported, not read.")] = None,
     json_out: JsonOpt = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV, one row per image.")
                        ] = False,
@@ -66,14 +69,14 @@ def predict(
             weights = dict(checkpoint=checkpoint, pretrained=pretrained,
                            random_init=random_init, seed=seed)
             rows = _predict_videos(loaded, images, model, weights, pick_device(device),
-                                   clips, crops, top_k, max_pixels)
+                                   clips, crops, top_k, (max_pixels, max_file_bytes))
             return _show_predictions(rows, loaded, top_k, json_out, csv_out)
         files = find_images(images)
         backbone = create_backbone(model or loaded.fingerprint["model"], checkpoint=checkpoint,
                                    pretrained=pretrained, random_init=random_init, seed=seed,
                                    device=pick_device(device))
         rows = predict_images(loaded, backbone, files, batch_size=batch_size, top_k=top_k,
-                              max_pixels=max_pixels)
+                              max_pixels=max_pixels, max_file_bytes=max_file_bytes)
     _show_predictions(rows, loaded, top_k, json_out, csv_out)
 
 
@@ -90,7 +93,7 @@ def _show_predictions(rows: list[dict[str, Any]], loaded: Any, top_k: int, json_
 
 def _predict_videos(loaded: Any, paths: list[Path], model: str | None, weights: dict[str, Any],
                     device: Any, clips: int, crops: int, top_k: int,
-                    max_pixels: int | None) -> list[dict[str, Any]]:
+                    limits: tuple[int | None, int | None]) -> list[dict[str, Any]]:
     """Video files through the adapter's ViViT, multi-view (predict_video.py)."""
     from losa_cache.predict_video import find_videos, predict_videos, video_backbone
 
@@ -99,7 +102,7 @@ def _predict_videos(loaded: Any, paths: list[Path], model: str | None, weights: 
                          f"--model {model} (video adapters rebuild their own ViViT)")
     backbone = video_backbone(loaded, device, **weights)
     return predict_videos(loaded, backbone, find_videos(paths), clips, crops, top_k,
-                          max_pixels=max_pixels)
+                          max_pixels=limits[0], max_file_bytes=limits[1])
 
 
 def predictions_csv(rows: list[dict[str, Any]], k: int) -> str:

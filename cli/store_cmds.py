@@ -323,6 +323,14 @@ def extract(
             "larger ones are skipped, or stop --strict runs."
         ),
     ] = None,
+    max_file_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Largest file read, in bytes (default: 268435456 = 256 MiB an image, 4 GiB a "
+            "video); larger ones, and anything but a regular file (a FIFO, a device), are "
+            "skipped, or stop --strict runs."
+        ),
+    ] = None,
     frames: Annotated[
         int | None, typer.Option(help="Video: frames per clip (default: the model's, e.g. 32).")
     ] = None,
@@ -398,6 +406,7 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
             crop_pct=crop_pct,
             interpolation=interpolation,
             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
+            max_file_bytes=max_file_bytes,
             frames=frames,
             stride=stride,
             clip=clip,

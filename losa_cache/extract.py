@@ -24,14 +24,20 @@ from tqdm.auto import tqdm
 
 from losa_cache._callable import make_callable
 from losa_cache.backbone import VIDEO_ALIASES, Backbone, create_backbone
-from losa_cache.backbone.device import parse_device, pick_device
 from losa_cache.backbone.vivit import check_clip, video_alias
-from losa_cache.checks import check_at_least, require_positive
+from losa_cache.checks import (
+    BATCH_LIMIT,
+    check_ranges,
+    max_workers,
+    require_choice,
+    require_positive,
+)
 from losa_cache.data import DEFAULT_MAX_PIXELS, get_dataset
 from losa_cache.data.base import ImageDataset, ImageDecodeError
 from losa_cache.data.splits import carve_splits, parse_split_spec
 from losa_cache.data.torch_dataset import TorchImages, worker_context
 from losa_cache.data.video import ClipSampling, VideoRows
+from losa_cache.device import parse_device, pick_device
 from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
 from losa_cache.store.quant import quantize
@@ -109,6 +115,11 @@ class ExtractConfig:
         default=DEFAULT_MAX_PIXELS,
         metadata={"help": "largest image decoded (width x height); larger ones are skipped"},
     )
+    max_file_bytes: int | None = field(
+        default=None,
+        metadata={"help": "largest file read, in bytes (default: 256 MiB an image, 4 GiB a "
+                  "video); larger ones, and anything but a regular file, are skipped"},
+    )  # fmt: skip
     frames: int | None = field(
         default=None, metadata={"help": "video: frames per clip (default: the model's)"}
     )
@@ -120,12 +131,15 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         """Refuse bad values before any model or data set is loaded (the CLI prints one line)."""
-        check_at_least(
+        check_ranges(
             self,
-            {"batch_size": 1, "workers": -1, "limit": 1, "seed": 0, "chunk_rows": 1,
-             "shard_rows": 1, "input_size": 1, "max_pixels": 1},
+            {"batch_size": (1, BATCH_LIMIT), "workers": (-1, max_workers), "limit": (1, None),
+             "seed": (0, None), "chunk_rows": (1, None), "shard_rows": (1, None),
+             "input_size": (1, MAX_INPUT_SIZE), "max_pixels": (1, None),
+             "max_file_bytes": (1, None)},
         )  # fmt: skip
-        require_positive("crop_pct", self.crop_pct)
+        require_positive("crop_pct", self.crop_pct, high=(1.0, CROP_PCT_WHY))
+        require_choice("interpolation", self.interpolation, INTERPOLATIONS)
         S.parse_dtype(self.dtype)
         if self.split is not None:
             parse_split_spec(self.split)
@@ -179,6 +193,13 @@ PRECISIONS: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
+
+
+#: ``--interpolation`` names (timm's resize modes for evaluation transforms).
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+#: Largest ``--input-size``, and why.
+MAX_INPUT_SIZE = (4096, "tokens grow with its square, attention with theirs")
+CROP_PCT_WHY = "the share of the resized image the centre crop keeps; above 1 it would pad"
 
 
 def parse_precision(precision: str) -> str:
@@ -245,9 +266,14 @@ def prepare(
 ) -> tuple[Backbone, ImageDataset, list[int], dict[str, list[int]], tuple[int, ...]]:
     """Load data set and backbone, choose rows and layers (no store I/O yet); ``dataset``:
     one built already from ``cfg`` (a Dask worker gets the client's indexed tar shards)."""
-    dataset = dataset if dataset is not None else get_dataset(
-        cfg.dataset, data_root=cfg.data_root, max_pixels=cfg.max_pixels, sampling=cfg.sampling()
-    )  # fmt: skip
+    if dataset is None:
+        dataset = get_dataset(
+            cfg.dataset,
+            data_root=cfg.data_root,
+            max_pixels=cfg.max_pixels,
+            sampling=cfg.sampling(),
+            max_file_bytes=cfg.max_file_bytes,
+        )
     if isinstance(dataset, VideoRows) and video_alias(cfg.model) is None:
         raise ValueError(
             f"{cfg.dataset} holds videos but {cfg.model} is an image model: pick a video "

@@ -10,23 +10,26 @@ and no help text can drift.
 
 from __future__ import annotations
 
-import math
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
+from losa_cache.checks import Bound, range_error
+
 __all__ = ["check_fields", "choices_of", "flag", "inherit", "metadata", "option"]
 
 
 def option(default: Any = MISSING, help: str = "", *, min: float | None = None,
-           above: float | None = None, below: float | None = None,
+           above: float | None = None, below: float | None = None, max: Bound | None = None,
            choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
            factory: Callable[[], Any] | None = None, cli: str | None = None) -> Any:
     """A dataclass field with help text, an allowed range (``v >= min``, ``v > above``,
-    ``v < below``), allowed ``choices`` (or a function giving them) and, for the CLI, the
-    flag's name when it differs from the field's (``cli``)."""
-    meta = metadata(help, min=min, above=above, below=below, choices=choices, cli=cli)
+    ``v < below``, ``v <= max``: a number, or a function giving (bound, why) such as
+    :func:`losa_cache.checks.max_workers`), allowed ``choices`` (or a function giving them)
+    and, for the CLI, the flag's name when it differs from the field's (``cli``).
+    Integers must fit in 64 bits and floats be finite whatever the range."""
+    meta = metadata(help, min=min, above=above, below=below, max=max, choices=choices, cli=cli)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -34,7 +37,7 @@ def option(default: Any = MISSING, help: str = "", *, min: float | None = None,
 
 def metadata(help: str, **rules: Any) -> dict[str, Any]:
     """The metadata :func:`option` stores (for ``field(default_factory=...)`` fields)."""
-    keys = ("min", "above", "below", "choices", "cli")
+    keys = ("min", "above", "below", "max", "choices", "cli")
     return {"help": help, **{k: rules.get(k) for k in keys}}
 
 
@@ -64,7 +67,7 @@ def check_fields(obj: Any) -> None:
         if value is None:
             continue
         valid = choices_of(f)
-        values = value if isinstance(value, list) else [value]
+        values = value if isinstance(value, list | tuple) else [value]
         for v in values:
             if v is None:  # in a list: "the default"
                 continue
@@ -75,21 +78,16 @@ def check_fields(obj: Any) -> None:
 
 
 def _check_number(f: Field, v: Any, hint: Any) -> None:
-    lo, above, below = (f.metadata.get(k) for k in ("min", "above", "below"))
-    if lo is None and above is None and below is None:
-        return
     integer = _is_int(hint)
-    kind = "an integer" if integer else "a number"
-    ok = isinstance(v, int) and not isinstance(v, bool) if integer else (
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
-    bounds = " and ".join(b for b in (f">= {lo:g}" if lo is not None else "",
-                                      f"> {above:g}" if above is not None else "",
-                                      f"< {below:g}" if below is not None else "") if b)
-    if ok:
-        ok = ((lo is None or v >= lo) and (above is None or v > above)
-              and (below is None or v < below))
-    if not ok:
-        raise ValueError(f"{flag(f)} must be {kind} {bounds}, got {v!r}")
+    if not integer and not _is_float(hint):
+        return
+    lo, above, below, high = (f.metadata.get(k) for k in ("min", "above", "below", "max"))
+    if not integer and lo is above is below is high is None:
+        return  # a float field without a range checks itself (alpha_init: finite)
+    error = range_error(flag(f), v, integer=integer, low=lo, above=above, below=below,
+                        high=high)
+    if error is not None:
+        raise ValueError(error)
 
 
 def _is_int(hint: Any) -> bool:
@@ -97,3 +95,10 @@ def _is_int(hint: Any) -> bool:
     if hint is int:
         return True
     return any(_is_int(a) for a in typing.get_args(hint) if a is not type(None))
+
+
+def _is_float(hint: Any) -> bool:
+    """``float``, ``float | None``, ``list[float | None]``: number values."""
+    if hint is float:
+        return True
+    return any(_is_float(a) for a in typing.get_args(hint) if a is not type(None))

@@ -154,8 +154,14 @@ class OutdirLock:
             if not _same_file(fd, self.file):  # locked a file its holder just removed
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(self._record()).encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(self._record()).encode(), 0)
+            except OSError as e:  # a full disk: no lock left behind, the file named
+                self.file.unlink(missing_ok=True)
+                os.close(fd)
+                self._forget_folder()
+                raise OSError(e.errno, e.strerror, str(self.file)) from e
             self.fd = fd
         return self
 

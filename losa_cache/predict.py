@@ -18,9 +18,11 @@ from torch import Tensor
 
 from losa_cache.adapter import Adapter, check_fingerprint
 from losa_cache.backbone import Backbone
+from losa_cache.checks import BATCH_LIMIT, max_workers, require_range
 from losa_cache.data.base import ImageDecodeError
 from losa_cache.data.decode import open_rgb
 from losa_cache.data.files import IMAGE_EXTENSIONS
+from losa_cache.data.opener import printable
 from losa_cache.store import FeatureStore, StoreError
 from losa_cache.store import schema as S
 from losa_cache.train.cache import CacheChoice
@@ -45,21 +47,20 @@ __all__ = [
 
 
 def predict_images(adapter: Adapter, backbone: Backbone, paths: Sequence[str | Path],
-                   batch_size: int = 64, top_k: int = 5,
-                   max_pixels: int | None = None) -> list[dict[str, Any]]:
+                   batch_size: int = 64, top_k: int = 5, max_pixels: int | None = None,
+                   max_file_bytes: int | None = None) -> list[dict[str, Any]]:
     """Top-k classes of each image, in input order.
 
-    Every row has ``path``, ``labels`` (class indices), ``classes`` (names), ``probs`` and
-    ``error``; an undecodable image gets empty lists and the reason in ``error`` and the
-    others are still predicted (also one over ``max_pixels``, default
-    :data:`~losa_cache.data.decode.DEFAULT_MAX_PIXELS`). Prunes ``backbone`` to the adapter's
+    Every row has ``path`` (printable: a name that is not UTF-8 shows its bytes as
+    ``\\xNN``), ``labels`` (class indices), ``classes`` (names), ``probs`` and ``error``;
+    an unreadable image gets empty lists and the reason in ``error`` and the others are
+    still predicted (also one over ``max_pixels``, default
+    :data:`~losa_cache.data.decode.DEFAULT_MAX_PIXELS`, a file over ``max_file_bytes`` or
+    anything but a regular file: data/opener.py). Prunes ``backbone`` to the adapter's
     layers.
     """
     k = _top_k(top_k, adapter.config.num_classes)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_pixels is not None and max_pixels < 1:
-        raise ValueError(f"max_pixels (--max-pixels) must be >= 1, got {max_pixels}")
+    check_read_limits(batch_size, max_pixels, max_file_bytes)
     prepare_backbone(adapter, backbone)
     transform = backbone.transform()
     rows: list[dict[str, Any]] = [{} for _ in paths]
@@ -67,14 +68,14 @@ def predict_images(adapter: Adapter, backbone: Backbone, paths: Sequence[str | P
         index, images = [], []
         for i in range(start, min(start + batch_size, len(paths))):
             try:
-                images.append(load_image(paths[i], transform, max_pixels))
+                images.append(load_image(paths[i], transform, max_pixels, max_file_bytes))
                 index.append(i)
             except ImageDecodeError as e:
                 rows[i] = _error_row(paths[i], str(e))
         if images:
             logits = image_logits(adapter, backbone, torch.stack(images))
             for i, top in zip(index, _top_rows(logits, k, adapter.classes), strict=True):
-                rows[i] = {"path": str(paths[i]), **top, "error": None}
+                rows[i] = {"path": printable(paths[i]), **top, "error": None}
     return rows
 
 
@@ -125,9 +126,18 @@ def deepest_block(model: torch.nn.Module) -> int:
     return max([*blocks, *sums, -1])
 
 
-def load_image(path: str | Path, transform: Any, max_pixels: int | None = None) -> Tensor:
+def check_read_limits(batch_size: int, max_pixels: int | None,
+                      max_file_bytes: int | None) -> None:
+    """``predict``'s batch and read bounds, checked as extract's are (losa_cache/checks.py)."""
+    require_range("batch_size", batch_size, 1, BATCH_LIMIT)
+    require_range("max_pixels", max_pixels, 1)
+    require_range("max_file_bytes", max_file_bytes, 1)
+
+
+def load_image(path: str | Path, transform: Any, max_pixels: int | None = None,
+               max_file_bytes: int | None = None) -> Tensor:
     """Decode + preprocess one file; any failure is an ImageDecodeError naming the file."""
-    image = open_rgb(path, max_pixels=max_pixels)
+    image = open_rgb(path, max_pixels=max_pixels, max_bytes=max_file_bytes)
     try:
         return transform(image)  # (3, H, W)
     except Exception as e:  # an odd image must not stop the batch
@@ -184,7 +194,7 @@ def _top_rows(logits: Tensor, k: int, classes: list[str]) -> list[dict[str, Any]
 
 
 def _error_row(path: str | Path, error: str) -> dict[str, Any]:
-    return {"path": str(path), "labels": [], "classes": [], "probs": [], "error": error}
+    return {"path": printable(path), "labels": [], "classes": [], "probs": [], "error": error}
 
 
 def _device(module: torch.nn.Module) -> torch.device:
@@ -230,8 +240,8 @@ def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
                          f"{task!r}" + ("" if done.all() else " in its finished shards"))
     device = _device(adapter.model)
     batch = _trained(adapter, "batch_size", EVAL_BATCH) if batch_size is None else batch_size
-    if batch < 1:
-        raise ValueError(f"--batch-size must be an integer >= 1, got {batch}")
+    require_range("batch_size", batch, 1, BATCH_LIMIT)
+    require_range("workers", workers, 0, max_workers)
     if amp not in (None, *AMP):
         raise ValueError(f"unknown amp {amp!r} (--amp); choose one of {list(AMP)}")
     job = EvalJob(adapter.model, side_inputs(adapter.model), rows, labels, task, int(batch),

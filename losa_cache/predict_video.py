@@ -23,8 +23,10 @@ from torch import Tensor
 from losa_cache.adapter import Adapter
 from losa_cache.backbone import Backbone, create_backbone
 from losa_cache.backbone.vivit import video_alias
+from losa_cache.checks import require_range
 from losa_cache.data import get_dataset
 from losa_cache.data.base import ImageDecodeError
+from losa_cache.data.opener import printable
 from losa_cache.data.video import (
     VIDEO_EXTENSIONS,
     ClipSampling,
@@ -34,7 +36,7 @@ from losa_cache.data.video import (
     open_video,
 )
 from losa_cache.extract import select_rows
-from losa_cache.predict import image_logits, prepare_backbone
+from losa_cache.predict import check_read_limits, image_logits, prepare_backbone
 from losa_cache.train.engine import Score
 
 __all__ = [
@@ -117,9 +119,15 @@ def video_logits(
     )
 
 
+#: Most temporal clips and spatial crops per video: every view of a video is held at once.
+MAX_VIEWS = (64, "the views of one video are held in memory together")
+
+
 def _views(clips: int, crops: int) -> dict[str, int]:
     if clips < 1 or crops < 1:
         raise ValueError(f"--clips and --crops must be >= 1, got {clips} and {crops}")
+    require_range("clips", clips, 1, MAX_VIEWS)
+    require_range("crops", crops, 1, MAX_VIEWS)
     return {"clips": clips, "crops": crops}
 
 
@@ -132,27 +140,36 @@ def predict_videos(
     top_k: int = 5,
     batch_size: int = 8,
     max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Top-k classes of each video from its views' mean logits; a bad video is an error row."""
+    """Top-k classes of each video from its views' mean logits; a bad video (also one that is
+    not a regular file, or over ``max_file_bytes``: data/opener.py) is an error row."""
     _views(clips, crops)
     if top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {top_k}")
+    check_read_limits(batch_size, max_pixels, max_file_bytes)
     k = min(top_k, adapter.config.num_classes)
     prepare_backbone(adapter, backbone)
     rows = []
     for path in paths:
         try:
-            source = open_video(path, max_pixels)
+            source = open_video(path, max_pixels, max_file_bytes)
         except ImageDecodeError as err:
             rows.append(
-                {"path": str(path), "labels": [], "classes": [], "probs": [], "error": str(err)}
+                {
+                    "path": printable(path),
+                    "labels": [],
+                    "classes": [],
+                    "probs": [],
+                    "error": str(err),
+                }
             )
             continue
         logits = video_logits(adapter, backbone, source, clips, crops, batch_size)
         probs, labels = logits.mean(dim=0).softmax(dim=-1).topk(k)  # (k,) each
         rows.append(
             {
-                "path": str(path),
+                "path": printable(path),
                 "labels": labels.tolist(),
                 "classes": [adapter.classes[j] for j in labels.tolist()],
                 "probs": probs.tolist(),

@@ -32,6 +32,7 @@ from losa_cache.backbone.weights import (
     weights_sha256,
     weights_source,
 )
+from losa_cache.checks import require_range
 from losa_cache.store.schema import token_layout
 
 __all__ = [
@@ -166,8 +167,7 @@ def create_backbone(
     A ViViT alias (``vivit_*``) takes ``frames`` (default: the alias's clip length) and
     ``inflation`` (``central`` | ``average``); image models refuse ``frames``.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed (--seed) must be an integer >= 0, got {seed!r}")
+    require_range("seed", seed, 0, integer=True, kind=True)  # and within 64 bits, as torch seeds
     va = video_alias(model)
     if va is None and frames is not None:
         raise ValueError(

@@ -86,6 +86,21 @@ class SampleTable(Sequence[Sample]):
             self._names[self._splits[i]],
         )
 
+    def require_utf8(self, where: str) -> None:
+        """Every source must be UTF-8 text: stores, JSON and terminals take nothing else (a
+        file name from another system's encoding reaches Python as lone surrogates). Folder
+        adapters leave such files out with a warning; this refuses any that still come."""
+        data = self._chars.tobytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            row = int(np.searchsorted(self._offsets, err.start, side="right")) - 1
+            name = self[row].source.encode("utf-8", "surrogateescape")
+            raise DatasetError(
+                f"{where}: row {row}'s file name {name.decode('utf-8', 'backslashreplace')!r} "
+                "is not valid UTF-8, so it cannot be recorded; rename the file (or fix its entry)"
+            ) from None
+
     def split_rows(self) -> dict[str, list[int]]:
         """Rows of each split, splits in first-appearance order."""
         return {
@@ -127,6 +142,7 @@ class ImageDataset(ABC):
     def __post_init__(self) -> None:
         if not isinstance(self.samples, SampleTable):
             self.samples = SampleTable(self.samples)
+        self.samples.require_utf8(self.spec)
 
     def __len__(self) -> int:
         return len(self.samples)

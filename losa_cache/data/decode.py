@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from losa_cache.data.base import ImageDecodeError
+from losa_cache.data.opener import DEFAULT_MAX_FILE_BYTES, FileRefused, read_regular
 
 #: Largest image decoded (width x height): PIL's own bomb guard, ~9459 x 9459 px, 268 MB as RGB.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -33,14 +34,18 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
-def open_rgb(source: str | Path | bytes, *, max_pixels: int | None = None) -> Image.Image:
+def open_rgb(
+    source: str | Path | bytes, *, max_pixels: int | None = None, max_bytes: int | None = None
+) -> Image.Image:
     """Decode ``source`` completely, turned upright by its EXIF orientation, as a new RGB image.
 
     Raises :class:`ImageDecodeError` (naming the file) for a missing, empty, truncated or
-    non-image file and for images over ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`;
-    the ``--max-pixels`` option of ``extract`` and ``predict``).
+    non-image file, for anything but a regular file (a FIFO, a device, a folder), for files
+    over ``max_bytes`` (default :data:`~losa_cache.data.opener.DEFAULT_MAX_FILE_BYTES`) and
+    for images over ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`): the
+    ``--max-file-bytes`` and ``--max-pixels`` options of ``extract`` and ``predict``.
     """
-    name, data = _read(source)
+    name, data = _read(source, DEFAULT_MAX_FILE_BYTES if max_bytes is None else max_bytes)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     buffer = io.BytesIO(data)
     try:
@@ -77,18 +82,17 @@ def _pil_guard(limit: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def _read(source: str | Path | bytes) -> tuple[str, bytes]:
-    """Read the raw bytes first so missing/empty files get their own clear message."""
+def _read(source: str | Path | bytes, max_bytes: int) -> tuple[str, bytes]:
+    """Read the raw bytes first (regular files, bounded: data/opener.py) so missing, empty,
+    special and oversized files get their own clear message."""
     if isinstance(source, bytes | bytearray | memoryview):
         name, data = "<bytes>", bytes(source)
     else:
         name = str(source)
         try:
-            data = Path(source).read_bytes()
-        except FileNotFoundError as err:
-            raise ImageDecodeError(name, "file not found") from err
-        except OSError as err:
-            raise ImageDecodeError(name, f"cannot read file ({err})") from err
+            data = read_regular(source, max_bytes)
+        except FileRefused as err:
+            raise ImageDecodeError(name, err.reason) from err
     if not data:
         raise ImageDecodeError(name, "empty file (0 bytes)")
     return name, data

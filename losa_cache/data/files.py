@@ -19,6 +19,7 @@ from PIL import Image
 
 from losa_cache.data.base import DatasetError, DatasetNotFoundError, ImageDataset, Sample
 from losa_cache.data.decode import open_rgb
+from losa_cache.data.opener import MAX_TEXT_BYTES, FileRefused, printable, read_regular
 
 #: File suffixes taken as images (compared lower-case).
 IMAGE_EXTENSIONS = frozenset(
@@ -35,13 +36,15 @@ class FileDataset(ImageDataset):
     split_rows: dict[str, list[int]] | None = field(default=None)
     #: Largest image decoded (width x height); None = :data:`DEFAULT_MAX_PIXELS`.
     max_pixels: int | None = None
+    #: Largest file read, in bytes; None = the kind's default (data/opener.py).
+    max_file_bytes: int | None = None
 
     def path(self, index: int) -> Path:
         """Where row ``index`` lives on disk."""
         return Path(self.root) / self.samples[index].source
 
     def load(self, index: int) -> Image.Image:
-        return open_rgb(self.path(index), max_pixels=self.max_pixels)
+        return open_rgb(self.path(index), max_pixels=self.max_pixels, max_bytes=self.max_file_bytes)
 
     def split_indices(self) -> dict[str, list[int]]:
         if self.split_rows is None:
@@ -118,10 +121,13 @@ class LabelLine:
 
 
 def unique_label_lines(lines: Iterable[LabelLine]) -> list[LabelLine]:
-    """Lines in order with exact repeats dropped (warned); two labels for one source refused."""
+    """Lines in order with exact repeats dropped (warned); two labels for one source, and an
+    integer label over :data:`MAX_CLASS_INDEX` (a class index), refused."""
     first: dict[str, LabelLine] = {}
     repeats: list[tuple[str, str]] = []
     for line in lines:
+        if is_int(line.label):
+            parse_label(line.label, line.where, MAX_CLASS_INDEX)
         seen = first.setdefault(line.source, line)
         if seen is line:
             continue
@@ -167,11 +173,10 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
     become part of the first path or label).
     """
     try:
-        data = path.read_bytes()
-    except FileNotFoundError as err:
-        raise DatasetNotFoundError(f"list file not found: {path}") from err
-    except OSError as err:
-        raise DatasetError(f"cannot read list file {path}: {err}") from err
+        data = read_regular(path, MAX_TEXT_BYTES, "list file")
+    except FileRefused as err:
+        kind = DatasetNotFoundError if err.missing else DatasetError
+        raise kind(f"{err.reason}: {path}") from err
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -198,11 +203,50 @@ def looks_numeric(token: str) -> bool:
     return _NUMBER.fullmatch(token) is not None
 
 
+#: Largest label value of a list file: labels are stored as int32.
+MAX_LABEL = 2**31 - 1
+#: Largest integer label of a ``tasks add`` file, where an integer label is a class index
+#: (classes "0".."K-1"): more classes than this is a typo, not a labelling.
+MAX_CLASS_INDEX = 2**20 - 1
+
+
 def parse_int(token: str, where: str, what: str) -> int:
     """An integer field, or a DatasetError pointing at the line."""
     if not is_int(token):
         raise DatasetError(f"{where}: {what} must be an integer, got {token!r}")
     return int(token)
+
+
+def parse_label(token: str, where: str, high: int = MAX_LABEL) -> int:
+    """An integer label at most ``high`` (a DatasetError pointing at the line): 10**30 would
+    overflow the int32 labels far from the line that caused it."""
+    value = parse_int(token, where, "label")
+    if value > high:
+        raise DatasetError(f"{where}: label {token} is over the largest label {high:,}")
+    return value
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a file name can be recorded as text (UTF-8): a name from another system's
+    encoding comes from the OS as lone surrogates, which no store, JSON or terminal takes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def warn_non_utf8(paths: Sequence[str | Path], what: str) -> None:
+    """One warning naming the files (or folders) left out for a name that is not UTF-8."""
+    if not paths:
+        return
+    more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
+    warnings.warn(
+        f"{what}: {printable(paths[0])}{more} is left out: its name is not valid UTF-8, so it "
+        "cannot be recorded; rename it to UTF-8 (e.g. with convmv)",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def require_dir(path: Path, what: str, hint: str) -> None:

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import ClassVar
 
 from losa_cache.data.base import DatasetError, Sample
-from losa_cache.data.files import IMAGE_EXTENSIONS, FileDataset, require_dir
+from losa_cache.data.files import (
+    IMAGE_EXTENSIONS,
+    FileDataset,
+    is_utf8,
+    require_dir,
+    warn_non_utf8,
+)
 
 #: Split folder name -> split name, in row order. "validation" is stored as "val".
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -72,9 +78,9 @@ def subdirs(path: Path) -> list[Path]:
         entries = list(path.iterdir())
     except OSError as err:  # no permission, not a folder any more, ...
         raise DatasetError(f"cannot list the folder {path}: {err.strerror or err}") from err
-    return sorted(
-        (p for p in entries if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
-    )
+    folders = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+    warn_non_utf8([p for p in folders if not is_utf8(p.name)], "data set folder")
+    return sorted((p for p in folders if is_utf8(p.name)), key=lambda p: p.name)
 
 
 def _has_split_folders(root: Path) -> bool:
@@ -127,6 +133,7 @@ class _Walk:
             if key is not None:
                 self.seen.setdefault(key, folder)
         self.skipped: list[tuple[Path, Path]] = []  # (link path, folder it repeats)
+        self.non_utf8: list[Path] = []  # names no store can record
 
     def images(self, folders: list[Path]) -> dict[Path, list[str]]:
         """Image paths under each class folder (recursive, following links), relative, sorted."""
@@ -148,7 +155,10 @@ class _Walk:
             subdirs = []
             for entry in _entries(current):
                 path = Path(entry.path)
-                if not _is_dir(entry):
+                if not is_utf8(entry.name):
+                    if _is_dir(entry) or path.suffix.lower() in self.extensions:
+                        self.non_utf8.append(path)
+                elif not _is_dir(entry):
                     if path.suffix.lower() in self.extensions:
                         found.append(path.relative_to(top).as_posix())
                 elif follow or not entry.is_symlink():
@@ -170,6 +180,7 @@ class _Walk:
         return True
 
     def warn_skipped(self) -> None:
+        warn_non_utf8(self.non_utf8, "data set file")
         if not self.skipped:
             return
         link, first = self.skipped[0]

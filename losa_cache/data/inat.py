@@ -15,6 +15,7 @@ from typing import Any
 
 from losa_cache.data.base import DatasetError, DatasetNotFoundError, Sample
 from losa_cache.data.files import FileDataset, normalise_source
+from losa_cache.data.opener import FileRefused, text_stream
 
 #: Version -> split -> annotation file name (official names).
 INAT_FILES: dict[str, dict[str, str]] = {
@@ -64,9 +65,9 @@ def _load_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetNotFoundError(f"missing {path}; put the official annotation JSON there")
     try:
-        with path.open(encoding="utf-8-sig") as f:  # a BOM, if an editor wrote one, dropped
+        with text_stream(path, "annotation file") as f:  # a BOM, if an editor wrote one, dropped
             doc = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, FileRefused, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DatasetError(f"cannot parse {path}: {err}; re-download the annotation file") from err
     keys = ("images", "annotations", "categories")
     missing = [k for k in keys if not isinstance(doc, dict) or not isinstance(doc.get(k), list)]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from losa_cache.data.base import DatasetError, DatasetNotFoundError, Sample
 from losa_cache.data.files import FileDataset
+from losa_cache.data.opener import text_stream
 from losa_cache.data.video import VideoRows
 
 #: CSV stem -> split name, in row order.
@@ -94,7 +95,7 @@ def _csv_files(root: Path) -> dict[str, Path]:
 
 def _read_csv(file: Path) -> list[tuple[str, str]]:
     """(label or "", clip file name) per CSV row."""
-    with file.open(newline="", encoding="utf-8-sig") as f:
+    with text_stream(file, "Kinetics CSV") as f:
         reader = csv.DictReader(f)
         head = reader.fieldnames or []
         lacking = [c for c in _COLUMNS if c not in head]
@@ -107,7 +108,7 @@ def _read_csv(file: Path) -> list[tuple[str, str]]:
         for n, row in enumerate(reader, start=2):
             try:
                 start, end = int(float(row["time_start"])), int(float(row["time_end"]))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise DatasetError(
                     f"{file}:{n}: time_start/time_end must be numbers, got "
                     f"{row['time_start']!r}, {row['time_end']!r}"

@@ -19,6 +19,7 @@ from losa_cache.data.files import (
     is_int,
     looks_numeric,
     normalise_source,
+    parse_label,
     read_lines,
     rows_from_entries,
 )
@@ -66,7 +67,7 @@ def _parse_line(text: str, where: str) -> Entry:
         if bad is not None:
             raise DatasetError(f"{where}: label must be an integer, got {bad!r} in {text!r}")
         raise DatasetError(f"{where}: expected {_FORMS}, got {text!r}")
-    value = int(label)
+    value = parse_label(label, where)
     if value < -1:
         raise DatasetError(f"{where}: label must be >= 0 (or -1 = unlabelled), got {value}")
     return Entry(normalise_source(path), value, split, where)

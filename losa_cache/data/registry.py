@@ -147,21 +147,25 @@ def get_dataset(
     data_root: str | Path | None = None,
     max_pixels: int | None = None,
     sampling: ClipSampling | None = None,
+    max_file_bytes: int | None = None,
 ) -> ImageDataset:
     """Build the adapter a spec names (see :func:`valid_forms`).
 
-    ``max_pixels`` caps the images decoded (default :data:`DEFAULT_MAX_PIXELS`);
+    ``max_pixels`` caps the images decoded (default :data:`DEFAULT_MAX_PIXELS`),
+    ``max_file_bytes`` the files read (default: 256 MiB an image, 4 GiB a video);
     ``sampling`` picks the frames of video rows (default: 32 frames, stride 2, centre
     clip) and is refused for image data sets. Warns when every labelled row has one
     class: training on it cannot learn anything.
     """
-    if max_pixels is not None and max_pixels < 1:
-        raise DatasetError(f"max_pixels must be >= 1, got {max_pixels}")
+    for key, value in (("max_pixels", max_pixels), ("max_file_bytes", max_file_bytes)):
+        if value is not None and value < 1:
+            raise DatasetError(f"{key} must be >= 1, got {value}")
     name, arg = parse_spec(spec)
     root = Path(data_root).expanduser() if data_root is not None else None
     dataset = ADAPTERS[name].build(spec, arg, root)
     if isinstance(dataset, FileDataset):
         dataset.max_pixels = max_pixels
+        dataset.max_file_bytes = max_file_bytes
     if isinstance(dataset, VideoRows):
         if not isinstance(dataset, FrameFolderDataset):
             require_av()

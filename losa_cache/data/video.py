@@ -17,24 +17,29 @@ video files; ``kinetics:ROOT`` lives in :mod:`losa_cache.data.kinetics`.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 
+from losa_cache.checks import range_error
 from losa_cache.data.base import DatasetError, ImageDecodeError, Sample
 from losa_cache.data.decode import DEFAULT_MAX_PIXELS, open_rgb
 from losa_cache.data.files import IMAGE_EXTENSIONS, require_dir
 from losa_cache.data.folder import ImageFolderDataset, class_dirs, split_dirs, subdirs
 from losa_cache.data.listfile import ListFileDataset
+from losa_cache.data.opener import DEFAULT_MAX_VIDEO_BYTES, FileRefused, open_regular, printable
 
 #: File suffixes taken as videos (compared lower-case).
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg"})
 CLIP_PROTOCOLS = ("centre", "start")
+#: Most frames in a clip: they are decoded, held and embedded together.
+MAX_CLIP_FRAMES = (512, "a clip's frames are decoded, held and embedded together")
 
 
 class VideoDecodeError(ImageDecodeError):
@@ -57,10 +62,10 @@ class ClipSampling:
     clip: str = "centre"
 
     def __post_init__(self) -> None:
-        for name in ("frames", "stride"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{name} must be an integer >= 1, got {value!r}")
+        for name, high in (("frames", MAX_CLIP_FRAMES), ("stride", None)):
+            error = range_error(f"--{name}", getattr(self, name), integer=True, low=1, high=high)
+            if error is not None:
+                raise ValueError(error)
         if self.clip not in CLIP_PROTOCOLS:
             raise ValueError(f"unknown clip protocol {self.clip!r}; choose {CLIP_PROTOCOLS}")
 
@@ -108,15 +113,35 @@ class FrameSource:
         self.get = get
 
 
-def open_video(path: str | Path, max_pixels: int | None = None) -> FrameSource:
-    """Decode every frame of a video file (PyAV); a :class:`VideoDecodeError` if impossible."""
+def open_video(
+    path: str | Path, max_pixels: int | None = None, max_bytes: int | None = None
+) -> FrameSource:
+    """Decode every frame of a video file (PyAV); a :class:`VideoDecodeError` if impossible.
+
+    Only a regular file of at most ``max_bytes`` (default :data:`DEFAULT_MAX_VIDEO_BYTES`)
+    is opened (data/opener.py), and PyAV reads it from that open file.
+    """
     import av
 
     name = str(path)
-    _require_file(Path(path), name)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        with av.open(name) as container:
+        file = open_regular(path, DEFAULT_MAX_VIDEO_BYTES if max_bytes is None else max_bytes)
+    except FileRefused as err:
+        raise VideoDecodeError(name, err.reason) from err
+    with file:
+        if os.fstat(file.fileno()).st_size == 0:
+            raise VideoDecodeError(name, "empty file (0 bytes)")
+        frames = _decode(av, file, name, limit)
+    if not frames:
+        raise VideoDecodeError(name, "no decodable frame (0 frames)")
+    _check_size(name, frames[0].width, frames[0].height, limit)
+    return FrameSource(len(frames), lambda i: frames[i].to_image().convert("RGB"))
+
+
+def _decode(av: Any, file: Any, name: str, limit: int) -> list[Any]:
+    try:
+        with av.open(file) as container:
             if not container.streams.video:
                 raise VideoDecodeError(
                     name, "no video stream (audio only, or cut short before its index)"
@@ -129,18 +154,16 @@ def open_video(path: str | Path, max_pixels: int | None = None) -> FrameSource:
                     "`ffmpeg -i IN -c:v libx264 OUT.mp4`",
                 )
             _check_size(name, stream.codec_context.width, stream.codec_context.height, limit)
-            frames = list(container.decode(stream))
+            return list(container.decode(stream))
     except VideoDecodeError:
         raise
     except Exception as err:  # av.error.* (corrupt, truncated, unknown codec), OSError
         raise VideoDecodeError(name, f"{type(err).__name__}: {err}") from err
-    if not frames:
-        raise VideoDecodeError(name, "no decodable frame (0 frames)")
-    _check_size(name, frames[0].width, frames[0].height, limit)
-    return FrameSource(len(frames), lambda i: frames[i].to_image().convert("RGB"))
 
 
-def open_frame_folder(folder: Path, max_pixels: int | None = None) -> FrameSource:
+def open_frame_folder(
+    folder: Path, max_pixels: int | None = None, max_bytes: int | None = None
+) -> FrameSource:
     """The frame images of one clip folder, in natural name order (frame_2 before frame_10)."""
     if not folder.is_dir():
         raise VideoDecodeError(str(folder), "frame folder not found")
@@ -153,22 +176,13 @@ def open_frame_folder(folder: Path, max_pixels: int | None = None) -> FrameSourc
 
     def get(i: int) -> Image.Image:
         try:
-            return open_rgb(files[i], max_pixels=max_pixels)
+            return open_rgb(files[i], max_pixels=max_pixels, max_bytes=max_bytes)
         except ImageDecodeError as err:
-            raise VideoDecodeError(str(folder), f"frame {files[i].name}: {err.reason}") from err
+            raise VideoDecodeError(
+                str(folder), f"frame {printable(files[i].name)}: {err.reason}"
+            ) from err
 
     return FrameSource(len(files), get)
-
-
-def _require_file(path: Path, name: str) -> None:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as err:
-        raise VideoDecodeError(name, "file not found") from err
-    except OSError as err:
-        raise VideoDecodeError(name, f"cannot read file ({err})") from err
-    if size == 0:
-        raise VideoDecodeError(name, "empty file (0 bytes)")
 
 
 def _check_size(name: str, width: int, height: int, limit: int) -> None:
@@ -204,6 +218,7 @@ class VideoRows:
 
     sampling: ClipSampling = ClipSampling()
     max_pixels: int | None
+    max_file_bytes: int | None
 
     @property
     def clip_frames(self) -> int:
@@ -211,7 +226,8 @@ class VideoRows:
 
     def frames_of(self, index: int) -> FrameSource:
         """Every frame of row ``index``."""
-        return open_video(self.path(index), self.max_pixels)  # type: ignore[attr-defined]
+        path = self.path(index)  # type: ignore[attr-defined]
+        return open_video(path, self.max_pixels, self.max_file_bytes)
 
     def load(self, index: int) -> list[Image.Image]:  # type: ignore[override]
         source = self.frames_of(index)
@@ -281,7 +297,7 @@ class FrameFolderDataset(VideoRows, ImageFolderDataset):
         )
 
     def frames_of(self, index: int) -> FrameSource:
-        return open_frame_folder(self.path(index), self.max_pixels)
+        return open_frame_folder(self.path(index), self.max_pixels, self.max_file_bytes)
 
 
 # ---------------------------------------------------------------- evaluation views

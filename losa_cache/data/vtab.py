@@ -19,7 +19,7 @@ from losa_cache.data.files import (
     FileDataset,
     index_labels,
     normalise_source,
-    parse_int,
+    parse_label,
     read_lines,
     require_dir,
     rows_from_entries,
@@ -81,7 +81,7 @@ def _parse_line(text: str, where: str, split: str) -> Entry:
     parts = text.rsplit(None, 1)
     if len(parts) != 2:
         raise DatasetError(f"{where}: expected '<relative image path> <label>', got {text!r}")
-    label = parse_int(parts[1], where, "label")
+    label = parse_label(parts[1], where)
     if label < 0:
         raise DatasetError(f"{where}: label must be >= 0, got {label}")
     return Entry(normalise_source(parts[0]), label, split, where)

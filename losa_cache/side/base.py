@@ -23,12 +23,36 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from losa_cache.checks import flag, range_error
 from losa_cache.side.head import ClassifierHead
 
 if TYPE_CHECKING:
     from losa_cache.side.config import SideConfig
 
-__all__ = ["SideNetwork", "compute_dtype"]
+__all__ = ["MAX_SIDE_PARAMS", "SideNetwork", "compute_dtype", "require_at_most", "wider_than"]
+
+
+#: Most learned parameters a side network may have: 2**31 is 8 GiB of fp32 weights and
+#: ~32 GiB with their gradients and optimizer state (LoSA at r = D on ViT-g: 0.16e9; the
+#: side transformer at h = D on ViT-g: 1.1e9).
+MAX_SIDE_PARAMS = 2**31
+
+
+def require_at_most(name: str, value: int, bound: int, why: str) -> None:
+    """Refuse a side-network size above what the backbone gives it room for (a one-line
+    error naming the bound and ``why``): the model-dependent bounds of ``check_config``."""
+    error = range_error(flag(name), value, integer=True, high=(bound, why))
+    if error is not None:
+        raise ValueError(error)
+
+
+def wider_than(name: str, value: int, dims: dict[str, int], default: int) -> None:
+    """Refuse a width/rank above every backbone dimension it factorises (``dims``: what ->
+    size) and above its ``default`` (always allowed, so defaults run on tiny backbones)."""
+    sizes = ", ".join(f"{what} {n}" for what, n in dims.items())
+    require_at_most(name, value, max(*dims.values(), default),
+                    f"the backbone's {sizes} or the default {default}: beyond those it adds "
+                    "parameters, not capacity")  # fmt: skip
 
 
 def compute_dtype(x: Tensor, module_dtype: torch.dtype) -> torch.dtype:
@@ -52,6 +76,8 @@ class SideNetwork(nn.Module):
     #: those fields' names (a sweep makes one run of configs that differ only in fields
     #: their method ignores)
     uses: ClassVar[tuple[str, ...]] = ()
+    #: the options that set its size (named when :meth:`check_size` refuses one)
+    sizes: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -70,6 +96,19 @@ class SideNetwork(nn.Module):
         method's options (their ranges), then what needs the backbone (override)."""
         if cls.options is not None:
             cls.options(**{name: getattr(config, name) for name in cls.uses})
+
+    @classmethod
+    def check_size(cls, config: SideConfig) -> None:
+        """The network's learned parameters (counted, none built) must fit in memory: a
+        size option far beyond the backbone would run the machine out of memory."""
+        n = cls.count_learned_params(config)
+        if n > MAX_SIDE_PARAMS:
+            uses = " or ".join(flag(u) for u in cls.sizes)
+            raise ValueError(
+                f"{config.method} would have {n:,} learned parameters, over the limit of "
+                f"{MAX_SIDE_PARAMS:,} (2**31: ~32 GiB to train with gradients and optimizer "
+                f"state); use a smaller {uses or 'network'}"
+            )
 
     @classmethod
     def count_learned_params(cls, config: SideConfig) -> int:

@@ -117,6 +117,7 @@ class SideConfig:
         self._check_layers()
         self._check_choices()
         get_side_class(self.method).check_config(self)
+        get_side_class(self.method).check_size(self)
 
     # ---------------------------------------------------------------- validation
 

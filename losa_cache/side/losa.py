@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from losa_cache.fields import check_fields, metadata
-from losa_cache.side.base import SideNetwork
+from losa_cache.side.base import SideNetwork, wider_than
 from losa_cache.side.mixer import (
     ChannelMixer,
     TokenMixer,
@@ -151,6 +151,7 @@ class LosaSide(SideNetwork):
     """The LoSA side network over ``config.layers`` (which must include the last block)."""
 
     options = LosaOptions
+    sizes = ("rank",)
 
     def __init__(self, config: SideConfig) -> None:
         super().__init__(config)
@@ -169,6 +170,16 @@ class LosaSide(SideNetwork):
                 f"{config.method} layers {config.layers} must include the last block "
                 f"({config.last_layer}, 0-based); 'evenly:N' and 'last:N' always do"
             )
+        cls._check_rank(config)
+
+    @classmethod
+    def _check_rank(cls, config: SideConfig) -> None:
+        """r <= the dimensions an adaptor factorises: D for channel mixing, T for token
+        mixing (W_u W_d has rank min(r, n): a larger r only adds parameters)."""
+        dims = {"width D": config.dim}
+        if "token" in cls.layer_kinds(config):
+            dims["token count T"] = config.tokens
+        wider_than("rank", config.rank, dims, LosaOptions.rank)
 
     @classmethod
     def layer_kinds(cls, config: SideConfig) -> tuple[str, ...]:

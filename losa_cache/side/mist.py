@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from losa_cache.fields import check_fields, option
 from losa_cache.side._recompute import recompute
-from losa_cache.side.base import SideNetwork
+from losa_cache.side.base import SideNetwork, wider_than
 from losa_cache.side.registry import register_side
 
 if TYPE_CHECKING:
@@ -281,6 +281,7 @@ class MistSide(SideNetwork):
     """LAE on G_k (or on b_L with ``gather='last'``), then the classifier head."""
 
     options = MistOptions
+    sizes = ("width", "edge_blocks")
 
     def __init__(self, config: SideConfig) -> None:
         super().__init__(config)
@@ -294,6 +295,7 @@ class MistSide(SideNetwork):
                 f"--gather-k {config.gather_k} is out of range: k counts blocks "
                 f"from 1, 1..{config.num_layers} here"
             )
+        wider_than("width", config.width, {"width D": config.dim}, MistOptions.width)
         bad = [k for k in k_candidates(config) if k > config.num_layers]
         if bad:
             raise ValueError(

@@ -115,6 +115,7 @@ class SideTransformer(SideNetwork):
     """One ladder layer per block of ``config.layers``, chained on y_0 = b_L."""
 
     options = TransformerOptions
+    sizes = ("hidden",)
 
     def __init__(self, config: SideConfig) -> None:
         super().__init__(config)

@@ -243,7 +243,10 @@ def parse_bytes(text: str | int | None) -> int | None:
     unit = (m.group(2) or "").upper().rstrip("B")
     base = 1024 if unit.endswith("I") else 1000
     power = " KMGT".index(unit[:1]) if unit else 0
-    return int(float(m.group(1)) * base**power)
+    value = float(m.group(1)) * base**power
+    if not value < 2**63:  # inf too: 1e400
+        raise ValueError(f"size {text!r} is too large (at most 2**63 - 1 bytes)")
+    return int(value)
 
 
 # ---------------------------------------------------------------------------- expansion

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from losa_cache.baselines.methods import BaselineOptions, is_baseline, list_baselines
+from losa_cache.checks import BATCH_LIMIT, max_workers
 from losa_cache.fields import check_fields, inherit, option
 from losa_cache.side import list_sides
 from losa_cache.side.config import POOLS, VERSION_KEY, library_version
@@ -85,7 +86,8 @@ class TrainConfig:
     steps: int | None = _f(None, "Optimizer steps (default: min(20000, 100 epochs)).", min=1)
     epochs: float | None = _f(None, "Train for this many passes over the train split instead.",
                               above=0)
-    batch_size: int = _f(PAPER_BATCH, "Batch size (capped at the train split's size).", min=1)
+    batch_size: int = _f(PAPER_BATCH, "Batch size (capped at the train split's size).", min=1,
+                         max=BATCH_LIMIT)
     lr: float | None = _f(None, "Base lr (default 0.05 for SGD, scaled by batch/512; "
                                 "1e-3 for AdamW, not scaled).", above=0)
     optimizer: str = _f("sgd", "sgd (momentum) | adamw.", choices=OPTIMIZERS)
@@ -103,7 +105,7 @@ class TrainConfig:
                                           "windows of this many consecutive rows (default: 4 "
                                           "batches within 1 GiB of fp16 features).", min=1)
     workers: int = _f(4, "I/O threads of the store reader (live: image decoding processes).",
-                      min=0)
+                      min=0, max=max_workers)
     max_memory: int | None = _f(None, "Host memory in MiB the store reader may hold (shuffle "
                                       "windows served and read ahead, and a batch): it bounds "
                                       "the read-ahead, never the batch order (default: 1024, "

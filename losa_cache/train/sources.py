@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from losa_cache.baselines.methods import is_baseline
+from losa_cache.device import pick_device  # the one picker; trainer and sweep import it here
 from losa_cache.side import SideConfig
 from losa_cache.store import FeatureStore, StoreError, open_store
 from losa_cache.train.config import TrainConfig
@@ -161,12 +162,6 @@ class StoreSource:
 
     def close(self) -> None:
         pass
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _live_keys(info: SourceInfo) -> str:
