@@ -24,6 +24,8 @@ from typing import Any
 
 import typer
 
+from losa_cache.oserrors import os_failure
+
 __all__ = ["DEBUG_ENV", "OOM_FIX", "describe", "describe_os_error", "run_errors",
            "top_level_errors"]  # fmt: skip
 
@@ -37,10 +39,6 @@ DEBUG_ENV = "LOSA_CACHE_DEBUG"
 #: Exit status of an environment failure (disk, permissions); bad input exits 2.
 OS_EXIT = 1
 
-_FULL = (errno.ENOSPC, errno.EDQUOT)
-_DENIED = (errno.EACCES, errno.EPERM)
-_KEPT = "finished work is kept"
-
 
 def debugging() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
@@ -53,25 +51,15 @@ PATH_OPTIONS = ("--out", "--store")
 def describe_os_error(e: OSError, args: list[str] | None = None) -> str:
     """``e`` as one line: what happened, to which path (the error's filename, else the
     command's ``--out``/``--store`` in ``args``), and what to do."""
+    from losa_cache.outdir import OutputWriteError
+
+    if isinstance(e, OutputWriteError):  # the output writer's line names its file and fix
+        return str(e)
     path = _paths(e) or _path_options(args or [])
-    where = f" {path}" if path else ""
-    if e.errno in _FULL:
-        return (
-            f"no space left on the disk holding{where} ({_name(e)}): {_KEPT}; free "
-            "space (or choose another --out/--store) and rerun the same command to resume"
-        )
-    if e.errno == errno.EROFS:
-        return (
-            f"cannot write{where}: read-only file system ({_name(e)}); choose another "
-            "--out/--store on a writable disk"
-        )
-    if e.errno in _DENIED:
-        return (
-            f"permission denied writing or reading{where} ({_name(e)}); choose another "
-            "--out/--store you may write to, or fix the folder's permissions"
-        )
-    reason = e.strerror or str(e)
-    return f"{reason}{':' + where if where else ''} ({_name(e)})"
+    text = os_failure(e.errno, "--out/--store", "rerun the same command to resume")
+    if text is None:
+        text = f"{e.strerror or e} ({_name(e)})"
+    return f"{path}: {text}" if path else text
 
 
 def _name(e: OSError) -> str:
@@ -154,45 +142,6 @@ def top_level_errors(args: list[str] | None = None) -> Iterator[None]:
     except json.JSONDecodeError as e:
         typer.echo(f"error: {describe(e)}", err=True)
         raise typer.Exit(2) from None
-    except RuntimeError as e:
-        if not _torch_write_failed(e):
-            raise
-        typer.echo(f"error: {describe_torch_write(e, args or [])}", err=True)
-        raise typer.Exit(OS_EXIT) from None
-
-
-#: What torch.save says when its writer fails (it raises RuntimeError, not OSError).
-_TORCH_WRITE = ("[enforce fail at inline_container.cc", "PytorchStreamWriter failed")
-
-
-def _torch_write_failed(e: RuntimeError) -> bool:
-    return any(marker in str(e) for marker in _TORCH_WRITE)
-
-
-def describe_torch_write(e: RuntimeError, args: list[str]) -> str:
-    """torch.save's failed write as one line: a full disk when the disk says so."""
-    given = _path_options(args)
-    folder = given.partition(" ")[2] if given else ""
-    if folder and _disk_full(folder):
-        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), folder)
-        return describe_os_error(full)
-    where = f" under {given}" if given else ""
-    return (
-        f"writing a checkpoint{where} failed ({str(e).splitlines()[0]}): the disk may be "
-        f"full or read-only; {_KEPT}: fix that and rerun the same command"
-    )
-
-
-def _disk_full(path: str) -> bool:
-    """Whether the file system holding ``path`` (or its nearest existing parent) is full."""
-    p = os.path.abspath(path)
-    while not os.path.exists(p) and os.path.dirname(p) != p:
-        p = os.path.dirname(p)
-    try:
-        st = os.statvfs(p)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 2**20  # under 1 MiB left
 
 
 @contextlib.contextmanager

@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from losa_cache.oserrors import os_failure
+
 __all__ = [
     "LOCK_FILE",
     "MARKER",
@@ -75,6 +77,8 @@ LOCK_FILE = ".losa-cache-out.lock"
 MARKER = ".losa-cache-out.json"
 _TMP = re.compile(r"\..+\.tmp-\d+")  # what atomic_write writes aside (.NAME.tmp-PID)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+#: how to go on after a failed write into an output folder
+RETRY = "rerun the same command (train and sweep: with --resume)"
 #: how torch.save reports a failed write (it hides the OSError)
 _IO_FAILURE = re.compile(r"inline_container|PytorchStreamWriter|file write failed|errno", re.I)
 
@@ -386,29 +390,14 @@ class OutputWriteError(OSError, ValueError):
         return str(self.strerror)
 
 
-_FIXES = {
-    errno.ENOSPC: "no space left on the device: free space (or choose another --out), then "
-    "rerun the same command with --resume (finished work is kept)",
-    errno.EDQUOT: "the disk quota is exceeded: free space (or choose another --out), then "
-    "rerun the same command with --resume (finished work is kept)",
-    errno.EROFS: "the file system is read-only: choose a writable --out",
-    errno.EACCES: "permission denied: choose a folder you can write to",
-    errno.EPERM: "permission denied: choose a folder you can write to",
-    errno.ELOOP: "it is a symlink, and losa-cache never writes through a symlink: remove it, "
-    "or choose a new --out",
-}
-
-
 def write_error(path: str | Path, cause: BaseException) -> OutputWriteError:
     """``cause`` (an OSError, or torch.save's RuntimeError that hides one) as an
     :class:`OutputWriteError` naming ``path`` and the fix."""
     code = getattr(cause, "errno", None)
     if code is None:  # torch's writer hides the OSError: ask the disk
         code = errno.ENOSPC if _nearly_full(Path(path)) else errno.EIO
-    fix = _FIXES.get(
-        code,
-        f"{os.strerror(code)}: check the disk, then rerun the same command "
-        "(with --resume where it has one)",
+    fix = os_failure(code, "--out", RETRY) or (
+        f"{os.strerror(code)}: check the disk, then {RETRY}"
     )
     return OutputWriteError(code, f"cannot write {path}: {fix}", str(path))
 

@@ -28,9 +28,9 @@ from losa_cache.cli.errors import DEBUG_ENV, describe
 from losa_cache.cli.main import app
 
 FIX = {
-    errno.ENOSPC: "no space left on the disk holding",
-    errno.EROFS: "read-only file system (EROFS); choose another --out/--store",
-    errno.EACCES: "permission denied writing or reading",
+    errno.ENOSPC: "no space left on the disk (ENOSPC)",
+    errno.EROFS: "read-only file system (EROFS): choose another",
+    errno.EACCES: "permission denied (EACCES)",
 }
 
 
@@ -91,9 +91,14 @@ def test_injected_write_failures_are_one_line(
 def test_a_failure_without_a_filename_names_the_commands_out(
     micro_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The output writer names the file it could not write; an OSError that names none
+    (raised below it) is placed at the command's --out."""
     out = tmp_path / "run"
     fail_writes_under(monkeypatch, tmp_path, errno.ENOSPC, named=False)
-    assert_one_line(train(micro_store, out), f"disk holding --out {out} (ENOSPC)")
+    assert_one_line(train(micro_store, out), f"{out}/", "(ENOSPC)")
+    bare = OSError(errno.ENOSPC, "No space left on device")
+    line = describe(bare, ["train", "--store", micro_store, "--out", str(out)])
+    assert f"--out {out}: no space left on the disk (ENOSPC)" in line, line
 
 
 def test_debug_keeps_the_traceback(
@@ -191,7 +196,7 @@ def test_damaged_json_in_a_command_is_one_line(
 ) -> None:
     bad = tmp_path / "zarr.json"
     bad.write_text("{")
-    monkeypatch.setattr("losa_cache.store.info.store_info", lambda *_: _load(bad))
+    monkeypatch.setattr("losa_cache.store.info.store_info", lambda *_, **__: _load(bad))
     result = CliRunner().invoke(app, ["info", str(tmp_path)])
     assert_one_line(result, f"{bad} is not valid JSON", "restore or delete it")
 

@@ -188,7 +188,7 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(
     from losa_cache.store import StoreError, hdf5
 
     monkeypatch.setattr(hdf5, "open", lambda p, m: _FillsUp(p, m, 200_000), raising=False)
-    with pytest.raises(StoreError, match=r"cannot write .*e\.h5: the disk is full") as err:
+    with pytest.raises(StoreError, match=r"cannot write .*e\.h5: no space left on the disk") as err:
         hdf5.export_hdf5(micro_store, tmp_path / "e.h5", progress=False, compression=compression)
     assert "partial file was removed" in str(err.value)
     assert os.listdir(tmp_path) == []

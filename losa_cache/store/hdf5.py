@@ -13,7 +13,6 @@ manifest) last: an interrupted import never looks like a finished store.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from losa_cache.oserrors import os_failure
 from losa_cache.store import schema as S
 from losa_cache.store.store import FeatureStore, StoreError, open_group, storage_errors
 from losa_cache.store.target import create_root, inspect_target
@@ -225,15 +225,10 @@ def _export_error(out: Path, e: BaseException) -> StoreError:
     found = re.search(r"errno = (\d+)", text)
     if found:
         code = int(found.group(1))
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        fix = "the disk is full: free space (or choose a path on another disk), then rerun"
-    elif code == errno.EROFS:
-        fix = "the file system is read-only: choose a path on a writable disk"
-    elif code in (errno.EACCES, errno.EPERM):
-        fix = "permission denied: choose a folder you can write to"
-    elif isinstance(e, OSError) and code is not None:
+    fix = os_failure(code, "path", "rerun", kept=False)
+    if fix is None and isinstance(e, OSError) and code is not None:
         fix = f"{os.strerror(code)}: check the disk, then rerun"
-    else:
+    if fix is None:
         raise e
     return StoreError(f"cannot write {out}: {fix} (the partial file was removed)")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import json
 import os
@@ -19,6 +18,7 @@ import torch
 import zarr
 from zarr.codecs import Crc32cCodec, ShardingCodec
 
+from losa_cache.oserrors import os_failure
 from losa_cache.store import schema as S
 from losa_cache.store.direct import DirectReader, direct_reader
 from losa_cache.store.errors import (
@@ -665,13 +665,6 @@ def open_group(
 
 
 #: errno -> what it means for a store and what to do about it
-_OS_ERRORS = {
-    errno.ENOSPC: "disk full",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-}
 
 
 @contextlib.contextmanager
@@ -684,17 +677,11 @@ def storage_errors(path: str | Path, retry: str = "rerun the same command") -> I
     except StoreError:
         raise
     except OSError as e:
-        what = _OS_ERRORS.get(e.errno) if e.errno is not None else None
-        if what is None:
+        text = os_failure(e.errno, "store path", retry)
+        if text is None:
             raise
         where = f" ({e.filename})" if e.filename else ""
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            fix = f"free space, then {retry}"
-        elif e.errno == errno.EROFS:
-            fix = "choose a store path on a writable disk"
-        else:
-            fix = "fix the folder's permissions, or choose a store path you may write to"
-        raise StoreError(f"store {path}{where}: {what}; {fix}") from e
+        raise StoreError(f"store {path}{where}: {text}") from e
     except Exception as e:
         if not _missing_credentials(e):
             raise
