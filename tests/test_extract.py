@@ -237,7 +237,7 @@ def test_write_failure_leaves_store_incomplete_then_resume_completes(
     path = str(tmp_path / "s.zarr")
     cfg = dict(dataset="demo", store=path, limit=40, shard_rows=16, chunk_rows=8, **MICRO)
     monkeypatch.setattr(W.ShardWriter, "write", failing)
-    expected = r"no space left on the disk \(ENOSPC\): free space .*, then rerun .* finished shards are kept"
+    expected = r"no space left on the disk \(ENOSPC\): free space .*, then rerun .* shards are kept"
     with pytest.raises(StoreError, match=expected):
         extract(ExtractConfig(**cfg), progress=False)
     partial = open_store(path)
