@@ -25,7 +25,10 @@ from losa_cache.store.writer import (
 
 
 def extend_store(
-    path: str, identity: dict[str, Any], storage_options: dict | None = None
+    path: str,
+    identity: dict[str, Any],
+    storage_options: dict | None = None,
+    assumed: dict[str, Any] | None = None,
 ) -> FeatureStore:
     """The store at ``path`` with every tap of ``identity`` present (new ones created,
     unwritten); refused unless it is a finished store matching ``identity`` but for taps."""
@@ -33,7 +36,7 @@ def extend_store(
         raise StoreError(f"--extend needs an existing store at {path}; drop --extend to create one")
     group = open_group(path, mode="r+", storage_options=storage_options)
     store = FeatureStore(group, path)
-    stored = stored_identity(store.manifest)
+    stored = stored_identity(store.manifest, assumed)
     diffs = identity_diff(
         {k: v for k, v in stored.items() if k != "taps"},
         {k: v for k, v in identity.items() if k != "taps"},
@@ -71,6 +74,6 @@ def add_taps(group: Any, store: FeatureStore, taps: tuple[str, ...]) -> None:
     done, sums = S.extension_progress(len(m.extensions))
     create_progress(group, layout.num_shards, done, sums, layout.stored_arrays(taps), True)
     m.layout = layout.to_dict()
-    m.identity = {**stored_identity(m), "taps": list(layout.taps)}
+    m.identity = {**m.identity, "taps": list(layout.taps)}
     m.extensions = [*m.extensions, {"taps": list(taps)}]
     group.attrs.put({S.ROOT_ATTR: m.to_dict()})

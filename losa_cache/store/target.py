@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -30,9 +31,20 @@ from losa_cache.store.store import (
 PARTIAL_ATTR = "losa_cache_partial"
 #: the writer lease of a store at a bucket root lives inside it (store/lease.py)
 BUCKET_ROOT_LEASE = ".losa-cache.lock"
-#: what a store's folder holds at its top: anything else is the user's
-_TOP = (S.FEATURES, S.SOURCE, S.STATUS, S.ERROR, S.SPLITS, S.TASKS, S.DONE, S.CHECKSUMS)
+#: what a store's folder holds at its top: anything else is the user's. Every tap's group
+#: is listed (schema.TAP_GROUPS), so a creation cut off after ``embed/`` or ``sum/`` was
+#: made is still recognised as ours and redone.
+_TOP = (S.SOURCE, S.STATUS, S.ERROR, S.SPLITS, S.TASKS, S.DONE, S.CHECKSUMS,
+        *S.TAP_GROUPS.values())  # fmt: skip
 OURS = frozenset({"zarr.json"} | {name.split("/")[0] for name in _TOP})
+#: zarr's LocalStore writes every object aside first (``zarr.json`` -> ``zarr.<32 hex>.partial``)
+#: and renames it: a kill in between leaves this file, ours too
+_ZARR_TEMP = re.compile(r"[^/]*\.[0-9a-f]{32}\.partial")
+
+
+def is_ours(entry: str) -> bool:
+    """Whether a top-level entry of a store's folder is one this tool writes."""
+    return entry in OURS or _ZARR_TEMP.fullmatch(entry) is not None
 
 
 def create_root(
@@ -60,14 +72,19 @@ def inspect_target(path: str, storage_options: dict | None = None) -> str:
     file, and a non-empty folder that is not ours: we never write into the user's files."""
     if not str(path).strip():
         raise StoreError("the store path is empty: give a folder for the store, e.g. run.zarr")
+    refuse_inside_a_store(path)
     entries = _entries(path, storage_options)
     if not entries:
         return "new"
     attrs = root_attrs(path, storage_options)
     if S.ROOT_ATTR in attrs:
         return "store"
-    foreign = [e for e in entries if e not in OURS]
+    foreign = [e for e in entries if not is_ours(e)]
     if PARTIAL_ATTR in attrs and not foreign:
+        return "partial"
+    if not foreign and not any(e in OURS for e in entries):
+        # only zarr's write-aside files: the very first write (the root's zarr.json) was
+        # cut off before its rename, so nothing else of the creation exists yet
         return "partial"
     if PARTIAL_ATTR in attrs:  # redoing it clears the folder: never with files of yours
         raise StoreError(
@@ -78,6 +95,20 @@ def inspect_target(path: str, storage_options: dict | None = None) -> str:
         f"{path} is not empty and not a losa-cache store (it holds {_listing(entries)}); "
         "refusing to write into it: choose a new or empty folder for the store"
     )
+
+
+def refuse_inside_a_store(path: str) -> None:
+    """A store is never created inside another store's folder: its arrays would mix with
+    that store's, and ``export``/``verify`` of the outer store would take it for its own."""
+    if is_remote(path):
+        return
+    folder = Path(local_path(path)).absolute()
+    for above in folder.parents:
+        meta = above / "zarr.json"
+        if meta.is_file() and S.ROOT_ATTR in root_attrs(str(above), None):
+            raise StoreError(
+                f"{path} is inside the losa-cache store {above}: choose a path outside it"
+            )
 
 
 def _listing(names: list[str]) -> str:

@@ -241,14 +241,18 @@ def _short(v: Any) -> str:
 
 
 def open_for_resume(
-    path: str, identity: dict[str, Any], storage_options: dict | None = None
+    path: str,
+    identity: dict[str, Any],
+    storage_options: dict | None = None,
+    assumed: dict[str, Any] | None = None,
 ) -> FeatureStore | None:
     """The existing store if it matches ``identity``; None where a new one may be created
-    (nothing there, an empty folder, or the remains of our interrupted creation)."""
+    (nothing there, an empty folder, or the remains of our interrupted creation).
+    ``assumed``: the settings a store that does not record them was made with."""
     if inspect_target(path, storage_options) != "store":
         return None
     store = FeatureStore(open_group(path, mode="r+", storage_options=storage_options), path)
-    diffs = identity_diff(stored_identity(store.manifest), identity)
+    diffs = identity_diff(stored_identity(store.manifest, assumed), identity)
     if diffs:
         more = (
             "\nTo add taps to a finished store: the same command with --extend."
@@ -264,9 +268,13 @@ def open_for_resume(
     return store
 
 
-def stored_identity(manifest: S.Manifest) -> dict[str, Any]:
-    """A store's identity; stores from before taps hold block outputs only."""
-    return {"taps": ["blocks"], **manifest.identity}
+def stored_identity(manifest: S.Manifest, assumed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A store's identity; stores from before taps hold block outputs only, and settings
+    a store does not record are ``assumed`` (those it was made with: their defaults)."""
+    identity = {"taps": ["blocks"], **manifest.identity}
+    if assumed is not None:
+        identity["settings"] = {**assumed, **identity.get("settings", {})}
+    return identity
 
 
 class ShardWriter:
