@@ -52,18 +52,61 @@ def create_root(
 ) -> zarr.Group:
     """The root group of a new store, marked as ours (:data:`PARTIAL_ATTR`) in the same
     write that creates it. Clears only our own: the remains of an interrupted creation
-    or import, or with ``replace`` a losa-cache store."""
+    or import, or with ``replace`` a losa-cache store (files of the user's beside it stay).
+
+    Resumable from any point: the root is first re-marked as partial (one atomic write),
+    then our entries are deleted, the root's ``zarr.json`` never: a kill anywhere leaves
+    a folder that the next run recognises as ours and redoes."""
     kind = inspect_target(path, storage_options)
     if kind == "store" and not replace:
         raise StoreError(
             f"{path} already holds a losa-cache store; rerun the command that made it to "
             "resume, or choose another path"
         )
-    # "w" deletes everything under path; "a" creates (in an empty folder, kept as it is)
-    mode = "a" if kind == "new" else "w"
     since = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     attrs = {PARTIAL_ATTR: {"by": by, "since": since}}
-    return open_group(path, mode=mode, storage_options=storage_options, attributes=attrs)
+    if kind == "new":  # "a" creates, in an empty folder kept as it is
+        return open_group(path, mode="a", storage_options=storage_options, attributes=attrs)
+    group = _partial_root(path, attrs, storage_options)
+    _clear_ours(group)
+    return group
+
+
+def _partial_root(path: str, attrs: dict[str, Any], storage_options: dict | None) -> zarr.Group:
+    """The root group, its attributes replaced by ``attrs`` in one write (a root whose
+    ``zarr.json`` never landed, or does not parse, is written anew)."""
+    try:
+        group = open_group(path, mode="r+", storage_options=storage_options)
+    except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError,
+            zarr.errors.NodeTypeValidationError):  # fmt: skip
+        return open_group(path, mode="w", storage_options=storage_options, attributes=attrs)
+    group.attrs.put(attrs)
+    return group
+
+
+def _clear_ours(group: zarr.Group) -> None:
+    """Delete every entry of ours under the root but its ``zarr.json``."""
+    from zarr.core.sync import sync
+
+    store = group.store_path.store
+    prefix = group.store_path.path
+    for entry in _listdir(group):
+        if entry == "zarr.json" or not is_ours(entry):
+            continue
+        key = f"{prefix}/{entry}" if prefix else entry
+        if _ZARR_TEMP.fullmatch(entry):
+            sync(store.delete(key))
+        else:
+            sync(store.delete_dir(key))
+
+
+def _listdir(group: zarr.Group) -> list[str]:
+    from zarr.core.sync import sync
+
+    async def collect() -> list[str]:
+        return [k async for k in group.store_path.store.list_dir(group.store_path.path)]
+
+    return sorted(sync(collect()))
 
 
 def inspect_target(path: str, storage_options: dict | None = None) -> str:
