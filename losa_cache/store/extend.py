@@ -47,6 +47,7 @@ def extend_store(
             + "\n  ".join(diffs)
             + "\nUse the store's other settings (losa-cache info), or extract a new store."
         )
+    store.check_arrays()  # metadata edited or an array copied in: repair first
     missing = tuple(t for t in identity["taps"] if t not in store.layout.taps)
     if not missing:
         return store  # nothing new: resume whatever is unfinished
@@ -70,9 +71,10 @@ def add_taps(group: Any, store: FeatureStore, taps: tuple[str, ...]) -> None:
     m, lay = store.manifest, store.layout
     every = sorted([*lay.taps, *taps], key=S.tap_order)
     layout = S.Layout.from_dict({**lay.to_dict(), "taps": every})
-    create_feature_arrays(group, layout, m.codec, taps, overwrite=True)
+    create_feature_arrays(group, layout, m.codec, taps, overwrite=True, store_id=m.store_id)
     done, sums = S.extension_progress(len(m.extensions))
-    create_progress(group, layout.num_shards, done, sums, layout.stored_arrays(taps), True)
+    arrays = layout.stored_arrays(taps)
+    create_progress(group, layout.num_shards, done, sums, arrays, True, m.store_id)
     m.layout = layout.to_dict()
     m.identity = {**m.identity, "taps": list(layout.taps)}
     m.extensions = [*m.extensions, {"taps": list(taps)}]
