@@ -14,6 +14,7 @@ from losa_cache.store.store import FeatureStore, has_crc32c, open_store
 def store_info(path: str, storage_options: dict | None = None) -> dict[str, Any]:
     """Everything a user wants to know about a store before training from it."""
     store = open_store(path, storage_options)
+    store.check_arrays()  # damaged metadata or a foreign array: one line, never "complete"
     m = store.manifest
     done = store.done_shards()
     size = feature_bytes(store, done)

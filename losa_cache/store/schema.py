@@ -79,13 +79,14 @@ PENDING, OK, SKIPPED = 0, 1, 2
 #: so an array copied in from another store of the same shape is refused, not trained on)
 STORE_ID_ATTR = "store"
 #: names that a store's own files use at any level: never a task, split or tap name
-RESERVED_NAMES = frozenset({"zarr.json", "c", ".zattrs", ".zgroup", ".zarray", ".zmetadata"})
+RESERVED_NAMES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata"})
 
 
 def is_reserved_name(name: str) -> bool:
-    """Whether ``name`` collides with a file or folder a Zarr node is made of (its
-    metadata, its chunk folder, zarr's write-aside files)."""
+    """Whether ``name`` collides with a file a Zarr node is made of (its metadata, or
+    zarr's write-aside files ``*.<hex>.partial``)."""
     return name in RESERVED_NAMES or name.endswith(".partial")
+
 
 #: logical dtype -> (zarr storage dtype, bytes per value)
 DTYPES: dict[str, tuple[str, int]] = {

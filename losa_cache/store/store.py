@@ -167,8 +167,7 @@ class FeatureArray:
             else:
                 src = torch.from_numpy(np.ascontiguousarray(raw[rows[a:b] - lo]))
                 src = src.view(torch.bfloat16) if self.dtype == "bfloat16" else src
-                out.index_copy_(0, torch.from_numpy(slots[a:b]).to(out.device),
-                                src.to(out.device))
+                out.index_copy_(0, torch.from_numpy(slots[a:b]).to(out.device), src.to(out.device))
             got += raw.nbytes
         return got
 
@@ -188,12 +187,13 @@ class FeatureArray:
         sr = self.shard_rows
         for shard in range(lo // sr, (hi - 1) // sr + 1):
             try:
-                self.array[max(lo, shard * sr):min(hi, (shard + 1) * sr)]
+                self.array[max(lo, shard * sr) : min(hi, (shard + 1) * sr)]
             except (ValueError, RuntimeError) as e:
                 settle_zarr_reads()
                 reason = "checksum mismatch" if "checksum" in str(e) else f"{e}"
-                return damaged(self.store, self.array.path, shard,
-                               self._file(shard), f"unreadable ({reason})")
+                return damaged(
+                    self.store, self.array.path, shard, self._file(shard), f"unreadable ({reason})"
+                )
         return error
 
     def _key(self, shard: int) -> str:
@@ -220,8 +220,13 @@ class FeatureArray:
             except FileNotFoundError:
                 size = -1
             if size <= 0:
-                raise damaged(self.store, self.array.path, shard, self._file(shard),
-                              "its file is missing or empty but the shard is marked done")
+                raise damaged(
+                    self.store,
+                    self.array.path,
+                    shard,
+                    self._file(shard),
+                    "its file is missing or empty but the shard is marked done",
+                )
             self._present.add(shard)
 
     def _pending(self, rows: np.ndarray) -> np.ndarray:
@@ -243,7 +248,8 @@ class FeatureArray:
                 f"({int(self.done.sum())}/{len(self.done)} shards done) in store {self.store}:"
                 " rerun the `losa-cache extract` command that wrote it to finish it, or pass"
                 " allow_incomplete=True (CLI: --allow-incomplete) to read them as "
-                f"{fill_name(self.array)}")
+                f"{fill_name(self.array)}"
+            )
         return pending
 
     def _fill(self, out: torch.Tensor, slots: np.ndarray) -> None:
@@ -539,8 +545,10 @@ class FeatureStore:
             return []
         src = S.decode_text(self.array(S.SOURCE).oindex[rows])
         err = S.decode_text(self.array(S.ERROR).oindex[rows])
-        return [{"row": int(r), "source": str(s), "error": str(e)}
-                for r, s, e in zip(rows, src, err, strict=True)]
+        return [
+            {"row": int(r), "source": str(s), "error": str(e)}
+            for r, s, e in zip(rows, src, err, strict=True)
+        ]
 
     # -- labels ----------------------------------------------------------------------
     @property
@@ -642,9 +650,11 @@ class FeatureStore:
 
     @property
     def unverified_note(self) -> str:
-        return (f"store {self.path} was written without per-chunk checksums (schema "
-                f"{self.manifest.schema_version}): damaged chunks are not detected on read; "
-                f"`losa-cache verify {self.path}` checks it, or re-extract to a new path")
+        return (
+            f"store {self.path} was written without per-chunk checksums (schema "
+            f"{self.manifest.schema_version}): damaged chunks are not detected on read; "
+            f"`losa-cache verify {self.path}` checks it, or re-extract to a new path"
+        )
 
     def _done_markers(self, done: str = S.DONE) -> np.ndarray:
         if done not in self._done:
