@@ -37,6 +37,7 @@ from losa_cache.store.store import storage_errors
 from losa_cache.store.taps import deepest_block, parse_taps, tap_names
 from losa_cache.store.target import inspect_target
 from losa_cache.store.writer import (
+    NonFiniteError,
     Progress,
     ShardWriter,
     create_store,
@@ -539,6 +540,54 @@ def put_outputs(buf: ShardBuffer, outs: dict[str, torch.Tensor], lo: int, dtype:
             buf.features[name][lo:hi] = to_storage(out, dtype)
 
 
+def tap_label(layout: S.Layout, name: str) -> str:
+    """``features/block_007`` as "features/block_007 (tap blocks, block 7)"."""
+    for array, tap, index in layout.tap_arrays():
+        if array == name:
+            where = f", block {index}" if S.tap_kind(tap) in S.PER_BLOCK_TAPS else ""
+            return f"{name} (tap {tap}{where})"
+    return name
+
+
+def check_finite(
+    outs: dict[str, torch.Tensor],
+    buf: ShardBuffer,
+    lo: int,
+    layout: S.Layout,
+    store_rows: list[int],
+    sources: list[str],
+    amp: torch.dtype,
+) -> None:
+    """Stop on NaN or inf, naming the tap, the rows and how many: before the cast, the
+    backbone's own (compute dtype or weights); after it, the store dtype's range."""
+    for name, out in outs.items():
+        finite = torch.isfinite(out).flatten(1)
+        bad = (~finite.all(dim=1)).cpu().numpy()
+        why = ""
+        if bad.any():
+            values = int((~finite).sum())
+            why = f"the backbone produced {values} NaN/inf value(s) in"
+            fix = "check the backbone's weights (NaN in them?)"
+            if amp != torch.float32:
+                fix = f"it computed in {PRECISION_NAMES[amp]}: rerun with --precision fp32"
+        else:
+            stored = {n: v[lo : lo + len(out)] for n, v in buf.features.items()
+                      if n in (name, S.scale_name(name))}  # fmt: skip
+            for n, v in stored.items():
+                bad |= S.nonfinite_rows(v, layout.values_dtype(n))
+            if bad.any():
+                why = f"values beyond the range of the store's {S.DTYPES[layout.dtype][0]} in"
+                fix = "store them with --dtype bf16 or fp32"
+        if why:
+            rows = [store_rows[i] for i in np.flatnonzero(bad).tolist()]
+            shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+            raise NonFiniteError(
+                f"{why} {tap_label(layout, name)} for {len(rows)} of this batch's "
+                f"{len(store_rows)} image(s) (store rows {shown}; first: {sources[rows[0]]}); "
+                f"nothing of them is stored: {fix}; finished shards are kept"
+            )
+
+
 def prune_for(backbone: Backbone, layout: S.Layout) -> None:
     """Drop the blocks after the deepest one any of the store's taps needs."""
     deepest = deepest_block(parse_taps(list(layout.taps), backbone.depth), layout.layers)
@@ -583,6 +632,7 @@ def run_batches(
         lo = first - buf.start
         hi = lo + len(store_rows)
         put_outputs(buf, outs, lo, layout.dtype)
+        check_finite(outs, buf, lo, layout, store_rows, sources, amp)
         buf.status[lo:hi] = np.where(ok.numpy(), S.OK, S.SKIPPED)
         for i in torch.nonzero(~ok).flatten().tolist():
             buf.errors[lo + i] = errors[i]

@@ -175,6 +175,16 @@ def feature_attrs(tap: str, index: int | None, dtype: str) -> dict[str, Any]:
     return attrs
 
 
+def nonfinite_rows(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Which rows (axis 0) of stored values hold NaN or inf; ``dtype`` is what they are:
+    float16/float32, bfloat16 (uint16 bits: exponent all ones) or int8 (codes: never)."""
+    if dtype == "int8" or values.dtype.kind not in "fu":
+        return np.zeros(len(values), dtype=bool)
+    bits = values.view(np.uint16) if dtype == "bfloat16" else None
+    bad = (bits & 0x7F80) == 0x7F80 if bits is not None else ~np.isfinite(values)
+    return bad.reshape(len(values), -1).any(axis=1)
+
+
 def tap_kind(tap: str) -> str:
     """``sum:4`` -> ``sum``; other tap names are their kind."""
     return tap.split(":", 1)[0]
@@ -318,6 +328,10 @@ class Layout:
                 k = int(tap.split(":", 1)[1]) if kind == "sum" else None
                 out.append((tap_array(tap), tap, k))
         return out
+
+    def values_dtype(self, array: str) -> str:
+        """What a feature array's stored values are: the store's dtype; int8 scales fp16."""
+        return "float16" if self.dtype == "int8" and array.endswith(SCALE_SUFFIX) else self.dtype
 
     def stored_arrays(self, taps: tuple[str, ...] | None = None) -> list[str]:
         """Every per-shard feature array of ``taps`` (int8: each array, then its scales)."""

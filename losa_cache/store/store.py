@@ -220,13 +220,8 @@ class FeatureArray:
             except FileNotFoundError:
                 size = -1
             if size <= 0:
-                raise damaged(
-                    self.store,
-                    self.array.path,
-                    shard,
-                    self._file(shard),
-                    "its file is missing or empty but the shard is marked done",
-                )
+                why = "its file is missing or empty but the shard is marked done"
+                raise damaged(self.store, self.array.path, shard, self._file(shard), why)
             self._present.add(shard)
 
     def _pending(self, rows: np.ndarray) -> np.ndarray:
@@ -341,6 +336,13 @@ def row_selection(sel: Any, n: int) -> tuple[np.ndarray, tuple, bool]:
     if len(rows) and (rows.min() < 0 or rows.max() >= n):
         raise IndexError(f"rows out of range for {n} rows")
     return rows, rest, False
+
+
+def every_chunk(array: zarr.Array) -> zarr.Array:
+    """``array`` set to store every chunk it is given, fill values too: zarr leaves a
+    chunk (and a shard) that equals the fill value unwritten, and a done shard without
+    its file reads as damaged. Every write of a store goes through this."""
+    return array.with_config({"write_empty_chunks": True})
 
 
 def has_crc32c(array: zarr.Array) -> bool:
@@ -849,6 +851,6 @@ def write_task(
         compressors=S.checked("none"),
         dimension_names=("image",),
     )
-    arr[:] = labels
+    every_chunk(arr)[:] = labels
     attrs = {"classes": list(classes), "source": source}
     arr.attrs.update(attrs | ({S.STORE_ID_ATTR: store_id} if store_id else {}))

@@ -25,6 +25,7 @@ from losa_cache.store.lease import store_lock
 from losa_cache.store.store import (
     FeatureStore,
     StoreError,
+    every_chunk,
     open_group,
     write_task,
 )
@@ -137,7 +138,7 @@ def create_arrays(
         compressors=S.checked("zstd-plain"),  # NUL padding compresses away
         attributes={**stamp, "encoding": S.TEXT_ENCODING},
     )
-    src[:] = S.encode_text(sources, width)
+    every_chunk(src)[:] = S.encode_text(sources, width)
     for name, idx in splits.items():
         arr = group.create_array(
             S.split_name(name),
@@ -148,7 +149,7 @@ def create_arrays(
             dimension_names=(f"{name}_row",),
             **small,
         )
-        arr[:] = np.asarray(idx, dtype=np.int64)
+        every_chunk(arr)[:] = np.asarray(idx, dtype=np.int64)
     create_progress(
         group, layout.num_shards, S.DONE, S.CHECKSUMS, per_shard_arrays(layout), False, store_id
     )
@@ -318,6 +319,24 @@ def stored_identity(manifest: S.Manifest, assumed: dict[str, Any] | None = None)
     return identity
 
 
+class NonFiniteError(StoreError):
+    """Features hold NaN or inf: never written (they would read like unwritten rows)."""
+
+
+def refuse_nonfinite(layout: S.Layout, shard: int, name: str, values: np.ndarray) -> None:
+    """Raise :class:`NonFiniteError` naming the array, rows and count if ``values`` (one
+    shard of ``name``, as stored) hold NaN or inf."""
+    bad = S.nonfinite_rows(values, layout.values_dtype(name))
+    if bad.any():
+        rows = (np.flatnonzero(bad) + layout.shard_range(shard)[0]).tolist()
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        raise NonFiniteError(
+            f"{len(rows)} row(s) of {name} hold NaN or inf (store rows {shown}), shard "
+            f"{shard} not written: features are never stored non-finite; compute in fp32 "
+            "(--precision fp32) or store a wider --dtype, or check the backbone's weights"
+        )
+
+
 class ShardWriter:
     """Writes whole shards on background threads so the backbone never waits on I/O.
 
@@ -382,11 +401,13 @@ class ShardWriter:
                 )
             names = [a for a in g.arrays if a not in (S.STATUS, S.ERROR)]
             values = [features[a] for a in names] + extra
+            for name in names:
+                refuse_nonfinite(self.layout, shard, name, features[name])
             self.group[g.done][shard] = 0
             delete_shard(self.group, self.layout, shard, g.arrays)
             for name, value in zip(g.arrays, values, strict=True):
-                self.group[name][start:stop] = value
-            self.group[g.checksums][shard] = np.array(
+                every_chunk(self.group[name])[start:stop] = value
+            every_chunk(self.group[g.checksums])[shard] = np.array(
                 [checksum(v) for v in values], dtype=np.uint64
             )
             self.group[g.done][shard] = 1
@@ -429,6 +450,7 @@ def _verify_group(store: FeatureStore, g: Progress, progress: bool) -> list[dict
         shards = range(layout.num_shards)
         return [_bad(layout, s, name, why) for name, why in broken.items() for s in shards]
     names = list(store.group[g.checksums].attrs.get("arrays", g.arrays))
+    sharded = set(layout.stored_arrays())  # one object per shard: it must be there
     done, bad_markers = readable_rows(store.group[g.done])
     sums, bad_sums = readable_rows(store.group[g.checksums])
     bad = [_bad(layout, s, g.done, why) for s, why in bad_markers.items()]
@@ -439,6 +461,9 @@ def _verify_group(store: FeatureStore, g: Progress, progress: bool) -> list[dict
             continue
         start, stop = layout.shard_range(shard)
         for col, name in enumerate(names):
+            if name in sharded and not _stored(store.group[name], start):
+                bad.append(_bad(layout, shard, name, MISSING))  # reads say the same
+                continue
             try:
                 ok = checksum(store.group[name][start:stop]) == int(sums[shard, col])
                 reason = "checksum mismatch"
@@ -451,6 +476,18 @@ def _verify_group(store: FeatureStore, g: Progress, progress: bool) -> list[dict
 
 #: how verify's report starts the reason of an array whose metadata is damaged
 METADATA = "metadata: "
+MISSING = "its file is missing or empty but the shard is marked done"
+
+
+def _stored(arr: zarr.Array, row: int) -> bool:
+    """Whether the object holding ``row`` exists and is not empty (every chunk is
+    stored, fill values too: a missing one is lost, not "all NaN")."""
+    from zarr.core.sync import sync
+
+    try:
+        return sync(arr.store_path.store.getsize(f"{arr.path}/{shard_key(arr, row)}")) > 0
+    except FileNotFoundError:
+        return False
 
 
 def _bad(layout: S.Layout, shard: int, array: str, reason: str) -> dict[str, Any]:
