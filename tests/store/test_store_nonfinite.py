@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import losa_cache.extract as E
@@ -81,7 +80,8 @@ def test_the_cli_says_it_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
     poisoned(monkeypatch, float("nan"))
     args = ["extract", "--model", "vit_micro", "--random-init", "--dataset", "demo",
             "--limit", "3", "--workers", "0", "--batch-size", "1", "--shard-rows", "4",
-            "--chunk-rows", "2", "--layers", "1,3", "--store", str(tmp_path / "s.zarr")]  # fmt: skip
+            "--chunk-rows", "2", "--layers", "1,3",
+            "--store", str(tmp_path / "s.zarr")]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "NaN/inf" in result.output and "Traceback" not in result.output
@@ -127,6 +127,6 @@ def test_verify_and_reads_agree_on_a_lost_shard_file(tiny_extract, tmp_path: Pat
     assert [(b["shard"], b["array"]) for b in report["bad"]] == [(1, array)]
     assert "missing" in report["bad"][0]["reason"]
     name = int(array.split("_")[-1])
-    with pytest.raises(StoreIntegrityError, match="shard 1 .* missing"):
+    with pytest.raises(StoreIntegrityError, match=r"shard 1 .* missing"):
         open_store(str(path)).features(name)[4:8]
     shutil.rmtree(path)
