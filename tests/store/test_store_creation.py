@@ -267,3 +267,34 @@ def test_no_store_is_made_inside_another_store(reference: Path, tmp_path: Path) 
         with pytest.raises(StoreError, match="inside the losa-cache store"):
             extract(ExtractConfig(store=str(inner), **TAPPED), progress=False)
     assert sorted(p.relative_to(outer) for p in outer.rglob("*")) == before
+
+
+def test_a_full_disk_during_creation_is_one_line_and_the_rerun_finishes(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from typer.testing import CliRunner
+
+    from losa_cache.cli.main import app
+
+    path = tmp_path / "s.zarr"
+    real, count = _real_put(), [0]
+
+    def full(p: Path, value, exclusive: bool = False) -> int:
+        count[0] += 1
+        if count[0] == 20:
+            raise OSError(errno.ENOSPC, "No space left on device", str(p))
+        return real(p, value, exclusive=exclusive)
+
+    monkeypatch.setattr(local, "_put", full)
+    args = ["extract", "--store", str(path), "--model", "vit_micro", "--random-init",
+            "--dataset", "demo", "--limit", "3", "--workers", "0", "--chunk-rows", "2",
+            "--shard-rows", "4", "--batch-size", "4", "--layers", "3",
+            "--taps", "blocks,embed,sum:1", "--dtype", "int8"]  # fmt: skip
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 2 and "disk full; free space, then rerun" in out.output, out.output
+    assert len(out.output.strip().splitlines()) == 1 and inspect_target(str(path)) == "partial"
+    monkeypatch.undo()
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert_same(path, reference)
