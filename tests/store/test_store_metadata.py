@@ -170,3 +170,19 @@ def test_a_task_named_like_a_store_file_is_refused(store: Path, tmp_path: Path) 
         out = cli("tasks", "add", str(store), "--name", name, "--labels", str(labels), code=2)
         assert "store's own files" in out and len(out.strip().splitlines()) == 1
     assert open_store(str(store)).tasks == [open_store(str(store)).default_task]
+
+
+@pytest.mark.parametrize("damage", ["copied", "shape"])
+def test_train_refuses_a_damaged_array_in_one_line(
+    damage: str, store: Path, made: dict, tmp_path: Path
+) -> None:
+    if damage == "copied":
+        shutil.rmtree(store / ARRAY)
+        shutil.copytree(Path(made["b"]) / ARRAY, store / ARRAY)
+    else:
+        edit(store / ARRAY, EDITS["shape"])
+    args = ["train", "--store", str(store), "--out", str(tmp_path / "run"), "--rank", "4",
+            "--layers", "1,3", "--steps", "2", "--batch-size", "4", "--device", "cpu",
+            "--workers", "1"]  # fmt: skip
+    out = cli(*args, code=2)
+    assert f"array {ARRAY}" in out and "--repair" in out
