@@ -207,8 +207,10 @@ class ExtractConfig:
 
 
 def identity_fields(kind: str) -> list[dataclasses.Field]:
-    """The ExtractConfig fields of one identity kind (SETTING, BACKBONE, ...)."""
-    return [f for f in dataclasses.fields(ExtractConfig) if f.metadata["identity"] == kind]
+    """The ExtractConfig fields of one identity kind (SETTING, BACKBONE, ...); a field
+    that declares none counts as a SETTING (the safe side: a resume must match it)."""
+    fields = dataclasses.fields(ExtractConfig)
+    return [f for f in fields if f.metadata.get("identity", SETTING) == kind]
 
 
 def resolved_settings(cfg: ExtractConfig, device: torch.device) -> dict[str, Any]:
@@ -216,7 +218,7 @@ def resolved_settings(cfg: ExtractConfig, device: torch.device) -> dict[str, Any
     the compute dtype this run uses, never "auto")."""
     out = {}
     for f in identity_fields(SETTING):
-        resolve = f.metadata["resolve"]
+        resolve = f.metadata.get("resolve")
         out[f.name] = resolve(cfg, device) if resolve else getattr(cfg, f.name)
     return out
 
