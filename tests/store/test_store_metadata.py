@@ -186,3 +186,13 @@ def test_train_refuses_a_damaged_array_in_one_line(
             "--workers", "1"]  # fmt: skip
     out = cli(*args, code=2)
     assert f"array {ARRAY}" in out and "--repair" in out
+
+
+@pytest.mark.parametrize("array", [S.STATUS, S.CHECKSUMS, "features/block_003"])
+def test_any_per_shard_array_copied_in_is_repaired(array: str, store: Path, made: dict) -> None:
+    shutil.rmtree(store / array)
+    shutil.copytree(Path(made["b"]) / array, store / array)
+    with pytest.raises(StoreIntegrityError, match=f"array {array} .*another store"):
+        open_store(str(store)).check_arrays()
+    assert f"{array}: metadata: it belongs to another store" in cli("verify", str(store), code=1)
+    repair_and_resume(store, made)
