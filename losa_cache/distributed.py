@@ -42,6 +42,7 @@ from losa_cache.extract import (
     RESUME,
     ExtractConfig,
     ExtractResult,
+    assumed_settings,
     build_identity,
     compute_dtype,
     make_loader,
@@ -50,6 +51,7 @@ from losa_cache.extract import (
     prepare,
     progress_bar,
     prune_for,
+    resolved_settings,
     run_batches,
     shard_batches,
     store_taps,
@@ -188,11 +190,15 @@ class ExtractorPlugin(WorkerPlugin):
         backbone, dataset, rows, splits, layers = prepare(cfg, device, self.dataset)
         sources = [dataset.samples[r].source for r in rows]
         taps = store_taps(cfg.taps, backbone.depth)
+        settings = resolved_settings(cfg, device)  # e.g. precision auto on this device
+        dtype = S.parse_dtype(cfg.dtype)
         data = dataset.meta.get("fingerprint")
         mine = build_identity(
-            backbone, layers, S.parse_dtype(cfg.dtype), sources, splits, taps, data
+            backbone, layers, dtype, sources, splits, taps, settings=settings, data=data
         )
-        diffs = identity_diff(self.identity, mine)
+        stored = {**self.identity}
+        stored["settings"] = {**assumed_settings(cfg, settings), **stored.get("settings", {})}
+        diffs = identity_diff(stored, mine)
         if diffs:  # e.g. other weights or another file listing on this machine
             raise StoreError(
                 f"worker {get_worker().address} would compute different features than the "
@@ -364,9 +370,13 @@ def _run(
     options = storage_options_for(cfg.store, storage_options)
     # the client only needs the backbone's fingerprint: keep it off the workers' GPUs
     backbone, dataset, rows, splits, layers = prepare(cfg, torch.device("cpu"))
+    # where the workers compute (resolves --precision auto); a worker that resolves it
+    # otherwise refuses to write (ExtractorPlugin._load)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    workers_device = torch.device(auto if cfg.device == "auto" else cfg.device)
     with storage_errors(cfg.store, RESUME), store_lock(cfg.store, options) as lock:
         group, layout, resumed = open_or_create(
-            cfg, backbone, dataset, rows, splits, layers, options
+            cfg, backbone, dataset, rows, splits, layers, options, workers_device
         )
         del backbone
         identity = group.attrs[S.ROOT_ATTR]["identity"]

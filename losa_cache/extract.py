@@ -45,6 +45,7 @@ from losa_cache.store.store import storage_errors
 from losa_cache.store.taps import deepest_block, parse_taps, tap_names
 from losa_cache.store.target import inspect_target
 from losa_cache.store.writer import (
+    NonFiniteError,
     Progress,
     ShardWriter,
     create_store,
@@ -60,73 +61,144 @@ from losa_cache.versions import versions
 RESUME = "rerun the same command to resume: finished shards are kept"
 
 
+#: ``--precision`` names -> compute dtypes ("auto": bf16 on CUDA, fp32 on CPU).
+PRECISIONS: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+def parse_precision(precision: str) -> str:
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+    return precision
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if parse_precision(precision) == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return PRECISIONS[precision]
+
+
+#: compute dtype -> the name a store records (the resolved ``--precision``, never "auto")
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def resolved_precision(cfg: ExtractConfig, device: torch.device) -> str:
+    return PRECISION_NAMES[compute_dtype(cfg.precision, device)]
+
+
+# -- which settings make up a store's identity -----------------------------------------
+#: Every ExtractConfig field declares (metadata "identity") how it bears on the stored
+#: bits, once, where it is defined:
+#:   SETTING  its resolved value is recorded in identity["settings"]: a resume, an
+#:            ``--extend`` or a Dask worker with another value is refused, naming it;
+#:   BACKBONE in the backbone's fingerprint (weights hash, preprocessing, video sampling);
+#:   ROWS     in the rows' hash (which images, which splits);
+#:   LAYOUT   the identity's own keys (layers, taps, dtype), resolved;
+#:   RUN      changes where or how fast a run goes, not what it stores.
+#: A new field must choose (tests/test_extract_identity.py checks every field does);
+#: SETTING is the safe choice for anything that changes what is computed.
+SETTING, BACKBONE, ROWS, LAYOUT, RUN = "setting", "backbone", "rows", "layout", "run"
+IDENTITY_KINDS = (SETTING, BACKBONE, ROWS, LAYOUT, RUN)
+
+
+def meta(help: str, identity: str, resolve: Any = None) -> dict[str, Any]:
+    """A config field's metadata: its ``--help`` text and its identity kind (see above);
+    ``resolve(cfg, device)`` gives a SETTING's recorded value (default: the value itself)."""
+    if identity not in IDENTITY_KINDS:
+        raise ValueError(f"identity kind {identity!r} is not one of {IDENTITY_KINDS}")
+    return {"help": help, "identity": identity, "resolve": resolve}
+
+
 @dataclass
 class ExtractConfig:
     """Everything an extraction depends on; saved as JSON into the store."""
 
-    model: str = field(metadata={"help": "alias (`losa-cache models`) or timm ViT name"})
+    model: str = field(metadata=meta("alias (`losa-cache models`) or timm ViT name", BACKBONE))
     dataset: str = field(
-        metadata={
-            "help": "demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
+        metadata=meta(
+            "demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
             " | kinetics:ROOT | videofolder:PATH | framefolder:PATH | wds:PATTERN | hf:PATH;"
             " imagefolder takes PATH/<class>/*.jpg (all in train: add --split) or"
-            " PATH/{train,val,test}/<class>/"
-        }
+            " PATH/{train,val,test}/<class>/",
+            ROWS,
+        )
     )
-    store: str = field(metadata={"help": "store path or URL (created or resumed)"})
-    checkpoint: str | None = field(default=None, metadata={"help": "weights file"})
-    pretrained: bool = field(default=False, metadata={"help": "timm weights from local cache"})
-    random_init: bool = field(default=False, metadata={"help": "random weights, on purpose"})
-    seed: int = field(default=0, metadata={"help": "seed of --random-init"})
-    data_root: str | None = field(default=None, metadata={"help": "root of inat data sets"})
-    layers: str = field(default="all", metadata={"help": "all | last:N | evenly:N | 3,6,9"})
+    store: str = field(metadata=meta("store path or URL (created or resumed)", RUN))
+    checkpoint: str | None = field(default=None, metadata=meta("weights file", BACKBONE))
+    pretrained: bool = field(
+        default=False, metadata=meta("timm weights from local cache", BACKBONE)
+    )
+    random_init: bool = field(default=False, metadata=meta("random weights, on purpose", BACKBONE))
+    seed: int = field(default=0, metadata=meta("seed of --random-init", BACKBONE))
+    data_root: str | None = field(default=None, metadata=meta("root of inat data sets", ROWS))
+    layers: str = field(default="all", metadata=meta("all | last:N | evenly:N | 3,6,9", LAYOUT))
     dtype: str = field(
-        default="float16", metadata={"help": "stored dtype: fp16|bf16|fp32|int8 (row scales)"}
+        default="float16", metadata=meta("stored dtype: fp16|bf16|fp32|int8 (row scales)", LAYOUT)
     )
     taps: str = field(
         default="blocks",
-        metadata={"help": "blocks,embed,attn,mlp,sum:K1,K2 (1-based k) | sum:all | sum:evenly:N"},
+        metadata=meta(
+            "blocks,embed,attn,mlp,sum:K1,K2 (1-based k) | sum:all | sum:evenly:N", LAYOUT
+        ),
     )
     extend: bool = field(
-        default=False, metadata={"help": "add the missing --taps to a finished store"}
+        default=False, metadata=meta("add the missing --taps to a finished store", RUN)
     )
     precision: str = field(
         default="auto",
-        metadata={"help": "compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16"},
+        metadata=meta(
+            "compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16",
+            SETTING,
+            resolved_precision,
+        ),
     )
-    codec: str = field(default=S.DEFAULT_CODEC, metadata={"help": "compressor of features"})
-    batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
-    workers: int = field(default=-1, metadata={"help": "decoding processes (-1: auto)"})
-    limit: int | None = field(default=None, metadata={"help": "at most N images per split"})
-    splits: list[str] | None = field(default=None, metadata={"help": "only these splits"})
+    codec: str = field(default=S.DEFAULT_CODEC, metadata=meta("compressor of features", RUN))
+    batch_size: int = field(default=64, metadata=meta("images per forward pass", RUN))
+    workers: int = field(default=-1, metadata=meta("decoding processes (-1: auto)", RUN))
+    limit: int | None = field(default=None, metadata=meta("at most N images per split", ROWS))
+    splits: list[str] | None = field(default=None, metadata=meta("only these splits", ROWS))
     split: str | None = field(
         default=None,
-        metadata={"help": "carve held-out splits from train: val=0.1,test=0.1 (fractions or "
-                  "counts; stratified by class; seed=N, default 0); for a data set without them"},
-    )  # fmt: skip
-    strict: bool = field(default=False, metadata={"help": "fail on an undecodable image"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
-    chunk_rows: int | None = field(default=None, metadata={"help": "rows per chunk"})
-    shard_rows: int | None = field(default=None, metadata={"help": "rows per shard"})
-    input_size: int | None = field(default=None, metadata={"help": "override input size"})
-    crop_pct: float | None = field(default=None, metadata={"help": "override crop fraction"})
-    interpolation: str | None = field(default=None, metadata={"help": "override resize mode"})
+        metadata=meta(
+            "carve held-out splits from train: val=0.1,test=0.1 (fractions or counts; "
+            "stratified by class; seed=N, default 0); for a data set without them",
+            ROWS,
+        ),
+    )
+    strict: bool = field(default=False, metadata=meta("fail on an undecodable image", RUN))
+    device: str = field(default="auto", metadata=meta("auto | cpu | cuda | cuda:N", RUN))
+    chunk_rows: int | None = field(default=None, metadata=meta("rows per chunk", RUN))
+    shard_rows: int | None = field(default=None, metadata=meta("rows per shard", RUN))
+    input_size: int | None = field(default=None, metadata=meta("override input size", BACKBONE))
+    crop_pct: float | None = field(default=None, metadata=meta("override crop fraction", BACKBONE))
+    interpolation: str | None = field(default=None, metadata=meta("override resize mode", BACKBONE))
     max_pixels: int = field(
         default=DEFAULT_MAX_PIXELS,
-        metadata={"help": "largest image decoded (width x height); larger ones are skipped"},
+        metadata=meta("largest image decoded (width x height); larger ones are skipped", SETTING),
     )
     max_file_bytes: int | None = field(
         default=None,
-        metadata={"help": "largest file read, in bytes (default: 256 MiB an image, 4 GiB a "
-                  "video); larger ones, and anything but a regular file, are skipped"},
-    )  # fmt: skip
-    frames: int | None = field(
-        default=None, metadata={"help": "video: frames per clip (default: the model's)"}
+        metadata=meta(
+            "largest file read, in bytes (default: 256 MiB an image, 4 GiB a video); larger "
+            "ones, and anything but a regular file, are skipped",
+            SETTING,
+        ),
     )
-    stride: int = field(default=2, metadata={"help": "video: take every N-th frame"})
-    clip: str = field(default="centre", metadata={"help": "video: clip placement, centre|start"})
+    frames: int | None = field(
+        default=None, metadata=meta("video: frames per clip (default: the model's)", BACKBONE)
+    )
+    stride: int = field(default=2, metadata=meta("video: take every N-th frame", BACKBONE))
+    clip: str = field(
+        default="centre", metadata=meta("video: clip placement, centre|start", BACKBONE)
+    )
     inflation: str = field(
-        default="central", metadata={"help": "video: tubelet init from 2D, central|average"}
+        default="central", metadata=meta("video: tubelet init from 2D, central|average", BACKBONE)
     )
 
     def __post_init__(self) -> None:
@@ -165,6 +237,40 @@ class ExtractConfig:
         return dataclasses.asdict(self)
 
 
+def identity_fields(kind: str) -> list[dataclasses.Field]:
+    """The ExtractConfig fields of one identity kind (SETTING, BACKBONE, ...); a field
+    that declares none counts as a SETTING (the safe side: a resume must match it)."""
+    fields = dataclasses.fields(ExtractConfig)
+    return [f for f in fields if f.metadata.get("identity", SETTING) == kind]
+
+
+def resolved_settings(cfg: ExtractConfig, device: torch.device) -> dict[str, Any]:
+    """``identity["settings"]``: the resolved value of every SETTING field (precision as
+    the compute dtype this run uses, never "auto")."""
+    out = {}
+    for f in identity_fields(SETTING):
+        resolve = f.metadata.get("resolve")
+        out[f.name] = resolve(cfg, device) if resolve else getattr(cfg, f.name)
+    return out
+
+
+def assumed_settings(cfg: ExtractConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    """What a store that does not record a SETTING (made before it was recorded) was
+    extracted with: that field's default. Where this run uses the default, its own
+    resolved value is assumed; otherwise a value that differs, so the resume is refused."""
+    out = {}
+    for f in identity_fields(SETTING):
+        default = f.default
+        same = getattr(cfg, f.name) == default
+        out[f.name] = settings[f.name] if same else f"not recorded (the default, {default!r})"
+    return out
+
+
+def recorded_config(cfg: ExtractConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``extract_config``: the options with every SETTING resolved."""
+    return {**cfg.to_dict(), **settings}
+
+
 @dataclass
 class ExtractResult:
     """What a run did (printed as the summary, or as JSON)."""
@@ -184,34 +290,11 @@ class ExtractResult:
         return dataclasses.asdict(self)
 
 
-#: ``--precision`` names -> compute dtypes ("auto": bf16 on CUDA, fp32 on CPU).
-PRECISIONS: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
-
-
 #: ``--interpolation`` names (timm's resize modes for evaluation transforms).
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 #: Largest ``--input-size``, and why.
 MAX_INPUT_SIZE = (4096, "tokens grow with its square, attention with theirs")
 CROP_PCT_WHY = "the share of the resized image the centre crop keeps; above 1 it would pad"
-
-
-def parse_precision(precision: str) -> str:
-    if precision != "auto" and precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
-    return precision
-
-
-def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if parse_precision(precision) == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return PRECISIONS[precision]
 
 
 def select_rows(
@@ -241,10 +324,13 @@ def build_identity(
     sources: list[str],
     splits: dict[str, list[int]],
     taps: tuple[str, ...] = ("blocks",),
+    *,
+    settings: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What must match for a run to resume into an existing store (``data``: what the
-    data set says identifies its bytes, e.g. a tar index's hash; absent for files)."""
+    """What must match for a run to resume into an existing store (``settings``: see
+    :func:`resolved_settings`; ``data``: what the data set says identifies its bytes, e.g.
+    a tar index's hash; absent for files)."""
     import hashlib
 
     fp = {k: v for k, v in backbone.fingerprint().items() if k != "weights_source"}
@@ -258,6 +344,7 @@ def build_identity(
         "token_layout": backbone.token_layout(),
         "rows": {"count": len(sources), "sources_sha256": rows, "splits_sha256": split_hash},
         **({"data": data} if data else {}),
+        **({"settings": settings} if settings is not None else {}),
     }
 
 
@@ -324,7 +411,7 @@ def new_manifest(
         fingerprint=backbone.fingerprint(),
         token_layout=backbone.token_layout(),
         codec=cfg.codec,
-        extract_config=cfg.to_dict(),
+        extract_config=recorded_config(cfg, identity["settings"]),
         versions=versions(),
         splits=list(splits),
         tasks=[task],
@@ -342,20 +429,26 @@ def open_or_create(
     splits: dict[str, list[int]],
     layers: tuple[int, ...],
     storage_options: dict | None = None,
+    device: torch.device | None = None,
 ):
-    """Resume a matching store, or create a new one; returns (group, layout, resumed)."""
+    """Resume a matching store, or create a new one; returns (group, layout, resumed).
+    ``device``: where the features are computed (resolves ``--precision auto``)."""
     dtype = S.parse_dtype(cfg.dtype)
     S.parse_codec(cfg.codec)
     sources = [dataset.samples[r].source for r in rows]
     taps = store_taps(cfg.taps, backbone.depth)
+    settings = resolved_settings(cfg, device or pick_device(cfg.device))
     data = dataset.meta.get("fingerprint")
-    identity = build_identity(backbone, layers, dtype, sources, splits, taps, data)
+    identity = build_identity(
+        backbone, layers, dtype, sources, splits, taps, settings=settings, data=data
+    )
+    assumed = assumed_settings(cfg, settings)
     if cfg.extend:
         from losa_cache.store.extend import extend_store
 
-        store = extend_store(cfg.store, identity, storage_options)
+        store = extend_store(cfg.store, identity, storage_options, assumed)
         return store.group, store.layout, True
-    existing = open_for_resume(cfg.store, identity, storage_options)
+    existing = open_for_resume(cfg.store, identity, storage_options, assumed)
     if existing is not None:
         return existing.group, existing.layout, True
     layout = S.plan_layout(
@@ -503,6 +596,54 @@ def put_outputs(buf: ShardBuffer, outs: dict[str, torch.Tensor], lo: int, dtype:
             buf.features[name][lo:hi] = to_storage(out, dtype)
 
 
+def tap_label(layout: S.Layout, name: str) -> str:
+    """``features/block_007`` as "features/block_007 (tap blocks, block 7)"."""
+    for array, tap, index in layout.tap_arrays():
+        if array == name:
+            where = f", block {index}" if S.tap_kind(tap) in S.PER_BLOCK_TAPS else ""
+            return f"{name} (tap {tap}{where})"
+    return name
+
+
+def check_finite(
+    outs: dict[str, torch.Tensor],
+    buf: ShardBuffer,
+    lo: int,
+    layout: S.Layout,
+    store_rows: list[int],
+    sources: list[str],
+    amp: torch.dtype,
+) -> None:
+    """Stop on NaN or inf, naming the tap, the rows and how many: before the cast, the
+    backbone's own (compute dtype or weights); after it, the store dtype's range."""
+    for name, out in outs.items():
+        finite = torch.isfinite(out).flatten(1)
+        bad = (~finite.all(dim=1)).cpu().numpy()
+        why = ""
+        if bad.any():
+            values = int((~finite).sum())
+            why = f"the backbone produced {values} NaN/inf value(s) in"
+            fix = "check the backbone's weights (NaN in them?)"
+            if amp != torch.float32:
+                fix = f"it computed in {PRECISION_NAMES[amp]}: rerun with --precision fp32"
+        else:
+            stored = {n: v[lo : lo + len(out)] for n, v in buf.features.items()
+                      if n in (name, S.scale_name(name))}  # fmt: skip
+            for n, v in stored.items():
+                bad |= S.nonfinite_rows(v, layout.values_dtype(n))
+            if bad.any():
+                why = f"values beyond the range of the store's {S.DTYPES[layout.dtype][0]} in"
+                fix = "store them with --dtype bf16 or fp32"
+        if why:
+            rows = [store_rows[i] for i in np.flatnonzero(bad).tolist()]
+            shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+            raise NonFiniteError(
+                f"{why} {tap_label(layout, name)} for {len(rows)} of this batch's "
+                f"{len(store_rows)} image(s) (store rows {shown}; first: {sources[rows[0]]}); "
+                f"nothing of them is stored: {fix}; finished shards are kept"
+            )
+
+
 def prune_for(backbone: Backbone, layout: S.Layout) -> None:
     """Drop the blocks after the deepest one any of the store's taps needs."""
     deepest = deepest_block(parse_taps(list(layout.taps), backbone.depth), layout.layers)
@@ -547,6 +688,7 @@ def run_batches(
         lo = first - buf.start
         hi = lo + len(store_rows)
         put_outputs(buf, outs, lo, layout.dtype)
+        check_finite(outs, buf, lo, layout, store_rows, sources, amp)
         buf.status[lo:hi] = np.where(ok.numpy(), S.OK, S.SKIPPED)
         for i in torch.nonzero(~ok).flatten().tolist():
             buf.errors[lo + i] = errors[i]
@@ -570,7 +712,7 @@ def extract(
     backbone, dataset, rows, splits, layers = prepare(cfg, device)
     with storage_errors(cfg.store, RESUME), store_lock(cfg.store, storage_options) as lock:
         group, layout, resumed = open_or_create(
-            cfg, backbone, dataset, rows, splits, layers, storage_options
+            cfg, backbone, dataset, rows, splits, layers, storage_options, device
         )
         manifest = S.Manifest.from_dict(group.attrs[S.ROOT_ATTR])
         groups = progress_groups(layout, manifest)

@@ -10,6 +10,7 @@ __all__ = [
     "StoreError",
     "StoreIncompleteError",
     "StoreIntegrityError",
+    "array_damage",
     "damage_message",
     "damaged",
     "repair_hint",
@@ -46,3 +47,14 @@ def damage_message(store: str, array: str, shard: int, file: str, reason: str) -
 
 def damaged(store: str, array: str, shard: int, file: str, reason: str) -> StoreIntegrityError:
     return StoreIntegrityError(damage_message(store, array, shard, file, reason))
+
+
+def array_damage(
+    store: str, array: str, problem: str, fix: str | None = None
+) -> StoreIntegrityError:
+    """An array whose metadata disagrees with the manifest, or that belongs to another
+    store: which array, what is wrong, and the fix (default: repair, then re-extract)."""
+    return StoreIntegrityError(
+        f"store {store} is damaged: array {array} ({store.rstrip('/')}/{array}/zarr.json): "
+        f"{problem}; {fix or repair_hint(store)}"
+    )

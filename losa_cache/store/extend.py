@@ -25,7 +25,10 @@ from losa_cache.store.writer import (
 
 
 def extend_store(
-    path: str, identity: dict[str, Any], storage_options: dict | None = None
+    path: str,
+    identity: dict[str, Any],
+    storage_options: dict | None = None,
+    assumed: dict[str, Any] | None = None,
 ) -> FeatureStore:
     """The store at ``path`` with every tap of ``identity`` present (new ones created,
     unwritten); refused unless it is a finished store matching ``identity`` but for taps."""
@@ -33,7 +36,7 @@ def extend_store(
         raise StoreError(f"--extend needs an existing store at {path}; drop --extend to create one")
     group = open_group(path, mode="r+", storage_options=storage_options)
     store = FeatureStore(group, path)
-    stored = stored_identity(store.manifest)
+    stored = stored_identity(store.manifest, assumed)
     diffs = identity_diff(
         {k: v for k, v in stored.items() if k != "taps"},
         {k: v for k, v in identity.items() if k != "taps"},
@@ -44,6 +47,7 @@ def extend_store(
             + "\n  ".join(diffs)
             + "\nUse the store's other settings (losa-cache info), or extract a new store."
         )
+    store.check_arrays()  # metadata edited or an array copied in: repair first
     missing = tuple(t for t in identity["taps"] if t not in store.layout.taps)
     if not missing:
         return store  # nothing new: resume whatever is unfinished
@@ -67,10 +71,11 @@ def add_taps(group: Any, store: FeatureStore, taps: tuple[str, ...]) -> None:
     m, lay = store.manifest, store.layout
     every = sorted([*lay.taps, *taps], key=S.tap_order)
     layout = S.Layout.from_dict({**lay.to_dict(), "taps": every})
-    create_feature_arrays(group, layout, m.codec, taps, overwrite=True)
+    create_feature_arrays(group, layout, m.codec, taps, overwrite=True, store_id=m.store_id)
     done, sums = S.extension_progress(len(m.extensions))
-    create_progress(group, layout.num_shards, done, sums, layout.stored_arrays(taps), True)
+    arrays = layout.stored_arrays(taps)
+    create_progress(group, layout.num_shards, done, sums, arrays, True, m.store_id)
     m.layout = layout.to_dict()
-    m.identity = {**stored_identity(m), "taps": list(layout.taps)}
+    m.identity = {**m.identity, "taps": list(layout.taps)}
     m.extensions = [*m.extensions, {"taps": list(taps)}]
     group.attrs.put({S.ROOT_ATTR: m.to_dict()})

@@ -30,7 +30,13 @@ from zarr.core.sync import sync
 
 from losa_cache.oserrors import os_failure
 from losa_cache.store import schema as S
-from losa_cache.store.store import FeatureStore, StoreError, open_group, storage_errors
+from losa_cache.store.store import (
+    FeatureStore,
+    StoreError,
+    every_chunk,
+    open_group,
+    storage_errors,
+)
 from losa_cache.store.target import create_root, inspect_target
 
 META_DATASET = "_zarr_metadata"
@@ -317,7 +323,7 @@ def _import(
     total = sum(group[n].nbytes for n in names)
     with tqdm(total=total, unit="B", unit_scale=True, desc="import", disable=not progress) as b:
         for name in names:
-            _copy_from_h5(h5[name], group[name], b)
+            _copy_from_h5(h5[name], every_chunk(group[name]), b)
     _put(group, "zarr.json", root)  # the manifest last: now the store is whole
     return len(names), total
 

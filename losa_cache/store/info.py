@@ -16,6 +16,7 @@ def store_info(path: str, storage_options: dict | None = None,
     """Everything a user wants to know about a store before training from it; with
     ``sources`` also every row's image source, in row order (what ``tasks add`` matches)."""
     store = open_store(path, storage_options)
+    store.check_arrays()  # damaged metadata or a foreign array: one line, never "complete"
     m = store.manifest
     done = store.done_shards()
     size = feature_bytes(store, done)

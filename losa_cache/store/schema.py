@@ -45,11 +45,14 @@ reads are unverified, ``verify`` still checks them) and resume.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+from losa_cache.store.errors import StoreError, StoreIntegrityError
 
 SCHEMA_VERSION = 2
 #: versions this code reads (1: unverified reads, string index arrays)
@@ -72,6 +75,18 @@ DONE = "progress/done"
 CHECKSUMS = "progress/checksums"
 
 PENDING, OK, SKIPPED = 0, 1, 2
+#: array attribute: the ``store_id`` of the store that created the array (reads check it,
+#: so an array copied in from another store of the same shape is refused, not trained on)
+STORE_ID_ATTR = "store"
+#: names that a store's own files use at any level: never a task, split or tap name
+RESERVED_NAMES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata"})
+
+
+def is_reserved_name(name: str) -> bool:
+    """Whether ``name`` collides with a file a Zarr node is made of (its metadata, or
+    zarr's write-aside files ``*.<hex>.partial``)."""
+    return name in RESERVED_NAMES or name.endswith(".partial")
+
 
 #: logical dtype -> (zarr storage dtype, bytes per value)
 DTYPES: dict[str, tuple[str, int]] = {
@@ -106,6 +121,8 @@ DEFAULT_CODEC = "none"
 
 FEATURE_DIMS = ("image", "token", "channel")
 ERROR_BYTES = 1024  # longer skip reasons are cut (at a character boundary)
+#: attribute "encoding" of the text arrays (index/source, index/error)
+TEXT_ENCODING = "utf-8, NUL-padded: one string per row"
 
 
 def checked(codec: str) -> list[Any]:
@@ -156,6 +173,16 @@ def feature_attrs(tap: str, index: int | None, dtype: str) -> dict[str, Any]:
             "(absmax / 127; 0 for an all-zero row; NaN = not yet written)"
         )
     return attrs
+
+
+def nonfinite_rows(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Which rows (axis 0) of stored values hold NaN or inf; ``dtype`` is what they are:
+    float16/float32, bfloat16 (uint16 bits: exponent all ones) or int8 (codes: never)."""
+    if dtype == "int8" or values.dtype.kind not in "fu":
+        return np.zeros(len(values), dtype=bool)
+    bits = values.view(np.uint16) if dtype == "bfloat16" else None
+    bad = (bits & 0x7F80) == 0x7F80 if bits is not None else ~np.isfinite(values)
+    return bad.reshape(len(values), -1).any(axis=1)
 
 
 def tap_kind(tap: str) -> str:
@@ -302,6 +329,10 @@ class Layout:
                 out.append((tap_array(tap), tap, k))
         return out
 
+    def values_dtype(self, array: str) -> str:
+        """What a feature array's stored values are: the store's dtype; int8 scales fp16."""
+        return "float16" if self.dtype == "int8" and array.endswith(SCALE_SUFFIX) else self.dtype
+
     def stored_arrays(self, taps: tuple[str, ...] | None = None) -> list[str]:
         """Every per-shard feature array of ``taps`` (int8: each array, then its scales)."""
         names = [name for name, _, _ in self.tap_arrays(taps)]
@@ -323,6 +354,47 @@ class Layout:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Layout:
         return cls(**{**d, "layers": tuple(d["layers"]), "taps": tuple(d.get("taps", ("blocks",)))})
+
+    def array_spec(self, name: str) -> ArraySpec | None:
+        """What the ``zarr.json`` of the per-row array ``name`` must say (None: not one
+        the layout fixes). Creation uses the same specs (store/writer.py)."""
+        n, t, d = self.num_images, self.tokens, self.dim
+        if name == STATUS:
+            return ArraySpec((n,), "uint8", (self.shard_rows,))
+        if name == ERROR:
+            return ArraySpec((n, ERROR_BYTES), "uint8", (self.shard_rows, ERROR_BYTES))
+        if name not in self.stored_arrays():
+            return None
+        if self.dtype == "int8" and name.endswith(SCALE_SUFFIX):
+            return ArraySpec((n, t), "float16", (self.chunk_rows, t), (self.shard_rows, t))
+        storage = DTYPES[self.dtype][0]
+        return ArraySpec((n, t, d), storage, (self.chunk_rows, t, d), (self.shard_rows, t, d))
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape, storage dtype, chunks and shards an array's ``zarr.json`` must have."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...] | None = None
+
+    def mismatch(self, array: Any) -> str | None:
+        """What ``array``'s metadata says otherwise (None: it agrees)."""
+        have = {"shape": tuple(array.shape), "data_type": str(np.dtype(array.dtype)),
+                "chunk shape": tuple(array.chunks),
+                "shard shape": tuple(array.shards) if array.shards else None}  # fmt: skip
+        want = {"shape": self.shape, "data_type": self.dtype, "chunk shape": self.chunks,
+                "shard shape": self.shards}  # fmt: skip
+        for key, value in want.items():
+            if have[key] != value:
+                return f"its {key} is {_plain(have[key])} where the manifest says {_plain(value)}"
+        return None
+
+
+def _plain(value: Any) -> str:
+    return "none" if value is None else (str(list(value)) if isinstance(value, tuple) else value)
 
 
 def plan_layout(
@@ -392,6 +464,9 @@ class Manifest:
     extensions: list[dict[str, Any]] = field(default_factory=list)
     #: what ``losa-cache subset`` kept of which store (absent for extracted stores)
     subset: dict[str, Any] | None = None
+    #: random id of this store, also in every array's attributes (:data:`STORE_ID_ATTR`);
+    #: None for stores made before it was recorded (their arrays are not checked)
+    store_id: str | None = None
 
     def task_path(self, name: str) -> str:
         """The array holding task ``name``'s labels."""
@@ -401,15 +476,138 @@ class Manifest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        version = d.get("schema_version")
-        if version not in READABLE_VERSIONS:
-            raise ValueError(
-                f"store schema version {version} is not supported by this losa-cache "
-                f"(it reads schemas {list(READABLE_VERSIONS)}); re-extract, or use the "
-                "losa-cache version that wrote it"
-            )
-        return cls(**d)
+    def from_dict(cls, d: Any, where: str = "") -> Manifest:
+        """The manifest of the store at ``where``, every field checked: a missing or
+        mistyped one is a :class:`StoreIntegrityError` naming it (never a KeyError
+        later, in whatever reads it)."""
+        return parse_manifest(d, where)
+
+
+# -- reading the manifest back: one validated parse --------------------------------------
+def _is_list_of(kind: type) -> Any:
+    return lambda v: isinstance(v, list) and all(isinstance(x, kind) for x in v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+#: field -> (required, check of its value, what it must be)
+_MANIFEST_FIELDS: dict[str, tuple[bool, Any, str]] = {
+    "schema_version": (True, _is_int, "an integer"),
+    "layout": (True, lambda v: isinstance(v, dict), "an object"),
+    "identity": (True, lambda v: isinstance(v, dict), "an object"),
+    "fingerprint": (True, lambda v: isinstance(v, dict), "an object"),
+    "token_layout": (True, lambda v: isinstance(v, dict), "an object"),
+    "codec": (True, lambda v: v in CODECS, f"one of {sorted(CODECS)}"),
+    "extract_config": (True, lambda v: isinstance(v, dict), "an object"),
+    "versions": (True, lambda v: isinstance(v, dict), "an object"),
+    "splits": (True, _is_list_of(str), "a list of names"),
+    "tasks": (True, _is_list_of(str), "a list of names"),
+    "default_task": (True, lambda v: isinstance(v, str), "a task name"),
+    "created": (True, lambda v: isinstance(v, str), "a time"),
+    "depth": (True, lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "state": (False, lambda v: isinstance(v, str), "a word"),
+    "task_arrays": (False, lambda v: isinstance(v, dict), "an object"),
+    "extensions": (False, _is_list_of(dict), "a list of objects"),
+    "subset": (False, lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "store_id": (False, lambda v: v is None or isinstance(v, str), "a string or null"),
+}
+#: layout key -> (check, what it must be)
+_LAYOUT_FIELDS: dict[str, tuple[Any, str]] = {
+    "num_images": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "tokens": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "dim": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "layers": (lambda v: _is_list_of(int)(v) and len(set(v)) == len(v), "a list of blocks"),
+    "dtype": (lambda v: v in DTYPES, f"one of {sorted(DTYPES)}"),
+    "chunk_rows": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "shard_rows": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+}
+
+
+def manifest_damage(where: str, key: str, problem: str) -> StoreIntegrityError:
+    """The one line for a manifest that does not parse: which key, and the fix."""
+    store = where or "the store"
+    return StoreIntegrityError(
+        f"store {store} is damaged: its manifest ({ROOT_ATTR!r} in {store}/zarr.json) has "
+        f"{key} {problem}; restore zarr.json from a copy of the store (or an export), or "
+        "re-extract into a new path"
+    )
+
+
+def parse_manifest(d: Any, where: str = "") -> Manifest:
+    """Check every field of a manifest, then build it (see :meth:`Manifest.from_dict`)."""
+    if not isinstance(d, dict):
+        raise manifest_damage(where, "no object", f"but {type(d).__name__}")
+    version = d.get("schema_version")
+    if _is_int(version) and version not in READABLE_VERSIONS:
+        raise StoreError(
+            f"store schema version {version} is not supported by this losa-cache "
+            f"(it reads schemas {list(READABLE_VERSIONS)}); re-extract, or use the "
+            "losa-cache version that wrote it"
+        )
+    unknown = sorted(set(d) - {f.name for f in fields(Manifest)})
+    if unknown:
+        raise manifest_damage(where, f"key {unknown[0]!r}", "that no losa-cache writes")
+    for key, (required, ok, what) in _MANIFEST_FIELDS.items():  # every field has a check
+        if key not in d:
+            if required:
+                raise manifest_damage(where, f"no key {key!r}", f"(it must be {what})")
+        elif not ok(d[key]):
+            raise manifest_damage(where, f"key {key!r} = {_shown(d[key])}", f"(not {what})")
+    m = Manifest(**d)
+    _check_layout(m, where)
+    _check_tasks(m, where)
+    for i, ext in enumerate(m.extensions):
+        if not _is_list_of(str)(ext.get("taps")) or not ext["taps"]:
+            raise manifest_damage(where, f"extensions[{i}].taps", "that is not a list of taps")
+    return m
+
+
+def _shown(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_layout(m: Manifest, where: str) -> None:
+    lay = m.layout
+    for key, (ok, what) in _LAYOUT_FIELDS.items():
+        if key not in lay:
+            raise manifest_damage(where, f"no layout.{key}", f"(it must be {what})")
+        if not ok(lay[key]):
+            raise manifest_damage(where, f"layout.{key} = {_shown(lay[key])}", f"(not {what})")
+    extra = sorted(set(lay) - {*_LAYOUT_FIELDS, "taps"})
+    if extra:
+        raise manifest_damage(where, f"layout.{extra[0]}", "that no losa-cache writes")
+    if lay["shard_rows"] % lay["chunk_rows"]:
+        raise manifest_damage(where, "layout.shard_rows", "that is no multiple of chunk_rows")
+    if not all(0 <= b < m.depth for b in lay["layers"]):
+        raise manifest_damage(where, f"layout.layers = {_shown(lay['layers'])}",
+                              f"(not blocks of a {m.depth}-block backbone)")  # fmt: skip
+    taps = lay.get("taps", ["blocks"])
+    if not _is_list_of(str)(taps) or not taps or not all(_valid_tap(t, m.depth) for t in taps):
+        raise manifest_damage(where, f"layout.taps = {_shown(taps)}",
+                              "(not a list of taps: blocks, embed, attn, mlp, sum:K)")  # fmt: skip
+
+
+def _valid_tap(tap: str, depth: int) -> bool:
+    kind, _, k = tap.partition(":")
+    if kind not in TAP_GROUPS or (kind == "sum") != bool(k):
+        return False
+    return kind != "sum" or (k.isdigit() and 1 <= int(k) <= depth)
+
+
+def _check_tasks(m: Manifest, where: str) -> None:
+    if m.default_task not in m.tasks:
+        raise manifest_damage(where, f"default_task = {_shown(m.default_task)}",
+                              f"(not one of its tasks {m.tasks})")  # fmt: skip
+    for name, array in m.task_arrays.items():
+        if name not in m.tasks:
+            raise manifest_damage(where, f"task_arrays[{name!r}]", "for a task it does not list")
+        own = re.fullmatch(rf"{TASKS}/{re.escape(name)}(~[0-9]+)?", str(array))
+        if not isinstance(array, str) or own is None:
+            raise manifest_damage(where, f"task_arrays[{name!r}] = {_shown(array)}",
+                                  f"(not an array {TASKS}/{name}~<k> of that task)")  # fmt: skip
 
 
 def extension_progress(i: int) -> tuple[str, str]:

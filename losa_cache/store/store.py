@@ -25,6 +25,7 @@ from losa_cache.store.errors import (
     StoreError,
     StoreIncompleteError,
     StoreIntegrityError,
+    array_damage,
     damaged,
 )
 
@@ -166,8 +167,7 @@ class FeatureArray:
             else:
                 src = torch.from_numpy(np.ascontiguousarray(raw[rows[a:b] - lo]))
                 src = src.view(torch.bfloat16) if self.dtype == "bfloat16" else src
-                out.index_copy_(0, torch.from_numpy(slots[a:b]).to(out.device),
-                                src.to(out.device))
+                out.index_copy_(0, torch.from_numpy(slots[a:b]).to(out.device), src.to(out.device))
             got += raw.nbytes
         return got
 
@@ -187,12 +187,13 @@ class FeatureArray:
         sr = self.shard_rows
         for shard in range(lo // sr, (hi - 1) // sr + 1):
             try:
-                self.array[max(lo, shard * sr):min(hi, (shard + 1) * sr)]
+                self.array[max(lo, shard * sr) : min(hi, (shard + 1) * sr)]
             except (ValueError, RuntimeError) as e:
                 settle_zarr_reads()
                 reason = "checksum mismatch" if "checksum" in str(e) else f"{e}"
-                return damaged(self.store, self.array.path, shard,
-                               self._file(shard), f"unreadable ({reason})")
+                return damaged(
+                    self.store, self.array.path, shard, self._file(shard), f"unreadable ({reason})"
+                )
         return error
 
     def _key(self, shard: int) -> str:
@@ -219,8 +220,8 @@ class FeatureArray:
             except FileNotFoundError:
                 size = -1
             if size <= 0:
-                raise damaged(self.store, self.array.path, shard, self._file(shard),
-                              "its file is missing or empty but the shard is marked done")
+                why = "its file is missing or empty but the shard is marked done"
+                raise damaged(self.store, self.array.path, shard, self._file(shard), why)
             self._present.add(shard)
 
     def _pending(self, rows: np.ndarray) -> np.ndarray:
@@ -242,7 +243,8 @@ class FeatureArray:
                 f"({int(self.done.sum())}/{len(self.done)} shards done) in store {self.store}:"
                 " rerun the `losa-cache extract` command that wrote it to finish it, or pass"
                 " allow_incomplete=True (CLI: --allow-incomplete) to read them as "
-                f"{fill_name(self.array)}")
+                f"{fill_name(self.array)}"
+            )
         return pending
 
     def _fill(self, out: torch.Tensor, slots: np.ndarray) -> None:
@@ -336,6 +338,13 @@ def row_selection(sel: Any, n: int) -> tuple[np.ndarray, tuple, bool]:
     return rows, rest, False
 
 
+def every_chunk(array: zarr.Array) -> zarr.Array:
+    """``array`` set to store every chunk it is given, fill values too: zarr leaves a
+    chunk (and a shard) that equals the fill value unwritten, and a done shard without
+    its file reads as damaged. Every write of a store goes through this."""
+    return array.with_config({"write_empty_chunks": True})
+
+
 def has_crc32c(array: zarr.Array) -> bool:
     """Whether the array's chunks end in a crc32c (inside its shards, if sharded)."""
     codecs = array.metadata.codecs
@@ -382,13 +391,102 @@ class FeatureStore:
         self.allow_incomplete = allow_incomplete
         self._done: dict[str, np.ndarray] = {}  # done markers as features() last saw them
         self._warned = False
+        self._checked: dict[str, zarr.Array] = {}  # arrays opened and checked
         attrs = group.attrs.asdict()
         if S.ROOT_ATTR not in attrs:
             raise StoreError(
                 f"{path} is a Zarr group but not a losa-cache store (no '{S.ROOT_ATTR}' attribute)"
             )
-        self.manifest = S.Manifest.from_dict(attrs[S.ROOT_ATTR])
+        self.manifest = S.Manifest.from_dict(attrs[S.ROOT_ATTR], path)
         self.layout = S.Layout.from_dict(self.manifest.layout)
+
+    # -- the arrays, each checked against the manifest when opened ------------------------
+    def array(self, name: str) -> zarr.Array:
+        """The store's array ``name``, once its metadata agrees with the manifest (shape,
+        data type, chunks, shards) and it belongs to this store; else a
+        :class:`StoreIntegrityError` naming the array and the fix."""
+        if name not in self._checked:
+            arr, problem = self.open_array(name)
+            if problem is not None:
+                raise array_damage(self.path, name, problem, self.array_fix(name))
+            self._checked[name] = arr
+        return self._checked[name]
+
+    def open_array(self, name: str) -> tuple[zarr.Array | None, str | None]:
+        """(the array, None) if ``name`` is sound, else (what opened or None, the problem)."""
+        try:
+            arr = self.group[name]
+        except KeyError:
+            return None, "it is missing"
+        except (ValueError, TypeError) as e:  # zarr.json that does not parse
+            return None, f"its metadata does not parse ({type(e).__name__}: {e})"
+        if not isinstance(arr, zarr.Array):
+            return None, "it is a group, not an array"
+        return arr, self.array_problem(name, arr)
+
+    def array_problem(self, name: str, arr: zarr.Array) -> str | None:
+        """What is wrong with ``arr`` as this store's array ``name`` (None: nothing)."""
+        spec = self.array_spec(name)
+        if spec is not None:
+            problem = spec.mismatch(arr)
+            if problem is not None:
+                return problem
+        elif self._per_row(name) and arr.shape[:1] != (self.num_images,):
+            return f"it has {arr.shape[0] if arr.shape else 0} rows, the store {self.num_images}"
+        if name.startswith(S.TASKS + "/"):
+            classes = arr.attrs.get("classes")
+            if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+                return "its attribute 'classes' is not a list of class names"
+        own = self.manifest.store_id
+        if own is not None and arr.attrs.get(S.STORE_ID_ATTR) != own:
+            theirs = arr.attrs.get(S.STORE_ID_ATTR)
+            where = f"another store (id {theirs})" if theirs else "no store"
+            return f"it belongs to {where}, not to this one (id {own}): it was copied in"
+        return None
+
+    def _per_row(self, name: str) -> bool:
+        """Arrays with one entry per store row (whatever else their shape)."""
+        return name in (S.SOURCE, S.STATUS, S.ERROR) or name.startswith(S.TASKS + "/")
+
+    def array_spec(self, name: str) -> S.ArraySpec | None:
+        """What ``name``'s metadata must say; schema-1 stores: their feature arrays only."""
+        spec = self.layout.array_spec(name)
+        if spec is None:
+            from losa_cache.store.writer import progress_spec
+
+            spec = progress_spec(self.layout, self.manifest, name)
+        if self.manifest.schema_version < 2 and name not in self.layout.stored_arrays():
+            return None
+        return spec
+
+    def array_fix(self, name: str) -> str | None:
+        """How to mend a damaged array: per-shard ones are rewritten by repair + extract
+        (None: that default); the others were written once, at creation."""
+        if self.layout.array_spec(name) is not None or name.startswith("progress/"):
+            return None
+        if name.startswith(S.TASKS + "/"):
+            return ("add the labelling again with `losa-cache tasks add --overwrite`, or restore "
+                    "the store from a copy")  # fmt: skip
+        return "restore the store from a copy (or an export), or re-extract into a new path"
+
+    def array_names(self, per_shard: bool | None = None) -> list[str]:
+        """Every array the manifest implies (``per_shard``: only those extraction rewrites
+        shard by shard, or only the others: source, splits, tasks)."""
+        from losa_cache.store.writer import progress_groups
+
+        shards = [*self.feature_arrays(), S.STATUS, S.ERROR]
+        for g in progress_groups(self.layout, self.manifest):
+            shards += [g.done, g.checksums]
+        once = [S.SOURCE, *(S.split_name(s) for s in self.manifest.splits),
+                *(self.manifest.task_path(t) for t in self.manifest.tasks)]  # fmt: skip
+        names = shards if per_shard else once if per_shard is False else [*shards, *once]
+        return list(dict.fromkeys(names))
+
+    def check_arrays(self, per_shard: bool | None = None) -> None:
+        """Open and check every array (see :meth:`array_names`); the first damage found
+        is raised as one line naming the array and the fix."""
+        for name in self.array_names(per_shard):
+            self.array(name)
 
     # -- description ---------------------------------------------------------------
     @property
@@ -419,18 +517,18 @@ class FeatureStore:
     # -- rows ------------------------------------------------------------------------
     @property
     def splits(self) -> dict[str, np.ndarray]:
-        return {name: self.group[S.split_name(name)][:] for name in self.manifest.splits}
+        return {name: self.array(S.split_name(name))[:] for name in self.manifest.splits}
 
     def split_rows(self, split: str, valid_only: bool = True) -> np.ndarray:
         """Rows of ``split`` (sorted), by default without skipped/unwritten rows."""
         if split not in self.manifest.splits:
             raise StoreError(f"unknown split {split!r}; this store has {self.manifest.splits}")
-        rows = np.sort(self.group[S.split_name(split)][:])
+        rows = np.sort(self.array(S.split_name(split))[:])
         return rows[self.valid[rows]] if valid_only else rows
 
     @property
     def status(self) -> np.ndarray:
-        return self.group[S.STATUS][:]
+        return self.array(S.STATUS)[:]
 
     @property
     def valid(self) -> np.ndarray:
@@ -440,17 +538,19 @@ class FeatureStore:
     @property
     def sources(self) -> np.ndarray:
         """(N,) str: where each row came from."""
-        return S.decode_text(self.group[S.SOURCE][:])
+        return S.decode_text(self.array(S.SOURCE)[:])
 
     def skipped(self) -> list[dict[str, Any]]:
         """Rows whose image could not be decoded, with the reason."""
         rows = np.flatnonzero(self.status == S.SKIPPED)
         if not len(rows):
             return []
-        src = S.decode_text(self.group[S.SOURCE].oindex[rows])
-        err = S.decode_text(self.group[S.ERROR].oindex[rows])
-        return [{"row": int(r), "source": str(s), "error": str(e)}
-                for r, s, e in zip(rows, src, err, strict=True)]
+        src = S.decode_text(self.array(S.SOURCE).oindex[rows])
+        err = S.decode_text(self.array(S.ERROR).oindex[rows])
+        return [
+            {"row": int(r), "source": str(s), "error": str(e)}
+            for r, s, e in zip(rows, src, err, strict=True)
+        ]
 
     # -- labels ----------------------------------------------------------------------
     @property
@@ -468,7 +568,7 @@ class FeatureStore:
                 f"unknown task {task!r}; this store has {self.manifest.tasks} "
                 "(add one with `losa-cache tasks add`)"
             )
-        return self.group[self.manifest.task_path(task)]
+        return self.array(self.manifest.task_path(task))
 
     def labels(self, task: str | None = None) -> np.ndarray:
         """(N,) int labels of a task; -1 where a row has no label."""
@@ -536,7 +636,7 @@ class FeatureStore:
     def _array(self, path: str, dtype: str) -> FeatureArray:
         done = self._group_of(path).done
         return FeatureArray(
-            self.group[path],
+            self.array(path),
             dtype,
             self.path,
             self._done_markers(done),
@@ -556,13 +656,15 @@ class FeatureStore:
     @property
     def verified_reads(self) -> bool:
         """Whether reads check every chunk against a crc32c written with it (schema >= 2)."""
-        return all(has_crc32c(self.group[a]) for a in self.feature_arrays())
+        return all(has_crc32c(self.array(a)) for a in self.feature_arrays())
 
     @property
     def unverified_note(self) -> str:
-        return (f"store {self.path} was written without per-chunk checksums (schema "
-                f"{self.manifest.schema_version}): damaged chunks are not detected on read; "
-                f"`losa-cache verify {self.path}` checks it, or re-extract to a new path")
+        return (
+            f"store {self.path} was written without per-chunk checksums (schema "
+            f"{self.manifest.schema_version}): damaged chunks are not detected on read; "
+            f"`losa-cache verify {self.path}` checks it, or re-extract to a new path"
+        )
 
     def _done_markers(self, done: str = S.DONE) -> np.ndarray:
         if done not in self._done:
@@ -576,7 +678,7 @@ class FeatureStore:
     # -- progress and size -----------------------------------------------------------
     def done_shards(self, done: str = S.DONE) -> np.ndarray:
         """Done markers of the extraction (``done``: an extension's markers)."""
-        return self.group[done][:].astype(bool)
+        return self.array(done)[:].astype(bool)
 
     @property
     def complete(self) -> bool:
@@ -596,7 +698,7 @@ class FeatureStore:
         """Logical vs stored bytes of the feature arrays."""
         logical = stored = 0
         for name in self.feature_arrays():
-            arr = self.group[name]
+            arr = self.array(name)
             logical += arr.nbytes
             stored += _stored_bytes(arr)
         return {"logical": logical, "stored": stored}
@@ -727,9 +829,13 @@ def write_task(
     classes: Sequence[str],
     source: str,
     array: str | None = None,
+    store_id: str | None = None,
 ) -> None:
     """Write one task array (whole, by one writer: labels are small) at ``array``
-    (default ``tasks/<name>``; store/tasks.py writes replacements aside)."""
+    (default ``tasks/<name>``; store/tasks.py writes replacements aside), stamped with
+    the store's id (``store_id``, default: the one in the group's manifest)."""
+    if store_id is None:
+        store_id = group.attrs.get(S.ROOT_ATTR, {}).get("store_id")
     arr = group.create_array(
         array or S.task_name(name),
         shape=labels.shape,
@@ -740,5 +846,6 @@ def write_task(
         compressors=S.checked("none"),
         dimension_names=("image",),
     )
-    arr[:] = labels
-    arr.attrs.update({"classes": list(classes), "source": source})
+    every_chunk(arr)[:] = labels
+    attrs = {"classes": list(classes), "source": source}
+    arr.attrs.update(attrs | ({S.STORE_ID_ATTR: store_id} if store_id else {}))

@@ -53,6 +53,8 @@ def subset_store(
     dst_storage_options: dict | None = None,
 ) -> dict[str, Any]:
     """Write (or resume writing) the subset of ``src`` asked for into ``dst``."""
+    with storage_errors(dst, RETRY):
+        inspect_target(dst, dst_storage_options)  # refuse a bad path before its lock file
     source = open_store(src, storage_options)
     for g in progress_groups(source.layout, source.manifest):
         if pending_shards(source.group, g.done):

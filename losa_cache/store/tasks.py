@@ -38,10 +38,16 @@ _TASK_ARRAY = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})(~[0-9]+)?")
 
 
 def check_task_name(name: str) -> str:
-    """Return ``name`` if it is one safe path segment, else refuse with the rule."""
-    if is_safe_segment(name):
+    """Return ``name`` if it is one safe path segment that no file of a store uses (e.g.
+    ``zarr.json``), else refuse with the rule."""
+    if is_safe_segment(name) and not S.is_reserved_name(name):
         return name
     hint = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_.-")[:64] or "task1"
+    if S.is_reserved_name(name):
+        raise StoreError(
+            f"task name {name!r} is not allowed: a store's own files use it; use "
+            f"{TASK_NAME_RULE}, other than zarr.json and names ending in .partial"
+        )
     raise StoreError(f"task name {name!r} is not allowed: use {TASK_NAME_RULE} (e.g. {hint!r})")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from losa_cache.store.lease import store_lock
 from losa_cache.store.store import (
     FeatureStore,
     StoreError,
+    every_chunk,
     open_group,
     write_task,
 )
@@ -58,6 +60,18 @@ def progress_groups(layout: S.Layout, manifest: S.Manifest) -> list[Progress]:
     return groups
 
 
+def progress_spec(layout: S.Layout, manifest: S.Manifest, name: str) -> S.ArraySpec | None:
+    """The metadata a progress group's done markers or checksums must have (None: ``name``
+    is neither)."""
+    for g in progress_groups(layout, manifest):
+        if name == g.done:
+            return S.ArraySpec((layout.num_shards,), "uint8", (1,))
+        if name == g.checksums:
+            cols = len(g.arrays)
+            return S.ArraySpec((layout.num_shards, cols), "uint64", (1, cols))
+    return None
+
+
 def group_of(groups: list[Progress], array: str) -> Progress:
     """The progress group an array belongs to (its markers say which rows are written)."""
     return next(g for g in groups if array in g.arrays or array == g.done or array == g.checksums)
@@ -88,9 +102,10 @@ def create_store(
     or import (cleared first); anything else is refused (:func:`create_root`).
     """
     group = create_root(path, by, storage_options)
-    create_arrays(group, layout, manifest.codec, sources, splits)
+    manifest.store_id = uuid.uuid4().hex  # every store its own, subsets and all
+    create_arrays(group, layout, manifest.codec, sources, splits, manifest.store_id)
     for name, (labels, classes) in tasks.items():
-        write_task(group, name, labels, classes, source="dataset")
+        write_task(group, name, labels, classes, "dataset", store_id=manifest.store_id)
     manifest.state = "ready"
     group.attrs.put({S.ROOT_ATTR: manifest.to_dict()})  # last, and drops PARTIAL_ATTR
     return group
@@ -102,31 +117,16 @@ def create_arrays(
     codec: str,
     sources: list[str],
     splits: dict[str, list[int]],
+    store_id: str | None = None,
 ) -> None:
     """Every array but the tasks, with the sources and splits written (schema.py says
-    what each holds): numeric dtypes, dimension names and a crc32c on every chunk."""
-    n, rows = layout.num_images, layout.shard_rows
-    create_feature_arrays(group, layout, codec)
-    small = {"compressors": S.checked("none")}
-    text = {"compressors": S.checked("zstd-plain")}  # NUL padding compresses away
-    group.create_array(
-        S.STATUS,
-        shape=(n,),
-        dtype="uint8",
-        chunks=(rows,),
-        fill_value=S.PENDING,
-        dimension_names=("image",),
-        **small,
-    )
-    group.create_array(
-        S.ERROR,
-        shape=(n, S.ERROR_BYTES),
-        dtype="uint8",
-        chunks=(rows, S.ERROR_BYTES),
-        fill_value=0,
-        dimension_names=("image", "error_byte"),
-        **text,
-    )
+    what each holds): numeric dtypes, dimension names and a crc32c on every chunk; each
+    stamped with ``store_id``."""
+    n = layout.num_images
+    create_feature_arrays(group, layout, codec, store_id=store_id)
+    stamp = {S.STORE_ID_ATTR: store_id} if store_id else {}
+    small = {"compressors": S.checked("none"), "attributes": stamp}
+    create_index_arrays(group, layout, store_id)
     width = S.text_width(sources)
     src = group.create_array(
         S.SOURCE,
@@ -135,11 +135,10 @@ def create_arrays(
         chunks=(min(max(1, n), 1 << 16), width),
         fill_value=0,
         dimension_names=("image", "source_byte"),
-        **text,
+        compressors=S.checked("zstd-plain"),  # NUL padding compresses away
+        attributes={**stamp, "encoding": S.TEXT_ENCODING},
     )
-    src[:] = S.encode_text(sources, width)
-    for attrs_of in (src, group[S.ERROR]):
-        attrs_of.attrs["encoding"] = "utf-8, NUL-padded: one string per row"
+    every_chunk(src)[:] = S.encode_text(sources, width)
     for name, idx in splits.items():
         arr = group.create_array(
             S.split_name(name),
@@ -150,8 +149,40 @@ def create_arrays(
             dimension_names=(f"{name}_row",),
             **small,
         )
-        arr[:] = np.asarray(idx, dtype=np.int64)
-    create_progress(group, layout.num_shards, S.DONE, S.CHECKSUMS, per_shard_arrays(layout))
+        every_chunk(arr)[:] = np.asarray(idx, dtype=np.int64)
+    create_progress(
+        group, layout.num_shards, S.DONE, S.CHECKSUMS, per_shard_arrays(layout), False, store_id
+    )
+
+
+def create_index_arrays(
+    group: zarr.Group, layout: S.Layout, store_id: str | None, overwrite: bool = False
+) -> None:
+    """index/status and index/error (per-shard arrays of the base progress group)."""
+    stamp = {S.STORE_ID_ATTR: store_id} if store_id else {}
+    status, error = layout.array_spec(S.STATUS), layout.array_spec(S.ERROR)
+    group.create_array(
+        S.STATUS,
+        shape=status.shape,
+        dtype=status.dtype,
+        chunks=status.chunks,
+        fill_value=S.PENDING,
+        dimension_names=("image",),
+        compressors=S.checked("none"),
+        attributes=stamp,
+        overwrite=overwrite,
+    )
+    group.create_array(
+        S.ERROR,
+        shape=error.shape,
+        dtype=error.dtype,
+        chunks=error.chunks,
+        fill_value=0,
+        dimension_names=("image", "error_byte"),
+        compressors=S.checked("zstd-plain"),  # NUL padding compresses away
+        attributes={**stamp, "encoding": S.TEXT_ENCODING},
+        overwrite=overwrite,
+    )
 
 
 def create_feature_arrays(
@@ -160,36 +191,43 @@ def create_feature_arrays(
     codec: str,
     taps: tuple[str, ...] | None = None,
     overwrite: bool = False,
+    store_id: str | None = None,
+    only: set[str] | None = None,
 ) -> None:
-    """The feature arrays of ``taps`` (default all): (N, T, D) each, int8 with its (N, T)
-    fp16 scales; sharded by ``shard_rows``, crc32c on every chunk."""
-    n, t, d = layout.num_images, layout.tokens, layout.dim
+    """The feature arrays of ``taps`` (default all; ``only``: just these arrays): (N, T,
+    D) each, int8 with its (N, T) fp16 scales; sharded by ``shard_rows``, crc32c on
+    every chunk, stamped with ``store_id``. Shapes and chunks: ``Layout.array_spec``."""
+    stamp = {S.STORE_ID_ATTR: store_id} if store_id else {}
     for name, tap, index in layout.tap_arrays(taps):
-        arr = group.create_array(
-            name,
-            shape=(n, t, d),
-            dtype=S.DTYPES[layout.dtype][0],
-            chunks=(layout.chunk_rows, t, d),
-            shards=(layout.shard_rows, t, d),
-            compressors=S.checked(codec),
-            fill_value=S.feature_fill(layout.dtype),
-            dimension_names=S.FEATURE_DIMS,
-            overwrite=overwrite,
-        )
-        arr.attrs.update(S.feature_attrs(tap, index, layout.dtype))
-        if layout.dtype == "int8":
-            scales = group.create_array(
-                S.scale_name(name),
-                shape=(n, t),
-                dtype="float16",
-                chunks=(layout.chunk_rows, t),
-                shards=(layout.shard_rows, t),
+        spec = layout.array_spec(name)
+        if only is None or name in only:
+            group.create_array(
+                name,
+                shape=spec.shape,
+                dtype=spec.dtype,
+                chunks=spec.chunks,
+                shards=spec.shards,
+                compressors=S.checked(codec),
+                fill_value=S.feature_fill(layout.dtype),
+                dimension_names=S.FEATURE_DIMS,
+                overwrite=overwrite,
+                attributes={**S.feature_attrs(tap, index, layout.dtype), **stamp},
+            )
+        scale = S.scale_name(name)
+        if layout.dtype == "int8" and (only is None or scale in only):
+            spec = layout.array_spec(scale)
+            group.create_array(
+                scale,
+                shape=spec.shape,
+                dtype=spec.dtype,
+                chunks=spec.chunks,
+                shards=spec.shards,
                 compressors=S.checked("none"),
                 fill_value=float("nan"),
                 dimension_names=S.FEATURE_DIMS[:2],
                 overwrite=overwrite,
+                attributes={"scales_of": name, "dtype": "float16", **stamp},
             )
-            scales.attrs.update({"scales_of": name, "dtype": "float16"})
 
 
 def create_progress(
@@ -199,9 +237,11 @@ def create_progress(
     checksums: str,
     arrays: list[str],
     overwrite: bool = False,
+    store_id: str | None = None,
 ) -> None:
     """Done markers (one per shard, written last) and checksum rows of some arrays."""
-    small = {"compressors": S.checked("none"), "overwrite": overwrite}
+    stamp = {S.STORE_ID_ATTR: store_id} if store_id else {}
+    small = {"compressors": S.checked("none"), "overwrite": overwrite, "attributes": stamp}
     group.create_array(
         done,
         shape=(shards,),
@@ -218,9 +258,9 @@ def create_progress(
         chunks=(1, len(arrays)),
         fill_value=0,
         dimension_names=("shard", "array"),
-        **small,
+        **{**small, "attributes": {**stamp, "arrays": list(arrays)}},
     )
-    sums.attrs["arrays"] = list(arrays)
+    del sums
 
 
 def identity_diff(stored: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
@@ -241,14 +281,20 @@ def _short(v: Any) -> str:
 
 
 def open_for_resume(
-    path: str, identity: dict[str, Any], storage_options: dict | None = None
+    path: str,
+    identity: dict[str, Any],
+    storage_options: dict | None = None,
+    assumed: dict[str, Any] | None = None,
 ) -> FeatureStore | None:
     """The existing store if it matches ``identity``; None where a new one may be created
-    (nothing there, an empty folder, or the remains of our interrupted creation)."""
+    (nothing there, an empty folder, or the remains of our interrupted creation).
+    ``assumed``: the settings a store that does not record them was made with."""
     if inspect_target(path, storage_options) != "store":
         return None
     store = FeatureStore(open_group(path, mode="r+", storage_options=storage_options), path)
-    diffs = identity_diff(stored_identity(store.manifest), identity)
+    diffs = identity_diff(stored_identity(store.manifest, assumed), identity)
+    if not diffs:
+        store.check_arrays()  # metadata edited or an array copied in: repair first
     if diffs:
         more = (
             "\nTo add taps to a finished store: the same command with --extend."
@@ -264,9 +310,31 @@ def open_for_resume(
     return store
 
 
-def stored_identity(manifest: S.Manifest) -> dict[str, Any]:
-    """A store's identity; stores from before taps hold block outputs only."""
-    return {"taps": ["blocks"], **manifest.identity}
+def stored_identity(manifest: S.Manifest, assumed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A store's identity; stores from before taps hold block outputs only, and settings
+    a store does not record are ``assumed`` (those it was made with: their defaults)."""
+    identity = {"taps": ["blocks"], **manifest.identity}
+    if assumed is not None:
+        identity["settings"] = {**assumed, **identity.get("settings", {})}
+    return identity
+
+
+class NonFiniteError(StoreError):
+    """Features hold NaN or inf: never written (they would read like unwritten rows)."""
+
+
+def refuse_nonfinite(layout: S.Layout, shard: int, name: str, values: np.ndarray) -> None:
+    """Raise :class:`NonFiniteError` naming the array, rows and count if ``values`` (one
+    shard of ``name``, as stored) hold NaN or inf."""
+    bad = S.nonfinite_rows(values, layout.values_dtype(name))
+    if bad.any():
+        rows = (np.flatnonzero(bad) + layout.shard_range(shard)[0]).tolist()
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        raise NonFiniteError(
+            f"{len(rows)} row(s) of {name} hold NaN or inf (store rows {shown}), shard "
+            f"{shard} not written: features are never stored non-finite; compute in fp32 "
+            "(--precision fp32) or store a wider --dtype, or check the backbone's weights"
+        )
 
 
 class ShardWriter:
@@ -333,11 +401,13 @@ class ShardWriter:
                 )
             names = [a for a in g.arrays if a not in (S.STATUS, S.ERROR)]
             values = [features[a] for a in names] + extra
+            for name in names:
+                refuse_nonfinite(self.layout, shard, name, features[name])
             self.group[g.done][shard] = 0
             delete_shard(self.group, self.layout, shard, g.arrays)
             for name, value in zip(g.arrays, values, strict=True):
-                self.group[name][start:stop] = value
-            self.group[g.checksums][shard] = np.array(
+                every_chunk(self.group[name])[start:stop] = value
+            every_chunk(self.group[g.checksums])[shard] = np.array(
                 [checksum(v) for v in values], dtype=np.uint64
             )
             self.group[g.done][shard] = 1
@@ -371,7 +441,16 @@ def _verify_group(store: FeatureStore, g: Progress, progress: bool) -> list[dict
     from tqdm.auto import tqdm
 
     layout = store.layout
+    broken = {}  # arrays whose metadata disagrees with the manifest: all their shards
+    for name in (*g.arrays, g.done, g.checksums):
+        problem = store.open_array(name)[1]
+        if problem is not None:
+            broken[name] = f"{METADATA}{problem}"
+    if broken:
+        shards = range(layout.num_shards)
+        return [_bad(layout, s, name, why) for name, why in broken.items() for s in shards]
     names = list(store.group[g.checksums].attrs.get("arrays", g.arrays))
+    sharded = set(layout.stored_arrays())  # one object per shard: it must be there
     done, bad_markers = readable_rows(store.group[g.done])
     sums, bad_sums = readable_rows(store.group[g.checksums])
     bad = [_bad(layout, s, g.done, why) for s, why in bad_markers.items()]
@@ -382,6 +461,9 @@ def _verify_group(store: FeatureStore, g: Progress, progress: bool) -> list[dict
             continue
         start, stop = layout.shard_range(shard)
         for col, name in enumerate(names):
+            if name in sharded and not _stored(store.group[name], start):
+                bad.append(_bad(layout, shard, name, MISSING))  # reads say the same
+                continue
             try:
                 ok = checksum(store.group[name][start:stop]) == int(sums[shard, col])
                 reason = "checksum mismatch"
@@ -390,6 +472,22 @@ def _verify_group(store: FeatureStore, g: Progress, progress: bool) -> list[dict
             if not ok:
                 bad.append(_bad(layout, shard, name, reason))
     return bad
+
+
+#: how verify's report starts the reason of an array whose metadata is damaged
+METADATA = "metadata: "
+MISSING = "its file is missing or empty but the shard is marked done"
+
+
+def _stored(arr: zarr.Array, row: int) -> bool:
+    """Whether the object holding ``row`` exists and is not empty (every chunk is
+    stored, fill values too: a missing one is lost, not "all NaN")."""
+    from zarr.core.sync import sync
+
+    try:
+        return sync(arr.store_path.store.getsize(f"{arr.path}/{shard_key(arr, row)}")) > 0
+    except FileNotFoundError:
+        return False
 
 
 def _bad(layout: S.Layout, shard: int, array: str, reason: str) -> dict[str, Any]:
@@ -483,13 +581,15 @@ def verify_store(
             f"{path} is a store whose creation was cut off (nothing extracted yet): rerun "
             "the extract or import command that made it"
         ) from None
-    done, unreadable = readable_rows(store.group[S.DONE])
+    store.check_arrays(per_shard=False)  # written once: extraction cannot rewrite them
     bad = verify_shards(store, progress=progress)
+    done, unreadable = readable_rows(store.group[S.DONE])
     shards = sorted({b["shard"] for b in bad})
     if repair and shards:
         retry = "rerun `losa-cache verify --repair`"
+        rebuild = sorted({b["array"] for b in bad if b["reason"].startswith(METADATA)})
         with storage_errors(path, retry), store_lock(path, storage_options):
-            mark_for_repair(path, shards, storage_options, [b["array"] for b in bad])
+            mark_for_repair(path, shards, storage_options, [b["array"] for b in bad], rebuild)
         store = open_store(path, storage_options)
     return {
         "store": path,
@@ -512,24 +612,45 @@ def mark_for_repair(
     shards: list[int],
     storage_options: dict | None = None,
     arrays: list[str] | None = None,
+    rebuild: list[str] = (),
 ) -> None:
     """Reset damaged shards so the next extract rewrites them: first every done marker is
     cleared, then the shards' objects are deleted. Safe to interrupt anywhere and to rerun:
     a shard is either still marked done and damaged (verify names it again) or has no
     marker, which extract rewrites wholesale without reading what is left of it.
-    ``arrays`` (the damaged ones, default all) choose which progress groups are reset."""
+    ``arrays`` (the damaged ones, default all) choose which progress groups are reset;
+    ``rebuild`` are arrays whose metadata is damaged: recreated empty, as at creation
+    (their groups' markers first: a rebuilt done array marks no shard done)."""
     group = open_group(path, mode="r+", storage_options=storage_options)
-    manifest = S.Manifest.from_dict(group.attrs[S.ROOT_ATTR])
+    manifest = S.Manifest.from_dict(group.attrs[S.ROOT_ATTR], path)
     layout = S.Layout.from_dict(manifest.layout)
     groups = progress_groups(layout, manifest)
     if arrays is not None:
         groups = [g for g in groups if any(group_of(groups, a) == g for a in arrays)]
     for g in groups:
+        if g.done in rebuild or g.checksums in rebuild:  # recreated: no shard marked done
+            create_progress(group, layout.num_shards, g.done, g.checksums, list(g.arrays),
+                            True, manifest.store_id)  # fmt: skip
+            continue
         for shard in shards:
             group[g.done][shard] = 0
+    rebuild_arrays(group, layout, manifest, rebuild)
     for g in groups:
         for shard in shards:
             delete_shard(group, layout, shard, g.arrays)
+
+
+def rebuild_arrays(
+    group: zarr.Group, layout: S.Layout, manifest: S.Manifest, names: list[str]
+) -> None:
+    """Recreate per-shard arrays (features, scales, status, error) empty, with the
+    metadata creation gives them; their shards must already be marked not done."""
+    features = set(names) & set(layout.stored_arrays())
+    if features:
+        create_feature_arrays(group, layout, manifest.codec, overwrite=True,
+                              store_id=manifest.store_id, only=features)  # fmt: skip
+    if {S.STATUS, S.ERROR} & set(names):
+        create_index_arrays(group, layout, manifest.store_id, overwrite=True)
 
 
 def delete_shard(

@@ -379,6 +379,7 @@ def schema1_store(src: str, dst: Path) -> Path:
         lo, hi = lay.shard_range(shard)
         sums[shard, -1] = checksum(group[S.ERROR][lo:hi])
     manifest = old.manifest.to_dict() | {"schema_version": 1}
+    del manifest["store_id"]  # recorded since schema 2 stores got array ids
     group.attrs[S.ROOT_ATTR] = manifest
     return dst
 
