@@ -779,7 +779,7 @@ def storage_errors(path: str | Path, retry: str = "rerun the same command") -> I
     except StoreError:
         raise
     except OSError as e:
-        text = os_failure(e.errno, "store path", retry)
+        text = os_failure(e.errno, "store path", retry, kept=False)  # retry says what is kept
         if text is None:
             raise
         where = f" ({e.filename})" if e.filename else ""

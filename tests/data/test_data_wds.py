@@ -222,7 +222,7 @@ def killed_then_resumed_equals_clean(spec: str, tmp_path: Path) -> None:
     done_dir = Path(killed) / "progress" / "done" / "c"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if done_dir.is_dir() and len(list(done_dir.iterdir())) >= 3:
+        if done_dir.is_dir() and sum(p.name.isdigit() for p in done_dir.iterdir()) >= 3:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)

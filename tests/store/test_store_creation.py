@@ -293,7 +293,8 @@ def test_a_full_disk_during_creation_is_one_line_and_the_rerun_finishes(
             "--shard-rows", "4", "--batch-size", "4", "--layers", "3",
             "--taps", "blocks,embed,sum:1", "--dtype", "int8"]  # fmt: skip
     out = CliRunner().invoke(app, args)
-    assert out.exit_code == 2 and "disk full; free space, then rerun" in out.output, out.output
+    said = "no space left on the disk (ENOSPC): free space (or choose another store path), then"
+    assert out.exit_code == 2 and said in out.output, out.output
     assert len(out.output.strip().splitlines()) == 1 and inspect_target(str(path)) == "partial"
     monkeypatch.undo()
     assert CliRunner().invoke(app, args).exit_code == 0
