@@ -129,6 +129,10 @@ class SweepConfig:
                                   "1) and img/s with the backbone forward, inference memory "
                                   "and img/s at batch 1 (a store sweep builds the store's "
                                   "backbone with random weights for it).")
+    costs: bool = _f(True, "Measure every config's costs after training (img/s over "
+                           "--speed-batches steps, memory and inference at batch 1; it says "
+                           "up front what it will time); --no-costs skips them (their "
+                           "columns stay empty).")
     stop_after: int | None = _f(None, "Stop after N ticks (a piece of the data fed to "
                                           "every run) with checkpoints (--resume later).", min=1)
     resume: bool = _f(False, "Continue the sweep in --out.")

@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from losa_cache.baselines import build_baseline, is_baseline
 from losa_cache.outdir import locked_outdir
+from losa_cache.progress import note, progress_bar
 from losa_cache.side import SideConfig
 from losa_cache.sweep.config import RunSpec, SweepConfig, expand_runs, method_uses
 from losa_cache.sweep.grouping import (
@@ -275,7 +275,7 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
     for s, run in zip(todo, runs, strict=True):
         metrics = run.finish(extra)
         row = run_row(s, sides[s.key], metrics, gid, _profile_of(s, sides, profs, device))
-        if is_baseline(s.train.method) and metrics["complete"]:  # before any pruning
+        if is_baseline(s.train.method) and metrics["complete"] and cfg.costs:  # unpruned
             row.update(_baseline_costs(cfg, s, sides, source, row["batch_size"], device,
                                        run.model))
         (Path(s.train.out) / RESULT).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
@@ -319,17 +319,34 @@ def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, dtype: Any,
     rows = [json.loads((Path(r.train.out) / RESULT).read_text()) for r in runs]
     todo = [(r, row) for r, row in zip(runs, rows, strict=True)  # baselines: timed above
             if not row.get("costs_measured") and not is_baseline(row["method"])]
+    if not cfg.costs or not todo:
+        return rows
     backbone = _measuring_backbone(cfg, source, [sides[r.key] for r, _ in todo], device)
+    keys = [f"{_key(r, sides, device)}|{row['batch_size']}" for r, row in todo]
+    note(_costs_plan(cfg, len(set(keys)), backbone is not None), progress)
     costs: dict[str, dict[str, Any]] = {}
-    for r, row in tqdm(todo, desc="costs", unit="run", disable=not progress or not todo):
-        amp = use_amp(r.train.amp, device)
-        key = f"{_key(r, sides, device)}|{row['batch_size']}"
-        if key not in costs:
-            costs[key] = _side_costs(cfg, sides[r.key], r.train.optimizer, row["batch_size"],
-                                     dtype, device, amp, backbone)
-        row.update(costs[key], costs_measured=True)
-        (Path(r.train.out) / RESULT).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+    with progress_bar(len(todo), "costs", "run", progress) as bar:
+        for (r, row), key in zip(todo, keys, strict=True):
+            if key not in costs:
+                costs[key] = _side_costs(cfg, sides[r.key], r.train.optimizer,
+                                         row["batch_size"], dtype, device,
+                                         use_amp(r.train.amp, device), backbone)
+            row.update(costs[key], costs_measured=True)
+            text = json.dumps(row, indent=2, sort_keys=True) + "\n"
+            (Path(r.train.out) / RESULT).write_text(text)
+            bar.update()
     return rows
+
+
+def _costs_plan(cfg: SweepConfig, configs: int, live: bool) -> str:
+    """What the cost measurement is about to time, said before it starts."""
+    steps = cfg.speed_batches + 2  # + the warm-up steps
+    what = f"{steps} training steps from memory" if cfg.speed_batches else "memory"
+    if live:
+        what += (f", {steps} with the backbone forward and {steps} inference forwards at "
+                 "batch 1" if cfg.speed_batches else " with the backbone")
+    return (f"costs: measuring {configs} distinct config(s) ({what} each, after training); "
+            "--no-costs skips this")
 
 
 def _measuring_backbone(cfg: SweepConfig, source: DataSource, sides: list[SideConfig],
@@ -407,6 +424,5 @@ def _finish(cfg: SweepConfig, out: Path, rows: list[dict[str, Any]], groups: lis
 
 
 def _say(progress: bool, lines: list[str]) -> None:
-    if progress:
-        for line in lines:
-            tqdm.write(line)
+    for line in lines:
+        note(line, progress)

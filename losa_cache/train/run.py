@@ -124,6 +124,7 @@ class Run:
         self.steady: list | None = None  # [images, seconds] after this process's first interval
         self.error: str | None = None
         self.last_loss: float | None = None
+        self.last_img_s: float | None = None  # the last logged interval's (progress bar)
         self.notes: list[str] = []
         self._reset_interval()
 
@@ -262,7 +263,7 @@ class Run:
                "img_s": self.acc_n / max(seconds, 1e-9),
                "epoch": self.step * self.batch / len(self.train_rows)}
         self.log.write(rec)
-        self.last_loss = rec["loss"]
+        self.last_loss, self.last_img_s = rec["loss"], rec["img_s"]
         if self.steady is None:  # the first interval holds start-up (workers, caches): skip it
             self.steady = [0, 0.0]
         else:

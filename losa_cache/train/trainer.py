@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from losa_cache.baselines.methods import build_baseline, is_baseline
 from losa_cache.outdir import locked_outdir
+from losa_cache.progress import note
 from losa_cache.store import StoreError
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.allocator import tune_allocator
@@ -121,9 +121,8 @@ def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> di
         run.notes.append(f"cache: {inputs.choice.reason}")
         if allocator is not None:
             run.notes.append(f"allocator: {allocator['why']}")
-        if progress:
-            for note in run.notes:
-                tqdm.write(note)
+        for text in run.notes:
+            note(text, progress)
         Engine(runs, inputs, progress).train()
         extra = {"bytes_read": inputs.bytes_read, **ckpt.peak_memory(device, baseline),
                  "feed": {"cache": inputs.choice.to_dict(), "bytes_read": inputs.bytes_read,
@@ -141,6 +140,6 @@ def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> di
 
 
 def _say_end(m: dict[str, Any]) -> None:
-    for note in m["notes"]:
-        if note.startswith("stopped"):
-            tqdm.write(note)
+    for text in m["notes"]:
+        if text.startswith("stopped"):
+            note(text)
