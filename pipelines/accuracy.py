@@ -651,6 +651,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--no-save", action="store_true", help="no files under --results")
     p.add_argument("--quick", action="store_true", help="tiny tasks and budgets (smoke test)")
+    p.add_argument(
+        "--redraw",
+        default=None,
+        metavar="RUN.json",
+        help="no training: an earlier run's JSON with the live baselines' training memory "
+        "measured again (batch 1, the way every method's is), written as a new dated run",
+    )
     return p.parse_args(argv)
 
 
@@ -734,7 +741,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_outputs(doc: dict[str, Any], results: Path, notes: Sequence[str]) -> dict[str, str]:
     """benchmarks/results/accuracy-<date>.{md,png} + the JSON (date, versions, device)."""
-    budget = Budget(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc["budget"].items()})
+    budget = Budget(**_budget_args(doc["budget"]))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     results.mkdir(parents=True, exist_ok=True)
     png = plot(doc["rows"], results / f"accuracy-{stamp}.png")
@@ -787,8 +794,65 @@ DEFAULT_NOTES = (
 )
 
 
+def remeasure_live_memory(doc: dict[str, Any], root: Path) -> dict[str, Any]:
+    """``doc`` (a run's JSON) with every live baseline's training memory at batch 1 measured
+    again by :func:`losa_cache.baselines.protocol.train_memory` (weights, gradients, AdamW
+    state, activations: as every cached method's), on the task folders in ``root`` (the
+    class count is all a task changes); accuracies and every other number are kept."""
+    from losa_cache.baselines.protocol import _config, train_memory
+
+    per_task = json.loads(json.dumps(doc["per_task"]))
+    rank = int(doc["budget"]["lora_rank"])
+    common = {"rank": rank, "lora_alpha": None, "seed": 0, "device": "cpu", "batch_size": 1}
+    for task, cells in per_task.items():
+        for name, cell in cells.items():
+            method = name.split()[0]
+            if method not in LIVE:
+                continue
+            cfg = _config(method, root / task, doc["backbone"], root / "unused", **common)
+            nbytes, kind = train_memory(cfg)
+            cell.update(
+                memory_mb_bs1=nbytes / 2**20, memory_mb_bs1_live=nbytes / 2**20, memory_kind=kind
+            )
+            print(f"  {task}/{name}: {nbytes / 1e6:.2f} MB ({kind})", flush=True)
+    order = [r["method"] for r in doc["rows"]]  # the run's row order (JSON sorted its keys)
+    rows = sorted(summarise(per_task, doc["tasks"]), key=lambda r: order.index(r["method"]))
+    return {**doc, "per_task": per_task, "rows": rows}
+
+
+def redraw(args: argparse.Namespace) -> dict[str, Any]:
+    """``--redraw RUN.json``: the run's accuracies, its live baselines' memory re-measured."""
+    source = Path(args.redraw)
+    old = json.loads(source.read_text())
+    root = prepare_tasks(Path(args.tasks_dir or Path(args.out) / "tasks"), old["tasks"],
+                         Path(args.data), quick=True)  # fmt: skip
+    keep = ("tasks", "budget", "per_task", "rows", "backbone", "total_wall_s")
+    doc = remeasure_live_memory({k: old[k] for k in keep}, root)
+    doc["remeasured"] = {
+        "accuracy_from": source.name,
+        "what": "live baselines' training memory at batch 1 (memory_mb_bs1, "
+        "memory_mb_bs1_live), measured as every cached method's; every other number is "
+        f"{source.name}'s",
+    }
+    notes = (*DEFAULT_NOTES, f"Accuracies, speeds and the cached rows' memory: {source.name}; "
+             "the live baselines' training memory re-measured (one batch-1 step: weights, "
+             "gradients, AdamW state, activations; the old run measured the process's RSS "
+             "growth, which reused freed memory).")  # fmt: skip
+    print(markdown(doc["rows"], doc["tasks"], Budget(**_budget_args(doc["budget"])), ()))
+    if not args.no_save:
+        doc["paths"] = write_outputs(doc, Path(args.results), notes)
+        print("\n".join(f"wrote {p}" for p in doc["paths"].values()))
+    return doc
+
+
+def _budget_args(budget: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in budget.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.redraw:
+        return redraw(args)
     doc = run(args)
     print(markdown(doc["rows"], doc["tasks"], make_budget(args), ()))
     if not args.no_save:

@@ -118,7 +118,7 @@ def place_labels(ax: Any, points: Sequence[tuple[float, float, str]], fontsize: 
             probe.remove()
             box = (bb.x0, bb.y0, bb.x1, bb.y1)
             cost = sum(_overlap(box, p) for p in [*placed, *others])
-            cost += 4 * _outside(box, frame)
+            cost += 4 * _outside(box, frame) + _crossings((px, py), box, placed)
             if best is None or cost < best[0]:
                 best = (cost, kw, box)
             if cost == 0:
@@ -163,6 +163,18 @@ def _merge(ax: Any, points: Sequence[tuple[float, float, str]],
         else:
             spots.append([px, py, [text]])
     return [(px, py, join(names)) for px, py, names in spots]
+
+
+def _crossings(dot: tuple[float, float], box: tuple[float, ...],
+               placed: Sequence[tuple[float, ...]]) -> float:
+    """A cost for the leader line from ``dot`` to ``box`` running through placed labels."""
+    tx = min(max(dot[0], box[0]), box[2])  # the box's point nearest the dot
+    ty = min(max(dot[1], box[1]), box[3])
+    hits = 0
+    for k in range(1, 10):
+        x, y = dot[0] + (tx - dot[0]) * k / 10, dot[1] + (ty - dot[1]) * k / 10
+        hits += sum(p[0] <= x <= p[2] and p[1] <= y <= p[3] for p in placed)
+    return 40.0 * hits
 
 
 def _box(x: float, y: float, r: float) -> tuple[float, float, float, float]:
