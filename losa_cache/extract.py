@@ -28,7 +28,7 @@ from losa_cache.backbone.vivit import check_clip, video_alias
 from losa_cache.checks import check_at_least, require_positive
 from losa_cache.data import DEFAULT_MAX_PIXELS, get_dataset
 from losa_cache.data.base import ImageDataset, ImageDecodeError
-from losa_cache.data.torch_dataset import TorchImages, worker_context
+from losa_cache.data.torch_dataset import TorchImages, decoding_workers, worker_context
 from losa_cache.data.video import ClipSampling, VideoRows
 from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
@@ -365,8 +365,7 @@ def make_loader(
     device: torch.device,
 ) -> torch.utils.data.DataLoader:
     images = TorchImages(dataset, backbone.transform(), rows)
-    if workers < 0:
-        workers = min(8, max(0, (torch.multiprocessing.cpu_count() or 1) - 1))
+    workers = decoding_workers(workers)
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs = {

@@ -102,8 +102,9 @@ class TrainConfig:
     shuffle_buffer: int | None = _f(None, "Shuffle buffer in rows: the batch order shuffles "
                                           "windows of this many consecutive rows (default: 4 "
                                           "batches within 1 GiB of fp16 features).", min=1)
-    workers: int = _f(4, "I/O threads of the store reader (live: image decoding processes).",
-                      min=0)
+    workers: int = _f(-1, "I/O threads of the store reader, or with --live image decoding "
+                          "processes; -1: auto (4 threads; live: a process per CPU core but "
+                          "one, at most 8, as extract).", min=-1)
     max_memory: int | None = _f(None, "Host memory in MiB the store reader may hold (shuffle "
                                       "windows served and read ahead, and a batch): it bounds "
                                       "the read-ahead, never the batch order (default: 1024, "
