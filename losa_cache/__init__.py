@@ -16,7 +16,23 @@ import os
 # loaded 2-core machine). A user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from losa_cache.store import FeatureStore, StoreError, open_store
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["FeatureStore", "StoreError", "__version__", "open_store"]
+
+#: Public names, imported on first use: ``import losa_cache`` (every command's first
+#: import, ``losa-cache --help`` included) loads neither torch nor zarr.
+_LAZY = {"FeatureStore": "losa_cache.store", "StoreError": "losa_cache.store",
+         "open_store": "losa_cache.store"}  # fmt: skip
+
+if TYPE_CHECKING:
+    from losa_cache.store import FeatureStore, StoreError, open_store
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'losa_cache' has no attribute {name!r}")
