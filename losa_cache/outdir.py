@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -170,3 +171,19 @@ def _same_file(fd: int, path: Path) -> bool:
     except FileNotFoundError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def fresh_folder(kind: str, root: str | Path = "runs") -> str:
+    """A new folder ``root/<kind>-<YYYYmmdd-HHMMSS>`` (UTC; ``-2``, ``-3``... when taken),
+    created here so a second run started in the same second cannot claim it too: the
+    default ``--out`` of train and sweep, so a second run never refuses or overwrites."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = Path(root) / (f"{kind}-{stamp}" if n == 1 else f"{kind}-{stamp}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return str(path)
+    raise AssertionError("unreachable")

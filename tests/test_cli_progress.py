@@ -97,3 +97,24 @@ def test_every_json_command_prints_only_json(micro_store: str, trained: dict,
     for args in commands:
         stdout, _ = _ok(args)
         json.loads(stdout)  # nothing but the document
+
+
+def test_without_out_every_run_gets_a_fresh_folder(micro_store: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default --out is a new runs/<kind>-<time> folder: a second run (same second
+    included) neither refuses nor overwrites the first; --resume must name its folder."""
+    monkeypatch.chdir(tmp_path)
+    args = [*TRAIN, "--store", micro_store, "--json", "--quiet"]
+    first, second = (json.loads(_ok(args)[0])["out"] for _ in range(2))
+    assert first != second
+    for out in (first, second):
+        assert re.fullmatch(r"runs/train-\d{8}-\d{6}(-\d+)?", out), out
+        assert (tmp_path / out / "adapter.json").is_file()
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 2 and "--resume needs --out" in res.stderr
+    sweep = ["sweep", "--store", micro_store, "--method", "linear", "--steps", "2",
+             "--batch-size", "8", "--device", "cpu", "--workers", "0", "--no-costs", "--json",
+             "--quiet"]
+    out = json.loads(_ok(sweep)[0])["summary"]["out"]
+    assert re.fullmatch(r"runs/sweep-\d{8}-\d{6}(-\d+)?", out)
+    assert (tmp_path / out / "results.json").is_file()

@@ -83,7 +83,8 @@ class SweepConfig:
     """Many side networks trained from one store (or one live backbone), one pass per epoch."""
 
     store: str = _f("", "Feature store path or URL (not needed with --live).")
-    out: str = _f("runs/sweep", "Sweep folder: results, adapters, every run's folder.")
+    out: str = _f("", "Sweep folder: results, adapters, every run's folder (default: a new "
+                      "runs/sweep-<date>-<time>).")
     tasks: list[str] | None = field(default=None, metadata=metadata(
         "Labellings to train on, comma-separated (default: the store's).", cli="task"))
     methods: list[str] = field(default_factory=lambda: ["losa", "linear"], metadata=metadata(

@@ -67,7 +67,7 @@ from losa_cache.train.sources import (
     pick_device,
     resolve_splits,
 )
-from losa_cache.train.trainer import choose_inputs, make_run, open_source
+from losa_cache.train.trainer import choose_inputs, make_run, open_source, with_out
 
 __all__ = ["SWEEP_JSON", "run_sweep"]
 
@@ -77,6 +77,7 @@ SWEEP_JSON = "sweep.json"
 def run_sweep(cfg: SweepConfig, progress: bool = True,
               storage_options: dict | None = None) -> dict[str, Any]:
     """Train every run of ``cfg`` (resuming if asked); returns the summary (also on disk)."""
+    cfg = with_out(cfg, "sweep", progress)
     with locked_outdir(cfg.out, "sweep"):  # one sweep per --out at a time
         return _run_sweep(cfg, progress, storage_options)
 

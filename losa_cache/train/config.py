@@ -56,7 +56,8 @@ class TrainConfig:
     """A side-network training run on a feature store (or, with ``live``, on images)."""
 
     store: str | None = _f(None, "Feature store path or URL (not needed with --live).")
-    out: str = _f("runs/train", "Output folder: checkpoint, metrics, adapter.")
+    out: str = _f("", "Output folder: checkpoint, metrics, adapter (default: a new "
+                      "runs/train-<date>-<time>).")
     task: str | None = _f(None, "Labelling of the store to train on (default: the store's).")
     method: str = _f("losa", "Side network (the linear probe: linear), or a live baseline "
                              "that trains the backbone (with --live; full, lora, bitfit, vpt, "

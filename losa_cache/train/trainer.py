@@ -11,13 +11,14 @@ so ``resume`` continues bit for bit on CPU.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import torch
 
 from losa_cache.baselines.methods import build_baseline, is_baseline
-from losa_cache.outdir import locked_outdir
+from losa_cache.outdir import fresh_folder, locked_outdir
 from losa_cache.progress import note
 from losa_cache.store import StoreError
 from losa_cache.train import checkpoint as ckpt
@@ -36,7 +37,7 @@ from losa_cache.train.sources import (
     resolve_splits,
 )
 
-__all__ = ["choose_inputs", "make_run", "open_source", "train"]
+__all__ = ["choose_inputs", "make_run", "open_source", "train", "with_out"]
 
 
 def open_source(cfg: Any, device: torch.device, storage_options: dict | None = None
@@ -99,8 +100,22 @@ def train(cfg: TrainConfig, progress: bool = True,
     ``storage_options`` (fsspec, for store URLs) stay out of every saved file: they may
     hold credentials.
     """
+    cfg = with_out(cfg, "train", progress)
     with locked_outdir(cfg.out, "train"):  # one run per --out at a time
         return _train(cfg, progress, storage_options)
+
+
+def with_out(cfg: Any, kind: str, progress: bool) -> Any:
+    """``cfg`` with its output folder: ``--out``, else a new ``runs/<kind>-<time>`` (said
+    on stderr); ``--resume`` needs the folder named."""
+    if cfg.out:
+        return cfg
+    if cfg.resume:
+        raise ValueError(f"--resume needs --out: the {kind} folder to continue (e.g. "
+                         f"runs/{kind}-<date>-<time>)")
+    out = fresh_folder(kind)
+    note(f"writing into {out} (--out names another folder)", progress)
+    return dataclasses.replace(cfg, out=out)
 
 
 def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> dict[str, Any]:
