@@ -66,6 +66,7 @@ def test_sweep_json_progress_and_no_costs(micro_store: str, tmp_path: Path) -> N
     rows = json.loads(stdout)["results"]
     assert all(r["train_img_s"] for r in rows)
     assert "costs: measuring 2 distinct config(s)" in stderr and "--no-costs" in stderr
+    assert re.search(r"costs: about \d+ s more for the other 1 config", stderr)
     for r in rows:  # each run's evaluations, named
         assert len(re.findall(rf"{re.escape(r['run'])}: step \d+/4  val acc", stderr)) == 2
     stdout, stderr = _ok([*args, "--out", str(tmp_path / "n"), "--no-costs"])

@@ -329,9 +329,14 @@ def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, dtype: Any,
     with progress_bar(len(todo), "costs", "run", progress) as bar:
         for (r, row), key in zip(todo, keys, strict=True):
             if key not in costs:
+                t0 = time.perf_counter()
                 costs[key] = _side_costs(cfg, sides[r.key], r.train.optimizer,
                                          row["batch_size"], dtype, device,
                                          use_amp(r.train.amp, device), backbone)
+                if len(costs) == 1 and len(set(keys)) > 1:  # the first: an estimate
+                    left = (time.perf_counter() - t0) * (len(set(keys)) - 1)
+                    note(f"costs: about {left:.0f} s more for the other "
+                         f"{len(set(keys)) - 1} config(s)", progress)
             row.update(costs[key], costs_measured=True)
             text = json.dumps(row, indent=2, sort_keys=True) + "\n"
             (Path(r.train.out) / RESULT).write_text(text)
