@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from losa_cache.cli.common import emit_json, human_bytes, user_errors
-from losa_cache.cli.store_cmds import JsonOpt, StorageOpt
+from losa_cache.cli.common import JsonOpt, QuietOpt, emit_json, human_bytes, user_errors
+from losa_cache.cli.store_cmds import StorageOpt
 
 
 class ExportFormat(str, Enum):
@@ -23,6 +23,7 @@ def verify(
     ] = False,
     storage_options: StorageOpt = None,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Re-read every finished shard and compare it with the checksums recorded at write time.
 
@@ -38,7 +39,7 @@ def verify(
 
     with user_errors():
         options = parse_storage_options(storage_options)
-        report = verify_store(store, repair, options, progress=not json_out)
+        report = verify_store(store, repair, options, progress=not quiet)
     if json_out:
         emit_json(report)
     else:
@@ -103,6 +104,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
     storage_options: StorageOpt = None,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Copy a whole store (every array and attribute) into one HDF5 file.
 
@@ -113,7 +115,7 @@ def export(
 
     with user_errors():
         options = parse_storage_options(storage_options)
-        summary = export_hdf5(store, out, options, not json_out, overwrite, compression)
+        summary = export_hdf5(store, out, options, not quiet, overwrite, compression)
     if json_out:
         emit_json(summary)
     else:
@@ -130,6 +132,7 @@ def import_store(
     ] = False,
     storage_options: StorageOpt = None,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Recreate a store from an HDF5 export, bit-exact (same chunks, codecs, attributes).
 
@@ -142,7 +145,7 @@ def import_store(
         if not h5.is_file():
             raise FileNotFoundError(f"no HDF5 file at {h5}")
         options = parse_storage_options(storage_options)
-        summary = import_hdf5(h5, store, options, not json_out, overwrite)
+        summary = import_hdf5(h5, store, options, not quiet, overwrite)
     if json_out:
         emit_json(summary)
     else:

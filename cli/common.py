@@ -7,11 +7,22 @@ import json
 import sys
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from losa_cache.cli.errors import debugging, describe
+
+#: ``--json``: stdout holds one JSON document (progress still goes to stderr).
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print machine-readable JSON (progress still goes to stderr)."),
+]
+#: ``--quiet``: no progress bars, notes or evaluation lines on stderr.
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress on stderr (bars, notes, evaluation lines)."),
+]
 
 #: Library errors whose message already says what is wrong and how to fix it.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from losa_cache.cli.common import emit_json, human_seconds, table, user_errors
+from losa_cache.cli.common import QuietOpt, emit_json, human_seconds, table, user_errors
 
 
 def demo(
@@ -16,6 +16,7 @@ def demo(
     ),
     tiny: Annotated[bool, typer.Option(help="A seconds-long smoke run (64 images/split).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    quiet: QuietOpt = False,
     video: Annotated[
         bool,
         typer.Option(
@@ -33,9 +34,9 @@ def demo(
     from losa_cache.pipelines.demo import run_demo
 
     if video:
-        return _video_demo(out, tiny, json_out)
+        return _video_demo(out, tiny, json_out, quiet)
     with user_errors():
-        r = run_demo(out, tiny=tiny, progress=not json_out)
+        r = run_demo(out, tiny=tiny, progress=not quiet)
     if json_out:
         emit_json(r)
         return
@@ -74,11 +75,11 @@ def demo(
     typer.echo(f"\nadapter: {r['runs']['losa']['adapter']}   next: losa-cache info {r['store']}")
 
 
-def _video_demo(out: Path, tiny: bool, json_out: bool) -> None:
+def _video_demo(out: Path, tiny: bool, json_out: bool, quiet: bool) -> None:
     from losa_cache.pipelines.video import run_video_demo, table
 
     with user_errors():
-        r = run_video_demo(out / "video", tiny=tiny, progress=not json_out)
+        r = run_video_demo(out / "video", tiny=tiny, progress=not quiet)
     if json_out:
         emit_json(r)
         return

@@ -1,35 +1,82 @@
-"""The `losa-cache` command line. Wiring only: every command calls the library."""
+"""The `losa-cache` command line. Wiring only: every command calls the library.
+
+``train``, ``sweep`` and ``report`` are loaded when run (or asked for their help): their
+options are generated from config dataclasses that import torch, so ``losa-cache --help``
+lists them by their short help without loading it.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from losa_cache.cli import (
     cluster_cmds,
     demo_cmds,
     predict_cmds,
     store_cmds,
-    sweep_cmds,
-    train_cmds,
 )
 from losa_cache.cli.errors import top_level_errors
 
+#: name -> (module, function, the short help ``--help`` lists: its docstring's first line)
+LAZY: dict[str, tuple[str, str, str]] = {
+    "train": ("losa_cache.cli.train_cmds", "train", "Train a LoSA side network (or the "
+              "linear probe) from a store, then save an adapter."),
+    "sweep": ("losa_cache.cli.sweep_cmds", "sweep", "Train the cross product of configs (or "
+              "a --config list) in one pass over the data."),
+    "report": ("losa_cache.cli.sweep_cmds", "report", "Plot accuracy against learned params, "
+               "training memory, speed and inference GFLOPs."),
+}  # fmt: skip
+#: The order ``--help`` lists the commands in.
+ORDER = ("demo", "models", "plan", "extract", "info", "subset", "verify", "export", "import",
+         "tasks", "train", "sweep", "report", "predict", "eval")  # fmt: skip
 
-class MappedGroup(TyperGroup):
-    """The command tree; every command (sub-commands too) runs under the one error mapper."""
+
+def load_command(name: str) -> Any:
+    """The click command of a LAZY one (importing its module)."""
+    module, attr, _ = LAZY[name]
+    one = typer.Typer()
+    one.command(name)(getattr(importlib.import_module(module), attr))
+    return typer.main.get_command(one)
+
+
+class LazyGroup(TyperGroup):
+    """The command tree: loads a LAZY command on first use (while help lists the commands,
+    a stub stands in), and runs every command, sub-commands too, under the one error
+    mapper."""
+
+    listing = False
 
     def invoke(self, ctx: Any) -> Any:
         args = [*getattr(ctx, "_protected_args", ()), *ctx.args]  # the command's own line
         with top_level_errors(args):
             return super().invoke(ctx)
 
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [n for n in ORDER if n in self.commands or n in LAZY]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in LAZY and cmd_name not in self.commands:
+            if self.listing:
+                short = LAZY[cmd_name][2]
+                return TyperCommand(name=cmd_name, help=short, short_help=short)
+            self.commands[cmd_name] = load_command(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self.listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.listing = False
+
 
 app = typer.Typer(
-    cls=MappedGroup,
     name="losa-cache",
+    cls=LazyGroup,
     help="Extract a frozen ViT once into a Zarr feature store, then train many LoSA side "
     "networks from it.\n\nStart with: losa-cache demo",
     no_args_is_help=True,
@@ -46,9 +93,6 @@ app.command()(cluster_cmds.verify)
 app.command()(cluster_cmds.export)
 app.command("import")(cluster_cmds.import_store)
 app.add_typer(store_cmds.tasks_app, name="tasks")
-app.command("train")(train_cmds.train)
-app.command("sweep")(sweep_cmds.sweep)
-app.command("report")(sweep_cmds.report)
 app.command("predict")(predict_cmds.predict)
 app.command("eval")(predict_cmds.evaluate)
 

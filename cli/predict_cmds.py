@@ -9,9 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from losa_cache.cli.common import emit_json, table, user_errors
+from losa_cache.cli.common import JsonOpt, emit_json, table, user_errors
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 AdapterOpt = Annotated[Path, typer.Option(
     help="Adapter directory (adapter.json + adapter.safetensors) written by `train --out`.")]
 ClipsOpt = Annotated[int, typer.Option(

@@ -7,9 +7,16 @@ from typing import Annotated
 
 import typer
 
-from losa_cache.cli.common import emit_json, human_bytes, human_seconds, table, user_errors
+from losa_cache.cli.common import (
+    JsonOpt,
+    QuietOpt,
+    emit_json,
+    human_bytes,
+    human_seconds,
+    table,
+    user_errors,
+)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 StorageOpt = Annotated[
     str | None,
     typer.Option(
@@ -355,6 +362,7 @@ def extract(
     ] = None,
     storage_options: StorageOpt = None,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run the frozen backbone once over a data set and write its block outputs.
 
@@ -414,13 +422,13 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
         )
         options = parse_storage_options(storage_options)
         if parse_cluster(cluster, scheduler) is None:
-            result = run(cfg, progress=not json_out, storage_options=options)
+            result = run(cfg, progress=not quiet, storage_options=options)
         else:
             result = extract_distributed(
                 cfg,
                 cluster=cluster,
                 scheduler=scheduler,
-                progress=not json_out,
+                progress=not quiet,
                 storage_options=options,
                 retries=retries,
                 shards_per_task=shards_per_task,

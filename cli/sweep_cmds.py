@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from losa_cache.cli.common import emit_json, human_bytes, table, user_errors
+from losa_cache.cli.common import QuietOpt, emit_json, human_bytes, table, user_errors
 from losa_cache.cli.errors import run_errors
 from losa_cache.cli.options import command, config_params, param
 
@@ -73,7 +73,7 @@ LISTS: dict[str, tuple[str, Any]] = {
 }
 
 
-def _sweep(json_out: bool, storage_options: str | None, config: str | None,
+def _sweep(json_out: bool, quiet: bool, storage_options: str | None, config: str | None,
            memory_budget: str | None, store: str | None, **settings: Any) -> None:
     from losa_cache.store.store import parse_storage_options
     from losa_cache.sweep import SweepConfig, load_entries, run_sweep
@@ -90,7 +90,7 @@ def _sweep(json_out: bool, storage_options: str | None, config: str | None,
         cfg = SweepConfig(store=store or "", **grid, **settings,
                           configs=load_entries(config) if config else None,
                           memory_budget=parse_bytes(memory_budget))
-        res = run_sweep(cfg, progress=not json_out,
+        res = run_sweep(cfg, progress=not quiet,
                         storage_options=parse_storage_options(storage_options))
     if json_out:
         emit_json(res)
@@ -107,7 +107,9 @@ def _make() -> Any:
                    "JSON (default: $LOSA_CACHE_STORAGE_OPTIONS)."),
              inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False,
                                annotation=Annotated[bool, typer.Option(
-                                   "--json", help="Print results.json.")])]
+                                   "--json", help="Print results.json.")]),
+             inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False,
+                               annotation=QuietOpt)]
     params = config_params(SweepConfig, override={"memory_budget": (str | None, None),
                                                   "store": (str | None, None)})
     return command(_sweep, [*params, *extra], SWEEP_DOC)

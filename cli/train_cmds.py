@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from losa_cache.cli.common import emit_json, human_bytes
+from losa_cache.cli.common import QuietOpt, emit_json, human_bytes
 from losa_cache.cli.errors import run_errors
 from losa_cache.cli.options import command, config_params, param
 
@@ -29,7 +29,8 @@ DOC = """Train a LoSA side network (or the linear probe) from a store, then save
     """
 
 
-def _train(json_out: bool, storage_options: str | None, **settings: Any) -> None:
+def _train(json_out: bool, quiet: bool, storage_options: str | None,
+           **settings: Any) -> None:
     from losa_cache.store.store import parse_storage_options
     from losa_cache.train import TrainConfig
     from losa_cache.train import train as run
@@ -37,7 +38,7 @@ def _train(json_out: bool, storage_options: str | None, **settings: Any) -> None
     with run_errors():
         options = parse_storage_options(storage_options)
         settings["max_memory"] = max_memory_mib(settings["max_memory"])
-        metrics = run(TrainConfig(**settings), progress=not json_out, storage_options=options)
+        metrics = run(TrainConfig(**settings), progress=not quiet, storage_options=options)
     if json_out:
         emit_json(metrics)
     else:
@@ -64,7 +65,9 @@ def _make() -> Any:
                    "JSON (default: $LOSA_CACHE_STORAGE_OPTIONS)."),
              inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False,
                                annotation=Annotated[bool, typer.Option(
-                                   "--json", help="Print the final metrics as JSON.")])]
+                                   "--json", help="Print the final metrics as JSON.")]),
+             inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False,
+                               annotation=QuietOpt)]
     sizes = {"max_memory": (str | None, None)}  # 300MB, 1GiB or MiB: max_memory_mib
     return command(_train, [*config_params(TrainConfig, override=sizes), *extra], DOC)
 

@@ -16,20 +16,30 @@ import os
 # loaded 2-core machine). A user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import importlib
-from typing import Any
-
-from losa_cache.store import FeatureStore, StoreError, open_store
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["FeatureStore", "StoreError", "__version__", "extract", "open_store", "sweep", "train"]
 
+#: Public names, imported on first use: ``import losa_cache`` (every command's first
+#: import, ``losa-cache --help`` included) loads neither torch nor zarr.
+_LAZY = {"FeatureStore": "losa_cache.store", "StoreError": "losa_cache.store",
+         "open_store": "losa_cache.store"}  # fmt: skip
 #: ``losa_cache.extract(...)``, ``.train(...)``, ``.sweep(...)`` (losa_cache/api.py): each a
 #: module that is also callable (losa_cache/_callable.py), imported on first use
-_LAZY = ("extract", "train", "sweep", "api")
+_MODULES = ("extract", "train", "sweep", "api")
+
+if TYPE_CHECKING:
+    from losa_cache.store import FeatureStore, StoreError, open_store
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _MODULES:
+        import importlib
+
         return importlib.import_module(f"losa_cache.{name}")
     raise AttributeError(f"module 'losa_cache' has no attribute {name!r}")

@@ -35,7 +35,7 @@ from losa_cache.checks import (
 from losa_cache.data import DEFAULT_MAX_PIXELS, get_dataset
 from losa_cache.data.base import ImageDataset, ImageDecodeError
 from losa_cache.data.splits import carve_splits, parse_split_spec
-from losa_cache.data.torch_dataset import TorchImages, worker_context
+from losa_cache.data.torch_dataset import TorchImages, decoding_workers, worker_context
 from losa_cache.data.video import ClipSampling, VideoRows
 from losa_cache.device import parse_device, pick_device
 from losa_cache.side.layers import parse_layers
@@ -503,8 +503,7 @@ def make_loader(
     device: torch.device,
 ) -> torch.utils.data.DataLoader:
     images = TorchImages(dataset, backbone.transform(), rows)
-    if workers < 0:
-        workers = min(8, max(0, (torch.multiprocessing.cpu_count() or 1) - 1))
+    workers = decoding_workers(workers)
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs = {

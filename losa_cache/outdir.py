@@ -31,6 +31,7 @@ import datetime as dt
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -471,3 +472,17 @@ def read_json(path: str | Path, fix: str) -> Any:
         raise OutdirError(
             f"{path} is damaged or incomplete ({e.__class__.__name__}: {str(e)[:80]}); {fix}"
         ) from None
+def fresh_folder(kind: str, root: str | Path = "runs") -> str:
+    """A new folder ``root/<kind>-<YYYYmmdd-HHMMSS>`` (UTC; ``-2``, ``-3``... when taken),
+    created here so a second run started in the same second cannot claim it too: the
+    default ``--out`` of train and sweep, so a second run never refuses or overwrites."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = Path(root) / (f"{kind}-{stamp}" if n == 1 else f"{kind}-{stamp}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return str(path)
+    raise AssertionError("unreachable")

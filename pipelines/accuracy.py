@@ -504,47 +504,119 @@ def _budget_doc(budget: Budget) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(budget).items()}
 
 
+#: The figure's panels: (row key, axis label, lower is better, scale to the axis unit).
+#: Every cost includes the backbone (the paper's setting, a live baseline's only one), so
+#: cached side networks and live baselines sit on the same axes.
+FIGURE_METRICS = (
+    ("learned_params", "Learned parameters (head excluded)", True, 1.0),
+    (
+        "memory_mb_bs1_live",
+        "Training memory with the backbone (MB, batch 1)",
+        True,
+        2**20 / 1e6,
+    ),  # the rows hold MiB
+    ("images_per_s_live", "Training speed with the backbone (images/s)", False, 1.0),
+)
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Average test accuracy vs learned params / training memory / training speed (Pareto)."""
+    """Mean test accuracy (%) against learned parameters, training memory and training
+    speed, each with the backbone: every point named, one colour and marker per method
+    (losa_cache.sweep.plotting, as in `losa-cache report`), hollow for live baselines,
+    the Pareto frontier haloed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
+    from losa_cache.sweep.plotting import method_family, method_style, place_labels, readable_axis
     from losa_cache.sweep.report import pareto
 
     pts = [r for r in rows if r["common"] is not None]
     acc = [r["common"] for r in pts]
-    metrics = [
-        ("learned_params", "learned parameters (head excluded)", True, "symlog"),
-        ("memory_mb_bs1", "training memory at batch 1 (MB)", True, "log"),
-        ("images_per_s", "training images/s (higher is better)", False, "log"),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    for ax, (key, label, lower, scale) in zip(axes, metrics, strict=True):
-        xs = [max(r[key], 1e-3) if key != "learned_params" else r[key] for r in pts]
-        front = pareto(xs, acc, lower)
-        for x, a, r, f in zip(xs, acc, pts, front, strict=True):
-            ax.scatter(
+    tasks = ", ".join(pts[0]["common_tasks"]) if pts else ""
+    fig, axes = plt.subplots(1, len(FIGURE_METRICS), figsize=(21, 7.5))
+    for ax, (key, label, lower, scale) in zip(axes, FIGURE_METRICS, strict=True):
+        keep = [
+            (r[key] * scale, a, r)
+            for r, a in zip(pts, acc, strict=True)
+            if r.get(key) is not None and r[key] == r[key]
+        ]  # NaN: not measured
+        xs = [x for x, _, _ in keep]
+        front = pareto(xs, [a for _, a, _ in keep], lower)
+        for x, a, r in keep:
+            ax.plot(
                 x,
                 a,
-                s=50,
-                marker="s" if r["live"] else "o",
-                color="C3" if r["live"] else "C0",
+                ls="",
+                markersize=8,
                 zorder=3,
+                alpha=0.9,
+                fillstyle="none" if r["live"] else "full",
+                markeredgewidth=1.6,
+                **method_style(r["method"]),
             )
-            if f:
-                ax.scatter(x, a, s=320, color="gold", alpha=0.4, edgecolors="orange", zorder=2)
-            ax.annotate(r["method"], (x, a), textcoords="offset points", xytext=(5, 4), fontsize=7)
-        ax.set_xscale(scale, **({"linthresh": 1e3} if scale == "symlog" else {}))
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"test accuracy (%), mean of {'+'.join(pts[0]['common_tasks'])}")
+        best = sorted((x, a) for (x, a, _), f in zip(keep, front, strict=True) if f)
+        if best:
+            ax.scatter(
+                *zip(*best, strict=True),
+                s=330,
+                color="gold",
+                alpha=0.35,
+                edgecolors="orange",
+                zorder=2,
+            )
+            ax.plot(*zip(*best, strict=True), color="orange", lw=1, ls="--", zorder=1)
+        readable_axis(ax, xs)
+        ax.set_xlabel(label + (" - lower is better" if lower else " - higher is better"))
+        ax.set_ylabel(f"Test accuracy (%), mean over {tasks}")
+        ax.set_title(label.split(" (")[0], fontsize=12)
         ax.grid(alpha=0.3)
-    fig.suptitle(
-        "Accuracy vs cost (blue: cached LoSA / linear; red: live baselines; "
-        "yellow: Pareto frontier)"
+        place_labels(ax, [(x, a, r["method"]) for x, a, r in keep], fontsize=7.5)
+    families = list(dict.fromkeys(method_family(r["method"]) for r in pts))
+    handles = [
+        Line2D(
+            [],
+            [],
+            ls="",
+            markersize=8,
+            label=f,
+            markeredgewidth=1.6,
+            fillstyle="none"
+            if any(r["live"] for r in pts if method_family(r["method"]) == f)
+            else "full",
+            **method_style(f),
+        )
+        for f in families
+    ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            ls="--",
+            color="orange",
+            marker="o",
+            markersize=13,
+            markerfacecolor="gold",
+            alpha=0.6,
+            label="Pareto frontier",
+        )
     )
-    fig.tight_layout()
+    fig.legend(
+        handles=handles,
+        loc="center right",
+        fontsize=9,
+        title="filled: cached side network\nhollow: live baseline",
+        title_fontsize=9,
+    )
+    fig.suptitle(
+        "Accuracy vs cost: cached side networks (features from the store) and live "
+        "baselines (fine-tuning the backbone); every cost counts the backbone's "
+        "forward, as the LoSA paper does",
+        fontsize=13,
+    )
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -579,6 +651,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--no-save", action="store_true", help="no files under --results")
     p.add_argument("--quick", action="store_true", help="tiny tasks and budgets (smoke test)")
+    p.add_argument(
+        "--redraw",
+        default=None,
+        metavar="RUN.json",
+        help="no training: an earlier run's JSON with the live baselines' training memory "
+        "measured again (batch 1, the way every method's is), written as a new dated run",
+    )
     return p.parse_args(argv)
 
 
@@ -662,7 +741,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_outputs(doc: dict[str, Any], results: Path, notes: Sequence[str]) -> dict[str, str]:
     """benchmarks/results/accuracy-<date>.{md,png} + the JSON (date, versions, device)."""
-    budget = Budget(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc["budget"].items()})
+    budget = Budget(**_budget_args(doc["budget"]))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     results.mkdir(parents=True, exist_ok=True)
     png = plot(doc["rows"], results / f"accuracy-{stamp}.png")
@@ -715,8 +794,65 @@ DEFAULT_NOTES = (
 )
 
 
+def remeasure_live_memory(doc: dict[str, Any], root: Path) -> dict[str, Any]:
+    """``doc`` (a run's JSON) with every live baseline's training memory at batch 1 measured
+    again by :func:`losa_cache.baselines.protocol.train_memory` (weights, gradients, AdamW
+    state, activations: as every cached method's), on the task folders in ``root`` (the
+    class count is all a task changes); accuracies and every other number are kept."""
+    from losa_cache.baselines.protocol import _config, train_memory
+
+    per_task = json.loads(json.dumps(doc["per_task"]))
+    rank = int(doc["budget"]["lora_rank"])
+    common = {"rank": rank, "lora_alpha": None, "seed": 0, "device": "cpu", "batch_size": 1}
+    for task, cells in per_task.items():
+        for name, cell in cells.items():
+            method = name.split()[0]
+            if method not in LIVE:
+                continue
+            cfg = _config(method, root / task, doc["backbone"], root / "unused", **common)
+            nbytes, kind = train_memory(cfg)
+            cell.update(
+                memory_mb_bs1=nbytes / 2**20, memory_mb_bs1_live=nbytes / 2**20, memory_kind=kind
+            )
+            print(f"  {task}/{name}: {nbytes / 1e6:.2f} MB ({kind})", flush=True)
+    order = [r["method"] for r in doc["rows"]]  # the run's row order (JSON sorted its keys)
+    rows = sorted(summarise(per_task, doc["tasks"]), key=lambda r: order.index(r["method"]))
+    return {**doc, "per_task": per_task, "rows": rows}
+
+
+def redraw(args: argparse.Namespace) -> dict[str, Any]:
+    """``--redraw RUN.json``: the run's accuracies, its live baselines' memory re-measured."""
+    source = Path(args.redraw)
+    old = json.loads(source.read_text())
+    root = prepare_tasks(Path(args.tasks_dir or Path(args.out) / "tasks"), old["tasks"],
+                         Path(args.data), quick=True)  # fmt: skip
+    keep = ("tasks", "budget", "per_task", "rows", "backbone", "total_wall_s")
+    doc = remeasure_live_memory({k: old[k] for k in keep}, root)
+    doc["remeasured"] = {
+        "accuracy_from": source.name,
+        "what": "live baselines' training memory at batch 1 (memory_mb_bs1, "
+        "memory_mb_bs1_live), measured as every cached method's; every other number is "
+        f"{source.name}'s",
+    }
+    notes = (*DEFAULT_NOTES, f"Accuracies, speeds and the cached rows' memory: {source.name}; "
+             "the live baselines' training memory re-measured (one batch-1 step: weights, "
+             "gradients, AdamW state, activations; the old run measured the process's RSS "
+             "growth, which reused freed memory).")  # fmt: skip
+    print(markdown(doc["rows"], doc["tasks"], Budget(**_budget_args(doc["budget"])), ()))
+    if not args.no_save:
+        doc["paths"] = write_outputs(doc, Path(args.results), notes)
+        print("\n".join(f"wrote {p}" for p in doc["paths"].values()))
+    return doc
+
+
+def _budget_args(budget: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in budget.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.redraw:
+        return redraw(args)
     doc = run(args)
     print(markdown(doc["rows"], doc["tasks"], make_budget(args), ()))
     if not args.no_save:

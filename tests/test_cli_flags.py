@@ -11,6 +11,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+import typer
 import typer.main
 
 from losa_cache.checks import flag
@@ -27,8 +28,10 @@ def _options() -> dict[str, set[str]]:
 
     def walk(cmd, path: str) -> None:
         out[path] = {o for p in cmd.params for o in [*p.opts, *p.secondary_opts]}
-        for name, sub in getattr(cmd, "commands", {}).items():
-            walk(sub, f"{path} {name}".strip())
+        if hasattr(cmd, "list_commands"):  # a group: its commands, lazy ones loaded
+            ctx = typer.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                walk(cmd.get_command(ctx, name), f"{path} {name}".strip())
 
     walk(typer.main.get_command(app), "")
     return out

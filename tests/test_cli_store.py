@@ -18,7 +18,7 @@ runner = CliRunner()
 def run(*args: str, ok: bool = True) -> str:
     result = runner.invoke(app, list(args))
     assert (result.exit_code == 0) == ok, result.output
-    return result.output
+    return result.stdout if ok else result.stderr  # results on stdout, errors on stderr
 
 
 def test_every_command_has_help_with_an_example() -> None:

@@ -16,7 +16,7 @@ def test_demo_tiny_runs_the_whole_pipeline(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--tiny", "--json"])
     assert result.exit_code == 0, result.output
-    r = json.loads(result.output)
+    r = json.loads(result.stdout)
     store = open_store(r["store"])
     assert store.complete and store.fingerprint["model"] == "losa_demo_vit"
     assert store.fingerprint["weights_source"] == "embedded"
@@ -27,7 +27,7 @@ def test_demo_tiny_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert len(r["predictions"]) == 6 and all("predicted" in p for p in r["predictions"])
     # a second run reuses the store (extract once) and trains afresh
     again = json.loads(CliRunner().invoke(app, ["demo", "--out", str(out), "--tiny",
-                                                "--json"]).output)
+                                                "--json"]).stdout)
     assert again["extract"]["written"] == 0
     assert again["runs"]["losa"]["test_acc"] == r["runs"]["losa"]["test_acc"]  # deterministic
 

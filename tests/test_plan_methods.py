@@ -73,7 +73,7 @@ def test_plan_cli_prices_a_method() -> None:
     args = ["plan", "--model", "vit_micro", "--method", "vpt", "--no-measure", "--json"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    cost = json.loads(res.output)["method_cost"]
+    cost = json.loads(res.stdout)["method_cost"]
     assert cost["kind"] == "live baseline" and cost["learned_params"] == 10 * 4 * 32
     text = CliRunner().invoke(app, args[:-1], env={"COLUMNS": "200"}).output
     assert "GMACs/image" in text and "GFLOPs" in text

@@ -7,8 +7,10 @@ same number of epochs and scored once on test (``final='train800'`` instead retr
 train800 and scores that run on test). Every run is ``losa_cache.train.train`` of a live
 TrainConfig (AdamW, the trainer's warmup + cosine schedule, weight decay on matrices),
 so it writes the same metrics and adapter as ``losa-cache train --live --method M``.
-Training memory at batch 1 is a separate short run at batch 1 (the backbone's forward
-and backward included, the paper's setting).
+Training memory at batch 1 is one training step at batch 1 measured the way every
+method's is (:func:`losa_cache.sweep.measure.step_memory`: the model's weights, gradients,
+optimizer state and activations, the backbone's forward and backward included: the
+paper's setting), not the run's process RSS, which reuses freed memory.
 
     from losa_cache.baselines.protocol import run_baseline
     row = run_baseline("lora", "tasks/rotation", {"model": "demo"}, epochs=5)
@@ -24,7 +26,14 @@ from typing import Any
 
 from losa_cache.baselines.methods import BASELINES
 
-__all__ = ["DEFAULT_LRS", "FINAL_SPLITS", "extend_grid", "run_baseline", "task_dirs"]
+__all__ = [
+    "DEFAULT_LRS",
+    "FINAL_SPLITS",
+    "extend_grid",
+    "run_baseline",
+    "task_dirs",
+    "train_memory",
+]
 
 #: Per-method lr grids (AdamW): full fine-tuning wants smaller steps than the PEFT methods.
 DEFAULT_LRS = {"full": (1e-4, 3e-4, 1e-3), "lora": (3e-4, 1e-3, 3e-3),
@@ -33,7 +42,6 @@ DEFAULT_LRS = {"full": (1e-4, 3e-4, 1e-3), "lora": (3e-4, 1e-3, 3e-3),
 FINAL_SPLITS = ("train800val200", "train800")
 DEFAULT_EPOCHS = 100.0  # the usual VTAB-1k budget
 WEIGHT_DECAY = 1e-4
-MEMORY_STEPS = 3
 
 
 def extend_grid(
@@ -152,15 +160,17 @@ def run_baseline(
             **budget,
         )
         memory = (
-            run(
-                "memory",
-                lr=best,
-                batch_size=1,
-                steps=MEMORY_STEPS,
-                eval_every=MEMORY_STEPS,
-                train_split="train800",
-                val_split="none",
-                test_split="none",
+            train_memory(
+                _config(
+                    method,
+                    task_dir,
+                    backbone_spec,
+                    root / "final",
+                    **common,
+                    lr=best,
+                    batch_size=1,
+                    train_split=final,
+                )
             )
             if measure_memory
             else None
@@ -179,8 +189,8 @@ def run_baseline(
         "learned_params": res["learned_params"],
         "head_params": res["head_params"],
         "images_per_s": res["images_per_s"],
-        "memory_mb_bs1": memory["peak_memory_bytes"] / 2**20 if memory else float("nan"),
-        "memory_kind": memory["peak_memory_kind"] if memory else "not measured",
+        "memory_mb_bs1": memory[0] / 2**20 if memory else float("nan"),
+        "memory_kind": memory[1] if memory else "not measured",
         "steps": res["step"],
         "batch_size": res["plan"]["batch_size"],
         "seed": seed,
@@ -188,6 +198,34 @@ def run_baseline(
         "wall_s": time.perf_counter() - t0,
         "device": res["device"],
     }
+
+
+def train_memory(cfg: Any) -> tuple[int, str]:
+    """(bytes, how measured) of one training step at ``cfg.batch_size`` of the live
+    baseline ``cfg`` describes: its own backbone copy's weights, gradients, optimizer state
+    and activations on images at the backbone's size, measured as a sweep measures every
+    method (so full fine-tuning's exceeds its fp32 weights, and BitFit's)."""
+    from losa_cache.baselines.methods import build_baseline
+    from losa_cache.sweep.measure import image_inputs, step_memory
+    from losa_cache.train.run import use_amp
+    from losa_cache.train.sources import build_side_config, pick_device
+    from losa_cache.train.trainer import open_source
+
+    device = pick_device(cfg.device)
+    source = open_source(cfg, device)
+    try:
+        side = build_side_config(cfg, source.info, len(source.task(cfg.task).classes))
+        net = source.backbone.model
+        return step_memory(
+            lambda: build_baseline(cfg.method, net, side, cfg, cfg.seed),
+            lambda b: image_inputs(net, side.num_classes, b, device),
+            cfg.optimizer,
+            cfg.batch_size,
+            device,
+            use_amp(cfg.amp, device),
+        )
+    finally:
+        source.close()
 
 
 def task_dirs(spec: str) -> list[Path]:

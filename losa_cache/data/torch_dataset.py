@@ -34,6 +34,15 @@ DEFAULT_BLANK_SIZE = (224, 224)
 PARENT_POLL_S = 0.25
 
 
+def decoding_workers(workers: int) -> int:
+    """Image decoding processes: ``workers``, or where negative (auto) one per CPU core
+    but one (the main process feeds the model), at most 8: extract's and live training's
+    rule, so a 2-core machine gets 1 (PyTorch warns above its core count)."""
+    if workers >= 0:
+        return workers
+    return min(8, max(0, (torch.multiprocessing.cpu_count() or 1) - 1))
+
+
 class TorchImages(Dataset):
     """Item ``k`` = ``(tensor, row, ok, error)`` for ``row = rows[k]``.
 

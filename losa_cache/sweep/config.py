@@ -84,7 +84,8 @@ class SweepConfig:
     """Many side networks trained from one store (or one live backbone), one pass per epoch."""
 
     store: str = _f("", "Feature store path or URL (not needed with --live).")
-    out: str = _f("runs/sweep", "Sweep folder: results, adapters, every run's folder.")
+    out: str = _f("", "Sweep folder: results, adapters, every run's folder (default: a new "
+                      "runs/sweep-<date>-<time>).")
     tasks: list[str] | None = field(default=None, metadata=metadata(
         "Labellings to train on, comma-separated (default: the store's).", cli="task"))
     methods: list[str] = field(default_factory=lambda: ["losa", "linear"], metadata=metadata(
@@ -133,6 +134,10 @@ class SweepConfig:
                                   "1) and img/s with the backbone forward, inference memory "
                                   "and img/s at batch 1 (a store sweep builds the store's "
                                   "backbone with random weights for it).")
+    costs: bool = _f(True, "Measure every config's costs after training (img/s over "
+                           "--speed-batches steps, memory and inference at batch 1; it says "
+                           "up front what it will time); --no-costs skips them (their "
+                           "columns stay empty).")
     stop_after: int | None = _f(None, "Stop after N ticks (a piece of the data fed to "
                                           "every run) with checkpoints (--resume later).", min=1)
     resume: bool = _f(False, "Continue the sweep in --out.")

@@ -1,13 +1,14 @@
 """``make_report``: accuracy against the paper's efficiency metrics, Pareto frontier marked.
 
-As the LoSA paper's Fig. 4: accuracy against learned parameters, training memory (batch
-1) and speed (from the store, and with the backbone forward: the paper's setting),
-inference GMACs (the paper's "GFLOPs"), memory and speed at batch 1, with the points on
-the Pareto frontier (no other point both more accurate and more efficient) circled in
-shaded yellow. Several
-sweep folders (``--compare``) share one plot per task and metric, one legend entry per
-(folder, method); the frontier is over all of them. Accuracy is test accuracy where
-the sweep has a test split, else validation accuracy. ``report.md`` holds the tables.
+As the LoSA paper's Fig. 4: accuracy (%) against learned parameters, training memory
+(batch 1) and speed (from the store, and with the backbone forward: the paper's setting),
+inference compute (GMACs, the paper's "GFLOPs"), memory and speed at batch 1, with the
+points on the Pareto frontier (no other point both more accurate and cheaper) haloed in
+yellow. Every point has its method's colour and marker (the same in every figure:
+:mod:`losa_cache.sweep.plotting`) and a label that collides with no other; several sweep
+folders (``--compare``) share one plot per task and metric, a sweep told apart by the
+marker's fill; the frontier is over all of them. Accuracy is test accuracy where the
+sweep has a test split, else validation accuracy. ``report.md`` holds the tables.
 """
 
 from __future__ import annotations
@@ -34,28 +35,38 @@ __all__ = ["METRICS", "Metric", "base_lr", "make_report", "pareto"]
 class Metric:
     key: str  # column of results
     name: str  # file name part
-    label: str  # axis label
+    label: str  # axis label: plain words and the unit
     scale: float  # multiply the column by this for the axis
     lower_is_better: bool
+
+    @property
+    def title(self) -> str:
+        """The label without its unit, for a title: "training memory with the backbone"."""
+        return self.label.split(" (")[0].lower()
+
+    @property
+    def axis(self) -> str:
+        return self.label + (" - lower is better" if self.lower_is_better
+                             else " - higher is better")
 
 
 REPORT_MD = "report.md"
 METRICS = (
-    Metric("learned_params", "params", "learned parameters (M, head excluded)", 1e-6, True),
-    Metric("train_memory_b1", "memory", "training memory at batch 1, from the store (MB)",
-           1e-6, True),
-    Metric("train_img_s", "speed", "training speed from the store (images/s)", 1.0, False),
-    Metric("total_gmacs", "gmacs", "inference GMACs per image (the paper's 'GFLOPs')", 1.0,
+    Metric("learned_params", "params", "Learned parameters (head excluded)", 1.0, True),
+    Metric("train_memory_b1", "memory", "Training memory from the store (MB, batch 1)", 1e-6,
            True),
+    Metric("train_img_s", "speed", "Training speed from the store (images/s)", 1.0, False),
+    Metric("total_gmacs", "gmacs", "Inference compute (GMACs per image)", 1.0, True),
     Metric("train_memory_b1_live", "memory_live",
-           "training memory at batch 1, backbone forward included (MB)", 1e-6, True),
-    Metric("train_img_s_live", "speed_live",
-           "training speed, backbone forward included (images/s)", 1.0, False),
-    Metric("infer_memory_b1", "infer_memory", "inference memory at batch 1 (MB)", 1e-6, True),
-    Metric("infer_img_s_b1", "infer_speed", "inference speed at batch 1 (images/s)", 1.0,
-           False),
+           "Training memory with the backbone (MB, batch 1)", 1e-6, True),
+    Metric("train_img_s_live", "speed_live", "Training speed with the backbone (images/s)",
+           1.0, False),
+    Metric("infer_memory_b1", "infer_memory", "Inference memory (MB, batch 1)", 1e-6, True),
+    Metric("infer_img_s_b1", "infer_speed", "Inference speed (images/s, batch 1)", 1.0, False),
 )
-MARKERS = "osD^vP*Xph"
+#: Several sweeps on one plot: the same method colour and marker, filled for the first
+#: sweep, hollow for the second, half-filled after.
+FILLS = ("full", "none", "left", "bottom", "right", "top")
 
 
 def pareto(xs: Sequence[float], accs: Sequence[float], lower_is_better: bool) -> list[bool]:
@@ -75,7 +86,7 @@ def _points(docs: dict[str, dict], task: str) -> list[dict[str, Any]]:
         for r in doc["results"]:
             acc = r["test_acc"] if r["test_acc"] is not None else r["val_acc"]
             if r["task"] == task and r["status"] == "trained" and acc is not None:
-                rows.append({**r, "sweep": label, "acc": acc})
+                rows.append({**r, "sweep": label, "acc": acc, "many": len(docs) > 1})
     return rows
 
 
@@ -85,63 +96,87 @@ def base_lr(r: dict[str, Any]) -> str:
 
 
 def _short(r: dict[str, Any]) -> str:
-    """What sets this point apart: the fields its method uses (rank, layers) and the lr."""
-    parts = [f"r{r['rank']}" if r["rank"] is not None else r["method"]]
+    """What sets this point apart: its method and the fields it uses (rank, layers), the
+    lr, and its sweep where several are compared."""
+    parts = [r["method"]]
+    if r["rank"] is not None:
+        parts.append(f"r{r['rank']}")
     if r["layers"] != "-":
         parts.append(str(r["layers"]))
-    return " ".join([*parts, f"lr{base_lr(r)}"])
+    parts.append(f"lr {base_lr(r)}")
+    return " ".join(parts) + (f" [{r['sweep']}]" if r.get("many") else "")
 
 
-def _styles(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """One colour + marker per (sweep, method), the same in every panel."""
-    groups = sorted({(r["sweep"], r["method"]) for r in rows})
-    many = len({s for s, _ in groups}) > 1
-    return {g: {"marker": MARKERS[n % len(MARKERS)], "color": f"C{n % 10}",
-                "label": f"{g[0]}: {g[1]}" if many else g[1]} for n, g in enumerate(groups)}
+def _join(names: list[str]) -> str:
+    """Names of points at one spot, compacted: runs differing only in lr or sweep share a
+    line (``losa r16 all lr 0.01, 0.05 [a, b]``)."""
+    import re
+
+    lines: dict[str, tuple[list[str], list[str]]] = {}
+    for name in names:
+        m = re.fullmatch(r"(.*) lr (\S+)(?: \[(.+)\])?", name)
+        if m is None:
+            lines.setdefault(name, ([], []))
+            continue
+        lrs, sweeps = lines.setdefault(m[1], ([], []))
+        for seen, v in ((lrs, m[2]), (sweeps, m[3])):
+            if v is not None and v not in seen:
+                seen.append(v)
+    return "\n".join(f"{base}" + (f" lr {', '.join(lrs)}" if lrs else "")
+                     + (f" [{', '.join(sweeps)}]" if sweeps else "")
+                     for base, (lrs, sweeps) in lines.items())
 
 
-def _plot(ax: Any, rows: list[dict[str, Any]], metric: Metric, acc_label: str) -> list[bool]:
-    """Scatter one metric on ``ax``; returns the frontier flags of ``rows``."""
-    from matplotlib.ticker import MaxNLocator
+def _plot(ax: Any, rows: list[dict[str, Any]], metric: Metric, acc_label: str,
+          sweeps: list[str], label_all: bool = True) -> list[bool]:
+    """One metric on ``ax``: every point in its method's colour and marker (filled per
+    sweep), the Pareto frontier haloed, labels that do not collide (``label_all``: every
+    point, else the frontier's); returns the frontier flags of ``rows``."""
+    from losa_cache.sweep.plotting import method_style, place_labels, readable_axis
 
     keep = [r for r in rows if r.get(metric.key) is not None]
+    if not keep:
+        ax.text(0.5, 0.5, "not measured in this sweep", transform=ax.transAxes,
+                ha="center", va="center", color="0.4")
     xs = [r[metric.key] * metric.scale for r in keep]
-    front = pareto(xs, [r["acc"] for r in keep], metric.lower_is_better)
-    for group, style in _styles(rows).items():
-        pts = [(x, r["acc"]) for x, r in zip(xs, keep, strict=True)
-               if (r["sweep"], r["method"]) == group]
-        if pts:
-            ax.scatter(*zip(*pts, strict=True), s=36, zorder=3, **style)
-    best = sorted(((x, r["acc"], r) for x, r, f in zip(xs, keep, front, strict=True) if f),
-                  key=lambda t: t[0])
+    accs = [100 * r["acc"] for r in keep]
+    front = pareto(xs, accs, metric.lower_is_better)
+    for x, a, r in zip(xs, accs, keep, strict=True):
+        ax.plot(x, a, ls="", markersize=7, zorder=3, alpha=0.9,
+                fillstyle=FILLS[sweeps.index(r["sweep"]) % len(FILLS)], **method_style(
+                    r["method"]))
+    best = sorted(((x, a) for x, a, f in zip(xs, accs, front, strict=True) if f))
     if best:
-        bx, ba, _ = zip(*best, strict=True)
-        ax.scatter(bx, ba, s=360, color="gold", alpha=0.35, edgecolors="orange", zorder=2,
-                   label="Pareto frontier")
+        bx, ba = zip(*best, strict=True)
+        ax.scatter(bx, ba, s=300, color="gold", alpha=0.35, edgecolors="orange", zorder=2)
         ax.plot(bx, ba, color="orange", lw=1, ls="--", zorder=1)
-        named: set[tuple[float, float]] = set()
-        for x, a, r in best:
-            if (x, a) not in named:  # the same point from several sweeps: one label
-                named.add((x, a))
-                ax.annotate(_short(r), (x, a), textcoords="offset points", xytext=(5, 5),
-                            fontsize=7)
-    ax.xaxis.set_major_locator(MaxNLocator(5))
-    _scale(ax, xs)
-    ax.set_xlabel(metric.label + (" (higher is better)" if not metric.lower_is_better else ""))
-    ax.set_ylabel(acc_label)
-    ax.grid(alpha=0.3)
+    readable_axis(ax, xs)
+    readable_axis(ax, accs, "y")
+    ax.set_xlabel(metric.axis, fontsize=9)
+    ax.set_ylabel(acc_label, fontsize=9)
+    ax.grid(alpha=0.3, which="major")
+    place_labels(ax, [(x, a, _short(r)) for x, a, r, f in zip(xs, accs, keep, front,
+                                                             strict=True) if label_all or f],
+                 join=_join)
     flags = iter(front)
     return [next(flags) if r.get(metric.key) is not None else False for r in rows]
 
 
-def _scale(ax: Any, xs: list[float]) -> None:
-    positive = [x for x in xs if x > 0]
-    if not positive or max(positive) / min(positive) < 20:
-        return
-    if len(positive) < len(xs):  # zeros (the linear probe's parameters): symlog
-        ax.set_xscale("symlog", linthresh=min(positive))
-    else:
-        ax.set_xscale("log")
+def _legend(where: Any, rows: list[dict[str, Any]], sweeps: list[str], **kw: Any) -> None:
+    """Methods by colour and marker, sweeps by fill (when several), the frontier's halo."""
+    from matplotlib.lines import Line2D
+
+    from losa_cache.sweep.plotting import method_style
+
+    handles = [Line2D([], [], ls="", markersize=7, label=m, **method_style(m))
+               for m in sorted({r["method"] for r in rows})]
+    if len(sweeps) > 1:
+        handles += [Line2D([], [], ls="", marker="o", color="0.3", markersize=7,
+                           fillstyle=FILLS[i % len(FILLS)], label=f"sweep {s}")
+                    for i, s in enumerate(sweeps)]
+    handles.append(Line2D([], [], ls="--", color="orange", marker="o", markersize=12,
+                          markerfacecolor="gold", alpha=0.6, label="Pareto frontier"))
+    where.legend(handles=handles, fontsize=8, **kw)
 
 
 def make_report(dirs: Sequence[str | Path], out: str | Path | None = None,
@@ -164,24 +199,29 @@ def _report(docs: dict[str, dict], dest: Path, plt: Any) -> dict[str, Any]:
     claim_outdir(dest, "report", proof=(REPORT_MD,), known=(REPORT_MD, *held))
     tasks = sorted({r["task"] for doc in docs.values() for r in doc["results"]})
     pngs, tables, empty = [], [], {}
+    sweeps = list(docs)
     for task in tasks:
         rows = _points(docs, task)
         if not rows:
             empty[task] = _why_empty(docs, task)
             continue
-        acc_label = "test accuracy" if all(r["test_acc"] is not None for r in rows) else \
-            "accuracy (val where no test)"
+        acc_label = "Test accuracy (%)" if all(r["test_acc"] is not None for r in rows) \
+            else "Accuracy (%, val where no test)"
         flags = {}
-        overview, axes = plt.subplots(2, len(METRICS) // 2, figsize=(24, 9))
+        overview, axes = plt.subplots(2, len(METRICS) // 2, figsize=(26, 10))
         for metric, ax in zip(METRICS, axes.flat, strict=True):
-            fig, one = plt.subplots(figsize=(6.5, 4.5))
-            flags[metric.name] = _plot(one, rows, metric, acc_label)
-            one.set_title(f"{task}: {acc_label} vs {metric.name}")
-            one.legend(fontsize=7, loc="best")
+            fig, one = plt.subplots(figsize=(8, 5.2))
+            flags[metric.name] = _plot(one, rows, metric, acc_label, sweeps)
+            one.set_title(f"{task}: {acc_label.split(' (')[0].lower()} vs {metric.title}",
+                          fontsize=11)
+            _legend(one, rows, sweeps, loc="upper left", bbox_to_anchor=(1.01, 1.0))
             pngs.append(_save(fig, dest / f"{folder_name(task)}_acc_vs_{metric.name}.png", plt))
-            _plot(ax, rows, metric, acc_label)
-        axes.flat[0].legend(fontsize=7, loc="best")
-        overview.suptitle(f"{task}: accuracy vs efficiency (Pareto frontier in yellow)")
+            _plot(ax, rows, metric, acc_label, sweeps, label_all=False)
+            ax.set_title(metric.title.capitalize(), fontsize=11)
+        _legend(overview, rows, sweeps, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        overview.suptitle(f"{task}: accuracy vs cost (labelled: the Pareto frontier, points "
+                          "no other beats on both axes; each metric's own PNG names every "
+                          "point)", fontsize=13)
         overview.tight_layout()
         pngs.append(_save(overview, dest / f"{folder_name(task)}_overview.png", plt))
         tables.append(_table(task, rows, flags))
@@ -218,12 +258,16 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
 def _mb(v: Any) -> str:
     return "-" if v is None else f"{v / 1e6:.2f}"
 
 
 def _table(task: str, rows: list[dict[str, Any]], flags: dict[str, list[bool]]) -> str:
-    head = ("| sweep | run | method | rank | layers | lr | val acc | test acc | params (M) | "
+    head = ("| sweep | run | method | rank | layers | lr | val % | test % | params (M) | "
             "mem b1 (MB) | img/s | GMACs | mem b1 live (MB) | img/s live | infer mem b1 (MB) "
             "| infer img/s b1 | Pareto |\n" + "|---" * 17 + "|\n")
     order = sorted(range(len(rows)), key=lambda i: -(rows[i]["val_acc"] or 0))
@@ -235,7 +279,7 @@ def _table(task: str, rows: list[dict[str, Any]], flags: dict[str, list[bool]]) 
         lines.append(
             f"| {r['sweep']} | {r['run']}{' (best)' if r.get('best') else ''} | {r['method']} "
             f"| {_fmt(r['rank'], '')} | {r['layers']} | {base_lr(r)} "
-            f"| {_fmt(r['val_acc'], '.4f')} | {_fmt(r['test_acc'], '.4f')} "
+            f"| {_pct(r['val_acc'])} | {_pct(r['test_acc'])} "
             f"| {r['learned_params'] / 1e6:.4f} | {_fmt(r['train_memory_b1'] / 1e6, '.2f')} "
             f"| {_fmt(r['train_img_s'], ',.0f')} | {_fmt(r.get('total_gmacs'), '.4f')} "
             f"| {_mb(r.get('train_memory_b1_live'))} | {_fmt(r.get('train_img_s_live'), ',.0f')} "

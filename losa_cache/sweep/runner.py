@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from losa_cache.baselines import build_baseline, is_baseline
 from losa_cache.outdir import (
@@ -42,6 +41,7 @@ from losa_cache.outdir import (
     read_json,
     safe_subdir,
 )
+from losa_cache.progress import note, progress_bar
 from losa_cache.side import SideConfig
 from losa_cache.sweep.config import RunSpec, SweepConfig, expand_runs, method_uses
 from losa_cache.sweep.grouping import (
@@ -75,7 +75,7 @@ from losa_cache.train.sources import (
     pick_device,
     resolve_splits,
 )
-from losa_cache.train.trainer import choose_inputs, make_run, open_source
+from losa_cache.train.trainer import choose_inputs, make_run, open_source, with_out
 
 __all__ = ["SWEEP_JSON", "run_sweep"]
 
@@ -88,6 +88,7 @@ SWEEP_FILES = frozenset({SWEEP_JSON, "groups", "runs", "best", "report", "result
 def run_sweep(cfg: SweepConfig, progress: bool = True,
               storage_options: dict | None = None) -> dict[str, Any]:
     """Train every run of ``cfg`` (resuming if asked); returns the summary (also on disk)."""
+    cfg = with_out(cfg, "sweep", progress)
     with locked_outdir(cfg.out, "sweep"):  # one sweep per --out at a time (members too)
         claim_outdir(cfg.out, "sweep", proof=(SWEEP_JSON,), known=SWEEP_FILES)
         return _run_sweep(cfg, progress, storage_options)
@@ -300,7 +301,7 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
     for s, run in zip(todo, runs, strict=True):
         metrics = run.finish(extra)
         row = run_row(s, sides[s.key], metrics, gid, _profile_of(s, sides, profs, device))
-        if is_baseline(s.train.method) and metrics["complete"]:  # before any pruning
+        if is_baseline(s.train.method) and metrics["complete"] and cfg.costs:  # unpruned
             row.update(_baseline_costs(cfg, s, sides, source, row["batch_size"], device,
                                        run.model))
         _write_row(Path(s.train.out), row)
@@ -350,17 +351,38 @@ def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, dtype: Any,
             for r in runs]
     todo = [(r, row) for r, row in zip(runs, rows, strict=True)  # baselines: timed above
             if not row.get("costs_measured") and not is_baseline(row["method"])]
+    if not cfg.costs or not todo:
+        return rows
     backbone = _measuring_backbone(cfg, source, [sides[r.key] for r, _ in todo], device)
+    keys = [f"{_key(r, sides, device)}|{row['batch_size']}" for r, row in todo]
+    note(_costs_plan(cfg, len(set(keys)), backbone is not None), progress)
     costs: dict[str, dict[str, Any]] = {}
-    for r, row in tqdm(todo, desc="costs", unit="run", disable=not progress or not todo):
-        amp = use_amp(r.train.amp, device)
-        key = f"{_key(r, sides, device)}|{row['batch_size']}"
-        if key not in costs:
-            costs[key] = _side_costs(cfg, sides[r.key], r.train.optimizer, row["batch_size"],
-                                     dtype, device, amp, backbone)
-        row.update(costs[key], costs_measured=True)
-        _write_row(Path(r.train.out), row)
+    with progress_bar(len(todo), "costs", "run", progress) as bar:
+        for (r, row), key in zip(todo, keys, strict=True):
+            if key not in costs:
+                t0 = time.perf_counter()
+                costs[key] = _side_costs(cfg, sides[r.key], r.train.optimizer,
+                                         row["batch_size"], dtype, device,
+                                         use_amp(r.train.amp, device), backbone)
+                if len(costs) == 1 and len(set(keys)) > 1:  # the first: an estimate
+                    left = (time.perf_counter() - t0) * (len(set(keys)) - 1)
+                    note(f"costs: about {left:.0f} s more for the other "
+                         f"{len(set(keys)) - 1} config(s)", progress)
+            row.update(costs[key], costs_measured=True)
+            _write_row(Path(r.train.out), row)
+            bar.update()
     return rows
+
+
+def _costs_plan(cfg: SweepConfig, configs: int, live: bool) -> str:
+    """What the cost measurement is about to time, said before it starts."""
+    steps = cfg.speed_batches + 2  # + the warm-up steps
+    what = f"{steps} training steps from memory" if cfg.speed_batches else "memory"
+    if live:
+        what += (f", {steps} with the backbone forward and {steps} inference forwards at "
+                 "batch 1" if cfg.speed_batches else " with the backbone")
+    return (f"costs: measuring {configs} distinct config(s) ({what} each, after training); "
+            "--no-costs skips this")
 
 
 def _measuring_backbone(cfg: SweepConfig, source: DataSource, sides: list[SideConfig],
@@ -439,6 +461,5 @@ def _finish(cfg: SweepConfig, out: Path, rows: list[dict[str, Any]], groups: lis
 
 
 def _say(progress: bool, lines: list[str]) -> None:
-    if progress:
-        for line in lines:
-            tqdm.write(line)
+    for line in lines:
+        note(line, progress)

@@ -57,7 +57,8 @@ class TrainConfig:
     """A side-network training run on a feature store (or, with ``live``, on images)."""
 
     store: str | None = _f(None, "Feature store path or URL (not needed with --live).")
-    out: str = _f("runs/train", "Output folder: checkpoint, metrics, adapter.")
+    out: str = _f("", "Output folder: checkpoint, metrics, adapter (default: a new "
+                      "runs/train-<date>-<time>).")
     task: str | None = _f(None, "Labelling of the store to train on (default: the store's).")
     method: str = _f("losa", "Side network (the linear probe: linear), or a live baseline "
                              "that trains the backbone (with --live; full, lora, bitfit, vpt, "
@@ -104,8 +105,9 @@ class TrainConfig:
     shuffle_buffer: int | None = _f(None, "Shuffle buffer in rows: the batch order shuffles "
                                           "windows of this many consecutive rows (default: 4 "
                                           "batches within 1 GiB of fp16 features).", min=1)
-    workers: int = _f(4, "I/O threads of the store reader (live: image decoding processes).",
-                      min=0, max=max_workers)
+    workers: int = _f(-1, "I/O threads of the store reader, or with --live image decoding "
+                          "processes; -1: auto (4 threads; live: a process per CPU core but "
+                          "one, at most 8, as extract).", min=-1, max=max_workers)
     max_memory: int | None = _f(None, "Host memory in MiB the store reader may hold (shuffle "
                                       "windows served and read ahead, and a batch): it bounds "
                                       "the read-ahead, never the batch order (default: 1024, "

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from losa_cache.progress import eval_line, note, pct, progress_bar
 from losa_cache.train.batching import ShapeGroup
 from losa_cache.train.cache import CacheChoice
 from losa_cache.train.feed import CacheFeed, Consumer, FeatureCache, Feed, keep_mask, to_device
@@ -224,6 +224,8 @@ class Engine:
         self.runs, self.inputs, self.progress = list(runs), inputs, progress
         self.batching, self.stop_after, self.label = batching, stop_after, label
         self.ticks = 0
+        self.bar: Any = None
+        self._flushed = False  # a run logged since the bar's postfix was last set
         self.feeds: dict[tuple, tuple[RowOrder, list[_Lane]]] = {}
         lanes: dict[tuple, list[Run]] = {}
         for r in self.runs:
@@ -239,8 +241,8 @@ class Engine:
     def train(self) -> bool:
         """Tick until every run is done (True), or stop early with checkpoints (False)."""
         total = sum(r.steps for r in self.runs)
-        bar = tqdm(total=total, initial=sum(r.step for r in self.runs), unit="step",
-                   desc=self.label, disable=not self.progress, dynamic_ncols=True)
+        bar = self.bar = progress_bar(total, self.label, "step", self.progress,
+                                      sum(r.step for r in self.runs))
         ended = [r for r in self.runs if r.active and r.step >= r.steps]
         if ended:  # resumed from a checkpoint of the last step: only the end is left
             self._after_step(ended)
@@ -254,6 +256,9 @@ class Engine:
                             self._feed(lanes, next(streams[key]))
                     self.ticks += 1
                     bar.update(sum(r.step for r in self.runs) - before)
+                    if self._flushed:
+                        bar.set_postfix(self._postfix(), refresh=False)
+                        self._flushed = False
                     if interrupted() or self.ticks == self.stop_after:
                         self._stop_all("interrupted" if interrupted() else "--stop-after")
                         if interrupted():
@@ -306,11 +311,15 @@ class Engine:
             if r.active and r.acc_n and (r.due("log_every") or r.due("eval_every")
                                          or r.due("checkpoint_every") or end):
                 r.flush()
+                self._flushed = True
         due = [r for r in runs if r.active and (r.due("eval_every") or r.step >= r.steps)
                and not (r.evals and r.evals[-1]["step"] == r.step)]  # once per step
         for r, res in zip(due, self._evaluate(due, "val"), strict=True):
             if res is not None:
                 r.record_eval("val", res)
+                name = r.name if len(self.runs) > 1 else ""
+                note(eval_line(name, r.step, r.steps, res["acc"], res["loss"], r.best),
+                     self.progress)
         for r in runs:
             if r.active and (r.due("checkpoint_every") or r.step >= r.steps
                              or r.step == r.cfg.stop_at):
@@ -324,6 +333,21 @@ class Engine:
             if r.active and r.step == r.cfg.stop_at:
                 r.status = "stopped"
                 r.notes.append(f"stopped at step {r.step} (--stop-at); --resume continues")
+
+    def _postfix(self) -> dict[str, str]:
+        """The bar's postfix: one run's loss, lr, last val accuracy and img/s; for several,
+        how many still train and the best val accuracy so far."""
+        if len(self.runs) == 1:
+            r = self.runs[0]
+            out = {"loss": f"{r.last_loss:.4f}" if r.last_loss is not None else "-",
+                   "lr": f"{r.lr:.3g}",
+                   "val": pct(r.evals[-1]["acc"]) if r.evals else "-"}
+            if r.last_img_s is not None:
+                out["img/s"] = f"{r.last_img_s:,.0f}"
+            return out
+        best = max((r.best["acc"] for r in self.runs if r.best), default=None)
+        return {"training": f"{sum(r.active for r in self.runs)}/{len(self.runs)} runs",
+                "best val": pct(best)}
 
     def _evaluate(self, runs: list[Run], role: str) -> list[dict[str, Any] | None]:
         if not runs:
@@ -354,7 +378,7 @@ def _sigint_flag() -> Iterator[Any]:
         if flag[0]:
             raise KeyboardInterrupt
         flag[0] = True
-        tqdm.write("interrupt: checkpointing after this tick (Ctrl-C again to abort now)")
+        note("interrupt: checkpointing after this tick (Ctrl-C again to abort now)")
 
     old = signal.signal(signal.SIGINT, handler)
     try:

@@ -30,8 +30,8 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from losa_cache.progress import progress_bar
 from losa_cache.store.quant import dequantize
 from losa_cache.store.store import numpy_view
 from losa_cache.train.keys import Key, sort_keys
@@ -238,8 +238,7 @@ class FeatureCache:
         self.rows, self.keys = np.asarray(rows, np.int64), sort_keys(keys)
         self.device = device
         self.feats: Feats = {}
-        with tqdm(total=len(self.rows), unit="img", unit_scale=True, desc="cache",
-                  disable=not progress, dynamic_ncols=True) as bar:
+        with progress_bar(len(self.rows), "cache", "img", progress, unit_scale=True) as bar:
             pos = 0
             for piece in reader.pieces(0, loop=False, shuffle=False):  # type: ignore[attr-defined]
                 n = len(piece.rows)

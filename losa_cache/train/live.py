@@ -30,7 +30,7 @@ from losa_cache.backbone import Backbone, create_backbone
 from losa_cache.backbone.vivit import VIDEO_ALIASES, video_alias
 from losa_cache.baselines.methods import IMAGES
 from losa_cache.data import TorchImages, get_dataset
-from losa_cache.data.torch_dataset import worker_context
+from losa_cache.data.torch_dataset import decoding_workers, worker_context
 from losa_cache.data.video import ClipSampling, VideoRows
 from losa_cache.extract import select_rows
 from losa_cache.store import StoreError
@@ -164,7 +164,7 @@ class LiveSource:
              piece_rows: int, device: torch.device, workers: int,
              max_memory: int | None = None) -> LiveFeed:
         self.prune(layers)
-        return LiveFeed(self, order, rows, layers, piece_rows, workers)
+        return LiveFeed(self, order, rows, layers, piece_rows, decoding_workers(workers))
 
     def loader(self, plans: Callable[[], Iterator[Any]], workers: int, key: tuple | None = None
                ) -> tuple[DataLoader, _Planned]:

@@ -130,6 +130,7 @@ class Run:
         self.steady: list | None = None  # [images, seconds] after this process's first interval
         self.error: str | None = None
         self.last_loss: float | None = None
+        self.last_img_s: float | None = None  # the last logged interval's (progress bar)
         self.notes: list[str] = []
         self._reset_interval()
 
@@ -299,7 +300,7 @@ class Run:
                "epoch": self.step * self.batch / len(self.train_rows),
                "memory_bytes": ckpt.memory_now(self.device)}
         self.log.write(rec)
-        self.last_loss = rec["loss"]
+        self.last_loss, self.last_img_s = rec["loss"], rec["img_s"]
         if self.steady is None:  # the first interval holds start-up (workers, caches): skip it
             self.steady = [0, 0.0]
         else:

@@ -28,6 +28,8 @@ from losa_cache.train.reader import TORCH_DTYPES, StoreReader
 __all__ = ["DataSource", "SourceInfo", "StoreSource", "TaskData", "build_side_config",
            "no_val_note", "pick_device", "resolve_splits"]
 
+#: Store reader threads under ``--workers -1`` (auto): reads wait on I/O, not on cores.
+READER_THREADS = 4
 SPLIT_DEFAULTS = {"train": ("train", "train800"), "val": ("val", "val200", "validation"),
                   "test": ("test",)}
 
@@ -158,7 +160,8 @@ class StoreSource:
              max_memory: int | None = None) -> StoreReader:
         return StoreReader(self.store, rows, np.zeros(len(rows), np.int64), layers, piece_rows,
                            seed=order.seed, device=device, buffer_rows=order.buffer_rows,
-                           workers=workers, order_rows=order.rows, max_memory=max_memory)
+                           workers=workers if workers >= 0 else READER_THREADS,
+                           order_rows=order.rows, max_memory=max_memory)
 
     def close(self) -> None:
         pass

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from losa_cache.baselines.methods import build_baseline, is_baseline
-from losa_cache.outdir import claim_outdir, locked_outdir
+from losa_cache.outdir import claim_outdir, fresh_folder, locked_outdir
+from losa_cache.progress import note
 from losa_cache.store import StoreError
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.allocator import tune_allocator
@@ -39,7 +39,7 @@ from losa_cache.train.sources import (
     resolve_splits,
 )
 
-__all__ = ["choose_inputs", "make_run", "open_source", "train"]
+__all__ = ["choose_inputs", "make_run", "open_source", "train", "with_out"]
 
 
 def open_source(cfg: Any, device: torch.device, storage_options: dict | None = None
@@ -105,6 +105,7 @@ def train(cfg: TrainConfig, progress: bool = True,
     ``storage_options`` (fsspec, for store URLs) stay out of every saved file: they may
     hold credentials.
     """
+    cfg = with_out(cfg, "train", progress)
     with locked_outdir(cfg.out, "train"):  # one run per --out at a time
         claim_outdir(cfg.out, "train", proof=(ckpt.CHECKPOINT, K_DIR), known=RUN_FILES)
         return _train(cfg, progress, storage_options)
@@ -119,6 +120,17 @@ def _resuming(cfgs: list[TrainConfig]) -> list[TrainConfig]:
     if not any(held):
         ckpt.load_checkpoint(Path(cfgs[0].out))  # the one "no checkpoint" message
     return [dataclasses.replace(c, resume=h) for c, h in zip(cfgs, held, strict=True)]
+def with_out(cfg: Any, kind: str, progress: bool) -> Any:
+    """``cfg`` with its output folder: ``--out``, else a new ``runs/<kind>-<time>`` (said
+    on stderr); ``--resume`` needs the folder named."""
+    if cfg.out:
+        return cfg
+    if cfg.resume:
+        raise ValueError(f"--resume needs --out: the {kind} folder to continue (e.g. "
+                         f"runs/{kind}-<date>-<time>)")
+    out = fresh_folder(kind)
+    note(f"writing into {out} (--out names another folder)", progress)
+    return dataclasses.replace(cfg, out=out)
 
 
 def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> dict[str, Any]:
@@ -140,9 +152,8 @@ def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> di
         run.notes.append(f"cache: {inputs.choice.reason}")
         if allocator is not None:
             run.notes.append(f"allocator: {allocator['why']}")
-        if progress:
-            for note in run.notes:
-                tqdm.write(note)
+        for text in run.notes:
+            note(text, progress)
         Engine(runs, inputs, progress).train()
         extra = {"bytes_read": inputs.bytes_read, **ckpt.peak_memory(device, baseline),
                  "feed": {"cache": inputs.choice.to_dict(), "bytes_read": inputs.bytes_read,
@@ -170,6 +181,6 @@ def _candidates_end(cfg: TrainConfig, results: list[dict[str, Any]]) -> dict[str
 
 
 def _say_end(m: dict[str, Any]) -> None:
-    for note in m["notes"]:
-        if note.startswith("stopped"):
-            tqdm.write(note)
+    for text in m["notes"]:
+        if text.startswith("stopped"):
+            note(text)

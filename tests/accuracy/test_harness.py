@@ -120,3 +120,23 @@ def test_quick_end_to_end(tiny_tasks: Path, tmp_path: Path) -> None:
 def test_bad_budget_args_fail_early(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         acc.main(["--epochs", "x"])
+
+
+def test_redraw_remeasures_only_the_live_baselines_memory(tiny_tasks: Path) -> None:
+    """``--redraw``: a run's accuracies kept, its live baselines' training memory measured
+    again as every method's (full fine-tuning above BitFit above the fp32 weights)."""
+    from losa_cache.backbone import create_backbone
+
+    cells = {"linear": _cell(50), "bitfit": _cell(60), "full": _cell(70)}
+    doc = {"tasks": ["digits"], "budget": {"lora_rank": 8}, "per_task": {"digits": cells},
+           "backbone": {"model": "vit_micro", "random_init": True},
+           "rows": acc.summarise({"digits": cells}, ["digits"])}  # fmt: skip
+    new = acc.remeasure_live_memory(doc, tiny_tasks)
+    rows = {r["method"]: r for r in new["rows"]}
+    assert [r["method"] for r in new["rows"]] == ["linear", "bitfit", "full"]  # order kept
+    weights = sum(p.numel() * 4 for p in create_backbone("vit_micro", random_init=True)
+                  .model.parameters()) / 2**20  # fmt: skip
+    assert rows["full"]["memory_mb_bs1"] > rows["bitfit"]["memory_mb_bs1"] > weights
+    assert rows["full"]["memory_mb_bs1_live"] == rows["full"]["memory_mb_bs1"]
+    assert rows["linear"]["memory_mb_bs1"] == 1.0 and cells["full"]["memory_mb_bs1"] == 1.0
+    assert [r["common"] for r in new["rows"]] == [50, 60, 70]  # accuracies untouched

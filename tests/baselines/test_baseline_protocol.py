@@ -39,9 +39,28 @@ def test_lr_search_then_final_run_then_test(tiny_tasks: Path, tmp_path: Path) ->
     assert final["splits"] == {"train": "train800val200", "val": None, "test": "test"}
     assert 100.0 * final["test_acc"] == out["test_acc"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["final", "memory", *(f"lr{lr:g}" for lr in out["lrs"])]
+        ["final", *(f"lr{lr:g}" for lr in out["lrs"])]
     )
     assert len(task_dirs(str(tiny_tasks))) == 4
+
+
+def test_training_memory_counts_weights_gradients_and_optimizer_state(
+    tiny_tasks: Path,  # noqa: F811
+) -> None:
+    """Every baseline's batch-1 memory holds its backbone copy's fp32 weights; full
+    fine-tuning adds a gradient and two AdamW moments per weight, so it exceeds BitFit's
+    (which trains the biases alone). The run's RSS growth got both below the weights."""
+    from losa_cache.backbone import create_backbone
+    from losa_cache.baselines.protocol import _config, train_memory
+
+    net = create_backbone("vit_micro", random_init=True).model
+    weights = sum(p.numel() * 4 for p in net.parameters())
+    mem = {
+        m: train_memory(_config(m, tiny_tasks / "digits", SPEC, Path("unused"), batch_size=1))[0]
+        for m in ("full", "bitfit")
+    }
+    assert mem["bitfit"] > weights
+    assert mem["full"] > mem["bitfit"] + 2 * weights  # + grads + AdamW's two moments
 
 
 def test_bad_protocol_arguments_are_refused(tiny_tasks: Path) -> None:  # noqa: F811

@@ -42,7 +42,7 @@ def test_whole_run_killed_at_random_points_then_resumed(
     assert before < 19, f"seed {seed}: the last kill must land mid-run"
     result = CliRunner().invoke(app, [*cli_args(path), "--cluster=local:2", "--json"])
     assert result.exit_code == 0, f"seed {seed}: {result.output}"
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)
     assert out["resumed"] and out["shards_written"] == 19 - before, f"seed {seed}"
     assert open_store(path).complete
     assert_same_store(path, reference_store)

@@ -113,7 +113,7 @@ def test_cli_with_scheduler_address(client: Any, reference_store: str, tmp_path:
     address = client.scheduler.address
     result = runner.invoke(app, [*cli_args(path), f"--scheduler={address}", "--json"])
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)
     assert out["written"] == 300 and out["shards_written"] == 19
     assert_same_store(path, reference_store)
 

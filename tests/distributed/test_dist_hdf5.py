@@ -23,7 +23,7 @@ runner = CliRunner()
 def run(*args: str, code: int = 0) -> str:
     result = runner.invoke(app, list(args))
     assert result.exit_code == code, result.output
-    return result.output
+    return result.stdout if code == 0 else result.stderr  # results; errors on stderr
 
 
 def files(root: Path) -> dict[str, bytes]:

@@ -38,7 +38,7 @@ def test_cluster_extract_to_s3_then_info_and_open_store(
     assert_same_store(url, reference_store, options)
     out = runner.invoke(app, ["info", url, "--storage-options", json.dumps(options), "--json"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.output)["complete"]
+    assert json.loads(out.stdout)["complete"]
     # training and sweeps call open_store(url): the options come from the environment
     monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps(options))
     assert open_store(url).complete
@@ -80,7 +80,7 @@ def test_s3_run_killed_second_run_refused_then_resumed(
     args = [*cli_args(url), f"--scheduler={client.scheduler.address}", "--json"]
     out = runner.invoke(app, [*args, "--storage-options", json.dumps(options)])
     assert out.exit_code == 0, out.output  # the dead holder's lease is taken over
-    assert json.loads(out.output)["shards_written"] == 19 - before
+    assert json.loads(out.stdout)["shards_written"] == 19 - before
     assert_same_store(url, reference_store, options)
     assert lease.read() is None, "a finished run removes its lease"
 

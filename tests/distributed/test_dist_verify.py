@@ -40,7 +40,7 @@ def test_verify_names_bad_shards_and_extract_repairs_exactly_those(
     assert open_store(str(path)).complete, "the done markers still say complete"
     found = runner.invoke(app, ["verify", str(path), "--json"])
     assert found.exit_code == 1
-    report = json.loads(found.output)
+    report = json.loads(found.stdout)
     assert report["bad_shards"] == [3, 5, 7] and not report["repaired"]
     assert {(b["shard"], b["array"]) for b in report["bad"]} == {
         (3, "features/block_001"),
@@ -56,7 +56,7 @@ def test_verify_names_bad_shards_and_extract_repairs_exactly_those(
     address = f"--scheduler={client.scheduler.address}"
     out = runner.invoke(app, [*cli_args(str(path)), address, "--json"])
     assert out.exit_code == 0, out.output
-    result = json.loads(out.output)
+    result = json.loads(out.stdout)
     assert result["shards_written"] == 3 and result["written"] == 48
     assert runner.invoke(app, ["verify", str(path)]).exit_code == 0
     assert_same_store(str(path), reference_store)

@@ -66,7 +66,7 @@ def damage(store: Path) -> None:
 def verify(path: Path, *flags: str) -> tuple[int, dict]:
     out = runner.invoke(app, ["verify", str(path), "--json", *flags])
     assert "Traceback" not in out.output
-    return out.exit_code, json.loads(out.output)
+    return out.exit_code, json.loads(out.stdout)
 
 
 def resume_and_compare(path: Path, reference: str, rewritten: list[int]) -> None:

@@ -153,7 +153,7 @@ def test_cli_sweep_json_report_and_errors(sweep_store: str, tmp_path: Path) -> N
             "--speed-batches", "1", "--workers", "1", "--device", "cpu"]
     res = runner.invoke(cli(), [*args, "--json"])
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert doc["summary"]["runs"] == 2 and (Path(out) / "results.csv").is_file()
     again = runner.invoke(cli(), args)
     assert again.exit_code == 2 and "already holds a sweep" in again.output

@@ -142,9 +142,9 @@ def test_a_store_error_while_reading_is_one_line(micro_store: str, tmp_path: Pat
 
     monkeypatch.setattr(FeatureArray, "scatter_rows", damaged)
     res = runner.invoke(app, [*ARGS, "--store", micro_store, "--out", str(tmp_path / "d"),
-                              "--cache", "none", "--json"])
+                              "--cache", "none", "--json", "--quiet"])
     assert res.exit_code == 2 and "fails its checksum" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    assert len(res.stderr.strip().splitlines()) == 1  # --quiet: no progress, the error alone
 
 
 def test_a_truncated_checkpoint_on_resume_is_one_line(micro_store: str, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def test_json_round_trip() -> None:
     ({"steps": 0}, "--steps must be an integer >= 1, got 0"),
     ({"epochs": 0.0}, "--epochs must be a number > 0"),
     ({"momentum": 1.5}, "--momentum must be a number >= 0 and < 1"),
-    ({"workers": -1}, "--workers must be an integer >= 0"),
+    ({"workers": -2}, "--workers must be an integer >= -1"),
     ({"warmup_steps": -2}, "--warmup-steps must be an integer >= 0"),
     ({"weight_decay": float("nan")}, "--weight-decay must be a number >= 0"),
     ({"shuffle_buffer": 0}, "--shuffle-buffer must be an integer >= 1"),

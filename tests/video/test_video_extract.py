@@ -36,7 +36,7 @@ def test_cli_store_equals_direct_forward_on_clips(
          "--workers", str(workers), "--device", "cpu", "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["written"] == 6
+    assert json.loads(result.stdout)["written"] == 6
     store = open_store(str(store_path))
     layout = store.token_layout
     assert (layout["frames"], layout["grid"], layout["tokens"], layout["clip_frames"]) == (

@@ -66,5 +66,5 @@ def test_plan_cli_and_budget_know_frames() -> None:
     b = plan_budget("vivit_e", "kinetics400", "1TB", frames=32)
     assert b["live_only"] and "live" in b["advice"]
     j = CliRunner().invoke(app, ["models", "--json"])
-    rows = {r["model"]: r for r in json.loads(j.output)}
+    rows = {r["model"]: r for r in json.loads(j.stdout)}
     assert rows["vivit_e"]["tokens"] == 4097 and rows["vivit_test"]["frames"] == 4

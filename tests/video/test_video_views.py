@@ -128,7 +128,7 @@ def test_cli_eval_dataset_and_predict_videos(
         ],
     )
     assert res.exit_code == 0, res.output
-    got = json.loads(res.output)
+    got = json.loads(res.stdout)
     cached = evaluate_store(load_adapter(adapter_dir), open_store(video_store), split="val")
     assert got["views"] == {"clips": 1, "crops": 1}
     assert got["loss"] == pytest.approx(cached["loss"], rel=1e-5, abs=1e-6)
