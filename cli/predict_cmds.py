@@ -54,6 +54,7 @@ def predict(
     """
     from losa_cache.adapter import load_adapter
     from losa_cache.backbone import create_backbone
+    from losa_cache.backbone.crop import recorded_preprocess
     from losa_cache.extract import pick_device
     from losa_cache.predict import find_images, predict_images
     from losa_cache.predict_video import is_video_adapter
@@ -71,7 +72,8 @@ def predict(
         files = find_images(images)
         backbone = create_backbone(model or loaded.fingerprint["model"], checkpoint=checkpoint,
                                    pretrained=pretrained, random_init=random_init, seed=seed,
-                                   device=pick_device(device))
+                                   device=pick_device(device),
+                                   preprocess=recorded_preprocess(loaded.fingerprint))
         rows = predict_images(loaded, backbone, files, batch_size=batch_size, top_k=top_k,
                               max_pixels=max_pixels)
     _show_predictions(rows, loaded, top_k, json_out, csv_out)

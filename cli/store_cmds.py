@@ -304,6 +304,13 @@ def extract(
     interpolation: Annotated[
         str | None, typer.Option(help="Override the resize mode (bicubic, bilinear, ...).")
     ] = None,
+    crop_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="center (resize, centre crop) | squash (whole image resized to the input "
+            "size, no crop: VTAB-1k's protocol). Default: the backbone's (center)."
+        ),
+    ] = None,
     max_pixels: Annotated[
         int | None,
         typer.Option(
@@ -380,6 +387,7 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
             input_size=input_size,
             crop_pct=crop_pct,
             interpolation=interpolation,
+            crop_mode=crop_mode,
             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
             frames=frames,
             stride=stride,
@@ -482,7 +490,7 @@ def info(
     )
     typer.echo(
         f"preprocess   {fp['input_size']} {fp['interpolation']} crop {fp['crop_pct']} "
-        f"mean {fp['mean']} std {fp['std']}"
+        f"{fp.get('crop_mode') or ''} mean {fp['mean']} std {fp['std']}"
     )
     typer.echo(f"images       {d['num_images']:,}  splits {d['splits']}")
     typer.echo(f"tokens       {d['token_layout']}")

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from losa_cache.backbone import VIDEO_ALIASES, Backbone, create_backbone
+from losa_cache.backbone.crop import check_crop_mode, crop_preprocess
 from losa_cache.backbone.device import parse_device, pick_device
 from losa_cache.backbone.vivit import check_clip, video_alias
 from losa_cache.checks import check_at_least, require_positive
@@ -96,6 +97,11 @@ class ExtractConfig:
     input_size: int | None = field(default=None, metadata={"help": "override input size"})
     crop_pct: float | None = field(default=None, metadata={"help": "override crop fraction"})
     interpolation: str | None = field(default=None, metadata={"help": "override resize mode"})
+    crop_mode: str | None = field(
+        default=None,
+        metadata={"help": "center (resize, centre crop) | squash (whole image resized to the "
+                  "input size, no crop; VTAB-1k's protocol); default: the backbone's"},
+    )
     max_pixels: int = field(
         default=DEFAULT_MAX_PIXELS,
         metadata={"help": "largest image decoded (width x height); larger ones are skipped"},
@@ -117,6 +123,7 @@ class ExtractConfig:
              "shard_rows": 1, "input_size": 1, "max_pixels": 1},
         )  # fmt: skip
         require_positive("crop_pct", self.crop_pct)
+        check_crop_mode(self.crop_mode, self.crop_pct)
         S.parse_dtype(self.dtype)
         parse_taps(self.taps, depth=1 << 20)  # the spelling; k is range-checked on the model
         S.parse_codec(self.codec)
@@ -248,8 +255,8 @@ def prepare(
         device=device,
         preprocess={
             "input_size": size,
-            "crop_pct": cfg.crop_pct,
             "interpolation": cfg.interpolation,
+            **crop_preprocess(cfg.crop_mode, cfg.crop_pct),
         },
         frames=cfg.frames,
         inflation=cfg.inflation,

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from losa_cache.adapter import Adapter
 from losa_cache.backbone import Backbone, create_backbone
+from losa_cache.backbone.crop import recorded_preprocess
 from losa_cache.backbone.vivit import video_alias
 from losa_cache.data import get_dataset
 from losa_cache.data.base import ImageDecodeError
@@ -70,7 +71,12 @@ def video_backbone(
         )
     fp, sampling = adapter.fingerprint, adapter_sampling(adapter)
     backbone = create_backbone(
-        fp["model"], device=device, frames=sampling.frames, inflation=fp["inflation"], **weights
+        fp["model"],
+        device=device,
+        frames=sampling.frames,
+        inflation=fp["inflation"],
+        preprocess=recorded_preprocess(fp),
+        **weights,
     )
     backbone.sampling = {"stride": sampling.stride, "clip": sampling.clip}
     return backbone
