@@ -10,11 +10,14 @@ import pytest
 from PIL import Image
 
 from losa_cache.pipelines import inat, vtab
+from losa_cache.store import StoreError, open_store
 
 #: Three of the 19 folders, one per Table 1 group.
 VTAB_FIXTURE = ("cifar", "eurosat", "clevr_count")
 SIZES = {"train800": 8, "val200": 4, "test": 6}
 MICRO = ["--model", "vit_micro", "--random-init", "--workers", "0", "--quiet"]
+#: the VTAB recipe squashes to --input-size (224 for ViT-B); vit_micro's is 32
+VTAB_MICRO = [*MICRO, "--input-size", "32"]
 
 
 def _image(path: Path, rng: np.random.Generator, label: int) -> None:
@@ -80,16 +83,14 @@ def test_vtab_end_to_end(
             "--tasks",
             ",".join(VTAB_FIXTURE),
             "--methods",
-            "losa,linear",
-            "--ranks",
-            "4",
+            "linear",
             "--epochs",
             "1",
             "--batch-size",
             "4",
             "--lrs",
             "1e-3,1e-2",
-            *MICRO,
+            *VTAB_MICRO,
         ]
     )
     text = capsys.readouterr().out
@@ -99,9 +100,9 @@ def test_vtab_end_to_end(
     rows = {
         line.split(" | ")[0][2:]: line
         for line in text.splitlines()
-        if line.startswith(("| losa r4 |", "| linear |"))
+        if line.startswith("| ") and not line.startswith(("| method", "|---"))
     }
-    assert set(rows) == {"losa r4", "linear"}
+    assert set(rows) == {"linear"}
     saved = json.loads((out / "vtab_results.json").read_text())
     assert saved["tasks"] == list(VTAB_FIXTURE)
     for method, acc in saved["results"].items():
@@ -112,13 +113,38 @@ def test_vtab_end_to_end(
             (acc["cifar"] + acc["eurosat"] + acc["clevr_count"]) / 3
         )
         assert f"{acc['cifar']:.1f}" in rows[method]
-    assert doc["per_task"]["cifar"]["losa r4"]["best_lr"] in (1e-3, 1e-2)
+    assert doc["per_task"]["cifar"]["linear"]["best_lr"] in (1e-3, 1e-2)
+
+
+def test_vtab_table1_methods_end_to_end(vtab_root: Path, tmp_path: Path) -> None:
+    """The default methods (linear, losa r4/8/16, mist) on one task, squashed to the input
+    size, the store holding what mist reads (embed + blocks, summed by the feed)."""
+    out = tmp_path / "t1"
+    doc = vtab.main(["--root", str(vtab_root), "--out", str(out), "--tasks", "cifar",
+                     "--epochs", "1", "--batch-size", "4", "--lrs", "1e-2",
+                     *VTAB_MICRO])  # fmt: skip
+    assert set(doc["results"]) == {"linear", "losa r4", "losa r8", "losa r16", "mist"}
+    assert all(0 <= acc["cifar"] <= 100 for acc in doc["results"].values())
+    store = open_store(str(out / "stores" / "cifar.zarr"))
+    assert store.fingerprint["crop_mode"] == "squash" and store.fingerprint["crop_pct"] == 1.0
+    assert store.fingerprint["input_size"] == [3, 32, 32]
+    assert list(store.taps) == ["blocks", "embed"]
+
+
+def test_vtab_store_of_another_crop_mode_refused(vtab_root: Path, tmp_path: Path) -> None:
+    """A rerun into the same --out with --crop-mode center must not reuse squashed features."""
+    args = ["--root", str(vtab_root), "--out", str(tmp_path / "r"), "--tasks", "cifar",
+            "--methods", "linear", "--epochs", "1", "--lrs", "1e-2", "--batch-size", "4",
+            *VTAB_MICRO]  # fmt: skip
+    vtab.main(args)
+    with pytest.raises(StoreError, match="crop_mode"):
+        vtab.main([*args, "--crop-mode", "center"])
 
 
 def test_vtab_dry_run_and_missing(
     vtab_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["--root", str(vtab_root), "--out", str(tmp_path / "x"), *MICRO]
+    args = ["--root", str(vtab_root), "--out", str(tmp_path / "x"), *VTAB_MICRO]
     with pytest.raises(SystemExit, match="16 task"):
         vtab.main(args)
     doc = vtab.main([*args, "--allow-missing", "--dry-run"])
