@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from losa_cache.adapter import load_adapter
 from losa_cache.pipelines import inat, vtab
+from losa_cache.predict import evaluate_store
 from losa_cache.store import StoreError, open_store
+from losa_cache.store.splits import add_split, holdout_rows
 
 #: Three of the 19 folders, one per Table 1 group.
 VTAB_FIXTURE = ("cifar", "eurosat", "clevr_count")
@@ -161,34 +164,55 @@ def test_group_means_table_layout() -> None:
     assert means["Mean"] == 60.0
 
 
-def test_inat_end_to_end(
+def test_inat_selects_on_holdout_reports_val_once(
     inat_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "inat"
-    doc = inat.main(
-        [
-            "--data-root",
-            str(inat_root),
-            "--out",
-            str(out),
-            "--layers",
-            "all",
-            "--rank",
-            "4",
-            "--steps",
-            "3",
-            "--batch-size",
-            "4",
-            *MICRO,
-        ]
-    )
+    args = ["--data-root", str(inat_root), "--out", str(out), "--layers", "all", "--rank",
+            "4", "--steps", "3", "--batch-size", "4", "--lrs", "1e-3,0.3", "--holdout",
+            "0.25", *MICRO]  # fmt: skip
+    doc = inat.main(args)
     text = capsys.readouterr().out
     assert "store:" in text and "iNat2018 val top-1:" in text
     assert doc["plan"]["splits"] == {"train": 12, "val": 6}
     saved = json.loads((out / "inat_results.json").read_text())
-    assert 0 <= saved["val_acc"] <= 1
     assert saved["config"]["optimizer"] == "sgd" and saved["config"]["momentum"] == 0.9
     assert saved["config"]["steps"] == 3 and saved["config"]["rank"] == 4
+    # selection: a held-out quarter of train, disjoint from the rows trained on
+    store = open_store(str(out / "inat2018.zarr"))
+    fit, held = store.split_rows("train_fit"), store.split_rows("holdout")
+    assert len(held) == 3 and len(fit) == 9 and not set(fit) & set(held)
+    assert set(fit) | set(held) == set(store.split_rows("train"))
+    assert saved["train_rows"] == 9 and saved["selection_split"] == "holdout"
+    accs = {float(k): v for k, v in saved["selection_acc"].items()}
+    assert saved["best_lr"] == max(accs, key=lambda lr: accs[lr])
+    for lr in accs:  # no run ever looked at val: periodic evals on holdout, no test
+        metrics = json.loads((out / f"train-lr{lr:g}" / "metrics.json").read_text())
+        assert {e["split"] for e in metrics["evals"]} == {"holdout"}
+        assert metrics["test_acc"] is None
+    # the report: the chosen run's final adapter scored once on val
+    chosen = json.loads((out / f"train-lr{saved['best_lr']:g}" / "metrics.json").read_text())
+    once = evaluate_store(load_adapter(chosen["adapter"]), store, split="val")
+    assert saved["report_split"] == "val" and saved["report_acc"] == once["accuracy"]
+    # a rerun reuses the same held-out rows (add_split is idempotent)
+    inat.main(args)
+    assert np.array_equal(open_store(str(out / "inat2018.zarr")).split_rows("holdout"), held)
+
+
+def test_add_split_refuses_other_rows(micro_store: str, tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "s.zarr"
+    shutil.copytree(micro_store, path)
+    rows = open_store(str(path)).split_rows("train")
+    fit, held = holdout_rows(rows, 0.25, seed=0)
+    assert holdout_rows(rows, 0.25, seed=0)[1].tolist() == held.tolist()  # seeded
+    assert add_split(path, "holdout", held) and not add_split(path, "holdout", held)
+    with pytest.raises(StoreError, match="other rows"):
+        add_split(path, "holdout", fit)
+    assert np.array_equal(open_store(str(path)).split_rows("holdout"), held)
+    with pytest.raises(ValueError, match="leaves 0"):
+        holdout_rows(rows, len(rows))
 
 
 def test_inat_dry_run_defaults(
