@@ -15,9 +15,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 AdapterOpt = Annotated[Path, typer.Option(
     help="Adapter directory (adapter.json + adapter.safetensors) written by `train --out`.")]
 ClipsOpt = Annotated[int, typer.Option(
-    help="Video: temporal clips per video, spread evenly over it (Table 13: 4).")]
+    help="Video: temporal clips per video, spread evenly over it (ViViT/SlowFast "
+    "multi-view testing: 4).")]
 CropsOpt = Annotated[int, typer.Option(
-    help="Video: spatial crops per clip along the longer side (Table 13: 3).")]
+    help="Video: spatial crops per clip along the longer side (ViViT/SlowFast "
+    "multi-view testing: 3).")]
 
 
 def predict(
@@ -177,7 +179,7 @@ def evaluate(
     Refuses an incomplete store unless --allow-incomplete; stops at the first damaged
     chunk (every read is checked against the crc32c written with it). A video adapter can
     instead score --dataset live, from the mean logits of --clips x --crops views per
-    video (the paper's multi-view protocol, Table 13).
+    video (4 x 3: ViViT's and SlowFast's multi-view testing; the LoSA paper defines none).
 
     Example: losa-cache eval --adapter runs/cifar --store stores/cifar.zarr --split test
     """
