@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from losa_cache.augment import ViewImages, ViewPlan, check_views, write_view_table
 from losa_cache.backbone import VIDEO_ALIASES, Backbone, create_backbone
 from losa_cache.backbone.crop import check_crop_mode, crop_preprocess
 from losa_cache.backbone.device import parse_device, pick_device
@@ -114,6 +115,14 @@ class ExtractConfig:
     inflation: str = field(
         default="central", metadata={"help": "video: tubelet init from 2D, central|average"}
     )
+    views: int = field(
+        default=0,
+        metadata={"help": "augmented views of every train* image stored besides the clean one"},
+    )
+    augment: str | None = field(
+        default=None, metadata={"help": "the views' augmentation, e.g. rrc:0.08-1,flip"}
+    )
+    view_seed: int = field(default=0, metadata={"help": "seed of the views (with row, view)"})
 
     def __post_init__(self) -> None:
         """Refuse bad values before any model or data set is loaded (the CLI prints one line)."""
@@ -125,6 +134,7 @@ class ExtractConfig:
         require_positive("crop_pct", self.crop_pct)
         check_crop_mode(self.crop_mode, self.crop_pct)
         S.parse_dtype(self.dtype)
+        check_views(self.views, self.augment, self.view_seed, video_alias(self.model) is not None)
         parse_taps(self.taps, depth=1 << 20)  # the spelling; k is range-checked on the model
         S.parse_codec(self.codec)
         parse_precision(self.precision)
@@ -245,6 +255,9 @@ def prepare(
     rows, splits = select_rows(dataset, cfg.limit, cfg.splits)
     if not rows:
         raise ValueError(f"data set {cfg.dataset} has no rows to extract")
+    views = view_plan(cfg, splits)
+    if views is not None:  # the views' rows follow the clean ones (augment.ViewPlan)
+        rows = rows + [rows[r] for r in views.view_rows()[0]]
     size = (3, cfg.input_size, cfg.input_size) if cfg.input_size else None
     backbone = create_backbone(
         cfg.model,
@@ -265,6 +278,11 @@ def prepare(
         backbone.sampling = {"stride": cfg.stride, "clip": cfg.clip}
     layers = parse_layers(cfg.layers, backbone.depth)
     return backbone, dataset, rows, splits, layers
+
+
+def view_plan(cfg: ExtractConfig, splits: dict[str, list[int]]) -> ViewPlan | None:
+    """Where ``--views`` puts its rows (None without views)."""
+    return ViewPlan.of(splits, cfg.views, cfg.augment, cfg.view_seed)
 
 
 def store_taps(spec: str, depth: int) -> tuple[str, ...]:
@@ -309,9 +327,14 @@ def open_or_create(
     """Resume a matching store, or create a new one; returns (group, layout, resumed)."""
     dtype = S.parse_dtype(cfg.dtype)
     S.parse_codec(cfg.codec)
+    views = view_plan(cfg, splits)
     sources = [dataset.samples[r].source for r in rows]
+    if views is not None:
+        sources = views.sources(sources[: views.n_clean])
     taps = store_taps(cfg.taps, backbone.depth)
     identity = build_identity(backbone, layers, dtype, sources, splits, taps)
+    if views is not None:
+        identity["views"] = views.identity()
     if cfg.extend:
         from losa_cache.store.extend import extend_store
 
@@ -319,6 +342,8 @@ def open_or_create(
         return store.group, store.layout, True
     existing = open_for_resume(cfg.store, identity, storage_options)
     if existing is not None:
+        if views is not None:
+            write_view_table(existing.group, views)
         return existing.group, existing.layout, True
     layout = S.plan_layout(
         len(rows),
@@ -342,6 +367,8 @@ def open_or_create(
         {task: (labels, list(dataset.classes))},
         storage_options=storage_options,
     )
+    if views is not None:
+        write_view_table(group, views)
     return group, layout, False
 
 
@@ -370,8 +397,15 @@ def make_loader(
     batches: list[list[int]],
     workers: int,
     device: torch.device,
+    views: ViewPlan | None = None,
 ) -> torch.utils.data.DataLoader:
-    images = TorchImages(dataset, backbone.transform(), rows)
+    images: TorchImages
+    if views is None:
+        images = TorchImages(dataset, backbone.transform(), rows)
+    else:  # row k: the clean image, or view v of clean row r
+        clean, view = views.items()
+        images = ViewImages(dataset, backbone.transform(), rows, view, clean, views.spec,
+                            backbone.preprocess, views.seed)  # fmt: skip
     if workers < 0:
         workers = min(8, max(0, (torch.multiprocessing.cpu_count() or 1) - 1))
     kwargs: dict[str, Any] = {}
@@ -547,7 +581,9 @@ def extract(
         bar = progress_bar(total, progress)
         submitted = 0
         try:
-            loader = make_loader(dataset, backbone, rows, batches, cfg.workers, device)
+            loader = make_loader(
+                dataset, backbone, rows, batches, cfg.workers, device, view_plan(cfg, splits)
+            )
             sources = [dataset.samples[r].source for r in rows]
             log = bar.write if progress else lambda _m: None
             for buf, n in run_batches(
