@@ -329,6 +329,20 @@ def extract(
         str,
         typer.Option(help="Video: tubelet init from the 2D patch kernel: central | average."),
     ] = "central",
+    views: Annotated[
+        int,
+        typer.Option(
+            help="Augmented views of every train* image stored besides the clean one "
+            "(rows after the clean ones; val/test stay clean). Needs --augment."
+        ),
+    ] = 0,
+    augment: Annotated[
+        str | None,
+        typer.Option(help="The views' augmentation: rrc[:LO-HI] and/or flip (rrc:0.08-1,flip)."),
+    ] = None,
+    view_seed: Annotated[
+        int, typer.Option(help="Seed of the views: view v of row r is a function of (seed, r, v).")
+    ] = 0,
     cluster: Annotated[
         str | None,
         typer.Option(help="Run on Dask: local:N (N worker processes) | cuda (one per GPU)."),
@@ -388,6 +402,9 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
             crop_pct=crop_pct,
             interpolation=interpolation,
             crop_mode=crop_mode,
+            views=views,
+            augment=augment,
+            view_seed=view_seed,
             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
             frames=frames,
             stride=stride,

@@ -27,21 +27,19 @@ input size first.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from losa_cache.data.base import ImageDataset
-from losa_cache.data.torch_dataset import TorchImages
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "AugmentSpec",
     "ViewDraw",
-    "ViewImages",
+    "ViewPlan",
     "augment",
     "draw_views",
     "parse_augment",
@@ -151,12 +149,14 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def draw_views(seed: int, epoch: int, rows: np.ndarray, count: int) -> np.ndarray:
+def draw_views(seed: int, epoch: int | np.ndarray, rows: np.ndarray, count: int) -> np.ndarray:
     """(n,) int64 in 0..count: the view each clean store row shows in ``epoch`` (0: the
-    clean one) of a run seeded ``seed``; a pure function of the three integers."""
+    clean one; an array: each row's epoch) of a run seeded ``seed``; a pure function of
+    the three integers."""
     rows = np.asarray(rows, dtype=np.int64).astype(np.uint64)
+    epochs = np.asarray(epoch, dtype=np.int64).astype(np.uint64)
     with np.errstate(over="ignore"):
-        key = _mix(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch))
+        key = _mix(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + epochs)
         x = _mix(rows * np.uint64(0xD1B54A32D192ED03) ^ key)
     return (x % np.uint64(count + 1)).astype(np.int64)
 
@@ -168,45 +168,8 @@ class ViewDraw:
 
     count: int
 
-    def draw(self, seed: int, epoch: int, rows: np.ndarray) -> np.ndarray:
+    def draw(self, seed: int, epoch: int | np.ndarray, rows: np.ndarray) -> np.ndarray:
         return draw_views(seed, epoch, rows, self.count)
-
-
-# ------------------------------------------------------------------------------ images
-
-
-class ViewImages(TorchImages):
-    """Item ``k`` of row ``rows[k]`` as view ``views[k]``: 0 the backbone's eval transform,
-    v > 0 :func:`augment` seeded by ``(view_seed, clean[k], v)`` (``clean``: the clean
-    store row whose view it is)."""
-
-    _view, _clean = 0, 0  # the item being made (the blank of __init__: clean)
-
-    def __init__(
-        self,
-        dataset: ImageDataset,
-        transform: Any,
-        rows: Sequence[int],
-        views: Sequence[int],
-        clean: Sequence[int],
-        spec: AugmentSpec,
-        preprocess: dict[str, Any],
-        view_seed: int,
-    ) -> None:
-        super().__init__(dataset, transform, rows)
-        self.views = np.asarray(views, dtype=np.int64)
-        self.clean = np.asarray(clean, dtype=np.int64)
-        self.spec, self.preprocess, self.view_seed = spec, dict(preprocess), int(view_seed)
-
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, int, bool, str]:
-        self._view, self._clean = int(self.views[k]), int(self.clean[k])
-        return super().__getitem__(k)
-
-    def _apply(self, image: Any) -> torch.Tensor:
-        if self._view == 0 or isinstance(image, list):
-            return super()._apply(image)
-        gen = view_generator(self.view_seed, self._clean, self._view)
-        return augment(image, self.spec, self.preprocess, gen)
 
 
 # ------------------------------------------------------------------------------ store rows
@@ -341,3 +304,31 @@ def check_views(views: int, spec: str | None, seed: int, video: bool) -> None:
         raise ValueError("--views is for images; video clips are stored clean only")
     if spec:
         parse_augment(spec)
+
+
+def check_train_views(views: str, spec: str | None, live: bool) -> None:
+    """``train --views``: all | clean from a store; live: N (>= 1) with --augment, or clean."""
+    if live and spec:
+        if not str(views).isdigit() or int(views) < 1:
+            raise ValueError(
+                f"--augment (live) needs --views N, the views drawn from (N >= 1);"
+                f" got --views {views}"
+            )
+        parse_augment(spec)
+    elif spec:
+        raise ValueError(
+            "--augment is for --live: a store's views were fixed by extract "
+            "--views --augment (train with --views all | clean)"
+        )
+    elif views not in ("all", "clean"):
+        raise ValueError(
+            f"--views {views}: choose all or clean (a number only with --live --augment)"
+        )
+
+
+def train_views(views: str, held: int) -> ViewDraw | None:
+    """What a training order draws from: ``held`` views (the store's, or live --views N)
+    unless ``--views clean``."""
+    if views == "clean" or not held:
+        return None
+    return ViewDraw(held)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from losa_cache.augment import ViewImages, ViewPlan, check_views, write_view_table
+from losa_cache.augment import ViewPlan, check_views, write_view_table
 from losa_cache.backbone import VIDEO_ALIASES, Backbone, create_backbone
 from losa_cache.backbone.crop import check_crop_mode, crop_preprocess
 from losa_cache.backbone.device import parse_device, pick_device
@@ -32,6 +32,7 @@ from losa_cache.data import DEFAULT_MAX_PIXELS, get_dataset
 from losa_cache.data.base import ImageDataset, ImageDecodeError
 from losa_cache.data.torch_dataset import TorchImages, worker_context
 from losa_cache.data.video import ClipSampling, VideoRows
+from losa_cache.data.view_images import ViewImages
 from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
 from losa_cache.store.quant import quantize
