@@ -1,0 +1,219 @@
+"""Augmented views in the store (extract --views V --augment SPEC) and in training.
+
+One fp32 vit_micro store of 12 demo images a split with 2 views of every train image;
+the checks are equivalences: view v of row r is a pure function of (seed, r, v) (worker
+counts, resumed shards), training from the store equals live training with the same
+augmentation, evaluation reads clean rows only.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from losa_cache.augment import (
+    AugmentSpec,
+    ViewPlan,
+    augment,
+    draw_views,
+    parse_augment,
+    view_generator,
+)
+from losa_cache.backbone import create_backbone
+from losa_cache.data import get_dataset
+from losa_cache.extract import ExtractConfig, extract, select_rows
+from losa_cache.store import StoreError, open_store
+from losa_cache.store import schema as S
+from losa_cache.store.store import open_group
+from losa_cache.train import TrainConfig, train
+from losa_cache.train.reader import StoreReader
+from tests.train._train_helpers import losses
+
+SPEC = "rrc:0.08-1,flip"
+N = 12  # images per split
+BASE = dict(model="vit_micro", random_init=True, dataset="demo", dtype="float32", limit=N,
+            chunk_rows=8, shard_rows=16, batch_size=8, views=2, augment=SPEC)  # fmt: skip
+
+
+def _extract(path: Path, **kw: Any) -> Any:
+    return extract(ExtractConfig(store=str(path), **{**BASE, "workers": 0, **kw}), progress=False)
+
+
+@pytest.fixture(scope="module")
+def views_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("views") / "v.zarr"
+    _extract(path)
+    return path
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    store = open_store(str(path))
+    names = [S.feature_name(b) for b in store.layers]
+    names += [S.SOURCE, S.STATUS, S.VIEWS, f"{S.TASKS}/{store.default_task}"]
+    return {n: store.group[n][:] for n in names}
+
+
+def test_views_are_rows_after_the_clean_ones(views_store: Path) -> None:
+    store = open_store(str(views_store))
+    assert store.num_images == 3 * N + 2 * N  # train/val/test clean + 2 views of train
+    table = store.group[S.VIEWS][:]
+    train = store.split_rows("train")
+    assert table.shape == (3 * N, 3) and np.array_equal(table[:, 0], np.arange(3 * N))
+    assert (table[train, 1:] >= 3 * N).all() and (np.delete(table, train, 0)[:, 1:] == -1).all()
+    for split in store.manifest.splits:  # splits hold clean rows only
+        assert store.split_rows(split).max() < 3 * N
+    r, v = int(train[3]), 2
+    assert store.sources[table[r, v]] == f"{store.sources[r]}#view=2"
+    labels = store.labels()
+    assert np.array_equal(labels[table[train, 1]], labels[train])
+    assert store.manifest.identity["views"] == {"count": 2, "augment": SPEC, "seed": 0,
+                                                "train_rows": N}  # fmt: skip
+
+
+def test_view_is_the_seeded_augmentation_of_its_image(views_store: Path) -> None:
+    store = open_store(str(views_store))
+    b = create_backbone("vit_micro", random_init=True)
+    dataset = get_dataset("demo")
+    row = int(store.split_rows("train")[5])
+    image = dataset.load(select_rows(dataset, N, None)[0][row])
+    last = b.depth - 1
+    views = []
+    for v in (1, 2):
+        x = augment(image, parse_augment(SPEC), b.preprocess, view_generator(0, row, v))
+        want = b.intermediates(x[None], [last])[0][0]
+        got = store.features(last).read_torch(np.array([store.group[S.VIEWS][row, v]]))[0]
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        views.append(got)
+    clean = store.features(last).read_torch(np.array([row]))[0]
+    assert not torch.allclose(views[0], views[1]) and not torch.allclose(views[0], clean)
+
+
+def test_views_identical_across_workers_and_a_resume(views_store: Path, tmp_path: Path) -> None:
+    two = tmp_path / "w2.zarr"
+    _extract(two, workers=2)
+    a, b = _arrays(views_store), _arrays(two)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    # a run killed before shards 1 and 3 were done: their markers unset, rows garbled
+    layout = open_store(str(two)).layout
+    group = open_group(str(two), mode="r+")
+    for shard in (1, 3):
+        lo, hi = layout.shard_range(shard)
+        group[S.DONE][shard] = 0
+        for name in a:
+            if name.startswith(S.FEATURES):
+                group[name][lo:hi] = 0.0
+    resumed = _extract(two, workers=1)
+    assert resumed.resumed and resumed.shards_written == 2
+    b = _arrays(two)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_other_views_or_augmentation_refused(views_store: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(views_store, copy)
+    for kw in ({"views": 3}, {"augment": "flip"}, {"view_seed": 1}):
+        with pytest.raises(StoreError, match="views"):
+            _extract(copy, **kw)
+    with pytest.raises(ValueError, match="needs --augment"):
+        ExtractConfig(store="x", **{**BASE, "augment": None})
+    with pytest.raises(ValueError, match="bad --augment op 'blur'"):
+        ExtractConfig(store="x", **{**BASE, "augment": "rrc,blur"})
+    assert parse_augment("flip,rrc:0.5-1") == AugmentSpec((0.5, 1.0), True)
+
+
+def test_draw_is_a_pure_function_covering_every_view() -> None:
+    rows = np.arange(2000)
+    a = draw_views(7, 3, rows, 4)
+    assert np.array_equal(a, draw_views(7, 3, rows, 4))  # same inputs, same draw
+    assert np.array_equal(a[500:600], draw_views(7, 3, rows[500:600], 4))  # per row
+    assert set(a.tolist()) == {0, 1, 2, 3, 4} and abs(np.mean(a == 0) - 0.2) < 0.05
+    assert (a != draw_views(7, 4, rows, 4)).mean() > 0.5  # a new draw each epoch
+    assert (a != draw_views(8, 3, rows, 4)).mean() > 0.5  # and per seed
+
+
+def test_plan_row_layout() -> None:
+    plan = ViewPlan.of({"train": [0, 1, 2], "val": [3]}, 2, SPEC, 0)
+    assert plan.total == 4 + 6 and plan.table()[1].tolist() == [1, 6, 7]
+    assert plan.table()[3].tolist() == [3, -1, -1]
+    assert plan.sources(["a", "b", "c", "d"])[4:6] == ["a#view=1", "a#view=2"]
+
+
+# ------------------------------------------------------------------------------ training
+
+TRAIN = {"method": "losa", "rank": 2, "layers": "all", "steps": 12, "batch_size": 4,
+         "optimizer": "adamw", "lr": 1e-2, "workers": 0, "cache": "none", "amp": "fp32",
+         "device": "cpu", "eval_every": 6, "log_every": 1, "shuffle_buffer": 8}  # fmt: skip
+LIVE = {"live": True, "model": "vit_micro", "random_init": True, "dataset": "demo", "limit": N}
+
+
+def test_store_with_views_equals_live_with_the_same_augmentation(
+    views_store: Path, tmp_path: Path
+) -> None:
+    cached = TrainConfig(store=str(views_store), out=str(tmp_path / "c"), **TRAIN)
+    live = TrainConfig(out=str(tmp_path / "l"), views="2", augment=SPEC, **LIVE, **TRAIN)
+    mc, ml = train(cached, progress=False), train(live, progress=False)
+    torch.testing.assert_close(torch.tensor(losses(live.out)), torch.tensor(losses(cached.out)),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    assert ml["test_acc"] == mc["test_acc"]
+    clean = TrainConfig(store=str(views_store), out=str(tmp_path / "k"), views="clean", **TRAIN)
+    train(clean, progress=False)
+    assert losses(clean.out) != losses(cached.out)  # the views were really drawn
+    plain = TrainConfig(out=str(tmp_path / "p"), **LIVE, **TRAIN)  # live, no augmentation
+    train(plain, progress=False)
+    torch.testing.assert_close(torch.tensor(losses(plain.out)), torch.tensor(losses(clean.out)),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_eval_never_reads_a_view(
+    views_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[tuple[bool, np.ndarray]] = []
+    submit = StoreReader._submit
+
+    def spy(self: StoreReader, rows: np.ndarray, *a: Any) -> Any:
+        reads.append((self.order.views is not None, np.asarray(rows).copy()))
+        return submit(self, rows, *a)
+
+    monkeypatch.setattr(StoreReader, "_submit", spy)
+    train(TrainConfig(store=str(views_store), out=str(tmp_path / "e"), **TRAIN), progress=False)
+    clean_rows = 3 * N
+    training = np.concatenate([r for drawn, r in reads if drawn])
+    evaluation = [r for drawn, r in reads if not drawn]
+    assert (training >= clean_rows).any()  # training read view rows
+    assert evaluation and all((r < clean_rows).all() for r in evaluation)
+
+
+def test_live_augment_options_checked() -> None:
+    with pytest.raises(ValueError, match="needs --views N"):
+        TrainConfig(out="x", augment=SPEC, **LIVE)
+    with pytest.raises(ValueError, match="--augment is for --live"):
+        TrainConfig(store="s", augment=SPEC)
+    with pytest.raises(ValueError, match="choose all or clean"):
+        TrainConfig(store="s", views="3")
+
+
+def test_sweep_member_with_views_equals_the_run_alone(views_store: Path, tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    from losa_cache.sweep import RunSpec, SweepConfig, run_sweep
+
+    cfg = SweepConfig(store=str(views_store), out=str(tmp_path / "s"), methods=["losa", "linear"],
+                      ranks=[2], layers=["all"], lrs=[0.05], steps=7, batch_size=4, workers=0,
+                      device="cpu", speed_batches=0, amp="fp32", cache="none")  # fmt: skip
+    run_sweep(cfg, progress=False)
+    doc = json.loads((Path(cfg.out) / "sweep.json").read_text())
+    for r in doc["runs"]:
+        spec = RunSpec.from_dict(r)
+        member = spec.train.out
+        alone = dataclasses.replace(spec.train, out=str(tmp_path / "alone" / spec.id))
+        assert alone.views == "all"  # the store's views drawn, as in the sweep
+        train(alone, progress=False)
+        assert losses(alone.out) == losses(member)
