@@ -252,44 +252,6 @@ class ViewPlan:
         }
 
 
-def write_view_table(group: Any, plan: ViewPlan) -> None:
-    """``index/views`` of a store being extracted with views (idempotent: a resume of a
-    creation killed before it wrote the table writes it; a differing one is refused)."""
-    from losa_cache.store import schema as S
-    from losa_cache.store.store import StoreError
-
-    table = plan.table()
-    if S.VIEWS in group:
-        if not np.array_equal(group[S.VIEWS][:], table):
-            raise StoreError(f"{S.VIEWS} of this store differs from the --views plan")
-        return
-    arr = group.create_array(
-        S.VIEWS,
-        shape=table.shape,
-        dtype="int64",
-        chunks=table.shape,
-        fill_value=-1,
-        dimension_names=("image", "view"),
-    )
-    arr[:] = table
-    arr.attrs["meaning"] = (
-        "store row of view v (column) of clean row r (row); column 0 "
-        "is the clean row itself, -1 = no such view"
-    )
-
-
-def read_view_table(store: Any) -> np.ndarray | None:
-    """A store's ``index/views`` with views of rows not written OK pointing at the clean
-    row; None for a store without views."""
-    from losa_cache.store import schema as S
-
-    if S.VIEWS not in store.group:
-        return None
-    table = np.asarray(store.group[S.VIEWS][:], dtype=np.int64)
-    bad = (table < 0) | ~store.valid[np.maximum(table, 0)]
-    return np.where(bad, table[:, :1], table)
-
-
 def check_views(views: int, spec: str | None, seed: int, video: bool) -> None:
     """Refuse a ``--views``/``--augment`` pair that cannot work, before anything loads."""
     if isinstance(views, bool) or not isinstance(views, int) or views < 0:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from losa_cache.augment import ViewPlan, check_views, write_view_table
+from losa_cache.augment import ViewPlan, check_views
 from losa_cache.backbone import VIDEO_ALIASES, Backbone, create_backbone
 from losa_cache.backbone.crop import check_crop_mode, crop_preprocess
 from losa_cache.backbone.device import parse_device, pick_device
@@ -39,6 +39,7 @@ from losa_cache.store.quant import quantize
 from losa_cache.store.store import storage_errors
 from losa_cache.store.taps import deepest_block, parse_taps, tap_names
 from losa_cache.store.target import inspect_target
+from losa_cache.store.views import write_view_table
 from losa_cache.store.writer import (
     Progress,
     ShardWriter,
@@ -344,7 +345,7 @@ def open_or_create(
     existing = open_for_resume(cfg.store, identity, storage_options)
     if existing is not None:
         if views is not None:
-            write_view_table(existing.group, views)
+            write_view_table(existing.group, views.table())
         return existing.group, existing.layout, True
     layout = S.plan_layout(
         len(rows),
@@ -369,7 +370,7 @@ def open_or_create(
         storage_options=storage_options,
     )
     if views is not None:
-        write_view_table(group, views)
+        write_view_table(group, views.table())
     return group, layout, False
 
 

@@ -217,3 +217,49 @@ def test_sweep_member_with_views_equals_the_run_alone(views_store: Path, tmp_pat
         assert alone.views == "all"  # the store's views drawn, as in the sweep
         train(alone, progress=False)
         assert losses(alone.out) == losses(member)
+
+
+# ------------------------------------------------------------------------------ other readers
+
+
+def test_subset_keeps_the_views_of_the_rows_it_keeps(views_store: Path, tmp_path: Path) -> None:
+    from losa_cache.store.subset import subset_store
+
+    src = open_store(str(views_store))
+    dst = tmp_path / "sub.zarr"
+    subset_store(str(views_store), str(dst), layers="3", rows=["train", "test"])
+    sub = open_store(str(dst))
+    table, old = sub.group[S.VIEWS][:], src.group[S.VIEWS][:]
+    kept = np.concatenate([src.split_rows("train"), src.split_rows("test")])  # sorted, clean
+    assert sub.num_images == 2 * N + 2 * N and table.shape == (2 * N, 3)
+    for new_row, row in enumerate(kept):
+        for v in range(3):
+            if old[row, v] < 0:
+                assert table[new_row, v] == -1
+                continue
+            assert sub.sources[table[new_row, v]] == src.sources[old[row, v]]
+            np.testing.assert_array_equal(sub.features(3)[table[new_row, v]],
+                                          src.features(3)[old[row, v]])  # fmt: skip
+    cfg = TrainConfig(store=str(dst), out=str(tmp_path / "t"), **{**TRAIN, "layers": "store"})
+    assert train(cfg, progress=False)["complete"]  # trains from the subset's views
+
+
+def test_verify_and_hdf5_round_trip_carry_the_views(views_store: Path, tmp_path: Path) -> None:
+    from losa_cache.store.hdf5 import export_hdf5, import_hdf5
+    from losa_cache.store.writer import verify_store
+
+    report = verify_store(str(views_store))
+    assert report["bad"] == [] and report["shards_checked"] == report["shards_total"]
+    damaged = tmp_path / "d.zarr"
+    shutil.copytree(views_store, damaged)
+    row = int(open_store(str(damaged)).group[S.VIEWS][0, 2])  # a view row, last shard
+    open_group(str(damaged), mode="r+")[S.feature_name(1)][row] = 0.0
+    bad = verify_store(str(damaged))["bad"]
+    assert [b["shard"] for b in bad] == [row // 16]  # verify checks view rows too
+    h5 = tmp_path / "v.h5"
+    export_hdf5(str(views_store), h5, progress=False)
+    back = tmp_path / "back.zarr"
+    import_hdf5(h5, str(back), progress=False)
+    a, b = _arrays(views_store), _arrays(back)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)

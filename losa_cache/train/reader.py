@@ -326,7 +326,7 @@ class StoreReader:
 
 def store_view_table(store: FeatureStore, count: int) -> np.ndarray:
     """The store's ``index/views`` for a run drawing among ``count`` views."""
-    from losa_cache.augment import read_view_table
+    from losa_cache.store.views import read_view_table
 
     table = read_view_table(store)
     if table is None or table.shape[1] - 1 != count:
