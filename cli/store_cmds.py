@@ -106,6 +106,9 @@ def plan(
     frames: Annotated[
         int | None, typer.Option(help="Video backbones: frames per clip (default: the model's).")
     ] = None,
+    views: Annotated[
+        int, typer.Option(help="extract --views V: V augmented rows per train* image.", min=0)
+    ] = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Store size per tap, backbone GMACs, extraction time and epoch reads before anything runs.
@@ -138,6 +141,7 @@ def plan(
                 side_options={
                     k: v for k, v in (("start", side_start), ("taps", side_taps)) if v is not None
                 },
+                views=views,
             )
     if json_out:
         emit_json(b if budget is not None else p)
@@ -163,6 +167,12 @@ def plan(
     )
     by_split = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_by_split"].items())
     typer.echo(f"store total   {human_bytes(p['bytes_total'])} ({by_split})")
+    if p.get("views"):
+        v = p["views"]
+        typer.echo(
+            f"views         {v['count']} per train image: {v['rows']:,} more rows, "
+            f"{human_bytes(v['bytes'])} (in the total; extraction runs them too)"
+        )
     bb = p["backbone"]
     typer.echo(
         f"backbone      {bb['gmacs_per_image']:.1f} GMACs/{unit[:-1]} (multiply-accumulates, the "

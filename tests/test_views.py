@@ -263,3 +263,43 @@ def test_verify_and_hdf5_round_trip_carry_the_views(views_store: Path, tmp_path:
     a, b = _arrays(views_store), _arrays(back)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_plan_prices_the_views(views_store: Path) -> None:
+    from losa_cache.plan import plan
+
+    base = plan("vit_micro", "demo", "all", "float32", measure=False)
+    priced = plan("vit_micro", "demo", "all", "float32", measure=False, views=2)
+    train = base["splits"]["train"]
+    assert priced["views"]["rows"] == 2 * train
+    assert priced["images"] == base["images"] + 2 * train  # (V + 1) x the train split
+    assert priced["bytes_total"] == base["bytes_total"] + 2 * train * base["bytes_per_image"]
+    store = open_store(str(views_store))  # and it is what extraction writes, per row
+    assert store.num_images == 3 * N + 2 * N
+
+
+def test_cli_extract_and_train_views(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from losa_cache.cli.main import app
+
+    store = tmp_path / "cli.zarr"
+    args = ["extract", "--model", "vit_micro", "--random-init", "--dataset", "demo", "--store",
+            str(store), "--limit", "4", "--workers", "0", "--dtype", "fp32", "--views", "1",
+            "--augment", "flip", "--view-seed", "3"]  # fmt: skip
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    s = open_store(str(store))
+    assert s.num_images == 12 + 4 and s.manifest.extract_config["view_seed"] == 3
+    out = CliRunner().invoke(app, ["train", "--store", str(store), "--out", str(tmp_path / "r"),
+                                   "--steps", "2", "--batch-size", "2", "--views", "clean",
+                                   "--workers", "0", "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    out = CliRunner().invoke(app, [*args[:-2], "--augment", "rrc"])  # another augmentation
+    assert out.exit_code != 0 and "views" in out.output
+    out = CliRunner().invoke(app, ["plan", "--model", "vit_micro", "--dataset", "demo",
+                                   "--views", "4", "--no-measure", "--json"])  # fmt: skip
+    doc = json.loads(out.stdout)
+    assert doc["views"]["rows"] == 4 * doc["splits"]["train"]
