@@ -303,3 +303,22 @@ def test_cli_extract_and_train_views(tmp_path: Path) -> None:
                                    "--views", "4", "--no-measure", "--json"])  # fmt: skip
     doc = json.loads(out.stdout)
     assert doc["views"]["rows"] == 4 * doc["splits"]["train"]
+
+
+def test_other_zarr_clients_read_the_view_table(views_store: Path) -> None:
+    import json
+
+    import dask.array as da
+    import tensorstore as ts
+    import zarr
+
+    path = str(views_store)
+    want = open_store(path).group[S.VIEWS][:]
+    meta = json.loads((views_store / S.VIEWS / "zarr.json").read_text())
+    assert meta["dimension_names"] == ["image", "view"]
+    assert meta["codecs"][-1]["name"] == "crc32c"  # checked like every array
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{path}/{S.VIEWS}"}}
+    for got in (ts.open(spec, read=True).result().read().result(),
+                da.from_zarr(path, component=S.VIEWS).compute(),
+                zarr.open_array(f"{path}/{S.VIEWS}", mode="r")[:]):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(got), want)

@@ -66,6 +66,7 @@ def add_split(
             chunks=(max(1, len(rows)),),
             fill_value=-1,
             dimension_names=(f"{name}_row",),
+            compressors=S.checked("none"),
             overwrite=True,
         )
         arr[:] = rows

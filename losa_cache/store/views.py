@@ -28,6 +28,7 @@ def write_view_table(group: Any, table: np.ndarray) -> None:
         chunks=table.shape,
         fill_value=-1,
         dimension_names=("image", "view"),
+        compressors=S.checked("none"),
     )
     arr[:] = table
     arr.attrs["meaning"] = (
