@@ -16,6 +16,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from losa_cache.augment import check_train_views
 from losa_cache.baselines.methods import BaselineOptions, is_baseline, list_baselines
 from losa_cache.fields import check_fields, inherit, option
 from losa_cache.side import list_sides
@@ -174,8 +175,6 @@ class TrainConfig:
             raise ValueError("give --store (a feature store), or --live with --model/--dataset")
         if not self.live:
             self._check_no_clip_options()
-        from losa_cache.augment import check_train_views
-
         check_train_views(self.views, self.augment, self.live)
 
     def _check_no_clip_options(self) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from losa_cache.augment import train_views
 from losa_cache.side import SideConfig, create_side, head_params
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.config import TrainConfig
@@ -111,8 +112,6 @@ class Run:
         self.rng = ckpt.rng_state()  # this run's own RNG (dropout), swapped in per step
         self.layers = side_inputs(self.model)  # feed keys: blocks, taps (a live baseline: images)
         fp16_row = 2 * info.tokens * info.dim * len(self.layers)
-        from losa_cache.augment import train_views
-
         self.order = RowOrder(split_rows, cfg.shuffle_buffer or default_buffer_rows(
             self.batch, len(split_rows), fp16_row), cfg.seed,
             train_views(getattr(cfg, "views", "all"), info.views))
