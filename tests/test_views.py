@@ -115,6 +115,46 @@ def test_views_identical_across_workers_and_a_resume(views_store: Path, tmp_path
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+KILL_SCRIPT = """
+import sys, time
+from losa_cache.store.writer import ShardWriter
+from losa_cache.extract import ExtractConfig, extract
+slow = ShardWriter.write
+def write(self, *a, **k):
+    slow(self, *a, **k)
+    time.sleep(0.3)  # time for the test to kill us between shards
+ShardWriter.write = write
+extract(ExtractConfig(store=sys.argv[1], workers=0, **BASE), progress=False)
+"""
+
+
+def test_views_identical_after_a_killed_extraction(views_store: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    killed = tmp_path / "killed.zarr"
+    script = f"BASE = {BASE!r}\n" + KILL_SCRIPT
+    proc = subprocess.Popen([sys.executable, "-c", script, str(killed)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    done_dir = killed / "progress" / "done" / "c"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if done_dir.is_dir() and len(list(done_dir.iterdir())) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = open_store(str(killed))
+    assert 2 <= int(partial.done_shards().sum()) < len(partial.done_shards())
+    assert _extract(killed, workers=2).resumed  # another worker count, too
+    a, b = _arrays(views_store), _arrays(killed)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 def test_other_views_or_augmentation_refused(views_store: Path, tmp_path: Path) -> None:
     copy = tmp_path / "c.zarr"
     shutil.copytree(views_store, copy)
