@@ -14,9 +14,11 @@ from losa_cache.cli.common import JsonOpt, emit_json, table, user_errors
 AdapterOpt = Annotated[Path, typer.Option(
     help="Adapter directory (adapter.json + adapter.safetensors) written by `train --out`.")]
 ClipsOpt = Annotated[int, typer.Option(
-    help="Video: temporal clips per video, spread evenly over it (Table 13: 4).")]
+    help="Video: temporal clips per video, spread evenly over it (ViViT/SlowFast "
+    "multi-view testing: 4).")]
 CropsOpt = Annotated[int, typer.Option(
-    help="Video: spatial crops per clip along the longer side (Table 13: 3).")]
+    help="Video: spatial crops per clip along the longer side (ViViT/SlowFast "
+    "multi-view testing: 3).")]
 
 
 def predict(
@@ -56,6 +58,7 @@ def predict(
     """
     from losa_cache.adapter import load_adapter
     from losa_cache.backbone import create_backbone
+    from losa_cache.backbone.crop import recorded_preprocess
     from losa_cache.extract import pick_device
     from losa_cache.predict import find_images, predict_images
     from losa_cache.predict_video import is_video_adapter
@@ -73,7 +76,8 @@ def predict(
         files = find_images(images)
         backbone = create_backbone(model or loaded.fingerprint["model"], checkpoint=checkpoint,
                                    pretrained=pretrained, random_init=random_init, seed=seed,
-                                   device=pick_device(device))
+                                   device=pick_device(device),
+                                   preprocess=recorded_preprocess(loaded.fingerprint))
         rows = predict_images(loaded, backbone, files, batch_size=batch_size, top_k=top_k,
                               max_pixels=max_pixels, max_file_bytes=max_file_bytes)
     _show_predictions(rows, loaded, top_k, json_out, csv_out)
@@ -177,7 +181,7 @@ def evaluate(
     Refuses an incomplete store unless --allow-incomplete; stops at the first damaged
     chunk (every read is checked against the crc32c written with it). A video adapter can
     instead score --dataset live, from the mean logits of --clips x --crops views per
-    video (the paper's multi-view protocol, Table 13).
+    video (4 x 3: ViViT's and SlowFast's multi-view testing; the LoSA paper defines none).
 
     Example: losa-cache eval --adapter runs/cifar --store stores/cifar.zarr --split test
     """

@@ -113,6 +113,9 @@ def plan(
     frames: Annotated[
         int | None, typer.Option(help="Video backbones: frames per clip (default: the model's).")
     ] = None,
+    views: Annotated[
+        int, typer.Option(help="extract --views V: V augmented rows per train* image.", min=0)
+    ] = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Store size per tap, backbone GMACs, extraction time and epoch reads before anything runs.
@@ -145,6 +148,7 @@ def plan(
                 side_options={
                     k: v for k, v in (("start", side_start), ("taps", side_taps)) if v is not None
                 },
+                views=views,
             )
     if json_out:
         emit_json(b if budget is not None else p)
@@ -170,6 +174,12 @@ def plan(
     )
     by_split = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_by_split"].items())
     typer.echo(f"store total   {human_bytes(p['bytes_total'])} ({by_split})")
+    if p.get("views"):
+        v = p["views"]
+        typer.echo(
+            f"views         {v['count']} per train image: {v['rows']:,} more rows, "
+            f"{human_bytes(v['bytes'])} (in the total; extraction runs them too)"
+        )
     bb = p["backbone"]
     typer.echo(
         f"backbone      {bb['gmacs_per_image']:.1f} GMACs/{unit[:-1]} (multiply-accumulates, the "
@@ -323,6 +333,13 @@ def extract(
     interpolation: Annotated[
         str | None, typer.Option(help="Override the resize mode (bicubic, bilinear, ...).")
     ] = None,
+    crop_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="center (resize, centre crop) | squash (whole image resized to the input "
+            "size, no crop: VTAB-1k's protocol). Default: the backbone's (center)."
+        ),
+    ] = None,
     max_pixels: Annotated[
         int | None,
         typer.Option(
@@ -349,6 +366,20 @@ def extract(
         str,
         typer.Option(help="Video: tubelet init from the 2D patch kernel: central | average."),
     ] = "central",
+    views: Annotated[
+        int,
+        typer.Option(
+            help="Augmented views of every train* image stored besides the clean one "
+            "(rows after the clean ones; val/test stay clean). Needs --augment."
+        ),
+    ] = 0,
+    augment: Annotated[
+        str | None,
+        typer.Option(help="The views' augmentation: rrc[:LO-HI] and/or flip (rrc:0.08-1,flip)."),
+    ] = None,
+    view_seed: Annotated[
+        int, typer.Option(help="Seed of the views: view v of row r is a function of (seed, r, v).")
+    ] = 0,
     cluster: Annotated[
         str | None,
         typer.Option(help="Run on Dask: local:N (N worker processes) | cuda (one per GPU)."),
@@ -413,6 +444,10 @@ inat2018 --store s3://bucket/inat.zarr --cluster local:4
             input_size=input_size,
             crop_pct=crop_pct,
             interpolation=interpolation,
+            crop_mode=crop_mode,
+            views=views,
+            augment=augment,
+            view_seed=view_seed,
             max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
             max_file_bytes=max_file_bytes,
             frames=frames,
@@ -530,7 +565,7 @@ def info(
     )
     typer.echo(
         f"preprocess   {fp['input_size']} {fp['interpolation']} crop {fp['crop_pct']} "
-        f"mean {fp['mean']} std {fp['std']}"
+        f"{fp.get('crop_mode') or ''} mean {fp['mean']} std {fp['std']}"
     )
     carved = (d["extract_config"] or {}).get("split")
     how = f"  (held out of train by --split {carved})" if carved else ""

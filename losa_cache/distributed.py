@@ -348,6 +348,8 @@ def extract_distributed(
         )
     if cfg.extend:
         raise ValueError("--extend runs in one process: drop --cluster/--scheduler")
+    if cfg.views:
+        raise ValueError("--views runs in one process (for now): drop --cluster/--scheduler")
     with storage_errors(cfg.store, RESUME):  # refuse a bad path before any cluster starts
         inspect_target(cfg.store, storage_options_for(cfg.store, storage_options))
     if client is not None:

@@ -23,7 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from losa_cache._callable import make_callable
+from losa_cache.augment import ViewPlan, check_views
 from losa_cache.backbone import VIDEO_ALIASES, Backbone, create_backbone
+from losa_cache.backbone.crop import check_crop_mode, crop_preprocess
 from losa_cache.backbone.vivit import check_clip, video_alias
 from losa_cache.checks import (
     BATCH_LIMIT,
@@ -37,6 +39,7 @@ from losa_cache.data.base import ImageDataset, ImageDecodeError
 from losa_cache.data.splits import carve_splits, parse_split_spec
 from losa_cache.data.torch_dataset import TorchImages, decoding_workers, worker_context
 from losa_cache.data.video import ClipSampling, VideoRows
+from losa_cache.data.view_images import ViewImages
 from losa_cache.device import parse_device, pick_device
 from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
@@ -44,6 +47,7 @@ from losa_cache.store.quant import quantize
 from losa_cache.store.store import storage_errors
 from losa_cache.store.taps import deepest_block, parse_taps, tap_names
 from losa_cache.store.target import inspect_target
+from losa_cache.store.views import write_view_table
 from losa_cache.store.writer import (
     NonFiniteError,
     Progress,
@@ -178,6 +182,14 @@ class ExtractConfig:
     input_size: int | None = field(default=None, metadata=meta("override input size", BACKBONE))
     crop_pct: float | None = field(default=None, metadata=meta("override crop fraction", BACKBONE))
     interpolation: str | None = field(default=None, metadata=meta("override resize mode", BACKBONE))
+    crop_mode: str | None = field(
+        default=None,
+        metadata=meta(
+            "center (resize, centre crop) | squash (whole image resized to the input size, no "
+            "crop; VTAB-1k's protocol); default: the backbone's",
+            BACKBONE,
+        ),
+    )
     max_pixels: int = field(
         default=DEFAULT_MAX_PIXELS,
         metadata=meta("largest image decoded (width x height); larger ones are skipped", SETTING),
@@ -200,6 +212,16 @@ class ExtractConfig:
     inflation: str = field(
         default="central", metadata=meta("video: tubelet init from 2D, central|average", BACKBONE)
     )
+    views: int = field(
+        default=0,
+        metadata=meta("augmented views of every train* image stored besides the clean one", LAYOUT),
+    )
+    augment: str | None = field(
+        default=None, metadata=meta("the views' augmentation, e.g. rrc:0.08-1,flip", LAYOUT)
+    )
+    view_seed: int = field(
+        default=0, metadata=meta("seed of the views (with row, view)", LAYOUT)
+    )
 
     def __post_init__(self) -> None:
         """Refuse bad values before any model or data set is loaded (the CLI prints one line)."""
@@ -212,7 +234,9 @@ class ExtractConfig:
         )  # fmt: skip
         require_positive("crop_pct", self.crop_pct, high=(1.0, CROP_PCT_WHY))
         require_choice("interpolation", self.interpolation, INTERPOLATIONS)
+        check_crop_mode(self.crop_mode, self.crop_pct)
         S.parse_dtype(self.dtype)
+        check_views(self.views, self.augment, self.view_seed, video_alias(self.model) is not None)
         if self.split is not None:
             parse_split_spec(self.split)
         parse_taps(self.taps, depth=1 << 20)  # the spelling; k is range-checked on the model
@@ -369,6 +393,9 @@ def prepare(
     rows, splits = select_rows(dataset, cfg.limit, cfg.splits, cfg.split)
     if not rows:
         raise ValueError(f"data set {cfg.dataset} has no rows to extract")
+    views = view_plan(cfg, splits)
+    if views is not None:  # the views' rows follow the clean ones (augment.ViewPlan)
+        rows = rows + [rows[r] for r in views.view_rows()[0]]
     size = (3, cfg.input_size, cfg.input_size) if cfg.input_size else None
     backbone = create_backbone(
         cfg.model,
@@ -379,8 +406,8 @@ def prepare(
         device=device,
         preprocess={
             "input_size": size,
-            "crop_pct": cfg.crop_pct,
             "interpolation": cfg.interpolation,
+            **crop_preprocess(cfg.crop_mode, cfg.crop_pct),
         },
         frames=cfg.frames,
         inflation=cfg.inflation,
@@ -389,6 +416,11 @@ def prepare(
         backbone.sampling = {"stride": cfg.stride, "clip": cfg.clip}
     layers = parse_layers(cfg.layers, backbone.depth)
     return backbone, dataset, rows, splits, layers
+
+
+def view_plan(cfg: ExtractConfig, splits: dict[str, list[int]]) -> ViewPlan | None:
+    """Where ``--views`` puts its rows (None without views)."""
+    return ViewPlan.of(splits, cfg.views, cfg.augment, cfg.view_seed)
 
 
 def store_taps(spec: str, depth: int) -> tuple[str, ...]:
@@ -435,13 +467,18 @@ def open_or_create(
     ``device``: where the features are computed (resolves ``--precision auto``)."""
     dtype = S.parse_dtype(cfg.dtype)
     S.parse_codec(cfg.codec)
+    views = view_plan(cfg, splits)
     sources = [dataset.samples[r].source for r in rows]
+    if views is not None:
+        sources = views.sources(sources[: views.n_clean])
     taps = store_taps(cfg.taps, backbone.depth)
     settings = resolved_settings(cfg, device or pick_device(cfg.device))
     data = dataset.meta.get("fingerprint")
     identity = build_identity(
         backbone, layers, dtype, sources, splits, taps, settings=settings, data=data
     )
+    if views is not None:
+        identity["views"] = views.identity()
     assumed = assumed_settings(cfg, settings)
     if cfg.extend:
         from losa_cache.store.extend import extend_store
@@ -450,6 +487,8 @@ def open_or_create(
         return store.group, store.layout, True
     existing = open_for_resume(cfg.store, identity, storage_options, assumed)
     if existing is not None:
+        if views is not None:
+            write_view_table(existing.group, views.table())
         return existing.group, existing.layout, True
     layout = S.plan_layout(
         len(rows),
@@ -473,6 +512,8 @@ def open_or_create(
         {task: (labels, list(dataset.classes))},
         storage_options=storage_options,
     )
+    if views is not None:
+        write_view_table(group, views.table())
     return group, layout, False
 
 
@@ -501,8 +542,15 @@ def make_loader(
     batches: list[list[int]],
     workers: int,
     device: torch.device,
+    views: ViewPlan | None = None,
 ) -> torch.utils.data.DataLoader:
-    images = TorchImages(dataset, backbone.transform(), rows)
+    images: TorchImages
+    if views is None:
+        images = TorchImages(dataset, backbone.transform(), rows)
+    else:  # row k: the clean image, or view v of clean row r
+        clean, view = views.items()
+        images = ViewImages(dataset, backbone.transform(), rows, view, clean, views.spec,
+                            backbone.preprocess, views.seed)  # fmt: skip
     workers = decoding_workers(workers)
     kwargs: dict[str, Any] = {}
     if workers > 0:
@@ -726,7 +774,9 @@ def extract(
         bar = progress_bar(total, progress)
         submitted = 0
         try:
-            loader = make_loader(dataset, backbone, rows, batches, cfg.workers, device)
+            loader = make_loader(
+                dataset, backbone, rows, batches, cfg.workers, device, view_plan(cfg, splits)
+            )
             sources = [dataset.samples[r].source for r in rows]
             log = bar.write if progress else lambda _m: None
             for buf, n in run_batches(

@@ -78,6 +78,20 @@ def store_rows(sizes: dict[str, int], splits: list[str] | None = None) -> int:
     return rows
 
 
+def price_views(p: dict[str, Any], sizes: dict[str, int], views: int) -> dict[str, Any]:
+    """What ``views`` augmented views of every train* image add to a plan ``p``: rows,
+    bytes (a view is a row of every array) and extraction work (every row is a forward)."""
+    train = [s for s in sizes if s.startswith("train")]
+    rows = views * (store_rows(sizes, train) if train else 0)
+    added = rows * p["bytes_per_image"]
+    return {
+        "views": {"count": views, "rows": rows, "bytes": added},
+        "images": p["images"] + rows,
+        "bytes_total": p["bytes_total"] + added,
+        "bytes_per_layer": (p["bytes_total"] + added) // max(p["arrays"], 1),
+    }
+
+
 def split_sizes(dataset: str, data_root: str | None = None) -> dict[str, int]:
     """Rows per split; a bare ``vtab1k`` (no task folder) plans with the shared known sizes."""
     name, _, arg = dataset.strip().partition(":")
@@ -170,8 +184,12 @@ def plan(
     frames: int | None = None,
     hidden: int | None = None,
     side_options: dict[str, Any] | None = None,
+    views: int = 0,
 ) -> dict[str, Any]:
     """Sizes, compute, time and (with ``rank``) learned parameters, without loading weights.
+
+    ``views`` (extract --views V) adds V augmented rows per training (``train*``) image:
+    the store, its extraction and the images counted are (V + 1) x the training split's.
 
     A ViViT (``vivit_*``, ``frames`` per clip) also gets ``video``: what caching costs
     against training live, with numbers. ``method`` (a side network or a live baseline)
@@ -203,6 +221,8 @@ def plan(
         "backbone_gflops_per_image": backbone["gflops_per_image"],
         "bytes_read_per_epoch": cost["bytes_by_split"][train] if train else cost["bytes_total"],
     }
+    if views:
+        out |= price_views(out, sizes, views)
     if measure:
         out |= time_estimate(device, out["images"], 2 * backbone["gmacs_per_image"] * 1e9)
     if method is not None:

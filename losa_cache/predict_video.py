@@ -1,4 +1,10 @@
-"""Multi-view video evaluation: temporal clips x spatial crops, logits averaged (LoSA Table 13).
+"""Multi-view video evaluation: temporal clips x spatial crops, logits averaged.
+
+4 temporal clips x 3 spatial crops (the default) is the multi-view testing of ViViT
+(Arnab et al., 2021) and SlowFast (Feichtenhofer et al., 2019), which the video PEFT
+papers follow. The LoSA paper (arXiv 2402.02887; /work/shared/papers) does not define its
+test views: its Table 13 lists the video training hyperparameters (pipelines/kinetics.py),
+no views, so 1 x 1 (the single view of extraction and training) is as defensible.
 
 A video adapter's backbone is rebuilt from its fingerprint (frames, tubelet inflation,
 stride, clip protocol), so the clips match those it was trained on. Each video gives
@@ -22,6 +28,7 @@ from torch import Tensor
 
 from losa_cache.adapter import Adapter
 from losa_cache.backbone import Backbone, create_backbone
+from losa_cache.backbone.crop import recorded_preprocess
 from losa_cache.backbone.vivit import video_alias
 from losa_cache.checks import require_range
 from losa_cache.data import get_dataset
@@ -72,7 +79,12 @@ def video_backbone(
         )
     fp, sampling = adapter.fingerprint, adapter_sampling(adapter)
     backbone = create_backbone(
-        fp["model"], device=device, frames=sampling.frames, inflation=fp["inflation"], **weights
+        fp["model"],
+        device=device,
+        frames=sampling.frames,
+        inflation=fp["inflation"],
+        preprocess=recorded_preprocess(fp),
+        **weights,
     )
     backbone.sampling = {"stride": sampling.stride, "clip": sampling.clip}
     return backbone

@@ -29,6 +29,12 @@ The int8 rows (:data:`INT8`, marked ``int8``) train ``linear`` and ``losa r16`` 
 a second store per task holding the same blocks in int8 (one fp16 scale per token row): the
 accuracy cost of halving the store, against the fp16 store's rows of the same names.
 
+Augmented views (issue 24; ``--parts views,fewshot``, pipelines/accuracy_views.py): LoSA
+r16 and MIST from stores with V = 0, 4, 8 stored views (:data:`VIEW_COUNTS`,
+:data:`AUGMENT`) and the few-shot rows (:data:`SHOTS` images per class, without and with
+views), next to full fine-tuning live with the same augmentation; each views row records
+its store's extraction seconds and bytes. These rows have not been run yet.
+
 Time, estimated (not run on this loaded CPU): the cached part is one sweep of 11 x 3 runs
 per task (minutes); the live part ~2-4 min per method and task at 5 epochs, so 5 x 4 of
 them are 40-80 min, plus any grid extensions: ``--live``/``--live-tasks`` choose fewer to
@@ -93,6 +99,15 @@ INT8: dict[str, dict[str, Any]] = {m: CACHED[m] for m in ("linear", "losa r16")}
 #: Extra lrs past a grid's edge while the best sits there (losa_cache.baselines.protocol).
 EXTEND = 3
 SPLITS = {"train": "train800", "val": "val200", "final": "train800val200", "test": "test"}
+#: Issue 24's rows (pipelines/accuracy_views.py runs them; --parts views,fewshot): the
+#: augmentation of MIST's few-shot runs, stored as V views per train image
+AUGMENT = "rrc:0.08-1,flip"
+VIEW_COUNTS = (0, 4, 8)  # V: "losa r16 V=4" ...; V = 0 is the plain store
+VIEW_METHODS: dict[str, dict[str, Any]] = {m: CACHED[m] for m in ("losa r16", "mist")}
+SHOTS = (1, 2, 4, 8, 16)  # MIST Fig. 4: images per class drawn from train800
+FEW_SHOT_VIEWS = (0, 8)  # each shot count without and with views: "losa r16 4-shot V=8"
+#: live full fine-tuning next to them, with the same augmentation (the same V views drawn)
+LIVE_AUGMENTED = "full"
 
 
 @dataclass
@@ -238,6 +253,7 @@ def _cached_config(
     epochs: float,
     lr: float,
     final: bool,
+    splits: dict[str, str] = SPLITS,
 ) -> Any:
     """A cached method's run alone (the row's method and options) at ``lr``: on train800 ->
     val200 (an extra lr of the grid), or the final run on train800val200 -> test."""
@@ -254,9 +270,9 @@ def _cached_config(
         optimizer=budget.cached_optimizer,
         lr=lr,
         workers=0,
-        train_split=SPLITS["final" if final else "train"],
-        val_split="none" if final else SPLITS["val"],
-        test_split=SPLITS["test"] if final else "none",
+        train_split=splits["final" if final else "train"],
+        val_split="none" if final else splits["val"],
+        test_split=splits["test"] if final else "none",
         **(row.get("options") or {}),
     )
 
@@ -269,6 +285,7 @@ def run_cached(
     extract_s: float,
     methods: dict[str, dict[str, Any]] = CACHED,
     progress: bool = False,
+    splits: dict[str, str] = SPLITS,
 ) -> dict[str, dict[str, Any]]:
     """One sweep on train800 -> val200 (each method's grid extended past its edge while its
     best lr sits there, by runs alone), then each method's val-best lr on train800val200."""
@@ -287,9 +304,9 @@ def run_cached(
             batch_size=budget.batch_size,
             optimizer=budget.cached_optimizer,
             workers=0,
-            train_split=SPLITS["train"],
-            val_split=SPLITS["val"],
-            test_split=SPLITS["test"],
+            train_split=splits["train"],
+            val_split=splits["val"],
+            test_split=splits["test"],
             speed_batches=budget.speed_batches,
         ),
         progress=progress,
@@ -307,7 +324,7 @@ def run_cached(
 
         def score(lr: float, row: dict[str, Any] = top, f: Path = folder) -> float:
             cfg = _cached_config(
-                store, f.parent / f"{f.name}-lr{lr:g}", row, budget, epochs, lr, final=False
+                store, f.parent / f"{f.name}-lr{lr:g}", row, budget, epochs, lr, False, splits
             )
             return float(train(cfg, progress=progress)["final_val_acc"])
 
@@ -315,7 +332,7 @@ def run_cached(
         best_lr = extend_grid(score, scores, budget.extend)
         best = max((r for r in mine if r["lr"] == best_lr), key=val, default=top)  # its k
         final = train(
-            _cached_config(store, folder, best, budget, epochs, best_lr, final=True),
+            _cached_config(store, folder, best, budget, epochs, best_lr, True, splits),
             progress=progress,
         )
         results[name] = {
@@ -351,10 +368,11 @@ def _paper_costs(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_live(
-    task_dir: Path, spec: dict[str, Any], budget: Budget, methods: Sequence[str]
+    task_dir: Path, spec: dict[str, Any], budget: Budget, methods: Sequence[str], **options: Any
 ) -> dict[str, dict[str, Any]]:
     """Live baselines (full, lora, bitfit, vpt, partial) with their own lr grids, the same
-    epochs and batch size; each run is the training engine's (losa_cache.baselines)."""
+    epochs and batch size; each run is the training engine's (losa_cache.baselines).
+    ``options``: TrainConfig fields for every run (e.g. ``views``/``augment``)."""
     from losa_cache.baselines.protocol import run_baseline
 
     out = {}
@@ -371,6 +389,7 @@ def run_live(
             "cpu",
             budget.lora_rank,
             extend=budget.extend,
+            **options,
         )
         out[method if method != "lora" else f"lora r{budget.lora_rank}"] = {
             k: r[k]
@@ -647,7 +666,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(LIVE),
         help="live baselines to run, of full,lora,bitfit,vpt,partial ('' for none)",
     )
-    p.add_argument("--parts", default="cached,live", help="cached,live (results are reused)")
+    p.add_argument(
+        "--parts",
+        default="cached,live,views,fewshot",
+        help="cached,live,views,fewshot (results are reused)",
+    )
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--no-save", action="store_true", help="no files under --results")
     p.add_argument("--quick", action="store_true", help="tiny tasks and budgets (smoke test)")
@@ -720,6 +743,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         per_task[task] |= {f"{m} int8": v for m, v in done.items()}
         print(f"{task}: cached done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if parts & {"views", "fewshot"}:
+        from losa_cache.pipelines.accuracy_views import views_part
+
+        for task in tasks:
+            per_task.setdefault(task, {}).update(
+                views_part(root / task, out, spec, budget, parts, memo)
+            )
     for task in tasks if "live" in parts else ():
         for method in live if task in budget.live_tasks else ():
             per_task.setdefault(task, {}).update(

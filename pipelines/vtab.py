@@ -7,6 +7,14 @@ train800 -> val200, the val-best config retrained on train800val200 and scored o
 The table is the paper's Table 1 layout: the tasks in their groups, the group means
 (Natural / Specialized / Structured) and the mean of the three group means.
 
+The defaults are the protocol Table 1 is measured with: every image squashed to 224 x 224
+(resized whole, no crop: the VTAB-1k preprocessing of the PETL papers LoSA compares with,
+and MIST's "directly resized to 224 x 224"; ``--crop-mode center`` is timm's eval crop),
+LoSA at ranks 4, 8 and 16, linear probing and MIST, each lr chosen on val200. The store
+holds what the methods read: each method's side network says which blocks and taps
+(``embed``, ``sum:k``, ...) it reads, and a ``sum:k`` is stored as ``embed`` plus the
+blocks, which the feed sums for every k MIST tries.
+
     python -m losa_cache.pipelines.vtab --root /data/vtab-1k --model vit_b_orig \\
         --checkpoint ViT-B_16.npz --out runs/vtab
     python -m losa_cache.pipelines.vtab --root /data/vtab-1k --model vit_b_orig \\
@@ -102,9 +110,37 @@ def methods_of(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         for rank in ranks:
             layers = args.side_layers if "layers" in uses else "all"
             entry = {"method": side, "rank": rank, "layers": layers}
-            out[method_name(side, rank, layers)] = {k: v for k, v in entry.items()
-                                                    if k == "method" or k in uses}
+            out[method_name(side, rank, layers)] = {
+                k: v for k, v in entry.items() if k == "method" or k in uses
+            }
     return out
+
+
+def store_taps(args: argparse.Namespace) -> str:
+    """The ``--taps`` spec holding every key the methods read (asked of each method's side
+    network; ``sum:k`` as its parts: embed and the blocks, so any k can be summed)."""
+    from losa_cache.plan import Backbone
+    from losa_cache.side import SideConfig
+    from losa_cache.train.keys import derived_parts, key_tap, side_inputs
+
+    bb = Backbone.load(args.model)
+    taps = {"blocks"}
+    for entry in methods_of(args).values():
+        options = {k: v for k, v in entry.items() if k not in ("rank", "layers")}
+        config = SideConfig(
+            num_layers=bb.depth,
+            dim=bb.dim,
+            tokens=bb.tokens,
+            num_classes=2,
+            rank=entry.get("rank") or 4,
+            layers=entry.get("layers", "all"),
+            prefix_tokens=bb.prefix_tokens,
+            **options,
+        )
+        for key in side_inputs(config):
+            taps |= {key_tap(part)[0] for part in derived_parts(key) or (key,)}
+    order = ("blocks", "embed", "attn", "mlp")
+    return ",".join(sorted(taps, key=lambda t: (order.index(t) if t in order else 9, t)))
 
 
 def plan_text(args: argparse.Namespace, found: list[str], missing: dict[str, str]) -> str:
@@ -115,11 +151,17 @@ def plan_text(args: argparse.Namespace, found: list[str], missing: dict[str, str
     lines += [f"  missing {t}: {why}" for t, why in missing.items()]
     total = 0
     for task in found:
-        p = plan(args.model, f"vtab1k:{Path(args.root) / task}", args.layers, measure=False)
+        p = plan(
+            args.model,
+            f"vtab1k:{Path(args.root) / task}",
+            args.layers,
+            measure=False,
+            taps=args.taps,
+        )
         total += p["bytes_total"]
         lines.append(
             f"  {task}: {p['images']:,} images, store {p['bytes_total'] / 1e9:.2f} GB "
-            f"({len(p['layers'])} blocks x {p['tokens']} tokens x {p['dim']})"
+            f"({len(p['layers'])} blocks x {p['tokens']} tokens x {p['dim']}, taps {args.taps})"
         )
     n = len(methods_of(args)) * len(args.lr_list)
     lines.append(
@@ -131,34 +173,29 @@ def plan_text(args: argparse.Namespace, found: list[str], missing: dict[str, str
 
 
 def run_task(task: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Extract (or reuse) the task's store, then sweep + final runs."""
+    """Extract the task's store (resumed where partial; a finished store made with other
+    settings, e.g. another crop mode, is refused), then sweep + final runs."""
     from losa_cache.extract import ExtractConfig, extract
-    from losa_cache.store import open_store
 
     store = Path(args.out) / "stores" / f"{task}.zarr"
     t0 = time.perf_counter()
-    complete = False
-    if store.exists():
-        try:
-            open_store(str(store)).require_complete()
-            complete = True
-        except Exception:
-            complete = False
-    if not complete:
-        extract(
-            ExtractConfig(
-                model=args.model,
-                checkpoint=args.checkpoint,
-                pretrained=args.pretrained,
-                random_init=args.random_init,
-                dataset=f"vtab1k:{Path(args.root) / task}",
-                store=str(store),
-                layers=args.layers,
-                workers=args.workers,
-                device=args.device,
-            ),
-            progress=not args.quiet,
-        )
+    extract(
+        ExtractConfig(
+            model=args.model,
+            checkpoint=args.checkpoint,
+            pretrained=args.pretrained,
+            random_init=args.random_init,
+            dataset=f"vtab1k:{Path(args.root) / task}",
+            store=str(store),
+            layers=args.layers,
+            taps=args.taps,
+            crop_mode=args.crop_mode,
+            input_size=args.input_size,
+            workers=args.workers,
+            device=args.device,
+        ),
+        progress=not args.quiet,
+    )
     budget = Budget(
         batch_size=args.batch_size, cached_lrs=tuple(args.lr_list), cached_optimizer=args.optimizer
     )
@@ -185,8 +222,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     weights.add_argument("--pretrained", action="store_true", help="timm weights (local cache)")
     weights.add_argument("--random-init", action="store_true", help="random backbone (tests)")
     p.add_argument("--layers", default="all", help="blocks stored (all | evenly:N | ...)")
-    p.add_argument("--methods", default="losa", help="comma list: losa,linear")
-    p.add_argument("--ranks", default="8", help="LoSA ranks (comma list)")
+    p.add_argument(
+        "--crop-mode",
+        default="squash",
+        choices=("squash", "center"),
+        help="squash: the whole image resized to the input size (VTAB-1k's protocol)",
+    )
+    p.add_argument("--input-size", type=int, default=224, help="pixels (Table 1: 224)")
+    p.add_argument("--methods", default="linear,losa,mist", help="comma list of methods")
+    p.add_argument("--ranks", default="4,8,16", help="LoSA ranks (Table 1: 4,8,16)")
     p.add_argument("--side-layers", default="all", help="blocks the side network reads")
     p.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="lr grid tuned on val200")
     p.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
@@ -202,6 +246,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.task_list) - set(TASKS))
     if unknown:
         p.error(f"unknown task(s) {unknown}; the 19 VTAB-1k tasks are {', '.join(TASKS)}")
+    args.taps = store_taps(args)
     return args
 
 

@@ -191,6 +191,11 @@ class ViViT(nn.Module):
         x = torch.cat([*prefix, x], dim=1) if prefix else x
         return self.norm_pre(self.patch_drop(self.pos_drop(x)))
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Clip -> final tokens (B, T, D), timm's contract: what live baselines (full
+        fine-tuning of the ViViT) train through."""
+        return self.norm(self.blocks(self.embed(x)))
+
     def forward_intermediates(
         self,
         x: torch.Tensor,

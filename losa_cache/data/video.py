@@ -84,7 +84,8 @@ class ClipSampling:
         return [min(start + k * self.stride, total - 1) for k in range(self.frames)]
 
     def view_starts(self, total: int, clips: int) -> list[int]:
-        """Starts of ``clips`` temporal views spread evenly over the video (Table 13's views)."""
+        """Starts of ``clips`` temporal views spread evenly over the video (ViViT's and
+        SlowFast's multi-view testing)."""
         room = max(0, total - self.span)
         if clips == 1:
             return [room // 2]

@@ -18,6 +18,11 @@ Layout of a store (Zarr v3 group)::
                                     UTF-8, NUL-padded to the longest
     index/status        (N,) uint8  0 pending, 1 ok, 2 skipped (undecodable image/clip)
     index/error         (N, 1024) uint8  why a row was skipped (UTF-8, NUL-padded)
+    index/views         (n, V+1) int64  only with ``extract --views V``: the store row
+                                    of each view of each clean row (column 0: the row
+                                    itself; -1: no views, val/test rows). The V augmented
+                                    views of the training rows are ordinary rows after the
+                                    n clean ones (source ``<image>#view=v``, in no split)
     splits/<name>       (n,) int64  rows of each split; splits may overlap
     tasks/<name>        (N,) int32  one labelling of the rows (-1 = unlabelled);
                                     attrs: classes, source. A replaced labelling is
@@ -69,6 +74,7 @@ SCALE_SUFFIX = "_scale"
 SOURCE = "index/source"
 STATUS = "index/status"
 ERROR = "index/error"
+VIEWS = "index/views"
 SPLITS = "splits"
 TASKS = "tasks"
 DONE = "progress/done"

@@ -29,6 +29,7 @@ from losa_cache.store.store import (
 )
 from losa_cache.store.taps import parse_taps, tap_names
 from losa_cache.store.target import inspect_target
+from losa_cache.store.views import subset_rows, subset_table, write_view_table
 from losa_cache.store.writer import (
     ShardWriter,
     create_store,
@@ -67,6 +68,8 @@ def subset_store(
               "dtype": layout.dtype, "rows": rows or "all"}  # fmt: skip
     with storage_errors(dst, RETRY), store_lock(dst, dst_storage_options):
         group = open_or_create(source, dst, layout, splits, kept, record, dst_storage_options)
+        if (views := subset_table(source, kept)) is not None:  # store/views.py: views kept
+            write_view_table(group, views)
         todo = pending_shards(group)
         writer = ShardWriter(group, layout)
         try:
@@ -107,7 +110,7 @@ def plan_subset(
     unknown = [r for r in chosen if r not in all_splits]
     if unknown:
         raise StoreError(f"unknown split(s) {unknown} for --rows; the store has {list(all_splits)}")
-    kept = np.unique(np.concatenate([all_splits[r] for r in chosen]))
+    kept = subset_rows(source, np.unique(np.concatenate([all_splits[r] for r in chosen])))
     new = {int(r): i for i, r in enumerate(kept)}
     splits = {r: [new[int(i)] for i in all_splits[r]] for r in chosen}
     chunk = min(lay.chunk_rows, len(kept))

@@ -16,6 +16,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from losa_cache.augment import check_train_views
 from losa_cache.baselines.methods import BaselineOptions, is_baseline, list_baselines
 from losa_cache.checks import BATCH_LIMIT, max_workers
 from losa_cache.fields import check_fields, inherit, option
@@ -100,6 +101,13 @@ class TrainConfig:
     warmup_steps: int | None = _f(None, "Linear warmup steps (default: min(500, 10% of "
                                         "steps)).", min=0)
     seed: int = _f(0, "Seed of initialisation and batch order.", min=0)
+    views: str = _f("all", "Augmented views of a store extracted with --views V: all (each "
+                           "epoch a training row shows one of its clean + V views, drawn from "
+                           "--seed, the epoch and the row) | clean. Live: N with --augment "
+                           "(the N views extract --views N --augment stores).")
+    augment: str | None = _f(None, "Live: the views' augmentation (extract's --augment, e.g. "
+                                   "rrc:0.08-1,flip), with --views N.")
+    view_seed: int = _f(0, "Live: seed of the views (extract's --view-seed).", min=0)
     cache: str = _f("auto", "Hold needed features in memory: auto (the fastest that fits) | "
                             "gpu | ram | none (stream from the store).", choices=CACHE_MODES)
     shuffle_buffer: int | None = _f(None, "Shuffle buffer in rows: the batch order shuffles "
@@ -175,6 +183,7 @@ class TrainConfig:
             raise ValueError("give --store (a feature store), or --live with --model/--dataset")
         if not self.live:
             self._check_no_clip_options()
+        check_train_views(self.views, self.augment, self.live)
 
     def _check_no_clip_options(self) -> None:
         """A store's clips were fixed at extraction: live-only clip flags would be ignored."""

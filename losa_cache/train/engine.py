@@ -68,7 +68,8 @@ class Inputs:
 
     def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[Key],
              piece_rows: int) -> Feed:
-        if self.cache is not None and self.cache.holds(rows, layers):
+        # a cache holds the clean rows: a training order drawing views streams the store
+        if self.cache is not None and order.views is None and self.cache.holds(rows, layers):
             keep = None if np.array_equal(rows, order.rows) else keep_mask(rows)
             return CacheFeed(self.cache, order, keep, layers)
         return self.source.feed(order, rows, layers, piece_rows, self.device, self.workers,

@@ -101,6 +101,26 @@ def live_sampling(cfg: Any) -> ClipSampling | None:
                         getattr(cfg, "clip", "centre"))
 
 
+def live_views(cfg: Any) -> int:
+    """Augmented views per row a live run draws from (--views N with --augment; else 0)."""
+    return int(cfg.views) if getattr(cfg, "augment", None) else 0
+
+
+def live_images(dataset: Any, backbone: Backbone, rows: np.ndarray, cfg: Any) -> TorchImages:
+    """Item ``r`` = store row ``r`` clean; with --augment and --views N item ``v * n + r``
+    = its view v, the transform extraction's --views applies (augment.ViewImages)."""
+    count = live_views(cfg)
+    if not count:
+        return TorchImages(dataset, backbone.transform(), rows)
+    from losa_cache.augment import parse_augment
+    from losa_cache.data.view_images import ViewImages
+
+    n = len(rows)
+    return ViewImages(dataset, backbone.transform(), np.tile(rows, count + 1),
+                      np.repeat(np.arange(count + 1), n), np.tile(np.arange(n), count + 1),
+                      parse_augment(cfg.augment), backbone.preprocess, cfg.view_seed)
+
+
 class LiveSource:
     """A backbone and a data set standing in for a store (``cfg``: a TrainConfig or a
     SweepConfig, whose live fields name them)."""
@@ -133,8 +153,8 @@ class LiveSource:
                                default_task=self.task_name, dtype=torch.float32,
                                row_bytes=b.tokens * b.dim * 4,
                                taps=live_taps(b.model, b.depth), live=True,
-                               frames=b.time_steps)
-        self.images = TorchImages(self.dataset, b.transform(), self.dataset_rows)
+                               frames=b.time_steps, views=live_views(cfg))
+        self.images = live_images(self.dataset, b, self.dataset_rows, cfg)
         self._pruned: int | None = None
         self._loaders: dict[tuple, tuple[DataLoader, _Planned]] = {}  # evaluation's
 
@@ -166,14 +186,15 @@ class LiveSource:
         self.prune(layers)
         return LiveFeed(self, order, rows, layers, piece_rows, decoding_workers(workers))
 
-    def loader(self, plans: Callable[[], Iterator[Any]], workers: int, key: tuple | None = None
+    def loader(self, plans: Callable[[], Iterator[Any]], workers: int, key: tuple | None = None,
+               items: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
                ) -> tuple[DataLoader, _Planned]:
         """A loader decoding the planned pieces in ``workers`` processes. With a ``key`` (a
         sequential pass: evaluation) it is made once and keeps its workers, so periodic
         evaluation of the same rows does not start new ones each time."""
         if key in self._loaders:
             return self._loaders[key]
-        sampler, kwargs = _Planned(plans), {}
+        sampler, kwargs = _Planned(plans, items), {}
         if workers > 0:  # zarr/timm threads in this process: never fork it
             kwargs = {"multiprocessing_context": worker_context(), "prefetch_factor": 4,
                       "persistent_workers": key is not None}
@@ -196,14 +217,16 @@ class _Planned(Sampler):
     """A batch sampler over planned pieces; remembers their positions, in order. Each
     pass over it plans afresh (``plans()``), so a persistent loader can replay it."""
 
-    def __init__(self, plans: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]) -> None:
-        self.plans, self.positions = plans, deque()
+    def __init__(self, plans: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+                 items: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
+        """``items``: (positions, rows) -> the dataset items to load (default: the rows)."""
+        self.plans, self.positions, self.items = plans, deque(), items
 
     def __iter__(self) -> Iterator[list[int]]:
         self.positions.clear()  # what an abandoned pass left
         for pos, rows in self.plans():
             self.positions.append((pos, rows))
-            yield rows.tolist()
+            yield (rows if self.items is None else self.items(pos, rows)).tolist()
 
 
 class LiveFeed:
@@ -229,7 +252,7 @@ class LiveFeed:
         key = None if loop or shuffle else (  # a sequential pass (evaluation): kept
             self.order.rows.tobytes(), None if self.keep is None else self.keep.tobytes(),
             self.piece_rows, offset, self.workers)
-        loader, sampler = self.source.loader(plans, self.workers, key)
+        loader, sampler = self.source.loader(plans, self.workers, key, self._items())
         for x, _dataset_rows, ok, _errors in loader:
             pos, rows = sampler.positions.popleft()
             keep = ok.numpy().astype(bool)
@@ -244,6 +267,13 @@ class LiveFeed:
             if IMAGES in self.layers:  # a live baseline: the preprocessed images themselves
                 feats[IMAGES] = x
             yield Piece(pos, rows, feats)
+
+    def _items(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+        """Item of each (position, row): the view the order draws (live.live_images)."""
+        if self.order.views is None:
+            return None
+        n = len(self.source.dataset_rows)
+        return lambda pos, rows: self.order.view_of(pos, rows) * n + rows
 
     def close(self) -> None:
         pass

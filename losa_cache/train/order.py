@@ -8,7 +8,10 @@ epochs; a stream *position* counts rows of that stream, so a resumed run needs o
 number.
 
 Everything here is a pure function of (rows, buffer_rows, seed, epoch): never of the
-store's dtype, chunking, compression, cache mode or live mode. A task that labels only
+store's dtype, chunking, compression, cache mode or live mode. So is the augmented view
+each row shows in an epoch, where a training order has ``views``
+(:func:`losa_cache.augment.draw_views`; evaluation orders have none, so evaluation never
+sees an augmented view). A task that labels only
 some rows keeps the order over the split's rows and drops the others (see
 :mod:`losa_cache.train.feed`), so a run sees the same batches alone or in a sweep.
 """
@@ -17,8 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from losa_cache.augment import ViewDraw
 
 __all__ = ["BUFFER_BYTES", "RowOrder", "Window", "default_buffer_rows"]
 
@@ -46,7 +53,10 @@ class Window:
 class RowOrder:
     """Shuffled windows of consecutive rows over a sorted set of store rows."""
 
-    def __init__(self, rows: np.ndarray, buffer_rows: int, seed: int) -> None:
+    def __init__(self, rows: np.ndarray, buffer_rows: int, seed: int,
+                 views: ViewDraw | None = None) -> None:
+        """``views``: which augmented view each row shows per epoch (None: the clean one)."""
+        self.views = views
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             raise ValueError("no rows to iterate over")
@@ -59,9 +69,21 @@ class RowOrder:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def key(self) -> tuple[bytes, int, int]:
-        """Equal keys, equal streams."""
-        return self.rows.tobytes(), self.buffer_rows, self.seed
+    def key(self) -> tuple[bytes, int, int, int]:
+        """Equal keys, equal streams (the views drawn included)."""
+        return self.rows.tobytes(), self.buffer_rows, self.seed, self.view_count
+
+    @property
+    def view_count(self) -> int:
+        """Augmented views drawn from besides the clean one (0: clean only)."""
+        return 0 if self.views is None else self.views.count
+
+    def view_of(self, positions: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+        """The view (0: clean) each row shows at its stream position; None without views."""
+        if self.views is None:
+            return None
+        epochs = np.asarray(positions, dtype=np.int64) // len(self.rows)
+        return self.views.draw(self.seed, epochs, rows)
 
     def windows(self, epoch: int, shuffle: bool) -> list[Window]:
         """The windows of one epoch, in visiting order."""

@@ -35,7 +35,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from losa_cache.train.keys import (
     sort_keys,
 )
 from losa_cache.train.order import RowOrder, default_buffer_rows
+
+if TYPE_CHECKING:
+    from losa_cache.augment import ViewDraw
 
 __all__ = ["DEFAULT_MAX_MEMORY", "Batch", "StoreReader", "labelled_rows", "reader_memory"]
 
@@ -111,9 +114,11 @@ class StoreReader:
                  layers: Sequence[Key], batch_size: int, seed: int = 0,
                  device: str | torch.device = "cpu", buffer_rows: int | None = None,
                  workers: int = 4, order_rows: np.ndarray | None = None,
-                 max_memory: int | None = None) -> None:
+                 max_memory: int | None = None, views: ViewDraw | None = None) -> None:
         """``max_memory``: bytes of host memory the windows in flight may hold (default
-        :data:`DEFAULT_MAX_MEMORY`); it bounds the read-ahead, never the batch order."""
+        :data:`DEFAULT_MAX_MEMORY`); it bounds the read-ahead, never the batch order.
+        ``views``: each row's features are read from the augmented view the order draws
+        for it (the store's ``index/views``; pieces keep the clean row numbers)."""
         held = available_keys(store.taps, store.layout.layers)
         reads, self.derived, missing = plan_reads(layers, held)
         blocks = sorted(k for k in missing if isinstance(k, int))
@@ -133,7 +138,8 @@ class StoreReader:
         self.keep = None if order_rows is None else keep_mask(self.rows)
         fp16_row = 2 * self.layout.tokens * self.layout.dim * len(self.layers)
         self.order = RowOrder(domain, buffer_rows or default_buffer_rows(
-            self.batch_size, len(domain), fp16_row), seed)
+            self.batch_size, len(domain), fp16_row), seed, views)
+        self.view_table = None if views is None else store_view_table(store, views.count)
         # a window holds every array read (int8: codes and scales) and the sums derived
         row_bytes = (self.layout.row_bytes * len(reads)
                      + 4 * self.layout.tokens * self.layout.dim * len(self.derived))
@@ -215,15 +221,16 @@ class StoreReader:
         def top_up(n: int) -> None:  # keep n windows being read, the next ones hinted
             while len(reading) < n:
                 while len(hinted) < 1 + HINT_WINDOWS and (item := next(plans, None)):
-                    hinted.append(item)
-                    self._hints.submit(self._hint, item[1])
+                    read = self._physical(*item)  # the rows holding the drawn views
+                    hinted.append((*item, read))
+                    self._hints.submit(self._hint, read)
                 if not hinted:
                     return
-                pos, rows = hinted.popleft()
+                pos, rows, read = hinted.popleft()
                 out = [torch.empty((len(rows), *p.array.shape[1:]),
                                    dtype=STORAGE_DTYPES[p.array.dtype], pin_memory=self.pin)
                        for p in self._parts]
-                reading.append((pos, rows, out, self._submit(rows, np.arange(len(rows)), out)))
+                reading.append((pos, rows, out, self._submit(read, np.arange(len(rows)), out)))
 
         try:
             top_up(max(1, self.read_ahead))
@@ -242,6 +249,11 @@ class StoreReader:
                 for job in jobs:
                     with contextlib.suppress(Exception):
                         job.result()
+
+    def _physical(self, positions: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The store rows read for ``rows``: themselves, or the views the order draws."""
+        views = self.order.view_of(positions, rows)
+        return rows if views is None else self.view_table[rows, views]
 
     def _assemble(self, buffers: list[torch.Tensor]) -> Feats:
         """A read window's buffers as the piece's features: int8 codes and scales paired,
@@ -311,6 +323,18 @@ class StoreReader:
         with self._lock:
             self.bytes_read += nbytes
             self.chunks_read += len(np.unique(rows // self.layout.chunk_rows))
+
+
+def store_view_table(store: FeatureStore, count: int) -> np.ndarray:
+    """The store's ``index/views`` for a run drawing among ``count`` views."""
+    from losa_cache.store.views import read_view_table
+
+    table = read_view_table(store)
+    if table is None or table.shape[1] - 1 != count:
+        held = 0 if table is None else table.shape[1] - 1
+        raise StoreError(f"the run draws among {count} augmented views but the store holds "
+                         f"{held}; train with --views clean, or extract with --views {count}")
+    return table
 
 
 def _parts(key: Key, array: FeatureArray | QuantizedArray) -> list[_Part]:

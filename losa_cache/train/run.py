@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from losa_cache.augment import train_views
 from losa_cache.outdir import atomic_write_text, claim_outdir
 from losa_cache.side import SideConfig, create_side, head_params
 from losa_cache.train import checkpoint as ckpt
@@ -118,7 +119,8 @@ class Run:
         self.layers = side_inputs(self.model)  # feed keys: blocks, taps (a live baseline: images)
         fp16_row = 2 * info.tokens * info.dim * len(self.layers)
         self.order = RowOrder(split_rows, cfg.shuffle_buffer or default_buffer_rows(
-            self.batch, len(split_rows), fp16_row), cfg.seed)
+            self.batch, len(split_rows), fp16_row), cfg.seed,
+            train_views(getattr(cfg, "views", "all"), info.views))
         self.rows = rows
         self.train_rows = train_rows = rows["train"]
         self.keep = None if np.array_equal(train_rows, split_rows) else keep_mask(train_rows)
@@ -174,8 +176,9 @@ class Run:
         return state
 
     def _order_state(self) -> dict[str, int]:
+        views = {"views": self.order.view_count} if self.order.view_count else {}
         return {"num_rows": len(self.order), "seed": self.order.seed,
-                "buffer_rows": self.order.buffer_rows, "batch_size": self.batch}
+                "buffer_rows": self.order.buffer_rows, "batch_size": self.batch, **views}
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Continue exactly where the checkpoint left off."""

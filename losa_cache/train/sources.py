@@ -68,6 +68,9 @@ class SourceInfo:
         held = set(self.keys)
         return sum(self.row_bytes if k in held else 4 * self.tokens * self.dim for k in keys)
     frames: int = 1  # token frames: video tokens are prefix + frames x grid (Eq. 6's layout)
+    #: augmented views per training row besides the clean one (a store's index/views; live:
+    #: --views N with --augment)
+    views: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ class StoreSource:
             dtype=TORCH_DTYPES.get(s.dtype, torch.float32),  # int8: dequantized to fp32
             row_bytes=s.layout.row_bytes, taps=tuple(k for k in held if isinstance(k, str)),
             tap_names=tuple(s.taps),
-            frames=int(s.token_layout.get("frames", 1)),
+            frames=int(s.token_layout.get("frames", 1)), views=stored_views(s),
             subset_of=(s.manifest.subset or {}).get("source"))
 
     def task(self, name: str | None) -> TaskData:
@@ -161,10 +164,17 @@ class StoreSource:
         return StoreReader(self.store, rows, np.zeros(len(rows), np.int64), layers, piece_rows,
                            seed=order.seed, device=device, buffer_rows=order.buffer_rows,
                            workers=workers if workers >= 0 else READER_THREADS,
-                           order_rows=order.rows, max_memory=max_memory)
+                           order_rows=order.rows, max_memory=max_memory, views=order.views)
 
     def close(self) -> None:
         pass
+
+
+def stored_views(store: FeatureStore) -> int:
+    """Augmented views per training row the store holds (extract --views)."""
+    from losa_cache.store import schema as S
+
+    return int(store.group[S.VIEWS].shape[1]) - 1 if S.VIEWS in store.group else 0
 
 
 def _live_keys(info: SourceInfo) -> str:

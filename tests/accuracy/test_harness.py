@@ -84,6 +84,8 @@ def test_quick_end_to_end(tiny_tasks: Path, tmp_path: Path) -> None:
             "digits",
             "--cached-epochs",
             "0",
+            "--parts",
+            "cached,live",  # the views rows: tests/accuracy/test_views_rows.py
             "--results",
             str(results),
         ]

@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from losa_cache.adapter import load_adapter
 from losa_cache.pipelines import inat, vtab
+from losa_cache.predict import evaluate_store
+from losa_cache.store import StoreError, open_store
+from losa_cache.store.splits import add_split, holdout_rows
 
 #: Three of the 19 folders, one per Table 1 group.
 VTAB_FIXTURE = ("cifar", "eurosat", "clevr_count")
 SIZES = {"train800": 8, "val200": 4, "test": 6}
 MICRO = ["--model", "vit_micro", "--random-init", "--workers", "0", "--quiet"]
+#: the VTAB recipe squashes to --input-size (224 for ViT-B); vit_micro's is 32
+VTAB_MICRO = [*MICRO, "--input-size", "32"]
 
 
 def _image(path: Path, rng: np.random.Generator, label: int) -> None:
@@ -80,16 +86,14 @@ def test_vtab_end_to_end(
             "--tasks",
             ",".join(VTAB_FIXTURE),
             "--methods",
-            "losa,linear",
-            "--ranks",
-            "4",
+            "linear",
             "--epochs",
             "1",
             "--batch-size",
             "4",
             "--lrs",
             "1e-3,1e-2",
-            *MICRO,
+            *VTAB_MICRO,
         ]
     )
     text = capsys.readouterr().out
@@ -99,9 +103,9 @@ def test_vtab_end_to_end(
     rows = {
         line.split(" | ")[0][2:]: line
         for line in text.splitlines()
-        if line.startswith(("| losa r4 |", "| linear |"))
+        if line.startswith("| ") and not line.startswith(("| method", "|---"))
     }
-    assert set(rows) == {"losa r4", "linear"}
+    assert set(rows) == {"linear"}
     saved = json.loads((out / "vtab_results.json").read_text())
     assert saved["tasks"] == list(VTAB_FIXTURE)
     for method, acc in saved["results"].items():
@@ -112,13 +116,38 @@ def test_vtab_end_to_end(
             (acc["cifar"] + acc["eurosat"] + acc["clevr_count"]) / 3
         )
         assert f"{acc['cifar']:.1f}" in rows[method]
-    assert doc["per_task"]["cifar"]["losa r4"]["best_lr"] in (1e-3, 1e-2)
+    assert doc["per_task"]["cifar"]["linear"]["best_lr"] in (1e-3, 1e-2)
+
+
+def test_vtab_table1_methods_end_to_end(vtab_root: Path, tmp_path: Path) -> None:
+    """The default methods (linear, losa r4/8/16, mist) on one task, squashed to the input
+    size, the store holding what mist reads (embed + blocks, summed by the feed)."""
+    out = tmp_path / "t1"
+    doc = vtab.main(["--root", str(vtab_root), "--out", str(out), "--tasks", "cifar",
+                     "--epochs", "1", "--batch-size", "4", "--lrs", "1e-2",
+                     *VTAB_MICRO])  # fmt: skip
+    assert set(doc["results"]) == {"linear", "losa r4", "losa r8", "losa r16", "mist"}
+    assert all(0 <= acc["cifar"] <= 100 for acc in doc["results"].values())
+    store = open_store(str(out / "stores" / "cifar.zarr"))
+    assert store.fingerprint["crop_mode"] == "squash" and store.fingerprint["crop_pct"] == 1.0
+    assert store.fingerprint["input_size"] == [3, 32, 32]
+    assert list(store.taps) == ["blocks", "embed"]
+
+
+def test_vtab_store_of_another_crop_mode_refused(vtab_root: Path, tmp_path: Path) -> None:
+    """A rerun into the same --out with --crop-mode center must not reuse squashed features."""
+    args = ["--root", str(vtab_root), "--out", str(tmp_path / "r"), "--tasks", "cifar",
+            "--methods", "linear", "--epochs", "1", "--lrs", "1e-2", "--batch-size", "4",
+            *VTAB_MICRO]  # fmt: skip
+    vtab.main(args)
+    with pytest.raises(StoreError, match="crop_mode"):
+        vtab.main([*args, "--crop-mode", "center"])
 
 
 def test_vtab_dry_run_and_missing(
     vtab_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["--root", str(vtab_root), "--out", str(tmp_path / "x"), *MICRO]
+    args = ["--root", str(vtab_root), "--out", str(tmp_path / "x"), *VTAB_MICRO]
     with pytest.raises(SystemExit, match="16 task"):
         vtab.main(args)
     doc = vtab.main([*args, "--allow-missing", "--dry-run"])
@@ -135,34 +164,55 @@ def test_group_means_table_layout() -> None:
     assert means["Mean"] == 60.0
 
 
-def test_inat_end_to_end(
+def test_inat_selects_on_holdout_reports_val_once(
     inat_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "inat"
-    doc = inat.main(
-        [
-            "--data-root",
-            str(inat_root),
-            "--out",
-            str(out),
-            "--layers",
-            "all",
-            "--rank",
-            "4",
-            "--steps",
-            "3",
-            "--batch-size",
-            "4",
-            *MICRO,
-        ]
-    )
+    args = ["--data-root", str(inat_root), "--out", str(out), "--layers", "all", "--rank",
+            "4", "--steps", "3", "--batch-size", "4", "--lrs", "1e-3,0.3", "--holdout",
+            "0.25", *MICRO]  # fmt: skip
+    doc = inat.main(args)
     text = capsys.readouterr().out
     assert "store:" in text and "iNat2018 val top-1:" in text
     assert doc["plan"]["splits"] == {"train": 12, "val": 6}
     saved = json.loads((out / "inat_results.json").read_text())
-    assert 0 <= saved["val_acc"] <= 1
     assert saved["config"]["optimizer"] == "sgd" and saved["config"]["momentum"] == 0.9
     assert saved["config"]["steps"] == 3 and saved["config"]["rank"] == 4
+    # selection: a held-out quarter of train, disjoint from the rows trained on
+    store = open_store(str(out / "inat2018.zarr"))
+    fit, held = store.split_rows("train_fit"), store.split_rows("holdout")
+    assert len(held) == 3 and len(fit) == 9 and not set(fit) & set(held)
+    assert set(fit) | set(held) == set(store.split_rows("train"))
+    assert saved["train_rows"] == 9 and saved["selection_split"] == "holdout"
+    accs = {float(k): v for k, v in saved["selection_acc"].items()}
+    assert saved["best_lr"] == max(accs, key=lambda lr: accs[lr])
+    for lr in accs:  # no run ever looked at val: periodic evals on holdout, no test
+        metrics = json.loads((out / f"train-lr{lr:g}" / "metrics.json").read_text())
+        assert {e["split"] for e in metrics["evals"]} == {"holdout"}
+        assert metrics["test_acc"] is None
+    # the report: the chosen run's final adapter scored once on val
+    chosen = json.loads((out / f"train-lr{saved['best_lr']:g}" / "metrics.json").read_text())
+    once = evaluate_store(load_adapter(chosen["adapter"]), store, split="val")
+    assert saved["report_split"] == "val" and saved["report_acc"] == once["accuracy"]
+    # a rerun reuses the same held-out rows (add_split is idempotent)
+    inat.main(args)
+    assert np.array_equal(open_store(str(out / "inat2018.zarr")).split_rows("holdout"), held)
+
+
+def test_add_split_refuses_other_rows(micro_store: str, tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "s.zarr"
+    shutil.copytree(micro_store, path)
+    rows = open_store(str(path)).split_rows("train")
+    fit, held = holdout_rows(rows, 0.25, seed=0)
+    assert holdout_rows(rows, 0.25, seed=0)[1].tolist() == held.tolist()  # seeded
+    assert add_split(path, "holdout", held) and not add_split(path, "holdout", held)
+    with pytest.raises(StoreError, match="other rows"):
+        add_split(path, "holdout", fit)
+    assert np.array_equal(open_store(str(path)).split_rows("holdout"), held)
+    with pytest.raises(ValueError, match="leaves 0"):
+        holdout_rows(rows, len(rows))
 
 
 def test_inat_dry_run_defaults(

@@ -1,0 +1,192 @@
+"""The accuracy harness's augmented-views rows: do stored views close the cache's gap?
+
+A feature cache trains every epoch on the same clean features, where live training with
+augmentation sees a new view each time; ``extract --views V --augment SPEC`` stores V
+views per train image and training draws one per image and epoch (losa_cache/augment.py).
+Per task of the harness (pipelines/accuracy.py, its protocol: lr on train800 -> val200,
+final run scored once on test), with the configs of pipelines/accuracy.py:
+
+* views (``--parts views``): LoSA r16 and MIST from stores with V = 0, 4, 8 views of
+  ``rrc:0.08-1,flip`` (MIST's few-shot augmentation), rows ``losa r16 V=4`` ...; V = 0 is
+  the harness's plain store. Next to them ``full aug V=8``: full fine-tuning live with the
+  same augmentation, drawing from the same V views (``train --live --views 8 --augment``);
+* few-shot (``--parts fewshot``, MIST Fig. 4): k = 1, 2, 4, 8, 16 images per class of
+  train800 (seeded), the lr chosen on val200, the final run on the k images, scored on
+  test; LoSA r16 and MIST without views (``losa r16 4-shot``) and with 8 views
+  (``losa r16 4-shot V=8``), and ``full 4-shot aug V=8`` live.
+
+Every views row records what its store cost: extraction seconds and bytes on disk. The
+k-shot rows of the cached methods are a split added to the V-view store (no new
+extraction); the live rows read a derived task folder listing the same images.
+
+Not run on the shared development machine: ``python -m losa_cache.pipelines.accuracy
+--parts views,fewshot`` runs these rows alone (results are reused per part).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from losa_cache.pipelines.accuracy import (
+    AUGMENT,
+    FEW_SHOT_VIEWS,
+    LIVE_AUGMENTED,
+    SHOTS,
+    SPLITS,
+    VIEW_COUNTS,
+    VIEW_METHODS,
+    Budget,
+    extract_task,
+    run_cached,
+    run_live,
+)
+
+#: what the views stores hold: blocks (losa) and embed (MIST sums G_k from it)
+VIEW_TAPS = "blocks,embed"
+LIST_FILES = ("train800", "val200", "train800val200", "test")
+
+Memo = Callable[[Path, Callable[[], dict[str, Any]]], dict[str, Any]]
+
+
+def views_part(task_dir: Path, out: Path, spec: dict[str, Any], budget: Budget,
+               parts: set[str], memo: Memo, counts: Sequence[int] = VIEW_COUNTS,
+               shots: Sequence[int] = SHOTS, few_views: Sequence[int] = FEW_SHOT_VIEWS,
+               ) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The views and/or few-shot rows of one task, by row name."""
+    rows: dict[str, dict[str, Any]] = {}
+    task, e = task_dir.name, f"e{budget.epochs:g}"
+    live = task in budget.live_tasks
+    if "views" in parts:
+        for v in counts:
+            store, cost = view_store(task_dir, out, spec, v)
+            runs = out / "runs" / task / f"views{v}"
+            compute = partial(cached_rows, store, runs, budget, cost, SPLITS, f" V={v}")
+            rows |= memo(out / "results" / task / f"views{v}-{e}.json", compute)
+        if live and max(counts):
+            compute = partial(live_augmented, task_dir, spec, budget, max(counts), "")
+            rows |= memo(out / "results" / task / f"full-aug{max(counts)}-{e}.json", compute)
+    if "fewshot" in parts:
+        for k in shots:
+            rows |= fewshot_rows(task_dir, out, spec, budget, k, few_views, live, memo)
+    return rows
+
+
+def cached_rows(
+    store: Path, runs: Path, budget: Budget, cost: dict[str, Any], splits: dict[str, str], tag: str
+) -> dict[str, dict[str, Any]]:
+    """:data:`VIEW_METHODS` on one store (the harness protocol over ``splits``), each row
+    named ``<method><tag>`` and carrying the store's cost."""
+    done = run_cached(store, runs, budget, budget.epochs, cost["extract_s"], VIEW_METHODS,
+                      splits=splits)  # fmt: skip
+    return {f"{m}{tag}": r | cost for m, r in done.items()}
+
+
+def view_store(
+    task_dir: Path, out: Path, spec: dict[str, Any], views: int
+) -> tuple[Path, dict[str, Any]]:
+    """The task's store with ``views`` views (0: the harness's own store), extracted once;
+    (path, its cost: extraction seconds, bytes on disk)."""
+    from losa_cache.extract import ExtractConfig, extract
+    from losa_cache.store import open_store
+
+    task = task_dir.name
+    if not views:
+        store = out / "stores" / f"{task}.zarr"
+        store.parent.mkdir(parents=True, exist_ok=True)
+        seconds = extract_task(task_dir, store, spec)
+        return store, {"views": 0, "extract_s": seconds, "store_bytes": disk_bytes(store)}
+    store = out / "stores" / f"{task}-views{views}.zarr"
+    record = store.parent / f"{store.stem}.extract.json"
+    if not record.is_file():
+        t0 = time.perf_counter()
+        extract(ExtractConfig(model=spec["model"], checkpoint=spec.get("checkpoint"),
+                              random_init=spec.get("random_init", False),
+                              dataset=f"vtab1k:{task_dir}", store=str(store), layers="all",
+                              taps=VIEW_TAPS, views=views, augment=AUGMENT, workers=0),
+                progress=False)  # fmt: skip
+        record.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+    open_store(str(store)).require_complete()
+    seconds = json.loads(record.read_text())["seconds"]
+    return store, {"views": views, "extract_s": seconds, "store_bytes": disk_bytes(store)}
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def live_augmented(
+    task_dir: Path, spec: dict[str, Any], budget: Budget, views: int, tag: str
+) -> dict[str, dict[str, Any]]:
+    """Full fine-tuning live, drawing from the same ``views`` views per image."""
+    rows = run_live(task_dir, spec, budget, [LIVE_AUGMENTED], views=str(views),
+                    augment=AUGMENT)  # fmt: skip
+    return {f"{LIVE_AUGMENTED}{tag} aug V={views}": r | {"views": views}
+            for r in rows.values()}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ few-shot
+
+
+def pick_shots(labels: Sequence[int], k: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of ``k`` items per class (all of a class with fewer), seeded."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, k])
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picked))
+
+
+def fewshot_task(task_dir: Path, folder: Path, k: int) -> tuple[Path, np.ndarray]:
+    """A VTAB-layout folder whose train800 (and final split) is ``k`` images per class of
+    ``task_dir``'s train800 (absolute paths; val200 and test unchanged); and the picked
+    positions in train800."""
+    lines = {f: (task_dir / f"{f}.txt").read_text().splitlines() for f in LIST_FILES}
+    train = [ln for ln in lines["train800"] if ln.strip()]
+    pick = pick_shots([int(ln.rsplit(maxsplit=1)[1]) for ln in train], k)
+    absolute = lambda ln: f"{task_dir.resolve() / ln.rsplit(maxsplit=1)[0]} {ln.rsplit()[-1]}"
+    shot = [absolute(train[i]) for i in pick]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in (("train800", shot), ("train800val200", shot),
+                       ("val200", [absolute(ln) for ln in lines["val200"] if ln.strip()]),
+                       ("test", [absolute(ln) for ln in lines["test"] if ln.strip()])):  # fmt: skip
+        (folder / f"{name}.txt").write_text("\n".join(body) + "\n")
+    return folder, pick
+
+
+def fewshot_rows(
+    task_dir: Path,
+    out: Path,
+    spec: dict[str, Any],
+    budget: Budget,
+    k: int,
+    few_views: Sequence[int],
+    live: bool,
+    memo: Memo,
+) -> dict[str, dict[str, Any]]:
+    """k-shot rows: the cached methods from each views store (a k-shot split added to
+    it), and full fine-tuning live with the augmentation on the derived folder."""
+    from losa_cache.store import open_store
+    from losa_cache.store.splits import add_split
+
+    task, e = task_dir.name, f"e{budget.epochs:g}"
+    folder, pick = fewshot_task(task_dir, out / "fewshot" / f"{task}-{k}shot", k)
+    split = f"train{k}shot"
+    splits = {**SPLITS, "train": split, "final": split}
+    rows: dict[str, dict[str, Any]] = {}
+    for v in few_views:
+        store, cost = view_store(task_dir, out, spec, v)
+        add_split(store, split, open_store(str(store)).split_rows("train800")[pick])
+        runs = out / "runs" / task / f"{k}shot-views{v}"
+        tag = f" {k}-shot" + (f" V={v}" if v else "")
+        compute = partial(cached_rows, store, runs, budget, cost | {"shots": k}, splits, tag)
+        rows |= memo(out / "results" / task / f"{k}shot-views{v}-{e}.json", compute)
+    if live and max(few_views):
+        compute = partial(live_augmented, folder, spec, budget, max(few_views), f" {k}-shot")
+        rows |= memo(out / "results" / task / f"{k}shot-full-aug-{e}.json", compute)
+    return rows

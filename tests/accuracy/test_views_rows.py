@@ -1,0 +1,73 @@
+"""The harness's views and few-shot rows (pipelines/accuracy_views.py) on a tiny task.
+
+The rows only, at a tiny budget: the numbers of the real harness are not run here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from losa_cache.pipelines import accuracy
+from losa_cache.pipelines.accuracy_views import pick_shots, views_part
+from losa_cache.store import open_store
+
+SIZES = {"train800": 8, "val200": 4, "test": 4}
+
+
+def _task(folder: Path) -> Path:
+    rng = np.random.default_rng(0)
+    lines: dict[str, list[str]] = {}
+    for split, n in SIZES.items():
+        lines[split] = []
+        for i in range(n):
+            rel = f"images/{split}/{i:03d}.png"
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 60, size=(40, 40, 3)) + 120 * (i % 2)
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / rel)
+            lines[split].append(f"{rel} {i % 2}")
+    lines["train800val200"] = lines["train800"] + lines["val200"]
+    for split, rows in lines.items():
+        (folder / f"{split}.txt").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_pick_shots_is_seeded_and_per_class() -> None:
+    labels = [0, 1, 0, 1, 0, 2, 0]
+    two = pick_shots(labels, 2)
+    assert np.array_equal(two, pick_shots(labels, 2))
+    picked = np.asarray(labels)[two]
+    assert (picked == 0).sum() == 2 and (picked == 1).sum() == 2 and (picked == 2).sum() == 1
+
+
+def test_views_and_fewshot_rows_tiny(tmp_path: Path) -> None:
+    task = _task(tmp_path / "tasks" / "tiny")
+    out = tmp_path / "run"
+    budget = accuracy.Budget(epochs=1.0, batch_size=4, cached_lrs=(1e-2,), extend=0,
+                             live_lrs={"full": (1e-4,)}, live_tasks=("tiny",),
+                             speed_batches=0)  # fmt: skip
+    spec = {"model": "vit_micro", "random_init": True, "seed": 0}
+    rows = views_part(task, out, spec, budget, {"views", "fewshot"}, accuracy.memo,
+                      counts=(0, 2), shots=(1,), few_views=(0, 2))  # fmt: skip
+    cached = {f"{m}{t}" for m in ("losa r16", "mist")
+              for t in (" V=0", " V=2", " 1-shot", " 1-shot V=2")}  # fmt: skip
+    assert set(rows) == cached | {"full aug V=2", "full 1-shot aug V=2"}
+    for name, r in rows.items():
+        assert 0 <= r["test_acc"] <= 100, name
+        assert r["views"] == (0 if name.endswith(("V=0", "1-shot")) else 2), name
+    assert rows["losa r16 V=2"]["extract_s"] > 0 and rows["losa r16 V=2"]["store_bytes"] > 0
+    assert rows["mist 1-shot V=2"]["shots"] == 1
+    # the k-shot rows: one image per class of train800, in the store and the live folder
+    store = open_store(str(out / "stores" / "tiny-views2.zarr"))
+    shot = store.split_rows("train1shot")
+    assert len(shot) == 2 and set(shot) <= set(store.split_rows("train800"))
+    assert sorted(store.labels()[shot].tolist()) == [0, 1]
+    assert len((out / "fewshot" / "tiny-1shot" / "train800.txt").read_text().split("\n")) == 3
+    assert store.num_images == 16 + 2 * (8 + 4)  # views of train800val200 (the final split)
+    # the harness table carries them, with the results saved per part (a rerun reuses them)
+    table = accuracy.markdown(accuracy.summarise({"tiny": rows}, ["tiny"]), ["tiny"], budget, ())
+    assert "| losa r16 1-shot V=2 |" in table and "| full 1-shot aug V=2 |" in table
+    saved = json.loads((out / "results" / "tiny" / "views2-e1.json").read_text())
+    assert set(saved) == {"losa r16 V=2", "mist V=2"}
