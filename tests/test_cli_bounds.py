@@ -94,7 +94,7 @@ def test_every_interpolation_is_one_timm_resizes_with() -> None:
          f"{4 * layer_params(32, 10**7):,} learned parameters, over the limit"),
         (["--method", "mist", "--gather", "last", "--edge-blocks", str(10**6)], "over the limit "
          "of 2,147,483,648 (2**31"),
-        (["--workers", TOO_MANY], f"--workers must be an integer >= 0 and <= {max_workers()[0]}"),
+        (["--workers", TOO_MANY], f"--workers must be an integer >= -1 and <= {max_workers()[0]}"),
         (["--batch-size", HUGE], "--batch-size must be an integer >= 1 and <= 65536"),
         (["--seed", HUGE], "--seed must be an integer >= 0 and <= 9223372036854775807 (it must "
          "fit in 64 bits)"),

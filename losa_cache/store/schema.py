@@ -84,6 +84,12 @@ PENDING, OK, SKIPPED = 0, 1, 2
 #: array attribute: the ``store_id`` of the store that created the array (reads check it,
 #: so an array copied in from another store of the same shape is refused, not trained on)
 STORE_ID_ATTR = "store"
+
+
+def stamp(store_id: str | None) -> dict[str, str]:
+    """The attributes that mark an array as made by the store ``store_id`` (none for a
+    store made before ids: its arrays carry none either)."""
+    return {STORE_ID_ATTR: store_id} if store_id else {}
 #: names that a store's own files use at any level: never a task, split or tap name
 RESERVED_NAMES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata"})
 

@@ -67,6 +67,7 @@ def add_split(
             fill_value=-1,
             dimension_names=(f"{name}_row",),
             compressors=S.checked("none"),
+            attributes=S.stamp(store.manifest.store_id),  # reads check whose it is
             overwrite=True,
         )
         arr[:] = rows

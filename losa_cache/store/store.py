@@ -848,4 +848,4 @@ def write_task(
     )
     every_chunk(arr)[:] = labels
     attrs = {"classes": list(classes), "source": source}
-    arr.attrs.update(attrs | ({S.STORE_ID_ATTR: store_id} if store_id else {}))
+    arr.attrs.update(attrs | S.stamp(store_id))

@@ -124,7 +124,7 @@ def create_arrays(
     stamped with ``store_id``."""
     n = layout.num_images
     create_feature_arrays(group, layout, codec, store_id=store_id)
-    stamp = {S.STORE_ID_ATTR: store_id} if store_id else {}
+    stamp = S.stamp(store_id)
     small = {"compressors": S.checked("none"), "attributes": stamp}
     create_index_arrays(group, layout, store_id)
     width = S.text_width(sources)
@@ -159,7 +159,7 @@ def create_index_arrays(
     group: zarr.Group, layout: S.Layout, store_id: str | None, overwrite: bool = False
 ) -> None:
     """index/status and index/error (per-shard arrays of the base progress group)."""
-    stamp = {S.STORE_ID_ATTR: store_id} if store_id else {}
+    stamp = S.stamp(store_id)
     status, error = layout.array_spec(S.STATUS), layout.array_spec(S.ERROR)
     group.create_array(
         S.STATUS,
@@ -197,7 +197,7 @@ def create_feature_arrays(
     """The feature arrays of ``taps`` (default all; ``only``: just these arrays): (N, T,
     D) each, int8 with its (N, T) fp16 scales; sharded by ``shard_rows``, crc32c on
     every chunk, stamped with ``store_id``. Shapes and chunks: ``Layout.array_spec``."""
-    stamp = {S.STORE_ID_ATTR: store_id} if store_id else {}
+    stamp = S.stamp(store_id)
     for name, tap, index in layout.tap_arrays(taps):
         spec = layout.array_spec(name)
         if only is None or name in only:
@@ -240,7 +240,7 @@ def create_progress(
     store_id: str | None = None,
 ) -> None:
     """Done markers (one per shard, written last) and checksum rows of some arrays."""
-    stamp = {S.STORE_ID_ATTR: store_id} if store_id else {}
+    stamp = S.stamp(store_id)
     small = {"compressors": S.checked("none"), "overwrite": overwrite, "attributes": stamp}
     group.create_array(
         done,

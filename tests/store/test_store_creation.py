@@ -201,7 +201,7 @@ def test_sigkill_at_the_roots_first_write_is_redone(reference: Path, tmp_path: P
 
     out = CliRunner().invoke(app, [*args, "--json"])
     assert out.exit_code == 0, out.output
-    assert not json.loads(out.output)["resumed"]
+    assert not json.loads(out.stdout)["resumed"]
     assert sorted(p.name for p in path.iterdir() if p.name.endswith(".partial")) == []
     assert_same(path, reference)
 

@@ -73,7 +73,9 @@ def repair_and_resume(path: Path, made: dict) -> None:
     """verify --repair, then the extract command that wrote it: the original store."""
     cli("verify", str(path), "--repair", code=0)
     made["run"](path, layers="1,3", dtype="float16")
-    again = json.loads(cli("verify", str(path), "--json", code=0))
+    res = runner.invoke(app, ["verify", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.stdout)  # progress goes to stderr
     assert again["bad_shards"] == [] and again["pending_shards"] == []
     got, want = open_store(str(path)), open_store(made["a"])
     assert got.complete
