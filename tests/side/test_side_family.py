@@ -150,13 +150,13 @@ def test_the_4_8_m_rows_are_the_formula_plus_about_330_d() -> None:
 
 
 @pytest.mark.slow  # ~12 s: peft's import and eight meta-device ViT-B builds
-def test_readme_method_table_counts_are_the_planners() -> None:
+def test_docs_method_table_counts_are_the_planners() -> None:
     from pathlib import Path
 
     from losa_cache.backbone.registry import create_architecture
     from losa_cache.method_cost import method_cost
 
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "methods.md").read_text()
     net = create_architecture("vit_b", "meta")
     for method, kw in [
         ("losa", {"rank": 16}),

@@ -85,11 +85,11 @@ def test_a_name_differing_only_in_case_is_refused(store: str, tmp_path: Path) ->
     assert "Animal" not in open_store(store).tasks
 
 
-def test_the_rule_is_documented_in_help_and_readme() -> None:
+def test_the_rule_is_documented_in_help_and_docs() -> None:
     out = runner.invoke(app, ["tasks", "add", "--help"])
     assert TASK_NAME_RULE in " ".join(re.sub(r"[│╭╮╰╯─]", " ", out.output).split())
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert TASK_NAME_RULE in " ".join(readme.split())
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "store.md").read_text()
+    assert TASK_NAME_RULE in " ".join(doc.split())
 
 
 # ------------------------------------------------------------------------------ overwrite
