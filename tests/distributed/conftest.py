@@ -46,13 +46,9 @@ def client(dask_client: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def reference_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+def reference_store(make_store) -> str:
     """``CFG`` extracted in-process, uninterrupted: what every other run must equal."""
-    from losa_cache.extract import ExtractConfig, extract
-
-    path = str(tmp_path_factory.mktemp("ref") / "ref.zarr")
-    extract(ExtractConfig(store=path, **CFG), progress=False)
-    return path
+    return make_store("ref", **CFG)
 
 
 @pytest.fixture(scope="session")

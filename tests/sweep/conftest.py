@@ -19,15 +19,11 @@ TASKS = ("full", "half")
 
 
 @pytest.fixture(scope="session")
-def sweep_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+def sweep_store(make_store: Callable[..., str]) -> str:
     """vit_micro, 48 rows per split, fp16, chunks of 8 rows, tasks ``full`` and ``half``."""
-    from losa_cache.extract import ExtractConfig, extract
     from losa_cache.store import add_task, open_store
 
-    path = str(tmp_path_factory.mktemp("sweep") / "two_tasks.zarr")
-    extract(ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=path,
-                          dtype="float16", limit=48, workers=0, chunk_rows=8, shard_rows=16),
-            progress=False)
+    path = make_store("two_tasks", dtype="float16", limit=48, chunk_rows=8, shard_rows=16)
     store = open_store(path)
     labels, classes = store.labels().copy(), store.classes()
     add_task(path, "full", labels, classes)
