@@ -49,18 +49,23 @@ MakeStore = Callable[..., str]
 
 @pytest.fixture(scope="session")
 def make_store(tmp_path_factory: pytest.TempPathFactory) -> MakeStore:
-    """``make_store(name="store", **config) -> path``: a complete store of ``STORE_BASE``
-    updated with ``config`` (ExtractConfig's fields), extracted once per session for each
-    distinct (name, config). Read-only: a test that changes it takes ``store_copy(path)``;
-    a fixture that adds to a store (tasks, taps) passes its own ``name`` so that its store
-    is not the plain one another test asks for."""
+    """``make_store(name="store", then=None, **config) -> path``: a complete store of
+    ``STORE_BASE`` updated with ``config`` (ExtractConfig's fields), extracted once per
+    session for each distinct (name, then, config); ``then(path)`` runs once on a new store
+    (adding tasks, say), so fixtures defined twice (imported into another module) share one
+    store. Read-only: a test that changes it takes ``store_copy(path)``."""
     made: dict[tuple, str] = {}
 
-    def get(name: str = "store", **config: Any) -> str:
+    def get(name: str = "store", then: Callable[[str], object] | None = None,
+            **config: Any) -> str:  # fmt: skip
         cfg = {**STORE_BASE, **config}
-        key = (name, tuple(sorted((k, repr(v)) for k, v in cfg.items())))
+        settings = tuple(sorted((k, repr(v)) for k, v in cfg.items()))
+        key = (name, then and then.__qualname__, settings)
         if key not in made:
-            made[key] = extract_store(tmp_path_factory.mktemp("stores") / f"{name}.zarr", **cfg)
+            path = extract_store(tmp_path_factory.mktemp("stores") / f"{name}.zarr", **cfg)
+            if then is not None:
+                then(path)
+            made[key] = path
         return made[key]
 
     return get
