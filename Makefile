@@ -14,9 +14,13 @@ install: $(STAMP)
 demo: install
 	losa-cache demo --out demo_out
 
-# One thread per test process: tiny models run faster without OpenMP contention.
+# One thread per test process: tiny models run faster without OpenMP contention. Two
+# worker processes (pytest-xdist, one per core of a 2-core CI machine), each taking whole
+# files (--dist loadfile: a module's fixtures are built once). TEST_WORKERS=0 runs in one
+# process. No test collected is still exit 5, a failure.
+TEST_WORKERS ?= 2
 test: install
-	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(PYTHON) -m ruff check .

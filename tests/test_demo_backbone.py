@@ -77,7 +77,7 @@ def test_shipped_weights_accuracy_on_cifar10_test() -> None:
 @needs_data
 def test_training_script_smoke(tmp_path: Path) -> None:
     out = tmp_path / "assets"
-    cmd = [sys.executable, "-m", "pipelines.train_demo_backbone", "--limit", "256",
+    cmd = [sys.executable, "-m", "pipelines.train_demo_backbone", "--limit", "64",
            "--epochs", "1", "--threads", "1", "--out-dir", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -86,9 +86,9 @@ def test_training_script_smoke(tmp_path: Path) -> None:
     meta = json.loads(meta_path.read_text())
     assert meta.keys() >= JSON_FIELDS
     assert meta["architecture"] == DEMO_MODEL and meta["seed"] == 0 and meta["epochs"] == 1
-    assert meta["train_images"] == 256 and meta["test_images"] == 256
+    assert meta["train_images"] == 64 and meta["test_images"] == 64
     assert 0.0 <= meta["test_top1"] <= 1.0
     assert meta["sha256"] == sha256_file(weights)
-    assert "--limit 256" in meta["command"] and "--epochs 1" in meta["command"]
+    assert "--limit 64" in meta["command"] and "--epochs 1" in meta["command"]
     model = timm.create_model(DEMO_MODEL, pretrained=False)
     model.load_state_dict(load_file(str(weights)), strict=True)

@@ -67,8 +67,12 @@ def device_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], 300)
     pip = str(venv / "bin" / "pip")
-    _run([pip, "install", "-q", "-r", str(REPO / "requirements-device.txt")], 1200)
-    _run([pip, "install", "-q", "--no-deps", str(_source_copy(root / "src"))], 600)
+    # --no-compile: the same files without pip byte-compiling all of torch (~18 s of CPU);
+    # the runs below compile only what they import, as any first run would
+    _run([pip, "install", "-q", "--no-compile", "-r", str(REPO / "requirements-device.txt")],
+         1200)  # fmt: skip
+    _run([pip, "install", "-q", "--no-compile", "--no-deps", str(_source_copy(root / "src"))],
+         600)  # fmt: skip
     return venv / "bin" / "python"
 
 

@@ -22,7 +22,6 @@ from losa_cache.adapter import Adapter, load_adapter, save_adapter
 from losa_cache.backbone import Backbone, create_backbone
 from losa_cache.cli.predict_cmds import evaluate, predict
 from losa_cache.data import get_dataset
-from losa_cache.extract import ExtractConfig, extract
 from losa_cache.predict import (
     evaluate_store,
     find_images,
@@ -153,25 +152,12 @@ def test_eval_accuracy_matches_hand_computed(adapter: Adapter, store: FeatureSto
     assert result["task"] == store.default_task
 
 
-def test_eval_refuses_wrong_store(adapter: Adapter, store: FeatureStore, tmp_path) -> None:
+def test_eval_refuses_wrong_store(adapter: Adapter, store: FeatureStore, make_store) -> None:
     with pytest.raises(StoreError, match="unknown split"):
         evaluate_store(adapter, store, split="nope")
     with pytest.raises(StoreError, match="unknown task"):
         evaluate_store(adapter, store, task="nope")
-    path = str(tmp_path / "last.zarr")
-    extract(
-        ExtractConfig(
-            model="vit_micro",
-            random_init=True,
-            dataset="demo",
-            store=path,
-            layers="last:1",
-            limit=2,
-            workers=0,
-            dtype="float32",
-        ),
-        progress=False,
-    )
+    path = make_store("last", layers="last:1", limit=2, dtype="float32")
     with pytest.raises(
         StoreError, match=r"needs block 1, but the store holds blocks \[3\]: choose --layers"
     ):

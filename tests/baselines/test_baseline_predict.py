@@ -168,16 +168,13 @@ def test_a_damaged_baseline_adapter_is_refused(runs, tmp_path) -> None:
         load_adapter(copy)
 
 
-def test_eval_from_a_store_refuses_a_baseline_adapter(runs, tmp_path) -> None:
+def test_eval_from_a_store_refuses_a_baseline_adapter(runs, make_store) -> None:
     """A baseline changes the backbone, so cached features cannot score it: one line saying
     so and what to use instead (not a confusing 'lacks blocks' error)."""
-    from losa_cache.extract import ExtractConfig, extract
     from losa_cache.predict import evaluate_store
     from losa_cache.store import StoreError, open_store
 
     cfg, _ = runs["bitfit"]
-    path = str(tmp_path / "s.zarr")
-    extract(ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=path,
-                          limit=4, workers=0, dtype="float32"), progress=False)
+    path = make_store("s", limit=4, dtype="float32")
     with pytest.raises(StoreError, match=r"live baseline \(bitfit\).*losa-cache predict"):
         evaluate_store(load_adapter(cfg.out), open_store(path))

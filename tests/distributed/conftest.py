@@ -5,6 +5,7 @@ Everything stays on this machine: Dask on 127.0.0.1, S3 is moto's server on loop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -20,23 +21,52 @@ sys.path.insert(0, str(HERE))  # _dist_helpers, also for worker processes (they 
 from _dist_helpers import CFG  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def dask_client() -> Iterator[Any]:
-    """Two single-threaded worker processes, shared by the tests that need no fresh cluster."""
-    from distributed import Client, LocalCluster
+class _Cluster:
+    """One LocalCluster (two single-threaded worker processes) shared by the tests that need
+    no fresh cluster: started on first use, closed once the next test is outside this folder
+    (idle workers and nannies cost CPU for the rest of the session), started again if a
+    later test here asks for it."""
 
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            host="127.0.0.1",
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
+    def __init__(self) -> None:
+        self._stack: contextlib.ExitStack | None = None
+        self.client: Any = None
+
+    def get(self) -> Any:
+        if self.client is None:
+            from distributed import Client, LocalCluster
+
+            stack = contextlib.ExitStack()
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=2,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    host="127.0.0.1",
+                    silence_logs=logging.ERROR,
+                )
+            )
+            self.client, self._stack = stack.enter_context(Client(cluster)), stack
+        return self.client
+
+    def close(self) -> None:
+        if self._stack is not None:
+            stack, self._stack, self.client = self._stack, None, None
+            stack.close()
+
+
+_CLUSTER = _Cluster()
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if nextitem is None or HERE not in Path(nextitem.path).parents:
+        _CLUSTER.close()
+
+
+@pytest.fixture
+def dask_client() -> Any:
+    """The shared cluster's client (see ``_Cluster``)."""
+    return _CLUSTER.get()
 
 
 @pytest.fixture
@@ -46,13 +76,9 @@ def client(dask_client: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def reference_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+def reference_store(make_store) -> str:
     """``CFG`` extracted in-process, uninterrupted: what every other run must equal."""
-    from losa_cache.extract import ExtractConfig, extract
-
-    path = str(tmp_path_factory.mktemp("ref") / "ref.zarr")
-    extract(ExtractConfig(store=path, **CFG), progress=False)
-    return path
+    return make_store("ref", **CFG)
 
 
 @pytest.fixture(scope="session")

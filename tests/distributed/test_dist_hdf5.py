@@ -14,7 +14,6 @@ from _dist_helpers import CFG, assert_same_store
 from typer.testing import CliRunner
 
 from losa_cache.cli.main import app
-from losa_cache.extract import ExtractConfig, extract
 from losa_cache.store import StoreError, open_store
 
 runner = CliRunner()
@@ -31,12 +30,10 @@ def files(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def bf16_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+def bf16_store(make_store) -> str:
     """bf16 (uint16 bits), two layers, a second task: other dtypes and attributes."""
-    path = str(tmp_path_factory.mktemp("h5") / "bf16.zarr")
-    cfg = {**CFG, "limit": 20, "layers": "1,3", "dtype": "bf16", "codec": "zstd"}
-    extract(ExtractConfig(store=path, **cfg), progress=False)
-    return path
+    return make_store("bf16", **{**CFG, "limit": 20, "layers": "1,3", "dtype": "bf16",
+                                 "codec": "zstd"})  # fmt: skip
 
 
 @pytest.mark.parametrize("which", ["reference", "bf16"])

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from losa_cache.adapter import Adapter, load_adapter, save_adapter
 from losa_cache.backbone import Backbone, create_backbone
 from losa_cache.data import get_dataset
-from losa_cache.extract import ExtractConfig, extract
 from losa_cache.predict import image_logits, load_image, predict_images
 from losa_cache.side import SideConfig, create_side
 from losa_cache.store import FeatureStore, open_store
@@ -36,13 +35,9 @@ def micro_backbone() -> Backbone:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
-    path = str(tmp_path_factory.mktemp("stores") / "sums.zarr")
-    cfg = ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=path,
-                        dtype="float32", taps="blocks,sum:all", limit=8, splits=["test"],
-                        workers=0, chunk_rows=8, shard_rows=8)  # fmt: skip
-    extract(cfg, progress=False)
-    return open_store(path)
+def store(make_store) -> FeatureStore:
+    return open_store(make_store("sums", dtype="float32", taps="blocks,sum:all", limit=8,
+                                 splits=["test"], chunk_rows=8, shard_rows=8))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

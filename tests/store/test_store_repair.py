@@ -39,10 +39,8 @@ DAMAGED = [1, 3, 7]
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = str(tmp_path_factory.mktemp("repair") / "ref.zarr")
-    extract(ExtractConfig(store=path, **CFG), progress=False)
-    return path
+def reference(make_store) -> str:
+    return make_store("ref", **CFG)
 
 
 def truncate(path: Path, keep: int = 100) -> None:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from losa_cache.extract import ExtractConfig, extract
 from losa_cache.store import open_store
 from losa_cache.store.quant import quantize
 from losa_cache.store.store import StoreError
@@ -20,13 +19,9 @@ from losa_cache.store.writer import verify_store
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("subset") / "src.zarr"
-    cfg = ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=str(path),
-                        limit=5, workers=0, chunk_rows=2, shard_rows=4, batch_size=4,
-                        layers="0,2,3", taps="blocks,embed,mlp,sum:2", dtype="bf16")  # fmt: skip
-    extract(cfg, progress=False)
-    return str(path)
+def source(make_store) -> str:
+    return make_store("src", limit=5, chunk_rows=2, shard_rows=4, batch_size=4,
+                      layers="0,2,3", taps="blocks,embed,mlp,sum:2", dtype="bf16")  # fmt: skip
 
 
 def check_copy(src: str, dst: str, layers: list[int], taps: list[str], split: str) -> None:

@@ -96,6 +96,10 @@ def test_each_tap_equals_timm_reference_fp32_exact(kw: dict) -> None:
         torch.testing.assert_close(got[S.tap_array(f"sum:{k}")], want, rtol=1e-6, atol=1e-6)
 
 
+#: tiny_extract's settings with this module's limit and dtype (its two shared stores)
+TAPS_STORE = {"limit": 4, "dtype": "fp32", "chunk_rows": 2, "shard_rows": 4, "batch_size": 4}
+
+
 @pytest.fixture(scope="module")
 def extract_store(tiny_extract: Callable[..., str]) -> Callable[..., str]:
     """This module's stores: :func:`tiny_extract` with limit=4, dtype="fp32"."""
@@ -103,15 +107,13 @@ def extract_store(tiny_extract: Callable[..., str]) -> Callable[..., str]:
 
 
 @pytest.fixture(scope="module")
-def tap_store(extract_store: Callable[..., str], tmp_path_factory: pytest.TempPathFactory) -> str:
-    return extract_store(tmp_path_factory.mktemp("taps") / "all.zarr", taps=ALL_TAPS)
+def tap_store(make_store: Callable[..., str]) -> str:
+    return make_store("all", **TAPS_STORE, taps=ALL_TAPS)
 
 
 @pytest.fixture(scope="module")
-def blocks_store(
-    extract_store: Callable[..., str], tmp_path_factory: pytest.TempPathFactory
-) -> str:
-    return extract_store(tmp_path_factory.mktemp("taps") / "blocks.zarr")
+def blocks_store(make_store: Callable[..., str]) -> str:
+    return make_store("blocks", **TAPS_STORE)
 
 
 def test_store_lists_taps_and_arrays_recompose(tap_store: str, blocks_store: str) -> None:

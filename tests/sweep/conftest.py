@@ -18,22 +18,22 @@ torch.set_num_threads(1)
 TASKS = ("full", "half")
 
 
-@pytest.fixture(scope="session")
-def sweep_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """vit_micro, 48 rows per split, fp16, chunks of 8 rows, tasks ``full`` and ``half``."""
-    from losa_cache.extract import ExtractConfig, extract
+def add_sweep_tasks(path: str) -> None:
+    """Task ``full``: the demo's labels; ``half``: every other row of them."""
     from losa_cache.store import add_task, open_store
 
-    path = str(tmp_path_factory.mktemp("sweep") / "two_tasks.zarr")
-    extract(ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=path,
-                          dtype="float16", limit=48, workers=0, chunk_rows=8, shard_rows=16),
-            progress=False)
     store = open_store(path)
     labels, classes = store.labels().copy(), store.classes()
     add_task(path, "full", labels, classes)
     labels[1::2] = -1
     add_task(path, "half", labels, classes)
-    return path
+
+
+@pytest.fixture(scope="session")
+def sweep_store(make_store: Callable[..., str]) -> str:
+    """vit_micro, 48 rows per split, fp16, chunks of 8 rows, tasks ``full`` and ``half``."""
+    return make_store("two_tasks", then=add_sweep_tasks, dtype="float16", limit=48,
+                      chunk_rows=8, shard_rows=16)  # fmt: skip
 
 
 def num_classes(store: str) -> int:

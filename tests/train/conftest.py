@@ -15,30 +15,23 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
-def fp16_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+def fp16_store(make_store: Callable[..., str]) -> str:
     """Blocks 1 and 3 only, fp16, 32 rows per split, chunks of 8 rows."""
-    from losa_cache.extract import ExtractConfig, extract
-
-    path = str(tmp_path_factory.mktemp("stores") / "partial.zarr")
-    extract(ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=path,
-                          layers="1,3", dtype="float16", limit=32, workers=0, chunk_rows=8,
-                          shard_rows=16), progress=False)
-    return path
+    return make_store("partial", layers="1,3", dtype="float16", limit=32, chunk_rows=8,
+                      shard_rows=16)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
-def tap_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def tap_stores(make_store: Callable[..., str], tmp_path_factory: pytest.TempPathFactory
+               ) -> dict[str, str]:  # fmt: skip
     """fp32, 32 rows per split, chunks of 8: ``taps`` holds every tap of every block (sums
     2 and 4); ``parts`` its blocks and embed only (no sums); ``sum4`` its sum:4 only (a
     device's subset)."""
-    from losa_cache.extract import ExtractConfig, extract
     from losa_cache.store.subset import subset_store
 
+    full = make_store("taps", dtype="float32", limit=32, chunk_rows=8, shard_rows=16,
+                      taps="blocks,embed,attn,mlp,sum:2,4")  # fmt: skip
     root = tmp_path_factory.mktemp("tap_feed")
-    full = str(root / "taps.zarr")
-    extract(ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=full,
-                          dtype="float32", limit=32, workers=0, chunk_rows=8, shard_rows=16,
-                          taps="blocks,embed,attn,mlp,sum:2,4"), progress=False)
     out = {"taps": full}
     for name, taps in (("parts", "blocks,embed"), ("sum4", "sum:4")):
         out[name] = str(root / f"{name}.zarr")

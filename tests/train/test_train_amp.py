@@ -43,14 +43,10 @@ def test_bf16_feeds_the_side_network_without_an_fp32_copy() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+def demo_store(make_store) -> str:
     """The demo (450 rows per split) through the embedded demo ViT, fp16, 2 blocks."""
-    from losa_cache.extract import ExtractConfig, extract
-
-    path = str(tmp_path_factory.mktemp("demo") / "demo.zarr")
-    extract(ExtractConfig(model="losa_demo_vit", dataset="demo", store=path,
-                          layers="3,5", dtype="float16", limit=450, workers=0), progress=False)
-    return path
+    return make_store("demo", model="losa_demo_vit", random_init=False, layers="3,5",
+                      dtype="float16", limit=450)  # fmt: skip
 
 
 @pytest.mark.slow

@@ -16,16 +16,12 @@ LAYOUTS = {"c8-s16": (8, 16), "c4-s32": (4, 32), "c16-s16": (16, 16)}
 
 
 @pytest.fixture(scope="module")
-def fp16_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def fp16_stores(make_store) -> dict[str, str]:
     """The same 40 images per split in fp16 with three chunk/shard layouts."""
-    from losa_cache.extract import ExtractConfig, extract
-
     out = {}
     for name, (chunk, shard) in LAYOUTS.items():
-        path = str(tmp_path_factory.mktemp("layouts") / f"{name}.zarr")
-        extract(ExtractConfig(model="vit_micro", random_init=True, dataset="demo", store=path,
-                              layers="1,3", dtype="float16", limit=40, workers=0,
-                              chunk_rows=chunk, shard_rows=shard), progress=False)
+        path = make_store(name, layers="1,3", dtype="float16", limit=40, chunk_rows=chunk,
+                          shard_rows=shard)  # fmt: skip
         assert open_store(path).layout.chunk_rows == chunk
         out[name] = path
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,11 @@ from tests.video._videos import write_video
 CLIPS = {"frames": 4, "stride": 1}
 
 
-@pytest.fixture
-def video_tree(tmp_path: Path) -> Path:
-    """videofolder layout: train/val split folders, two classes, clips of 6-12 frames."""
-    root = tmp_path / "clips"
+@pytest.fixture(scope="session")
+def video_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """videofolder layout: train/val split folders, two classes, clips of 6-12 frames
+    (written once per session: tests only read it)."""
+    root = tmp_path_factory.mktemp("video") / "clips"
     for split, n in (("train", 2), ("val", 1)):
         for c, name in enumerate(("jump", "run")):
             for i in range(n):
@@ -24,16 +26,8 @@ def video_tree(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def video_store(video_tree: Path, tmp_path: Path) -> str:
+@pytest.fixture(scope="session")
+def video_store(video_tree: Path, make_store: Callable[..., str]) -> str:
     """An fp32 vivit_test (random init, seed 0) store of ``video_tree``, all blocks."""
-    from losa_cache.extract import ExtractConfig, extract
-
-    path = str(tmp_path / "clips.zarr")
-    spec = f"videofolder:{video_tree}"
-    extract(
-        ExtractConfig(model="vivit_test", random_init=True, dataset=spec, store=path,
-                      dtype="float32", workers=0, device="cpu", **CLIPS),
-        progress=False,
-    )  # fmt: skip
-    return path
+    return make_store("clips", model="vivit_test", dataset=f"videofolder:{video_tree}",
+                      dtype="float32", device="cpu", **CLIPS)  # fmt: skip
