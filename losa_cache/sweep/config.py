@@ -68,7 +68,8 @@ _f = option  # a field with help, range and choices (losa_cache.fields)
 
 #: Live baselines' TrainConfig fields (``losa_cache.baselines.BaselineOptions``) and losa's
 #: ablations: methods that use them read them, sweep-wide or per entry.
-BASELINE_KEYS = ("lora_targets", "lora_alpha", "prompt_tokens", "prompt_blocks", "tune_blocks")
+BASELINE_KEYS = ("lora_targets", "lora_alpha", "prompt_tokens", "prompt_blocks", "tune_blocks",
+                 "adapter_scale")
 _MORE = ("start", "taps", *BASELINE_KEYS)
 METHOD_FIELDS = tuple(dict.fromkeys((*METHOD_FIELDS, *_MORE)))
 SHARED_KEYS = (*SHARED_KEYS, *_MORE)
@@ -162,6 +163,7 @@ class SweepConfig:
     prompt_tokens: int = _t("prompt_tokens")
     prompt_blocks: int | None = _t("prompt_blocks")
     tune_blocks: int = _t("tune_blocks")
+    adapter_scale: float = _t("adapter_scale")
 
     def __post_init__(self) -> None:
         if not self.store and not self.live:

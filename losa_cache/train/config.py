@@ -167,6 +167,7 @@ class TrainConfig:
     prompt_tokens: int = inherit(BaselineOptions, "prompt_tokens")
     prompt_blocks: int | None = inherit(BaselineOptions, "prompt_blocks")
     tune_blocks: int = inherit(BaselineOptions, "tune_blocks")
+    adapter_scale: float = inherit(BaselineOptions, "adapter_scale")
 
     def __post_init__(self) -> None:
         check_fields(self)
