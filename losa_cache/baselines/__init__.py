@@ -52,4 +52,4 @@ __all__ = [
 ]
 
 # register the baselines that live in their own modules
-from losa_cache.baselines import adaptformer, finetune_parts  # noqa: E402, F401
+from losa_cache.baselines import adaptformer, finetune_parts  # noqa: F401

@@ -78,7 +78,8 @@ class BaselineOptions:
     )
     tune_blocks: int = option(1, "partial: fine-tune the last K blocks.", min=1)
     adapter_scale: float = option(
-        0.1, "adaptformer: scale s of the parallel adapter's output (bottleneck: --rank).",
+        0.1,
+        "adaptformer: scale s of the parallel adapter's output (bottleneck: --rank).",
         above=0,
     )
 
