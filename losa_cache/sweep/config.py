@@ -91,8 +91,9 @@ class SweepConfig:
         "Labellings to train on, comma-separated (default: the store's).", cli="task"))
     methods: list[str] = field(default_factory=lambda: ["losa", "linear"], metadata=metadata(
         "Side networks, comma-separated; with --live also live baselines (full, lora, bitfit, "
-        "vpt, partial): each runs its own backbone forward and backward, so they train one "
-        "after another, after the side networks (which share one backbone pass).",
+        "vpt, partial, mlp_only, attention_only, adaptformer): each runs its own backbone "
+        "forward and backward, so they train one after another, after the side networks "
+        "(which share one backbone pass).",
         choices=lambda: [*list_sides(), *list_baselines()], cli="method"))
     ranks: list[int] = field(default_factory=lambda: [64], metadata=metadata(
         "Ranks, comma-separated, e.g. 4,8,16,64 (a method without a rank ignores it).", min=1,

@@ -89,7 +89,8 @@ def test_counts_are_what_each_method_trains() -> None:
 def test_counts_beside_the_papers_printed_ones() -> None:
     """LoSA Table 7 (ViT-g/14, millions): full 1000, only mlp 700, only attention 320, all
     rounded: ours 1011.2, 692.4, 317.4 (within 1.2%). MIST Table 1 (ViT-B/16): AdaptFormer
-    0.16 M is bottleneck 8 (156,768); AdaptFormer's default 64 gives 1,189,632."""
+    0.16 M is bottleneck 8 (156,768), and its 17.60 - 17.57 = 0.03 GMACs; AdaptFormer's
+    default 64 gives 1,189,632."""
     g = meta("vit_g")
     printed = {"full": 1000e6, "mlp_only": 700e6, "attention_only": 320e6}
     ours = {m: count_baseline(m, g, cfg(m)) for m in printed}
@@ -102,6 +103,9 @@ def test_counts_beside_the_papers_printed_ones() -> None:
     assert round(156_768 / 1e6, 2) == 0.16
     assert count_baseline("adaptformer", b, cfg("adaptformer", rank=64)) == 1_189_632
     assert adapter_params(768, 64) * 12 == 1_189_632
+    # MACs: MIST prints 17.60 G for AdaptFormer against 17.57 G for the backbone
+    cost = method_cost(create_architecture("vit_b", "meta"), "adaptformer", rank=8)
+    assert round(cost["method_gmacs_per_image"], 2) == 0.03
 
 
 @pytest.mark.parametrize("method", NEW)
