@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from losa_cache.baselines.methods import (
     BaselineOptions,
+    baseline_uses,
     build_baseline,
     count_baseline,
     is_baseline,
@@ -106,7 +107,7 @@ def _baseline(
     info = {
         "kind": "live baseline",
         "learned_params": count_baseline(method, pruned, cfg),
-        "rank": cfg.rank if method == "lora" else None,
+        "rank": cfg.rank if "rank" in baseline_uses(method) else None,
     }
     return info, _macs(run, x) - _macs(pruned.forward_features, x)
 

@@ -50,3 +50,6 @@ __all__ = [
     "lora_regex",
     "read_baseline_adapter",
 ]
+
+# register the baselines that live in their own modules
+from losa_cache.baselines import adaptformer, finetune_parts  # noqa: F401

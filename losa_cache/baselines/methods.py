@@ -14,6 +14,10 @@ so ``plan`` prices a baseline without weights.
   replace the previous block's prompt outputs; after the last prompted block they run on
   and are dropped before the head): N K D parameters.
 * ``partial``: the last ``tune_blocks`` blocks.
+
+More baselines register from their own modules (:func:`register_baseline`, a
+:class:`BaselineMethod`): ``mlp_only``/``attention_only`` (finetune_parts.py) and
+``adaptformer`` (adaptformer.py).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import copy
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ __all__ = [
     "BASELINES",
     "IMAGES",
     "LORA_MODULES",
+    "BaselineMethod",
     "BaselineOptions",
     "LiveBaseline",
     "baseline_uses",
@@ -45,6 +50,7 @@ __all__ = [
     "is_baseline",
     "list_baselines",
     "lora_regex",
+    "register_baseline",
     "trainable_names",
 ]
 
@@ -71,18 +77,54 @@ class BaselineOptions:
         None, "vpt: prompt the first K blocks (default: all).", min=1
     )
     tune_blocks: int = option(1, "partial: fine-tune the last K blocks.", min=1)
+    adapter_scale: float = option(
+        0.1,
+        "adaptformer: scale s of the parallel adapter's output (bottleneck: --rank).",
+        above=0,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
         lora_regex(self.lora_targets)
 
 
+def _nothing_added(net: nn.Module, cfg: Any) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class BaselineMethod:
+    """A live baseline from its own module: the backbone parameters it trains, the
+    parameters it adds (counted without building) and how it adds them."""
+
+    name: str
+    #: (pruned backbone, TrainConfig) -> the backbone parameter names it trains
+    trainable: Callable[[nn.Module, Any], list[str]]
+    #: the TrainConfig fields it reads (a sweep dedups on the others)
+    uses: tuple[str, ...] = ()
+    #: (pruned backbone, possibly on meta, TrainConfig) -> parameters it adds
+    added_params: Callable[[nn.Module, Any], int] = _nothing_added
+    #: adds its (trainable) modules to the pruned backbone copy in place, seeded
+    attach: Callable[[nn.Module, Any], None] | None = None
+
+
+_REGISTERED: dict[str, BaselineMethod] = {}
+
+
+def register_baseline(method: BaselineMethod) -> BaselineMethod:
+    """Register a live baseline under ``method.name``; refuses a name already taken."""
+    if method.name in BASELINES or method.name in _REGISTERED:
+        raise ValueError(f"live baseline {method.name!r} is already registered; pick another name")
+    _REGISTERED[method.name] = method
+    return method
+
+
 def list_baselines() -> list[str]:
-    return list(BASELINES)
+    return [*BASELINES, *_REGISTERED]
 
 
 def is_baseline(method: str) -> bool:
-    return method in BASELINES
+    return method in BASELINES or method in _REGISTERED
 
 
 #: The TrainConfig fields each baseline reads (a sweep makes one run of configs that
@@ -92,7 +134,7 @@ _USES = {"full": (), "bitfit": (), "lora": ("rank", "lora_targets", "lora_alpha"
 
 
 def baseline_uses(method: str) -> tuple[str, ...]:
-    return _USES[method]
+    return _REGISTERED[method].uses if method in _REGISTERED else _USES[method]
 
 
 def lora_regex(targets: str) -> str:
@@ -123,6 +165,8 @@ def trainable_names(method: str, net: nn.Module, cfg: Any) -> list[str]:
     """Backbone parameters (by name) the method trains; LoRA and prompts add their own."""
     opts = options_of(cfg)
     names = [n for n, _ in net.named_parameters()]
+    if method in _REGISTERED:
+        return _REGISTERED[method].trainable(net, cfg)
     if method == "full":
         return names
     if method == "bitfit":
@@ -148,6 +192,8 @@ def count_baseline(method: str, net: nn.Module, cfg: Any) -> int:
     opts = options_of(cfg)
     params = dict(net.named_parameters())
     own = sum(params[n].numel() for n in trainable_names(method, net, cfg))
+    if method in _REGISTERED:
+        own += _REGISTERED[method].added_params(net, cfg)
     if method == "lora":
         own += sum(
             cfg.rank * (m.in_features + m.out_features)
@@ -271,7 +317,7 @@ def build_baseline(
     with the head of ``head_config`` (a SideConfig); ``cfg`` (a TrainConfig) holds the
     options. Seeded: the same start for every lr of a grid."""
     if not is_baseline(method):
-        raise ValueError(f"unknown live baseline {method!r}; choose one of {list(BASELINES)}")
+        raise ValueError(f"unknown live baseline {method!r}; choose one of {list_baselines()}")
     opts = options_of(cfg)
     net = prune_for_head(copy.deepcopy(net)).requires_grad_(False)
     torch.manual_seed(seed)
@@ -283,6 +329,8 @@ def build_baseline(
         peft_model = _add_lora(net, cfg.rank, opts)
     elif method == "vpt":
         prompts = _prompts(net, opts)
+    elif method in _REGISTERED and _REGISTERED[method].attach is not None:
+        _REGISTERED[method].attach(net, cfg)
     return LiveBaseline(method, net, head, prompts, peft_model)
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from losa_cache.baselines.methods import BASELINES
+from losa_cache.baselines.methods import is_baseline, list_baselines
 
 __all__ = [
     "DEFAULT_LRS",
@@ -120,8 +120,8 @@ def run_baseline(
     """
     from losa_cache.train import train
 
-    if method not in BASELINES:
-        raise ValueError(f"unknown live baseline {method!r}; choose one of {list(BASELINES)}")
+    if not is_baseline(method):
+        raise ValueError(f"unknown live baseline {method!r}; choose one of {list_baselines()}")
     if final not in FINAL_SPLITS:
         raise ValueError(f"final must be one of {FINAL_SPLITS}, got {final!r}")
     t0 = time.perf_counter()

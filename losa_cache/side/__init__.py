@@ -13,7 +13,7 @@ Adding a method: a module with a ``SideNetwork`` subclass decorated with
 from __future__ import annotations
 
 # register the built-in methods
-from losa_cache.side import linear, losa, lowrank_mlp, mist, transformer  # noqa: F401
+from losa_cache.side import last, linear, losa, lowrank_mlp, mist, transformer  # noqa: F401
 from losa_cache.side.base import SideNetwork
 from losa_cache.side.config import SideConfig
 from losa_cache.side.head import ClassifierHead, head_params

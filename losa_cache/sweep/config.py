@@ -68,7 +68,8 @@ _f = option  # a field with help, range and choices (losa_cache.fields)
 
 #: Live baselines' TrainConfig fields (``losa_cache.baselines.BaselineOptions``) and losa's
 #: ablations: methods that use them read them, sweep-wide or per entry.
-BASELINE_KEYS = ("lora_targets", "lora_alpha", "prompt_tokens", "prompt_blocks", "tune_blocks")
+BASELINE_KEYS = ("lora_targets", "lora_alpha", "prompt_tokens", "prompt_blocks", "tune_blocks",
+                 "adapter_scale")
 _MORE = ("start", "taps", *BASELINE_KEYS)
 METHOD_FIELDS = tuple(dict.fromkeys((*METHOD_FIELDS, *_MORE)))
 SHARED_KEYS = (*SHARED_KEYS, *_MORE)
@@ -90,8 +91,9 @@ class SweepConfig:
         "Labellings to train on, comma-separated (default: the store's).", cli="task"))
     methods: list[str] = field(default_factory=lambda: ["losa", "linear"], metadata=metadata(
         "Side networks, comma-separated; with --live also live baselines (full, lora, bitfit, "
-        "vpt, partial): each runs its own backbone forward and backward, so they train one "
-        "after another, after the side networks (which share one backbone pass).",
+        "vpt, partial, mlp_only, attention_only, adaptformer): each runs its own backbone "
+        "forward and backward, so they train one after another, after the side networks "
+        "(which share one backbone pass).",
         choices=lambda: [*list_sides(), *list_baselines()], cli="method"))
     ranks: list[int] = field(default_factory=lambda: [64], metadata=metadata(
         "Ranks, comma-separated, e.g. 4,8,16,64 (a method without a rank ignores it).", min=1,
@@ -162,6 +164,7 @@ class SweepConfig:
     prompt_tokens: int = _t("prompt_tokens")
     prompt_blocks: int | None = _t("prompt_blocks")
     tune_blocks: int = _t("tune_blocks")
+    adapter_scale: float = _t("adapter_scale")
 
     def __post_init__(self) -> None:
         if not self.store and not self.live:

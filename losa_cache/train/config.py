@@ -63,11 +63,13 @@ class TrainConfig:
     task: str | None = _f(None, "Labelling of the store to train on (default: the store's).")
     method: str = _f("losa", "Side network (the linear probe: linear), or a live baseline "
                              "that trains the backbone (with --live; full, lora, bitfit, vpt, "
-                             "partial).", choices=lambda: [*list_sides(), *list_baselines()])
+                             "partial, mlp_only, attention_only, adaptformer).",
+                     choices=lambda: [*list_sides(), *list_baselines()])
     # every method option comes from its module's options (SideNetwork.options: default,
     # range, help): LoSA/lowrank_mlp (side/losa.py), the side transformer (transformer.py)
     rank: int = inherit(LosaOptions, "rank", "Low-rank bottleneck r of the LoSA adaptors "
-                                             "(Eq. 4; losa, lowrank_mlp).")
+                                             "(Eq. 4; losa, lowrank_mlp), lora's rank, "
+                                             "adaptformer's bottleneck, last's Q/K/V width.")
     alpha_init: float = inherit(LosaOptions, "alpha_init")
     hidden: int = inherit(TransformerOptions, "hidden")
     layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
@@ -167,6 +169,7 @@ class TrainConfig:
     prompt_tokens: int = inherit(BaselineOptions, "prompt_tokens")
     prompt_blocks: int | None = inherit(BaselineOptions, "prompt_blocks")
     tune_blocks: int = inherit(BaselineOptions, "tune_blocks")
+    adapter_scale: float = inherit(BaselineOptions, "adapter_scale")
 
     def __post_init__(self) -> None:
         check_fields(self)
