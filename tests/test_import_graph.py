@@ -22,8 +22,11 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"losa_cache": ROOT / "losa_cache", "losa_cache.cli": ROOT / "cli",
-            "losa_cache.pipelines": ROOT / "pipelines"}
+PACKAGES = {
+    "losa_cache": ROOT / "losa_cache",
+    "losa_cache.cli": ROOT / "cli",
+    "losa_cache.pipelines": ROOT / "pipelines",
+}
 
 
 def _modules() -> dict[str, Path]:

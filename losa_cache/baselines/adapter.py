@@ -13,7 +13,6 @@ peft's loader, from ``peft/``), and checks that every trained tensor landed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from losa_cache.baselines.methods import ADAPTER_FORMAT, IMAGES, PEFT_DIR, build_baseline
+from losa_cache.files import sha256_file
 from losa_cache.side import SideConfig
 
 __all__ = [
@@ -30,18 +30,10 @@ __all__ = [
     "copy_baseline_adapter",
     "is_baseline_adapter",
     "read_baseline_adapter",
-    "sha256_file",
 ]
 
 WEIGHTS = "adapter.safetensors"
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_baseline_adapter(root: str | Path) -> bool:

@@ -243,7 +243,7 @@ class LiveBaseline(nn.Module):
         tags = {"format": "pt", "losa_cache_format": ADAPTER_FORMAT, "method": self.method}
         state = self.learned_state()
         atomic_write(out / "adapter.safetensors", lambda tmp: save_file(state, str(tmp), tags))
-        from losa_cache.baselines.adapter import sha256_file
+        from losa_cache.files import sha256_file
 
         record = {
             "format": ADAPTER_FORMAT,
