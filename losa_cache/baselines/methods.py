@@ -23,8 +23,9 @@ import json
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ __all__ = [
     "is_baseline",
     "list_baselines",
     "lora_regex",
+    "saved_options",
     "trainable_names",
 ]
 
@@ -109,6 +111,15 @@ def lora_regex(targets: str) -> str:
 
 def options_of(cfg: Any) -> BaselineOptions:
     return BaselineOptions(**{k: getattr(cfg, k) for k in BaselineOptions.__dataclass_fields__})
+
+
+def saved_options(train_config: dict[str, Any]) -> SimpleNamespace:
+    """What :func:`build_baseline` reads (the options and ``rank``) from a run's saved
+    train config (an adapter's), validated as :class:`BaselineOptions`; missing keys
+    (older runs) take their defaults."""
+    known = BaselineOptions.__dataclass_fields__
+    opts = BaselineOptions(**{k: v for k, v in train_config.items() if k in known})
+    return SimpleNamespace(**asdict(opts), rank=train_config["rank"])
 
 
 def _blocks_arg(net: nn.Module, k: int | None, flag: str) -> int:

@@ -40,7 +40,8 @@ import fsspec
 import psutil
 
 from losa_cache.files import release_flock, try_flock
-from losa_cache.store.store import StoreError, is_remote, storage_options_for
+from losa_cache.store.errors import StoreError
+from losa_cache.store.fs import is_remote, storage_options_for
 
 DEFAULT_TTL_S = 60.0
 EXTRACTION = "extraction"
