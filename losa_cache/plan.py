@@ -41,6 +41,7 @@ FORWARD_EFFICIENCY = 0.5
 #: Splits that are the union of others (VTAB-1k's train800val200): counted once in a store.
 UNION_SPLITS: dict[str, tuple[str, ...]] = {DERIVED_SPLIT: PRIMARY_SPLITS[:2]}
 
+
 def store_rows(sizes: dict[str, int], splits: list[str] | None = None) -> int:
     """Distinct rows a store of ``splits`` (default all) holds: union splits count once."""
     chosen = list(sizes) if splits is None else splits
