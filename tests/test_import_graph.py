@@ -63,8 +63,8 @@ def _is_type_checking(node: ast.If) -> bool:
 #: fails once one is gone, so that this list only shrinks
 KNOWN_LAZY = {
     ("losa_cache.store.store", "losa_cache.store.torch_dataset"): (
-        "FeatureStore.torch_dataset() (public API) builds the torch Dataset that reads "
-        "through the store; lazy so that opening a store loads no torch.utils.data"
+        "FeatureStore.torch_dataset() (public API) returns the Dataset class that reads "
+        "through the store; breaking it changes that API (issue 21's API step)"
     ),
     ("losa_cache.pipelines.accuracy", "losa_cache.pipelines.accuracy_views"): (
         "the harness's views part reuses the harness's helpers; splitting accuracy.py "
