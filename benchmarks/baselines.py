@@ -2,7 +2,7 @@
 
 Every run goes through the training engine (``losa-cache train --live --method M``); the
 protocol (lr search on train800 -> val200, best lr retrained on train800val200, scored on
-test) is :func:`losa_cache.baselines.protocol.run_baseline`.
+test) is :func:`losa_cache.pipelines.baseline_protocol.run_baseline`.
 
     python benchmarks/baselines.py --tasks /tmp/vtab_small --model demo
     python benchmarks/baselines.py --tasks /tmp/vtab_small/rotation --model vit_micro \\
@@ -22,7 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save
 
 from losa_cache.baselines import list_baselines
-from losa_cache.baselines.protocol import DEFAULT_EPOCHS, FINAL_SPLITS, run_baseline, task_dirs
+from losa_cache.pipelines.baseline_protocol import (
+    DEFAULT_EPOCHS,
+    FINAL_SPLITS,
+    run_baseline,
+    task_dirs,
+)
 
 COLUMNS = [
     "task",

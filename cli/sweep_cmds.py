@@ -75,9 +75,10 @@ LISTS: dict[str, tuple[str, Any]] = {
 
 def _sweep(json_out: bool, quiet: bool, storage_options: str | None, config: str | None,
            memory_budget: str | None, store: str | None, **settings: Any) -> None:
+    from losa_cache.checks import parse_size
+    from losa_cache.cli.train_cmds import max_memory_mib
     from losa_cache.store.store import parse_storage_options
     from losa_cache.sweep import SweepConfig, load_entries, run_sweep
-    from losa_cache.sweep.config import parse_bytes
 
     with run_errors():
         grid = {field: parse(settings.pop(name)) for name, (field, parse) in LISTS.items()
@@ -87,9 +88,11 @@ def _sweep(json_out: bool, quiet: bool, storage_options: str | None, config: str
         if config is not None and grid.keys() - {"tasks"}:
             raise ValueError("give --config or the grid options (--method/--rank/--layers/"
                              "--lr), not both")
+        settings["max_memory"] = max_memory_mib(settings.get("max_memory"))
+        budget = None if memory_budget is None else parse_size(memory_budget)
         cfg = SweepConfig(store=store or "", **grid, **settings,
                           configs=load_entries(config) if config else None,
-                          memory_budget=parse_bytes(memory_budget))
+                          memory_budget=budget)
         res = run_sweep(cfg, progress=not quiet,
                         storage_options=parse_storage_options(storage_options))
     if json_out:
@@ -111,6 +114,7 @@ def _make() -> Any:
              inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False,
                                annotation=QuietOpt)]
     params = config_params(SweepConfig, override={"memory_budget": (str | None, None),
+                                                  "max_memory": (str | None, None),
                                                   "store": (str | None, None)})
     return command(_sweep, [*params, *extra], SWEEP_DOC)
 

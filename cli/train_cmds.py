@@ -46,13 +46,13 @@ def _train(json_out: bool, quiet: bool, storage_options: str | None,
 
 
 def max_memory_mib(text: str | None) -> int | None:
-    """``--max-memory``: a size such as 300MB or 1GiB, or a plain number of MiB (the
-    config's unit); a size is rounded down to whole MiB, so the bound is never exceeded."""
-    if text is None or text.strip().isdigit():
-        return None if text is None else int(text)
-    from losa_cache.sweep.config import parse_bytes  # only for a size with a unit
+    """``--max-memory`` (train and sweep): a size such as 300MB or 1GiB, or a plain number
+    of MiB (the config's unit); rounded down to whole MiB, so the bound is never exceeded."""
+    if text is None:
+        return None
+    from losa_cache.checks import parse_size
 
-    mib = int(parse_bytes(text) or 0) >> 20
+    mib = parse_size(text, plain=2**20) >> 20
     if mib < 1:
         raise ValueError(f"--max-memory {text!r} is under 1 MiB; give e.g. 300MB or 1GiB")
     return mib

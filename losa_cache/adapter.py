@@ -20,7 +20,6 @@ it a damaged or swapped file would load unchecked. Weights holding NaN/inf are r
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 import re
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from losa_cache.files import sha256_file
 from losa_cache.outdir import commit, remove_file, write_aside, write_error
 from losa_cache.side import SideConfig, SideNetwork, create_side
 from losa_cache.versions import versions
@@ -103,7 +103,7 @@ def save_adapter(out_dir: str | Path, model: SideNetwork, config: SideConfig,
     weights = write_aside(out / ADAPTER_WEIGHTS, lambda tmp: _write_weights(tmp, state, config))
     record_tmp = None
     try:
-        record = adapter_record(model, config, meta, _sha256_file(weights))
+        record = adapter_record(model, config, meta, sha256_file(weights))
         text = json.dumps(record, indent=2, sort_keys=True) + "\n"
         record_tmp = write_aside(out / ADAPTER_JSON, lambda tmp: tmp.write_text(text))
         # the json is the commit marker: drop the old one before the weights change
@@ -171,13 +171,6 @@ def _write_weights(path: Path, state: dict[str, torch.Tensor], config: SideConfi
     save_file(state, str(path), metadata=metadata)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _jsonable(obj: Any) -> Any:
     """Round-trip through JSON so tuples become lists and odd values fail here, not later."""
@@ -216,7 +209,7 @@ def _weights_file(root: Path, record: dict[str, Any]) -> Path:
     if not weights.is_file():
         raise FileNotFoundError(f"adapter {root}: {weights.name} is missing; the adapter is "
                                 "incomplete (re-run the training that wrote it)")
-    expected, actual = entry.get("sha256"), _sha256_file(weights)
+    expected, actual = entry.get("sha256"), sha256_file(weights)
     if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected):
         raise AdapterError(
             f"adapter {root}: {ADAPTER_JSON} records no valid sha256 of {weights.name} "

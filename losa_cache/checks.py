@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "cpu_cores",
     "flag",
     "max_workers",
+    "parse_size",
     "range_error",
     "require_at_least",
     "require_choice",
@@ -171,3 +173,30 @@ def check_ranges(config: object, bounds: Mapping[str, tuple[float | None, Bound 
     """:func:`require_range` for each named field of ``config``: name -> (low, high)."""
     for name, (low, high) in bounds.items():
         require_range(name, getattr(config, name), low, high)
+
+
+_SIZE_UNITS = "kmgtp"
+_SIZE = re.compile(r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*([kmgtp]?)(i?)(b?)\s*", re.I)
+
+
+def parse_size(text: str | int, plain: int = 1) -> int:
+    """Bytes of a size such as ``500GB``, ``1.5TB``, ``800 MiB``, ``1e9``: the one parser of
+    every option that takes bytes (``plan --budget``, ``sweep --memory-budget``,
+    ``--max-memory``). KB/MB/GB/TB/PB (and K/M/G/T/P) are powers of 1000, as disks are
+    sold; KiB/MiB/GiB/TiB/PiB powers of 1024; case does not matter. A number without a
+    unit counts ``plain`` bytes (1; ``--max-memory``'s MiB: 2**20). Positive, int64."""
+    m = None if isinstance(text, bool) else _SIZE.fullmatch(str(text))
+    if m is None or (m.group(3) and not m.group(2)):
+        raise ValueError(
+            f"cannot read the size {text!r}: write a number and a unit, e.g. 500GB, 1.5TB, "
+            "800MiB (KB/MB/GB/TB = powers of 1000, KiB/MiB/GiB/TiB = powers of 1024)"
+        )
+    prefix, binary = m.group(2).lower(), m.group(3)
+    power = _SIZE_UNITS.index(prefix) + 1 if prefix else 0
+    scale = (1024 if binary else 1000) ** power if prefix or m.group(4) else plain
+    value = float(m.group(1)) * scale
+    if not value < 2**63:  # inf too: 1e400
+        raise ValueError(f"size {text!r} is too large (at most 2**63 - 1 bytes)")
+    if int(value) <= 0:
+        raise ValueError(f"the size {text!r} is not positive; give a size such as 500GB")
+    return int(value)

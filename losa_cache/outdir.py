@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from losa_cache.files import release_flock, try_flock
 from losa_cache.oserrors import os_failure
 
 __all__ = [
@@ -77,7 +78,6 @@ LOCK_FILE = ".losa-cache-out.lock"
 #: written into a folder when a command claims it: the folder's files are the tool's
 MARKER = ".losa-cache-out.json"
 _TMP = re.compile(r"\..+\.tmp-\d+")  # what atomic_write writes aside (.NAME.tmp-PID)
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 #: how to go on after a failed write into an output folder
 RETRY = "rerun the same command (train and sweep: with --resume)"
 #: how torch.save reports a failed write (it hides the OSError)
@@ -143,39 +143,21 @@ class OutdirLock:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise write_error(self.folder, e) from e
-        while self.fd is None:
-            try:
-                fd = os.open(self.file, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
-            except OSError as e:
-                self._forget_folder()
-                raise write_error(self.file, e) from e
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 400, 0)
-                os.close(fd)
-                self._forget_folder()
-                raise self._refusal(holder) from None
-            if not _same_file(fd, self.file):  # locked a file its holder just removed
-                os.close(fd)
-                continue
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, json.dumps(self._record()).encode(), 0)
-            except OSError as e:  # a full disk: no lock left behind, the file named
-                self.file.unlink(missing_ok=True)
-                os.close(fd)
-                self._forget_folder()
-                raise OSError(e.errno, e.strerror, str(self.file)) from e
-            self.fd = fd
+        try:
+            fd, holder = try_flock(self.file, self._record())
+        except OSError as e:
+            self._forget_folder()
+            raise write_error(self.file, e) from e
+        if fd is None:
+            self._forget_folder()
+            raise self._refusal(holder)
+        self.fd = fd
         return self
 
     def release(self) -> None:
         if self.fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            self.file.unlink()  # while still held: a waiter re-checks the inode
-        os.close(self.fd)
+        release_flock(self.fd, self.file)
         self.fd = None
         self._forget_folder()
 
@@ -244,14 +226,6 @@ def _refuse_locked_ancestor(folder: Path) -> None:
             raise _in_use(parent, os.pread(fd, 400, 0), folder) from None
         finally:
             os.close(fd)  # drops the shared lock, if taken
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        a, b = os.fstat(fd), os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 # ------------------------------------------------------------------------------ ownership

@@ -12,7 +12,6 @@ key and label names which one it is.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from losa_cache.backbone import create_backbone  # noqa: F401  (registers our architectures)
 from losa_cache.backbone.registry import create_architecture
 from losa_cache.backbone.vivit import VIDEO_ALIASES, check_clip, video_alias
+from losa_cache.checks import parse_size
 from losa_cache.compute import backbone_cost, measure_matmul_flops
 from losa_cache.data import KNOWN_SIZES, dataset_sizes
 from losa_cache.data.registry import ADAPTERS
@@ -40,29 +40,6 @@ FORWARD_EFFICIENCY = 0.5
 
 #: Splits that are the union of others (VTAB-1k's train800val200): counted once in a store.
 UNION_SPLITS: dict[str, tuple[str, ...]] = {DERIVED_SPLIT: PRIMARY_SPLITS[:2]}
-
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """Bytes of a size like ``500GB``, ``1.5TB``, ``800 MiB`` or ``1024`` (plain bytes).
-
-    KB/MB/GB/TB/PB (and K/M/G/T/P) are powers of 1000, as disks are sold;
-    KiB/MiB/GiB/TiB/PiB are powers of 1024. Case does not matter.
-    """
-    m = _SIZE.match(str(text))
-    if not m or (m.group(3) and not m.group(2)):
-        raise ValueError(
-            f"cannot read the size {text!r}: write a number and a unit, e.g. 500GB, 1.5TB, "
-            "800MiB (KB/MB/GB/TB = powers of 1000, KiB/MiB/GiB/TiB = powers of 1024)"
-        )
-    number, prefix, binary = float(m.group(1)), m.group(2).lower(), m.group(3)
-    scale = 1024 ** "kmgtp".index(prefix) * 1024 if binary else _UNITS[prefix]
-    size = int(number * scale)
-    if size <= 0:
-        raise ValueError(f"the size {text!r} is not positive; give a budget such as 500GB")
-    return size
 
 
 def store_rows(sizes: dict[str, int], splits: list[str] | None = None) -> int:

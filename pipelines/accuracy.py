@@ -10,7 +10,7 @@ Protocol (the PEFT VTAB-1k one, for every method):
 
 1. each lr of the method's grid trains on train800 and is scored on val200; while the best lr
    sits at an edge of its grid, the grid grows one step past that edge (up to ``EXTEND``
-   extra lrs; ``losa_cache.baselines.protocol.extend_grid``), so no number is capped by the
+   extra lrs; ``losa_cache.pipelines.baseline_protocol.extend_grid``), so no number is capped by the
    grid;
 2. the val-best lr is retrained from the same initialisation on train800val200 for the same
    number of epochs and scored once on test.
@@ -96,7 +96,7 @@ STORE_TAPS = "blocks,embed,attn,mlp"
 #: Issue 12's int8 rows: these methods again from a second store of the same blocks in int8
 #: (one fp16 scale per token row), against the fp16 store's rows of the same names.
 INT8: dict[str, dict[str, Any]] = {m: CACHED[m] for m in ("linear", "losa r16")}
-#: Extra lrs past a grid's edge while the best sits there (losa_cache.baselines.protocol).
+#: Extra lrs past a grid's edge while the best sits there (losa_cache.pipelines.baseline_protocol).
 EXTEND = 3
 SPLITS = {"train": "train800", "val": "val200", "final": "train800val200", "test": "test"}
 #: Issue 24's rows (pipelines/accuracy_views.py runs them; --parts views,fewshot): the
@@ -289,7 +289,7 @@ def run_cached(
 ) -> dict[str, dict[str, Any]]:
     """One sweep on train800 -> val200 (each method's grid extended past its edge while its
     best lr sits there, by runs alone), then each method's val-best lr on train800val200."""
-    from losa_cache.baselines.protocol import extend_grid
+    from losa_cache.pipelines.baseline_protocol import extend_grid
     from losa_cache.sweep import SweepConfig, run_sweep
     from losa_cache.train import train
 
@@ -373,7 +373,7 @@ def run_live(
     """Live baselines (full, lora, bitfit, vpt, partial) with their own lr grids, the same
     epochs and batch size; each run is the training engine's (losa_cache.baselines).
     ``options``: TrainConfig fields for every run (e.g. ``views``/``augment``)."""
-    from losa_cache.baselines.protocol import run_baseline
+    from losa_cache.pipelines.baseline_protocol import run_baseline
 
     out = {}
     for method in methods:
@@ -826,10 +826,10 @@ DEFAULT_NOTES = (
 
 def remeasure_live_memory(doc: dict[str, Any], root: Path) -> dict[str, Any]:
     """``doc`` (a run's JSON) with every live baseline's training memory at batch 1 measured
-    again by :func:`losa_cache.baselines.protocol.train_memory` (weights, gradients, AdamW
+    again by :func:`losa_cache.pipelines.baseline_protocol.train_memory` (weights, gradients, AdamW
     state, activations: as every cached method's), on the task folders in ``root`` (the
     class count is all a task changes); accuracies and every other number are kept."""
-    from losa_cache.baselines.protocol import _config, train_memory
+    from losa_cache.pipelines.baseline_protocol import _config, train_memory
 
     per_task = json.loads(json.dumps(doc["per_task"]))
     rank = int(doc["budget"]["lora_rank"])

@@ -20,7 +20,6 @@ weights.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import math
@@ -47,6 +46,7 @@ if str(REPO) not in sys.path:  # running as a file / from another working direct
     sys.path.insert(0, str(REPO))
 
 from losa_cache.backbone.demo import DEMO_CFG, DEMO_MODEL, DEMO_WEIGHTS  # noqa: E402
+from losa_cache.files import sha256_file  # noqa: E402
 
 CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -200,13 +200,6 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[
     text += b" " * (-len(text) % 8)  # keep the tensor data 8-byte aligned
     path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- CLI

@@ -13,7 +13,6 @@ peft's loader, from ``peft/``), and checks that every trained tensor landed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -22,7 +21,14 @@ from typing import Any
 
 import torch
 
-from losa_cache.baselines.methods import ADAPTER_FORMAT, IMAGES, PEFT_DIR, build_baseline
+from losa_cache.baselines.methods import (
+    ADAPTER_FORMAT,
+    IMAGES,
+    PEFT_DIR,
+    build_baseline,
+    saved_options,
+)
+from losa_cache.files import sha256_file
 from losa_cache.side import SideConfig
 
 __all__ = [
@@ -30,18 +36,10 @@ __all__ = [
     "copy_baseline_adapter",
     "is_baseline_adapter",
     "read_baseline_adapter",
-    "sha256_file",
 ]
 
 WEIGHTS = "adapter.safetensors"
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_baseline_adapter(root: str | Path) -> bool:
@@ -83,10 +81,10 @@ class BaselineAdapter:
     def bind(self, backbone: Any) -> Any:
         """Rebuild the baseline on ``backbone`` (a :class:`~losa_cache.backbone.Backbone`)
         with the trained tensors; returns the model (eval mode, on the backbone's device)."""
-        from losa_cache.train import TrainConfig
-
-        cfg = TrainConfig.from_dict(self.meta["train_config"])
-        model = build_baseline(self.method, backbone.model, self.config, cfg, cfg.seed)
+        saved = self.meta["train_config"]  # read here, not as a TrainConfig: train is above
+        model = build_baseline(
+            self.method, backbone.model, self.config, saved_options(saved), saved["seed"]
+        )
         learned = model.learned_state()
         if self.method == "lora":  # peft's own format: the LoRA tensors come from peft/
             _load_peft(model, self.path / PEFT_DIR)

@@ -27,8 +27,9 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -51,6 +52,7 @@ __all__ = [
     "list_baselines",
     "lora_regex",
     "register_baseline",
+    "saved_options",
     "trainable_names",
 ]
 
@@ -151,6 +153,15 @@ def lora_regex(targets: str) -> str:
 
 def options_of(cfg: Any) -> BaselineOptions:
     return BaselineOptions(**{k: getattr(cfg, k) for k in BaselineOptions.__dataclass_fields__})
+
+
+def saved_options(train_config: dict[str, Any]) -> SimpleNamespace:
+    """What :func:`build_baseline` reads (the options and ``rank``) from a run's saved
+    train config (an adapter's), validated as :class:`BaselineOptions`; missing keys
+    (older runs) take their defaults."""
+    known = BaselineOptions.__dataclass_fields__
+    opts = BaselineOptions(**{k: v for k, v in train_config.items() if k in known})
+    return SimpleNamespace(**asdict(opts), rank=train_config["rank"])
 
 
 def _blocks_arg(net: nn.Module, k: int | None, flag: str) -> int:
@@ -289,7 +300,7 @@ class LiveBaseline(nn.Module):
         tags = {"format": "pt", "losa_cache_format": ADAPTER_FORMAT, "method": self.method}
         state = self.learned_state()
         atomic_write(out / "adapter.safetensors", lambda tmp: save_file(state, str(tmp), tags))
-        from losa_cache.baselines.adapter import sha256_file
+        from losa_cache.files import sha256_file
 
         record = {
             "format": ADAPTER_FORMAT,

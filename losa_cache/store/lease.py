@@ -39,7 +39,9 @@ from typing import Any
 import fsspec
 import psutil
 
-from losa_cache.store.store import StoreError, is_remote, storage_options_for
+from losa_cache.files import release_flock, try_flock
+from losa_cache.store.errors import StoreError
+from losa_cache.store.fs import is_remote, storage_options_for
 
 DEFAULT_TTL_S = 60.0
 EXTRACTION = "extraction"
@@ -113,41 +115,19 @@ class _LocalLock:
         self.fd: int | None = None
 
     def try_acquire(self) -> dict[str, Any] | None:
-        import fcntl
-
-        while True:
-            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _parse_holder(os.pread(fd, 400, 0))
-                os.close(fd)
-                return holder
-            if _same_inode(fd, self.file):
-                break
-            os.close(fd)  # locked a file its holder just removed: take the new one
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(_holder_record(self.purpose)).encode(), 0)
+        fd, holder = try_flock(self.file, _holder_record(self.purpose))
+        if fd is None:
+            return _parse_holder(holder)
         self.fd = fd
         return None
 
     def release(self) -> None:
         if self.fd is not None:
-            with contextlib.suppress(OSError):
-                self.file.unlink()  # while still held: a waiter re-checks the inode
-            os.close(self.fd)  # closing drops the flock
+            release_flock(self.fd, self.file)
             self.fd = None
 
     def check(self) -> None:
         return None
-
-
-def _same_inode(fd: int, path: Path) -> bool:
-    try:
-        a, b = os.fstat(fd), os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _parse_holder(raw: bytes) -> dict[str, Any]:

@@ -625,3 +625,51 @@ def _check_tasks(m: Manifest, where: str) -> None:
 def extension_progress(i: int) -> tuple[str, str]:
     """(done markers, checksums) of the i-th extension's arrays."""
     return f"progress/extend_{i}/done", f"progress/extend_{i}/checksums"
+
+
+# ------------------------------------------------------------------------------ progress
+
+
+def per_shard_arrays(layout: Layout, taps: tuple[str, ...] | None = None) -> list[str]:
+    """Arrays of the base progress group (``taps``: default all), in checksum column order."""
+    return [*layout.stored_arrays(taps), STATUS, ERROR]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Per-shard arrays written together, with their done markers and checksums: the
+    extraction's (base, which owns status/error) or one ``extract --extend`` run's."""
+
+    done: str
+    checksums: str
+    arrays: tuple[str, ...]
+    taps: tuple[str, ...]
+    base: bool
+
+
+def progress_groups(layout: Layout, manifest: Manifest) -> list[Progress]:
+    """The base group, then one per extension (``Manifest.extensions``)."""
+    added = [tuple(e["taps"]) for e in manifest.extensions]
+    base = tuple(t for t in layout.taps if not any(t in a for a in added))
+    groups = [Progress(DONE, CHECKSUMS, tuple(per_shard_arrays(layout, base)), base, True)]
+    for i, taps in enumerate(added):
+        done, sums = extension_progress(i)
+        groups.append(Progress(done, sums, tuple(layout.stored_arrays(taps)), taps, False))
+    return groups
+
+
+def progress_spec(layout: Layout, manifest: Manifest, name: str) -> ArraySpec | None:
+    """The metadata a progress group's done markers or checksums must have (None: ``name``
+    is neither)."""
+    for g in progress_groups(layout, manifest):
+        if name == g.done:
+            return ArraySpec((layout.num_shards,), "uint8", (1,))
+        if name == g.checksums:
+            cols = len(g.arrays)
+            return ArraySpec((layout.num_shards, cols), "uint64", (1, cols))
+    return None
+
+
+def group_of(groups: list[Progress], array: str) -> Progress:
+    """The progress group an array belongs to (its markers say which rows are written)."""
+    return next(g for g in groups if array in g.arrays or array == g.done or array == g.checksums)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
-import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,6 @@ import torch
 import zarr
 from zarr.codecs import Crc32cCodec, ShardingCodec
 
-from losa_cache.oserrors import os_failure
 from losa_cache.store import schema as S
 from losa_cache.store.direct import DirectReader, direct_reader
 from losa_cache.store.errors import (
@@ -28,14 +24,30 @@ from losa_cache.store.errors import (
     array_damage,
     damaged,
 )
+from losa_cache.store.fs import (  # re-exported: callers import them from here too
+    STORAGE_OPTIONS_ENV,
+    is_remote,
+    local_path,
+    open_group,
+    parse_storage_options,
+    storage_errors,
+    storage_options_for,
+)
 
 __all__ = [
+    "STORAGE_OPTIONS_ENV",
     "FeatureArray",
     "FeatureStore",
     "StoreError",
     "StoreIncompleteError",
     "StoreIntegrityError",
+    "is_remote",
+    "local_path",
+    "open_group",
     "open_store",
+    "parse_storage_options",
+    "storage_errors",
+    "storage_options_for",
 ]
 
 
@@ -452,9 +464,7 @@ class FeatureStore:
         """What ``name``'s metadata must say; schema-1 stores: their feature arrays only."""
         spec = self.layout.array_spec(name)
         if spec is None:
-            from losa_cache.store.writer import progress_spec
-
-            spec = progress_spec(self.layout, self.manifest, name)
+            spec = S.progress_spec(self.layout, self.manifest, name)
         if self.manifest.schema_version < 2 and name not in self.layout.stored_arrays():
             return None
         return spec
@@ -472,10 +482,8 @@ class FeatureStore:
     def array_names(self, per_shard: bool | None = None) -> list[str]:
         """Every array the manifest implies (``per_shard``: only those extraction rewrites
         shard by shard, or only the others: source, splits, tasks)."""
-        from losa_cache.store.writer import progress_groups
-
         shards = [*self.feature_arrays(), S.STATUS, S.ERROR]
-        for g in progress_groups(self.layout, self.manifest):
+        for g in S.progress_groups(self.layout, self.manifest):
             shards += [g.done, g.checksums]
         once = [S.SOURCE, *(S.split_name(s) for s in self.manifest.splits),
                 *(self.manifest.task_path(t) for t in self.manifest.tasks)]  # fmt: skip
@@ -644,10 +652,8 @@ class FeatureStore:
             lambda: self._refresh_done(done),
         )
 
-    def _group_of(self, path: str) -> Any:
-        from losa_cache.store.writer import group_of, progress_groups
-
-        return group_of(progress_groups(self.layout, self.manifest), path)
+    def _group_of(self, path: str) -> S.Progress:
+        return S.group_of(S.progress_groups(self.layout, self.manifest), path)
 
     def feature_arrays(self) -> list[str]:
         """Paths of every per-shard feature array (int8: codes and scales)."""
@@ -715,90 +721,6 @@ def _stored_bytes(arr: zarr.Array) -> int:
         return int(arr.nbytes_stored())
     except Exception:  # some remote stores cannot list sizes
         return -1
-
-
-#: JSON fsspec storage options used for store URLs when none are passed (e.g. an S3
-#: endpoint), so training, sweeps and every command reach the same store without flags.
-STORAGE_OPTIONS_ENV = "LOSA_CACHE_STORAGE_OPTIONS"
-
-
-def is_remote(path: str | Path) -> bool:
-    """True for fsspec URLs other than ``file://`` (those have no local lock or path)."""
-    text = str(path)
-    return "://" in text and not text.startswith("file://")
-
-
-def local_path(path: str | Path) -> str:
-    """``file://`` URLs as plain paths: zarr's LocalStore writes atomically, fsspec's does not."""
-    return str(path).removeprefix("file://")
-
-
-def storage_options_for(path: str | Path, storage_options: dict | None = None) -> dict | None:
-    """The options to open ``path`` with: the given ones, else $LOSA_CACHE_STORAGE_OPTIONS."""
-    if not is_remote(path):
-        return None
-    if storage_options is not None:
-        return storage_options
-    return parse_storage_options(os.environ.get(STORAGE_OPTIONS_ENV), STORAGE_OPTIONS_ENV)
-
-
-def parse_storage_options(text: str | None, where: str = "--storage-options") -> dict | None:
-    """A JSON object of fsspec options (None for empty); the error names the bad input."""
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where} is not valid JSON ({e}): {text[:80]!r}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f'{where} must be a JSON object, e.g. {{"endpoint_url": "http://..."}}')
-    return value
-
-
-def open_group(
-    path: str | Path, mode: str = "r", storage_options: dict | None = None, **kwargs: Any
-) -> zarr.Group:
-    """Open a Zarr group from a local path or an fsspec URL (``kwargs`` go to zarr)."""
-    options = storage_options_for(path, storage_options)
-    if options:
-        kwargs["storage_options"] = options
-    with storage_errors(path):
-        return zarr.open_group(local_path(path), mode=mode, **kwargs)
-
-
-#: errno -> what it means for a store and what to do about it
-
-
-@contextlib.contextmanager
-def storage_errors(path: str | Path, retry: str = "rerun the same command") -> Iterator[None]:
-    """Store I/O failures (full or read-only disk, no permission, no cloud credentials) as
-    one :class:`StoreError` that names the store and the fix; ``retry`` says how to go on
-    once the cause is fixed. Other errors pass through unchanged."""
-    try:
-        yield
-    except StoreError:
-        raise
-    except OSError as e:
-        text = os_failure(e.errno, "store path", retry, kept=False)  # retry says what is kept
-        if text is None:
-            raise
-        where = f" ({e.filename})" if e.filename else ""
-        raise StoreError(f"store {path}{where}: {text}") from e
-    except Exception as e:
-        if not _missing_credentials(e):
-            raise
-        raise StoreError(
-            f"no credentials for {path} ({e}): set them as the cloud SDK expects (e.g. "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), or pass them in "
-            f'--storage-options / ${STORAGE_OPTIONS_ENV}, e.g. \'{{"key": ..., "secret": ...}}\''
-        ) from e
-
-
-def _missing_credentials(e: BaseException) -> bool:
-    """botocore's and google-auth's "no credentials" errors (matched by name: both
-    packages are optional)."""
-    names = {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"}
-    return type(e).__name__ in names
 
 
 def open_store(

@@ -18,13 +18,8 @@ from typing import Any
 import zarr
 
 from losa_cache.store import schema as S
-from losa_cache.store.store import (
-    StoreError,
-    is_remote,
-    local_path,
-    open_group,
-    storage_options_for,
-)
+from losa_cache.store.errors import StoreError
+from losa_cache.store.fs import is_remote, local_path, open_group, storage_options_for
 
 #: root attribute of a store while it is created or imported: a folder holding it is
 #: ours to clear and redo, and not yet a store (no ``losa_cache`` manifest)

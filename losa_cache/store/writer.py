@@ -14,7 +14,6 @@ import datetime as _dt
 import hashlib
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,12 @@ import zarr
 
 from losa_cache.store import schema as S
 from losa_cache.store.lease import store_lock
+from losa_cache.store.schema import (  # the progress groups are the schema's
+    Progress,
+    group_of,
+    per_shard_arrays,
+    progress_groups,
+)
 from losa_cache.store.store import (
     FeatureStore,
     StoreError,
@@ -30,51 +35,6 @@ from losa_cache.store.store import (
     write_task,
 )
 from losa_cache.store.target import PARTIAL_ATTR, create_root, inspect_target, root_attrs
-
-
-def per_shard_arrays(layout: S.Layout, taps: tuple[str, ...] | None = None) -> list[str]:
-    """Arrays of the base progress group (``taps``: default all), in checksum column order."""
-    return [*layout.stored_arrays(taps), S.STATUS, S.ERROR]
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Per-shard arrays written together, with their done markers and checksums: the
-    extraction's (base, which owns status/error) or one ``extract --extend`` run's."""
-
-    done: str
-    checksums: str
-    arrays: tuple[str, ...]
-    taps: tuple[str, ...]
-    base: bool
-
-
-def progress_groups(layout: S.Layout, manifest: S.Manifest) -> list[Progress]:
-    """The base group, then one per extension (``Manifest.extensions``)."""
-    added = [tuple(e["taps"]) for e in manifest.extensions]
-    base = tuple(t for t in layout.taps if not any(t in a for a in added))
-    groups = [Progress(S.DONE, S.CHECKSUMS, tuple(per_shard_arrays(layout, base)), base, True)]
-    for i, taps in enumerate(added):
-        done, sums = S.extension_progress(i)
-        groups.append(Progress(done, sums, tuple(layout.stored_arrays(taps)), taps, False))
-    return groups
-
-
-def progress_spec(layout: S.Layout, manifest: S.Manifest, name: str) -> S.ArraySpec | None:
-    """The metadata a progress group's done markers or checksums must have (None: ``name``
-    is neither)."""
-    for g in progress_groups(layout, manifest):
-        if name == g.done:
-            return S.ArraySpec((layout.num_shards,), "uint8", (1,))
-        if name == g.checksums:
-            cols = len(g.arrays)
-            return S.ArraySpec((layout.num_shards, cols), "uint64", (1, cols))
-    return None
-
-
-def group_of(groups: list[Progress], array: str) -> Progress:
-    """The progress group an array belongs to (its markers say which rows are written)."""
-    return next(g for g in groups if array in g.arrays or array == g.done or array == g.checksums)
 
 
 def checksum(values: np.ndarray) -> int:

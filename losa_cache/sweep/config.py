@@ -39,7 +39,6 @@ __all__ = [
     "expand_runs",
     "load_entries",
     "method_uses",
-    "parse_bytes",
     "slug",
 ]
 
@@ -239,22 +238,6 @@ def load_entries(path: str | Path) -> list[dict[str, Any]]:
             raise ValueError(f"--config {p}: unknown keys {unknown}; an entry may set "
                              f"{list(ENTRY_KEYS)} (store, cache, device... are sweep-wide)")
     return data
-
-
-def parse_bytes(text: str | int | None) -> int | None:
-    """'4GB', '512MiB', '1e9' -> bytes."""
-    if text is None or isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)?\s*", str(text))
-    if not m:
-        raise ValueError(f"cannot read a size from {text!r}; write e.g. 4GB or 512MiB")
-    unit = (m.group(2) or "").upper().rstrip("B")
-    base = 1024 if unit.endswith("I") else 1000
-    power = " KMGT".index(unit[:1]) if unit else 0
-    value = float(m.group(1)) * base**power
-    if not value < 2**63:  # inf too: 1e400
-        raise ValueError(f"size {text!r} is too large (at most 2**63 - 1 bytes)")
-    return int(value)
 
 
 # ---------------------------------------------------------------------------- expansion

@@ -149,25 +149,35 @@ def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> di
                                [r for run in runs for r in (run.train_rows, run.eval_rows("val"))],
                                {k for run in runs for k in run.layers}, cfg.workers, progress,
                                cfg.max_memory)  # fmt: skip
-        run.notes.append(f"cache: {inputs.choice.reason}")
+        shared = [f"cache: {inputs.choice.reason}"]  # the feed is one for all candidates
         if allocator is not None:
-            run.notes.append(f"allocator: {allocator['why']}")
-        for text in run.notes:
+            shared.append(f"allocator: {allocator['why']}")
+        for run in runs:
+            run.notes.extend(shared)
+        for text in dict.fromkeys(t for run in runs for t in run.notes):  # each said once
             note(text, progress)
         Engine(runs, inputs, progress).train()
         extra = {"bytes_read": inputs.bytes_read, **ckpt.peak_memory(device, baseline),
-                 "feed": {"cache": inputs.choice.to_dict(), "bytes_read": inputs.bytes_read,
-                          "buffer_rows": run.order.buffer_rows,
-                          "reader_memory": inputs.memory}, "allocator": allocator}
-        results = [r.finish(extra) for r in runs]
+                 "allocator": allocator}
+        feed = {"cache": inputs.choice.to_dict(), "bytes_read": inputs.bytes_read,
+                "reader_memory": inputs.memory}
+        results = [r.finish({**extra, "feed": {**feed, "buffer_rows": r.order.buffer_rows}})
+                   for r in runs]
     finally:
         source.close()
     if all(r.status == "diverged" for r in runs):
-        raise NonFiniteLossError(str(run.error))
+        raise NonFiniteLossError(_divergence(runs))
     metrics = results[0] if len(runs) == 1 else _candidates_end(cfg, results)
     if progress:
         _say_end(metrics)
     return metrics
+
+
+def _divergence(runs: list[Run]) -> str:
+    """Every candidate's own error (MIST's k candidates each diverge at their own step)."""
+    if len(runs) == 1:
+        return str(runs[0].error)
+    return "; ".join(f"{r.out}: {r.error}" for r in runs)
 
 
 def _candidates_end(cfg: TrainConfig, results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from losa_cache.baselines.protocol import extend_grid, run_baseline, task_dirs
+from losa_cache.pipelines.baseline_protocol import extend_grid, run_baseline, task_dirs
 from tests.accuracy.conftest import build_tiny, shared_data, tiny_tasks  # noqa: F401
 
 torch.set_num_threads(1)
@@ -51,7 +51,7 @@ def test_training_memory_counts_weights_gradients_and_optimizer_state(
     fine-tuning adds a gradient and two AdamW moments per weight, so it exceeds BitFit's
     (which trains the biases alone). The run's RSS growth got both below the weights."""
     from losa_cache.backbone import create_backbone
-    from losa_cache.baselines.protocol import _config, train_memory
+    from losa_cache.pipelines.baseline_protocol import _config, train_memory
 
     net = create_backbone("vit_micro", random_init=True).model
     weights = sum(p.numel() * 4 for p in net.parameters())

@@ -224,3 +224,18 @@ def test_vit_g_lora_count_is_peft_own() -> None:
     with torch.device("meta"):
         peft_model = _add_lora(net, 32, BaselineOptions())
     assert peft_model.get_nb_trainable_parameters()[0] == 942_080 * 32
+
+
+def test_an_adapter_rebuilds_from_its_saved_options() -> None:
+    """A baseline adapter reads its run's options from the saved train config (not through
+    TrainConfig: baselines sit below train); they are the run's own, older runs' missing
+    keys take the defaults."""
+    from losa_cache.baselines.methods import BaselineOptions, options_of, saved_options
+
+    run = cfg("lora", rank=4, lora_targets="qkv", lora_alpha=8.0, prompt_tokens=3,
+              tune_blocks=2)  # fmt: skip
+    saved = saved_options(run.to_dict())
+    assert options_of(saved) == options_of(run) and saved.rank == 4
+    assert options_of(saved_options({"rank": 2})) == BaselineOptions()
+    with pytest.raises(ValueError, match="lora"):
+        saved_options({"rank": 2, "lora_targets": "nope"})

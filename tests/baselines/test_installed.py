@@ -19,7 +19,7 @@ import sys, losa_cache
 assert losa_cache.__file__.startswith(sys.prefix), losa_cache.__file__
 import losa_cache.pipelines.accuracy as acc
 from losa_cache.baselines import BASELINES
-from losa_cache.baselines.protocol import run_baseline
+from losa_cache.pipelines.baseline_protocol import run_baseline
 from losa_cache.train import TrainConfig, train
 assert callable(acc.run_live) and callable(run_baseline)
 for m in BASELINES:

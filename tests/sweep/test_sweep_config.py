@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from losa_cache.checks import parse_size as parse_bytes
 from losa_cache.cli.sweep_cmds import parse_layer_specs
 from losa_cache.sweep import SweepConfig, expand_runs, load_entries
-from losa_cache.sweep.config import parse_bytes
 
 
 def runs(**kw):  # vit_micro-like: 4 blocks, all stored

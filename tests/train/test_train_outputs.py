@@ -277,3 +277,27 @@ def test_mist_resumes_when_only_some_candidates_checkpointed(
     assert resumed["k_choice"]["candidates"] == straight["k_choice"]["candidates"]
     for k in ("k2", "k4"):
         assert curve(tmp_path / "cut" / "k" / k) == curve(tmp_path / "straight" / "k" / k), k
+
+
+def _mist_candidates(store: str, out: Path, **kw: object) -> TrainConfig:
+    return TrainConfig(store=store, out=str(out), method="mist", width=8, heads=2,
+                       edge_blocks=1, k_candidates="2,4", batch_size=16, steps=4,
+                       eval_every=2, workers=1, device="cpu", amp="fp32", **kw)  # fmt: skip
+
+
+def test_mist_candidates_each_get_the_shared_notes(tap_stores: dict, tmp_path: Path) -> None:
+    """The feed is shared by every k candidate: each candidate's metrics say so (the loop
+    variable used to leave the cache note to the last candidate only)."""
+    train(_mist_candidates(tap_stores["taps"], tmp_path / "m"), progress=False)
+    for k in ("k2", "k4"):
+        m = json.loads((tmp_path / "m" / "k" / k / "metrics.json").read_text())
+        assert [n for n in m["notes"] if n.startswith("cache: ")], (k, m["notes"])
+        assert m["feed"]["buffer_rows"] > 0
+
+
+def test_mist_divergence_names_every_candidate(tap_stores: dict, tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteLossError) as err:
+        train(_mist_candidates(tap_stores["taps"], tmp_path / "d", lr=1e30), progress=False)
+    msg = str(err.value)
+    for k in ("k2", "k4"):
+        assert str(tmp_path / "d" / "k" / k) + ": loss became" in msg, msg

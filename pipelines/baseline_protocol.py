@@ -12,7 +12,7 @@ method's is (:func:`losa_cache.sweep.measure.step_memory`: the model's weights, 
 optimizer state and activations, the backbone's forward and backward included: the
 paper's setting), not the run's process RSS, which reuses freed memory.
 
-    from losa_cache.baselines.protocol import run_baseline
+    from losa_cache.pipelines.baseline_protocol import run_baseline
     row = run_baseline("lora", "tasks/rotation", {"model": "demo"}, epochs=5)
 """
 
