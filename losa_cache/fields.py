@@ -10,6 +10,7 @@ and no help text can drift.
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, field, fields
@@ -17,19 +18,59 @@ from typing import Any
 
 from losa_cache.checks import Bound, range_error
 
-__all__ = ["check_fields", "choices_of", "flag", "inherit", "metadata", "option"]
+__all__ = [
+    "PANELS",
+    "UNITS",
+    "check_fields",
+    "choices_of",
+    "flag",
+    "inherit",
+    "metadata",
+    "option",
+    "parse_bytes",
+    "size_in",
+]
+
+#: The help panels of the generated flags, in the order ``--help`` shows them (a field
+#: without a panel is a core option: the first panel, "Options").
+PANELS = ("Method", "Optimisation", "Schedule", "Data", "Output", "Performance", "Costs",
+          "Live", "Live video")
+#: Units of size fields: a plain number is in the unit, ``300MB``/``2GiB`` are converted.
+UNITS = {"bytes": 1, "MiB": 2**20}
 
 
-def option(default: Any = MISSING, help: str = "", *, min: float | None = None,
-           above: float | None = None, below: float | None = None, max: Bound | None = None,
-           choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
-           factory: Callable[[], Any] | None = None, cli: str | None = None) -> Any:
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    min: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    max: Bound | None = None,
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+    factory: Callable[[], Any] | None = None,
+    cli: str | None = None,
+    panel: str | None = None,
+    unit: str | None = None,
+) -> Any:
     """A dataclass field with help text, an allowed range (``v >= min``, ``v > above``,
     ``v < below``, ``v <= max``: a number, or a function giving (bound, why) such as
     :func:`losa_cache.checks.max_workers`), allowed ``choices`` (or a function giving them)
-    and, for the CLI, the flag's name when it differs from the field's (``cli``).
+    and, for the CLI, the flag's name when it differs from the field's (``cli``), its help
+    panel (one of :data:`PANELS`; none: a core option) and, for a size, its ``unit`` (one
+    of :data:`UNITS`: the flag also takes ``300MB``, ``2GiB``).
     Integers must fit in 64 bits and floats be finite whatever the range."""
-    meta = metadata(help, min=min, above=above, below=below, max=max, choices=choices, cli=cli)
+    meta = metadata(
+        help,
+        min=min,
+        above=above,
+        below=below,
+        max=max,
+        choices=choices,
+        cli=cli,
+        panel=panel,
+        unit=unit,
+    )
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -37,15 +78,17 @@ def option(default: Any = MISSING, help: str = "", *, min: float | None = None,
 
 def metadata(help: str, **rules: Any) -> dict[str, Any]:
     """The metadata :func:`option` stores (for ``field(default_factory=...)`` fields)."""
-    keys = ("min", "above", "below", "max", "choices", "cli")
+    keys = ("min", "above", "below", "max", "choices", "cli", "panel", "unit")
+    if rules.get("panel") not in (None, *PANELS):
+        raise ValueError(f"unknown help panel {rules['panel']!r}; one of {PANELS}")
     return {"help": help, **{k: rules.get(k) for k in keys}}
 
 
-def inherit(cls: type, name: str, help: str | None = None) -> Any:
-    """A field like ``cls``'s field ``name`` (default, range, choices; help unless given):
-    a sweep's fields that every run shares say what the run's do."""
+def inherit(cls: type, name: str, help: str | None = None, panel: str | None = None) -> Any:
+    """A field like ``cls``'s field ``name`` (default, range, choices, unit; help and panel
+    unless given): a sweep's fields that every run shares say what the run's do."""
     (f,) = (f for f in fields(cls) if f.name == name)
-    meta = {**f.metadata, **({"help": help} if help else {})}
+    meta = {**f.metadata, **({"help": help} if help else {}), **({"panel": panel} if panel else {})}
     return field(default=f.default, metadata=meta)
 
 
@@ -84,8 +127,7 @@ def _check_number(f: Field, v: Any, hint: Any) -> None:
     lo, above, below, high = (f.metadata.get(k) for k in ("min", "above", "below", "max"))
     if not integer and lo is above is below is high is None:
         return  # a float field without a range checks itself (alpha_init: finite)
-    error = range_error(flag(f), v, integer=integer, low=lo, above=above, below=below,
-                        high=high)
+    error = range_error(flag(f), v, integer=integer, low=lo, above=above, below=below, high=high)
     if error is not None:
         raise ValueError(error)
 
@@ -102,3 +144,36 @@ def _is_float(hint: Any) -> bool:
     if hint is float:
         return True
     return any(_is_float(a) for a in typing.get_args(hint) if a is not type(None))
+
+
+def parse_bytes(text: str | int | None) -> int | None:
+    """'4GB', '512MiB', '1e9' -> bytes (KB, MB ... powers of 1000; KiB, MiB ... of 1024)."""
+    if text is None or isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)?\s*", str(text))
+    if not m:
+        raise ValueError(f"cannot read a size from {text!r}; write e.g. 4GB or 512MiB")
+    unit = (m.group(2) or "").upper().rstrip("B")
+    base = 1024 if unit.endswith("I") else 1000
+    power = " KMGT".index(unit[:1]) if unit else 0
+    try:
+        value = float(m.group(1)) * base**power
+    except ValueError:
+        raise ValueError(f"cannot read a size from {text!r}; write e.g. 4GB or 512MiB") from None
+    if not value < 2**63:  # inf too: 1e400
+        raise ValueError(f"size {text!r} is too large (at most 2**63 - 1 bytes)")
+    return int(value)
+
+
+def size_in(f: Field, text: str | int | None) -> int | None:
+    """A size flag's value in its field's unit: a plain number is in the unit already, a
+    size with a unit (``300MB``) is rounded down to whole units, so a bound never grows."""
+    if text is None or isinstance(text, int) or str(text).strip().isdigit():
+        return None if text is None else int(text)
+    unit = UNITS[f.metadata["unit"]]
+    value = (parse_bytes(text) or 0) // unit
+    if unit > 1 and value < 1:
+        raise ValueError(
+            f"{flag(f)} {text!r} is under 1 {f.metadata['unit']}; give e.g. 300MB or 1GiB"
+        )
+    return value

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from losa_cache.baselines import baseline_uses, is_baseline, list_baselines
-from losa_cache.fields import check_fields, inherit, metadata, option
+from losa_cache.fields import check_fields, inherit, metadata, option, parse_bytes
 from losa_cache.outdir import folder_name, folder_names
 from losa_cache.side import get_side_class, list_sides, parse_layers
 from losa_cache.side.config import VERSION_KEY, library_version
@@ -95,10 +95,10 @@ class SweepConfig:
         choices=lambda: [*list_sides(), *list_baselines()], cli="method"))
     ranks: list[int] = field(default_factory=lambda: [64], metadata=metadata(
         "Ranks, comma-separated, e.g. 4,8,16,64 (a method without a rank ignores it).", min=1,
-        cli="rank"))
+        cli="rank", panel="Method"))
     layers: list[str] = field(default_factory=lambda: ["store"], metadata=metadata(
         "Layer specs, e.g. evenly:1,evenly:4,all (an explicit list like 3,6,-1 is one spec; "
-        "';' separates lists; a method without layers ignores them)."))
+        "';' separates lists; a method without layers ignores them).", panel="Method"))
     lrs: list[float | None] = field(default_factory=lambda: [None], metadata=metadata(
         "Base lrs, comma-separated, e.g. 0.01,0.05 (default: the optimizer's).", above=0,
         cli="lr"))
@@ -118,9 +118,11 @@ class SweepConfig:
     max_memory: int | None = _t("max_memory")
     compile: str = _t("compile")
     batching: str = _f("auto", "Same-shape models: auto (loop on CPU, the faster of both "
-                                   "on CUDA, timed) | loop | vmap.", choices=BATCHING)
+                                   "on CUDA, timed) | loop | vmap.", choices=BATCHING,
+                       panel="Performance")
     memory_budget: int | None = _f(None, "Memory the models of one group may use, e.g. "
-                                             "4GB (default: a share of free memory).", min=0)
+                                             "4GB (default: a share of free memory).", min=0,
+                                         panel="Performance", unit="bytes")
     eval_every: int | None = _t("eval_every")
     log_every: int | None = _t("log_every")
     log: str = _t("log", "Also send every run's metrics.jsonl rows to: tensorboard (event "
@@ -129,17 +131,18 @@ class SweepConfig:
     checkpoint_every: int | None = _t("checkpoint_every")
     shuffle_buffer: int | None = _t("shuffle_buffer")
     speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).",
-                                min=0)
+                                min=0, panel="Costs")
     live_metrics: bool = _f(True, "Also measure the paper's setting: training memory (batch "
                                   "1) and img/s with the backbone forward, inference memory "
                                   "and img/s at batch 1 (a store sweep builds the store's "
-                                  "backbone with random weights for it).")
+                                  "backbone with random weights for it).", panel="Costs")
     costs: bool = _f(True, "Measure every config's costs after training (img/s over "
                            "--speed-batches steps, memory and inference at batch 1; it says "
                            "up front what it will time); --no-costs skips them (their "
-                           "columns stay empty).")
+                           "columns stay empty).", panel="Costs")
     stop_after: int | None = _f(None, "Stop after N ticks (a piece of the data fed to "
-                                          "every run) with checkpoints (--resume later).", min=1)
+                                          "every run) with checkpoints (--resume later).", min=1,
+                                panel="Schedule")
     resume: bool = _f(False, "Continue the sweep in --out.")
     train_split: str = _t("train_split")
     val_split: str = _t("val_split", "Validation split: selects the best config (auto: val, "
@@ -236,22 +239,6 @@ def load_entries(path: str | Path) -> list[dict[str, Any]]:
             raise ValueError(f"--config {p}: unknown keys {unknown}; an entry may set "
                              f"{list(ENTRY_KEYS)} (store, cache, device... are sweep-wide)")
     return data
-
-
-def parse_bytes(text: str | int | None) -> int | None:
-    """'4GB', '512MiB', '1e9' -> bytes."""
-    if text is None or isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)?\s*", str(text))
-    if not m:
-        raise ValueError(f"cannot read a size from {text!r}; write e.g. 4GB or 512MiB")
-    unit = (m.group(2) or "").upper().rstrip("B")
-    base = 1024 if unit.endswith("I") else 1000
-    power = " KMGT".index(unit[:1]) if unit else 0
-    value = float(m.group(1)) * base**power
-    if not value < 2**63:  # inf too: 1e400
-        raise ValueError(f"size {text!r} is too large (at most 2**63 - 1 bytes)")
-    return int(value)
 
 
 # ---------------------------------------------------------------------------- expansion
