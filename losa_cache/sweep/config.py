@@ -80,8 +80,10 @@ def _grid(name: str, more: str) -> dict[str, Any]:
     return {**meta, "help": f"{meta['help']} {more}", "cli": name}
 
 
-def _t(name: str, help: str | None = None) -> Any:
-    return inherit(TrainConfig, name, help)
+def _t(name: str, more: str | None = None) -> Any:
+    """TrainConfig's field ``name``, its help (then ``more``, what it means in a sweep)."""
+    help = TrainConfig.__dataclass_fields__[name].metadata["help"]
+    return inherit(TrainConfig, name, f"{help} {more}" if more else None)
 
 
 @dataclass
@@ -110,7 +112,7 @@ class SweepConfig:
         "(expanded).", cli="config"))
     steps: int | None = _t("steps")
     epochs: float | None = _t("epochs")
-    batch_size: int = _t("batch_size", "Batch size (capped at each task's train split).")
+    batch_size: int = _t("batch_size")
     optimizer: str = _t("optimizer")
     weight_decay: float | None = _t("weight_decay")
     seed: int = _t("seed")
@@ -128,9 +130,7 @@ class SweepConfig:
                                          panel="Performance", unit="bytes")
     eval_every: int | None = _t("eval_every")
     log_every: int | None = _t("log_every")
-    log: str = _t("log", "Also send every run's metrics.jsonl rows to: tensorboard (event "
-                         "files in each run's folder, so TensorBoard compares the runs; "
-                         "needs the tb extra) or a logger registered in Python.")
+    log: str = _t("log", "Each run logs into its own folder, so TensorBoard compares them.")
     checkpoint_every: int | None = _t("checkpoint_every")
     shuffle_buffer: int | None = _t("shuffle_buffer")
     speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).",
@@ -146,11 +146,9 @@ class SweepConfig:
     stop_at: int | None = _t("stop_at")
     resume: bool = _f(False, "Continue the sweep in --out.")
     train_split: str = _t("train_split")
-    val_split: str = _t("val_split", "Validation split: selects the best config (auto: val, "
-                                     "val200 or validation; none).")
+    val_split: str = _t("val_split", "It selects the best config.")
     test_split: str = _t("test_split")
-    live: bool = _f(False, "Run the frozen backbone once per batch for every config "
-                               "instead of reading a store.")
+    live: bool = _t("live", "One backbone pass per batch serves every config.")
     model: str | None = _t("model")
     checkpoint: str | None = _t("checkpoint")
     pretrained: bool = _t("pretrained")
