@@ -150,7 +150,7 @@ def parse_bytes(text: str | int | None) -> int | None:
     """'4GB', '512MiB', '1e9' -> bytes (KB, MB ... powers of 1000; KiB, MiB ... of 1024)."""
     if text is None or isinstance(text, int):
         return text
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)?\s*", str(text))
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)?\s*", str(text), re.IGNORECASE)
     if not m:
         raise ValueError(f"cannot read a size from {text!r}; write e.g. 4GB or 512MiB")
     unit = (m.group(2) or "").upper().rstrip("B")
