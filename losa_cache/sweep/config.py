@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -50,20 +51,18 @@ GRID = {"tasks": "task", "methods": "method", "ranks": "rank", "layers": "layers
 NOT_SHARED = frozenset({"out", "resume"})
 
 
-def _method_fields() -> tuple[str, ...]:
-    """TrainConfig fields that only some methods read (rank, layers, MIST's width ...)."""
-    from losa_cache.baselines import baseline_uses
-
-    uses = {n for s in list_sides() for n in get_side_class(s).uses}
-    uses |= {n for b in list_baselines() for n in baseline_uses(b)}
-    return tuple(sorted(uses & {f.name for f in fields(TrainConfig)}))
+def _uses(methods: list[str], uses: Callable[[str], tuple[str, ...]]) -> tuple[str, ...]:
+    """The TrainConfig fields any of ``methods`` reads."""
+    names = {n for m in methods for n in uses(m)}
+    return tuple(sorted(names & {f.name for f in fields(TrainConfig)}))
 
 
-#: TrainConfig fields that only some methods use: a run of a method that ignores one keeps
-#: the default (one run, not one per value)
-METHOD_FIELDS = _method_fields()
-#: the methods' own options: those a run id names when not at their defaults
-SIDE_FIELDS = METHOD_FIELDS
+#: the side networks' own options (rank, layers, MIST's width ...): those a run id names
+#: when not at their defaults
+SIDE_FIELDS = _uses(list_sides(), lambda s: get_side_class(s).uses)
+#: TrainConfig fields that only some methods use (the live baselines' too): a run of a
+#: method that ignores one keeps the default (one run, not one per value)
+METHOD_FIELDS = tuple(sorted({*SIDE_FIELDS, *_uses(list_baselines(), baseline_uses)}))
 #: TrainConfig fields a config entry may set; everything else is sweep-wide.
 ENTRY_KEYS = tuple(dict.fromkeys((
     "task", "method", "rank", "hidden", "layers", "lr", "optimizer", "momentum", "weight_decay",
