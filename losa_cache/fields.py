@@ -18,18 +18,8 @@ from typing import Any
 
 from losa_cache.checks import Bound, range_error
 
-__all__ = [
-    "PANELS",
-    "UNITS",
-    "check_fields",
-    "choices_of",
-    "flag",
-    "inherit",
-    "metadata",
-    "option",
-    "parse_bytes",
-    "size_in",
-]
+__all__ = ["PANELS", "UNITS", "check_fields", "choices_of", "flag", "inherit", "metadata",
+           "option", "parse_bytes", "size_in"]
 
 #: The help panels of the generated flags, in the order ``--help`` shows them (a field
 #: without a panel is a core option: the first panel, "Options").
@@ -39,20 +29,11 @@ PANELS = ("Method", "Optimisation", "Schedule", "Data", "Output", "Performance",
 UNITS = {"bytes": 1, "MiB": 2**20}
 
 
-def option(
-    default: Any = MISSING,
-    help: str = "",
-    *,
-    min: float | None = None,
-    above: float | None = None,
-    below: float | None = None,
-    max: Bound | None = None,
-    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
-    factory: Callable[[], Any] | None = None,
-    cli: str | None = None,
-    panel: str | None = None,
-    unit: str | None = None,
-) -> Any:
+def option(default: Any = MISSING, help: str = "", *, min: float | None = None,
+           above: float | None = None, below: float | None = None, max: Bound | None = None,
+           choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+           factory: Callable[[], Any] | None = None, cli: str | None = None,
+           panel: str | None = None, unit: str | None = None) -> Any:
     """A dataclass field with help text, an allowed range (``v >= min``, ``v > above``,
     ``v < below``, ``v <= max``: a number, or a function giving (bound, why) such as
     :func:`losa_cache.checks.max_workers`), allowed ``choices`` (or a function giving them)
@@ -60,17 +41,8 @@ def option(
     panel (one of :data:`PANELS`; none: a core option) and, for a size, its ``unit`` (one
     of :data:`UNITS`: the flag also takes ``300MB``, ``2GiB``).
     Integers must fit in 64 bits and floats be finite whatever the range."""
-    meta = metadata(
-        help,
-        min=min,
-        above=above,
-        below=below,
-        max=max,
-        choices=choices,
-        cli=cli,
-        panel=panel,
-        unit=unit,
-    )
+    meta = metadata(help, min=min, above=above, below=below, max=max, choices=choices, cli=cli,
+                    panel=panel, unit=unit)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -88,7 +60,8 @@ def inherit(cls: type, name: str, help: str | None = None, panel: str | None = N
     """A field like ``cls``'s field ``name`` (default, range, choices, unit; help and panel
     unless given): a sweep's fields that every run shares say what the run's do."""
     (f,) = (f for f in fields(cls) if f.name == name)
-    meta = {**f.metadata, **({"help": help} if help else {}), **({"panel": panel} if panel else {})}
+    meta = {**f.metadata, **({"help": help} if help else {}),
+            **({"panel": panel} if panel else {})}
     return field(default=f.default, metadata=meta)
 
 
@@ -127,7 +100,8 @@ def _check_number(f: Field, v: Any, hint: Any) -> None:
     lo, above, below, high = (f.metadata.get(k) for k in ("min", "above", "below", "max"))
     if not integer and lo is above is below is high is None:
         return  # a float field without a range checks itself (alpha_init: finite)
-    error = range_error(flag(f), v, integer=integer, low=lo, above=above, below=below, high=high)
+    error = range_error(flag(f), v, integer=integer, low=lo, above=above, below=below,
+                        high=high)
     if error is not None:
         raise ValueError(error)
 
