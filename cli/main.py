@@ -38,7 +38,7 @@ ORDER = ("demo", "models", "plan", "extract", "info", "subset", "verify", "expor
 def load_command(name: str) -> Any:
     """The click command of a LAZY one (importing its module)."""
     module, attr, _ = LAZY[name]
-    one = typer.Typer()
+    one = typer.Typer(add_completion=False)  # completion is the app's, not a command's
     one.command(name)(getattr(importlib.import_module(module), attr))
     return typer.main.get_command(one)
 
@@ -83,6 +83,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"losa-cache {version('losa-cache')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """The app's own options (--version); its help is the Typer's."""
+
+
 app.command()(demo_cmds.demo)
 app.command()(store_cmds.models)
 app.command()(store_cmds.plan)

@@ -6,7 +6,10 @@
 Types come from the field annotations, defaults from the field defaults, help texts and
 choices (as enums: ``--help`` lists them) from the field metadata
 (:mod:`losa_cache.fields`), so a new field is a new flag and no help can drift.
-List fields become comma-separated strings (the command parses them).
+List fields become comma-separated strings (the command parses them); size fields
+(metadata ``unit``) take ``300MB``/``2GiB`` as well as a number in their unit
+(:func:`sizes` converts them). Flags sit in their field's help panel, core ones first,
+panels in :data:`losa_cache.fields.PANELS` order.
 """
 
 from __future__ import annotations
@@ -20,41 +23,107 @@ from typing import Annotated, Any
 
 import typer
 
-from losa_cache.fields import choices_of
+from losa_cache.fields import PANELS, choices_of, flag, size_in
 
-__all__ = ["command", "config_params", "param", "plain"]
+#: Choices longer than this ("a|b|c") show as <choice> and are listed in the help instead:
+#: a wide type column would cut the flag names at 80 columns.
+CHOICES_WIDTH = 14
 
-
-def param(name: str, annotation: Any, default: Any, help: str) -> inspect.Parameter:
-    """One keyword option ``--name`` (underscores become dashes)."""
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                             annotation=Annotated[annotation, typer.Option(help=help)])
+__all__ = ["command", "config_params", "extra_params", "param", "plain", "sizes"]
 
 
-def config_params(cls: type, skip: Iterable[str] = (),
-                  override: dict[str, tuple[Any, Any]] | None = None) -> list[inspect.Parameter]:
-    """An option per field of ``cls`` (``override``: name -> (annotation, default))."""
+def param(
+    name: str,
+    annotation: Any,
+    default: Any,
+    help: str,
+    panel: str | None = None,
+    flags: tuple[str, ...] = (),
+    metavar: str | None = None,
+) -> inspect.Parameter:
+    """One keyword option ``--name`` (underscores become dashes; or ``flags``), in help
+    ``panel`` (None: the core options)."""
+    option = typer.Option(*flags, help=help, rich_help_panel=panel, metavar=metavar)
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[annotation, option],
+    )
+
+
+def config_params(
+    cls: type, skip: Iterable[str] = (), override: dict[str, tuple[Any, Any]] | None = None
+) -> list[inspect.Parameter]:
+    """An option per field of ``cls`` (``override``: name -> (annotation, default)), core
+    options first, then panel by panel."""
     hints, override, out = typing.get_type_hints(cls), override or {}, []
     for f in fields(cls):
         if f.name in skip:
             continue
         name = f.metadata.get("cli") or f.name
-        default = None if f.default is MISSING else f.default
+        default, valid = (None if f.default is MISSING else f.default), None
         annotation = hints[f.name]
-        if typing.get_origin(annotation) is list or list in typing.get_args(annotation) or any(
-                typing.get_origin(a) is list for a in typing.get_args(annotation)):
+        if (
+            typing.get_origin(annotation) is list
+            or list in typing.get_args(annotation)
+            or any(typing.get_origin(a) is list for a in typing.get_args(annotation))
+        ):
             annotation, default = str | None, None  # comma-separated
+        elif f.metadata.get("unit"):
+            annotation, default = str | None, None  # 300MB or a number: sizes()
         elif (valid := choices_of(f)) is not None:
-            annotation = enum.Enum(f"{name.title().replace('_', '')}Choice",
-                                   {v: v for v in valid}, type=str)
+            annotation = enum.Enum(
+                f"{name.title().replace('_', '')}Choice", {v: v for v in valid}, type=str
+            )
             default = annotation(default)
         annotation, default = override.get(name, (annotation, default))
-        out.append(param(name, annotation, default, f.metadata["help"]))
-    return out
+        help, metavar = f.metadata["help"], None
+        if valid is not None and len("|".join(valid)) > CHOICES_WIDTH:  # a name column: uncut
+            help, metavar = f"{help} One of: {', '.join(valid)}.", "<choice>"
+        # a flag that is off by default is only --flag (no --no-flag column to squeeze)
+        flags = (flag(f),) if annotation is bool and default is False else ()
+        out.append(param(name, annotation, default, help, f.metadata.get("panel"), flags, metavar))
+    return sorted(out, key=_panel_rank)
 
 
-def command(body: Callable[..., None], params: list[inspect.Parameter], doc: str
-            ) -> Callable[..., None]:
+def _panel_rank(p: inspect.Parameter) -> int:
+    panel = typing.get_args(p.annotation)[1].rich_help_panel
+    return -1 if panel is None else PANELS.index(panel)
+
+
+def sizes(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every size field's text (``300MB``, or a number in the field's unit)
+    in its unit, as the config takes it."""
+    found = {(f.metadata.get("cli") or f.name): f for f in fields(cls) if f.metadata.get("unit")}
+    return {k: size_in(found[k], v) if k in found else v for k, v in values.items()}
+
+
+def extra_params(json_help: str) -> list[inspect.Parameter]:
+    """The options train and sweep add to their config's: storage options, --json, -q."""
+    return [
+        param(
+            "storage_options",
+            str | None,
+            None,
+            "fsspec options for a store URL as JSON (default: $LOSA_CACHE_STORAGE_OPTIONS).",
+            "Data",
+        ),
+        param("json_out", bool, False, json_help, "Output", ("--json",)),
+        param(
+            "quiet",
+            bool,
+            False,
+            "No progress on stderr (bars, notes, evaluation lines).",
+            "Output",
+            ("--quiet", "-q"),
+        ),
+    ]
+
+
+def command(
+    body: Callable[..., None], params: list[inspect.Parameter], doc: str
+) -> Callable[..., None]:
     """``body`` with the generated signature typer reads."""
 
     def run(**kwargs: Any) -> None:
@@ -62,10 +131,17 @@ def command(body: Callable[..., None], params: list[inspect.Parameter], doc: str
 
     run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in params}
-    run.__doc__, run.__name__ = doc, body.__name__.lstrip("_")
+    run.__doc__, run.__name__ = reflow(doc), body.__name__.lstrip("_")
     return run
 
 
 def plain(values: dict[str, Any]) -> dict[str, Any]:
     """Enum members -> their values."""
     return {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}
+
+
+def reflow(doc: str) -> str:
+    """Each paragraph of ``doc`` as one line: rich wraps it to the terminal instead of
+    keeping the source's line breaks (ragged at 80 columns)."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)

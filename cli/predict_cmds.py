@@ -158,6 +158,7 @@ def evaluate(
                    ] = None,
     workers: Annotated[int, typer.Option(help="I/O threads of the store reader.", min=0)] = 4,
     allow_incomplete: Annotated[bool, typer.Option(
+        "--allow-incomplete",
         help="Score an incomplete store's finished shards (says what fraction that is).")
                                 ] = False,
     json_out: JsonOpt = False,
@@ -170,7 +171,8 @@ def evaluate(
     checkpoint: Annotated[str | None, typer.Option(
         help="Video: the backbone weights (as for train --live).")] = None,
     pretrained: Annotated[bool, typer.Option(help="Video: timm weights, local cache.")] = False,
-    random_init: Annotated[bool, typer.Option(help="Video: random weights (tests).")] = False,
+    random_init: Annotated[bool, typer.Option(
+        "--random-init", help="Video: random weights (tests).")] = False,
     seed: Annotated[int, typer.Option(help="Video: seed of --random-init.")] = 0,
     device: Annotated[str, typer.Option(help="Video: auto | cpu | cuda | cuda:N.")] = "auto",
 ) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Annotated, Any
 
 import typer
 
-from losa_cache.cli.common import QuietOpt, emit_json, human_bytes, table, user_errors
+from losa_cache.cli.common import emit_json, human_bytes, table, user_errors
 from losa_cache.cli.errors import run_errors
-from losa_cache.cli.options import command, config_params, param
+from losa_cache.cli.options import command, config_params, extra_params, sizes
 
 __all__ = ["parse_layer_specs", "report", "sweep"]
 
@@ -74,9 +73,7 @@ LISTS: dict[str, tuple[str, Any]] = {
 
 
 def _sweep(json_out: bool, quiet: bool, storage_options: str | None, config: str | None,
-           memory_budget: str | None, store: str | None, **settings: Any) -> None:
-    from losa_cache.checks import parse_size
-    from losa_cache.cli.train_cmds import max_memory_mib
+           store: str | None, **settings: Any) -> None:
     from losa_cache.store.store import parse_storage_options
     from losa_cache.sweep import SweepConfig, load_entries, run_sweep
 
@@ -88,11 +85,8 @@ def _sweep(json_out: bool, quiet: bool, storage_options: str | None, config: str
         if config is not None and grid.keys() - {"tasks"}:
             raise ValueError("give --config or the grid options (--method/--rank/--layers/"
                              "--lr), not both")
-        settings["max_memory"] = max_memory_mib(settings.get("max_memory"))
-        budget = None if memory_budget is None else parse_size(memory_budget)
-        cfg = SweepConfig(store=store or "", **grid, **settings,
-                          configs=load_entries(config) if config else None,
-                          memory_budget=budget)
+        cfg = SweepConfig(store=store or "", **grid, **sizes(SweepConfig, settings),
+                          configs=load_entries(config) if config else None)
         res = run_sweep(cfg, progress=not quiet,
                         storage_options=parse_storage_options(storage_options))
     if json_out:
@@ -106,17 +100,8 @@ def _sweep(json_out: bool, quiet: bool, storage_options: str | None, config: str
 def _make() -> Any:
     from losa_cache.sweep import SweepConfig
 
-    extra = [param("storage_options", str | None, None, "fsspec options for a store URL as "
-                   "JSON (default: $LOSA_CACHE_STORAGE_OPTIONS)."),
-             inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False,
-                               annotation=Annotated[bool, typer.Option(
-                                   "--json", help="Print results.json.")]),
-             inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False,
-                               annotation=QuietOpt)]
-    params = config_params(SweepConfig, override={"memory_budget": (str | None, None),
-                                                  "max_memory": (str | None, None),
-                                                  "store": (str | None, None)})
-    return command(_sweep, [*params, *extra], SWEEP_DOC)
+    params = config_params(SweepConfig, override={"store": (str | None, None)})
+    return command(_sweep, [*params, *extra_params("Print results.json.")], SWEEP_DOC)
 
 
 sweep = _make()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-from losa_cache.cli.common import QuietOpt, emit_json, human_bytes
+from losa_cache.cli.common import emit_json, human_bytes
 from losa_cache.cli.errors import run_errors
-from losa_cache.cli.options import command, config_params, param
+from losa_cache.cli.options import command, config_params, extra_params, sizes
 
 __all__ = ["train"]
 
@@ -37,39 +36,19 @@ def _train(json_out: bool, quiet: bool, storage_options: str | None,
 
     with run_errors():
         options = parse_storage_options(storage_options)
-        settings["max_memory"] = max_memory_mib(settings["max_memory"])
-        metrics = run(TrainConfig(**settings), progress=not quiet, storage_options=options)
+        metrics = run(TrainConfig(**sizes(TrainConfig, settings)), progress=not quiet,
+                      storage_options=options)
     if json_out:
         emit_json(metrics)
     else:
         typer.echo(summary(metrics))
 
 
-def max_memory_mib(text: str | None) -> int | None:
-    """``--max-memory`` (train and sweep): a size such as 300MB or 1GiB, or a plain number
-    of MiB (the config's unit); rounded down to whole MiB, so the bound is never exceeded."""
-    if text is None:
-        return None
-    from losa_cache.checks import parse_size
-
-    mib = parse_size(text, plain=2**20) >> 20
-    if mib < 1:
-        raise ValueError(f"--max-memory {text!r} is under 1 MiB; give e.g. 300MB or 1GiB")
-    return mib
-
-
 def _make() -> Any:
     from losa_cache.train import TrainConfig
 
-    extra = [param("storage_options", str | None, None, "fsspec options for a store URL as "
-                   "JSON (default: $LOSA_CACHE_STORAGE_OPTIONS)."),
-             inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False,
-                               annotation=Annotated[bool, typer.Option(
-                                   "--json", help="Print the final metrics as JSON.")]),
-             inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False,
-                               annotation=QuietOpt)]
-    sizes = {"max_memory": (str | None, None)}  # 300MB, 1GiB or MiB: max_memory_mib
-    return command(_train, [*config_params(TrainConfig, override=sizes), *extra], DOC)
+    params = config_params(TrainConfig)
+    return command(_train, [*params, *extra_params("Print the final metrics as JSON.")], DOC)
 
 
 train = _make()

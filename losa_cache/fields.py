@@ -17,19 +17,31 @@ from typing import Any
 
 from losa_cache.checks import Bound, range_error
 
-__all__ = ["check_fields", "choices_of", "flag", "inherit", "metadata", "option"]
+__all__ = ["PANELS", "UNITS", "check_fields", "choices_of", "flag", "inherit", "metadata",
+           "option", "size_in"]
+
+#: The help panels of the generated flags, in the order ``--help`` shows them (a field
+#: without a panel is a core option: the first panel, "Options").
+PANELS = ("Method", "Optimisation", "Schedule", "Data", "Output", "Performance", "Costs",
+          "Live", "Live video")
+#: Units of size fields: a plain number is in the unit, ``300MB``/``2GiB`` are converted.
+UNITS = {"bytes": 1, "MiB": 2**20}
 
 
 def option(default: Any = MISSING, help: str = "", *, min: float | None = None,
            above: float | None = None, below: float | None = None, max: Bound | None = None,
            choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
-           factory: Callable[[], Any] | None = None, cli: str | None = None) -> Any:
+           factory: Callable[[], Any] | None = None, cli: str | None = None,
+           panel: str | None = None, unit: str | None = None) -> Any:
     """A dataclass field with help text, an allowed range (``v >= min``, ``v > above``,
     ``v < below``, ``v <= max``: a number, or a function giving (bound, why) such as
     :func:`losa_cache.checks.max_workers`), allowed ``choices`` (or a function giving them)
-    and, for the CLI, the flag's name when it differs from the field's (``cli``).
+    and, for the CLI, the flag's name when it differs from the field's (``cli``), its help
+    panel (one of :data:`PANELS`; none: a core option) and, for a size, its ``unit`` (one
+    of :data:`UNITS`: the flag also takes ``300MB``, ``2GiB``).
     Integers must fit in 64 bits and floats be finite whatever the range."""
-    meta = metadata(help, min=min, above=above, below=below, max=max, choices=choices, cli=cli)
+    meta = metadata(help, min=min, above=above, below=below, max=max, choices=choices, cli=cli,
+                    panel=panel, unit=unit)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -37,15 +49,18 @@ def option(default: Any = MISSING, help: str = "", *, min: float | None = None,
 
 def metadata(help: str, **rules: Any) -> dict[str, Any]:
     """The metadata :func:`option` stores (for ``field(default_factory=...)`` fields)."""
-    keys = ("min", "above", "below", "max", "choices", "cli")
+    keys = ("min", "above", "below", "max", "choices", "cli", "panel", "unit")
+    if rules.get("panel") not in (None, *PANELS):
+        raise ValueError(f"unknown help panel {rules['panel']!r}; one of {PANELS}")
     return {"help": help, **{k: rules.get(k) for k in keys}}
 
 
-def inherit(cls: type, name: str, help: str | None = None) -> Any:
-    """A field like ``cls``'s field ``name`` (default, range, choices; help unless given):
-    a sweep's fields that every run shares say what the run's do."""
+def inherit(cls: type, name: str, help: str | None = None, panel: str | None = None) -> Any:
+    """A field like ``cls``'s field ``name`` (default, range, choices, unit; help and panel
+    unless given): a sweep's fields that every run shares say what the run's do."""
     (f,) = (f for f in fields(cls) if f.name == name)
-    meta = {**f.metadata, **({"help": help} if help else {})}
+    meta = {**f.metadata, **({"help": help} if help else {}),
+            **({"panel": panel} if panel else {})}
     return field(default=f.default, metadata=meta)
 
 
@@ -102,3 +117,19 @@ def _is_float(hint: Any) -> bool:
     if hint is float:
         return True
     return any(_is_float(a) for a in typing.get_args(hint) if a is not type(None))
+
+
+def size_in(f: Field, text: str | int | None) -> int | None:
+    """A size flag's value in its field's unit: a plain number is in the unit already, a
+    size with a unit (``300MB``) is rounded down to whole units, so a bound never grows."""
+    if text is None:
+        return None
+    from losa_cache.checks import parse_size
+
+    unit = UNITS[f.metadata["unit"]]
+    value = parse_size(text, plain=unit) // unit
+    if unit > 1 and value < 1:
+        raise ValueError(
+            f"{flag(f)} {text!r} is under 1 {f.metadata['unit']}; give e.g. 300MB or 1GiB"
+        )
+    return value

@@ -60,3 +60,28 @@ def test_every_extract_config_field_is_an_extract_option() -> None:
     extract = _options()["extract"]
     fields = {flag(f.name) for f in dataclasses.fields(ExtractConfig)}
     assert fields - extract == set()
+
+
+def _helps(command: str) -> dict[str, str]:
+    """Long option -> its help text, for one command (lazy ones loaded)."""
+    from losa_cache.cli.main import load_command
+
+    return {o: p.help or "" for p in load_command(command).params for o in p.opts}
+
+
+def test_every_train_field_is_a_train_and_sweep_flag_with_one_help() -> None:
+    """train and sweep share every name and meaning: each TrainConfig field is a flag of
+    both, whose help is the field's (a sweep's grid flags and a few sweep notes add to it,
+    never replace it). ``--out``/``--resume`` name the sweep's own folder."""
+    from losa_cache.sweep.config import METHOD_FIELDS, NOT_SHARED
+    from losa_cache.train import TrainConfig
+
+    train, sweep = _helps("train"), _helps("sweep")
+    assert set(METHOD_FIELDS) >= {"rank", "width", "gather_k", "hidden", "lora_targets"}
+    for f in dataclasses.fields(TrainConfig):
+        help = f.metadata["help"]
+        assert train[flag(f.name)].startswith(help), f.name
+        if f.name not in NOT_SHARED:
+            assert sweep[flag(f.name)].startswith(help), f.name
+    for name in ("momentum", "warmup_steps", "label_smoothing", "stop_at", "width"):
+        assert sweep[flag(name)] == train[flag(name)]  # as in train, word for word

@@ -3,6 +3,8 @@ and ``models`` builds its meta-device architectures without timm's weight init."
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from typer.testing import CliRunner
 
@@ -49,3 +51,53 @@ def test_meta_architectures_skip_the_weight_init(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(AssertionError, match="weight init"):
         create_architecture("vit_micro", device="cpu")  # real weights are still drawn
 
+
+
+def _commands() -> list[tuple[list[str], object]]:
+    """(command path, click command) for every command and sub-command."""
+    import typer
+    import typer.main
+
+    out: list[tuple[list[str], object]] = []
+
+    def walk(cmd: object, path: list[str]) -> None:
+        out.append((path, cmd))
+        if hasattr(cmd, "list_commands"):
+            ctx = typer.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                walk(cmd.get_command(ctx, name), [*path, name])
+
+    walk(typer.main.get_command(main.app), [])
+    return out
+
+
+def test_help_at_80_columns_cuts_no_flag_name() -> None:
+    """Every option of every command appears whole in its ``--help`` at 80 columns (rich
+    shortens a name that does not fit: ``--checkpoint-eve…``)."""
+    runner = CliRunner()
+    for path, cmd in _commands():
+        res = runner.invoke(main.app, [*path, "--help"], env={"COLUMNS": "80"})
+        assert res.exit_code == 0, path
+        assert max(map(len, res.stdout.splitlines())) <= 80, path
+        names = {o for p in cmd.params for o in [*p.opts, *p.secondary_opts]}
+        cut = sorted(n for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])",
+                                                       res.stdout))
+        assert not cut, f"{' '.join(path)} --help cuts {cut}"
+
+
+def test_train_help_shows_the_core_options_first_then_panels() -> None:
+    res = CliRunner().invoke(main.app, ["train", "--help"], env={"COLUMNS": "80"})
+    titles = re.findall(r"╭─ ([A-Za-z ]+) ─", res.stdout)
+    assert titles[0] == "Options" and {"Method", "Optimisation", "Live video"} <= set(titles)
+    core = res.stdout.split("╭─ Method")[0]
+    assert all(f in core for f in ("--store", "--method", "--steps", "--lr", "--out"))
+    assert "--width" not in core and "--max-memory" not in core
+
+
+def test_version_prints_the_installed_version_without_loading_torch() -> None:
+    from importlib.metadata import version
+
+    res = CliRunner().invoke(main.app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"losa-cache {version('losa-cache')}"
+    (modules,) = loaded_after(["--version"])
+    assert not modules & HEAVY

@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -42,41 +43,45 @@ __all__ = [
     "slug",
 ]
 
-#: TrainConfig fields that only some methods use (``SideNetwork.uses``): rank, layers,
-#: hidden, MIST's width, gather_k, ...
-METHOD_FIELDS = tuple(sorted({n for s in list_sides() for n in get_side_class(s).uses}
-                             & {f.name for f in fields(TrainConfig)}))
-#: the side networks' own options: those a run id names when not at their defaults
-SIDE_FIELDS = METHOD_FIELDS
-#: SweepConfig fields every run's TrainConfig copies.
-SHARED_KEYS = ("store", "steps", "epochs", "batch_size", "optimizer", "weight_decay", "seed",
-               "max_memory", "compile",
-               "cache", "device", "amp", "workers", "train_split", "val_split", "test_split",
-               "eval_every", "log_every", "log", "checkpoint_every", "shuffle_buffer", "live",
-               "model",
-               "checkpoint", "pretrained", "random_init", "init_seed", "dataset", "data_root",
-               "limit")
+#: Grid fields: a list over the TrainConfig field the flag names (--method: methods).
+GRID = {"tasks": "task", "methods": "method", "ranks": "rank", "layers": "layers", "lrs": "lr"}
+#: TrainConfig fields a sweep does not pass to its runs: each run has its own folder, and
+#: --resume resumes the sweep (its runs resume from their checkpoints).
+NOT_SHARED = frozenset({"out", "resume"})
+
+
+def _uses(methods: list[str], uses: Callable[[str], tuple[str, ...]]) -> tuple[str, ...]:
+    """The TrainConfig fields any of ``methods`` reads."""
+    names = {n for m in methods for n in uses(m)}
+    return tuple(sorted(names & {f.name for f in fields(TrainConfig)}))
+
+
+#: the side networks' own options (rank, layers, MIST's width ...): those a run id names
+#: when not at their defaults
+SIDE_FIELDS = _uses(list_sides(), lambda s: get_side_class(s).uses)
+#: TrainConfig fields that only some methods use (the live baselines' too): a run of a
+#: method that ignores one keeps the default (one run, not one per value)
+METHOD_FIELDS = tuple(sorted({*SIDE_FIELDS, *_uses(list_baselines(), baseline_uses)}))
 #: TrainConfig fields a config entry may set; everything else is sweep-wide.
 ENTRY_KEYS = tuple(dict.fromkeys((
     "task", "method", "rank", "hidden", "layers", "lr", "optimizer", "momentum", "weight_decay",
     "label_smoothing", "warmup_steps", "seed", "batch_size", "steps", "epochs", "pool",
     "shuffle_buffer", *METHOD_FIELDS)))
 
-
 _f = option  # a field with help, range and choices (losa_cache.fields)
 
-#: Live baselines' TrainConfig fields (``losa_cache.baselines.BaselineOptions``) and losa's
-#: ablations: methods that use them read them, sweep-wide or per entry.
-BASELINE_KEYS = ("lora_targets", "lora_alpha", "prompt_tokens", "prompt_blocks", "tune_blocks",
-                 "adapter_scale")
-_MORE = ("start", "taps", *BASELINE_KEYS)
-METHOD_FIELDS = tuple(dict.fromkeys((*METHOD_FIELDS, *_MORE)))
-SHARED_KEYS = (*SHARED_KEYS, *_MORE)
-ENTRY_KEYS = tuple(dict.fromkeys((*ENTRY_KEYS, *_MORE)))
+
+def _grid(name: str, more: str) -> dict[str, Any]:
+    """A grid field's metadata: a list over TrainConfig's field ``name`` (its range,
+    choices, panel and help, then ``more``), flag ``--name``."""
+    meta = TrainConfig.__dataclass_fields__[name].metadata
+    return {**meta, "help": f"{meta['help']} {more}", "cli": name}
 
 
-def _t(name: str, help: str | None = None) -> Any:
-    return inherit(TrainConfig, name, help)
+def _t(name: str, more: str | None = None) -> Any:
+    """TrainConfig's field ``name``, its help (then ``more``, what it means in a sweep)."""
+    help = TrainConfig.__dataclass_fields__[name].metadata["help"]
+    return inherit(TrainConfig, name, f"{help} {more}" if more else None)
 
 
 @dataclass
@@ -86,29 +91,26 @@ class SweepConfig:
     store: str = _f("", "Feature store path or URL (not needed with --live).")
     out: str = _f("", "Sweep folder: results, adapters, every run's folder (default: a new "
                       "runs/sweep-<date>-<time>).")
-    tasks: list[str] | None = field(default=None, metadata=metadata(
-        "Labellings to train on, comma-separated (default: the store's).", cli="task"))
-    methods: list[str] = field(default_factory=lambda: ["losa", "linear"], metadata=metadata(
-        "Side networks, comma-separated; with --live also live baselines (full, lora, bitfit, "
-        "vpt, partial, mlp_only, attention_only, adaptformer): each runs its own backbone "
+    tasks: list[str] | None = field(default=None, metadata=_grid(
+        "task", "Several, comma-separated: each trains every config."))
+    methods: list[str] = field(default_factory=lambda: ["losa", "linear"], metadata=_grid(
+        "method", "Several, comma-separated; live baselines each run their own backbone "
         "forward and backward, so they train one after another, after the side networks "
-        "(which share one backbone pass).",
-        choices=lambda: [*list_sides(), *list_baselines()], cli="method"))
-    ranks: list[int] = field(default_factory=lambda: [64], metadata=metadata(
-        "Ranks, comma-separated, e.g. 4,8,16,64 (a method without a rank ignores it).", min=1,
-        cli="rank"))
-    layers: list[str] = field(default_factory=lambda: ["store"], metadata=metadata(
-        "Layer specs, e.g. evenly:1,evenly:4,all (an explicit list like 3,6,-1 is one spec; "
+        "(which share one backbone pass)."))
+    ranks: list[int] = field(default_factory=lambda: [64], metadata=_grid(
+        "rank", "Several, comma-separated, e.g. 4,8,16,64 (a method without a rank ignores "
+        "it)."))
+    layers: list[str] = field(default_factory=lambda: ["store"], metadata=_grid(
+        "layers", "Several, comma-separated, e.g. evenly:1,evenly:4,all (3,6,-1 is one spec; "
         "';' separates lists; a method without layers ignores them)."))
-    lrs: list[float | None] = field(default_factory=lambda: [None], metadata=metadata(
-        "Base lrs, comma-separated, e.g. 0.01,0.05 (default: the optimizer's).", above=0,
-        cli="lr"))
+    lrs: list[float | None] = field(default_factory=lambda: [None], metadata=_grid(
+        "lr", "Several, comma-separated, e.g. 0.01,0.05."))
     configs: list[dict[str, Any]] | None = field(default=None, metadata=metadata(
         "A JSON file: a list of config objects instead of the grid; values may be lists "
         "(expanded).", cli="config"))
     steps: int | None = _t("steps")
     epochs: float | None = _t("epochs")
-    batch_size: int = _t("batch_size", "Batch size (capped at each task's train split).")
+    batch_size: int = _t("batch_size")
     optimizer: str = _t("optimizer")
     weight_decay: float | None = _t("weight_decay")
     seed: int = _t("seed")
@@ -119,35 +121,32 @@ class SweepConfig:
     max_memory: int | None = _t("max_memory")
     compile: str = _t("compile")
     batching: str = _f("auto", "Same-shape models: auto (loop on CPU, the faster of both "
-                                   "on CUDA, timed) | loop | vmap.", choices=BATCHING)
+                                   "on CUDA, timed) | loop | vmap.", choices=BATCHING,
+                       panel="Performance")
     memory_budget: int | None = _f(None, "Memory the models of one group may use, e.g. "
-                                             "4GB (default: a share of free memory).", min=0)
+                                             "4GB (default: a share of free memory).", min=0,
+                                         panel="Performance", unit="bytes")
     eval_every: int | None = _t("eval_every")
     log_every: int | None = _t("log_every")
-    log: str = _t("log", "Also send every run's metrics.jsonl rows to: tensorboard (event "
-                         "files in each run's folder, so TensorBoard compares the runs; "
-                         "needs the tb extra) or a logger registered in Python.")
+    log: str = _t("log", "Each run logs into its own folder, so TensorBoard compares them.")
     checkpoint_every: int | None = _t("checkpoint_every")
     shuffle_buffer: int | None = _t("shuffle_buffer")
     speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).",
-                                min=0)
+                                min=0, panel="Costs")
     live_metrics: bool = _f(True, "Also measure the paper's setting: training memory (batch "
                                   "1) and img/s with the backbone forward, inference memory "
                                   "and img/s at batch 1 (a store sweep builds the store's "
-                                  "backbone with random weights for it).")
+                                  "backbone with random weights for it).", panel="Costs")
     costs: bool = _f(True, "Measure every config's costs after training (img/s over "
                            "--speed-batches steps, memory and inference at batch 1; it says "
                            "up front what it will time); --no-costs skips them (their "
-                           "columns stay empty).")
-    stop_after: int | None = _f(None, "Stop after N ticks (a piece of the data fed to "
-                                          "every run) with checkpoints (--resume later).", min=1)
+                           "columns stay empty).", panel="Costs")
+    stop_at: int | None = _t("stop_at")
     resume: bool = _f(False, "Continue the sweep in --out.")
     train_split: str = _t("train_split")
-    val_split: str = _t("val_split", "Validation split: selects the best config (auto: val, "
-                                     "val200 or validation; none).")
+    val_split: str = _t("val_split", "It selects the best config.")
     test_split: str = _t("test_split")
-    live: bool = _f(False, "Run the frozen backbone once per batch for every config "
-                               "instead of reading a store.")
+    live: bool = _t("live", "One backbone pass per batch serves every config.")
     model: str | None = _t("model")
     checkpoint: str | None = _t("checkpoint")
     pretrained: bool = _t("pretrained")
@@ -163,7 +162,29 @@ class SweepConfig:
     prompt_tokens: int = _t("prompt_tokens")
     prompt_blocks: int | None = _t("prompt_blocks")
     tune_blocks: int = _t("tune_blocks")
+    # the rest of every run's TrainConfig, sweep-wide (a --config entry may set them per run)
     adapter_scale: float = _t("adapter_scale")
+    alpha_init: float = _t("alpha_init")
+    hidden: int = _t("hidden")
+    temporal: bool = _t("temporal")
+    pool: str = _t("pool")
+    width: int = _t("width")
+    heads: int = _t("heads")
+    edge_blocks: int = _t("edge_blocks")
+    block_fn: str = _t("block_fn")
+    gather: str = _t("gather")
+    gather_k: int | None = _t("gather_k")
+    k_candidates: str = _t("k_candidates")
+    momentum: float = _t("momentum")
+    label_smoothing: float = _t("label_smoothing")
+    warmup_steps: int | None = _t("warmup_steps")
+    views: str = _t("views")
+    augment: str | None = _t("augment")
+    view_seed: int = _t("view_seed")
+    frames: int | None = _t("frames")
+    stride: int = _t("stride")
+    clip: str = _t("clip")
+    inflation: str = _t("inflation")
 
     def __post_init__(self) -> None:
         if not self.store and not self.live:
@@ -187,8 +208,18 @@ class SweepConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
+        data = {k: v for k, v in data.items() if k != VERSION_KEY}
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SweepConfig keys {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+
+#: SweepConfig fields every run's TrainConfig copies: all they share but the grid's
+SHARED_KEYS = tuple(f.name for f in fields(SweepConfig)
+                    if f.name in TrainConfig.__dataclass_fields__
+                    and f.name not in NOT_SHARED | set(GRID))
 
 
 @dataclass(frozen=True)
@@ -248,7 +279,7 @@ def expand_runs(cfg: SweepConfig, depth: int, store_layers: list[int],
     """Every (entry x task) as a RunSpec, duplicates dropped, ids unique."""
     runs: dict[str, RunSpec] = {}
     seen: set[str] = set()
-    for entry in (e for raw in _entries(cfg, default_task) for e in _with_k(raw, depth)):
+    for entry in (e for raw in _entries(cfg, default_task) for e in _with_k(cfg, raw, depth)):
         spec = _run(cfg, entry, depth, store_layers)
         key = _dedupe_key(spec, depth, store_layers)
         if key in seen:
@@ -276,14 +307,14 @@ def _entries(cfg: SweepConfig, default_task: str) -> list[dict[str, Any]]:
     return [{"task": t, **e} if "task" not in e else e for t in tasks for e in grid]
 
 
-def _with_k(entry: dict[str, Any], depth: int) -> list[dict[str, Any]]:
-    """MIST without ``gather_k``: one entry per candidate k, as ``train`` alone would
-    train and choose among on val (losa_cache/train/choose.py); the sweep keeps them all."""
-    if (entry.get("method") != "mist" or entry.get("gather", TrainConfig.gather) != "sum"
-            or entry.get("gather_k") is not None):
+def _with_k(cfg: SweepConfig, entry: dict[str, Any], depth: int) -> list[dict[str, Any]]:
+    """MIST without ``gather_k`` (in the entry or sweep-wide): one entry per candidate k, as
+    ``train`` alone would train and choose among on val (losa_cache/train/choose.py); the
+    sweep keeps them all."""
+    get = lambda name: entry.get(name, getattr(cfg, name))
+    if entry.get("method") != "mist" or get("gather") != "sum" or get("gather_k") is not None:
         return [entry]
-    ks = candidate_ks(entry.get("k_candidates", TrainConfig.k_candidates), depth)
-    return [{**entry, "gather_k": k} for k in ks]
+    return [{**entry, "gather_k": k} for k in candidate_ks(get("k_candidates"), depth)]
 
 
 def _product(entry: dict[str, Any]) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from losa_cache.side import SideConfig, create_side
 from losa_cache.train.keys import Key, side_inputs
 from losa_cache.train.optim import Optimizer, build_optimizer
-from losa_cache.train.run import forward_loss
+from losa_cache.train.run import forward_backward
 
 __all__ = ["PeakTracker", "backbone_flops", "backbone_images", "image_inputs",
            "inference_memory", "inference_speed", "live_inputs", "memory_at", "side_flops",
@@ -94,10 +94,9 @@ def image_inputs(net: torch.nn.Module, num_classes: int, batch: int, device: tor
 
 def _step(model: torch.nn.Module, opt: Optimizer, feats: dict, labels: torch.Tensor,
           amp: bool) -> None:
-    """A training step as a run takes it (the same forward and loss)."""
-    loss, _ = forward_loss(model, feats, labels, amp)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
+    """A training step as a run takes it (its forward, loss and backward, then the
+    optimizer's step)."""
+    forward_backward(model, opt, feats, labels, amp)
     opt.step()
 
 

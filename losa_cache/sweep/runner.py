@@ -131,17 +131,14 @@ def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource
         notes.append(no_val_note(info.splits, f"no best run is named (tasks {no_val})"))
     _say(progress, notes)
     by_key = {r.key: r for r in runs}
-    ticks_left = cfg.stop_after
     for gid, group in enumerate(groups):
         if _group_file(out, gid).is_file():
             continue
         assert inputs is not None
-        done, ticks = _train_group(cfg, source, inputs, device, gid, len(groups),
-                                   [by_key[k] for k in group.runs], sides, profs, progress,
-                                   ticks_left)
-        if not done:
+        done = _train_group(cfg, source, inputs, device, gid, len(groups),
+                            [by_key[k] for k in group.runs], sides, profs, progress)
+        if not done:  # --stop-at (every run stops there) or a run stopped otherwise
             return {"complete": False, "out": str(out), "group": gid, "notes": notes}
-        ticks_left = None if ticks_left is None else ticks_left - ticks
     rows_out = _with_speed(cfg, runs, sides, info.dtype, device, progress, source)
     return _finish(cfg, out, rows_out, groups, choice, inputs, notes)
 
@@ -283,9 +280,8 @@ def _finished(spec: RunSpec) -> bool:
 
 def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: torch.device,
                  gid: int, n: int, specs: list[RunSpec], sides: dict[str, SideConfig],
-                 profs: dict[str, Profile], progress: bool, ticks_left: int | None
-                 ) -> tuple[bool, int]:
-    """Train one group's runs to their ends; (all done, ticks taken)."""
+                 profs: dict[str, Profile], progress: bool) -> bool:
+    """Train one group's runs to their ends (or --stop-at): all done?"""
     t0, bytes0 = time.perf_counter(), inputs.bytes_read
     todo = [s for s in specs if not _finished(s)]
     runs = []
@@ -294,8 +290,7 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
         run = make_run(dataclasses.replace(s.train, resume=resume), source, device, s.key)
         run.start(tunable=frozenset())  # a member's checkpoint is its own, exactly
         runs.append(run)
-    engine = Engine(runs, inputs, progress, cfg.batching, ticks_left,
-                    label=f"group {gid + 1}/{n}")
+    engine = Engine(runs, inputs, progress, cfg.batching, label=f"group {gid + 1}/{n}")
     done = engine.train() if runs else True
     extra = {"bytes_read": inputs.bytes_read}
     for s, run in zip(todo, runs, strict=True):
@@ -306,7 +301,7 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
                                        run.model))
         _write_row(Path(s.train.out), row)
     if not done:
-        return False, engine.ticks
+        return False
     stats = {"group": gid, "num_runs": len(specs), "bytes_read": inputs.bytes_read - bytes0,
              "seconds": time.perf_counter() - t0, "ticks": engine.ticks,
              "batching": [{"runs": [m.name for m in g.members], "mode": g.mode,
@@ -315,7 +310,7 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
     safe_subdir(cfg.out, "groups")
     atomic_write_text(_group_file(Path(cfg.out), gid),
                       json.dumps(stats, indent=2, sort_keys=True) + "\n")
-    return True, engine.ticks
+    return True
 
 
 def _write_row(run_dir: Path, row: dict[str, Any]) -> None:

@@ -69,24 +69,25 @@ class TrainConfig:
     # range, help): LoSA/lowrank_mlp (side/losa.py), the side transformer (transformer.py)
     rank: int = inherit(LosaOptions, "rank", "Low-rank bottleneck r of the LoSA adaptors "
                                              "(Eq. 4; losa, lowrank_mlp), lora's rank, "
-                                             "adaptformer's bottleneck, last's Q/K/V width.")
-    alpha_init: float = inherit(LosaOptions, "alpha_init")
-    hidden: int = inherit(TransformerOptions, "hidden")
+                                             "adaptformer's bottleneck, last's Q/K/V width.",
+                                             panel="Method")
+    alpha_init: float = inherit(LosaOptions, "alpha_init", panel="Method")
+    hidden: int = inherit(TransformerOptions, "hidden", panel="Method")
     layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
-                              "all | last:N | evenly:N | 3,6,-1 (0-based).")
-    temporal: bool = inherit(LosaOptions, "temporal")
+                              "all | last:N | evenly:N | 3,6,-1 (0-based).", panel="Method")
+    temporal: bool = inherit(LosaOptions, "temporal", panel="Method")
     pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "
-                           "mean.", choices=POOLS)
-    start: str = inherit(LosaOptions, "start")
-    taps: str = inherit(LosaOptions, "taps")
+                           "mean.", choices=POOLS, panel="Method")
+    start: str = inherit(LosaOptions, "start", panel="Method")
+    taps: str = inherit(LosaOptions, "taps", panel="Method")
     # MIST's edge network: help and ranges from its options (losa_cache/side/mist.py)
-    width: int = inherit(MistOptions, "width")
-    heads: int = inherit(MistOptions, "heads")
-    edge_blocks: int = inherit(MistOptions, "edge_blocks")
-    block_fn: str = inherit(MistOptions, "block_fn")
-    gather: str = inherit(MistOptions, "gather")
-    gather_k: int | None = inherit(MistOptions, "gather_k")
-    k_candidates: str = inherit(MistOptions, "k_candidates")
+    width: int = inherit(MistOptions, "width", panel="Method")
+    heads: int = inherit(MistOptions, "heads", panel="Method")
+    edge_blocks: int = inherit(MistOptions, "edge_blocks", panel="Method")
+    block_fn: str = inherit(MistOptions, "block_fn", panel="Method")
+    gather: str = inherit(MistOptions, "gather", panel="Method")
+    gather_k: int | None = inherit(MistOptions, "gather_k", panel="Method")
+    k_candidates: str = inherit(MistOptions, "k_candidates", panel="Method")
     steps: int | None = _f(None, "Optimizer steps (default: min(20000, 100 epochs)).", min=1)
     epochs: float | None = _f(None, "Train for this many passes over the train split instead.",
                               above=0)
@@ -94,82 +95,92 @@ class TrainConfig:
                          max=BATCH_LIMIT)
     lr: float | None = _f(None, "Base lr (default 0.05 for SGD, scaled by batch/512; "
                                 "1e-3 for AdamW, not scaled).", above=0)
-    optimizer: str = _f("sgd", "sgd (momentum) | adamw.", choices=OPTIMIZERS)
-    momentum: float = _f(0.9, "SGD momentum, in [0, 1).", min=0, below=1)
+    optimizer: str = _f("sgd", "sgd (momentum) | adamw.", choices=OPTIMIZERS, panel="Optimisation")
+    momentum: float = _f(0.9, "SGD momentum, in [0, 1).", min=0, below=1, panel="Optimisation")
     weight_decay: float | None = _f(None, "Weight decay on weight matrices (default: 0 for "
-                                          "SGD, 0.05 for AdamW).", min=0)
+                                          "SGD, 0.05 for AdamW).", min=0, panel="Optimisation")
     label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy, in [0, 1).", min=0,
-                                below=1)
+                                below=1, panel="Optimisation")
     warmup_steps: int | None = _f(None, "Linear warmup steps (default: min(500, 10% of "
-                                        "steps)).", min=0)
+                                        "steps)).", min=0, panel="Schedule")
     seed: int = _f(0, "Seed of initialisation and batch order.", min=0)
     views: str = _f("all", "Augmented views of a store extracted with --views V: all (each "
                            "epoch a training row shows one of its clean + V views, drawn from "
                            "--seed, the epoch and the row) | clean. Live: N with --augment "
-                           "(the N views extract --views N --augment stores).")
+                           "(the N views extract --views N --augment stores).", panel="Data")
     augment: str | None = _f(None, "Live: the views' augmentation (extract's --augment, e.g. "
-                                   "rrc:0.08-1,flip), with --views N.")
-    view_seed: int = _f(0, "Live: seed of the views (extract's --view-seed).", min=0)
+                                   "rrc:0.08-1,flip), with --views N.", panel="Live")
+    view_seed: int = _f(0, "Live: seed of the views (extract's --view-seed).", min=0, panel="Live")
     cache: str = _f("auto", "Hold needed features in memory: auto (the fastest that fits) | "
-                            "gpu | ram | none (stream from the store).", choices=CACHE_MODES)
+                            "gpu | ram | none (stream from the store).", choices=CACHE_MODES,
+                    panel="Performance")
     shuffle_buffer: int | None = _f(None, "Shuffle buffer in rows: the batch order shuffles "
                                           "windows of this many consecutive rows (default: 4 "
-                                          "batches within 1 GiB of fp16 features).", min=1)
+                                          "batches within 1 GiB of fp16 features).", min=1,
+                                    panel="Data")
     workers: int = _f(-1, "I/O threads of the store reader, or with --live image decoding "
                           "processes; -1: auto (4 threads; live: a process per CPU core but "
-                          "one, at most 8, as extract).", min=-1, max=max_workers)
-    max_memory: int | None = _f(None, "Host memory in MiB the store reader may hold (shuffle "
-                                      "windows served and read ahead, and a batch): it bounds "
+                          "one, at most 8, as extract).", min=-1, max=max_workers,
+                      panel="Performance")
+    max_memory: int | None = _f(None, "Host memory the store reader may hold, e.g. 300MB, "
+                                      "1GiB, or a number of MiB (shuffle windows served and "
+                                      "read ahead, and a batch): it bounds "
                                       "the read-ahead, never the batch order (default: 1024, "
                                       "or 2 windows where more). On CPU it also has glibc "
                                       "return large freed buffers to the kernel (lower peak, "
-                                      "more CPU; LOSA_CACHE_MALLOC=on|off).", min=1)
+                                      "more CPU; LOSA_CACHE_MALLOC=on|off).", min=1,
+                                panel="Performance",
+                                unit="MiB")
     amp: str = _f("auto", "Compute precision: auto (bf16 autocast on CUDA and on CPUs "
                                   "with AVX512-BF16/AMX, else fp32) | bf16 | fp32.",
-                  choices=AMP)
+                  choices=AMP, panel="Performance")
     compile: str = _f("off", "torch.compile the side network for training steps: off | auto "
                              "(on CUDA only) | on; eager, with a warning, if compiling "
                              "fails. Not measured faster on CPU here, hence off.",
-                      choices=COMPILE)
-    device: str = _f("auto", "auto | cpu | cuda | cuda:N.")
-    train_split: str = _f("auto", "Training split (auto: train or train800).")
-    val_split: str = _f("auto", "Validation split (auto: val, val200 or validation; none).")
-    test_split: str = _f("auto", "Split scored at the end (auto: test; none).")
+                      choices=COMPILE, panel="Performance")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N.", panel="Performance")
+    train_split: str = _f("auto", "Training split (auto: train or train800).", panel="Data")
+    val_split: str = _f("auto", "Validation split (auto: val, val200 or validation; none).",
+                        panel="Data")
+    test_split: str = _f("auto", "Split scored at the end (auto: test; none).", panel="Data")
     eval_every: int | None = _f(None, "Validate every N steps (default: 10 times per run).",
-                                min=1)
+                                min=1, panel="Schedule")
     log_every: int | None = _f(None, "Log train metrics every N steps (default: ~20 per run).",
-                               min=1)
+                               min=1, panel="Output")
     # no choices: a saved config must load where its Python-registered logger is not
     log: str = _f("none", "Also send every metrics.jsonl row to: none | tensorboard (event "
                           "files in the run's folder; needs the tb extra) | a logger registered in "
-                          "Python (losa_cache.train.loggers.register_logger).")
+                          "Python (losa_cache.train.loggers.register_logger).", panel="Output")
     checkpoint_every: int | None = _f(None, "Checkpoint every N steps (default: eval_every).",
-                                      min=1)
+                                      min=1, panel="Schedule")
     resume: bool = _f(False, "Continue the run whose checkpoint is in --out.")
     stop_at: int | None = _f(None, "Stop after this step with a checkpoint (resume later).",
-                             min=1)
+                             min=1, panel="Schedule")
     live: bool = _f(False, "Run the frozen backbone on every batch instead of reading a store.")
     model: str | None = _f(None, "Live: backbone alias or timm name.")
-    checkpoint: str | None = _f(None, "Live: backbone weights file.")
-    pretrained: bool = _f(False, "Live: timm weights from the local cache.")
-    random_init: bool = _f(False, "Live: random backbone weights, on purpose.")
-    init_seed: int = _f(0, "Live: seed of --random-init (extract's --seed).", min=0)
+    checkpoint: str | None = _f(None, "Live: backbone weights file.", panel="Live")
+    pretrained: bool = _f(False, "Live: timm weights from the local cache.", panel="Live")
+    random_init: bool = _f(False, "Live: random backbone weights, on purpose.", panel="Live")
+    init_seed: int = _f(0, "Live: seed of --random-init (extract's --seed).", min=0, panel="Live")
     dataset: str | None = _f(None, "Live: data set spec (as for extract).")
-    data_root: str | None = _f(None, "Live: root folder of inat data sets.")
-    limit: int | None = _f(None, "Live: at most N images per split (extract's --limit).", min=1)
+    data_root: str | None = _f(None, "Live: root folder of inat data sets.", panel="Live")
+    limit: int | None = _f(None, "Live: at most N images per split (extract's --limit).", min=1,
+                           panel="Live")
     frames: int | None = _f(None, "Live video: frames per clip (default: the model's; "
-                                  "extract's --frames).", min=1)
-    stride: int = _f(2, "Live video: take every N-th frame (extract's --stride).", min=1)
+                                  "extract's --frames).", min=1, panel="Live video")
+    stride: int = _f(2, "Live video: take every N-th frame (extract's --stride).", min=1,
+                     panel="Live video")
     clip: str = _f("centre", "Live video: clip placement (extract's --clip).",
-                   choices=CLIP_PROTOCOLS)
+                   choices=CLIP_PROTOCOLS, panel="Live video")
     inflation: str = _f("central", "Live video: tubelet init from the 2D patch kernel "
-                                   "(extract's --inflation).", choices=INFLATIONS)
-    lora_targets: str = inherit(BaselineOptions, "lora_targets")
-    lora_alpha: float | None = inherit(BaselineOptions, "lora_alpha")
-    prompt_tokens: int = inherit(BaselineOptions, "prompt_tokens")
-    prompt_blocks: int | None = inherit(BaselineOptions, "prompt_blocks")
-    tune_blocks: int = inherit(BaselineOptions, "tune_blocks")
-    adapter_scale: float = inherit(BaselineOptions, "adapter_scale")
+                                   "(extract's --inflation).", choices=INFLATIONS,
+                        panel="Live video")
+    lora_targets: str = inherit(BaselineOptions, "lora_targets", panel="Method")
+    lora_alpha: float | None = inherit(BaselineOptions, "lora_alpha", panel="Method")
+    prompt_tokens: int = inherit(BaselineOptions, "prompt_tokens", panel="Method")
+    prompt_blocks: int | None = inherit(BaselineOptions, "prompt_blocks", panel="Method")
+    tune_blocks: int = inherit(BaselineOptions, "tune_blocks", panel="Method")
+    adapter_scale: float = inherit(BaselineOptions, "adapter_scale", panel="Method")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -220,10 +220,9 @@ class Engine:
     """Train ``runs`` from ``inputs`` until each is done, diverged, stopped or interrupted."""
 
     def __init__(self, runs: Sequence[Run], inputs: Inputs, progress: bool = False,
-                 batching: str = "loop", stop_after: int | None = None,
-                 label: str = "train") -> None:
+                 batching: str = "loop", label: str = "train") -> None:
         self.runs, self.inputs, self.progress = list(runs), inputs, progress
-        self.batching, self.stop_after, self.label = batching, stop_after, label
+        self.batching, self.label = batching, label
         self.ticks = 0
         self.bar: Any = None
         self._flushed = False  # a run logged since the bar's postfix was last set
@@ -260,11 +259,9 @@ class Engine:
                     if self._flushed:
                         bar.set_postfix(self._postfix(), refresh=False)
                         self._flushed = False
-                    if interrupted() or self.ticks == self.stop_after:
-                        self._stop_all("interrupted" if interrupted() else "--stop-after")
-                        if interrupted():
-                            raise KeyboardInterrupt
-                        return False
+                    if interrupted():
+                        self._stop_all("interrupted")
+                        raise KeyboardInterrupt
         finally:
             for stream in streams.values():
                 stream.close()

@@ -37,8 +37,8 @@ from losa_cache.train.optim import build_optimizer, build_scheduler, lr_factor
 from losa_cache.train.order import RowOrder, default_buffer_rows
 from losa_cache.train.sources import SourceInfo, TaskData
 
-__all__ = ["NonFiniteLossError", "Run", "compile_side", "cpu_has_bf16", "forward_loss",
-           "use_amp"]
+__all__ = ["NonFiniteLossError", "Run", "compile_side", "cpu_has_bf16", "forward_backward",
+           "forward_loss", "use_amp"]
 
 #: What a run folder holds (an earlier version's folder with these is adopted): the
 #: files above, MIST's candidates (``k/``), a lora baseline's ``peft/``, a sweep's row.
@@ -90,6 +90,16 @@ def forward_loss(model: torch.nn.Module, feats: Any, labels: torch.Tensor, amp: 
     with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(feats)  # (B, C)
     return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing), logits
+
+
+def forward_backward(model: torch.nn.Module, opt: Any, feats: Any, labels: torch.Tensor,
+                     amp: bool, smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits) of one batch, gradients in place: a training step up to the
+    optimizer's (:meth:`Run.train_step`; the sweep's cost measurement times this too)."""
+    loss, logits = forward_loss(model, feats, labels, amp, smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss, logits
 
 
 class Run:
@@ -246,9 +256,8 @@ class Run:
         the first failure of the compiled network on (one warning, one note)."""
         net = self.model if self.compiled is None else self.compiled
         try:
-            loss, logits = forward_loss(net, feats, labels, self.amp, self.cfg.label_smoothing)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, logits = forward_backward(net, self.opt, feats, labels, self.amp,
+                                            self.cfg.label_smoothing)
         except Exception as e:
             if net is self.model:
                 raise

@@ -10,6 +10,7 @@ import pytest
 from losa_cache.checks import parse_size as parse_bytes
 from losa_cache.cli.sweep_cmds import parse_layer_specs
 from losa_cache.sweep import SweepConfig, expand_runs, load_entries
+from losa_cache.train import TrainConfig
 
 
 def runs(**kw):  # vit_micro-like: 4 blocks, all stored
@@ -75,3 +76,60 @@ def test_parsers() -> None:
     assert parse_bytes("1e6") == 10**6
     with pytest.raises(ValueError, match="size"):
         parse_bytes("lots")
+
+
+def test_from_dict_round_trips_and_refuses_unknown_keys() -> None:
+    cfg = SweepConfig(store="s.zarr", out="o", ranks=[4, 8], width=32, stop_at=5)
+    assert SweepConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"unknown SweepConfig keys \['stop_after'\]; known "
+                                         r"keys: \[.*'stop_at'"):
+        SweepConfig.from_dict({**cfg.to_dict(), "stop_after": 1})
+
+
+def test_sweep_wide_method_options_reach_the_runs_that_read_them() -> None:
+    """MIST's --width/--gather-k, --momentum ... on the sweep's command line: every run that
+    reads one gets it (as train would), a method that ignores it keeps one run."""
+    got = runs(methods=["mist", "linear"], width=32, gather_k=2, momentum=0.5,
+               label_smoothing=0.1, warmup_steps=3, stop_at=4)
+    mist, linear = (next(r.train for r in got if r.train.method == m) for m in ("mist", "linear"))
+    assert len(got) == 2 and (mist.width, mist.gather_k) == (32, 2)
+    assert linear.width == TrainConfig.width and linear.gather_k is None
+    for t in (mist, linear):
+        assert (t.momentum, t.label_smoothing, t.warmup_steps, t.stop_at) == (0.5, 0.1, 3, 4)
+    # without gather_k, one run per candidate k of the sweep-wide --k-candidates
+    ks = [r.train.gather_k for r in runs(methods=["mist"], k_candidates="2,4")]
+    assert ks == [2, 4]
+
+
+def test_size_flags_take_units_in_train_and_sweep_alike() -> None:
+    """--max-memory is MiB in both (300MB rounds down), --memory-budget bytes."""
+    from losa_cache.cli.options import sizes
+
+    for cls in (TrainConfig, SweepConfig):
+        assert sizes(cls, {"max_memory": "300MB", "steps": 3}) == {"max_memory": 286,
+                                                                   "steps": 3}
+        assert sizes(cls, {"max_memory": "512"})["max_memory"] == 512
+        with pytest.raises(ValueError, match=r"--max-memory '10kB' is under 1 MiB"):
+            sizes(cls, {"max_memory": "10kB"})
+    assert sizes(SweepConfig, {"memory_budget": "2GiB"})["memory_budget"] == 2 * 2**30
+
+
+def test_sweep_cli_takes_a_max_memory_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sweep --max-memory 300MB` failed ("Input should be a valid integer") where train's
+    took it: the config the sweep gets holds the same MiB."""
+    from typer.testing import CliRunner
+
+    import losa_cache.sweep as sweep_pkg
+    from losa_cache.cli.main import app
+
+    got: list[SweepConfig] = []
+
+    def fake(cfg: SweepConfig, **_: object) -> dict:
+        got.append(cfg)
+        return {"complete": False, "group": 0}
+
+    monkeypatch.setattr(sweep_pkg, "run_sweep", fake)
+    res = CliRunner().invoke(app, ["sweep", "--store", "s.zarr", "--max-memory", "300MB",
+                                   "--width", "32", "--stop-at", "2"])
+    assert res.exit_code == 0, res.output
+    assert (got[0].max_memory, got[0].width, got[0].stop_at) == (286, 32, 2)

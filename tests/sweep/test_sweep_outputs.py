@@ -50,7 +50,7 @@ def test_best_as_a_symlink_is_refused_and_its_target_untouched(make_sweep, tmp_p
 
 
 def test_a_checkpoint_swapped_between_members_is_refused(make_sweep) -> None:
-    cfg = make_sweep(stop_after=1, **ONE)
+    cfg = make_sweep(stop_at=1, **ONE)
     run_sweep(cfg, progress=False)
     a, b = sorted(Path(cfg.out).glob("runs/full/*/checkpoint.pt"))
     data_a, data_b = a.read_bytes(), b.read_bytes()
@@ -65,7 +65,7 @@ def test_a_checkpoint_swapped_between_members_is_refused(make_sweep) -> None:
 
 
 def test_a_truncated_sweep_json_is_named(make_sweep) -> None:
-    cfg = make_sweep(stop_after=1, **ONE)
+    cfg = make_sweep(stop_at=1, **ONE)
     run_sweep(cfg, progress=False)
     doc = Path(cfg.out) / "sweep.json"
     doc.write_bytes(doc.read_bytes()[:100])

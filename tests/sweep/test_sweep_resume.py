@@ -47,13 +47,13 @@ def test_memory_budget_splits_into_groups_with_the_same_results(make_sweep, stra
 def test_stop_and_resume_gives_the_uninterrupted_results(make_sweep, straight, cache) -> None:
     biggest = max(r["train_memory_est"] for r in straight["results"])
     kw = {**GRID, "cache": cache, "memory_budget": biggest * 6, "checkpoint_every": 2}
-    first = run_sweep(make_sweep("cut", stop_after=1, **kw), progress=False)
+    first = run_sweep(make_sweep("cut", stop_at=1, **kw), progress=False)
     assert first["complete"] is False and first["group"] == 0
     out = Path(make_sweep("cut").out)
     assert list(out.glob("runs/*/*/checkpoint.pt")) and not (out / "results.json").exists()
-    # stop again (a tick is a window of 32 rows: later in the first group or in the
-    # second), then finish
-    second = run_sweep(make_sweep("cut", stop_after=3, resume=True, **kw), progress=False)
+    # stop again (every run after its step 3: later in the first group, or in the second),
+    # then finish
+    second = run_sweep(make_sweep("cut", stop_at=3, resume=True, **kw), progress=False)
     assert second.get("complete") is False and second["group"] >= first["group"]
     res = run_sweep(make_sweep("cut", resume=True, **kw), progress=False)
     assert res["summary"]["complete"] and (out / "results.json").is_file()
@@ -64,7 +64,7 @@ def test_stop_and_resume_gives_the_uninterrupted_results(make_sweep, straight, c
 
 
 def test_resume_refuses_other_runs_and_fresh_start_refuses_a_sweep(make_sweep) -> None:
-    run_sweep(make_sweep("a", stop_after=1), progress=False)
+    run_sweep(make_sweep("a", stop_at=1), progress=False)
     with pytest.raises(ValueError, match="already holds a sweep"):
         run_sweep(make_sweep("a"), progress=False)
     with pytest.raises(ValueError, match="runs differ"):
