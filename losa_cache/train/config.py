@@ -61,9 +61,9 @@ class TrainConfig:
     out: str = _f("", "Output folder: checkpoint, metrics, adapter (default: a new "
                       "runs/train-<date>-<time>).")
     task: str | None = _f(None, "Labelling of the store to train on (default: the store's).")
-    method: str = _f("losa", "Side network (the linear probe: linear), or a live baseline "
-                             "that trains the backbone (with --live; full, lora, bitfit, vpt, "
-                             "partial, mlp_only, attention_only, adaptformer).",
+    method: str = _f("losa", "Side network (the linear probe: linear), or with --live a live "
+                             "baseline that trains the backbone (`losa-cache plan --method M` "
+                             "prices any of them).",
                      choices=lambda: [*list_sides(), *list_baselines()])
     # every method option comes from its module's options (SideNetwork.options: default,
     # range, help): LoSA/lowrank_mlp (side/losa.py), the side transformer (transformer.py)

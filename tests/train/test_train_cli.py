@@ -69,10 +69,11 @@ def test_every_config_field_is_a_flag_with_its_help() -> None:
     text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "400"}).stdout
     for f in fields(TrainConfig):
         assert f.name in params, f.name
-        assert params[f.name].help == f.metadata["help"], f.name
         valid = choices_of(f)
+        listed = f" One of: {', '.join(valid)}." if valid else ""  # long lists: in the help
+        assert params[f.name].help in (f.metadata["help"], f.metadata["help"] + listed), f.name
         if valid is not None:  # choices as enums: --help lists them
-            assert "|".join(valid) in text, f.name
+            assert "|".join(valid) in text or listed in params[f.name].help, f.name
     for name in ("--shuffle-buffer", "--momentum", "--log-every", "--checkpoint-every",
                  "--pool", "--init-seed"):
         assert name in text
