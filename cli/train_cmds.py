@@ -20,7 +20,7 @@ DOC = """Train a LoSA side network (or the linear probe) from a store, then save
     metrics.jsonl, metrics.json, checkpoint.pt and adapter.{json,safetensors} into --out.
     Every option is a TrainConfig field. With --live the frozen backbone runs on every
     batch instead (same batches as a store, for the same seed). --live also runs the live
-    baselines (--method full|lora|bitfit|vpt|partial): the model is a trainable copy of the
+    baselines (full, lora, adaptformer ...: see --method): the model is a trainable copy of the
     backbone plus the same head, fed images; lora also saves peft's own adapter in peft/.
 
     Example: losa-cache train --store stores/demo.zarr --method losa --rank 16 --steps 300 \
