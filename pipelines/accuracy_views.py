@@ -19,8 +19,8 @@ Every views row records what its store cost: extraction seconds and bytes on dis
 k-shot rows of the cached methods are a split added to the V-view store (no new
 extraction); the live rows read a derived task folder listing the same images.
 
-Not run on the shared development machine: ``python -m losa_cache.pipelines.accuracy
---parts views,fewshot`` runs these rows alone (results are reused per part).
+``python -m losa_cache.pipelines.accuracy --parts views,fewshot`` runs these rows alone
+(results are reused per part); run ``accuracy-20261206-190217`` has the ``digits`` task.
 """
 
 from __future__ import annotations
