@@ -116,16 +116,19 @@ def extract_store(args: argparse.Namespace, store: Path) -> tuple[Any, float]:
 def selection_splits(args: argparse.Namespace, store: Path) -> tuple[str, str]:
     """(train split, selection split): ``val`` when the report is on test; else a held-out
     part of train, added to the store (``train_fit`` / ``holdout``, the same on a rerun)."""
+    from losa_cache.data.splits import carve_splits
     from losa_cache.store import open_store
-    from losa_cache.store.splits import add_split, holdout_rows
+    from losa_cache.store.splits import add_split
 
     if args.report == "test":
         return "train", "val"
-    fit, held = holdout_rows(
-        open_store(str(store)).split_rows("train", valid_only=False), args.holdout, args.seed
+    s = open_store(str(store))
+    rows = s.split_rows("train", valid_only=False)
+    carved = carve_splits(  # extract --split's carving: stratified by class, seeded
+        {"train": rows}, s.labels(s.default_task), f"holdout={args.holdout},seed={args.seed}"
     )
-    add_split(store, "train_fit", fit)
-    add_split(store, "holdout", held)
+    add_split(store, "train_fit", carved["train"])
+    add_split(store, "holdout", carved["holdout"])
     return "train_fit", "holdout"
 
 

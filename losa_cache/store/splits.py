@@ -1,5 +1,6 @@
 """Adding a split (a named set of rows) to a finished store: e.g. a held-out part of
-train for model selection, so the split a recipe reports is measured once.
+train for model selection (rows carved as ``extract --split`` carves them:
+losa_cache.data.splits), so the split a recipe reports is measured once.
 
 A split is the array ``splits/<name>`` plus its name in the manifest. Adding one writes
 the array, then switches the manifest in one write (as ``tasks add`` does), under the
@@ -18,25 +19,7 @@ from losa_cache.store import schema as S
 from losa_cache.store.lease import LABELLING, store_lock
 from losa_cache.store.store import FeatureStore, StoreError, open_group
 
-__all__ = ["add_split", "holdout_rows"]
-
-
-def holdout_rows(
-    rows: np.ndarray, size: int | float, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, held out): ``size`` rows (a fraction if < 1) drawn from ``rows`` by ``seed``,
-    both sorted; the same on every machine (numpy's PCG64)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    n = round(size * len(rows)) if size < 1 else int(size)
-    if not 1 <= n < len(rows):
-        raise ValueError(
-            f"a held-out part of {size} leaves {len(rows) - n} of {len(rows)} "
-            "rows to train on; choose a size between 1 row and all but one"
-        )
-    pick = np.random.default_rng([seed, len(rows)]).permutation(len(rows))[:n]
-    held = np.zeros(len(rows), dtype=bool)
-    held[pick] = True
-    return rows[~held], rows[held]
+__all__ = ["add_split"]
 
 
 def add_split(

@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 from losa_cache.adapter import load_adapter
+from losa_cache.data.splits import carve_splits
 from losa_cache.pipelines import inat, vtab
 from losa_cache.predict import evaluate_store
 from losa_cache.store import StoreError, open_store
-from losa_cache.store.splits import add_split, holdout_rows
+from losa_cache.store.splits import add_split
 
 #: Three of the 19 folders, one per Table 1 group.
 VTAB_FIXTURE = ("cifar", "eurosat", "clevr_count")
@@ -204,15 +205,21 @@ def test_add_split_refuses_other_rows(micro_store: str, tmp_path: Path) -> None:
 
     path = tmp_path / "s.zarr"
     shutil.copytree(micro_store, path)
-    rows = open_store(str(path)).split_rows("train")
-    fit, held = holdout_rows(rows, 0.25, seed=0)
-    assert holdout_rows(rows, 0.25, seed=0)[1].tolist() == held.tolist()  # seeded
+    s = open_store(str(path))
+    rows, labels = s.split_rows("train"), s.labels(s.default_task)
+
+    def holdout_rows(n: int | float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        carved = carve_splits({"train": rows}, labels, f"holdout={n},seed={seed}")
+        return np.asarray(carved["train"]), np.asarray(carved["holdout"])
+
+    fit, held = holdout_rows(0.25, seed=0)
+    assert holdout_rows(0.25, seed=0)[1].tolist() == held.tolist()  # seeded
     assert add_split(path, "holdout", held) and not add_split(path, "holdout", held)
     with pytest.raises(StoreError, match="other rows"):
         add_split(path, "holdout", fit)
     assert np.array_equal(open_store(str(path)).split_rows("holdout"), held)
-    with pytest.raises(ValueError, match="leaves 0"):
-        holdout_rows(rows, len(rows))
+    with pytest.raises(ValueError, match="train"):  # nothing left to train on
+        holdout_rows(len(rows))
 
 
 def test_inat_dry_run_defaults(
