@@ -136,6 +136,8 @@ def top_level_errors(args: list[str] | None = None) -> Iterator[None]:
         return
     try:
         yield
+    except BrokenPipeError:  # stdout's reader went away (`... --help | head`): not an error
+        raise typer.Exit(0) from None
     except OSError as e:
         typer.echo(f"error: {describe(e, args)}", err=True)
         raise typer.Exit(OS_EXIT if not isinstance(e, FileNotFoundError) else 2) from None

@@ -251,7 +251,8 @@ def extract(
         str,
         typer.Option(
             help="demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
-            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH (video: a vivit_* model). "
+            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH (video: a vivit_* model)"
+            " | wds:PATTERN | hf:PATH (docs/data-and-logging.md). "
             "imagefolder:PATH takes PATH/<class>/*.jpg (all rows in train: add --split "
             "val=0.1,test=0.1) or PATH/train/<class>/*.jpg with val/ and test/ beside train/ "
             "(its own splits)."
