@@ -23,13 +23,13 @@ from typing import Annotated, Any
 
 import typer
 
-from losa_cache.fields import PANELS, choices_of, flag, size_in
+from losa_cache.fields import PANELS, choices_of, flag, parse_list, size_in
 
 #: Choices longer than this ("a|b|c") show as <choice> and are listed in the help instead:
 #: a wide type column would cut the flag names at 80 columns.
 CHOICES_WIDTH = 14
 
-__all__ = ["command", "config_params", "extra_params", "param", "plain", "sizes"]
+__all__ = ["command", "config_params", "extra_params", "lists", "param", "plain", "sizes"]
 
 
 def param(
@@ -62,13 +62,10 @@ def config_params(
         if f.name in skip:
             continue
         name = f.metadata.get("cli") or f.name
-        default, valid = (None if f.default is MISSING else f.default), None
+        default, valid, metavar = (None if f.default is MISSING else f.default), None, None
         annotation = hints[f.name]
-        if (
-            typing.get_origin(annotation) is list
-            or list in typing.get_args(annotation)
-            or any(typing.get_origin(a) is list for a in typing.get_args(annotation))
-        ):
+        if _is_list(annotation):
+            metavar = _list_metavar(annotation)
             annotation, default = str | None, None  # comma-separated
         elif f.metadata.get("unit"):
             annotation, default = str | None, None  # 300MB or a number: sizes()
@@ -78,13 +75,22 @@ def config_params(
             )
             default = annotation(default)
         annotation, default = override.get(name, (annotation, default))
-        help, metavar = f.metadata["help"], None
+        help = f.metadata["help"]
         if valid is not None and len("|".join(valid)) > CHOICES_WIDTH:  # a name column: uncut
             help, metavar = f"{help} One of: {', '.join(valid)}.", "<choice>"
         # a flag that is off by default is only --flag (no --no-flag column to squeeze)
         flags = (flag(f),) if annotation is bool and default is False else ()
         out.append(param(name, annotation, default, help, f.metadata.get("panel"), flags, metavar))
     return sorted(out, key=_panel_rank)
+
+
+def _list_metavar(annotation: Any) -> str:
+    """``<int,..>``: a list flag's element kind, as its help shows it."""
+    text = str(annotation)
+    if "dict" in text:
+        return "<file>"  # --config: a JSON file of entries
+    kind = next((k for k in ("bool", "int", "float") if k in text), "text")
+    return f"<{ {'float': 'num'}.get(kind, kind)},..>"
 
 
 def _panel_rank(p: inspect.Parameter) -> int:
@@ -97,6 +103,19 @@ def sizes(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     in its unit, as the config takes it."""
     found = {(f.metadata.get("cli") or f.name): f for f in fields(cls) if f.metadata.get("unit")}
     return {k: size_in(found[k], v) if k in found else v for k, v in values.items()}
+
+
+def lists(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every list field's text (``4,16,64``) as its list of values."""
+    hints = typing.get_type_hints(cls)
+    found = {(f.metadata.get("cli") or f.name): f for f in fields(cls) if _is_list(hints[f.name])}
+    return {k: parse_list(found[k], hints[found[k].name], v)
+            if k in found and isinstance(v, str) else v for k, v in values.items()}
+
+
+def _is_list(annotation: Any) -> bool:
+    return (typing.get_origin(annotation) is list or list in typing.get_args(annotation)
+            or any(typing.get_origin(a) is list for a in typing.get_args(annotation)))
 
 
 def extra_params(json_help: str) -> list[inspect.Parameter]:

@@ -8,39 +8,13 @@ import typer
 
 from losa_cache.cli.common import emit_json, human_bytes, table, user_errors
 from losa_cache.cli.errors import run_errors
-from losa_cache.cli.options import command, config_params, extra_params, sizes
+from losa_cache.cli.options import command, config_params, extra_params, lists, sizes
 
-__all__ = ["parse_layer_specs", "report", "sweep"]
+__all__ = ["report", "sweep"]
 
 
 def _opt(help: str, *names: str) -> Any:
     return typer.Option(*names, help=help)
-
-
-def _split(text: str | None) -> list[str] | None:
-    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
-
-
-def parse_layer_specs(text: str) -> list[str]:
-    """'evenly:1,evenly:4,all' -> 3 specs; runs of integers stay one explicit list
-    ('3,6,-1' is one spec); ';' separates specs when several explicit lists are needed."""
-    if ";" in text:
-        return [p.strip() for p in text.split(";") if p.strip()]
-    specs: list[str] = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        if part.lstrip("-").isdigit() and specs and specs[-1].replace(",", "").replace(
-                "-", "").isdigit():
-            specs[-1] += f",{part}"
-        else:
-            specs.append(part)
-    return specs
-
-
-def _numbers(text: str | None, kind: type, name: str) -> list[Any] | None:
-    try:
-        return None if text is None else [kind(p) for p in _split(text) or []]
-    except ValueError:
-        raise ValueError(f"--{name} takes comma-separated numbers, got {text!r}") from None
 
 
 SWEEP_DOC = """Train the cross product of configs (or a --config list) in one pass over the data.
@@ -58,19 +32,15 @@ them; they train one after another (a group each), before the side networks, whi
 share one backbone pass. results.csv gives every run's costs from the store and with the
 backbone forward (the paper's setting), inference at batch 1, and GMACs.
 
+Every run setting (method, rank, layers, lr, optimizer, seed, batch size, steps, the
+methods' own options such as --width or --prompt-tokens) takes several values,
+comma-separated (';' between values that hold commas: --layers 1,3;0,3,
+--lora-targets qkv;qkv,fc1, --k-candidates 4,8;12): the grid is their cross product;
+with --config they are the entries' defaults.
+
 Example: losa-cache sweep --store stores/demo.zarr --method losa,linear --rank 4,16,64 \
 --layers evenly:1,all --lr 0.01,0.05 --epochs 5 --out runs/sweep
 """
-
-#: list fields of SweepConfig, as the CLI spells them: comma-separated values
-LISTS: dict[str, tuple[str, Any]] = {
-    "task": ("tasks", lambda t: _split(t)),
-    "method": ("methods", lambda t: _split(t)),
-    "rank": ("ranks", lambda t: _numbers(t, int, "rank")),
-    "layers": ("layers", parse_layer_specs),
-    "lr": ("lrs", lambda t: _numbers(t, float, "lr")),
-}
-
 
 def _sweep(json_out: bool, quiet: bool, storage_options: str | None, config: str | None,
            store: str | None, **settings: Any) -> None:
@@ -78,14 +48,7 @@ def _sweep(json_out: bool, quiet: bool, storage_options: str | None, config: str
     from losa_cache.sweep import SweepConfig, load_entries, run_sweep
 
     with run_errors():
-        grid = {field: parse(settings.pop(name)) for name, (field, parse) in LISTS.items()
-                if settings.get(name) is not None}
-        for name in LISTS:
-            settings.pop(name, None)
-        if config is not None and grid.keys() - {"tasks"}:
-            raise ValueError("give --config or the grid options (--method/--rank/--layers/"
-                             "--lr), not both")
-        cfg = SweepConfig(store=store or "", **grid, **sizes(SweepConfig, settings),
+        cfg = SweepConfig(store=store or "", **lists(SweepConfig, sizes(SweepConfig, settings)),
                           configs=load_entries(config) if config else None)
         res = run_sweep(cfg, progress=not quiet,
                         storage_options=parse_storage_options(storage_options))

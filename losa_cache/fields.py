@@ -10,6 +10,7 @@ and no help text can drift.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, field, fields
@@ -17,8 +18,8 @@ from typing import Any
 
 from losa_cache.checks import Bound, range_error
 
-__all__ = ["PANELS", "UNITS", "check_fields", "choices_of", "flag", "inherit", "metadata",
-           "option", "size_in"]
+__all__ = ["PANELS", "UNITS", "check_fields", "choices_of", "compose", "flag", "inherit",
+           "metadata", "option", "parse_list", "size_in"]
 
 #: The help panels of the generated flags, in the order ``--help`` shows them (a field
 #: without a panel is a core option: the first panel, "Options").
@@ -62,6 +63,27 @@ def inherit(cls: type, name: str, help: str | None = None, panel: str | None = N
     meta = {**f.metadata, **({"help": help} if help else {}),
             **({"panel": panel} if panel else {})}
     return field(default=f.default, metadata=meta)
+
+
+def compose(base: type, options: dict[str, Any], panel: str) -> type:
+    """``base`` (a dataclass) extended by the methods' option fields (``options``: name ->
+    :class:`losa_cache.methods.OptionField`), each in help ``panel``, its help naming the
+    methods that read it. The result takes ``base``'s name and module (pickle finds it)."""
+    own = {f.name for f in fields(base)}
+    spec = []
+    for name, o in options.items():
+        if name in own:
+            continue
+        f, who = o.field, ", ".join(o.methods)
+        help = f.metadata.get("help", "")
+        meta = {**f.metadata, "panel": panel,
+                "help": help if help.startswith(o.methods[0] + ":") else f"{who}: {help}"}
+        spec.append((name, o.hint, field(default=f.default, metadata=meta)
+                     if f.default_factory is MISSING else
+                     field(default_factory=f.default_factory, metadata=meta)))
+    cls = dataclasses.make_dataclass(base.__name__, spec, bases=(base,))
+    cls.__module__, cls.__qualname__, cls.__doc__ = base.__module__, base.__qualname__, base.__doc__
+    return cls
 
 
 def flag(f: Field) -> str:
@@ -133,3 +155,29 @@ def size_in(f: Field, text: str | int | None) -> int | None:
             f"{flag(f)} {text!r} is under 1 {f.metadata['unit']}; give e.g. 300MB or 1GiB"
         )
     return value
+
+
+def parse_list(f: Field, hint: Any, text: str) -> list[Any]:
+    """A list field's command-line text: comma-separated values (or the field's own
+    ``parse``, for values that hold commas), each of the list's element type; ``none``
+    is the default where the element may be None."""
+    parse = f.metadata.get("parse")
+    parts = parse(text) if parse else [p.strip() for p in text.split(",") if p.strip()]
+    (element,) = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    element = typing.get_args(element)[0] if typing.get_origin(element) is list else element
+    return [_value(f, element, p) for p in parts]
+
+
+def _value(f: Field, hint: Any, text: str) -> Any:
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if text.lower() in ("none", "default") and type(None) in typing.get_args(hint):
+        return None
+    kind = kinds[0]
+    try:
+        if kind is bool:
+            return {"true": True, "1": True, "yes": True, "false": False, "0": False,
+                    "no": False}[text.lower()]
+        return kind(text) if kind in (int, float) else text
+    except (KeyError, ValueError):
+        want = {bool: "true or false", int: "integers", float: "numbers"}[kind]
+        raise ValueError(f"{flag(f)} takes comma-separated {want}, got {text!r}") from None

@@ -15,21 +15,19 @@ attention included; FLOPs = 2 x MACs as it counts a matmul). Backbone MACs come 
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from losa_cache.baselines.methods import (
-    BaselineOptions,
-    baseline_uses,
     build_baseline,
     count_baseline,
-    is_baseline,
     prune_for_head,
+    saved_options,
 )
 from losa_cache.compute import backbone_cost
+from losa_cache.methods import get_method, list_methods
 
 __all__ = ["method_cost"]
 
@@ -88,8 +86,7 @@ def _baseline(
 ) -> tuple[dict[str, Any], int]:
     from losa_cache.side import SideConfig
 
-    cfg = SimpleNamespace(rank=rank or DEFAULT_RANK, **{**BaselineOptions().__dict__, **options})
-    BaselineOptions(**{k: getattr(cfg, k) for k in BaselineOptions.__dataclass_fields__})
+    cfg = saved_options({"rank": rank or DEFAULT_RANK, **options})  # defaults, checked
     pruned = prune_for_head(copy.deepcopy(net))
     tokens = net.num_prefix_tokens + net.patch_embed.num_patches
     head = SideConfig(
@@ -107,7 +104,7 @@ def _baseline(
     info = {
         "kind": "live baseline",
         "learned_params": count_baseline(method, pruned, cfg),
-        "rank": cfg.rank if "rank" in baseline_uses(method) else None,
+        "rank": cfg.rank if "rank" in get_method(method).uses else None,
     }
     return info, _macs(run, x) - _macs(pruned.forward_features, x)
 
@@ -123,15 +120,12 @@ def method_cost(
     """Learned parameters (head excluded) and GMACs / GFLOPs per image of ``method`` on the
     architecture ``net`` (a timm ViT, best on the meta device); ``options``: a baseline's
     (``prompt_tokens``...) or a side network's own (losa: ``start``, ``taps``)."""
-    from losa_cache.baselines import list_baselines
-    from losa_cache.side import list_sides
-
-    if method not in (known := [*list_sides(), *list_baselines()]):
+    if method not in (known := list_methods()):
         raise ValueError(
             f"unknown --method {method!r}; choose a side network or a live "
             f"baseline: {', '.join(known)}"
         )
-    if is_baseline(method):
+    if get_method(method).live:
         info, method_macs = _baseline(net, method, rank, options or {})
         backbone = backbone_cost(net)
         setting = "every step runs the whole backbone (forward + backward through it)"

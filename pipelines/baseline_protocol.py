@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from losa_cache.baselines.methods import is_baseline, list_baselines
+from losa_cache.baselines.methods import list_baselines
 
 __all__ = [
     "DEFAULT_LRS",
@@ -120,7 +120,7 @@ def run_baseline(
     """
     from losa_cache.train import train
 
-    if not is_baseline(method):
+    if method not in list_baselines():
         raise ValueError(f"unknown live baseline {method!r}; choose one of {list_baselines()}")
     if final not in FINAL_SPLITS:
         raise ValueError(f"final must be one of {FINAL_SPLITS}, got {final!r}")

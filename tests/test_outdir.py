@@ -55,7 +55,7 @@ def test_folders_that_would_collide_are_refused() -> None:
 
 
 def test_sweep_tasks_that_slug_alike_write_separate_folders() -> None:
-    cfg = SweepConfig(store="s.zarr", out="o", methods=["linear"], tasks=["a/b", "a_b"])
+    cfg = SweepConfig(store="s.zarr", out="o", method=["linear"], task=["a/b", "a_b"])
     runs = expand_runs(cfg, depth=4, store_layers=[0, 1, 2, 3], default_task="t")
     outs = {r.task: Path(r.train.out).parent for r in runs}
     assert outs["a/b"] != outs["a_b"], outs
@@ -63,7 +63,7 @@ def test_sweep_tasks_that_slug_alike_write_separate_folders() -> None:
 
 
 def test_sweep_tasks_differing_only_in_case_are_refused() -> None:
-    cfg = SweepConfig(store="s.zarr", out="o", methods=["linear"], tasks=["Dog", "dog"])
+    cfg = SweepConfig(store="s.zarr", out="o", method=["linear"], task=["Dog", "dog"])
     with pytest.raises(ValueError, match="would share the output folder"):
         expand_runs(cfg, depth=4, store_layers=[0, 1, 2, 3], default_task="t")
 

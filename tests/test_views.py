@@ -245,8 +245,8 @@ def test_sweep_member_with_views_equals_the_run_alone(views_store: Path, tmp_pat
 
     from losa_cache.sweep import RunSpec, SweepConfig, run_sweep
 
-    cfg = SweepConfig(store=str(views_store), out=str(tmp_path / "s"), methods=["losa", "linear"],
-                      ranks=[2], layers=["all"], lrs=[0.05], steps=7, batch_size=4, workers=0,
+    cfg = SweepConfig(store=str(views_store), out=str(tmp_path / "s"), method=["losa", "linear"],
+                      rank=[2], layers=["all"], lr=[0.05], steps=7, batch_size=4, workers=0,
                       device="cpu", speed_batches=0, amp="fp32", cache="none")  # fmt: skip
     run_sweep(cfg, progress=False)
     doc = json.loads((Path(cfg.out) / "sweep.json").read_text())

@@ -20,16 +20,32 @@ gets the adapter's added), so any block with ``norm2`` and ``mlp`` works unchang
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from losa_cache.baselines.methods import BaselineMethod, register_baseline
+from losa_cache.fields import check_fields, option
 
-__all__ = ["ADAPTFORMER", "ParallelAdapter", "adapter_params"]
+__all__ = ["ADAPTFORMER", "AdaptformerOptions", "ParallelAdapter", "adapter_params"]
 
 ATTR = "adaptformer"  # the adapter's name inside each block
+
+
+@dataclass(frozen=True)
+class AdaptformerOptions:
+    """adaptformer's own setting (its bottleneck is the run's ``--rank``)."""
+
+    adapter_scale: float = option(
+        0.1,
+        "adaptformer: scale s of the parallel adapter's output (bottleneck: --rank).",
+        above=0,
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def adapter_params(dim: int, bottleneck: int) -> int:
@@ -89,7 +105,8 @@ ADAPTFORMER = register_baseline(
     BaselineMethod(
         "adaptformer",
         trainable=lambda net, cfg: [],
-        uses=("rank", "adapter_scale"),
+        uses=("rank",),
+        options=AdaptformerOptions,
         added_params=_count,
         attach=_attach,
     )

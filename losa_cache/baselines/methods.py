@@ -27,7 +27,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from losa_cache.fields import check_fields, option
+from losa_cache.methods import Method, get_method, list_methods, option_fields, register
 from losa_cache.side.head import ClassifierHead
 
 __all__ = [
@@ -43,14 +44,17 @@ __all__ = [
     "IMAGES",
     "LORA_MODULES",
     "BaselineMethod",
-    "BaselineOptions",
     "LiveBaseline",
+    "LoraOptions",
+    "PartialOptions",
+    "VptOptions",
     "baseline_uses",
     "build_baseline",
     "count_baseline",
     "is_baseline",
     "list_baselines",
     "lora_regex",
+    "option_defaults",
     "register_baseline",
     "saved_options",
     "trainable_names",
@@ -58,6 +62,7 @@ __all__ = [
 
 #: The feature key under which a live feed hands a baseline its preprocessed images.
 IMAGES = -1
+#: the built-in live baselines of the LoSA paper (more register from their own modules)
 BASELINES = ("full", "lora", "bitfit", "vpt", "partial")
 #: LoRA target names -> the timm ViT module they name inside each block.
 LORA_MODULES = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
@@ -66,28 +71,37 @@ PEFT_DIR = "peft"
 
 
 @dataclass(frozen=True)
-class BaselineOptions:
-    """The TrainConfig fields the live baselines read (besides ``rank`` for lora)."""
+class LoraOptions:
+    """lora's own settings (its rank is the run's ``--rank``)."""
 
     lora_targets: str = option(
         "qkv,proj,fc1,fc2",
         "lora: the block layers LoRA adapts, comma-separated, of qkv, proj, fc1, fc2.",
     )
     lora_alpha: float | None = option(None, "lora: LoRA's alpha (default: the rank).", above=0)
-    prompt_tokens: int = option(10, "vpt: learned prompt tokens per prompted block.", min=1)
-    prompt_blocks: int | None = option(
-        None, "vpt: prompt the first K blocks (default: all).", min=1
-    )
-    tune_blocks: int = option(1, "partial: fine-tune the last K blocks.", min=1)
-    adapter_scale: float = option(
-        0.1,
-        "adaptformer: scale s of the parallel adapter's output (bottleneck: --rank).",
-        above=0,
-    )
 
     def __post_init__(self) -> None:
         check_fields(self)
         lora_regex(self.lora_targets)
+
+
+@dataclass(frozen=True)
+class VptOptions:
+    prompt_tokens: int = option(10, "vpt: learned prompt tokens per prompted block.", min=1)
+    prompt_blocks: int | None = option(
+        None, "vpt: prompt the first K blocks (default: all).", min=1
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class PartialOptions:
+    tune_blocks: int = option(1, "partial: fine-tune the last K blocks.", min=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def _nothing_added(net: nn.Module, cfg: Any) -> int:
@@ -96,47 +110,45 @@ def _nothing_added(net: nn.Module, cfg: Any) -> int:
 
 @dataclass(frozen=True)
 class BaselineMethod:
-    """A live baseline from its own module: the backbone parameters it trains, the
+    """A live baseline: the backbone parameters it trains, its own settings, the
     parameters it adds (counted without building) and how it adds them."""
 
     name: str
-    #: (pruned backbone, TrainConfig) -> the backbone parameter names it trains
+    #: (pruned backbone, run config) -> the backbone parameter names it trains
     trainable: Callable[[nn.Module, Any], list[str]]
-    #: the TrainConfig fields it reads (a sweep dedups on the others)
+    #: the run's common settings it reads (``rank``); its options are read too
     uses: tuple[str, ...] = ()
-    #: (pruned backbone, possibly on meta, TrainConfig) -> parameters it adds
+    #: its own settings: a dataclass of option() fields, validated with the run's config
+    options: type | None = None
+    #: (pruned backbone, possibly on meta, run config) -> parameters it adds
     added_params: Callable[[nn.Module, Any], int] = _nothing_added
     #: adds its (trainable) modules to the pruned backbone copy in place, seeded
     attach: Callable[[nn.Module, Any], None] | None = None
 
 
-_REGISTERED: dict[str, BaselineMethod] = {}
-
-
 def register_baseline(method: BaselineMethod) -> BaselineMethod:
-    """Register a live baseline under ``method.name``; refuses a name already taken."""
-    if method.name in BASELINES or method.name in _REGISTERED:
-        raise ValueError(f"live baseline {method.name!r} is already registered; pick another name")
-    _REGISTERED[method.name] = method
+    """Register a live baseline under ``method.name`` in the one method registry."""
+    register(Method(method.name, method, options=method.options, live=True, reads=method.uses))
     return method
 
 
 def list_baselines() -> list[str]:
-    return [*BASELINES, *_REGISTERED]
+    return list_methods(live=True)
 
 
 def is_baseline(method: str) -> bool:
-    return method in BASELINES or method in _REGISTERED
-
-
-#: The TrainConfig fields each baseline reads (a sweep makes one run of configs that
-#: differ only in fields their method ignores, as for ``SideNetwork.uses``).
-_USES = {"full": (), "bitfit": (), "lora": ("rank", "lora_targets", "lora_alpha"),
-         "vpt": ("prompt_tokens", "prompt_blocks"), "partial": ("tune_blocks",)}  # fmt: skip
+    return method in list_methods(live=True)
 
 
 def baseline_uses(method: str) -> tuple[str, ...]:
-    return _REGISTERED[method].uses if method in _REGISTERED else _USES[method]
+    return get_method(method).uses
+
+
+def _impl(method: str) -> BaselineMethod:
+    m = get_method(method)
+    if not m.live:
+        raise ValueError(f"unknown live baseline {method!r}; choose one of {list_baselines()}")
+    return m.impl
 
 
 def lora_regex(targets: str) -> str:
@@ -151,17 +163,21 @@ def lora_regex(targets: str) -> str:
     return rf".*blocks\.\d+\.({alternatives})"
 
 
-def options_of(cfg: Any) -> BaselineOptions:
-    return BaselineOptions(**{k: getattr(cfg, k) for k in BaselineOptions.__dataclass_fields__})
+def option_defaults() -> dict[str, Any]:
+    """Every live baseline's own settings at their defaults (plan prices one without a run)."""
+    return {n: o.field.default for n, o in option_fields(live=True).items()}
 
 
 def saved_options(train_config: dict[str, Any]) -> SimpleNamespace:
-    """What :func:`build_baseline` reads (the options and ``rank``) from a run's saved
-    train config (an adapter's), validated as :class:`BaselineOptions`; missing keys
-    (older runs) take their defaults."""
-    known = BaselineOptions.__dataclass_fields__
-    opts = BaselineOptions(**{k: v for k, v in train_config.items() if k in known})
-    return SimpleNamespace(**asdict(opts), rank=train_config["rank"])
+    """What :func:`build_baseline` reads (every live baseline's settings and ``rank``)
+    from a run's saved train config (an adapter's), each method's checked by its options
+    dataclass; missing keys (older runs) take their defaults."""
+    values = {**option_defaults(), **{k: v for k, v in train_config.items()
+                                      if k in option_defaults()}}
+    for name in list_baselines():
+        if (opts := _impl(name).options) is not None:
+            opts(**{f.name: values[f.name] for f in fields(opts)})
+    return SimpleNamespace(**values, rank=train_config["rank"])
 
 
 def _blocks_arg(net: nn.Module, k: int | None, flag: str) -> int:
@@ -174,20 +190,7 @@ def _blocks_arg(net: nn.Module, k: int | None, flag: str) -> int:
 
 def trainable_names(method: str, net: nn.Module, cfg: Any) -> list[str]:
     """Backbone parameters (by name) the method trains; LoRA and prompts add their own."""
-    opts = options_of(cfg)
-    names = [n for n, _ in net.named_parameters()]
-    if method in _REGISTERED:
-        return _REGISTERED[method].trainable(net, cfg)
-    if method == "full":
-        return names
-    if method == "bitfit":
-        return [n for n in names if n.endswith("bias")]
-    if method == "partial":
-        depth = len(net.blocks)
-        first = depth - _blocks_arg(net, opts.tune_blocks, "--tune-blocks")
-        keep = tuple(f"blocks.{i}." for i in range(first, depth))
-        return [n for n in names if n.startswith(keep)]
-    return []  # lora, vpt: the backbone stays frozen
+    return _impl(method).trainable(net, cfg)
 
 
 def _lora_layers(net: nn.Module, targets: str) -> Iterator[nn.Linear]:
@@ -200,23 +203,9 @@ def _lora_layers(net: nn.Module, targets: str) -> Iterator[nn.Linear]:
 def count_baseline(method: str, net: nn.Module, cfg: Any) -> int:
     """Learned parameters (head excluded, as in the paper) of ``method`` on ``net`` (a
     pruned architecture, possibly on the meta device): nothing is built or trained."""
-    opts = options_of(cfg)
     params = dict(net.named_parameters())
     own = sum(params[n].numel() for n in trainable_names(method, net, cfg))
-    if method in _REGISTERED:
-        own += _REGISTERED[method].added_params(net, cfg)
-    if method == "lora":
-        own += sum(
-            cfg.rank * (m.in_features + m.out_features)
-            for m in _lora_layers(net, opts.lora_targets)
-        )
-    if method == "vpt":
-        own += (
-            opts.prompt_tokens
-            * _blocks_arg(net, opts.prompt_blocks, "--prompt-blocks")
-            * int(net.embed_dim)
-        )
-    return own
+    return own + _impl(method).added_params(net, cfg)
 
 
 def prune_for_head(net: nn.Module) -> nn.Module:
@@ -327,41 +316,33 @@ def build_baseline(
     """A fresh copy of ``net`` (the backbone's timm model) made trainable the method's way,
     with the head of ``head_config`` (a SideConfig); ``cfg`` (a TrainConfig) holds the
     options. Seeded: the same start for every lr of a grid."""
-    if not is_baseline(method):
-        raise ValueError(f"unknown live baseline {method!r}; choose one of {list_baselines()}")
-    opts = options_of(cfg)
+    impl = _impl(method)
     net = prune_for_head(copy.deepcopy(net)).requires_grad_(False)
     torch.manual_seed(seed)
     head = ClassifierHead.from_config(head_config)
     for name in trainable_names(method, net, cfg):
         net.get_parameter(name).requires_grad_(True)
-    prompts = peft_model = None
-    if method == "lora":
-        peft_model = _add_lora(net, cfg.rank, opts)
-    elif method == "vpt":
-        prompts = _prompts(net, opts)
-    elif method in _REGISTERED and _REGISTERED[method].attach is not None:
-        _REGISTERED[method].attach(net, cfg)
-    return LiveBaseline(method, net, head, prompts, peft_model)
+    extra = (impl.attach(net, cfg) if impl.attach is not None else None) or {}
+    return LiveBaseline(method, net, head, **extra)
 
 
-def _add_lora(net: nn.Module, rank: int, opts: BaselineOptions) -> Any:
-    """peft LoRA in place (B = 0: the output starts unchanged); returns the PeftModel."""
+def _add_lora(net: nn.Module, cfg: Any) -> dict[str, Any]:
+    """peft LoRA in place (B = 0: the output starts unchanged), rank ``cfg.rank``."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise ImportError("the lora baseline needs peft: pip install peft") from None
     config = LoraConfig(
-        r=rank,
-        lora_alpha=opts.lora_alpha or rank,
+        r=cfg.rank,
+        lora_alpha=cfg.lora_alpha or cfg.rank,
         lora_dropout=0.0,
-        target_modules=lora_regex(opts.lora_targets),
+        target_modules=lora_regex(cfg.lora_targets),
         bias="none",
     )
-    return get_peft_model(net, config)
+    return {"peft_model": get_peft_model(net, config)}
 
 
-def _prompts(net: nn.Module, opts: BaselineOptions) -> nn.Parameter:
+def _prompts(net: nn.Module, cfg: Any) -> dict[str, Any]:
     """(K, N, D) prompt tokens, VPT's uniform init over the patch embedding's fan-in."""
     for attr in ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks"):
         if not hasattr(net, attr):
@@ -369,9 +350,46 @@ def _prompts(net: nn.Module, opts: BaselineOptions) -> nn.Parameter:
                 f"vpt needs a timm VisionTransformer (this {type(net).__name__} "
                 f"lacks {attr}); use another baseline for it"
             )
-    k = _blocks_arg(net, opts.prompt_blocks, "--prompt-blocks")
+    k = _blocks_arg(net, cfg.prompt_blocks, "--prompt-blocks")
     dim = int(net.embed_dim)
     proj = net.patch_embed.proj
     fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
     bound = math.sqrt(6.0 / float(fan_in + dim))
-    return nn.Parameter(torch.empty(k, opts.prompt_tokens, dim).uniform_(-bound, bound))
+    init = torch.empty(k, cfg.prompt_tokens, dim).uniform_(-bound, bound)
+    return {"prompts": nn.Parameter(init)}
+
+
+def _all(net: nn.Module, cfg: Any) -> list[str]:
+    return [n for n, _ in net.named_parameters()]
+
+
+def _biases(net: nn.Module, cfg: Any) -> list[str]:
+    return [n for n in _all(net, cfg) if n.endswith("bias")]
+
+
+def _last_blocks(net: nn.Module, cfg: Any) -> list[str]:
+    depth = len(net.blocks)
+    first = depth - _blocks_arg(net, cfg.tune_blocks, "--tune-blocks")
+    keep = tuple(f"blocks.{i}." for i in range(first, depth))
+    return [n for n in _all(net, cfg) if n.startswith(keep)]
+
+
+def _none(net: nn.Module, cfg: Any) -> list[str]:
+    return []  # the backbone stays frozen: the method adds its own parameters
+
+
+def _lora_params(net: nn.Module, cfg: Any) -> int:
+    return sum(cfg.rank * (m.in_features + m.out_features)
+               for m in _lora_layers(net, cfg.lora_targets))
+
+
+def _prompt_params(net: nn.Module, cfg: Any) -> int:
+    blocks = _blocks_arg(net, cfg.prompt_blocks, "--prompt-blocks")
+    return cfg.prompt_tokens * blocks * int(net.embed_dim)
+
+
+for _m in (BaselineMethod("full", _all), BaselineMethod("bitfit", _biases),
+           BaselineMethod("lora", _none, ("rank",), LoraOptions, _lora_params, _add_lora),
+           BaselineMethod("vpt", _none, (), VptOptions, _prompt_params, _prompts),
+           BaselineMethod("partial", _last_blocks, (), PartialOptions)):
+    register_baseline(_m)

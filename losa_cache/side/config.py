@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from itertools import pairwise
 from typing import Any
 
+from losa_cache.methods import option_fields
 from losa_cache.side.layers import parse_layers
 from losa_cache.side.registry import get_side_class, list_sides
 
@@ -36,7 +37,15 @@ def library_version() -> str:
         return "0+unknown"
 
 
-@dataclass(frozen=True)
+def _own_options(method: str) -> list[Any]:
+    """The option fields ``method`` keeps beside the base fields (rank, layers ... are
+    base fields)."""
+    cls = get_side_class(method)
+    base = {f.name for f in fields(SideConfig)}
+    return [f for f in fields(cls.options) if f.name not in base] if cls.options else []
+
+
+@dataclass(frozen=True, init=False)
 class SideConfig:
     """A side network on cached block outputs b_1..b_L of shape (B, T, D) each."""
 
@@ -68,13 +77,6 @@ class SideConfig:
             "(frame-major) and token mixing is spatial + temporal (Eq. 6)."
         },
     )
-    temporal: bool = field(
-        default=True,
-        metadata={
-            "help": "Video (frames > 1): token mixing adds g_temporal to g_spatial (Eq. 6); "
-            "False keeps g_spatial only. Ignored for images."
-        },
-    )
     pool: str = field(
         default="auto",
         metadata={
@@ -82,34 +84,48 @@ class SideConfig:
             "tokens) or 'auto' ('cls' for images with a prefix token, else 'mean')."
         },
     )
-    alpha_init: float = field(
-        default=1.0, metadata={"help": "Initial value of each side layer's scale alpha (Eq. 4)."}
-    )
-    hidden: int = field(
-        default=64, metadata={"help": "Hidden width h of the side transformer (D -> h)."}
-    )
-    start: str = field(
-        default="b_last", metadata={"help": "losa: y_0, b_last | embed (z0) (Table 6)."}
-    )
-    taps: str = field(
-        default="block",
-        metadata={"help": "losa: what g_i adds, block | attn | mlp | attn+mlp (Table 4)."},
-    )
     dropout: float = field(
         default=0.0, metadata={"help": "Dropout before the head's linear layer, in [0, 1)."}
     )
-    # MIST's edge network (side/mist.py: MistOptions holds their ranges)
-    width: int = field(default=16, metadata={"help": "mist: total Q/K/V width of LAE."})
-    heads: int = field(default=1, metadata={"help": "mist: attention heads sharing width."})
-    edge_blocks: int = field(default=4, metadata={"help": "mist: edge network blocks."})
-    block_fn: str = field(default="attention", metadata={"help": "mist: attention | mlp | dwconv."})
-    gather: str = field(default="sum", metadata={"help": "mist: input map, sum (G_k) | last."})
-    gather_k: int | None = field(
-        default=None, metadata={"help": "mist: k of G_k, 1-based (None: the depth)."}
+    options: tuple[tuple[str, Any], ...] = field(
+        default=(),
+        metadata={"help": "The method's own settings (its options dataclass: LoSA's start, "
+                          "MIST's width ...) as sorted (name, value) pairs; read as "
+                          "attributes (config.width), given as keywords."},
     )
-    k_candidates: str = field(
-        default="thirds", metadata={"help": "mist: k chosen among on val (thirds | 4,8,12)."}
-    )
+
+    def __init__(self, num_layers: int, dim: int, tokens: int, num_classes: int,
+                 **settings: Any) -> None:
+        """The base fields by name; any other keyword is an option of the method (one a
+        registered side network declares): the method's are kept, at their defaults when
+        not given, another method's are dropped (TrainConfig passes every method's)."""
+        given = {"num_layers": num_layers, "dim": dim, "tokens": tokens,
+                 "num_classes": num_classes, **settings}
+        own = dict(given.pop("options", ()))
+        for f in fields(SideConfig):
+            if f.name != "options":
+                value = given.pop(f.name) if f.name in given else f.default
+                object.__setattr__(self, f.name, value)
+        known = set(option_fields(live=False))
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ValueError(f"unknown SideConfig keys {unknown}; known keys: "
+                             f"{sorted({f.name for f in fields(SideConfig)} | known)}")
+        if self.method not in list_sides():
+            raise ValueError(f"unknown method {self.method!r}; choose one of {list_sides()}")
+        values = {f.name: own.get(f.name, given.get(f.name, f.default))
+                  for f in _own_options(self.method)}
+        object.__setattr__(self, "options", tuple(sorted(values.items())))
+        self.__post_init__()
+
+    def __getattr__(self, name: str) -> Any:
+        """The method's options as attributes (only reached when no field matches)."""
+        if not name.startswith("__"):
+            for key, value in self.__dict__.get("options", ()):
+                if key == name:
+                    return value
+        raise AttributeError(f"{type(self).__name__} of method "
+                             f"{self.__dict__.get('method')!r} has no setting {name!r}")
 
     def __post_init__(self) -> None:
         self._coerce_layers()
@@ -139,7 +155,7 @@ class SideConfig:
         return value
 
     def _check_sizes(self) -> None:
-        for name in ("num_layers", "dim", "tokens", "num_classes", "frames", "hidden"):
+        for name in ("num_layers", "dim", "tokens", "num_classes", "frames"):
             self._positive(name)
         if not isinstance(self.prefix_tokens, int) or not 0 <= self.prefix_tokens < self.tokens:
             raise ValueError(
@@ -205,8 +221,10 @@ class SideConfig:
     # ---------------------------------------------------------------- JSON
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (sorted keys, layers as a list), stamped with the library version."""
-        data = asdict(self)
+        """Plain flat dict (sorted keys, layers as a list, the method's options beside the
+        base fields), stamped with the library version."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        data |= dict(self.options)
         data["layers"] = list(self.layers)
         data[VERSION_KEY] = library_version()
         return dict(sorted(data.items()))
@@ -214,12 +232,7 @@ class SideConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SideConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, the version stamp is ignored."""
-        data = {k: v for k, v in data.items() if k != VERSION_KEY}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown SideConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k != VERSION_KEY})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)

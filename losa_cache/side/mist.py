@@ -283,6 +283,15 @@ class MistSide(SideNetwork):
     options = MistOptions
     sizes = ("width", "edge_blocks")
 
+    @staticmethod
+    def expand(settings: dict[str, Any], depth: int) -> list[dict[str, Any]]:
+        """Without ``gather_k``, a run per candidate k (chosen among on val: ``train``
+        keeps the best, a sweep keeps them all); else the run itself."""
+        get = lambda name: settings.get(name, getattr(MistOptions, name))
+        if get("gather") != "sum" or get("gather_k") is not None:
+            return [settings]
+        return [{**settings, "gather_k": k} for k in candidate_ks(get("k_candidates"), depth)]
+
     def __init__(self, config: SideConfig) -> None:
         super().__init__(config)
         self.edge = nn.ModuleList(EdgeBlock(config) for _ in range(config.edge_blocks))

@@ -11,43 +11,36 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from losa_cache.methods import Method, get_method, list_methods, register
+
 __all__ = ["create_side", "get_side_class", "learned_params", "list_sides", "register_side"]
 
 S = TypeVar("S", bound=type)
 
-_SIDES: dict[str, Any] = {}  # name -> SideNetwork subclass
-
-
 def register_side(name: str) -> Callable[[S], S]:
-    """Class decorator registering a side network class under ``name``; refuses duplicates."""
+    """Class decorator registering a side network class under ``name`` in the one method
+    registry (:mod:`losa_cache.methods`); refuses duplicates."""
 
     def decorate(cls: S) -> S:
         if not (isinstance(cls, type) and callable(getattr(cls, "blocks", None))
                 and hasattr(cls, "count_learned_params")):
             raise TypeError(f"@register_side({name!r}) needs a SideNetwork subclass, got {cls!r}")
-        if name in _SIDES:
-            old = _SIDES[name]
-            raise ValueError(
-                f"side network {name!r} is already registered by "
-                f"{old.__module__}.{old.__qualname__}; pick another name"
-            )
-        _SIDES[name] = cls
+        register(Method(name, cls, options=cls.options, expand=getattr(cls, "expand", None)))
         return cls
 
     return decorate
 
 
 def list_sides() -> list[str]:
-    """Registered method names, sorted."""
-    return sorted(_SIDES)
+    """Registered side-network names, sorted."""
+    return sorted(list_methods(live=False))
 
 
 def get_side_class(name: str) -> Any:
     """The SideNetwork subclass registered under ``name``."""
-    try:
-        return _SIDES[name]
-    except KeyError:
-        raise ValueError(f"unknown side network {name!r}; registered: {list_sides()}") from None
+    if name not in list_methods(live=False):
+        raise ValueError(f"unknown side network {name!r}; registered: {list_sides()}")
+    return get_method(name).impl
 
 
 def create_side(config: Any) -> Any:

@@ -1,8 +1,8 @@
 """Sweeps: many side networks trained from one pass over a feature store.
 
     from losa_cache.sweep import SweepConfig, run_sweep
-    out = run_sweep(SweepConfig(store="stores/demo.zarr", methods=["losa", "linear"],
-                                ranks=[4, 16], layers=["evenly:1", "all"], lrs=[0.01, 0.05],
+    out = run_sweep(SweepConfig(store="stores/demo.zarr", method=["losa", "linear"],
+                                rank=[4, 16], layers=["evenly:1", "all"], lr=[0.01, 0.05],
                                 epochs=5, out="runs/sweep"))
 
 Modules: ``config`` (SweepConfig, grid expansion into TrainConfigs), ``grouping`` (memory

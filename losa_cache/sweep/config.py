@@ -17,17 +17,17 @@ import hashlib
 import itertools
 import json
 import re
+import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from losa_cache.baselines import baseline_uses, is_baseline, list_baselines
-from losa_cache.fields import check_fields, inherit, metadata, option
+from losa_cache.fields import check_fields, metadata, option
+from losa_cache.methods import get_method, list_methods
 from losa_cache.outdir import folder_name, folder_names
-from losa_cache.side import get_side_class, list_sides, parse_layers
+from losa_cache.side import parse_layers
 from losa_cache.side.config import VERSION_KEY, library_version
-from losa_cache.side.mist import candidate_ks
 from losa_cache.train import TrainConfig
 from losa_cache.train.batching import BATCHING
 from losa_cache.train.config import DEFAULT_LR
@@ -43,94 +43,78 @@ __all__ = [
     "slug",
 ]
 
-#: Grid fields: a list over the TrainConfig field the flag names (--method: methods).
-GRID = {"tasks": "task", "methods": "method", "ranks": "rank", "layers": "layers", "lrs": "lr"}
 #: TrainConfig fields a sweep does not pass to its runs: each run has its own folder, and
 #: --resume resumes the sweep (its runs resume from their checkpoints).
 NOT_SHARED = frozenset({"out", "resume"})
-
-
-def _uses(methods: list[str], uses: Callable[[str], tuple[str, ...]]) -> tuple[str, ...]:
-    """The TrainConfig fields any of ``methods`` reads."""
-    names = {n for m in methods for n in uses(m)}
-    return tuple(sorted(names & {f.name for f in fields(TrainConfig)}))
-
-
-#: the side networks' own options (rank, layers, MIST's width ...): those a run id names
-#: when not at their defaults
-SIDE_FIELDS = _uses(list_sides(), lambda s: get_side_class(s).uses)
-#: TrainConfig fields that only some methods use (the live baselines' too): a run of a
-#: method that ignores one keeps the default (one run, not one per value)
-METHOD_FIELDS = tuple(sorted({*SIDE_FIELDS, *_uses(list_baselines(), baseline_uses)}))
-#: TrainConfig fields a config entry may set; everything else is sweep-wide.
+#: the settings some methods read (their options, rank, layers ...): a run of a method
+#: that ignores one keeps the default (one run, not one per value)
+METHOD_FIELDS = tuple(sorted({n for m in list_methods() for n in get_method(m).uses}))
+#: the side networks' settings (a run id names them when not at their defaults)
+SIDE_FIELDS = tuple(sorted({n for m in list_methods(live=False) for n in get_method(m).uses}))
+#: TrainConfig fields a sweep varies: each a list (one run per value, the grid is their
+#: cross product), on the command line and in a --config entry; the rest are sweep-wide.
 ENTRY_KEYS = tuple(dict.fromkeys((
-    "task", "method", "rank", "hidden", "layers", "lr", "optimizer", "momentum", "weight_decay",
+    "task", "method", "rank", "layers", "lr", "optimizer", "momentum", "weight_decay",
     "label_smoothing", "warmup_steps", "seed", "batch_size", "steps", "epochs", "pool",
-    "shuffle_buffer", *METHOD_FIELDS)))
+    "shuffle_buffer",
+    *METHOD_FIELDS)))
+#: the grid without --config or --method: LoSA and the linear probe
+DEFAULT_METHODS = ("losa", "linear")
+#: what a sweep-wide field means in a sweep, after the run's help
+MORE_HELP = {
+    "log": "Each run logs into its own folder, so TensorBoard compares them.",
+    "val_split": "It selects the best config.",
+    "live": "One backbone pass per batch serves every config.",
+    "store": "",
+    "method": "Default: losa,linear. Live baselines each run their own backbone forward "
+              "and backward, so they train one after another (a group each).",
+}
 
 _f = option  # a field with help, range and choices (losa_cache.fields)
 
 
-def _grid(name: str, more: str) -> dict[str, Any]:
-    """A grid field's metadata: a list over TrainConfig's field ``name`` (its range,
-    choices, panel and help, then ``more``), flag ``--name``."""
-    meta = TrainConfig.__dataclass_fields__[name].metadata
-    return {**meta, "help": f"{meta['help']} {more}", "cli": name}
+def parse_layer_specs(text: str) -> list[str]:
+    """'evenly:1,evenly:4,all' -> 3 specs; runs of integers stay one explicit list
+    ('3,6,-1' is one spec); ';' separates specs when several explicit lists are needed."""
+    if ";" in text:
+        return [p.strip() for p in text.split(";") if p.strip()]
+    specs: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part.lstrip("-").isdigit() and specs and specs[-1].replace(",", "").replace(
+                "-", "").isdigit():
+            specs[-1] += f",{part}"
+        else:
+            specs.append(part)
+    return specs
 
 
-def _t(name: str, more: str | None = None) -> Any:
-    """TrainConfig's field ``name``, its help (then ``more``, what it means in a sweep)."""
-    help = TrainConfig.__dataclass_fields__[name].metadata["help"]
-    return inherit(TrainConfig, name, f"{help} {more}" if more else None)
+#: values that hold commas themselves: how a list of them is split
+LIST_PARSERS: dict[str, Callable[[str], list[str]]] = {
+    "layers": parse_layer_specs,
+    "lora_targets": lambda t: [p.strip() for p in t.split(";") if p.strip()],
+    "k_candidates": lambda t: [p.strip() for p in t.split(";") if p.strip()],
+}
 
 
 @dataclass
 class SweepConfig:
-    """Many side networks trained from one store (or one live backbone), one pass per epoch."""
+    """Many side networks trained from one store (or one live backbone), one pass per epoch.
+
+    Its own fields are below; every TrainConfig field is added (:func:`_sweep_fields`):
+    those of :data:`ENTRY_KEYS` as lists (one run per value), the others sweep-wide."""
 
     store: str = _f("", "Feature store path or URL (not needed with --live).")
     out: str = _f("", "Sweep folder: results, adapters, every run's folder (default: a new "
                       "runs/sweep-<date>-<time>).")
-    tasks: list[str] | None = field(default=None, metadata=_grid(
-        "task", "Several, comma-separated: each trains every config."))
-    methods: list[str] = field(default_factory=lambda: ["losa", "linear"], metadata=_grid(
-        "method", "Several, comma-separated; live baselines each run their own backbone "
-        "forward and backward, so they train one after another, after the side networks "
-        "(which share one backbone pass)."))
-    ranks: list[int] = field(default_factory=lambda: [64], metadata=_grid(
-        "rank", "Several, comma-separated, e.g. 4,8,16,64 (a method without a rank ignores "
-        "it)."))
-    layers: list[str] = field(default_factory=lambda: ["store"], metadata=_grid(
-        "layers", "Several, comma-separated, e.g. evenly:1,evenly:4,all (3,6,-1 is one spec; "
-        "';' separates lists; a method without layers ignores them)."))
-    lrs: list[float | None] = field(default_factory=lambda: [None], metadata=_grid(
-        "lr", "Several, comma-separated, e.g. 0.01,0.05."))
     configs: list[dict[str, Any]] | None = field(default=None, metadata=metadata(
-        "A JSON file: a list of config objects instead of the grid; values may be lists "
-        "(expanded).", cli="config"))
-    steps: int | None = _t("steps")
-    epochs: float | None = _t("epochs")
-    batch_size: int = _t("batch_size")
-    optimizer: str = _t("optimizer")
-    weight_decay: float | None = _t("weight_decay")
-    seed: int = _t("seed")
-    cache: str = _t("cache")
-    device: str = _t("device")
-    amp: str = _t("amp")
-    workers: int = _t("workers")
-    max_memory: int | None = _t("max_memory")
-    compile: str = _t("compile")
+        "A JSON file: a list of config objects (any of the run settings, values may be "
+        "lists: expanded); the flags' values are their defaults.", cli="config"))
     batching: str = _f("auto", "Same-shape models: auto (loop on CPU, the faster of both "
                                    "on CUDA, timed) | loop | vmap.", choices=BATCHING,
                        panel="Performance")
     memory_budget: int | None = _f(None, "Memory the models of one group may use, e.g. "
                                              "4GB (default: a share of free memory).", min=0,
                                          panel="Performance", unit="bytes")
-    eval_every: int | None = _t("eval_every")
-    log_every: int | None = _t("log_every")
-    log: str = _t("log", "Each run logs into its own folder, so TensorBoard compares them.")
-    checkpoint_every: int | None = _t("checkpoint_every")
-    shuffle_buffer: int | None = _t("shuffle_buffer")
     speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).",
                                 min=0, panel="Costs")
     live_metrics: bool = _f(True, "Also measure the paper's setting: training memory (batch "
@@ -141,50 +125,7 @@ class SweepConfig:
                            "--speed-batches steps, memory and inference at batch 1; it says "
                            "up front what it will time); --no-costs skips them (their "
                            "columns stay empty).", panel="Costs")
-    stop_at: int | None = _t("stop_at")
     resume: bool = _f(False, "Continue the sweep in --out.")
-    train_split: str = _t("train_split")
-    val_split: str = _t("val_split", "It selects the best config.")
-    test_split: str = _t("test_split")
-    live: bool = _t("live", "One backbone pass per batch serves every config.")
-    model: str | None = _t("model")
-    checkpoint: str | None = _t("checkpoint")
-    pretrained: bool = _t("pretrained")
-    random_init: bool = _t("random_init")
-    init_seed: int = _t("init_seed")
-    dataset: str | None = _t("dataset")
-    data_root: str | None = _t("data_root")
-    limit: int | None = _t("limit")
-    start: str = _t("start")
-    taps: str = _t("taps")
-    lora_targets: str = _t("lora_targets")
-    lora_alpha: float | None = _t("lora_alpha")
-    prompt_tokens: int = _t("prompt_tokens")
-    prompt_blocks: int | None = _t("prompt_blocks")
-    tune_blocks: int = _t("tune_blocks")
-    # the rest of every run's TrainConfig, sweep-wide (a --config entry may set them per run)
-    adapter_scale: float = _t("adapter_scale")
-    alpha_init: float = _t("alpha_init")
-    hidden: int = _t("hidden")
-    temporal: bool = _t("temporal")
-    pool: str = _t("pool")
-    width: int = _t("width")
-    heads: int = _t("heads")
-    edge_blocks: int = _t("edge_blocks")
-    block_fn: str = _t("block_fn")
-    gather: str = _t("gather")
-    gather_k: int | None = _t("gather_k")
-    k_candidates: str = _t("k_candidates")
-    momentum: float = _t("momentum")
-    label_smoothing: float = _t("label_smoothing")
-    warmup_steps: int | None = _t("warmup_steps")
-    views: str = _t("views")
-    augment: str | None = _t("augment")
-    view_seed: int = _t("view_seed")
-    frames: int | None = _t("frames")
-    stride: int = _t("stride")
-    clip: str = _t("clip")
-    inflation: str = _t("inflation")
 
     def __post_init__(self) -> None:
         if not self.store and not self.live:
@@ -192,23 +133,38 @@ class SweepConfig:
                              "--model and --dataset")
         if self.live and not (self.model and self.dataset):
             raise ValueError("--live needs --model and --dataset (the backbone runs on images)")
-        if self.steps is not None and self.epochs is not None:
+        for name in ENTRY_KEYS:  # one value (Python callers): a list of it
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, list | tuple):
+                setattr(self, name, [value])
+            elif isinstance(value, tuple):
+                setattr(self, name, list(value))
+            if getattr(self, name) == []:
+                raise ValueError(f"--{name.replace('_', '-')} needs at least one value")
+        if self.steps and self.epochs:
             raise ValueError("give --steps or --epochs, not both")
-        for name in ("methods", "ranks", "layers", "lrs"):
-            if not getattr(self, name):
-                raise ValueError(f"--{name.rstrip('s')} needs at least one value")
         check_fields(self)
-        live_only = [m for m in self.methods if is_baseline(m)]
+        live_only = [m for m in self.method or () if get_method(m).live]
         if live_only and not self.live:
             raise ValueError(f"--method {','.join(live_only)} trains the backbone on images: "
                              "add --live (with --model and --dataset)")
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The varied settings the flags give (the default methods without --config)."""
+        default = {"method": list(DEFAULT_METHODS)} if self.configs is None else {}
+        values = {n: getattr(self, n) for n in ENTRY_KEYS}
+        return {n: v if v is not None else default[n] for n, v in values.items()
+                if v is not None or n in default}
 
     def to_dict(self) -> dict[str, Any]:
         return dict(sorted({**asdict(self), VERSION_KEY: library_version()}.items()))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
-        data = {k: v for k, v in data.items() if k != VERSION_KEY}
+        data = {OLD_NAMES.get(k, k): v for k, v in data.items() if k != VERSION_KEY}
+        for name in set(data) & set(ENTRY_KEYS):  # an older sweep.json: one value
+            if data[name] is not None and not isinstance(data[name], list):
+                data[name] = [data[name]]
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -216,10 +172,38 @@ class SweepConfig:
         return cls(**data)
 
 
-#: SweepConfig fields every run's TrainConfig copies: all they share but the grid's
+#: the grid's names before every run setting became a list (sweep.json of older sweeps)
+OLD_NAMES = {"tasks": "task", "methods": "method", "ranks": "rank", "lrs": "lr"}
+
+
+def _sweep_fields(base: type) -> type:
+    """``base`` + every TrainConfig field but :data:`NOT_SHARED` and its own: a list of
+    the run's values for :data:`ENTRY_KEYS`, else the run's field, sweep-wide."""
+    hints = typing.get_type_hints(TrainConfig)
+    own = {f.name for f in fields(base)}
+    spec = []
+    for f in fields(TrainConfig):
+        if f.name in own or f.name in NOT_SHARED:
+            continue
+        more = MORE_HELP.get(f.name)
+        meta = {**f.metadata, "help": f"{f.metadata['help']} {more}".strip() if more else
+                f.metadata["help"]}
+        if f.name in ENTRY_KEYS:  # the sweep's --help says how lists are written
+            meta["parse"] = LIST_PARSERS.get(f.name)
+            spec.append((f.name, list[hints[f.name]] | None, field(default=None, metadata=meta)))
+        else:
+            spec.append((f.name, hints[f.name], field(default=f.default, metadata=meta)))
+    cls = make_dataclass(base.__name__, spec, bases=(base,))
+    cls.__module__, cls.__qualname__, cls.__doc__ = base.__module__, base.__qualname__, base.__doc__
+    return cls
+
+
+SweepConfig = _sweep_fields(SweepConfig)  # type: ignore[misc]
+
+#: SweepConfig fields every run's TrainConfig copies: the sweep-wide ones
 SHARED_KEYS = tuple(f.name for f in fields(SweepConfig)
                     if f.name in TrainConfig.__dataclass_fields__
-                    and f.name not in NOT_SHARED | set(GRID))
+                    and f.name not in NOT_SHARED | set(ENTRY_KEYS))
 
 
 @dataclass(frozen=True)
@@ -247,7 +231,7 @@ class RunSpec:
 
 def method_uses(method: str) -> tuple[str, ...]:
     """The TrainConfig fields ``method`` (a side network or a live baseline) reads."""
-    return baseline_uses(method) if is_baseline(method) else get_side_class(method).uses
+    return get_method(method).uses
 
 
 def load_entries(path: str | Path) -> list[dict[str, Any]]:
@@ -279,7 +263,7 @@ def expand_runs(cfg: SweepConfig, depth: int, store_layers: list[int],
     """Every (entry x task) as a RunSpec, duplicates dropped, ids unique."""
     runs: dict[str, RunSpec] = {}
     seen: set[str] = set()
-    for entry in (e for raw in _entries(cfg, default_task) for e in _with_k(cfg, raw, depth)):
+    for entry in (e for raw in _entries(cfg, default_task) for e in _with_k(raw, depth)):
         spec = _run(cfg, entry, depth, store_layers)
         key = _dedupe_key(spec, depth, store_layers)
         if key in seen:
@@ -298,23 +282,25 @@ def expand_runs(cfg: SweepConfig, depth: int, store_layers: list[int],
 
 
 def _entries(cfg: SweepConfig, default_task: str) -> list[dict[str, Any]]:
-    tasks = cfg.tasks or [default_task]
-    if cfg.configs is None:
-        grid = [{"method": m, "rank": r, "layers": la, "lr": lr}
-                for m, r, la, lr in itertools.product(cfg.methods, cfg.ranks, cfg.layers, cfg.lrs)]
-    else:
-        grid = [e for entry in cfg.configs for e in _product(entry)]
-    return [{"task": t, **e} if "task" not in e else e for t in tasks for e in grid]
+    """The flags' grid, or each --config entry over the flags' values, expanded."""
+    grid = {"task": [default_task], **cfg.grid()}
+    entries = [{**_without_length(grid, e), **e} for e in cfg.configs] \
+        if cfg.configs is not None else [grid]
+    return [e for entry in entries for e in _product(entry)]
 
 
-def _with_k(cfg: SweepConfig, entry: dict[str, Any], depth: int) -> list[dict[str, Any]]:
-    """MIST without ``gather_k`` (in the entry or sweep-wide): one entry per candidate k, as
-    ``train`` alone would train and choose among on val (losa_cache/train/choose.py); the
-    sweep keeps them all."""
-    get = lambda name: entry.get(name, getattr(cfg, name))
-    if entry.get("method") != "mist" or get("gather") != "sum" or get("gather_k") is not None:
-        return [entry]
-    return [{**entry, "gather_k": k} for k in candidate_ks(get("k_candidates"), depth)]
+def _without_length(grid: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry that sets the run's length (steps or epochs) replaces the flags'."""
+    if "steps" in entry or "epochs" in entry:
+        return {k: v for k, v in grid.items() if k not in ("steps", "epochs")}
+    return grid
+
+
+def _with_k(entry: dict[str, Any], depth: int) -> list[dict[str, Any]]:
+    """The runs the entry's method expands it to (MIST without ``gather_k``: a run per
+    candidate k, as ``train`` alone trains and chooses among on val; the sweep keeps
+    them all)."""
+    return get_method(entry.get("method", TrainConfig.method)).runs(entry, depth)
 
 
 def _product(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -334,8 +320,6 @@ def _run(cfg: SweepConfig, entry: dict[str, Any], depth: int,
          store_layers: list[int]) -> RunSpec:
     base = {k: getattr(cfg, k) for k in SHARED_KEYS}
     base["store"] = cfg.store or None
-    if "steps" in entry or "epochs" in entry:
-        base.update(steps=None, epochs=None)
     merged = {**base, **entry}
     label = str(merged.get("layers", "store"))
     uses = method_uses(merged.get("method", TrainConfig.method))
@@ -360,11 +344,17 @@ def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
     parts.append(f"lr{lr}")
     if t.optimizer != "sgd":
         parts.append(t.optimizer)
-    if t.seed != cfg.seed:
+    if t.seed != _wide(cfg, "seed"):
         parts.append(f"s{t.seed}")
-    if t.batch_size != cfg.batch_size:
+    if t.batch_size != _wide(cfg, "batch_size"):
         parts.append(f"b{t.batch_size}")
     return "-".join(parts)
+
+
+def _wide(cfg: SweepConfig, name: str) -> Any:
+    """A varied setting's sweep-wide value: the flag's one value, else the run's default."""
+    values = getattr(cfg, name)
+    return values[0] if values and len(values) == 1 else getattr(TrainConfig, name)
 
 
 def _option_part(name: str, value: Any) -> str:

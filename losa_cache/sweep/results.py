@@ -26,7 +26,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from losa_cache.baselines import copy_baseline_adapter, is_baseline
+from losa_cache.baselines import copy_baseline_adapter
+from losa_cache.methods import get_method
 from losa_cache.outdir import (
     atomic_write,
     atomic_write_text,
@@ -65,7 +66,7 @@ def run_row(spec: RunSpec, side: SideConfig, metrics: dict[str, Any], group: int
         "options": {k: getattr(t, k) for k in method_uses(t.method)  # hidden, taps, ...
                     if k not in ("rank", "layers") and hasattr(t, k)},
         "layers": spec.layers_label, "lr": t.lr,
-        "blocks": list(range(side.num_layers)) if is_baseline(t.method)  # its own forward
+        "blocks": list(range(side.num_layers)) if get_method(t.method).live  # its own forward
         else list(side.required_layers),
         "lr_effective": plan["lr"], "optimizer": t.optimizer, "seed": t.seed,
         "batch_size": plan["batch_size"], "steps": plan["steps"], "epochs": plan["epochs"],
@@ -75,7 +76,7 @@ def run_row(spec: RunSpec, side: SideConfig, metrics: dict[str, Any], group: int
         "best_val_acc": metrics["best_val_acc"], "train_loss": metrics["train_loss"],
         "learned_params": metrics["learned_params"], "head_params": head_params(side),
         "train_img_s": None, "train_img_s_live": None, "train_memory_b1": profile.memory_b1,
-        "train_memory_b1_live": profile.memory_b1 if is_baseline(t.method) else None,
+        "train_memory_b1_live": profile.memory_b1 if get_method(t.method).live else None,
         "memory_kind": profile.memory_kind,
         "train_memory_est": profile.memory_at(int(plan["batch_size"])),
         "infer_memory_b1": None, "infer_img_s_b1": None,
@@ -113,7 +114,7 @@ def export_best(out: Path, best: dict[str, dict[str, Any]]) -> dict[str, str]:
     for task, row in best.items():
         dst = safe_subdir(out, "best", folder_name(task))  # never through a symlink
         _clear_export(dst)
-        if is_baseline(row["method"]):  # its own format (+ peft's folder): copied as is
+        if get_method(row["method"]).live:  # its own format (+ peft's folder): copied as is
             paths[task] = str(copy_baseline_adapter(row["adapter"], dst))
             continue
         adapter = load_adapter(row["adapter"])

@@ -1,7 +1,7 @@
 """``run_sweep``: expand -> profile -> group -> the training engine over each group.
 
-    summary = run_sweep(SweepConfig(store="stores/demo.zarr", ranks=[4, 16, 64],
-                                    layers=["evenly:1", "all"], lrs=[0.01, 0.05],
+    summary = run_sweep(SweepConfig(store="stores/demo.zarr", rank=[4, 16, 64],
+                                    layers=["evenly:1", "all"], lr=[0.01, 0.05],
                                     epochs=10, out="runs/sweep"))
 
 Every run is built and trained by the same code as ``train`` (:func:`make_run`, the
@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from losa_cache.baselines import build_baseline, is_baseline
+from losa_cache.baselines import build_baseline
+from losa_cache.methods import get_method
 from losa_cache.outdir import (
     OutdirError,
     atomic_write_text,
@@ -197,7 +198,7 @@ def _key(r: RunSpec, sides: dict, device: torch.device) -> str:
     """A run's profile key: its side network (a baseline: also its method and options)."""
     t = r.train
     baseline = ({"method": t.method, **{k: getattr(t, k) for k in method_uses(t.method)}}
-                if is_baseline(t.method) else None)
+                if get_method(t.method).live else None)
     return profile_key(sides[r.key], t.optimizer, use_amp(t.amp, device), baseline)
 
 
@@ -213,7 +214,7 @@ def _profiles(saved: dict | None, runs: list[RunSpec], sides: dict, dtype: torch
     baselines: dict[str, RunSpec] = {}
     for r in runs:
         key = _key(r, sides, device)
-        if is_baseline(r.train.method):
+        if get_method(r.train.method).live:
             baselines.setdefault(key, r)
         else:
             keys[key] = (sides[r.key], r.train.optimizer, use_amp(r.train.amp, device))
@@ -243,7 +244,7 @@ def _groups(cfg: SweepConfig, saved: dict | None, runs: list[RunSpec], sides: di
         estimates[r.key] = _profile_of(r, sides, profs, device).memory_at(batch)
     # a live baseline backpropagates through its own backbone copy: one group each, first
     # (built before the side groups prune the shared backbone to the blocks they read)
-    alone = [Group([r.key], estimates.pop(r.key)) for r in runs if is_baseline(r.train.method)]
+    alone = [Group([r.key], estimates.pop(r.key)) for r in runs if get_method(r.train.method).live]
     if not estimates:
         return alone
     here = choice.bytes if choice is not None and (choice.mode == "gpu") == (
@@ -296,7 +297,7 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
     for s, run in zip(todo, runs, strict=True):
         metrics = run.finish(extra)
         row = run_row(s, sides[s.key], metrics, gid, _profile_of(s, sides, profs, device))
-        if is_baseline(s.train.method) and metrics["complete"] and cfg.costs:  # unpruned
+        if get_method(s.train.method).live and metrics["complete"] and cfg.costs:  # unpruned
             row.update(_baseline_costs(cfg, s, sides, source, row["batch_size"], device,
                                        run.model))
         _write_row(Path(s.train.out), row)
@@ -345,7 +346,7 @@ def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, dtype: Any,
     rows = [read_json(Path(r.train.out) / RESULT, "delete it and rerun with --resume")
             for r in runs]
     todo = [(r, row) for r, row in zip(runs, rows, strict=True)  # baselines: timed above
-            if not row.get("costs_measured") and not is_baseline(row["method"])]
+            if not row.get("costs_measured") and not get_method(row["method"]).live]
     if not cfg.costs or not todo:
         return rows
     backbone = _measuring_backbone(cfg, source, [sides[r.key] for r, _ in todo], device)

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from losa_cache.side.mist import candidate_ks
+from losa_cache.methods import get_method
 from losa_cache.store import StoreError
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.keys import plan_reads, taps_fix
@@ -34,9 +34,10 @@ K_DIR = "k"  # OUT/k/k<k>/: one candidate's run
 
 def k_to_choose(cfg: TrainConfig, info: SourceInfo) -> tuple[int, ...]:
     """The k MIST trains on this source (one: nothing to choose); () for other methods."""
-    if cfg.method != "mist" or cfg.gather != "sum" or cfg.gather_k is not None:
+    runs = get_method(cfg.method).runs(dataclasses.asdict(cfg), info.depth)
+    if runs == [dataclasses.asdict(cfg)]:  # nothing to choose
         return ()
-    ks = candidate_ks(cfg.k_candidates, info.depth)
+    ks = tuple(r["gather_k"] for r in runs)
     missing = [k for k in ks if plan_reads([f"sum:{k}"], info.keys)[2]]
     held = [k for k in range(1, info.depth + 1) if f"sum:{k}" in info.keys]
     if missing and cfg.k_candidates == "thirds" and len(held) == 1:

@@ -16,15 +16,12 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import losa_cache.baselines  # noqa: F401  (registers the live baselines)
 from losa_cache.augment import check_train_views
-from losa_cache.baselines.methods import BaselineOptions, is_baseline, list_baselines
 from losa_cache.checks import BATCH_LIMIT, max_workers
-from losa_cache.fields import check_fields, inherit, option
-from losa_cache.side import list_sides
+from losa_cache.fields import check_fields, compose, option
+from losa_cache.methods import COMMON, get_method, list_methods, option_fields
 from losa_cache.side.config import POOLS, VERSION_KEY, library_version
-from losa_cache.side.losa import LosaOptions
-from losa_cache.side.mist import MistOptions
-from losa_cache.side.transformer import TransformerOptions
 from losa_cache.train.cache import CACHE_MODES
 
 __all__ = ["OPTIMIZERS", "RUNTIME_FIELDS", "TrainConfig"]
@@ -64,30 +61,15 @@ class TrainConfig:
     method: str = _f("losa", "Side network (the linear probe: linear), or with --live a live "
                              "baseline that trains the backbone (`losa-cache plan --method M` "
                              "prices any of them).",
-                     choices=lambda: [*list_sides(), *list_baselines()])
-    # every method option comes from its module's options (SideNetwork.options: default,
-    # range, help): LoSA/lowrank_mlp (side/losa.py), the side transformer (transformer.py)
-    rank: int = inherit(LosaOptions, "rank", "Low-rank bottleneck r of the LoSA adaptors "
-                                             "(Eq. 4; losa, lowrank_mlp), lora's rank, "
-                                             "adaptformer's bottleneck, last's Q/K/V width.",
-                                             panel="Method")
-    alpha_init: float = inherit(LosaOptions, "alpha_init", panel="Method")
-    hidden: int = inherit(TransformerOptions, "hidden", panel="Method")
+                     choices=list_methods)
+    # every method's own options are added below from its module (losa_cache.methods)
+    rank: int = _f(64, "Low-rank bottleneck r of the LoSA adaptors (Eq. 4; losa, "
+                       "lowrank_mlp), lora's rank, adaptformer's bottleneck, last's Q/K/V "
+                       "width.", min=1, panel="Method")
     layers: str = _f("store", "Blocks the side network reads: store (all the store holds) | "
                               "all | last:N | evenly:N | 3,6,-1 (0-based).", panel="Method")
-    temporal: bool = inherit(LosaOptions, "temporal", panel="Method")
     pool: str = _f("auto", "Head pooling: auto (cls for images with a prefix token) | cls | "
                            "mean.", choices=POOLS, panel="Method")
-    start: str = inherit(LosaOptions, "start", panel="Method")
-    taps: str = inherit(LosaOptions, "taps", panel="Method")
-    # MIST's edge network: help and ranges from its options (losa_cache/side/mist.py)
-    width: int = inherit(MistOptions, "width", panel="Method")
-    heads: int = inherit(MistOptions, "heads", panel="Method")
-    edge_blocks: int = inherit(MistOptions, "edge_blocks", panel="Method")
-    block_fn: str = inherit(MistOptions, "block_fn", panel="Method")
-    gather: str = inherit(MistOptions, "gather", panel="Method")
-    gather_k: int | None = inherit(MistOptions, "gather_k", panel="Method")
-    k_candidates: str = inherit(MistOptions, "k_candidates", panel="Method")
     steps: int | None = _f(None, "Optimizer steps (default: min(20000, 100 epochs)).", min=1)
     epochs: float | None = _f(None, "Train for this many passes over the train split instead.",
                               above=0)
@@ -175,12 +157,6 @@ class TrainConfig:
     inflation: str = _f("central", "Live video: tubelet init from the 2D patch kernel "
                                    "(extract's --inflation).", choices=INFLATIONS,
                         panel="Live video")
-    lora_targets: str = inherit(BaselineOptions, "lora_targets", panel="Method")
-    lora_alpha: float | None = inherit(BaselineOptions, "lora_alpha", panel="Method")
-    prompt_tokens: int = inherit(BaselineOptions, "prompt_tokens", panel="Method")
-    prompt_blocks: int | None = inherit(BaselineOptions, "prompt_blocks", panel="Method")
-    tune_blocks: int = inherit(BaselineOptions, "tune_blocks", panel="Method")
-    adapter_scale: float = inherit(BaselineOptions, "adapter_scale", panel="Method")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -188,11 +164,13 @@ class TrainConfig:
             raise ValueError("give --steps or --epochs, not both")
         if self.live and not (self.model and self.dataset):
             raise ValueError("--live needs --model and --dataset (the backbone runs on images)")
-        if is_baseline(self.method):
-            if not self.live:
-                raise ValueError(f"--method {self.method} trains the backbone on images: add "
-                                 "--live (with --model and --dataset)")
-            BaselineOptions(**{k: getattr(self, k) for k in BaselineOptions.__dataclass_fields__})
+        method = get_method(self.method)
+        if method.live and not self.live:
+            raise ValueError(f"--method {self.method} trains the backbone on images: add "
+                             "--live (with --model and --dataset)")
+        if method.options is not None:  # its own checks (lora's targets ...)
+            method.options(**{f.name: getattr(self, f.name) for f in fields(method.options)
+                              if f.name not in COMMON})
         if not self.live and not self.store:
             raise ValueError("give --store (a feature store), or --live with --model/--dataset")
         if not self.live:
@@ -262,3 +240,8 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         return cls.from_dict(json.loads(text))
+
+
+#: the run's common fields above + every registered method's own options (built-in and
+#: from ``losa_cache.methods`` entry points), each declared once, in its method's module
+TrainConfig = compose(TrainConfig, option_fields(), panel="Method")  # type: ignore[misc]

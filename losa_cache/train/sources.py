@@ -9,14 +9,14 @@ rows), each split's rows (the domain of the batch order), each task's labels, an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from losa_cache.baselines.methods import is_baseline
 from losa_cache.device import pick_device  # the one picker; trainer and sweep import it here
+from losa_cache.methods import get_method
 from losa_cache.side import SideConfig
 from losa_cache.store import FeatureStore, StoreError, open_store
 from losa_cache.train.config import TrainConfig
@@ -193,11 +193,11 @@ def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> S
     spec = cfg.layers
     if spec == "store":  # a store of taps alone (e.g. sum:k for MIST): the network's default
         spec = ",".join(map(str, info.layers)) or "all"
-    options = {f.name: getattr(cfg, f.name) for f in fields(SideConfig)
-               if hasattr(cfg, f.name) and f.name not in ("layers", "method", "frames")}
-    # rank, pool...; frames come from the features (cfg.frames counts a live clip's frames)
     # a live baseline's head is the linear probe's: on b_L of the backbone it trains
-    method = "linear" if is_baseline(cfg.method) else cfg.method
+    method = "linear" if get_method(cfg.method).live else cfg.method
+    # the run's rank and pool, the method's options; frames come from the features
+    options = {n: getattr(cfg, n) for n in ("rank", "pool", *get_method(method).uses)
+               if n != "layers"}
     side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
                       num_classes=num_classes, method=method, layers=spec,
                       prefix_tokens=info.prefix_tokens, frames=info.frames, **options)

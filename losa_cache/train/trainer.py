@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from losa_cache.baselines.methods import build_baseline, is_baseline
+from losa_cache.baselines.methods import build_baseline
+from losa_cache.methods import get_method
 from losa_cache.outdir import claim_outdir, fresh_folder, locked_outdir
 from losa_cache.progress import note
 from losa_cache.store import StoreError
@@ -71,7 +72,7 @@ def make_run(cfg: TrainConfig, source: DataSource, device: torch.device,
             splits[role] = None  # nothing to score on
     side = build_side_config(cfg, info, len(task.classes))
     model = None
-    if is_baseline(cfg.method):  # its own trainable copy of the live source's backbone
+    if get_method(cfg.method).live:  # its own trainable copy of the live source's backbone
         model = build_baseline(cfg.method, source.backbone.model, side, cfg, cfg.seed)
     run = Run(cfg, side, info, task, splits, split_rows, rows, device, name, model)
     if splits["val"] is None and cfg.val_split != "none":  # said once: the notes of one run

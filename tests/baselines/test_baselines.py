@@ -218,11 +218,11 @@ def test_vit_g_lora_count_beside_table_9() -> None:
 
 @pytest.mark.slow
 def test_vit_g_lora_count_is_peft_own() -> None:
-    from losa_cache.baselines.methods import BaselineOptions, _add_lora
+    from losa_cache.baselines.methods import _add_lora, saved_options
 
     net = prune_for_head(create_architecture("vit_g", "meta")).requires_grad_(False)
     with torch.device("meta"):
-        peft_model = _add_lora(net, 32, BaselineOptions())
+        peft_model = _add_lora(net, saved_options({"rank": 32}))["peft_model"]
     assert peft_model.get_nb_trainable_parameters()[0] == 942_080 * 32
 
 
@@ -230,12 +230,14 @@ def test_an_adapter_rebuilds_from_its_saved_options() -> None:
     """A baseline adapter reads its run's options from the saved train config (not through
     TrainConfig: baselines sit below train); they are the run's own, older runs' missing
     keys take the defaults."""
-    from losa_cache.baselines.methods import BaselineOptions, options_of, saved_options
+    from losa_cache.baselines.methods import option_defaults, saved_options
 
     run = cfg("lora", rank=4, lora_targets="qkv", lora_alpha=8.0, prompt_tokens=3,
               tune_blocks=2)  # fmt: skip
     saved = saved_options(run.to_dict())
-    assert options_of(saved) == options_of(run) and saved.rank == 4
-    assert options_of(saved_options({"rank": 2})) == BaselineOptions()
+    names = option_defaults()
+    assert {n: getattr(saved, n) for n in names} == {n: getattr(run, n) for n in names}
+    assert saved.rank == 4 and saved.tune_blocks == 2 and saved.lora_alpha == 8.0
+    assert vars(saved_options({"rank": 2})) == {**option_defaults(), "rank": 2}
     with pytest.raises(ValueError, match="lora"):
         saved_options({"rank": 2, "lora_targets": "nope"})

@@ -107,7 +107,7 @@ def test_last_in_a_sweep_equals_it_alone(
     tmp_path: Path,
 ) -> None:
     cfg = SweepConfig(**{**SWEEP_SMALL, "store": sweep_store, "out": str(tmp_path / "sweep"),
-                         "methods": ["last", "linear"], "ranks": [2, 4],
+                         "method": ["last", "linear"], "rank": [2, 4],
                          "layers": ["evenly:2"], "steps": 5})  # fmt: skip
     res = run_sweep(cfg, progress=False)
     assert sorted(r["run"] for r in res["results"] if r["method"] == "last") == [

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from losa_cache import methods
 from losa_cache.side import (
     SideConfig,
     SideNetwork,
@@ -15,7 +16,6 @@ from losa_cache.side import (
     learned_params,
     list_sides,
     register_side,
-    registry,
 )
 from losa_cache.train.keys import deepest_block, side_inputs
 
@@ -70,7 +70,7 @@ def test_missing_block_and_bad_shape_are_explained(
 
 
 def test_registry_refuses_duplicates() -> None:
-    with pytest.raises(ValueError, match=r"'losa' is already registered by .*LosaSide"):
+    with pytest.raises(ValueError, match=r"'losa' is already registered \(by losa_cache.side.losa"):
 
         @register_side("losa")
         class Again(SideNetwork):
@@ -80,7 +80,7 @@ def test_registry_refuses_duplicates() -> None:
 def test_register_new_side_then_create(
     monkeypatch: pytest.MonkeyPatch, make_config: Callable[..., SideConfig]
 ) -> None:
-    monkeypatch.setattr(registry, "_SIDES", dict(registry._SIDES))  # sandbox the registry
+    monkeypatch.setattr(methods, "_METHODS", dict(methods._METHODS))  # sandbox the registry
 
     @register_side("mean_probe")
     class MeanProbe(SideNetwork):

@@ -42,9 +42,9 @@ def num_classes(store: str) -> int:
     return len(open_store(store).classes("full"))
 
 
-SMALL: dict[str, Any] = {"tasks": ["full"], "ranks": [4], "layers": ["evenly:2", "all"],
-                         "lrs": [0.05],
-                         "methods": ["losa", "linear"], "steps": 7, "batch_size": 8,
+SMALL: dict[str, Any] = {"task": ["full"], "rank": [4], "layers": ["evenly:2", "all"],
+                         "lr": [0.05],
+                         "method": ["losa", "linear"], "steps": 7, "batch_size": 8,
                          "device": "cpu", "workers": 1, "speed_batches": 0,
                          "amp": "fp32"}  # auto is bf16 on AVX512-BF16 CPUs
 

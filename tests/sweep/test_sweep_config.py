@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from losa_cache.checks import parse_size as parse_bytes
-from losa_cache.cli.sweep_cmds import parse_layer_specs
 from losa_cache.sweep import SweepConfig, expand_runs, load_entries
+from losa_cache.sweep.config import parse_layer_specs
 from losa_cache.train import TrainConfig
 
 
@@ -19,8 +19,8 @@ def runs(**kw):  # vit_micro-like: 4 blocks, all stored
 
 
 def test_grid_is_a_cross_product_without_duplicates() -> None:
-    got = runs(methods=["losa", "linear"], ranks=[4, 8], layers=["evenly:1", "evenly:4", "all"],
-               lrs=[0.01, 0.05])
+    got = runs(method=["losa", "linear"], rank=[4, 8], layers=["evenly:1", "evenly:4", "all"],
+               lr=[0.01, 0.05])
     ids = [r.id for r in got]
     # evenly:4 == all on 4 blocks; linear ignores rank and layers
     assert len(ids) == 2 * 2 * 2 + 2 and len(set(ids)) == len(ids)
@@ -31,7 +31,7 @@ def test_grid_is_a_cross_product_without_duplicates() -> None:
 
 
 def test_tasks_multiply_runs_and_lr_default_dedupes() -> None:
-    got = runs(methods=["linear"], lrs=[None, 0.05], tasks=["a", "b"])
+    got = runs(method=["linear"], lr=[None, 0.05], task=["a", "b"])
     assert [(r.task, r.id) for r in got] == [("a", "linear-lrdefault"), ("b", "linear-lrdefault")]
 
 
@@ -59,13 +59,13 @@ def test_config_file_errors_are_clear(tmp_path: Path) -> None:
 
 def test_bad_values_fail_early() -> None:
     with pytest.raises(ValueError, match="unknown method"):
-        SweepConfig(store="s", methods=["lorax"])
+        SweepConfig(store="s", method=["lorax"])
     with pytest.raises(ValueError, match="not both"):
         SweepConfig(store="s", steps=3, epochs=1.0)
     with pytest.raises(ValueError, match="batching"):
         SweepConfig(store="s", batching="fast")
     with pytest.raises(ValueError, match="rank must be"):
-        runs(ranks=[0])
+        runs(rank=[0])
 
 
 def test_parsers() -> None:
@@ -79,7 +79,7 @@ def test_parsers() -> None:
 
 
 def test_from_dict_round_trips_and_refuses_unknown_keys() -> None:
-    cfg = SweepConfig(store="s.zarr", out="o", ranks=[4, 8], width=32, stop_at=5)
+    cfg = SweepConfig(store="s.zarr", out="o", rank=[4, 8], width=32, stop_at=5)
     assert SweepConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match=r"unknown SweepConfig keys \['stop_after'\]; known "
                                          r"keys: \[.*'stop_at'"):
@@ -89,7 +89,7 @@ def test_from_dict_round_trips_and_refuses_unknown_keys() -> None:
 def test_sweep_wide_method_options_reach_the_runs_that_read_them() -> None:
     """MIST's --width/--gather-k, --momentum ... on the sweep's command line: every run that
     reads one gets it (as train would), a method that ignores it keeps one run."""
-    got = runs(methods=["mist", "linear"], width=32, gather_k=2, momentum=0.5,
+    got = runs(method=["mist", "linear"], width=32, gather_k=2, momentum=0.5,
                label_smoothing=0.1, warmup_steps=3, stop_at=4)
     mist, linear = (next(r.train for r in got if r.train.method == m) for m in ("mist", "linear"))
     assert len(got) == 2 and (mist.width, mist.gather_k) == (32, 2)
@@ -97,7 +97,7 @@ def test_sweep_wide_method_options_reach_the_runs_that_read_them() -> None:
     for t in (mist, linear):
         assert (t.momentum, t.label_smoothing, t.warmup_steps, t.stop_at) == (0.5, 0.1, 3, 4)
     # without gather_k, one run per candidate k of the sweep-wide --k-candidates
-    ks = [r.train.gather_k for r in runs(methods=["mist"], k_candidates="2,4")]
+    ks = [r.train.gather_k for r in runs(method=["mist"], k_candidates="2,4")]
     assert ks == [2, 4]
 
 
@@ -132,4 +132,4 @@ def test_sweep_cli_takes_a_max_memory_size(monkeypatch: pytest.MonkeyPatch) -> N
     res = CliRunner().invoke(app, ["sweep", "--store", "s.zarr", "--max-memory", "300MB",
                                    "--width", "32", "--stop-at", "2"])
     assert res.exit_code == 0, res.output
-    assert (got[0].max_memory, got[0].width, got[0].stop_at) == (286, 32, 2)
+    assert (got[0].max_memory, got[0].width, got[0].stop_at) == (286, [32], 2)

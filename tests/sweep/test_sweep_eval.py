@@ -14,7 +14,7 @@ from losa_cache.sweep import run_sweep
 
 def test_eval_of_each_member_equals_its_metrics(make_sweep, sweep_store: str) -> None:
     cfg = make_sweep(
-        tasks=["half"], methods=["losa", "linear"], layers=["evenly:2"], cache="none", batch_size=5
+        task=["half"], method=["losa", "linear"], layers=["evenly:2"], cache="none", batch_size=5
     )
     res = run_sweep(cfg, progress=False)
     assert len(res["results"]) == 2

@@ -40,7 +40,7 @@ def test_train_equals_a_sweep_of_one_equals_a_member_of_six(make_sweep, tmp_path
                                                               cache) -> None:
     """Both tasks ('half' labels every other row); 7 steps of 8 cross an epoch of 'half'.
     Every member: the same adapter, metrics and learning curves as trained alone."""
-    cfg = make_sweep(cache=cache, batching="loop", tasks=["full", "half"], eval_every=3,
+    cfg = make_sweep(cache=cache, batching="loop", task=["full", "half"], eval_every=3,
                      log_every=2)
     res = run_sweep(cfg, progress=False)
     rows = {f"{r['task']}/{r['run']}": r for r in res["results"]}
@@ -59,7 +59,7 @@ def test_train_equals_a_sweep_of_one_equals_a_member_of_six(make_sweep, tmp_path
     # a sweep of one: the same again
     key = "half/losa-r4-evenly2-lr0.05"
     spec = specs(cfg.out)[key]
-    one = run_sweep(make_sweep("one", cache=cache, tasks=["half"], methods=["losa"],
+    one = run_sweep(make_sweep("one", cache=cache, task=["half"], method=["losa"],
                                layers=["evenly:2"], eval_every=3, log_every=2), progress=False)
     (only,) = one["results"]
     assert same(adapter_weights(only["adapter"]), adapter_weights(spec.train.out))
@@ -90,7 +90,7 @@ def test_a_diverged_run_stops_alone_with_its_last_good_checkpoint(make_sweep) ->
 
 
 def test_vmap_mode_matches_up_to_float_rounding(make_sweep, tmp_path) -> None:
-    cfg = make_sweep(batching="vmap", lrs=[0.01, 0.05], layers=["all"])
+    cfg = make_sweep(batching="vmap", lr=[0.01, 0.05], layers=["all"])
     res = run_sweep(cfg, progress=False)
     stats = json.loads((Path(cfg.out) / "groups" / "0.json").read_text())
     assert {b["mode"] for b in stats["batching"]} == {"vmap"}
@@ -101,7 +101,7 @@ def test_vmap_mode_matches_up_to_float_rounding(make_sweep, tmp_path) -> None:
 
 
 def test_auto_batching_loops_on_cpu_and_can_time_both(make_sweep) -> None:
-    cfg = make_sweep(lrs=[0.01, 0.05], layers=["all"], methods=["losa"])
+    cfg = make_sweep(lr=[0.01, 0.05], layers=["all"], method=["losa"])
     run_sweep(cfg, progress=False)
     stats = json.loads((Path(cfg.out) / "groups" / "0.json").read_text())
     (group,) = stats["batching"]

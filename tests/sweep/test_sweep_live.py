@@ -90,4 +90,4 @@ def test_live_baselines_join_a_live_sweep_one_after_another(tmp_path: Path) -> N
 
 def test_a_baseline_in_a_store_sweep_names_the_fix(make_sweep) -> None:
     with pytest.raises(ValueError, match=r"--method lora trains the backbone.*add --live"):
-        make_sweep(methods=["losa", "lora"])
+        make_sweep(method=["losa", "lora"])

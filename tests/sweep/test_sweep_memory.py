@@ -25,7 +25,7 @@ def test_the_sweep_budget_bounds_its_readers(
 
     real = reader.reader_memory
     monkeypatch.setattr(reader, "reader_memory", spy)
-    cfg = make_sweep(cache="none", max_memory=1, methods=["linear"], layers=["all"])
+    cfg = make_sweep(cache="none", max_memory=1, method=["linear"], layers=["all"])
     assert all(r.train.max_memory == 1 for r in expand_runs(cfg, 4, [0, 1, 2, 3], "full"))
     run_sweep(cfg, progress=False)
     assert chosen and all(m["max_memory"] == MiB and m["bytes_held"] <= MiB for m in chosen)

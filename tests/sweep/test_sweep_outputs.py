@@ -10,7 +10,7 @@ import pytest
 from losa_cache.outdir import OutdirError
 from losa_cache.sweep import SweepConfig, expand_runs, run_sweep
 
-ONE = {"methods": ["linear"], "layers": ["all"], "lrs": [0.05, 0.1]}
+ONE = {"method": ["linear"], "layers": ["all"], "lr": [0.05, 0.1]}
 
 
 def tree(folder: Path) -> dict[str, bytes]:

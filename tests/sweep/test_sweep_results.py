@@ -28,7 +28,7 @@ def done(sweep_store: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     out = tmp_path_factory.mktemp("done") / "sweep"
     return run_sweep(SweepConfig(store=sweep_store, out=str(out), **{
-        **SMALL, "tasks": ["full", "half"], "speed_batches": 2}), progress=False)
+        **SMALL, "task": ["full", "half"], "speed_batches": 2}), progress=False)
 
 
 def test_results_files_hold_every_config_and_task(done: dict) -> None:
@@ -158,9 +158,6 @@ def test_cli_sweep_json_report_and_errors(sweep_store: str, tmp_path: Path) -> N
     again = runner.invoke(cli(), args)
     assert again.exit_code == 2 and "already holds a sweep" in again.output
     assert len(again.output.strip().splitlines()) == 1
-    both = runner.invoke(cli(), [*args[:3], "--out", str(tmp_path / "x"), "--rank", "4",
-                                 "--config", "c.json"])
-    assert both.exit_code == 2 and "not both" in both.output
     rep = runner.invoke(cli(), ["report", out, "--compare", out, "--out", str(tmp_path / "r")])
     assert rep.exit_code == 0 and (tmp_path / "r" / "report.md").is_file()
     missing = runner.invoke(cli(), ["report", str(tmp_path)])

@@ -11,7 +11,7 @@ import torch
 from losa_cache.sweep import run_sweep
 from tests.sweep.conftest import adapter_weights, same
 
-GRID = {"lrs": [0.01, 0.05], "tasks": ["full", "half"], "batching": "loop"}
+GRID = {"lr": [0.01, 0.05], "task": ["full", "half"], "batching": "loop"}
 
 
 def weights(res: dict) -> dict[str, dict]:
@@ -68,7 +68,7 @@ def test_resume_refuses_other_runs_and_fresh_start_refuses_a_sweep(make_sweep) -
     with pytest.raises(ValueError, match="already holds a sweep"):
         run_sweep(make_sweep("a"), progress=False)
     with pytest.raises(ValueError, match="runs differ"):
-        run_sweep(make_sweep("a", resume=True, ranks=[8]), progress=False)
+        run_sweep(make_sweep("a", resume=True, rank=[8]), progress=False)
     with pytest.raises(FileNotFoundError, match=r"no sweep\.json"):
         run_sweep(make_sweep("b", resume=True), progress=False)
     doc = json.loads((Path(make_sweep("a").out) / "sweep.json").read_text())
@@ -93,7 +93,7 @@ def test_ctrl_c_checkpoints_then_resume_matches(make_sweep, sweep_store, tmp_pat
     import sys
     import time
 
-    kw = {"methods": ["losa"], "layers": ["all"], "steps": 150, "batching": "loop"}
+    kw = {"method": ["losa"], "layers": ["all"], "steps": 150, "batching": "loop"}
     out = Path(make_sweep("int").out)
     args = [sys.executable, "-c", SCRIPT, "sweep", "--store", sweep_store, "--out", str(out),
             "--task", "full", "--method", "losa", "--rank", "4", "--layers", "all", "--lr",

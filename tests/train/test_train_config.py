@@ -94,7 +94,9 @@ def test_method_options_reach_the_side_network(micro_store: str) -> None:
     info = StoreSource(micro_store).info
     cfg = TrainConfig(store=micro_store, method="transformer", hidden=8, alpha_init=0.5)
     side = build_side_config(cfg, info, 3)
-    assert (side.hidden, side.alpha_init) == (8, 0.5)
+    assert side.hidden == 8 and "alpha_init" not in side.to_dict()  # losa's, not its own
+    losa = build_side_config(TrainConfig(store=micro_store, alpha_init=0.5), info, 3)
+    assert losa.alpha_init == 0.5 and "hidden" not in losa.to_dict()
     with pytest.raises(ValueError, match="--hidden must be an integer >= 1, got 0"):
         TrainConfig(store="s", hidden=0)
 

@@ -109,8 +109,8 @@ def test_sweep_writes_events_per_run(sweep_setup: dict[str, Any]) -> None:
 
 @pytest.fixture
 def sweep_setup(micro_store: str, tmp_path: Path) -> dict[str, Any]:
-    return dict(store=micro_store, out=str(tmp_path / "sweep"), methods=["linear", "losa"],
-                ranks=[4], layers=["evenly:2"], steps=4, batch_size=16, eval_every=2,
+    return dict(store=micro_store, out=str(tmp_path / "sweep"), method=["linear", "losa"],
+                rank=[4], layers=["evenly:2"], steps=4, batch_size=16, eval_every=2,
                 log_every=1, workers=1, device="cpu", amp="fp32", speed_batches=0,
                 live_metrics=False)  # fmt: skip
 

@@ -201,10 +201,10 @@ def test_sweep_members_reading_taps_equal_runs_alone(
     cfg = SweepConfig(
         store=tap_stores["taps"],
         out=str(tmp_path / "sweep"),
-        methods=["mist", "losa"],
-        ranks=[4],
+        method=["mist", "losa"],
+        rank=[4],
         layers=["evenly:2"],
-        lrs=[0.05],
+        lr=[0.05],
         steps=5,
         batch_size=8,
         device="cpu",
