@@ -147,8 +147,8 @@ def test_a_broken_plugin_is_named_and_left_out(tmp_path: Path) -> None:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-method\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[losa_cache.methods]\nbroken = broken_method\n")
     env = {**os.environ, "PYTHONPATH": str(site)}
-    proc = subprocess.run([sys.executable, "-c", "import losa_cache.train;"
-                           "from losa_cache.methods import list_methods; print(list_methods())"], capture_output=True, text=True, env=env,
+    code = "import losa_cache.train; from losa_cache.methods import list_methods as m; print(m())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "'losa'" in proc.stdout and "broken" not in proc.stdout
