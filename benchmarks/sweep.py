@@ -46,8 +46,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_info, print_table, save
 
-GRID = {"methods": ["losa"], "ranks": [4, 8, 16, 64], "layers": ["evenly:1", "evenly:3"],
-        "lrs": [0.01, 0.05]}
+GRID = {"method": ["losa"], "rank": [4, 8, 16, 64], "layers": ["evenly:1", "evenly:3"],
+        "lr": [0.01, 0.05]}
 
 
 def pick_model() -> tuple[str, bool]:

@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
+from losa_cache import checks
 from losa_cache.checks import Bound, range_error
 
-__all__ = ["PANELS", "UNITS", "check_fields", "choices_of", "compose", "flag", "inherit",
-           "metadata", "option", "parse_list", "size_in"]
+__all__ = ["PANELS", "UNITS", "check_fields", "choices_of", "compose", "flag", "metadata",
+           "option", "parse_list", "size_in"]
 
 #: The help panels of the generated flags, in the order ``--help`` shows them (a field
 #: without a panel is a core option: the first panel, "Options").
@@ -56,15 +57,6 @@ def metadata(help: str, **rules: Any) -> dict[str, Any]:
     return {"help": help, **{k: rules.get(k) for k in keys}}
 
 
-def inherit(cls: type, name: str, help: str | None = None, panel: str | None = None) -> Any:
-    """A field like ``cls``'s field ``name`` (default, range, choices, unit; help and panel
-    unless given): a sweep's fields that every run shares say what the run's do."""
-    (f,) = (f for f in fields(cls) if f.name == name)
-    meta = {**f.metadata, **({"help": help} if help else {}),
-            **({"panel": panel} if panel else {})}
-    return field(default=f.default, metadata=meta)
-
-
 def compose(base: type, options: dict[str, Any], panel: str) -> type:
     """``base`` (a dataclass) extended by the methods' option fields (``options``: name ->
     :class:`losa_cache.methods.OptionField`), each in help ``panel``, its help naming the
@@ -88,7 +80,7 @@ def compose(base: type, options: dict[str, Any], panel: str) -> type:
 
 def flag(f: Field) -> str:
     """The command-line flag of a field: ``batch_size`` -> ``--batch-size``."""
-    return "--" + (f.metadata.get("cli") or f.name).replace("_", "-")
+    return checks.flag(f.metadata.get("cli") or f.name)
 
 
 def choices_of(f: Field) -> list[str] | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from losa_cache.baselines.methods import list_baselines
+from losa_cache.methods import get_method
 
 __all__ = [
     "DEFAULT_LRS",
@@ -179,7 +180,7 @@ def run_baseline(
         "method": method,
         "task": task_dir.name,
         "task_dir": str(task_dir),
-        "rank": rank if method == "lora" else None,
+        "rank": rank if "rank" in get_method(method).uses else None,
         "lrs": list(lrs),
         "val_acc": {str(lr): v for lr, v in val_acc.items()},
         "best_lr": best,
