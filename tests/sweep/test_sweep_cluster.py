@@ -146,7 +146,9 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     loopback (as on several machines); yields the scheduler's address."""
     tmp = tmp_path_factory.mktemp("dask")
     file = tmp / "scheduler.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # this module (its worker plugins) importable on the workers, as pytest imported it
+    path = os.pathsep.join([str(ROOT), str(Path(__file__).parent)])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     log = (tmp / "dask.log").open("ab")
     sched = subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
@@ -227,7 +229,7 @@ def test_local_two_workers_equal_the_in_process_sweep(make_sweep, reference) -> 
 
 def test_a_worker_killed_mid_group_resumes_it_from_checkpoints(
         make_sweep, client, scheduler, reference, long_reference) -> None:
-    cfg = make_sweep("killed", **GRID, **LONG, memory_budget=reference["budget"],
+    cfg = make_sweep("killed", **{**GRID, **LONG}, memory_budget=reference["budget"],
                      scheduler=scheduler)
     out, box = Path(cfg.out), {}
     thread = threading.Thread(target=lambda: box.update(res=run_sweep(cfg, progress=False)))
@@ -273,7 +275,7 @@ def cli_args(cfg: SweepConfig, scheduler: str) -> list[str]:
 
 def test_client_killed_then_resume_keeps_finished_groups(
         make_sweep, client, scheduler, reference, long_reference) -> None:
-    cfg = make_sweep("client", **GRID, **LONG, memory_budget=reference["budget"],
+    cfg = make_sweep("client", **{**GRID, **LONG}, memory_budget=reference["budget"],
                      scheduler=scheduler)
     out = Path(cfg.out)
     proc = subprocess.Popen(cli_args(cfg, scheduler), start_new_session=True,
