@@ -30,8 +30,14 @@ from tests.sweep.test_sweep_exact import curves
 
 ROOT = Path(__file__).resolve().parents[2]
 #: 12 runs (2 tasks x 2 lrs x losa at 2 layer specs and linear) that checkpoint often
-GRID: dict[str, Any] = {**SMALL, "tasks": ["full", "half"], "lrs": [0.01, 0.05],
-                        "batching": "loop", "checkpoint_every": 2, "costs": False}
+GRID: dict[str, Any] = {
+    **SMALL,
+    "tasks": ["full", "half"],
+    "lrs": [0.01, 0.05],
+    "batching": "loop",
+    "checkpoint_every": 2,
+    "costs": False,
+}
 LONG = {"steps": 40}  # the fault tests: groups long enough to be killed mid-way
 #: what differs between two processes training the same run: wall time and speed
 TIMING = {"train_seconds", "train_img_s", "img_s", "seconds", "group", "bytes_read"}
@@ -54,7 +60,8 @@ def assert_same_members(res: dict, ref: dict) -> None:
         strip = lambda r: {k: v for k, v in r.items() if k not in TIMING and k != "adapter"}
         assert strip(mine) == strip(row), key
     assert {t: b["run"] for t, b in res["summary"]["best"].items()} == {
-        t: b["run"] for t, b in ref["summary"]["best"].items()}
+        t: b["run"] for t, b in ref["summary"]["best"].items()
+    }
 
 
 def group_runs(out: Path) -> dict[int, list[Path]]:
@@ -125,8 +132,9 @@ class FailGroup(WorkerPlugin):
         self.real = real = R._train_group
         bad = self.gid
 
-        def train(cfg: Any, source: Any, inputs: Any, device: Any, gid: int, *a: Any,
-                  **kw: Any) -> bool:
+        def train(
+            cfg: Any, source: Any, inputs: Any, device: Any, gid: int, *a: Any, **kw: Any
+        ) -> bool:
             if gid == bad:
                 raise ValueError(f"group {gid} has a bad config (test)")
             return real(cfg, source, inputs, device, gid, *a, **kw)
@@ -205,11 +213,13 @@ def reference(sweep_store: str, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 
 @pytest.fixture(scope="module")
-def long_reference(sweep_store: str, tmp_path_factory: pytest.TempPathFactory,
-                   reference: dict) -> dict:
+def long_reference(
+    sweep_store: str, tmp_path_factory: pytest.TempPathFactory, reference: dict
+) -> dict:
     out = tmp_path_factory.mktemp("ref-long") / "sweep"
-    return run_sweep(SweepConfig(store=sweep_store, out=str(out), **{**GRID, **LONG}),
-                     progress=False)
+    return run_sweep(
+        SweepConfig(store=sweep_store, out=str(out), **{**GRID, **LONG}), progress=False
+    )
 
 
 # -- tests --------------------------------------------------------------------------------
@@ -228,9 +238,11 @@ def test_local_two_workers_equal_the_in_process_sweep(make_sweep, reference) -> 
 
 
 def test_a_worker_killed_mid_group_resumes_it_from_checkpoints(
-        make_sweep, client, scheduler, reference, long_reference) -> None:
-    cfg = make_sweep("killed", **{**GRID, **LONG}, memory_budget=reference["budget"],
-                     scheduler=scheduler)
+    make_sweep, client, scheduler, reference, long_reference
+) -> None:
+    cfg = make_sweep(
+        "killed", **{**GRID, **LONG}, memory_budget=reference["budget"], scheduler=scheduler
+    )
     out, box = Path(cfg.out), {}
     thread = threading.Thread(target=lambda: box.update(res=run_sweep(cfg, progress=False)))
     thread.start()
@@ -274,13 +286,19 @@ def cli_args(cfg: SweepConfig, scheduler: str) -> list[str]:
 
 
 def test_client_killed_then_resume_keeps_finished_groups(
-        make_sweep, client, scheduler, reference, long_reference) -> None:
-    cfg = make_sweep("client", **{**GRID, **LONG}, memory_budget=reference["budget"],
-                     scheduler=scheduler)
+    make_sweep, client, scheduler, reference, long_reference
+) -> None:
+    cfg = make_sweep(
+        "client", **{**GRID, **LONG}, memory_budget=reference["budget"], scheduler=scheduler
+    )
     out = Path(cfg.out)
-    proc = subprocess.Popen(cli_args(cfg, scheduler), start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cli_args(cfg, scheduler),
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(lambda: list((out / "groups").glob("*.json")) or proc.poll() is not None)
     finally:
@@ -298,7 +316,8 @@ def test_client_killed_then_resume_keeps_finished_groups(
 
 
 def test_a_failing_group_is_named_and_the_others_finish(
-        make_sweep, client, scheduler, reference) -> None:
+    make_sweep, client, scheduler, reference
+) -> None:
     cfg = make_sweep("fail", **GRID, memory_budget=reference["budget"], scheduler=scheduler)
     out = Path(cfg.out)
     client.register_plugin(FailGroup(1))
@@ -324,8 +343,9 @@ def test_refusals_before_anything_starts(make_sweep, tmp_path) -> None:
     with pytest.raises(ValueError, match="--cluster 'gpu:2'"):
         run_sweep(make_sweep("bad", cluster="gpu:2"), progress=False)
     with pytest.raises(ValueError, match="not both"):
-        run_sweep(make_sweep("both", cluster="local:2", scheduler="tcp://127.0.0.1:1"),
-                  progress=False)
+        run_sweep(
+            make_sweep("both", cluster="local:2", scheduler="tcp://127.0.0.1:1"), progress=False
+        )
     assert not list(tmp_path.iterdir()), "a refused sweep wrote nothing"
     # the flags exist on the CLI, generated from SweepConfig's fields
     from typer.testing import CliRunner
