@@ -354,3 +354,17 @@ def test_refusals_before_anything_starts(make_sweep, tmp_path) -> None:
 
     text = CliRunner().invoke(app, ["sweep", "--help"], env={"COLUMNS": "200"}).output
     assert "--cluster" in text and "--scheduler" in text
+
+
+def test_a_live_sweep_with_a_baseline_on_the_cluster(client, scheduler, tmp_path) -> None:
+    """--live: each group's worker runs the backbone; the baseline is a group of its own."""
+    live = dict(live=True, model="vit_micro", random_init=True, dataset="demo", limit=32,
+                methods=["losa", "bitfit"], ranks=[4], layers=["evenly:2", "all"],
+                lrs=[0.05], steps=5, batch_size=8, device="cpu", workers=0, speed_batches=0,
+                costs=False, amp="fp32", batching="loop")  # fmt: skip
+    ref = run_sweep(SweepConfig(out=str(tmp_path / "here"), **live), progress=False)
+    res = run_sweep(
+        SweepConfig(out=str(tmp_path / "there"), scheduler=scheduler, **live), progress=False
+    )
+    assert res["summary"]["mode"] == "live" and len(res["summary"]["groups"]) == 2
+    assert_same_members(res, ref)
