@@ -145,7 +145,7 @@ def group_task(train: TrainGroup, gid: int, plugin: str) -> dict[str, Any]:
 
     def on_tick(runs: list[Any]) -> None:
         now, steps = time.monotonic(), sum(r.step for r in runs)
-        images = sum(r.train_images for r in runs)
+        images = sum(r.step * r.batch for r in runs)  # configs' images trained so far
         if first[0] is None:
             first[0] = steps  # before the first step: what the checkpoints held
         if now - last[0] >= EVENT_EVERY:
