@@ -87,6 +87,9 @@ def summary(res: dict[str, Any]) -> str:
     for g in s["groups"]:
         lines.append(f"  group {g['group'] + 1}: {len(g['runs'])} runs, est. "
                      f"{human_bytes(g['estimate_bytes'])}, {human_bytes(g['bytes_read'])} read")
+    for addr, w in s.get("cluster", {}).get("workers", {}).items():  # --cluster/--scheduler
+        lines.append(f"  worker {addr}: busy {w['busy_seconds']:.1f} s, groups "
+                     f"{', '.join(str(g + 1) for g in w['groups'])}")
     for t, b in s["best"].items():
         lines.append(f"best {t}: {b['run']} (val {pct(b['val_acc'])}%) -> {b['adapter']}")
     for d in s.get("diverged", []):

@@ -98,6 +98,15 @@ def parse_cluster(cluster: str | None, scheduler: str | None) -> ClusterSpec | N
     raise ValueError(f"--cluster {cluster!r}: choose {CLUSTER_CHOICES} (N >= 1 worker processes)")
 
 
+def require_shared_store(store: str, command: str) -> None:
+    """Refuse a store Dask workers cannot reach (``memory://`` lives in one process)."""
+    if store.startswith("memory://"):
+        raise ValueError(
+            "memory:// stores live inside one process and Dask workers cannot see them; "
+            f"use a path or an object-store URL (s3://...), or {command} without --cluster"
+        )
+
+
 @contextlib.contextmanager
 def connect(spec: ClusterSpec) -> Iterator[Client]:
     """A client for ``spec``; a cluster started here is shut down on exit."""
@@ -341,11 +350,7 @@ def extract_distributed(
     """
     require_at_least("retries", retries, 0)
     require_at_least("shards_per_task", shards_per_task, 1)
-    if cfg.store.startswith("memory://"):
-        raise ValueError(
-            "memory:// stores live inside one process and Dask workers cannot see them; "
-            "use a path or an object-store URL (s3://...), or extract without --cluster"
-        )
+    require_shared_store(cfg.store, "extract")
     if cfg.extend:
         raise ValueError("--extend runs in one process: drop --cluster/--scheduler")
     if cfg.views:

@@ -126,6 +126,13 @@ class SweepConfig:
                            "up front what it will time); --no-costs skips them (their "
                            "columns stay empty).", panel="Costs")
     resume: bool = _f(False, "Continue the sweep in --out.")
+    # a Dask cluster trains the groups (losa_cache.sweep.cluster); the meanings of extract's
+    cluster: str | None = _f(None, "Run on Dask: local:N (N worker processes) | cuda (one per "
+                             "GPU); one group of configs per task, largest first.",
+                             panel="Performance")
+    scheduler: str | None = _f(None, "Run on an existing Dask cluster: tcp://HOST:PORT (the "
+                               "store and --out must be reachable from every worker).",
+                               panel="Performance")
 
     def __post_init__(self) -> None:
         if not self.store and not self.live:

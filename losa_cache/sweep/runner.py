@@ -90,6 +90,10 @@ def run_sweep(cfg: SweepConfig, progress: bool = True,
               storage_options: dict | None = None) -> dict[str, Any]:
     """Train every run of ``cfg`` (resuming if asked); returns the summary (also on disk)."""
     cfg = with_out(cfg, "sweep", progress)
+    if cfg.cluster or cfg.scheduler:  # refused before anything starts or is written
+        from losa_cache.sweep.cluster import for_cluster
+
+        cfg = for_cluster(cfg)
     with locked_outdir(cfg.out, "sweep"):  # one sweep per --out at a time (members too)
         claim_outdir(cfg.out, "sweep", proof=(SWEEP_JSON,), known=SWEEP_FILES)
         return _run_sweep(cfg, progress, storage_options)
@@ -100,13 +104,13 @@ def _run_sweep(cfg: SweepConfig, progress: bool, storage_options: dict | None) -
     device = pick_device(cfg.device)
     source = open_source(cfg, device, storage_options)
     try:
-        return _sweep(cfg, out, device, source, progress)
+        return _sweep(cfg, out, device, source, progress, storage_options)
     finally:
         source.close()
 
 
 def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource,
-           progress: bool) -> dict[str, Any]:
+           progress: bool, storage_options: dict | None = None) -> dict[str, Any]:
     info = source.info
     runs = expand_runs(cfg, info.depth, list(info.layers), info.default_task)
     saved = _resume_doc(cfg, out, runs)
@@ -116,10 +120,7 @@ def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource
     profs = _profiles(saved, runs, sides, info.dtype, device,
                       str(info.fingerprint.get("model", "")), source)
     todo = [r for r in runs if not _finished(r)]
-    inputs = choose_inputs(cfg.cache, source, device,
-                           [rows[t][role] for t in tasks for role in ("train", "val")],
-                           {i for r in todo for i in side_inputs(sides[r.key])} or {0},
-                           cfg.workers, progress, cfg.max_memory) if todo else None
+    inputs = _choose(cfg, source, device, rows, todo, sides, progress) if todo else None
     choice = inputs.choice if inputs is not None else None
     groups = _groups(cfg, saved, runs, sides, rows, profs, device, choice)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,16 +133,25 @@ def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource
         notes.append(no_val_note(info.splits, f"no best run is named (tasks {no_val})"))
     _say(progress, notes)
     by_key = {r.key: r for r in runs}
-    for gid, group in enumerate(groups):
-        if _group_file(out, gid).is_file():
-            continue
+    pending = [g for g in range(len(groups)) if not _group_file(out, g).is_file()]
+    extra: dict[str, Any] = {}
+    if pending and (cfg.cluster or cfg.scheduler):
+        from losa_cache.sweep.cluster import GroupWork, train_groups
+
+        work = [GroupWork(g, groups[g].runs, *_group_size(
+            [by_key[k] for k in groups[g].runs], rows, sides, profs, device)) for g in pending]
+        stopped, extra = train_groups(cfg, work, train_group_alone, storage_options, progress)
+        if stopped is not None:
+            return {"complete": False, "out": str(out), "group": stopped, "notes": notes}
+        pending = []  # every group trained there
+    for gid in pending:
         assert inputs is not None
         done = _train_group(cfg, source, inputs, device, gid, len(groups),
-                            [by_key[k] for k in group.runs], sides, profs, progress)
+                            [by_key[k] for k in groups[gid].runs], sides, profs, progress)
         if not done:  # --stop-at (every run stops there) or a run stopped otherwise
             return {"complete": False, "out": str(out), "group": gid, "notes": notes}
     rows_out = _with_speed(cfg, runs, sides, info.dtype, device, progress, source)
-    return _finish(cfg, out, rows_out, groups, choice, inputs, notes)
+    return _finish(cfg, out, rows_out, groups, choice, inputs, notes, extra)
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -228,6 +238,16 @@ def _profiles(saved: dict | None, runs: list[RunSpec], sides: dict, dtype: torch
     return out
 
 
+def _choose(cfg: SweepConfig, source: DataSource, device: torch.device, rows: dict,
+            specs: list[RunSpec], sides: dict, progress: bool) -> Inputs:
+    """The inputs (``--cache``) of ``specs``: every task's train and val rows, the feed keys
+    the runs read."""
+    return choose_inputs(cfg.cache, source, device,
+                         [rows[t][role] for t in rows for role in ("train", "val")],
+                         {i for r in specs for i in side_inputs(sides[r.key])} or {0},
+                         cfg.workers, progress, cfg.max_memory)
+
+
 def _profile_of(r: RunSpec, sides: dict, profs: dict[str, Profile],
                 device: torch.device) -> Profile:
     return profs[_key(r, sides, device)]
@@ -279,9 +299,54 @@ def _finished(spec: RunSpec) -> bool:
     return isinstance(metrics, dict) and metrics.get("status") in ("trained", "diverged")
 
 
+def _group_size(specs: list[RunSpec], rows: dict, sides: dict, profs: dict[str, Profile],
+                device: torch.device) -> tuple[int, float]:
+    """A group's optimizer steps (all runs) and estimated training FLOPs: its cost when a
+    cluster places groups, largest first."""
+    steps, flops = 0, 0.0
+    for r in specs:
+        plan = r.train.plan(len(rows[r.task]["train"]))
+        prof = _profile_of(r, sides, profs, device)
+        own = get_method(r.train.method).live  # backpropagates through its backbone copy
+        per_image = prof.side_flops + ((prof.backbone_flops or 0) if own else 0)
+        steps += int(plan["steps"])
+        flops += 3.0 * per_image * int(plan["steps"]) * int(plan["batch_size"])  # fwd + bwd
+    return steps, flops
+
+
+def train_group_alone(cfg: SweepConfig, gid: int, storage_options: dict | None,
+                      on_tick: Any = None, source: DataSource | None = None) -> bool:
+    """Train group ``gid`` of the sweep planned in ``cfg.out`` (its sweep.json), with plain
+    arguments: a cluster worker's task. Its runs resume from their checkpoints; a finished
+    group is left as it is. ``source``: an open source to reuse (else opened and closed
+    here). Returns whether every run of the group ended (False: --stop-at)."""
+    out = Path(cfg.out)
+    if _group_file(out, gid).is_file():
+        return True
+    doc = read_json(out / SWEEP_JSON, _DAMAGED)
+    groups = [Group.from_dict(g) for g in doc["groups"]]
+    profs = {k: Profile(**v) for k, v in doc["profiles"].items()}
+    by_key = {r.key: r for r in map(RunSpec.from_dict, doc["runs"])}
+    specs = [by_key[k] for k in groups[gid].runs]
+    device = pick_device(cfg.device)
+    mine = source or open_source(cfg, device, storage_options)
+    try:
+        tasks = {r.task: mine.task(r.task) for r in specs}
+        rows = _task_rows(cfg, mine, tasks)
+        sides = {r.key: build_side_config(r.train, mine.info, len(tasks[r.task].classes))
+                 for r in specs}
+        todo = [r for r in specs if not _finished(r)]
+        inputs = _choose(cfg, mine, device, rows, todo or specs, sides, False)
+        return _train_group(cfg, mine, inputs, device, gid, len(groups), specs, sides, profs,
+                            False, on_tick)
+    finally:
+        if source is None:
+            mine.close()
+
+
 def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: torch.device,
                  gid: int, n: int, specs: list[RunSpec], sides: dict[str, SideConfig],
-                 profs: dict[str, Profile], progress: bool) -> bool:
+                 profs: dict[str, Profile], progress: bool, on_tick: Any = None) -> bool:
     """Train one group's runs to their ends (or --stop-at): all done?"""
     t0, bytes0 = time.perf_counter(), inputs.bytes_read
     todo = [s for s in specs if not _finished(s)]
@@ -291,7 +356,10 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
         run = make_run(dataclasses.replace(s.train, resume=resume), source, device, s.key)
         run.start(tunable=frozenset())  # a member's checkpoint is its own, exactly
         runs.append(run)
-    engine = Engine(runs, inputs, progress, cfg.batching, label=f"group {gid + 1}/{n}")
+    if on_tick is not None:  # before the first step: where the checkpoints left off
+        on_tick(runs)
+    engine = Engine(runs, inputs, progress, cfg.batching, label=f"group {gid + 1}/{n}",
+                    on_tick=on_tick)
     done = engine.train() if runs else True
     extra = {"bytes_read": inputs.bytes_read}
     for s, run in zip(todo, runs, strict=True):
@@ -425,7 +493,8 @@ def _side_costs(cfg: SweepConfig, side: SideConfig, optimizer: str, batch: int, 
 
 
 def _finish(cfg: SweepConfig, out: Path, rows: list[dict[str, Any]], groups: list[Group],
-            choice: Any, inputs: Inputs | None, notes: list[str]) -> dict[str, Any]:
+            choice: Any, inputs: Inputs | None, notes: list[str],
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
     best = best_runs(rows)
     for r in rows:
         r["best"] = best.get(r["task"]) is r
@@ -450,7 +519,7 @@ def _finish(cfg: SweepConfig, out: Path, rows: list[dict[str, Any]], groups: lis
         "config_images_per_s": images / seconds if seconds else None,
         "best": {t: {"run": r["run"], "val_acc": r["val_acc"], "test_acc": r["test_acc"],
                      "adapter": paths[t]} for t, r in best.items()},
-        "diverged": diverged, "notes": notes,
+        "diverged": diverged, "notes": notes, **(extra or {}),
     }
     write_results(out, rows, summary)
     return {"summary": summary, "results": rows}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,9 +220,11 @@ class Engine:
     """Train ``runs`` from ``inputs`` until each is done, diverged, stopped or interrupted."""
 
     def __init__(self, runs: Sequence[Run], inputs: Inputs, progress: bool = False,
-                 batching: str = "loop", label: str = "train") -> None:
+                 batching: str = "loop", label: str = "train",
+                 on_tick: Callable[[list[Run]], None] | None = None) -> None:
         self.runs, self.inputs, self.progress = list(runs), inputs, progress
         self.batching, self.label = batching, label
+        self.on_tick = on_tick  # after every tick (a cluster worker's progress events)
         self.ticks = 0
         self.bar: Any = None
         self._flushed = False  # a run logged since the bar's postfix was last set
@@ -256,6 +258,8 @@ class Engine:
                             self._feed(lanes, next(streams[key]))
                     self.ticks += 1
                     bar.update(sum(r.step for r in self.runs) - before)
+                    if self.on_tick is not None:
+                        self.on_tick(self.runs)
                     if self._flushed:
                         bar.set_postfix(self._postfix(), refresh=False)
                         self._flushed = False
