@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from losa_cache.cli.common import (
     JsonOpt,
-    QuietOpt,
     emit_json,
     human_bytes,
     human_seconds,
     table,
     user_errors,
 )
+from losa_cache.cli.options import build, command, config_params, output_params
+from losa_cache.extract_config import DaskConfig, ExtractConfig
 
 StorageOpt = Annotated[
     str | None,
@@ -245,161 +246,11 @@ def _budget_text(b: dict) -> str:
     return f"{head}\n{body}\n{b['advice']}\n(bf16 stores price as fp16; fp32 as 2x fp16){note}"
 
 
-def extract(
-    model: Annotated[str, typer.Option(help="Backbone alias or timm ViT name.")],
-    dataset: Annotated[
-        str,
-        typer.Option(
-            help="demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
-            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH (video: a vivit_* model)"
-            " | wds:PATTERN | hf:PATH (docs/data-and-logging.md). "
-            "imagefolder:PATH takes PATH/<class>/*.jpg (all rows in train: add --split "
-            "val=0.1,test=0.1) or PATH/train/<class>/*.jpg with val/ and test/ beside train/ "
-            "(its own splits)."
-        ),
-    ],
-    store: Annotated[
-        str,
-        typer.Option(help="Store path or URL: a new or empty folder, or a store to resume."),
-    ],
-    checkpoint: Annotated[
-        str | None, typer.Option(help="Weights: .npz (big_vision/AugReg), .pth/.bin, .safetensors.")
-    ] = None,
-    pretrained: Annotated[bool, typer.Option(help="timm weights from the local cache.")] = False,
-    random_init: Annotated[
-        bool, typer.Option(help="Extract from random weights, on purpose.")
-    ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of --random-init.")] = 0,
-    data_root: Annotated[str | None, typer.Option(help="Root folder of inat data sets.")] = None,
-    layers: Annotated[str, typer.Option(help="all | last:N | evenly:N | 3,6,9 (0-based).")] = "all",
-    dtype: Annotated[
-        str,
-        typer.Option(help="Stored dtype: fp16 | bf16 | fp32 | int8 (one fp16 scale per token)."),
-    ] = "fp16",
-    taps: Annotated[
-        str,
-        typer.Option(
-            help="What to store: blocks, embed (z0), attn, mlp (branches of the --layers "
-            "blocks), sum:K1,K2 (MIST G_k = z0 + first k blocks, k 1-based), sum:all, "
-            "sum:evenly:N; comma-separated."
-        ),
-    ] = "blocks",
-    extend: Annotated[
-        bool,
-        typer.Option(
-            help="Add the --taps a finished store lacks (reruns the backbone, writes only "
-            "the new arrays; every other setting must match)."
-        ),
-    ] = False,
-    precision: Annotated[
-        str,
-        typer.Option(help="Compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
-    ] = "auto",
-    codec: Annotated[
-        str,
-        typer.Option(
-            help="Feature compressor: none | lz4 | zstd | zstd-plain "
-            "(activations barely compress: see benchmarks/codecs.py)."
-        ),
-    ] = "none",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    workers: Annotated[int, typer.Option(help="Image decoding processes (-1: auto).")] = -1,
-    limit: Annotated[
-        int | None, typer.Option(help="At most N images per split (smoke runs).")
-    ] = None,
-    splits: Annotated[str | None, typer.Option(help="Only these splits, e.g. train,val.")] = None,
-    split: Annotated[
-        str | None,
-        typer.Option(
-            help="Carve held-out splits from train when the data set has none, e.g. "
-            "val=0.1,test=0.1 (fractions) or val=50 (a count); stratified by class, seeded "
-            "(seed=N, default 0), recorded in the store. A split the data set already has "
-            "is refused."
-        ),
-    ] = None,
-    strict: Annotated[
-        bool, typer.Option(help="Fail on an undecodable image (default: skip).")
-    ] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    shard_rows: Annotated[
-        int | None, typer.Option(help="Rows per shard (default: ~64 MB).")
-    ] = None,
-    chunk_rows: Annotated[int | None, typer.Option(help="Rows per chunk (default: ~2 MB).")] = None,
-    input_size: Annotated[
-        int | None, typer.Option(help="Override the backbone's input size (pixels).")
-    ] = None,
-    crop_pct: Annotated[
-        float | None, typer.Option(help="Override the backbone's crop fraction.")
-    ] = None,
-    interpolation: Annotated[
-        str | None, typer.Option(help="Override the resize mode (bicubic, bilinear, ...).")
-    ] = None,
-    crop_mode: Annotated[
-        str | None,
-        typer.Option(
-            help="center (resize, centre crop) | squash (whole image resized to the input "
-            "size, no crop: VTAB-1k's protocol). Default: the backbone's (center)."
-        ),
-    ] = None,
-    max_pixels: Annotated[
-        int | None,
-        typer.Option(
-            help="Largest image decoded, width x height (default: 89478485, PIL's guard); "
-            "larger ones are skipped, or stop --strict runs."
-        ),
-    ] = None,
-    max_file_bytes: Annotated[
-        int | None,
-        typer.Option(
-            help="Largest file read, in bytes (default: 268435456 = 256 MiB an image, 4 GiB a "
-            "video); larger ones, and anything but a regular file (a FIFO, a device), are "
-            "skipped, or stop --strict runs."
-        ),
-    ] = None,
-    frames: Annotated[
-        int | None, typer.Option(help="Video: frames per clip (default: the model's, e.g. 32).")
-    ] = None,
-    stride: Annotated[int, typer.Option(help="Video: take every N-th frame.")] = 2,
-    clip: Annotated[
-        str, typer.Option(help="Video: where the clip sits in the video: centre | start.")
-    ] = "centre",
-    inflation: Annotated[
-        str,
-        typer.Option(help="Video: tubelet init from the 2D patch kernel: central | average."),
-    ] = "central",
-    views: Annotated[
-        int,
-        typer.Option(
-            help="Augmented views of every train* image stored besides the clean one "
-            "(rows after the clean ones; val/test stay clean). Needs --augment."
-        ),
-    ] = 0,
-    augment: Annotated[
-        str | None,
-        typer.Option(help="The views' augmentation: rrc[:LO-HI] and/or flip (rrc:0.08-1,flip)."),
-    ] = None,
-    view_seed: Annotated[
-        int, typer.Option(help="Seed of the views: view v of row r is a function of (seed, r, v).")
-    ] = 0,
-    cluster: Annotated[
-        str | None,
-        typer.Option(help="Run on Dask: local:N (N worker processes) | cuda (one per GPU)."),
-    ] = None,
-    scheduler: Annotated[
-        str | None, typer.Option(help="Run on an existing Dask cluster: tcp://HOST:PORT.")
-    ] = None,
-    retries: Annotated[int, typer.Option(help="Dask: retries of a failing task.")] = 3,
-    shards_per_task: Annotated[
-        int | None, typer.Option(help="Dask: whole shards per task (default: auto, <= 8).")
-    ] = None,
-    storage_options: StorageOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Run the frozen backbone once over a data set and write its block outputs.
+EXTRACT_DOC = """Run the frozen backbone once over a data set and write its block outputs.
 
     Rerunning the same command resumes: finished shards are kept, the rest is written.
-    With --cluster/--scheduler each Dask task computes and writes whole shards.
+    With --cluster/--scheduler each Dask task computes and writes whole shards. Every
+    option is an ExtractConfig (or DaskConfig) field.
 
     Example: losa-cache extract --model vit_b --pretrained --dataset vtab1k:data/vtab/cifar \
 --store stores/cifar.zarr --layers all
@@ -411,77 +262,32 @@ losa-cache extract --model vit_b --pretrained --dataset imagefolder:photos \
     Example (Dask, 4 processes): losa-cache extract --model vit_b --pretrained --dataset \
 inat2018 --store s3://bucket/inat.zarr --cluster local:4
     """
-    from losa_cache.data.decode import DEFAULT_MAX_PIXELS
-    from losa_cache.distributed import extract_distributed, parse_cluster
-    from losa_cache.extract import ExtractConfig
-    from losa_cache.extract import extract as run
+
+
+def _extract(json_out: bool, quiet: bool, storage_options: str | None, **values: Any) -> None:
+    from losa_cache.api import extract as run
     from losa_cache.store.store import parse_storage_options
 
     with user_errors():
-        cfg = ExtractConfig(
-            model=model,
-            dataset=dataset,
-            store=store,
-            checkpoint=checkpoint,
-            pretrained=pretrained,
-            random_init=random_init,
-            seed=seed,
-            data_root=data_root,
-            layers=layers,
-            dtype=dtype,
-            taps=taps,
-            extend=extend,
-            precision=precision,
-            codec=codec,
-            batch_size=batch_size,
-            workers=workers,
-            limit=limit,
-            splits=splits.split(",") if splits else None,
-            split=split,
-            strict=strict,
-            device=device,
-            shard_rows=shard_rows,
-            chunk_rows=chunk_rows,
-            input_size=input_size,
-            crop_pct=crop_pct,
-            interpolation=interpolation,
-            crop_mode=crop_mode,
-            views=views,
-            augment=augment,
-            view_seed=view_seed,
-            max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
-            max_file_bytes=max_file_bytes,
-            frames=frames,
-            stride=stride,
-            clip=clip,
-            inflation=inflation,
-        )
-        options = parse_storage_options(storage_options)
-        if parse_cluster(cluster, scheduler) is None:
-            result = run(cfg, progress=not quiet, storage_options=options)
-        else:
-            result = extract_distributed(
-                cfg,
-                cluster=cluster,
-                scheduler=scheduler,
-                progress=not quiet,
-                storage_options=options,
-                retries=retries,
-                shards_per_task=shards_per_task,
-            )
+        cfg, dask = build(values, ExtractConfig, DaskConfig)
+        result = run(cfg, dask=dask, progress=not quiet,
+                     storage_options=parse_storage_options(storage_options))
     if json_out:
-        emit_json(result.to_dict())
-        return
+        return emit_json(result.to_dict())
     verb = "resumed" if result.resumed else "created"
     typer.echo(
-        f"{verb} {store}: wrote {result.written:,} images "
+        f"{verb} {cfg.store}: wrote {result.written:,} images "
         f"({result.shards_written} shards, {result.shards_total} in store) in "
         f"{human_seconds(result.seconds)} ({result.images_per_s:,.1f} img/s), "
         f"{human_bytes(result.bytes_written)} of features"
     )
     for s in result.skipped:
         typer.echo(f"skipped row {s['row']}: {s['error']}")
-    typer.echo(f"see: losa-cache info {store}")
+    typer.echo(f"see: losa-cache info {cfg.store}")
+
+
+extract = command(_extract, [*config_params(ExtractConfig), *config_params(DaskConfig),
+                             *output_params("Print the run's summary as JSON.")], EXTRACT_DOC)
 
 
 def subset(
