@@ -1,8 +1,8 @@
 """The `losa-cache` command line. Wiring only: every command calls the library.
 
-``train``, ``sweep`` and ``report`` are loaded when run (or asked for their help): their
-options are generated from config dataclasses that import torch, so ``losa-cache --help``
-lists them by their short help without loading it.
+The commands of :data:`LAZY` are loaded when run (or asked for their help): their options
+are generated from config dataclasses that import torch or zarr, so ``losa-cache --help``
+lists them by their short help without loading either.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ LAZY: dict[str, tuple[str, str, str]] = {
               "a --config list) in one pass over the data."),
     "report": ("losa_cache.cli.sweep_cmds", "report", "Plot accuracy against learned params, "
                "training memory, speed and inference GFLOPs."),
+    "plan": ("losa_cache.cli.plan_cmds", "plan", "Store size per tap, backbone GMACs, "
+             "extraction time and epoch reads before anything runs."),
 }  # fmt: skip
 #: The order ``--help`` lists the commands in.
 ORDER = ("demo", "models", "plan", "extract", "info", "subset", "verify", "export", "import",
@@ -36,10 +38,15 @@ ORDER = ("demo", "models", "plan", "extract", "info", "subset", "verify", "expor
 
 
 def load_command(name: str) -> Any:
-    """The click command of a LAZY one (importing its module)."""
+    """The click command of a LAZY one (importing its module); a Typer: its group."""
     module, attr, _ = LAZY[name]
+    found = getattr(importlib.import_module(module), attr)
+    if isinstance(found, typer.Typer):
+        group = typer.main.get_group(found)
+        group.name = name
+        return group
     one = typer.Typer(add_completion=False)  # completion is the app's, not a command's
-    one.command(name)(getattr(importlib.import_module(module), attr))
+    one.command(name)(found)
     return typer.main.get_command(one)
 
 
@@ -104,7 +111,6 @@ def _options(
 
 app.command()(demo_cmds.demo)
 app.command()(store_cmds.models)
-app.command()(store_cmds.plan)
 app.command()(store_cmds.extract)
 app.command()(store_cmds.info)
 app.command()(store_cmds.subset)
