@@ -16,7 +16,6 @@ from typer.core import TyperCommand, TyperGroup
 from losa_cache.cli import (
     cluster_cmds,
     demo_cmds,
-    predict_cmds,
     store_cmds,
 )
 from losa_cache.cli.errors import top_level_errors
@@ -31,6 +30,10 @@ LAZY: dict[str, tuple[str, str, str]] = {
                "training memory, speed and inference GFLOPs."),
     "plan": ("losa_cache.cli.plan_cmds", "plan", "Store size per tap, backbone GMACs, "
              "extraction time and epoch reads before anything runs."),
+    "predict": ("losa_cache.cli.predict_cmds", "predict", "Classify images with the live "
+                "backbone + adapter; undecodable images are reported."),
+    "eval": ("losa_cache.cli.predict_cmds", "evaluate", "Score an adapter on a store split's "
+             "cached features: accuracy, loss, per class."),
 }  # fmt: skip
 #: The order ``--help`` lists the commands in.
 ORDER = ("demo", "models", "plan", "extract", "info", "subset", "verify", "export", "import",
@@ -118,8 +121,6 @@ app.command()(cluster_cmds.verify)
 app.command()(cluster_cmds.export)
 app.command("import")(cluster_cmds.import_store)
 app.add_typer(store_cmds.tasks_app, name="tasks")
-app.command("predict")(predict_cmds.predict)
-app.command("eval")(predict_cmds.evaluate)
 
 
 def main() -> None:
