@@ -13,11 +13,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from losa_cache.cli import (
-    cluster_cmds,
-    demo_cmds,
-    store_cmds,
-)
+from losa_cache.cli import store_cmds
 from losa_cache.cli.errors import top_level_errors
 
 #: name -> (module, function, the short help ``--help`` lists: its docstring's first line)
@@ -34,6 +30,21 @@ LAZY: dict[str, tuple[str, str, str]] = {
                 "backbone + adapter; undecodable images are reported."),
     "eval": ("losa_cache.cli.predict_cmds", "evaluate", "Score an adapter on a store split's "
              "cached features: accuracy, loss, per class."),
+    "demo": ("losa_cache.cli.demo_cmds", "demo", "Extract the embedded data set with the "
+             "embedded ViT once, train the linear probe and LoSA from the store, compare them, "
+             "and predict a few images with the adapter."),
+    "info": ("losa_cache.cli.manage_cmds", "info", "Images, splits, layers, tasks, "
+             "fingerprint, progress, size and compression."),
+    "subset": ("losa_cache.cli.manage_cmds", "subset", "Copy part of a store (no backbone "
+               "run): same fingerprint, checksummed, resumable."),
+    "verify": ("losa_cache.cli.manage_cmds", "verify", "Re-read every finished shard and "
+               "compare it with the checksums recorded at write time."),
+    "export": ("losa_cache.cli.manage_cmds", "export", "Copy a whole store (every array and "
+               "attribute) into one HDF5 file."),
+    "import": ("losa_cache.cli.manage_cmds", "import_store", "Recreate a store from an HDF5 "
+               "export, bit-exact (same chunks, codecs, attributes)."),
+    "tasks": ("losa_cache.cli.manage_cmds", "tasks_app", "Labellings of one store: many "
+              "tasks, one extraction."),
 }  # fmt: skip
 #: The order ``--help`` lists the commands in.
 ORDER = ("demo", "models", "plan", "extract", "info", "subset", "verify", "export", "import",
@@ -112,15 +123,8 @@ def _options(
     """The app's own options (--version); its help is the Typer's."""
 
 
-app.command()(demo_cmds.demo)
 app.command()(store_cmds.models)
 app.command()(store_cmds.extract)
-app.command()(store_cmds.info)
-app.command()(store_cmds.subset)
-app.command()(cluster_cmds.verify)
-app.command()(cluster_cmds.export)
-app.command("import")(cluster_cmds.import_store)
-app.add_typer(store_cmds.tasks_app, name="tasks")
 
 
 def main() -> None:

@@ -96,6 +96,7 @@ def config_params(
         flags = (flag(f),) if annotation is bool and default is False else ()
         out.append(param(name, annotation, default, help, f.metadata.get("panel"), flags, metavar,
                          argument))
+        typing.get_args(out[-1].annotation)[1].config_field = f  # whose help it is (tests)
     return sorted(out, key=_panel_rank)
 
 
