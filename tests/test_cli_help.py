@@ -115,7 +115,7 @@ NOT_GENERATED = {("models",), ("report",)}
 def test_every_command_is_generated_and_its_help_is_its_fields() -> None:
     """Each option of every command is a config field whose metadata help is the option's
     help (a choice list may follow), so no help can drift from its config; only the output
-    options are the command's own."""
+    options are the command's own. Every command shows an example and has --json."""
     import inspect
     import typing
 
@@ -126,6 +126,8 @@ def test_every_command_is_generated_and_its_help_is_its_fields() -> None:
     assert {p for p, _ in leaves} >= {("extract",), ("plan",), ("eval",), ("predict",),
                                       ("tasks", "add"), ("verify",), ("import",)}  # fmt: skip
     for path, cmd in leaves:
+        assert "Example" in (cmd.help or ""), f"{' '.join(path)} --help shows no example"
+        assert any("--json" in p.opts for p in cmd.params), f"{' '.join(path)} has no --json"
         if path in NOT_GENERATED:
             continue
         original = getattr(cmd.callback, "__wrapped__", None)
