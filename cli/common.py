@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import warnings
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -19,12 +18,6 @@ JsonOpt = Annotated[
     bool,
     typer.Option("--json", help="Print machine-readable JSON (progress still goes to stderr)."),
 ]
-#: ``--quiet``: no progress bars, notes or evaluation lines on stderr.
-QuietOpt = Annotated[
-    bool,
-    typer.Option("--quiet", "-q", help="No progress on stderr (bars, notes, evaluation lines)."),
-]
-
 #: Library errors whose message already says what is wrong and how to fix it.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
 
@@ -63,7 +56,3 @@ def _format_warning(message: Warning | str, *_args: Any, **_kwargs: Any) -> str:
 
 def emit_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

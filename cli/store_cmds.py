@@ -1,8 +1,8 @@
-"""Commands about backbones and stores: models, plan, extract, info, tasks, verify."""
+"""Commands that are not loaded lazily (their options import nothing heavy): models, extract."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
@@ -17,14 +17,6 @@ from losa_cache.cli.common import (
 from losa_cache.cli.options import build, command, config_params, output_params
 from losa_cache.extract_config import DaskConfig, ExtractConfig
 
-StorageOpt = Annotated[
-    str | None,
-    typer.Option(
-        help='fsspec options for store URLs as JSON, e.g. \'{"endpoint_url": "http://..."}\' '
-        "(default: $LOSA_CACHE_STORAGE_OPTIONS)."
-    ),
-]
-
 
 def models(json_out: JsonOpt = False) -> None:
     """List backbone aliases with parameter counts and bytes per image-layer.
@@ -36,26 +28,12 @@ def models(json_out: JsonOpt = False) -> None:
     with user_errors():
         rows = [describe(a) | {"note": ALIASES[a].note} for a in ALIASES]
     if json_out:
-        emit_json(rows)
-        return
-    typer.echo(
-        table(
-            [
-                [
-                    r["model"],
-                    r["timm_name"],
-                    f"{r['params'] / 1e6:,.1f}M",
-                    r["depth"],
-                    r["dim"],
-                    r["tokens"],
-                    human_bytes(r["bytes_per_image_layer_fp16"]),
-                    r["note"],
-                ]
-                for r in rows
-            ],
-            ["alias", "timm name", "params", "depth", "dim", "tokens", "fp16/img/layer", "note"],
-        )
-    )
+        return emit_json(rows)
+    cells = [[r["model"], r["timm_name"], f"{r['params'] / 1e6:,.1f}M", r["depth"], r["dim"],
+              r["tokens"], human_bytes(r["bytes_per_image_layer_fp16"]), r["note"]]
+             for r in rows]  # fmt: skip
+    typer.echo(table(cells, ["alias", "timm name", "params", "depth", "dim", "tokens",
+                             "fp16/img/layer", "note"]))  # fmt: skip
     typer.echo("\nAny timm ViT name works too, e.g. --model vit_small_patch16_224.augreg_in21k")
 
 
