@@ -130,3 +130,30 @@ def test_cli_warnings_are_one_line() -> None:
         text = warnings.formatwarning(UserWarning("a: b"), UserWarning, "/x/y.py", 3, "src")
     assert text == "warning: a: b\n"
     assert warnings.formatwarning(UserWarning("a"), UserWarning, "/x/y.py", 3) != text
+
+
+def test_the_extract_command_builds_the_config_python_would(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`extract` is wiring: its flags make the ExtractConfig and DaskConfig a Python caller
+    builds (lists split at commas, sizes parsed), handed to losa_cache.api.extract."""
+    import losa_cache.api
+    from losa_cache.extract import DaskConfig
+
+    seen = {}
+
+    def fake(cfg, *, dask, progress, storage_options):
+        seen.update(cfg=cfg, dask=dask, progress=progress)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(losa_cache.api, "extract", fake)
+    res = CliRunner().invoke(app, ["extract", "--model", "vit_micro", "--dataset", "demo",
+                                   "--store", str(tmp_path / "s.zarr"), "--random-init",
+                                   "--splits", "train,val", "--max-file-bytes", "2MiB",
+                                   "--crop-mode", "squash", "--retries", "1", "-q"])  # fmt: skip
+    assert res.exit_code == 2 and "stop here" in res.output
+    want = ExtractConfig(model="vit_micro", dataset="demo", store=str(tmp_path / "s.zarr"),
+                         random_init=True, splits=["train", "val"], max_file_bytes=2 * 2**20,
+                         crop_mode="squash")  # fmt: skip
+    assert seen["cfg"] == want and seen["dask"] == DaskConfig(retries=1)
+    assert seen["progress"] is False
