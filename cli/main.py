@@ -1,8 +1,8 @@
 """The `losa-cache` command line. Wiring only: every command calls the library.
 
-``train``, ``sweep`` and ``report`` are loaded when run (or asked for their help): their
-options are generated from config dataclasses that import torch, so ``losa-cache --help``
-lists them by their short help without loading it.
+The commands of :data:`LAZY` are loaded when run (or asked for their help): their options
+are generated from config dataclasses that import torch or zarr, so ``losa-cache --help``
+lists them by their short help without loading either.
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from losa_cache.cli import (
-    cluster_cmds,
-    demo_cmds,
-    predict_cmds,
-    store_cmds,
-)
+from losa_cache.cli import store_cmds
 from losa_cache.cli.errors import top_level_errors
 
 #: name -> (module, function, the short help ``--help`` lists: its docstring's first line)
@@ -29,6 +24,27 @@ LAZY: dict[str, tuple[str, str, str]] = {
               "a --config list) in one pass over the data."),
     "report": ("losa_cache.cli.sweep_cmds", "report", "Plot accuracy against learned params, "
                "training memory, speed and inference GFLOPs."),
+    "plan": ("losa_cache.cli.plan_cmds", "plan", "Store size per tap, backbone GMACs, "
+             "extraction time and epoch reads before anything runs."),
+    "predict": ("losa_cache.cli.predict_cmds", "predict", "Classify images with the live "
+                "backbone + adapter; undecodable images are reported."),
+    "eval": ("losa_cache.cli.predict_cmds", "evaluate", "Score an adapter on a store split's "
+             "cached features: accuracy, loss, per class."),
+    "demo": ("losa_cache.cli.demo_cmds", "demo", "Extract the embedded data set with the "
+             "embedded ViT once, train the linear probe and LoSA from the store, compare them, "
+             "and predict a few images with the adapter."),
+    "info": ("losa_cache.cli.manage_cmds", "info", "Images, splits, layers, tasks, "
+             "fingerprint, progress, size and compression."),
+    "subset": ("losa_cache.cli.manage_cmds", "subset", "Copy part of a store (no backbone "
+               "run): same fingerprint, checksummed, resumable."),
+    "verify": ("losa_cache.cli.manage_cmds", "verify", "Re-read every finished shard and "
+               "compare it with the checksums recorded at write time."),
+    "export": ("losa_cache.cli.manage_cmds", "export", "Copy a whole store (every array and "
+               "attribute) into one HDF5 file."),
+    "import": ("losa_cache.cli.manage_cmds", "import_store", "Recreate a store from an HDF5 "
+               "export, bit-exact (same chunks, codecs, attributes)."),
+    "tasks": ("losa_cache.cli.manage_cmds", "tasks_app", "Labellings of one store: many "
+              "tasks, one extraction."),
 }  # fmt: skip
 #: The order ``--help`` lists the commands in.
 ORDER = ("demo", "models", "plan", "extract", "info", "subset", "verify", "export", "import",
@@ -36,10 +52,15 @@ ORDER = ("demo", "models", "plan", "extract", "info", "subset", "verify", "expor
 
 
 def load_command(name: str) -> Any:
-    """The click command of a LAZY one (importing its module)."""
+    """The click command of a LAZY one (importing its module); a Typer: its group."""
     module, attr, _ = LAZY[name]
+    found = getattr(importlib.import_module(module), attr)
+    if isinstance(found, typer.Typer):
+        group = typer.main.get_group(found)
+        group.name = name
+        return group
     one = typer.Typer(add_completion=False)  # completion is the app's, not a command's
-    one.command(name)(getattr(importlib.import_module(module), attr))
+    one.command(name)(found)
     return typer.main.get_command(one)
 
 
@@ -102,18 +123,8 @@ def _options(
     """The app's own options (--version); its help is the Typer's."""
 
 
-app.command()(demo_cmds.demo)
 app.command()(store_cmds.models)
-app.command()(store_cmds.plan)
 app.command()(store_cmds.extract)
-app.command()(store_cmds.info)
-app.command()(store_cmds.subset)
-app.command()(cluster_cmds.verify)
-app.command()(cluster_cmds.export)
-app.command("import")(cluster_cmds.import_store)
-app.add_typer(store_cmds.tasks_app, name="tasks")
-app.command("predict")(predict_cmds.predict)
-app.command("eval")(predict_cmds.evaluate)
 
 
 def main() -> None:

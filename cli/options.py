@@ -29,7 +29,8 @@ from losa_cache.fields import PANELS, choices_of, flag, parse_list, size_in
 #: a wide type column would cut the flag names at 80 columns.
 CHOICES_WIDTH = 14
 
-__all__ = ["command", "config_params", "extra_params", "lists", "param", "plain", "sizes"]
+__all__ = ["build", "command", "config_params", "lists", "output_params", "param", "plain",
+           "sizes"]
 
 
 def param(
@@ -40,10 +41,15 @@ def param(
     panel: str | None = None,
     flags: tuple[str, ...] = (),
     metavar: str | None = None,
+    argument: bool = False,
 ) -> inspect.Parameter:
     """One keyword option ``--name`` (underscores become dashes; or ``flags``), in help
-    ``panel`` (None: the core options)."""
-    option = typer.Option(*flags, help=help, rich_help_panel=panel, metavar=metavar)
+    ``panel`` (None: the core options); ``argument``: a positional argument instead.
+    ``default`` :data:`inspect.Parameter.empty`: required."""
+    if argument:
+        option = typer.Argument(help=help, rich_help_panel=panel, metavar=metavar)
+    else:
+        option = typer.Option(*flags, help=help, rich_help_panel=panel, metavar=metavar)
     return inspect.Parameter(
         name,
         inspect.Parameter.KEYWORD_ONLY,
@@ -56,15 +62,20 @@ def config_params(
     cls: type, skip: Iterable[str] = (), override: dict[str, tuple[Any, Any]] | None = None
 ) -> list[inspect.Parameter]:
     """An option per field of ``cls`` (``override``: name -> (annotation, default)), core
-    options first, then panel by panel."""
+    options first, then panel by panel. A field without a default is a required option
+    (metadata ``argument``: a positional argument)."""
     hints, override, out = typing.get_type_hints(cls), override or {}, []
     for f in fields(cls):
         if f.name in skip:
             continue
-        name = f.metadata.get("cli") or f.name
-        default, valid, metavar = (None if f.default is MISSING else f.default), None, None
+        name, argument = f.metadata.get("cli") or f.name, bool(f.metadata.get("argument"))
+        default, valid, metavar = f.default, None, None
+        if default is MISSING:
+            default = None if f.default_factory is not MISSING else inspect.Parameter.empty
         annotation = hints[f.name]
-        if _is_list(annotation):
+        if argument:
+            pass  # as typed: a list takes several values
+        elif _is_list(annotation):
             metavar = _list_metavar(annotation)
             annotation, default = str | None, None  # comma-separated
         elif f.metadata.get("unit"):
@@ -73,14 +84,16 @@ def config_params(
             annotation = enum.Enum(
                 f"{name.title().replace('_', '')}Choice", {v: v for v in valid}, type=str
             )
-            default = annotation(default)
+            default = default if default in (None, inspect.Parameter.empty) else annotation(default)
         annotation, default = override.get(name, (annotation, default))
         help = f.metadata["help"]
         if valid is not None and len("|".join(valid)) > CHOICES_WIDTH:  # a name column: uncut
             help, metavar = f"{help} One of: {', '.join(valid)}.", "<choice>"
         # a flag that is off by default is only --flag (no --no-flag column to squeeze)
         flags = (flag(f),) if annotation is bool and default is False else ()
-        out.append(param(name, annotation, default, help, f.metadata.get("panel"), flags, metavar))
+        out.append(param(name, annotation, default, help, f.metadata.get("panel"), flags, metavar,
+                         argument))
+        typing.get_args(out[-1].annotation)[1].config_field = f  # whose help it is (tests)
     return sorted(out, key=_panel_rank)
 
 
@@ -106,7 +119,7 @@ def sizes(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def lists(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with every list field's text (``4,16,64``) as its list of values."""
+    """``values`` with every list flag's text (``4,16,64``) as its list of typed values."""
     hints = typing.get_type_hints(cls)
     found = {(f.metadata.get("cli") or f.name): f for f in fields(cls) if _is_list(hints[f.name])}
     return {k: parse_list(found[k], hints[found[k].name], v)
@@ -118,26 +131,41 @@ def _is_list(annotation: Any) -> bool:
             or any(typing.get_origin(a) is list for a in typing.get_args(annotation)))
 
 
-def extra_params(json_help: str) -> list[inspect.Parameter]:
-    """The options train and sweep add to their config's: storage options, --json, -q."""
-    return [
-        param(
+def build(values: dict[str, Any], *classes: type) -> tuple[Any, ...]:
+    """One config per class from a command's flag values (each takes its own fields; list
+    flags split at commas, size flags converted): ``cfg, dask = build(v, Extract, Dask)``."""
+    out = []
+    for cls in classes:
+        own = {(f.metadata.get("cli") or f.name): f for f in fields(cls)}
+        mine = lists(cls, sizes(cls, {k: v for k, v in values.items() if k in own}))
+        out.append(cls(**{own[k].name: v for k, v in mine.items()}))
+    return tuple(out)
+
+
+def output_params(
+    json_help: str, *, storage: bool = True, quiet: bool = True
+) -> list[inspect.Parameter]:
+    """The options a command adds to its config's: storage options, --json, -q."""
+    out = []
+    if storage:
+        out.append(param(
             "storage_options",
             str | None,
             None,
             "fsspec options for a store URL as JSON (default: $LOSA_CACHE_STORAGE_OPTIONS).",
             "Data",
-        ),
-        param("json_out", bool, False, json_help, "Output", ("--json",)),
-        param(
+        ))  # fmt: skip
+    out.append(param("json_out", bool, False, json_help, "Output", ("--json",)))
+    if quiet:
+        out.append(param(
             "quiet",
             bool,
             False,
             "No progress on stderr (bars, notes, evaluation lines).",
             "Output",
             ("--quiet", "-q"),
-        ),
-    ]
+        ))  # fmt: skip
+    return out
 
 
 def command(

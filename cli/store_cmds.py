@@ -1,29 +1,21 @@
-"""Commands about backbones and stores: models, plan, extract, info, tasks, verify."""
+"""Commands that are not loaded lazily (their options import nothing heavy): models, extract."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from typing import Any
 
 import typer
 
 from losa_cache.cli.common import (
     JsonOpt,
-    QuietOpt,
     emit_json,
     human_bytes,
     human_seconds,
     table,
     user_errors,
 )
-
-StorageOpt = Annotated[
-    str | None,
-    typer.Option(
-        help='fsspec options for store URLs as JSON, e.g. \'{"endpoint_url": "http://..."}\' '
-        "(default: $LOSA_CACHE_STORAGE_OPTIONS)."
-    ),
-]
+from losa_cache.cli.options import build, command, config_params, output_params
+from losa_cache.extract_config import DaskConfig, ExtractConfig
 
 
 def models(json_out: JsonOpt = False) -> None:
@@ -36,370 +28,20 @@ def models(json_out: JsonOpt = False) -> None:
     with user_errors():
         rows = [describe(a) | {"note": ALIASES[a].note} for a in ALIASES]
     if json_out:
-        emit_json(rows)
-        return
-    typer.echo(
-        table(
-            [
-                [
-                    r["model"],
-                    r["timm_name"],
-                    f"{r['params'] / 1e6:,.1f}M",
-                    r["depth"],
-                    r["dim"],
-                    r["tokens"],
-                    human_bytes(r["bytes_per_image_layer_fp16"]),
-                    r["note"],
-                ]
-                for r in rows
-            ],
-            ["alias", "timm name", "params", "depth", "dim", "tokens", "fp16/img/layer", "note"],
-        )
-    )
+        return emit_json(rows)
+    cells = [[r["model"], r["timm_name"], f"{r['params'] / 1e6:,.1f}M", r["depth"], r["dim"],
+              r["tokens"], human_bytes(r["bytes_per_image_layer_fp16"]), r["note"]]
+             for r in rows]  # fmt: skip
+    typer.echo(table(cells, ["alias", "timm name", "params", "depth", "dim", "tokens",
+                             "fp16/img/layer", "note"]))  # fmt: skip
     typer.echo("\nAny timm ViT name works too, e.g. --model vit_small_patch16_224.augreg_in21k")
 
 
-def plan(
-    model: Annotated[str, typer.Option(help="Backbone alias or timm name.")] = "vit_b",
-    dataset: Annotated[
-        str, typer.Option(help="Data set spec; known sizes used if absent.")
-    ] = "demo",
-    layers: Annotated[
-        str, typer.Option(help="Blocks to store: all | last:N | evenly:N | 3,6 (0-based).")
-    ] = "all",
-    taps: Annotated[
-        str,
-        typer.Option(
-            help="What to store: blocks,embed,attn,mlp,sum:K1,K2 (k 1-based: G_k = z0 + "
-            "b_1..b_k), sum:all, sum:evenly:N."
-        ),
-    ] = "blocks",
-    dtype: Annotated[str, typer.Option(help="Stored dtype: fp16 | bf16 | fp32 | int8.")] = "fp16",
-    budget: Annotated[
-        str | None,
-        typer.Option(
-            help="List the configurations (layers x taps x dtype) whose store fits this size, "
-            "e.g. 500GB, 1.5TB, 800MiB; --layers/--taps/--dtype are then not used."
-        ),
-    ] = None,
-    data_root: Annotated[str | None, typer.Option(help="Root of inat data sets.")] = None,
-    rank: Annotated[
-        int | None, typer.Option(help="Also count a side network of this rank.")
-    ] = None,
-    method: Annotated[
-        str | None,
-        typer.Option(
-            help="Also price a method: a side network (losa, linear, lowrank_mlp, "
-            "transformer, ...) or a live baseline (full, lora, bitfit, vpt, partial): learned "
-            "parameters and GMACs (= the paper's 'GFLOPs'; GFLOPs = 2x), no weights built."
-        ),
-    ] = None,
-    hidden: Annotated[
-        int | None, typer.Option(help="Hidden width h of --method transformer.", min=1)
-    ] = None,
-    side_layers: Annotated[
-        str | None, typer.Option(help="Side network layers (default: --layers).")
-    ] = None,
-    side_start: Annotated[
-        str | None, typer.Option(help="losa's --start of --method losa: b_last | embed.")
-    ] = None,
-    side_taps: Annotated[
-        str | None,
-        typer.Option(help="losa's --taps of --method losa: block | attn | mlp | attn+mlp."),
-    ] = None,
-    no_measure: Annotated[
-        bool, typer.Option("--no-measure", help="Skip the matmul probe (no time estimate).")
-    ] = False,
-    frames: Annotated[
-        int | None, typer.Option(help="Video backbones: frames per clip (default: the model's).")
-    ] = None,
-    views: Annotated[
-        int, typer.Option(help="extract --views V: V augmented rows per train* image.", min=0)
-    ] = 0,
-    json_out: JsonOpt = False,
-) -> None:
-    """Store size per tap, backbone GMACs, extraction time and epoch reads before anything runs.
-
-    Example: losa-cache plan --model vivit_e --dataset kinetics400 --frames 32
-
-    Example: losa-cache plan --model vit_g --dataset inat2018 --layers all --dtype fp16
-    Example: losa-cache plan --model vit_g --dataset inat2018 --budget 500GB
-    """
-    from losa_cache.plan import plan as make_plan
-    from losa_cache.plan import plan_budget
-
-    with user_errors():
-        if budget is not None:
-            b = plan_budget(model, dataset, budget, data_root, frames)
-        else:
-            p = make_plan(
-                model,
-                dataset,
-                layers,
-                dtype,
-                data_root,
-                rank,
-                method,
-                side_layers,
-                measure=not no_measure,
-                taps=taps,
-                frames=frames,
-                hidden=hidden,
-                side_options={
-                    k: v for k, v in (("start", side_start), ("taps", side_taps)) if v is not None
-                },
-                views=views,
-            )
-    if json_out:
-        emit_json(b if budget is not None else p)
-        return
-    if budget is not None:
-        typer.echo(_budget_text(b))
-        return
-    unit = "clips" if p["time_steps"] > 1 else "images"
-    clip = f", {p['frames']}-frame clips" if p["time_steps"] > 1 else ""
-    typer.echo(f"{model} on {dataset}{clip}: {p['images']:,} {unit} {p['splits']}")
-    if p["sizes_note"]:
-        typer.echo(f"note          {p['sizes_note']}")
-    if {"blocks", "attn", "mlp"} & set(p["taps"]):
-        typer.echo(f"layers        {len(p['layers'])} of {p['depth']} (0-based): {p['layers']}")
-    typer.echo(
-        f"taps          {', '.join(p['taps'])}: {p['arrays']} x ({p['tokens']} tokens x "
-        f"{p['dim']}) per {unit[:-1]}, {p['dtype']}"
-    )
-    per_tap = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_per_image_by_tap"].items())
-    typer.echo(
-        f"per {unit[:-1]:<10}{human_bytes(p['bytes_per_image'])} ({per_tap}); transfer "
-        f"{p['transfer_mb_per_image']:.3f} MB = {p['transfer_mib_per_image']:.3f} MiB"
-    )
-    by_split = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_by_split"].items())
-    typer.echo(f"store total   {human_bytes(p['bytes_total'])} ({by_split})")
-    if p.get("views"):
-        v = p["views"]
-        typer.echo(
-            f"views         {v['count']} per train image: {v['rows']:,} more rows, "
-            f"{human_bytes(v['bytes'])} (in the total; extraction runs them too)"
-        )
-    bb = p["backbone"]
-    typer.echo(
-        f"backbone      {bb['gmacs_per_image']:.1f} GMACs/{unit[:-1]} (multiply-accumulates, the "
-        f"LoSA paper's 'GFLOPs') = {bb['gflops_per_image']:.1f} GFLOPs; {bb['blocks_run']} "
-        f"of {p['depth']} blocks run"
-    )
-    if "extract_seconds_estimate" in p:
-        typer.echo(
-            f"extract time  ~{human_seconds(p['extract_seconds_estimate'])} on "
-            f"{p['device']} ({p['measured_matmul_tflops']} TFLOP/s {p['matmul_dtype']} "
-            f"matmul measured, x{p['assumed_efficiency']} assumed efficiency)"
-        )
-    typer.echo(f"epoch reads   {human_bytes(p['bytes_read_per_epoch'])} per training epoch")
-    if "method_cost" in p:
-        m = p["method_cost"]
-        typer.echo(
-            f"{m['kind']:<13} {method}: {m['learned_params'] / 1e6:.3f}M learned params (head "
-            f"excluded); {m['method_gmacs_per_image']:.3f} GMACs/image "
-            f"(= {m['method_gflops_per_image']:.3f} GFLOPs) on top of the backbone's "
-            f"{m['backbone_gmacs_per_image']:.1f}: total {m['total_gmacs_per_image']:.2f} "
-            f"GMACs ({m['setting']})"
-        )
-    elif "learned_params" in p:
-        typer.echo(
-            f"side network  losa r={rank}: {p['learned_params'] / 1e6:.3f}M "
-            "learned params (head excluded)"
-        )
-    if "video" in p:
-        typer.echo(f"video         {p['video']['advice']}")
-
-
-def _budget_text(b: dict) -> str:
-    """The fitting configurations as a table, then the advice line."""
-    head = (
-        f"{b['model']} on {b['dataset']}: {b['images']:,} images {b['splits']}; budget "
-        f"{human_bytes(b['budget_bytes'])}; {len(b['fits'])} configurations fit, biggest first"
-    )
-    rows = [
-        [
-            r["layers"] or "-",
-            r["taps"],
-            r["dtype"],
-            human_bytes(r["bytes_total"]),
-            human_bytes(r["bytes_train"]) if r["bytes_train"] is not None else "-",
-            human_bytes(r["bytes_per_image"]),
-            f"{r['losa_params'] / 1e6:.3f}M" if r["losa_params"] is not None else "-",
-            r["feeds"],
-        ]
-        for r in b["fits"]
-    ]
-    cols = [
-        "layers",
-        "taps",
-        "dtype",
-        "store",
-        "train split",
-        "per image",
-        f"LoSA r={b['losa_default_rank']} params",
-        "feeds",
-    ]
-    body = table(rows, cols) if rows else "(nothing fits)"
-    note = f"\nnote: {b['sizes_note']}" if b["sizes_note"] else ""
-    return f"{head}\n{body}\n{b['advice']}\n(bf16 stores price as fp16; fp32 as 2x fp16){note}"
-
-
-def extract(
-    model: Annotated[str, typer.Option(help="Backbone alias or timm ViT name.")],
-    dataset: Annotated[
-        str,
-        typer.Option(
-            help="demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
-            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH (video: a vivit_* model)"
-            " | wds:PATTERN | hf:PATH (docs/data-and-logging.md). "
-            "imagefolder:PATH takes PATH/<class>/*.jpg (all rows in train: add --split "
-            "val=0.1,test=0.1) or PATH/train/<class>/*.jpg with val/ and test/ beside train/ "
-            "(its own splits)."
-        ),
-    ],
-    store: Annotated[
-        str,
-        typer.Option(help="Store path or URL: a new or empty folder, or a store to resume."),
-    ],
-    checkpoint: Annotated[
-        str | None, typer.Option(help="Weights: .npz (big_vision/AugReg), .pth/.bin, .safetensors.")
-    ] = None,
-    pretrained: Annotated[bool, typer.Option(help="timm weights from the local cache.")] = False,
-    random_init: Annotated[
-        bool, typer.Option(help="Extract from random weights, on purpose.")
-    ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of --random-init.")] = 0,
-    data_root: Annotated[str | None, typer.Option(help="Root folder of inat data sets.")] = None,
-    layers: Annotated[str, typer.Option(help="all | last:N | evenly:N | 3,6,9 (0-based).")] = "all",
-    dtype: Annotated[
-        str,
-        typer.Option(help="Stored dtype: fp16 | bf16 | fp32 | int8 (one fp16 scale per token)."),
-    ] = "fp16",
-    taps: Annotated[
-        str,
-        typer.Option(
-            help="What to store: blocks, embed (z0), attn, mlp (branches of the --layers "
-            "blocks), sum:K1,K2 (MIST G_k = z0 + first k blocks, k 1-based), sum:all, "
-            "sum:evenly:N; comma-separated."
-        ),
-    ] = "blocks",
-    extend: Annotated[
-        bool,
-        typer.Option(
-            help="Add the --taps a finished store lacks (reruns the backbone, writes only "
-            "the new arrays; every other setting must match)."
-        ),
-    ] = False,
-    precision: Annotated[
-        str,
-        typer.Option(help="Compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
-    ] = "auto",
-    codec: Annotated[
-        str,
-        typer.Option(
-            help="Feature compressor: none | lz4 | zstd | zstd-plain "
-            "(activations barely compress: see benchmarks/codecs.py)."
-        ),
-    ] = "none",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    workers: Annotated[int, typer.Option(help="Image decoding processes (-1: auto).")] = -1,
-    limit: Annotated[
-        int | None, typer.Option(help="At most N images per split (smoke runs).")
-    ] = None,
-    splits: Annotated[str | None, typer.Option(help="Only these splits, e.g. train,val.")] = None,
-    split: Annotated[
-        str | None,
-        typer.Option(
-            help="Carve held-out splits from train when the data set has none, e.g. "
-            "val=0.1,test=0.1 (fractions) or val=50 (a count); stratified by class, seeded "
-            "(seed=N, default 0), recorded in the store. A split the data set already has "
-            "is refused."
-        ),
-    ] = None,
-    strict: Annotated[
-        bool, typer.Option(help="Fail on an undecodable image (default: skip).")
-    ] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    shard_rows: Annotated[
-        int | None, typer.Option(help="Rows per shard (default: ~64 MB).")
-    ] = None,
-    chunk_rows: Annotated[int | None, typer.Option(help="Rows per chunk (default: ~2 MB).")] = None,
-    input_size: Annotated[
-        int | None, typer.Option(help="Override the backbone's input size (pixels).")
-    ] = None,
-    crop_pct: Annotated[
-        float | None, typer.Option(help="Override the backbone's crop fraction.")
-    ] = None,
-    interpolation: Annotated[
-        str | None, typer.Option(help="Override the resize mode (bicubic, bilinear, ...).")
-    ] = None,
-    crop_mode: Annotated[
-        str | None,
-        typer.Option(
-            help="center (resize, centre crop) | squash (whole image resized to the input "
-            "size, no crop: VTAB-1k's protocol). Default: the backbone's (center)."
-        ),
-    ] = None,
-    max_pixels: Annotated[
-        int | None,
-        typer.Option(
-            help="Largest image decoded, width x height (default: 89478485, PIL's guard); "
-            "larger ones are skipped, or stop --strict runs."
-        ),
-    ] = None,
-    max_file_bytes: Annotated[
-        int | None,
-        typer.Option(
-            help="Largest file read, in bytes (default: 268435456 = 256 MiB an image, 4 GiB a "
-            "video); larger ones, and anything but a regular file (a FIFO, a device), are "
-            "skipped, or stop --strict runs."
-        ),
-    ] = None,
-    frames: Annotated[
-        int | None, typer.Option(help="Video: frames per clip (default: the model's, e.g. 32).")
-    ] = None,
-    stride: Annotated[int, typer.Option(help="Video: take every N-th frame.")] = 2,
-    clip: Annotated[
-        str, typer.Option(help="Video: where the clip sits in the video: centre | start.")
-    ] = "centre",
-    inflation: Annotated[
-        str,
-        typer.Option(help="Video: tubelet init from the 2D patch kernel: central | average."),
-    ] = "central",
-    views: Annotated[
-        int,
-        typer.Option(
-            help="Augmented views of every train* image stored besides the clean one "
-            "(rows after the clean ones; val/test stay clean). Needs --augment."
-        ),
-    ] = 0,
-    augment: Annotated[
-        str | None,
-        typer.Option(help="The views' augmentation: rrc[:LO-HI] and/or flip (rrc:0.08-1,flip)."),
-    ] = None,
-    view_seed: Annotated[
-        int, typer.Option(help="Seed of the views: view v of row r is a function of (seed, r, v).")
-    ] = 0,
-    cluster: Annotated[
-        str | None,
-        typer.Option(help="Run on Dask: local:N (N worker processes) | cuda (one per GPU)."),
-    ] = None,
-    scheduler: Annotated[
-        str | None, typer.Option(help="Run on an existing Dask cluster: tcp://HOST:PORT.")
-    ] = None,
-    retries: Annotated[int, typer.Option(help="Dask: retries of a failing task.")] = 3,
-    shards_per_task: Annotated[
-        int | None, typer.Option(help="Dask: whole shards per task (default: auto, <= 8).")
-    ] = None,
-    storage_options: StorageOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Run the frozen backbone once over a data set and write its block outputs.
+EXTRACT_DOC = """Run the frozen backbone once over a data set and write its block outputs.
 
     Rerunning the same command resumes: finished shards are kept, the rest is written.
-    With --cluster/--scheduler each Dask task computes and writes whole shards.
+    With --cluster/--scheduler each Dask task computes and writes whole shards. Every
+    option is an ExtractConfig (or DaskConfig) field.
 
     Example: losa-cache extract --model vit_b --pretrained --dataset vtab1k:data/vtab/cifar \
 --store stores/cifar.zarr --layers all
@@ -411,261 +53,31 @@ losa-cache extract --model vit_b --pretrained --dataset imagefolder:photos \
     Example (Dask, 4 processes): losa-cache extract --model vit_b --pretrained --dataset \
 inat2018 --store s3://bucket/inat.zarr --cluster local:4
     """
-    from losa_cache.data.decode import DEFAULT_MAX_PIXELS
-    from losa_cache.distributed import extract_distributed, parse_cluster
-    from losa_cache.extract import ExtractConfig
-    from losa_cache.extract import extract as run
+
+
+def _extract(json_out: bool, quiet: bool, storage_options: str | None, **values: Any) -> None:
+    from losa_cache.api import extract as run
     from losa_cache.store.store import parse_storage_options
 
     with user_errors():
-        cfg = ExtractConfig(
-            model=model,
-            dataset=dataset,
-            store=store,
-            checkpoint=checkpoint,
-            pretrained=pretrained,
-            random_init=random_init,
-            seed=seed,
-            data_root=data_root,
-            layers=layers,
-            dtype=dtype,
-            taps=taps,
-            extend=extend,
-            precision=precision,
-            codec=codec,
-            batch_size=batch_size,
-            workers=workers,
-            limit=limit,
-            splits=splits.split(",") if splits else None,
-            split=split,
-            strict=strict,
-            device=device,
-            shard_rows=shard_rows,
-            chunk_rows=chunk_rows,
-            input_size=input_size,
-            crop_pct=crop_pct,
-            interpolation=interpolation,
-            crop_mode=crop_mode,
-            views=views,
-            augment=augment,
-            view_seed=view_seed,
-            max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels,
-            max_file_bytes=max_file_bytes,
-            frames=frames,
-            stride=stride,
-            clip=clip,
-            inflation=inflation,
-        )
-        options = parse_storage_options(storage_options)
-        if parse_cluster(cluster, scheduler) is None:
-            result = run(cfg, progress=not quiet, storage_options=options)
-        else:
-            result = extract_distributed(
-                cfg,
-                cluster=cluster,
-                scheduler=scheduler,
-                progress=not quiet,
-                storage_options=options,
-                retries=retries,
-                shards_per_task=shards_per_task,
-            )
+        cfg, dask = build(values, ExtractConfig, DaskConfig)
+        result = run(cfg, dask=dask, progress=not quiet,
+                     storage_options=parse_storage_options(storage_options))
     if json_out:
-        emit_json(result.to_dict())
-        return
+        return emit_json(result.to_dict())
     verb = "resumed" if result.resumed else "created"
     typer.echo(
-        f"{verb} {store}: wrote {result.written:,} images "
+        f"{verb} {cfg.store}: wrote {result.written:,} images "
         f"({result.shards_written} shards, {result.shards_total} in store) in "
         f"{human_seconds(result.seconds)} ({result.images_per_s:,.1f} img/s), "
         f"{human_bytes(result.bytes_written)} of features"
     )
     for s in result.skipped:
         typer.echo(f"skipped row {s['row']}: {s['error']}")
-    typer.echo(f"see: losa-cache info {store}")
+    typer.echo(f"see: losa-cache info {cfg.store}")
 
 
-def subset(
-    src: Annotated[str, typer.Argument(help="Source store path or URL.")],
-    dst: Annotated[str, typer.Argument(help="New store path or URL (created, or resumed).")],
-    layers: Annotated[
-        str | None, typer.Option(help="Blocks to keep (0-based; default all the source has).")
-    ] = None,
-    taps: Annotated[
-        str | None, typer.Option(help="Taps to keep, e.g. blocks,sum:4 (default all).")
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="fp16 | int8 (default: the source's dtype).")
-    ] = None,
-    rows: Annotated[
-        str | None, typer.Option(help="Splits whose rows to keep, e.g. train,val (default all).")
-    ] = None,
-    storage_options: StorageOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Copy part of a store (no backbone run): same fingerprint, checksummed, resumable.
-
-    Example: losa-cache subset stores/inat.zarr s3://bucket/inat-sum4.zarr --taps sum:4 \
---dtype int8 --rows train,val
-    """
-    from losa_cache.store.store import parse_storage_options
-    from losa_cache.store.subset import subset_store
-
-    with user_errors():
-        options = parse_storage_options(storage_options)
-        d = subset_store(src, dst, layers, taps, dtype, rows.split(",") if rows else None,
-                         options, options)  # fmt: skip
-    if json_out:
-        emit_json(d)
-        return
-    typer.echo(
-        f"{dst}: {d['num_images']:,} images, taps {', '.join(d['taps'])}, {d['dtype']}; "
-        f"wrote {d['shards_written']} of {d['shards_total']} shards "
-        f"({human_bytes(d['bytes_written'])}); see: losa-cache info {dst}"
-    )
+extract = command(_extract, [*config_params(ExtractConfig), *config_params(DaskConfig),
+                             *output_params("Print the run's summary as JSON.")], EXTRACT_DOC)
 
 
-def info(
-    store: Annotated[str, typer.Argument(help="Store path or URL.")],
-    sources: Annotated[
-        bool,
-        typer.Option(
-            "--sources",
-            help="Print every row's image source, one per line in row order (the sources "
-            "`tasks add` label files name); with --json, add them as 'sources'.",
-        ),
-    ] = False,
-    storage_options: StorageOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Images, splits, layers, tasks, fingerprint, progress, size and compression.
-
-    Example: losa-cache info stores/cifar.zarr --json
-
-    Example (a label file to fill in for `tasks add`): losa-cache info stores/cifar.zarr \
---sources > sources.txt
-    """
-    from losa_cache.store.info import store_info
-    from losa_cache.store.store import parse_storage_options
-
-    with user_errors():
-        d = store_info(store, parse_storage_options(storage_options), sources=sources)
-    if json_out:
-        emit_json(d)
-        return
-    if sources:
-        typer.echo("\n".join(d["sources"]))
-        return
-    typer.echo(
-        f"store        {store}  ({'complete' if d['complete'] else 'INCOMPLETE'}: "
-        f"{d['shards_done']}/{d['shards_total']} shards)"
-    )
-    fp = d["fingerprint"]
-    typer.echo(
-        f"backbone     {fp['model']}  weights sha256 {fp['weights_sha256'][:16]}...  "
-        f"({fp['weights_source']})"
-    )
-    typer.echo(
-        f"preprocess   {fp['input_size']} {fp['interpolation']} crop {fp['crop_pct']} "
-        f"{fp.get('crop_mode') or ''} mean {fp['mean']} std {fp['std']}"
-    )
-    carved = (d["extract_config"] or {}).get("split")
-    how = f"  (held out of train by --split {carved})" if carved else ""
-    typer.echo(f"images       {d['num_images']:,}  splits {d['splits']}{how}")
-    typer.echo(f"tokens       {d['token_layout']}")
-    typer.echo(f"layers       {len(d['layers'])} of {d['depth']}: {d['layers']}")
-    typer.echo(f"taps         {', '.join(d['taps'])} ({d['arrays']} arrays of (N, T, D))")
-    if d["tap_layers"] != d["layers"]:
-        typer.echo(f"tap blocks   {d['tap_layers']} (attn/mlp)")
-    for e in d["extensions"]:
-        state = "" if e["shards_done"] == e["shards_total"] else "  INCOMPLETE: rerun --extend"
-        typer.echo(
-            f"  added      {', '.join(e['taps'])}: {e['shards_done']}/{e['shards_total']} "
-            f"shards{state}"
-        )
-    typer.echo(f"tasks        {d['tasks']}  (default {d['default_task']})")
-    typer.echo(
-        f"storage      {d['dtype']}, codec {d['codec']}, chunk {d['chunk_rows']} rows, "
-        f"shard {d['shard_rows']} rows"
-    )
-    typer.echo(
-        f"bytes        {human_bytes(d['bytes_stored'])} on disk, "
-        f"{human_bytes(d['bytes_logical'])} of features: {d['size_note']}"
-    )
-    per_image, images = d["transfer_bytes_per_image"], d["num_images"]
-    splits = ", ".join(f"{k} {human_bytes(per_image * n)}" for k, n in d["splits"].items())
-    typer.echo(
-        f"transfer     {per_image / 1e6:.3f} MB = {per_image / 2**20:.3f} MiB per image; "
-        f"{human_bytes(per_image * images)} for the {images:,} images ({splits})"
-    )
-    typer.echo(f"integrity    {d['integrity']}")
-    typer.echo(f"skipped      {len(d['skipped'])}")
-    for s in d["skipped"][:20]:
-        typer.echo(f"  row {s['row']}: {s['error']}")
-
-
-tasks_app = typer.Typer(
-    help="Labellings of one store: many tasks, one extraction.", no_args_is_help=True
-)
-
-
-@tasks_app.command("add")
-def tasks_add(
-    store: Annotated[str, typer.Argument(help="Store path or URL.")],
-    name: Annotated[
-        str,
-        typer.Option(
-            help="Task name: 1-64 characters from letters, digits, '_', '-' and '.', "
-            "starting with a letter or digit."
-        ),
-    ],
-    labels: Annotated[Path, typer.Option(help="File of `<source> <label>` lines.")],
-    overwrite: Annotated[bool, typer.Option(help="Replace a task of the same name.")] = False,
-    storage_options: StorageOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Attach a new labelling to existing features (no re-extraction).
-
-    The file has one `<source> <label>` line per image; the sources are those
-    `losa-cache info STORE --sources` prints; labels are integers or class names.
-    Rows not listed get no label (-1) and are left out of training for this task.
-    Changes are atomic (--overwrite keeps the old labelling until the new one is
-    complete) and serialised: concurrent `tasks add` runs wait for each other.
-
-    Example: losa-cache tasks add stores/cifar.zarr --name animal --labels animal.txt
-    """
-    from losa_cache.store.store import parse_storage_options
-    from losa_cache.store.tasks import add_task_from_file
-
-    with user_errors():
-        options = parse_storage_options(storage_options)
-        summary = add_task_from_file(store, name, labels, overwrite, options)
-    if json_out:
-        emit_json(summary)
-    else:
-        typer.echo(
-            f"task {name!r}: {summary['labelled']:,} of {summary['rows']:,} rows labelled, "
-            f"{len(summary['classes'])} classes"
-        )
-
-
-@tasks_app.command("list")
-def tasks_list(
-    store: Annotated[str, typer.Argument(help="Store path or URL.")], json_out: JsonOpt = False
-) -> None:
-    """List the tasks of a store with class counts.
-
-    Example: losa-cache tasks list stores/cifar.zarr
-    """
-    from losa_cache.store.info import task_summaries
-
-    with user_errors():
-        rows = task_summaries(store)
-    if json_out:
-        emit_json(rows)
-    else:
-        typer.echo(
-            table(
-                [[r["name"], len(r["classes"]), r["labelled"]] for r in rows],
-                ["task", "classes", "labelled rows"],
-            )
-        )

@@ -8,7 +8,7 @@ import typer
 
 from losa_cache.cli.common import emit_json, human_bytes, table, user_errors
 from losa_cache.cli.errors import run_errors
-from losa_cache.cli.options import command, config_params, extra_params, lists, sizes
+from losa_cache.cli.options import command, config_params, lists, output_params, sizes
 
 __all__ = ["report", "sweep"]
 
@@ -64,7 +64,7 @@ def _make() -> Any:
     from losa_cache.sweep import SweepConfig
 
     params = config_params(SweepConfig, override={"store": (str | None, None)})
-    return command(_sweep, [*params, *extra_params("Print results.json.")], SWEEP_DOC)
+    return command(_sweep, [*params, *output_params("Print results.json.")], SWEEP_DOC)
 
 
 sweep = _make()

@@ -8,7 +8,7 @@ import typer
 
 from losa_cache.cli.common import emit_json, human_bytes
 from losa_cache.cli.errors import run_errors
-from losa_cache.cli.options import command, config_params, extra_params, sizes
+from losa_cache.cli.options import command, config_params, output_params, sizes
 
 __all__ = ["train"]
 
@@ -48,7 +48,7 @@ def _make() -> Any:
     from losa_cache.train import TrainConfig
 
     params = config_params(TrainConfig)
-    return command(_train, [*params, *extra_params("Print the final metrics as JSON.")], DOC)
+    return command(_train, [*params, *output_params("Print the final metrics as JSON.")], DOC)
 
 
 train = _make()

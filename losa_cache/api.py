@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from losa_cache.extract import ExtractConfig, ExtractResult
+    from losa_cache.extract import DaskConfig, ExtractConfig, ExtractResult
     from losa_cache.sweep import SweepConfig
     from losa_cache.train import TrainConfig
 
@@ -43,15 +43,23 @@ def extract(
     *,
     progress: bool = True,
     storage_options: dict | None = None,
+    dask: DaskConfig | None = None,
     **fields: Any,
 ) -> ExtractResult:
     """Run the frozen backbone once over a data set into a store (`losa-cache extract`);
-    rerunning it resumes. Returns what was written (``.to_dict()`` for JSON)."""
+    rerunning it resumes. ``dask`` with a cluster or scheduler runs it as Dask tasks that
+    each write whole shards (the same store). Returns what was written (``.to_dict()``)."""
     from losa_cache.extract import ExtractConfig
     from losa_cache.extract import extract as run
 
     cfg = _config(ExtractConfig, config, fields)
-    return run(cfg, progress=progress, storage_options=storage_options)
+    if dask is None or not (dask.cluster or dask.scheduler):
+        return run(cfg, progress=progress, storage_options=storage_options)
+    from losa_cache.distributed import extract_distributed
+
+    return extract_distributed(cfg, cluster=dask.cluster, scheduler=dask.scheduler,
+                               progress=progress, storage_options=storage_options,
+                               retries=dask.retries, shards_per_task=dask.shards_per_task)
 
 
 def train(

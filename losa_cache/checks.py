@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 
 __all__ = [
     "BATCH_LIMIT",
+    "DEFAULT_MAX_PIXELS",
     "INT64_MAX",
     "MAX_BATCH",
     "check_ranges",
@@ -40,6 +41,8 @@ INT64_MAX = 2**63 - 1
 #: Largest batch (images or rows per step), and why: beyond it a step only exhausts memory.
 MAX_BATCH = 2**16
 BATCH_LIMIT = (MAX_BATCH, "a larger batch only exhausts memory; speed saturates long before")
+#: Largest image decoded (width x height): PIL's own bomb guard, ~9459 x 9459 px, 268 MB as RGB.
+DEFAULT_MAX_PIXELS = 89_478_485
 #: Worker processes or I/O threads per CPU core (and at least :data:`MIN_WORKER_CAP`).
 WORKERS_PER_CORE = 4
 MIN_WORKER_CAP = 16

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,24 +23,34 @@ import torch
 from tqdm.auto import tqdm
 
 from losa_cache._callable import make_callable
-from losa_cache.augment import ViewPlan, check_views
+from losa_cache.augment import ViewPlan
 from losa_cache.backbone import VIDEO_ALIASES, Backbone, create_backbone
-from losa_cache.backbone.crop import check_crop_mode, crop_preprocess
-from losa_cache.backbone.vivit import check_clip, video_alias
-from losa_cache.checks import (
-    BATCH_LIMIT,
-    check_ranges,
-    max_workers,
-    require_choice,
-    require_positive,
-)
-from losa_cache.data import DEFAULT_MAX_PIXELS, get_dataset
+from losa_cache.backbone.crop import crop_preprocess
+from losa_cache.backbone.vivit import video_alias
+from losa_cache.data import get_dataset
 from losa_cache.data.base import ImageDataset, ImageDecodeError
-from losa_cache.data.splits import carve_splits, parse_split_spec
+from losa_cache.data.splits import carve_splits
 from losa_cache.data.torch_dataset import TorchImages, decoding_workers, worker_context
-from losa_cache.data.video import ClipSampling, VideoRows
+from losa_cache.data.video import VideoRows
 from losa_cache.data.view_images import ViewImages
-from losa_cache.device import parse_device, pick_device
+from losa_cache.device import pick_device
+from losa_cache.extract_config import (  # noqa: F401  (re-exported: the config's old home)
+    BACKBONE,
+    CROP_PCT_WHY,
+    IDENTITY_KINDS,
+    INTERPOLATIONS,
+    LAYOUT,
+    MAX_INPUT_SIZE,
+    PRECISION_NAMES,
+    ROWS,
+    RUN,
+    SETTING,
+    DaskConfig,
+    ExtractConfig,
+    identity_fields,
+    parse_precision,
+    resolved_precision,
+)
 from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
 from losa_cache.store.quant import quantize
@@ -76,12 +86,6 @@ PRECISIONS: dict[str, torch.dtype] = {
 }
 
 
-def parse_precision(precision: str) -> str:
-    if precision != "auto" and precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
-    return precision
-
-
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
     if parse_precision(precision) == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -89,183 +93,7 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 #: compute dtype -> the name a store records (the resolved ``--precision``, never "auto")
-PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def resolved_precision(cfg: ExtractConfig, device: torch.device) -> str:
-    return PRECISION_NAMES[compute_dtype(cfg.precision, device)]
-
-
-# -- which settings make up a store's identity -----------------------------------------
-#: Every ExtractConfig field declares (metadata "identity") how it bears on the stored
-#: bits, once, where it is defined:
-#:   SETTING  its resolved value is recorded in identity["settings"]: a resume, an
-#:            ``--extend`` or a Dask worker with another value is refused, naming it;
-#:   BACKBONE in the backbone's fingerprint (weights hash, preprocessing, video sampling);
-#:   ROWS     in the rows' hash (which images, which splits);
-#:   LAYOUT   the identity's own keys (layers, taps, dtype), resolved;
-#:   RUN      changes where or how fast a run goes, not what it stores.
-#: A new field must choose (tests/test_extract_identity.py checks every field does);
-#: SETTING is the safe choice for anything that changes what is computed.
-SETTING, BACKBONE, ROWS, LAYOUT, RUN = "setting", "backbone", "rows", "layout", "run"
-IDENTITY_KINDS = (SETTING, BACKBONE, ROWS, LAYOUT, RUN)
-
-
-def meta(help: str, identity: str, resolve: Any = None) -> dict[str, Any]:
-    """A config field's metadata: its ``--help`` text and its identity kind (see above);
-    ``resolve(cfg, device)`` gives a SETTING's recorded value (default: the value itself)."""
-    if identity not in IDENTITY_KINDS:
-        raise ValueError(f"identity kind {identity!r} is not one of {IDENTITY_KINDS}")
-    return {"help": help, "identity": identity, "resolve": resolve}
-
-
-@dataclass
-class ExtractConfig:
-    """Everything an extraction depends on; saved as JSON into the store."""
-
-    model: str = field(metadata=meta("alias (`losa-cache models`) or timm ViT name", BACKBONE))
-    dataset: str = field(
-        metadata=meta(
-            "demo | imagefolder:PATH | vtab1k:PATH/TASK | inat2018 | inat2021 | list:FILE"
-            " | kinetics:ROOT | videofolder:PATH | framefolder:PATH | wds:PATTERN | hf:PATH;"
-            " imagefolder takes PATH/<class>/*.jpg (all in train: add --split) or"
-            " PATH/{train,val,test}/<class>/",
-            ROWS,
-        )
-    )
-    store: str = field(metadata=meta("store path or URL (created or resumed)", RUN))
-    checkpoint: str | None = field(default=None, metadata=meta("weights file", BACKBONE))
-    pretrained: bool = field(
-        default=False, metadata=meta("timm weights from local cache", BACKBONE)
-    )
-    random_init: bool = field(default=False, metadata=meta("random weights, on purpose", BACKBONE))
-    seed: int = field(default=0, metadata=meta("seed of --random-init", BACKBONE))
-    data_root: str | None = field(default=None, metadata=meta("root of inat data sets", ROWS))
-    layers: str = field(default="all", metadata=meta("all | last:N | evenly:N | 3,6,9", LAYOUT))
-    dtype: str = field(
-        default="float16", metadata=meta("stored dtype: fp16|bf16|fp32|int8 (row scales)", LAYOUT)
-    )
-    taps: str = field(
-        default="blocks",
-        metadata=meta(
-            "blocks,embed,attn,mlp,sum:K1,K2 (1-based k) | sum:all | sum:evenly:N", LAYOUT
-        ),
-    )
-    extend: bool = field(
-        default=False, metadata=meta("add the missing --taps to a finished store", RUN)
-    )
-    precision: str = field(
-        default="auto",
-        metadata=meta(
-            "compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16",
-            SETTING,
-            resolved_precision,
-        ),
-    )
-    codec: str = field(default=S.DEFAULT_CODEC, metadata=meta("compressor of features", RUN))
-    batch_size: int = field(default=64, metadata=meta("images per forward pass", RUN))
-    workers: int = field(default=-1, metadata=meta("decoding processes (-1: auto)", RUN))
-    limit: int | None = field(default=None, metadata=meta("at most N images per split", ROWS))
-    splits: list[str] | None = field(default=None, metadata=meta("only these splits", ROWS))
-    split: str | None = field(
-        default=None,
-        metadata=meta(
-            "carve held-out splits from train: val=0.1,test=0.1 (fractions or counts; "
-            "stratified by class; seed=N, default 0); for a data set without them",
-            ROWS,
-        ),
-    )
-    strict: bool = field(default=False, metadata=meta("fail on an undecodable image", RUN))
-    device: str = field(default="auto", metadata=meta("auto | cpu | cuda | cuda:N", RUN))
-    chunk_rows: int | None = field(default=None, metadata=meta("rows per chunk", RUN))
-    shard_rows: int | None = field(default=None, metadata=meta("rows per shard", RUN))
-    input_size: int | None = field(default=None, metadata=meta("override input size", BACKBONE))
-    crop_pct: float | None = field(default=None, metadata=meta("override crop fraction", BACKBONE))
-    interpolation: str | None = field(default=None, metadata=meta("override resize mode", BACKBONE))
-    crop_mode: str | None = field(
-        default=None,
-        metadata=meta(
-            "center (resize, centre crop) | squash (whole image resized to the input size, no "
-            "crop; VTAB-1k's protocol); default: the backbone's",
-            BACKBONE,
-        ),
-    )
-    max_pixels: int = field(
-        default=DEFAULT_MAX_PIXELS,
-        metadata=meta("largest image decoded (width x height); larger ones are skipped", SETTING),
-    )
-    max_file_bytes: int | None = field(
-        default=None,
-        metadata=meta(
-            "largest file read, in bytes (default: 256 MiB an image, 4 GiB a video); larger "
-            "ones, and anything but a regular file, are skipped",
-            SETTING,
-        ),
-    )
-    frames: int | None = field(
-        default=None, metadata=meta("video: frames per clip (default: the model's)", BACKBONE)
-    )
-    stride: int = field(default=2, metadata=meta("video: take every N-th frame", BACKBONE))
-    clip: str = field(
-        default="centre", metadata=meta("video: clip placement, centre|start", BACKBONE)
-    )
-    inflation: str = field(
-        default="central", metadata=meta("video: tubelet init from 2D, central|average", BACKBONE)
-    )
-    views: int = field(
-        default=0,
-        metadata=meta("augmented views of every train* image stored besides the clean one", LAYOUT),
-    )
-    augment: str | None = field(
-        default=None, metadata=meta("the views' augmentation, e.g. rrc:0.08-1,flip", LAYOUT)
-    )
-    view_seed: int = field(
-        default=0, metadata=meta("seed of the views (with row, view)", LAYOUT)
-    )
-
-    def __post_init__(self) -> None:
-        """Refuse bad values before any model or data set is loaded (the CLI prints one line)."""
-        check_ranges(
-            self,
-            {"batch_size": (1, BATCH_LIMIT), "workers": (-1, max_workers), "limit": (1, None),
-             "seed": (0, None), "chunk_rows": (1, None), "shard_rows": (1, None),
-             "input_size": (1, MAX_INPUT_SIZE), "max_pixels": (1, None),
-             "max_file_bytes": (1, None)},
-        )  # fmt: skip
-        require_positive("crop_pct", self.crop_pct, high=(1.0, CROP_PCT_WHY))
-        require_choice("interpolation", self.interpolation, INTERPOLATIONS)
-        check_crop_mode(self.crop_mode, self.crop_pct)
-        S.parse_dtype(self.dtype)
-        check_views(self.views, self.augment, self.view_seed, video_alias(self.model) is not None)
-        if self.split is not None:
-            parse_split_spec(self.split)
-        parse_taps(self.taps, depth=1 << 20)  # the spelling; k is range-checked on the model
-        S.parse_codec(self.codec)
-        parse_precision(self.precision)
-        parse_device(self.device)
-        va = video_alias(self.model)
-        if va is None and self.frames is not None:
-            raise ValueError(
-                f"--frames is for video backbones ({', '.join(VIDEO_ALIASES)}); "
-                f"{self.model} is an image model"
-            )
-        if va is not None:
-            check_clip(self.sampling().frames, va.tubelet, self.inflation)
-
-    def sampling(self) -> ClipSampling | None:
-        """The clip sampling of a video model (None for an image model)."""
-        va = video_alias(self.model)
-        return ClipSampling(self.frames or va.frames, self.stride, self.clip) if va else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def identity_fields(kind: str) -> list[dataclasses.Field]:
-    """The ExtractConfig fields of one identity kind (SETTING, BACKBONE, ...); a field
-    that declares none counts as a SETTING (the safe side: a resume must match it)."""
-    fields = dataclasses.fields(ExtractConfig)
-    return [f for f in fields if f.metadata.get("identity", SETTING) == kind]
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def resolved_settings(cfg: ExtractConfig, device: torch.device) -> dict[str, Any]:
@@ -312,13 +140,6 @@ class ExtractResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-#: ``--interpolation`` names (timm's resize modes for evaluation transforms).
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
-#: Largest ``--input-size``, and why.
-MAX_INPUT_SIZE = (4096, "tokens grow with its square, attention with theirs")
-CROP_PCT_WHY = "the share of the resized image the centre crop keeps; above 1 it would pad"
 
 
 def select_rows(
@@ -672,7 +493,7 @@ def check_finite(
             why = f"the backbone produced {values} NaN/inf value(s) in"
             fix = "check the backbone's weights (NaN in them?)"
             if amp != torch.float32:
-                fix = f"it computed in {PRECISION_NAMES[amp]}: rerun with --precision fp32"
+                fix = f"it computed in {DTYPE_NAMES[amp]}: rerun with --precision fp32"
         else:
             stored = {n: v[lo : lo + len(out)] for n, v in buf.features.items()
                       if n in (name, S.scale_name(name))}  # fmt: skip

@@ -25,7 +25,7 @@ __all__ = ["PANELS", "UNITS", "check_fields", "choices_of", "compose", "flag", "
 #: The help panels of the generated flags, in the order ``--help`` shows them (a field
 #: without a panel is a core option: the first panel, "Options").
 PANELS = ("Method", "Optimisation", "Schedule", "Data", "Output", "Performance", "Costs",
-          "Live", "Live video")
+          "Live", "Live video", "Backbone", "Store", "Views", "Video", "Limits", "Cluster")
 #: Units of size fields: a plain number is in the unit, ``300MB``/``2GiB`` are converted.
 UNITS = {"bytes": 1, "MiB": 2**20}
 
@@ -34,27 +34,30 @@ def option(default: Any = MISSING, help: str = "", *, min: float | None = None,
            above: float | None = None, below: float | None = None, max: Bound | None = None,
            choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
            factory: Callable[[], Any] | None = None, cli: str | None = None,
-           panel: str | None = None, unit: str | None = None) -> Any:
+           panel: str | None = None, unit: str | None = None, **extra: Any) -> Any:
     """A dataclass field with help text, an allowed range (``v >= min``, ``v > above``,
     ``v < below``, ``v <= max``: a number, or a function giving (bound, why) such as
     :func:`losa_cache.checks.max_workers`), allowed ``choices`` (or a function giving them)
     and, for the CLI, the flag's name when it differs from the field's (``cli``), its help
     panel (one of :data:`PANELS`; none: a core option) and, for a size, its ``unit`` (one
-    of :data:`UNITS`: the flag also takes ``300MB``, ``2GiB``).
+    of :data:`UNITS`: the flag also takes ``300MB``, ``2GiB``); ``extra`` keys are kept as
+    they are (``argument=True``: a positional argument; a config's own keys, such as
+    ExtractConfig's ``identity``).
     Integers must fit in 64 bits and floats be finite whatever the range."""
     meta = metadata(help, min=min, above=above, below=below, max=max, choices=choices, cli=cli,
-                    panel=panel, unit=unit)
+                    panel=panel, unit=unit, **extra)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
 def metadata(help: str, **rules: Any) -> dict[str, Any]:
-    """The metadata :func:`option` stores (for ``field(default_factory=...)`` fields)."""
+    """The metadata :func:`option` stores (for ``field(default_factory=...)`` fields): the
+    known rules (None when not given) and any other key as given."""
     keys = ("min", "above", "below", "max", "choices", "cli", "panel", "unit")
     if rules.get("panel") not in (None, *PANELS):
         raise ValueError(f"unknown help panel {rules['panel']!r}; one of {PANELS}")
-    return {"help": help, **{k: rules.get(k) for k in keys}}
+    return {"help": help, **rules, **{k: rules.get(k) for k in keys}}
 
 
 def compose(base: type, options: dict[str, Any], panel: str) -> type:

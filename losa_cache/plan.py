@@ -25,6 +25,7 @@ from losa_cache.compute import backbone_cost, measure_matmul_flops
 from losa_cache.data import KNOWN_SIZES, dataset_sizes
 from losa_cache.data.registry import ADAPTERS
 from losa_cache.data.vtab import DERIVED_SPLIT, PRIMARY_SPLITS
+from losa_cache.fields import check_fields, option
 from losa_cache.side.layers import parse_layers
 from losa_cache.store.taps import (
     deepest_block,
@@ -33,6 +34,7 @@ from losa_cache.store.taps import (
     price_arrays,
     tap_names,
 )
+from losa_cache.text import human_bytes, human_seconds, table
 
 #: Fraction of measured matmul throughput a ViT forward reaches (attention, norms,
 #: GELU and data movement cost the rest); a deliberate, stated assumption.
@@ -449,3 +451,121 @@ def _advice(
         "(losa-cache train --live ..., the backbone runs every step, the paper's setting) "
         "or give a bigger budget"
     )
+
+
+@dataclass
+class PlanConfig:
+    """What ``losa-cache plan`` prices: one store configuration (and a method), or with
+    ``budget`` every configuration that fits."""
+
+    model: str = option("vit_b", "Backbone alias or timm name.")
+    dataset: str = option("demo", "Data set spec; known sizes used if absent.")
+    layers: str = option("all", "Blocks to store: all | last:N | evenly:N | 3,6 (0-based).")
+    taps: str = option("blocks", "What to store: blocks,embed,attn,mlp,sum:K1,K2 (k 1-based: "
+                       "G_k = z0 + b_1..b_k), sum:all, sum:evenly:N.")
+    dtype: str = option("fp16", "Stored dtype: fp16 | bf16 | fp32 | int8.")
+    budget: int | None = option(
+        None, "List the configurations (layers x taps x dtype) whose store fits this size, "
+        "e.g. 500GB, 1.5TB, 800MiB; --layers/--taps/--dtype are then not used.", min=1,
+        unit="bytes")  # fmt: skip
+    data_root: str | None = option(None, "Root of inat data sets.", panel="Data")
+    frames: int | None = option(None, "Video backbones: frames per clip (default: the "
+                                "model's).", min=1, panel="Data")
+    views: int = option(0, "extract --views V: V augmented rows per train* image.", min=0,
+                        panel="Data")
+    method: str | None = option(
+        None, "Also price a method: a side network (losa, linear, lowrank_mlp, transformer, "
+        "...) or a live baseline (full, lora, bitfit, vpt, partial): learned parameters and "
+        "GMACs (= the paper's 'GFLOPs'; GFLOPs = 2x), no weights built.", panel="Method")
+    rank: int | None = option(None, "Also count a side network of this rank.", min=1,
+                              panel="Method")
+    hidden: int | None = option(None, "Hidden width h of --method transformer.", min=1,
+                                panel="Method")
+    side_layers: str | None = option(None, "Side network layers (default: --layers).",
+                                     panel="Method")
+    side_start: str | None = option(None, "losa's --start of --method losa: b_last | embed.",
+                                    panel="Method")
+    side_taps: str | None = option(None, "losa's --taps of --method losa: block | attn | mlp "
+                                   "| attn+mlp.", panel="Method")
+    measure: bool = option(True, "Run the matmul probe for a time estimate (--no-measure: "
+                           "skip it).", panel="Performance")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def run_plan(cfg: PlanConfig) -> dict[str, Any]:
+    """:func:`plan` or, with a budget, :func:`plan_budget` of ``cfg`` (what the command
+    prints, as a dict: ``plan_text`` words it)."""
+    if cfg.budget is not None:
+        return plan_budget(cfg.model, cfg.dataset, cfg.budget, cfg.data_root, cfg.frames)
+    side = {"start": cfg.side_start, "taps": cfg.side_taps}
+    p = plan(cfg.model, cfg.dataset, cfg.layers, cfg.dtype, cfg.data_root, cfg.rank,
+             cfg.method, cfg.side_layers, measure=cfg.measure, taps=cfg.taps,
+             frames=cfg.frames, hidden=cfg.hidden,
+             side_options={k: v for k, v in side.items() if v is not None}, views=cfg.views)
+    return {**p, "rank": cfg.rank}
+
+
+def plan_text(p: dict[str, Any]) -> str:
+    """A plan (or a budget's list) as the lines ``losa-cache plan`` prints."""
+    if "budget_bytes" in p:
+        return _budget_text(p)
+    unit = "clips" if p["time_steps"] > 1 else "images"
+    one = unit[:-1]
+    clip = f", {p['frames']}-frame clips" if p["time_steps"] > 1 else ""
+    out = [f"{p['model']} on {p['dataset']}{clip}: {p['images']:,} {unit} {p['splits']}"]
+    if p["sizes_note"]:
+        out.append(f"note          {p['sizes_note']}")
+    if {"blocks", "attn", "mlp"} & set(p["taps"]):
+        out.append(f"layers        {len(p['layers'])} of {p['depth']} (0-based): {p['layers']}")
+    out.append(f"taps          {', '.join(p['taps'])}: {p['arrays']} x ({p['tokens']} tokens "
+               f"x {p['dim']}) per {one}, {p['dtype']}")
+    per_tap = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_per_image_by_tap"].items())
+    out.append(f"per {one:<10}{human_bytes(p['bytes_per_image'])} ({per_tap}); transfer "
+               f"{p['transfer_mb_per_image']:.3f} MB = {p['transfer_mib_per_image']:.3f} MiB")
+    by_split = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_by_split"].items())
+    out.append(f"store total   {human_bytes(p['bytes_total'])} ({by_split})")
+    if p.get("views"):
+        v = p["views"]
+        out.append(f"views         {v['count']} per train image: {v['rows']:,} more rows, "
+                   f"{human_bytes(v['bytes'])} (in the total; extraction runs them too)")
+    bb = p["backbone"]
+    out.append(f"backbone      {bb['gmacs_per_image']:.1f} GMACs/{one} (multiply-accumulates, "
+               f"the LoSA paper's 'GFLOPs') = {bb['gflops_per_image']:.1f} GFLOPs; "
+               f"{bb['blocks_run']} of {p['depth']} blocks run")
+    if "extract_seconds_estimate" in p:
+        out.append(f"extract time  ~{human_seconds(p['extract_seconds_estimate'])} on "
+                   f"{p['device']} ({p['measured_matmul_tflops']} TFLOP/s {p['matmul_dtype']} "
+                   f"matmul measured, x{p['assumed_efficiency']} assumed efficiency)")
+    out.append(f"epoch reads   {human_bytes(p['bytes_read_per_epoch'])} per training epoch")
+    if "method_cost" in p:
+        m = p["method_cost"]
+        out.append(f"{m['kind']:<13} {m['method']}: {m['learned_params'] / 1e6:.3f}M learned "
+                   f"params (head excluded); {m['method_gmacs_per_image']:.3f} GMACs/image "
+                   f"(= {m['method_gflops_per_image']:.3f} GFLOPs) on top of the backbone's "
+                   f"{m['backbone_gmacs_per_image']:.1f}: total {m['total_gmacs_per_image']:.2f} "
+                   f"GMACs ({m['setting']})")
+    elif "learned_params" in p:
+        out.append(f"side network  losa r={p['rank']}: {p['learned_params'] / 1e6:.3f}M "
+                   "learned params (head excluded)")
+    if "video" in p:
+        out.append(f"video         {p['video']['advice']}")
+    return "\n".join(out)
+
+
+def _budget_text(b: dict[str, Any]) -> str:
+    """The fitting configurations as a table, then the advice line."""
+    head = (f"{b['model']} on {b['dataset']}: {b['images']:,} images {b['splits']}; budget "
+            f"{human_bytes(b['budget_bytes'])}; {len(b['fits'])} configurations fit, biggest "
+            "first")
+    mb = lambda n: "-" if n is None else human_bytes(n)
+    rows = [[r["layers"] or "-", r["taps"], r["dtype"], human_bytes(r["bytes_total"]),
+             mb(r["bytes_train"]), human_bytes(r["bytes_per_image"]),
+             "-" if r["losa_params"] is None else f"{r['losa_params'] / 1e6:.3f}M", r["feeds"]]
+            for r in b["fits"]]  # fmt: skip
+    cols = ["layers", "taps", "dtype", "store", "train split", "per image",
+            f"LoSA r={b['losa_default_rank']} params", "feeds"]  # fmt: skip
+    body = table(rows, cols) if rows else "(nothing fits)"
+    note = f"\nnote: {b['sizes_note']}" if b["sizes_note"] else ""
+    return f"{head}\n{body}\n{b['advice']}\n(bf16 stores price as fp16; fp32 as 2x fp16){note}"

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from losa_cache.data import get_dataset
 from losa_cache.extract import ExtractConfig, extract
+from losa_cache.fields import option
 from losa_cache.train import TrainConfig, train
 
 #: The two side networks the demo compares (paper recipe: SGD momentum, cosine, warmup).
@@ -86,3 +88,14 @@ def run_demo(out: str | Path = "demo_out", tiny: bool = False, progress: bool = 
 def summarise(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m.get(k) for k in ("method", "rank", "learned_params", "best_val_acc",
                                    "test_acc", "images_per_s", "train_seconds", "adapter")}
+
+
+@dataclass
+class DemoConfig:
+    """``losa-cache demo``: where its files go and which demo runs."""
+
+    out: str = option("demo_out", "Folder for the store, runs and samples.")
+    tiny: bool = option(False, "A seconds-long smoke run (64 images/split).")
+    video: bool = option(False, "The video demo instead: generated clips of a demo image "
+                         "moving 4 ways, the embedded ViT inflated to vivit_demo; linear vs "
+                         "LoSA without and with Eq. 6's temporal mixer.")

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from losa_cache.checks import max_workers
 from losa_cache.cli.main import app
-from losa_cache.extract import INTERPOLATIONS
+from losa_cache.extract import INTERPOLATIONS, ExtractConfig
 from losa_cache.side.transformer import layer_params
 
 TOO_MANY = str(100_000)
@@ -47,22 +47,34 @@ def train(micro_store: str, tmp_path: Path, *more: str) -> str:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["--workers", TOO_MANY], f"workers (--workers) must be >= -1 and <= {max_workers()[0]} "
+        (["--workers", TOO_MANY], f"--workers must be an integer >= -1 and <= {max_workers()[0]} "
          "(4 per CPU core"),
-        (["--batch-size", TOO_MANY], "must be >= 1 and <= 65536 (a larger batch only exhausts"),
-        (["--seed", HUGE], "seed (--seed) must be >= 0 and <= 9223372036854775807 (it must fit "
+        (["--batch-size", TOO_MANY], "must be an integer >= 1 and <= 65536 (a larger batch only "
+         "exhausts"),
+        (["--seed", HUGE], "--seed must be an integer >= 0 and <= 9223372036854775807 (it must fit "
          "in 64 bits)"),
-        (["--interpolation", "nope"], "unknown interpolation 'nope' (--interpolation); choose "
-         "one of ['nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos']"),
-        (["--crop-pct", "1e9"], "crop_pct (--crop-pct) must be > 0 and <= 1 (the share of the "
+        (["--crop-pct", "1e9"], "--crop-pct must be a number > 0 and <= 1 (the share of the "
          "resized image"),
-        (["--input-size", TOO_MANY], "input_size (--input-size) must be >= 1 and <= 4096"),
-        (["--max-file-bytes", "0"], "max_file_bytes (--max-file-bytes) must be >= 1, got 0"),
+        (["--input-size", TOO_MANY], "--input-size must be an integer >= 1 and <= 4096"),
+        (["--max-file-bytes", "0"], "the size '0' is not positive; give a size such as 500GB"),
     ],
 )  # fmt: skip
 def test_extract_bounds(tmp_path: Path, args: list[str], says: str) -> None:
     assert says in extract(tmp_path, *args)
     assert not (tmp_path / "s.zarr").exists()  # refused before anything is written
+
+
+def test_extract_refuses_an_unknown_choice_naming_them(tmp_path: Path) -> None:
+    """A choice flag lists its choices in --help and refuses others before anything runs
+    (from Python: ExtractConfig's one-line error)."""
+    res = CliRunner().invoke(app, ["extract", "--model", "vit_micro", "--dataset", "demo",
+                                   "--store", str(tmp_path / "s.zarr"), "--interpolation", "nope"])
+    assert res.exit_code == 2 and "'nope' is not one of" in res.output
+    assert all(f"'{name}'" in " ".join(res.output.split()) for name in INTERPOLATIONS)
+    assert not (tmp_path / "s.zarr").exists()
+    with pytest.raises(ValueError, match=r"unknown interpolation 'nope' \(--interpolation\); "
+                       "choose one of"):  # fmt: skip
+        ExtractConfig(model="vit_micro", dataset="demo", store="s", interpolation="nope")
 
 
 def test_extract_clip_frames_bound(tmp_path: Path) -> None:
@@ -135,7 +147,7 @@ def test_eval_workers_bound(micro_store: str, tmp_path: Path) -> None:
     adapter = save_adapter(tmp_path / "a", create_side(config), config, meta)
     line = one_line_error("eval", "--adapter", str(adapter), "--store", micro_store,
                           "--workers", TOO_MANY)  # fmt: skip
-    assert "workers (--workers) must be >= 0 and <=" in line
+    assert "--workers must be an integer >= 0 and <=" in line
 
 
 def test_a_huge_label_in_a_list_file_is_one_line(tmp_path: Path) -> None:

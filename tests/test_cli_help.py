@@ -15,8 +15,11 @@ HEAVY = {"torch", "zarr", "numpy", "timm", "matplotlib"}
 
 
 def test_top_level_help_imports_no_heavy_module() -> None:
-    (modules,) = loaded_after(["--help"])
-    assert "typer" in modules and not modules & HEAVY
+    """Nor does ``extract --help``: ExtractConfig, which generates its options, lives in a
+    module that imports no torch (losa_cache/extract_config.py)."""
+    top, extract = loaded_after(["--help"], ["extract", "--help"])
+    assert "typer" in top and not top & HEAVY
+    assert "losa_cache" in extract and not extract & HEAVY
 
 
 def test_help_lists_every_command_with_its_own_first_line() -> None:
@@ -101,3 +104,44 @@ def test_version_prints_the_installed_version_without_loading_torch() -> None:
     assert res.exit_code == 0 and res.stdout.strip() == f"losa-cache {version('losa-cache')}"
     (modules,) = loaded_after(["--version"])
     assert not modules & HEAVY
+
+
+#: Options a command adds to its configs' fields (where a store is, how to print).
+OUTPUT_OPTIONS = {"storage_options", "json_out", "quiet", "csv_out"}
+#: Commands with no config: models (only --json) and report (reads a sweep folder).
+NOT_GENERATED = {("models",), ("report",)}
+
+
+def test_every_command_is_generated_and_its_help_is_its_fields() -> None:
+    """Each option of every command is a config field whose metadata help is the option's
+    help (a choice list may follow), so no help can drift from its config; only the output
+    options are the command's own. Every command shows an example and has --json."""
+    import inspect
+    import typing
+
+    from losa_cache.fields import choices_of
+
+    leaves = [(tuple(path), cmd) for path, cmd in _commands()
+              if path and not hasattr(cmd, "list_commands")]  # fmt: skip
+    assert {p for p, _ in leaves} >= {("extract",), ("plan",), ("eval",), ("predict",),
+                                      ("tasks", "add"), ("verify",), ("import",)}  # fmt: skip
+    for path, cmd in leaves:
+        assert "Example" in (cmd.help or ""), f"{' '.join(path)} --help shows no example"
+        assert any("--json" in p.opts for p in cmd.params), f"{' '.join(path)} has no --json"
+        if path in NOT_GENERATED:
+            continue
+        original = getattr(cmd.callback, "__wrapped__", None)
+        assert original is not None and hasattr(original, "__signature__"), path
+        helps = {p.name: p.help for p in cmd.params}
+        fields = 0
+        for name, par in inspect.signature(original).parameters.items():
+            info = typing.get_args(par.annotation)[1]
+            f = getattr(info, "config_field", None)
+            if f is None:
+                assert name in OUTPUT_OPTIONS, f"{' '.join(path)}: --{name} is not a field"
+                continue
+            fields += 1
+            want = f.metadata["help"]
+            valid = choices_of(f)
+            assert helps[name] in (want, f"{want} One of: {', '.join(valid or [])}."), (path, name)
+        assert fields, path

@@ -18,19 +18,19 @@ from losa_cache.store import open_store
 
 BASE = {"model": "vit_micro", "dataset": "demo", "store": "s.zarr", "random_init": True}
 BAD = [
-    ("batch_size", -5, r"batch_size \(--batch-size\) must be >= 1, got -5"),
-    ("batch_size", 0, r"batch_size \(--batch-size\) must be >= 1, got 0"),
-    ("limit", -3, r"limit \(--limit\) must be >= 1, got -3"),
-    ("limit", 0, r"limit \(--limit\) must be >= 1"),
-    ("shard_rows", 0, r"shard_rows \(--shard-rows\) must be >= 1"),
-    ("chunk_rows", -1, r"chunk_rows \(--chunk-rows\) must be >= 1"),
-    ("workers", -2, r"workers \(--workers\) must be >= -1"),
-    ("seed", -1, r"seed \(--seed\) must be >= 0"),
-    ("input_size", 0, r"input_size \(--input-size\) must be >= 1"),
-    ("max_pixels", 0, r"max_pixels \(--max-pixels\) must be >= 1"),
-    ("crop_pct", 0.0, r"crop_pct \(--crop-pct\) must be > 0"),
-    ("crop_pct", float("nan"), r"crop_pct \(--crop-pct\) must be > 0"),
-    ("batch_size", "64", r"batch_size \(--batch-size\) must be a number"),
+    ("batch_size", -5, r"--batch-size must be an integer >= 1, got -5"),
+    ("batch_size", 0, r"--batch-size must be an integer >= 1, got 0"),
+    ("limit", -3, r"--limit must be an integer >= 1, got -3"),
+    ("limit", 0, r"--limit must be an integer >= 1"),
+    ("shard_rows", 0, r"--shard-rows must be an integer >= 1"),
+    ("chunk_rows", -1, r"--chunk-rows must be an integer >= 1"),
+    ("workers", -2, r"--workers must be an integer >= -1"),
+    ("seed", -1, r"--seed must be an integer >= 0"),
+    ("input_size", 0, r"--input-size must be an integer >= 1"),
+    ("max_pixels", 0, r"--max-pixels must be an integer >= 1"),
+    ("crop_pct", 0.0, r"--crop-pct must be a number > 0"),
+    ("crop_pct", float("nan"), r"--crop-pct must be a number > 0"),
+    ("batch_size", "64", r"--batch-size must be an integer"),
     ("dtype", "int4", "unknown store dtype 'int4'"),
     ("taps", "blocks,attnn", "unknown tap 'attnn'"),
     ("codec", "gzip", "unknown codec 'gzip'"),
@@ -53,16 +53,16 @@ def test_good_values_pass() -> None:
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--batch-size", "-5"], "batch_size (--batch-size) must be >= 1, got -5"),
-        (["--batch-size", "0"], "batch_size (--batch-size) must be >= 1, got 0"),
-        (["--limit", "-3"], "limit (--limit) must be >= 1, got -3"),
-        (["--shard-rows", "0"], "shard_rows (--shard-rows) must be >= 1, got 0"),
-        (["--chunk-rows", "0"], "chunk_rows (--chunk-rows) must be >= 1, got 0"),
-        (["--workers", "-7"], "workers (--workers) must be >= -1, got -7"),
-        (["--max-pixels", "0"], "max_pixels (--max-pixels) must be >= 1, got 0"),
-        (["--seed", "-1"], "seed (--seed) must be >= 0, got -1"),
-        (["--input-size", "0"], "input_size (--input-size) must be >= 1, got 0"),
-        (["--crop-pct", "-0.5"], "crop_pct (--crop-pct) must be > 0, got -0.5"),
+        (["--batch-size", "-5"], "--batch-size must be an integer >= 1, got -5"),
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+        (["--limit", "-3"], "--limit must be an integer >= 1, got -3"),
+        (["--shard-rows", "0"], "--shard-rows must be an integer >= 1, got 0"),
+        (["--chunk-rows", "0"], "--chunk-rows must be an integer >= 1, got 0"),
+        (["--workers", "-7"], "--workers must be an integer >= -1, got -7"),
+        (["--max-pixels", "0"], "--max-pixels must be an integer >= 1, got 0"),
+        (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+        (["--input-size", "0"], "--input-size must be an integer >= 1, got 0"),
+        (["--crop-pct", "-0.5"], "--crop-pct must be a number > 0, got -0.5"),
     ],
 )
 def test_cli_prints_one_line_and_writes_nothing(
@@ -95,8 +95,8 @@ def test_max_pixels_help_states_the_real_default() -> None:
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--retries", "-1"], "retries (--retries) must be >= 0, got -1"),
-        (["--shards-per-task", "0"], "shards_per_task (--shards-per-task) must be >= 1, got 0"),
+        (["--retries", "-1"], "--retries must be an integer >= 0, got -1"),
+        (["--shards-per-task", "0"], "--shards-per-task must be an integer >= 1, got 0"),
     ],
 )
 def test_cluster_options_are_checked_before_a_cluster_starts(
@@ -130,3 +130,30 @@ def test_cli_warnings_are_one_line() -> None:
         text = warnings.formatwarning(UserWarning("a: b"), UserWarning, "/x/y.py", 3, "src")
     assert text == "warning: a: b\n"
     assert warnings.formatwarning(UserWarning("a"), UserWarning, "/x/y.py", 3) != text
+
+
+def test_the_extract_command_builds_the_config_python_would(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`extract` is wiring: its flags make the ExtractConfig and DaskConfig a Python caller
+    builds (lists split at commas, sizes parsed), handed to losa_cache.api.extract."""
+    import losa_cache.api
+    from losa_cache.extract import DaskConfig
+
+    seen = {}
+
+    def fake(cfg, *, dask, progress, storage_options):
+        seen.update(cfg=cfg, dask=dask, progress=progress)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(losa_cache.api, "extract", fake)
+    res = CliRunner().invoke(app, ["extract", "--model", "vit_micro", "--dataset", "demo",
+                                   "--store", str(tmp_path / "s.zarr"), "--random-init",
+                                   "--splits", "train,val", "--max-file-bytes", "2MiB",
+                                   "--crop-mode", "squash", "--retries", "1", "-q"])  # fmt: skip
+    assert res.exit_code == 2 and "stop here" in res.output
+    want = ExtractConfig(model="vit_micro", dataset="demo", store=str(tmp_path / "s.zarr"),
+                         random_init=True, splits=["train", "val"], max_file_bytes=2 * 2**20,
+                         crop_mode="squash")  # fmt: skip
+    assert seen["cfg"] == want and seen["dask"] == DaskConfig(retries=1)
+    assert seen["progress"] is False

@@ -153,3 +153,23 @@ def test_a_vtab1k_task_folder_counts_each_image_once(tmp_path: Path) -> None:
     p = plan("vit_micro", f"vtab1k:{tmp_path}", measure=False)
     assert p["splits"]["train800val200"] == 5 and p["images"] == 7 and p["sizes_note"] is None
     assert p["bytes_total"] == 7 * p["bytes_per_image"]
+
+
+def test_the_plan_command_is_run_plan_of_its_config() -> None:
+    """`plan` is wiring: its JSON is run_plan of the PlanConfig its flags make (the budget
+    parsed as a size), and its text is plan_text of that."""
+    from losa_cache.plan import PlanConfig, plan_text, run_plan
+
+    flags = ["--model", "vit_micro", "--dataset", "demo", "--taps", "blocks,embed",
+             "--rank", "4", "--views", "2", "--no-measure"]  # fmt: skip
+    cfg = PlanConfig(model="vit_micro", dataset="demo", taps="blocks,embed", rank=4, views=2,
+                     measure=False)  # fmt: skip
+    res = runner.invoke(app, ["plan", *flags, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == json.loads(json.dumps(run_plan(cfg), default=str))
+    text = runner.invoke(app, ["plan", *flags], env={"COLUMNS": "300"}).stdout
+    assert text.strip() == plan_text(run_plan(cfg)).strip()
+    budget = runner.invoke(app, ["plan", "--model", "vit_micro", "--budget", "20MB", "--json"])
+    assert json.loads(budget.stdout)["budget_bytes"] == 20_000_000
+    assert json.loads(budget.stdout) == json.loads(json.dumps(
+        run_plan(PlanConfig(model="vit_micro", budget=20_000_000)), default=str))  # fmt: skip

@@ -237,5 +237,11 @@ def test_cli_eval_json(cli, adapter_dir: Path, adapter: Adapter, micro_store: st
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout)
     assert result["count"] == 64 and set(result["per_class"]) == set(adapter.classes)
+    from losa_cache.inference import EvalConfig, evaluate_adapter
+
+    cfg = EvalConfig(adapter=str(adapter_dir), store=micro_store)  # what Python calls
+    assert result == json.loads(json.dumps(evaluate_adapter(cfg), default=str))
     out = CliRunner().invoke(cli, ["eval", "--adapter", str(adapter_dir), "--store", micro_store])
     assert out.exit_code == 0 and "accuracy" in out.stdout
+    with pytest.raises(ValueError, match="not both"):  # the path is chosen by the config
+        EvalConfig(adapter=str(adapter_dir), store=micro_store, dataset="demo")

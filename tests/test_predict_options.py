@@ -32,15 +32,15 @@ def _predict(adapter_dir: Path, image: Path, *args: str) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--seed", "-1"], "error: seed (--seed) must be an integer >= 0, got -1"),
-        (["--top-k", "0"], "error: top_k must be >= 1, got 0"),
-        (["--batch-size", "0"], "error: batch_size (--batch-size) must be >= 1, got 0"),
-        (["--batch-size", "100000"], "error: batch_size (--batch-size) must be >= 1 and <= 65536 "
+        (["--seed", "-1"], "error: --seed must be an integer >= 0, got -1"),
+        (["--top-k", "0"], "error: --top-k must be an integer >= 1, got 0"),
+        (["--batch-size", "0"], "error: --batch-size must be an integer >= 1, got 0"),
+        (["--batch-size", "100000"], "error: --batch-size must be an integer >= 1 and <= 65536 "
          "(a larger batch only exhausts memory"),
-        (["--max-file-bytes", "0"], "error: max_file_bytes (--max-file-bytes) must be >= 1"),
-        (["--seed", str(10**30)], "error: seed (--seed) must be an integer >= 0 and <= "
+        (["--max-file-bytes", "0"], "error: the size '0' is not positive"),
+        (["--seed", str(10**30)], "error: --seed must be an integer >= 0 and <= "
          "9223372036854775807 (it must fit in 64 bits)"),
-        (["--max-pixels", "0"], "error: max_pixels (--max-pixels) must be >= 1, got 0"),
+        (["--max-pixels", "0"], "error: --max-pixels must be an integer >= 1, got 0"),
         (["--device", "gpu"], "error: --device 'gpu' is not a device"),
     ],
 )

@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from losa_cache.checks import DEFAULT_MAX_PIXELS
 from losa_cache.data.base import ImageDecodeError
 from losa_cache.data.opener import DEFAULT_MAX_FILE_BYTES, FileRefused, read_regular
 
-#: Largest image decoded (width x height): PIL's own bomb guard, ~9459 x 9459 px, 268 MB as RGB.
-DEFAULT_MAX_PIXELS = 89_478_485
 _RAISE_LIMIT = "pass a larger --max-pixels (Python: max_pixels=) if the file is trusted"
 _PIL_LIMIT_LOCK = threading.Lock()
 _WHITE = (255, 255, 255)

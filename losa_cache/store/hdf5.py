@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from losa_cache.fields import check_fields, option
 from losa_cache.oserrors import os_failure
 from losa_cache.store import schema as S
 from losa_cache.store.store import (
@@ -342,3 +344,32 @@ def _copy_from_h5(ds: h5py.Dataset, arr: zarr.Array, bar: tqdm) -> None:
         values = ds.asstr()[rows] if is_str else ds[rows]
         arr[rows] = S.text_for(arr, values) if is_str else values
         bar.update(arr.nbytes * len(values) // max(1, arr.shape[0]))
+
+
+@dataclass
+class ExportConfig:
+    """``losa-cache export``: a whole store into one HDF5 file."""
+
+    store: str = option(help="Store path or URL.", argument=True)
+    out: str = option(help="HDF5 file to write.", argument=True)
+    format: str = option("hdf5", "Output format.", choices=("hdf5",))
+    compression: str | None = option(None, "HDF5 compression (default: none).",
+                                     choices=("gzip", "lzf"))
+    overwrite: bool = option(False, "Replace an existing file.")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class ImportConfig:
+    """``losa-cache import``: a store recreated from an HDF5 export."""
+
+    h5: str = option(help="HDF5 file written by `losa-cache export`.", argument=True)
+    store: str = option(help="Store path or URL to create (a new or empty folder).",
+                        argument=True)
+    overwrite: bool = option(False, "Replace an existing losa-cache store (never other files).")
+
+    def __post_init__(self) -> None:
+        if not Path(self.h5).is_file():
+            raise FileNotFoundError(f"no HDF5 file at {self.h5}")

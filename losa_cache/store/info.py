@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
 
+from losa_cache.fields import check_fields, option
 from losa_cache.store import schema as S
 from losa_cache.store.store import FeatureStore, has_crc32c, open_store
 
@@ -137,3 +139,23 @@ def task_summaries(path: str) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+@dataclass
+class InfoConfig:
+    """``losa-cache info``: a store's summary (with every row's source, on request)."""
+
+    store: str = option(help="Store path or URL.", argument=True)
+    sources: bool = option(
+        False, "Print every row's image source, one per line in row order (the sources "
+        "`tasks add` label files name); with --json, add them as 'sources'.")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class TaskListConfig:
+    """``losa-cache tasks list``: the store whose tasks to list."""
+
+    store: str = option(help="Store path or URL.", argument=True)

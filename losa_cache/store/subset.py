@@ -11,11 +11,13 @@ resumed by rerunning the same command. Works between local paths and fsspec URLs
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from losa_cache.fields import check_fields, option
 from losa_cache.side.layers import parse_layers
 from losa_cache.store import schema as S
 from losa_cache.store.quant import quantize
@@ -175,3 +177,20 @@ def shard_values(
     status = source.group[S.STATUS].get_coordinate_selection(rows)
     errors = S.decode_text(source.group[S.ERROR].get_orthogonal_selection((rows, slice(None))))
     return features, status, np.asarray(errors, dtype=str)
+
+
+@dataclass
+class SubsetConfig:
+    """``losa-cache subset``: which part of a store to copy (None: all the source has)."""
+
+    src: str = option(help="Source store path or URL.", argument=True)
+    dst: str = option(help="New store path or URL (created, or resumed).", argument=True)
+    layers: str | None = option(None, "Blocks to keep (0-based; default all the source has).")
+    taps: str | None = option(None, "Taps to keep, e.g. blocks,sum:4 (default all).")
+    dtype: str | None = option(None, "fp16 | int8 (default: the source's dtype).")
+    rows: list[str] | None = option(  # noqa: RUF009
+        None, "Splits whose rows to keep, e.g. train,val (default all)."
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)

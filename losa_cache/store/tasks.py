@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
+from losa_cache.fields import option
 from losa_cache.outdir import SEGMENT_RULE, is_safe_segment
 from losa_cache.store import schema as S
 from losa_cache.store.lease import LABELLING, store_lock
@@ -211,3 +213,17 @@ def _task_nodes(group: zarr.Group, arrays_only: bool) -> list[str]:
         return []
     names = tasks.array_keys() if arrays_only else (k for k, _ in tasks.members())
     return [f"{S.TASKS}/{k}" for k in names]
+
+
+@dataclass
+class TaskAddConfig:
+    """``losa-cache tasks add``: a labelling file to attach to a store as a new task."""
+
+    store: str = option(help="Store path or URL.", argument=True)
+    name: str = option(help="Task name: 1-64 characters from letters, digits, '_', '-' and "
+                       "'.', starting with a letter or digit.")
+    labels: str = option(help="File of `<source> <label>` lines.")
+    overwrite: bool = option(False, "Replace a task of the same name.")
+
+    def __post_init__(self) -> None:
+        check_task_name(self.name)

@@ -14,11 +14,13 @@ import datetime as _dt
 import hashlib
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
 
+from losa_cache.fields import option
 from losa_cache.store import schema as S
 from losa_cache.store.lease import store_lock
 from losa_cache.store.schema import (  # the progress groups are the schema's
@@ -633,3 +635,12 @@ def shard_key(arr: zarr.Array, row: int) -> str:
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class VerifyConfig:
+    """``losa-cache verify``: which store to re-read, and whether to mark damage for repair."""
+
+    store: str = option(help="Store path or URL.", argument=True)
+    repair: bool = option(False, "Clear the done markers of damaged shards (then rerun "
+                          "extract).")

@@ -52,4 +52,4 @@ def test_eval_batch_and_precision_can_be_overridden(make_cfg, micro_store: str) 
     res = runner.invoke(
         app, ["eval", "--adapter", cfg.out, "--store", micro_store, "--batch-size", "0"]
     )
-    assert res.exit_code == 2 and "(--batch-size) must be >= 1, got 0" in res.stderr
+    assert res.exit_code == 2 and "--batch-size must be an integer >= 1, got 0" in res.stderr

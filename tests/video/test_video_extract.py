@@ -103,9 +103,9 @@ def test_resume_with_other_clip_sampling_is_refused(video_tree: Path, tmp_path: 
     ("change", "message"),
     [
         ({"stride": 0}, "--stride must be"),
-        ({"clip": "middle"}, "clip protocol"),
+        ({"clip": "middle"}, r"unknown clip 'middle' \(--clip\); choose one of \['centre'"),
         ({"frames": 3}, "multiple of the tubelet depth 2"),
-        ({"inflation": "mean"}, "central or average"),
+        ({"inflation": "mean"}, r"choose one of \['central', 'average'\]"),
     ],
 )
 def test_bad_clip_options_fail_before_anything_loads(change: dict, message: str) -> None:
