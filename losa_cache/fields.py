@@ -19,8 +19,8 @@ from typing import Any
 from losa_cache import checks
 from losa_cache.checks import Bound, range_error
 
-__all__ = ["PANELS", "UNITS", "check_fields", "choices_of", "compose", "flag", "metadata",
-           "option", "parse_list", "size_in"]
+__all__ = ["PANELS", "UNITS", "check_fields", "choices_of", "compose", "flag", "inherit",
+           "metadata", "option", "parse_list", "size_in"]
 
 #: The help panels of the generated flags, in the order ``--help`` shows them (a field
 #: without a panel is a core option: the first panel, "Options").
@@ -58,6 +58,13 @@ def metadata(help: str, **rules: Any) -> dict[str, Any]:
     if rules.get("panel") not in (None, *PANELS):
         raise ValueError(f"unknown help panel {rules['panel']!r}; one of {PANELS}")
     return {"help": help, **rules, **{k: rules.get(k) for k in keys}}
+
+
+def inherit(cls: type, name: str) -> Any:
+    """A field like ``cls``'s field ``name`` (default, help, range, panel): the same
+    option in two configs (extract's and the sweep's ``--cluster``) says one thing."""
+    (f,) = (f for f in fields(cls) if f.name == name)
+    return field(default=f.default, metadata=dict(f.metadata))
 
 
 def compose(base: type, options: dict[str, Any], panel: str) -> type:

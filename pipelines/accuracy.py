@@ -286,9 +286,11 @@ def run_cached(
     methods: dict[str, dict[str, Any]] = CACHED,
     progress: bool = False,
     splits: dict[str, str] = SPLITS,
+    dask: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """One sweep on train800 -> val200 (each method's grid extended past its edge while its
-    best lr sits there, by runs alone), then each method's val-best lr on train800val200."""
+    best lr sits there, by runs alone), then each method's val-best lr on train800val200;
+    ``dask`` (a DaskConfig): the sweep's groups on that cluster."""
     from losa_cache.pipelines.baseline_protocol import extend_grid
     from losa_cache.sweep import SweepConfig, run_sweep
     from losa_cache.train import train
@@ -308,6 +310,8 @@ def run_cached(
             val_split=splits["val"],
             test_split=splits["test"],
             speed_batches=budget.speed_batches,
+            cluster=dask.cluster if dask else None,
+            scheduler=dask.scheduler if dask else None,
         ),
         progress=progress,
     )["results"]

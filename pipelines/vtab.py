@@ -175,11 +175,13 @@ def plan_text(args: argparse.Namespace, found: list[str], missing: dict[str, str
 def run_task(task: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Extract the task's store (resumed where partial; a finished store made with other
     settings, e.g. another crop mode, is refused), then sweep + final runs."""
-    from losa_cache.extract import ExtractConfig, extract
+    from losa_cache import api
+    from losa_cache.extract_config import DaskConfig, ExtractConfig
 
     store = Path(args.out) / "stores" / f"{task}.zarr"
     t0 = time.perf_counter()
-    extract(
+    dask = DaskConfig(cluster=args.cluster, scheduler=args.scheduler)  # both None: here
+    api.extract(
         ExtractConfig(
             model=args.model,
             checkpoint=args.checkpoint,
@@ -195,6 +197,7 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             device=args.device,
         ),
         progress=not args.quiet,
+        dask=dask if args.cluster or args.scheduler else None,
     )
     budget = Budget(
         batch_size=args.batch_size, cached_lrs=tuple(args.lr_list), cached_optimizer=args.optimizer
@@ -207,6 +210,7 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         time.perf_counter() - t0,
         methods_of(args),
         progress=not args.quiet,
+        dask=dask,
     )
 
 
@@ -240,6 +244,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    dask = p.add_mutually_exclusive_group()
+    dask.add_argument("--cluster", default=None, help="extraction and sweeps on Dask: local:N "
+                      "| cuda (extract's and sweep's --cluster)")
+    dask.add_argument("--scheduler", default=None, help="an existing Dask cluster: "
+                      "tcp://HOST:PORT (the folders must be shared)")
     args = p.parse_args(argv)
     args.task_list = [t for t in args.tasks.split(",") if t]
     args.lr_list = [float(v) for v in args.lrs.split(",")]

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field, fields, make_dataclass, replac
 from pathlib import Path
 from typing import Any
 
-from losa_cache.fields import check_fields, metadata, option
+from losa_cache.extract_config import DaskConfig
+from losa_cache.fields import check_fields, inherit, metadata, option
 from losa_cache.methods import get_method, list_methods
 from losa_cache.outdir import folder_name, folder_names
 from losa_cache.side import parse_layers
@@ -126,13 +127,9 @@ class SweepConfig:
                            "up front what it will time); --no-costs skips them (their "
                            "columns stay empty).", panel="Costs")
     resume: bool = _f(False, "Continue the sweep in --out.")
-    # a Dask cluster trains the groups (losa_cache.sweep.cluster); the meanings of extract's
-    cluster: str | None = _f(None, "Run on Dask: local:N (N worker processes) | cuda (one per "
-                             "GPU); one group of configs per task, largest first.",
-                             panel="Performance")
-    scheduler: str | None = _f(None, "Run on an existing Dask cluster: tcp://HOST:PORT (the "
-                               "store and --out must be reachable from every worker).",
-                               panel="Performance")
+    # a Dask cluster trains the groups (losa_cache.sweep.cluster): extract's flags, meanings
+    cluster: str | None = inherit(DaskConfig, "cluster")
+    scheduler: str | None = inherit(DaskConfig, "scheduler")
 
     def __post_init__(self) -> None:
         if not self.store and not self.live:

@@ -241,3 +241,18 @@ def test_inat_dry_run_defaults(
     assert doc["plan"]["layers"] == [1, 3] or len(doc["plan"]["layers"]) == 2
     assert "store:" in capsys.readouterr().out
     assert not (tmp_path / "i").exists()
+
+
+def test_vtab_on_a_local_cluster_equals_in_process(vtab_root: Path, tmp_path: Path) -> None:
+    """``--cluster local:2``: the task's extraction and its sweep run as Dask tasks on two
+    worker processes; the table equals the in-process run's (CPU, same seeds)."""
+    args = ["--root", str(vtab_root), "--tasks", "cifar", "--methods", "linear,losa",
+            "--ranks", "4", "--epochs", "1", "--batch-size", "4", "--lrs", "1e-3,1e-2",
+            "--quiet", *VTAB_MICRO]  # fmt: skip
+    here = vtab.main([*args, "--out", str(tmp_path / "here")])
+    there = vtab.main([*args, "--out", str(tmp_path / "there"), "--cluster", "local:2"])
+    assert there["results"] == here["results"]
+    for method, row in here["per_task"]["cifar"].items():
+        assert there["per_task"]["cifar"][method]["best_lr"] == row["best_lr"], method
+    summary = json.loads((tmp_path / "there/runs/cifar/sweep/results.json").read_text())
+    assert summary["summary"]["cluster"]["workers"]  # the sweep ran on the cluster
