@@ -24,7 +24,7 @@ from __future__ import annotations
 import typing
 import warnings
 from collections.abc import Callable
-from dataclasses import MISSING, Field, dataclass, fields
+from dataclasses import Field, dataclass, fields
 from importlib import metadata
 from typing import Any
 
@@ -158,14 +158,6 @@ def option_fields(live: bool | None = None) -> dict[str, OptionField]:
     if live is None:
         _FROZEN = {n: o.field for n, o in out.items()}
     return out
-
-
-def defaults(options: type | None) -> dict[str, Any]:
-    """An options dataclass's defaults, by name."""
-    if options is None:
-        return {}
-    return {f.name: f.default if f.default_factory is MISSING else f.default_factory()
-            for f in fields(options)}
 
 
 _LOADED = False
