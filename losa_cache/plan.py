@@ -12,11 +12,12 @@ key and label names which one it is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
+import losa_cache.baselines  # noqa: F401  (registers the live baselines)
 from losa_cache.backbone import create_backbone  # noqa: F401  (registers our architectures)
 from losa_cache.backbone.registry import create_architecture
 from losa_cache.backbone.vivit import VIDEO_ALIASES, check_clip, video_alias
@@ -25,7 +26,8 @@ from losa_cache.compute import backbone_cost, measure_matmul_flops
 from losa_cache.data import KNOWN_SIZES, dataset_sizes
 from losa_cache.data.registry import ADAPTERS
 from losa_cache.data.vtab import DERIVED_SPLIT, PRIMARY_SPLITS
-from losa_cache.fields import check_fields, option
+from losa_cache.fields import check_fields, compose, option
+from losa_cache.methods import get_method, option_fields
 from losa_cache.side.layers import parse_layers
 from losa_cache.store.taps import (
     deepest_block,
@@ -474,19 +476,15 @@ class PlanConfig:
     views: int = option(0, "extract --views V: V augmented rows per train* image.", min=0,
                         panel="Data")
     method: str | None = option(
-        None, "Also price a method: a side network (losa, linear, lowrank_mlp, transformer, "
-        "...) or a live baseline (full, lora, bitfit, vpt, partial): learned parameters and "
-        "GMACs (= the paper's 'GFLOPs'; GFLOPs = 2x), no weights built.", panel="Method")
+        None, "Also price a method (any of `losa-cache train --method`'s, with its options "
+        "below): learned parameters and GMACs (= the paper's 'GFLOPs'; GFLOPs = 2x), no "
+        "weights built.", panel="Method")
     rank: int | None = option(None, "Also count a side network of this rank.", min=1,
                               panel="Method")
-    hidden: int | None = option(None, "Hidden width h of --method transformer.", min=1,
-                                panel="Method")
     side_layers: str | None = option(None, "Side network layers (default: --layers).",
                                      panel="Method")
-    side_start: str | None = option(None, "losa's --start of --method losa: b_last | embed.",
-                                    panel="Method")
     side_taps: str | None = option(None, "losa's --taps of --method losa: block | attn | mlp "
-                                   "| attn+mlp.", panel="Method")
+                                   "| attn+mlp (--taps is the store's here).", panel="Method")
     measure: bool = option(True, "Run the matmul probe for a time estimate (--no-measure: "
                            "skip it).", panel="Performance")
 
@@ -499,12 +497,28 @@ def run_plan(cfg: PlanConfig) -> dict[str, Any]:
     prints, as a dict: ``plan_text`` words it)."""
     if cfg.budget is not None:
         return plan_budget(cfg.model, cfg.dataset, cfg.budget, cfg.data_root, cfg.frames)
-    side = {"start": cfg.side_start, "taps": cfg.side_taps}
     p = plan(cfg.model, cfg.dataset, cfg.layers, cfg.dtype, cfg.data_root, cfg.rank,
              cfg.method, cfg.side_layers, measure=cfg.measure, taps=cfg.taps,
-             frames=cfg.frames, hidden=cfg.hidden,
-             side_options={k: v for k, v in side.items() if v is not None}, views=cfg.views)
+             frames=cfg.frames, side_options=method_options(cfg), views=cfg.views)
     return {**p, "rank": cfg.rank}
+
+
+def method_options(cfg: PlanConfig) -> dict[str, Any]:
+    """The priced method's own options, as the flags give them (losa's --taps is
+    --side-taps: --taps names the store's)."""
+    if cfg.method is None:
+        return {}
+    own = {f.name for f in fields(_PlanFields)}
+    uses = get_method(cfg.method).uses
+    opts = {n: getattr(cfg, n) for n in option_fields() if n in uses and n not in own}
+    if "taps" in uses and cfg.side_taps is not None:
+        opts["taps"] = cfg.side_taps
+    return opts
+
+
+_PlanFields = PlanConfig
+#: the store's fields above + every method's own options (as train's: one declaration)
+PlanConfig = compose(PlanConfig, option_fields(), panel="Method")  # type: ignore[misc]
 
 
 def plan_text(p: dict[str, Any]) -> str:

@@ -84,8 +84,8 @@ print(json.dumps({
     "sweep": json.loads(run("sweep", *common, "--method", "toy,linear", "--toy-width", "2,4",
                             "--out", out + "/sweep", "--speed-batches", "0", "--no-costs",
                             "--json")),
-    "plan": json.loads(run("plan", "--model", "vit_micro", "--method", "toy", "--no-measure",
-                           "--json")),
+    "plan": json.loads(run("plan", "--model", "vit_micro", "--method", "toy", "--toy-width",
+                           "6", "--no-measure", "--json")),
     "eval": json.loads(run("eval", "--adapter", out + "/train", "--store", store, "--split",
                            "test", "--json")),
     "predict": json.loads(run("predict", "--adapter", out + "/train", "--random-init",
@@ -132,8 +132,9 @@ def test_an_outside_method_trains_sweeps_plans_evaluates_and_predicts(
     runs = sorted(r["run"] for r in got["sweep"]["results"])
     assert len(runs) == 3 and sum(r.startswith("toy-") for r in runs) == 2, runs
     assert any("tw2" in r for r in runs) and any("tw4" in r for r in runs), runs
-    # plan prices it without weights; eval equals the run's own test accuracy; predict runs
-    assert got["plan"]["method_cost"]["learned_params"] == 2 * dim * 3 + 3 + dim
+    # plan prices it without weights, with its own flag; eval equals the run's test
+    # accuracy; predict runs
+    assert got["plan"]["method_cost"]["learned_params"] == 2 * dim * 6 + 6 + dim
     assert got["eval"]["accuracy"] == got["train"]["test_acc"]
     assert len(got["predict"]) == 1 and got["predict"][0]["probs"]
 

@@ -80,7 +80,7 @@ def test_plan_cli_prices_a_method() -> None:
     bad = CliRunner().invoke(
         app, ["plan", "--model", "vit_micro", "--method", "nope", "--no-measure"]
     )
-    assert bad.exit_code != 0 and "unknown --method 'nope'" in bad.output
+    assert bad.exit_code != 0 and "unknown method 'nope'; choose one of" in bad.output
     assert "lora" in bad.output and "transformer" in bad.output
 
 
