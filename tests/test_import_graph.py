@@ -62,10 +62,6 @@ def _is_type_checking(node: ast.If) -> bool:
 #: lazy imports that still close a circle (importer -> imported), each with why; the test
 #: fails once one is gone, so that this list only shrinks
 KNOWN_LAZY = {
-    ("losa_cache.store.store", "losa_cache.store.torch_dataset"): (
-        "FeatureStore.torch_dataset() (public API) returns the Dataset class that reads "
-        "through the store; breaking it changes that API (issue 21's API step)"
-    ),
     ("losa_cache.pipelines.accuracy", "losa_cache.pipelines.accuracy_views"): (
         "the harness's views part reuses the harness's helpers; splitting accuracy.py "
         "into helpers + parts is left to the harness's owner"

@@ -639,7 +639,7 @@ class FeatureStore:
         workers can use (:class:`losa_cache.store.torch_dataset.StoreDataset`)."""
         from losa_cache.store.torch_dataset import StoreDataset
 
-        return StoreDataset(self.path, keys, split, task, storage_options)
+        return StoreDataset(self, keys, split, task, storage_options, open_store)
 
     def _array(self, path: str, dtype: str) -> FeatureArray:
         done = self._group_of(path).done

@@ -20,15 +20,18 @@ dequantized to float32).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from losa_cache.store import schema as S
-from losa_cache.store.store import FeatureArray, QuantizedArray, StoreError, open_store
+from losa_cache.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from losa_cache.store.store import FeatureArray, QuantizedArray
 
 __all__ = ["StoreDataset", "key_array"]
 
@@ -51,14 +54,17 @@ def key_array(key: Key) -> tuple[str, int | None]:
 class StoreDataset(Dataset):
     """``(features, label)`` of one split's rows; see the module docstring."""
 
-    def __init__(self, path: str, keys: Key | Sequence[Key], split: str = "train",
-                 task: str | None = None, storage_options: dict | None = None) -> None:  # fmt: skip
-        self.path, self.storage_options = str(path), storage_options
+    def __init__(self, store: Any, keys: Key | Sequence[Key], split: str = "train",
+                 task: str | None = None, storage_options: dict | None = None,
+                 opener: Callable[[str, dict | None], Any] | None = None) -> None:  # fmt: skip
+        """``store``: an open FeatureStore; ``opener(path, storage_options)`` opens it again
+        in a worker process (``open_store``: FeatureStore.torch_dataset passes it, so this
+        module needs nothing of store.py)."""
+        self.path, self.storage_options, self.opener = store.path, storage_options, opener
         self.single = isinstance(keys, (int, np.integer, str))
         self.keys: tuple[Key, ...] = (keys,) if self.single else tuple(keys)
         if not self.keys:
             raise StoreError("torch_dataset needs at least one key, e.g. a block index or 'sum:4'")
-        store = open_store(self.path, storage_options)
         store.require_complete("or read it with open_store(..., allow_incomplete=True)")
         self._arrays: list[FeatureArray | QuantizedArray] | None = self._open(store)
         self.rows = store.split_rows(split)  # valid rows only; StoreError names the splits
@@ -73,7 +79,7 @@ class StoreDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | dict[Key, torch.Tensor], int]:
         if self._arrays is None:  # first item in a worker process: open the store here
-            self._arrays = self._open(open_store(self.path, self.storage_options))
+            self._arrays = self._open(self.opener(self.path, self.storage_options))
         row = int(self.rows[i])
         feats = [a.read_torch(row) for a in self._arrays]  # (T, D) each, checked
         label = int(self.labels[i])

@@ -13,7 +13,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from losa_cache.store import StoreError, open_store
-from losa_cache.store.torch_dataset import StoreDataset
 
 
 def expected(store, key, rows: np.ndarray) -> torch.Tensor:
@@ -66,8 +65,8 @@ def test_one_key_yields_a_tensor_in_every_dtype(kind_store: Callable[[str, str],
 
 def test_refuses_what_the_store_lacks(taps_store: str, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"block 2 is not in this store; it holds blocks \[1, 3\]"):
-        StoreDataset(taps_store, 2)
+        open_store(taps_store).torch_dataset(2)
     with pytest.raises(StoreError, match="tap 'sum:4' is not in this store"):
-        StoreDataset(taps_store, ["sum:4"])
+        open_store(taps_store).torch_dataset(["sum:4"])
     with pytest.raises(StoreError, match="unknown split 'nope'"):
-        StoreDataset(taps_store, 1, split="nope")
+        open_store(taps_store).torch_dataset(1, split="nope")
