@@ -88,14 +88,16 @@ def largest_first(work: list[GroupWork]) -> list[GroupWork]:
 
 # -- on the workers ---------------------------------------------------------------------
 class SweepPlugin(WorkerPlugin):
-    """The sweep's config and, for a store sweep, the store opened once per worker (on its
-    first task: a failure to open it is that task's error, not a hung registration). A
-    live sweep opens its backbone per group: a side group prunes it for the next."""
+    """The sweep's config and, opened once per worker on its first task (a failure to open
+    is that task's error, not a hung registration), the store of a store sweep or the
+    backbone of a live sweep: each live group gets a source on its own copy of that
+    backbone (a side group prunes what it runs)."""
 
     def __init__(self, cfg: SweepConfig, storage_options: dict | None) -> None:
         self.cfg = cfg
         self.storage_options = storage_options
         self._source: Any = None
+        self._backbone: Any = None
         self._lock: threading.Lock | None = None
 
     def setup(self, worker: Any) -> None:
@@ -106,18 +108,32 @@ class SweepPlugin(WorkerPlugin):
             self._source.close()
             self._source = None
 
-    def source(self) -> Any:
-        if self.cfg.live:
-            return None
-        assert self._lock is not None, "plugin used before setup"
-        with self._lock:
-            if self._source is None:
-                from losa_cache.train.sources import pick_device
-                from losa_cache.train.trainer import open_source
+    @contextlib.contextmanager
+    def source(self) -> Iterator[Any]:
+        """The group's data source: the worker's store, or a live source on a copy of the
+        worker's backbone (closed after the group)."""
+        from losa_cache.train.sources import pick_device
 
-                device = pick_device(self.cfg.device)
-                self._source = open_source(self.cfg, device, self.storage_options)
-            return self._source
+        assert self._lock is not None, "plugin used before setup"
+        device = pick_device(self.cfg.device)
+        if not self.cfg.live:
+            with self._lock:
+                if self._source is None:
+                    from losa_cache.train.trainer import open_source
+
+                    self._source = open_source(self.cfg, device, self.storage_options)
+            yield self._source
+            return
+        from losa_cache.train.live import LiveSource, live_backbone
+
+        with self._lock:
+            if self._backbone is None:
+                self._backbone = live_backbone(self.cfg, device)
+        live = LiveSource(self.cfg, device, self._backbone)
+        try:
+            yield live
+        finally:
+            live.close()
 
 
 @contextlib.contextmanager
@@ -156,8 +172,8 @@ def group_task(train: TrainGroup, gid: int, plugin: str) -> dict[str, Any]:
             last[:] = [now, steps, images]
 
     t0, wall = time.perf_counter(), time.time()
-    with group_lock(ext.cfg.out, gid):
-        done = train(ext.cfg, gid, ext.storage_options, on_tick, ext.source())
+    with group_lock(ext.cfg.out, gid), ext.source() as source:
+        done = train(ext.cfg, gid, ext.storage_options, on_tick, source)
     return {
         "group": gid,
         "done": done,

@@ -18,6 +18,7 @@ side network's parameters.
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -121,20 +122,27 @@ def live_images(dataset: Any, backbone: Backbone, rows: np.ndarray, cfg: Any) ->
                       parse_augment(cfg.augment), backbone.preprocess, cfg.view_seed)
 
 
+def live_backbone(cfg: Any, device: torch.device) -> Backbone:
+    """The backbone the live fields of ``cfg`` (a TrainConfig or SweepConfig) name."""
+    return create_backbone(cfg.model, checkpoint=cfg.checkpoint, pretrained=cfg.pretrained,
+                           random_init=cfg.random_init, seed=cfg.init_seed, device=device,
+                           frames=getattr(cfg, "frames", None),
+                           inflation=getattr(cfg, "inflation", "central"))
+
+
 class LiveSource:
     """A backbone and a data set standing in for a store (``cfg``: a TrainConfig or a
     SweepConfig, whose live fields name them)."""
 
-    def __init__(self, cfg: Any, device: torch.device) -> None:
+    def __init__(self, cfg: Any, device: torch.device, backbone: Backbone | None = None) -> None:
+        """``backbone``: one :func:`live_backbone` already loaded (a Dask worker's, kept for
+        every group it trains): this source prunes a copy of it."""
         if not (cfg.model and cfg.dataset):
             raise ValueError("--live needs --model and --dataset (the backbone runs on images)")
         self.device, self.amp_mode = device, cfg.amp
         sampling = live_sampling(cfg)
-        self.backbone = create_backbone(cfg.model, checkpoint=cfg.checkpoint,
-                                        pretrained=cfg.pretrained, random_init=cfg.random_init,
-                                        seed=cfg.init_seed, device=device,
-                                        frames=getattr(cfg, "frames", None),
-                                        inflation=getattr(cfg, "inflation", "central"))
+        self.backbone = (live_backbone(cfg, device) if backbone is None
+                         else copy.deepcopy(backbone))
         if sampling is not None:  # part of the fingerprint, as extract records it
             self.backbone.sampling = {"stride": sampling.stride, "clip": sampling.clip}
         self.dataset = get_dataset(cfg.dataset, data_root=cfg.data_root, sampling=sampling)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from distributed import Client, WorkerPlugin
 
 from losa_cache.sweep import SweepConfig, run_sweep
@@ -368,3 +369,27 @@ def test_a_live_sweep_with_a_baseline_on_the_cluster(client, scheduler, tmp_path
     )
     assert res["summary"]["mode"] == "live" and len(res["summary"]["groups"]) == 2
     assert_same_members(res, ref)
+
+
+def test_a_worker_loads_the_live_backbone_once(monkeypatch, tmp_path) -> None:
+    """Every live group a worker trains gets a source on its own copy of the backbone the
+    worker loaded on its first group (a side group prunes its copy, not the next one's)."""
+    import losa_cache.train.live as live_mod
+    from losa_cache.sweep.cluster import SweepPlugin
+
+    loads = []
+    real = live_mod.live_backbone
+    monkeypatch.setattr(live_mod, "live_backbone", lambda *a: loads.append(1) or real(*a))
+    cfg = SweepConfig(out=str(tmp_path), live=True, model="vit_micro", random_init=True,
+                      dataset="demo", limit=8, device="cpu", workers=0)  # fmt: skip
+    plugin = SweepPlugin(cfg, None)
+    plugin.setup(None)
+    with plugin.source() as first:
+        first.prune([0])  # a side group reading block 0: its copy keeps one block
+        pruned = len(first.backbone.model.blocks)
+    with plugin.source() as second:
+        whole = len(second.backbone.model.blocks)
+        one, two = (s.backbone.model.blocks[0].state_dict() for s in (first, second))
+        same = one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert len(loads) == 1 and pruned == 1 and whole == 4 and same
+    assert first.backbone is not second.backbone
