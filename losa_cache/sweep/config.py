@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields, make_dataclass, replac
 from pathlib import Path
 from typing import Any
 
+from losa_cache.data.opener import MAX_TEXT_BYTES, FileRefused, read_regular
 from losa_cache.extract_config import DaskConfig
 from losa_cache.fields import check_fields, inherit, metadata, option
 from losa_cache.methods import get_method, list_methods
@@ -241,11 +242,11 @@ def method_uses(method: str) -> tuple[str, ...]:
 def load_entries(path: str | Path) -> list[dict[str, Any]]:
     """A JSON list of config entries (or ``{"configs": [...]}``), keys checked."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--config: no file {p}")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+    try:  # a regular file only: a FIFO or /dev/zero is named, never read
+        data = json.loads(read_regular(p, MAX_TEXT_BYTES, "--config file"))
+    except FileRefused as e:
+        raise ValueError(f"--config: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"--config {p} is not valid JSON: {e}") from None
     data = data.get("configs") if isinstance(data, dict) else data
     if not isinstance(data, list) or not all(isinstance(e, dict) for e in data) or not data:

@@ -53,7 +53,7 @@ def test_config_file_errors_are_clear(tmp_path: Path) -> None:
     file.write_text("{nope")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_entries(file)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match=r"missing\.json: --config file not found"):
         load_entries(tmp_path / "missing.json")
 
 
@@ -133,3 +133,22 @@ def test_sweep_cli_takes_a_max_memory_size(monkeypatch: pytest.MonkeyPatch) -> N
                                    "--width", "32", "--stop-at", "2"])
     assert res.exit_code == 0, res.output
     assert (got[0].max_memory, got[0].width, got[0].stop_at) == (286, [32], 2)
+
+
+def test_config_file_must_be_a_regular_file(tmp_path: Path) -> None:
+    """--config reads through the one file opener: a FIFO or a device is named, never
+    read (a FIFO would block forever), and a missing file says so."""
+    import os
+
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"fifo.json: not a regular file \(a FIFO/pipe\)"):
+        load_entries(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_entries("/dev/zero")
+    with pytest.raises(ValueError, match="--config file not found"):
+        load_entries(tmp_path / "absent.json")
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b"\xff\xfe[")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        load_entries(bad)
