@@ -32,8 +32,10 @@ accuracy cost of halving the store, against the fp16 store's rows of the same na
 Augmented views (issue 24; ``--parts views,fewshot``, pipelines/accuracy_views.py): LoSA
 r16 and MIST from stores with V = 0, 4, 8 stored views (:data:`VIEW_COUNTS`,
 :data:`AUGMENT`) and the few-shot rows (:data:`SHOTS` images per class, without and with
-views), next to full fine-tuning live with the same augmentation; each views row records
-its store's extraction seconds and bytes. These rows have not been run yet.
+views), next to full fine-tuning live with the same augmentation, and the views rows
+again with a milder augmentation that keeps more labels (:data:`MILD_AUGMENT`); each views row
+records its store's extraction seconds and bytes; run ``accuracy-20261206-190217`` has the
+first task (docs/benchmarks.md names the later runs).
 
 Time, estimated (not run on this loaded CPU): the cached part is one sweep of 11 x 3 runs
 per task (minutes); the live part ~2-4 min per method and task at 5 epochs, so 5 x 4 of
@@ -106,6 +108,12 @@ VIEW_COUNTS = (0, 4, 8)  # V: "losa r16 V=4" ...; V = 0 is the plain store
 VIEW_METHODS: dict[str, dict[str, Any]] = {m: CACHED[m] for m in ("losa r16", "mist")}
 SHOTS = (1, 2, 4, 8, 16)  # MIST Fig. 4: images per class drawn from train800
 FEW_SHOT_VIEWS = (0, 8)  # each shot count without and with views: "losa r16 4-shot V=8"
+#: A milder augmentation next to AUGMENT (rows "losa r16 V=8 rrc:0.5-1"): no flip (a flip
+#: turns a rotation of 90 deg into 270 deg, mirrors a digit, moves a location cell) and crops
+#: that keep at least half the image. It keeps the label of digits and rotation; a crop still
+#: moves location's object to another cell and can cut count's objects out.
+MILD_AUGMENT = "rrc:0.5-1"
+MILD_VIEW_COUNTS = (8,)
 #: live full fine-tuning next to them, with the same augmentation (the same V views drawn)
 LIVE_AUGMENTED = "full"
 
