@@ -769,6 +769,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = summarise(per_task, tasks)
     return {
         "tasks": tasks,
+        "classes": {t: n_classes(root / t) for t in tasks},
         "budget": _budget_doc(budget),
         "per_task": per_task,
         "rows": rows,
@@ -777,15 +778,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def n_classes(task_dir: Path) -> int:
+    """A VTAB-layout task's class count (its classnames.txt, else its labels)."""
+    names = task_dir / "classnames.txt"
+    if names.is_file():
+        return len([n for n in names.read_text().splitlines() if n.strip()])
+    lines = (task_dir / "train800val200.txt").read_text().splitlines()
+    return len({ln.rsplit(maxsplit=1)[1] for ln in lines if ln.strip()})
+
+
+def figures(doc: dict[str, Any], results: Path, run_id: str) -> dict[str, Path]:
+    """The run's figures, by caption: accuracy vs cost for the harness's method rows,
+    accuracy vs stored views and vs shots per class for issue 24's rows (each only where
+    the run has such rows; pipelines/accuracy_plots.py)."""
+    from losa_cache.pipelines.accuracy_plots import kinds, plot_shots, plot_views
+
+    kind = kinds(doc["per_task"])
+    cost_rows = [r for r in doc["rows"] if kind.get(r["method"], "cost") == "cost"]
+    made = {"accuracy vs cost": plot(cost_rows, results / f"{run_id}.png") if cost_rows else None}
+    args = (doc["per_task"], doc["tasks"])
+    classes = doc.get("classes")
+    made["accuracy vs stored views"] = plot_views(*args, results / f"{run_id}-views.png", run_id,
+                                                  classes)  # fmt: skip
+    made["accuracy vs shots per class"] = plot_shots(*args, results / f"{run_id}-shots.png",
+                                                     run_id, classes)  # fmt: skip
+    return {caption: path for caption, path in made.items() if path is not None}
+
+
 def write_outputs(doc: dict[str, Any], results: Path, notes: Sequence[str]) -> dict[str, str]:
-    """benchmarks/results/accuracy-<date>.{md,png} + the JSON (date, versions, device)."""
+    """benchmarks/results/accuracy-<date>.{md,json} and its figures (.png, -views.png,
+    -shots.png where the run has such rows); the JSON has date, versions, device."""
     budget = Budget(**_budget_args(doc["budget"]))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     results.mkdir(parents=True, exist_ok=True)
-    png = plot(doc["rows"], results / f"accuracy-{stamp}.png")
+    pngs = figures(doc, results, f"accuracy-{stamp}")
     md = results / f"accuracy-{stamp}.md"
     md.write_text(
-        markdown(doc["rows"], doc["tasks"], budget, notes) + f"\n![accuracy vs cost]({png.name})\n"
+        markdown(doc["rows"], doc["tasks"], budget, notes)
+        + "".join(f"\n![{caption}]({p.name})\n" for caption, p in pngs.items())
     )
     js = results / f"accuracy-{stamp}.json"
     js.write_text(
@@ -797,14 +827,15 @@ def write_outputs(doc: dict[str, Any], results: Path, notes: Sequence[str]) -> d
                 "versions": versions(),
                 **doc,
                 "markdown": md.name,
-                "png": png.name,
+                "png": next(iter(pngs.values())).name if pngs else None,
+                "figures": {caption: p.name for caption, p in pngs.items()},
             },
             indent=2,
             sort_keys=True,
             default=str,
         )
     )
-    return {"markdown": str(md), "png": str(png), "json": str(js)}
+    return {"markdown": str(md), "json": str(js), **{c: str(p) for c, p in pngs.items()}}
 
 
 def _device() -> dict[str, Any]:
