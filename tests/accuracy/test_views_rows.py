@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from losa_cache.pipelines import accuracy
+from losa_cache.pipelines.accuracy_plots import shot_series, view_series
 from losa_cache.pipelines.accuracy_views import pick_shots, views_part
 from losa_cache.store import open_store
 
@@ -89,3 +90,26 @@ def test_views_and_fewshot_rows_tiny(tmp_path: Path) -> None:
     assert set(saved) == {"losa r16 V=2", "mist V=2"}
     saved = json.loads((out / "results" / "tiny" / "views2-rrc0.5-1-e1.json").read_text())
     assert set(saved) == {"losa r16 V=2 rrc:0.5-1", "mist V=2 rrc:0.5-1"}
+    # the figures put what the rows vary on the x axis: shots per class, stored views
+    aug, mild = accuracy.AUGMENT, accuracy.MILD_AUGMENT
+    acc = lambda name: rows[name]["test_acc"]
+    assert shot_series(rows) == {
+        **{(m, False, None): {1: acc(f"{m} 1-shot")} for m in ("losa r16", "mist")},
+        **{(m, True, aug): {1: acc(f"{m} 1-shot V=2")} for m in ("losa r16", "mist")},
+        ("full", True, aug): {1: acc("full 1-shot aug V=2")},
+    }
+    assert view_series(rows) == {
+        **{(m, True, aug): {0: acc(f"{m} V=0"), 2: acc(f"{m} V=2")} for m in ("losa r16", "mist")},
+        **{(m, True, mild): {0: acc(f"{m} V=0"), 2: acc(f"{m} V=2 rrc:0.5-1")}
+           for m in ("losa r16", "mist")},
+        ("full", True, aug): {2: acc("full aug V=2")},
+        ("full", True, mild): {2: acc("full aug V=2 rrc:0.5-1")},
+    }  # fmt: skip
+    doc = {"per_task": {"tiny": rows}, "tasks": ["tiny"], "classes": {"tiny": 2},
+           "rows": accuracy.summarise({"tiny": rows}, ["tiny"])}  # fmt: skip
+    made = accuracy.figures(doc, tmp_path, "accuracy-test")
+    assert {c: p.name for c, p in made.items()} == {
+        "accuracy vs stored views": "accuracy-test-views.png",
+        "accuracy vs shots per class": "accuracy-test-shots.png",
+    }  # no cost figure: the views and few-shot rows do not differ in cost
+    assert all(p.stat().st_size > 0 for p in made.values())
