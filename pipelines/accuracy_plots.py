@@ -10,6 +10,7 @@ variable they change on the x axis instead. Each row says what it is (``family``
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,16 +63,17 @@ def _label(family: str, views: bool, augment: str | None, count: int | None = No
 
 
 def _style(family: str, views: bool, augment: str | None, mild: set[str]) -> dict[str, Any]:
+    """Colour and marker by method (a live row is full fine-tuning's red triangle); a
+    milder augmentation dashed with hollow markers; clean features only dotted."""
     from losa_cache.sweep.plotting import method_style
 
-    live = family.split()[0] == "full"
-    dashed = (0, (4, 2)) if augment in mild else "-"
+    other = augment in mild
     return {
         **method_style(family),
-        "ls": dashed if views else ":",
+        "ls": ((0, (4, 2)) if other else "-") if views else ":",
         "lw": 1.8,
         "markersize": 7,
-        "fillstyle": "none" if live else "full",
+        "fillstyle": "none" if other else "full",
         "markeredgewidth": 1.5,
     }
 
@@ -100,7 +102,8 @@ def _figure(
     every = sorted({k for _, s in panels for k in s}, key=lambda k: (k[0], k[1], str(k[2])))
     augments = list(dict.fromkeys(k[2] for k in every if k[2]))
     mild = set(augments[1:])  # the first is the harness's main augmentation
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 0.6, 5.2), squeeze=False)
+    width = max(4.6 * len(panels) + 0.6, 11.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 5.4), squeeze=False)
     handles: dict[str, Any] = {}
     for ax, (task, series) in zip(axes[0], panels, strict=True):
         xs = sorted({x for line in series.values() for x in line})
@@ -123,10 +126,11 @@ def _figure(
         n = f", {classes[task]} classes" if classes and task in classes else ""
         ax.set_title(f"{task}{n}", fontsize=12)
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=12)
-    fig.legend(list(handles.values()), list(handles), loc="lower center",
-               ncol=min(3, len(handles)), fontsize=9, frameon=False)  # fmt: skip
-    rows = -(-len(handles) // 3)
+    fig.suptitle(textwrap.fill(title, int(width * 10)), fontsize=12)
+    ncol = max(1, min(3, len(handles), int(width // 5.5)))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol,
+               fontsize=9, frameon=False)  # fmt: skip
+    rows = -(-len(handles) // ncol)
     fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
