@@ -10,8 +10,9 @@ final run scored once on test), with the configs of pipelines/accuracy.py:
   ``rrc:0.08-1,flip`` (MIST's few-shot augmentation), rows ``losa r16 V=4`` ...; V = 0 is
   the harness's plain store. Next to them ``full aug V=8``: full fine-tuning live with the
   same augmentation, drawing from the same V views (``train --live --views 8 --augment``);
-  and the same rows at V = 8 with the milder ``rrc:0.5-1`` (no flip; :data:`MILD_AUGMENT`
-  says which labels it keeps), named ``losa r16 V=8 rrc:0.5-1``, ``full aug V=8 rrc:0.5-1``;
+* mild (``--parts mild``): the views rows at V = 8 with the milder ``rrc:0.5-1`` (no
+  flip; :data:`MILD_AUGMENT` says which labels it keeps), named ``losa r16 V=8
+  rrc:0.5-1``, ``full aug V=8 rrc:0.5-1``;
 * few-shot (``--parts fewshot``, MIST Fig. 4): k = 1, 2, 4, 8, 16 images per class of
   train800 (seeded), the lr chosen on val200, the final run on the k images, scored on
   test; LoSA r16 and MIST without views (``losa r16 4-shot``) and with 8 views
@@ -21,7 +22,7 @@ Every views row records what its store cost: extraction seconds and bytes on dis
 k-shot rows of the cached methods are a split added to the V-view store (no new
 extraction); the live rows read a derived task folder listing the same images.
 
-``python -m losa_cache.pipelines.accuracy --parts views,fewshot`` runs these rows alone
+``python -m losa_cache.pipelines.accuracy --parts views,mild,fewshot`` runs these rows alone
 (results are reused per part); run ``accuracy-20261206-190217`` has the ``digits`` task.
 """
 
@@ -68,8 +69,7 @@ def views_part(task_dir: Path, out: Path, spec: dict[str, Any], budget: Budget,
     rows: dict[str, dict[str, Any]] = {}
     task, e = task_dir.name, f"e{budget.epochs:g}"
     live = task in budget.live_tasks
-    if "views" not in parts:
-        counts = mild = ()
+    counts, mild = (counts if "views" in parts else ()), (mild if "mild" in parts else ())
     for aug, views in ((AUGMENT, counts), (MILD_AUGMENT, mild)):
         file_tag, row_tag = augment_tags(aug)
         for v in views:

@@ -50,7 +50,7 @@ def test_views_and_fewshot_rows_tiny(tmp_path: Path) -> None:
                              live_lrs={"full": (1e-4,)}, live_tasks=("tiny",),
                              speed_batches=0)  # fmt: skip
     spec = {"model": "vit_micro", "random_init": True, "seed": 0}
-    rows = views_part(task, out, spec, budget, {"views", "fewshot"}, accuracy.memo,
+    rows = views_part(task, out, spec, budget, {"views", "mild", "fewshot"}, accuracy.memo,
                       counts=(0, 2), shots=(1,), few_views=(0, 2), mild=(2,))  # fmt: skip
     cached = {f"{m}{t}" for m in ("losa r16", "mist")
               for t in (" V=0", " V=2", " 1-shot", " 1-shot V=2", " V=2 rrc:0.5-1")}  # fmt: skip
