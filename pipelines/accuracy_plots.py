@@ -11,7 +11,7 @@ variable they change on the x axis instead. Each row says what it is (``family``
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ def _style(family: str, views: bool, augment: str | None, mild: set[str]) -> dic
 def _figure(
     per_task: PerTask,
     tasks: Sequence[str],
-    series_of: Any,
+    series_of: Callable[[dict[str, dict[str, Any]]], Series],
     xlabel: str,
     title: str,
     path: Path,
