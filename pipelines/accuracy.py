@@ -684,6 +684,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-save", action="store_true", help="no files under --results")
     p.add_argument("--quick", action="store_true", help="tiny tasks and budgets (smoke test)")
     p.add_argument(
+        "--tabulate",
+        action="store_true",
+        help="no training or extraction: the table and figures of the results already "
+        "saved in --out (parts not finished are left out), e.g. while a run goes on",
+    )
+    p.add_argument(
         "--redraw",
         default=None,
         metavar="RUN.json",
@@ -714,6 +720,11 @@ def memo(path: Path, compute: Any) -> dict[str, Any]:
     return result
 
 
+def saved_only(path: Path, compute: Any) -> dict[str, Any]:
+    """``--tabulate``'s :func:`memo`: the saved result, or nothing (never computes)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Tasks -> stores -> cached methods -> live baselines -> rows (nothing written)."""
     out, budget = Path(args.out), make_budget(args)
@@ -729,27 +740,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     live = [m for m in args.live.split(",") if m]
     t0 = time.perf_counter()
     parts = set(args.parts.split(","))
+    keep = saved_only if args.tabulate else memo
     for task in tasks if "cached" in parts else ():
         store = out / "stores" / f"{task}.zarr"
         store.parent.mkdir(parents=True, exist_ok=True)
-        ext_s = extract_task(root / task, store, spec)
         per_task[task] = {}
         for epochs, tag in ((budget.epochs, ""), (budget.cached_epochs, " @{:g} ep")):
             if epochs:
                 runs = out / "runs" / task / f"e{epochs:g}"
-                done = memo(
+                done = keep(
                     out / "results" / task / f"cached-e{epochs:g}.json",
-                    lambda s=store, r=runs, e=epochs, x=ext_s: run_cached(s, r, budget, e, x),
+                    lambda s=store, r=runs, e=epochs, t=task: run_cached(
+                        s, r, budget, e, extract_task(root / t, s, spec)
+                    ),
                 )
                 per_task[task] |= {m + tag.format(epochs): v for m, v in done.items()}
         int8 = out / "stores" / f"{task}-int8.zarr"
-        int8_s = extract_task(root / task, int8, spec, dtype="int8", taps="blocks")
-        done = memo(
+        done = keep(
             out / "results" / task / f"cached-int8-e{budget.epochs:g}.json",
-            lambda s=int8, t=task, x=int8_s: run_cached(
-                s, out / "runs" / t / "int8", budget, budget.epochs, x, INT8
+            lambda s=int8, t=task: run_cached(
+                s, out / "runs" / t / "int8", budget, budget.epochs,
+                extract_task(root / t, s, spec, dtype="int8", taps="blocks"), INT8,
             ),
-        )
+        )  # fmt: skip
         per_task[task] |= {f"{m} int8": v for m, v in done.items()}
         print(f"{task}: cached done ({time.perf_counter() - t0:.0f} s)", flush=True)
     if parts & {"views", "mild", "fewshot"}:
@@ -757,12 +770,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         for task in tasks:
             per_task.setdefault(task, {}).update(
-                views_part(root / task, out, spec, budget, parts, memo)
+                views_part(root / task, out, spec, budget, parts, keep)
             )
     for task in tasks if "live" in parts else ():
         for method in live if task in budget.live_tasks else ():
             per_task.setdefault(task, {}).update(
-                memo(
+                keep(
                     out / "results" / task / f"{method}-e{budget.epochs:g}.json",
                     lambda m=method, t=task: run_live(root / t, spec, budget, [m]),
                 )

@@ -73,10 +73,9 @@ def views_part(task_dir: Path, out: Path, spec: dict[str, Any], budget: Budget,
     for aug, views in ((AUGMENT, counts), (MILD_AUGMENT, mild)):
         file_tag, row_tag = augment_tags(aug)
         for v in views:
-            store, cost = view_store(task_dir, out, spec, v, aug)
             runs = out / "runs" / task / f"views{v}{file_tag}"
             tag = f" V={v}{row_tag}"
-            compute = partial(cached_rows, store, runs, budget, cost, SPLITS, tag)
+            compute = partial(view_rows, task_dir, out, spec, budget, v, aug, runs, tag)
             done = memo(out / "results" / task / f"views{v}{file_tag}-{e}.json", compute)
             rows |= stamp(done, tag, views=v, augment=aug if v else None)
         if live and max(views, default=0):
@@ -107,6 +106,25 @@ def stamp(
     the memo, so results saved by an earlier version read the same."""
     family = lambda name: name[: -len(tag)] if tag else LIVE_AUGMENTED
     return {name: r | {"family": family(name), **meta} for name, r in rows.items()}
+
+
+def view_rows(task_dir: Path, out: Path, spec: dict[str, Any], budget: Budget, views: int,
+              augment: str, runs: Path, tag: str, shot: tuple[int, np.ndarray] | None = None,
+              ) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """:func:`cached_rows` on the task's store of ``views`` views of ``augment``, extracted
+    here (so a memo that has the rows, or ``--tabulate``, extracts nothing); ``shot``
+    (k, positions in train800): trained on those, a split ``train<k>shot`` of the store."""
+    from losa_cache.store import open_store
+    from losa_cache.store.splits import add_split
+
+    store, cost = view_store(task_dir, out, spec, views, augment)
+    splits = SPLITS
+    if shot is not None:
+        k, pick = shot
+        split = f"train{k}shot"
+        add_split(store, split, open_store(str(store)).split_rows("train800")[pick])
+        splits, cost = {**SPLITS, "train": split, "final": split}, cost | {"shots": k}
+    return cached_rows(store, runs, budget, cost, splits, tag)
 
 
 def cached_rows(
@@ -176,13 +194,19 @@ def pick_shots(labels: Sequence[int], k: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
+def shot_pick(task_dir: Path, k: int) -> np.ndarray:
+    """Positions in ``task_dir``'s train800 of its k-shot images (:func:`pick_shots`)."""
+    train = [ln for ln in (task_dir / "train800.txt").read_text().splitlines() if ln.strip()]
+    return pick_shots([int(ln.rsplit(maxsplit=1)[1]) for ln in train], k)
+
+
 def fewshot_task(task_dir: Path, folder: Path, k: int) -> tuple[Path, np.ndarray]:
     """A VTAB-layout folder whose train800 (and final split) is ``k`` images per class of
     ``task_dir``'s train800 (absolute paths; val200 and test unchanged); and the picked
     positions in train800."""
     lines = {f: (task_dir / f"{f}.txt").read_text().splitlines() for f in LIST_FILES}
     train = [ln for ln in lines["train800"] if ln.strip()]
-    pick = pick_shots([int(ln.rsplit(maxsplit=1)[1]) for ln in train], k)
+    pick = shot_pick(task_dir, k)
     absolute = lambda ln: f"{task_dir.resolve() / ln.rsplit(maxsplit=1)[0]} {ln.rsplit()[-1]}"
     shot = [absolute(train[i]) for i in pick]
     folder.mkdir(parents=True, exist_ok=True)
@@ -204,26 +228,27 @@ def fewshot_rows(
     memo: Memo,
 ) -> dict[str, dict[str, Any]]:
     """k-shot rows: the cached methods from each views store (a k-shot split added to
-    it), and full fine-tuning live with the augmentation on the derived folder."""
-    from losa_cache.store import open_store
-    from losa_cache.store.splits import add_split
-
+    it), and full fine-tuning live with the augmentation on a derived folder."""
     task, e = task_dir.name, f"e{budget.epochs:g}"
-    folder, pick = fewshot_task(task_dir, out / "fewshot" / f"{task}-{k}shot", k)
-    split = f"train{k}shot"
-    splits = {**SPLITS, "train": split, "final": split}
+    pick = shot_pick(task_dir, k)
     rows: dict[str, dict[str, Any]] = {}
     for v in few_views:
-        store, cost = view_store(task_dir, out, spec, v)
-        add_split(store, split, open_store(str(store)).split_rows("train800")[pick])
         runs = out / "runs" / task / f"{k}shot-views{v}"
         tag = f" {k}-shot" + (f" V={v}" if v else "")
-        compute = partial(cached_rows, store, runs, budget, cost | {"shots": k}, splits, tag)
+        compute = partial(view_rows, task_dir, out, spec, budget, v, AUGMENT, runs, tag, (k, pick))
         done = memo(out / "results" / task / f"{k}shot-views{v}-{e}.json", compute)
         rows |= stamp(done, tag, views=v, augment=AUGMENT if v else None, shots=k)
     if live and max(few_views):
         v = max(few_views)
-        compute = partial(live_augmented, folder, spec, budget, v, f" {k}-shot")
+        compute = partial(live_shots, task_dir, out / "fewshot" / f"{task}-{k}shot", k, spec,
+                          budget, v)  # fmt: skip
         done = memo(out / "results" / task / f"{k}shot-full-aug-{e}.json", compute)
         rows |= stamp(done, None, views=v, augment=AUGMENT, shots=k)
     return rows
+
+
+def live_shots(task_dir: Path, folder: Path, k: int, spec: dict[str, Any], budget: Budget,
+               views: int) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The k-shot live row: full fine-tuning on the derived k-shot folder (written here)."""
+    fewshot_task(task_dir, folder, k)
+    return live_augmented(folder, spec, budget, views, f" {k}-shot")

@@ -90,6 +90,14 @@ def test_views_and_fewshot_rows_tiny(tmp_path: Path) -> None:
     assert set(saved) == {"losa r16 V=2", "mist V=2"}
     saved = json.loads((out / "results" / "tiny" / "views2-rrc0.5-1-e1.json").read_text())
     assert set(saved) == {"losa r16 V=2 rrc:0.5-1", "mist V=2 rrc:0.5-1"}
+    # --tabulate reads the saved rows back and computes nothing: none where nothing is saved
+    again = dict(counts=(0, 2), shots=(1,), few_views=(0, 2), mild=(2,))
+    parts = {"views", "mild", "fewshot"}
+    saved_rows = views_part(task, out, spec, budget, parts, accuracy.saved_only, **again)
+    assert saved_rows == json.loads(json.dumps(rows))
+    empty = tmp_path / "empty"
+    assert views_part(task, empty, spec, budget, parts, accuracy.saved_only, **again) == {}
+    assert not empty.exists()
     # the figures put what the rows vary on the x axis: shots per class, stored views
     aug, mild = accuracy.AUGMENT, accuracy.MILD_AUGMENT
     acc = lambda name: rows[name]["test_acc"]
