@@ -29,11 +29,13 @@ The int8 rows (:data:`INT8`, marked ``int8``) train ``linear`` and ``losa r16`` 
 a second store per task holding the same blocks in int8 (one fp16 scale per token row): the
 accuracy cost of halving the store, against the fp16 store's rows of the same names.
 
-Augmented views (issue 24; ``--parts views,fewshot``, pipelines/accuracy_views.py): LoSA
+Augmented views (issue 24; ``--parts views,mild,fewshot``, pipelines/accuracy_views.py): LoSA
 r16 and MIST from stores with V = 0, 4, 8 stored views (:data:`VIEW_COUNTS`,
 :data:`AUGMENT`) and the few-shot rows (:data:`SHOTS` images per class, without and with
-views), next to full fine-tuning live with the same augmentation; each views row records
-its store's extraction seconds and bytes. These rows have not been run yet.
+views), next to full fine-tuning live with the same augmentation, and the views rows
+again with a milder augmentation that keeps more labels (:data:`MILD_AUGMENT`); each views row
+records its store's extraction seconds and bytes; run ``accuracy-20261206-190217`` has the
+first task (docs/benchmarks.md names the later runs).
 
 Time, estimated (not run on this loaded CPU): the cached part is one sweep of 11 x 3 runs
 per task (minutes); the live part ~2-4 min per method and task at 5 epochs, so 5 x 4 of
@@ -106,6 +108,12 @@ VIEW_COUNTS = (0, 4, 8)  # V: "losa r16 V=4" ...; V = 0 is the plain store
 VIEW_METHODS: dict[str, dict[str, Any]] = {m: CACHED[m] for m in ("losa r16", "mist")}
 SHOTS = (1, 2, 4, 8, 16)  # MIST Fig. 4: images per class drawn from train800
 FEW_SHOT_VIEWS = (0, 8)  # each shot count without and with views: "losa r16 4-shot V=8"
+#: A milder augmentation next to AUGMENT (rows "losa r16 V=8 rrc:0.5-1"): no flip (a flip
+#: turns a rotation of 90 deg into 270 deg, mirrors a digit, moves a location cell) and crops
+#: that keep at least half the image. It keeps the label of digits and rotation; a crop still
+#: moves location's object to another cell and can cut count's objects out.
+MILD_AUGMENT = "rrc:0.5-1"
+MILD_VIEW_COUNTS = (8,)
 #: live full fine-tuning next to them, with the same augmentation (the same V views drawn)
 LIVE_AUGMENTED = "full"
 
@@ -672,12 +680,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--parts",
-        default="cached,live,views,fewshot",
-        help="cached,live,views,fewshot (results are reused)",
+        default="cached,live,views,mild,fewshot",
+        help="cached,live,views,mild,fewshot (results are reused; mild: the views rows "
+        "with the milder augmentation)",
     )
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--no-save", action="store_true", help="no files under --results")
     p.add_argument("--quick", action="store_true", help="tiny tasks and budgets (smoke test)")
+    p.add_argument(
+        "--tabulate",
+        action="store_true",
+        help="no training or extraction: the table and figures of the results already "
+        "saved in --out (parts not finished are left out), e.g. while a run goes on",
+    )
     p.add_argument(
         "--redraw",
         default=None,
@@ -709,6 +724,11 @@ def memo(path: Path, compute: Any) -> dict[str, Any]:
     return result
 
 
+def saved_only(path: Path, compute: Any) -> dict[str, Any]:
+    """``--tabulate``'s :func:`memo`: the saved result, or nothing (never computes)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Tasks -> stores -> cached methods -> live baselines -> rows (nothing written)."""
     out, budget = Path(args.out), make_budget(args)
@@ -724,40 +744,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     live = [m for m in args.live.split(",") if m]
     t0 = time.perf_counter()
     parts = set(args.parts.split(","))
+    keep = saved_only if args.tabulate else memo
     for task in tasks if "cached" in parts else ():
         store = out / "stores" / f"{task}.zarr"
         store.parent.mkdir(parents=True, exist_ok=True)
-        ext_s = extract_task(root / task, store, spec)
         per_task[task] = {}
         for epochs, tag in ((budget.epochs, ""), (budget.cached_epochs, " @{:g} ep")):
             if epochs:
                 runs = out / "runs" / task / f"e{epochs:g}"
-                done = memo(
+                done = keep(
                     out / "results" / task / f"cached-e{epochs:g}.json",
-                    lambda s=store, r=runs, e=epochs, x=ext_s: run_cached(s, r, budget, e, x),
+                    lambda s=store, r=runs, e=epochs, t=task: run_cached(
+                        s, r, budget, e, extract_task(root / t, s, spec)
+                    ),
                 )
                 per_task[task] |= {m + tag.format(epochs): v for m, v in done.items()}
         int8 = out / "stores" / f"{task}-int8.zarr"
-        int8_s = extract_task(root / task, int8, spec, dtype="int8", taps="blocks")
-        done = memo(
+        done = keep(
             out / "results" / task / f"cached-int8-e{budget.epochs:g}.json",
-            lambda s=int8, t=task, x=int8_s: run_cached(
-                s, out / "runs" / t / "int8", budget, budget.epochs, x, INT8
+            lambda s=int8, t=task: run_cached(
+                s, out / "runs" / t / "int8", budget, budget.epochs,
+                extract_task(root / t, s, spec, dtype="int8", taps="blocks"), INT8,
             ),
-        )
+        )  # fmt: skip
         per_task[task] |= {f"{m} int8": v for m, v in done.items()}
         print(f"{task}: cached done ({time.perf_counter() - t0:.0f} s)", flush=True)
-    if parts & {"views", "fewshot"}:
+    if parts & {"views", "mild", "fewshot"}:
         from losa_cache.pipelines.accuracy_views import views_part
 
         for task in tasks:
             per_task.setdefault(task, {}).update(
-                views_part(root / task, out, spec, budget, parts, memo)
+                views_part(root / task, out, spec, budget, parts, keep)
             )
     for task in tasks if "live" in parts else ():
         for method in live if task in budget.live_tasks else ():
             per_task.setdefault(task, {}).update(
-                memo(
+                keep(
                     out / "results" / task / f"{method}-e{budget.epochs:g}.json",
                     lambda m=method, t=task: run_live(root / t, spec, budget, [m]),
                 )
@@ -765,6 +787,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = summarise(per_task, tasks)
     return {
         "tasks": tasks,
+        "classes": {t: n_classes(root / t) for t in tasks},
         "budget": _budget_doc(budget),
         "per_task": per_task,
         "rows": rows,
@@ -773,15 +796,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def n_classes(task_dir: Path) -> int:
+    """A VTAB-layout task's class count (its classnames.txt, else its labels)."""
+    names = task_dir / "classnames.txt"
+    if names.is_file():
+        return len([n for n in names.read_text().splitlines() if n.strip()])
+    lines = (task_dir / "train800val200.txt").read_text().splitlines()
+    return len({ln.rsplit(maxsplit=1)[1] for ln in lines if ln.strip()})
+
+
+def figures(doc: dict[str, Any], results: Path, run_id: str) -> dict[str, Path]:
+    """The run's figures, by caption: accuracy vs cost for the harness's method rows,
+    accuracy vs stored views and vs shots per class for issue 24's rows (each only where
+    the run has such rows; pipelines/accuracy_plots.py)."""
+    from losa_cache.pipelines.accuracy_plots import kinds, plot_shots, plot_views
+
+    kind = kinds(doc["per_task"])
+    cost_rows = [r for r in doc["rows"] if kind.get(r["method"], "cost") == "cost"]
+    made = {"accuracy vs cost": plot(cost_rows, results / f"{run_id}.png") if cost_rows else None}
+    args = (doc["per_task"], doc["tasks"])
+    classes = doc.get("classes")
+    made["accuracy vs stored views"] = plot_views(*args, results / f"{run_id}-views.png", run_id,
+                                                  classes)  # fmt: skip
+    made["accuracy vs shots per class"] = plot_shots(*args, results / f"{run_id}-shots.png",
+                                                     run_id, classes)  # fmt: skip
+    return {caption: path for caption, path in made.items() if path is not None}
+
+
 def write_outputs(doc: dict[str, Any], results: Path, notes: Sequence[str]) -> dict[str, str]:
-    """benchmarks/results/accuracy-<date>.{md,png} + the JSON (date, versions, device)."""
+    """benchmarks/results/accuracy-<date>.{md,json} and its figures (.png, -views.png,
+    -shots.png where the run has such rows); the JSON has date, versions, device."""
     budget = Budget(**_budget_args(doc["budget"]))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     results.mkdir(parents=True, exist_ok=True)
-    png = plot(doc["rows"], results / f"accuracy-{stamp}.png")
+    pngs = figures(doc, results, f"accuracy-{stamp}")
     md = results / f"accuracy-{stamp}.md"
     md.write_text(
-        markdown(doc["rows"], doc["tasks"], budget, notes) + f"\n![accuracy vs cost]({png.name})\n"
+        markdown(doc["rows"], doc["tasks"], budget, notes)
+        + "".join(f"\n![{caption}]({p.name})\n" for caption, p in pngs.items())
     )
     js = results / f"accuracy-{stamp}.json"
     js.write_text(
@@ -793,14 +845,15 @@ def write_outputs(doc: dict[str, Any], results: Path, notes: Sequence[str]) -> d
                 "versions": versions(),
                 **doc,
                 "markdown": md.name,
-                "png": png.name,
+                "png": next(iter(pngs.values())).name if pngs else None,
+                "figures": {caption: p.name for caption, p in pngs.items()},
             },
             indent=2,
             sort_keys=True,
             default=str,
         )
     )
-    return {"markdown": str(md), "png": str(png), "json": str(js)}
+    return {"markdown": str(md), "json": str(js), **{c: str(p) for c, p in pngs.items()}}
 
 
 def _device() -> dict[str, Any]:

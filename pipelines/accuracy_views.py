@@ -10,6 +10,9 @@ final run scored once on test), with the configs of pipelines/accuracy.py:
   ``rrc:0.08-1,flip`` (MIST's few-shot augmentation), rows ``losa r16 V=4`` ...; V = 0 is
   the harness's plain store. Next to them ``full aug V=8``: full fine-tuning live with the
   same augmentation, drawing from the same V views (``train --live --views 8 --augment``);
+* mild (``--parts mild``): the views rows at V = 8 with the milder ``rrc:0.5-1`` (no
+  flip; :data:`MILD_AUGMENT` says which labels it keeps), named ``losa r16 V=8
+  rrc:0.5-1``, ``full aug V=8 rrc:0.5-1``;
 * few-shot (``--parts fewshot``, MIST Fig. 4): k = 1, 2, 4, 8, 16 images per class of
   train800 (seeded), the lr chosen on val200, the final run on the k images, scored on
   test; LoSA r16 and MIST without views (``losa r16 4-shot``) and with 8 views
@@ -19,7 +22,7 @@ Every views row records what its store cost: extraction seconds and bytes on dis
 k-shot rows of the cached methods are a split added to the V-view store (no new
 extraction); the live rows read a derived task folder listing the same images.
 
-``python -m losa_cache.pipelines.accuracy --parts views,fewshot`` runs these rows alone
+``python -m losa_cache.pipelines.accuracy --parts views,mild,fewshot`` runs these rows alone
 (results are reused per part); run ``accuracy-20261206-190217`` has the ``digits`` task.
 """
 
@@ -38,6 +41,8 @@ from losa_cache.pipelines.accuracy import (
     AUGMENT,
     FEW_SHOT_VIEWS,
     LIVE_AUGMENTED,
+    MILD_AUGMENT,
+    MILD_VIEW_COUNTS,
     SHOTS,
     SPLITS,
     VIEW_COUNTS,
@@ -58,24 +63,68 @@ Memo = Callable[[Path, Callable[[], dict[str, Any]]], dict[str, Any]]
 def views_part(task_dir: Path, out: Path, spec: dict[str, Any], budget: Budget,
                parts: set[str], memo: Memo, counts: Sequence[int] = VIEW_COUNTS,
                shots: Sequence[int] = SHOTS, few_views: Sequence[int] = FEW_SHOT_VIEWS,
-               ) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """The views and/or few-shot rows of one task, by row name."""
+               mild: Sequence[int] = MILD_VIEW_COUNTS) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The views and/or few-shot rows of one task, by row name; each row carries what it
+    is (``family``, ``views``, ``augment``, ``shots`` for the few-shot ones) for the plots."""
     rows: dict[str, dict[str, Any]] = {}
     task, e = task_dir.name, f"e{budget.epochs:g}"
     live = task in budget.live_tasks
-    if "views" in parts:
-        for v in counts:
-            store, cost = view_store(task_dir, out, spec, v)
-            runs = out / "runs" / task / f"views{v}"
-            compute = partial(cached_rows, store, runs, budget, cost, SPLITS, f" V={v}")
-            rows |= memo(out / "results" / task / f"views{v}-{e}.json", compute)
-        if live and max(counts):
-            compute = partial(live_augmented, task_dir, spec, budget, max(counts), "")
-            rows |= memo(out / "results" / task / f"full-aug{max(counts)}-{e}.json", compute)
+    counts, mild = (counts if "views" in parts else ()), (mild if "mild" in parts else ())
+    for aug, views in ((AUGMENT, counts), (MILD_AUGMENT, mild)):
+        file_tag, row_tag = augment_tags(aug)
+        for v in views:
+            runs = out / "runs" / task / f"views{v}{file_tag}"
+            tag = f" V={v}{row_tag}"
+            compute = partial(view_rows, task_dir, out, spec, budget, v, aug, runs, tag)
+            done = memo(out / "results" / task / f"views{v}{file_tag}-{e}.json", compute)
+            rows |= stamp(done, tag, views=v, augment=aug if v else None)
+        if live and max(views, default=0):
+            v = max(views)
+            compute = partial(live_augmented, task_dir, spec, budget, v, "", aug)
+            done = memo(out / "results" / task / f"full-aug{v}{file_tag}-{e}.json", compute)
+            rows |= stamp(done, None, views=v, augment=aug)
     if "fewshot" in parts:
         for k in shots:
             rows |= fewshot_rows(task_dir, out, spec, budget, k, few_views, live, memo)
     return rows
+
+
+def augment_tags(augment: str) -> tuple[str, str]:
+    """(file-name tag, row-name tag) of an augmentation's stores, runs and rows: none for
+    :data:`AUGMENT` (the names of run ``accuracy-20261206-190217``, so its memoized results
+    stay valid), ``-rrc0.5-1`` / `` rrc:0.5-1`` for another."""
+    if augment == AUGMENT:
+        return "", ""
+    return "-" + augment.replace(":", "").replace(",", "-"), f" {augment}"
+
+
+def stamp(
+    rows: dict[str, dict[str, Any]], tag: str | None, **meta: Any
+) -> dict[str, dict[str, Any]]:
+    """``rows`` with what each is: its method ``family`` (the name less ``tag``; None: the
+    live row, :data:`LIVE_AUGMENTED`) and ``meta`` (views, augment, shots). Stamped after
+    the memo, so results saved by an earlier version read the same."""
+    family = lambda name: name[: -len(tag)] if tag else LIVE_AUGMENTED
+    return {name: r | {"family": family(name), **meta} for name, r in rows.items()}
+
+
+def view_rows(task_dir: Path, out: Path, spec: dict[str, Any], budget: Budget, views: int,
+              augment: str, runs: Path, tag: str, shot: tuple[int, np.ndarray] | None = None,
+              ) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """:func:`cached_rows` on the task's store of ``views`` views of ``augment``, extracted
+    here (so a memo that has the rows, or ``--tabulate``, extracts nothing); ``shot``
+    (k, positions in train800): trained on those, a split ``train<k>shot`` of the store."""
+    from losa_cache.store import open_store
+    from losa_cache.store.splits import add_split
+
+    store, cost = view_store(task_dir, out, spec, views, augment)
+    splits = SPLITS
+    if shot is not None:
+        k, pick = shot
+        split = f"train{k}shot"
+        add_split(store, split, open_store(str(store)).split_rows("train800")[pick])
+        splits, cost = {**SPLITS, "train": split, "final": split}, cost | {"shots": k}
+    return cached_rows(store, runs, budget, cost, splits, tag)
 
 
 def cached_rows(
@@ -89,10 +138,10 @@ def cached_rows(
 
 
 def view_store(
-    task_dir: Path, out: Path, spec: dict[str, Any], views: int
+    task_dir: Path, out: Path, spec: dict[str, Any], views: int, augment: str = AUGMENT
 ) -> tuple[Path, dict[str, Any]]:
-    """The task's store with ``views`` views (0: the harness's own store), extracted once;
-    (path, its cost: extraction seconds, bytes on disk)."""
+    """The task's store with ``views`` views of ``augment`` (0: the harness's own store),
+    extracted once; (path, its cost: extraction seconds, bytes on disk)."""
     from losa_cache.extract import ExtractConfig, extract
     from losa_cache.store import open_store
 
@@ -102,14 +151,14 @@ def view_store(
         store.parent.mkdir(parents=True, exist_ok=True)
         seconds = extract_task(task_dir, store, spec)
         return store, {"views": 0, "extract_s": seconds, "store_bytes": disk_bytes(store)}
-    store = out / "stores" / f"{task}-views{views}.zarr"
+    store = out / "stores" / f"{task}-views{views}{augment_tags(augment)[0]}.zarr"
     record = store.parent / f"{store.stem}.extract.json"
     if not record.is_file():
         t0 = time.perf_counter()
         extract(ExtractConfig(model=spec["model"], checkpoint=spec.get("checkpoint"),
                               random_init=spec.get("random_init", False),
                               dataset=f"vtab1k:{task_dir}", store=str(store), layers="all",
-                              taps=VIEW_TAPS, views=views, augment=AUGMENT, workers=0),
+                              taps=VIEW_TAPS, views=views, augment=augment, workers=0),
                 progress=False)  # fmt: skip
         record.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
     open_store(str(store)).require_complete()
@@ -122,13 +171,16 @@ def disk_bytes(path: Path) -> int:
 
 
 def live_augmented(
-    task_dir: Path, spec: dict[str, Any], budget: Budget, views: int, tag: str
-) -> dict[str, dict[str, Any]]:
-    """Full fine-tuning live, drawing from the same ``views`` views per image."""
+    task_dir: Path, spec: dict[str, Any], budget: Budget, views: int, tag: str,
+    augment: str = AUGMENT,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Full fine-tuning live, drawing from the same ``views`` views of ``augment`` per
+    image."""
     rows = run_live(task_dir, spec, budget, [LIVE_AUGMENTED], views=str(views),
-                    augment=AUGMENT)  # fmt: skip
-    return {f"{LIVE_AUGMENTED}{tag} aug V={views}": r | {"views": views}
-            for r in rows.values()}  # fmt: skip
+                    augment=augment)  # fmt: skip
+    name = f"{LIVE_AUGMENTED}{tag} aug V={views}{augment_tags(augment)[1]}"
+    (row,) = rows.values()
+    return {name: row | {"views": views}}
 
 
 # ------------------------------------------------------------------------------ few-shot
@@ -142,13 +194,19 @@ def pick_shots(labels: Sequence[int], k: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
+def shot_pick(task_dir: Path, k: int) -> np.ndarray:
+    """Positions in ``task_dir``'s train800 of its k-shot images (:func:`pick_shots`)."""
+    train = [ln for ln in (task_dir / "train800.txt").read_text().splitlines() if ln.strip()]
+    return pick_shots([int(ln.rsplit(maxsplit=1)[1]) for ln in train], k)
+
+
 def fewshot_task(task_dir: Path, folder: Path, k: int) -> tuple[Path, np.ndarray]:
     """A VTAB-layout folder whose train800 (and final split) is ``k`` images per class of
     ``task_dir``'s train800 (absolute paths; val200 and test unchanged); and the picked
     positions in train800."""
     lines = {f: (task_dir / f"{f}.txt").read_text().splitlines() for f in LIST_FILES}
     train = [ln for ln in lines["train800"] if ln.strip()]
-    pick = pick_shots([int(ln.rsplit(maxsplit=1)[1]) for ln in train], k)
+    pick = shot_pick(task_dir, k)
     absolute = lambda ln: f"{task_dir.resolve() / ln.rsplit(maxsplit=1)[0]} {ln.rsplit()[-1]}"
     shot = [absolute(train[i]) for i in pick]
     folder.mkdir(parents=True, exist_ok=True)
@@ -170,23 +228,27 @@ def fewshot_rows(
     memo: Memo,
 ) -> dict[str, dict[str, Any]]:
     """k-shot rows: the cached methods from each views store (a k-shot split added to
-    it), and full fine-tuning live with the augmentation on the derived folder."""
-    from losa_cache.store import open_store
-    from losa_cache.store.splits import add_split
-
+    it), and full fine-tuning live with the augmentation on a derived folder."""
     task, e = task_dir.name, f"e{budget.epochs:g}"
-    folder, pick = fewshot_task(task_dir, out / "fewshot" / f"{task}-{k}shot", k)
-    split = f"train{k}shot"
-    splits = {**SPLITS, "train": split, "final": split}
+    pick = shot_pick(task_dir, k)
     rows: dict[str, dict[str, Any]] = {}
     for v in few_views:
-        store, cost = view_store(task_dir, out, spec, v)
-        add_split(store, split, open_store(str(store)).split_rows("train800")[pick])
         runs = out / "runs" / task / f"{k}shot-views{v}"
         tag = f" {k}-shot" + (f" V={v}" if v else "")
-        compute = partial(cached_rows, store, runs, budget, cost | {"shots": k}, splits, tag)
-        rows |= memo(out / "results" / task / f"{k}shot-views{v}-{e}.json", compute)
+        compute = partial(view_rows, task_dir, out, spec, budget, v, AUGMENT, runs, tag, (k, pick))
+        done = memo(out / "results" / task / f"{k}shot-views{v}-{e}.json", compute)
+        rows |= stamp(done, tag, views=v, augment=AUGMENT if v else None, shots=k)
     if live and max(few_views):
-        compute = partial(live_augmented, folder, spec, budget, max(few_views), f" {k}-shot")
-        rows |= memo(out / "results" / task / f"{k}shot-full-aug-{e}.json", compute)
+        v = max(few_views)
+        compute = partial(live_shots, task_dir, out / "fewshot" / f"{task}-{k}shot", k, spec,
+                          budget, v)  # fmt: skip
+        done = memo(out / "results" / task / f"{k}shot-full-aug-{e}.json", compute)
+        rows |= stamp(done, None, views=v, augment=AUGMENT, shots=k)
     return rows
+
+
+def live_shots(task_dir: Path, folder: Path, k: int, spec: dict[str, Any], budget: Budget,
+               views: int) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The k-shot live row: full fine-tuning on the derived k-shot folder (written here)."""
+    fewshot_task(task_dir, folder, k)
+    return live_augmented(folder, spec, budget, views, f" {k}-shot")

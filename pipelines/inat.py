@@ -10,8 +10,9 @@ Selection and reporting never share a split: a held-out part of train (``--holdo
 drawn by a seed, added to the store as split ``holdout``; the rest is ``train_fit``) is
 what periodic evaluation and the lr choice (``--lrs``, default the recipe's one lr) look
 at; the chosen run's final adapter is then scored ONCE on the reported split (``val``,
-the official one; with ``--report test``, on a data set that has one, selection uses
-``val`` instead and nothing is held out).
+the official one; with ``--report test``, on a data set that has a labelled test split,
+selection uses ``val`` instead and nothing is held out; iNat2018 has none, and the
+recipe says so before it extracts anything).
 
     python -m losa_cache.pipelines.inat --data-root /data/inat2018 --model vit_b_orig \\
         --checkpoint ViT-B_16.npz --out runs/inat --dry-run      # the plan only
@@ -66,6 +67,18 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
     }
     return p
+
+
+def check_report(args: argparse.Namespace, splits: dict[str, int]) -> None:
+    """Refuse a ``--report`` split the data set lacks before anything is extracted or
+    trained (iNat2018's and iNat2021's test labels are not public: their loaders read
+    train and val only), rather than after the last training run."""
+    if args.report not in splits:
+        raise SystemExit(
+            f"--report {args.report}: the data set at {args.data_root} has no "
+            f"{args.report} split (it has {', '.join(splits)}; iNaturalist's test labels are "
+            "not public); report val, the default (selection then on a held-out part of train)"
+        )
 
 
 def plan_text(p: dict[str, Any]) -> str:
@@ -246,6 +259,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     p = make_plan(args)
+    check_report(args, p["splits"])
     print(plan_text(p), flush=True)
     if args.dry_run:
         return {"plan": p}

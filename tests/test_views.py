@@ -168,6 +168,35 @@ def test_other_views_or_augmentation_refused(views_store: Path, tmp_path: Path) 
     assert parse_augment("flip,rrc:0.5-1") == AugmentSpec((0.5, 1.0), True)
 
 
+def test_extend_adds_taps_to_the_views_too(views_store: Path, tmp_path: Path) -> None:
+    """``--extend`` of a store with views (the same command, new ``--taps``) writes the
+    new tap for the view rows as well: bit-identical to a store extracted with the tap from
+    the start. Without the views' options it is refused, naming the views, and the store is
+    left as it was (extend requires the store's settings, as for --layers or --dtype)."""
+    ext = tmp_path / "ext.zarr"
+    shutil.copytree(views_store, ext)
+    before = _arrays(ext)
+    for kw in ({"views": 0, "augment": None}, {"augment": "rrc:0.5-1"}):
+        with pytest.raises(StoreError, match=r"(?s)--extend only adds taps.*views"):
+            _extract(ext, taps="embed", extend=True, **kw)
+    assert open_store(str(ext)).taps == ["blocks"]
+    after = _arrays(ext)
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    _extract(ext, taps="embed", extend=True)
+    once = tmp_path / "once.zarr"
+    _extract(once, taps="blocks,embed")
+    a, b = open_store(str(ext)), open_store(str(once))
+    assert a.taps == b.taps == ["blocks", "embed"]
+    assert a.manifest.identity == b.manifest.identity
+    views = a.group[S.VIEWS][:][:, 1:]
+    assert (views >= 3 * N).sum() == 2 * N  # the view rows are there to compare
+    np.testing.assert_array_equal(a.tap_features("embed")[:], b.tap_features("embed")[:])
+    got, want = _arrays(ext), _arrays(once)  # blocks, sources, status, view table, labels
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
 def test_draw_is_a_pure_function_covering_every_view() -> None:
     rows = np.arange(2000)
     a = draw_views(7, 3, rows, 4)

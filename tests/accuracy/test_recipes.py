@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -200,9 +201,62 @@ def test_inat_selects_on_holdout_reports_val_once(
     assert np.array_equal(open_store(str(out / "inat2018.zarr")).split_rows("holdout"), held)
 
 
-def test_add_split_refuses_other_rows(micro_store: str, tmp_path: Path) -> None:
-    import shutil
+def test_inat_report_test_refused_where_there_is_no_test_split(
+    inat_root: Path, tmp_path: Path
+) -> None:
+    """iNat2018 has no labelled test split: ``--report test`` says so before it extracts."""
+    out = tmp_path / "inat"
+    args = ["--data-root", str(inat_root), "--out", str(out), "--layers", "all", "--report",
+            "test", *MICRO]  # fmt: skip
+    for extra in ([], ["--dry-run"]):
+        with pytest.raises(SystemExit, match=r"--report test: .* has no test split \(it has "
+                           r"train, val;.*report val"):  # fmt: skip
+            inat.main([*args, *extra])
+    assert not out.exists()
 
+
+def test_inat_report_test_selects_on_val_and_scores_test_once(
+    inat_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a data set that has a labelled test split (iNat's loader taught to read one),
+    selection uses val, training all of train (nothing held out), and the chosen run's
+    final adapter is scored once on test."""
+    from losa_cache.data import inat as inat_data
+
+    root = tmp_path / "root"
+    shutil.copytree(inat_root, root)
+    rng = np.random.default_rng(2)
+    cats = json.loads((root / "val2018.json").read_text())["categories"]
+    images, anns = [], []
+    for i in range(6):
+        name, cid = f"test2018/{i:05d}.jpg", i % 3
+        _image(root / name, rng, cid)
+        images.append({"id": 100 + i, "file_name": name, "width": 40, "height": 40})
+        anns.append({"id": 100 + i, "image_id": 100 + i, "category_id": cid})
+    doc = {"images": images, "annotations": anns, "categories": cats}
+    (root / "test2018.json").write_text(json.dumps(doc))
+    files = {**inat_data.INAT_FILES["inat2018"], "test": "test2018.json"}
+    monkeypatch.setitem(inat_data.INAT_FILES, "inat2018", files)
+    out = tmp_path / "inat"
+    saved = inat.main(["--data-root", str(root), "--out", str(out), "--layers", "all", "--rank",
+                       "4", "--steps", "3", "--batch-size", "4", "--lrs", "1e-3,0.3",
+                       "--report", "test", *MICRO])  # fmt: skip
+    assert saved["plan"]["splits"] == {"train": 12, "val": 6, "test": 6}
+    store = open_store(str(out / "inat2018.zarr"))
+    assert "holdout" not in store.manifest.splits and "train_fit" not in store.manifest.splits
+    assert saved["selection_split"] == "val" and saved["train_rows"] == 12
+    accs = {float(k): v for k, v in saved["selection_acc"].items()}
+    assert saved["best_lr"] == max(accs, key=lambda lr: accs[lr])
+    for lr in accs:  # selection looked at val only; no run scored test
+        metrics = json.loads((out / f"train-lr{lr:g}" / "metrics.json").read_text())
+        assert {e["split"] for e in metrics["evals"]} == {"val"}
+        assert metrics["test_acc"] is None
+    chosen = json.loads((out / f"train-lr{saved['best_lr']:g}" / "metrics.json").read_text())
+    once = evaluate_store(load_adapter(chosen["adapter"]), store, split="test")
+    assert saved["report_split"] == "test" and saved["report_acc"] == once["accuracy"]
+
+
+def test_add_split_refuses_other_rows(micro_store: str, tmp_path: Path) -> None:
     path = tmp_path / "s.zarr"
     shutil.copytree(micro_store, path)
     s = open_store(str(path))
