@@ -180,8 +180,10 @@ def extract_task(
     dtype: str = "float16",
     taps: str = STORE_TAPS,
 ) -> float:
-    """One store per task, every block (the sweep picks layers); its extraction seconds."""
-    from losa_cache.extract import ExtractConfig, extract
+    """One store per task, every block (the sweep picks layers); its extraction seconds
+    (``spec["dask"]``, a DaskConfig: on that cluster)."""
+    from losa_cache.api import extract
+    from losa_cache.extract_config import ExtractConfig
     from losa_cache.store import open_store
 
     if store.exists():
@@ -206,6 +208,7 @@ def extract_task(
             workers=0,
         ),
         progress=False,
+        dask=spec.get("dask"),
     )
     seconds = time.perf_counter() - t0
     (store.parent / f"{store.stem}.extract.json").write_text(json.dumps({"seconds": seconds}))
@@ -687,6 +690,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--no-save", action="store_true", help="no files under --results")
     p.add_argument("--quick", action="store_true", help="tiny tasks and budgets (smoke test)")
+    dask = p.add_mutually_exclusive_group()
+    dask.add_argument("--cluster", default=None, help="the cached part's extraction and "
+                      "sweeps on Dask: local:N | cuda (extract's and sweep's --cluster)")
+    dask.add_argument("--scheduler", default=None, help="an existing Dask cluster: "
+                      "tcp://HOST:PORT (the folders must be shared)")
     p.add_argument(
         "--tabulate",
         action="store_true",
@@ -701,6 +709,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "measured again (batch 1, the way every method's is), written as a new dated run",
     )
     return p.parse_args(argv)
+
+
+def dask_config(args: argparse.Namespace) -> Any:
+    """``--cluster``/``--scheduler`` as extract's DaskConfig (None: in this process)."""
+    if not (args.cluster or args.scheduler):
+        return None
+    from losa_cache.extract_config import DaskConfig
+
+    return DaskConfig(cluster=args.cluster, scheduler=args.scheduler)
 
 
 def make_budget(args: argparse.Namespace) -> Budget:
@@ -738,6 +755,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": args.checkpoint,
         "random_init": args.random_init,
         "seed": 0,
+        "dask": dask_config(args),
     }
     root = prepare_tasks(Path(args.tasks_dir or out / "tasks"), tasks, Path(args.data), args.quick)
     per_task: dict[str, dict[str, dict[str, Any]]] = {}
@@ -755,7 +773,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 done = keep(
                     out / "results" / task / f"cached-e{epochs:g}.json",
                     lambda s=store, r=runs, e=epochs, t=task: run_cached(
-                        s, r, budget, e, extract_task(root / t, s, spec)
+                        s, r, budget, e, extract_task(root / t, s, spec), dask=spec["dask"]
                     ),
                 )
                 per_task[task] |= {m + tag.format(epochs): v for m, v in done.items()}
@@ -765,6 +783,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lambda s=int8, t=task: run_cached(
                 s, out / "runs" / t / "int8", budget, budget.epochs,
                 extract_task(root / t, s, spec, dtype="int8", taps="blocks"), INT8,
+                dask=spec["dask"],
             ),
         )  # fmt: skip
         per_task[task] |= {f"{m} int8": v for m, v in done.items()}
@@ -791,7 +810,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "budget": _budget_doc(budget),
         "per_task": per_task,
         "rows": rows,
-        "backbone": spec,
+        "backbone": {k: v for k, v in spec.items() if k != "dask"},
         "total_wall_s": time.perf_counter() - t0,
     }
 
