@@ -180,6 +180,9 @@ class ExtractorPlugin(WorkerPlugin):
         self._lock: threading.Lock | None = None
 
     def setup(self, worker: Any) -> None:
+        from losa_cache.train.allocator import heap_for_large_buffers
+
+        heap_for_large_buffers()  # as for sweep groups (unmeasured for extraction)
         self._lock = threading.Lock()
 
     def teardown(self, worker: Any) -> None:

@@ -101,6 +101,9 @@ class SweepPlugin(WorkerPlugin):
         self._lock: threading.Lock | None = None
 
     def setup(self, worker: Any) -> None:
+        from losa_cache.train.allocator import heap_for_large_buffers
+
+        heap_for_large_buffers()  # the nanny's malloc setting halves training speed
         self._lock = threading.Lock()
 
     def teardown(self, worker: Any) -> None:

@@ -23,11 +23,16 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["ENV", "MMAP_THRESHOLD", "tune_allocator"]
+__all__ = ["ENV", "MMAP_THRESHOLD", "heap_for_large_buffers", "tune_allocator"]
 
 ENV = "LOSA_CACHE_MALLOC"  # auto (default: under --max-memory) | on | off
 MMAP_THRESHOLD = 1 << 20
 _M_MMAP_THRESHOLD = -3  # <malloc.h>
+_M_TRIM_THRESHOLD = -1
+#: where glibc's dynamic mmap threshold stops rising (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
+HEAP_MMAP_THRESHOLD = 32 << 20
+#: the variable a Dask nanny sets in its workers (distributed.nanny.pre-spawn-environ)
+DASK_TRIM = "MALLOC_TRIM_THRESHOLD_"
 _applied: dict[str, Any] | None = None  # the process-wide setting, once made
 
 
@@ -59,6 +64,23 @@ def tune_allocator(budget: bool = True) -> dict[str, Any]:
         f"(peak memory = live data; {ENV}=off for glibc's default)",
     )
     return _applied
+
+
+def heap_for_large_buffers() -> bool:
+    """Undo what a Dask nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` does to training: setting
+    it turns glibc's dynamic mmap threshold off, so every buffer over 128 KiB is a fresh
+    mapping, zeroed page by page (this module's mapping-per-buffer, at all sizes): a
+    worker trained a sweep's groups at half the speed of the same process outside Dask
+    (benchmarks/sweep_cluster.py, run sweep_cluster-x86_64-20261206-212046). Sets the
+    thresholds where the dynamic ones settle (mmap 32 MiB, trim twice that); not with
+    ``LOSA_CACHE_MALLOC=on`` or where no nanny set the variable. Whether it changed them."""
+    if DASK_TRIM not in os.environ or os.environ.get(ENV, "auto").strip().lower() == "on":
+        return False
+    libc = _glibc()
+    if libc is None:
+        return False
+    return (libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, 2 * HEAP_MMAP_THRESHOLD) == 1)
 
 
 def _state(threshold: int | None, why: str) -> dict[str, Any]:

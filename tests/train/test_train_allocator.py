@@ -99,3 +99,35 @@ def test_auto_sets_it_only_under_a_memory_budget() -> None:
     assert threshold == "None" and int(kept) >= 12
     threshold, kept = run({allocator.ENV: "on"})
     assert threshold == str(allocator.MMAP_THRESHOLD) and int(kept) < 4
+
+
+# one 16 MiB buffer touched and freed in a process a Dask nanny started (its
+# MALLOC_TRIM_THRESHOLD_): printed, whether the thresholds were changed and the MiB the
+# freed buffer left in RSS (kept in the heap for the next step, or unmapped)
+NANNY = """
+import sys
+import numpy as np
+from losa_cache.train.allocator import heap_for_large_buffers
+changed = heap_for_large_buffers() if sys.argv[1] == "fix" else False
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
+base = rss()
+a = np.ones(16 << 20, np.uint8)
+del a
+print(changed, (rss() - base) >> 20)
+"""
+
+
+@needs_glibc
+@pytest.mark.parametrize("fix", ["fix", "no"])
+def test_a_dask_workers_large_buffers_come_from_the_heap_again(fix: str) -> None:
+    """The nanny's trim threshold makes every large buffer a fresh mapping (nothing kept,
+    each step's buffers zeroed anew); :func:`heap_for_large_buffers` serves them from the
+    heap again, as glibc would without the variable."""
+    env = {"PATH": "/usr/bin:/bin", allocator.DASK_TRIM: "65536"}
+    out = subprocess.run([sys.executable, "-c", NANNY, fix], capture_output=True, text=True,
+                         check=True, env=env).stdout.split()
+    changed, kept = out[0] == "True", int(out[1])
+    assert (changed, kept >= 12) == ((True, True) if fix == "fix" else (False, False)), out
+    plain = subprocess.run([sys.executable, "-c", NANNY, "fix"], capture_output=True,
+                           text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout
+    assert plain.split()[0] == "False"  # no nanny, nothing to undo
