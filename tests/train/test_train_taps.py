@@ -175,7 +175,9 @@ def test_cli_trains_mist_on_a_store_of_the_sum_tap_only(
     assert open_store(tap_stores["sum4"]).taps == ["sum:4"]  # nothing else to read
 
 
-def test_missing_taps_name_the_tap_what_is_held_and_the_fix(tap_stores: dict[str, str]) -> None:
+def test_missing_taps_name_the_tap_what_is_held_and_the_fix(
+    tap_stores: dict[str, str], tmp_path: Path
+) -> None:
     store = open_store(tap_stores["sum4"])
     rows, labels = labelled_rows(store, "train", None)
     with pytest.raises(StoreError) as err:
@@ -187,7 +189,8 @@ def test_missing_taps_name_the_tap_what_is_held_and_the_fix(tap_stores: dict[str
     assert "embed and blocks 0..2" in msg
     with pytest.raises(StoreError, match=r"tap attn \(block 1\).*subset \S+ NEW_STORE --taps attn"):
         StoreReader(open_store(tap_stores["parts"]), rows, labels, ["attn:1"], 8)
-    cfg = TrainConfig(store=tap_stores["sum4"], out="unused", **{**MIST, "gather_k": 3})
+    cfg = TrainConfig(store=tap_stores["sum4"], out=str(tmp_path / "run"),
+                      **{**MIST, "gather_k": 3})  # fmt: skip
     with pytest.raises(StoreError, match=r"^mist reads the store tap sum:3, which"):
         train(cfg, progress=False)
 
