@@ -443,15 +443,24 @@ def _submit_and_wait(
     bar = _Progress(sum(rows.values()), progress)
     bar.bar.set_postfix_str("starting workers")  # fresh workers import torch: seconds
     plugin = ExtractorPlugin(cfg.to_dict(), identity, options, dataset)
+    with plugin_run(client, name, plugin, bar):
+        keys = [f"{name}-shards-{g[0]}" for g in groups]
+        futures = client.map(extract_task, groups, plugin=name, retries=retries, key=keys)
+        try:
+            return _wait(client, futures, groups, rows, bar, layout, lock)
+        except BaseException:
+            client.cancel(futures)
+            raise
+
+
+@contextlib.contextmanager
+def plugin_run(client: Client, name: str, plugin: WorkerPlugin, bar: Any) -> Iterator[None]:
+    """``plugin`` on every worker and the workers' events to ``bar.on_event``, both under
+    ``name``, for one run; whatever ends it, the bar closes and both are removed."""
     client.register_plugin(plugin, name=name)
     client.subscribe_topic(name, bar.on_event)
-    keys = [f"{name}-shards-{g[0]}" for g in groups]
-    futures = client.map(extract_task, groups, plugin=name, retries=retries, key=keys)
     try:
-        return _wait(client, futures, groups, rows, bar, layout, lock)
-    except BaseException:
-        client.cancel(futures)
-        raise
+        yield
     finally:
         bar.close()
         client.unsubscribe_topic(name)

@@ -690,11 +690,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--no-save", action="store_true", help="no files under --results")
     p.add_argument("--quick", action="store_true", help="tiny tasks and budgets (smoke test)")
-    dask = p.add_mutually_exclusive_group()
-    dask.add_argument("--cluster", default=None, help="the cached part's extraction and "
-                      "sweeps on Dask: local:N | cuda (extract's and sweep's --cluster)")
-    dask.add_argument("--scheduler", default=None, help="an existing Dask cluster: "
-                      "tcp://HOST:PORT (the folders must be shared)")
+    add_dask_args(p, "the cached part's")
     p.add_argument(
         "--tabulate",
         action="store_true",
@@ -709,6 +705,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "measured again (batch 1, the way every method's is), written as a new dated run",
     )
     return p.parse_args(argv)
+
+
+def add_dask_args(p: argparse.ArgumentParser, what: str) -> None:
+    """A recipe's ``--cluster``/``--scheduler`` (extract's and sweep's, for ``what``'s
+    extractions and sweeps); :func:`dask_config` reads them."""
+    dask = p.add_mutually_exclusive_group()
+    dask.add_argument("--cluster", default=None, help=f"{what} extraction and sweeps on "
+                      "Dask: local:N | cuda (extract's and sweep's --cluster)")
+    dask.add_argument("--scheduler", default=None, help="an existing Dask cluster: "
+                      "tcp://HOST:PORT (the folders must be shared)")
 
 
 def dask_config(args: argparse.Namespace) -> Any:

@@ -31,7 +31,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from losa_cache.pipelines.accuracy import Budget, method_name, run_cached
+from losa_cache.pipelines.accuracy import (
+    Budget,
+    add_dask_args,
+    dask_config,
+    method_name,
+    run_cached,
+)
 
 #: The 19 VTAB-1k tasks, in the paper's Table 1 order, by group.
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -176,11 +182,11 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Extract the task's store (resumed where partial; a finished store made with other
     settings, e.g. another crop mode, is refused), then sweep + final runs."""
     from losa_cache import api
-    from losa_cache.extract_config import DaskConfig, ExtractConfig
+    from losa_cache.extract_config import ExtractConfig
 
     store = Path(args.out) / "stores" / f"{task}.zarr"
     t0 = time.perf_counter()
-    dask = DaskConfig(cluster=args.cluster, scheduler=args.scheduler)  # both None: here
+    dask = dask_config(args)  # None: in this process
     api.extract(
         ExtractConfig(
             model=args.model,
@@ -197,7 +203,7 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             device=args.device,
         ),
         progress=not args.quiet,
-        dask=dask if args.cluster or args.scheduler else None,
+        dask=dask,
     )
     budget = Budget(
         batch_size=args.batch_size, cached_lrs=tuple(args.lr_list), cached_optimizer=args.optimizer
@@ -244,11 +250,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    dask = p.add_mutually_exclusive_group()
-    dask.add_argument("--cluster", default=None, help="extraction and sweeps on Dask: local:N "
-                      "| cuda (extract's and sweep's --cluster)")
-    dask.add_argument("--scheduler", default=None, help="an existing Dask cluster: "
-                      "tcp://HOST:PORT (the folders must be shared)")
+    add_dask_args(p, "each task's")
     args = p.parse_args(argv)
     args.task_list = [t for t in args.tasks.split(",") if t]
     args.lr_list = [float(v) for v in args.lrs.split(",")]

@@ -48,10 +48,8 @@ __all__ = [
     "LoraOptions",
     "PartialOptions",
     "VptOptions",
-    "baseline_uses",
     "build_baseline",
     "count_baseline",
-    "is_baseline",
     "list_baselines",
     "lora_regex",
     "option_defaults",
@@ -134,14 +132,6 @@ def register_baseline(method: BaselineMethod) -> BaselineMethod:
 
 def list_baselines() -> list[str]:
     return list_methods(live=True)
-
-
-def is_baseline(method: str) -> bool:
-    return method in list_methods(live=True)
-
-
-def baseline_uses(method: str) -> tuple[str, ...]:
-    return get_method(method).uses
 
 
 def _impl(method: str) -> BaselineMethod:

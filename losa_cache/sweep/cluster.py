@@ -40,7 +40,7 @@ from typing import Any
 
 from distributed import Client, Future, WorkerPlugin, get_worker
 
-from losa_cache.distributed import connect, parse_cluster, require_shared_store
+from losa_cache.distributed import connect, parse_cluster, plugin_run, require_shared_store
 from losa_cache.files import release_flock, try_flock
 from losa_cache.outdir import safe_subdir
 from losa_cache.progress import note, progress_bar
@@ -294,21 +294,14 @@ def _run(
     progress: bool,
 ) -> tuple[list[dict[str, Any]], list[tuple[int, list[str], str]]]:
     name = f"losa-sweep-{uuid.uuid4().hex[:12]}"  # per run: concurrent sweeps never share
-    client.register_plugin(SweepPlugin(cfg, storage_options), name=name)
     bar = _Progress({w.gid: w for w in work}, progress)
-    client.subscribe_topic(name, bar.on_event)
-    queue = largest_first(work)
     running: dict[Future, GroupWork] = {}
-    try:
-        return _loop(client, name, train, queue, running, bar)
-    except BaseException:
-        client.cancel(list(running))
-        raise
-    finally:
-        bar.close()
-        client.unsubscribe_topic(name)
-        with contextlib.suppress(Exception):
-            client.unregister_worker_plugin(name)
+    with plugin_run(client, name, SweepPlugin(cfg, storage_options), bar):
+        try:
+            return _loop(client, name, train, largest_first(work), running, bar)
+        except BaseException:
+            client.cancel(list(running))
+            raise
 
 
 def _loop(

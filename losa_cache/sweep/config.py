@@ -67,7 +67,6 @@ MORE_HELP = {
     "log": "Each run logs into its own folder, so TensorBoard compares them.",
     "val_split": "It selects the best config.",
     "live": "One backbone pass per batch serves every config.",
-    "store": "",
     "method": "Default: losa,linear. Live baselines each run their own backbone forward "
               "and backward, so they train one after another (a group each).",
 }
