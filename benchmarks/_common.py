@@ -16,6 +16,9 @@ from losa_cache.versions import versions
 
 #: Where results JSON go; LOSA_BENCH_RESULTS redirects them (benchmarks/gpu.sh --dry-run tests).
 RESULTS = Path(os.environ.get("LOSA_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+#: The machine's 1/5/15-minute load averages when the benchmark started: a CPU number taken
+#: while something else ran says so in its JSON.
+LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]
 
 
 def device_info() -> dict[str, Any]:
@@ -41,6 +44,7 @@ def save(name: str, payload: dict[str, Any]) -> Path:
         "date": stamp.isoformat(timespec="seconds"),
         "device": dev,
         "versions": versions(),
+        "load_at_start": LOAD_AT_START,
         **payload,
     }
     out.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))

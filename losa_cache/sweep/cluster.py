@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distributed import Client, Future, WorkerPlugin, get_worker
+from distributed import Client, Future, WorkerPlugin, get_worker, wait
 
 from losa_cache.distributed import connect, parse_cluster, plugin_run, require_shared_store
 from losa_cache.files import release_flock, try_flock
@@ -53,6 +53,8 @@ __all__ = ["GroupWork", "GroupsFailed", "for_cluster", "largest_first", "train_g
 RETRIES = 1
 #: Seconds between a worker's progress events of one group.
 EVENT_EVERY = 0.5
+#: Seconds between the client's looks at the cluster (the bar, workers come and go).
+REFRESH = 0.5
 
 #: ``train(cfg, gid, storage_options, on_tick, source) -> all runs ended``
 TrainGroup = Callable[..., bool]
@@ -317,7 +319,7 @@ def _loop(
     failed: list[tuple[int, list[str], str]] = []
     slots, asked = 0, 0.0
     while queue or running:
-        if time.monotonic() - asked > 1.0:  # workers come and go
+        if time.monotonic() - asked > 2 * REFRESH:  # workers come and go
             slots, asked = sum(client.nthreads().values()), time.monotonic()
         while queue and len(running) < max(1, slots):
             w = queue.pop(0)
@@ -341,8 +343,11 @@ def _loop(
                 results.append(outcome)
             bar.group_done(w.gid)
         bar.refresh(len(results), len(running), len(queue), len(failed))
-        if queue or running:
-            time.sleep(0.05)
+        if running:  # asleep until a group ends: polling would take CPU from the workers
+            with contextlib.suppress(TimeoutError):
+                wait(list(running), timeout=REFRESH, return_when="FIRST_COMPLETED")
+        elif queue:  # no worker yet
+            time.sleep(REFRESH)
     return results, failed
 
 
