@@ -28,9 +28,13 @@ from losa_cache.store.schema import CODECS, DTYPES
 def measure(data: np.ndarray, codec: str, chunk_rows: int) -> dict[str, float]:
     store = zarr.storage.MemoryStore()
     comp = CODECS[codec]
-    arr = zarr.create_array(store, shape=data.shape, dtype=data.dtype,
-                            chunks=(chunk_rows, *data.shape[1:]),
-                            compressors=[comp] if comp is not None else None)
+    arr = zarr.create_array(
+        store,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=(chunk_rows, *data.shape[1:]),
+        compressors=[comp] if comp is not None else None,
+    )
     t0 = time.perf_counter()
     arr[:] = data
     write = time.perf_counter() - t0
@@ -40,8 +44,12 @@ def measure(data: np.ndarray, codec: str, chunk_rows: int) -> dict[str, float]:
     assert np.array_equal(back.view(np.uint8), data.view(np.uint8)), codec  # lossless
     stored = sum(len(v) for k, v in store._store_dict.items() if not k.endswith("zarr.json"))
     mb = data.nbytes / 1e6
-    return {"codec": codec, "ratio": data.nbytes / stored, "write_mb_s": mb / write,
-            "read_mb_s": mb / read}
+    return {
+        "codec": codec,
+        "ratio": data.nbytes / stored,
+        "write_mb_s": mb / write,
+        "read_mb_s": mb / read,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,14 +59,25 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     store = open_store(args.store)
     storage = DTYPES[store.dtype][0]
-    data = np.concatenate([store.group[f"features/block_{b:03d}"][: args.rows]
-                           for b in store.layers]).astype(storage)
+    data = np.concatenate(
+        [store.group[f"features/block_{b:03d}"][: args.rows] for b in store.layers]
+    ).astype(storage)
     rows = [measure(data, c, store.layout.chunk_rows) for c in CODECS]
-    print(f"{store.fingerprint['model']} features, {store.dtype}, {data.nbytes / 1e6:.1f} MB, "
-          f"blocks {store.layers}")
+    print(
+        f"{store.fingerprint['model']} features, {store.dtype}, {data.nbytes / 1e6:.1f} MB, "
+        f"blocks {store.layers}"
+    )
     print_table(rows, ["codec", "ratio", "write_mb_s", "read_mb_s"])
-    out = save("codecs", {"store": args.store, "fingerprint": store.fingerprint,
-                          "dtype": store.dtype, "bytes": int(data.nbytes), "results": rows})
+    out = save(
+        "codecs",
+        {
+            "store": args.store,
+            "fingerprint": store.fingerprint,
+            "dtype": store.dtype,
+            "bytes": int(data.nbytes),
+            "results": rows,
+        },
+    )
     print(f"results: {out}")
 
 

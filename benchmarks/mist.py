@@ -67,8 +67,9 @@ print("RESULT=" + json.dumps({"vm_hwm_kb": int(status["VmHWM"].split()[0]),
 
 def child(code: str, args: list[str], threads: int) -> dict[str, Any]:
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(threads)}
-    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                         env=env, timeout=3600)
+    res = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=3600
+    )
     if res.returncode:
         raise RuntimeError(f"child failed: {res.stderr[-2000:]}")
     line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT="))
@@ -79,10 +80,20 @@ def make_store(args: argparse.Namespace, folder: Path) -> str:
     from losa_cache.extract import ExtractConfig, extract
 
     path = str(folder / "features.zarr")
-    extract(ExtractConfig(model=args.model, random_init=True, dataset="demo", store=path,
-                          layers="all", taps="blocks,sum:evenly:1", dtype=args.dtype,
-                          limit=args.images, workers=0),
-            progress=True)  # sum:evenly:1 = G_N, every block summed
+    extract(
+        ExtractConfig(
+            model=args.model,
+            random_init=True,
+            dataset="demo",
+            store=path,
+            layers="all",
+            taps="blocks,sum:evenly:1",
+            dtype=args.dtype,
+            limit=args.images,
+            workers=0,
+        ),
+        progress=True,
+    )  # sum:evenly:1 = G_N, every block summed
     return path
 
 
@@ -114,20 +125,40 @@ def edge_gmacs(adapter_dir: str, store: str) -> float:
 
 
 def transfer(maps: int, tokens: int, dim: int, itemsize: int) -> dict[str, float]:
-    return {"maps": maps, "fp32_mib": maps * tokens * dim * 4 / 2**20,
-            "store_mib": maps * tokens * dim * itemsize / 2**20}
+    return {
+        "maps": maps,
+        "fp32_mib": maps * tokens * dim * 4 / 2**20,
+        "store_mib": maps * tokens * dim * itemsize / 2**20,
+    }
 
 
-def measure(name: str, extra: list[str], store: str, args: argparse.Namespace,
-            out: Path) -> dict[str, Any]:
+def measure(
+    name: str, extra: list[str], store: str, args: argparse.Namespace, out: Path
+) -> dict[str, Any]:
     from losa_cache.adapter import load_adapter
     from losa_cache.store import open_store
 
     run = out / name
     extra = [a.format(depth=open_store(store).depth) for a in extra]
-    cmd = ["train", "--store", store, "--out", str(run), *extra, "--steps", str(args.steps),
-           "--batch-size", str(args.batch_size), "--device", "cpu", "--workers", "1",
-           "--cache", args.cache, "--json"]
+    cmd = [
+        "train",
+        "--store",
+        store,
+        "--out",
+        str(run),
+        *extra,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--cache",
+        args.cache,
+        "--json",
+    ]
     trained = child(TRAIN, cmd, args.threads)
     metrics = json.loads((run / "metrics.json").read_text())
     infer = child(INFER, [str(run), store, str(args.batch_size)], args.threads)
@@ -136,11 +167,16 @@ def measure(name: str, extra: list[str], store: str, args: argparse.Namespace,
     adapter, s = load_adapter(run), open_store(store)
     layers = side_inputs(adapter.model)
     itemsize = {"float16": 2, "bfloat16": 2, "float32": 4}.get(s.dtype, 2)
-    return {"method": name, "train_peak_mb": trained["vm_hwm_kb"] / 1024,
-            "train_img_s": metrics["images_per_s"], "infer_peak_mb": infer["vm_hwm_kb"] / 1024,
-            "edge_gmacs": edge_gmacs(str(run), store), "learned_params": metrics[
-                "learned_params"], "reads": list(layers),
-            "transfer": transfer(len(layers), s.layout.tokens, s.layout.dim, itemsize)}
+    return {
+        "method": name,
+        "train_peak_mb": trained["vm_hwm_kb"] / 1024,
+        "train_img_s": metrics["images_per_s"],
+        "infer_peak_mb": infer["vm_hwm_kb"] / 1024,
+        "edge_gmacs": edge_gmacs(str(run), store),
+        "learned_params": metrics["learned_params"],
+        "reads": list(layers),
+        "transfer": transfer(len(layers), s.layout.tokens, s.layout.dim, itemsize),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -158,11 +194,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-mist-") as tmp:
         store = args.store or make_store(args, Path(tmp))
         rows = [measure(m, METHODS[m], store, args, Path(tmp)) for m in args.methods.split(",")]
-    print_table([{**r, "fp32_mib": r["transfer"]["fp32_mib"]} for r in rows],
-                ["method", "train_peak_mb", "train_img_s", "infer_peak_mb", "edge_gmacs",
-                 "learned_params", "fp32_mib"])
-    payload = {"settings": {k: v for k, v in vars(args).items()}, "device_kind":
-               device_info()["kind"], "runs": rows}
+    print_table(
+        [{**r, "fp32_mib": r["transfer"]["fp32_mib"]} for r in rows],
+        [
+            "method",
+            "train_peak_mb",
+            "train_img_s",
+            "infer_peak_mb",
+            "edge_gmacs",
+            "learned_params",
+            "fp32_mib",
+        ],
+    )
+    payload = {
+        "settings": {k: v for k, v in vars(args).items()},
+        "device_kind": device_info()["kind"],
+        "runs": rows,
+    }
     print(f"wrote {save('mist', payload)}")
     return payload
 

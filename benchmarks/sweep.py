@@ -46,8 +46,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_info, print_table, save
 
-GRID = {"method": ["losa"], "rank": [4, 8, 16, 64], "layers": ["evenly:1", "evenly:3"],
-        "lr": [0.01, 0.05]}
+GRID = {
+    "method": ["losa"],
+    "rank": [4, 8, 16, 64],
+    "layers": ["evenly:1", "evenly:3"],
+    "lr": [0.01, 0.05],
+}
 
 
 def pick_model() -> tuple[str, bool]:
@@ -67,10 +71,21 @@ def build_store(folder: Path, limit: int | None) -> tuple[str, str]:
     model, random_init = pick_model()
     path = str(folder / "bench.zarr")
     t0 = time.perf_counter()
-    res = extract(ExtractConfig(model=model, random_init=random_init, dataset="demo",
-                                store=path, dtype="float16", limit=limit), progress=False)
-    print(f"store: {model}{' (random init)' if random_init else ''}, {res.num_images} images, "
-          f"{res.bytes_written / 1e6:,.1f} MB in {time.perf_counter() - t0:.1f} s")
+    res = extract(
+        ExtractConfig(
+            model=model,
+            random_init=random_init,
+            dataset="demo",
+            store=path,
+            dtype="float16",
+            limit=limit,
+        ),
+        progress=False,
+    )
+    print(
+        f"store: {model}{' (random init)' if random_init else ''}, {res.num_images} images, "
+        f"{res.bytes_written / 1e6:,.1f} MB in {time.perf_counter() - t0:.1f} s"
+    )
     return path, model + (" random-init" if random_init else "")
 
 
@@ -93,20 +108,32 @@ def s3_copy(store: str) -> Iterator[tuple[str, dict[str, Any]]]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
-                              aws_secret_access_key="test", region_name="us-east-1")
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="us-east-1",
+        )
         for _ in range(100):
             try:
                 client.create_bucket(Bucket="bench")
                 break
             except Exception:  # server still starting
                 time.sleep(0.1)
-        options = {"key": "test", "secret": "test", "endpoint_url": endpoint,
-                   "client_kwargs": {"region_name": "us-east-1"}}
+        options = {
+            "key": "test",
+            "secret": "test",
+            "endpoint_url": endpoint,
+            "client_kwargs": {"region_name": "us-east-1"},
+        }
         s3fs.S3FileSystem(**options).put(store, "bench/bench.zarr", recursive=True)
         yield "s3://bench/bench.zarr", options
     finally:
@@ -114,8 +141,7 @@ def s3_copy(store: str) -> Iterator[tuple[str, dict[str, Any]]]:
         proc.wait(timeout=10)
 
 
-def sequential(cfg: Any, disk: bool, folder: Path, options: dict | None = None
-               ) -> dict[str, Any]:
+def sequential(cfg: Any, disk: bool, folder: Path, options: dict | None = None) -> dict[str, Any]:
     """Each config alone with ``train()``, evicting the store before each (disk)."""
     from losa_cache.store import open_store
     from losa_cache.sweep import expand_runs
@@ -135,8 +161,13 @@ def sequential(cfg: Any, disk: bool, folder: Path, options: dict | None = None
         nbytes += m["bytes_read"]
         images += m["train_images"]
         out[r.id] = {"test_acc": m["test_acc"], "dir": t.out}
-    return {"wall_s": wall, "bytes_read": nbytes, "config_images": images, "runs": out,
-            "evicted_every_run": all(evictions) if disk else None}
+    return {
+        "wall_s": wall,
+        "bytes_read": nbytes,
+        "config_images": images,
+        "runs": out,
+        "evicted_every_run": all(evictions) if disk else None,
+    }
 
 
 def one_pass(cfg: Any, disk: bool, options: dict | None = None) -> dict[str, Any]:
@@ -147,10 +178,17 @@ def one_pass(cfg: Any, disk: bool, options: dict | None = None) -> dict[str, Any
     res = run_sweep(cfg, progress=False, storage_options=options)
     wall = time.perf_counter() - t0
     s = res["summary"]
-    return {"wall_s": wall, "bytes_read": s["bytes_read"], "config_images": s["config_images"],
-            "groups": len(s["groups"]), "mode": s["mode"], "evicted": evicted,
-            "runs": {r["run"]: {"test_acc": r["test_acc"], "dir": r["adapter"]}
-                     for r in res["results"]}}
+    return {
+        "wall_s": wall,
+        "bytes_read": s["bytes_read"],
+        "config_images": s["config_images"],
+        "groups": len(s["groups"]),
+        "mode": s["mode"],
+        "evicted": evicted,
+        "runs": {
+            r["run"]: {"test_acc": r["test_acc"], "dir": r["adapter"]} for r in res["results"]
+        },
+    }
 
 
 def agreement(seq: dict[str, Any], swp: dict[str, Any]) -> dict[str, Any]:
@@ -204,8 +242,10 @@ def main() -> None:
         depth = open_store(store).depth
         layers = sorted({depth - 1, *(k * depth // 3 - 1 for k in (1, 2, 3))})
         reads = read_pass(store, layers)
-        print(f"one cold read pass of blocks {layers}: {reads['bytes'] / 1e6:,.1f} MB in "
-              f"{reads['seconds']:.2f} s ({reads['mb_s']:,.0f} MB/s)")
+        print(
+            f"one cold read pass of blocks {layers}: {reads['bytes'] / 1e6:,.1f} MB in "
+            f"{reads['seconds']:.2f} s ({reads['mb_s']:,.0f} MB/s)"
+        )
         table, results = [], {}
         for mode in args.modes.split(","):
             with contextlib.ExitStack() as stack:
@@ -214,27 +254,45 @@ def main() -> None:
                     url, options = stack.enter_context(s3_copy(store))
                 results[mode], rows = compare(mode, url, options, folder, args)
                 table += rows
-    print_table(table, ["store", "way", "configs", "wall_s", "MB_read", "config_img_s",
-                        "speedup"])
-    path = save("sweep", {"model": model, "grid": GRID, "epochs": args.epochs,
-                          "batch_size": args.batch_size, "threads": args.threads,
-                          "read_pass": reads, "results": results, "table": table,
-                          "device": device_info()})
+    print_table(table, ["store", "way", "configs", "wall_s", "MB_read", "config_img_s", "speedup"])
+    path = save(
+        "sweep",
+        {
+            "model": model,
+            "grid": GRID,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "read_pass": reads,
+            "results": results,
+            "table": table,
+            "device": device_info(),
+        },
+    )
     print(f"saved {path}")
 
 
-def compare(mode: str, store: str, options: dict | None, folder: Path,
-            args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def compare(
+    mode: str, store: str, options: dict | None, folder: Path, args: argparse.Namespace
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Sequential vs one pass for one storage setting: results and table rows."""
     from losa_cache.sweep import SweepConfig
 
     disk = mode == "disk"
     seqs, swps = [], []
     for rep in range(args.repeats):  # alternate who goes first: the 2 cores are shared
-        cfg = SweepConfig(store=store, out=str(folder / f"sweep-{mode}-{rep}"),
-                          epochs=args.epochs, batch_size=args.batch_size,
-                          cache="ram" if mode == "memory" else "none", device=args.device,
-                          workers=4, speed_batches=0, eval_every=10**9, **GRID)
+        cfg = SweepConfig(
+            store=store,
+            out=str(folder / f"sweep-{mode}-{rep}"),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            cache="ram" if mode == "memory" else "none",
+            device=args.device,
+            workers=4,
+            speed_batches=0,
+            eval_every=10**9,
+            **GRID,
+        )
         for way in ("seq", "sweep") if rep % 2 == 0 else ("sweep", "seq"):
             if way == "seq":
                 seqs.append(sequential(cfg, disk, folder / f"seq-{mode}-{rep}", options))
@@ -242,14 +300,28 @@ def compare(mode: str, store: str, options: dict | None, folder: Path,
                 swps.append(one_pass(cfg, disk, options))
     seq = min(seqs, key=lambda r: r["wall_s"])  # best of the repeats, each way
     swp = min(swps, key=lambda r: r["wall_s"])
-    result = {"sequential": _drop(seq), "sweep": _drop(swp), "agreement": agreement(seq, swp),
-              "speedup": seq["wall_s"] / swp["wall_s"],
-              "wall_s_all": {"sequential": [r["wall_s"] for r in seqs],
-                             "sweep": [r["wall_s"] for r in swps]}}
-    rows = [{"store": mode, "way": name, "configs": len(seq["runs"]), "wall_s": r["wall_s"],
-             "MB_read": r["bytes_read"] / 1e6, "config_img_s": r["config_images"] / r["wall_s"],
-             "speedup": seq["wall_s"] / r["wall_s"]} for name, r in (("sequential", seq),
-                                                                      ("sweep", swp))]
+    result = {
+        "sequential": _drop(seq),
+        "sweep": _drop(swp),
+        "agreement": agreement(seq, swp),
+        "speedup": seq["wall_s"] / swp["wall_s"],
+        "wall_s_all": {
+            "sequential": [r["wall_s"] for r in seqs],
+            "sweep": [r["wall_s"] for r in swps],
+        },
+    }
+    rows = [
+        {
+            "store": mode,
+            "way": name,
+            "configs": len(seq["runs"]),
+            "wall_s": r["wall_s"],
+            "MB_read": r["bytes_read"] / 1e6,
+            "config_img_s": r["config_images"] / r["wall_s"],
+            "speedup": seq["wall_s"] / r["wall_s"],
+        }
+        for name, r in (("sequential", seq), ("sweep", swp))
+    ]
     print(f"{mode}: agreement {result['agreement']}, speedup {result['speedup']:.2f}x")
     return result, rows
 

@@ -82,18 +82,21 @@ def _info_text(cfg: InfoConfig, d: dict[str, Any]) -> str:
     for s in d["skipped"][:20]:
         out.append(f"  row {s['row']}: {s['error']}")
 
-
     return "\n".join(out)
 
 
-info = command(_info, _params(InfoConfig, "Print the summary as JSON."), """Images, splits,
+info = command(
+    _info,
+    _params(InfoConfig, "Print the summary as JSON."),
+    """Images, splits,
     layers, tasks, fingerprint, progress, size and compression.
 
     Example: losa-cache info stores/cifar.zarr --json
 
     Example (a label file to fill in for `tasks add`): losa-cache info stores/cifar.zarr \
 --sources > sources.txt
-    """)
+    """,
+)
 
 
 def _subset(json_out: bool, storage_options: str | None, **values: Any) -> None:
@@ -111,12 +114,16 @@ def _subset(json_out: bool, storage_options: str | None, **values: Any) -> None:
     )
 
 
-subset = command(_subset, _params(SubsetConfig, "Print the summary as JSON."), """Copy part of
+subset = command(
+    _subset,
+    _params(SubsetConfig, "Print the summary as JSON."),
+    """Copy part of
     a store (no backbone run): same fingerprint, checksummed, resumable.
 
     Example: losa-cache subset stores/inat.zarr s3://bucket/inat-sum4.zarr --taps sum:4 \
 --dtype int8 --rows train,val
-    """)
+    """,
+)
 
 tasks_app = typer.Typer(
     help="Labellings of one store: many tasks, one extraction.", no_args_is_help=True

@@ -29,8 +29,7 @@ from losa_cache.fields import PANELS, choices_of, flag, parse_list, size_in
 #: a wide type column would cut the flag names at 80 columns.
 CHOICES_WIDTH = 14
 
-__all__ = ["build", "command", "config_params", "lists", "output_params", "param", "plain",
-           "sizes"]
+__all__ = ["build", "command", "config_params", "lists", "output_params", "param", "plain", "sizes"]
 
 
 def param(
@@ -91,8 +90,11 @@ def config_params(
             help, metavar = f"{help} One of: {', '.join(valid)}.", "<choice>"
         # a flag that is off by default is only --flag (no --no-flag column to squeeze)
         flags = (flag(f),) if annotation is bool and default is False else ()
-        out.append(param(name, annotation, default, help, f.metadata.get("panel"), flags, metavar,
-                         argument))
+        out.append(
+            param(
+                name, annotation, default, help, f.metadata.get("panel"), flags, metavar, argument
+            )
+        )
         typing.get_args(out[-1].annotation)[1].config_field = f  # whose help it is (tests)
     return sorted(out, key=_panel_rank)
 
@@ -103,7 +105,7 @@ def _list_metavar(annotation: Any) -> str:
     if "dict" in text:
         return "<file>"  # --config: a JSON file of entries
     kind = next((k for k in ("bool", "int", "float") if k in text), "text")
-    return f"<{ {'float': 'num'}.get(kind, kind)},..>"
+    return f"<{ {'float': 'num'}.get(kind, kind) },..>"
 
 
 def _panel_rank(p: inspect.Parameter) -> int:
@@ -122,13 +124,18 @@ def lists(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with every list flag's text (``4,16,64``) as its list of typed values."""
     hints = typing.get_type_hints(cls)
     found = {(f.metadata.get("cli") or f.name): f for f in fields(cls) if _is_list(hints[f.name])}
-    return {k: parse_list(found[k], hints[found[k].name], v)
-            if k in found and isinstance(v, str) else v for k, v in values.items()}
+    return {
+        k: parse_list(found[k], hints[found[k].name], v) if k in found and isinstance(v, str) else v
+        for k, v in values.items()
+    }
 
 
 def _is_list(annotation: Any) -> bool:
-    return (typing.get_origin(annotation) is list or list in typing.get_args(annotation)
-            or any(typing.get_origin(a) is list for a in typing.get_args(annotation)))
+    return (
+        typing.get_origin(annotation) is list
+        or list in typing.get_args(annotation)
+        or any(typing.get_origin(a) is list for a in typing.get_args(annotation))
+    )
 
 
 def build(values: dict[str, Any], *classes: type) -> tuple[Any, ...]:

@@ -61,8 +61,12 @@ def _extract(json_out: bool, quiet: bool, storage_options: str | None, **values:
 
     with user_errors():
         cfg, dask = build(values, ExtractConfig, DaskConfig)
-        result = run(cfg, dask=dask, progress=not quiet,
-                     storage_options=parse_storage_options(storage_options))
+        result = run(
+            cfg,
+            dask=dask,
+            progress=not quiet,
+            storage_options=parse_storage_options(storage_options),
+        )
     if json_out:
         return emit_json(result.to_dict())
     verb = "resumed" if result.resumed else "created"
@@ -77,7 +81,12 @@ def _extract(json_out: bool, quiet: bool, storage_options: str | None, **values:
     typer.echo(f"see: losa-cache info {cfg.store}")
 
 
-extract = command(_extract, [*config_params(ExtractConfig), *config_params(DaskConfig),
-                             *output_params("Print the run's summary as JSON.")], EXTRACT_DOC)
-
-
+extract = command(
+    _extract,
+    [
+        *config_params(ExtractConfig),
+        *config_params(DaskConfig),
+        *output_params("Print the run's summary as JSON."),
+    ],
+    EXTRACT_DOC,
+)

@@ -42,16 +42,27 @@ Example: losa-cache sweep --store stores/demo.zarr --method losa,linear --rank 4
 --layers evenly:1,all --lr 0.01,0.05 --epochs 5 --out runs/sweep
 """
 
-def _sweep(json_out: bool, quiet: bool, storage_options: str | None, config: str | None,
-           store: str | None, **settings: Any) -> None:
+
+def _sweep(
+    json_out: bool,
+    quiet: bool,
+    storage_options: str | None,
+    config: str | None,
+    store: str | None,
+    **settings: Any,
+) -> None:
     from losa_cache.store.store import parse_storage_options
     from losa_cache.sweep import SweepConfig, load_entries, run_sweep
 
     with run_errors():
-        cfg = SweepConfig(store=store or "", **lists(SweepConfig, sizes(SweepConfig, settings)),
-                          configs=load_entries(config) if config else None)
-        res = run_sweep(cfg, progress=not quiet,
-                        storage_options=parse_storage_options(storage_options))
+        cfg = SweepConfig(
+            store=store or "",
+            **lists(SweepConfig, sizes(SweepConfig, settings)),
+            configs=load_entries(config) if config else None,
+        )
+        res = run_sweep(
+            cfg, progress=not quiet, storage_options=parse_storage_options(storage_options)
+        )
     if json_out:
         emit_json(res)
     elif not res.get("complete", True):
@@ -74,22 +85,40 @@ def summary(res: dict[str, Any]) -> str:
     """The results table, groups, reads and the best config per task."""
     s, rows = res["summary"], res["results"]
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"
-    lines = [table([[r["task"], r["run"], pct(r["val_acc"]), pct(r["test_acc"]),
-                     f"{r['learned_params'] / 1e6:.4f}", human_bytes(r["train_memory_b1"]),
-                     "-" if r["train_img_s"] is None else f"{r['train_img_s']:,.0f}",
-                     "-" if r["inference_gflops"] is None else f"{r['inference_gflops']:.3f}",
-                     r["status"] + (" *" if r["best"] else "")] for r in rows],
-                   ["task", "run", "val %", "test %", "params M", "mem b1", "img/s", "GFLOPs",
-                    "status"])]
-    lines.append(f"\n{s['runs']} runs, {len(s['groups'])} group(s), {s['mode']}: "
-                 f"{human_bytes(s['bytes_read'])} read, {s['train_seconds']:.1f} s training "
-                 f"({s['config_images_per_s'] or 0:,.0f} config-img/s)")
+    lines = [
+        table(
+            [
+                [
+                    r["task"],
+                    r["run"],
+                    pct(r["val_acc"]),
+                    pct(r["test_acc"]),
+                    f"{r['learned_params'] / 1e6:.4f}",
+                    human_bytes(r["train_memory_b1"]),
+                    "-" if r["train_img_s"] is None else f"{r['train_img_s']:,.0f}",
+                    "-" if r["inference_gflops"] is None else f"{r['inference_gflops']:.3f}",
+                    r["status"] + (" *" if r["best"] else ""),
+                ]
+                for r in rows
+            ],
+            ["task", "run", "val %", "test %", "params M", "mem b1", "img/s", "GFLOPs", "status"],
+        )
+    ]
+    lines.append(
+        f"\n{s['runs']} runs, {len(s['groups'])} group(s), {s['mode']}: "
+        f"{human_bytes(s['bytes_read'])} read, {s['train_seconds']:.1f} s training "
+        f"({s['config_images_per_s'] or 0:,.0f} config-img/s)"
+    )
     for g in s["groups"]:
-        lines.append(f"  group {g['group'] + 1}: {len(g['runs'])} runs, est. "
-                     f"{human_bytes(g['estimate_bytes'])}, {human_bytes(g['bytes_read'])} read")
+        lines.append(
+            f"  group {g['group'] + 1}: {len(g['runs'])} runs, est. "
+            f"{human_bytes(g['estimate_bytes'])}, {human_bytes(g['bytes_read'])} read"
+        )
     for addr, w in s.get("cluster", {}).get("workers", {}).items():  # --cluster/--scheduler
-        lines.append(f"  worker {addr}: busy {w['busy_seconds']:.1f} s, groups "
-                     f"{', '.join(str(g + 1) for g in w['groups'])}")
+        lines.append(
+            f"  worker {addr}: busy {w['busy_seconds']:.1f} s, groups "
+            f"{', '.join(str(g + 1) for g in w['groups'])}"
+        )
     for t, b in s["best"].items():
         lines.append(f"best {t}: {b['run']} (val {pct(b['val_acc'])}%) -> {b['adapter']}")
     for d in s.get("diverged", []):
@@ -100,12 +129,15 @@ def summary(res: dict[str, Any]) -> str:
 
 def report(
     sweep_dir: Annotated[str, typer.Argument(help="A finished sweep folder.")],
-    compare: Annotated[list[str] | None, _opt("More sweep folders on the same plots "
-                                              "(repeatable).")] = None,
-    out: Annotated[str | None, _opt("Folder for PNGs and report.md (default: "
-                                    "SWEEP_DIR/report).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the written paths as JSON.")
-                        ] = False,
+    compare: Annotated[
+        list[str] | None, _opt("More sweep folders on the same plots (repeatable).")
+    ] = None,
+    out: Annotated[
+        str | None, _opt("Folder for PNGs and report.md (default: SWEEP_DIR/report).")
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the written paths as JSON.")
+    ] = False,
 ) -> None:
     """Plot accuracy against learned params, training memory, speed and inference GFLOPs.
 

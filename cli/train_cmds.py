@@ -28,16 +28,16 @@ DOC = """Train a LoSA side network (or the linear probe) from a store, then save
     """
 
 
-def _train(json_out: bool, quiet: bool, storage_options: str | None,
-           **settings: Any) -> None:
+def _train(json_out: bool, quiet: bool, storage_options: str | None, **settings: Any) -> None:
     from losa_cache.store.store import parse_storage_options
     from losa_cache.train import TrainConfig
     from losa_cache.train import train as run
 
     with run_errors():
         options = parse_storage_options(storage_options)
-        metrics = run(TrainConfig(**sizes(TrainConfig, settings)), progress=not quiet,
-                      storage_options=options)
+        metrics = run(
+            TrainConfig(**sizes(TrainConfig, settings)), progress=not quiet, storage_options=options
+        )
     if json_out:
         emit_json(metrics)
     else:

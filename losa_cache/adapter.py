@@ -85,8 +85,9 @@ class Adapter:
 # ------------------------------------------------------------------------------ save
 
 
-def save_adapter(out_dir: str | Path, model: SideNetwork, config: SideConfig,
-                 meta: dict[str, Any]) -> Path:
+def save_adapter(
+    out_dir: str | Path, model: SideNetwork, config: SideConfig, meta: dict[str, Any]
+) -> Path:
     """Write ``adapter.safetensors`` + ``adapter.json`` into ``out_dir`` atomically.
 
     ``meta`` needs ``fingerprint`` (the backbone's, from the store) and may hold
@@ -117,40 +118,54 @@ def save_adapter(out_dir: str | Path, model: SideNetwork, config: SideConfig,
     return out
 
 
-def adapter_record(model: SideNetwork, config: SideConfig, meta: dict[str, Any],
-                   weights_sha256: str) -> dict[str, Any]:
+def adapter_record(
+    model: SideNetwork, config: SideConfig, meta: dict[str, Any], weights_sha256: str
+) -> dict[str, Any]:
     """The contents of ``adapter.json`` (keys sorted on write)."""
     if not isinstance(meta.get("fingerprint"), dict):
-        raise ValueError("save_adapter: meta['fingerprint'] (the backbone fingerprint of the "
-                         "store or backbone the adapter was trained on) is required")
+        raise ValueError(
+            "save_adapter: meta['fingerprint'] (the backbone fingerprint of the "
+            "store or backbone the adapter was trained on) is required"
+        )
     classes = _classes(meta.get("classes"), config.num_classes)
     extra = {k: v for k, v in meta.items() if k not in META_KEYS}
-    return _jsonable({
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "side_config": config.to_dict(),
-        "head": {"pool": config.resolved_pool, "dim": config.dim,
-                 "num_classes": config.num_classes, "dropout": config.dropout},
-        "classes": classes,
-        "layers": list(model.required_layers),
-        "fingerprint": meta["fingerprint"],
-        "task": meta.get("task"),
-        "train_config": meta.get("train_config") or {},
-        "metrics": meta.get("metrics") or {},
-        "extra": extra,
-        "versions": versions(),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "weights": {"file": ADAPTER_WEIGHTS, "sha256": weights_sha256,
-                    "num_learned_params": model.num_learned_params()},
-    })
+    return _jsonable(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "side_config": config.to_dict(),
+            "head": {
+                "pool": config.resolved_pool,
+                "dim": config.dim,
+                "num_classes": config.num_classes,
+                "dropout": config.dropout,
+            },
+            "classes": classes,
+            "layers": list(model.required_layers),
+            "fingerprint": meta["fingerprint"],
+            "task": meta.get("task"),
+            "train_config": meta.get("train_config") or {},
+            "metrics": meta.get("metrics") or {},
+            "extra": extra,
+            "versions": versions(),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "weights": {
+                "file": ADAPTER_WEIGHTS,
+                "sha256": weights_sha256,
+                "num_learned_params": model.num_learned_params(),
+            },
+        }
+    )
 
 
 def _check_model(model: SideNetwork, config: SideConfig) -> None:
     if not isinstance(model, SideNetwork):
         raise TypeError(f"save_adapter needs a SideNetwork, got {type(model).__name__}")
     if model.config != config:
-        raise ValueError("save_adapter: config differs from model.config; pass the config "
-                         "the side network was built from")
+        raise ValueError(
+            "save_adapter: config differs from model.config; pass the config "
+            "the side network was built from"
+        )
 
 
 def _classes(classes: Any, num_classes: int) -> list[str]:
@@ -158,18 +173,22 @@ def _classes(classes: Any, num_classes: int) -> list[str]:
         return [str(i) for i in range(num_classes)]
     classes = [str(c) for c in classes]
     if len(classes) != num_classes:
-        raise ValueError(f"save_adapter: {len(classes)} class names for a head of "
-                         f"{num_classes} classes")
+        raise ValueError(
+            f"save_adapter: {len(classes)} class names for a head of {num_classes} classes"
+        )
     return classes
 
 
 def _write_weights(path: Path, state: dict[str, torch.Tensor], config: SideConfig) -> None:
     from safetensors.torch import save_file
 
-    metadata = {"format": "pt", "losa_cache_format": FORMAT,
-                "losa_cache_format_version": str(FORMAT_VERSION), "method": config.method}
+    metadata = {
+        "format": "pt",
+        "losa_cache_format": FORMAT,
+        "losa_cache_format_version": str(FORMAT_VERSION),
+        "method": config.method,
+    }
     save_file(state, str(path), metadata=metadata)
-
 
 
 def _jsonable(obj: Any) -> Any:
@@ -197,9 +216,14 @@ def load_adapter(path: str | Path, device: str | torch.device = "cpu") -> Adapte
     config = _config(record, root)
     model = _build_model(config, weights, root)
     _check_layers(model, record, root)
-    return Adapter(model=model.to(device).eval(), config=config, meta=record,
-                   classes=list(record["classes"]), fingerprint=dict(record["fingerprint"]),
-                   path=root)
+    return Adapter(
+        model=model.to(device).eval(),
+        config=config,
+        meta=record,
+        classes=list(record["classes"]),
+        fingerprint=dict(record["fingerprint"]),
+        path=root,
+    )
 
 
 def _weights_file(root: Path, record: dict[str, Any]) -> Path:
@@ -207,18 +231,23 @@ def _weights_file(root: Path, record: dict[str, Any]) -> Path:
     entry = record.get("weights") if isinstance(record.get("weights"), dict) else {}
     weights = _own_file(root, entry.get("file", ADAPTER_WEIGHTS))
     if not weights.is_file():
-        raise FileNotFoundError(f"adapter {root}: {weights.name} is missing; the adapter is "
-                                "incomplete (re-run the training that wrote it)")
+        raise FileNotFoundError(
+            f"adapter {root}: {weights.name} is missing; the adapter is "
+            "incomplete (re-run the training that wrote it)"
+        )
     expected, actual = entry.get("sha256"), sha256_file(weights)
     if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected):
         raise AdapterError(
             f"adapter {root}: {ADAPTER_JSON} records no valid sha256 of {weights.name} "
             f"(got {expected!r}), so its weights cannot be checked; re-save the adapter by "
             "re-running the training that wrote it, or, if you trust this file, add "
-            f'"sha256": "{actual}" to the "weights" object of {ADAPTER_JSON}')
+            f'"sha256": "{actual}" to the "weights" object of {ADAPTER_JSON}'
+        )
     if actual != expected:
-        raise AdapterError(f"adapter {root}: {weights.name} does not match the sha256 recorded "
-                           f"in {ADAPTER_JSON}; the files come from different saves")
+        raise AdapterError(
+            f"adapter {root}: {weights.name} does not match the sha256 recorded "
+            f"in {ADAPTER_JSON}; the files come from different saves"
+        )
     return weights
 
 
@@ -238,12 +267,14 @@ def _own_file(root: Path, name: Any) -> Path:
 
 def _read_record(root: Path) -> dict[str, Any]:
     if not root.is_dir():
-        raise FileNotFoundError(f"no adapter directory at {root} (train one with "
-                                "`losa-cache train --out DIR`)")
+        raise FileNotFoundError(
+            f"no adapter directory at {root} (train one with `losa-cache train --out DIR`)"
+        )
     file = _own_file(root, ADAPTER_JSON)
     if not file.is_file():
-        raise FileNotFoundError(f"{root} holds no {ADAPTER_JSON}: not an adapter, or its save "
-                                "did not finish")
+        raise FileNotFoundError(
+            f"{root} holds no {ADAPTER_JSON}: not an adapter, or its save did not finish"
+        )
     try:
         record = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -252,8 +283,10 @@ def _read_record(root: Path) -> dict[str, Any]:
         raise AdapterError(f"{file} is not a losa-cache adapter file (format != {FORMAT!r})")
     version = record.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise AdapterError(f"{file} has adapter format version {version!r}; this losa-cache "
-                           f"reads up to {FORMAT_VERSION} (upgrade losa-cache)")
+        raise AdapterError(
+            f"{file} has adapter format version {version!r}; this losa-cache "
+            f"reads up to {FORMAT_VERSION} (upgrade losa-cache)"
+        )
     missing = [k for k in ("side_config", "classes", "fingerprint", "layers") if k not in record]
     if missing:
         raise AdapterError(f"{file} lacks {missing}; the adapter is damaged")
@@ -266,8 +299,10 @@ def _config(record: dict[str, Any], root: Path) -> SideConfig:
     except (TypeError, ValueError) as e:
         raise AdapterError(f"adapter {root}: invalid side config: {e}") from e
     if len(record["classes"]) != config.num_classes:
-        raise AdapterError(f"adapter {root}: {len(record['classes'])} class names but the head "
-                           f"has {config.num_classes} outputs")
+        raise AdapterError(
+            f"adapter {root}: {len(record['classes'])} class names but the head "
+            f"has {config.num_classes} outputs"
+        )
     return config
 
 
@@ -281,23 +316,29 @@ def _build_model(config: SideConfig, weights: Path, root: Path) -> SideNetwork:
         raise AdapterError(f"adapter {root}: cannot read {weights.name}: {e}") from e
     bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
     if bad:
-        raise AdapterError(f"adapter {root}: {weights.name} holds NaN or inf values (in "
-                           f"{bad[:3]}); the adapter is damaged or its training diverged: "
-                           "retrain it")
+        raise AdapterError(
+            f"adapter {root}: {weights.name} holds NaN or inf values (in "
+            f"{bad[:3]}); the adapter is damaged or its training diverged: "
+            "retrain it"
+        )
     model = create_side(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:  # missing/unexpected keys, shape mismatches
-        raise AdapterError(f"adapter {root}: weights do not fit the side config "
-                           f"({config.method}, rank {config.rank}, layers "
-                           f"{list(config.layers)}): {e}") from e
+        raise AdapterError(
+            f"adapter {root}: weights do not fit the side config "
+            f"({config.method}, rank {config.rank}, layers "
+            f"{list(config.layers)}): {e}"
+        ) from e
     return model
 
 
 def _check_layers(model: SideNetwork, record: dict[str, Any], root: Path) -> None:
     if list(model.required_layers) != list(record["layers"]):
-        raise AdapterError(f"adapter {root}: {ADAPTER_JSON} lists layers {record['layers']} but "
-                           f"the side config reads {list(model.required_layers)}")
+        raise AdapterError(
+            f"adapter {root}: {ADAPTER_JSON} lists layers {record['layers']} but "
+            f"the side config reads {list(model.required_layers)}"
+        )
 
 
 # ------------------------------------------------------------------------------ fingerprint
@@ -315,8 +356,9 @@ def fingerprint_differences(expected: dict[str, Any], actual: dict[str, Any]) ->
     return out
 
 
-def check_fingerprint(adapter_fp: dict[str, Any], backbone_fp: dict[str, Any],
-                      what: str = "the backbone given") -> None:
+def check_fingerprint(
+    adapter_fp: dict[str, Any], backbone_fp: dict[str, Any], what: str = "the backbone given"
+) -> None:
     """Refuse features from a backbone other than the one the adapter was trained on."""
     diffs = fingerprint_differences(adapter_fp, backbone_fp)
     if not diffs:

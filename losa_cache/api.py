@@ -57,9 +57,15 @@ def extract(
         return run(cfg, progress=progress, storage_options=storage_options)
     from losa_cache.distributed import extract_distributed
 
-    return extract_distributed(cfg, cluster=dask.cluster, scheduler=dask.scheduler,
-                               progress=progress, storage_options=storage_options,
-                               retries=dask.retries, shards_per_task=dask.shards_per_task)
+    return extract_distributed(
+        cfg,
+        cluster=dask.cluster,
+        scheduler=dask.scheduler,
+        progress=progress,
+        storage_options=storage_options,
+        retries=dask.retries,
+        shards_per_task=dask.shards_per_task,
+    )
 
 
 def train(

@@ -19,22 +19,58 @@ from typing import Any
 from losa_cache import checks
 from losa_cache.checks import Bound, range_error
 
-__all__ = ["PANELS", "UNITS", "check_fields", "choices_of", "compose", "flag", "inherit",
-           "metadata", "option", "parse_list", "size_in"]
+__all__ = [
+    "PANELS",
+    "UNITS",
+    "check_fields",
+    "choices_of",
+    "compose",
+    "flag",
+    "inherit",
+    "metadata",
+    "option",
+    "parse_list",
+    "size_in",
+]
 
 #: The help panels of the generated flags, in the order ``--help`` shows them (a field
 #: without a panel is a core option: the first panel, "Options").
-PANELS = ("Method", "Optimisation", "Schedule", "Data", "Output", "Performance", "Costs",
-          "Live", "Live video", "Backbone", "Store", "Views", "Video", "Limits", "Cluster")
+PANELS = (
+    "Method",
+    "Optimisation",
+    "Schedule",
+    "Data",
+    "Output",
+    "Performance",
+    "Costs",
+    "Live",
+    "Live video",
+    "Backbone",
+    "Store",
+    "Views",
+    "Video",
+    "Limits",
+    "Cluster",
+)
 #: Units of size fields: a plain number is in the unit, ``300MB``/``2GiB`` are converted.
 UNITS = {"bytes": 1, "MiB": 2**20}
 
 
-def option(default: Any = MISSING, help: str = "", *, min: float | None = None,
-           above: float | None = None, below: float | None = None, max: Bound | None = None,
-           choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
-           factory: Callable[[], Any] | None = None, cli: str | None = None,
-           panel: str | None = None, unit: str | None = None, **extra: Any) -> Any:
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    min: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    max: Bound | None = None,
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+    factory: Callable[[], Any] | None = None,
+    cli: str | None = None,
+    panel: str | None = None,
+    unit: str | None = None,
+    **extra: Any,
+) -> Any:
     """A dataclass field with help text, an allowed range (``v >= min``, ``v > above``,
     ``v < below``, ``v <= max``: a number, or a function giving (bound, why) such as
     :func:`losa_cache.checks.max_workers`), allowed ``choices`` (or a function giving them)
@@ -44,8 +80,18 @@ def option(default: Any = MISSING, help: str = "", *, min: float | None = None,
     they are (``argument=True``: a positional argument; a config's own keys, such as
     ExtractConfig's ``identity``).
     Integers must fit in 64 bits and floats be finite whatever the range."""
-    meta = metadata(help, min=min, above=above, below=below, max=max, choices=choices, cli=cli,
-                    panel=panel, unit=unit, **extra)
+    meta = metadata(
+        help,
+        min=min,
+        above=above,
+        below=below,
+        max=max,
+        choices=choices,
+        cli=cli,
+        panel=panel,
+        unit=unit,
+        **extra,
+    )
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -78,11 +124,20 @@ def compose(base: type, options: dict[str, Any], panel: str) -> type:
             continue
         f, who = o.field, ", ".join(o.methods)
         help = f.metadata.get("help", "")
-        meta = {**f.metadata, "panel": panel,
-                "help": help if help.startswith(o.methods[0] + ":") else f"{who}: {help}"}
-        spec.append((name, o.hint, field(default=f.default, metadata=meta)
-                     if f.default_factory is MISSING else
-                     field(default_factory=f.default_factory, metadata=meta)))
+        meta = {
+            **f.metadata,
+            "panel": panel,
+            "help": help if help.startswith(o.methods[0] + ":") else f"{who}: {help}",
+        }
+        spec.append(
+            (
+                name,
+                o.hint,
+                field(default=f.default, metadata=meta)
+                if f.default_factory is MISSING
+                else field(default_factory=f.default_factory, metadata=meta),
+            )
+        )
     cls = dataclasses.make_dataclass(base.__name__, spec, bases=(base,))
     cls.__module__, cls.__qualname__, cls.__doc__ = base.__module__, base.__qualname__, base.__doc__
     return cls
@@ -123,8 +178,7 @@ def _check_number(f: Field, v: Any, hint: Any) -> None:
     lo, above, below, high = (f.metadata.get(k) for k in ("min", "above", "below", "max"))
     if not integer and lo is above is below is high is None:
         return  # a float field without a range checks itself (alpha_init: finite)
-    error = range_error(flag(f), v, integer=integer, low=lo, above=above, below=below,
-                        high=high)
+    error = range_error(flag(f), v, integer=integer, low=lo, above=above, below=below, high=high)
     if error is not None:
         raise ValueError(error)
 
@@ -177,8 +231,9 @@ def _value(f: Field, hint: Any, text: str) -> Any:
     kind = kinds[0]
     try:
         if kind is bool:
-            return {"true": True, "1": True, "yes": True, "false": False, "0": False,
-                    "no": False}[text.lower()]
+            return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[
+                text.lower()
+            ]
         return kind(text) if kind in (int, float) else text
     except (KeyError, ValueError):
         want = {bool: "true or false", int: "integers", float: "numbers"}[kind]

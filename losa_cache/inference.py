@@ -42,10 +42,20 @@ class LiveBackbone:
     random_init: bool = option(False, "Random backbone weights (tests).", panel="Backbone")
     seed: int = option(0, "Seed of --random-init.", min=0, panel="Backbone")
     device: str = option("auto", "auto | cpu | cuda | cuda:N.", panel="Backbone")
-    clips: int = option(4, "Video: temporal clips per video, spread evenly over it "
-                        "(ViViT/SlowFast multi-view testing: 4).", min=1, panel="Video")
-    crops: int = option(3, "Video: spatial crops per clip along the longer side "
-                        "(ViViT/SlowFast multi-view testing: 3).", min=1, panel="Video")
+    clips: int = option(
+        4,
+        "Video: temporal clips per video, spread evenly over it "
+        "(ViViT/SlowFast multi-view testing: 4).",
+        min=1,
+        panel="Video",
+    )
+    crops: int = option(
+        3,
+        "Video: spatial crops per clip along the longer side "
+        "(ViViT/SlowFast multi-view testing: 3).",
+        min=1,
+        panel="Video",
+    )
 
     def weights(self) -> dict[str, Any]:
         """The create_backbone weight options."""
@@ -65,11 +75,16 @@ class PredictConfig(LiveBackbone):
         None, "Backbone alias or timm name (default: the adapter's backbone)."
     )
     top_k: int = option(5, "Classes to report per image.", min=1)
-    batch_size: int = option(64, "Images per forward pass.", min=1, max=BATCH_LIMIT,
-                             panel="Performance")
+    batch_size: int = option(
+        64, "Images per forward pass.", min=1, max=BATCH_LIMIT, panel="Performance"
+    )
     max_pixels: int | None = option(
-        None, "Largest image decoded, width x height (default: 89478485, PIL's guard); "
-        "larger ones are reported, not predicted.", min=1, panel="Data")
+        None,
+        "Largest image decoded, width x height (default: 89478485, PIL's guard); "
+        "larger ones are reported, not predicted.",
+        min=1,
+        panel="Data",
+    )
     max_file_bytes: int | None = option(
         None, "Largest file read, e.g. 300MB (default: 256 MiB an image, 4 GiB a video); "
         "larger ones and anything but a regular file are reported, not read.", min=1,
@@ -88,8 +103,10 @@ def predict_files(cfg: PredictConfig) -> tuple[list[dict[str, Any]], Adapter]:
     limits = {"max_pixels": cfg.max_pixels, "max_file_bytes": cfg.max_file_bytes}
     if is_video_adapter(adapter):
         if cfg.model is not None and cfg.model != adapter.fingerprint["model"]:
-            raise ValueError(f"the adapter was trained on {adapter.fingerprint['model']}; drop "
-                             f"--model {cfg.model} (video adapters rebuild their own ViViT)")
+            raise ValueError(
+                f"the adapter was trained on {adapter.fingerprint['model']}; drop "
+                f"--model {cfg.model} (video adapters rebuild their own ViViT)"
+            )
         backbone = video_backbone(adapter, device, **cfg.weights())
         rows = predict_videos(adapter, backbone, find_videos(cfg.images), cfg.clips, cfg.crops,
                               cfg.top_k, **limits)  # fmt: skip
@@ -118,29 +135,33 @@ class EvalConfig(LiveBackbone):
         None, "Rows per forward pass (default: the adapter's training batch size).", min=1,
         max=BATCH_LIMIT, panel="Performance")  # fmt: skip
     amp: str | None = option(
-        None, "auto | bf16 | fp32 (default: the precision the adapter was trained in).",
+        None,
+        "auto | bf16 | fp32 (default: the precision the adapter was trained in).",
         panel="Performance",
     )
-    workers: int = option(4, "I/O threads of the store reader.", min=0, max=max_workers,
-                          panel="Performance")
+    workers: int = option(
+        4, "I/O threads of the store reader.", min=0, max=max_workers, panel="Performance"
+    )
     allow_incomplete: bool = option(
         False, "Score an incomplete store's finished shards (says what fraction that is)."
     )
     dataset: str | None = option(
-        None, "Video: score a data set's clips live instead of a store (multi-view).",
+        None,
+        "Video: score a data set's clips live instead of a store (multi-view).",
         panel="Video",
     )
-    limit: int | None = option(None, "Video: at most N videos of the split.", min=1,
-                               panel="Video")
+    limit: int | None = option(None, "Video: at most N videos of the split.", min=1, panel="Video")
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.dataset is not None and self.store is not None:
-            raise ValueError("give --store (cached features) or --dataset (video, multi-view), "
-                             "not both")
+            raise ValueError(
+                "give --store (cached features) or --dataset (video, multi-view), not both"
+            )
         if self.dataset is None and self.store is None:
-            raise ValueError("give --store (the features to score), or --dataset for a video "
-                             "adapter")
+            raise ValueError(
+                "give --store (the features to score), or --dataset for a video adapter"
+            )
 
     def source(self) -> str:
         """What is scored, as the summary names it."""

@@ -28,8 +28,17 @@ from dataclasses import Field, dataclass, fields
 from importlib import metadata
 from typing import Any
 
-__all__ = ["COMMON", "ENTRY_POINTS", "Method", "OptionField", "get_method", "list_methods",
-           "load_plugins", "option_fields", "register"]
+__all__ = [
+    "COMMON",
+    "ENTRY_POINTS",
+    "Method",
+    "OptionField",
+    "get_method",
+    "list_methods",
+    "load_plugins",
+    "option_fields",
+    "register",
+]
 
 #: the entry-point group third-party methods register through
 ENTRY_POINTS = "losa_cache.methods"
@@ -78,14 +87,16 @@ def register(method: Method) -> Method:
     if method.name in _METHODS:
         old = _METHODS[method.name].impl
         where = getattr(old, "__module__", "?")
-        raise ValueError(f"method {method.name!r} is already registered (by {where}); "
-                         "pick another name")
+        raise ValueError(
+            f"method {method.name!r} is already registered (by {where}); pick another name"
+        )
     new = _own_fields(method)
     if _FROZEN is not None and (late := sorted(set(new) - set(_FROZEN))):
         raise ValueError(
             f"method {method.name!r} adds options {late} after the run configs were built: "
             f"register it through the {ENTRY_POINTS!r} entry point (or import it before "
-            "losa_cache.train)")
+            "losa_cache.train)"
+        )
     for name, f in new.items():
         _check_same(method.name, f, _find(name))
     _METHODS[method.name] = method
@@ -109,12 +120,12 @@ def _check_same(method: str, f: Field, other: tuple[str, Field] | None) -> None:
     if other is None:
         return
     owner, g = other
-    if (f.type, f.default) != (g.type, g.default) or f.default_factory is not \
-            g.default_factory:
+    if (f.type, f.default) != (g.type, g.default) or f.default_factory is not g.default_factory:
         raise ValueError(
             f"method {method!r} declares option {f.name!r} ({f.type}, default {f.default!r}) "
             f"unlike method {owner!r} ({g.type}, default {g.default!r}): one option, one "
-            "meaning; rename it")
+            "meaning; rename it"
+        )
 
 
 def get_method(name: str) -> Method:
@@ -174,6 +185,8 @@ def load_plugins() -> None:
         try:
             ep.load()
         except Exception as e:  # a broken plugin must not break the tool
-            warnings.warn(f"method plugin {ep.name!r} ({ep.value}) failed to load and is "
-                          f"left out: {type(e).__name__}: {e}; fix or uninstall its package",
-                          stacklevel=2)
+            warnings.warn(
+                f"method plugin {ep.name!r} ({ep.value}) failed to load and is "
+                f"left out: {type(e).__name__}: {e}; fix or uninstall its package",
+                stacklevel=2,
+            )

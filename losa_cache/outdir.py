@@ -371,9 +371,7 @@ def write_error(path: str | Path, cause: BaseException) -> OutputWriteError:
     code = getattr(cause, "errno", None)
     if code is None:  # torch's writer hides the OSError: ask the disk
         code = errno.ENOSPC if _nearly_full(Path(path)) else errno.EIO
-    fix = os_failure(code, "--out", RETRY) or (
-        f"{os.strerror(code)}: check the disk, then {RETRY}"
-    )
+    fix = os_failure(code, "--out", RETRY) or (f"{os.strerror(code)}: check the disk, then {RETRY}")
     return OutputWriteError(code, f"cannot write {path}: {fix}", str(path))
 
 
@@ -446,6 +444,8 @@ def read_json(path: str | Path, fix: str) -> Any:
         raise OutdirError(
             f"{path} is damaged or incomplete ({e.__class__.__name__}: {str(e)[:80]}); {fix}"
         ) from None
+
+
 def fresh_folder(kind: str, root: str | Path = "runs") -> str:
     """A new folder ``root/<kind>-<YYYYmmdd-HHMMSS>`` (UTC; ``-2``, ``-3``... when taken),
     created here so a second run started in the same second cannot claim it too: the

@@ -463,30 +463,47 @@ class PlanConfig:
     model: str = option("vit_b", "Backbone alias or timm name.")
     dataset: str = option("demo", "Data set spec; known sizes used if absent.")
     layers: str = option("all", "Blocks to store: all | last:N | evenly:N | 3,6 (0-based).")
-    taps: str = option("blocks", "What to store: blocks,embed,attn,mlp,sum:K1,K2 (k 1-based: "
-                       "G_k = z0 + b_1..b_k), sum:all, sum:evenly:N.")
+    taps: str = option(
+        "blocks",
+        "What to store: blocks,embed,attn,mlp,sum:K1,K2 (k 1-based: "
+        "G_k = z0 + b_1..b_k), sum:all, sum:evenly:N.",
+    )
     dtype: str = option("fp16", "Stored dtype: fp16 | bf16 | fp32 | int8.")
     budget: int | None = option(
         None, "List the configurations (layers x taps x dtype) whose store fits this size, "
         "e.g. 500GB, 1.5TB, 800MiB; --layers/--taps/--dtype are then not used.", min=1,
         unit="bytes")  # fmt: skip
     data_root: str | None = option(None, "Root of inat data sets.", panel="Data")
-    frames: int | None = option(None, "Video backbones: frames per clip (default: the "
-                                "model's).", min=1, panel="Data")
-    views: int = option(0, "extract --views V: V augmented rows per train* image.", min=0,
-                        panel="Data")
+    frames: int | None = option(
+        None, "Video backbones: frames per clip (default: the model's).", min=1, panel="Data"
+    )
+    views: int = option(
+        0, "extract --views V: V augmented rows per train* image.", min=0, panel="Data"
+    )
     method: str | None = option(
-        None, "Also price a method (any of `losa-cache train --method`'s, with its options "
+        None,
+        "Also price a method (any of `losa-cache train --method`'s, with its options "
         "below): learned parameters and GMACs (= the paper's 'GFLOPs'; GFLOPs = 2x), no "
-        "weights built.", panel="Method")
-    rank: int | None = option(None, "Also count a side network of this rank.", min=1,
-                              panel="Method")
-    side_layers: str | None = option(None, "Side network layers (default: --layers).",
-                                     panel="Method")
-    side_taps: str | None = option(None, "losa's --taps of --method losa: block | attn | mlp "
-                                   "| attn+mlp (--taps is the store's here).", panel="Method")
-    measure: bool = option(True, "Run the matmul probe for a time estimate (--no-measure: "
-                           "skip it).", panel="Performance")
+        "weights built.",
+        panel="Method",
+    )
+    rank: int | None = option(
+        None, "Also count a side network of this rank.", min=1, panel="Method"
+    )
+    side_layers: str | None = option(
+        None, "Side network layers (default: --layers).", panel="Method"
+    )
+    side_taps: str | None = option(
+        None,
+        "losa's --taps of --method losa: block | attn | mlp "
+        "| attn+mlp (--taps is the store's here).",
+        panel="Method",
+    )
+    measure: bool = option(
+        True,
+        "Run the matmul probe for a time estimate (--no-measure: skip it).",
+        panel="Performance",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -497,9 +514,21 @@ def run_plan(cfg: PlanConfig) -> dict[str, Any]:
     prints, as a dict: ``plan_text`` words it)."""
     if cfg.budget is not None:
         return plan_budget(cfg.model, cfg.dataset, cfg.budget, cfg.data_root, cfg.frames)
-    p = plan(cfg.model, cfg.dataset, cfg.layers, cfg.dtype, cfg.data_root, cfg.rank,
-             cfg.method, cfg.side_layers, measure=cfg.measure, taps=cfg.taps,
-             frames=cfg.frames, side_options=method_options(cfg), views=cfg.views)
+    p = plan(
+        cfg.model,
+        cfg.dataset,
+        cfg.layers,
+        cfg.dtype,
+        cfg.data_root,
+        cfg.rank,
+        cfg.method,
+        cfg.side_layers,
+        measure=cfg.measure,
+        taps=cfg.taps,
+        frames=cfg.frames,
+        side_options=method_options(cfg),
+        views=cfg.views,
+    )
     return {**p, "rank": cfg.rank}
 
 
@@ -533,36 +562,50 @@ def plan_text(p: dict[str, Any]) -> str:
         out.append(f"note          {p['sizes_note']}")
     if {"blocks", "attn", "mlp"} & set(p["taps"]):
         out.append(f"layers        {len(p['layers'])} of {p['depth']} (0-based): {p['layers']}")
-    out.append(f"taps          {', '.join(p['taps'])}: {p['arrays']} x ({p['tokens']} tokens "
-               f"x {p['dim']}) per {one}, {p['dtype']}")
+    out.append(
+        f"taps          {', '.join(p['taps'])}: {p['arrays']} x ({p['tokens']} tokens "
+        f"x {p['dim']}) per {one}, {p['dtype']}"
+    )
     per_tap = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_per_image_by_tap"].items())
-    out.append(f"per {one:<10}{human_bytes(p['bytes_per_image'])} ({per_tap}); transfer "
-               f"{p['transfer_mb_per_image']:.3f} MB = {p['transfer_mib_per_image']:.3f} MiB")
+    out.append(
+        f"per {one:<10}{human_bytes(p['bytes_per_image'])} ({per_tap}); transfer "
+        f"{p['transfer_mb_per_image']:.3f} MB = {p['transfer_mib_per_image']:.3f} MiB"
+    )
     by_split = ", ".join(f"{k} {human_bytes(v)}" for k, v in p["bytes_by_split"].items())
     out.append(f"store total   {human_bytes(p['bytes_total'])} ({by_split})")
     if p.get("views"):
         v = p["views"]
-        out.append(f"views         {v['count']} per train image: {v['rows']:,} more rows, "
-                   f"{human_bytes(v['bytes'])} (in the total; extraction runs them too)")
+        out.append(
+            f"views         {v['count']} per train image: {v['rows']:,} more rows, "
+            f"{human_bytes(v['bytes'])} (in the total; extraction runs them too)"
+        )
     bb = p["backbone"]
-    out.append(f"backbone      {bb['gmacs_per_image']:.1f} GMACs/{one} (multiply-accumulates, "
-               f"the LoSA paper's 'GFLOPs') = {bb['gflops_per_image']:.1f} GFLOPs; "
-               f"{bb['blocks_run']} of {p['depth']} blocks run")
+    out.append(
+        f"backbone      {bb['gmacs_per_image']:.1f} GMACs/{one} (multiply-accumulates, "
+        f"the LoSA paper's 'GFLOPs') = {bb['gflops_per_image']:.1f} GFLOPs; "
+        f"{bb['blocks_run']} of {p['depth']} blocks run"
+    )
     if "extract_seconds_estimate" in p:
-        out.append(f"extract time  ~{human_seconds(p['extract_seconds_estimate'])} on "
-                   f"{p['device']} ({p['measured_matmul_tflops']} TFLOP/s {p['matmul_dtype']} "
-                   f"matmul measured, x{p['assumed_efficiency']} assumed efficiency)")
+        out.append(
+            f"extract time  ~{human_seconds(p['extract_seconds_estimate'])} on "
+            f"{p['device']} ({p['measured_matmul_tflops']} TFLOP/s {p['matmul_dtype']} "
+            f"matmul measured, x{p['assumed_efficiency']} assumed efficiency)"
+        )
     out.append(f"epoch reads   {human_bytes(p['bytes_read_per_epoch'])} per training epoch")
     if "method_cost" in p:
         m = p["method_cost"]
-        out.append(f"{m['kind']:<13} {m['method']}: {m['learned_params'] / 1e6:.3f}M learned "
-                   f"params (head excluded); {m['method_gmacs_per_image']:.3f} GMACs/image "
-                   f"(= {m['method_gflops_per_image']:.3f} GFLOPs) on top of the backbone's "
-                   f"{m['backbone_gmacs_per_image']:.1f}: total {m['total_gmacs_per_image']:.2f} "
-                   f"GMACs ({m['setting']})")
+        out.append(
+            f"{m['kind']:<13} {m['method']}: {m['learned_params'] / 1e6:.3f}M learned "
+            f"params (head excluded); {m['method_gmacs_per_image']:.3f} GMACs/image "
+            f"(= {m['method_gflops_per_image']:.3f} GFLOPs) on top of the backbone's "
+            f"{m['backbone_gmacs_per_image']:.1f}: total {m['total_gmacs_per_image']:.2f} "
+            f"GMACs ({m['setting']})"
+        )
     elif "learned_params" in p:
-        out.append(f"side network  losa r={p['rank']}: {p['learned_params'] / 1e6:.3f}M "
-                   "learned params (head excluded)")
+        out.append(
+            f"side network  losa r={p['rank']}: {p['learned_params'] / 1e6:.3f}M "
+            "learned params (head excluded)"
+        )
     if "video" in p:
         out.append(f"video         {p['video']['advice']}")
     return "\n".join(out)
@@ -570,9 +613,11 @@ def plan_text(p: dict[str, Any]) -> str:
 
 def _budget_text(b: dict[str, Any]) -> str:
     """The fitting configurations as a table, then the advice line."""
-    head = (f"{b['model']} on {b['dataset']}: {b['images']:,} images {b['splits']}; budget "
-            f"{human_bytes(b['budget_bytes'])}; {len(b['fits'])} configurations fit, biggest "
-            "first")
+    head = (
+        f"{b['model']} on {b['dataset']}: {b['images']:,} images {b['splits']}; budget "
+        f"{human_bytes(b['budget_bytes'])}; {len(b['fits'])} configurations fit, biggest "
+        "first"
+    )
     mb = lambda n: "-" if n is None else human_bytes(n)
     rows = [[r["layers"] or "-", r["taps"], r["dtype"], human_bytes(r["bytes_total"]),
              mb(r["bytes_train"]), human_bytes(r["bytes_per_image"]),

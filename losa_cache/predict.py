@@ -46,9 +46,15 @@ __all__ = [
 # ------------------------------------------------------------------------------ live images
 
 
-def predict_images(adapter: Adapter, backbone: Backbone, paths: Sequence[str | Path],
-                   batch_size: int = 64, top_k: int = 5, max_pixels: int | None = None,
-                   max_file_bytes: int | None = None) -> list[dict[str, Any]]:
+def predict_images(
+    adapter: Adapter,
+    backbone: Backbone,
+    paths: Sequence[str | Path],
+    batch_size: int = 64,
+    top_k: int = 5,
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+) -> list[dict[str, Any]]:
     """Top-k classes of each image, in input order.
 
     Every row has ``path`` (printable: a name that is not UTF-8 shows its bytes as
@@ -89,11 +95,15 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
         if not p.is_dir():
             out.append(p)
             continue
-        found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                       and f.suffix.lower() in IMAGE_EXTENSIONS)
+        found = sorted(
+            f
+            for f in p.rglob("*")
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+        )
         if not found:
-            raise FileNotFoundError(f"no images in folder {p} (suffixes: "
-                                    f"{' '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise FileNotFoundError(
+                f"no images in folder {p} (suffixes: {' '.join(sorted(IMAGE_EXTENSIONS))})"
+            )
         out += found
     if not out:
         raise ValueError("no images given")
@@ -108,12 +118,16 @@ def prepare_backbone(adapter: Adapter, backbone: Backbone) -> None:
         return
     cfg = adapter.config
     if (backbone.tokens, backbone.dim) != (cfg.tokens, cfg.dim):
-        raise ValueError(f"backbone gives (tokens, dim) = ({backbone.tokens}, {backbone.dim}); "
-                         f"the adapter expects ({cfg.tokens}, {cfg.dim})")
+        raise ValueError(
+            f"backbone gives (tokens, dim) = ({backbone.tokens}, {backbone.dim}); "
+            f"the adapter expects ({cfg.tokens}, {cfg.dim})"
+        )
     needed = deepest_block(adapter.model)
     if needed >= backbone.depth:
-        raise ValueError(f"the adapter reads block {needed} but this backbone has "
-                         f"{backbone.depth} blocks (was it pruned for fewer layers?)")
+        raise ValueError(
+            f"the adapter reads block {needed} but this backbone has "
+            f"{backbone.depth} blocks (was it pruned for fewer layers?)"
+        )
     if 0 <= needed < backbone.depth - 1:
         backbone.prune([needed])
 
@@ -126,16 +140,19 @@ def deepest_block(model: torch.nn.Module) -> int:
     return max([*blocks, *sums, -1])
 
 
-def check_read_limits(batch_size: int, max_pixels: int | None,
-                      max_file_bytes: int | None) -> None:
+def check_read_limits(batch_size: int, max_pixels: int | None, max_file_bytes: int | None) -> None:
     """``predict``'s batch and read bounds, checked as extract's are (losa_cache/checks.py)."""
     require_range("batch_size", batch_size, 1, BATCH_LIMIT)
     require_range("max_pixels", max_pixels, 1)
     require_range("max_file_bytes", max_file_bytes, 1)
 
 
-def load_image(path: str | Path, transform: Any, max_pixels: int | None = None,
-               max_file_bytes: int | None = None) -> Tensor:
+def load_image(
+    path: str | Path,
+    transform: Any,
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+) -> Tensor:
     """Decode + preprocess one file; any failure is an ImageDecodeError naming the file."""
     image = open_rgb(path, max_pixels=max_pixels, max_bytes=max_file_bytes)
     try:
@@ -163,8 +180,9 @@ def live_inputs(model: torch.nn.Module) -> tuple[list[int], list[str]]:
     return list(cls.blocks(config)), list(cls.taps(config))
 
 
-def live_features(backbone: Backbone, x: Tensor, blocks: list[int],
-                  taps: list[str]) -> dict[int | str, Tensor]:
+def live_features(
+    backbone: Backbone, x: Tensor, blocks: list[int], taps: list[str]
+) -> dict[int | str, Tensor]:
     """{block index or tap name: (B, T, D)} as a store extracted with these taps holds them:
     blocks alone through timm's forward_intermediates, taps through extraction's own pass
     (losa_cache/forward.py: sums in fp32, no block after the deepest one needed is run)."""
@@ -173,12 +191,16 @@ def live_features(backbone: Backbone, x: Tensor, blocks: list[int],
     from losa_cache.forward import forward_taps, supports_taps
 
     if not supports_taps(backbone.model):
-        raise ValueError(f"{backbone.name} is not a timm VisionTransformer, so the taps "
-                         f"{taps} this adapter reads cannot be computed; predict from a store "
-                         "with `losa-cache eval` instead")
+        raise ValueError(
+            f"{backbone.name} is not a timm VisionTransformer, so the taps "
+            f"{taps} this adapter reads cannot be computed; predict from a store "
+            "with `losa-cache eval` instead"
+        )
     arrays = forward_taps(backbone.model, x, blocks, ["blocks", *taps] if blocks else taps)
-    return {**{b: arrays[S.feature_name(b)] for b in blocks},
-            **{t: arrays[S.tap_array(t)] for t in taps}}
+    return {
+        **{b: arrays[S.feature_name(b)] for b in blocks},
+        **{t: arrays[S.tap_array(t)] for t in taps},
+    }
 
 
 def _top_k(top_k: int, num_classes: int) -> int:
@@ -189,8 +211,10 @@ def _top_k(top_k: int, num_classes: int) -> int:
 
 def _top_rows(logits: Tensor, k: int, classes: list[str]) -> list[dict[str, Any]]:
     probs, labels = logits.softmax(dim=-1).topk(k, dim=-1)  # (B, k) each
-    return [{"labels": lab, "classes": [classes[j] for j in lab], "probs": p}
-            for lab, p in zip(labels.tolist(), probs.tolist(), strict=True)]
+    return [
+        {"labels": lab, "classes": [classes[j] for j in lab], "probs": p}
+        for lab, p in zip(labels.tolist(), probs.tolist(), strict=True)
+    ]
 
 
 def _error_row(path: str | Path, error: str) -> dict[str, Any]:
@@ -207,10 +231,16 @@ def _device(module: torch.nn.Module) -> torch.device:
 EVAL_BATCH = 256
 
 
-def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
-                   task: str | None = None, batch_size: int | None = None,
-                   allow_incomplete: bool = False, amp: str | None = None,
-                   workers: int = 4) -> dict[str, Any]:
+def evaluate_store(
+    adapter: Adapter,
+    store: FeatureStore,
+    split: str = "test",
+    task: str | None = None,
+    batch_size: int | None = None,
+    allow_incomplete: bool = False,
+    amp: str | None = None,
+    workers: int = 4,
+) -> dict[str, Any]:
     """Accuracy, loss and per-class accuracy of the adapter on a store split's features.
 
     Scored by the training engine's own evaluation (:func:`losa_cache.train.engine.evaluate`)
@@ -225,7 +255,8 @@ def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
         raise StoreError(
             f"this adapter is a live baseline ({getattr(adapter, 'method', '?')}): it changes "
             "the backbone itself, so cached features cannot score it; use `losa-cache "
-            "predict --adapter RUN --model ... IMAGES`, or its run's metrics.json test numbers")
+            "predict --adapter RUN --model ... IMAGES`, or its run's metrics.json test numbers"
+        )
     check_store(adapter, store)
     if not allow_incomplete:
         store.require_complete(hint="or pass --allow-incomplete to score the finished part")
@@ -236,52 +267,82 @@ def evaluate_store(adapter: Adapter, store: FeatureStore, split: str = "test",
     done = store.done_shards()[rows // store.layout.shard_rows]
     wanted, rows = len(rows), rows[done]
     if not len(rows):
-        raise StoreError(f"split {split!r} of {store.path} has no labelled rows for task "
-                         f"{task!r}" + ("" if done.all() else " in its finished shards"))
+        raise StoreError(
+            f"split {split!r} of {store.path} has no labelled rows for task "
+            f"{task!r}" + ("" if done.all() else " in its finished shards")
+        )
     device = _device(adapter.model)
     batch = _trained(adapter, "batch_size", EVAL_BATCH) if batch_size is None else batch_size
     require_range("batch_size", batch, 1, BATCH_LIMIT)
     require_range("workers", workers, 0, max_workers)
     if amp not in (None, *AMP):
         raise ValueError(f"unknown amp {amp!r} (--amp); choose one of {list(AMP)}")
-    job = EvalJob(adapter.model, side_inputs(adapter.model), rows, labels, task, int(batch),
-                  use_amp(amp or _trained(adapter, "amp", "fp32"), device),
-                  adapter.config.num_classes)
+    job = EvalJob(
+        adapter.model,
+        side_inputs(adapter.model),
+        rows,
+        labels,
+        task,
+        int(batch),
+        use_amp(amp or _trained(adapter, "amp", "fp32"), device),
+        adapter.config.num_classes,
+    )
     (score,) = evaluate([job], _store_inputs(store, device, rows, job.layers, workers))
-    return {"accuracy": score.accuracy, "correct": int(score.correct.sum()), "count": score.n,
-            "loss": score.loss, "mean_class_accuracy": score.mean_class_accuracy(),
-            "per_class": score.per_class(adapter.classes), "split": split, "task": task,
-            "store": store.path, "batch_size": job.batch, "amp": "bf16" if job.amp else "fp32",
-            "complete": bool(done.all()), "scorable_rows": wanted,
-            "scored_fraction": len(rows) / wanted}
+    return {
+        "accuracy": score.accuracy,
+        "correct": int(score.correct.sum()),
+        "count": score.n,
+        "loss": score.loss,
+        "mean_class_accuracy": score.mean_class_accuracy(),
+        "per_class": score.per_class(adapter.classes),
+        "split": split,
+        "task": task,
+        "store": store.path,
+        "batch_size": job.batch,
+        "amp": "bf16" if job.amp else "fp32",
+        "complete": bool(done.all()),
+        "scorable_rows": wanted,
+        "scored_fraction": len(rows) / wanted,
+    }
 
 
 def _trained(adapter: Adapter, key: str, default: Any) -> Any:
     """What training used (its metrics' plan and amp, else its config), else ``default``."""
     metrics = adapter.meta.get("metrics") or {}
-    used = {**(adapter.meta.get("train_config") or {}), **(metrics.get("plan") or {}),
-            **({"amp": metrics["amp"]} if "amp" in metrics else {})}
+    used = {
+        **(adapter.meta.get("train_config") or {}),
+        **(metrics.get("plan") or {}),
+        **({"amp": metrics["amp"]} if "amp" in metrics else {}),
+    }
     return used.get(key, default)
 
 
-def _store_inputs(store: FeatureStore, device: torch.device, rows: np.ndarray,
-                  layers: Sequence[int], workers: int) -> Inputs:
+def _store_inputs(
+    store: FeatureStore, device: torch.device, rows: np.ndarray, layers: Sequence[int], workers: int
+) -> Inputs:
     """The engine's inputs for one sequential read of ``rows`` (no cache: read once)."""
-    return Inputs(StoreSource(store), device, CacheChoice("none", 0, "eval: one read"), rows,
-                  layers, workers)
+    return Inputs(
+        StoreSource(store), device, CacheChoice("none", 0, "eval: one read"), rows, layers, workers
+    )
 
 
 def check_store(adapter: Adapter, store: FeatureStore) -> None:
     """Refuse a store from another backbone, or one without the blocks and taps the
     adapter reads (a ``sum:k`` the feed can add up from embed and blocks counts as held)."""
-    check_fingerprint(adapter.fingerprint, store.fingerprint,
-                      what="the one that wrote this store")
-    check_held(side_inputs(adapter.model), available_keys(store.taps, store.layers),
-               f"this adapter ({adapter.config.method})", store.taps, store.layers)
+    check_fingerprint(adapter.fingerprint, store.fingerprint, what="the one that wrote this store")
+    check_held(
+        side_inputs(adapter.model),
+        available_keys(store.taps, store.layers),
+        f"this adapter ({adapter.config.method})",
+        store.taps,
+        store.layers,
+    )
     cfg, layout = adapter.config, store.layout
     if (layout.tokens, layout.dim) != (cfg.tokens, cfg.dim):
-        raise StoreError(f"store features are (tokens, dim) = ({layout.tokens}, {layout.dim}); "
-                         f"the adapter expects ({cfg.tokens}, {cfg.dim})")
+        raise StoreError(
+            f"store features are (tokens, dim) = ({layout.tokens}, {layout.dim}); "
+            f"the adapter expects ({cfg.tokens}, {cfg.dim})"
+        )
 
 
 def _task(adapter: Adapter, store: FeatureStore, task: str | None) -> str:
@@ -290,9 +351,11 @@ def _task(adapter: Adapter, store: FeatureStore, task: str | None) -> str:
     classes = store.classes(task)  # unknown task -> StoreError listing the tasks
     placeholder = adapter.classes == [str(i) for i in range(len(adapter.classes))]
     if len(classes) != len(adapter.classes) or (classes != adapter.classes and not placeholder):
-        raise StoreError(f"task {task!r} has classes {_short(classes)} but the adapter was "
-                         f"trained on {_short(adapter.classes)}; pick the matching --task "
-                         f"(store tasks: {store.tasks})")
+        raise StoreError(
+            f"task {task!r} has classes {_short(classes)} but the adapter was "
+            f"trained on {_short(adapter.classes)}; pick the matching --task "
+            f"(store tasks: {store.tasks})"
+        )
     return task
 
 

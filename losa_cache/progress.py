@@ -19,13 +19,23 @@ from tqdm.auto import tqdm
 __all__ = ["eval_line", "note", "pct", "progress_bar"]
 
 
-def progress_bar(total: int | None, desc: str, unit: str, enabled: bool = True,
-                 initial: int = 0, **kw: Any) -> tqdm:
+def progress_bar(
+    total: int | None, desc: str, unit: str, enabled: bool = True, initial: int = 0, **kw: Any
+) -> tqdm:
     """A tqdm bar on stderr (rate and ETA; callers add a postfix), off when not enabled.
     Away from a terminal it redraws every few seconds, so a log file stays short."""
     tty = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled,
-                file=sys.stderr, dynamic_ncols=True, mininterval=0.1 if tty else 5.0, **kw)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.1 if tty else 5.0,
+        **kw,
+    )
 
 
 def note(text: str, enabled: bool = True) -> None:
@@ -39,8 +49,9 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def eval_line(name: str, step: int, steps: int, acc: float, loss: float,
-              best: dict[str, Any] | None) -> str:
+def eval_line(
+    name: str, step: int, steps: int, acc: float, loss: float, best: dict[str, Any] | None
+) -> str:
     """The line each validation prints: step, val accuracy and loss, best so far."""
     where = f"{name}: " if name else ""
     best_text = "" if best is None else f" (best {pct(best['acc'])} at step {best['step']})"

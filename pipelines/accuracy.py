@@ -711,10 +711,17 @@ def add_dask_args(p: argparse.ArgumentParser, what: str) -> None:
     """A recipe's ``--cluster``/``--scheduler`` (extract's and sweep's, for ``what``'s
     extractions and sweeps); :func:`dask_config` reads them."""
     dask = p.add_mutually_exclusive_group()
-    dask.add_argument("--cluster", default=None, help=f"{what} extraction and sweeps on "
-                      "Dask: local:N | cuda (extract's and sweep's --cluster)")
-    dask.add_argument("--scheduler", default=None, help="an existing Dask cluster: "
-                      "tcp://HOST:PORT (the folders must be shared)")
+    dask.add_argument(
+        "--cluster",
+        default=None,
+        help=f"{what} extraction and sweeps on "
+        "Dask: local:N | cuda (extract's and sweep's --cluster)",
+    )
+    dask.add_argument(
+        "--scheduler",
+        default=None,
+        help="an existing Dask cluster: tcp://HOST:PORT (the folders must be shared)",
+    )
 
 
 def dask_config(args: argparse.Namespace) -> Any:

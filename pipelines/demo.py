@@ -29,13 +29,29 @@ RUNS = {
 def demo_configs(out: Path, tiny: bool) -> tuple[ExtractConfig, dict[str, TrainConfig]]:
     """The extraction and training configs of the demo (all defaults spelled out)."""
     store = str(out / "demo.zarr")
-    ext = ExtractConfig(model="demo", dataset="demo", store=store, layers="all",
-                        limit=64 if tiny else None, workers=0 if tiny else 2, batch_size=128)
+    ext = ExtractConfig(
+        model="demo",
+        dataset="demo",
+        store=store,
+        layers="all",
+        limit=64 if tiny else None,
+        workers=0 if tiny else 2,
+        batch_size=128,
+    )
     steps = 20 if tiny else 300
     runs = {
-        name: TrainConfig(store=store, out=str(out / "runs" / name), steps=steps,
-                          batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=0.01,
-                          seed=0, cache="auto", **kw)
+        name: TrainConfig(
+            store=store,
+            out=str(out / "runs" / name),
+            steps=steps,
+            batch_size=128,
+            optimizer="adamw",
+            lr=3e-3,
+            weight_decay=0.01,
+            seed=0,
+            cache="auto",
+            **kw,
+        )
         for name, kw in RUNS.items()
     }
     return ext, runs
@@ -55,8 +71,9 @@ def sample_images(out: Path, n: int = 6) -> list[tuple[Path, str]]:
     return files
 
 
-def run_demo(out: str | Path = "demo_out", tiny: bool = False, progress: bool = True
-             ) -> dict[str, Any]:
+def run_demo(
+    out: str | Path = "demo_out", tiny: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Extract (or reuse) the demo store, train both side networks, predict a few images."""
     from losa_cache.adapter import load_adapter
     from losa_cache.backbone import create_backbone
@@ -75,19 +92,39 @@ def run_demo(out: str | Path = "demo_out", tiny: bool = False, progress: bool = 
     samples = sample_images(out)
     preds = predict_images(adapter, backbone, [p for p, _ in samples], top_k=1)
     return {
-        "out": str(out), "store": ext_cfg.store, "extract": extraction.to_dict(),
+        "out": str(out),
+        "store": ext_cfg.store,
+        "extract": extraction.to_dict(),
         "extract_seconds_total": round(extract_s, 2),
         "runs": {name: summarise(m) for name, m in results.items()},
-        "predictions": [{"image": str(p), "truth": truth, "predicted": pr["classes"][0],
-                         "prob": round(pr["probs"][0], 3)} if not pr.get("error") else
-                        {"image": str(p), "error": pr["error"]}
-                        for (p, truth), pr in zip(samples, preds, strict=True)],
+        "predictions": [
+            {
+                "image": str(p),
+                "truth": truth,
+                "predicted": pr["classes"][0],
+                "prob": round(pr["probs"][0], 3),
+            }
+            if not pr.get("error")
+            else {"image": str(p), "error": pr["error"]}
+            for (p, truth), pr in zip(samples, preds, strict=True)
+        ],
     }
 
 
 def summarise(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m.get(k) for k in ("method", "rank", "learned_params", "best_val_acc",
-                                   "test_acc", "images_per_s", "train_seconds", "adapter")}
+    return {
+        k: m.get(k)
+        for k in (
+            "method",
+            "rank",
+            "learned_params",
+            "best_val_acc",
+            "test_acc",
+            "images_per_s",
+            "train_seconds",
+            "adapter",
+        )
+    }
 
 
 @dataclass
@@ -96,6 +133,9 @@ class DemoConfig:
 
     out: str = option("demo_out", "Folder for the store, runs and samples.")
     tiny: bool = option(False, "A seconds-long smoke run (64 images/split).")
-    video: bool = option(False, "The video demo instead: generated clips of a demo image "
-                         "moving 4 ways, the embedded ViT inflated to vivit_demo; linear vs "
-                         "LoSA without and with Eq. 6's temporal mixer.")
+    video: bool = option(
+        False,
+        "The video demo instead: generated clips of a demo image "
+        "moving 4 ways, the embedded ViT inflated to vivit_demo; linear vs "
+        "LoSA without and with Eq. 6's temporal mixer.",
+    )

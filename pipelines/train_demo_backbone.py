@@ -173,9 +173,7 @@ def lr_at(step: int, total: int, warmup: int, base_lr: float, min_lr: float) -> 
 
 
 @torch.no_grad()
-def evaluate(
-    model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 500
-) -> float:
+def evaluate(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
     """Top-1 accuracy of ``model`` on uint8 NHWC images ``x`` with labels ``y``."""
     model.eval()
     xt = torch.from_numpy(x).permute(0, 3, 1, 2)
@@ -199,7 +197,6 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # keep the tensor data 8-byte aligned
     path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
-
 
 
 # --------------------------------------------------------------------------- CLI

@@ -21,17 +21,33 @@ from losa_cache.adapter import (
 )
 from losa_cache.side import SideConfig, SideNetwork, create_side
 
-FP = {"model": "losa_micro_vit", "weights_sha256": "ab" * 32,
-      "weights_source": "random-init:seed=0", "input_size": [3, 32, 32],
-      "interpolation": "bicubic", "crop_pct": 1.0,
-      "crop_mode": "center", "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616]}
+FP = {
+    "model": "losa_micro_vit",
+    "weights_sha256": "ab" * 32,
+    "weights_source": "random-init:seed=0",
+    "input_size": [3, 32, 32],
+    "interpolation": "bicubic",
+    "crop_pct": 1.0,
+    "crop_mode": "center",
+    "mean": [0.4914, 0.4822, 0.4465],
+    "std": [0.247, 0.2435, 0.2616],
+}
 CLASSES = [f"c{i}" for i in range(5)]
 
 
 def trained_side(seed: int = 0, **overrides) -> tuple[SideNetwork, SideConfig]:
     """A losa side network with every weight perturbed (a stand-in for a trained one)."""
-    config = SideConfig(**{"num_layers": 4, "dim": 16, "tokens": 5, "num_classes": 5,
-                           "rank": 2, "layers": "all", **overrides})
+    config = SideConfig(
+        **{
+            "num_layers": 4,
+            "dim": 16,
+            "tokens": 5,
+            "num_classes": 5,
+            "rank": 2,
+            "layers": "all",
+            **overrides,
+        }
+    )
     model = create_side(config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -42,14 +58,21 @@ def trained_side(seed: int = 0, **overrides) -> tuple[SideNetwork, SideConfig]:
 
 def features(config: SideConfig, batch: int = 3) -> dict[int, torch.Tensor]:
     gen = torch.Generator().manual_seed(7)
-    return {i: torch.randn(batch, config.tokens, config.dim, generator=gen)
-            for i in range(config.num_layers)}
+    return {
+        i: torch.randn(batch, config.tokens, config.dim, generator=gen)
+        for i in range(config.num_layers)
+    }
 
 
 def meta(**overrides) -> dict:
-    return {"fingerprint": FP, "classes": CLASSES, "task": "shapes",
-            "train_config": {"steps": 10, "lr": 0.05}, "metrics": {"test_acc": 0.5},
-            **overrides}
+    return {
+        "fingerprint": FP,
+        "classes": CLASSES,
+        "task": "shapes",
+        "train_config": {"steps": 10, "lr": 0.05},
+        "metrics": {"test_acc": 0.5},
+        **overrides,
+    }
 
 
 @pytest.fixture
@@ -171,8 +194,15 @@ def test_save_validates_meta(tmp_path: Path) -> None:
 
 
 def test_fingerprint_ignores_source_lists_every_difference() -> None:
-    check_fingerprint(FP, {**FP, "weights_source": "checkpoint:/x.pth",
-                           "input_size": (3, 32, 32), "mean": (0.4914, 0.4822, 0.4465)})
+    check_fingerprint(
+        FP,
+        {
+            **FP,
+            "weights_source": "checkpoint:/x.pth",
+            "input_size": (3, 32, 32),
+            "mean": (0.4914, 0.4822, 0.4465),
+        },
+    )
     other = {**FP, "weights_sha256": "cd" * 32, "crop_pct": 0.875}
     with pytest.raises(ValueError) as err:
         check_fingerprint(FP, other)

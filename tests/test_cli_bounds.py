@@ -67,8 +67,20 @@ def test_extract_bounds(tmp_path: Path, args: list[str], says: str) -> None:
 def test_extract_refuses_an_unknown_choice_naming_them(tmp_path: Path) -> None:
     """A choice flag lists its choices in --help and refuses others before anything runs
     (from Python: ExtractConfig's one-line error)."""
-    res = CliRunner().invoke(app, ["extract", "--model", "vit_micro", "--dataset", "demo",
-                                   "--store", str(tmp_path / "s.zarr"), "--interpolation", "nope"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            "--model",
+            "vit_micro",
+            "--dataset",
+            "demo",
+            "--store",
+            str(tmp_path / "s.zarr"),
+            "--interpolation",
+            "nope",
+        ],
+    )
     assert res.exit_code == 2 and "'nope' is not one of" in res.output
     assert all(f"'{name}'" in " ".join(res.output.split()) for name in INTERPOLATIONS)
     assert not (tmp_path / "s.zarr").exists()

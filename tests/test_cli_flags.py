@@ -83,6 +83,15 @@ def test_every_train_field_is_a_train_and_sweep_flag_with_one_help() -> None:
         assert train[flag(f.name)].startswith(help), f.name
         if f.name not in NOT_SHARED:
             assert sweep[flag(f.name)].startswith(help), f.name
-    for name in ("momentum", "warmup_steps", "label_smoothing", "stop_at", "width", "rank",
-                 "prompt_tokens", "adapter_scale", "hidden"):
+    for name in (
+        "momentum",
+        "warmup_steps",
+        "label_smoothing",
+        "stop_at",
+        "width",
+        "rank",
+        "prompt_tokens",
+        "adapter_scale",
+        "hidden",
+    ):
         assert sweep[flag(name)] == train[flag(name)]  # as in train, word for word

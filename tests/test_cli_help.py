@@ -55,7 +55,6 @@ def test_meta_architectures_skip_the_weight_init(monkeypatch: pytest.MonkeyPatch
         create_architecture("vit_micro", device="cpu")  # real weights are still drawn
 
 
-
 def _commands() -> list[tuple[list[str], object]]:
     """(command path, click command) for every command and sub-command."""
     import typer
@@ -83,8 +82,9 @@ def test_help_at_80_columns_cuts_no_flag_name() -> None:
         assert res.exit_code == 0, path
         assert max(map(len, res.stdout.splitlines())) <= 80, path
         names = {o for p in cmd.params for o in [*p.opts, *p.secondary_opts]}
-        cut = sorted(n for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])",
-                                                       res.stdout))
+        cut = sorted(
+            n for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", res.stdout)
+        )
         assert not cut, f"{' '.join(path)} --help cuts {cut}"
 
 

@@ -26,8 +26,9 @@ def test_demo_tiny_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert adapter.fingerprint["weights_sha256"] == store.fingerprint["weights_sha256"]
     assert len(r["predictions"]) == 6 and all("predicted" in p for p in r["predictions"])
     # a second run reuses the store (extract once) and trains afresh
-    again = json.loads(CliRunner().invoke(app, ["demo", "--out", str(out), "--tiny",
-                                                "--json"]).stdout)
+    again = json.loads(
+        CliRunner().invoke(app, ["demo", "--out", str(out), "--tiny", "--json"]).stdout
+    )
     assert again["extract"]["written"] == 0
     assert again["runs"]["losa"]["test_acc"] == r["runs"]["losa"]["test_acc"]  # deterministic
 

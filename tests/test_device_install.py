@@ -181,8 +181,20 @@ def test_device_install_vit_b_shaped_features_batch_32(device_python: Path, tmp_
     kernel by the 1 MiB mmap threshold CPU training sets (losa_cache/train/allocator.py).
     """
     store = vit_b_shaped_store(tmp_path / "vitb.zarr", rows=96)
-    args = ["train", "--store", store, *MIST, "--steps", "6", "--batch-size", "32",
-            "--cache", "none", "--max-memory", "300MB"]  # fmt: skip  (README's device run)
+    args = [
+        "train",
+        "--store",
+        store,
+        *MIST,
+        "--steps",
+        "6",
+        "--batch-size",
+        "32",
+        "--cache",
+        "none",
+        "--max-memory",
+        "300MB",
+    ]  # fmt: skip  (README's device run)
     fp32 = device_train(device_python, [*args, "--out", str(tmp_path / "fp32"), "--amp", "fp32"])
     print(f"device install, ViT-B-shaped store, batch 32, fp32: peak RSS {fp32['peak_mb']:.0f} MB")
     assert fp32["peak_mb"] <= BUDGET_MB

@@ -24,8 +24,15 @@ N, T, D, CHUNK, SHARD = 45, 3, 5, 4, 12  # 4 shards, the last partial; a partial
 def make_array(path: Path, dtype: str = "float16", fill: float = 0.0, **kw) -> zarr.Array:
     """A (N, T, D) array sharded like a feature store (chunks and shards along rows only)."""
     kw.setdefault("compressors", None)
-    return zarr.create_array(str(path), shape=(N, T, D), dtype=dtype, chunks=(CHUNK, T, D),
-                             shards=(SHARD, T, D), fill_value=fill, **kw)
+    return zarr.create_array(
+        str(path),
+        shape=(N, T, D),
+        dtype=dtype,
+        chunks=(CHUNK, T, D),
+        shards=(SHARD, T, D),
+        fill_value=fill,
+        **kw,
+    )
 
 
 def values(dtype: str, seed: int = 0) -> np.ndarray:
@@ -62,7 +69,7 @@ def test_empty_chunks_and_missing_shards_read_the_fill_value(tmp_path: Path) -> 
     data = values("float32")
     data[4:8] = 1.5  # one whole chunk of fill: zarr leaves it out of the shard (empty)
     arr[:SHARD] = data[:SHARD]
-    arr[2 * SHARD:] = data[2 * SHARD:]  # shard 1 never written: no file
+    arr[2 * SHARD :] = data[2 * SHARD :]  # shard 1 never written: no file
     assert not (tmp_path / "a.zarr" / "c" / "1" / "0" / "0").exists()
     fd = os.open(tmp_path / "a.zarr/c/0/0/0", os.O_RDONLY)
     try:
@@ -70,13 +77,13 @@ def test_empty_chunks_and_missing_shards_read_the_fill_value(tmp_path: Path) -> 
     finally:
         os.close(fd)
     np.testing.assert_array_equal(direct_read(arr, 0, N), arr[:])
-    np.testing.assert_array_equal(direct_read(arr, 0, N)[SHARD:2 * SHARD], 1.5)
+    np.testing.assert_array_equal(direct_read(arr, 0, N)[SHARD : 2 * SHARD], 1.5)
     direct_reader(arr).advise(0, N)  # read-ahead hints skip empty chunks and missing files
 
 
 def test_read_into_torch_tensors_and_byte_counts(tmp_path: Path) -> None:
     arr = make_array(tmp_path / "a.zarr", "uint16")
-    arr[:SHARD * 2] = values("uint16")[:SHARD * 2]
+    arr[: SHARD * 2] = values("uint16")[: SHARD * 2]
     feats = FeatureArray(arr, "bfloat16")
     assert feats.direct is not None
     out = torch.empty((N - 3, T, D), dtype=torch.bfloat16)
@@ -131,12 +138,29 @@ def test_damaged_shards_raise(tmp_path: Path) -> None:
 
 def test_other_layouts_stay_on_zarr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lz4 = make_array(tmp_path / "lz4.zarr", compressors=[BloscCodec(cname="lz4")])
-    plain = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(N, T, D), dtype="float16",
-                              chunks=(CHUNK, T, D), compressors=None)
-    split = zarr.create_array(str(tmp_path / "split.zarr"), shape=(N, T, D), dtype="float16",
-                              chunks=(CHUNK, T, 1), shards=(SHARD, T, D), compressors=None)
-    memory = zarr.create_array(zarr.storage.MemoryStore(), shape=(N, T, D), dtype="float16",
-                               chunks=(CHUNK, T, D), shards=(SHARD, T, D), compressors=None)
+    plain = zarr.create_array(
+        str(tmp_path / "plain.zarr"),
+        shape=(N, T, D),
+        dtype="float16",
+        chunks=(CHUNK, T, D),
+        compressors=None,
+    )
+    split = zarr.create_array(
+        str(tmp_path / "split.zarr"),
+        shape=(N, T, D),
+        dtype="float16",
+        chunks=(CHUNK, T, 1),
+        shards=(SHARD, T, D),
+        compressors=None,
+    )
+    memory = zarr.create_array(
+        zarr.storage.MemoryStore(),
+        shape=(N, T, D),
+        dtype="float16",
+        chunks=(CHUNK, T, D),
+        shards=(SHARD, T, D),
+        compressors=None,
+    )
     for arr in (lz4, plain, split, memory):
         assert direct_reader(arr) is None
         arr[:] = values("float16")
@@ -161,8 +185,9 @@ def test_store_features_read_directly(micro_store: str) -> None:
 
 
 @pytest.mark.parametrize("split", ["train", "sparse"])
-def test_reader_batches_match_the_zarr_path(micro_store: str, split: str,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reader_batches_match_the_zarr_path(
+    micro_store: str, split: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Streamed batches (whole runs and sparse rows alike) equal zarr's, byte for byte."""
     store = open_store(micro_store)
     rows, labels = labelled_rows(store, "train", None)
@@ -171,8 +196,9 @@ def test_reader_batches_match_the_zarr_path(micro_store: str, split: str,
         rows, labels = rows[keep], labels[keep]
 
     def take() -> list:
-        with StoreReader(store, rows, labels, store.layers[:2], 10, seed=3,
-                         buffer_rows=20, workers=2) as reader:
+        with StoreReader(
+            store, rows, labels, store.layers[:2], 10, seed=3, buffer_rows=20, workers=2
+        ) as reader:
             stream = reader.batches()
             out = list(itertools.islice(stream, 9))
             stream.close()
@@ -196,7 +222,7 @@ def test_scatter_rows_puts_every_row_in_its_slot(tmp_path: Path, dtype: str) -> 
     arr = make_array(tmp_path / "a.zarr", dtype, fill=1.5 if dtype != "uint16" else 3)
     data = values(dtype)
     arr[:SHARD] = data[:SHARD]
-    arr[2 * SHARD:] = data[2 * SHARD:]  # shard 1 never written: the fill value
+    arr[2 * SHARD :] = data[2 * SHARD :]  # shard 1 never written: the fill value
     full = bits(arr[:])
     reader = direct_reader(arr)
     rng = np.random.default_rng(1)
@@ -237,7 +263,7 @@ def test_short_reads_are_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     def short(fd: int, buffers: list, offset: int) -> int:
         first = memoryview(buffers[0]).cast("B")
-        return real(fd, [first[:max(1, len(first) // 3)]], offset)
+        return real(fd, [first[: max(1, len(first) // 3)]], offset)
 
     monkeypatch.setattr(os, "preadv", short)
     reader = direct_reader(arr)

@@ -65,7 +65,7 @@ class ToySide(SideNetwork):
 '''
 
 #: the commands, run in one fresh interpreter (one import of torch): each prints a line
-SCRIPT = '''
+SCRIPT = """
 import json, sys
 from typer.testing import CliRunner
 from losa_cache.cli.main import app
@@ -91,7 +91,7 @@ print(json.dumps({
     "predict": json.loads(run("predict", "--adapter", out + "/train", "--random-init",
                               image, "--json")),
 }))
-'''
+"""
 
 
 def _install(site: Path) -> None:
@@ -111,11 +111,26 @@ def test_an_outside_method_trains_sweeps_plans_evaluates_and_predicts(
     _install(site)
     image = tmp_path / "x.png"
     Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(image)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get(
-        "PYTHONPATH", "")]), "COLUMNS": "80", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT), micro_store,
-                           str(tmp_path / "out"), str(image)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "COLUMNS": "80",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(SCRIPT),
+            micro_store,
+            str(tmp_path / "out"),
+            str(image),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -149,8 +164,9 @@ def test_a_broken_plugin_is_named_and_left_out(tmp_path: Path) -> None:
     (info / "entry_points.txt").write_text("[losa_cache.methods]\nbroken = broken_method\n")
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = "import losa_cache.train; from losa_cache.methods import list_methods as m; print(m())"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert "'losa'" in proc.stdout and "broken" not in proc.stdout
     assert "method plugin 'broken' (broken_method) failed to load" in proc.stderr

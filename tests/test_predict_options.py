@@ -35,11 +35,17 @@ def _predict(adapter_dir: Path, image: Path, *args: str) -> tuple[int, str]:
         (["--seed", "-1"], "error: --seed must be an integer >= 0, got -1"),
         (["--top-k", "0"], "error: --top-k must be an integer >= 1, got 0"),
         (["--batch-size", "0"], "error: --batch-size must be an integer >= 1, got 0"),
-        (["--batch-size", "100000"], "error: --batch-size must be an integer >= 1 and <= 65536 "
-         "(a larger batch only exhausts memory"),
+        (
+            ["--batch-size", "100000"],
+            "error: --batch-size must be an integer >= 1 and <= 65536 "
+            "(a larger batch only exhausts memory",
+        ),
         (["--max-file-bytes", "0"], "error: the size '0' is not positive"),
-        (["--seed", str(10**30)], "error: --seed must be an integer >= 0 and <= "
-         "9223372036854775807 (it must fit in 64 bits)"),
+        (
+            ["--seed", str(10**30)],
+            "error: --seed must be an integer >= 0 and <= "
+            "9223372036854775807 (it must fit in 64 bits)",
+        ),
         (["--max-pixels", "0"], "error: --max-pixels must be an integer >= 1, got 0"),
         (["--device", "gpu"], "error: --device 'gpu' is not a device"),
     ],

@@ -41,7 +41,6 @@ __all__ = [
 WEIGHTS = "adapter.safetensors"
 
 
-
 def is_baseline_adapter(root: str | Path) -> bool:
     """Whether ``root/adapter.json`` is a live baseline's (cheap: reads the json only)."""
     file = Path(root) / "adapter.json"
@@ -106,7 +105,6 @@ class BaselineAdapter:
         device = next(backbone.model.parameters()).device
         self.model = model.to(device).eval()
         return self.model
-
 
     def image_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed images (B, 3, H, W) -> (B, C) float32 logits on the CPU (bound)."""

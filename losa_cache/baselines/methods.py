@@ -162,8 +162,10 @@ def saved_options(train_config: dict[str, Any]) -> SimpleNamespace:
     """What :func:`build_baseline` reads (every live baseline's settings and ``rank``)
     from a run's saved train config (an adapter's), each method's checked by its options
     dataclass; missing keys (older runs) take their defaults."""
-    values = {**option_defaults(), **{k: v for k, v in train_config.items()
-                                      if k in option_defaults()}}
+    values = {
+        **option_defaults(),
+        **{k: v for k, v in train_config.items() if k in option_defaults()},
+    }
     for name in list_baselines():
         if (opts := _impl(name).options) is not None:
             opts(**{f.name: values[f.name] for f in fields(opts)})
@@ -369,8 +371,9 @@ def _none(net: nn.Module, cfg: Any) -> list[str]:
 
 
 def _lora_params(net: nn.Module, cfg: Any) -> int:
-    return sum(cfg.rank * (m.in_features + m.out_features)
-               for m in _lora_layers(net, cfg.lora_targets))
+    return sum(
+        cfg.rank * (m.in_features + m.out_features) for m in _lora_layers(net, cfg.lora_targets)
+    )
 
 
 def _prompt_params(net: nn.Module, cfg: Any) -> int:
@@ -378,8 +381,11 @@ def _prompt_params(net: nn.Module, cfg: Any) -> int:
     return cfg.prompt_tokens * blocks * int(net.embed_dim)
 
 
-for _m in (BaselineMethod("full", _all), BaselineMethod("bitfit", _biases),
-           BaselineMethod("lora", _none, ("rank",), LoraOptions, _lora_params, _add_lora),
-           BaselineMethod("vpt", _none, (), VptOptions, _prompt_params, _prompts),
-           BaselineMethod("partial", _last_blocks, (), PartialOptions)):
+for _m in (
+    BaselineMethod("full", _all),
+    BaselineMethod("bitfit", _biases),
+    BaselineMethod("lora", _none, ("rank",), LoraOptions, _lora_params, _add_lora),
+    BaselineMethod("vpt", _none, (), VptOptions, _prompt_params, _prompts),
+    BaselineMethod("partial", _last_blocks, (), PartialOptions),
+):
     register_baseline(_m)

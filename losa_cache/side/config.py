@@ -89,18 +89,26 @@ class SideConfig:
     )
     options: tuple[tuple[str, Any], ...] = field(
         default=(),
-        metadata={"help": "The method's own settings (its options dataclass: LoSA's start, "
-                          "MIST's width ...) as sorted (name, value) pairs; read as "
-                          "attributes (config.width), given as keywords."},
+        metadata={
+            "help": "The method's own settings (its options dataclass: LoSA's start, "
+            "MIST's width ...) as sorted (name, value) pairs; read as "
+            "attributes (config.width), given as keywords."
+        },
     )
 
-    def __init__(self, num_layers: int, dim: int, tokens: int, num_classes: int,
-                 **settings: Any) -> None:
+    def __init__(
+        self, num_layers: int, dim: int, tokens: int, num_classes: int, **settings: Any
+    ) -> None:
         """The base fields by name; any other keyword is an option of the method (one a
         registered side network declares): the method's are kept, at their defaults when
         not given, another method's are dropped (TrainConfig passes every method's)."""
-        given = {"num_layers": num_layers, "dim": dim, "tokens": tokens,
-                 "num_classes": num_classes, **settings}
+        given = {
+            "num_layers": num_layers,
+            "dim": dim,
+            "tokens": tokens,
+            "num_classes": num_classes,
+            **settings,
+        }
         own = dict(given.pop("options", ()))
         for f in fields(SideConfig):
             if f.name != "options":
@@ -109,12 +117,15 @@ class SideConfig:
         known = set(option_fields(live=False))
         unknown = sorted(set(given) - known)
         if unknown:
-            raise ValueError(f"unknown SideConfig keys {unknown}; known keys: "
-                             f"{sorted({f.name for f in fields(SideConfig)} | known)}")
+            raise ValueError(
+                f"unknown SideConfig keys {unknown}; known keys: "
+                f"{sorted({f.name for f in fields(SideConfig)} | known)}"
+            )
         if self.method not in list_sides():
             raise ValueError(f"unknown method {self.method!r}; choose one of {list_sides()}")
-        values = {f.name: own.get(f.name, given.get(f.name, f.default))
-                  for f in _own_options(self.method)}
+        values = {
+            f.name: own.get(f.name, given.get(f.name, f.default)) for f in _own_options(self.method)
+        }
         object.__setattr__(self, "options", tuple(sorted(values.items())))
         self.__post_init__()
 
@@ -124,8 +135,10 @@ class SideConfig:
             for key, value in self.__dict__.get("options", ()):
                 if key == name:
                     return value
-        raise AttributeError(f"{type(self).__name__} of method "
-                             f"{self.__dict__.get('method')!r} has no setting {name!r}")
+        raise AttributeError(
+            f"{type(self).__name__} of method "
+            f"{self.__dict__.get('method')!r} has no setting {name!r}"
+        )
 
     def __post_init__(self) -> None:
         self._coerce_layers()

@@ -90,20 +90,39 @@ class LosaOptions:
     """The :class:`SideConfig` fields LoSA reads, with their help and range."""
 
     rank: int = field(default=64, metadata=metadata("Low-rank bottleneck r of Eq. 4.", min=1))
-    layers: tuple[int, ...] = field(default=(), metadata=metadata(
-        "0-based blocks b_i the side layers read, increasing; the last block must be one."))
-    start: str = field(default="b_last", metadata=metadata(
-        "Side stream start y_0 (Table 6): b_last (the last block's output) | embed (z0, the "
-        "tokens entering block 0: the store's embed tap).", choices=START))
-    taps: str = field(default="block", metadata=metadata(
-        "What each side layer adds to y (Table 4): block (b_i) | attn | mlp (block i's "
-        "attention / MLP branch: store taps attn, mlp) | attn+mlp (two side layers per "
-        "block).", choices=TAPS))
-    alpha_init: float = field(default=1.0, metadata=metadata(
-        "Initial value of each side layer's scale alpha (Eq. 4)."))
-    temporal: bool = field(default=True, metadata=metadata(
-        "Video: token layers add g_temporal over the frames to g_spatial (Eq. 6); "
-        "--no-temporal keeps g_spatial only (frames never mix: the ablation)."))
+    layers: tuple[int, ...] = field(
+        default=(),
+        metadata=metadata(
+            "0-based blocks b_i the side layers read, increasing; the last block must be one."
+        ),
+    )
+    start: str = field(
+        default="b_last",
+        metadata=metadata(
+            "Side stream start y_0 (Table 6): b_last (the last block's output) | embed (z0, the "
+            "tokens entering block 0: the store's embed tap).",
+            choices=START,
+        ),
+    )
+    taps: str = field(
+        default="block",
+        metadata=metadata(
+            "What each side layer adds to y (Table 4): block (b_i) | attn | mlp (block i's "
+            "attention / MLP branch: store taps attn, mlp) | attn+mlp (two side layers per "
+            "block).",
+            choices=TAPS,
+        ),
+    )
+    alpha_init: float = field(
+        default=1.0, metadata=metadata("Initial value of each side layer's scale alpha (Eq. 4).")
+    )
+    temporal: bool = field(
+        default=True,
+        metadata=metadata(
+            "Video: token layers add g_temporal over the frames to g_spatial (Eq. 6); "
+            "--no-temporal keeps g_spatial only (frames never mix: the ablation)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -164,7 +183,8 @@ class LosaSide(SideNetwork):
         super().check_config(config)
         if not config.layers:
             raise ValueError(
-                f"{config.method} needs at least one layer; use method='linear' for none")
+                f"{config.method} needs at least one layer; use method='linear' for none"
+            )
         if config.layers[-1] != config.last_layer:
             raise ValueError(
                 f"{config.method} layers {config.layers} must include the last block "

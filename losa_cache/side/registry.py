@@ -17,13 +17,17 @@ __all__ = ["create_side", "get_side_class", "learned_params", "list_sides", "reg
 
 S = TypeVar("S", bound=type)
 
+
 def register_side(name: str) -> Callable[[S], S]:
     """Class decorator registering a side network class under ``name`` in the one method
     registry (:mod:`losa_cache.methods`); refuses duplicates."""
 
     def decorate(cls: S) -> S:
-        if not (isinstance(cls, type) and callable(getattr(cls, "blocks", None))
-                and hasattr(cls, "count_learned_params")):
+        if not (
+            isinstance(cls, type)
+            and callable(getattr(cls, "blocks", None))
+            and hasattr(cls, "count_learned_params")
+        ):
             raise TypeError(f"@register_side({name!r}) needs a SideNetwork subclass, got {cls!r}")
         register(Method(name, cls, options=cls.options, expand=getattr(cls, "expand", None)))
         return cls

@@ -79,7 +79,8 @@ class DirectReader:
     #: done marker per shard (a store's arrays): a done shard without a file is damage
     done: np.ndarray | None = None
     _indexes: dict[int, tuple[tuple[int, int, int], np.ndarray]] = field(
-        default_factory=dict, repr=False)
+        default_factory=dict, repr=False
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -96,8 +97,9 @@ class DirectReader:
         return str(self.root / key)
 
     def _damaged(self, shard: int, reason: str) -> ShardIndexError:
-        return ShardIndexError(damage_message(self.store, self.name, shard,
-                                              self.shard_path(shard), reason))
+        return ShardIndexError(
+            damage_message(self.store, self.name, shard, self.shard_path(shard), reason)
+        )
 
     # ------------------------------------------------------------------ index
 
@@ -113,8 +115,10 @@ class DirectReader:
         n = self.chunks_per_shard
         size = 16 * n + 4
         if st.st_size < size:
-            raise self._damaged(shard, f"{st.st_size} bytes, too short for a shard index of "
-                                       f"{n} chunks (truncated file)")
+            raise self._damaged(
+                shard,
+                f"{st.st_size} bytes, too short for a shard index of {n} chunks (truncated file)",
+            )
         raw = os.pread(fd, size, st.st_size - size if self.index_at_end else 0)
         if len(raw) != size:
             raise self._damaged(shard, "short read of the shard index")
@@ -123,13 +127,17 @@ class DirectReader:
             raise self._damaged(shard, "shard index checksum mismatch")
         index = np.frombuffer(raw[:-4], dtype="<u8").reshape(n, 2)
         empty = (index[:, 0] == EMPTY) & (index[:, 1] == EMPTY)
-        bad = ~empty & ((index[:, 1] != self.chunk_bytes)
-                        | (index[:, 0] + index[:, 1] > st.st_size))
+        bad = ~empty & (
+            (index[:, 1] != self.chunk_bytes) | (index[:, 0] + index[:, 1] > st.st_size)
+        )
         if bad.any():
             c = int(np.flatnonzero(bad)[0])
-            raise self._damaged(shard, f"chunk {c} is {int(index[c, 1])} bytes at "
-                                       f"{int(index[c, 0])}; an uncompressed chunk is "
-                                       f"{self.chunk_bytes} bytes inside a {st.st_size}-byte file")
+            raise self._damaged(
+                shard,
+                f"chunk {c} is {int(index[c, 1])} bytes at "
+                f"{int(index[c, 0])}; an uncompressed chunk is "
+                f"{self.chunk_bytes} bytes inside a {st.st_size}-byte file",
+            )
         with self._lock:
             self._indexes[shard] = (ident, index)
         return index
@@ -143,12 +151,15 @@ class DirectReader:
             raise IndexError(f"rows [{lo}, {hi}) out of range for {self.shape[0]} rows")
         buf = as_bytes(out)
         if len(buf) != (hi - lo) * self.row_bytes:
-            raise ValueError(f"output holds {len(buf)} bytes, rows [{lo}, {hi}) need "
-                             f"{(hi - lo) * self.row_bytes}")
+            raise ValueError(
+                f"output holds {len(buf)} bytes, rows [{lo}, {hi}) need "
+                f"{(hi - lo) * self.row_bytes}"
+            )
         return self.scatter_rows(np.arange(lo, hi), buf, np.arange(hi - lo))
 
-    def scatter_rows(self, rows: np.ndarray, out: np.ndarray | torch.Tensor,
-                     slots: np.ndarray) -> int:
+    def scatter_rows(
+        self, rows: np.ndarray, out: np.ndarray | torch.Tensor, slots: np.ndarray
+    ) -> int:
         """Row ``rows[i]`` into row ``slots[i]`` of ``out``. Rows that follow each other in
         a file are one ``preadv`` whose buffers are their slots, so a shuffle costs no copy
         of its own and whole chunks cost one call. Returns the bytes read from files."""
@@ -173,18 +184,20 @@ class DirectReader:
             got += self._scatter_shard(shard, rows[a:b] - shard * self.shard_rows, slots[a:b], mv)
         return got
 
-    def _scatter_shard(self, shard: int, local: np.ndarray, slots: np.ndarray,
-                       out: memoryview) -> int:
+    def _scatter_shard(
+        self, shard: int, local: np.ndarray, slots: np.ndarray, out: memoryview
+    ) -> int:
         """Shard-local rows ``local`` (sorted) into rows ``slots`` of ``out``."""
         rb = self.row_bytes
         try:
             fd = os.open(self.shard_path(shard), os.O_RDONLY)
         except FileNotFoundError:  # never written: zarr reads the fill value too
             if self.done is not None and self.done[shard]:
-                raise self._damaged(shard, "its file is missing but the shard is marked "
-                                           "done") from None
+                raise self._damaged(
+                    shard, "its file is missing but the shard is marked done"
+                ) from None
             for s in slots.tolist():
-                self._fill(np.frombuffer(out[s * rb:(s + 1) * rb], np.uint8))
+                self._fill(np.frombuffer(out[s * rb : (s + 1) * rb], np.uint8))
             return 0
         try:
             if self.crc and self.verify:
@@ -195,17 +208,18 @@ class DirectReader:
         finally:
             os.close(fd)
 
-    def _scatter_unchecked(self, shard: int, fd: int, local: np.ndarray, slots: np.ndarray,
-                           out: memoryview) -> int:
+    def _scatter_unchecked(
+        self, shard: int, fd: int, local: np.ndarray, slots: np.ndarray, out: memoryview
+    ) -> int:
         """Rows without checksums: exactly the rows' bytes, one preadv per file range."""
         rb, got = self.row_bytes, 0
         offsets, empty, runs = self._file_runs(shard, fd, local)
         for a, b in runs:
             run = slots[a:b]
             if len(run) > 1 and (np.diff(run) == 1).all():  # in order: one buffer
-                views = [out[int(run[0]) * rb:(int(run[-1]) + 1) * rb]]
+                views = [out[int(run[0]) * rb : (int(run[-1]) + 1) * rb]]
             else:  # shuffled: a buffer per row
-                views = [out[s * rb:(s + 1) * rb] for s in run.tolist()]
+                views = [out[s * rb : (s + 1) * rb] for s in run.tolist()]
             if empty[a]:
                 for view in views:
                     self._fill(np.frombuffer(view, np.uint8))
@@ -213,8 +227,9 @@ class DirectReader:
                 got += _preadv_all(fd, views, int(offsets[a]))
         return got
 
-    def _scatter_checked(self, shard: int, fd: int, local: np.ndarray, slots: np.ndarray,
-                         out: memoryview) -> int:
+    def _scatter_checked(
+        self, shard: int, fd: int, local: np.ndarray, slots: np.ndarray, out: memoryview
+    ) -> int:
         """Rows of checksummed chunks: every chunk holding one is read whole (its other
         rows and crc32c into scratch) and checked; chunks that follow each other in the
         file are one preadv. A row asked for twice is read once, then copied."""
@@ -228,31 +243,45 @@ class DirectReader:
             c = int(chunk_of[a])
             if index[c, 0] == EMPTY and index[c, 1] == EMPTY:  # never written: fill value
                 for s in slots[a:b].tolist():
-                    self._fill(np.frombuffer(out[s * rb:(s + 1) * rb], np.uint8))
+                    self._fill(np.frombuffer(out[s * rb : (s + 1) * rb], np.uint8))
             else:
                 pieces.append((c, a, b))
         got, i = 0, 0
         while i < len(pieces):
             j = i + 1
-            while (j < len(pieces) and int(index[pieces[j][0], 0])
-                   == int(index[pieces[j - 1][0], 0]) + self.chunk_bytes):
+            while (
+                j < len(pieces)
+                and int(index[pieces[j][0], 0])
+                == int(index[pieces[j - 1][0], 0]) + self.chunk_bytes
+            ):
                 j += 1
-            got += self._read_chunks(shard, fd, index, pieces[i:j], local[first],
-                                     slots[first], np.cumsum(first) - 1, out)
+            got += self._read_chunks(
+                shard, fd, index, pieces[i:j], local[first], slots[first], np.cumsum(first) - 1, out
+            )
             i = j
         for k in np.flatnonzero(~first).tolist():  # repeats, in order: copy the one before
             a, b = int(slots[k - 1]) * rb, int(slots[k]) * rb
-            out[b:b + rb] = out[a:a + rb]
+            out[b : b + rb] = out[a : a + rb]
         return got
 
-    def _read_chunks(self, shard: int, fd: int, index: np.ndarray,
-                     pieces: list[tuple[int, int, int]], rows: np.ndarray, slots: np.ndarray,
-                     at: np.ndarray, out: memoryview) -> int:
+    def _read_chunks(
+        self,
+        shard: int,
+        fd: int,
+        index: np.ndarray,
+        pieces: list[tuple[int, int, int]],
+        rows: np.ndarray,
+        slots: np.ndarray,
+        at: np.ndarray,
+        out: memoryview,
+    ) -> int:
         """Chunks adjacent in the file, in one preadv, then their checksums. ``rows`` and
         ``slots`` are the unique rows; ``at`` maps a position in ``local`` to them."""
         cr, rb = self.chunk_rows, self.row_bytes
-        wanted = [(c, rows[at[a]:at[b - 1] + 1].tolist(), slots[at[a]:at[b - 1] + 1].tolist())
-                  for c, a, b in pieces]
+        wanted = [
+            (c, rows[at[a] : at[b - 1] + 1].tolist(), slots[at[a] : at[b - 1] + 1].tolist())
+            for c, a, b in pieces
+        ]
         spare = sum(cr - len(r) for _, r, _ in wanted)
         scratch = _scratch(spare * rb + 4 * len(pieces))
         views: list[memoryview] = []
@@ -262,37 +291,44 @@ class DirectReader:
             while r < (c + 1) * cr:
                 if k < len(want) and want[k] == r:  # rows asked for: a run of slots
                     k2 = k + 1
-                    while k2 < len(want) and want[k2] == want[k2 - 1] + 1 \
-                            and where[k2] == where[k2 - 1] + 1:
+                    while (
+                        k2 < len(want)
+                        and want[k2] == want[k2 - 1] + 1
+                        and where[k2] == where[k2 - 1] + 1
+                    ):
                         k2 += 1
-                    views.append(out[where[k] * rb:(where[k2 - 1] + 1) * rb])
+                    views.append(out[where[k] * rb : (where[k2 - 1] + 1) * rb])
                     r, k = want[k2 - 1] + 1, k2
                 else:  # rows not asked for: scratch
                     n = (want[k] if k < len(want) else (c + 1) * cr) - r
-                    views.append(scratch[pos:pos + n * rb])
+                    views.append(scratch[pos : pos + n * rb])
                     r, pos = r + n, pos + n * rb
-            views.append(scratch[pos:pos + 4])  # the chunk's crc32c
+            views.append(scratch[pos : pos + 4])  # the chunk's crc32c
             pos += 4
             checks.append((c, start, len(views)))
         got = _preadv_all(fd, views, int(index[pieces[0][0], 0]))
         for c, a, b in checks:
             crc = 0
-            for view in views[a:b - 1]:
+            for view in views[a : b - 1]:
                 crc = crc32c.crc32c(view, crc)
             if crc != int.from_bytes(views[b - 1], "little"):
                 raise self._damaged(shard, f"chunk {c} fails its crc32c checksum")
         return got - 4 * len(pieces)  # the chunks' rows, as zarr's whole-chunk reads count
 
-    def _file_runs(self, shard: int, fd: int, local: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    def _file_runs(
+        self, shard: int, fd: int, local: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
         """Byte offset of each shard-local row (sorted) in the open shard file, whether its
         chunk is empty (never written: the fill value), and ``[a, b)`` runs of rows that
         follow each other in the file (one read or hint each)."""
         index = self._index(shard, fd)
         chunk = local // self.chunk_rows
         empty = (index[chunk, 0] == EMPTY) & (index[chunk, 1] == EMPTY)
-        offsets = np.where(empty, -1, index[chunk, 0].astype(np.int64)
-                           + (local - chunk * self.chunk_rows) * self.row_bytes)
+        offsets = np.where(
+            empty,
+            -1,
+            index[chunk, 0].astype(np.int64) + (local - chunk * self.chunk_rows) * self.row_bytes,
+        )
         follow = (np.diff(offsets) == self.row_bytes) & ~empty[1:] & ~empty[:-1]
         cuts = [0, *(np.flatnonzero(~follow) + 1).tolist(), len(local)]
         return offsets, empty, list(itertools.pairwise(cuts))
@@ -317,8 +353,9 @@ class DirectReader:
                 offsets, empty, runs = self._file_runs(shard, fd, local)
                 for a, b in runs:
                     if not empty[a]:
-                        os.posix_fadvise(fd, int(offsets[a]), (b - a) * self.row_bytes,
-                                         os.POSIX_FADV_WILLNEED)
+                        os.posix_fadvise(
+                            fd, int(offsets[a]), (b - a) * self.row_bytes, os.POSIX_FADV_WILLNEED
+                        )
             finally:
                 os.close(fd)
             row = end
@@ -335,10 +372,11 @@ def _preadv_all(fd: int, views: list[memoryview], offset: int) -> int:
     them; a short read (signals, some file systems) goes on where it stopped."""
     views, done, i = list(views), 0, 0
     while i < len(views):
-        k = os.preadv(fd, views[i:i + IOV_MAX], offset + done)
+        k = os.preadv(fd, views[i : i + IOV_MAX], offset + done)
         if k == 0:
-            raise EOFError(f"the file ends at byte {offset + done}, inside a chunk "
-                           "(truncated file)")
+            raise EOFError(
+                f"the file ends at byte {offset + done}, inside a chunk (truncated file)"
+            )
         done += k
         while k:
             n = len(views[i])
@@ -370,8 +408,11 @@ def direct_reader(array: zarr.Array, store_path: str = "") -> DirectReader | Non
     meta = array.metadata
     if not isinstance(store, LocalStore) or getattr(meta, "zarr_format", None) != 3:
         return None
-    if (meta.storage_transformers or len(meta.codecs) != 1
-            or not isinstance(meta.chunk_grid, RegularChunkGrid)):
+    if (
+        meta.storage_transformers
+        or len(meta.codecs) != 1
+        or not isinstance(meta.chunk_grid, RegularChunkGrid)
+    ):
         return None
     shard = meta.codecs[0]
     if not isinstance(shard, ShardingCodec):
@@ -418,9 +459,13 @@ def _raw_codecs(codecs: tuple, dtype: np.dtype) -> bool:
 
 
 def _index_codecs(codecs: tuple) -> bool:
-    return (len(codecs) == 2 and isinstance(codecs[0], BytesCodec)
-            and codecs[0].endian is not None and codecs[0].endian.value == "little"
-            and isinstance(codecs[1], Crc32cCodec))
+    return (
+        len(codecs) == 2
+        and isinstance(codecs[0], BytesCodec)
+        and codecs[0].endian is not None
+        and codecs[0].endian.value == "little"
+        and isinstance(codecs[1], Crc32cCodec)
+    )
 
 
 def _scratch(nbytes: int) -> memoryview:

@@ -353,8 +353,9 @@ class ExportConfig:
     store: str = option(help="Store path or URL.", argument=True)
     out: str = option(help="HDF5 file to write.", argument=True)
     format: str = option("hdf5", "Output format.", choices=("hdf5",))
-    compression: str | None = option(None, "HDF5 compression (default: none).",
-                                     choices=("gzip", "lzf"))
+    compression: str | None = option(
+        None, "HDF5 compression (default: none).", choices=("gzip", "lzf")
+    )
     overwrite: bool = option(False, "Replace an existing file.")
 
     def __post_init__(self) -> None:
@@ -366,8 +367,7 @@ class ImportConfig:
     """``losa-cache import``: a store recreated from an HDF5 export."""
 
     h5: str = option(help="HDF5 file written by `losa-cache export`.", argument=True)
-    store: str = option(help="Store path or URL to create (a new or empty folder).",
-                        argument=True)
+    store: str = option(help="Store path or URL to create (a new or empty folder).", argument=True)
     overwrite: bool = option(False, "Replace an existing losa-cache store (never other files).")
 
     def __post_init__(self) -> None:

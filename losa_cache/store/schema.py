@@ -90,6 +90,8 @@ def stamp(store_id: str | None) -> dict[str, str]:
     """The attributes that mark an array as made by the store ``store_id`` (none for a
     store made before ids: its arrays carry none either)."""
     return {STORE_ID_ATTR: store_id} if store_id else {}
+
+
 #: names that a store's own files use at any level: never a task, split or tap name
 RESERVED_NAMES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata"})
 

@@ -633,8 +633,13 @@ class FeatureStore:
             warnings.warn(self.unverified_note, UnverifiedStoreWarning, stacklevel=2)
         return array
 
-    def torch_dataset(self, keys: Any, split: str = "train", task: str | None = None,
-                      storage_options: dict | None = None) -> Any:
+    def torch_dataset(
+        self,
+        keys: Any,
+        split: str = "train",
+        task: str | None = None,
+        storage_options: dict | None = None,
+    ) -> Any:
         """``split``'s rows as a map-style torch Dataset of (features, label) that DataLoader
         workers can use (:class:`losa_cache.store.torch_dataset.StoreDataset`)."""
         from losa_cache.store.torch_dataset import StoreDataset

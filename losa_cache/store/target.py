@@ -165,6 +165,8 @@ def _foreign_files(path: str, storage_options: dict | None) -> list[str]:
                 if not _ZARR_FILE.fullmatch(rel):
                     foreign.append(rel)
     return foreign
+
+
 def refuse_inside_a_store(path: str) -> None:
     """A store is never created inside another store's folder: its arrays would mix with
     that store's, and ``export``/``verify`` of the outer store would take it for its own."""

@@ -220,8 +220,10 @@ class TaskAddConfig:
     """``losa-cache tasks add``: a labelling file to attach to a store as a new task."""
 
     store: str = option(help="Store path or URL.", argument=True)
-    name: str = option(help="Task name: 1-64 characters from letters, digits, '_', '-' and "
-                       "'.', starting with a letter or digit.")
+    name: str = option(
+        help="Task name: 1-64 characters from letters, digits, '_', '-' and "
+        "'.', starting with a letter or digit."
+    )
     labels: str = option(help="File of `<source> <label>` lines.")
     overwrite: bool = option(False, "Replace a task of the same name.")
 

@@ -642,5 +642,4 @@ class VerifyConfig:
     """``losa-cache verify``: which store to re-read, and whether to mark damage for repair."""
 
     store: str = option(help="Store path or URL.", argument=True)
-    repair: bool = option(False, "Clear the done markers of damaged shards (then rerun "
-                          "extract).")
+    repair: bool = option(False, "Clear the done markers of damaged shards (then rerun extract).")

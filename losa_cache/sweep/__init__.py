@@ -18,8 +18,7 @@ from losa_cache.sweep.config import RunSpec, SweepConfig, expand_runs, load_entr
 from losa_cache.sweep.results import load_results
 from losa_cache.sweep.runner import run_sweep
 
-__all__ = ["RunSpec", "SweepConfig", "expand_runs", "load_entries", "load_results",
-           "run_sweep"]
+__all__ = ["RunSpec", "SweepConfig", "expand_runs", "load_entries", "load_results", "run_sweep"]
 
 
 make_callable(__name__)  # losa_cache.sweep(...): losa_cache/api.py

@@ -55,11 +55,29 @@ METHOD_FIELDS = tuple(sorted({n for m in list_methods() for n in get_method(m).u
 SIDE_FIELDS = tuple(sorted({n for m in list_methods(live=False) for n in get_method(m).uses}))
 #: TrainConfig fields a sweep varies: each a list (one run per value, the grid is their
 #: cross product), on the command line and in a --config entry; the rest are sweep-wide.
-ENTRY_KEYS = tuple(dict.fromkeys((
-    "task", "method", "rank", "layers", "lr", "optimizer", "momentum", "weight_decay",
-    "label_smoothing", "warmup_steps", "seed", "batch_size", "steps", "epochs", "pool",
-    "shuffle_buffer",
-    *METHOD_FIELDS)))
+ENTRY_KEYS = tuple(
+    dict.fromkeys(
+        (
+            "task",
+            "method",
+            "rank",
+            "layers",
+            "lr",
+            "optimizer",
+            "momentum",
+            "weight_decay",
+            "label_smoothing",
+            "warmup_steps",
+            "seed",
+            "batch_size",
+            "steps",
+            "epochs",
+            "pool",
+            "shuffle_buffer",
+            *METHOD_FIELDS,
+        )
+    )
+)
 #: the grid without --config or --method: LoSA and the linear probe
 DEFAULT_METHODS = ("losa", "linear")
 #: what a sweep-wide field means in a sweep, after the run's help
@@ -68,7 +86,7 @@ MORE_HELP = {
     "val_split": "It selects the best config.",
     "live": "One backbone pass per batch serves every config.",
     "method": "Default: losa,linear. Live baselines each run their own backbone forward "
-              "and backward, so they train one after another (a group each).",
+    "and backward, so they train one after another (a group each).",
 }
 
 _f = option  # a field with help, range and choices (losa_cache.fields)
@@ -81,8 +99,11 @@ def parse_layer_specs(text: str) -> list[str]:
         return [p.strip() for p in text.split(";") if p.strip()]
     specs: list[str] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        if part.lstrip("-").isdigit() and specs and specs[-1].replace(",", "").replace(
-                "-", "").isdigit():
+        if (
+            part.lstrip("-").isdigit()
+            and specs
+            and specs[-1].replace(",", "").replace("-", "").isdigit()
+        ):
             specs[-1] += f",{part}"
         else:
             specs.append(part)
@@ -105,27 +126,51 @@ class SweepConfig:
     those of :data:`ENTRY_KEYS` as lists (one run per value), the others sweep-wide."""
 
     store: str = _f("", "Feature store path or URL (not needed with --live).")
-    out: str = _f("", "Sweep folder: results, adapters, every run's folder (default: a new "
-                      "runs/sweep-<date>-<time>).")
-    configs: list[dict[str, Any]] | None = field(default=None, metadata=metadata(
-        "A JSON file: a list of config objects (any of the run settings, values may be "
-        "lists: expanded); the flags' values are their defaults.", cli="config"))
-    batching: str = _f("auto", "Same-shape models: auto (loop on CPU, the faster of both "
-                                   "on CUDA, timed) | loop | vmap.", choices=BATCHING,
-                       panel="Performance")
-    memory_budget: int | None = _f(None, "Memory the models of one group may use, e.g. "
-                                             "4GB (default: a share of free memory).", min=0,
-                                         panel="Performance", unit="bytes")
-    speed_batches: int = _f(50, "Batches timed per config for img/s (paper: 50; 0 skips).",
-                                min=0, panel="Costs")
-    live_metrics: bool = _f(True, "Also measure the paper's setting: training memory (batch "
-                                  "1) and img/s with the backbone forward, inference memory "
-                                  "and img/s at batch 1 (a store sweep builds the store's "
-                                  "backbone with random weights for it).", panel="Costs")
-    costs: bool = _f(True, "Measure every config's costs after training (img/s over "
-                           "--speed-batches steps, memory and inference at batch 1; it says "
-                           "up front what it will time); --no-costs skips them (their "
-                           "columns stay empty).", panel="Costs")
+    out: str = _f(
+        "",
+        "Sweep folder: results, adapters, every run's folder (default: a new "
+        "runs/sweep-<date>-<time>).",
+    )
+    configs: list[dict[str, Any]] | None = field(
+        default=None,
+        metadata=metadata(
+            "A JSON file: a list of config objects (any of the run settings, values may be "
+            "lists: expanded); the flags' values are their defaults.",
+            cli="config",
+        ),
+    )
+    batching: str = _f(
+        "auto",
+        "Same-shape models: auto (loop on CPU, the faster of both on CUDA, timed) | loop | vmap.",
+        choices=BATCHING,
+        panel="Performance",
+    )
+    memory_budget: int | None = _f(
+        None,
+        "Memory the models of one group may use, e.g. 4GB (default: a share of free memory).",
+        min=0,
+        panel="Performance",
+        unit="bytes",
+    )
+    speed_batches: int = _f(
+        50, "Batches timed per config for img/s (paper: 50; 0 skips).", min=0, panel="Costs"
+    )
+    live_metrics: bool = _f(
+        True,
+        "Also measure the paper's setting: training memory (batch "
+        "1) and img/s with the backbone forward, inference memory "
+        "and img/s at batch 1 (a store sweep builds the store's "
+        "backbone with random weights for it).",
+        panel="Costs",
+    )
+    costs: bool = _f(
+        True,
+        "Measure every config's costs after training (img/s over "
+        "--speed-batches steps, memory and inference at batch 1; it says "
+        "up front what it will time); --no-costs skips them (their "
+        "columns stay empty).",
+        panel="Costs",
+    )
     resume: bool = _f(False, "Continue the sweep in --out.")
     # a Dask cluster trains the groups (losa_cache.sweep.cluster): extract's flags, meanings
     cluster: str | None = inherit(DaskConfig, "cluster")
@@ -133,8 +178,10 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if not self.store and not self.live:
-            raise ValueError("give --store (the feature store to sweep over), or --live with "
-                             "--model and --dataset")
+            raise ValueError(
+                "give --store (the feature store to sweep over), or --live with "
+                "--model and --dataset"
+            )
         if self.live and not (self.model and self.dataset):
             raise ValueError("--live needs --model and --dataset (the backbone runs on images)")
         for name in ENTRY_KEYS:  # one value (Python callers): a list of it
@@ -150,15 +197,20 @@ class SweepConfig:
         check_fields(self)
         live_only = [m for m in self.method or () if get_method(m).live]
         if live_only and not self.live:
-            raise ValueError(f"--method {','.join(live_only)} trains the backbone on images: "
-                             "add --live (with --model and --dataset)")
+            raise ValueError(
+                f"--method {','.join(live_only)} trains the backbone on images: "
+                "add --live (with --model and --dataset)"
+            )
 
     def grid(self) -> dict[str, list[Any]]:
         """The varied settings the flags give (the default methods without --config)."""
         default = {"method": list(DEFAULT_METHODS)} if self.configs is None else {}
         values = {n: getattr(self, n) for n in ENTRY_KEYS}
-        return {n: v if v is not None else default[n] for n, v in values.items()
-                if v is not None or n in default}
+        return {
+            n: v if v is not None else default[n]
+            for n, v in values.items()
+            if v is not None or n in default
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return dict(sorted({**asdict(self), VERSION_KEY: library_version()}.items()))
@@ -190,8 +242,10 @@ def _sweep_fields(base: type) -> type:
         if f.name in own or f.name in NOT_SHARED:
             continue
         more = MORE_HELP.get(f.name)
-        meta = {**f.metadata, "help": f"{f.metadata['help']} {more}".strip() if more else
-                f.metadata["help"]}
+        meta = {
+            **f.metadata,
+            "help": f"{f.metadata['help']} {more}".strip() if more else f.metadata["help"],
+        }
         if f.name in ENTRY_KEYS:  # the sweep's --help says how lists are written
             meta["parse"] = LIST_PARSERS.get(f.name)
             spec.append((f.name, list[hints[f.name]] | None, field(default=None, metadata=meta)))
@@ -205,9 +259,11 @@ def _sweep_fields(base: type) -> type:
 SweepConfig = _sweep_fields(SweepConfig)  # type: ignore[misc]
 
 #: SweepConfig fields every run's TrainConfig copies: the sweep-wide ones
-SHARED_KEYS = tuple(f.name for f in fields(SweepConfig)
-                    if f.name in TrainConfig.__dataclass_fields__
-                    and f.name not in NOT_SHARED | set(ENTRY_KEYS))
+SHARED_KEYS = tuple(
+    f.name
+    for f in fields(SweepConfig)
+    if f.name in TrainConfig.__dataclass_fields__ and f.name not in NOT_SHARED | set(ENTRY_KEYS)
+)
 
 
 @dataclass(frozen=True)
@@ -224,13 +280,18 @@ class RunSpec:
         return f"{self.task}/{self.id}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "task": self.task, "layers_label": self.layers_label,
-                "train": self.train.to_dict()}
+        return {
+            "id": self.id,
+            "task": self.task,
+            "layers_label": self.layers_label,
+            "train": self.train.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        return cls(data["id"], data["task"], TrainConfig.from_dict(data["train"]),
-                   data["layers_label"])
+        return cls(
+            data["id"], data["task"], TrainConfig.from_dict(data["train"]), data["layers_label"]
+        )
 
 
 def method_uses(method: str) -> tuple[str, ...]:
@@ -249,21 +310,26 @@ def load_entries(path: str | Path) -> list[dict[str, Any]]:
         raise ValueError(f"--config {p} is not valid JSON: {e}") from None
     data = data.get("configs") if isinstance(data, dict) else data
     if not isinstance(data, list) or not all(isinstance(e, dict) for e in data) or not data:
-        raise ValueError(f"--config {p}: expected a non-empty JSON list of objects, e.g. "
-                         '[{"method": "losa", "rank": [8, 64], "lr": 0.05}]')
+        raise ValueError(
+            f"--config {p}: expected a non-empty JSON list of objects, e.g. "
+            '[{"method": "losa", "rank": [8, 64], "lr": 0.05}]'
+        )
     for entry in data:
         unknown = sorted(set(entry) - set(ENTRY_KEYS))
         if unknown:
-            raise ValueError(f"--config {p}: unknown keys {unknown}; an entry may set "
-                             f"{list(ENTRY_KEYS)} (store, cache, device... are sweep-wide)")
+            raise ValueError(
+                f"--config {p}: unknown keys {unknown}; an entry may set "
+                f"{list(ENTRY_KEYS)} (store, cache, device... are sweep-wide)"
+            )
     return data
 
 
 # ---------------------------------------------------------------------------- expansion
 
 
-def expand_runs(cfg: SweepConfig, depth: int, store_layers: list[int],
-                default_task: str) -> list[RunSpec]:
+def expand_runs(
+    cfg: SweepConfig, depth: int, store_layers: list[int], default_task: str
+) -> list[RunSpec]:
     """Every (entry x task) as a RunSpec, duplicates dropped, ids unique."""
     runs: dict[str, RunSpec] = {}
     seen: set[str] = set()
@@ -280,16 +346,21 @@ def expand_runs(cfg: SweepConfig, depth: int, store_layers: list[int],
         runs[spec.key] = spec
     folder_names(r.task for r in runs.values())  # refuse tasks that would share runs/<task>
     if not runs:
-        raise ValueError("the sweep has no runs: give at least one method, rank, layer spec, "
-                         "lr and task (or config entries in --config)")
+        raise ValueError(
+            "the sweep has no runs: give at least one method, rank, layer spec, "
+            "lr and task (or config entries in --config)"
+        )
     return list(runs.values())
 
 
 def _entries(cfg: SweepConfig, default_task: str) -> list[dict[str, Any]]:
     """The flags' grid, or each --config entry over the flags' values, expanded."""
     grid = {"task": [default_task], **cfg.grid()}
-    entries = [{**_without_length(grid, e), **e} for e in cfg.configs] \
-        if cfg.configs is not None else [grid]
+    entries = (
+        [{**_without_length(grid, e), **e} for e in cfg.configs]
+        if cfg.configs is not None
+        else [grid]
+    )
     return [e for entry in entries for e in _product(entry)]
 
 
@@ -312,16 +383,17 @@ def _product(entry: dict[str, Any]) -> list[dict[str, Any]]:
     silently drop the entry: refused, naming the key)."""
     empty = [k for k, v in entry.items() if v == []]
     if empty:
-        raise ValueError(f"--config: the entry {json.dumps(entry)} gives no values for "
-                         f"{empty}, so it expands to no run; give at least one value (or "
-                         "leave the key out for the default)")
+        raise ValueError(
+            f"--config: the entry {json.dumps(entry)} gives no values for "
+            f"{empty}, so it expands to no run; give at least one value (or "
+            "leave the key out for the default)"
+        )
     keys = list(entry)
     values = [v if isinstance(v, list) else [v] for v in entry.values()]
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
 
 
-def _run(cfg: SweepConfig, entry: dict[str, Any], depth: int,
-         store_layers: list[int]) -> RunSpec:
+def _run(cfg: SweepConfig, entry: dict[str, Any], depth: int, store_layers: list[int]) -> RunSpec:
     base = {k: getattr(cfg, k) for k in SHARED_KEYS}
     base["store"] = cfg.store or None
     merged = {**base, **entry}
@@ -339,12 +411,19 @@ def _run_id(t: TrainConfig, label: str, cfg: SweepConfig) -> str:
     """Readable and, for grids, unique: method, rank, layers, lr, and what else differs."""
     lr = "default" if t.lr is None else f"{t.lr:g}"
     uses = method_uses(t.method)
-    parts = [t.method] + ([f"r{t.rank}"] if "rank" in uses else []) + (
-        [slug(label)] if "layers" in uses else []) + (
-        [f"h{t.hidden}"] if "hidden" in uses else [])
-    parts += [_option_part(n, getattr(t, n)) for n in uses  # mist's w32, gk8, mlp
-              if n in SIDE_FIELDS and n not in ("rank", "layers", "hidden")
-              and getattr(t, n) != getattr(TrainConfig, n)]
+    parts = (
+        [t.method]
+        + ([f"r{t.rank}"] if "rank" in uses else [])
+        + ([slug(label)] if "layers" in uses else [])
+        + ([f"h{t.hidden}"] if "hidden" in uses else [])
+    )
+    parts += [
+        _option_part(n, getattr(t, n))
+        for n in uses  # mist's w32, gk8, mlp
+        if n in SIDE_FIELDS
+        and n not in ("rank", "layers", "hidden")
+        and getattr(t, n) != getattr(TrainConfig, n)
+    ]
     parts.append(f"lr{lr}")
     if t.optimizer != "sgd":
         parts.append(t.optimizer)
@@ -375,8 +454,9 @@ def slug(text: str) -> str:
 def _dedupe_key(spec: RunSpec, depth: int, store_layers: list[int]) -> str:
     maths = spec.train.maths()
     if "layers" in method_uses(spec.train.method):
-        text = ",".join(map(str, store_layers)) if spec.train.layers == "store" else \
-            spec.train.layers
+        text = (
+            ",".join(map(str, store_layers)) if spec.train.layers == "store" else spec.train.layers
+        )
         maths["layers"] = list(parse_layers(text, depth))
     lr = maths.pop("lr")
     maths["lr"] = lr if lr is not None else DEFAULT_LR[maths["optimizer"]]

@@ -30,8 +30,15 @@ from losa_cache.sweep.measure import (
 from losa_cache.train.cache import GiB, free_memory
 from losa_cache.train.keys import deepest_block, side_inputs
 
-__all__ = ["Group", "Profile", "baseline_profile", "default_budget", "make_groups",
-           "profile_key", "profiles"]
+__all__ = [
+    "Group",
+    "Profile",
+    "baseline_profile",
+    "default_budget",
+    "make_groups",
+    "profile_key",
+    "profiles",
+]
 
 #: Share of free memory the models of one group may take, minus this reserve.
 MODEL_FRACTION, MODEL_RESERVE = 0.5, 1 * GiB
@@ -69,24 +76,30 @@ class Group:
         return cls(list(data["runs"]), int(data["estimate_bytes"]))
 
 
-def profile_key(side: SideConfig, optimizer: str, amp: bool,
-                baseline: dict[str, Any] | None = None) -> str:
+def profile_key(
+    side: SideConfig, optimizer: str, amp: bool, baseline: dict[str, Any] | None = None
+) -> str:
     """Runs with equal keys share a profile; ``baseline``: a live baseline's method and
     options (its side config is only its head's)."""
     key = {"side": side.to_dict(), "optimizer": optimizer, "amp": amp}
     return json.dumps({**key, "baseline": baseline} if baseline else key, sort_keys=True)
 
 
-def profiles(keys: dict[str, tuple[SideConfig, str, bool]], dtype: torch.dtype,
-             device: torch.device, model_name: str) -> dict[str, Profile]:
+def profiles(
+    keys: dict[str, tuple[SideConfig, str, bool]],
+    dtype: torch.dtype,
+    device: torch.device,
+    model_name: str,
+) -> dict[str, Profile]:
     """Measure each distinct (side network, optimizer, amp) once."""
     out = {}
     for key, (side, optimizer, amp) in keys.items():
         m1, kind = memory_at(side, optimizer, 1, dtype, device, amp)
         m2, _ = memory_at(side, optimizer, 2, dtype, device, amp)
         upto = deepest_block(side_inputs(side))
-        out[key] = Profile(m1, m2, kind, side_flops(side),
-                           backbone_flops(model_name, upto, side.tokens))
+        out[key] = Profile(
+            m1, m2, kind, side_flops(side), backbone_flops(model_name, upto, side.tokens)
+        )
     return out
 
 
@@ -116,14 +129,23 @@ def make_groups(estimates: dict[str, int], budget: int | None) -> list[Group]:
     return groups
 
 
-def baseline_profile(build: Build, net: torch.nn.Module, side: SideConfig, optimizer: str,
-                     amp: bool, device: torch.device, model_name: str) -> Profile:
+def baseline_profile(
+    build: Build,
+    net: torch.nn.Module,
+    side: SideConfig,
+    optimizer: str,
+    amp: bool,
+    device: torch.device,
+    model_name: str,
+) -> Profile:
     """A live baseline's profile: one training step on images at batch 1 and 2 (its own
     backbone copy, forward and backward included: the paper's setting)."""
+
     def make(b: int) -> tuple[dict, torch.Tensor]:
         return image_inputs(net, side.num_classes, b, device)
 
     m1, kind = step_memory(build, make, optimizer, 1, device, amp)
     m2, _ = step_memory(build, make, optimizer, 2, device, amp)
-    return Profile(m1, m2, kind, side_flops(side),
-                   backbone_flops(model_name, side.num_layers - 1, side.tokens))
+    return Profile(
+        m1, m2, kind, side_flops(side), backbone_flops(model_name, side.num_layers - 1, side.tokens)
+    )

@@ -37,9 +37,20 @@ from losa_cache.train.keys import Key, side_inputs
 from losa_cache.train.optim import Optimizer, build_optimizer
 from losa_cache.train.run import forward_backward
 
-__all__ = ["PeakTracker", "backbone_flops", "backbone_images", "image_inputs",
-           "inference_memory", "inference_speed", "live_inputs", "memory_at", "side_flops",
-           "step_memory", "step_speed", "train_speed"]
+__all__ = [
+    "PeakTracker",
+    "backbone_flops",
+    "backbone_images",
+    "image_inputs",
+    "inference_memory",
+    "inference_speed",
+    "live_inputs",
+    "memory_at",
+    "side_flops",
+    "step_memory",
+    "step_speed",
+    "train_speed",
+]
 
 
 class PeakTracker(TorchDispatchMode):
@@ -74,16 +85,17 @@ class PeakTracker(TorchDispatchMode):
         return out
 
 
-def _inputs(side: SideConfig, layers: tuple[Key, ...], batch: int, dtype: torch.dtype,
-            device: torch.device) -> tuple[dict[Key, torch.Tensor], torch.Tensor]:
-    feats = {i: torch.randn(batch, side.tokens, side.dim, device=device).to(dtype)
-             for i in layers}
+def _inputs(
+    side: SideConfig, layers: tuple[Key, ...], batch: int, dtype: torch.dtype, device: torch.device
+) -> tuple[dict[Key, torch.Tensor], torch.Tensor]:
+    feats = {i: torch.randn(batch, side.tokens, side.dim, device=device).to(dtype) for i in layers}
     labels = torch.randint(0, side.num_classes, (batch,), device=device)
     return feats, labels
 
 
-def image_inputs(net: torch.nn.Module, num_classes: int, batch: int, device: torch.device
-                 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+def image_inputs(
+    net: torch.nn.Module, num_classes: int, batch: int, device: torch.device
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """A live baseline's inputs: random (B, 3, H, W) images at the backbone's size."""
     from losa_cache.baselines import IMAGES
 
@@ -92,8 +104,9 @@ def image_inputs(net: torch.nn.Module, num_classes: int, batch: int, device: tor
     return {IMAGES: images}, torch.randint(0, num_classes, (batch,), device=device)
 
 
-def _step(model: torch.nn.Module, opt: Optimizer, feats: dict, labels: torch.Tensor,
-          amp: bool) -> None:
+def _step(
+    model: torch.nn.Module, opt: Optimizer, feats: dict, labels: torch.Tensor, amp: bool
+) -> None:
     """A training step as a run takes it (its forward, loss and backward, then the
     optimizer's step)."""
     forward_backward(model, opt, feats, labels, amp)
@@ -104,12 +117,20 @@ Build = Callable[[], torch.nn.Module]
 Make = Callable[[int], tuple[dict[int, torch.Tensor], torch.Tensor]]
 
 
-def step_memory(build: Build, make: Make, optimizer: str, batch: int, device: torch.device,
-                amp: bool, resident: Sequence[torch.Tensor] = ()) -> tuple[int, str]:
+def step_memory(
+    build: Build,
+    make: Make,
+    optimizer: str,
+    batch: int,
+    device: torch.device,
+    amp: bool,
+    resident: Sequence[torch.Tensor] = (),
+) -> tuple[int, str]:
     """(bytes, how measured) of one training step at ``batch`` of the model ``build()``
     makes (built inside, so its weights, gradients and optimizer state count) on the
     inputs ``make(batch)`` makes (a backbone forward there counts too); ``resident``:
     tensors already in memory that count (a frozen backbone's weights)."""
+
     def run(tracker: PeakTracker | None) -> None:
         model = build().to(device)
         opt = build_optimizer(model, optimizer, 1e-3, 0.0)
@@ -121,8 +142,11 @@ def step_memory(build: Build, make: Make, optimizer: str, batch: int, device: to
     return _peak(run, device, resident)
 
 
-def _peak(run: Callable[[PeakTracker | None], None], device: torch.device,
-          resident: Sequence[torch.Tensor] = ()) -> tuple[int, str]:
+def _peak(
+    run: Callable[[PeakTracker | None], None],
+    device: torch.device,
+    resident: Sequence[torch.Tensor] = (),
+) -> tuple[int, str]:
     held = sum(t.untyped_storage().nbytes() for t in resident)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -162,10 +186,16 @@ def live_inputs(side: SideConfig, backbone: Any, device: torch.device, amp: bool
     return make
 
 
-def inference_memory(model: torch.nn.Module, make: Make, device: torch.device, amp: bool,
-                     resident: Sequence[torch.Tensor] = ()) -> tuple[int, str]:
+def inference_memory(
+    model: torch.nn.Module,
+    make: Make,
+    device: torch.device,
+    amp: bool,
+    resident: Sequence[torch.Tensor] = (),
+) -> tuple[int, str]:
     """(bytes, how measured) of one forward at batch 1 without autograd (predict's):
     ``model``'s weights, ``resident`` ones (a frozen backbone) and the activations."""
+
     def run(tracker: PeakTracker | None) -> None:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             model(make(1)[0])
@@ -173,8 +203,14 @@ def inference_memory(model: torch.nn.Module, make: Make, device: torch.device, a
     return _peak(run, device, [*model.parameters(), *resident])
 
 
-def inference_speed(model: torch.nn.Module, make: Make, batches: int, device: torch.device,
-                    amp: bool, warmup: int = 2) -> float | None:
+def inference_speed(
+    model: torch.nn.Module,
+    make: Make,
+    batches: int,
+    device: torch.device,
+    amp: bool,
+    warmup: int = 2,
+) -> float | None:
     """Images/s of forwards at batch 1 (inputs made each time: a backbone forward in
     ``make`` counts); None when ``batches`` is 0."""
     if batches <= 0:
@@ -194,13 +230,24 @@ def inference_speed(model: torch.nn.Module, make: Make, batches: int, device: to
     return batches / (time.perf_counter() - t0)
 
 
-def memory_at(side: SideConfig, optimizer: str, batch: int, dtype: torch.dtype,
-              device: torch.device, amp: bool) -> tuple[int, str]:
+def memory_at(
+    side: SideConfig,
+    optimizer: str,
+    batch: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    amp: bool,
+) -> tuple[int, str]:
     """(bytes, how measured) of one side-network training step at ``batch``, features
     from the store (no backbone in memory)."""
-    return step_memory(lambda: create_side(side),
-                       lambda b: _inputs(side, side_inputs(side), b, dtype, device),
-                       optimizer, batch, device, amp)
+    return step_memory(
+        lambda: create_side(side),
+        lambda b: _inputs(side, side_inputs(side), b, dtype, device),
+        optimizer,
+        batch,
+        device,
+        amp,
+    )
 
 
 def side_flops(side: SideConfig) -> int:
@@ -228,17 +275,40 @@ def backbone_flops(model_name: str, upto_block: int, tokens: int) -> int | None:
     return vit_flops(net, upto_block)
 
 
-def train_speed(side: SideConfig, optimizer: str, batch: int, batches: int, dtype: torch.dtype,
-                device: torch.device, amp: bool, warmup: int = 2) -> float | None:
+def train_speed(
+    side: SideConfig,
+    optimizer: str,
+    batch: int,
+    batches: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    amp: bool,
+    warmup: int = 2,
+) -> float | None:
     """Training images/s over ``batches`` timed steps on in-memory features."""
-    return step_speed(lambda: create_side(side),
-                      lambda b: _inputs(side, side_inputs(side), b, dtype, device),
-                      optimizer, batch, batches, device, amp, warmup)
+    return step_speed(
+        lambda: create_side(side),
+        lambda b: _inputs(side, side_inputs(side), b, dtype, device),
+        optimizer,
+        batch,
+        batches,
+        device,
+        amp,
+        warmup,
+    )
 
 
-def step_speed(build: Build, make: Make, optimizer: str, batch: int, batches: int,
-               device: torch.device, amp: bool, warmup: int = 2,
-               fresh: bool = False) -> float | None:
+def step_speed(
+    build: Build,
+    make: Make,
+    optimizer: str,
+    batch: int,
+    batches: int,
+    device: torch.device,
+    amp: bool,
+    warmup: int = 2,
+    fresh: bool = False,
+) -> float | None:
     """Training images/s of ``build()``'s model over ``batches`` timed steps on one batch
     ``make(batch)`` (after ``warmup`` untimed steps; ``fresh``: a new batch every step, so
     a backbone forward in ``make`` is timed); None when ``batches`` is 0."""

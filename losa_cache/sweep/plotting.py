@@ -78,8 +78,12 @@ def readable_axis(ax: Any, xs: Sequence[float], axis: str = "x") -> None:
         lin = 10 ** math.floor(math.log10(min(positive)))
         set_scale("symlog", linthresh=lin, linscale=0.5)
         top = 10 ** math.ceil(math.log10(max(positive)))
-        ticks = [0.0] + [m * lin * 10**k for k in range(round(math.log10(top / lin)) + 1)
-                         for m in subs if m * lin * 10**k <= top]
+        ticks = [0.0] + [
+            m * lin * 10**k
+            for k in range(round(math.log10(top / lin)) + 1)
+            for m in subs
+            if m * lin * 10**k <= top
+        ]
         target.set_major_locator(FixedLocator(ticks))  # none inside the linear part
     else:
         set_scale("log")
@@ -88,8 +92,13 @@ def readable_axis(ax: Any, xs: Sequence[float], axis: str = "x") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
-def place_labels(ax: Any, points: Sequence[tuple[float, float, str]], fontsize: float = 7,
-                 color: str = "0.15", join: Callable[[list[str]], str] | None = None) -> None:
+def place_labels(
+    ax: Any,
+    points: Sequence[tuple[float, float, str]],
+    fontsize: float = 7,
+    color: str = "0.15",
+    join: Callable[[list[str]], str] | None = None,
+) -> None:
     """Name every point without labels overlapping each other, the points or the frame.
 
     Points at the same spot share one label (``join`` of their names, default one a
@@ -111,8 +120,14 @@ def place_labels(ax: Any, points: Sequence[tuple[float, float, str]], fontsize: 
         others = [d for j, d in enumerate(dots) if j != i]
         best: tuple[float, dict[str, Any], tuple[float, ...]] | None = None
         for offset in _OFFSETS:
-            kw = {"xy": xy, "textcoords": "offset points", "fontsize": fontsize,
-                  "color": color, "zorder": 4, **offset}
+            kw = {
+                "xy": xy,
+                "textcoords": "offset points",
+                "fontsize": fontsize,
+                "color": color,
+                "zorder": 4,
+                **offset,
+            }
             probe = ax.annotate(text, **kw)
             bb = probe.get_window_extent(renderer)
             probe.remove()
@@ -127,8 +142,13 @@ def place_labels(ax: Any, points: Sequence[tuple[float, float, str]], fontsize: 
         _, kw, box = best
         placed.append(box)
         if max(abs(v) for v in kw["xytext"]) > 6:  # away from its point: a leader line
-            kw["arrowprops"] = {"arrowstyle": "-", "color": "0.6", "lw": 0.6,
-                                "shrinkA": 0, "shrinkB": 3}
+            kw["arrowprops"] = {
+                "arrowstyle": "-",
+                "color": "0.6",
+                "lw": 0.6,
+                "shrinkA": 0,
+                "shrinkB": 3,
+            }
         ax.annotate(text, **kw)
 
 
@@ -137,20 +157,40 @@ def _offsets() -> list[dict[str, Any]]:
     out = []
     for radius in (5, 10, 16, 24, 34, 46, 60, 78):
         for dx, dy in _DIRECTIONS:
-            out.append({"xytext": (dx * radius, dy * radius),
-                        "ha": "left" if dx > 0 else "right" if dx < 0 else "center",
-                        "va": "bottom" if dy > 0 else "top" if dy < 0 else "center"})
+            out.append(
+                {
+                    "xytext": (dx * radius, dy * radius),
+                    "ha": "left" if dx > 0 else "right" if dx < 0 else "center",
+                    "va": "bottom" if dy > 0 else "top" if dy < 0 else "center",
+                }
+            )
     return out
 
 
-_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1),
-               (1, 0.5), (1, -0.5), (-1, 0.5), (-1, -0.5), (0.5, 1), (-0.5, 1), (0.5, -1),
-               (-0.5, -1))
+_DIRECTIONS = (
+    (1, 1),
+    (1, -1),
+    (-1, 1),
+    (-1, -1),
+    (1, 0),
+    (-1, 0),
+    (0, 1),
+    (0, -1),
+    (1, 0.5),
+    (1, -0.5),
+    (-1, 0.5),
+    (-1, -0.5),
+    (0.5, 1),
+    (-0.5, 1),
+    (0.5, -1),
+    (-0.5, -1),
+)
 _OFFSETS = _offsets()
 
 
-def _merge(ax: Any, points: Sequence[tuple[float, float, str]],
-           join: Callable[[list[str]], str]) -> list[tuple[float, float, str]]:
+def _merge(
+    ax: Any, points: Sequence[tuple[float, float, str]], join: Callable[[list[str]], str]
+) -> list[tuple[float, float, str]]:
     """Points within 3 px of each other: one spot, their names joined."""
     spots: list[list[Any]] = []
     for x, y, text in points:
@@ -165,8 +205,9 @@ def _merge(ax: Any, points: Sequence[tuple[float, float, str]],
     return [(px, py, join(names)) for px, py, names in spots]
 
 
-def _crossings(dot: tuple[float, float], box: tuple[float, ...],
-               placed: Sequence[tuple[float, ...]]) -> float:
+def _crossings(
+    dot: tuple[float, float], box: tuple[float, ...], placed: Sequence[tuple[float, ...]]
+) -> float:
     """A cost for the leader line from ``dot`` to ``box`` running through placed labels."""
     tx = min(max(dot[0], box[0]), box[2])  # the box's point nearest the dot
     ty = min(max(dot[1], box[1]), box[3])

@@ -46,21 +46,27 @@ class Metric:
 
     @property
     def axis(self) -> str:
-        return self.label + (" - lower is better" if self.lower_is_better
-                             else " - higher is better")
+        return self.label + (
+            " - lower is better" if self.lower_is_better else " - higher is better"
+        )
 
 
 REPORT_MD = "report.md"
 METRICS = (
     Metric("learned_params", "params", "Learned parameters (head excluded)", 1.0, True),
-    Metric("train_memory_b1", "memory", "Training memory from the store (MB, batch 1)", 1e-6,
-           True),
+    Metric("train_memory_b1", "memory", "Training memory from the store (MB, batch 1)", 1e-6, True),
     Metric("train_img_s", "speed", "Training speed from the store (images/s)", 1.0, False),
     Metric("total_gmacs", "gmacs", "Inference compute (GMACs per image)", 1.0, True),
-    Metric("train_memory_b1_live", "memory_live",
-           "Training memory with the backbone (MB, batch 1)", 1e-6, True),
-    Metric("train_img_s_live", "speed_live", "Training speed with the backbone (images/s)",
-           1.0, False),
+    Metric(
+        "train_memory_b1_live",
+        "memory_live",
+        "Training memory with the backbone (MB, batch 1)",
+        1e-6,
+        True,
+    ),
+    Metric(
+        "train_img_s_live", "speed_live", "Training speed with the backbone (images/s)", 1.0, False
+    ),
     Metric("infer_memory_b1", "infer_memory", "Inference memory (MB, batch 1)", 1e-6, True),
     Metric("infer_img_s_b1", "infer_speed", "Inference speed (images/s, batch 1)", 1.0, False),
 )
@@ -74,8 +80,11 @@ def pareto(xs: Sequence[float], accs: Sequence[float], lower_is_better: bool) ->
     sign = 1 if lower_is_better else -1
     out = []
     for i, (x, a) in enumerate(zip(xs, accs, strict=True)):
-        dominated = any(sign * x2 <= sign * x and a2 >= a and (sign * x2 < sign * x or a2 > a)
-                        for j, (x2, a2) in enumerate(zip(xs, accs, strict=True)) if j != i)
+        dominated = any(
+            sign * x2 <= sign * x and a2 >= a and (sign * x2 < sign * x or a2 > a)
+            for j, (x2, a2) in enumerate(zip(xs, accs, strict=True))
+            if j != i
+        )
         out.append(not dominated)
     return out
 
@@ -122,13 +131,22 @@ def _join(names: list[str]) -> str:
         for seen, v in ((lrs, m[2]), (sweeps, m[3])):
             if v is not None and v not in seen:
                 seen.append(v)
-    return "\n".join(f"{base}" + (f" lr {', '.join(lrs)}" if lrs else "")
-                     + (f" [{', '.join(sweeps)}]" if sweeps else "")
-                     for base, (lrs, sweeps) in lines.items())
+    return "\n".join(
+        f"{base}"
+        + (f" lr {', '.join(lrs)}" if lrs else "")
+        + (f" [{', '.join(sweeps)}]" if sweeps else "")
+        for base, (lrs, sweeps) in lines.items()
+    )
 
 
-def _plot(ax: Any, rows: list[dict[str, Any]], metric: Metric, acc_label: str,
-          sweeps: list[str], label_all: bool = True) -> list[bool]:
+def _plot(
+    ax: Any,
+    rows: list[dict[str, Any]],
+    metric: Metric,
+    acc_label: str,
+    sweeps: list[str],
+    label_all: bool = True,
+) -> list[bool]:
     """One metric on ``ax``: every point in its method's colour and marker (filled per
     sweep), the Pareto frontier haloed, labels that do not collide (``label_all``: every
     point, else the frontier's); returns the frontier flags of ``rows``."""
@@ -136,15 +154,29 @@ def _plot(ax: Any, rows: list[dict[str, Any]], metric: Metric, acc_label: str,
 
     keep = [r for r in rows if r.get(metric.key) is not None]
     if not keep:
-        ax.text(0.5, 0.5, "not measured in this sweep", transform=ax.transAxes,
-                ha="center", va="center", color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            "not measured in this sweep",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="0.4",
+        )
     xs = [r[metric.key] * metric.scale for r in keep]
     accs = [100 * r["acc"] for r in keep]
     front = pareto(xs, accs, metric.lower_is_better)
     for x, a, r in zip(xs, accs, keep, strict=True):
-        ax.plot(x, a, ls="", markersize=7, zorder=3, alpha=0.9,
-                fillstyle=FILLS[sweeps.index(r["sweep"]) % len(FILLS)], **method_style(
-                    r["method"]))
+        ax.plot(
+            x,
+            a,
+            ls="",
+            markersize=7,
+            zorder=3,
+            alpha=0.9,
+            fillstyle=FILLS[sweeps.index(r["sweep"]) % len(FILLS)],
+            **method_style(r["method"]),
+        )
     best = sorted(((x, a) for x, a, f in zip(xs, accs, front, strict=True) if f))
     if best:
         bx, ba = zip(*best, strict=True)
@@ -155,9 +187,15 @@ def _plot(ax: Any, rows: list[dict[str, Any]], metric: Metric, acc_label: str,
     ax.set_xlabel(metric.axis, fontsize=9)
     ax.set_ylabel(acc_label, fontsize=9)
     ax.grid(alpha=0.3, which="major")
-    place_labels(ax, [(x, a, _short(r)) for x, a, r, f in zip(xs, accs, keep, front,
-                                                             strict=True) if label_all or f],
-                 join=_join)
+    place_labels(
+        ax,
+        [
+            (x, a, _short(r))
+            for x, a, r, f in zip(xs, accs, keep, front, strict=True)
+            if label_all or f
+        ],
+        join=_join,
+    )
     flags = iter(front)
     return [next(flags) if r.get(metric.key) is not None else False for r in rows]
 
@@ -168,19 +206,43 @@ def _legend(where: Any, rows: list[dict[str, Any]], sweeps: list[str], **kw: Any
 
     from losa_cache.sweep.plotting import method_style
 
-    handles = [Line2D([], [], ls="", markersize=7, label=m, **method_style(m))
-               for m in sorted({r["method"] for r in rows})]
+    handles = [
+        Line2D([], [], ls="", markersize=7, label=m, **method_style(m))
+        for m in sorted({r["method"] for r in rows})
+    ]
     if len(sweeps) > 1:
-        handles += [Line2D([], [], ls="", marker="o", color="0.3", markersize=7,
-                           fillstyle=FILLS[i % len(FILLS)], label=f"sweep {s}")
-                    for i, s in enumerate(sweeps)]
-    handles.append(Line2D([], [], ls="--", color="orange", marker="o", markersize=12,
-                          markerfacecolor="gold", alpha=0.6, label="Pareto frontier"))
+        handles += [
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="o",
+                color="0.3",
+                markersize=7,
+                fillstyle=FILLS[i % len(FILLS)],
+                label=f"sweep {s}",
+            )
+            for i, s in enumerate(sweeps)
+        ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            ls="--",
+            color="orange",
+            marker="o",
+            markersize=12,
+            markerfacecolor="gold",
+            alpha=0.6,
+            label="Pareto frontier",
+        )
+    )
     where.legend(handles=handles, fontsize=8, **kw)
 
 
-def make_report(dirs: Sequence[str | Path], out: str | Path | None = None,
-                labels: Sequence[str] | None = None) -> dict[str, Any]:
+def make_report(
+    dirs: Sequence[str | Path], out: str | Path | None = None, labels: Sequence[str] | None = None
+) -> dict[str, Any]:
     """PNGs per task and metric (+ a 2x4 overview) and ``report.md``; returns the paths."""
     import matplotlib
 
@@ -205,29 +267,35 @@ def _report(docs: dict[str, dict], dest: Path, plt: Any) -> dict[str, Any]:
         if not rows:
             empty[task] = _why_empty(docs, task)
             continue
-        acc_label = "Test accuracy (%)" if all(r["test_acc"] is not None for r in rows) \
+        acc_label = (
+            "Test accuracy (%)"
+            if all(r["test_acc"] is not None for r in rows)
             else "Accuracy (%, val where no test)"
+        )
         flags = {}
         overview, axes = plt.subplots(2, len(METRICS) // 2, figsize=(26, 10))
         for metric, ax in zip(METRICS, axes.flat, strict=True):
             fig, one = plt.subplots(figsize=(8, 5.2))
             flags[metric.name] = _plot(one, rows, metric, acc_label, sweeps)
-            one.set_title(f"{task}: {acc_label.split(' (')[0].lower()} vs {metric.title}",
-                          fontsize=11)
+            one.set_title(
+                f"{task}: {acc_label.split(' (')[0].lower()} vs {metric.title}", fontsize=11
+            )
             _legend(one, rows, sweeps, loc="upper left", bbox_to_anchor=(1.01, 1.0))
             pngs.append(_save(fig, dest / f"{folder_name(task)}_acc_vs_{metric.name}.png", plt))
             _plot(ax, rows, metric, acc_label, sweeps, label_all=False)
             ax.set_title(metric.title.capitalize(), fontsize=11)
         _legend(overview, rows, sweeps, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        overview.suptitle(f"{task}: accuracy vs cost (labelled: the Pareto frontier, points "
-                          "no other beats on both axes; each metric's own PNG names every "
-                          "point)", fontsize=13)
+        overview.suptitle(
+            f"{task}: accuracy vs cost (labelled: the Pareto frontier, points "
+            "no other beats on both axes; each metric's own PNG names every "
+            "point)",
+            fontsize=13,
+        )
         overview.tight_layout()
         pngs.append(_save(overview, dest / f"{folder_name(task)}_overview.png", plt))
         tables.append(_table(task, rows, flags))
     md = atomic_write_text(dest / REPORT_MD, _markdown(docs, tables, pngs, dest))
-    return {"markdown": str(md), "pngs": [str(p) for p in pngs], "tasks": tasks,
-            "not_drawn": empty}
+    return {"markdown": str(md), "pngs": [str(p) for p in pngs], "tasks": tasks, "not_drawn": empty}
 
 
 def _why_empty(docs: dict[str, dict], task: str) -> str:
@@ -235,8 +303,10 @@ def _why_empty(docs: dict[str, dict], task: str) -> str:
     rows = [r for doc in docs.values() for r in doc["results"] if r["task"] == task]
     if not any(r["status"] == "trained" for r in rows):
         return f"task {task!r}: no run finished training (rerun the sweep with --resume)"
-    return (f"task {task!r}: no run has a val or test accuracy (the store has no val or test "
-            "split): extract a store with `--split val=0.1,test=0.1` to hold them out of train")
+    return (
+        f"task {task!r}: no run has a val or test accuracy (the store has no val or test "
+        "split): extract a store with `--split val=0.1,test=0.1` to hold them out of train"
+    )
 
 
 def _labels(dirs: Sequence[str | Path]) -> list[str]:
@@ -267,15 +337,16 @@ def _mb(v: Any) -> str:
 
 
 def _table(task: str, rows: list[dict[str, Any]], flags: dict[str, list[bool]]) -> str:
-    head = ("| sweep | run | method | rank | layers | lr | val % | test % | params (M) | "
-            "mem b1 (MB) | img/s | GMACs | mem b1 live (MB) | img/s live | infer mem b1 (MB) "
-            "| infer img/s b1 | Pareto |\n" + "|---" * 17 + "|\n")
+    head = (
+        "| sweep | run | method | rank | layers | lr | val % | test % | params (M) | "
+        "mem b1 (MB) | img/s | GMACs | mem b1 live (MB) | img/s live | infer mem b1 (MB) "
+        "| infer img/s b1 | Pareto |\n" + "|---" * 17 + "|\n"
+    )
     order = sorted(range(len(rows)), key=lambda i: -(rows[i]["val_acc"] or 0))
     lines = []
     for i in order:
         r = rows[i]
-        front = "".join(m[0].upper() for m in ("params", "memory", "speed", "gmacs")
-                        if flags[m][i])
+        front = "".join(m[0].upper() for m in ("params", "memory", "speed", "gmacs") if flags[m][i])
         lines.append(
             f"| {r['sweep']} | {r['run']}{' (best)' if r.get('best') else ''} | {r['method']} "
             f"| {_fmt(r['rank'], '')} | {r['layers']} | {base_lr(r)} "
@@ -284,25 +355,30 @@ def _table(task: str, rows: list[dict[str, Any]], flags: dict[str, list[bool]]) 
             f"| {_fmt(r['train_img_s'], ',.0f')} | {_fmt(r.get('total_gmacs'), '.4f')} "
             f"| {_mb(r.get('train_memory_b1_live'))} | {_fmt(r.get('train_img_s_live'), ',.0f')} "
             f"| {_mb(r.get('infer_memory_b1'))} | {_fmt(r.get('infer_img_s_b1'), ',.1f')} "
-            f"| {front or '-'} |")
+            f"| {front or '-'} |"
+        )
     return f"## {task}\n\n" + head + "\n".join(lines) + "\n"
 
 
 def _markdown(docs: dict[str, dict], tables: list[str], pngs: list[Path], dest: Path) -> str:
-    parts = ["# Sweep report\n",
-             "Pareto column: on the frontier for P(arams), M(emory), S(peed), G(MACs). "
-             "Memory: one training step at batch 1 (the paper's convention); speed: training "
-             "img/s on in-memory features, averaged over the timed batches; 'live': the "
-             "same with the frozen backbone's forward in every step (the paper's setting; a "
-             "live baseline's only one); infer: a forward at batch 1, backbone included. "
-             "GMACs are what the paper's tables call GFLOPs (FLOPs = 2 x MACs).\n",
-             "| sweep | runs | mode | groups | bytes read | train s | config-img/s |",
-             "|---|---|---|---|---|---|---|"]
+    parts = [
+        "# Sweep report\n",
+        "Pareto column: on the frontier for P(arams), M(emory), S(peed), G(MACs). "
+        "Memory: one training step at batch 1 (the paper's convention); speed: training "
+        "img/s on in-memory features, averaged over the timed batches; 'live': the "
+        "same with the frozen backbone's forward in every step (the paper's setting; a "
+        "live baseline's only one); infer: a forward at batch 1, backbone included. "
+        "GMACs are what the paper's tables call GFLOPs (FLOPs = 2 x MACs).\n",
+        "| sweep | runs | mode | groups | bytes read | train s | config-img/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, doc in docs.items():
         s = doc["summary"]
-        parts.append(f"| {label} | {s['runs']} | {s['mode']} | {len(s['groups'])} "
-                     f"| {s['bytes_read']:,} | {s['train_seconds']:.1f} "
-                     f"| {_fmt(s['config_images_per_s'], ',.0f')} |")
+        parts.append(
+            f"| {label} | {s['runs']} | {s['mode']} | {len(s['groups'])} "
+            f"| {s['bytes_read']:,} | {s['train_seconds']:.1f} "
+            f"| {_fmt(s['config_images_per_s'], ',.0f')} |"
+        )
     parts.append("")
     parts += tables
     parts += [f"![{p.stem}]({p.relative_to(dest)})" for p in pngs if "overview" in p.name]

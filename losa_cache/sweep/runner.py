@@ -82,12 +82,14 @@ __all__ = ["SWEEP_JSON", "run_sweep"]
 
 SWEEP_JSON = "sweep.json"
 #: What a sweep folder holds (an earlier version's folder with these is adopted).
-SWEEP_FILES = frozenset({SWEEP_JSON, "groups", "runs", "best", "report", "results.json",
-                         "results.csv"})
+SWEEP_FILES = frozenset(
+    {SWEEP_JSON, "groups", "runs", "best", "report", "results.json", "results.csv"}
+)
 
 
-def run_sweep(cfg: SweepConfig, progress: bool = True,
-              storage_options: dict | None = None) -> dict[str, Any]:
+def run_sweep(
+    cfg: SweepConfig, progress: bool = True, storage_options: dict | None = None
+) -> dict[str, Any]:
     """Train every run of ``cfg`` (resuming if asked); returns the summary (also on disk)."""
     cfg = with_out(cfg, "sweep", progress)
     if cfg.cluster or cfg.scheduler:  # refused before anything starts or is written
@@ -109,16 +111,23 @@ def _run_sweep(cfg: SweepConfig, progress: bool, storage_options: dict | None) -
         source.close()
 
 
-def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource,
-           progress: bool, storage_options: dict | None = None) -> dict[str, Any]:
+def _sweep(
+    cfg: SweepConfig,
+    out: Path,
+    device: torch.device,
+    source: DataSource,
+    progress: bool,
+    storage_options: dict | None = None,
+) -> dict[str, Any]:
     info = source.info
     runs = expand_runs(cfg, info.depth, list(info.layers), info.default_task)
     saved = _resume_doc(cfg, out, runs)
     tasks = {r.task: source.task(r.task) for r in runs}  # StoreError listing the tasks
     rows = _task_rows(cfg, source, tasks)
     sides = {r.key: build_side_config(r.train, info, len(tasks[r.task].classes)) for r in runs}
-    profs = _profiles(saved, runs, sides, info.dtype, device,
-                      str(info.fingerprint.get("model", "")), source)
+    profs = _profiles(
+        saved, runs, sides, info.dtype, device, str(info.fingerprint.get("model", "")), source
+    )
     todo = [r for r in runs if not _finished(r)]
     inputs = _choose(cfg, source, device, rows, todo, sides, progress) if todo else None
     choice = inputs.choice if inputs is not None else None
@@ -126,8 +135,10 @@ def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource
     out.mkdir(parents=True, exist_ok=True)
     if saved is None:
         _write_doc(out, cfg, runs, profs, groups)
-    notes = [f"cache: {choice.reason if choice else 'no run left to train'}",
-             f"{len(runs)} runs in {len(groups)} group(s)"]
+    notes = [
+        f"cache: {choice.reason if choice else 'no run left to train'}",
+        f"{len(runs)} runs in {len(groups)} group(s)",
+    ]
     no_val = sorted(t for t in tasks if not len(rows[t]["val"]))
     if no_val:  # best_runs chooses on val alone
         notes.append(no_val_note(info.splits, f"no best run is named (tasks {no_val})"))
@@ -138,16 +149,32 @@ def _sweep(cfg: SweepConfig, out: Path, device: torch.device, source: DataSource
     if pending and (cfg.cluster or cfg.scheduler):
         from losa_cache.sweep.cluster import GroupWork, train_groups
 
-        work = [GroupWork(g, groups[g].runs, *_group_size(
-            [by_key[k] for k in groups[g].runs], rows, sides, profs, device)) for g in pending]
+        work = [
+            GroupWork(
+                g,
+                groups[g].runs,
+                *_group_size([by_key[k] for k in groups[g].runs], rows, sides, profs, device),
+            )
+            for g in pending
+        ]
         stopped, extra = train_groups(cfg, work, train_group_alone, storage_options, progress)
         if stopped is not None:
             return {"complete": False, "out": str(out), "group": stopped, "notes": notes}
         pending = []  # every group trained there
     for gid in pending:
         assert inputs is not None
-        done = _train_group(cfg, source, inputs, device, gid, len(groups),
-                            [by_key[k] for k in groups[gid].runs], sides, profs, progress)
+        done = _train_group(
+            cfg,
+            source,
+            inputs,
+            device,
+            gid,
+            len(groups),
+            [by_key[k] for k in groups[gid].runs],
+            sides,
+            profs,
+            progress,
+        )
         if not done:  # --stop-at (every run stops there) or a run stopped otherwise
             return {"complete": False, "out": str(out), "group": gid, "notes": notes}
     rows_out = _with_speed(cfg, runs, sides, info.dtype, device, progress, source)
@@ -161,12 +188,16 @@ def _resume_doc(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> dict[str, A
     doc_path = out / SWEEP_JSON
     if not cfg.resume:
         if doc_path.exists():
-            raise ValueError(f"{out} already holds a sweep ({SWEEP_JSON}); pass --resume to "
-                             "continue it, or choose another --out")
+            raise ValueError(
+                f"{out} already holds a sweep ({SWEEP_JSON}); pass --resume to "
+                "continue it, or choose another --out"
+            )
         return None
     if not doc_path.is_file():
-        raise FileNotFoundError(f"--resume: no {SWEEP_JSON} in {out}; run without --resume to "
-                                "start, or point --out at the sweep to continue")
+        raise FileNotFoundError(
+            f"--resume: no {SWEEP_JSON} in {out}; run without --resume to "
+            "start, or point --out at the sweep to continue"
+        )
     doc = read_json(doc_path, _DAMAGED)
     theirs = doc.get("runs") if isinstance(doc, dict) else None
     if not isinstance(theirs, list) or not isinstance(doc.get("groups"), list):
@@ -175,30 +206,36 @@ def _resume_doc(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> dict[str, A
     if [_maths(r) for r in mine] != [_maths(r) for r in theirs]:
         old = {r["task"] + "/" + r["id"] for r in theirs}
         new = {r["task"] + "/" + r["id"] for r in mine}
-        raise ValueError(f"--resume: the runs differ from the sweep in {out} (only there: "
-                         f"{sorted(old - new)[:5]}, only now: {sorted(new - old)[:5]}, or "
-                         "settings changed); use the same options")
+        raise ValueError(
+            f"--resume: the runs differ from the sweep in {out} (only there: "
+            f"{sorted(old - new)[:5]}, only now: {sorted(new - old)[:5]}, or "
+            "settings changed); use the same options"
+        )
     return doc
 
 
-_DAMAGED = ("restore it from a copy, or start the sweep again without --resume into a new "
-            "--out (finished runs in runs/ can be copied over)")
+_DAMAGED = (
+    "restore it from a copy, or start the sweep again without --resume into a new "
+    "--out (finished runs in runs/ can be copied over)"
+)
 
 
 def _maths(run: dict[str, Any]) -> dict[str, Any]:
     from losa_cache.train import TrainConfig
 
-    return {"id": run["id"], "task": run["task"],
-            **TrainConfig.from_dict(run["train"]).maths()}
+    return {"id": run["id"], "task": run["task"], **TrainConfig.from_dict(run["train"]).maths()}
 
 
-def _task_rows(cfg: SweepConfig, source: DataSource, tasks: dict[str, TaskData]
-               ) -> dict[str, dict[str, np.ndarray]]:
+def _task_rows(
+    cfg: SweepConfig, source: DataSource, tasks: dict[str, TaskData]
+) -> dict[str, dict[str, np.ndarray]]:
     splits = resolve_splits(cfg, source.info.splits)
     out = {}
     for name, task in tasks.items():
-        out[name] = {role: task.labelled(source.split_rows(s)) if s else np.zeros(0, np.int64)
-                     for role, s in splits.items()}
+        out[name] = {
+            role: task.labelled(source.split_rows(s)) if s else np.zeros(0, np.int64)
+            for role, s in splits.items()
+        }
         if not len(out[name]["train"]):
             raise ValueError(f"task {name!r} labels no rows of split {splits['train']!r}")
     return out
@@ -207,8 +244,11 @@ def _task_rows(cfg: SweepConfig, source: DataSource, tasks: dict[str, TaskData]
 def _key(r: RunSpec, sides: dict, device: torch.device) -> str:
     """A run's profile key: its side network (a baseline: also its method and options)."""
     t = r.train
-    baseline = ({"method": t.method, **{k: getattr(t, k) for k in method_uses(t.method)}}
-                if get_method(t.method).live else None)
+    baseline = (
+        {"method": t.method, **{k: getattr(t, k) for k in method_uses(t.method)}}
+        if get_method(t.method).live
+        else None
+    )
     return profile_key(sides[r.key], t.optimizer, use_amp(t.amp, device), baseline)
 
 
@@ -218,8 +258,15 @@ def _build(r: RunSpec, sides: dict, source: DataSource) -> Any:
     return lambda: build_baseline(t.method, source.backbone.model, sides[r.key], t, t.seed)
 
 
-def _profiles(saved: dict | None, runs: list[RunSpec], sides: dict, dtype: torch.dtype,
-              device: torch.device, model: str, source: DataSource) -> dict[str, Profile]:
+def _profiles(
+    saved: dict | None,
+    runs: list[RunSpec],
+    sides: dict,
+    dtype: torch.dtype,
+    device: torch.device,
+    model: str,
+    source: DataSource,
+) -> dict[str, Profile]:
     keys: dict[str, tuple] = {}
     baselines: dict[str, RunSpec] = {}
     for r in runs:
@@ -232,30 +279,57 @@ def _profiles(saved: dict | None, runs: list[RunSpec], sides: dict, dtype: torch
         return {k: Profile(**v) for k, v in saved["profiles"].items()}
     out = profiles(keys, dtype, device, model)
     for key, r in baselines.items():  # before any side group prunes the shared backbone
-        out[key] = baseline_profile(_build(r, sides, source), source.backbone.model,
-                                    sides[r.key], r.train.optimizer,
-                                    use_amp(r.train.amp, device), device, model)
+        out[key] = baseline_profile(
+            _build(r, sides, source),
+            source.backbone.model,
+            sides[r.key],
+            r.train.optimizer,
+            use_amp(r.train.amp, device),
+            device,
+            model,
+        )
     return out
 
 
-def _choose(cfg: SweepConfig, source: DataSource, device: torch.device, rows: dict,
-            specs: list[RunSpec], sides: dict, progress: bool) -> Inputs:
+def _choose(
+    cfg: SweepConfig,
+    source: DataSource,
+    device: torch.device,
+    rows: dict,
+    specs: list[RunSpec],
+    sides: dict,
+    progress: bool,
+) -> Inputs:
     """The inputs (``--cache``) of ``specs``: every task's train and val rows, the feed keys
     the runs read."""
-    return choose_inputs(cfg.cache, source, device,
-                         [rows[t][role] for t in rows for role in ("train", "val")],
-                         {i for r in specs for i in side_inputs(sides[r.key])} or {0},
-                         cfg.workers, progress, cfg.max_memory)
+    return choose_inputs(
+        cfg.cache,
+        source,
+        device,
+        [rows[t][role] for t in rows for role in ("train", "val")],
+        {i for r in specs for i in side_inputs(sides[r.key])} or {0},
+        cfg.workers,
+        progress,
+        cfg.max_memory,
+    )
 
 
-def _profile_of(r: RunSpec, sides: dict, profs: dict[str, Profile],
-                device: torch.device) -> Profile:
+def _profile_of(
+    r: RunSpec, sides: dict, profs: dict[str, Profile], device: torch.device
+) -> Profile:
     return profs[_key(r, sides, device)]
 
 
-def _groups(cfg: SweepConfig, saved: dict | None, runs: list[RunSpec], sides: dict,
-            rows: dict, profs: dict[str, Profile], device: torch.device,
-            choice: Any) -> list[Group]:
+def _groups(
+    cfg: SweepConfig,
+    saved: dict | None,
+    runs: list[RunSpec],
+    sides: dict,
+    rows: dict,
+    profs: dict[str, Profile],
+    device: torch.device,
+    choice: Any,
+) -> list[Group]:
     if saved is not None:
         return [Group.from_dict(g) for g in saved["groups"]]
     estimates = {}
@@ -267,18 +341,24 @@ def _groups(cfg: SweepConfig, saved: dict | None, runs: list[RunSpec], sides: di
     alone = [Group([r.key], estimates.pop(r.key)) for r in runs if get_method(r.train.method).live]
     if not estimates:
         return alone
-    here = choice.bytes if choice is not None and (choice.mode == "gpu") == (
-        device.type == "cuda") else 0
-    budget = cfg.memory_budget if cfg.memory_budget is not None else default_budget(device,
-                                                                                   here)
+    here = (
+        choice.bytes
+        if choice is not None and (choice.mode == "gpu") == (device.type == "cuda")
+        else 0
+    )
+    budget = cfg.memory_budget if cfg.memory_budget is not None else default_budget(device, here)
     return alone + make_groups(estimates, budget)
 
 
-def _write_doc(out: Path, cfg: SweepConfig, runs: list[RunSpec], profs: dict[str, Profile],
-               groups: list[Group]) -> None:
-    doc = {"config": cfg.to_dict(), "runs": [r.to_dict() for r in runs],
-           "profiles": {k: p.to_dict() for k, p in profs.items()},
-           "groups": [g.to_dict() for g in groups]}
+def _write_doc(
+    out: Path, cfg: SweepConfig, runs: list[RunSpec], profs: dict[str, Profile], groups: list[Group]
+) -> None:
+    doc = {
+        "config": cfg.to_dict(),
+        "runs": [r.to_dict() for r in runs],
+        "profiles": {k: p.to_dict() for k, p in profs.items()},
+        "groups": [g.to_dict() for g in groups],
+    }
     atomic_write_text(out / SWEEP_JSON, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
@@ -294,13 +374,15 @@ def _finished(spec: RunSpec) -> bool:
     path = Path(spec.train.out) / ckpt.METRICS
     if not path.is_file():
         return False
-    metrics = read_json(path, "delete it and rerun with --resume (the run then continues "
-                              "from its checkpoint)")
+    metrics = read_json(
+        path, "delete it and rerun with --resume (the run then continues from its checkpoint)"
+    )
     return isinstance(metrics, dict) and metrics.get("status") in ("trained", "diverged")
 
 
-def _group_size(specs: list[RunSpec], rows: dict, sides: dict, profs: dict[str, Profile],
-                device: torch.device) -> tuple[int, float]:
+def _group_size(
+    specs: list[RunSpec], rows: dict, sides: dict, profs: dict[str, Profile], device: torch.device
+) -> tuple[int, float]:
     """A group's optimizer steps (all runs) and estimated training FLOPs: its cost when a
     cluster places groups, largest first."""
     steps, flops = 0, 0.0
@@ -314,8 +396,13 @@ def _group_size(specs: list[RunSpec], rows: dict, sides: dict, profs: dict[str, 
     return steps, flops
 
 
-def train_group_alone(cfg: SweepConfig, gid: int, storage_options: dict | None,
-                      on_tick: Any = None, source: DataSource | None = None) -> bool:
+def train_group_alone(
+    cfg: SweepConfig,
+    gid: int,
+    storage_options: dict | None,
+    on_tick: Any = None,
+    source: DataSource | None = None,
+) -> bool:
     """Train group ``gid`` of the sweep planned in ``cfg.out`` (its sweep.json), with plain
     arguments: a cluster worker's task. Its runs resume from their checkpoints; a finished
     group is left as it is. ``source``: an open source to reuse (else opened and closed
@@ -333,20 +420,32 @@ def train_group_alone(cfg: SweepConfig, gid: int, storage_options: dict | None,
     try:
         tasks = {r.task: mine.task(r.task) for r in specs}
         rows = _task_rows(cfg, mine, tasks)
-        sides = {r.key: build_side_config(r.train, mine.info, len(tasks[r.task].classes))
-                 for r in specs}
+        sides = {
+            r.key: build_side_config(r.train, mine.info, len(tasks[r.task].classes)) for r in specs
+        }
         todo = [r for r in specs if not _finished(r)]
         inputs = _choose(cfg, mine, device, rows, todo or specs, sides, False)
-        return _train_group(cfg, mine, inputs, device, gid, len(groups), specs, sides, profs,
-                            False, on_tick)
+        return _train_group(
+            cfg, mine, inputs, device, gid, len(groups), specs, sides, profs, False, on_tick
+        )
     finally:
         if source is None:
             mine.close()
 
 
-def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: torch.device,
-                 gid: int, n: int, specs: list[RunSpec], sides: dict[str, SideConfig],
-                 profs: dict[str, Profile], progress: bool, on_tick: Any = None) -> bool:
+def _train_group(
+    cfg: SweepConfig,
+    source: DataSource,
+    inputs: Inputs,
+    device: torch.device,
+    gid: int,
+    n: int,
+    specs: list[RunSpec],
+    sides: dict[str, SideConfig],
+    profs: dict[str, Profile],
+    progress: bool,
+    on_tick: Any = None,
+) -> bool:
     """Train one group's runs to their ends (or --stop-at): all done?"""
     t0, bytes0 = time.perf_counter(), inputs.bytes_read
     todo = [s for s in specs if not _finished(s)]
@@ -358,27 +457,36 @@ def _train_group(cfg: SweepConfig, source: DataSource, inputs: Inputs, device: t
         runs.append(run)
     if on_tick is not None:  # before the first step: where the checkpoints left off
         on_tick(runs)
-    engine = Engine(runs, inputs, progress, cfg.batching, label=f"group {gid + 1}/{n}",
-                    on_tick=on_tick)
+    engine = Engine(
+        runs, inputs, progress, cfg.batching, label=f"group {gid + 1}/{n}", on_tick=on_tick
+    )
     done = engine.train() if runs else True
     extra = {"bytes_read": inputs.bytes_read}
     for s, run in zip(todo, runs, strict=True):
         metrics = run.finish(extra)
         row = run_row(s, sides[s.key], metrics, gid, _profile_of(s, sides, profs, device))
         if get_method(s.train.method).live and metrics["complete"] and cfg.costs:  # unpruned
-            row.update(_baseline_costs(cfg, s, sides, source, row["batch_size"], device,
-                                       run.model))
+            row.update(_baseline_costs(cfg, s, sides, source, row["batch_size"], device, run.model))
         _write_row(Path(s.train.out), row)
     if not done:
         return False
-    stats = {"group": gid, "num_runs": len(specs), "bytes_read": inputs.bytes_read - bytes0,
-             "seconds": time.perf_counter() - t0, "ticks": engine.ticks,
-             "batching": [{"runs": [m.name for m in g.members], "mode": g.mode,
-                           "timing_s": g.timing} for _, lanes in engine.feeds.values()
-                          for lane in lanes for g in lane.groups]}
+    stats = {
+        "group": gid,
+        "num_runs": len(specs),
+        "bytes_read": inputs.bytes_read - bytes0,
+        "seconds": time.perf_counter() - t0,
+        "ticks": engine.ticks,
+        "batching": [
+            {"runs": [m.name for m in g.members], "mode": g.mode, "timing_s": g.timing}
+            for _, lanes in engine.feeds.values()
+            for lane in lanes
+            for g in lane.groups
+        ],
+    }
     safe_subdir(cfg.out, "groups")
-    atomic_write_text(_group_file(Path(cfg.out), gid),
-                      json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(
+        _group_file(Path(cfg.out), gid), json.dumps(stats, indent=2, sort_keys=True) + "\n"
+    )
     return True
 
 
@@ -386,35 +494,56 @@ def _write_row(run_dir: Path, row: dict[str, Any]) -> None:
     atomic_write_text(run_dir / RESULT, json.dumps(row, indent=2, sort_keys=True) + "\n")
 
 
-def _baseline_costs(cfg: SweepConfig, r: RunSpec, sides: dict, source: DataSource,
-                    batch: int, device: torch.device, model: torch.nn.Module
-                    ) -> dict[str, Any]:
+def _baseline_costs(
+    cfg: SweepConfig,
+    r: RunSpec,
+    sides: dict,
+    source: DataSource,
+    batch: int,
+    device: torch.device,
+    model: torch.nn.Module,
+) -> dict[str, Any]:
     """A live baseline's training img/s on images (its backbone forward and backward: the
     paper's setting, its only one) and its trained model's inference at batch 1."""
     net, classes = source.backbone.model, sides[r.key].num_classes
     make = lambda b: image_inputs(net, classes, b, device)
     amp = use_amp(r.train.amp, device)
-    speed = step_speed(_build(r, sides, source), make, r.train.optimizer, batch,
-                       cfg.speed_batches, device, amp)
+    speed = step_speed(
+        _build(r, sides, source), make, r.train.optimizer, batch, cfg.speed_batches, device, amp
+    )
     model = model.to(device).eval()
-    return {"train_img_s": speed, "train_img_s_live": speed, "costs_measured": True,
-            "infer_memory_b1": inference_memory(model, make, device, amp)[0],
-            "infer_img_s_b1": inference_speed(model, make, cfg.speed_batches, device, amp)}
+    return {
+        "train_img_s": speed,
+        "train_img_s_live": speed,
+        "costs_measured": True,
+        "infer_memory_b1": inference_memory(model, make, device, amp)[0],
+        "infer_img_s_b1": inference_speed(model, make, cfg.speed_batches, device, amp),
+    }
 
 
 # ---------------------------------------------------------------------------- the end
 
 
-def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, dtype: Any,
-                device: torch.device, progress: bool, source: DataSource
-                ) -> list[dict[str, Any]]:
+def _with_speed(
+    cfg: SweepConfig,
+    runs: list[RunSpec],
+    sides: dict,
+    dtype: Any,
+    device: torch.device,
+    progress: bool,
+    source: DataSource,
+) -> list[dict[str, Any]]:
     """Every run's row, its side network's costs measured once per (network, optimizer,
     batch): training img/s from the store and, with ``live_metrics``, the paper's setting
     (training memory and img/s with the backbone forward, inference at batch 1)."""
-    rows = [read_json(Path(r.train.out) / RESULT, "delete it and rerun with --resume")
-            for r in runs]
-    todo = [(r, row) for r, row in zip(runs, rows, strict=True)  # baselines: timed above
-            if not row.get("costs_measured") and not get_method(row["method"]).live]
+    rows = [
+        read_json(Path(r.train.out) / RESULT, "delete it and rerun with --resume") for r in runs
+    ]
+    todo = [
+        (r, row)
+        for r, row in zip(runs, rows, strict=True)  # baselines: timed above
+        if not row.get("costs_measured") and not get_method(row["method"]).live
+    ]
     if not cfg.costs or not todo:
         return rows
     backbone = _measuring_backbone(cfg, source, [sides[r.key] for r, _ in todo], device)
@@ -425,13 +554,23 @@ def _with_speed(cfg: SweepConfig, runs: list[RunSpec], sides: dict, dtype: Any,
         for (r, row), key in zip(todo, keys, strict=True):
             if key not in costs:
                 t0 = time.perf_counter()
-                costs[key] = _side_costs(cfg, sides[r.key], r.train.optimizer,
-                                         row["batch_size"], dtype, device,
-                                         use_amp(r.train.amp, device), backbone)
+                costs[key] = _side_costs(
+                    cfg,
+                    sides[r.key],
+                    r.train.optimizer,
+                    row["batch_size"],
+                    dtype,
+                    device,
+                    use_amp(r.train.amp, device),
+                    backbone,
+                )
                 if len(costs) == 1 and len(set(keys)) > 1:  # the first: an estimate
                     left = (time.perf_counter() - t0) * (len(set(keys)) - 1)
-                    note(f"costs: about {left:.0f} s more for the other "
-                         f"{len(set(keys)) - 1} config(s)", progress)
+                    note(
+                        f"costs: about {left:.0f} s more for the other "
+                        f"{len(set(keys)) - 1} config(s)",
+                        progress,
+                    )
             row.update(costs[key], costs_measured=True)
             _write_row(Path(r.train.out), row)
             bar.update()
@@ -443,14 +582,20 @@ def _costs_plan(cfg: SweepConfig, configs: int, live: bool) -> str:
     steps = cfg.speed_batches + 2  # + the warm-up steps
     what = f"{steps} training steps from memory" if cfg.speed_batches else "memory"
     if live:
-        what += (f", {steps} with the backbone forward and {steps} inference forwards at "
-                 "batch 1" if cfg.speed_batches else " with the backbone")
-    return (f"costs: measuring {configs} distinct config(s) ({what} each, after training); "
-            "--no-costs skips this")
+        what += (
+            f", {steps} with the backbone forward and {steps} inference forwards at batch 1"
+            if cfg.speed_batches
+            else " with the backbone"
+        )
+    return (
+        f"costs: measuring {configs} distinct config(s) ({what} each, after training); "
+        "--no-costs skips this"
+    )
 
 
-def _measuring_backbone(cfg: SweepConfig, source: DataSource, sides: list[SideConfig],
-                        device: torch.device) -> Any:
+def _measuring_backbone(
+    cfg: SweepConfig, source: DataSource, sides: list[SideConfig], device: torch.device
+) -> Any:
     """The backbone the paper's-setting costs run: the live one, or (a store sweep) the
     store's model with random weights (speed and memory do not depend on the values);
     None when not asked for, or the model cannot be built at the store's size."""
@@ -461,8 +606,9 @@ def _measuring_backbone(cfg: SweepConfig, source: DataSource, sides: list[SideCo
     from losa_cache.backbone import create_backbone
 
     try:
-        backbone = create_backbone(str(source.info.fingerprint.get("model")), random_init=True,
-                                   device=device)
+        backbone = create_backbone(
+            str(source.info.fingerprint.get("model")), random_init=True, device=device
+        )
     except (ValueError, RuntimeError, OSError):
         return None
     if (backbone.tokens, backbone.dim) != (source.info.tokens, source.info.dim):
@@ -471,10 +617,19 @@ def _measuring_backbone(cfg: SweepConfig, source: DataSource, sides: list[SideCo
     return backbone
 
 
-def _side_costs(cfg: SweepConfig, side: SideConfig, optimizer: str, batch: int, dtype: Any,
-                device: torch.device, amp: bool, backbone: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"train_img_s": train_speed(side, optimizer, batch,
-                                                      cfg.speed_batches, dtype, device, amp)}
+def _side_costs(
+    cfg: SweepConfig,
+    side: SideConfig,
+    optimizer: str,
+    batch: int,
+    dtype: Any,
+    device: torch.device,
+    amp: bool,
+    backbone: Any,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "train_img_s": train_speed(side, optimizer, batch, cfg.speed_batches, dtype, device, amp)
+    }
     if backbone is None:
         return out
     from losa_cache.side import create_side
@@ -482,44 +637,78 @@ def _side_costs(cfg: SweepConfig, side: SideConfig, optimizer: str, batch: int, 
     make = live_inputs(side, backbone, device, amp)
     weights = list(backbone.model.parameters())
     build = lambda: create_side(side)
-    out["train_memory_b1_live"] = step_memory(build, make, optimizer, 1, device, amp,
-                                              weights)[0]
-    out["train_img_s_live"] = step_speed(build, make, optimizer, batch, cfg.speed_batches,
-                                         device, amp, fresh=True)
+    out["train_memory_b1_live"] = step_memory(build, make, optimizer, 1, device, amp, weights)[0]
+    out["train_img_s_live"] = step_speed(
+        build, make, optimizer, batch, cfg.speed_batches, device, amp, fresh=True
+    )
     model = create_side(side).to(device).eval()
     out["infer_memory_b1"] = inference_memory(model, make, device, amp, weights)[0]
     out["infer_img_s_b1"] = inference_speed(model, make, cfg.speed_batches, device, amp)
     return out
 
 
-def _finish(cfg: SweepConfig, out: Path, rows: list[dict[str, Any]], groups: list[Group],
-            choice: Any, inputs: Inputs | None, notes: list[str],
-            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def _finish(
+    cfg: SweepConfig,
+    out: Path,
+    rows: list[dict[str, Any]],
+    groups: list[Group],
+    choice: Any,
+    inputs: Inputs | None,
+    notes: list[str],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     best = best_runs(rows)
     for r in rows:
         r["best"] = best.get(r["task"]) is r
     paths = export_best(out, best)
-    stats = [read_json(_group_file(out, g), "delete it and rerun with --resume (the group's "
-                       "runs are kept)") for g in range(len(groups))]
+    stats = [
+        read_json(
+            _group_file(out, g), "delete it and rerun with --resume (the group's runs are kept)"
+        )
+        for g in range(len(groups))
+    ]
     seconds = sum(s["seconds"] for s in stats)
     images = sum(r["train_images"] for r in rows)
-    diverged = [{"run": f"{r['task']}/{r['run']}", "error": r["error"],
-                 "last_checkpoint": r["last_checkpoint"]}
-                for r in rows if r["status"] == "diverged"]
+    diverged = [
+        {
+            "run": f"{r['task']}/{r['run']}",
+            "error": r["error"],
+            "last_checkpoint": r["last_checkpoint"],
+        }
+        for r in rows
+        if r["status"] == "diverged"
+    ]
     summary = {
-        "complete": True, "out": str(out), "store": cfg.store, "live": cfg.live,
-        "runs": len(rows), "tasks": sorted({r["task"] for r in rows}),
+        "complete": True,
+        "out": str(out),
+        "store": cfg.store,
+        "live": cfg.live,
+        "runs": len(rows),
+        "tasks": sorted({r["task"] for r in rows}),
         "cache": choice.to_dict() if choice else None,
-        "mode": "live" if cfg.live else "memory" if choice and choice.mode != "none"
+        "mode": "live"
+        if cfg.live
+        else "memory"
+        if choice and choice.mode != "none"
         else "streaming",
         "groups": [{**g.to_dict(), **s} for g, s in zip(groups, stats, strict=True)],
-        "bytes_read": sum(s["bytes_read"] for s in stats) + (
-            inputs.cache.bytes_read if inputs is not None and inputs.cache else 0),
-        "train_seconds": seconds, "config_images": images,
+        "bytes_read": sum(s["bytes_read"] for s in stats)
+        + (inputs.cache.bytes_read if inputs is not None and inputs.cache else 0),
+        "train_seconds": seconds,
+        "config_images": images,
         "config_images_per_s": images / seconds if seconds else None,
-        "best": {t: {"run": r["run"], "val_acc": r["val_acc"], "test_acc": r["test_acc"],
-                     "adapter": paths[t]} for t, r in best.items()},
-        "diverged": diverged, "notes": notes, **(extra or {}),
+        "best": {
+            t: {
+                "run": r["run"],
+                "val_acc": r["val_acc"],
+                "test_acc": r["test_acc"],
+                "adapter": paths[t],
+            }
+            for t, r in best.items()
+        },
+        "diverged": diverged,
+        "notes": notes,
+        **(extra or {}),
     }
     write_results(out, rows, summary)
     return {"summary": summary, "results": rows}

@@ -79,8 +79,10 @@ def heap_for_large_buffers() -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    return (libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) == 1
-            and libc.mallopt(_M_TRIM_THRESHOLD, 2 * HEAP_MMAP_THRESHOLD) == 1)
+    return (
+        libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD) == 1
+        and libc.mallopt(_M_TRIM_THRESHOLD, 2 * HEAP_MMAP_THRESHOLD) == 1
+    )
 
 
 def _state(threshold: int | None, why: str) -> dict[str, Any]:

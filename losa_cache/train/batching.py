@@ -79,9 +79,10 @@ class ShapeGroup:
             return "loop"
         try:
             clones = [_clone(m) for m in active]
-            self.timing = {"loop": _time(lambda: [_fwd_bwd(c.model(feats), c, rows)
-                                                  for c in clones]),
-                           "vmap": _time(lambda: _fwd_bwd_stack(self, clones, feats, rows))}
+            self.timing = {
+                "loop": _time(lambda: [_fwd_bwd(c.model(feats), c, rows) for c in clones]),
+                "vmap": _time(lambda: _fwd_bwd_stack(self, clones, feats, rows)),
+            }
         except RuntimeError as e:  # an op without a batching rule: loop
             self.timing = {"vmap_error": str(e)[:200]}  # type: ignore[dict-item]
             return "loop"
@@ -99,8 +100,7 @@ def _fwd_bwd(logits: torch.Tensor, m: Run, rows: np.ndarray) -> None:
     _loss(m, logits, m.labels_of(rows)).backward()
 
 
-def _fwd_bwd_stack(group: ShapeGroup, clones: Sequence[Run], feats: dict,
-                   rows: np.ndarray) -> None:
+def _fwd_bwd_stack(group: ShapeGroup, clones: Sequence[Run], feats: dict, rows: np.ndarray) -> None:
     logits = group._logits(clones, feats)
     sum(_loss(m, logits[i], m.labels_of(rows)) for i, m in enumerate(clones)).backward()
 

@@ -47,8 +47,9 @@ def _budget(free: int, fraction: float, reserve: int) -> int:
     return max(0, int(free * fraction) - reserve)
 
 
-def choose_cache(mode: str, need: int, device: torch.device,
-                 free: dict[str, int] | None = None) -> CacheChoice:
+def choose_cache(
+    mode: str, need: int, device: torch.device, free: dict[str, int] | None = None
+) -> CacheChoice:
     """Resolve ``mode`` for ``need`` bytes of features; explicit modes that cannot fit fail."""
     if mode not in CACHE_MODES:
         raise ValueError(f"unknown cache mode {mode!r}; choose one of {list(CACHE_MODES)}")
@@ -62,22 +63,31 @@ def choose_cache(mode: str, need: int, device: torch.device,
         if gpu is None:
             raise ValueError("--cache gpu needs a CUDA device; use --cache ram or auto")
         if need > gpu:
-            raise ValueError(f"--cache gpu: {mb:,.0f} MB of features do not fit the "
-                             f"{gpu / 1e6:,.0f} MB GPU budget ({GPU_FRACTION:.0%} of free "
-                             "minus 2 GiB); use --cache ram/none or fewer --layers")
+            raise ValueError(
+                f"--cache gpu: {mb:,.0f} MB of features do not fit the "
+                f"{gpu / 1e6:,.0f} MB GPU budget ({GPU_FRACTION:.0%} of free "
+                "minus 2 GiB); use --cache ram/none or fewer --layers"
+            )
         return CacheChoice("gpu", need, f"--cache gpu: {mb:,.1f} MB on the GPU")
     if mode == "ram":
         if need > ram:
-            raise ValueError(f"--cache ram: {mb:,.0f} MB of features do not fit the "
-                             f"{ram / 1e6:,.0f} MB RAM budget ({RAM_FRACTION:.0%} of available "
-                             "minus 2 GiB); use --cache none or fewer --layers")
+            raise ValueError(
+                f"--cache ram: {mb:,.0f} MB of features do not fit the "
+                f"{ram / 1e6:,.0f} MB RAM budget ({RAM_FRACTION:.0%} of available "
+                "minus 2 GiB); use --cache none or fewer --layers"
+            )
         return CacheChoice("ram", need, f"--cache ram: {mb:,.1f} MB in host memory")
     if gpu is not None and need <= gpu:
-        return CacheChoice("gpu", need, f"auto: {mb:,.1f} MB fit the GPU budget "
-                                        f"({gpu / 1e6:,.0f} MB)")
+        return CacheChoice(
+            "gpu", need, f"auto: {mb:,.1f} MB fit the GPU budget ({gpu / 1e6:,.0f} MB)"
+        )
     if need <= ram:
         where = "no GPU" if gpu is None else f"over the GPU budget ({gpu / 1e6:,.0f} MB)"
-        return CacheChoice("ram", need, f"auto: {mb:,.1f} MB {where}; fit the RAM budget "
-                                        f"({ram / 1e6:,.0f} MB)")
-    return CacheChoice("none", 0, f"auto: {mb:,.1f} MB exceed the RAM budget "
-                                  f"({ram / 1e6:,.0f} MB): streaming from the store")
+        return CacheChoice(
+            "ram", need, f"auto: {mb:,.1f} MB {where}; fit the RAM budget ({ram / 1e6:,.0f} MB)"
+        )
+    return CacheChoice(
+        "none",
+        0,
+        f"auto: {mb:,.1f} MB exceed the RAM budget ({ram / 1e6:,.0f} MB): streaming from the store",
+    )

@@ -20,9 +20,20 @@ import torch
 
 from losa_cache.outdir import atomic_write, atomic_write_text, write_error
 
-__all__ = ["CHECKPOINT", "METRICS", "METRICS_LOG", "CheckpointError", "MetricsLog",
-           "load_checkpoint", "memory_now",
-           "peak_memory", "reset_peak_memory", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "CHECKPOINT",
+    "METRICS",
+    "METRICS_LOG",
+    "CheckpointError",
+    "MetricsLog",
+    "load_checkpoint",
+    "memory_now",
+    "peak_memory",
+    "reset_peak_memory",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
@@ -43,18 +54,23 @@ class CheckpointError(ValueError):
 def load_checkpoint(out: Path) -> dict[str, Any]:
     path = out / CHECKPOINT
     if not path.is_file():
-        raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out}; run without --resume to "
-                                "start, or point --out at the run to continue")
+        raise FileNotFoundError(
+            f"--resume: no {CHECKPOINT} in {out}; run without --resume to "
+            "start, or point --out at the run to continue"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, flipped bytes, not a torch file
         raise CheckpointError(
             f"--resume: {path} is damaged or incomplete ({type(e).__name__}); restore it from "
             "a copy, or train again without --resume into a new --out (nothing in "
-            f"{out} was changed)") from e
+            f"{out} was changed)"
+        ) from e
     if not isinstance(state, dict) or "step" not in state:
-        raise CheckpointError(f"--resume: {path} is not a losa-cache training checkpoint; "
-                              "point --out at the run to continue")
+        raise CheckpointError(
+            f"--resume: {path} is not a losa-cache training checkpoint; "
+            "point --out at the run to continue"
+        )
     return state
 
 
@@ -92,13 +108,17 @@ def peak_memory(device: torch.device, baseline: int | None = None) -> dict[str, 
     """Peak memory of the run: CUDA allocator peak; on CPU the RSS high-water mark's growth
     since :func:`reset_peak_memory`, else (no /proc) the process's lifetime peak RSS."""
     if device.type == "cuda":
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
-                "peak_memory_kind": "cuda_max_allocated"}
+        return {
+            "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
+            "peak_memory_kind": "cuda_max_allocated",
+        }
     if baseline is not None:
         with contextlib.suppress(OSError):
             peak = _proc_status_kib("VmHWM") * 1024
-            return {"peak_memory_bytes": max(0, peak - baseline),
-                    "peak_memory_kind": "rss_high_water_growth"}
+            return {
+                "peak_memory_bytes": max(0, peak - baseline),
+                "peak_memory_kind": "rss_high_water_growth",
+            }
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     return {"peak_memory_bytes": int(rss * scale), "peak_memory_kind": "process_max_rss"}
@@ -129,15 +149,22 @@ class MetricsLog:
     ``sinks`` (``--log``: losa_cache/train/loggers.py) get every record after it is written.
     """
 
-    def __init__(self, out: Path, resume_step: int | None,
-                 sinks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> None:
+    def __init__(
+        self,
+        out: Path,
+        resume_step: int | None,
+        sinks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    ) -> None:
         self.path = out / METRICS_LOG
         self.sinks = list(sinks)
         if resume_step is None:
             atomic_write_text(self.path, "")
         elif self.path.exists():
-            keep = [json.dumps(r, sort_keys=True) for r in self._read()
-                    if r.get("step", 0) <= resume_step and r.get("kind") != "test"]
+            keep = [
+                json.dumps(r, sort_keys=True)
+                for r in self._read()
+                if r.get("step", 0) <= resume_step and r.get("kind") != "test"
+            ]
             atomic_write_text(self.path, "".join(line + "\n" for line in keep))
 
     def _read(self) -> list[dict[str, Any]]:
@@ -151,7 +178,8 @@ class MetricsLog:
                     break
                 raise CheckpointError(
                     f"--resume: {self.path} line {i + 1} is damaged; restore the file, or "
-                    "delete it (the learning curve restarts) and rerun with --resume") from None
+                    "delete it (the learning curve restarts) and rerun with --resume"
+                ) from None
         return records
 
     def write(self, record: dict[str, Any]) -> None:

@@ -45,9 +45,17 @@ class Inputs:
     """What a set of runs reads: one source and, with ``--cache ram|gpu``, the union of
     their train and val rows of the union of their inputs (blocks and taps), read once."""
 
-    def __init__(self, source: DataSource, device: torch.device, choice: CacheChoice,
-                 rows: np.ndarray, layers: Sequence[Key], workers: int,
-                 progress: bool = False, max_memory: int | None = None) -> None:
+    def __init__(
+        self,
+        source: DataSource,
+        device: torch.device,
+        choice: CacheChoice,
+        rows: np.ndarray,
+        layers: Sequence[Key],
+        workers: int,
+        progress: bool = False,
+        max_memory: int | None = None,
+    ) -> None:
         """``max_memory``: bytes the store reader may hold (see StoreReader)."""
         self.source, self.device, self.choice, self.workers = source, device, choice, workers
         self.max_memory = max_memory
@@ -58,22 +66,31 @@ class Inputs:
         if choice.mode != "none":
             where = device if choice.mode == "gpu" else torch.device("cpu")
             window = self.eval_window(rows, layers)
-            reader = source.feed(RowOrder(rows, window, 0), rows, layers, window,
-                                 torch.device("cpu"), workers, max_memory)
+            reader = source.feed(
+                RowOrder(rows, window, 0),
+                rows,
+                layers,
+                window,
+                torch.device("cpu"),
+                workers,
+                max_memory,
+            )
             try:
                 self.cache = FeatureCache(reader, rows, layers, where, progress)
             finally:
                 reader.close()
             self.bytes_read = self.cache.bytes_read
 
-    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[Key],
-             piece_rows: int) -> Feed:
+    def feed(
+        self, order: RowOrder, rows: np.ndarray, layers: Sequence[Key], piece_rows: int
+    ) -> Feed:
         # a cache holds the clean rows: a training order drawing views streams the store
         if self.cache is not None and order.views is None and self.cache.holds(rows, layers):
             keep = None if np.array_equal(rows, order.rows) else keep_mask(rows)
             return CacheFeed(self.cache, order, keep, layers)
-        return self.source.feed(order, rows, layers, piece_rows, self.device, self.workers,
-                                self.max_memory)
+        return self.source.feed(
+            order, rows, layers, piece_rows, self.device, self.workers, self.max_memory
+        )
 
     def eval_window(self, rows: np.ndarray, layers: Sequence[Key]) -> int:
         """Rows per window of a sequential read (evaluation, filling a cache): any size
@@ -116,8 +133,9 @@ class Score:
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         self.count += torch.bincount(labels, minlength=len(self.count))
-        self.correct += torch.bincount(labels[logits.argmax(1) == labels],
-                                       minlength=len(self.count))
+        self.correct += torch.bincount(
+            labels[logits.argmax(1) == labels], minlength=len(self.count)
+        )
 
     @property
     def n(self) -> int:
@@ -133,13 +151,14 @@ class Score:
 
     def per_class(self, classes: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``{name: {count, accuracy}}``, accuracy None for a class with no rows."""
-        return {name: {"count": n, "accuracy": c / n if n else None} for name, n, c in
-                zip(classes, self.count.tolist(), self.correct.tolist(), strict=True)}
+        return {
+            name: {"count": n, "accuracy": c / n if n else None}
+            for name, n, c in zip(classes, self.count.tolist(), self.correct.tolist(), strict=True)
+        }
 
     def mean_class_accuracy(self) -> float | None:
         """The mean over the classes present (balanced accuracy)."""
-        acc = [c / n for n, c in zip(self.count.tolist(), self.correct.tolist(), strict=True)
-               if n]
+        acc = [c / n for n, c in zip(self.count.tolist(), self.correct.tolist(), strict=True) if n]
         return sum(acc) / len(acc) if acc else None
 
 
@@ -147,11 +166,26 @@ def evaluate_runs(runs: Sequence[Run], role: str, inputs: Inputs) -> dict[int, d
     """Accuracy and mean cross-entropy of every run with ``role`` rows, in batches of its
     training size (see :func:`evaluate`), keyed by ``id(run)``."""
     runs = [r for r in runs if len(r.eval_rows(role))]
-    scores = evaluate([EvalJob(r.model, tuple(r.layers), r.eval_rows(role), r.task.labels,
-                               r.task.task, r.batch, r.amp, len(r.task.classes)) for r in runs],
-                      inputs)
-    return {id(r): {"acc": s.accuracy, "loss": s.loss, "n": s.n}
-            for r, s in zip(runs, scores, strict=True)}
+    scores = evaluate(
+        [
+            EvalJob(
+                r.model,
+                tuple(r.layers),
+                r.eval_rows(role),
+                r.task.labels,
+                r.task.task,
+                r.batch,
+                r.amp,
+                len(r.task.classes),
+            )
+            for r in runs
+        ],
+        inputs,
+    )
+    return {
+        id(r): {"acc": s.accuracy, "loss": s.loss, "n": s.n}
+        for r, s in zip(runs, scores, strict=True)
+    }
 
 
 @torch.no_grad()
@@ -168,8 +202,9 @@ def evaluate(jobs: Sequence[EvalJob], inputs: Inputs) -> list[Score]:
         keep = None if len(j.rows) == len(union) else keep_mask(j.rows)
         groups.setdefault((j.task, j.batch), (Consumer(j.batch, keep), []))[1].append(k)
     scores = [Score(j.num_classes, inputs.device) for j in jobs]
-    feed = inputs.feed(RowOrder(union, inputs.eval_window(union, layers), 0), union, layers,
-                       jobs[0].batch)
+    feed = inputs.feed(
+        RowOrder(union, inputs.eval_window(union, layers), 0), union, layers, jobs[0].batch
+    )
     was = [j.model.training for j in jobs]
     for j in jobs:
         j.model.eval()
@@ -188,8 +223,7 @@ def evaluate(jobs: Sequence[EvalJob], inputs: Inputs) -> list[Score]:
     return scores
 
 
-def _score(job: EvalJob, feats: dict[Key, torch.Tensor], rows: np.ndarray,
-           score: Score) -> None:
+def _score(job: EvalJob, feats: dict[Key, torch.Tensor], rows: np.ndarray, score: Score) -> None:
     labels = torch.from_numpy(job.labels[rows]).to(score.count.device, non_blocking=True)
     with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=job.amp):
         logits = job.model(feats).float()  # (b, C)
@@ -219,9 +253,15 @@ class _Lane:
 class Engine:
     """Train ``runs`` from ``inputs`` until each is done, diverged, stopped or interrupted."""
 
-    def __init__(self, runs: Sequence[Run], inputs: Inputs, progress: bool = False,
-                 batching: str = "loop", label: str = "train",
-                 on_tick: Callable[[list[Run]], None] | None = None) -> None:
+    def __init__(
+        self,
+        runs: Sequence[Run],
+        inputs: Inputs,
+        progress: bool = False,
+        batching: str = "loop",
+        label: str = "train",
+        on_tick: Callable[[list[Run]], None] | None = None,
+    ) -> None:
         self.runs, self.inputs, self.progress = list(runs), inputs, progress
         self.batching, self.label = batching, label
         self.on_tick = on_tick  # after every tick (a cluster worker's progress events)
@@ -243,8 +283,9 @@ class Engine:
     def train(self) -> bool:
         """Tick until every run is done (True), or stop early with checkpoints (False)."""
         total = sum(r.steps for r in self.runs)
-        bar = self.bar = progress_bar(total, self.label, "step", self.progress,
-                                      sum(r.step for r in self.runs))
+        bar = self.bar = progress_bar(
+            total, self.label, "step", self.progress, sum(r.step for r in self.runs)
+        )
         ended = [r for r in self.runs if r.active and r.step >= r.steps]
         if ended:  # resumed from a checkpoint of the last step: only the end is left
             self._after_step(ended)
@@ -310,21 +351,31 @@ class Engine:
         """Each run's own cadence after the step it just took."""
         for r in runs:
             end = r.step >= r.steps or r.step == r.cfg.stop_at
-            if r.active and r.acc_n and (r.due("log_every") or r.due("eval_every")
-                                         or r.due("checkpoint_every") or end):
+            if (
+                r.active
+                and r.acc_n
+                and (r.due("log_every") or r.due("eval_every") or r.due("checkpoint_every") or end)
+            ):
                 r.flush()
                 self._flushed = True
-        due = [r for r in runs if r.active and (r.due("eval_every") or r.step >= r.steps)
-               and not (r.evals and r.evals[-1]["step"] == r.step)]  # once per step
+        due = [
+            r
+            for r in runs
+            if r.active
+            and (r.due("eval_every") or r.step >= r.steps)
+            and not (r.evals and r.evals[-1]["step"] == r.step)
+        ]  # once per step
         for r, res in zip(due, self._evaluate(due, "val"), strict=True):
             if res is not None:
                 r.record_eval("val", res)
                 name = r.name if len(self.runs) > 1 else ""
-                note(eval_line(name, r.step, r.steps, res["acc"], res["loss"], r.best),
-                     self.progress)
+                note(
+                    eval_line(name, r.step, r.steps, res["acc"], res["loss"], r.best), self.progress
+                )
         for r in runs:
-            if r.active and (r.due("checkpoint_every") or r.step >= r.steps
-                             or r.step == r.cfg.stop_at):
+            if r.active and (
+                r.due("checkpoint_every") or r.step >= r.steps or r.step == r.cfg.stop_at
+            ):
                 r.checkpoint()
         done = [r for r in runs if r.active and r.step >= r.steps]
         for r, res in zip(done, self._evaluate(done, "test"), strict=True):
@@ -341,15 +392,19 @@ class Engine:
         how many still train and the best val accuracy so far."""
         if len(self.runs) == 1:
             r = self.runs[0]
-            out = {"loss": f"{r.last_loss:.4f}" if r.last_loss is not None else "-",
-                   "lr": f"{r.lr:.3g}",
-                   "val": pct(r.evals[-1]["acc"]) if r.evals else "-"}
+            out = {
+                "loss": f"{r.last_loss:.4f}" if r.last_loss is not None else "-",
+                "lr": f"{r.lr:.3g}",
+                "val": pct(r.evals[-1]["acc"]) if r.evals else "-",
+            }
             if r.last_img_s is not None:
                 out["img/s"] = f"{r.last_img_s:,.0f}"
             return out
         best = max((r.best["acc"] for r in self.runs if r.best), default=None)
-        return {"training": f"{sum(r.active for r in self.runs)}/{len(self.runs)} runs",
-                "best val": pct(best)}
+        return {
+            "training": f"{sum(r.active for r in self.runs)}/{len(self.runs)} runs",
+            "best val": pct(best),
+        }
 
     def _evaluate(self, runs: list[Run], role: str) -> list[dict[str, Any] | None]:
         if not runs:
@@ -387,4 +442,3 @@ def _sigint_flag() -> Iterator[Any]:
         yield lambda: flag[0]
     finally:
         signal.signal(signal.SIGINT, old)
-

@@ -37,8 +37,18 @@ from losa_cache.store.store import numpy_view
 from losa_cache.train.keys import Key, sort_keys
 from losa_cache.train.order import RowOrder
 
-__all__ = ["CacheFeed", "Consumer", "FeatureCache", "Feed", "Piece", "Quantized", "keep_mask",
-           "planned", "rechunk", "to_device"]
+__all__ = [
+    "CacheFeed",
+    "Consumer",
+    "FeatureCache",
+    "Feed",
+    "Piece",
+    "Quantized",
+    "keep_mask",
+    "planned",
+    "rechunk",
+    "to_device",
+]
 
 
 class Quantized(NamedTuple):
@@ -69,8 +79,9 @@ def each(value: Value, fn: Callable[[torch.Tensor], torch.Tensor]) -> Value:
 
 def cat(values: Sequence[Value]) -> Value:
     if isinstance(values[0], Quantized):
-        return Quantized(torch.cat([v.codes for v in values]),
-                         torch.cat([v.scales for v in values]))
+        return Quantized(
+            torch.cat([v.codes for v in values]), torch.cat([v.scales for v in values])
+        )
     return torch.cat(values)  # type: ignore[arg-type]
 
 
@@ -115,8 +126,9 @@ def _kept(rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return ok
 
 
-def planned(order: RowOrder, keep: np.ndarray | None, offset: int, loop: bool,
-            shuffle: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def planned(
+    order: RowOrder, keep: np.ndarray | None, offset: int, loop: bool, shuffle: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(positions, rows) per window: the kept rows at positions >= ``offset``."""
     for window in order.windows_from(offset, loop, shuffle):
         rows = window.ordered
@@ -128,8 +140,9 @@ def planned(order: RowOrder, keep: np.ndarray | None, offset: int, loop: bool,
             yield pos[sel], rows[sel]
 
 
-def rechunk(plans: Iterator[tuple[np.ndarray, np.ndarray]], size: int
-            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def rechunk(
+    plans: Iterator[tuple[np.ndarray, np.ndarray]], size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The same rows in pieces of exactly ``size`` (the last of a finite stream shorter)."""
     pos_buf: list[np.ndarray] = []
     row_buf: list[np.ndarray] = []
@@ -202,20 +215,25 @@ def _own(t: torch.Tensor) -> torch.Tensor:
 
 def _owned(piece: Piece) -> Piece:
     """``piece`` with features that hold only their own rows (views are copied)."""
-    return Piece(piece.positions, piece.rows,
-                 {i: each(v, _own) for i, v in piece.feats.items()})
+    return Piece(piece.positions, piece.rows, {i: each(v, _own) for i, v in piece.feats.items()})
 
 
 def _take(piece: Piece, idx: np.ndarray) -> Piece:
     if idx[-1] - idx[0] + 1 == len(idx):  # contiguous: views, no copy
         return _slice(piece, int(idx[0]), int(idx[-1]) + 1)
-    return Piece(piece.positions[idx], piece.rows[idx],
-                 {i: each(v, lambda t: gather(t, idx)) for i, v in piece.feats.items()})
+    return Piece(
+        piece.positions[idx],
+        piece.rows[idx],
+        {i: each(v, lambda t: gather(t, idx)) for i, v in piece.feats.items()},
+    )
 
 
 def _slice(piece: Piece, a: int, b: int) -> Piece:
-    return Piece(piece.positions[a:b], piece.rows[a:b],
-                 {i: each(v, lambda t: t[a:b]) for i, v in piece.feats.items()})
+    return Piece(
+        piece.positions[a:b],
+        piece.rows[a:b],
+        {i: each(v, lambda t: t[a:b]) for i, v in piece.feats.items()},
+    )
 
 
 def gather(source: torch.Tensor, index: np.ndarray) -> torch.Tensor:
@@ -233,8 +251,14 @@ class FeatureCache:
     as the reader yields them: the storage dtype, int8 as codes and scales, a ``sum:k``
     the feed derives from blocks as its one fp32 map."""
 
-    def __init__(self, reader: object, rows: np.ndarray, keys: Sequence[Key],
-                 device: torch.device, progress: bool = False) -> None:
+    def __init__(
+        self,
+        reader: object,
+        rows: np.ndarray,
+        keys: Sequence[Key],
+        device: torch.device,
+        progress: bool = False,
+    ) -> None:
         self.rows, self.keys = np.asarray(rows, np.int64), sort_keys(keys)
         self.device = device
         self.feats: Feats = {}
@@ -251,8 +275,7 @@ class FeatureCache:
         self.bytes_read = int(reader.bytes_read)  # type: ignore[attr-defined]
 
     def _empty(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.empty((len(self.rows), *like.shape[1:]), dtype=like.dtype,
-                           device=self.device)
+        return torch.empty((len(self.rows), *like.shape[1:]), dtype=like.dtype, device=self.device)
 
     @property
     def nbytes(self) -> int:
@@ -268,10 +291,10 @@ class FeatureCache:
 
 def _copy(dst: Value, src: Value, pos: int, n: int) -> None:
     if isinstance(dst, Quantized):
-        dst.codes[pos:pos + n].copy_(src.codes)  # type: ignore[union-attr]
-        dst.scales[pos:pos + n].copy_(src.scales)  # type: ignore[union-attr]
+        dst.codes[pos : pos + n].copy_(src.codes)  # type: ignore[union-attr]
+        dst.scales[pos : pos + n].copy_(src.scales)  # type: ignore[union-attr]
     else:
-        dst[pos:pos + n].copy_(src)  # type: ignore[arg-type]
+        dst[pos : pos + n].copy_(src)  # type: ignore[arg-type]
 
 
 class CacheFeed:
@@ -279,8 +302,9 @@ class CacheFeed:
 
     bytes_read = 0
 
-    def __init__(self, cache: FeatureCache, order: RowOrder, keep: np.ndarray | None,
-                 keys: Sequence[Key]) -> None:
+    def __init__(
+        self, cache: FeatureCache, order: RowOrder, keep: np.ndarray | None, keys: Sequence[Key]
+    ) -> None:
         self.cache, self.order, self.keep = cache, order, keep
         self.keys = sort_keys(keys)
 

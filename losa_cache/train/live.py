@@ -45,16 +45,16 @@ from losa_cache.train.sources import SourceInfo, TaskData
 __all__ = ["LiveFeed", "LiveSource", "frozen_features", "live_sampling"]
 
 
-def frozen_features(backbone: Backbone, x: torch.Tensor, keys: Sequence[Key],
-                    amp: bool) -> dict[Key, torch.Tensor]:
+def frozen_features(
+    backbone: Backbone, x: torch.Tensor, keys: Sequence[Key], amp: bool
+) -> dict[Key, torch.Tensor]:
     """Features {key: (B, T, D)} (blocks, taps) with no autograd history, usable as
     training inputs: block outputs alone through the backbone's forward_intermediates,
     with taps through :func:`losa_cache.forward.forward_taps` (the same arithmetic)."""
     if any(p.requires_grad for p in backbone.model.parameters()):
         raise RuntimeError("live mode: the backbone must be frozen (requires_grad=False)")
     keys = sort_keys(keys)
-    with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16,
-                                                enabled=amp):
+    with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         if all(isinstance(k, int) for k in keys):
             outs = dict(zip(keys, backbone.intermediates(x, list(keys)), strict=True))
         else:
@@ -63,13 +63,13 @@ def frozen_features(backbone: Backbone, x: torch.Tensor, keys: Sequence[Key],
     return {key: out.clone() for key, out in outs.items()}
 
 
-def _taps(model: torch.nn.Module, x: torch.Tensor, keys: Sequence[Key]
-          ) -> dict[Key, torch.Tensor]:
+def _taps(model: torch.nn.Module, x: torch.Tensor, keys: Sequence[Key]) -> dict[Key, torch.Tensor]:
     from losa_cache.forward import forward_taps
 
     where = {key: key_tap(key) for key in keys}
-    taps = sort_keys({S.tap_kind(tap) if block is not None else tap
-                      for tap, block in where.values()})
+    taps = sort_keys(
+        {S.tap_kind(tap) if block is not None else tap for tap, block in where.values()}
+    )
     layers = sorted({block for _, block in where.values() if block is not None})
     outs = forward_taps(model, x, layers, [str(t) for t in taps])
     return {key: outs[S.tap_array(*where[key])] for key in keys}
@@ -98,8 +98,11 @@ def live_sampling(cfg: Any) -> ClipSampling | None:
     va = video_alias(cfg.model)
     if va is None:
         return None
-    return ClipSampling(getattr(cfg, "frames", None) or va.frames, getattr(cfg, "stride", 2),
-                        getattr(cfg, "clip", "centre"))
+    return ClipSampling(
+        getattr(cfg, "frames", None) or va.frames,
+        getattr(cfg, "stride", 2),
+        getattr(cfg, "clip", "centre"),
+    )
 
 
 def live_views(cfg: Any) -> int:
@@ -117,17 +120,30 @@ def live_images(dataset: Any, backbone: Backbone, rows: np.ndarray, cfg: Any) ->
     from losa_cache.data.view_images import ViewImages
 
     n = len(rows)
-    return ViewImages(dataset, backbone.transform(), np.tile(rows, count + 1),
-                      np.repeat(np.arange(count + 1), n), np.tile(np.arange(n), count + 1),
-                      parse_augment(cfg.augment), backbone.preprocess, cfg.view_seed)
+    return ViewImages(
+        dataset,
+        backbone.transform(),
+        np.tile(rows, count + 1),
+        np.repeat(np.arange(count + 1), n),
+        np.tile(np.arange(n), count + 1),
+        parse_augment(cfg.augment),
+        backbone.preprocess,
+        cfg.view_seed,
+    )
 
 
 def live_backbone(cfg: Any, device: torch.device) -> Backbone:
     """The backbone the live fields of ``cfg`` (a TrainConfig or SweepConfig) name."""
-    return create_backbone(cfg.model, checkpoint=cfg.checkpoint, pretrained=cfg.pretrained,
-                           random_init=cfg.random_init, seed=cfg.init_seed, device=device,
-                           frames=getattr(cfg, "frames", None),
-                           inflation=getattr(cfg, "inflation", "central"))
+    return create_backbone(
+        cfg.model,
+        checkpoint=cfg.checkpoint,
+        pretrained=cfg.pretrained,
+        random_init=cfg.random_init,
+        seed=cfg.init_seed,
+        device=device,
+        frames=getattr(cfg, "frames", None),
+        inflation=getattr(cfg, "inflation", "central"),
+    )
 
 
 class LiveSource:
@@ -141,27 +157,37 @@ class LiveSource:
             raise ValueError("--live needs --model and --dataset (the backbone runs on images)")
         self.device, self.amp_mode = device, cfg.amp
         sampling = live_sampling(cfg)
-        self.backbone = (live_backbone(cfg, device) if backbone is None
-                         else copy.deepcopy(backbone))
+        self.backbone = live_backbone(cfg, device) if backbone is None else copy.deepcopy(backbone)
         if sampling is not None:  # part of the fingerprint, as extract records it
             self.backbone.sampling = {"stride": sampling.stride, "clip": sampling.clip}
         self.dataset = get_dataset(cfg.dataset, data_root=cfg.data_root, sampling=sampling)
         if sampling is None and isinstance(self.dataset, VideoRows):
-            raise ValueError(f"{cfg.dataset} holds videos but {cfg.model} is an image model: "
-                             f"pick a video backbone ({', '.join(VIDEO_ALIASES)})")
+            raise ValueError(
+                f"{cfg.dataset} holds videos but {cfg.model} is an image model: "
+                f"pick a video backbone ({', '.join(VIDEO_ALIASES)})"
+            )
         self.task_name = self.dataset.task or "default"
         rows, splits = select_rows(self.dataset, cfg.limit, None)  # store rows -> data set rows
         self.dataset_rows = np.asarray(rows, dtype=np.int64)
         self.splits = {k: np.asarray(sorted(v), dtype=np.int64) for k, v in splits.items()}
         self.labels = self.dataset.table.labels[self.dataset_rows].astype(np.int64)
         b = self.backbone
-        self.info = SourceInfo(depth=b.depth, dim=b.dim, tokens=b.tokens,
-                               prefix_tokens=b.prefix_tokens, layers=tuple(range(b.depth)),
-                               fingerprint=b.fingerprint(), splits=list(splits),
-                               default_task=self.task_name, dtype=torch.float32,
-                               row_bytes=b.tokens * b.dim * 4,
-                               taps=live_taps(b.model, b.depth), live=True,
-                               frames=b.time_steps, views=live_views(cfg))
+        self.info = SourceInfo(
+            depth=b.depth,
+            dim=b.dim,
+            tokens=b.tokens,
+            prefix_tokens=b.prefix_tokens,
+            layers=tuple(range(b.depth)),
+            fingerprint=b.fingerprint(),
+            splits=list(splits),
+            default_task=self.task_name,
+            dtype=torch.float32,
+            row_bytes=b.tokens * b.dim * 4,
+            taps=live_taps(b.model, b.depth),
+            live=True,
+            frames=b.time_steps,
+            views=live_views(cfg),
+        )
         self.images = live_images(self.dataset, b, self.dataset_rows, cfg)
         self._pruned: int | None = None
         self._loaders: dict[tuple, tuple[DataLoader, _Planned]] = {}  # evaluation's
@@ -188,15 +214,26 @@ class LiveSource:
         elif last > self._pruned:
             raise ValueError(f"backbone already pruned after block {self._pruned}")
 
-    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[Key],
-             piece_rows: int, device: torch.device, workers: int,
-             max_memory: int | None = None) -> LiveFeed:
+    def feed(
+        self,
+        order: RowOrder,
+        rows: np.ndarray,
+        layers: Sequence[Key],
+        piece_rows: int,
+        device: torch.device,
+        workers: int,
+        max_memory: int | None = None,
+    ) -> LiveFeed:
         self.prune(layers)
         return LiveFeed(self, order, rows, layers, piece_rows, decoding_workers(workers))
 
-    def loader(self, plans: Callable[[], Iterator[Any]], workers: int, key: tuple | None = None,
-               items: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-               ) -> tuple[DataLoader, _Planned]:
+    def loader(
+        self,
+        plans: Callable[[], Iterator[Any]],
+        workers: int,
+        key: tuple | None = None,
+        items: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    ) -> tuple[DataLoader, _Planned]:
         """A loader decoding the planned pieces in ``workers`` processes. With a ``key`` (a
         sequential pass: evaluation) it is made once and keeps its workers, so periodic
         evaluation of the same rows does not start new ones each time."""
@@ -204,10 +241,21 @@ class LiveSource:
             return self._loaders[key]
         sampler, kwargs = _Planned(plans, items), {}
         if workers > 0:  # zarr/timm threads in this process: never fork it
-            kwargs = {"multiprocessing_context": worker_context(), "prefetch_factor": 4,
-                      "persistent_workers": key is not None}
-        made = DataLoader(self.images, batch_sampler=sampler, num_workers=workers,
-                          pin_memory=self.device.type == "cuda", **kwargs), sampler
+            kwargs = {
+                "multiprocessing_context": worker_context(),
+                "prefetch_factor": 4,
+                "persistent_workers": key is not None,
+            }
+        made = (
+            DataLoader(
+                self.images,
+                batch_sampler=sampler,
+                num_workers=workers,
+                pin_memory=self.device.type == "cuda",
+                **kwargs,
+            ),
+            sampler,
+        )
         if key is not None:
             self._loaders[key] = made
         return made
@@ -225,8 +273,11 @@ class _Planned(Sampler):
     """A batch sampler over planned pieces; remembers their positions, in order. Each
     pass over it plans afresh (``plans()``), so a persistent loader can replay it."""
 
-    def __init__(self, plans: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
-                 items: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        plans: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+        items: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         """``items``: (positions, rows) -> the dataset items to load (default: the rows)."""
         self.plans, self.positions, self.items = plans, deque(), items
 
@@ -243,8 +294,15 @@ class LiveFeed:
 
     bytes_read = 0
 
-    def __init__(self, source: LiveSource, order: RowOrder, rows: np.ndarray,
-                 layers: Sequence[Key], piece_rows: int, workers: int) -> None:
+    def __init__(
+        self,
+        source: LiveSource,
+        order: RowOrder,
+        rows: np.ndarray,
+        layers: Sequence[Key],
+        piece_rows: int,
+        workers: int,
+    ) -> None:
         self.source, self.order, self.layers = source, order, sort_keys(layers)
         self.keep = None if np.array_equal(rows, order.rows) else keep_mask(rows)
         self.piece_rows, self.workers = int(piece_rows), max(0, int(workers))
@@ -254,12 +312,19 @@ class LiveFeed:
 
     def pieces(self, offset: int, loop: bool, shuffle: bool) -> Iterator[Piece]:
         def plans() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            return rechunk(planned(self.order, self.keep, offset, loop, shuffle),
-                           self.piece_rows)
+            return rechunk(planned(self.order, self.keep, offset, loop, shuffle), self.piece_rows)
 
-        key = None if loop or shuffle else (  # a sequential pass (evaluation): kept
-            self.order.rows.tobytes(), None if self.keep is None else self.keep.tobytes(),
-            self.piece_rows, offset, self.workers)
+        key = (
+            None
+            if loop or shuffle
+            else (  # a sequential pass (evaluation): kept
+                self.order.rows.tobytes(),
+                None if self.keep is None else self.keep.tobytes(),
+                self.piece_rows,
+                offset,
+                self.workers,
+            )
+        )
         loader, sampler = self.source.loader(plans, self.workers, key, self._items())
         for x, _dataset_rows, ok, _errors in loader:
             pos, rows = sampler.positions.popleft()

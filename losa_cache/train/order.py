@@ -53,8 +53,9 @@ class Window:
 class RowOrder:
     """Shuffled windows of consecutive rows over a sorted set of store rows."""
 
-    def __init__(self, rows: np.ndarray, buffer_rows: int, seed: int,
-                 views: ViewDraw | None = None) -> None:
+    def __init__(
+        self, rows: np.ndarray, buffer_rows: int, seed: int, views: ViewDraw | None = None
+    ) -> None:
         """``views``: which augmented view each row shows per epoch (None: the clean one)."""
         self.views = views
         rows = np.asarray(rows, dtype=np.int64)
@@ -91,7 +92,7 @@ class RowOrder:
         idx = rng.permutation(self.num_windows) if rng is not None else range(self.num_windows)
         out, start = [], epoch * len(self.rows)
         for w, i in enumerate(idx):
-            rows = self.rows[i * self.buffer_rows:(i + 1) * self.buffer_rows]
+            rows = self.rows[i * self.buffer_rows : (i + 1) * self.buffer_rows]
             perm = rng.permutation(len(rows)) if rng is not None else np.arange(len(rows))
             out.append(Window((epoch, w), start, rows, perm))
             start += len(rows)
@@ -114,8 +115,9 @@ class RowOrder:
             epoch += 1
 
 
-def default_buffer_rows(batch_size: int, num_rows: int, row_bytes: int,
-                        budget_bytes: int = BUFFER_BYTES) -> int:
+def default_buffer_rows(
+    batch_size: int, num_rows: int, row_bytes: int, budget_bytes: int = BUFFER_BYTES
+) -> int:
     """Shuffle buffer: 4 batches, within ``budget_bytes`` (never less than one batch).
 
     ``row_bytes`` is what a row of the needed blocks holds in fp16, whatever the store's

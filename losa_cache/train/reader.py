@@ -75,8 +75,9 @@ class Batch(NamedTuple):
     rows: torch.Tensor  # (B,) int64 store rows
 
 
-def labelled_rows(store: FeatureStore, split: str, task: str | None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def labelled_rows(
+    store: FeatureStore, split: str, task: str | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Sorted rows of ``split`` that were written and carry a label, and those labels."""
     rows = store.split_rows(split, valid_only=True)
     labels = store.labels(task)[rows].astype(np.int64)
@@ -110,11 +111,21 @@ class StoreReader:
     valid) in the order over ``order_rows`` (the split's rows; default ``rows``): rows
     not in ``rows`` are skipped."""
 
-    def __init__(self, store: FeatureStore, rows: np.ndarray, labels: np.ndarray,
-                 layers: Sequence[Key], batch_size: int, seed: int = 0,
-                 device: str | torch.device = "cpu", buffer_rows: int | None = None,
-                 workers: int = 4, order_rows: np.ndarray | None = None,
-                 max_memory: int | None = None, views: ViewDraw | None = None) -> None:
+    def __init__(
+        self,
+        store: FeatureStore,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        layers: Sequence[Key],
+        batch_size: int,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        buffer_rows: int | None = None,
+        workers: int = 4,
+        order_rows: np.ndarray | None = None,
+        max_memory: int | None = None,
+        views: ViewDraw | None = None,
+    ) -> None:
         """``max_memory``: bytes of host memory the windows in flight may hold (default
         :data:`DEFAULT_MAX_MEMORY`); it bounds the read-ahead, never the batch order.
         ``views``: each row's features are read from the augmented view the order draws
@@ -123,11 +134,19 @@ class StoreReader:
         reads, self.derived, missing = plan_reads(layers, held)
         blocks = sorted(k for k in missing if isinstance(k, int))
         if blocks:
-            raise StoreError(f"the store has no blocks {blocks}; it holds blocks {store.layers} "
-                             f"of {store.depth}")
+            raise StoreError(
+                f"the store has no blocks {blocks}; it holds blocks {store.layers} of {store.depth}"
+            )
         if missing:
-            raise StoreError(missing_message(missing[0], "this read", store.taps, store.layers,
-                                             (store.manifest.subset or {}).get("source")))
+            raise StoreError(
+                missing_message(
+                    missing[0],
+                    "this read",
+                    store.taps,
+                    store.layers,
+                    (store.manifest.subset or {}).get("source"),
+                )
+            )
         self.store, self.layers = store, sort_keys(layers)  # the keys pieces carry
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -137,25 +156,35 @@ class StoreReader:
         domain = self.rows if order_rows is None else np.asarray(order_rows, dtype=np.int64)
         self.keep = None if order_rows is None else keep_mask(self.rows)
         fp16_row = 2 * self.layout.tokens * self.layout.dim * len(self.layers)
-        self.order = RowOrder(domain, buffer_rows or default_buffer_rows(
-            self.batch_size, len(domain), fp16_row), seed, views)
+        self.order = RowOrder(
+            domain,
+            buffer_rows or default_buffer_rows(self.batch_size, len(domain), fp16_row),
+            seed,
+            views,
+        )
         self.view_table = None if views is None else store_view_table(store, views.count)
         # a window holds every array read (int8: codes and scales) and the sums derived
-        row_bytes = (self.layout.row_bytes * len(reads)
-                     + 4 * self.layout.tokens * self.layout.dim * len(self.derived))
+        row_bytes = self.layout.row_bytes * len(
+            reads
+        ) + 4 * self.layout.tokens * self.layout.dim * len(self.derived)
         window_rows = self.order.buffer_rows
         #: windows read ahead of the one being served: 2 keeps the I/O threads busy at
         #: window boundaries when a window is served fast (a few batches); 1 when it is
         #: big or lasts many steps anyway (small batches); fewer where max_memory says so
-        want = 2 if (window_rows * row_bytes <= READ_AHEAD_BYTES
-                     and window_rows <= 8 * self.batch_size) else 1
-        self.memory = reader_memory(window_rows, min(self.batch_size, window_rows), row_bytes,
-                                    max_memory, want)
+        want = (
+            2
+            if (window_rows * row_bytes <= READ_AHEAD_BYTES and window_rows <= 8 * self.batch_size)
+            else 1
+        )
+        self.memory = reader_memory(
+            window_rows, min(self.batch_size, window_rows), row_bytes, max_memory, want
+        )
         self.read_ahead = int(self.memory["read_ahead"])
         self.pin = self.device.type == "cuda"
         self.workers = max(1, int(workers))
-        self._pool = ThreadPoolExecutor(max_workers=self.workers,
-                                        thread_name_prefix="losa-cache-read")
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="losa-cache-read"
+        )
         # page-cache hints on their own thread: a hint can block on a full device queue,
         # and must not hold up the reads of the window the producer waits for
         self._hints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="losa-cache-hint")
@@ -169,8 +198,7 @@ class StoreReader:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def pieces(self, offset: int = 0, loop: bool = True, shuffle: bool = True
-               ) -> Iterator[Piece]:
+    def pieces(self, offset: int = 0, loop: bool = True, shuffle: bool = True) -> Iterator[Piece]:
         """A window at a time, from stream position ``offset`` on (host memory)."""
         return self._streamed(planned(self.order, self.keep, offset, loop, shuffle))
 
@@ -194,9 +222,13 @@ class StoreReader:
             pieces.close()
 
     def stats(self) -> dict:
-        return {"bytes_read": self.bytes_read, "chunks_read": self.chunks_read,
-                "rows": len(self.rows), "buffer_rows": self.order.buffer_rows,
-                "memory": self.memory}
+        return {
+            "bytes_read": self.bytes_read,
+            "chunks_read": self.chunks_read,
+            "rows": len(self.rows),
+            "buffer_rows": self.order.buffer_rows,
+            "memory": self.memory,
+        }
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -227,9 +259,14 @@ class StoreReader:
                 if not hinted:
                     return
                 pos, rows, read = hinted.popleft()
-                out = [torch.empty((len(rows), *p.array.shape[1:]),
-                                   dtype=STORAGE_DTYPES[p.array.dtype], pin_memory=self.pin)
-                       for p in self._parts]
+                out = [
+                    torch.empty(
+                        (len(rows), *p.array.shape[1:]),
+                        dtype=STORAGE_DTYPES[p.array.dtype],
+                        pin_memory=self.pin,
+                    )
+                    for p in self._parts
+                ]
                 reading.append((pos, rows, out, self._submit(read, np.arange(len(rows)), out)))
 
         try:
@@ -283,8 +320,7 @@ class StoreReader:
 
     # ------------------------------------------------------------------ reading
 
-    def _submit(self, rows: np.ndarray, slots: np.ndarray, out: list[torch.Tensor]
-                ) -> list[Future]:
+    def _submit(self, rows: np.ndarray, slots: np.ndarray, out: list[torch.Tensor]) -> list[Future]:
         """Read ``rows`` into rows ``slots`` of ``out`` (a buffer per array read): the
         shuffle happens in the read itself. One job per array, cut at chunk boundaries
         into enough jobs for every I/O thread (few, large jobs: little Python per byte)."""
@@ -300,23 +336,26 @@ class StoreReader:
         else:  # zarr (remote, compressed): a job per run of chunks, fetched concurrently
             cuts = np.searchsorted(rows, [lo for lo, _ in self._runs(np.unique(rows // cr))])
         bounds = np.unique(np.concatenate([[0], cuts, [len(rows)]])).tolist()
-        return [self._pool.submit(self._read_rows, part.array, rows[a:b], slots[a:b], buf)
-                for part, buf in zip(self._parts, out, strict=True)
-                for a, b in itertools.pairwise(bounds) if b > a]
+        return [
+            self._pool.submit(self._read_rows, part.array, rows[a:b], slots[a:b], buf)
+            for part, buf in zip(self._parts, out, strict=True)
+            for a, b in itertools.pairwise(bounds)
+            if b > a
+        ]
 
     def _runs(self, chunks: np.ndarray) -> list[tuple[int, int]]:
         """Row ranges of runs of contiguous chunk ids (at most MAX_RUN_CHUNKS each)."""
         cr, n = self.layout.chunk_rows, self.layout.num_images
         runs, start = [], 0
         for i in range(1, len(chunks) + 1):
-            if (i == len(chunks) or chunks[i] != chunks[i - 1] + 1
-                    or i - start == MAX_RUN_CHUNKS):
+            if i == len(chunks) or chunks[i] != chunks[i - 1] + 1 or i - start == MAX_RUN_CHUNKS:
                 runs.append((int(chunks[start]) * cr, min(n, (int(chunks[i - 1]) + 1) * cr)))
                 start = i
         return runs
 
-    def _read_rows(self, array: FeatureArray, rows: np.ndarray, slots: np.ndarray,
-                   out: torch.Tensor) -> None:
+    def _read_rows(
+        self, array: FeatureArray, rows: np.ndarray, slots: np.ndarray, out: torch.Tensor
+    ) -> None:
         """Rows ``rows`` (sorted) into rows ``slots`` of ``out`` (store/direct.py: straight
         from the files, else whole chunks via zarr)."""
         nbytes = array.scatter_rows(rows, out, slots)
@@ -332,8 +371,10 @@ def store_view_table(store: FeatureStore, count: int) -> np.ndarray:
     table = read_view_table(store)
     if table is None or table.shape[1] - 1 != count:
         held = 0 if table is None else table.shape[1] - 1
-        raise StoreError(f"the run draws among {count} augmented views but the store holds "
-                         f"{held}; train with --views clean, or extract with --views {count}")
+        raise StoreError(
+            f"the run draws among {count} augmented views but the store holds "
+            f"{held}; train with --views clean, or extract with --views {count}"
+        )
     return table
 
 
@@ -343,8 +384,9 @@ def _parts(key: Key, array: FeatureArray | QuantizedArray) -> list[_Part]:
     return [_Part(key, "values", array)]
 
 
-def reader_memory(window_rows: int, batch_rows: int, row_bytes: int, max_memory: int | None,
-                  want: int) -> dict[str, int]:
+def reader_memory(
+    window_rows: int, batch_rows: int, row_bytes: int, max_memory: int | None, want: int
+) -> dict[str, int]:
     """The read-ahead that ``max_memory`` bytes hold: (read_ahead + 1) windows and one
     batch (a batch spanning two windows is a copy). The default budget always holds one
     window read ahead; a given budget that holds not even one window is refused, naming
@@ -358,8 +400,14 @@ def reader_memory(window_rows: int, batch_rows: int, row_bytes: int, max_memory:
         raise ValueError(
             f"--max-memory {budget / MiB:,.0f} MiB cannot hold one shuffle window of "
             f"{window_rows} rows ({window / MiB:,.1f} MiB) and a batch: give --max-memory "
-            f">= {need} (MiB), or a smaller --shuffle-buffer or --batch-size")
+            f">= {need} (MiB), or a smaller --shuffle-buffer or --batch-size"
+        )
     ahead = int(min(want, fits))
-    return {"max_memory": int(budget), "window_bytes": int(window), "batch_bytes": int(batch),
-            "read_ahead": ahead, "windows_held": ahead + 1,
-            "bytes_held": int((ahead + 1) * window + batch)}
+    return {
+        "max_memory": int(budget),
+        "window_bytes": int(window),
+        "batch_bytes": int(batch),
+        "read_ahead": ahead,
+        "windows_held": ahead + 1,
+        "bytes_held": int((ahead + 1) * window + batch),
+    }

@@ -37,16 +37,34 @@ from losa_cache.train.optim import build_optimizer, build_scheduler, lr_factor
 from losa_cache.train.order import RowOrder, default_buffer_rows
 from losa_cache.train.sources import SourceInfo, TaskData
 
-__all__ = ["NonFiniteLossError", "Run", "compile_side", "cpu_has_bf16", "forward_backward",
-           "forward_loss", "use_amp"]
+__all__ = [
+    "NonFiniteLossError",
+    "Run",
+    "compile_side",
+    "cpu_has_bf16",
+    "forward_backward",
+    "forward_loss",
+    "use_amp",
+]
 
 #: What a run folder holds (an earlier version's folder with these is adopted): the
 #: files above, MIST's candidates (``k/``), a lora baseline's ``peft/``, a sweep's row.
-RUN_FILES = frozenset({ckpt.CHECKPOINT, ckpt.METRICS, ckpt.METRICS_LOG, "adapter.json",
-                       "adapter.safetensors", "k", "peft", "result.json"})
+RUN_FILES = frozenset(
+    {
+        ckpt.CHECKPOINT,
+        ckpt.METRICS,
+        ckpt.METRICS_LOG,
+        "adapter.json",
+        "adapter.safetensors",
+        "k",
+        "peft",
+        "result.json",
+    }
+)
 #: Settings that may change on --resume (the continuation is then no longer exact).
-TUNABLE_ON_RESUME = frozenset({"lr", "steps", "epochs", "warmup_steps", "weight_decay",
-                               "label_smoothing", "momentum"})
+TUNABLE_ON_RESUME = frozenset(
+    {"lr", "steps", "epochs", "warmup_steps", "weight_decay", "label_smoothing", "momentum"}
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,8 +91,7 @@ def use_amp(amp: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
-def compile_side(model: torch.nn.Module, mode: str, device: torch.device
-                 ) -> torch.nn.Module | None:
+def compile_side(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module | None:
     """``torch.compile`` of ``model`` for training steps (None: eager). ``auto`` compiles on
     CUDA only, where fusing a side network's many small kernels cuts launches; on this
     project's CPUs it was not measured faster. Compilation happens at the first call."""
@@ -83,8 +100,9 @@ def compile_side(model: torch.nn.Module, mode: str, device: torch.device
     return torch.compile(model)
 
 
-def forward_loss(model: torch.nn.Module, feats: Any, labels: torch.Tensor, amp: bool,
-                 smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_loss(
+    model: torch.nn.Module, feats: Any, labels: torch.Tensor, amp: bool, smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, logits) of one batch (``feats``: block outputs, or images for a live
     baseline): the forward every training step takes."""
     with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -92,8 +110,14 @@ def forward_loss(model: torch.nn.Module, feats: Any, labels: torch.Tensor, amp: 
     return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing), logits
 
 
-def forward_backward(model: torch.nn.Module, opt: Any, feats: Any, labels: torch.Tensor,
-                     amp: bool, smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_backward(
+    model: torch.nn.Module,
+    opt: Any,
+    feats: Any,
+    labels: torch.Tensor,
+    amp: bool,
+    smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, logits) of one batch, gradients in place: a training step up to the
     optimizer's (:meth:`Run.train_step`; the sweep's cost measurement times this too)."""
     loss, logits = forward_loss(model, feats, labels, amp, smoothing)
@@ -105,10 +129,19 @@ def forward_backward(model: torch.nn.Module, opt: Any, feats: Any, labels: torch
 class Run:
     """One config being trained, with its own batch order, cadence and output folder."""
 
-    def __init__(self, cfg: TrainConfig, side: SideConfig, info: SourceInfo, task: TaskData,
-                 splits: dict[str, str | None], split_rows: np.ndarray,
-                 rows: dict[str, np.ndarray], device: torch.device, name: str = "",
-                 model: torch.nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        side: SideConfig,
+        info: SourceInfo,
+        task: TaskData,
+        splits: dict[str, str | None],
+        split_rows: np.ndarray,
+        rows: dict[str, np.ndarray],
+        device: torch.device,
+        name: str = "",
+        model: torch.nn.Module | None = None,
+    ) -> None:
         """``split_rows``: the train split's rows (the order's domain); ``rows``: the
         labelled rows of each role (train, val, test); ``model``: a live baseline's
         (backbone + head, fed images), else the side network of ``side`` is built."""
@@ -120,17 +153,24 @@ class Run:
         torch.manual_seed(cfg.seed)
         self.model = (create_side(side) if model is None else model).to(device)
         # training steps run through this; eval, state and adapters use the module itself
-        self.compiled = None if model is not None else compile_side(self.model, cfg.compile,
-                                                                    device)
-        self.opt = build_optimizer(self.model, cfg.optimizer, float(self.plan["lr"]),
-                                   float(self.plan["weight_decay"]), cfg.momentum)
+        self.compiled = None if model is not None else compile_side(self.model, cfg.compile, device)
+        self.opt = build_optimizer(
+            self.model,
+            cfg.optimizer,
+            float(self.plan["lr"]),
+            float(self.plan["weight_decay"]),
+            cfg.momentum,
+        )
         self.sched = build_scheduler(self.opt, int(self.plan["warmup_steps"]), self.steps)
         self.rng = ckpt.rng_state()  # this run's own RNG (dropout), swapped in per step
         self.layers = side_inputs(self.model)  # feed keys: blocks, taps (a live baseline: images)
         fp16_row = 2 * info.tokens * info.dim * len(self.layers)
-        self.order = RowOrder(split_rows, cfg.shuffle_buffer or default_buffer_rows(
-            self.batch, len(split_rows), fp16_row), cfg.seed,
-            train_views(getattr(cfg, "views", "all"), info.views))
+        self.order = RowOrder(
+            split_rows,
+            cfg.shuffle_buffer or default_buffer_rows(self.batch, len(split_rows), fp16_row),
+            cfg.seed,
+            train_views(getattr(cfg, "views", "all"), info.views),
+        )
         self.rows = rows
         self.train_rows = train_rows = rows["train"]
         self.keep = None if np.array_equal(train_rows, split_rows) else keep_mask(train_rows)
@@ -163,8 +203,10 @@ class Run:
     def _load_resume_state(self, tunable: frozenset[str]) -> dict[str, Any] | None:
         if not self.cfg.resume:
             if (self.out / ckpt.CHECKPOINT).exists():
-                raise ValueError(f"{self.out} already holds a run ({ckpt.CHECKPOINT}); pass "
-                                 "--resume to continue it, or choose another --out")
+                raise ValueError(
+                    f"{self.out} already holds a run ({ckpt.CHECKPOINT}); pass "
+                    "--resume to continue it, or choose another --out"
+                )
             return None
         state = ckpt.load_checkpoint(self.out)
         try:
@@ -172,14 +214,17 @@ class Run:
         except (KeyError, TypeError, ValueError) as e:
             raise ckpt.CheckpointError(
                 f"--resume: {self.out / ckpt.CHECKPOINT} records no valid training config "
-                f"({type(e).__name__}); point --out at the run to continue") from None
+                f"({type(e).__name__}); point --out at the run to continue"
+            ) from None
         mine = self.cfg.maths()
         fixed = sorted(k for k in mine if mine[k] != saved.get(k) and k not in tunable)
         if fixed:
-            raise ValueError(f"--resume: {self.out / ckpt.CHECKPOINT} was written by a run "
-                             f"with different {fixed} ({[saved.get(k) for k in fixed]} there, "
-                             f"{[mine[k] for k in fixed]} now); use the same values, or "
-                             "restore that run's own checkpoint")
+            raise ValueError(
+                f"--resume: {self.out / ckpt.CHECKPOINT} was written by a run "
+                f"with different {fixed} ({[saved.get(k) for k in fixed]} there, "
+                f"{[mine[k] for k in fixed]} now); use the same values, or "
+                "restore that run's own checkpoint"
+            )
         tuned = sorted(k for k in mine if mine[k] != saved.get(k))
         if tuned:
             self.notes.append(f"resuming with changed {tuned}: not an exact continuation")
@@ -187,14 +232,21 @@ class Run:
 
     def _order_state(self) -> dict[str, int]:
         views = {"views": self.order.view_count} if self.order.view_count else {}
-        return {"num_rows": len(self.order), "seed": self.order.seed,
-                "buffer_rows": self.order.buffer_rows, "batch_size": self.batch, **views}
+        return {
+            "num_rows": len(self.order),
+            "seed": self.order.seed,
+            "buffer_rows": self.order.buffer_rows,
+            "batch_size": self.batch,
+            **views,
+        }
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Continue exactly where the checkpoint left off."""
         if state["order"] != self._order_state():
-            raise ValueError(f"cannot resume {self.out}: the batch order differs from the "
-                             f"checkpoint's ({state['order']} there, {self._order_state()} now)")
+            raise ValueError(
+                f"cannot resume {self.out}: the batch order differs from the "
+                f"checkpoint's ({state['order']} there, {self._order_state()} now)"
+            )
         self._check_progress(state)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
@@ -219,17 +271,23 @@ class Run:
         step, position = state.get("step"), state.get("position")
         saved = TrainConfig.from_dict(state["train_config"]).plan(len(self.train_rows))
         most_steps = max(self.steps, int(saved["steps"]))
-        epochs = -(-int(step) * self.batch // len(self.train_rows)) + 1 if isinstance(
-            step, int) else 0
+        epochs = (
+            -(-int(step) * self.batch // len(self.train_rows)) + 1 if isinstance(step, int) else 0
+        )
         most_rows = epochs * len(self.order)
-        ok = (isinstance(step, int) and isinstance(position, int)
-              and 0 <= step <= most_steps and step <= position <= most_rows)
+        ok = (
+            isinstance(step, int)
+            and isinstance(position, int)
+            and 0 <= step <= most_steps
+            and step <= position <= most_rows
+        )
         if not ok:
             raise ckpt.CheckpointError(
                 f"--resume: {self.out / ckpt.CHECKPOINT} holds step {step!r} and position "
                 f"{position!r}, which this run cannot have reached (step 0..{most_steps}, "
                 f"position step..{most_rows}); the file is damaged or edited: restore it "
-                "from a copy, or train again without --resume into a new --out")
+                "from a copy, or train again without --resume into a new --out"
+            )
 
     # ------------------------------------------------------------------ stepping
 
@@ -250,22 +308,26 @@ class Run:
             loss, logits = self._forward_backward(feats, labels)
         self.after_step(loss, logits, labels)
 
-    def _forward_backward(self, feats: dict[int, torch.Tensor], labels: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_backward(
+        self, feats: dict[int, torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss, logits and gradients of one batch: compiled where asked, and eager from
         the first failure of the compiled network on (one warning, one note)."""
         net = self.model if self.compiled is None else self.compiled
         try:
-            loss, logits = forward_backward(net, self.opt, feats, labels, self.amp,
-                                            self.cfg.label_smoothing)
+            loss, logits = forward_backward(
+                net, self.opt, feats, labels, self.amp, self.cfg.label_smoothing
+            )
         except Exception as e:
             if net is self.model:
                 raise
             self.compiled = None
             cause = getattr(e, "inner_exception", None) or e  # dynamo wraps the backend's
             first = (str(cause).strip().splitlines() or [""])[0][:200]
-            note = (f"--compile {self.cfg.compile}: the compiled side network failed "
-                    f"({type(cause).__name__}: {first}); training eagerly")
+            note = (
+                f"--compile {self.cfg.compile}: the compiled side network failed "
+                f"({type(cause).__name__}: {first}); training eagerly"
+            )
             warnings.warn(note, RuntimeWarning, stacklevel=2)
             self.notes.append(note)
             return self._forward_backward(feats, labels)
@@ -306,11 +368,16 @@ class Run:
         loss_sum = float(self.acc_loss)  # syncs the GPU
         seconds = time.perf_counter() - self.t0
         n = max(1, self.acc_n)
-        rec = {"kind": "train", "step": self.step, "loss": loss_sum / n,
-               "acc": int(self.acc_correct) / n, "lr": self.lr,
-               "img_s": self.acc_n / max(seconds, 1e-9),
-               "epoch": self.step * self.batch / len(self.train_rows),
-               "memory_bytes": ckpt.memory_now(self.device)}
+        rec = {
+            "kind": "train",
+            "step": self.step,
+            "loss": loss_sum / n,
+            "acc": int(self.acc_correct) / n,
+            "lr": self.lr,
+            "img_s": self.acc_n / max(seconds, 1e-9),
+            "epoch": self.step * self.batch / len(self.train_rows),
+            "memory_bytes": ckpt.memory_now(self.device),
+        }
         self.log.write(rec)
         self.last_loss, self.last_img_s = rec["loss"], rec["img_s"]
         if self.steady is None:  # the first interval holds start-up (workers, caches): skip it
@@ -322,8 +389,11 @@ class Run:
         self._reset_interval()
         if not math.isfinite(loss_sum):
             self.diverge(loss_sum)
-        return {"loss": f"{rec['loss']:.4f}", "acc": f"{rec['acc']:.3f}",
-                "img/s": f"{rec['img_s']:,.0f}"}
+        return {
+            "loss": f"{rec['loss']:.4f}",
+            "acc": f"{rec['acc']:.3f}",
+            "img/s": f"{rec['img_s']:,.0f}",
+        }
 
     def diverge(self, value: float) -> None:
         """NaN policy: this run stops; its last good checkpoint stays (others go on)."""
@@ -331,12 +401,16 @@ class Run:
             return
         self.status = "diverged"
         last = self.last_checkpoint_step()
-        kept = (f"the last good checkpoint (step {last}) is kept in {self.out / ckpt.CHECKPOINT}"
-                f"; lower --lr and rerun with --resume to continue from it" if last is not None
-                else "no checkpoint had been written yet; lower --lr and start again")
+        kept = (
+            f"the last good checkpoint (step {last}) is kept in {self.out / ckpt.CHECKPOINT}"
+            f"; lower --lr and rerun with --resume to continue from it"
+            if last is not None
+            else "no checkpoint had been written yet; lower --lr and start again"
+        )
         self.log.write({"kind": "error", "step": self.step, "error": f"loss {value}"})
-        self.error = (f"loss became {value} by step {self.step} (lr {self.lr:.3g}): "
-                      f"training stopped; {kept}")
+        self.error = (
+            f"loss became {value} by step {self.step} (lr {self.lr:.3g}): training stopped; {kept}"
+        )
 
     def blame_inputs(self, feats: Any, rows: np.ndarray) -> None:
         """A run that diverged on a batch holding NaN/inf features: say so, naming the
@@ -352,14 +426,18 @@ class Run:
             finite = torch.isfinite(x.reshape(len(x), -1)).all(1).cpu().numpy()
             if not finite.all():
                 what = f"block {key}" if isinstance(key, int) else str(key)
-                bad.append(f"{what} at store rows {rows[~finite][:5].tolist()}"
-                           f"{' ...' if (~finite).sum() > 5 else ''} ({int((~finite).sum())} "
-                           "rows of this batch)")
+                bad.append(
+                    f"{what} at store rows {rows[~finite][:5].tolist()}"
+                    f"{' ...' if (~finite).sum() > 5 else ''} ({int((~finite).sum())} "
+                    "rows of this batch)"
+                )
         if bad:
-            self.error = (f"the input features are not finite (NaN or inf): {'; '.join(bad)}; "
-                          f"training stopped at step {self.step}. The store holds non-finite "
-                          "values (the backbone overflowed at extraction): re-extract the store "
-                          "(e.g. with --precision fp32), or leave those rows out of the split")
+            self.error = (
+                f"the input features are not finite (NaN or inf): {'; '.join(bad)}; "
+                f"training stopped at step {self.step}. The store holds non-finite "
+                "values (the backbone overflowed at extraction): re-extract the store "
+                "(e.g. with --precision fp32), or leave those rows out of the split"
+            )
 
     def last_checkpoint_step(self) -> int | None:
         path = self.out / ckpt.CHECKPOINT
@@ -368,8 +446,13 @@ class Run:
     # ------------------------------------------------------------------ evaluation
 
     def record_eval(self, role: str, res: dict[str, Any]) -> None:
-        rec = {"kind": "eval" if role == "val" else role, "split": self.splits[role],
-               "step": self.step, "acc": res["acc"], "loss": res["loss"]}
+        rec = {
+            "kind": "eval" if role == "val" else role,
+            "split": self.splits[role],
+            "step": self.step,
+            "acc": res["acc"],
+            "loss": res["loss"],
+        }
         self.log.write(rec)
         if role == "test":
             self.test = res
@@ -380,14 +463,24 @@ class Run:
         self.t0 = time.perf_counter()
 
     def checkpoint(self) -> None:
-        ckpt.save_checkpoint(self.out, {
-            "step": self.step, "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-            "rng": self.rng, "position": self.position, "order": self._order_state(),
-            "train_config": self.cfg.to_dict(), "side_config": self.side.to_dict(),
-            "evals": self.evals, "best": self.best, "train_images": self.train_images,
-            "train_seconds": self.train_seconds,
-        })
+        ckpt.save_checkpoint(
+            self.out,
+            {
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "rng": self.rng,
+                "position": self.position,
+                "order": self._order_state(),
+                "train_config": self.cfg.to_dict(),
+                "side_config": self.side.to_dict(),
+                "evals": self.evals,
+                "best": self.best,
+                "train_images": self.train_images,
+                "train_seconds": self.train_seconds,
+            },
+        )
         self.t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ end
@@ -397,31 +490,46 @@ class Run:
         complete = self.step >= self.steps and self.status != "diverged"
         test = self.test
         metrics = {
-            "complete": complete, "status": "trained" if complete else self.status,
-            "step": self.step, "plan": self.plan, "method": self.cfg.method,
-            "rank": self.cfg.rank, "layers": [k for k in self.layers if isinstance(k, int)],
-            "inputs": list(self.layers), "task": self.task.task,
+            "complete": complete,
+            "status": "trained" if complete else self.status,
+            "step": self.step,
+            "plan": self.plan,
+            "method": self.cfg.method,
+            "rank": self.cfg.rank,
+            "layers": [k for k in self.layers if isinstance(k, int)],
+            "inputs": list(self.layers),
+            "task": self.task.task,
             "options": {n: getattr(self.side, n) for n in getattr(self.model, "uses", ())},
-            "splits": self.splits, "evals": self.evals,
+            "splits": self.splits,
+            "evals": self.evals,
             "best_val_acc": self.best and self.best["acc"],
             "best_val_step": self.best and self.best["step"],
             "final_val_acc": self.evals[-1]["acc"] if self.evals else None,
             "final_val_loss": self.evals[-1]["loss"] if self.evals else None,
-            "test_acc": test and test["acc"], "test_loss": test and test["loss"],
+            "test_acc": test and test["acc"],
+            "test_loss": test and test["loss"],
             "learned_params": self.model.num_learned_params(),
             "head_params": head_params(self.side),
             "train_loss": self.last_loss,
-            "train_rows": len(self.train_rows), "train_images": self.train_images,
+            "train_rows": len(self.train_rows),
+            "train_images": self.train_images,
             "train_seconds": round(self.train_seconds, 3),
             "images_per_s": self.train_images / self.train_seconds if self.train_seconds else 0,
             "images_per_s_steady": self.steady[0] / self.steady[1]
-            if self.steady and self.steady[1] else None,
-            "buffer_rows": self.order.buffer_rows, "device": str(self.device),
-            "amp": "bf16" if self.amp else "fp32", "compiled": self.compiled is not None,
-            "live": self.cfg.live, "error": self.error,
-            "last_checkpoint": str(self.out / ckpt.CHECKPOINT) if self.status == "diverged"
-            and self.last_checkpoint_step() is not None else None,
-            "out": str(self.out), **extra, "notes": self.notes + extra.get("notes", []),
+            if self.steady and self.steady[1]
+            else None,
+            "buffer_rows": self.order.buffer_rows,
+            "device": str(self.device),
+            "amp": "bf16" if self.amp else "fp32",
+            "compiled": self.compiled is not None,
+            "live": self.cfg.live,
+            "error": self.error,
+            "last_checkpoint": str(self.out / ckpt.CHECKPOINT)
+            if self.status == "diverged" and self.last_checkpoint_step() is not None
+            else None,
+            "out": str(self.out),
+            **extra,
+            "notes": self.notes + extra.get("notes", []),
         }
         if complete:
             metrics["adapter"] = str(self._save_adapter(metrics))
@@ -432,12 +540,17 @@ class Run:
     def _save_adapter(self, metrics: dict[str, Any]) -> Path:
         from losa_cache.adapter import save_adapter
 
-        meta = {"fingerprint": self.info.fingerprint, "classes": self.task.classes,
-                "task": self.task.task, "train_config": self.cfg.to_dict(),
-                "metrics": _jsonable(metrics)}
+        meta = {
+            "fingerprint": self.info.fingerprint,
+            "classes": self.task.classes,
+            "task": self.task.task,
+            "train_config": self.cfg.to_dict(),
+            "metrics": _jsonable(metrics),
+        }
         if hasattr(self.model, "save_adapter"):  # a live baseline: its own format (+ peft's)
-            return self.model.cpu().save_adapter(self.out, {
-                **meta, "side_config": self.side.to_dict()})
+            return self.model.cpu().save_adapter(
+                self.out, {**meta, "side_config": self.side.to_dict()}
+            )
         return save_adapter(self.out, self.model.cpu(), self.side, meta)
 
 

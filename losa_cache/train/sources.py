@@ -25,13 +25,24 @@ from losa_cache.train.keys import Key, available_keys, check_held, plan_reads, s
 from losa_cache.train.order import RowOrder
 from losa_cache.train.reader import TORCH_DTYPES, StoreReader
 
-__all__ = ["DataSource", "SourceInfo", "StoreSource", "TaskData", "build_side_config",
-           "no_val_note", "pick_device", "resolve_splits"]
+__all__ = [
+    "DataSource",
+    "SourceInfo",
+    "StoreSource",
+    "TaskData",
+    "build_side_config",
+    "no_val_note",
+    "pick_device",
+    "resolve_splits",
+]
 
 #: Store reader threads under ``--workers -1`` (auto): reads wait on I/O, not on cores.
 READER_THREADS = 4
-SPLIT_DEFAULTS = {"train": ("train", "train800"), "val": ("val", "val200", "validation"),
-                  "test": ("test",)}
+SPLIT_DEFAULTS = {
+    "train": ("train", "train800"),
+    "val": ("val", "val200", "validation"),
+    "test": ("test",),
+}
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,7 @@ class SourceInfo:
         (int8: codes and scales), a ``sum:k`` derived from blocks its fp32 map."""
         held = set(self.keys)
         return sum(self.row_bytes if k in held else 4 * self.tokens * self.dim for k in keys)
+
     frames: int = 1  # token frames: video tokens are prefix + frames x grid (Eq. 6's layout)
     #: augmented views per training row besides the clean one (a store's index/views; live:
     #: --views N with --augment)
@@ -92,9 +104,16 @@ class DataSource(Protocol):
 
     def split_rows(self, split: str) -> np.ndarray: ...
 
-    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[Key],
-             piece_rows: int, device: torch.device, workers: int,
-             max_memory: int | None = None) -> Feed: ...
+    def feed(
+        self,
+        order: RowOrder,
+        rows: np.ndarray,
+        layers: Sequence[Key],
+        piece_rows: int,
+        device: torch.device,
+        workers: int,
+        max_memory: int | None = None,
+    ) -> Feed: ...
 
     def close(self) -> None: ...
 
@@ -102,8 +121,11 @@ class DataSource(Protocol):
 def resolve_splits(cfg: Any, available: Sequence[str]) -> dict[str, str | None]:
     """train/val/test split names: explicit ones must exist; auto picks the usual names."""
     out: dict[str, str | None] = {}
-    for role, given in (("train", cfg.train_split), ("val", cfg.val_split),
-                        ("test", cfg.test_split)):
+    for role, given in (
+        ("train", cfg.train_split),
+        ("val", cfg.val_split),
+        ("test", cfg.test_split),
+    ):
         if given == "none" and role != "train":
             out[role] = None
         elif given == "auto":
@@ -113,17 +135,21 @@ def resolve_splits(cfg: Any, available: Sequence[str]) -> dict[str, str | None]:
         else:
             raise StoreError(f"unknown {role} split {given!r}; available splits: {list(available)}")
     if out["train"] is None:
-        raise StoreError(f"no training split: none of {list(SPLIT_DEFAULTS['train'])} exists; "
-                         f"pass --train-split, one of {list(available)}")
+        raise StoreError(
+            f"no training split: none of {list(SPLIT_DEFAULTS['train'])} exists; "
+            f"pass --train-split, one of {list(available)}"
+        )
     return out
 
 
 def no_val_note(available: Sequence[str], consequence: str) -> str:
     """One line for a run without a validation split: what follows, and how to get one."""
-    return (f"no validation split (the data has {list(available)}): {consequence}; to "
-            "validate, extract a store with `--split val=0.1` (held out from train, e.g. "
-            "`losa-cache extract ... --split val=0.1,test=0.1`) or name a split with "
-            "--val-split")
+    return (
+        f"no validation split (the data has {list(available)}): {consequence}; to "
+        "validate, extract a store with `--split val=0.1` (held out from train, e.g. "
+        "`losa-cache extract ... --split val=0.1,test=0.1`) or name a split with "
+        "--val-split"
+    )
 
 
 class StoreSource:
@@ -140,15 +166,22 @@ class StoreSource:
         s = self.store
         held = available_keys(s.taps, s.layout.layers)
         self.info = SourceInfo(
-            depth=s.depth, dim=s.layout.dim, tokens=s.layout.tokens,
-            prefix_tokens=int(s.token_layout.get("prefix_tokens", 1)), layers=tuple(s.layers),
-            fingerprint=s.fingerprint, splits=list(s.manifest.splits),
+            depth=s.depth,
+            dim=s.layout.dim,
+            tokens=s.layout.tokens,
+            prefix_tokens=int(s.token_layout.get("prefix_tokens", 1)),
+            layers=tuple(s.layers),
+            fingerprint=s.fingerprint,
+            splits=list(s.manifest.splits),
             default_task=s.default_task,
             dtype=TORCH_DTYPES.get(s.dtype, torch.float32),  # int8: dequantized to fp32
-            row_bytes=s.layout.row_bytes, taps=tuple(k for k in held if isinstance(k, str)),
+            row_bytes=s.layout.row_bytes,
+            taps=tuple(k for k in held if isinstance(k, str)),
             tap_names=tuple(s.taps),
-            frames=int(s.token_layout.get("frames", 1)), views=stored_views(s),
-            subset_of=(s.manifest.subset or {}).get("source"))
+            frames=int(s.token_layout.get("frames", 1)),
+            views=stored_views(s),
+            subset_of=(s.manifest.subset or {}).get("source"),
+        )
 
     def task(self, name: str | None) -> TaskData:
         task = name or self.store.default_task
@@ -158,13 +191,30 @@ class StoreSource:
     def split_rows(self, split: str) -> np.ndarray:
         return self.store.split_rows(split, valid_only=True)
 
-    def feed(self, order: RowOrder, rows: np.ndarray, layers: Sequence[Key],
-             piece_rows: int, device: torch.device, workers: int,
-             max_memory: int | None = None) -> StoreReader:
-        return StoreReader(self.store, rows, np.zeros(len(rows), np.int64), layers, piece_rows,
-                           seed=order.seed, device=device, buffer_rows=order.buffer_rows,
-                           workers=workers if workers >= 0 else READER_THREADS,
-                           order_rows=order.rows, max_memory=max_memory, views=order.views)
+    def feed(
+        self,
+        order: RowOrder,
+        rows: np.ndarray,
+        layers: Sequence[Key],
+        piece_rows: int,
+        device: torch.device,
+        workers: int,
+        max_memory: int | None = None,
+    ) -> StoreReader:
+        return StoreReader(
+            self.store,
+            rows,
+            np.zeros(len(rows), np.int64),
+            layers,
+            piece_rows,
+            seed=order.seed,
+            device=device,
+            buffer_rows=order.buffer_rows,
+            workers=workers if workers >= 0 else READER_THREADS,
+            order_rows=order.rows,
+            max_memory=max_memory,
+            views=order.views,
+        )
 
     def close(self) -> None:
         pass
@@ -196,11 +246,20 @@ def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> S
     # a live baseline's head is the linear probe's: on b_L of the backbone it trains
     method = "linear" if get_method(cfg.method).live else cfg.method
     # the run's rank and pool, the method's options; frames come from the features
-    options = {n: getattr(cfg, n) for n in ("rank", "pool", *get_method(method).uses)
-               if n != "layers"}
-    side = SideConfig(num_layers=info.depth, dim=info.dim, tokens=info.tokens,
-                      num_classes=num_classes, method=method, layers=spec,
-                      prefix_tokens=info.prefix_tokens, frames=info.frames, **options)
+    options = {
+        n: getattr(cfg, n) for n in ("rank", "pool", *get_method(method).uses) if n != "layers"
+    }
+    side = SideConfig(
+        num_layers=info.depth,
+        dim=info.dim,
+        tokens=info.tokens,
+        num_classes=num_classes,
+        method=method,
+        layers=spec,
+        prefix_tokens=info.prefix_tokens,
+        frames=info.frames,
+        **options,
+    )
     need = side.required_layers
     missing = sorted(set(need) - set(info.layers))
     if missing and not info.layers:
@@ -209,16 +268,19 @@ def build_side_config(cfg: TrainConfig, info: SourceInfo, num_classes: int) -> S
         raise StoreError(
             f"{cfg.method} with --layers {cfg.layers} needs blocks {list(need)}, but the store "
             f"has no blocks {missing}; it holds blocks {list(info.layers)} of {info.depth} "
-            "(choose --layers among those, or re-extract with the blocks you need)")
+            "(choose --layers among those, or re-extract with the blocks you need)"
+        )
     if info.live:
         _, _, missing = plan_reads(side_inputs(side), info.keys)
         if missing:
             raise StoreError(
                 f"{cfg.method} reads {missing[0]!r}, which the live backbone does not compute "
                 f"(it gives {_live_keys(info)}): choose the method's options (--layers, --taps, "
-                "--gather-k ...) among those")
-    check_held(side_inputs(side), info.keys, cfg.method, info.tap_names, info.layers,
-               info.subset_of)
+                "--gather-k ...) among those"
+            )
+    check_held(
+        side_inputs(side), info.keys, cfg.method, info.tap_names, info.layers, info.subset_of
+    )
     return side
 
 
@@ -228,5 +290,7 @@ def no_blocks_message(method: str, info: SourceInfo) -> str:
     sums = [t for t in info.tap_names if t.startswith("sum:")]
     fixes = [f"train MIST on its {t} (`--method mist --gather-k {t[4:]}`)" for t in sums[-1:]]
     fixes.append(taps_fix("blocks", info.subset_of))
-    return (f"{method} reads block outputs, but the store holds no blocks (it holds taps "
-            f"{list(info.tap_names)}): " + ", or ".join(fixes))
+    return (
+        f"{method} reads block outputs, but the store holds no blocks (it holds taps "
+        f"{list(info.tap_names)}): " + ", or ".join(fixes)
+    )

@@ -43,8 +43,7 @@ from losa_cache.train.sources import (
 __all__ = ["choose_inputs", "make_run", "open_source", "train", "with_out"]
 
 
-def open_source(cfg: Any, device: torch.device, storage_options: dict | None = None
-                ) -> DataSource:
+def open_source(cfg: Any, device: torch.device, storage_options: dict | None = None) -> DataSource:
     """The store (fsspec options for URLs kept out of the saved config), or live mode."""
     if cfg.live:
         from losa_cache.train.live import LiveSource
@@ -55,18 +54,20 @@ def open_source(cfg: Any, device: torch.device, storage_options: dict | None = N
     return StoreSource(cfg.store, storage_options)
 
 
-def make_run(cfg: TrainConfig, source: DataSource, device: torch.device,
-             name: str = "") -> Run:
+def make_run(cfg: TrainConfig, source: DataSource, device: torch.device, name: str = "") -> Run:
     """A run of ``cfg`` on ``source``: its task, splits, rows and side network."""
     info = source.info
     task = source.task(cfg.task)
     splits = resolve_splits(cfg, info.splits)
     split_rows = source.split_rows(str(splits["train"]))
-    rows = {role: task.labelled(source.split_rows(split)) if split else np.zeros(0, np.int64)
-            for role, split in splits.items()}
+    rows = {
+        role: task.labelled(source.split_rows(split)) if split else np.zeros(0, np.int64)
+        for role, split in splits.items()
+    }
     if len(rows["train"]) == 0:
-        raise StoreError(f"split {splits['train']!r} has no labelled, valid rows "
-                         f"for task {task.task!r}")
+        raise StoreError(
+            f"split {splits['train']!r} has no labelled, valid rows for task {task.task!r}"
+        )
     for role in ("val", "test"):
         if splits[role] is not None and not len(rows[role]):
             splits[role] = None  # nothing to score on
@@ -76,17 +77,26 @@ def make_run(cfg: TrainConfig, source: DataSource, device: torch.device,
         model = build_baseline(cfg.method, source.backbone.model, side, cfg, cfg.seed)
     run = Run(cfg, side, info, task, splits, split_rows, rows, device, name, model)
     if splits["val"] is None and cfg.val_split != "none":  # said once: the notes of one run
-        run.notes.append(no_val_note(info.splits, "nothing will be validated and the "
-                                     "adapter is the last step's"))
+        run.notes.append(
+            no_val_note(info.splits, "nothing will be validated and the adapter is the last step's")
+        )
     if run.batch < cfg.batch_size:
-        run.notes.append(f"batch size {cfg.batch_size} capped at the {len(rows['train'])} "
-                         "training rows")
+        run.notes.append(
+            f"batch size {cfg.batch_size} capped at the {len(rows['train'])} training rows"
+        )
     return run
 
 
-def choose_inputs(mode: str, source: DataSource, device: torch.device,
-                  rows: list[np.ndarray], layers: set[Key], workers: int,
-                  progress: bool, max_memory_mib: int | None = None) -> Inputs:
+def choose_inputs(
+    mode: str,
+    source: DataSource,
+    device: torch.device,
+    rows: list[np.ndarray],
+    layers: set[Key],
+    workers: int,
+    progress: bool,
+    max_memory_mib: int | None = None,
+) -> Inputs:
     """``--cache``: hold the given rows of the given feed keys (blocks, taps) in memory when
     they fit, at the size the feed holds them (int8: codes and scales)."""
     union, keys = np.unique(np.concatenate(rows)), sort_keys(layers)
@@ -95,12 +105,21 @@ def choose_inputs(mode: str, source: DataSource, device: torch.device,
     else:
         need = len(union) * source.info.feed_bytes(keys)
         choice = choose_cache(mode, need, device)
-    return Inputs(source, device, choice, union, keys, workers, progress,
-                  None if max_memory_mib is None else max_memory_mib << 20)
+    return Inputs(
+        source,
+        device,
+        choice,
+        union,
+        keys,
+        workers,
+        progress,
+        None if max_memory_mib is None else max_memory_mib << 20,
+    )
 
 
-def train(cfg: TrainConfig, progress: bool = True,
-          storage_options: dict | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, progress: bool = True, storage_options: dict | None = None
+) -> dict[str, Any]:
     """Run (or resume) training; returns the final metrics (also in ``out/metrics.json``).
 
     ``storage_options`` (fsspec, for store URLs) stay out of every saved file: they may
@@ -121,14 +140,17 @@ def _resuming(cfgs: list[TrainConfig]) -> list[TrainConfig]:
     if not any(held):
         ckpt.load_checkpoint(Path(cfgs[0].out))  # the one "no checkpoint" message
     return [dataclasses.replace(c, resume=h) for c, h in zip(cfgs, held, strict=True)]
+
+
 def with_out(cfg: Any, kind: str, progress: bool) -> Any:
     """``cfg`` with its output folder: ``--out``, else a new ``runs/<kind>-<time>`` (said
     on stderr); ``--resume`` needs the folder named."""
     if cfg.out:
         return cfg
     if cfg.resume:
-        raise ValueError(f"--resume needs --out: the {kind} folder to continue (e.g. "
-                         f"runs/{kind}-<date>-<time>)")
+        raise ValueError(
+            f"--resume needs --out: the {kind} folder to continue (e.g. runs/{kind}-<date>-<time>)"
+        )
     out = fresh_folder(kind)
     note(f"writing into {out} (--out names another folder)", progress)
     return dataclasses.replace(cfg, out=out)
@@ -136,14 +158,16 @@ def with_out(cfg: Any, kind: str, progress: bool) -> Any:
 
 def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> dict[str, Any]:
     device = pick_device(cfg.device)
-    allocator = (tune_allocator(budget=cfg.max_memory is not None)
-                 if device.type == "cpu" and not cfg.live else None)
+    allocator = (
+        tune_allocator(budget=cfg.max_memory is not None)
+        if device.type == "cpu" and not cfg.live
+        else None
+    )
     baseline = ckpt.reset_peak_memory(device)
     source = open_source(cfg, device, storage_options)
     try:
         # one run, or one per candidate setting chosen on val (MIST's k), fed together
-        runs = [make_run(c, source, device)
-                for c in _resuming(candidate_configs(cfg, source.info))]
+        runs = [make_run(c, source, device) for c in _resuming(candidate_configs(cfg, source.info))]
         for run in runs:
             run.start()
         inputs = choose_inputs(cfg.cache, source, device,
@@ -158,12 +182,19 @@ def _train(cfg: TrainConfig, progress: bool, storage_options: dict | None) -> di
         for text in dict.fromkeys(t for run in runs for t in run.notes):  # each said once
             note(text, progress)
         Engine(runs, inputs, progress).train()
-        extra = {"bytes_read": inputs.bytes_read, **ckpt.peak_memory(device, baseline),
-                 "allocator": allocator}
-        feed = {"cache": inputs.choice.to_dict(), "bytes_read": inputs.bytes_read,
-                "reader_memory": inputs.memory}
-        results = [r.finish({**extra, "feed": {**feed, "buffer_rows": r.order.buffer_rows}})
-                   for r in runs]
+        extra = {
+            "bytes_read": inputs.bytes_read,
+            **ckpt.peak_memory(device, baseline),
+            "allocator": allocator,
+        }
+        feed = {
+            "cache": inputs.choice.to_dict(),
+            "bytes_read": inputs.bytes_read,
+            "reader_memory": inputs.memory,
+        }
+        results = [
+            r.finish({**extra, "feed": {**feed, "buffer_rows": r.order.buffer_rows}}) for r in runs
+        ]
     finally:
         source.close()
     if all(r.status == "diverged" for r in runs):
@@ -187,8 +218,14 @@ def _candidates_end(cfg: TrainConfig, results: list[dict[str, Any]]) -> dict[str
     if all(m["status"] != "stopped" for m in results):
         return keep_best(cfg, results)
     runs = {str(m["options"]["gather_k"]): m["out"] for m in results}
-    return {**results[0], "complete": False, "status": "stopped", "out": cfg.out,
-            "candidate_runs": runs, "step": min(m["step"] for m in results)}
+    return {
+        **results[0],
+        "complete": False,
+        "status": "stopped",
+        "out": cfg.out,
+        "candidate_runs": runs,
+        "step": min(m["step"] for m in results),
+    }
 
 
 def _say_end(m: dict[str, Any]) -> None:

@@ -52,8 +52,9 @@ def test_cluster_extract_to_s3_then_info_and_open_store(
     batches = []
     for store in (remote, local):
         rows, labels = labelled_rows(store, "train", None)
-        with StoreReader(store, rows, labels, store.layers, 7, seed=1,
-                         buffer_rows=12, workers=2) as reader:
+        with StoreReader(
+            store, rows, labels, store.layers, 7, seed=1, buffer_rows=12, workers=2
+        ) as reader:
             stream = reader.batches()
             batches.append(list(itertools.islice(stream, 6)))
             stream.close()

@@ -28,8 +28,12 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
-        elif (isinstance(node, ast.ImportFrom) and node.module and node.level == 0
-              and node.module.startswith("losa_cache")):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.startswith("losa_cache")
+        ):
             for a in node.names:
                 sub = f"{node.module}.{a.name}"
                 out.add(sub if _is_module(sub) else node.module)

@@ -270,7 +270,10 @@ def test_training_on_g_k_without_its_inputs_names_the_tap_and_the_fix(
         device="cpu",
         workers=1,
     )
-    with pytest.raises(StoreError, match=r"reads the store tap sum:4, which the store does not "
-                                         r"hold .*--extend --taps embed"):
+    with pytest.raises(
+        StoreError,
+        match=r"reads the store tap sum:4, which the store does not "
+        r"hold .*--extend --taps embed",
+    ):
         train(cfg, progress=False)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()

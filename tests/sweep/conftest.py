@@ -42,11 +42,19 @@ def num_classes(store: str) -> int:
     return len(open_store(store).classes("full"))
 
 
-SMALL: dict[str, Any] = {"task": ["full"], "rank": [4], "layers": ["evenly:2", "all"],
-                         "lr": [0.05],
-                         "method": ["losa", "linear"], "steps": 7, "batch_size": 8,
-                         "device": "cpu", "workers": 1, "speed_batches": 0,
-                         "amp": "fp32"}  # auto is bf16 on AVX512-BF16 CPUs
+SMALL: dict[str, Any] = {
+    "task": ["full"],
+    "rank": [4],
+    "layers": ["evenly:2", "all"],
+    "lr": [0.05],
+    "method": ["losa", "linear"],
+    "steps": 7,
+    "batch_size": 8,
+    "device": "cpu",
+    "workers": 1,
+    "speed_batches": 0,
+    "amp": "fp32",
+}  # auto is bf16 on AVX512-BF16 CPUs
 
 
 @pytest.fixture
@@ -54,8 +62,9 @@ def make_sweep(sweep_store: str, tmp_path: Path) -> Callable[..., SweepConfig]:
     """A seconds-long sweep on the two-task store; overrides win."""
 
     def make(name: str = "sweep", **overrides: Any) -> SweepConfig:
-        return SweepConfig(**{"store": sweep_store, "out": str(tmp_path / name), **SMALL,
-                              **overrides})
+        return SweepConfig(
+            **{"store": sweep_store, "out": str(tmp_path / name), **SMALL, **overrides}
+        )
 
     return make
 

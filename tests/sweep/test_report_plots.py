@@ -20,11 +20,21 @@ from losa_cache.sweep.plotting import (
 )
 
 
-def _row(method: str, acc: float, params: int, sweep: str = "a", rank: int | None = 4,
-         lr: float = 0.01) -> dict:
-    return {"method": method, "acc": acc, "val_acc": acc, "test_acc": acc, "rank": rank,
-            "layers": "all", "lr": lr, "learned_params": params, "sweep": sweep,
-            "many": False}
+def _row(
+    method: str, acc: float, params: int, sweep: str = "a", rank: int | None = 4, lr: float = 0.01
+) -> dict:
+    return {
+        "method": method,
+        "acc": acc,
+        "val_acc": acc,
+        "test_acc": acc,
+        "rank": rank,
+        "layers": "all",
+        "lr": lr,
+        "learned_params": params,
+        "sweep": sweep,
+        "many": False,
+    }
 
 
 def _texts(ax) -> list:
@@ -43,8 +53,7 @@ def test_labels_do_not_overlap_and_coincident_points_share_one() -> None:
     r = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(r) for t in _texts(ax)]
     assert len(boxes) == 16
-    assert any("twin of 1-1" in t.get_text() and "point 1-1" in t.get_text()
-               for t in _texts(ax))
+    assert any("twin of 1-1" in t.get_text() and "point 1-1" in t.get_text() for t in _texts(ax))
     for a, b in itertools.combinations(boxes, 2):
         assert not a.overlaps(b)
     plt.close(fig)
@@ -53,16 +62,16 @@ def test_labels_do_not_overlap_and_coincident_points_share_one() -> None:
 def test_a_method_has_one_colour_and_marker_in_single_and_compare_plots() -> None:
     """The colour follows the method's name, not its position among the plotted groups."""
     single = [_row("losa", 0.7, 20_000), _row("linear", 0.5, 0, rank=None)]
-    compare = [_row("mist", 0.6, 30_000, "b"), _row("transformer", 0.4, 100_000, "b"),
-               *single]
+    compare = [_row("mist", 0.6, 30_000, "b"), _row("transformer", 0.4, 100_000, "b"), *single]
     metric = report.METRICS[0]
 
     def styles(rows: list[dict], sweeps: list[str]) -> dict[str, set]:
         fig, ax = plt.subplots()
         report._plot(ax, rows, metric, "Test accuracy (%)", sweeps)
         got: dict[str, set] = {}
-        for line, r in zip(ax.lines, [r for r in rows if r.get(metric.key) is not None],
-                           strict=False):
+        for line, r in zip(
+            ax.lines, [r for r in rows if r.get(metric.key) is not None], strict=False
+        ):
             got.setdefault(r["method"], set()).add((line.get_color(), line.get_marker()))
         plt.close(fig)
         return got
@@ -77,8 +86,7 @@ def test_a_method_has_one_colour_and_marker_in_single_and_compare_plots() -> Non
 
 def test_accuracy_is_in_percent_and_titles_are_plain() -> None:
     fig, ax = plt.subplots()
-    report._plot(ax, [_row("losa", 0.7125, 20_000)], report.METRICS[0], "Test accuracy (%)",
-                 ["a"])
+    report._plot(ax, [_row("losa", 0.7125, 20_000)], report.METRICS[0], "Test accuracy (%)", ["a"])
     assert ax.lines[0].get_ydata()[0] == pytest.approx(71.25)
     plt.close(fig)
     titles = {m.name: m.title for m in report.METRICS}
@@ -90,7 +98,13 @@ def test_accuracy_is_in_percent_and_titles_are_plain() -> None:
 
 def test_log_ticks_are_plain_numbers_and_symlog_has_none_inside_its_linear_part() -> None:
     assert [fmt_number(v) for v in (0, 0.05, 2, 300, 5000, 1.2e6)] == [
-        "0", "0.05", "2", "300", "5k", "1.2M"]
+        "0",
+        "0.05",
+        "2",
+        "300",
+        "5k",
+        "1.2M",
+    ]
     fig, ax = plt.subplots()
     xs = [0, 0, 5241, 19_209, 1_204_352]  # the linear probe's 0 params beside LoRA's
     ax.plot(xs, range(len(xs)), "o")

@@ -19,8 +19,12 @@ def runs(**kw):  # vit_micro-like: 4 blocks, all stored
 
 
 def test_grid_is_a_cross_product_without_duplicates() -> None:
-    got = runs(method=["losa", "linear"], rank=[4, 8], layers=["evenly:1", "evenly:4", "all"],
-               lr=[0.01, 0.05])
+    got = runs(
+        method=["losa", "linear"],
+        rank=[4, 8],
+        layers=["evenly:1", "evenly:4", "all"],
+        lr=[0.01, 0.05],
+    )
     ids = [r.id for r in got]
     # evenly:4 == all on 4 blocks; linear ignores rank and layers
     assert len(ids) == 2 * 2 * 2 + 2 and len(set(ids)) == len(ids)
@@ -37,11 +41,21 @@ def test_tasks_multiply_runs_and_lr_default_dedupes() -> None:
 
 def test_config_file_entries_expand(tmp_path: Path) -> None:
     file = tmp_path / "c.json"
-    file.write_text(json.dumps([{"method": "losa", "rank": [4, 16], "layers": "all"},
-                                {"method": "linear", "optimizer": "adamw", "seed": [0, 1]}]))
+    file.write_text(
+        json.dumps(
+            [
+                {"method": "losa", "rank": [4, 16], "layers": "all"},
+                {"method": "linear", "optimizer": "adamw", "seed": [0, 1]},
+            ]
+        )
+    )
     got = runs(configs=load_entries(file), seed=0)
-    assert [r.id for r in got] == ["losa-r4-all-lrdefault", "losa-r16-all-lrdefault",
-                                   "linear-lrdefault-adamw", "linear-lrdefault-adamw-s1"]
+    assert [r.id for r in got] == [
+        "losa-r4-all-lrdefault",
+        "losa-r16-all-lrdefault",
+        "linear-lrdefault-adamw",
+        "linear-lrdefault-adamw-s1",
+    ]
     assert got[3].train.seed == 1 and got[2].train.optimizer == "adamw"
 
 
@@ -81,16 +95,26 @@ def test_parsers() -> None:
 def test_from_dict_round_trips_and_refuses_unknown_keys() -> None:
     cfg = SweepConfig(store="s.zarr", out="o", rank=[4, 8], width=32, stop_at=5)
     assert SweepConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match=r"unknown SweepConfig keys \['stop_after'\]; known "
-                                         r"keys: \[.*'stop_at'"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown SweepConfig keys \['stop_after'\]; known "
+        r"keys: \[.*'stop_at'",
+    ):
         SweepConfig.from_dict({**cfg.to_dict(), "stop_after": 1})
 
 
 def test_sweep_wide_method_options_reach_the_runs_that_read_them() -> None:
     """MIST's --width/--gather-k, --momentum ... on the sweep's command line: every run that
     reads one gets it (as train would), a method that ignores it keeps one run."""
-    got = runs(method=["mist", "linear"], width=32, gather_k=2, momentum=0.5,
-               label_smoothing=0.1, warmup_steps=3, stop_at=4)
+    got = runs(
+        method=["mist", "linear"],
+        width=32,
+        gather_k=2,
+        momentum=0.5,
+        label_smoothing=0.1,
+        warmup_steps=3,
+        stop_at=4,
+    )
     mist, linear = (next(r.train for r in got if r.train.method == m) for m in ("mist", "linear"))
     assert len(got) == 2 and (mist.width, mist.gather_k) == (32, 2)
     assert linear.width == TrainConfig.width and linear.gather_k is None
@@ -106,8 +130,7 @@ def test_size_flags_take_units_in_train_and_sweep_alike() -> None:
     from losa_cache.cli.options import sizes
 
     for cls in (TrainConfig, SweepConfig):
-        assert sizes(cls, {"max_memory": "300MB", "steps": 3}) == {"max_memory": 286,
-                                                                   "steps": 3}
+        assert sizes(cls, {"max_memory": "300MB", "steps": 3}) == {"max_memory": 286, "steps": 3}
         assert sizes(cls, {"max_memory": "512"})["max_memory"] == 512
         with pytest.raises(ValueError, match=r"--max-memory '10kB' is under 1 MiB"):
             sizes(cls, {"max_memory": "10kB"})
@@ -129,8 +152,10 @@ def test_sweep_cli_takes_a_max_memory_size(monkeypatch: pytest.MonkeyPatch) -> N
         return {"complete": False, "group": 0}
 
     monkeypatch.setattr(sweep_pkg, "run_sweep", fake)
-    res = CliRunner().invoke(app, ["sweep", "--store", "s.zarr", "--max-memory", "300MB",
-                                   "--width", "32", "--stop-at", "2"])
+    res = CliRunner().invoke(
+        app,
+        ["sweep", "--store", "s.zarr", "--max-memory", "300MB", "--width", "32", "--stop-at", "2"],
+    )
     assert res.exit_code == 0, res.output
     assert (got[0].max_memory, got[0].width, got[0].stop_at) == (286, [32], 2)
 

@@ -36,16 +36,15 @@ def curves(run_dir: str | Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("cache", ["ram", "none"])
-def test_train_equals_a_sweep_of_one_equals_a_member_of_six(make_sweep, tmp_path,
-                                                              cache) -> None:
+def test_train_equals_a_sweep_of_one_equals_a_member_of_six(make_sweep, tmp_path, cache) -> None:
     """Both tasks ('half' labels every other row); 7 steps of 8 cross an epoch of 'half'.
     Every member: the same adapter, metrics and learning curves as trained alone."""
-    cfg = make_sweep(cache=cache, batching="loop", task=["full", "half"], eval_every=3,
-                     log_every=2)
+    cfg = make_sweep(cache=cache, batching="loop", task=["full", "half"], eval_every=3, log_every=2)
     res = run_sweep(cfg, progress=False)
     rows = {f"{r['task']}/{r['run']}": r for r in res["results"]}
-    assert len(rows) == 6 and res["summary"]["mode"] == ("memory" if cache == "ram"
-                                                         else "streaming")
+    assert len(rows) == 6 and res["summary"]["mode"] == (
+        "memory" if cache == "ram" else "streaming"
+    )
     for key, spec in specs(cfg.out).items():
         ref = alone(spec, tmp_path / "alone")
         ref_dir = tmp_path / "alone" / spec.task / spec.id
@@ -59,8 +58,18 @@ def test_train_equals_a_sweep_of_one_equals_a_member_of_six(make_sweep, tmp_path
     # a sweep of one: the same again
     key = "half/losa-r4-evenly2-lr0.05"
     spec = specs(cfg.out)[key]
-    one = run_sweep(make_sweep("one", cache=cache, task=["half"], method=["losa"],
-                               layers=["evenly:2"], eval_every=3, log_every=2), progress=False)
+    one = run_sweep(
+        make_sweep(
+            "one",
+            cache=cache,
+            task=["half"],
+            method=["losa"],
+            layers=["evenly:2"],
+            eval_every=3,
+            log_every=2,
+        ),
+        progress=False,
+    )
     (only,) = one["results"]
     assert same(adapter_weights(only["adapter"]), adapter_weights(spec.train.out))
     assert curves(only["adapter"]) == curves(spec.train.out)
@@ -68,10 +77,15 @@ def test_train_equals_a_sweep_of_one_equals_a_member_of_six(make_sweep, tmp_path
 
 
 def test_a_diverged_run_stops_alone_with_its_last_good_checkpoint(make_sweep) -> None:
-    entries = [{"method": "linear", "lr": 1e6}, {"method": "linear", "lr": 0.05},
-               {"method": "losa", "rank": 4, "layers": "all", "lr": 0.05}]
-    res = run_sweep(make_sweep("nan", configs=entries, steps=20, checkpoint_every=1,
-                               cache="none"), progress=False)
+    entries = [
+        {"method": "linear", "lr": 1e6},
+        {"method": "linear", "lr": 0.05},
+        {"method": "losa", "rank": 4, "layers": "all", "lr": 0.05},
+    ]
+    res = run_sweep(
+        make_sweep("nan", configs=entries, steps=20, checkpoint_every=1, cache="none"),
+        progress=False,
+    )
     rows = {r["run"]: r for r in res["results"]}
     bad = rows["linear-lr1e+06"]
     assert bad["status"] == "diverged" and bad["adapter"] is None and bad["step"] < 20
@@ -85,8 +99,10 @@ def test_a_diverged_run_stops_alone_with_its_last_good_checkpoint(make_sweep) ->
         assert rows[run]["step"] == 20
     from losa_cache.cli.sweep_cmds import summary
 
-    assert f"diverged full/linear-lr1e+06: stopped alone; last good checkpoint: " \
+    assert (
+        f"diverged full/linear-lr1e+06: stopped alone; last good checkpoint: "
         f"{named['last_checkpoint']}" in summary(res)
+    )
 
 
 def test_vmap_mode_matches_up_to_float_rounding(make_sweep, tmp_path) -> None:

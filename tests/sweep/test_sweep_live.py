@@ -23,11 +23,36 @@ def test_live_sweep_members_equal_live_runs_alone(tmp_path: Path) -> None:
     app.command()(sweep)
     app.command("noop")(lambda: None)
     out = tmp_path / "live"
-    res = CliRunner().invoke(app, [
-        "sweep", *LIVE, "--out", str(out), "--method", "losa,linear", "--rank", "4",
-        "--layers", "evenly:2,all", "--lr", "0.05", "--steps", "5", "--batch-size", "8",
-        "--eval-every", "5", "--speed-batches", "0", "--device", "cpu", "--workers", "0",
-        "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            *LIVE,
+            "--out",
+            str(out),
+            "--method",
+            "losa,linear",
+            "--rank",
+            "4",
+            "--layers",
+            "evenly:2,all",
+            "--lr",
+            "0.05",
+            "--steps",
+            "5",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "5",
+            "--speed-batches",
+            "0",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["summary"]["mode"] == "live" and doc["summary"]["bytes_read"] == 0
@@ -50,19 +75,56 @@ def test_live_baselines_join_a_live_sweep_one_after_another(tmp_path: Path) -> N
     app.command()(sweep)
     app.command("noop")(lambda: None)
     out = tmp_path / "mixed"
-    res = CliRunner().invoke(app, [
-        "sweep", *LIVE, "--out", str(out), "--method", "losa,linear,lora,vpt,partial",
-        "--rank", "2", "--layers", "all", "--lr", "0.01", "--steps", "3", "--batch-size", "8",
-        "--eval-every", "3", "--speed-batches", "1", "--device", "cpu", "--workers", "0",
-        "--optimizer", "adamw", "--amp", "fp32", "--prompt-tokens", "2", "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            *LIVE,
+            "--out",
+            str(out),
+            "--method",
+            "losa,linear,lora,vpt,partial",
+            "--rank",
+            "2",
+            "--layers",
+            "all",
+            "--lr",
+            "0.01",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "3",
+            "--speed-batches",
+            "1",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--optimizer",
+            "adamw",
+            "--amp",
+            "fp32",
+            "--prompt-tokens",
+            "2",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     rows = {r["run"]: r for r in doc["results"]}
-    assert set(rows) == {"losa-r2-all-lr0.01-adamw", "linear-lr0.01-adamw",
-                         "lora-r2-lr0.01-adamw", "vpt-lr0.01-adamw", "partial-lr0.01-adamw"}
+    assert set(rows) == {
+        "losa-r2-all-lr0.01-adamw",
+        "linear-lr0.01-adamw",
+        "lora-r2-lr0.01-adamw",
+        "vpt-lr0.01-adamw",
+        "partial-lr0.01-adamw",
+    }
     groups = [g["runs"] for g in doc["summary"]["groups"]]
-    baselines = [g for g in groups if any(k.split("/")[1].startswith(("lora", "vpt", "partial"))
-                                          for k in g)]
+    baselines = [
+        g for g in groups if any(k.split("/")[1].startswith(("lora", "vpt", "partial")) for k in g)
+    ]
     assert len(baselines) == 3 and all(len(g) == 1 for g in baselines)  # one each
     assert groups[:3] == baselines and len(groups[3]) == 2  # then losa + linear together
     for r in json.loads((out / "sweep.json").read_text())["runs"]:

@@ -27,8 +27,14 @@ def done(sweep_store: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from tests.sweep.conftest import SMALL
 
     out = tmp_path_factory.mktemp("done") / "sweep"
-    return run_sweep(SweepConfig(store=sweep_store, out=str(out), **{
-        **SMALL, "task": ["full", "half"], "speed_batches": 2}), progress=False)
+    return run_sweep(
+        SweepConfig(
+            store=sweep_store,
+            out=str(out),
+            **{**SMALL, "task": ["full", "half"], "speed_batches": 2},
+        ),
+        progress=False,
+    )
 
 
 def test_results_files_hold_every_config_and_task(done: dict) -> None:
@@ -54,8 +60,9 @@ def test_the_papers_setting_adds_the_backbone(done: dict) -> None:
     sweep measures them on the store's backbone (random weights, vit_micro here)."""
     from losa_cache.backbone import create_backbone
 
-    weights = sum(p.numel() * 4 for p in create_backbone("vit_micro", random_init=True)
-                  .model.parameters())
+    weights = sum(
+        p.numel() * 4 for p in create_backbone("vit_micro", random_init=True).model.parameters()
+    )
     for r in done["results"]:
         assert r["train_memory_b1_live"] > max(weights, r["train_memory_b1"])
         assert r["infer_memory_b1"] > weights and r["infer_img_s_b1"] > 0
@@ -98,7 +105,10 @@ def test_a_new_best_replaces_an_earlier_export_without_stale_files(
     (dst / "notes.txt").write_text("mine")  # not an export's file: kept
     paths = export_best(tmp_path, {"full": best["full"]})
     assert sorted(p.name for p in dst.iterdir()) == [
-        "adapter.json", "adapter.safetensors", "notes.txt"]
+        "adapter.json",
+        "adapter.safetensors",
+        "notes.txt",
+    ]
     assert load_adapter(paths["full"]).task == "full"
 
 
@@ -129,11 +139,17 @@ def test_report_plots_and_compares(done: dict, tmp_path: Path) -> None:
     out = done["summary"]["out"]
     res = make_report([out, out], tmp_path / "rep", labels=["cached", "again"])
     names = {Path(p).name for p in res["pngs"]}
-    assert {"half_acc_vs_params.png", "full_acc_vs_memory.png",
-            "full_acc_vs_speed.png", "half_acc_vs_gmacs.png",
-            "full_acc_vs_memory_live.png", "full_acc_vs_speed_live.png",
-            "half_acc_vs_infer_memory.png", "half_acc_vs_infer_speed.png",
-            "half_overview.png"} <= names
+    assert {
+        "half_acc_vs_params.png",
+        "full_acc_vs_memory.png",
+        "full_acc_vs_speed.png",
+        "half_acc_vs_gmacs.png",
+        "full_acc_vs_memory_live.png",
+        "full_acc_vs_speed_live.png",
+        "half_acc_vs_infer_memory.png",
+        "half_acc_vs_infer_speed.png",
+        "half_overview.png",
+    } <= names
     assert all(Path(p).stat().st_size > 10_000 for p in res["pngs"])
     md = Path(res["markdown"]).read_text()
     assert "| cached |" in md and "| again |" in md and "(best)" in md
@@ -148,9 +164,31 @@ def cli() -> typer.Typer:
 
 def test_cli_sweep_json_report_and_errors(sweep_store: str, tmp_path: Path) -> None:
     runner, out = CliRunner(), str(tmp_path / "cli")
-    args = ["sweep", "--store", sweep_store, "--out", out, "--method", "losa,linear", "--rank",
-            "4", "--layers", "evenly:1", "--lr", "0.05", "--steps", "3", "--batch-size", "8",
-            "--speed-batches", "1", "--workers", "1", "--device", "cpu"]
+    args = [
+        "sweep",
+        "--store",
+        sweep_store,
+        "--out",
+        out,
+        "--method",
+        "losa,linear",
+        "--rank",
+        "4",
+        "--layers",
+        "evenly:1",
+        "--lr",
+        "0.05",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--speed-batches",
+        "1",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+    ]
     res = runner.invoke(cli(), [*args, "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
@@ -171,8 +209,15 @@ def test_sweep_without_a_test_split(sweep_store: str, tmp_path: Path) -> None:
     from losa_cache.sweep import SweepConfig
     from tests.sweep.conftest import SMALL
 
-    res = run_sweep(SweepConfig(store=sweep_store, out=str(tmp_path / "s"), test_split="none",
-                                **{**SMALL, "speed_batches": 2}), progress=False)
+    res = run_sweep(
+        SweepConfig(
+            store=sweep_store,
+            out=str(tmp_path / "s"),
+            test_split="none",
+            **{**SMALL, "speed_batches": 2},
+        ),
+        progress=False,
+    )
     rows = json.loads((tmp_path / "s" / "results.json").read_text())
     rows = rows if isinstance(rows, list) else rows.get("results", rows.get("rows", []))
     assert res and rows and all(r.get("test_acc") is None for r in rows)
@@ -201,12 +246,14 @@ def test_every_sweep_field_is_a_flag_with_its_help() -> None:
 
 def test_bad_sweep_numbers_are_one_line_errors(sweep_store: str, tmp_path: Path) -> None:
     base = ["sweep", "--store", sweep_store, "--out", str(tmp_path / "x"), "--device", "cpu"]
-    for args, says in ((["--batch-size", "0"], "--batch-size must be an integer >= 1"),
-                       (["--seed", "-1"], "--seed must be an integer >= 0"),
-                       (["--rank", "4,0"], "--rank must be an integer >= 1, got 0"),
-                       (["--lr", "0.1,-1"], "--lr must be a number > 0, got -1.0"),
-                       (["--steps", "0"], "--steps must be an integer >= 1"),
-                       (["--speed-batches", "-1"], "--speed-batches must be an integer >= 0")):
+    for args, says in (
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+        (["--seed", "-1"], "--seed must be an integer >= 0"),
+        (["--rank", "4,0"], "--rank must be an integer >= 1, got 0"),
+        (["--lr", "0.1,-1"], "--lr must be a number > 0, got -1.0"),
+        (["--steps", "0"], "--steps must be an integer >= 1"),
+        (["--speed-batches", "-1"], "--speed-batches must be an integer >= 0"),
+    ):
         res = CliRunner().invoke(cli(), [*base, *args])
         assert res.exit_code == 2 and says in res.output, (args, res.output)
         assert len(res.output.strip().splitlines()) == 1

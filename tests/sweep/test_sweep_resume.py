@@ -28,8 +28,9 @@ def straight(sweep_store: str, tmp_path_factory: pytest.TempPathFactory) -> dict
     from tests.sweep.conftest import SMALL
 
     out = tmp_path_factory.mktemp("straight") / "sweep"
-    return run_sweep(SweepConfig(store=sweep_store, out=str(out), **{**SMALL, **GRID}),
-                     progress=False)
+    return run_sweep(
+        SweepConfig(store=sweep_store, out=str(out), **{**SMALL, **GRID}), progress=False
+    )
 
 
 def test_memory_budget_splits_into_groups_with_the_same_results(make_sweep, straight) -> None:
@@ -95,10 +96,41 @@ def test_ctrl_c_checkpoints_then_resume_matches(make_sweep, sweep_store, tmp_pat
 
     kw = {"method": ["losa"], "layers": ["all"], "steps": 150, "batching": "loop"}
     out = Path(make_sweep("int").out)
-    args = [sys.executable, "-c", SCRIPT, "sweep", "--store", sweep_store, "--out", str(out),
-            "--task", "full", "--method", "losa", "--rank", "4", "--layers", "all", "--lr",
-            "0.05", "--steps", "150", "--batch-size", "8", "--checkpoint-every", "1",
-            "--speed-batches", "0", "--device", "cpu", "--workers", "1", "--amp", "fp32", "--json"]
+    args = [
+        sys.executable,
+        "-c",
+        SCRIPT,
+        "sweep",
+        "--store",
+        sweep_store,
+        "--out",
+        str(out),
+        "--task",
+        "full",
+        "--method",
+        "losa",
+        "--rank",
+        "4",
+        "--layers",
+        "all",
+        "--lr",
+        "0.05",
+        "--steps",
+        "150",
+        "--batch-size",
+        "8",
+        "--checkpoint-every",
+        "1",
+        "--speed-batches",
+        "0",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--amp",
+        "fp32",
+        "--json",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
@@ -115,5 +147,4 @@ def test_ctrl_c_checkpoints_then_resume_matches(make_sweep, sweep_store, tmp_pat
     assert 0 < state["step"] < 150
     res = run_sweep(make_sweep("int", resume=True, **kw), progress=False)
     whole = run_sweep(make_sweep("whole", **kw), progress=False)
-    assert same(weights(res)["full/losa-r4-all-lr0.05"],
-                weights(whole)["full/losa-r4-all-lr0.05"])
+    assert same(weights(res)["full/losa-r4-all-lr0.05"], weights(whole)["full/losa-r4-all-lr0.05"])

@@ -39,8 +39,17 @@ def tap_stores(make_store: Callable[..., str], tmp_path_factory: pytest.TempPath
     return out
 
 
-SMALL = {"rank": 4, "layers": "evenly:2", "batch_size": 16, "steps": 6, "eval_every": 3,
-         "log_every": 1, "workers": 1, "device": "cpu", "amp": "fp32"}
+SMALL = {
+    "rank": 4,
+    "layers": "evenly:2",
+    "batch_size": 16,
+    "steps": 6,
+    "eval_every": 3,
+    "log_every": 1,
+    "workers": 1,
+    "device": "cpu",
+    "amp": "fp32",
+}
 
 
 @pytest.fixture
@@ -48,7 +57,8 @@ def make_cfg(micro_store: str, tmp_path: Path) -> Callable[..., TrainConfig]:
     """A seconds-long run on the shared fp32 micro store; overrides win."""
 
     def make(name: str = "run", **overrides: Any) -> TrainConfig:
-        return TrainConfig(**{"store": micro_store, "out": str(tmp_path / name), **SMALL,
-                              **overrides})
+        return TrainConfig(
+            **{"store": micro_store, "out": str(tmp_path / name), **SMALL, **overrides}
+        )
 
     return make

@@ -124,10 +124,16 @@ def test_a_dask_workers_large_buffers_come_from_the_heap_again(fix: str) -> None
     each step's buffers zeroed anew); :func:`heap_for_large_buffers` serves them from the
     heap again, as glibc would without the variable."""
     env = {"PATH": "/usr/bin:/bin", allocator.DASK_TRIM: "65536"}
-    out = subprocess.run([sys.executable, "-c", NANNY, fix], capture_output=True, text=True,
-                         check=True, env=env).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", NANNY, fix], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
     changed, kept = out[0] == "True", int(out[1])
     assert (changed, kept >= 12) == ((True, True) if fix == "fix" else (False, False)), out
-    plain = subprocess.run([sys.executable, "-c", NANNY, "fix"], capture_output=True,
-                           text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout
+    plain = subprocess.run(
+        [sys.executable, "-c", NANNY, "fix"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    ).stdout
     assert plain.split()[0] == "False"  # no nanny, nothing to undo

@@ -16,14 +16,40 @@ app.command("train")(train)
 app.command("noop")(lambda: None)  # two commands: `train` stays a subcommand
 runner = CliRunner()
 
-ARGS = ["train", "--rank", "4", "--layers", "evenly:2", "--steps", "4", "--batch-size", "16",
-        "--device", "cpu", "--workers", "1"]
+ARGS = [
+    "train",
+    "--rank",
+    "4",
+    "--layers",
+    "evenly:2",
+    "--steps",
+    "4",
+    "--batch-size",
+    "16",
+    "--device",
+    "cpu",
+    "--workers",
+    "1",
+]
 
 
 def test_train_command_json(micro_store: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    res = runner.invoke(app, [*ARGS, "--store", micro_store, "--out", str(out), "--json",
-                              "--optimizer", "adamw", "--label-smoothing", "0.1"])
+    res = runner.invoke(
+        app,
+        [
+            *ARGS,
+            "--store",
+            micro_store,
+            "--out",
+            str(out),
+            "--json",
+            "--optimizer",
+            "adamw",
+            "--label-smoothing",
+            "0.1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     m = json.loads(res.stdout)
     assert m["complete"] and m["step"] == 4 and m["plan"]["batch_size"] == 16
@@ -41,8 +67,9 @@ def test_train_command_human_summary_and_resume(micro_store: str, tmp_path: Path
 
 
 def test_train_command_errors_are_one_line(micro_store: str, tmp_path: Path) -> None:
-    res = runner.invoke(app, [*ARGS, "--store", micro_store, "--out", str(tmp_path / "x"),
-                              "--task", "nope"])
+    res = runner.invoke(
+        app, [*ARGS, "--store", micro_store, "--out", str(tmp_path / "x"), "--task", "nope"]
+    )
     assert res.exit_code == 2
     assert "unknown task 'nope'" in res.stderr and "Traceback" not in res.stderr
     res = runner.invoke(app, [*ARGS, "--store", micro_store, "--rank", "0"])
@@ -74,24 +101,34 @@ def test_every_config_field_is_a_flag_with_its_help() -> None:
         assert params[f.name].help in (f.metadata["help"], f.metadata["help"] + listed), f.name
         if valid is not None:  # choices as enums: --help lists them
             assert "|".join(valid) in text or listed in params[f.name].help, f.name
-    for name in ("--shuffle-buffer", "--momentum", "--log-every", "--checkpoint-every",
-                 "--pool", "--init-seed"):
+    for name in (
+        "--shuffle-buffer",
+        "--momentum",
+        "--log-every",
+        "--checkpoint-every",
+        "--pool",
+        "--init-seed",
+    ):
         assert name in text
 
 
 def test_bad_numbers_are_one_line_errors(micro_store: str, tmp_path: Path) -> None:
-    for flag, value, says in (("--batch-size", "-5", "--batch-size must be an integer >= 1"),
-                              ("--batch-size", "0", "--batch-size must be an integer >= 1"),
-                              ("--seed", "-1", "--seed must be an integer >= 0"),
-                              ("--steps", "0", "--steps must be an integer >= 1")):
-        res = runner.invoke(app, [*ARGS, "--store", micro_store, "--out", str(tmp_path / "b"),
-                                  flag, value])
+    for flag, value, says in (
+        ("--batch-size", "-5", "--batch-size must be an integer >= 1"),
+        ("--batch-size", "0", "--batch-size must be an integer >= 1"),
+        ("--seed", "-1", "--seed must be an integer >= 0"),
+        ("--steps", "0", "--steps must be an integer >= 1"),
+    ):
+        res = runner.invoke(
+            app, [*ARGS, "--store", micro_store, "--out", str(tmp_path / "b"), flag, value]
+        )
         assert res.exit_code == 2 and says in res.stderr, (flag, value, res.output)
         assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_internal_errors_keep_their_traceback_and_oom_names_the_fix(
-        micro_store: str, tmp_path: Path, monkeypatch) -> None:
+    micro_store: str, tmp_path: Path, monkeypatch
+) -> None:
     import torch
 
     import losa_cache.train
@@ -118,12 +155,45 @@ def test_cached_fp32_store_equals_live_through_the_cli(micro_store: str, tmp_pat
     """The default layout and order, 20 steps: the adapters agree to float rounding."""
     from safetensors.torch import load_file
 
-    common = ["train", "--method", "losa", "--rank", "4", "--layers", "evenly:2", "--steps",
-              "20", "--batch-size", "8", "--seed", "3", "--device", "cpu", "--workers", "0",
-              "--amp", "fp32", "--json"]  # auto is bf16 on AVX512-BF16 CPUs: live would differ
+    common = [
+        "train",
+        "--method",
+        "losa",
+        "--rank",
+        "4",
+        "--layers",
+        "evenly:2",
+        "--steps",
+        "20",
+        "--batch-size",
+        "8",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--amp",
+        "fp32",
+        "--json",
+    ]  # auto is bf16 on AVX512-BF16 CPUs: live would differ
     a = runner.invoke(app, [*common, "--store", micro_store, "--out", str(tmp_path / "c")])
-    b = runner.invoke(app, [*common, "--live", "--model", "vit_micro", "--random-init",
-                            "--dataset", "demo", "--limit", "64", "--out", str(tmp_path / "l")])
+    b = runner.invoke(
+        app,
+        [
+            *common,
+            "--live",
+            "--model",
+            "vit_micro",
+            "--random-init",
+            "--dataset",
+            "demo",
+            "--limit",
+            "64",
+            "--out",
+            str(tmp_path / "l"),
+        ],
+    )
     assert a.exit_code == 0 and b.exit_code == 0, (a.output, b.output)
     wa = load_file(str(tmp_path / "c" / "adapter.safetensors"))
     wb = load_file(str(tmp_path / "l" / "adapter.safetensors"))
@@ -132,8 +202,9 @@ def test_cached_fp32_store_equals_live_through_the_cli(micro_store: str, tmp_pat
         assert float((wa[key] - wb[key]).abs().max()) <= 1e-4 * scale + 1e-6, key
 
 
-def test_a_store_error_while_reading_is_one_line(micro_store: str, tmp_path: Path,
-                                                 monkeypatch) -> None:
+def test_a_store_error_while_reading_is_one_line(
+    micro_store: str, tmp_path: Path, monkeypatch
+) -> None:
     """A damaged store found mid-read (e.g. a checksum mismatch) stops with one line."""
     from losa_cache.store import StoreError
     from losa_cache.store.store import FeatureArray
@@ -142,8 +213,20 @@ def test_a_store_error_while_reading_is_one_line(micro_store: str, tmp_path: Pat
         raise StoreError("shard 0 of block 3 fails its checksum; run losa-cache verify --repair")
 
     monkeypatch.setattr(FeatureArray, "scatter_rows", damaged)
-    res = runner.invoke(app, [*ARGS, "--store", micro_store, "--out", str(tmp_path / "d"),
-                              "--cache", "none", "--json", "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            *ARGS,
+            "--store",
+            micro_store,
+            "--out",
+            str(tmp_path / "d"),
+            "--cache",
+            "none",
+            "--json",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 2 and "fails its checksum" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1  # --quiet: no progress, the error alone
 

@@ -19,26 +19,32 @@ def test_json_round_trip() -> None:
         TrainConfig.from_dict({"store": "s", "bogus": 1})
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"rank": 0}, "rank must be an integer >= 1"),
-    ({"steps": 10, "epochs": 1.0}, "not both"),
-    ({"optimizer": "lamb"}, r"unknown optimizer 'lamb' \(--optimizer\); choose one of \['sgd', "
-                            r"'adamw'\]"),
-    ({"method": "nope"}, "unknown method"),
-    ({"cache": "disk"}, "unknown cache"),
-    ({"label_smoothing": 1.0}, "--label-smoothing must be a number >= 0 and < 1"),
-    ({"lr": -1.0}, "--lr must be a number > 0, got -1.0"),
-    ({"batch_size": -5}, "--batch-size must be an integer >= 1, got -5"),
-    ({"batch_size": 0}, "--batch-size must be an integer >= 1, got 0"),
-    ({"seed": -1}, "--seed must be an integer >= 0, got -1"),
-    ({"steps": 0}, "--steps must be an integer >= 1, got 0"),
-    ({"epochs": 0.0}, "--epochs must be a number > 0"),
-    ({"momentum": 1.5}, "--momentum must be a number >= 0 and < 1"),
-    ({"workers": -2}, "--workers must be an integer >= -1"),
-    ({"warmup_steps": -2}, "--warmup-steps must be an integer >= 0"),
-    ({"weight_decay": float("nan")}, "--weight-decay must be a number >= 0"),
-    ({"shuffle_buffer": 0}, "--shuffle-buffer must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"rank": 0}, "rank must be an integer >= 1"),
+        ({"steps": 10, "epochs": 1.0}, "not both"),
+        (
+            {"optimizer": "lamb"},
+            r"unknown optimizer 'lamb' \(--optimizer\); choose one of \['sgd', "
+            r"'adamw'\]",
+        ),
+        ({"method": "nope"}, "unknown method"),
+        ({"cache": "disk"}, "unknown cache"),
+        ({"label_smoothing": 1.0}, "--label-smoothing must be a number >= 0 and < 1"),
+        ({"lr": -1.0}, "--lr must be a number > 0, got -1.0"),
+        ({"batch_size": -5}, "--batch-size must be an integer >= 1, got -5"),
+        ({"batch_size": 0}, "--batch-size must be an integer >= 1, got 0"),
+        ({"seed": -1}, "--seed must be an integer >= 0, got -1"),
+        ({"steps": 0}, "--steps must be an integer >= 1, got 0"),
+        ({"epochs": 0.0}, "--epochs must be a number > 0"),
+        ({"momentum": 1.5}, "--momentum must be a number >= 0 and < 1"),
+        ({"workers": -2}, "--workers must be an integer >= -1"),
+        ({"warmup_steps": -2}, "--warmup-steps must be an integer >= 0"),
+        ({"weight_decay": float("nan")}, "--weight-decay must be a number >= 0"),
+        ({"shuffle_buffer": 0}, "--shuffle-buffer must be an integer >= 1"),
+    ],
+)
 def test_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TrainConfig(store="s.zarr", **kwargs)
@@ -70,13 +76,18 @@ def _method_options() -> list[tuple[str, Any]]:
     """(method, field) for every option field of every registered side network."""
     from losa_cache.side import get_side_class, list_sides
 
-    return [(name, f) for name in list_sides()
-            if (opts := get_side_class(name).options) is not None
-            for f in fields(opts) if f.name != "layers"]  # TrainConfig's layers: a spec string
+    return [
+        (name, f)
+        for name in list_sides()
+        if (opts := get_side_class(name).options) is not None
+        for f in fields(opts)
+        if f.name != "layers"
+    ]  # TrainConfig's layers: a spec string
 
 
-@pytest.mark.parametrize(("method", "option"), _method_options(),
-                         ids=lambda v: getattr(v, "name", v))
+@pytest.mark.parametrize(
+    ("method", "option"), _method_options(), ids=lambda v: getattr(v, "name", v)
+)
 def test_every_method_option_comes_from_its_method_module(method: str, option: Any) -> None:
     """The same default and range as the method module's options dataclass (the flag is
     generated from the TrainConfig field, so it exists and validates the same way)."""

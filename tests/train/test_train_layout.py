@@ -32,8 +32,9 @@ def test_fp16_stores_with_other_chunks_and_shards_give_the_same_batches(fp16_sto
     for path in fp16_stores.values():
         store = open_store(path)
         rows, labels = labelled_rows(store, "train", None)
-        with StoreReader(store, rows, labels, (1, 3), 8, seed=5, buffer_rows=12,
-                         workers=2) as reader:
+        with StoreReader(
+            store, rows, labels, (1, 3), 8, seed=5, buffer_rows=12, workers=2
+        ) as reader:
             stream = reader.batches()
             seen.append(list(itertools.islice(stream, 12)))  # > 2 epochs of 40 rows
             stream.close()
@@ -46,13 +47,24 @@ def test_fp16_stores_with_other_chunks_and_shards_give_the_same_batches(fp16_sto
 
 
 @pytest.mark.parametrize("cache", ["none", "ram"])
-def test_training_is_the_same_on_every_layout_by_default(fp16_stores, tmp_path: Path,
-                                                         cache: str) -> None:
+def test_training_is_the_same_on_every_layout_by_default(
+    fp16_stores, tmp_path: Path, cache: str
+) -> None:
     """Default shuffle buffer, through train(): bit-identical weights whatever the chunks."""
     weights = []
     for name, path in fp16_stores.items():
-        cfg = TrainConfig(store=path, out=str(tmp_path / name), rank=4, layers="store",
-                          steps=9, batch_size=8, seed=2, cache=cache, workers=1, device="cpu")
+        cfg = TrainConfig(
+            store=path,
+            out=str(tmp_path / name),
+            rank=4,
+            layers="store",
+            steps=9,
+            batch_size=8,
+            seed=2,
+            cache=cache,
+            workers=1,
+            device="cpu",
+        )
         train(cfg, progress=False)
         weights.append(torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=True)["model"])
     for other in weights[1:]:

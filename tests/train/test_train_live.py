@@ -12,9 +12,16 @@ from losa_cache.train.live import LiveSource
 from losa_cache.train.order import RowOrder
 from tests.train._train_helpers import losses
 
-LIVE = {"live": True, "store": None, "model": "vit_micro", "random_init": True, "init_seed": 0,
-        "dataset": "demo", "limit": 64, "workers": 0}
-
+LIVE = {
+    "live": True,
+    "store": None,
+    "model": "vit_micro",
+    "random_init": True,
+    "init_seed": 0,
+    "dataset": "demo",
+    "limit": 64,
+    "workers": 0,
+}
 
 
 def test_cached_and_live_training_agree(make_cfg) -> None:
@@ -23,8 +30,9 @@ def test_cached_and_live_training_agree(make_cfg) -> None:
     live = make_cfg("live", **common, **LIVE)
     mc, ml = train(cached, progress=False), train(live, progress=False)
     assert ml["live"] and ml["buffer_rows"] == mc["buffer_rows"] == 32
-    torch.testing.assert_close(torch.tensor(losses(live.out)), torch.tensor(losses(cached.out)),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(losses(live.out)), torch.tensor(losses(cached.out)), rtol=1e-5, atol=1e-6
+    )
     wc = torch.load(Path(cached.out) / "checkpoint.pt", weights_only=True)["model"]
     wl = torch.load(Path(live.out) / "checkpoint.pt", weights_only=True)["model"]
     for key in wc:

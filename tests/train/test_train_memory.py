@@ -40,8 +40,9 @@ print(json.dumps({"base": base, "peak": rss("VmHWM:"), "feed": metrics["feed"]})
 @pytest.fixture(scope="module")
 def big_store(micro_store: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The micro store's rows 32 times over (6,144 rows of 8.5 KiB, all in train)."""
-    spec = importlib.util.spec_from_file_location("bench_train_mem",
-                                                  REPO / "benchmarks" / "train.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_train_mem", REPO / "benchmarks" / "train.py"
+    )
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         bench = importlib.util.module_from_spec(spec)
@@ -55,22 +56,39 @@ def _child(cfg: dict) -> dict:
     # a fixed mmap threshold: freed windows go back to the system (glibc's moving
     # threshold would keep them in the heap, and RSS would not show what is held)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
-    res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True,
-                         text=True, timeout=300, env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_streamed_training_stays_within_the_memory_budget(big_store: str, tmp_path: Path
-                                                          ) -> None:
+def test_streamed_training_stays_within_the_memory_budget(big_store: str, tmp_path: Path) -> None:
     # windows of 2,048 rows are 17 MiB: 40 MiB holds the one served and one read ahead
     # (3 windows, the default read-ahead here, grow RSS by 55 MiB; the reader before the
     # budget held 4 and the rest of the last one)
-    cfg = {"store": big_store, "out": str(tmp_path / "r"), "cache": "none", "rank": 2,
-           "layers": "all", "batch_size": 256, "shuffle_buffer": 2048, "steps": 30,
-           "max_memory": 40, "workers": 2, "device": "cpu", "amp": "fp32",
-           "val_split": "none", "test_split": "none", "log_every": 10}
+    cfg = {
+        "store": big_store,
+        "out": str(tmp_path / "r"),
+        "cache": "none",
+        "rank": 2,
+        "layers": "all",
+        "batch_size": 256,
+        "shuffle_buffer": 2048,
+        "steps": 30,
+        "max_memory": 40,
+        "workers": 2,
+        "device": "cpu",
+        "amp": "fp32",
+        "val_split": "none",
+        "test_split": "none",
+        "log_every": 10,
+    }
     out = _child(cfg)
     mem = out["feed"]["reader_memory"]
     assert mem["max_memory"] == 40 * MiB and mem["read_ahead"] == 1
@@ -80,8 +98,11 @@ def test_streamed_training_stays_within_the_memory_budget(big_store: str, tmp_pa
 
 
 def test_a_budget_below_one_window_is_refused_naming_what_is_needed() -> None:
-    with pytest.raises(ValueError, match=r"--max-memory 1 MiB cannot hold one shuffle window "
-                                         r"of 2048 rows \(17\.0 MiB\).*>= 20 \(MiB\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"--max-memory 1 MiB cannot hold one shuffle window "
+        r"of 2048 rows \(17\.0 MiB\).*>= 20 \(MiB\)",
+    ):
         reader_memory(2048, 256, 8704, 1 * MiB, 2)
 
 
@@ -102,20 +123,30 @@ def test_the_budget_never_changes_the_batches(make_cfg, big_store: str) -> None:
 
     from losa_cache.train import train
 
-    common = {"store": big_store, "cache": "none", "shuffle_buffer": 256, "batch_size": 64,
-              "layers": "all", "steps": 8, "val_split": "none", "test_split": "none"}
+    common = {
+        "store": big_store,
+        "cache": "none",
+        "shuffle_buffer": 256,
+        "batch_size": 64,
+        "layers": "all",
+        "steps": 8,
+        "val_split": "none",
+        "test_split": "none",
+    }
     ref, small = make_cfg("a", **common), make_cfg("b", **common, max_memory=3)
     ma, mb = train(ref, progress=False), train(small, progress=False)
-    assert (ma["feed"]["reader_memory"]["read_ahead"], mb["feed"]["reader_memory"]["read_ahead"]
-            ) == (2, 0)
+    assert (
+        ma["feed"]["reader_memory"]["read_ahead"],
+        mb["feed"]["reader_memory"]["read_ahead"],
+    ) == (2, 0)
     wa = torch.load(Path(ref.out) / "checkpoint.pt", weights_only=False)["model"]
     wb = torch.load(Path(small.out) / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_evaluation_reads_within_what_the_training_reader_leaves(micro_store: str,
-                                                                 tmp_path: Path,
-                                                                 monkeypatch) -> None:
+def test_evaluation_reads_within_what_the_training_reader_leaves(
+    micro_store: str, tmp_path: Path, monkeypatch
+) -> None:
     """Evaluation runs while the training reader holds its windows: its windows are sized
     from the budget minus those bytes (it used to take a whole budget of its own), and the
     numbers do not depend on it (any window gives the same batches)."""
@@ -130,9 +161,20 @@ def test_evaluation_reads_within_what_the_training_reader_leaves(micro_store: st
         seen.append((self.held, window, self.source.info.feed_bytes(layers)))
         return window
 
-    cfg = dict(store=micro_store, cache="none", rank=2, layers="all", batch_size=8,
-               shuffle_buffer=64, steps=8, eval_every=4, max_memory=1, workers=0,
-               device="cpu", amp="fp32")
+    cfg = dict(
+        store=micro_store,
+        cache="none",
+        rank=2,
+        layers="all",
+        batch_size=8,
+        shuffle_buffer=64,
+        steps=8,
+        eval_every=4,
+        max_memory=1,
+        workers=0,
+        device="cpu",
+        amp="fp32",
+    )
     alone = train(TrainConfig(**cfg, out=str(tmp_path / "a")), progress=False)
     monkeypatch.setattr(Inputs, "eval_window", spy)
     again = train(TrainConfig(**cfg, out=str(tmp_path / "b")), progress=False)

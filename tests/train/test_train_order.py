@@ -35,7 +35,7 @@ def test_windows_are_consecutive_rows_of_the_split() -> None:
     seen = []
     for w in order.windows(2, shuffle=True):
         lo = int(np.searchsorted(ROWS, w.rows[0]))
-        assert np.array_equal(w.rows, ROWS[lo:lo + len(w)]) and len(w) <= 30
+        assert np.array_equal(w.rows, ROWS[lo : lo + len(w)]) and len(w) <= 30
         seen += w.rows.tolist()
     assert sorted(seen) == ROWS.tolist()
 
@@ -52,7 +52,7 @@ def test_stream_from_an_offset_continues_the_same_stream() -> None:
     assert stream(order, batch=16, offset=7 * 16, n=13) == full[7:]
     flat = [r for b in full for r in b]
     n = len(ROWS)
-    assert sorted(flat[:n]) == ROWS.tolist() and sorted(flat[n:2 * n]) == ROWS.tolist()
+    assert sorted(flat[:n]) == ROWS.tolist() and sorted(flat[n : 2 * n]) == ROWS.tolist()
 
 
 def test_a_task_on_some_rows_keeps_the_splits_order_and_drops_the_others() -> None:

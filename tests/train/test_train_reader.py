@@ -28,8 +28,7 @@ def store(micro_store: str):
 
 def make(store, layers=(1, 3), batch: int = 24, **kw) -> StoreReader:
     rows, labels = labelled_rows(store, "train", None)
-    return StoreReader(store, rows, labels, layers, batch, seed=0, buffer_rows=32, workers=2,
-                       **kw)
+    return StoreReader(store, rows, labels, layers, batch, seed=0, buffer_rows=32, workers=2, **kw)
 
 
 def test_batches_hold_the_stores_features_and_labels(store) -> None:

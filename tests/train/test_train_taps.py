@@ -232,9 +232,20 @@ def test_a_key_the_live_backbone_cannot_give_is_named_with_what_it_gives() -> No
     """Live mode has no store to extend: the error says what the backbone computes."""
     from losa_cache.train.sources import SourceInfo, build_side_config
 
-    info = SourceInfo(depth=4, dim=32, tokens=17, prefix_tokens=1, layers=(0, 1, 2, 3),
-                      fingerprint={}, splits=["train"], default_task="t",
-                      dtype=torch.float32, row_bytes=17 * 32 * 4, taps=(), live=True)
+    info = SourceInfo(
+        depth=4,
+        dim=32,
+        tokens=17,
+        prefix_tokens=1,
+        layers=(0, 1, 2, 3),
+        fingerprint={},
+        splits=["train"],
+        default_task="t",
+        dtype=torch.float32,
+        row_bytes=17 * 32 * 4,
+        taps=(),
+        live=True,
+    )
     cfg = TrainConfig(store="unused.zarr", out="unused", **MIST)
     with pytest.raises(StoreError) as err:
         build_side_config(cfg, info, num_classes=3)

@@ -61,8 +61,7 @@ def test_resume_continues_bit_for_bit(make_cfg, amp: str) -> None:
     first = train(split, progress=False)
     assert not first["complete"] and first["step"] == 4 and "adapter" not in first
     assert all(v.dtype == torch.float32 for v in state(split.out)["model"].values())
-    second = train(make_cfg("split", steps=10, eval_every=5, resume=True, amp=amp),
-                   progress=False)
+    second = train(make_cfg("split", steps=10, eval_every=5, resume=True, amp=amp), progress=False)
     assert second["complete"] and second["step"] == 10
     a, b = state(straight.out), state(split.out)
     for key in a["model"]:
@@ -70,8 +69,10 @@ def test_resume_continues_bit_for_bit(make_cfg, amp: str) -> None:
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for k, v in a["optimizer"]["state"].items():
         assert torch.equal(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
-    logs = [[json.loads(x) for x in (Path(c.out) / "metrics.jsonl").read_text().splitlines()]
-            for c in (straight, split)]
+    logs = [
+        [json.loads(x) for x in (Path(c.out) / "metrics.jsonl").read_text().splitlines()]
+        for c in (straight, split)
+    ]
     losses = [[r["loss"] for r in log if r["kind"] == "train"] for log in logs]
     assert losses[0] == losses[1] and len(losses[0]) == 10
 
@@ -95,12 +96,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_cfg) -> None:
     assert all(torch.isfinite(v).all() for v in kept["model"].values())
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"task": "nope"}, StoreError, r"unknown task 'nope'; this store has \['position'\]"),
-    ({"val_split": "dev"}, StoreError, r"unknown val split 'dev'; available splits: \['train'"),
-    ({"layers": "0,7"}, ValueError, "out of range for a 4-block backbone"),
-    ({"layers": "0,1"}, ValueError, "must include the last block"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"task": "nope"}, StoreError, r"unknown task 'nope'; this store has \['position'\]"),
+        ({"val_split": "dev"}, StoreError, r"unknown val split 'dev'; available splits: \['train'"),
+        ({"layers": "0,7"}, ValueError, "out of range for a 4-block backbone"),
+        ({"layers": "0,1"}, ValueError, "must include the last block"),
+    ],
+)
 def test_clear_errors(make_cfg, kwargs: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         train(make_cfg(**kwargs), progress=False)

@@ -14,8 +14,9 @@ from losa_cache.train.order import RowOrder
 
 
 @pytest.mark.parametrize(("cores", "auto"), [(1, 0), (2, 1), (4, 3), (32, 8)])
-def test_auto_decoding_workers_leave_a_core_and_cap_at_8(monkeypatch, cores: int,
-                                                         auto: int) -> None:
+def test_auto_decoding_workers_leave_a_core_and_cap_at_8(
+    monkeypatch, cores: int, auto: int
+) -> None:
     monkeypatch.setattr(torch.multiprocessing, "cpu_count", lambda: cores)
     assert decoding_workers(-1) == auto
     assert decoding_workers(3) == 3 and decoding_workers(0) == 0  # as given
@@ -31,8 +32,9 @@ def test_a_live_feed_under_auto_decodes_in_the_resolved_number(monkeypatch) -> N
     from losa_cache.train.live import LiveSource
 
     monkeypatch.setattr(torch.multiprocessing, "cpu_count", lambda: 2)  # this project's CI
-    cfg = TrainConfig(live=True, model="vit_micro", random_init=True, dataset="demo",
-                      limit=8, store=None)
+    cfg = TrainConfig(
+        live=True, model="vit_micro", random_init=True, dataset="demo", limit=8, store=None
+    )
     source = LiveSource(cfg, torch.device("cpu"))
     rows = np.arange(8)
     feed = source.feed(RowOrder(rows, 8, 0), rows, [0], 4, torch.device("cpu"), -1)
