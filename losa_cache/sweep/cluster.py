@@ -5,12 +5,14 @@
     losa-cache sweep ... --scheduler tcp://h:8786     # an existing cluster
 
 The client plans the sweep exactly as one process does (runs, profiles, groups,
-``sweep.json``) and holds the sweep folder's lock throughout; then every unfinished group
-is one Dask task, trained on its worker by the same code as a local sweep
-(:func:`losa_cache.sweep.runner.train_group_alone`), so every run writes its own folder
-and equals the same config trained alone. The cluster machinery is extraction's
-(:mod:`losa_cache.distributed`: ``parse_cluster``, ``connect``, a worker plugin holding
-the open store, retries, events feeding one progress bar).
+``sweep.json``) and holds the sweep folder's lock throughout, but sizes the groups for
+the workers' memory (each asked what it has; workers on one host's RAM or one GPU share
+it), not its own; then every unfinished group is one Dask task, trained on its worker by
+the same code as a local sweep (:func:`losa_cache.sweep.runner.train_group_alone`), so
+every run writes its own folder and equals the same config trained alone. The cluster
+machinery is extraction's (:mod:`losa_cache.distributed`: ``parse_cluster``,
+``connect``, a worker plugin holding the open store, retries, events feeding one
+progress bar).
 
 Placement: at most one task per worker thread is in flight, and whenever one frees up
 the client submits the costliest group left (estimated training FLOPs), so the slowest
@@ -22,7 +24,8 @@ group's runs continue from their last checkpoints (exact, as ``--resume``). The 
 killed: the same command with ``--resume`` skips finished groups. A group failing on its
 own is retried, then named while the other groups go on; the sweep then stops before
 its results, and ``--resume`` after the fix trains only what is left. A finished group
-(``groups/<g>.json``) is never trained again.
+(``groups/<g>.json``) is never trained again. The costs (``--costs``) are timed after
+training by one task on one worker, the device the runs trained on.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +51,15 @@ from losa_cache.outdir import safe_subdir
 from losa_cache.progress import note, progress_bar
 from losa_cache.sweep.config import SweepConfig
 
-__all__ = ["GroupWork", "GroupsFailed", "for_cluster", "largest_first", "train_groups"]
+__all__ = [
+    "GroupWork",
+    "GroupsFailed",
+    "SweepCluster",
+    "for_cluster",
+    "largest_first",
+    "sweep_cluster",
+    "tightest",
+]
 
 #: Dask re-runs a group task whose code raised this many times (a killed worker's task
 #: is rescheduled by Dask itself, up to ``distributed.scheduler.allowed-failures``).
@@ -189,7 +202,142 @@ def group_task(train: TrainGroup, gid: int, plugin: str) -> dict[str, Any]:
     }
 
 
+def worker_memory(device_name: str, cache: str, need: int | None) -> dict[str, Any]:
+    """On a worker: the memory its groups train in (``pool``: its host's RAM, or its GPU),
+    what is free there, and the ``--cache`` a group there would hold for ``need`` bytes
+    (an explicit mode that cannot work there raises, naming it)."""
+    import torch
+
+    from losa_cache.train.cache import choose_cache, free_memory
+    from losa_cache.train.sources import pick_device
+
+    device = pick_device(device_name)
+    free = free_memory(device)
+    pool = f"{socket.gethostname()}/ram"
+    if device.type == "cuda":
+        pool = f"{socket.gethostname()}/gpu/{torch.cuda.get_device_properties(device).uuid}"
+    choice = choose_cache(cache, need, device, free)
+    return {"pool": pool, "device": device.type, "free": free, "cache": choice.to_dict()}
+
+
+def task_alone(fn: Callable[..., Any], cfg: SweepConfig, storage_options: dict | None) -> str:
+    """``fn(cfg, storage_options)`` on this worker (its own source): returns where."""
+    from losa_cache.train.allocator import heap_for_large_buffers
+
+    heap_for_large_buffers()  # a worker that joined after training has not set it yet
+    fn(cfg, storage_options)
+    return get_worker().address
+
+
 # -- on the client ----------------------------------------------------------------------
+def tightest(facts: dict[str, dict[str, Any]]) -> tuple[int, Any]:
+    """The memory one group may use on the tightest worker, and that worker's cache
+    choice: workers drawing on one pool share it equally, each holding its own cache."""
+    import torch
+
+    from losa_cache.sweep.grouping import default_budget
+    from losa_cache.train.cache import CacheChoice
+
+    sharing = Counter(f["pool"] for f in facts.values())
+    least: tuple[int, Any] | None = None
+    for _, f in sorted(facts.items()):
+        device, choice = torch.device(f["device"]), CacheChoice(**f["cache"])
+        here = choice.bytes if choice.on(device) else 0
+        budget = default_budget(device, here, sharing[f["pool"]], f["free"])
+        if least is None or budget < least[0]:
+            least = (budget, choice)
+    assert least is not None, "no worker"
+    return least
+
+
+@dataclass(frozen=True)
+class WorkersMemory:
+    """What the sweep plans with on a cluster: a group's memory, the workers' cache."""
+
+    budget: int
+    cache: Any  # CacheChoice
+
+
+class SweepCluster:
+    """The sweep's Dask client: asked for the workers' memory, trains the groups, runs
+    one task on a worker (the costs), and says how each worker was used."""
+
+    def __init__(
+        self, client: Client, spec: Any, cfg: SweepConfig, storage_options: dict | None,
+        progress: bool,
+    ) -> None:  # fmt: skip
+        self.client, self.spec, self.cfg = client, spec, cfg
+        self.storage_options, self.progress = storage_options, progress
+        self.results: list[dict[str, Any]] = []
+        self.tasks: dict[str, str] = {}
+
+    def memory(self, need: int | None) -> WorkersMemory:
+        """Each worker's memory and cache for ``need`` bytes of features, the tightest
+        kept (waits for a first worker to join an existing scheduler)."""
+        if not self.client.scheduler_info(n_workers=-1)["workers"]:
+            note("waiting for a Dask worker to join the scheduler", self.progress)
+            self.client.wait_for_workers(1)
+        facts = self.client.run(worker_memory, self.cfg.device, self.cfg.cache, need)
+        return WorkersMemory(*tightest(facts))
+
+    def train(self, work: list[GroupWork], train: TrainGroup) -> int | None:
+        """Train ``work``'s groups, costliest first; returns the first group --stop-at
+        left unfinished (None: all finished). Raises :class:`GroupsFailed`, naming them,
+        when groups failed on their own after the others finished."""
+        results, failed = _run(self.client, self.cfg, work, train, self.storage_options,
+                               self.progress)  # fmt: skip
+        self.results += results
+        if failed:
+            names = "; ".join(
+                f"group {g + 1} ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}): {why}"
+                for g, runs, why in failed
+            )
+            raise GroupsFailed(
+                f"{len(failed)} group(s) failed, the other {len(results)} finished: "
+                f"{names}; fix the cause, then rerun with --resume (finished "
+                "groups are kept)"
+            )
+        stopped = sorted(r["group"] for r in results if not r["done"])
+        return stopped[0] if stopped else None
+
+    def call(self, fn: Callable[..., Any], label: str) -> None:
+        """``fn(cfg, storage_options)`` as one task on one worker (the others idle, so
+        timings are its own); ``label`` names it in the summary and a failure."""
+        note(f"{label}: on one worker of the cluster", self.progress)
+        fut = self.client.submit(task_alone, fn, self.cfg, self.storage_options,
+                                 key=f"losa-sweep-{label}-{uuid.uuid4().hex[:12]}",
+                                 pure=False)  # fmt: skip
+        try:
+            self.tasks[label] = fut.result()
+        except Exception:
+            why = _outcome(fut)
+            raise RuntimeError(
+                f"{label} failed on the cluster: {why}; --resume redoes it"
+            ) from None
+
+    def summary(self) -> dict[str, Any]:
+        """The summary's ``cluster`` entry: each worker's busy seconds and groups."""
+        return {"cluster": {**_busy(self.spec, self.results), **self.tasks}}
+
+
+@contextlib.contextmanager
+def sweep_cluster(
+    cfg: SweepConfig, storage_options: dict | None, progress: bool
+) -> Iterator[SweepCluster]:
+    """A :class:`SweepCluster` on the cluster ``cfg`` names (one started here is shut down
+    on exit); a scheduler it cannot reach, or dask-cuda missing, is one line."""
+    spec = parse_cluster(cfg.cluster, cfg.scheduler)
+    assert spec is not None
+    with contextlib.ExitStack() as stack:
+        try:
+            client = stack.enter_context(connect(spec))
+        except RuntimeError as e:
+            if "Dask scheduler" in str(e) or "dask-cuda" in str(e):
+                raise ValueError(str(e)) from None
+            raise
+        yield SweepCluster(client, spec, cfg, storage_options, progress)
+
+
 @dataclass
 class _Progress:
     """One bar over every run's steps: finished groups count whole, running ones as their
@@ -230,42 +378,6 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def train_groups(
-    cfg: SweepConfig,
-    work: list[GroupWork],
-    train: TrainGroup,
-    storage_options: dict | None,
-    progress: bool,
-) -> tuple[int | None, dict[str, Any]]:
-    """Train ``work``'s groups on the cluster ``cfg`` names, costliest first.
-
-    Returns the first group --stop-at left unfinished (None: all finished) and the
-    summary's ``cluster`` entry (each worker's busy seconds and groups). Raises
-    :class:`GroupsFailed`, naming them, when groups failed on their own after the others
-    finished."""
-    spec = parse_cluster(cfg.cluster, cfg.scheduler)
-    assert spec is not None
-    try:
-        with connect(spec) as client:
-            results, failed = _run(client, cfg, work, train, storage_options, progress)
-    except RuntimeError as e:
-        if "Dask scheduler" in str(e) or "dask-cuda" in str(e):
-            raise ValueError(str(e)) from None  # cannot reach it / not installed: one line
-        raise
-    if failed:
-        names = "; ".join(
-            f"group {g + 1} ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}): {why}"
-            for g, runs, why in failed
-        )
-        raise GroupsFailed(
-            f"{len(failed)} group(s) failed, the other {len(results)} finished: "
-            f"{names}; fix the cause, then rerun with --resume (finished "
-            "groups are kept)"
-        )
-    stopped = sorted(r["group"] for r in results if not r["done"])
-    return (stopped[0] if stopped else None), {"cluster": _busy(spec, results)}
 
 
 def _busy(spec: Any, results: list[dict[str, Any]]) -> dict[str, Any]:

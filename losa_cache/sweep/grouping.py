@@ -103,11 +103,20 @@ def profiles(
     return out
 
 
-def default_budget(device: torch.device, cache_bytes_here: int) -> int:
-    """Bytes the models of one group may use: a share of free memory after the cache."""
-    free = free_memory(device)
+def default_budget(
+    device: torch.device,
+    cache_bytes_here: int,
+    sharing: int = 1,
+    free: dict[str, int] | None = None,
+) -> int:
+    """Bytes the models of one group may use: a share of free memory after the cache.
+    ``sharing``: processes training in the same memory at once (Dask workers on one host's
+    RAM or one GPU), each given an equal part and holding its own cache; ``free``: the
+    free memory measured where they train (default: here)."""
+    free = free if free is not None else free_memory(device)
     room = free["gpu"] if device.type == "cuda" else free["ram"]
-    return max(0, int(room * MODEL_FRACTION) - MODEL_RESERVE - cache_bytes_here)
+    share = (int(room * MODEL_FRACTION) - MODEL_RESERVE) // max(1, sharing)
+    return max(0, share - cache_bytes_here)
 
 
 def make_groups(estimates: dict[str, int], budget: int | None) -> list[Group]:

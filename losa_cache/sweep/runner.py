@@ -23,9 +23,11 @@ from their own checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +78,7 @@ from losa_cache.train.sources import (
     pick_device,
     resolve_splits,
 )
-from losa_cache.train.trainer import choose_inputs, make_run, open_source, with_out
+from losa_cache.train.trainer import cache_need, choose_inputs, make_run, open_source, with_out
 
 __all__ = ["SWEEP_JSON", "run_sweep"]
 
@@ -106,9 +108,19 @@ def _run_sweep(cfg: SweepConfig, progress: bool, storage_options: dict | None) -
     device = pick_device(cfg.device)
     source = open_source(cfg, device, storage_options)
     try:
-        return _sweep(cfg, out, device, source, progress, storage_options)
+        with _cluster(cfg, storage_options, progress) as cluster:
+            return _sweep(cfg, out, device, source, progress, cluster)
     finally:
         source.close()
+
+
+def _cluster(cfg: SweepConfig, storage_options: dict | None, progress: bool) -> Any:
+    """The sweep's Dask cluster (``--cluster``/``--scheduler``), or none: in-process."""
+    if not (cfg.cluster or cfg.scheduler):
+        return contextlib.nullcontext()
+    from losa_cache.sweep.cluster import sweep_cluster
+
+    return sweep_cluster(cfg, storage_options, progress)
 
 
 def _sweep(
@@ -117,8 +129,9 @@ def _sweep(
     device: torch.device,
     source: DataSource,
     progress: bool,
-    storage_options: dict | None = None,
+    cluster: Any = None,
 ) -> dict[str, Any]:
+    """Plan (or reload) the sweep, train its groups here or on ``cluster``, gather."""
     info = source.info
     runs = expand_runs(cfg, info.depth, list(info.layers), info.default_task)
     saved = _resume_doc(cfg, out, runs)
@@ -129,14 +142,20 @@ def _sweep(
         saved, runs, sides, info.dtype, device, str(info.fingerprint.get("model", "")), source
     )
     todo = [r for r in runs if not _finished(r)]
-    inputs = _choose(cfg, source, device, rows, todo, sides, progress) if todo else None
-    choice = inputs.choice if inputs is not None else None
-    groups = _groups(cfg, saved, runs, sides, rows, profs, device, choice)
+    inputs, choice, budget = None, None, cfg.memory_budget
+    if todo and cluster is not None:  # each worker holds its own cache and models
+        memory = cluster.memory(_cache_need(source, rows, todo, sides))
+        choice, budget = memory.cache, memory.budget if budget is None else budget
+    elif todo:
+        inputs = _choose(cfg, source, device, rows, todo, sides, progress)
+        choice = inputs.choice
+    groups = _groups(cfg, saved, runs, sides, rows, profs, device, choice, budget)
     out.mkdir(parents=True, exist_ok=True)
     if saved is None:
-        _write_doc(out, cfg, runs, profs, groups)
+        _write_doc(out, cfg, runs, sides, profs, groups, device)
+    where = " (on the workers)" if cluster is not None else ""
     notes = [
-        f"cache: {choice.reason if choice else 'no run left to train'}",
+        f"cache{where}: {choice.reason if choice else 'no run left to train'}",
         f"{len(runs)} runs in {len(groups)} group(s)",
     ]
     no_val = sorted(t for t in tasks if not len(rows[t]["val"]))
@@ -146,8 +165,8 @@ def _sweep(
     by_key = {r.key: r for r in runs}
     pending = [g for g in range(len(groups)) if not _group_file(out, g).is_file()]
     extra: dict[str, Any] = {}
-    if pending and (cfg.cluster or cfg.scheduler):
-        from losa_cache.sweep.cluster import GroupWork, train_groups
+    if cluster is not None:
+        from losa_cache.sweep.cluster import GroupWork
 
         work = [
             GroupWork(
@@ -157,10 +176,13 @@ def _sweep(
             )
             for g in pending
         ]
-        stopped, extra = train_groups(cfg, work, train_group_alone, storage_options, progress)
+        stopped = cluster.train(work, train_group_alone) if work else None
         if stopped is not None:
             return {"complete": False, "out": str(out), "group": stopped, "notes": notes}
         pending = []  # every group trained there
+        if cfg.costs:  # timed on a worker: the device the runs trained on
+            cluster.call(costs_alone, "costs")
+        extra = cluster.summary()
     for gid in pending:
         assert inputs is not None
         done = _train_group(
@@ -172,7 +194,7 @@ def _sweep(
             len(groups),
             [by_key[k] for k in groups[gid].runs],
             sides,
-            profs,
+            {r.key: _profile_of(r, sides, profs, device) for r in runs},
             progress,
         )
         if not done:  # --stop-at (every run stops there) or a run stopped otherwise
@@ -300,18 +322,29 @@ def _choose(
     sides: dict,
     progress: bool,
 ) -> Inputs:
-    """The inputs (``--cache``) of ``specs``: every task's train and val rows, the feed keys
-    the runs read."""
+    """The inputs (``--cache``) of ``specs``."""
     return choose_inputs(
         cfg.cache,
         source,
         device,
-        [rows[t][role] for t in rows for role in ("train", "val")],
-        {i for r in specs for i in side_inputs(sides[r.key])} or {0},
+        *_reads(rows, specs, sides),
         cfg.workers,
         progress,
         cfg.max_memory,
     )
+
+
+def _reads(rows: dict, specs: list[RunSpec], sides: dict) -> tuple[list[np.ndarray], set]:
+    """What ``specs`` read: every task's train and val rows, the feed keys of the runs."""
+    return (
+        [rows[t][role] for t in rows for role in ("train", "val")],
+        {i for r in specs for i in side_inputs(sides[r.key])} or {0},
+    )
+
+
+def _cache_need(source: DataSource, rows: dict, specs: list[RunSpec], sides: dict) -> int | None:
+    """Bytes ``--cache`` would hold for ``specs`` (None: live)."""
+    return cache_need(source, *_reads(rows, specs, sides))
 
 
 def _profile_of(
@@ -329,6 +362,7 @@ def _groups(
     profs: dict[str, Profile],
     device: torch.device,
     choice: Any,
+    budget: int | None,
 ) -> list[Group]:
     if saved is not None:
         return [Group.from_dict(g) for g in saved["groups"]]
@@ -341,22 +375,28 @@ def _groups(
     alone = [Group([r.key], estimates.pop(r.key)) for r in runs if get_method(r.train.method).live]
     if not estimates:
         return alone
-    here = (
-        choice.bytes
-        if choice is not None and (choice.mode == "gpu") == (device.type == "cuda")
-        else 0
-    )
-    budget = cfg.memory_budget if cfg.memory_budget is not None else default_budget(device, here)
+    if budget is None:
+        here = choice.bytes if choice is not None and choice.on(device) else 0
+        budget = default_budget(device, here)
     return alone + make_groups(estimates, budget)
 
 
 def _write_doc(
-    out: Path, cfg: SweepConfig, runs: list[RunSpec], profs: dict[str, Profile], groups: list[Group]
+    out: Path,
+    cfg: SweepConfig,
+    runs: list[RunSpec],
+    sides: dict,
+    profs: dict[str, Profile],
+    groups: list[Group],
+    device: torch.device,
 ) -> None:
     doc = {
         "config": cfg.to_dict(),
         "runs": [r.to_dict() for r in runs],
         "profiles": {k: p.to_dict() for k, p in profs.items()},
+        # each run's profile, keyed where it was planned: a worker whose device (or CPU's
+        # bf16) differs from the planner's looks the profile up here
+        "profile_keys": {r.key: _key(r, sides, device) for r in runs},
         "groups": [g.to_dict() for g in groups],
     }
     atomic_write_text(out / SWEEP_JSON, json.dumps(doc, indent=2, sort_keys=True) + "\n")
@@ -412,10 +452,42 @@ def train_group_alone(
         return True
     doc = read_json(out / SWEEP_JSON, _DAMAGED)
     groups = [Group.from_dict(g) for g in doc["groups"]]
-    profs = {k: Profile(**v) for k, v in doc["profiles"].items()}
-    by_key = {r.key: r for r in map(RunSpec.from_dict, doc["runs"])}
-    specs = [by_key[k] for k in groups[gid].runs]
     device = pick_device(cfg.device)
+    with _planned(cfg, doc, groups[gid].runs, device, storage_options, source) as plan:
+        mine, specs, rows, sides, profs = plan
+        todo = [r for r in specs if not _finished(r)]
+        inputs = _choose(cfg, mine, device, rows, todo or specs, sides, False)
+        return _train_group(
+            cfg, mine, inputs, device, gid, len(groups), specs, sides, profs, False, on_tick
+        )
+
+
+def costs_alone(
+    cfg: SweepConfig, storage_options: dict | None, source: DataSource | None = None
+) -> None:
+    """Measure the costs of the sweep planned in ``cfg.out`` (``--costs``; every run
+    trained) here: a cluster worker's task, so they are timed on the training device."""
+    doc = read_json(Path(cfg.out) / SWEEP_JSON, _DAMAGED)
+    device = pick_device(cfg.device)
+    keys = [f"{r['task']}/{r['id']}" for r in doc["runs"]]
+    with _planned(cfg, doc, keys, device, storage_options, source) as (mine, specs, _, sides, _):
+        _with_speed(cfg, specs, sides, mine.info.dtype, device, False, mine)
+
+
+@contextlib.contextmanager
+def _planned(
+    cfg: SweepConfig,
+    doc: dict[str, Any],
+    keys: list[str],
+    device: torch.device,
+    storage_options: dict | None,
+    source: DataSource | None,
+) -> Iterator[tuple[DataSource, list[RunSpec], dict, dict, dict[str, Profile]]]:
+    """The runs ``keys`` of a planned sweep (its sweep.json ``doc``) rebuilt where they
+    train: (source, specs, rows, side configs, profiles by run). ``source``: an open one
+    to reuse (else opened and closed here)."""
+    by_key = {r.key: r for r in map(RunSpec.from_dict, doc["runs"])}
+    specs = [by_key[k] for k in keys]
     mine = source or open_source(cfg, device, storage_options)
     try:
         tasks = {r.task: mine.task(r.task) for r in specs}
@@ -423,11 +495,9 @@ def train_group_alone(
         sides = {
             r.key: build_side_config(r.train, mine.info, len(tasks[r.task].classes)) for r in specs
         }
-        todo = [r for r in specs if not _finished(r)]
-        inputs = _choose(cfg, mine, device, rows, todo or specs, sides, False)
-        return _train_group(
-            cfg, mine, inputs, device, gid, len(groups), specs, sides, profs, False, on_tick
-        )
+        profs = {k: Profile(**v) for k, v in doc["profiles"].items()}
+        planned = doc.get("profile_keys") or {r.key: _key(r, sides, device) for r in specs}
+        yield mine, specs, rows, sides, {r.key: profs[planned[r.key]] for r in specs}
     finally:
         if source is None:
             mine.close()
@@ -446,7 +516,8 @@ def _train_group(
     progress: bool,
     on_tick: Any = None,
 ) -> bool:
-    """Train one group's runs to their ends (or --stop-at): all done?"""
+    """Train one group's runs to their ends (or --stop-at): all done? ``profs``: each
+    run's profile, by run key."""
     t0, bytes0 = time.perf_counter(), inputs.bytes_read
     todo = [s for s in specs if not _finished(s)]
     runs = []
@@ -464,7 +535,7 @@ def _train_group(
     extra = {"bytes_read": inputs.bytes_read}
     for s, run in zip(todo, runs, strict=True):
         metrics = run.finish(extra)
-        row = run_row(s, sides[s.key], metrics, gid, _profile_of(s, sides, profs, device))
+        row = run_row(s, sides[s.key], metrics, gid, profs[s.key])
         if get_method(s.train.method).live and metrics["complete"] and cfg.costs:  # unpruned
             row.update(_baseline_costs(cfg, s, sides, source, row["batch_size"], device, run.model))
         _write_row(Path(s.train.out), row)

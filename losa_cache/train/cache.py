@@ -34,6 +34,10 @@ class CacheChoice:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def on(self, device: torch.device) -> bool:
+        """Whether the cache shares ``device``'s memory with the models."""
+        return self.mode != "none" and (self.mode == "gpu") == (device.type == "cuda")
+
 
 def free_memory(device: torch.device) -> dict[str, int]:
     """Free bytes in host RAM and (on CUDA) on the device."""
@@ -48,11 +52,14 @@ def _budget(free: int, fraction: float, reserve: int) -> int:
 
 
 def choose_cache(
-    mode: str, need: int, device: torch.device, free: dict[str, int] | None = None
+    mode: str, need: int | None, device: torch.device, free: dict[str, int] | None = None
 ) -> CacheChoice:
-    """Resolve ``mode`` for ``need`` bytes of features; explicit modes that cannot fit fail."""
+    """Resolve ``mode`` for ``need`` bytes of features (None: live, nothing to hold);
+    explicit modes that cannot fit fail."""
     if mode not in CACHE_MODES:
         raise ValueError(f"unknown cache mode {mode!r}; choose one of {list(CACHE_MODES)}")
+    if need is None:
+        return CacheChoice("none", 0, "live mode: the backbone runs on every batch")
     if mode == "none":
         return CacheChoice("none", 0, "--cache none: streaming from the store")
     free = free if free is not None else free_memory(device)

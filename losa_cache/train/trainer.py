@@ -25,7 +25,7 @@ from losa_cache.progress import note
 from losa_cache.store import StoreError
 from losa_cache.train import checkpoint as ckpt
 from losa_cache.train.allocator import tune_allocator
-from losa_cache.train.cache import CacheChoice, choose_cache
+from losa_cache.train.cache import choose_cache
 from losa_cache.train.choose import K_DIR, candidate_configs, keep_best
 from losa_cache.train.config import TrainConfig
 from losa_cache.train.engine import Engine, Inputs
@@ -87,6 +87,14 @@ def make_run(cfg: TrainConfig, source: DataSource, device: torch.device, name: s
     return run
 
 
+def cache_need(source: DataSource, rows: list[np.ndarray], layers: set[Key]) -> int | None:
+    """Bytes ``--cache`` would hold: the given rows of the given feed keys, at the size the
+    feed holds them (int8: codes and scales); None for a live source (nothing to hold)."""
+    if not isinstance(source, StoreSource):
+        return None
+    return len(np.unique(np.concatenate(rows))) * source.info.feed_bytes(sort_keys(layers))
+
+
 def choose_inputs(
     mode: str,
     source: DataSource,
@@ -100,15 +108,10 @@ def choose_inputs(
     """``--cache``: hold the given rows of the given feed keys (blocks, taps) in memory when
     they fit, at the size the feed holds them (int8: codes and scales)."""
     union, keys = np.unique(np.concatenate(rows)), sort_keys(layers)
-    if not isinstance(source, StoreSource):
-        choice = CacheChoice("none", 0, "live mode: the backbone runs on every batch")
-    else:
-        need = len(union) * source.info.feed_bytes(keys)
-        choice = choose_cache(mode, need, device)
     return Inputs(
         source,
         device,
-        choice,
+        choose_cache(mode, cache_need(source, rows, layers), device),
         union,
         keys,
         workers,

@@ -393,3 +393,85 @@ def test_a_worker_loads_the_live_backbone_once(monkeypatch, tmp_path) -> None:
         same = one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
     assert len(loads) == 1 and pruned == 1 and whole == 4 and same
     assert first.backbone is not second.backbone
+
+
+# -- planned for the workers, not the client ----------------------------------------------
+def test_groups_are_sized_for_the_workers_sharing_a_host(scheduler, make_sweep) -> None:
+    """The group budget comes from the workers: the loopback cluster's two workers share
+    this host's RAM, so each may use about half of what one process here would."""
+    from losa_cache.sweep.cluster import sweep_cluster
+    from losa_cache.sweep.grouping import default_budget
+
+    cfg = make_sweep("memory", scheduler=scheduler, cache="ram")
+    with sweep_cluster(cfg, None, False) as cluster:
+        memory = cluster.memory(10 << 20)
+    alone = default_budget(torch.device("cpu"), 10 << 20)
+    assert memory.cache.mode == "ram" and memory.cache.bytes == 10 << 20
+    assert 0.3 * alone < memory.budget < 0.6 * alone  # free RAM moves a little meanwhile
+    with (
+        sweep_cluster(make_sweep("gpu", scheduler=scheduler, cache="gpu"), None, False) as c,
+        pytest.raises(ValueError, match="--cache gpu needs a CUDA device"),
+    ):
+        c.memory(10 << 20)  # refused by the workers (a GPU client would have said yes)
+
+
+def test_the_tightest_worker_sets_the_budget() -> None:
+    from losa_cache.sweep.cluster import tightest
+    from losa_cache.sweep.grouping import MODEL_FRACTION, MODEL_RESERVE
+
+    gib = 1 << 30
+    ram = lambda host, free: {
+        "pool": f"{host}/ram", "device": "cpu", "free": {"ram": free},
+        "cache": {"mode": "ram", "bytes": gib, "reason": "r"},
+    }  # fmt: skip
+    gpu = {"pool": "a/gpu/0", "device": "cuda", "free": {"ram": 64 * gib, "gpu": 40 * gib},
+           "cache": {"mode": "gpu", "bytes": 2 * gib, "reason": "g"}}  # fmt: skip
+    share = lambda free, n, cache: (int(free * MODEL_FRACTION) - MODEL_RESERVE) // n - cache
+    # two workers on host a's 64 GiB share it; host b's one worker has 48 GiB to itself
+    budget, cache = tightest({"w1": ram("a", 64 * gib), "w2": ram("a", 64 * gib),
+                              "w3": ram("b", 48 * gib)})  # fmt: skip
+    assert budget == share(64 * gib, 2, gib) and cache.mode == "ram"
+    budget, cache = tightest({"w1": gpu, "w2": ram("b", 48 * gib)})
+    assert budget == share(40 * gib, 1, 2 * gib) and cache.mode == "gpu"
+
+
+def test_a_worker_finds_each_run_profile_where_it_was_planned(make_sweep, monkeypatch) -> None:
+    """A worker whose amp rule differs from the planner's (a GPU worker, a CPU without
+    bf16) still finds every run's profile: sweep.json keeps the key it was planned under."""
+    import losa_cache.train.run as run_mod
+    from losa_cache.sweep.runner import SWEEP_JSON, _key, _planned
+    from losa_cache.train.sources import pick_device
+
+    monkeypatch.setattr(run_mod, "cpu_has_bf16", lambda: True)
+    cfg = make_sweep("planned", amp="auto", steps=1, costs=False)
+    run_sweep(cfg, progress=False)
+    doc = json.loads((Path(cfg.out) / SWEEP_JSON).read_text())
+    keys = [f"{r['task']}/{r['id']}" for r in doc["runs"]]
+    monkeypatch.setattr(run_mod, "cpu_has_bf16", lambda: False)  # the worker's CPU
+    cpu = pick_device("cpu")
+    with _planned(cfg, doc, keys, cpu, None, None) as (_, specs, _, sides, profs):
+        assert profs.keys() == set(keys)
+        for r in specs:
+            planned = doc["profile_keys"][r.key]
+            assert json.loads(planned)["amp"] is True
+            assert _key(r, sides, cpu) not in doc["profiles"]  # the worker's own key
+            assert profs[r.key].to_dict() == doc["profiles"][planned]
+
+
+def test_costs_are_timed_on_a_worker(scheduler, make_sweep) -> None:
+    """--costs on a cluster: one task on a worker times every config; the rows carry the
+    same columns as an in-process sweep's, memory alike."""
+    costs = dict(speed_batches=2, costs=True, live_metrics=True)
+    ref = run_sweep(make_sweep("costs-here", **costs), progress=False)
+    res = run_sweep(make_sweep("costs-there", **costs, scheduler=scheduler), progress=False)
+    with Client(scheduler) as c:
+        workers = set(c.scheduler_info(n_workers=-1)["workers"])
+    assert res["summary"]["cluster"]["costs"] in workers
+    mine, want = members(res), members(ref)
+    measured = ("train_img_s", "train_memory_b1_live", "infer_memory_b1", "infer_img_s_b1")
+    for key, row in want.items():
+        for col in measured:
+            assert (mine[key].get(col) is None) == (row.get(col) is None), (key, col)
+        assert mine[key].get("costs_measured") == row.get("costs_measured"), key
+        for col in ("train_memory_b1_live", "infer_memory_b1"):
+            assert mine[key].get(col) == row.get(col), (key, col)
