@@ -103,7 +103,7 @@ def local_cluster(workers: int) -> Iterator[tuple[str, Any, float]]:
         Client(cluster) as client,
     ):
         client.wait_for_workers(workers)
-        client.run(lambda: __import__("losa_cache.sweep.runner"))  # warm: imports torch
+        client.run(lambda: __import__("losa_cache.sweep.cluster"))  # warm: torch, the task code
         yield cluster.scheduler_address, client, time.perf_counter() - t0
 
 

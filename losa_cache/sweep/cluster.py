@@ -431,9 +431,18 @@ def _loop(
     failed: list[tuple[int, list[str], str]] = []
     slots, asked = 0, 0.0
     while queue or running:
+        for fut in [f for f in running if f.done()]:  # first: their slots free up
+            w = running.pop(fut)
+            outcome = _outcome(fut)
+            if isinstance(outcome, str):
+                failed.append((w.gid, w.runs, outcome))
+                note(f"group {w.gid + 1} failed: {outcome}", bar.enabled)
+            else:
+                results.append(outcome)
+            bar.group_done(w.gid)
         if time.monotonic() - asked > 2 * REFRESH:  # workers come and go
             slots, asked = sum(client.nthreads().values()), time.monotonic()
-        while queue and len(running) < max(1, slots):
+        while queue and len(running) < max(1, slots):  # one in flight before any worker
             w = queue.pop(0)
             fut = client.submit(
                 group_task,
@@ -445,21 +454,10 @@ def _loop(
                 pure=False,
             )
             running[fut] = w
-        for fut in [f for f in running if f.done()]:
-            w = running.pop(fut)
-            outcome = _outcome(fut)
-            if isinstance(outcome, str):
-                failed.append((w.gid, w.runs, outcome))
-                note(f"group {w.gid + 1} failed: {outcome}", bar.enabled)
-            else:
-                results.append(outcome)
-            bar.group_done(w.gid)
         bar.refresh(len(results), len(running), len(queue), len(failed))
         if running:  # asleep until a group ends: polling would take CPU from the workers
             with contextlib.suppress(TimeoutError):
                 wait(list(running), timeout=REFRESH, return_when="FIRST_COMPLETED")
-        elif queue:  # no worker yet
-            time.sleep(REFRESH)
     return results, failed
 
 

