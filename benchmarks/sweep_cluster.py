@@ -12,7 +12,9 @@ the same machine and store, one run each:
   (one thread per worker; its start-up is timed apart, as a warm cluster's sweep is what
   scales);
 * ``2 workers, one killed``: SIGKILL of a busy worker once half the groups are done; Dask
-  reruns its task elsewhere, which resumes the group's runs from their checkpoints.
+  reruns its task elsewhere, which resumes the group's runs from their checkpoints;
+* ``2 processes, no Dask``: the ceiling: the learning rates split over two plain
+  processes (started and warmed beforehand) that each run an in-process sweep at once.
 
 Reported: wall seconds of ``run_sweep``, config-images per second, the ratios (targets of
 issue 22 on a 2-core machine: 1 worker within 10% of in-process, 2 workers >= 1.7x one
@@ -148,7 +150,41 @@ def one(way: str, cfg: Any) -> dict[str, Any]:
     }
 
 
-def agree(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def _warm(_: int) -> int:
+    import losa_cache.sweep.runner  # noqa: F401  (torch, the training code)
+
+    torch.set_num_threads(1)
+    return os.getpid()
+
+
+def _part(cfg: Any) -> int:
+    from losa_cache.sweep import run_sweep
+
+    return run_sweep(cfg, progress=False)["summary"]["config_images"]
+
+
+def plain_processes(cfg: Any, n: int) -> dict[str, Any]:
+    """The sweep's learning rates split over ``n`` plain processes training at once."""
+    import multiprocessing
+
+    parts = [dataclasses.replace(cfg, out=f"{cfg.out}-{i}", lr=cfg.lr[i::n]) for i in range(n)]
+    with multiprocessing.get_context("spawn").Pool(n) as pool:
+        assert len(set(pool.map(_warm, range(n), chunksize=1))) == n
+        t0 = time.perf_counter()
+        images = sum(pool.map(_part, parts, chunksize=1))
+        wall = time.perf_counter() - t0
+    return {
+        "way": f"{n} processes, no Dask",
+        "wall_s": round(wall, 2),
+        "config_images": images,
+        "img_s": round(images / wall, 1),
+        "groups": len(cfg.lr) * len(cfg.rank),
+        "busy_s": {},
+        "res": None,
+    }
+
+
+def agree(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
     from safetensors.torch import load_file
 
     def weights(res: dict) -> dict[str, dict]:
@@ -157,6 +193,8 @@ def agree(a: dict[str, Any], b: dict[str, Any]) -> bool:
             for r in res["results"]
         }
 
+    if a["res"] is None:  # the plain processes' runs are named in their own sweeps
+        return None
     x, y = weights(a["res"]), weights(b["res"])
     return x.keys() == y.keys() and all(all(torch.equal(x[k][n], y[k][n]) for n in x[k]) for k in x)
 
@@ -180,6 +218,8 @@ def main() -> None:
     ref = rows[0]
     one_worker = next(r for r in rows if r["way"] == "1 worker")
     two = next(r for r in rows if r["way"] == "2 workers")
+    killed = next(r for r in rows if r["way"] == "2 workers, one killed")
+    plain = next(r for r in rows if r["way"] == "2 processes, no Dask")
     for r in rows:
         r["vs_in_process"] = round(r["img_s"] / ref["img_s"], 3)
         r["vs_1_worker"] = round(r["img_s"] / one_worker["img_s"], 3)
@@ -199,7 +239,9 @@ def main() -> None:
         "ratios": {
             "1_worker_vs_in_process": one_worker["vs_in_process"],
             "2_workers_vs_1_worker": two["vs_1_worker"],
-            "kill_cost_vs_2_workers": round(rows[-1]["wall_s"] / two["wall_s"], 3),
+            "kill_cost_vs_2_workers": round(killed["wall_s"] / two["wall_s"], 3),
+            "2_processes_no_dask_vs_1_worker": plain["vs_1_worker"],
+            "2_workers_vs_2_processes_no_dask": round(two["img_s"] / plain["img_s"], 3),
         },
         "targets": {
             "1_worker_within_10pct": one_worker["vs_in_process"] >= 0.9,
@@ -255,6 +297,7 @@ def run_all(
         rows.append(one("2 workers, one killed", c))
         thread.join(5)
     log.pop("t0")
+    rows.append(plain_processes(cfg("plain"), 2))
     return rows, {"cluster_start_s": starts, "kill": log}
 
 
