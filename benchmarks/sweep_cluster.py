@@ -157,10 +157,13 @@ def _warm(_: int) -> int:
     return os.getpid()
 
 
-def _part(cfg: Any) -> int:
+def _part(cfg: Any) -> tuple[int, float, float]:
+    """(config images, start, end): the starts and ends show the parts overlapped."""
     from losa_cache.sweep import run_sweep
 
-    return run_sweep(cfg, progress=False)["summary"]["config_images"]
+    t0 = time.time()
+    images = run_sweep(cfg, progress=False)["summary"]["config_images"]
+    return images, t0, time.time()
 
 
 def plain_processes(cfg: Any, n: int) -> dict[str, Any]:
@@ -170,10 +173,12 @@ def plain_processes(cfg: Any, n: int) -> dict[str, Any]:
     parts = [dataclasses.replace(cfg, out=f"{cfg.out}-{i}", lr=cfg.lr[i::n]) for i in range(n)]
     with multiprocessing.get_context("spawn").Pool(n) as pool:
         assert len(set(pool.map(_warm, range(n), chunksize=1))) == n
-        t0 = time.perf_counter()
-        images = sum(pool.map(_part, parts, chunksize=1))
+        t0, start = time.perf_counter(), time.time()
+        done = pool.map(_part, parts, chunksize=1)
         wall = time.perf_counter() - t0
+    images = sum(n for n, _, _ in done)
     return {
+        "spans_s": [[round(a - start, 1), round(b - start, 1)] for _, a, b in done],
         "way": f"{n} processes, no Dask",
         "wall_s": round(wall, 2),
         "config_images": images,
@@ -230,6 +235,8 @@ def main() -> None:
     for r in rows:
         if r["busy_s"]:
             print(f"{r['way']}: busy seconds per worker {r['busy_s']}")
+        if r.get("spans_s"):
+            print(f"{r['way']}: each process's (start, end) seconds {r['spans_s']}")
     payload = {
         "size": size,
         "store": args.store,
@@ -282,7 +289,7 @@ def run_all(
         checkpoint_every=max(1, size["steps"] // 10),
     )
     cfg = lambda name, **kw: dataclasses.replace(base, out=str(folder / name), **kw)
-    rows = [one("in-process", cfg("in-process"))]
+    rows = [one("in-process", cfg("in-process")), plain_processes(cfg("plain"), 2)]
     starts: dict[str, float] = {}
     for n in (1, 2):
         with local_cluster(n) as (address, _client, start):
@@ -297,7 +304,6 @@ def run_all(
         rows.append(one("2 workers, one killed", c))
         thread.join(5)
     log.pop("t0")
-    rows.append(plain_processes(cfg("plain"), 2))
     return rows, {"cluster_start_s": starts, "kill": log}
 
 
