@@ -230,7 +230,15 @@ def task_alone(fn: Callable[..., Any], cfg: SweepConfig, storage_options: dict |
 
 
 # -- on the client ----------------------------------------------------------------------
-def tightest(facts: dict[str, dict[str, Any]]) -> tuple[int, Any]:
+@dataclass(frozen=True)
+class WorkersMemory:
+    """What the sweep plans with on a cluster: a group's memory, the workers' cache."""
+
+    budget: int
+    cache: Any  # CacheChoice
+
+
+def tightest(facts: dict[str, dict[str, Any]]) -> WorkersMemory:
     """The memory one group may use on the tightest worker, and that worker's cache
     choice: workers drawing on one pool share it equally, each holding its own cache."""
     import torch
@@ -239,23 +247,14 @@ def tightest(facts: dict[str, dict[str, Any]]) -> tuple[int, Any]:
     from losa_cache.train.cache import CacheChoice
 
     sharing = Counter(f["pool"] for f in facts.values())
-    least: tuple[int, Any] | None = None
+    each = []
     for _, f in sorted(facts.items()):
         device, choice = torch.device(f["device"]), CacheChoice(**f["cache"])
         here = choice.bytes if choice.on(device) else 0
-        budget = default_budget(device, here, sharing[f["pool"]], f["free"])
-        if least is None or budget < least[0]:
-            least = (budget, choice)
-    assert least is not None, "no worker"
-    return least
-
-
-@dataclass(frozen=True)
-class WorkersMemory:
-    """What the sweep plans with on a cluster: a group's memory, the workers' cache."""
-
-    budget: int
-    cache: Any  # CacheChoice
+        each.append(
+            WorkersMemory(default_budget(device, here, sharing[f["pool"]], f["free"]), choice)
+        )
+    return min(each, key=lambda m: m.budget)
 
 
 class SweepCluster:
@@ -278,7 +277,7 @@ class SweepCluster:
             note("waiting for a Dask worker to join the scheduler", self.progress)
             self.client.wait_for_workers(1)
         facts = self.client.run(worker_memory, self.cfg.device, self.cfg.cache, need)
-        return WorkersMemory(*tightest(facts))
+        return tightest(facts)
 
     def train(self, work: list[GroupWork], train: TrainGroup) -> int | None:
         """Train ``work``'s groups, costliest first; returns the first group --stop-at

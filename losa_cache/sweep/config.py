@@ -147,7 +147,8 @@ class SweepConfig:
     )
     memory_budget: int | None = _f(
         None,
-        "Memory the models of one group may use, e.g. 4GB (default: a share of free memory).",
+        "Memory the models of one group may use, e.g. 4GB (default: a share of free memory;"
+        " on a cluster, of the tightest worker's, shared with workers on its host or GPU).",
         min=0,
         panel="Performance",
         unit="bytes",

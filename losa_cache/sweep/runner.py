@@ -183,6 +183,7 @@ def _sweep(
         if cfg.costs:  # timed on a worker: the device the runs trained on
             cluster.call(costs_alone, "costs")
         extra = cluster.summary()
+    by_run = {r.key: _profile_of(r, sides, profs, device) for r in runs}
     for gid in pending:
         assert inputs is not None
         done = _train_group(
@@ -194,7 +195,7 @@ def _sweep(
             len(groups),
             [by_key[k] for k in groups[gid].runs],
             sides,
-            {r.key: _profile_of(r, sides, profs, device) for r in runs},
+            by_run,
             progress,
         )
         if not done:  # --stop-at (every run stops there) or a run stopped otherwise
@@ -462,15 +463,13 @@ def train_group_alone(
         )
 
 
-def costs_alone(
-    cfg: SweepConfig, storage_options: dict | None, source: DataSource | None = None
-) -> None:
+def costs_alone(cfg: SweepConfig, storage_options: dict | None) -> None:
     """Measure the costs of the sweep planned in ``cfg.out`` (``--costs``; every run
     trained) here: a cluster worker's task, so they are timed on the training device."""
     doc = read_json(Path(cfg.out) / SWEEP_JSON, _DAMAGED)
     device = pick_device(cfg.device)
     keys = [f"{r['task']}/{r['id']}" for r in doc["runs"]]
-    with _planned(cfg, doc, keys, device, storage_options, source) as (mine, specs, _, sides, _):
+    with _planned(cfg, doc, keys, device, storage_options, None) as (mine, specs, _, sides, _):
         _with_speed(cfg, specs, sides, mine.info.dtype, device, False, mine)
 
 

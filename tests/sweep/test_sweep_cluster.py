@@ -428,11 +428,11 @@ def test_the_tightest_worker_sets_the_budget() -> None:
            "cache": {"mode": "gpu", "bytes": 2 * gib, "reason": "g"}}  # fmt: skip
     share = lambda free, n, cache: (int(free * MODEL_FRACTION) - MODEL_RESERVE) // n - cache
     # two workers on host a's 64 GiB share it; host b's one worker has 48 GiB to itself
-    budget, cache = tightest({"w1": ram("a", 64 * gib), "w2": ram("a", 64 * gib),
-                              "w3": ram("b", 48 * gib)})  # fmt: skip
-    assert budget == share(64 * gib, 2, gib) and cache.mode == "ram"
-    budget, cache = tightest({"w1": gpu, "w2": ram("b", 48 * gib)})
-    assert budget == share(40 * gib, 1, 2 * gib) and cache.mode == "gpu"
+    got = tightest({"w1": ram("a", 64 * gib), "w2": ram("a", 64 * gib),
+                    "w3": ram("b", 48 * gib)})  # fmt: skip
+    assert got.budget == share(64 * gib, 2, gib) and got.cache.mode == "ram"
+    got = tightest({"w1": gpu, "w2": ram("b", 48 * gib)})
+    assert got.budget == share(40 * gib, 1, 2 * gib) and got.cache.mode == "gpu"
 
 
 def test_a_worker_finds_each_run_profile_where_it_was_planned(make_sweep, monkeypatch) -> None:
